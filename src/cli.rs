@@ -1,0 +1,88 @@
+//! The command line (design.md, "CLI").
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ciphersync",
+    version,
+    about = "Encrypted remote backups with gocryptfs -reverse, sshfs and rsync"
+)]
+pub struct Cli {
+    /// Job file to use; then the command takes no JOB.
+    #[arg(
+        short = 'c',
+        long = "config",
+        global = true,
+        value_name = "FILE",
+        conflicts_with = "config_dir"
+    )]
+    pub config: Option<PathBuf>,
+
+    /// Directory of <JOB>.json files (default: $CIPHERSYNC_CONFIG_DIR, else
+    /// /etc/ciphersync for root and $XDG_CONFIG_HOME/ciphersync otherwise).
+    #[arg(long = "config-dir", global = true, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+
+    /// Print the result as one JSON object on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Log every command the helper runs (to stderr).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Validate job files; exit 2 naming the bad field.
+    CheckConfig {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Create the gocryptfs reverse config if it is missing (idempotent).
+    Init(JobArg),
+    /// Mirror the encrypted view of the source to the target.
+    Backup {
+        #[command(flatten)]
+        job: JobArg,
+        /// Allow this run to delete up to PERCENT of the remote files
+        /// (overrides max_delete_percent; 100 also allows an empty source).
+        #[arg(long = "max-delete", value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100))]
+        max_delete: Option<u8>,
+    },
+    /// Compare local and remote checksums; --deep decrypts and compares with the source.
+    Verify {
+        #[command(flatten)]
+        job: JobArg,
+        #[arg(long)]
+        deep: bool,
+    },
+    /// Copy all or some plaintext paths out of the backup into an empty directory.
+    Restore {
+        /// Empty (or new) directory to restore into.
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// JOB (unless -c FILE is given), then paths relative to the source
+        /// to restore (default: everything).
+        #[arg(value_name = "JOB|PATH")]
+        args: Vec<String>,
+    },
+    /// The last result of each stage, of one job or of every job.
+    Status {
+        /// A job name (default: every job in the config dir).
+        job: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct JobArg {
+    /// The job: <config dir>/<JOB>.json (omit with -c FILE).
+    #[arg(value_name = "JOB")]
+    pub job: Option<String>,
+}

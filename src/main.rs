@@ -1,0 +1,332 @@
+//! ciphersync: a small orchestrator of gocryptfs, sshfs, rsync and ssh for
+//! encrypted remote backups. See design.md for the contract it implements.
+
+mod checksums;
+mod cli;
+mod config;
+mod crypt;
+mod error;
+mod exec;
+mod interrupt;
+mod log;
+mod mount;
+mod remote;
+mod restore;
+mod run;
+mod status;
+mod sync;
+mod verify;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+use serde_json::{Value, json};
+
+use cli::{Cli, Command};
+use config::Job;
+use error::{Error, Result};
+use status::{Outcome, Stage, StageResult};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    log::set_debug(cli.verbose || std::env::var("CIPHERSYNC_LOG").is_ok_and(|v| v == "debug"));
+    interrupt::install();
+    let code = match dispatch(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({ "error": { "kind": e.kind.as_str(), "message": e.message } })
+                );
+            }
+            eprintln!("ciphersync: error: {e}");
+            e.kind.exit_code()
+        }
+    };
+    ExitCode::from(code as u8)
+}
+
+fn dispatch(cli: &Cli) -> Result<i32> {
+    match &cli.command {
+        Command::CheckConfig { files } => check_config(files, cli.json),
+        Command::Init(arg) => init(&load_job(cli, arg.job.as_deref())?, cli.json),
+        Command::Backup { job, max_delete } => {
+            let job = load_job(cli, job.job.as_deref())?;
+            let options = sync::BackupOptions {
+                max_delete_percent: *max_delete,
+            };
+            let result = run::stage(&job, Stage::Backup, |ctx| sync::backup(ctx, &options))?;
+            Ok(report(cli, &job, Stage::Backup, &result))
+        }
+        Command::Verify { job, deep } => {
+            let job = load_job(cli, job.job.as_deref())?;
+            let (stage, result) = if *deep {
+                (
+                    Stage::DeepVerify,
+                    run::stage(&job, Stage::DeepVerify, verify::deep_verify)?,
+                )
+            } else {
+                (
+                    Stage::Verify,
+                    run::stage(&job, Stage::Verify, verify::verify)?,
+                )
+            };
+            Ok(report(cli, &job, stage, &result))
+        }
+        Command::Restore { to, args } => {
+            let (job_name, paths) = match cli.config {
+                Some(_) => (None, args.clone()),
+                None => (
+                    args.first().map(String::as_str),
+                    args.iter().skip(1).cloned().collect(),
+                ),
+            };
+            let job = load_job(cli, job_name)?;
+            let request = restore::RestoreRequest {
+                to: to.clone(),
+                paths,
+            };
+            // Refuse a bad --to before taking the lock or touching status.
+            restore::check_request(&job, &request)?;
+            let result = run::stage(&job, Stage::Restore, |ctx| restore::restore(ctx, &request))?;
+            Ok(report(cli, &job, Stage::Restore, &result))
+        }
+        Command::Status { job } => show_status(cli, job.as_deref()),
+    }
+}
+
+/// The config dir: --config-dir, $CIPHERSYNC_CONFIG_DIR, /etc/ciphersync for
+/// root, $XDG_CONFIG_HOME/ciphersync (or ~/.config/ciphersync) otherwise.
+fn config_dir(cli: &Cli) -> Result<PathBuf> {
+    if let Some(dir) = &cli.config_dir {
+        return Ok(dir.clone());
+    }
+    if let Some(dir) = std::env::var_os("CIPHERSYNC_CONFIG_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    if nix::unistd::geteuid().is_root() {
+        return Ok(PathBuf::from("/etc/ciphersync"));
+    }
+    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| Path::new(d).is_absolute()) {
+        return Ok(PathBuf::from(dir).join("ciphersync"));
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => Ok(PathBuf::from(home).join(".config/ciphersync")),
+        None => Err(Error::usage(
+            "cannot find the config dir: set --config-dir or CIPHERSYNC_CONFIG_DIR",
+        )),
+    }
+}
+
+fn load_job(cli: &Cli, name: Option<&str>) -> Result<Job> {
+    match (&cli.config, name) {
+        (Some(file), None) => config::load(file),
+        (Some(_), Some(name)) => Err(Error::usage(format!(
+            "give either -c FILE or the job name {name:?}, not both"
+        ))),
+        (None, Some(name)) => {
+            if name.is_empty() || name.contains('/') || name.starts_with('.') {
+                return Err(Error::usage(format!("{name:?} is not a job name")));
+            }
+            let file = config_dir(cli)?.join(format!("{name}.json"));
+            if !file.exists() {
+                return Err(Error::usage(format!(
+                    "no job {name:?}: {} does not exist",
+                    file.display()
+                )));
+            }
+            config::load(&file)
+        }
+        (None, None) => Err(Error::usage("name a JOB, or give its file with -c FILE")),
+    }
+}
+
+fn check_config(files: &[PathBuf], as_json: bool) -> Result<i32> {
+    let mut failures = Vec::new();
+    for file in files {
+        match config::load(file) {
+            Ok(job) => {
+                if !as_json {
+                    println!("{}: ok (job {})", file.display(), job.name);
+                }
+            }
+            Err(e) => {
+                eprintln!("ciphersync: error: {e}");
+                failures.push(json!({ "file": file, "message": e.message }));
+            }
+        }
+    }
+    if as_json {
+        println!(
+            "{}",
+            json!({ "ok": failures.is_empty(), "errors": failures })
+        );
+    }
+    Ok(if failures.is_empty() { 0 } else { 2 })
+}
+
+fn init(job: &Job, as_json: bool) -> Result<i32> {
+    let _ctx = run::enter(job)?;
+    let created = matches!(crypt::init(job)?, crypt::InitOutcome::Created);
+    let conf = job.gocryptfs_config.display();
+    if as_json {
+        println!(
+            "{}",
+            json!({ "job": job.name, "created": created, "gocryptfs_config": conf.to_string() })
+        );
+    } else if created {
+        println!(
+            "created the gocryptfs config {conf}.\n\
+             Keep a copy of it and of the password ({}) somewhere safe and apart from this machine:\n\
+             together they are what a restore needs (the config is also uploaded to the target's files/).",
+            job.password_file.display()
+        );
+    } else {
+        println!("the gocryptfs config {conf} exists already; nothing changed.");
+    }
+    Ok(0)
+}
+
+/// Prints a stage's result and returns the exit code it stands for.
+fn report(cli: &Cli, job: &Job, stage: Stage, result: &StageResult) -> i32 {
+    if cli.json {
+        let mut doc = result.to_json();
+        doc["job"] = json!(job.name);
+        doc["stage"] = json!(stage.key());
+        println!("{doc}");
+    } else {
+        print_human(job, stage, result);
+    }
+    match (result.outcome, &result.error) {
+        (Outcome::Ok, _) => 0,
+        (Outcome::Mismatch, _) => 3,
+        (_, Some(e)) => e.kind.exit_code(),
+        (_, None) => 1,
+    }
+}
+
+fn print_human(job: &Job, stage: Stage, result: &StageResult) {
+    let s = &result.stats;
+    match (result.outcome, stage) {
+        (Outcome::Ok, Stage::Backup) => println!(
+            "backup of {} ok: {} files, {} transferred ({} bytes), {} deleted; snapshot {}",
+            job.name,
+            s["files"],
+            s["transferred"],
+            s["bytes_transferred"],
+            s["deleted"],
+            s["snapshot"].as_str().unwrap_or("-")
+        ),
+        (Outcome::Ok, Stage::Restore) => println!(
+            "restored {} files ({} bytes) of {} into {}",
+            s["files"],
+            s["bytes"],
+            job.name,
+            s["to"].as_str().unwrap_or("?")
+        ),
+        (Outcome::Ok | Outcome::Mismatch, _) => {
+            println!(
+                "{} of {}: {} ({} files)",
+                stage.key(),
+                job.name,
+                result.outcome.as_str(),
+                s["files"]
+            );
+            for list in ["missing", "extra", "changed"] {
+                for path in s[list].as_array().into_iter().flatten() {
+                    println!("  {list}: {}", path.as_str().unwrap_or("?"));
+                }
+            }
+        }
+        (_, _) => {
+            let message = result
+                .error
+                .as_ref()
+                .map(|e| e.message.as_str())
+                .unwrap_or("");
+            eprintln!(
+                "ciphersync: {} of {} {}: {message}",
+                stage.key(),
+                job.name,
+                result.outcome.as_str()
+            );
+        }
+    }
+}
+
+fn show_status(cli: &Cli, name: Option<&str>) -> Result<i32> {
+    let jobs = match (name, &cli.config) {
+        (Some(_), _) | (None, Some(_)) => vec![load_job(cli, name)?],
+        (None, None) => all_jobs(cli)?,
+    };
+    let mut docs = Vec::new();
+    for job in &jobs {
+        let mut doc = status::read(&job.state_dir)?;
+        doc["job"] = json!(job.name);
+        docs.push(doc);
+    }
+    if cli.json {
+        let out = if name.is_some() || cli.config.is_some() {
+            docs.remove(0)
+        } else {
+            json!({ "jobs": docs })
+        };
+        println!("{out}");
+    } else {
+        print_status_table(&docs);
+    }
+    Ok(0)
+}
+
+fn all_jobs(cli: &Cli) -> Result<Vec<Job>> {
+    let dir = config_dir(cli)?;
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries.filter_map(|e| e.ok()).map(|e| e.path()).collect(),
+        Err(e) => {
+            return Err(Error::usage(format!(
+                "cannot list jobs in {}: {e}",
+                dir.display()
+            )));
+        }
+    };
+    files.retain(|p| p.extension().is_some_and(|x| x == "json"));
+    files.sort();
+    files.iter().map(|f| config::load(f)).collect()
+}
+
+fn print_status_table(docs: &[Value]) {
+    println!(
+        "{:<16} {:<12} {:<12} {:<21} {:>10}  detail",
+        "JOB", "STAGE", "OUTCOME", "FINISHED", "SECONDS"
+    );
+    for doc in docs {
+        let job = doc["job"].as_str().unwrap_or("?");
+        for stage in Stage::ALL {
+            let s = &doc["stages"][stage.key()];
+            if s.is_null() {
+                continue;
+            }
+            let detail = s["error"]["message"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| match stage {
+                    Stage::Backup => format!(
+                        "snapshot {}",
+                        s["stats"]["snapshot"].as_str().unwrap_or("-")
+                    ),
+                    _ => format!("{} files", s["stats"]["files"]),
+                });
+            println!(
+                "{:<16} {:<12} {:<12} {:<21} {:>10.1}  {}",
+                job,
+                stage.key(),
+                s["outcome"].as_str().unwrap_or("?"),
+                s["finished_at"].as_str().unwrap_or("?"),
+                s["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0,
+                detail
+            );
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! FUSE mounts: the mount points under the job's runtime dir, a guard that
+//! unmounts on every way out (including unwinding after a signal), the
+//! liveness check done right before rsync, and the cleanup of mounts that a
+//! killed run left behind.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{Error, IoContext, Kind, Result};
+use crate::exec::{Cmd, Output};
+use crate::log;
+
+/// The FUSE file system types as /proc/self/mountinfo names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsType {
+    GocryptfsReverse,
+    Gocryptfs,
+    Sshfs,
+}
+
+impl FsType {
+    pub fn mountinfo_name(self) -> &'static str {
+        match self {
+            FsType::GocryptfsReverse => "fuse.gocryptfs-reverse",
+            FsType::Gocryptfs => "fuse.gocryptfs",
+            FsType::Sshfs => "fuse.sshfs",
+        }
+    }
+}
+
+/// A live mount; unmounted when dropped.
+pub struct Mount {
+    point: PathBuf,
+    fs_type: FsType,
+    active: bool,
+}
+
+impl Mount {
+    /// Records a mount that `mount_command` has just made (the command's
+    /// parent exits once the daemon serves the mount point), and checks it.
+    /// `explain` turns a failed mount command into the error the user sees.
+    pub fn establish(
+        point: &Path,
+        fs_type: FsType,
+        mount_command: Cmd,
+        explain: impl FnOnce(&Output) -> Error,
+    ) -> Result<Mount> {
+        let output = mount_command.run()?;
+        if !output.success() {
+            return Err(explain(&output));
+        }
+        let mount = Mount {
+            point: point.to_owned(),
+            fs_type,
+            active: true,
+        };
+        mount.check_live()?;
+        log::debug(|| {
+            format!(
+                "mounted {} at {}",
+                fs_type.mountinfo_name(),
+                point.display()
+            )
+        });
+        Ok(mount)
+    }
+
+    pub fn point(&self) -> &Path {
+        &self.point
+    }
+
+    /// Right before we trust the mount: is it still the FUSE mount we made,
+    /// and does it answer? A dead sshfs leaves an empty local directory (or
+    /// ENOTCONN) where the remote was, and rsync --delete into an empty
+    /// directory would be a disaster.
+    pub fn check_live(&self) -> Result<()> {
+        let found = mounted_type_at(&self.point)?;
+        if found.as_deref() != Some(self.fs_type.mountinfo_name()) {
+            return Err(Error::new(
+                Kind::Tool,
+                format!(
+                    "{} is no longer a {} mount (found {}): the file system daemon died",
+                    self.point.display(),
+                    self.fs_type.mountinfo_name(),
+                    found.unwrap_or_else(|| "no mount".into())
+                ),
+            ));
+        }
+        std::fs::read_dir(&self.point)
+            .ctx(|| format!("the mount at {} does not answer", self.point.display()))?;
+        Ok(())
+    }
+
+    /// Unmounts now, reporting failure (the guard's Drop only logs).
+    pub fn unmount(mut self) -> Result<()> {
+        self.active = false;
+        unmount_point(&self.point)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.active {
+            if let Err(e) = unmount_point(&self.point) {
+                log::warn(format!("{e}"));
+            }
+        }
+    }
+}
+
+/// Unmounts `point`: a clean unmount first; if the mount is busy or its
+/// daemon is gone (ENOTCONN), a lazy one so that nothing stays behind.
+pub fn unmount_point(point: &Path) -> Result<()> {
+    let clean = Cmd::new("fusermount3")
+        .arg("-u")
+        .arg("--")
+        .arg(point)
+        .run()?;
+    if clean.success() || !is_mounted(point)? {
+        return Ok(());
+    }
+    log::debug(|| {
+        format!(
+            "clean unmount of {} failed ({}); unmounting lazily",
+            point.display(),
+            clean.stderr.trim()
+        )
+    });
+    // Give a daemon that is just finishing a write a moment, then detach.
+    std::thread::sleep(Duration::from_millis(200));
+    let lazy = Cmd::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg("--")
+        .arg(point)
+        .run()?;
+    if lazy.success() || !is_mounted(point)? {
+        Ok(())
+    } else {
+        Err(lazy.failure(Some(&format!("unmounting {}", point.display()))))
+    }
+}
+
+/// Creates a mount point with mode 0700 (only the job's user may look in).
+pub fn prepare_point(point: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if is_mounted(point)? {
+        return Err(Error::new(
+            Kind::Io,
+            format!("{} is still mounted", point.display()),
+        ));
+    }
+    if let Err(e) = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(point)
+    {
+        return Err(Error::io(
+            format!("cannot create mount point {}", point.display()),
+            e,
+        ));
+    }
+    std::fs::set_permissions(point, std::fs::Permissions::from_mode(0o700))
+        .ctx(|| format!("cannot set mode 0700 on {}", point.display()))?;
+    let not_empty = std::fs::read_dir(point)
+        .ctx(|| format!("reading {}", point.display()))?
+        .next()
+        .is_some();
+    if not_empty {
+        return Err(Error::new(
+            Kind::Io,
+            format!("mount point {} is not empty", point.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// Unmounts whatever a killed run left mounted at or below `dir`, deepest
+/// first. Called with the job lock held, so nothing else is using them.
+pub fn clean_stale(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut stale: Vec<PathBuf> = mounts()?
+        .into_iter()
+        .map(|m| m.point)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    stale.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for point in &stale {
+        log::warn(format!(
+            "unmounting {} left behind by an earlier run",
+            point.display()
+        ));
+        unmount_point(point)?;
+    }
+    Ok(stale)
+}
+
+pub fn is_mounted(point: &Path) -> Result<bool> {
+    Ok(mounted_type_at(point)?.is_some())
+}
+
+/// The file system type mounted exactly at `point`, if any (the last entry
+/// wins, as with stacked mounts).
+fn mounted_type_at(point: &Path) -> Result<Option<String>> {
+    Ok(mounts()?
+        .into_iter()
+        .filter(|m| m.point == point)
+        .last()
+        .map(|m| m.fs_type))
+}
+
+#[derive(Debug, PartialEq)]
+pub struct MountEntry {
+    pub point: PathBuf,
+    pub fs_type: String,
+}
+
+pub fn mounts() -> Result<Vec<MountEntry>> {
+    let text =
+        std::fs::read_to_string("/proc/self/mountinfo").ctx(|| "reading /proc/self/mountinfo")?;
+    Ok(parse_mountinfo(&text))
+}
+
+/// Parses mountinfo lines: field 5 is the mount point (octal-escaped), the
+/// file system type follows the " - " separator.
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            let point = before.split(' ').nth(4)?;
+            let fs_type = after.split(' ').next()?;
+            Some(MountEntry {
+                point: PathBuf::from(unescape_octal(point)),
+                fs_type: fs_type.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn unescape_octal(field: &str) -> String {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match (bytes[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::ffi::OsString::from_vec(out)
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_with_escaped_spaces() {
+        let text = "36 35 98:0 / /mnt/a\\040b rw,noatime master:1 - fuse.sshfs user@host:/x rw\n\
+                    37 35 0:5 / /run/x rw - tmpfs tmpfs rw\n";
+        let entries = parse_mountinfo(text);
+        assert_eq!(
+            entries,
+            vec![
+                MountEntry {
+                    point: "/mnt/a b".into(),
+                    fs_type: "fuse.sshfs".into()
+                },
+                MountEntry {
+                    point: "/run/x".into(),
+                    fs_type: "tmpfs".into()
+                },
+            ]
+        );
+    }
+}

@@ -1,0 +1,487 @@
+//! The backup target as the stages see it: a directory we can reach as a
+//! local path (a local disk, or the SFTP account mounted with sshfs), or an
+//! SFTP account reached with ssh only (the `rsync` transport, and checksums
+//! computed on the server).
+//!
+//! All ssh invocations share one generated ssh_config file in the runtime
+//! dir: host key checking is always strict against the job's known_hosts
+//! file, and keepalives make a dead link fail in bounded time.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::{Job, Sftp};
+use crate::error::{Error, IoContext, Kind, Result};
+use crate::exec::{Cmd, Output, shell_quote};
+use crate::mount::{FsType, Mount};
+use crate::{interrupt, log};
+
+/// The remote layout (design.md): the mirror, the replaced versions, the
+/// checksum lists.
+pub const FILES: &str = "files";
+pub const SNAPSHOTS: &str = "snapshots";
+pub const CHECKSUMS: &str = "checksums";
+
+/// The Host name our generated ssh_config defines.
+const HOST_ALIAS: &str = "ciphersync-target";
+/// ssh gives up on a silent server after INTERVAL * COUNT seconds.
+const ALIVE_INTERVAL_S: u32 = 15;
+const ALIVE_COUNT: u32 = 4;
+const CONNECT_TIMEOUT_S: u32 = 20;
+/// Upper bound for small remote commands (mkdir, cat, mv).
+pub const SHORT_COMMAND: Duration = Duration::from_secs(300);
+
+/// ssh to the job's server with the job's keys, through one config file.
+pub struct Ssh {
+    config_file: PathBuf,
+    sftp: Sftp,
+}
+
+impl Ssh {
+    /// Writes the ssh_config for this run into the runtime dir.
+    pub fn prepare(job: &Job, sftp: &Sftp) -> Result<Ssh> {
+        check_identity_file(sftp)?;
+        check_known_hosts_file(sftp)?;
+        let config_file = job.runtime_dir.join("ssh_config");
+        let text = ssh_config_text(sftp)?;
+        write_private(&config_file, text.as_bytes())?;
+        Ok(Ssh {
+            config_file,
+            sftp: sftp.clone(),
+        })
+    }
+
+    pub fn sftp(&self) -> &Sftp {
+        &self.sftp
+    }
+
+    /// `ssh ... -- <remote shell command>`; the command is parsed by the
+    /// server's shell, so every path in it goes through `shell_quote`.
+    pub fn command(&self, remote_command: &str) -> Cmd {
+        Cmd::new("ssh")
+            .arg("-F")
+            .arg(&self.config_file)
+            .arg("--")
+            .arg(HOST_ALIAS)
+            .arg(remote_command)
+    }
+
+    /// Runs a remote command; connection failures become one clear error.
+    /// Keepalives bound a dead link; `limit` bounds a server that answers
+    /// keepalives but never finishes the command.
+    pub fn run(&self, remote_command: &str, what: &str, limit: Duration) -> Result<Output> {
+        let output = self.command(remote_command).timeout(limit).run()?;
+        if output.code() == Some(255) {
+            return Err(self.connection_error(&output.stderr, what));
+        }
+        Ok(output)
+    }
+
+    /// The `-e` argument for rsync: rsync splits it like a shell.
+    pub fn rsync_shell(&self) -> String {
+        format!(
+            "ssh -F {}",
+            shell_quote(&self.config_file.to_string_lossy())
+        )
+    }
+
+    /// `host:path` for rsync; rsync >= 3.2.4 protects spaces in it.
+    pub fn rsync_location(&self, remote_path: &Path) -> String {
+        format!("{HOST_ALIAS}:{}", remote_path.display())
+    }
+
+    /// Mounts the job's remote directory with sshfs.
+    pub fn mount(&self, point: &Path) -> Result<Mount> {
+        let cmd = Cmd::new("sshfs")
+            .arg("-F")
+            .arg(&self.config_file)
+            .arg(format!("{HOST_ALIAS}:{}", self.sftp.path.display()))
+            .arg(point)
+            // Keep FUSE from caching stale attributes of files rsync renames.
+            .args(["-o", "noatime", "-o", "max_conns=4"]);
+        Mount::establish(point, FsType::Sshfs, cmd, |out| {
+            self.connection_error(&out.stderr, "mounting with sshfs")
+        })
+    }
+
+    /// Names the host, the port and the likely cause of an ssh failure.
+    pub fn connection_error(&self, stderr: &str, what: &str) -> Error {
+        let s = &self.sftp;
+        let at = format!("{}:{}", s.host, s.port);
+        let detail = stderr.trim();
+        let message = if detail.contains("Host key verification failed")
+            || detail.contains("HOST IDENTIFICATION HAS CHANGED")
+        {
+            format!(
+                "host key of {at} does not match {}: refusing to connect",
+                s.known_hosts_file.display()
+            )
+        } else if detail.contains("UNPROTECTED PRIVATE KEY") {
+            format!("identity file for {at} has loose permissions: {detail}")
+        } else if detail.contains("Permission denied") {
+            format!(
+                "{}@{at} refused our key ({}): {detail}",
+                s.user,
+                identity_label(s)
+            )
+        } else if detail.contains("No such file") && what.contains("sshfs") {
+            format!("remote path {} does not exist on {at}", s.path.display())
+        } else {
+            format!("cannot reach {at} ({what}): {detail}")
+        };
+        Error::new(Kind::Remote, message)
+    }
+}
+
+fn identity_label(s: &Sftp) -> String {
+    s.identity_file
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "ssh's default keys".into())
+}
+
+fn ssh_config_text(s: &Sftp) -> Result<String> {
+    let mut lines = vec![
+        format!("Host {HOST_ALIAS}"),
+        format!(
+            "  HostName {}",
+            s.host.trim_start_matches('[').trim_end_matches(']')
+        ),
+        format!("  Port {}", s.port),
+        format!("  User {}", s.user),
+        format!(
+            "  UserKnownHostsFile {}",
+            config_quote(&s.known_hosts_file)?
+        ),
+        "  GlobalKnownHostsFile /dev/null".into(),
+        "  StrictHostKeyChecking yes".into(),
+        "  UpdateHostKeys no".into(),
+        "  BatchMode yes".into(),
+        "  PasswordAuthentication no".into(),
+        "  KbdInteractiveAuthentication no".into(),
+        format!("  ConnectTimeout {CONNECT_TIMEOUT_S}"),
+        format!("  ServerAliveInterval {ALIVE_INTERVAL_S}"),
+        format!("  ServerAliveCountMax {ALIVE_COUNT}"),
+        "  ForwardAgent no".into(),
+        "  ClearAllForwardings yes".into(),
+        "  LogLevel ERROR".into(),
+    ];
+    if let Some(id) = &s.identity_file {
+        lines.push(format!("  IdentityFile {}", config_quote(id)?));
+        lines.push("  IdentitiesOnly yes".into());
+    }
+    Ok(lines.join("\n") + "\n")
+}
+
+/// ssh_config takes double-quoted arguments and has no escape for `"`.
+fn config_quote(path: &Path) -> Result<String> {
+    let text = path.to_string_lossy();
+    if text.contains('"') || text.contains('\n') {
+        return Err(Error::usage(format!(
+            "path {text:?} cannot be used in an ssh config (contains a quote)"
+        )));
+    }
+    Ok(format!("\"{text}\""))
+}
+
+fn check_identity_file(s: &Sftp) -> Result<()> {
+    let Some(id) = &s.identity_file else {
+        return Ok(());
+    };
+    let meta = std::fs::metadata(id)
+        .map_err(|e| Error::new(Kind::Remote, format!("identity file {}: {e}", id.display())))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 && nix::unistd::getuid().as_raw() == meta_uid(&meta) {
+        return Err(Error::new(
+            Kind::Remote,
+            format!(
+                "identity file {} has loose permissions {:o}: ssh would ignore it (chmod 600)",
+                id.display(),
+                mode & 0o777
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn meta_uid(meta: &std::fs::Metadata) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    meta.uid()
+}
+
+fn check_known_hosts_file(s: &Sftp) -> Result<()> {
+    match std::fs::metadata(&s.known_hosts_file) {
+        Ok(m) if m.len() > 0 => Ok(()),
+        Ok(_) => Err(Error::new(
+            Kind::Remote,
+            format!("known_hosts file {} is empty", s.known_hosts_file.display()),
+        )),
+        Err(e) => Err(Error::new(
+            Kind::Remote,
+            format!("known_hosts file {}: {e}", s.known_hosts_file.display()),
+        )),
+    }
+}
+
+/// Writes a file readable by its owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = File::create(path).ctx(|| format!("cannot write {}", path.display()))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .ctx(|| format!("chmod {}", path.display()))?;
+    file.write_all(bytes)
+        .ctx(|| format!("cannot write {}", path.display()))
+}
+
+/// Where a stage reaches the remote.
+pub enum Remote {
+    /// A directory that is a local path: a local target, or an sshfs mount
+    /// (then `mount` keeps it mounted and `ssh` reaches the same server).
+    Path {
+        root: PathBuf,
+        mount: Option<Mount>,
+        ssh: Option<Ssh>,
+    },
+    /// The server's directory, reached by ssh commands (rsync transport).
+    Shell { ssh: Ssh },
+}
+
+impl Remote {
+    /// The local path of the remote root, when there is one.
+    pub fn local_root(&self) -> Option<&Path> {
+        match self {
+            Remote::Path { root, .. } => Some(root),
+            Remote::Shell { .. } => None,
+        }
+    }
+
+    pub fn ssh(&self) -> Option<&Ssh> {
+        match self {
+            Remote::Path { ssh, .. } => ssh.as_ref(),
+            Remote::Shell { ssh } => Some(ssh),
+        }
+    }
+
+    /// Re-checks an sshfs mount right before it is trusted.
+    pub fn check_live(&self) -> Result<()> {
+        match self {
+            Remote::Path { mount: Some(m), .. } => m.check_live(),
+            Remote::Path {
+                root, mount: None, ..
+            } => std::fs::read_dir(root)
+                .map(|_| ())
+                .ctx(|| format!("target {}", root.display())),
+            Remote::Shell { .. } => Ok(()),
+        }
+    }
+
+    /// rsync's notion of a remote directory: a local path or `host:path`.
+    pub fn rsync_path(&self, rel: &str) -> String {
+        match self {
+            Remote::Path { root, .. } => root.join(rel).to_string_lossy().into_owned(),
+            Remote::Shell { ssh } => ssh.rsync_location(&ssh.sftp.path.join(rel)),
+        }
+    }
+
+    /// Creates files/, snapshots/ and checksums/ if they are missing.
+    pub fn ensure_layout(&self) -> Result<()> {
+        match self {
+            Remote::Path { root, .. } => {
+                for dir in [FILES, SNAPSHOTS, CHECKSUMS] {
+                    let path = root.join(dir);
+                    if !path.is_dir() {
+                        std::fs::create_dir(&path)
+                            .ctx(|| format!("cannot create {} on the target", path.display()))?;
+                    }
+                }
+                Ok(())
+            }
+            Remote::Shell { ssh } => {
+                let root = &ssh.sftp.path;
+                let dirs: Vec<String> = [FILES, SNAPSHOTS, CHECKSUMS]
+                    .iter()
+                    .map(|d| quote_path(&root.join(d)))
+                    .collect();
+                let command = format!("cd {} && mkdir -p -- {}", quote_path(root), dirs.join(" "));
+                let out = ssh.run(&command, "creating the remote layout", SHORT_COMMAND)?;
+                if !out.success() {
+                    return Err(remote_failure(
+                        ssh,
+                        &out,
+                        &format!("cannot create the layout in {}", root.display()),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads a small file relative to the remote root; None if it is missing.
+    pub fn read_file(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            Remote::Path { root, .. } => match std::fs::read(root.join(rel)) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Error::io(
+                    format!("reading {} on the target", root.join(rel).display()),
+                    e,
+                )),
+            },
+            Remote::Shell { ssh } => {
+                let path = quote_path(&ssh.sftp.path.join(rel));
+                let mut out = ssh.run(
+                    &format!("if [ -f {path} ]; then cat -- {path}; else exit 44; fi"),
+                    "reading a file",
+                    SHORT_COMMAND,
+                )?;
+                match out.code() {
+                    Some(0) => Ok(Some(out.stdout_string()?.into_bytes())),
+                    Some(44) => Ok(None),
+                    _ => Err(remote_failure(ssh, &out, &format!("cannot read {rel}"))),
+                }
+            }
+        }
+    }
+
+    /// Replaces a file relative to the remote root in one step: the bytes go
+    /// to a temporary name first, so a broken link never leaves half a file
+    /// under the real name.
+    pub fn write_file_atomic(&self, rel: &str, bytes: &[u8]) -> Result<()> {
+        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let temp_rel = if dir.is_empty() {
+            format!(".{name}.partial")
+        } else {
+            format!("{dir}/.{name}.partial")
+        };
+        match self {
+            Remote::Path { root, .. } => {
+                let (temp, target) = (root.join(&temp_rel), root.join(rel));
+                let mut file = File::create(&temp).ctx(|| format!("writing {}", temp.display()))?;
+                file.write_all(bytes)
+                    .and_then(|_| file.sync_all())
+                    .ctx(|| format!("writing {}", temp.display()))?;
+                std::fs::rename(&temp, &target)
+                    .ctx(|| format!("renaming into {}", target.display()))
+            }
+            Remote::Shell { ssh } => {
+                let (temp, target) = (
+                    quote_path(&ssh.sftp.path.join(&temp_rel)),
+                    quote_path(&ssh.sftp.path.join(rel)),
+                );
+                let content = memfd_with(bytes)?;
+                let command = format!("cat > {temp} && mv -f -- {temp} {target}");
+                let out = ssh
+                    .command(&command)
+                    .stdin(content)
+                    .timeout(SHORT_COMMAND)
+                    .run()?;
+                if !out.success() {
+                    return Err(remote_failure(ssh, &out, &format!("cannot write {rel}")));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Deletes the temp files (`.name.XXXXXX`) that an rsync killed in the
+    /// middle leaves in files/. Only safe when names are encrypted: no
+    /// encrypted name starts with a dot.
+    pub fn remove_rsync_leftovers(&self) -> Result<usize> {
+        match (self.local_root(), self.ssh()) {
+            (_, Some(ssh)) if ssh.sftp.remote_checksums == crate::config::RemoteChecksums::Ssh => {
+                let files = quote_path(&ssh.sftp.path.join(FILES));
+                let command = format!("find {files} -type f -name '.*' -print -delete | wc -l");
+                let mut out = ssh.run(&command, "removing rsync leftovers", SHORT_COMMAND * 4)?;
+                if !out.success() {
+                    return Err(remote_failure(ssh, &out, "cannot remove rsync temp files"));
+                }
+                Ok(out.stdout_string()?.trim().parse().unwrap_or(0))
+            }
+            (Some(root), _) => remove_dot_files(&root.join(FILES)),
+            (None, _) => Ok(0),
+        }
+    }
+}
+
+fn remove_dot_files(dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    for entry in walkdir::WalkDir::new(dir).min_depth(1) {
+        interrupt::check()?;
+        let entry =
+            entry.map_err(|e| Error::new(Kind::Io, format!("walking {}: {e}", dir.display())))?;
+        let is_temp =
+            entry.file_name().to_string_lossy().starts_with('.') && entry.file_type().is_file();
+        if is_temp {
+            std::fs::remove_file(entry.path())
+                .ctx(|| format!("removing {}", entry.path().display()))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+fn memfd_with(bytes: &[u8]) -> Result<File> {
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    use std::io::{Seek, SeekFrom};
+    let mut file = File::from(
+        memfd_create("ciphersync-upload", MFdFlags::MFD_CLOEXEC)
+            .map_err(|e| Error::new(Kind::Io, format!("memfd: {e}")))?,
+    );
+    file.write_all(bytes)
+        .and_then(|_| file.seek(SeekFrom::Start(0)))
+        .ctx(|| "buffering an upload")?;
+    Ok(file)
+}
+
+pub fn quote_path(path: &Path) -> String {
+    shell_quote(&path.to_string_lossy())
+}
+
+pub fn remote_failure(ssh: &Ssh, out: &Output, what: &str) -> Error {
+    let s = ssh.sftp();
+    Error::new(
+        Kind::Remote,
+        format!("{what} on {}:{}: {}", s.host, s.port, out.stderr.trim()),
+    )
+}
+
+/// Opens the remote for a stage. `want_path` asks for a local path to the
+/// remote root (an sshfs mount for sftp targets); otherwise sftp targets are
+/// reached with ssh alone.
+pub fn open(job: &Job, want_path: bool, mount_point: &Path) -> Result<Remote> {
+    match &job.target {
+        crate::config::Target::Local { path } => {
+            if !path.is_dir() {
+                return Err(Error::new(
+                    Kind::Io,
+                    format!(
+                        "target {} is not a directory (is the disk mounted?)",
+                        path.display()
+                    ),
+                ));
+            }
+            Ok(Remote::Path {
+                root: path.clone(),
+                mount: None,
+                ssh: None,
+            })
+        }
+        crate::config::Target::Sftp(sftp) => {
+            let ssh = Ssh::prepare(job, sftp)?;
+            if want_path {
+                crate::mount::prepare_point(mount_point)?;
+                let mount = ssh.mount(mount_point)?;
+                log::debug(|| format!("remote mounted at {}", mount_point.display()));
+                Ok(Remote::Path {
+                    root: mount_point.to_owned(),
+                    mount: Some(mount),
+                    ssh: Some(ssh),
+                })
+            } else {
+                Ok(Remote::Shell { ssh })
+            }
+        }
+    }
+}

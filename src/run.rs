@@ -1,0 +1,120 @@
+//! What every stage does around its own work: take the job's lock, make the
+//! state and runtime dirs, clear what a killed run left behind, and record
+//! the result in status.json whatever happens.
+
+use std::fs::{File, OpenOptions};
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use serde_json::Value;
+
+use crate::config::Job;
+use crate::crypt::create_private_dir;
+use crate::error::{Error, IoContext, Kind, Result};
+use crate::status::{self, Outcome, Stage, StageResult};
+use crate::{log, mount};
+
+/// Held for the whole stage: one run of a job at a time.
+pub struct Context<'a> {
+    pub job: &'a Job,
+    pub started_at: SystemTime,
+    _lock: Flock<File>,
+}
+
+impl Context<'_> {
+    /// A path under the job's runtime dir (mount points, sockets).
+    pub fn runtime(&self, name: &str) -> PathBuf {
+        self.job.runtime_dir.join(name)
+    }
+
+    /// A path under the job's state dir.
+    pub fn state(&self, name: &str) -> PathBuf {
+        self.job.state_dir.join(name)
+    }
+}
+
+/// Takes the lock and prepares the dirs; exits 75 (Kind::Locked) when
+/// another run of the job holds the lock.
+pub fn enter(job: &Job) -> Result<Context<'_>> {
+    create_private_dir(&job.state_dir)?;
+    create_private_dir(&job.runtime_dir)?;
+    let lock_path = job.state_dir.join("lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .ctx(|| format!("opening lock {}", lock_path.display()))?;
+    let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((_, Errno::EWOULDBLOCK)) => {
+            return Err(Error::new(
+                Kind::Locked,
+                format!(
+                    "job {}: another run holds {}",
+                    job.name,
+                    lock_path.display()
+                ),
+            ));
+        }
+        Err((_, e)) => {
+            return Err(Error::new(
+                Kind::Io,
+                format!("locking {}: {e}", lock_path.display()),
+            ));
+        }
+    };
+    // With the lock held nothing else uses our mount points: whatever is
+    // still mounted there was left by a run that was killed.
+    mount::clean_stale(&job.runtime_dir)?;
+    Ok(Context {
+        job,
+        started_at: SystemTime::now(),
+        _lock: lock,
+    })
+}
+
+/// What a stage's body returns when it did not fail.
+pub struct Done {
+    pub outcome: Outcome,
+    pub stats: Value,
+}
+
+/// Runs a stage body inside the lock and records its result. The lock is
+/// released (and every mount the body made is gone) before this returns.
+pub fn stage(
+    job: &Job,
+    stage: Stage,
+    body: impl FnOnce(&Context) -> Result<Done>,
+) -> Result<StageResult> {
+    let started_at = SystemTime::now();
+    let ctx = enter(job)?;
+    let outcome = body(&ctx);
+    let result = match outcome {
+        Ok(done) => StageResult {
+            outcome: done.outcome,
+            started_at,
+            finished_at: SystemTime::now(),
+            error: None,
+            stats: done.stats,
+        },
+        Err(error) => StageResult {
+            outcome: if error.kind == Kind::Interrupted {
+                Outcome::Interrupted
+            } else {
+                Outcome::Failed
+            },
+            started_at,
+            finished_at: SystemTime::now(),
+            error: Some(error),
+            stats: Value::Object(Default::default()),
+        },
+    };
+    if let Err(e) = status::record(&job.state_dir, &job.name, stage, &result) {
+        log::warn(format!("cannot record the status: {e}"));
+    }
+    drop(ctx);
+    Ok(result)
+}

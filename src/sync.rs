@@ -1,0 +1,476 @@
+//! The backup stage: mirror the encrypted view of the source into
+//! `<remote>/files/` with rsync, moving every replaced or deleted file into
+//! `<remote>/snapshots/<id>/`.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use serde_json::json;
+
+use crate::config::{Filenames, Job, Target, Transport};
+use crate::crypt::{self, PathDecryptor, REMOTE_CONFIG_NAME};
+use crate::error::{Error, IoContext, Kind, Result};
+use crate::exec::Cmd;
+use crate::remote::{self, FILES, Remote, SNAPSHOTS};
+use crate::run::{Context, Done};
+use crate::status::{self, Outcome};
+use crate::{interrupt, log};
+
+/// Left in the state dir while rsync runs: if it is there when a backup
+/// starts, the previous one was killed and may have left temp files.
+const INCOMPLETE_MARKER: &str = "backup.incomplete";
+/// The id of the last snapshot this job wrote: a new run never reuses it.
+const LAST_SNAPSHOT: &str = "last-snapshot";
+/// Encrypted paths that the last verify found damaged on the remote.
+pub const REPAIR_LIST: &str = "repair.list";
+
+// rsync exit codes (rsync's errcode.h).
+const RSYNC_PARTIAL: i32 = 23;
+const RSYNC_VANISHED: i32 = 24;
+const RSYNC_MAX_DELETE: i32 = 25;
+
+/// Options of one backup run that the command line may override.
+pub struct BackupOptions {
+    pub max_delete_percent: Option<u8>,
+}
+
+pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
+    let job = ctx.job;
+    crypt::require_config(job)?;
+    let cipher_point = ctx.runtime("cipher");
+    crate::mount::prepare_point(&cipher_point)?;
+    let ctlsock = ctx.runtime("ctl.sock");
+    let view = crypt::mount_reverse(job, &cipher_point, Some(&ctlsock))?;
+    let max_delete_percent = options.max_delete_percent.unwrap_or(job.max_delete_percent);
+    refuse_empty_view(job, view.point(), max_delete_percent)?;
+
+    let remote = remote::open(job, uses_sshfs(job), &ctx.runtime("remote"))?;
+    remote.ensure_layout()?;
+    let incomplete = ctx.state(INCOMPLETE_MARKER);
+    if incomplete.exists() {
+        clean_after_killed_run(job, &remote)?;
+    }
+    ensure_remote_config(job, &remote)?;
+    let snapshot = next_snapshot_id(ctx)?;
+    std::fs::write(&incomplete, &snapshot).ctx(|| format!("writing {}", incomplete.display()))?;
+
+    let rsync = Rsync {
+        job,
+        remote: &remote,
+        source: view.point(),
+        snapshot: &snapshot,
+    };
+    let repaired = repair_damaged(ctx, &rsync)?;
+
+    // The last moment before we trust both mounts with --delete.
+    view.check_live()?;
+    remote.check_live()?;
+    let max_delete = max_delete_count(ctx, max_delete_percent);
+    let decryptor = PathDecryptor::new(&ctlsock);
+    let stats = rsync.mirror(max_delete, &decryptor)?;
+
+    std::fs::write(ctx.state(LAST_SNAPSHOT), &snapshot).ctx(|| "recording the snapshot id")?;
+    let _ = std::fs::remove_file(ctx.state(REPAIR_LIST));
+    std::fs::remove_file(&incomplete).ctx(|| format!("removing {}", incomplete.display()))?;
+    Ok(Done {
+        outcome: Outcome::Ok,
+        stats: json!({
+            "files": stats.files,
+            "transferred": stats.transferred,
+            "bytes_transferred": stats.bytes_transferred,
+            "deleted": stats.deleted,
+            "repaired": repaired,
+            "snapshot": snapshot,
+        }),
+    })
+}
+
+fn uses_sshfs(job: &Job) -> bool {
+    matches!(&job.target, Target::Sftp(s) if s.transport == Transport::Sshfs)
+}
+
+/// An empty encrypted view means an empty (or unmounted) source: mirroring it
+/// would move every remote file into a snapshot.
+fn refuse_empty_view(job: &Job, view: &Path, max_delete_percent: u8) -> Result<()> {
+    let has_content = std::fs::read_dir(view)
+        .ctx(|| format!("reading the encrypted view of {}", job.source.display()))?
+        .filter_map(|e| e.ok())
+        .any(|e| {
+            !matches!(
+                e.file_name().to_str(),
+                Some("gocryptfs.diriv" | "gocryptfs.conf")
+            )
+        });
+    if has_content || max_delete_percent >= 100 {
+        return Ok(());
+    }
+    Err(Error::new(
+        Kind::Refused,
+        format!(
+            "job {}: source {} is empty (not mounted?); refusing to empty the backup. \
+             To back up an empty source on purpose, run `ciphersync backup {} --max-delete 100`",
+            job.name,
+            job.source.display(),
+            job.name
+        ),
+    ))
+}
+
+/// The largest number of remote files this run may delete, from the file
+/// count of the last backup; None (no limit) when there is no earlier one.
+fn max_delete_count(ctx: &Context, percent: u8) -> Option<u64> {
+    if percent >= 100 {
+        return None;
+    }
+    let status = status::read(&ctx.job.state_dir).ok()?;
+    let files = status["stages"]["backup"]["stats"]["files"].as_u64()?;
+    Some(files * u64::from(percent) / 100)
+}
+
+/// After a killed run: rsync's temp files (`.name.XXXXXX`) may sit in files/
+/// and would otherwise be "deleted" into the next snapshot as if they were
+/// old versions. Encrypted names never start with a dot; plaintext ones may,
+/// so then we leave them to rsync.
+fn clean_after_killed_run(job: &Job, remote: &Remote) -> Result<()> {
+    if job.filenames == Filenames::Plaintext {
+        log::warn(
+            "the previous backup did not finish; with plaintext names its temp files cannot be told apart",
+        );
+        return Ok(());
+    }
+    let removed = remote.remove_rsync_leftovers()?;
+    if removed > 0 {
+        log::warn(format!(
+            "removed {removed} temp file(s) left by an interrupted backup"
+        ));
+    }
+    Ok(())
+}
+
+/// `files/` must always be mountable by plain gocryptfs, so it carries the
+/// config. A remote config that differs from ours means the key changed
+/// (a lost and re-created config): refuse rather than mix two keys.
+fn ensure_remote_config(job: &Job, remote: &Remote) -> Result<()> {
+    let ours = std::fs::read(&job.gocryptfs_config)
+        .ctx(|| format!("reading {}", job.gocryptfs_config.display()))?;
+    let rel = format!("{FILES}/{REMOTE_CONFIG_NAME}");
+    match remote.read_file(&rel)? {
+        Some(theirs) if theirs == ours => Ok(()),
+        Some(_) => Err(Error::new(
+            Kind::Refused,
+            format!(
+                "job {}: {rel} on {} is not {}: the backup there was made with another key. \
+                 Restore the original config (copy it from the target) instead of creating a new one",
+                job.name,
+                job.target_label(),
+                job.gocryptfs_config.display()
+            ),
+        )),
+        None => {
+            log::info(format!("uploading the gocryptfs config to {rel}"));
+            remote.write_file_atomic(&rel, &ours)
+        }
+    }
+}
+
+/// Snapshot ids are UTC start times to the second; two runs within one
+/// second must not share a snapshot dir, so wait for the clock if needed.
+fn next_snapshot_id(ctx: &Context) -> Result<String> {
+    let last = std::fs::read_to_string(ctx.state(LAST_SNAPSHOT)).unwrap_or_default();
+    loop {
+        let id = status::snapshot_id(SystemTime::now().max(ctx.started_at));
+        if id.as_str() > last.trim() {
+            return Ok(id);
+        }
+        interrupt::check()?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// rsync decides by size and mtime, which a flipped byte on the server does
+/// not change: files that the last verify found damaged are compared by
+/// checksum and re-sent (the damaged copy goes into the snapshot).
+fn repair_damaged(ctx: &Context, rsync: &Rsync) -> Result<usize> {
+    let Ok(list) = std::fs::read(ctx.state(REPAIR_LIST)) else {
+        return Ok(0);
+    };
+    let present: Vec<&[u8]> = list
+        .split(|b| *b == 0)
+        .filter(|p| !p.is_empty())
+        .filter(|p| {
+            rsync
+                .source
+                .join(std::str::from_utf8(p).unwrap_or("\0"))
+                .is_file()
+        })
+        .collect();
+    if present.is_empty() {
+        return Ok(0);
+    }
+    let files_from = ctx.runtime("repair.files");
+    std::fs::write(&files_from, present.join(&0u8))
+        .ctx(|| format!("writing {}", files_from.display()))?;
+    log::info(format!(
+        "re-sending {} file(s) that the last verify found damaged",
+        present.len()
+    ));
+    rsync.repair(&files_from)?;
+    Ok(present.len())
+}
+
+/// The figures a backup reports, from rsync's --stats.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub files: u64,
+    pub transferred: u64,
+    pub bytes_transferred: u64,
+    pub deleted: u64,
+}
+
+struct Rsync<'a> {
+    job: &'a Job,
+    remote: &'a Remote,
+    source: &'a Path,
+    snapshot: &'a str,
+}
+
+impl Rsync<'_> {
+    fn mirror(&self, max_delete: Option<u64>, decryptor: &PathDecryptor) -> Result<Stats> {
+        let mut args = self.common_args();
+        args.extend([
+            "--delete".into(),
+            "--stats".into(),
+            "--no-human-readable".into(),
+        ]);
+        if let Some(n) = max_delete {
+            args.push(format!("--max-delete={n}"));
+        }
+        let mut out = self.run(args)?;
+        let stats_text = out.stdout_string()?;
+        match out.code() {
+            Some(0) => {}
+            Some(RSYNC_VANISHED) => log::warn(format!(
+                "some source files vanished while rsync read them; the next backup picks up the change: {}",
+                out.stderr.trim()
+            )),
+            Some(RSYNC_PARTIAL) => {
+                return Err(Error::new(
+                    Kind::Tool,
+                    format!(
+                        "rsync could not transfer some files: {}",
+                        name_files(&out.stderr, self.source, decryptor)
+                    ),
+                ));
+            }
+            Some(RSYNC_MAX_DELETE) => {
+                return Err(Error::new(
+                    Kind::Refused,
+                    format!(
+                        "job {}: this backup would delete more than {} file(s) on the target (max_delete_percent); \
+                         the deletions beyond that were skipped. If the deletions are intended, run \
+                         `ciphersync backup {} --max-delete 100`",
+                        self.job.name,
+                        max_delete.unwrap_or(0),
+                        self.job.name
+                    ),
+                ));
+            }
+            _ => return Err(self.failure(&out)),
+        }
+        Ok(parse_stats(&stats_text))
+    }
+
+    fn repair(&self, files_from: &Path) -> Result<()> {
+        let mut args = self.common_args();
+        args.extend([
+            "--checksum".into(),
+            "--from0".into(),
+            format!("--files-from={}", files_from.display()),
+        ]);
+        let out = self.run(args)?;
+        if out.success() || out.code() == Some(RSYNC_VANISHED) {
+            Ok(())
+        } else {
+            Err(self.failure(&out))
+        }
+    }
+
+    fn common_args(&self) -> Vec<String> {
+        rsync_args(&RsyncPlan {
+            snapshot: self.snapshot,
+            over_sshfs: uses_sshfs(self.job),
+            protect_config: !self.job.config_in_source(),
+            ssh_shell: match self.remote {
+                Remote::Shell { ssh } => Some(ssh.rsync_shell()),
+                Remote::Path { .. } => None,
+            },
+        })
+    }
+
+    fn run(&self, mut args: Vec<String>) -> Result<crate::exec::Output> {
+        args.push(format!("{}/", self.source.display()));
+        args.push(format!("{}/", self.remote.rsync_path(FILES)));
+        Cmd::new("rsync").args(args).run()
+    }
+
+    fn failure(&self, out: &crate::exec::Output) -> Error {
+        if out.code() == Some(255) || out.stderr.contains("connection unexpectedly closed") {
+            if let Some(ssh) = self.remote.ssh() {
+                return ssh.connection_error(&out.stderr, "rsync");
+            }
+        }
+        let mut error = out.failure(Some("mirroring files"));
+        if let Some(hint) = disk_full_hint(&out.stderr) {
+            error.message.push_str(hint);
+        }
+        error
+    }
+}
+
+fn disk_full_hint(stderr: &str) -> Option<&'static str> {
+    (stderr.contains("No space left") || stderr.contains("Disk quota exceeded"))
+        .then_some(" (the target is full: the files already there are unchanged)")
+}
+
+/// What the rsync argv depends on; kept apart so the argv can be tested.
+pub struct RsyncPlan<'a> {
+    pub snapshot: &'a str,
+    pub over_sshfs: bool,
+    pub protect_config: bool,
+    pub ssh_shell: Option<String>,
+}
+
+/// The shared rsync options. Never --partial or -P: a killed run must not
+/// leave a truncated file under a real name (it would later be kept as the
+/// "old version" in a snapshot).
+pub fn rsync_args(plan: &RsyncPlan) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "-a",
+        "-H",
+        "--no-specials",
+        "--no-devices",
+        "--backup",
+        &format!("--backup-dir=../{SNAPSHOTS}/{}/", plan.snapshot),
+    ]
+    .map(String::from)
+    .to_vec();
+    if plan.over_sshfs {
+        // SFTP cannot set symlink times, and a non-root account cannot chown.
+        args.extend(["--omit-link-times", "--no-owner", "--no-group"].map(String::from));
+    }
+    if plan.protect_config {
+        // The config we upload is not in the view: keep --delete off it.
+        args.push(format!("--filter=P /{REMOTE_CONFIG_NAME}"));
+    }
+    if let Some(shell) = &plan.ssh_shell {
+        args.push("-e".into());
+        args.push(shell.clone());
+    }
+    args
+}
+
+/// Reads rsync's --stats (with --no-human-readable; commas are tolerated).
+pub fn parse_stats(text: &str) -> Stats {
+    let mut stats = Stats::default();
+    for line in text.lines() {
+        let Some((label, value)) = line.split_once(':') else {
+            continue;
+        };
+        let number = |v: &str| -> u64 {
+            v.split_whitespace()
+                .next()
+                .unwrap_or("0")
+                .replace(',', "")
+                .parse()
+                .unwrap_or(0)
+        };
+        match label.trim() {
+            // "Number of files: 5 (reg: 3, dir: 2)": we count regular files.
+            "Number of files" => {
+                stats.files = value
+                    .split_once("reg:")
+                    .map(|(_, rest)| number(rest.trim_end_matches(|c| c == ')' || c == ' ')))
+                    .unwrap_or(0)
+            }
+            "Number of regular files transferred" => stats.transferred = number(value),
+            "Number of deleted files" => stats.deleted = number(value),
+            "Total transferred file size" => stats.bytes_transferred = number(value),
+            _ => {}
+        }
+    }
+    stats
+}
+
+/// Turns rsync's error lines into a message that names the files, decrypted
+/// to plaintext paths where the view can tell.
+fn name_files(stderr: &str, source: &Path, decryptor: &PathDecryptor) -> String {
+    let prefix = format!("{}/", source.display());
+    let mut named = Vec::new();
+    for line in stderr.lines().filter(|l| l.starts_with("rsync:")) {
+        let quoted = line.split('"').nth(1).unwrap_or("");
+        let rel = quoted.strip_prefix(&prefix).unwrap_or(quoted);
+        let plain = decryptor.decrypt(rel).unwrap_or_else(|| rel.to_string());
+        let why = line.rsplit_once(": ").map(|(_, w)| w).unwrap_or("");
+        named.push(format!("{plain} ({why})"));
+    }
+    if named.is_empty() {
+        stderr.trim().to_string()
+    } else {
+        named.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rsync_argv_for_sshfs() {
+        let plan = RsyncPlan {
+            snapshot: "20261129T030000Z",
+            over_sshfs: true,
+            protect_config: true,
+            ssh_shell: None,
+        };
+        insta::assert_debug_snapshot!(rsync_args(&plan));
+    }
+
+    #[test]
+    fn rsync_argv_over_ssh() {
+        let plan = RsyncPlan {
+            snapshot: "20261129T030000Z",
+            over_sshfs: false,
+            protect_config: false,
+            ssh_shell: Some("ssh -F '/run/ciphersync/my docs/ssh_config'".into()),
+        };
+        let args = rsync_args(&plan);
+        assert!(!args.iter().any(|a| a == "-P" || a.starts_with("--partial")));
+        insta::assert_debug_snapshot!(args);
+    }
+
+    #[test]
+    fn parses_rsync_stats() {
+        let text = "\nNumber of files: 2,013 (reg: 2,000, dir: 13)\nNumber of created files: 5 (reg: 5)\n\
+                    Number of deleted files: 3 (reg: 3)\nNumber of regular files transferred: 120\n\
+                    Total file size: 157286400 bytes\nTotal transferred file size: 104857600 bytes\n\
+                    Literal data: 104857600 bytes\n";
+        assert_eq!(
+            parse_stats(text),
+            Stats {
+                files: 2000,
+                transferred: 120,
+                bytes_transferred: 104_857_600,
+                deleted: 3
+            }
+        );
+        assert_eq!(parse_stats("Number of files: 1 (dir: 1)\n").files, 0);
+    }
+
+    #[test]
+    fn disk_full_is_named() {
+        assert!(
+            disk_full_hint("rsync: write failed on \"x\": No space left on device (28)").is_some()
+        );
+        assert!(disk_full_hint("rsync: connection reset").is_none());
+    }
+}

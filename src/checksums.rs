@@ -45,13 +45,19 @@ struct Pending {
     stamp: Stamp,
 }
 
+/// The result of hashing a tree.
+pub struct Hashed {
+    pub list: List,
+    /// The stamp of every file, for telling which changed when.
+    pub stamps: HashMap<String, Stamp>,
+    /// How many files were read (the rest came from the cache).
+    pub read: usize,
+}
+
 /// Hashes every regular file below `root` (symlinks and directories are not
 /// hashed, as with `find -type f | sha1sum`). With a cache, files whose stamp
 /// is unchanged are not read again; the cache is updated in place.
-pub fn hash_tree(
-    root: &Path,
-    mut cache: Option<&mut Cache>,
-) -> Result<(List, HashMap<String, Stamp>)> {
+pub fn hash_tree(root: &Path, mut cache: Option<&mut Cache>) -> Result<Hashed> {
     let mut list = List::new();
     let mut stamps = HashMap::new();
     let mut todo = Vec::new();
@@ -76,6 +82,7 @@ pub fn hash_tree(
             }),
         }
     }
+    let read = todo.len();
     for (pending, sum) in hash_files_parallel(todo)? {
         if let Some(c) = cache.as_deref_mut() {
             c.insert(&pending.rel, pending.stamp, &sum);
@@ -85,7 +92,7 @@ pub fn hash_tree(
     if let Some(c) = cache {
         c.retain(|rel| list.contains_key(rel));
     }
-    Ok((list, stamps))
+    Ok(Hashed { list, stamps, read })
 }
 
 fn walk_error(root: &Path, e: walkdir::Error) -> Error {
@@ -334,10 +341,6 @@ impl Cache {
     fn retain(&mut self, keep: impl Fn(&str) -> bool) {
         self.entries.retain(|rel, _| keep(rel));
     }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
 }
 
 fn parse_cache_line(line: &str) -> Option<(String, (Stamp, Sha1Hex))> {
@@ -399,7 +402,7 @@ mod tests {
             .run()
             .unwrap();
         let parsed = parse_sha1sum(out.stdout_reader().unwrap()).unwrap();
-        let (ours, _) = hash_tree(&dir, None).unwrap();
+        let ours = hash_tree(&dir, None).unwrap().list;
         assert_eq!(parsed, ours);
         assert_eq!(
             parse_sha1sum(format_sha1sum(&ours).as_bytes()).unwrap(),

@@ -171,12 +171,6 @@ pub fn parse_snapshot_id(id: &str) -> Option<SystemTime> {
     (snapshot_id(t) == id).then_some(t)
 }
 
-/// Parses what `rfc3339` writes (`2026-11-29T03:00:00Z`).
-pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
-    let compact: String = text.chars().filter(|c| *c != '-' && *c != ':').collect();
-    parse_snapshot_id(&compact)
-}
-
 fn civil(t: SystemTime) -> (i64, i64, i64, i64, i64, i64) {
     let secs = t
         .duration_since(UNIX_EPOCH)
@@ -220,7 +214,6 @@ mod tests {
         assert_eq!(rfc3339(t), "2026-11-29T03:00:00Z");
         assert_eq!(snapshot_id(t), "20261129T030000Z");
         assert_eq!(parse_snapshot_id("20261129T030000Z"), Some(t));
-        assert_eq!(parse_rfc3339("2026-11-29T03:00:00Z"), Some(t));
         assert_eq!(
             rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
             "2000-02-29T00:00:00Z"

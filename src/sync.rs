@@ -3,7 +3,7 @@
 //! `<remote>/snapshots/<id>/`.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
@@ -19,8 +19,9 @@ use crate::{interrupt, log};
 /// Left in the state dir while rsync runs: if it is there when a backup
 /// starts, the previous one was killed and may have left temp files.
 const INCOMPLETE_MARKER: &str = "backup.incomplete";
-/// The id of the last snapshot this job wrote: a new run never reuses it.
-const LAST_SNAPSHOT: &str = "last-snapshot";
+/// The last successful backup: its snapshot id (a new run never reuses it)
+/// and its exact start time (verify treats files changed after it as pending).
+const LAST_BACKUP: &str = "last-backup.json";
 /// Encrypted paths that the last verify found damaged on the remote.
 pub const REPAIR_LIST: &str = "repair.list";
 
@@ -69,7 +70,7 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
     let decryptor = PathDecryptor::new(&ctlsock);
     let stats = rsync.mirror(max_delete, &decryptor)?;
 
-    std::fs::write(ctx.state(LAST_SNAPSHOT), &snapshot).ctx(|| "recording the snapshot id")?;
+    record_last_backup(ctx, &snapshot)?;
     let _ = std::fs::remove_file(ctx.state(REPAIR_LIST));
     std::fs::remove_file(&incomplete).ctx(|| format!("removing {}", incomplete.display()))?;
     Ok(Done {
@@ -173,13 +174,38 @@ fn ensure_remote_config(job: &Job, remote: &Remote) -> Result<()> {
     }
 }
 
+fn record_last_backup(ctx: &Context, snapshot: &str) -> Result<()> {
+    let started_ns = ctx
+        .started_at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let doc = json!({ "snapshot": snapshot, "started_ns": started_ns.to_string() });
+    status::write_atomic(&ctx.state(LAST_BACKUP), doc.to_string().as_bytes())
+}
+
+/// The exact start of the last successful backup, in ns since the epoch.
+pub fn last_backup_start_ns(state_dir: &Path) -> Option<i128> {
+    let doc = last_backup(state_dir)?;
+    doc["started_ns"].as_str()?.parse().ok()
+}
+
+fn last_backup(state_dir: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(state_dir.join(LAST_BACKUP)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 /// Snapshot ids are UTC start times to the second; two runs within one
 /// second must not share a snapshot dir, so wait for the clock if needed.
 fn next_snapshot_id(ctx: &Context) -> Result<String> {
-    let last = std::fs::read_to_string(ctx.state(LAST_SNAPSHOT)).unwrap_or_default();
+    let last = last_backup(&ctx.job.state_dir);
+    let last = last
+        .as_ref()
+        .and_then(|d| d["snapshot"].as_str())
+        .unwrap_or("");
     loop {
         let id = status::snapshot_id(SystemTime::now().max(ctx.started_at));
-        if id.as_str() > last.trim() {
+        if id.as_str() > last {
             return Ok(id);
         }
         interrupt::check()?;

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -79,10 +79,12 @@ struct LocalList {
 fn local_list(ctx: &Context, view: &Path) -> Result<LocalList> {
     let cache_path = ctx.state(CACHE_FILE);
     let mut cache = Cache::load(&cache_path);
-    let cached_before = cache.len();
-    let (mut list, stamps) = checksums::hash_tree(view, Some(&mut cache))?;
+    let checksums::Hashed {
+        mut list,
+        stamps,
+        read: hashed,
+    } = checksums::hash_tree(view, Some(&mut cache))?;
     cache.save(&cache_path)?;
-    let hashed = stamps.len().saturating_sub(cached_before.min(stamps.len()));
     // When the config is kept outside the source, backup uploads it into
     // files/: check it like any other file.
     let job = ctx.job;
@@ -102,7 +104,7 @@ fn local_list(ctx: &Context, view: &Path) -> Result<LocalList> {
 /// The remote side, always hashed in full.
 fn remote_list(remote: &Remote) -> Result<List> {
     match remote {
-        Remote::Path { root, .. } => Ok(checksums::hash_tree(&root.join(FILES), None)?.0),
+        Remote::Path { root, .. } => Ok(checksums::hash_tree(&root.join(FILES), None)?.list),
         Remote::Shell { ssh } => remote_list_over_ssh(ssh),
     }
 }
@@ -137,13 +139,7 @@ fn changed_since_last_backup(ctx: &Context, stamps: &HashMap<String, Stamp>) -> 
 }
 
 fn last_backup_start(ctx: &Context) -> Option<i128> {
-    let status = status::read(&ctx.job.state_dir).ok()?;
-    let backup = &status["stages"]["backup"];
-    if backup["outcome"] != "ok" {
-        return None;
-    }
-    let started = crate::status::parse_rfc3339(backup["started_at"].as_str()?)?;
-    Some(started.duration_since(UNIX_EPOCH).ok()?.as_nanos() as i128)
+    crate::sync::last_backup_start_ns(&ctx.job.state_dir)
 }
 
 fn without_pending(diff: Diff, pending: &[String]) -> Diff {

@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# What can be proved about the Nix side without NixOS or nixpkgs:
+#   1. every .nix file of the repository parses (nix-instantiate --parse);
+#   2. with NIXPKGS_LIB set, the job submodule, the NixOS module and the
+#      home-manager module evaluate with nixpkgs' lib and the stubs in
+#      nix/eval/stubs, and what they render equals nix/eval/expected/*;
+#      contradictory options are refused (expected/assertions.json); the
+#      option reference (expected/options.md) matches the declarations.
+#
+# NIXPKGS_LIB: a checkout of nix-community/nixpkgs.lib, i.e. the directory
+# that contains lib/ (NIXPKGS_LIB/lib/default.nix must exist). A nixpkgs
+# checkout works too. UPDATE_EXPECTED=1 rewrites the expected files.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+expected=$here/expected
+
+command -v nix-instantiate >/dev/null || {
+    echo "nix/eval/check.sh: nix-instantiate not found (apt-get install nix-bin)" >&2
+    exit 1
+}
+
+pretty() {
+    if command -v jq >/dev/null; then
+        jq -S .
+    else
+        python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin), indent=2, sort_keys=True))'
+    fi
+}
+
+raw_string() {
+    if command -v jq >/dev/null; then
+        jq -j .
+    else
+        python3 -c 'import json,sys; sys.stdout.write(json.load(sys.stdin))'
+    fi
+}
+
+# ---- 1. parse ---------------------------------------------------------------
+cd "$root"
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    mapfile -t files < <(git ls-files --cached --others --exclude-standard -- '*.nix' | sort)
+else
+    mapfile -t files < <(find . -name '*.nix' -not -path './target/*' -not -path './.git/*' | sed 's|^\./||' | sort)
+fi
+parse_failed=0
+for f in "${files[@]}"; do
+    [ -e "$f" ] || continue
+    if ! out=$(nix-instantiate --parse "$f" 2>&1 >/dev/null); then
+        echo "FAIL parse $f" >&2
+        echo "$out" >&2
+        parse_failed=1
+    fi
+done
+if [ "$parse_failed" -ne 0 ]; then
+    exit 1
+fi
+echo "ok parse: ${#files[@]} .nix files"
+
+# ---- 2. module evaluation ---------------------------------------------------
+if [ -z "${NIXPKGS_LIB:-}" ]; then
+    echo "SKIP nix module evaluation: set NIXPKGS_LIB=... (see README)"
+    exit 0
+fi
+if [ ! -f "$NIXPKGS_LIB/lib/default.nix" ]; then
+    echo "nix/eval/check.sh: NIXPKGS_LIB=$NIXPKGS_LIB has no lib/default.nix (it must name the directory that contains lib/)" >&2
+    exit 1
+fi
+libdir=$(cd "$NIXPKGS_LIB/lib" && pwd)
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+evaluate() { # attribute of nix/eval/eval.nix -> JSON on stdout
+    nix-instantiate --eval --strict --json "$here/eval.nix" \
+        --arg nixpkgsLib "$libdir" -A "$1"
+}
+
+failed=0
+compare() { # name, produced file, expected file
+    if [ "${UPDATE_EXPECTED:-}" = 1 ]; then
+        cp "$2" "$3"
+        echo "updated ${3#"$root"/}"
+    elif [ ! -f "$3" ]; then
+        echo "FAIL $1: ${3#"$root"/} is missing (run with UPDATE_EXPECTED=1)" >&2
+        failed=1
+    elif diff -u "$3" "$2" >"$tmp/$1.diff"; then
+        echo "ok $1"
+    else
+        echo "FAIL $1: differs from ${3#"$root"/}:" >&2
+        cat "$tmp/$1.diff" >&2
+        failed=1
+    fi
+}
+
+mkdir -p "$expected"
+for name in nixos-docs nixos-photos hm-music assertions; do
+    if ! evaluate "$name" >"$tmp/$name.raw" 2>"$tmp/$name.err"; then
+        echo "FAIL $name: evaluation failed:" >&2
+        cat "$tmp/$name.err" >&2
+        failed=1
+        continue
+    fi
+    pretty <"$tmp/$name.raw" >"$tmp/$name.json"
+    compare "$name" "$tmp/$name.json" "$expected/$name.json"
+done
+
+# Every contradictory or mistaken configuration must be refused, the two
+# valid ones accepted.
+if [ -f "$tmp/assertions.json" ]; then
+    accepted=$(python3 -c 'import json,sys; print(" ".join(sorted(k for k, v in json.load(open(sys.argv[1])).items() if v == "ok")) + " ")' "$tmp/assertions.json" 2>/dev/null ||
+        jq -r '[to_entries[] | select(.value == "ok") | .key] | sort | join(" ") + " "' "$tmp/assertions.json")
+    if [ "$accepted" != "valid-docs valid-photos " ]; then
+        echo "FAIL assertions: accepted configurations are [$accepted], expected [valid-docs valid-photos ]" >&2
+        failed=1
+    else
+        echo "ok assertions: every mistaken configuration is refused"
+    fi
+fi
+
+# The VM test definitions: nodes evaluate with the stubs, the ciphersync
+# jobs they declare pass types and assertions, each testScript compiles.
+if nix-instantiate --eval --strict --json "$here/vm-tests.nix" --arg nixpkgsLib "$libdir" \
+    >"$tmp/vm-tests.raw" 2>"$tmp/vm-tests.err"; then
+    if python3 - "$tmp/vm-tests.raw" "$tmp/vm-tests.json" <<'PY'; then
+import json, sys
+tests = json.load(open(sys.argv[1]))
+for name, test in sorted(tests.items()):
+    compile(test["testScript"], f"nix/tests/{name}.nix:testScript", "exec")
+summary = {name: {"name": t["name"], "nodes": t["nodes"]} for name, t in tests.items()}
+open(sys.argv[2], "w").write(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+PY
+        echo "ok vm-tests: test scripts compile"
+        compare vm-tests "$tmp/vm-tests.json" "$expected/vm-tests.json"
+    else
+        echo "FAIL vm-tests: a testScript does not compile" >&2
+        failed=1
+    fi
+else
+    echo "FAIL vm-tests: evaluation failed:" >&2
+    cat "$tmp/vm-tests.err" >&2
+    failed=1
+fi
+
+# The option reference (full, and the README's table) from the declarations.
+for doc in options-md:options.md options-table:options-table.md; do
+    attr=${doc%%:*} file=${doc#*:}
+    if evaluate "$attr" 2>"$tmp/$attr.err" >"$tmp/$attr.raw"; then
+        raw_string <"$tmp/$attr.raw" >"$tmp/$file"
+        compare "$attr" "$tmp/$file" "$expected/$file"
+    else
+        echo "FAIL $attr: evaluation failed:" >&2
+        cat "$tmp/$attr.err" >&2
+        failed=1
+    fi
+done
+
+if [ "$failed" -ne 0 ]; then
+    echo "nix/eval/check.sh: FAILED" >&2
+    exit 1
+fi
+echo "ok nix module evaluation (nixpkgs lib $(cat "$libdir/.version" 2>/dev/null || echo '?'))"

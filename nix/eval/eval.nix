@@ -1,0 +1,247 @@
+# Evaluates the job submodule, the NixOS module and the home-manager module
+# with nixpkgs' lib and the stubs in ./stubs, and returns what check.sh
+# compares with ./expected. Usage (from check.sh):
+#
+#   nix-instantiate --eval --strict --json nix/eval/eval.nix \
+#     --arg nixpkgsLib /path/to/nixpkgs.lib/lib -A nixos-docs
+{ nixpkgsLib }:
+
+let
+  lib = import nixpkgsLib;
+  pkgs = import ./stubs/pkgs.nix { inherit lib; };
+  samples = import ./samples.nix { inherit pkgs; };
+
+  evalWith =
+    stub: module: modules:
+    lib.evalModules {
+      modules = [
+        stub
+        module
+        { _module.args.pkgs = pkgs; }
+      ]
+      ++ modules;
+    };
+  evalNixos = evalWith ./stubs/nixos.nix ../module.nix;
+  evalHm = evalWith ./stubs/home-manager.nix ../hm-module.nix;
+
+  failedAssertions = config: map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
+
+  checkAssertions =
+    what: config:
+    let
+      failed = failedAssertions config;
+    in
+    if failed == [ ] then
+      config
+    else
+      throw "${what}: assertions failed:\n${lib.concatStringsSep "\n" failed}";
+
+  # A job file is the validating derivation; its value rides along in
+  # passthru.jobConfig. Make sure the build really runs check-config on it.
+  jobFileValue =
+    where: drv:
+    if !(drv ? jobConfig) then
+      throw "${where}: not a ciphersync job file"
+    else if !(lib.hasInfix "/bin/ciphersync check-config " drv.buildCommand) then
+      throw "${where}: the job file is not validated with `ciphersync check-config`"
+    else
+      drv.jobConfig;
+
+  fileEntry =
+    where: entry:
+    if entry.source != null && entry.source ? jobConfig then
+      jobFileValue where entry.source
+    else if entry.text != null then
+      { inherit (entry) text; }
+    else
+      { source = toString entry.source; };
+
+  clean = attrs: removeAttrs attrs [ "_module" ];
+
+  nixosShape =
+    name: sample:
+    let
+      config = checkAssertions name (evalNixos [ sample ]).config;
+    in
+    {
+      etc = lib.mapAttrs (n: fileEntry "${name}: environment.etc.${n}") config.environment.etc;
+      services = lib.mapAttrs (
+        _: s:
+        lib.filterAttrs (k: v: !(lib.elem k [ "script" "preStart" ] && v == "")) (
+          clean s // { path = map toString s.path; }
+        )
+      ) config.systemd.services;
+      timers = lib.mapAttrs (_: clean) config.systemd.timers;
+      users = lib.mapAttrs (_: clean) config.users.users;
+      groups = lib.mapAttrs (_: clean) config.users.groups;
+      fuse = {
+        programs = clean config.programs.fuse;
+        inherit (config.boot) kernelModules;
+      };
+    };
+
+  hmShape =
+    name: sample:
+    let
+      config = checkAssertions name (evalHm [ sample ]).config;
+    in
+    {
+      configFile = lib.mapAttrs (n: fileEntry "${name}: xdg.configFile.${n}") config.xdg.configFile;
+      services = config.systemd.user.services;
+      timers = config.systemd.user.timers;
+      packages = map toString config.home.packages;
+    };
+
+  # ---- contradictory or mistaken options -------------------------------
+
+  docs = samples.nixos-docs.services.ciphersync.jobs.docs;
+  photos = samples.nixos-photos.services.ciphersync.jobs.photos;
+
+  # Outcome of one configuration: "ok", the failed assertion messages, or
+  # "rejected" when the module system refuses a value (wrong type, missing
+  # or unknown option) before any assertion runs.
+  outcome =
+    evalFn: base: modules:
+    let
+      evaluated = evalFn ([ base ] ++ modules);
+      forced = builtins.tryEval (
+        builtins.deepSeq evaluated.config.services.ciphersync.jobs (
+          builtins.deepSeq (failedAssertions evaluated.config) true
+        )
+      );
+      failed = failedAssertions evaluated.config;
+    in
+    if !forced.success then
+      "rejected"
+    else if failed == [ ] then
+      "ok"
+    else
+      failed;
+
+  nixosCase = jobs: outcome evalNixos { services.ciphersync.package = pkgs.ciphersync; } [
+    { services.ciphersync.jobs = jobs; }
+  ];
+  withDocs = patch: nixosCase { docs = lib.recursiveUpdate docs patch; };
+  withTarget = patch: nixosCase { docs = docs // { target = patch; }; };
+  withPhotos = patch: nixosCase { photos = lib.recursiveUpdate photos patch; };
+
+  cases = {
+    valid-docs = withDocs { };
+    valid-photos = withPhotos { };
+    sftp-without-knownHosts = withDocs { target.knownHosts = [ ]; };
+    sftp-without-host = withTarget (removeAttrs docs.target [ "host" ]);
+    local-with-ssh-options = withPhotos {
+      target.host = "backup.example.org";
+      target.knownHosts = [ "backup.example.org ssh-ed25519 AAAA" ];
+    };
+    local-with-rsync-transport = withPhotos { target.transport = "rsync"; };
+    local-target-inside-source = withPhotos { target.path = "/srv/photos/backup"; };
+    source-inside-local-target = withPhotos { source = "/mnt/usb/photos/src"; };
+    two-jobs-one-target = nixosCase {
+      inherit docs;
+      docs2 = docs;
+    };
+    bad-job-name = nixosCase { "my docs" = docs; };
+    store-path-passwordFile = withDocs { passwordFile = "/nix/store/00000000000000000000000000000000-secret"; };
+    relative-passwordFile = withDocs { passwordFile = "keys/docs"; };
+    nix-path-passwordFile = withDocs { passwordFile = ./samples.nix; };
+    store-path-identityFile = withDocs {
+      target.identityFile = "/nix/store/00000000000000000000000000000000-id_ed25519";
+    };
+    knownHosts-line-without-host = withDocs {
+      target.knownHosts = [ "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH0jhkkOFDZobC8" ];
+    };
+    relative-target-path = withDocs { target.path = "backups/docs"; };
+    missing-target-type = withTarget (removeAttrs docs.target [ "type" ]);
+    onFailure-without-suffix = withDocs { onFailure = [ "notify-admin" ]; };
+    maxDeletePercent-over-100 = withDocs { maxDeletePercent = 101; };
+    keepLast-zero = withDocs { snapshots.keepLast = 0; };
+    unknown-option = withDocs { targte = { }; };
+    bad-user-name = withPhotos { user = "Alice Smith"; };
+    hm-sftp-without-knownHosts =
+      outcome evalHm
+        {
+          home.username = "alice";
+          home.homeDirectory = "/home/alice";
+        }
+        [
+          (lib.recursiveUpdate samples.hm-music {
+            services.ciphersync.jobs.music.target.knownHosts = [ ];
+          })
+        ];
+  };
+
+  # ---- option reference --------------------------------------------------
+
+  optionDocs =
+    let
+      opts = lib.optionAttrSetToDocList (evalNixos [ ]).options.services.ciphersync;
+      visible = lib.filter (o: o.visible && !o.internal) opts;
+      show = v: if v ? text then v.text else builtins.toJSON v;
+      code =
+        s:
+        let
+          t = lib.trim s;
+        in
+        if lib.hasInfix "\n" t then "\n\n```nix\n${t}\n```\n" else " `${t}`";
+      one =
+        o:
+        lib.concatStrings [
+          "### `${o.name}`\n\n"
+          "${lib.trim o.description}\n\n"
+          "- type: ${o.type}\n"
+          (lib.optionalString (o ? default) "- default:${code (show o.default)}\n")
+          (lib.optionalString (o ? example) "- example:${code (show o.example)}\n")
+          (lib.optionalString (o.name == "services.ciphersync.jobs.<name>.user") "- NixOS only (home-manager jobs run as the home's user)\n")
+          "\n"
+        ];
+    in
+    lib.concatStrings (
+      [
+        "<!-- generated by nix/eval/check.sh from the option declarations; do not edit -->\n\n"
+      ]
+      ++ map one visible
+    );
+  # The same declarations as one table, for the README.
+  optionTable =
+    let
+      opts = lib.optionAttrSetToDocList (evalNixos [ ]).options.services.ciphersync;
+      leaves = lib.filter (
+        o:
+        o.visible
+        && !o.internal
+        && !(lib.elem o.type [
+          "submodule"
+          "attribute set of (submodule)"
+        ])
+      ) opts;
+      cell = s: lib.replaceStrings [ "|" "\n" ] [ "\\|" " " ] (lib.trim s);
+      firstSentence =
+        d:
+        let
+          parts = lib.splitString ". " (cell d);
+        in
+        if lib.length parts == 1 then cell d else "${lib.head parts}.";
+      short = lib.removePrefix "services.ciphersync.";
+      row =
+        o:
+        "| `${short o.name}` | ${cell o.type} | ${
+          if o ? default then "`${cell (o.default.text or "")}`" else "required"
+        } | ${firstSentence o.description} |\n";
+    in
+    lib.concatStrings (
+      [
+        "| option | type | default | description |\n"
+        "|---|---|---|---|\n"
+      ]
+      ++ map row leaves
+    );
+in
+{
+  nixos-docs = nixosShape "nixos-docs" samples.nixos-docs;
+  options-table = optionTable;
+  nixos-photos = nixosShape "nixos-photos" samples.nixos-photos;
+  hm-music = hmShape "hm-music" samples.hm-music;
+  assertions = cases;
+  options-md = optionDocs;
+}

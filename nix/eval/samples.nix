@@ -1,0 +1,83 @@
+# The sample configurations the eval renders. The `docs` and `photos` jobs
+# are also the input of the systemd-nspawn harness (tests/systemd/), which
+# turns nix/eval/expected/nixos-*.json into real unit files.
+{ pkgs }:
+
+{
+  # Root job, SFTP target on this machine's sshd.
+  nixos-docs = {
+    services.ciphersync.package = pkgs.ciphersync;
+    services.ciphersync.jobs.docs = {
+      source = "/srv/docs";
+      exclude = [
+        "*.tmp"
+        "cache/"
+      ];
+      passwordFile = "/run/keys/ciphersync-docs";
+      target = {
+        type = "sftp";
+        host = "127.0.0.1";
+        port = 22;
+        user = "root";
+        path = "/srv/backup/docs";
+        identityFile = "/var/lib/ciphersync/docs/id_ed25519";
+        knownHosts = [
+          "127.0.0.1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH0jhkkOFDZobC8/WLTpMMw6jIiI2+uTvIp+Qm+bZBkr ciphersync-eval-sample"
+        ];
+      };
+      snapshots = {
+        keepLast = 30;
+        keepDays = 90;
+      };
+      startAt = "*-*-* 02:00:00";
+      verify.startAt = "Sun *-*-* 04:00:00";
+      deepVerify.startAt = "*-*-01 05:00:00";
+      randomizedDelaySec = "10m";
+      onFailure = [ "notify-admin.service" ];
+    };
+  };
+
+  # Non-root job, local target (a mounted disk).
+  nixos-photos = {
+    services.ciphersync.package = pkgs.ciphersync;
+    services.ciphersync.jobs.photos = {
+      user = "alice";
+      source = "/srv/photos";
+      passwordFile = "/etc/ciphersync-keys/photos.password";
+      filenames = "deterministic";
+      target = {
+        type = "local";
+        path = "/mnt/usb/photos";
+      };
+      maxDeletePercent = 20;
+      verify.startAt = [ ];
+      persistentTimer = false;
+    };
+  };
+
+  # A user's job through home-manager: SFTP on port 23, rsync transport.
+  hm-music = {
+    home.username = "alice";
+    home.homeDirectory = "/home/alice";
+    services.ciphersync.package = pkgs.ciphersync;
+    services.ciphersync.jobs.music = {
+      source = "/home/alice/Music";
+      passwordFile = "/home/alice/.config/ciphersync/music.password";
+      target = {
+        type = "sftp";
+        host = "backup.example.org";
+        port = 23;
+        user = "alice";
+        path = "/home/alice/music";
+        identityFile = "/home/alice/.ssh/id_ed25519";
+        knownHosts = [
+          "[backup.example.org]:23 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH0jhkkOFDZobC8/WLTpMMw6jIiI2+uTvIp+Qm+bZBkr"
+        ];
+        transport = "rsync";
+        remoteChecksums = "mount";
+      };
+      snapshots.keepDays = 365;
+      onFailure = [ "notify-alice.service" ];
+    };
+  };
+}

@@ -1,0 +1,8 @@
+# Stand-in for nixpkgs' nixos/tests/ssh-keys.nix (same attribute names, fake
+# values) so that the VM test definitions evaluate without nixpkgs.
+pkgs: {
+  snakeOilPrivateKey = pkgs.writeText "privkey.snakeoil" "fake ecdsa private key";
+  snakeOilPublicKey = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYfake snakeoil";
+  snakeOilEd25519PrivateKey = pkgs.writeText "privkey.snakeoil" "fake ed25519 private key";
+  snakeOilEd25519PublicKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIfake snakeoil";
+}

@@ -1,0 +1,453 @@
+# The job submodule shared by the NixOS and the home-manager module, the
+# assertions that catch contradictory jobs, and the rendering of a job into
+# the JSON job file that the helper reads (design.md, "Job config file").
+#
+#   jobLib = import ./job-options.nix { inherit lib; };
+#   jobLib.jobModule           the submodule: types.attrsOf (types.submodule jobLib.jobModule)
+#   jobLib.assertionsFor o n j assertions for job `n` (config `j`) declared under option path `o`
+#   jobLib.jobFile { ... }     { value, file }: the job as a Nix value and the validated file
+{ lib }:
+
+let
+  inherit (lib) mkOption types;
+
+  inStore = p: p == builtins.storeDir || lib.hasPrefix "${builtins.storeDir}/" p;
+
+  # Strings, not Nix paths: a path literal such as ./secret would be copied
+  # into the world-readable store, so types.str rejects it outright.
+  absolutePath = types.addCheck types.str (lib.hasPrefix "/") // {
+    name = "absolutePath";
+    description = "absolute path (string)";
+  };
+
+  secretPath = types.addCheck types.str (p: lib.hasPrefix "/" p && !inStore p) // {
+    name = "secretPath";
+    description = "absolute path outside the Nix store (string)";
+  };
+
+  # "HOSTS KEYTYPE KEY [COMMENT]", optionally after a marker such as
+  # @cert-authority; a bare "KEYTYPE KEY" (a .pub file) is refused because ssh
+  # would never match it against the host.
+  knownHostsLine =
+    types.strMatching "(@[a-z-]+ )?[^[:space:]]+ [^[:space:]]+ [^[:space:]]+( [^\n]*)?"
+    // {
+      description = "known_hosts line (\"HOSTS KEYTYPE BASE64KEY [COMMENT]\")";
+    };
+
+  unitName = types.strMatching "[^[:space:]/]+\\.[a-z]+" // {
+    description = "systemd unit name with its suffix";
+  };
+
+  calendar = types.either types.str (types.listOf types.str);
+
+  startAtOption =
+    default: what:
+    mkOption {
+      type = calendar;
+      inherit default;
+      example = "*-*-* 03:15:00";
+      description = ''
+        When to run ${what}: a systemd calendar expression (OnCalendar=, see
+        systemd.time(7)) or a list of them. An empty list creates no timer; the
+        unit can still be started by hand.
+      '';
+    };
+
+  targetModule = {
+    options = {
+      type = mkOption {
+        type = types.enum [
+          "sftp"
+          "local"
+        ];
+        example = "sftp";
+        description = ''
+          `sftp`: an SFTP account reached over ssh. `local`: a directory on a
+          disk that is already mounted (no ssh involved).
+        '';
+      };
+      host = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "u123456.your-storagebox.de";
+        description = "SSH host name or address of the SFTP server (sftp targets only).";
+      };
+      port = mkOption {
+        type = types.port;
+        default = 22;
+        example = 23;
+        description = "SSH port of the SFTP server (sftp targets only).";
+      };
+      user = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "u123456";
+        description = "SSH user on the SFTP server (sftp targets only).";
+      };
+      path = mkOption {
+        type = absolutePath;
+        example = "/home/backups/docs";
+        description = ''
+          Absolute directory that holds `files/`, `snapshots/` and
+          `checksums/`: on the server for sftp, on this machine for local.
+        '';
+      };
+      identityFile = mkOption {
+        type = types.nullOr secretPath;
+        default = null;
+        example = "/var/lib/ciphersync/docs/id_ed25519";
+        description = ''
+          Private ssh key for the server. Never a store path (the store is
+          world-readable). `null` uses ssh's default keys of the user that runs
+          the job.
+        '';
+      };
+      knownHosts = mkOption {
+        type = types.listOf knownHostsLine;
+        default = [ ];
+        example = [
+          "[u123456.your-storagebox.de]:23 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIICf9svRenC/PLKIL9nk6K/pxQgoiFC41wTNvoIncOxs"
+        ];
+        description = ''
+          The server's host keys as known_hosts lines; required for sftp
+          (host keys are always checked). Public data: they are written to a
+          known_hosts file in the Nix store. Get them with
+          `ssh-keyscan -p PORT HOST` and compare the fingerprint
+          (`ssh-keygen -lf FILE`) with the one your provider publishes. For a
+          port other than 22 the host is written `[HOST]:PORT`.
+        '';
+      };
+      transport = mkOption {
+        type = types.enum [
+          "sshfs"
+          "rsync"
+        ];
+        default = "sshfs";
+        example = "rsync";
+        description = ''
+          `sshfs`: mount the remote and rsync into the mount (works with
+          SFTP-only servers). `rsync`: rsync over ssh (faster; the server must
+          run rsync).
+        '';
+      };
+      remoteChecksums = mkOption {
+        type = types.enum [
+          "ssh"
+          "mount"
+        ];
+        default = "ssh";
+        example = "mount";
+        description = ''
+          How verify computes the remote sha1s. `ssh`: run sha1sum on the
+          server (nothing is downloaded). `mount`: read the files through the
+          sshfs mount, for servers without a shell.
+        '';
+      };
+    };
+  };
+
+  snapshotsModule = {
+    options = {
+      keepLast = mkOption {
+        type = types.nullOr types.ints.positive;
+        default = null;
+        example = 30;
+        description = "Keep at least the newest N snapshots; `null`: no bound by count.";
+      };
+      keepDays = mkOption {
+        type = types.nullOr types.ints.positive;
+        default = null;
+        example = 90;
+        description = ''
+          Keep the snapshots of the last N days; `null`: no bound by age. A
+          snapshot is deleted when it falls outside both bounds that are set;
+          with both `null` every snapshot is kept.
+        '';
+      };
+    };
+  };
+
+  jobModule =
+    { name, ... }:
+    {
+      options = {
+        source = mkOption {
+          type = absolutePath;
+          example = "/srv/docs";
+          description = "Plaintext directory to back up. It is only read.";
+        };
+        exclude = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+          example = [
+            "*.tmp"
+            "cache/"
+          ];
+          description = "rsync exclude patterns, relative to `source`.";
+        };
+        passwordFile = mkOption {
+          type = secretPath;
+          example = "/run/keys/ciphersync-${name}";
+          description = ''
+            File holding the gocryptfs password, readable only by the user that
+            runs the job: a sops-nix or agenix secret, or a root-only file.
+            Never a store path (the store is world-readable). Losing it loses
+            the backup.
+          '';
+        };
+        filenames = mkOption {
+          type = types.enum [
+            "encrypted"
+            "plaintext"
+            "deterministic"
+          ];
+          default = "encrypted";
+          example = "deterministic";
+          description = ''
+            File name mode passed to `gocryptfs -init` when the gocryptfs
+            config is created; changing it later has no effect on an existing
+            config.
+          '';
+        };
+        target = mkOption {
+          type = types.submodule targetModule;
+          example = {
+            type = "sftp";
+            host = "u123456.your-storagebox.de";
+            port = 23;
+            user = "u123456";
+            path = "/home/backups/docs";
+            knownHosts = [ "[u123456.your-storagebox.de]:23 ssh-ed25519 AAAA..." ];
+          };
+          description = "Where the encrypted copy goes.";
+        };
+        snapshots = mkOption {
+          type = types.submodule snapshotsModule;
+          default = { };
+          example = {
+            keepLast = 30;
+            keepDays = 90;
+          };
+          description = "Retention of the snapshots (the versions each backup replaced or deleted).";
+        };
+        maxDeletePercent = mkOption {
+          type = types.ints.between 0 100;
+          default = 50;
+          example = 90;
+          description = ''
+            Deletion guard: a backup refuses to run when it would move more
+            than this share (percent) of the remote files into a snapshot, as
+            when the source is an empty, unmounted disk.
+          '';
+        };
+        startAt = startAtOption "daily" "the backup";
+        verify = mkOption {
+          type = types.submodule { options.startAt = startAtOption "weekly" "the fast restore test"; };
+          default = { };
+          example = {
+            startAt = "Sun *-*-* 05:00:00";
+          };
+          description = "The fast restore test (sha1 of the local encrypted view against the remote).";
+        };
+        deepVerify = mkOption {
+          type = types.submodule { options.startAt = startAtOption "monthly" "the deep restore test"; };
+          default = { };
+          example = {
+            startAt = "*-*-01 06:00:00";
+          };
+          description = "The deep restore test (decrypt the local encrypted view and compare with the source).";
+        };
+        persistentTimer = mkOption {
+          type = types.bool;
+          default = true;
+          example = false;
+          description = "Persistent= of the timers: run a missed start as soon as the machine is up again.";
+        };
+        randomizedDelaySec = mkOption {
+          type = types.str;
+          default = "30m";
+          example = "0";
+          description = "RandomizedDelaySec= of the timers: a random delay up to this span (systemd.time(7)).";
+        };
+        onFailure = mkOption {
+          type = types.listOf unitName;
+          default = [ ];
+          example = [ "notify-admin.service" ];
+          description = "Units started when a stage fails (OnFailure= of each of the job's services).";
+        };
+      };
+    };
+
+  pathInside = parent: p: p == parent || lib.hasPrefix "${lib.removeSuffix "/" parent}/" p;
+
+  assertionsFor =
+    optionPath: name: job:
+    let
+      t = job.target;
+      sftp = t.type == "sftp";
+      at = "${optionPath}.${name}";
+    in
+    [
+      {
+        assertion = builtins.match "[A-Za-z0-9][A-Za-z0-9_.-]*" name != null;
+        message = "${at}: a job name may only hold letters, digits, '_', '-' and '.', and starts with a letter or digit (it names units and files).";
+      }
+      {
+        assertion = !sftp || (t.host != null && t.user != null);
+        message = "${at}.target: an sftp target needs host and user.";
+      }
+      {
+        assertion = !sftp || t.knownHosts != [ ];
+        message = "${at}.target.knownHosts: an sftp target needs the server's host key line(s); host keys are always checked. Get them with `ssh-keyscan -p ${toString t.port} ${toString t.host}` and check the fingerprint.";
+      }
+      {
+        assertion =
+          sftp
+          || (
+            t.host == null
+            && t.user == null
+            && t.identityFile == null
+            && t.knownHosts == [ ]
+            && t.transport == "sshfs"
+            && t.remoteChecksums == "ssh"
+          );
+        message = "${at}.target: host, user, identityFile, knownHosts, transport and remoteChecksums only apply to sftp targets; this one is local.";
+      }
+      {
+        assertion = sftp || !(pathInside job.source t.path || pathInside t.path job.source);
+        message = "${at}: the local target.path (${t.path}) and source (${job.source}) must not contain each other.";
+      }
+    ];
+
+  # `runtimeDir = null` leaves runtime_dir out of the file: the helper then
+  # uses $XDG_RUNTIME_DIR/ciphersync/<name> (home-manager, where the uid is
+  # not known at evaluation time).
+  render =
+    {
+      name,
+      job,
+      stateDir,
+      runtimeDir,
+      knownHostsFile,
+    }:
+    let
+      t = job.target;
+    in
+    {
+      version = 1;
+      inherit name;
+      inherit (job) source exclude filenames;
+      password_file = job.passwordFile;
+      # In the state dir, not the default <source>/.gocryptfs.reverse.conf:
+      # the units see the source read-only (ProtectSystem=strict, or a
+      # non-root user that may only read it).
+      gocryptfs_config = "${stateDir}/gocryptfs.reverse.conf";
+      target =
+        if t.type == "sftp" then
+          {
+            type = "sftp";
+            inherit (t)
+              host
+              port
+              user
+              path
+              transport
+              ;
+            known_hosts_file = knownHostsFile;
+            remote_checksums = t.remoteChecksums;
+          }
+          // lib.optionalAttrs (t.identityFile != null) { identity_file = t.identityFile; }
+        else
+          {
+            type = "local";
+            inherit (t) path;
+          };
+      snapshots = {
+        keep_last = job.snapshots.keepLast;
+        keep_days = job.snapshots.keepDays;
+      };
+      max_delete_percent = job.maxDeletePercent;
+      state_dir = stateDir;
+    }
+    // lib.optionalAttrs (runtimeDir != null) { runtime_dir = runtimeDir; };
+
+  # The job file, validated at build time by the helper itself: a job the
+  # helper would refuse fails the system build, not the first backup.
+  # check-config only reads the file, so it runs in the build sandbox where
+  # the paths the job names do not exist.
+  jobFile =
+    {
+      pkgs,
+      package,
+      name,
+      job,
+      stateDir,
+      runtimeDir ? null,
+    }:
+    let
+      knownHostsFile =
+        if job.target.type == "sftp" then
+          "${pkgs.writeText "ciphersync-${name}-known_hosts" (lib.concatLines job.target.knownHosts)}"
+        else
+          null;
+      value = render {
+        inherit
+          name
+          job
+          stateDir
+          runtimeDir
+          knownHostsFile
+          ;
+      };
+      unchecked = (pkgs.formats.json { }).generate "ciphersync-${name}-unchecked.json" value;
+    in
+    {
+      inherit value;
+      file = pkgs.runCommand "ciphersync-${name}.json" { passthru.jobConfig = value; } ''
+        ${package}/bin/ciphersync check-config ${unchecked}
+        cp ${unchecked} $out
+      '';
+    };
+
+  # The three stages of a job: unit name suffix, CLI arguments, timer.
+  stages = job: [
+    {
+      suffix = "backup";
+      what = "backup";
+      args = [ "backup" ];
+      startAt = job.startAt;
+    }
+    {
+      suffix = "verify";
+      what = "restore test";
+      args = [ "verify" ];
+      startAt = job.verify.startAt;
+    }
+    {
+      suffix = "deep-verify";
+      what = "deep restore test";
+      args = [
+        "verify"
+        "--deep"
+      ];
+      startAt = job.deepVerify.startAt;
+    }
+  ];
+in
+{
+  inherit
+    jobModule
+    assertionsFor
+    render
+    jobFile
+    stages
+    ;
+  types = {
+    inherit
+      absolutePath
+      secretPath
+      knownHostsLine
+      unitName
+      ;
+  };
+}

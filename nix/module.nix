@@ -1,0 +1,351 @@
+# NixOS module: services.ciphersync.{package,jobs}.
+#
+# Per job <name>: /etc/ciphersync/<name>.json (validated at build time), and
+# the oneshot services ciphersync-<name>-{backup,verify,deep-verify}, each
+# with a timer. State (gocryptfs config, status.json, lock) lives in
+# /var/lib/ciphersync/<name>, the mount points in /run/ciphersync/<name>.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+
+let
+  cfg = config.services.ciphersync;
+  jobLib = import ./job-options.nix { inherit lib; };
+
+  nonRootUsers = lib.unique (
+    lib.filter (u: u != "root") (lib.mapAttrsToList (_: job: job.user) cfg.jobs)
+  );
+
+  groupOf = job: if job.user == "root" then "root" else config.users.users.${job.user}.group;
+
+  stateDir = name: "/var/lib/ciphersync/${name}";
+  runtimeDir = name: "/run/ciphersync/${name}";
+  configFile = name: "/etc/ciphersync/${name}.json";
+
+  jobFileOf =
+    name: job:
+    jobLib.jobFile {
+      inherit pkgs name job;
+      inherit (cfg) package;
+      stateDir = stateDir name;
+      runtimeDir = runtimeDir name;
+    };
+
+  ciphersync = args: lib.escapeShellArgs ([ "${cfg.package}/bin/ciphersync" ] ++ args);
+
+  # systemd.exec(5): for a process without CAP_SYS_ADMIN (any User= other
+  # than root) each of these settings installs a seccomp filter and therefore
+  # implies NoNewPrivileges=yes. NoNewPrivileges makes the kernel ignore the
+  # setuid bit of /run/wrappers/bin/fusermount3, and a non-root user cannot
+  # mount FUSE without it. So these are set for root jobs only; non-root jobs
+  # keep the mount-namespace, device and capability confinement below.
+  seccompHardening = job: {
+    NoNewPrivileges = true; # root mounts FUSE itself (mount(2)), it execs no setuid helper
+    ProtectKernelTunables = true; # /proc/sys, /sys read-only: FUSE tools only read /proc/self/mountinfo
+    ProtectKernelModules = true; # no module loading; the fuse module is loaded at boot (boot.kernelModules)
+    ProtectKernelLogs = true; # no tool reads the kernel log
+    ProtectClock = true; # no tool sets the clock (also implies DeviceAllow=char-rtc r)
+    ProtectHostname = true; # nothing sets the host name
+    LockPersonality = true; # nothing changes the execution domain
+    MemoryDenyWriteExecute = true; # Rust, Go (gocryptfs) and C (sshfs, rsync, ssh) need no W+X memory
+    RestrictRealtime = true; # no realtime scheduling
+    RestrictNamespaces = true; # the unit's mount namespace is made by systemd before exec; the tools create none
+    # AF_UNIX: fusermount3 hands the /dev/fuse fd back over a socketpair
+    # (_FUSE_COMMFD) and the helper talks to its children over pipes and
+    # sockets. AF_INET/AF_INET6: ssh to the server. AF_NETLINK: glibc's
+    # getaddrinfo(AI_ADDRCONFIG) asks the kernel which address families are
+    # configured.
+    RestrictAddressFamilies = [
+      "AF_UNIX"
+      "AF_INET"
+      "AF_INET6"
+      "AF_NETLINK"
+    ];
+    SystemCallArchitectures = "native"; # all tools are native binaries
+    # @system-service lacks @mount: mount(2)/umount2(2) are what FUSE needs
+    # (gocryptfs and sshfs mount directly as root; fusermount3 -u unmounts).
+    SystemCallFilter = [
+      "@system-service"
+      "@mount"
+    ];
+    # A syscall outside the filter fails with EPERM instead of killing the
+    # process, so a tool's optional fast path (e.g. splice in libfuse) falls
+    # back instead of leaving a dead FUSE daemon behind.
+    SystemCallErrorNumber = "EPERM";
+    # rsync -a recreates setuid/setgid bits of source files on a local target;
+    # on an sftp target the server's sftp-server creates the files.
+    RestrictSUIDSGID = job.target.type == "sftp";
+    # Root keeps the capabilities FUSE mounting (CAP_SYS_ADMIN), reading any
+    # source (CAP_DAC_*) and preserving owners on a local target (CAP_CHOWN,
+    # CAP_FOWNER, CAP_FSETID, CAP_MKNOD) need; these it never needs.
+    CapabilityBoundingSet = "~" + lib.concatStringsSep " " [
+      "CAP_SYS_MODULE"
+      "CAP_SYS_TIME"
+      "CAP_SYS_BOOT"
+      "CAP_SYS_PTRACE"
+      "CAP_SYS_RAWIO"
+      "CAP_SYS_PACCT"
+      "CAP_SYS_TTY_CONFIG"
+      "CAP_NET_ADMIN"
+      "CAP_NET_RAW"
+      "CAP_MAC_ADMIN"
+      "CAP_MAC_OVERRIDE"
+      "CAP_AUDIT_CONTROL"
+      "CAP_AUDIT_WRITE"
+      "CAP_WAKE_ALARM"
+      "CAP_SYSLOG"
+      "CAP_BPF"
+      "CAP_PERFMON"
+      "CAP_LINUX_IMMUTABLE"
+      "CAP_LEASE"
+      "CAP_BLOCK_SUSPEND"
+    ];
+  };
+
+  userConfinement = {
+    # No NoNewPrivileges (nor anything implying it, see above): fusermount3
+    # is setuid root.
+    NoNewPrivileges = false;
+    # Read every file of the source without owning it. Ambient, so gocryptfs
+    # -reverse (a plain exec of the helper) inherits it.
+    AmbientCapabilities = [ "CAP_DAC_READ_SEARCH" ];
+    # The bounding set also caps what the setuid fusermount3 may use:
+    # CAP_SYS_ADMIN for mount(2)/umount2(2) of /dev/fuse mounts.
+    CapabilityBoundingSet = [
+      "CAP_DAC_READ_SEARCH"
+      "CAP_SYS_ADMIN"
+    ];
+  };
+
+  serviceOf =
+    name: job: stage:
+    let
+      isRoot = job.user == "root";
+      local = job.target.type == "local";
+      file = configFile name;
+    in
+    {
+      description = "ciphersync ${stage.what} of ${job.source} (job ${name})";
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+      inherit (job) onFailure;
+      # Non-root: /run/wrappers/bin first, so its setuid fusermount3 wins over
+      # the plain copy the package's wrapper appends to PATH. Root mounts
+      # with the plain one and runs no setuid wrapper (NoNewPrivileges=).
+      path = lib.optional (!isRoot) "/run/wrappers";
+      # A running backup must not be restarted by nixos-rebuild switch; the
+      # next timer run picks up the new configuration.
+      restartIfChanged = false;
+      unitConfig = {
+        RequiresMountsFor = [ job.source ] ++ lib.optional local job.target.path;
+        Documentation = "man:gocryptfs(1) man:sshfs(1) man:rsync(1)";
+      };
+      serviceConfig = {
+        Type = "oneshot";
+        User = job.user;
+        Group = groupOf job;
+        ExecStart = ciphersync (
+          [
+            "-c"
+            file
+          ]
+          ++ stage.args
+        );
+        # Exit 75: another stage of this job holds its lock (e.g. the weekly
+        # verify fires while the daily backup runs). Retry later instead of
+        # failing (a restart is not a failure, OnFailure= does not fire).
+        RestartForceExitStatus = "75";
+        RestartSec = "5min";
+        UMask = "0077";
+
+        StateDirectory = "ciphersync/${name}";
+        StateDirectoryMode = "0700";
+        RuntimeDirectory = "ciphersync/${name}";
+        RuntimeDirectoryMode = "0700";
+        # The three units share the runtime dir. Without this, the end of one
+        # (say a verify that found the lock held) would remove the directory,
+        # and with it the mount points of the stage still running.
+        RuntimeDirectoryPreserve = true;
+
+        # FUSE mounts are made in the unit's own mount namespace: a crash or
+        # SIGKILL cannot leave a stale mount in the host, and other users
+        # never see the plaintext views.
+        PrivateMounts = true;
+        # Everything read-only but the state and runtime dirs (and a local
+        # target). The read-only remount covers every mount that exists when
+        # the unit starts, FUSE mounts included, so anything the helper
+        # writes must be listed here; the mounts it makes itself (in the
+        # runtime dir) come later and keep their own flags. /dev (and so
+        # /dev/fuse), /proc and /sys are left alone by ProtectSystem=.
+        ProtectSystem = "strict";
+        ReadWritePaths = [
+          (stateDir name)
+          (runtimeDir name)
+        ]
+        ++ lib.optional local job.target.path;
+        # The source may live under /home; it is only read. ssh reads
+        # ~/.ssh/config and keys but writes no known_hosts (a pinned file).
+        ProtectHome = "read-only";
+        # ssh, sshfs and gocryptfs need no shared /tmp.
+        PrivateTmp = true;
+        ProtectControlGroups = true; # cgroup tree read-only; nothing writes it
+        # A private /dev (PrivateDevices=) would lack /dev/fuse; instead the
+        # device cgroup allows /dev/fuse next to the pseudo devices of
+        # DevicePolicy=closed (/dev/null, /dev/zero, /dev/urandom, ...).
+        DevicePolicy = "closed";
+        DeviceAllow = [ "/dev/fuse rw" ];
+        KeyringMode = "private"; # no tool uses the kernel keyring
+      }
+      // lib.optionalAttrs (stage.suffix == "backup") {
+        # The first run creates the gocryptfs config (idempotent). backup
+        # itself never creates one: a lost config must never silently become
+        # a new key.
+        ExecStartPre = ciphersync [
+          "-c"
+          file
+          "init"
+        ];
+      }
+      // (if isRoot then seccompHardening job else userConfinement);
+    };
+
+  timerOf = job: stage: {
+    wantedBy = [ "timers.target" ];
+    timerConfig = {
+      OnCalendar = lib.toList stage.startAt;
+      Persistent = job.persistentTimer;
+      RandomizedDelaySec = job.randomizedDelaySec;
+    };
+  };
+
+  perStage =
+    f:
+    lib.mkMerge (
+      lib.concatLists (
+        lib.mapAttrsToList (
+          name: job:
+          map (stage: {
+            "ciphersync-${name}-${stage.suffix}" = f name job stage;
+          }) (jobLib.stages job)
+        ) cfg.jobs
+      )
+    );
+
+  userJobModule =
+    { ... }:
+    {
+      options.user = lib.mkOption {
+        type = lib.types.strMatching "[a-z_][a-z0-9_-]*[$]?";
+        default = "root";
+        example = "backup";
+        description = ''
+          User the job's units run as. A user that is not declared elsewhere
+          is declared as a system user with a group of the same name. A
+          non-root user reads the source through CAP_DAC_READ_SEARCH and
+          mounts through the setuid fusermount3; the passwordFile and
+          identityFile must be readable by it.
+        '';
+      };
+    };
+in
+{
+  options.services.ciphersync = {
+    package = lib.mkOption {
+      type = lib.types.package;
+      default = pkgs.ciphersync or (pkgs.callPackage ./package.nix { });
+      defaultText = lib.literalExpression "pkgs.ciphersync (this flake's overlay), else nix/package.nix built with pkgs";
+      description = "The ciphersync package the units run.";
+    };
+
+    jobs = lib.mkOption {
+      type = lib.types.attrsOf (
+        lib.types.submodule [
+          jobLib.jobModule
+          userJobModule
+        ]
+      );
+      default = { };
+      example = lib.literalExpression ''
+        {
+          docs = {
+            source = "/srv/docs";
+            passwordFile = "/run/secrets/ciphersync-docs";
+            target = {
+              type = "sftp";
+              host = "u123456.your-storagebox.de";
+              port = 23;
+              user = "u123456";
+              path = "/home/backups/docs";
+              identityFile = "/var/lib/ciphersync/docs/id_ed25519";
+              knownHosts = [ "[u123456.your-storagebox.de]:23 ssh-ed25519 AAAA..." ];
+            };
+            snapshots = { keepLast = 30; keepDays = 90; };
+            onFailure = [ "notify-admin.service" ];
+          };
+        }
+      '';
+      description = "Backup jobs. Each becomes /etc/ciphersync/<name>.json and three timed units.";
+    };
+  };
+
+  config = lib.mkIf (cfg.jobs != { }) {
+    assertions = lib.concatLists (
+      lib.mapAttrsToList (jobLib.assertionsFor "services.ciphersync.jobs") cfg.jobs
+    )
+    ++ [
+      (
+        let
+          targets = lib.mapAttrsToList (
+            _: job: "${toString job.target.host}:${job.target.path}"
+          ) cfg.jobs;
+        in
+        {
+          assertion = lib.length targets == lib.length (lib.unique targets);
+          message = "services.ciphersync.jobs: two jobs write to the same target (host and path); each job needs its own target.path.";
+        }
+      )
+    ];
+
+    environment.etc = lib.mapAttrs' (
+      name: job:
+      lib.nameValuePair "ciphersync/${name}.json" {
+        source = (jobFileOf name job).file;
+      }
+    ) cfg.jobs;
+
+    systemd.services = perStage serviceOf;
+
+    systemd.timers = lib.mkMerge (
+      lib.concatLists (
+        lib.mapAttrsToList (
+          name: job:
+          map (stage: { "ciphersync-${name}-${stage.suffix}" = timerOf job stage; }) (
+            lib.filter (stage: lib.toList stage.startAt != [ ]) (jobLib.stages job)
+          )
+        ) cfg.jobs
+      )
+    );
+
+    # Declared with a priority below mkDefault so that a user declared
+    # elsewhere (a normal user, or a system user with its own group) keeps
+    # its own settings.
+    users.users = lib.genAttrs nonRootUsers (user: {
+      isSystemUser = lib.mkOverride 1400 (!config.users.users.${user}.isNormalUser);
+      group = lib.mkOverride 1400 user;
+      description = lib.mkOverride 1400 "ciphersync backup user";
+    });
+    users.groups = lib.mkMerge (
+      map (user: lib.mkIf (config.users.users.${user}.group == user) { ${user} = { }; }) nonRootUsers
+    );
+
+    # fusermount3 as a setuid wrapper in /run/wrappers/bin and /etc/fuse.conf.
+    programs.fuse.enable = true;
+    # Loaded at boot: the units may not load modules (ProtectKernelModules=).
+    boot.kernelModules = [ "fuse" ];
+
+    environment.systemPackages = [ cfg.package ];
+  };
+}

@@ -68,10 +68,24 @@ pub enum Command {
         /// Empty (or new) directory to restore into.
         #[arg(long, value_name = "DIR")]
         to: PathBuf,
+        /// Rebuild the tree as it was right after this backup run (see
+        /// `snapshots`) instead of the latest state.
+        #[arg(long, value_name = "ID")]
+        snapshot: Option<String>,
         /// JOB (unless -c FILE is given), then paths relative to the source
         /// to restore (default: everything).
         #[arg(value_name = "JOB|PATH")]
         args: Vec<String>,
+    },
+    /// List the backup runs that can be restored: id, files, bytes, changes.
+    Snapshots(JobArg),
+    /// Apply the snapshot retention (keep_last, keep_days) now.
+    Prune {
+        #[command(flatten)]
+        job: JobArg,
+        /// Only show what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// The last result of each stage, of one job or of every job.
     Status {

@@ -7,12 +7,14 @@ mod config;
 mod crypt;
 mod error;
 mod exec;
+mod guard;
 mod interrupt;
 mod log;
 mod mount;
 mod remote;
 mod restore;
 mod run;
+mod snapshots;
 mod status;
 mod sync;
 mod verify;
@@ -75,7 +77,7 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             };
             Ok(report(cli, &job, stage, &result))
         }
-        Command::Restore { to, args } => {
+        Command::Restore { to, snapshot, args } => {
             let (job_name, paths) = match cli.config {
                 Some(_) => (None, args.clone()),
                 None => (
@@ -87,11 +89,18 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             let request = restore::RestoreRequest {
                 to: to.clone(),
                 paths,
+                snapshot: snapshot.clone(),
             };
             // Refuse a bad --to before taking the lock or touching status.
             restore::check_request(&job, &request)?;
             let result = run::stage(&job, Stage::Restore, |ctx| restore::restore(ctx, &request))?;
             Ok(report(cli, &job, Stage::Restore, &result))
+        }
+        Command::Snapshots(arg) => list_snapshots(cli, &load_job(cli, arg.job.as_deref())?),
+        Command::Prune { job, dry_run } => {
+            let job = load_job(cli, job.job.as_deref())?;
+            let result = run::stage(&job, Stage::Prune, |ctx| prune(ctx, *dry_run))?;
+            Ok(report(cli, &job, Stage::Prune, &result))
         }
         Command::Status { job } => show_status(cli, job.as_deref()),
     }
@@ -254,6 +263,57 @@ fn print_human(job: &Job, stage: Stage, result: &StageResult) {
             );
         }
     }
+}
+
+/// `snapshots`: one row per run that can be rebuilt, oldest first.
+fn list_snapshots(cli: &Cli, job: &Job) -> Result<i32> {
+    let ctx = run::enter(job)?;
+    let remote = remote::open(job, needs_mount_for_listing(job), &ctx.runtime("remote"))?;
+    let mut rows = Vec::new();
+    for id in snapshots::recorded_ids(&remote)? {
+        let record = snapshots::read_record(&remote, &id)?;
+        rows.push(json!({
+            "id": id,
+            "time": status::parse_snapshot_id(&id).map(status::rfc3339),
+            "files": record.files(),
+            "bytes": record.bytes(),
+            "changed": record.transferred + record.deleted,
+        }));
+    }
+    if cli.json {
+        println!("{}", json!({ "job": job.name, "snapshots": rows }));
+    } else {
+        println!(
+            "{:<18} {:<21} {:>10} {:>14} {:>8}",
+            "ID", "TIME", "FILES", "BYTES", "CHANGED"
+        );
+        for r in &rows {
+            println!(
+                "{:<18} {:<21} {:>10} {:>14} {:>8}",
+                r["id"].as_str().unwrap_or(""),
+                r["time"].as_str().unwrap_or(""),
+                r["files"].as_u64().unwrap_or(0),
+                r["bytes"].as_u64().unwrap_or(0),
+                r["changed"].as_u64().unwrap_or(0)
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// Listing needs a shell on the server unless the remote is mounted.
+fn needs_mount_for_listing(job: &Job) -> bool {
+    matches!(&job.target, config::Target::Sftp(s) if s.remote_checksums == config::RemoteChecksums::Mount)
+}
+
+fn prune(ctx: &run::Context, dry_run: bool) -> Result<run::Done> {
+    let job = ctx.job;
+    let remote = remote::open(job, needs_mount_for_listing(job), &ctx.runtime("remote"))?;
+    let plan = snapshots::prune(job, &remote, dry_run)?;
+    Ok(run::Done {
+        outcome: Outcome::Ok,
+        stats: json!({ "dry_run": dry_run, "records": plan.records, "snapshot_dirs": plan.snapshot_dirs }),
+    })
 }
 
 fn show_status(cli: &Cli, name: Option<&str>) -> Result<i32> {

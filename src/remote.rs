@@ -24,6 +24,7 @@ use crate::{interrupt, log};
 pub const FILES: &str = "files";
 pub const SNAPSHOTS: &str = "snapshots";
 pub const CHECKSUMS: &str = "checksums";
+pub const RECORDS: &str = "records";
 
 /// The Host name our generated ssh_config defines.
 const HOST_ALIAS: &str = "ciphersync-target";
@@ -285,11 +286,11 @@ impl Remote {
         }
     }
 
-    /// Creates files/, snapshots/ and checksums/ if they are missing.
+    /// Creates files/, snapshots/, checksums/ and records/ if missing.
     pub fn ensure_layout(&self) -> Result<()> {
         match self {
             Remote::Path { root, .. } => {
-                for dir in [FILES, SNAPSHOTS, CHECKSUMS] {
+                for dir in [FILES, SNAPSHOTS, CHECKSUMS, RECORDS] {
                     let path = root.join(dir);
                     if !path.is_dir() {
                         std::fs::create_dir(&path)
@@ -300,7 +301,7 @@ impl Remote {
             }
             Remote::Shell { ssh } => {
                 let root = &ssh.sftp.path;
-                let dirs: Vec<String> = [FILES, SNAPSHOTS, CHECKSUMS]
+                let dirs: Vec<String> = [FILES, SNAPSHOTS, CHECKSUMS, RECORDS]
                     .iter()
                     .map(|d| quote_path(&root.join(d)))
                     .collect();
@@ -403,6 +404,199 @@ impl Remote {
             (None, _) => Ok(0),
         }
     }
+}
+
+impl Remote {
+    /// Every entry below `rel` (files, dirs, symlinks), relative to it.
+    pub fn list_tree(&self, rel: &str) -> Result<Vec<TreeEntry>> {
+        match self {
+            Remote::Path { root, .. } => list_local_tree(&root.join(rel)),
+            Remote::Shell { ssh } => {
+                let dir = quote_path(&ssh.sftp.path.join(rel));
+                let command = format!("cd {dir} && find . -mindepth 1 -printf '%y %m %s %P\\0'");
+                let mut out = ssh.run(&command, "listing the remote tree", SHORT_COMMAND * 12)?;
+                if !out.success() {
+                    return Err(remote_failure(ssh, &out, &format!("cannot list {rel}")));
+                }
+                let text = out.stdout_string()?;
+                text.split('\0')
+                    .filter(|l| !l.is_empty())
+                    .map(parse_find_line)
+                    .collect()
+            }
+        }
+    }
+
+    /// The names in the remote directory `rel` (empty if it is missing).
+    pub fn list_names(&self, rel: &str) -> Result<Vec<String>> {
+        let mut names: Vec<String> = match self {
+            Remote::Path { root, .. } => match std::fs::read_dir(root.join(rel)) {
+                Ok(entries) => entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(Error::io(format!("listing {rel} on the target"), e)),
+            },
+            Remote::Shell { ssh } => {
+                let dir = quote_path(&ssh.sftp.path.join(rel));
+                let command = format!("if [ -d {dir} ]; then cd {dir} && ls -1A; fi");
+                let mut out = ssh.run(&command, "listing a remote directory", SHORT_COMMAND)?;
+                if !out.success() {
+                    return Err(remote_failure(ssh, &out, &format!("cannot list {rel}")));
+                }
+                out.stdout_string()?.lines().map(str::to_owned).collect()
+            }
+        };
+        names.sort();
+        Ok(names)
+    }
+
+    /// Deletes `rel` (a file or a whole directory) on the target.
+    pub fn remove(&self, rel: &str) -> Result<()> {
+        match self {
+            Remote::Path { root, .. } => {
+                let path = root.join(rel);
+                let result = match std::fs::symlink_metadata(&path) {
+                    Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path),
+                    Ok(_) => std::fs::remove_file(&path),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(e),
+                };
+                result.ctx(|| format!("removing {}", path.display()))
+            }
+            Remote::Shell { ssh } => {
+                let path = quote_path(&ssh.sftp.path.join(rel));
+                let out = ssh.run(&format!("rm -rf -- {path}"), "removing", SHORT_COMMAND * 12)?;
+                if out.success() {
+                    Ok(())
+                } else {
+                    Err(remote_failure(ssh, &out, &format!("cannot remove {rel}")))
+                }
+            }
+        }
+    }
+
+    /// Copies files within the target (`from` -> `to`, both relative to the
+    /// root), keeping modes and times; the target's parents must exist.
+    pub fn copy_within(&self, pairs: &[(String, String)]) -> Result<()> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Remote::Path { root, .. } => {
+                for (from, to) in pairs {
+                    interrupt::check()?;
+                    copy_preserving(&root.join(from), &root.join(to))?;
+                }
+                Ok(())
+            }
+            Remote::Shell { ssh } => {
+                // One shell script on stdin: no argv length limit, one round trip.
+                let mut script = String::from("set -e\n");
+                for (from, to) in pairs {
+                    let (f, t) = (quote_path(Path::new(from)), quote_path(Path::new(to)));
+                    script.push_str(&format!("cp -p -- {f} {t}\n"));
+                }
+                let root = quote_path(&ssh.sftp.path);
+                let out = ssh
+                    .command(&format!("cd {root} && sh"))
+                    .stdin(memfd_with(script.as_bytes())?)
+                    .timeout(SHORT_COMMAND * 12)
+                    .run()?;
+                if out.success() {
+                    Ok(())
+                } else {
+                    Err(remote_failure(ssh, &out, "cannot complete a snapshot dir"))
+                }
+            }
+        }
+    }
+}
+
+/// One entry of a remote listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeEntry {
+    /// 'f' file, 'd' directory, 'l' symlink, '?' anything else.
+    pub kind: char,
+    pub mode: u32,
+    pub size: u64,
+    pub path: String,
+}
+
+fn list_local_tree(dir: &Path) -> Result<Vec<TreeEntry>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut entries = Vec::new();
+    if !dir.exists() {
+        return Ok(entries);
+    }
+    for entry in walkdir::WalkDir::new(dir).min_depth(1).follow_links(false) {
+        interrupt::check()?;
+        let entry =
+            entry.map_err(|e| Error::new(Kind::Io, format!("walking {}: {e}", dir.display())))?;
+        let meta = entry.metadata().map_err(|e| {
+            Error::new(Kind::Io, format!("reading {}: {e}", entry.path().display()))
+        })?;
+        let t = entry.file_type();
+        let kind = if t.is_file() {
+            'f'
+        } else if t.is_dir() {
+            'd'
+        } else if t.is_symlink() {
+            'l'
+        } else {
+            '?'
+        };
+        entries.push(TreeEntry {
+            kind,
+            mode: meta.mode() & 0o7777,
+            size: if t.is_file() { meta.len() } else { 0 },
+            path: crate::checksums::relative(dir, entry.path()),
+        });
+    }
+    Ok(entries)
+}
+
+/// Parses `find -printf '%y %m %s %P'` output.
+fn parse_find_line(line: &str) -> Result<TreeEntry> {
+    let bad = || {
+        Error::new(
+            Kind::Corrupt,
+            format!("unexpected listing line from the server: {line:?}"),
+        )
+    };
+    let mut fields = line.splitn(4, ' ');
+    let kind = fields
+        .next()
+        .and_then(|k| k.chars().next())
+        .ok_or_else(bad)?;
+    let mode = u32::from_str_radix(fields.next().ok_or_else(bad)?, 8).map_err(|_| bad())?;
+    let size = fields.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+    let path = fields
+        .next()
+        .filter(|p| !p.is_empty())
+        .ok_or_else(bad)?
+        .to_string();
+    let kind = if "fdl".contains(kind) { kind } else { '?' };
+    Ok(TreeEntry {
+        kind,
+        mode,
+        size,
+        path,
+    })
+}
+
+fn copy_preserving(from: &Path, to: &Path) -> Result<()> {
+    std::fs::copy(from, to).ctx(|| format!("copying {} to {}", from.display(), to.display()))?;
+    if let Ok(meta) = std::fs::metadata(from) {
+        if let Ok(mtime) = meta.modified() {
+            let _ = std::fs::File::options()
+                .write(true)
+                .open(to)
+                .and_then(|f| f.set_modified(mtime));
+        }
+    }
+    Ok(())
 }
 
 fn remove_dot_files(dir: &Path) -> Result<usize> {

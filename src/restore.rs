@@ -2,6 +2,7 @@
 //! decrypt it with a read-only forward gocryptfs mount, and copy all or some
 //! plaintext paths out with rsync into an empty directory.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use serde_json::json;
@@ -10,14 +11,17 @@ use crate::config::{Job, Target};
 use crate::crypt;
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::exec::Cmd;
-use crate::remote::{self, FILES};
+use crate::remote::{self, FILES, Remote, SNAPSHOTS};
 use crate::run::{Context, Done};
 use crate::status::Outcome;
 use crate::sync::parse_stats;
+use crate::{interrupt, snapshots};
 
 pub struct RestoreRequest {
     pub to: PathBuf,
     pub paths: Vec<String>,
+    /// Rebuild the tree as it was after this run instead of the latest.
+    pub snapshot: Option<String>,
 }
 
 /// Checks the request before anything is mounted: `--to` must be empty (or
@@ -47,6 +51,13 @@ pub fn check_request(job: &Job, request: &RestoreRequest) -> Result<()> {
     for path in &request.paths {
         check_relative(path)?;
     }
+    if let Some(id) = &request.snapshot {
+        if crate::status::parse_snapshot_id(id).is_none() {
+            return Err(Error::usage(format!(
+                "--snapshot {id:?} is not a snapshot id (YYYYMMDDTHHMMSSZ)"
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -61,22 +72,46 @@ pub fn restore(ctx: &Context, request: &RestoreRequest) -> Result<Done> {
         .local_root()
         .expect("restore opens the remote as a path")
         .to_owned();
+    // The latest state is files/ itself; an older one is rebuilt first.
+    let stage = match &request.snapshot {
+        None => None,
+        Some(id) => Some(rebuild(ctx, &remote, id)?),
+    };
+    let cipher_dir = stage
+        .as_ref()
+        .map(|s| s.path.clone())
+        .unwrap_or_else(|| root.join(FILES));
     let plain_point = ctx.runtime("plain");
     crate::mount::prepare_point(&plain_point)?;
-    let plain = crypt::mount_forward(job, &root.join(FILES), &plain_point)?;
+    let plain = crypt::mount_forward(job, &cipher_dir, &plain_point)?;
+    let stats = copy_out(job, plain.point(), &request.paths, &to)?;
+    plain.unmount()?;
+    drop(stage);
+    drop(remote);
+    Ok(Done {
+        outcome: Outcome::Ok,
+        stats: json!({
+            "to": to,
+            "snapshot": request.snapshot,
+            "files": stats.transferred,
+            "bytes": stats.bytes_transferred,
+        }),
+    })
+}
 
+/// Copies all or the named plaintext paths out of a decrypted mount.
+fn copy_out(job: &Job, plain: &Path, paths: &[String], to: &Path) -> Result<crate::sync::Stats> {
     let mut cmd = Cmd::new("rsync").args(["-a", "-H", "--stats", "--no-human-readable"]);
     if matches!(job.target, Target::Sftp(_)) {
         // Owners on the server are the SFTP account's, not the original ones.
         cmd = cmd.args(["--no-owner", "--no-group"]);
     }
-    if request.paths.is_empty() {
-        cmd = cmd.arg(format!("{}/", plain.point().display()));
+    if paths.is_empty() {
+        cmd = cmd.arg(format!("{}/", plain.display()));
     } else {
         cmd = cmd.arg("--relative");
-        for path in &request.paths {
-            let inside = plain.point().join(path);
-            if std::fs::symlink_metadata(&inside).is_err() {
+        for path in paths {
+            if std::fs::symlink_metadata(plain.join(path)).is_err() {
                 return Err(Error::usage(format!(
                     "{path} is not in the backup of job {}",
                     job.name
@@ -85,7 +120,7 @@ pub fn restore(ctx: &Context, request: &RestoreRequest) -> Result<Done> {
             // `mount/./path` copies `path` with its parents (rsync --relative).
             cmd = cmd.arg(format!(
                 "{}/./{}",
-                plain.point().display(),
+                plain.display(),
                 path.trim_end_matches('/')
             ));
         }
@@ -95,12 +130,97 @@ pub fn restore(ctx: &Context, request: &RestoreRequest) -> Result<Done> {
     if !out.success() {
         return Err(out.failure(Some("copying out of the decrypted backup")));
     }
-    plain.unmount()?;
-    drop(remote);
-    Ok(Done {
-        outcome: Outcome::Ok,
-        stats: json!({ "to": to, "files": stats.transferred, "bytes": stats.bytes_transferred }),
-    })
+    Ok(stats)
+}
+
+/// A rebuilt cipher tree in the state dir, removed when dropped.
+struct Stage {
+    path: PathBuf,
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        make_writable(&self.path);
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Rebuilds the encrypted tree as it was right after run `id` (see
+/// snapshots.rs): each recorded path from the oldest later snapshot dir that
+/// holds it, else from files/; then the recorded directories and modes.
+fn rebuild(ctx: &Context, remote: &Remote, id: &str) -> Result<Stage> {
+    let record = snapshots::read_record(remote, id)?;
+    let mut later = Vec::new();
+    for later_id in snapshots::snapshot_dir_ids(remote)?
+        .into_iter()
+        .filter(|s| s.as_str() > id)
+    {
+        let paths = remote.list_tree(&format!("{SNAPSHOTS}/{later_id}"))?;
+        later.push((
+            later_id,
+            paths
+                .into_iter()
+                .filter(|e| e.kind != 'd')
+                .map(|e| e.path)
+                .collect(),
+        ));
+    }
+    let plan = snapshots::plan_rebuild(&record, &later);
+
+    let stage = Stage {
+        path: ctx.state(&format!("restore-{id}")),
+    };
+    if stage.path.exists() {
+        make_writable(&stage.path);
+        std::fs::remove_dir_all(&stage.path)
+            .ctx(|| format!("removing {}", stage.path.display()))?;
+    }
+    crypt::create_private_dir(&stage.path)?;
+    for dir in record.entries.iter().filter(|e| e.kind == 'd') {
+        crypt::create_private_dir(&stage.path.join(&dir.path))?;
+    }
+    let root = remote
+        .local_root()
+        .expect("rebuild reads the remote as a path");
+    let list = ctx.runtime("rebuild.files");
+    for (from, entries) in &plan {
+        interrupt::check()?;
+        let source = match from {
+            Some(snapshot) => root.join(SNAPSHOTS).join(snapshot),
+            None => root.join(FILES),
+        };
+        let names: Vec<&[u8]> = entries.iter().map(|e| e.path.as_bytes()).collect();
+        std::fs::write(&list, names.join(&0u8)).ctx(|| format!("writing {}", list.display()))?;
+        let out = Cmd::new("rsync")
+            .args(["-a", "-H", "--no-owner", "--no-group", "--from0"])
+            .arg(format!("--files-from={}", list.display()))
+            .arg(format!("{}/", source.display()))
+            .arg(format!("{}/", stage.path.display()))
+            .run()?;
+        if !out.success() {
+            return Err(out.failure(Some(&format!("rebuilding snapshot {id}"))));
+        }
+    }
+    // Recorded directory modes last: a read-only directory would have
+    // refused the files copied into it.
+    for dir in record.entries.iter().filter(|e| e.kind == 'd') {
+        let path = stage.path.join(&dir.path);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(dir.mode))
+            .ctx(|| format!("setting the mode of {}", path.display()))?;
+    }
+    Ok(stage)
+}
+
+/// So that a stage with read-only directories can be removed.
+fn make_writable(dir: &Path) {
+    for entry in walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(|e| e.ok())
+    {
+        if entry.file_type().is_dir() {
+            let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o700));
+        }
+    }
 }
 
 fn absolute(path: &Path) -> Result<PathBuf> {

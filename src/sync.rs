@@ -14,7 +14,7 @@ use crate::exec::Cmd;
 use crate::remote::{self, FILES, Remote, SNAPSHOTS};
 use crate::run::{Context, Done};
 use crate::status::{self, Outcome};
-use crate::{interrupt, log};
+use crate::{guard, interrupt, log, snapshots};
 
 /// Left in the state dir while rsync runs: if it is there when a backup
 /// starts, the previous one was killed and may have left temp files.
@@ -28,7 +28,6 @@ pub const REPAIR_LIST: &str = "repair.list";
 // rsync exit codes (rsync's errcode.h).
 const RSYNC_PARTIAL: i32 = 23;
 const RSYNC_VANISHED: i32 = 24;
-const RSYNC_MAX_DELETE: i32 = 25;
 
 /// Options of one backup run that the command line may override.
 pub struct BackupOptions {
@@ -52,6 +51,7 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
         clean_after_killed_run(job, &remote)?;
     }
     ensure_remote_config(job, &remote)?;
+    guard_mass_changes(ctx, &remote, view.point(), max_delete_percent)?;
     let snapshot = next_snapshot_id(ctx)?;
     std::fs::write(&incomplete, &snapshot).ctx(|| format!("writing {}", incomplete.display()))?;
 
@@ -66,13 +66,17 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
     // The last moment before we trust both mounts with --delete.
     view.check_live()?;
     remote.check_live()?;
-    let max_delete = max_delete_count(ctx, max_delete_percent);
     let decryptor = PathDecryptor::new(&ctlsock);
-    let stats = rsync.mirror(max_delete, &decryptor)?;
+    let stats = rsync.mirror(&decryptor)?;
 
+    // Only a run that got this far claims a complete state: the snapshot dir
+    // is made self-contained, then the record is written, last.
+    snapshots::complete_snapshot_dir(job, &remote, &snapshot)?;
+    let record = snapshots::write_record(&remote, &snapshot, stats.transferred, stats.deleted)?;
     record_last_backup(ctx, &snapshot)?;
     let _ = std::fs::remove_file(ctx.state(REPAIR_LIST));
     std::fs::remove_file(&incomplete).ctx(|| format!("removing {}", incomplete.display()))?;
+    let pruned = snapshots::prune(job, &remote, false)?;
     Ok(Done {
         outcome: Outcome::Ok,
         stats: json!({
@@ -82,6 +86,8 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
             "deleted": stats.deleted,
             "repaired": repaired,
             "snapshot": snapshot,
+            "bytes": record.bytes(),
+            "pruned": pruned.snapshot_dirs,
         }),
     })
 }
@@ -117,15 +123,26 @@ fn refuse_empty_view(job: &Job, view: &Path, max_delete_percent: u8) -> Result<(
     ))
 }
 
-/// The largest number of remote files this run may delete, from the file
-/// count of the last backup; None (no limit) when there is no earlier one.
-fn max_delete_count(ctx: &Context, percent: u8) -> Option<u64> {
+/// The deletion guard (guard.rs) against the record of the last run. A
+/// damaged last record only costs the guard, with a warning.
+fn guard_mass_changes(ctx: &Context, remote: &Remote, view: &Path, percent: u8) -> Result<()> {
     if percent >= 100 {
-        return None;
+        return Ok(());
     }
-    let status = status::read(&ctx.job.state_dir).ok()?;
-    let files = status["stages"]["backup"]["stats"]["files"].as_u64()?;
-    Some(files * u64::from(percent) / 100)
+    let Some(last_id) = snapshots::recorded_ids(remote)?.pop() else {
+        return Ok(());
+    };
+    let last = match snapshots::read_record(remote, &last_id) {
+        Ok(record) => record,
+        Err(e) => {
+            log::warn(format!("deletion guard skipped: {e}"));
+            return Ok(());
+        }
+    };
+    let index = guard::index_view(view)?;
+    let estimate = guard::estimate(&last, &index, last_backup_start_ns(&ctx.job.state_dir));
+    log::debug(|| format!("deletion guard: {estimate:?}"));
+    guard::check(&ctx.job.name, &estimate, percent)
 }
 
 /// After a killed run: rsync's temp files (`.name.XXXXXX`) may sit in files/
@@ -261,16 +278,13 @@ struct Rsync<'a> {
 }
 
 impl Rsync<'_> {
-    fn mirror(&self, max_delete: Option<u64>, decryptor: &PathDecryptor) -> Result<Stats> {
+    fn mirror(&self, decryptor: &PathDecryptor) -> Result<Stats> {
         let mut args = self.common_args();
         args.extend([
             "--delete".into(),
             "--stats".into(),
             "--no-human-readable".into(),
         ]);
-        if let Some(n) = max_delete {
-            args.push(format!("--max-delete={n}"));
-        }
         let mut out = self.run(args)?;
         let stats_text = out.stdout_string()?;
         match out.code() {
@@ -285,19 +299,6 @@ impl Rsync<'_> {
                     format!(
                         "rsync could not transfer some files: {}",
                         name_files(&out.stderr, self.source, decryptor)
-                    ),
-                ));
-            }
-            Some(RSYNC_MAX_DELETE) => {
-                return Err(Error::new(
-                    Kind::Refused,
-                    format!(
-                        "job {}: this backup would delete more than {} file(s) on the target (max_delete_percent); \
-                         the deletions beyond that were skipped. If the deletions are intended, run \
-                         `ciphersync backup {} --max-delete 100`",
-                        self.job.name,
-                        max_delete.unwrap_or(0),
-                        self.job.name
                     ),
                 ));
             }

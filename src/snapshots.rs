@@ -1,0 +1,515 @@
+//! Snapshots a user can rely on.
+//!
+//! Every successful backup writes a record, `records/<id>.rec`, listing every
+//! entry of `files/` right after the run. The tree as it was after run ID is
+//! rebuilt from that list: each path comes from the oldest `snapshots/<S>/`
+//! with S later than ID that holds it (the version a later run replaced or
+//! deleted), else from `files/`. Snapshot dirs of unfinished runs count too:
+//! they hold versions those runs replaced.
+//!
+//! Record format (text, one entry per line after a short header):
+//!
+//! ```text
+//! ciphersync-record 1
+//! snapshot 20261129T030000Z
+//! files 2000
+//! bytes 157286400
+//! transferred 120
+//! deleted 3
+//!
+//! d 755 0 Ckdzsn3MiFFyXiokYPQGnQ
+//! f 644 56 Ckdzsn3MiFFyXiokYPQGnQ/kAut6PaczGNtKYahQZnWoQ
+//! l 777 50 9hB7lGC5t9HebLrDYKz35g
+//! ```
+//!
+//! Entry lines are `<type> <octal mode> <size> <encrypted path>`; a path that
+//! holds a backslash or a newline (possible only with plaintext names) has
+//! them written as `\\` and `\n`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
+
+use crate::config::{Filenames, Job, Retention};
+use crate::crypt::REMOTE_CONFIG_NAME;
+use crate::error::{Error, Kind, Result};
+use crate::remote::{FILES, RECORDS, Remote, SNAPSHOTS, TreeEntry};
+use crate::status::parse_snapshot_id;
+
+const MAGIC: &str = "ciphersync-record 1";
+
+/// One run's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub snapshot: String,
+    pub transferred: u64,
+    pub deleted: u64,
+    pub entries: Vec<TreeEntry>,
+}
+
+impl Record {
+    pub fn files(&self) -> u64 {
+        self.entries.iter().filter(|e| e.kind == 'f').count() as u64
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.entries
+            .iter()
+            .filter(|e| e.kind == 'f')
+            .map(|e| e.size)
+            .sum()
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut text = format!(
+            "{MAGIC}\nsnapshot {}\nfiles {}\nbytes {}\ntransferred {}\ndeleted {}\n\n",
+            self.snapshot,
+            self.files(),
+            self.bytes(),
+            self.transferred,
+            self.deleted
+        );
+        for e in &self.entries {
+            let path = e.path.replace('\\', "\\\\").replace('\n', "\\n");
+            text.push_str(&format!("{} {:o} {} {path}\n", e.kind, e.mode, e.size));
+        }
+        text
+    }
+
+    /// Parses a record read back from the target; damage is an error that
+    /// names the line, never a panic.
+    pub fn parse(text: &str) -> Result<Record> {
+        let corrupt = |what: String| Error::new(Kind::Corrupt, format!("record: {what}"));
+        let mut lines = text.split('\n');
+        if lines.next() != Some(MAGIC) {
+            return Err(corrupt(
+                "does not start with the ciphersync record header".into(),
+            ));
+        }
+        let mut header = BTreeMap::new();
+        for line in lines.by_ref() {
+            if line.is_empty() {
+                break;
+            }
+            let (key, value) = line
+                .split_once(' ')
+                .ok_or_else(|| corrupt(format!("bad header line {line:?}")))?;
+            header.insert(key.to_string(), value.to_string());
+        }
+        let snapshot = header
+            .get("snapshot")
+            .filter(|s| parse_snapshot_id(s).is_some());
+        let snapshot = snapshot
+            .ok_or_else(|| corrupt("no valid snapshot id".into()))?
+            .clone();
+        let number = |key: &str| {
+            header
+                .get(key)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let mut entries = Vec::new();
+        for (i, line) in lines.enumerate().filter(|(_, l)| !l.is_empty()) {
+            entries.push(
+                parse_entry(line)
+                    .ok_or_else(|| corrupt(format!("bad entry line {}: {line:?}", i + 1)))?,
+            );
+        }
+        Ok(Record {
+            snapshot,
+            transferred: number("transferred"),
+            deleted: number("deleted"),
+            entries,
+        })
+    }
+}
+
+fn parse_entry(line: &str) -> Option<TreeEntry> {
+    let mut fields = line.splitn(4, ' ');
+    let kind = fields.next()?;
+    let kind = match kind {
+        "f" | "d" | "l" => kind.chars().next()?,
+        _ => return None,
+    };
+    let mode = u32::from_str_radix(fields.next()?, 8).ok()?;
+    let size = fields.next()?.parse().ok()?;
+    let path = unescape(fields.next()?)?;
+    let safe = !path.is_empty()
+        && !path.starts_with('/')
+        && !path.split('/').any(|c| c == ".." || c.is_empty());
+    safe.then_some(TreeEntry {
+        kind,
+        mode,
+        size,
+        path,
+    })
+}
+
+fn unescape(text: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        out.push(match c {
+            '\\' => match chars.next()? {
+                '\\' => '\\',
+                'n' => '\n',
+                _ => return None,
+            },
+            c => c,
+        });
+    }
+    Some(out)
+}
+
+pub fn record_path(id: &str) -> String {
+    format!("{RECORDS}/{id}.rec")
+}
+
+/// Writes the record of run `snapshot` from a listing of files/ taken right
+/// after it. Written last and atomically: an unfinished run has no record.
+pub fn write_record(
+    remote: &Remote,
+    snapshot: &str,
+    transferred: u64,
+    deleted: u64,
+) -> Result<Record> {
+    let mut entries = remote.list_tree(FILES)?;
+    entries.retain(|e| e.kind != '?' && !is_rsync_temp(&e.path));
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    let record = Record {
+        snapshot: snapshot.to_string(),
+        transferred,
+        deleted,
+        entries,
+    };
+    remote.write_file_atomic(&record_path(snapshot), record.to_text().as_bytes())?;
+    Ok(record)
+}
+
+fn is_rsync_temp(path: &str) -> bool {
+    path.rsplit('/')
+        .next()
+        .is_some_and(|name| name.starts_with('.'))
+}
+
+pub fn read_record(remote: &Remote, id: &str) -> Result<Record> {
+    let bytes = remote.read_file(&record_path(id))?.ok_or_else(|| {
+        Error::usage(format!(
+            "there is no snapshot {id} (see `ciphersync snapshots`)"
+        ))
+    })?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Error::new(Kind::Corrupt, format!("record {id} is not text")))?;
+    Record::parse(&text).map_err(|e| {
+        Error::new(
+            Kind::Corrupt,
+            format!("{} ({})", e.message, record_path(id)),
+        )
+    })
+}
+
+/// Ids of all runs with a record, oldest first.
+pub fn recorded_ids(remote: &Remote) -> Result<Vec<String>> {
+    let mut ids: Vec<String> = remote
+        .list_names(RECORDS)?
+        .into_iter()
+        .filter_map(|n| n.strip_suffix(".rec").map(str::to_owned))
+        .filter(|id| parse_snapshot_id(id).is_some())
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// Ids of all snapshot dirs, oldest first.
+pub fn snapshot_dir_ids(remote: &Remote) -> Result<Vec<String>> {
+    let mut ids: Vec<String> = remote
+        .list_names(SNAPSHOTS)?
+        .into_iter()
+        .filter(|id| parse_snapshot_id(id).is_some())
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// Where each path of a record comes from in a rebuild: `None` = files/,
+/// `Some(S)` = snapshots/S/.
+pub fn plan_rebuild<'a>(
+    record: &'a Record,
+    later_snapshots: &'a [(String, BTreeSet<String>)],
+) -> BTreeMap<Option<&'a str>, Vec<&'a TreeEntry>> {
+    let mut plan: BTreeMap<Option<&str>, Vec<&TreeEntry>> = BTreeMap::new();
+    for entry in record.entries.iter().filter(|e| e.kind != 'd') {
+        let from = later_snapshots
+            .iter()
+            .filter(|(id, _)| id.as_str() > record.snapshot.as_str())
+            .find(|(_, paths)| paths.contains(&entry.path))
+            .map(|(id, _)| id.as_str());
+        plan.entry(from).or_default().push(entry);
+    }
+    plan
+}
+
+/// Makes `snapshots/<id>/` mountable by plain gocryptfs: every directory
+/// gets its `gocryptfs.diriv`, every long name its `.name` file, the root its
+/// `gocryptfs.conf`, copied from `files/`. A deleted directory's diriv was
+/// moved into the snapshot with its files, so what is missing is always in
+/// `files/` (directory IVs and name files never change for a given path).
+pub fn complete_snapshot_dir(job: &Job, remote: &Remote, id: &str) -> Result<usize> {
+    let dir = format!("{SNAPSHOTS}/{id}");
+    let entries = remote.list_tree(&dir)?;
+    if entries.is_empty() {
+        return Ok(0);
+    }
+    let present: BTreeSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+    let mut wanted: Vec<String> = vec![REMOTE_CONFIG_NAME.to_string()];
+    if job.filenames == Filenames::Encrypted {
+        wanted.push("gocryptfs.diriv".to_string());
+        for e in &entries {
+            if e.kind == 'd' {
+                wanted.push(format!("{}/gocryptfs.diriv", e.path));
+            }
+            let name = e.path.rsplit('/').next().unwrap_or("");
+            if e.kind == 'f' && name.starts_with("gocryptfs.longname.") && !name.ends_with(".name")
+            {
+                wanted.push(format!("{}.name", e.path));
+            }
+        }
+    }
+    let pairs: Vec<(String, String)> = wanted
+        .into_iter()
+        .filter(|rel| !present.contains(rel.as_str()))
+        .map(|rel| (format!("{FILES}/{rel}"), format!("{dir}/{rel}")))
+        .collect();
+    remote.copy_within(&pairs)?;
+    Ok(pairs.len())
+}
+
+/// Which runs retention keeps: the newest always; then every run within
+/// `keep_last` or within `keep_days`; a run goes only when it is outside
+/// every bound that is set. With no bound set, everything is kept.
+pub fn runs_to_keep(ids: &[String], retention: &Retention, now: SystemTime) -> BTreeSet<String> {
+    if retention.keep_last.is_none() && retention.keep_days.is_none() {
+        return ids.iter().cloned().collect();
+    }
+    let mut keep = BTreeSet::new();
+    let newest_first: Vec<&String> = ids.iter().rev().collect();
+    if let Some(newest) = newest_first.first() {
+        keep.insert((*newest).clone());
+    }
+    if let Some(n) = retention.keep_last {
+        keep.extend(newest_first.iter().take(n as usize).map(|id| (*id).clone()));
+    }
+    if let Some(days) = retention.keep_days {
+        let horizon = now
+            .checked_sub(Duration::from_secs(u64::from(days) * 86_400))
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        keep.extend(
+            ids.iter()
+                .filter(|id| parse_snapshot_id(id).is_some_and(|t| t >= horizon))
+                .cloned(),
+        );
+    }
+    keep
+}
+
+/// What pruning deletes: the records of runs retention drops, and every
+/// snapshot dir that no kept run needs (a rebuild of run R reads only the
+/// snapshot dirs later than R). Because the oldest kept run bounds both,
+/// only whole old snapshot dirs go.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PrunePlan {
+    pub records: Vec<String>,
+    pub snapshot_dirs: Vec<String>,
+}
+
+pub fn plan_prune(
+    recorded: &[String],
+    snapshot_dirs: &[String],
+    retention: &Retention,
+    now: SystemTime,
+) -> PrunePlan {
+    if retention.keep_last.is_none() && retention.keep_days.is_none() {
+        return PrunePlan::default();
+    }
+    let keep = runs_to_keep(recorded, retention, now);
+    let Some(oldest_kept) = keep.iter().next() else {
+        return PrunePlan::default();
+    };
+    PrunePlan {
+        records: recorded
+            .iter()
+            .filter(|id| *id < oldest_kept)
+            .cloned()
+            .collect(),
+        snapshot_dirs: snapshot_dirs
+            .iter()
+            .filter(|id| *id <= oldest_kept)
+            .cloned()
+            .collect(),
+    }
+}
+
+/// Applies the job's retention on the target (or only reports, with
+/// `dry_run`). Records go first: a crash half-way never leaves a record
+/// whose snapshot dirs are gone.
+pub fn prune(job: &Job, remote: &Remote, dry_run: bool) -> Result<PrunePlan> {
+    let plan = plan_prune(
+        &recorded_ids(remote)?,
+        &snapshot_dir_ids(remote)?,
+        &job.snapshots,
+        SystemTime::now(),
+    );
+    if dry_run {
+        return Ok(plan);
+    }
+    for id in &plan.records {
+        remote.remove(&record_path(id))?;
+    }
+    for id in &plan.snapshot_dirs {
+        remote.remove(&format!("{SNAPSHOTS}/{id}"))?;
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(kind: char, path: &str) -> TreeEntry {
+        TreeEntry {
+            kind,
+            mode: if kind == 'd' { 0o755 } else { 0o644 },
+            size: 3,
+            path: path.into(),
+        }
+    }
+
+    #[test]
+    fn record_round_trips() {
+        let record = Record {
+            snapshot: "20261129T030000Z".into(),
+            transferred: 2,
+            deleted: 1,
+            entries: vec![
+                entry('d', "dir"),
+                entry('f', "dir/a b"),
+                entry('l', "odd\\name\nx"),
+            ],
+        };
+        let text = record.to_text();
+        insta::assert_snapshot!(text);
+        assert_eq!(Record::parse(&text).unwrap(), record);
+    }
+
+    #[test]
+    fn damaged_records_are_errors() {
+        let good = "ciphersync-record 1\nsnapshot 20261129T030000Z\n\nf 644 3 a\n";
+        assert!(Record::parse(good).is_ok());
+        for bad in [
+            "",
+            "something else\n",
+            "ciphersync-record 1\nsnapshot nope\n\n",
+            "ciphersync-record 1\nsnapshot 20261129T030000Z\n\nx 644 3 a\n",
+            "ciphersync-record 1\nsnapshot 20261129T030000Z\n\nf 9z9 3 a\n",
+            "ciphersync-record 1\nsnapshot 20261129T030000Z\n\nf 644 3 ../../etc/passwd\n",
+            "ciphersync-record 1\nsnapshot 20261129T030000Z\n\nf 644 3 /abs\n",
+            "ciphersync-record 1\nsnapshot 20261129T030000Z\n\nf 644\n",
+        ] {
+            assert!(Record::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn rebuild_takes_the_oldest_later_version() {
+        let record = Record {
+            snapshot: "20260102T000000Z".into(),
+            transferred: 0,
+            deleted: 0,
+            entries: vec![
+                entry('d', "d"),
+                entry('f', "d/a"),
+                entry('f', "b"),
+                entry('f', "c"),
+            ],
+        };
+        let set = |paths: &[&str]| paths.iter().map(|p| p.to_string()).collect::<BTreeSet<_>>();
+        let later = vec![
+            ("20260101T000000Z".to_string(), set(&["b"])), // earlier: never used
+            ("20260102T000000Z".to_string(), set(&["c"])), // the run itself: state before it
+            ("20260103T000000Z".to_string(), set(&["d/a"])),
+            ("20260104T000000Z".to_string(), set(&["d/a", "b"])),
+        ];
+        let plan = plan_rebuild(&record, &later);
+        let paths = |k: Option<&str>| plan[&k].iter().map(|e| e.path.as_str()).collect::<Vec<_>>();
+        assert_eq!(paths(Some("20260103T000000Z")), ["d/a"]);
+        assert_eq!(paths(Some("20260104T000000Z")), ["b"]);
+        assert_eq!(paths(None), ["c"]);
+        assert_eq!(plan.len(), 3);
+    }
+
+    #[test]
+    fn retention_keeps_what_the_bounds_say() {
+        let ids: Vec<String> = (1..=9).map(|d| format!("2026110{d}T000000Z")).collect();
+        let now = parse_snapshot_id("20261110T000000Z").unwrap();
+        let keep = |last, days| {
+            runs_to_keep(
+                &ids,
+                &Retention {
+                    keep_last: last,
+                    keep_days: days,
+                },
+                now,
+            )
+            .into_iter()
+            .map(|id| id[6..8].to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+        };
+        assert_eq!(keep(None, None), "01,02,03,04,05,06,07,08,09");
+        assert_eq!(keep(Some(3), None), "07,08,09");
+        assert_eq!(keep(None, Some(2)), "08,09");
+        // Outside both bounds to go: the union of what each keeps.
+        assert_eq!(keep(Some(2), Some(4)), "06,07,08,09");
+        assert_eq!(keep(Some(1), Some(0)), "09");
+        // The newest run is kept even when every bound has passed it.
+        let later = parse_snapshot_id("20271110T000000Z").unwrap();
+        let kept = runs_to_keep(
+            &ids,
+            &Retention {
+                keep_last: None,
+                keep_days: Some(1),
+            },
+            later,
+        );
+        assert_eq!(kept.into_iter().collect::<Vec<_>>(), ["20261109T000000Z"]);
+    }
+
+    #[test]
+    fn prune_deletes_only_what_no_kept_run_needs() {
+        let recorded: Vec<String> = ["03", "05", "07"]
+            .iter()
+            .map(|d| format!("202611{d}T000000Z"))
+            .collect();
+        let dirs: Vec<String> = ["03", "04", "05", "06", "07"]
+            .iter()
+            .map(|d| format!("202611{d}T000000Z"))
+            .collect();
+        let now = parse_snapshot_id("20261110T000000Z").unwrap();
+        let plan = plan_prune(
+            &recorded,
+            &dirs,
+            &Retention {
+                keep_last: Some(2),
+                keep_days: None,
+            },
+            now,
+        );
+        // Run 05 is the oldest kept: it needs the dirs after it (06, 07).
+        assert_eq!(plan.records, ["20261103T000000Z"]);
+        assert_eq!(
+            plan.snapshot_dirs,
+            ["20261103T000000Z", "20261104T000000Z", "20261105T000000Z"]
+        );
+        let none = plan_prune(&recorded, &dirs, &Retention::default(), now);
+        assert_eq!(none, PrunePlan::default());
+    }
+}

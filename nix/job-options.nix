@@ -88,8 +88,8 @@ let
         type = absolutePath;
         example = "/home/backups/docs";
         description = ''
-          Absolute directory that holds `files/`, `snapshots/` and
-          `checksums/`: on the server for sftp, on this machine for local.
+          Absolute directory that holds `files/`, `snapshots/`, `checksums/`
+          and `records/`: on the server for sftp, on this machine for local.
         '';
       };
       identityFile = mkOption {
@@ -183,7 +183,7 @@ let
             "*.tmp"
             "cache/"
           ];
-          description = "rsync exclude patterns, relative to `source`.";
+          description = "Paths to leave out of the backup: gitignore-style wildcard patterns relative to `source`, applied by `gocryptfs -reverse -exclude-wildcard` (so excluded files never enter the encrypted view).";
         };
         passwordFile = mkOption {
           type = secretPath;

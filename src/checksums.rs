@@ -2,7 +2,7 @@
 //! file metadata), reading and writing the `sha1sum` format (including its
 //! escaped names), and comparing two lists.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::MetadataExt;
@@ -52,6 +52,10 @@ pub struct Hashed {
     pub stamps: HashMap<String, Stamp>,
     /// How many files were read (the rest came from the cache).
     pub read: usize,
+    /// Files with more than one hard link. gocryptfs -reverse derives the
+    /// IVs of such a file from whichever of its paths a mount looked up
+    /// first, so their ciphertext differs between mounts.
+    pub hardlinked: BTreeSet<String>,
 }
 
 /// Hashes every regular file below `root` (symlinks and directories are not
@@ -60,6 +64,7 @@ pub struct Hashed {
 pub fn hash_tree(root: &Path, mut cache: Option<&mut Cache>) -> Result<Hashed> {
     let mut list = List::new();
     let mut stamps = HashMap::new();
+    let mut hardlinked = BTreeSet::new();
     let mut todo = Vec::new();
     for entry in walkdir::WalkDir::new(root).min_depth(1).follow_links(false) {
         interrupt::check()?;
@@ -71,6 +76,9 @@ pub fn hash_tree(root: &Path, mut cache: Option<&mut Cache>) -> Result<Hashed> {
         let meta = entry.metadata().map_err(|e| walk_error(root, e))?;
         let stamp = Stamp::of(&meta);
         stamps.insert(rel.clone(), stamp);
+        if meta.nlink() > 1 {
+            hardlinked.insert(rel.clone());
+        }
         match cache.as_deref().and_then(|c| c.lookup(&rel, stamp)) {
             Some(sum) => {
                 list.insert(rel, sum.to_string());
@@ -92,7 +100,12 @@ pub fn hash_tree(root: &Path, mut cache: Option<&mut Cache>) -> Result<Hashed> {
     if let Some(c) = cache {
         c.retain(|rel| list.contains_key(rel));
     }
-    Ok(Hashed { list, stamps, read })
+    Ok(Hashed {
+        list,
+        stamps,
+        read,
+        hardlinked,
+    })
 }
 
 fn walk_error(root: &Path, e: walkdir::Error) -> Error {

@@ -8,7 +8,7 @@
 //! `verify --deep`: decrypt the local encrypted view again with a forward
 //! gocryptfs mount and compare it with the plaintext source.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
@@ -18,11 +18,11 @@ use crate::checksums::{self, Cache, Diff, List, Stamp};
 use crate::config::{Job, RemoteChecksums, Target};
 use crate::crypt::{self, PathDecryptor, REMOTE_CONFIG_NAME};
 use crate::error::{Error, IoContext, Kind, Result};
-use crate::interrupt;
 use crate::remote::{self, CHECKSUMS, FILES, Remote, Ssh, quote_path};
 use crate::run::{Context, Done};
 use crate::status::{self, Outcome};
 use crate::sync::REPAIR_LIST;
+use crate::{interrupt, log};
 
 const CACHE_FILE: &str = "sha1-cache.tsv";
 
@@ -41,7 +41,15 @@ pub fn verify(ctx: &Context) -> Result<Done> {
 
     let diff = checksums::compare(&local.list, &remote_list);
     let pending = changed_since_last_backup(ctx, &local.stamps);
-    let diff = without_pending(diff, &pending);
+    if !local.hardlinked.is_empty() {
+        log::warn(format!(
+            "{} hard-linked file(s) cannot be compared by ciphertext (gocryptfs -reverse encrypts them \
+             differently in every mount); verify --deep checks them",
+            local.hardlinked.len()
+        ));
+    }
+    let skip: BTreeSet<&String> = pending.iter().chain(&local.hardlinked).collect();
+    let diff = without(diff, &skip);
     store_lists(ctx, &remote, &local.list, &remote_list)?;
     save_repair_list(ctx, &diff)?;
 
@@ -58,6 +66,7 @@ pub fn verify(ctx: &Context) -> Result<Done> {
             "files": local.list.len(),
             "hashed": local.hashed,
             "pending": pending.len(),
+            "hardlinked": local.hardlinked.len(),
             "missing": diff.missing.iter().map(name).collect::<Vec<_>>(),
             "extra": diff.extra.iter().map(name).collect::<Vec<_>>(),
             "changed": diff.changed.iter().map(name).collect::<Vec<_>>(),
@@ -73,6 +82,7 @@ struct LocalList {
     list: List,
     stamps: HashMap<String, Stamp>,
     hashed: usize,
+    hardlinked: BTreeSet<String>,
 }
 
 /// The local side, hashed through the reverse view with the stamp cache.
@@ -83,6 +93,7 @@ fn local_list(ctx: &Context, view: &Path) -> Result<LocalList> {
         mut list,
         stamps,
         read: hashed,
+        hardlinked,
     } = checksums::hash_tree(view, Some(&mut cache))?;
     cache.save(&cache_path)?;
     // When the config is kept outside the source, backup uploads it into
@@ -98,6 +109,7 @@ fn local_list(ctx: &Context, view: &Path) -> Result<LocalList> {
         list,
         stamps,
         hashed,
+        hardlinked,
     })
 }
 
@@ -142,8 +154,9 @@ fn last_backup_start(ctx: &Context) -> Option<i128> {
     crate::sync::last_backup_start_ns(&ctx.job.state_dir)
 }
 
-fn without_pending(diff: Diff, pending: &[String]) -> Diff {
-    let keep = |list: Vec<String>| list.into_iter().filter(|p| !pending.contains(p)).collect();
+/// Drops the paths whose difference has a known, harmless cause.
+fn without(diff: Diff, skip: &BTreeSet<&String>) -> Diff {
+    let keep = |list: Vec<String>| list.into_iter().filter(|p| !skip.contains(p)).collect();
     Diff {
         missing: keep(diff.missing),
         extra: diff.extra,

@@ -88,6 +88,11 @@ cs verify --deep
 step "restore everything into an empty directory"
 cs restore --to "$demo/restored"
 diff -r "$demo/source" "$demo/restored" && echo "restored tree is identical to the source"
+step "snapshots: every run can be rebuilt exactly"
+cs snapshots
+first=$(ls "$demo/server/backup/records" | head -1); first=${first%.rec}
+cs restore --snapshot "$first" --to "$demo/restored-first" projects/plan.txt
+echo "plan.txt as of $first: $(cat "$demo/restored-first/projects/plan.txt")"
 step "status"
 cs status
 echo

@@ -13,7 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{Job, Sftp};
+use crate::config::{Job, RemoteChecksums, Sftp};
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::exec::{Cmd, Output, shell_quote};
 use crate::mount::{FsType, Mount};
@@ -168,6 +168,9 @@ fn ssh_config_text(s: &Sftp) -> Result<String> {
         format!("  ServerAliveCountMax {ALIVE_COUNT}"),
         "  ForwardAgent no".into(),
         "  ClearAllForwardings yes".into(),
+        // Prefer AES-GCM (hardware-accelerated almost everywhere) over the
+        // default ChaCha20 for bulk data; `^` only moves them to the front.
+        "  Ciphers ^aes128-gcm@openssh.com,aes256-gcm@openssh.com".into(),
         "  LogLevel ERROR".into(),
     ];
     if let Some(id) = &s.identity_file {
@@ -390,8 +393,8 @@ impl Remote {
     /// middle leaves in files/. Only safe when names are encrypted: no
     /// encrypted name starts with a dot.
     pub fn remove_rsync_leftovers(&self) -> Result<usize> {
-        match (self.local_root(), self.ssh()) {
-            (_, Some(ssh)) if ssh.sftp.remote_checksums == crate::config::RemoteChecksums::Ssh => {
+        match self.place() {
+            Place::Shell(ssh) => {
                 let files = quote_path(&ssh.sftp.path.join(FILES));
                 let command = format!("find {files} -type f -name '.*' -print -delete | wc -l");
                 let mut out = ssh.run(&command, "removing rsync leftovers", SHORT_COMMAND * 4)?;
@@ -400,20 +403,38 @@ impl Remote {
                 }
                 Ok(out.stdout_string()?.trim().parse().unwrap_or(0))
             }
-            (Some(root), _) => remove_dot_files(&root.join(FILES)),
-            (None, _) => Ok(0),
+            Place::Local(root) => remove_dot_files(&root.join(FILES)),
         }
     }
 }
 
+/// Where bulk operations on the target run: on the server's shell when we
+/// may use one (one round trip instead of one per file over sshfs), else on
+/// a local path (a local target or the sshfs mount).
+enum Place<'a> {
+    Local(&'a Path),
+    Shell(&'a Ssh),
+}
+
 impl Remote {
+    fn place(&self) -> Place<'_> {
+        match self {
+            Remote::Shell { ssh } => Place::Shell(ssh),
+            Remote::Path { ssh: Some(ssh), .. } if ssh.sftp.remote_checksums == RemoteChecksums::Ssh => {
+                Place::Shell(ssh)
+            }
+            Remote::Path { root, .. } => Place::Local(root),
+        }
+    }
+
     /// Every entry below `rel` (files, dirs, symlinks), relative to it.
     pub fn list_tree(&self, rel: &str) -> Result<Vec<TreeEntry>> {
-        match self {
-            Remote::Path { root, .. } => list_local_tree(&root.join(rel)),
-            Remote::Shell { ssh } => {
+        match self.place() {
+            Place::Local(root) => list_local_tree(&root.join(rel)),
+            Place::Shell(ssh) => {
                 let dir = quote_path(&ssh.sftp.path.join(rel));
-                let command = format!("cd {dir} && find . -mindepth 1 -printf '%y %m %s %P\\0'");
+                let command =
+                    format!("if [ -d {dir} ]; then cd {dir} && find . -mindepth 1 -printf '%y %m %s %P\\0'; fi");
                 let mut out = ssh.run(&command, "listing the remote tree", SHORT_COMMAND * 12)?;
                 if !out.success() {
                     return Err(remote_failure(ssh, &out, &format!("cannot list {rel}")));
@@ -429,8 +450,8 @@ impl Remote {
 
     /// The names in the remote directory `rel` (empty if it is missing).
     pub fn list_names(&self, rel: &str) -> Result<Vec<String>> {
-        let mut names: Vec<String> = match self {
-            Remote::Path { root, .. } => match std::fs::read_dir(root.join(rel)) {
+        let mut names: Vec<String> = match self.place() {
+            Place::Local(root) => match std::fs::read_dir(root.join(rel)) {
                 Ok(entries) => entries
                     .filter_map(|e| e.ok())
                     .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -438,7 +459,7 @@ impl Remote {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
                 Err(e) => return Err(Error::io(format!("listing {rel} on the target"), e)),
             },
-            Remote::Shell { ssh } => {
+            Place::Shell(ssh) => {
                 let dir = quote_path(&ssh.sftp.path.join(rel));
                 let command = format!("if [ -d {dir} ]; then cd {dir} && ls -1A; fi");
                 let mut out = ssh.run(&command, "listing a remote directory", SHORT_COMMAND)?;
@@ -454,8 +475,8 @@ impl Remote {
 
     /// Deletes `rel` (a file or a whole directory) on the target.
     pub fn remove(&self, rel: &str) -> Result<()> {
-        match self {
-            Remote::Path { root, .. } => {
+        match self.place() {
+            Place::Local(root) => {
                 let path = root.join(rel);
                 let result = match std::fs::symlink_metadata(&path) {
                     Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path),
@@ -465,7 +486,7 @@ impl Remote {
                 };
                 result.ctx(|| format!("removing {}", path.display()))
             }
-            Remote::Shell { ssh } => {
+            Place::Shell(ssh) => {
                 let path = quote_path(&ssh.sftp.path.join(rel));
                 let out = ssh.run(&format!("rm -rf -- {path}"), "removing", SHORT_COMMAND * 12)?;
                 if out.success() {
@@ -483,15 +504,15 @@ impl Remote {
         if pairs.is_empty() {
             return Ok(());
         }
-        match self {
-            Remote::Path { root, .. } => {
+        match self.place() {
+            Place::Local(root) => {
                 for (from, to) in pairs {
                     interrupt::check()?;
                     copy_preserving(&root.join(from), &root.join(to))?;
                 }
                 Ok(())
             }
-            Remote::Shell { ssh } => {
+            Place::Shell(ssh) => {
                 // One shell script on stdin: no argv length limit, one round trip.
                 let mut script = String::from("set -e\n");
                 for (from, to) in pairs {

@@ -420,7 +420,9 @@ impl Remote {
     fn place(&self) -> Place<'_> {
         match self {
             Remote::Shell { ssh } => Place::Shell(ssh),
-            Remote::Path { ssh: Some(ssh), .. } if ssh.sftp.remote_checksums == RemoteChecksums::Ssh => {
+            Remote::Path { ssh: Some(ssh), .. }
+                if ssh.sftp.remote_checksums == RemoteChecksums::Ssh =>
+            {
                 Place::Shell(ssh)
             }
             Remote::Path { root, .. } => Place::Local(root),
@@ -433,8 +435,9 @@ impl Remote {
             Place::Local(root) => list_local_tree(&root.join(rel)),
             Place::Shell(ssh) => {
                 let dir = quote_path(&ssh.sftp.path.join(rel));
-                let command =
-                    format!("if [ -d {dir} ]; then cd {dir} && find . -mindepth 1 -printf '%y %m %s %P\\0'; fi");
+                let command = format!(
+                    "if [ -d {dir} ]; then cd {dir} && find . -mindepth 1 -printf '%y %m %s %P\\0'; fi"
+                );
                 let mut out = ssh.run(&command, "listing the remote tree", SHORT_COMMAND * 12)?;
                 if !out.success() {
                     return Err(remote_failure(ssh, &out, &format!("cannot list {rel}")));

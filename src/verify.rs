@@ -25,6 +25,8 @@ use crate::sync::REPAIR_LIST;
 use crate::{interrupt, log};
 
 const CACHE_FILE: &str = "sha1-cache.tsv";
+/// How many verify runs keep their checksum lists on the target.
+const KEPT_CHECKSUM_RUNS: usize = 10;
 
 pub fn verify(ctx: &Context) -> Result<Done> {
     let job = ctx.job;
@@ -174,7 +176,19 @@ fn store_lists(ctx: &Context, remote: &Remote, local: &List, theirs: &List) -> R
     remote.write_file_atomic(
         &format!("{CHECKSUMS}/{id}.remote.sha1"),
         checksums::format_sha1sum(theirs).as_bytes(),
-    )
+    )?;
+    // The lists of the last KEPT_CHECKSUM_RUNS verify runs are enough to see
+    // when damage appeared; older ones would only grow without bound.
+    let names = remote.list_names(CHECKSUMS)?;
+    let mut runs: Vec<&str> = names.iter().filter_map(|n| n.split('.').next()).collect();
+    runs.dedup();
+    let old = runs.len().saturating_sub(KEPT_CHECKSUM_RUNS);
+    for run in &runs[..old] {
+        for side in ["local", "remote"] {
+            remote.remove(&format!("{CHECKSUMS}/{run}.{side}.sha1"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Tells the next backup which remote files to re-send by checksum.

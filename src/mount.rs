@@ -178,12 +178,7 @@ pub fn prepare_point(point: &Path) -> Result<()> {
 /// Unmounts whatever a killed run left mounted at or below `dir`, deepest
 /// first. Called with the job lock held, so nothing else is using them.
 pub fn clean_stale(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut stale: Vec<PathBuf> = mounts()?
-        .into_iter()
-        .map(|m| m.point)
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    stale.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    let stale = stale_points(mounts()?, dir);
     for point in &stale {
         log::warn(format!(
             "unmounting {} left behind by an earlier run",
@@ -192,6 +187,21 @@ pub fn clean_stale(dir: &Path) -> Result<Vec<PathBuf>> {
         unmount_point(point)?;
     }
     Ok(stale)
+}
+
+/// The FUSE mounts strictly below `dir`, deepest first. Only FUSE: systemd
+/// bind-mounts a unit's RuntimeDirectory onto itself, and that mount (like
+/// any other the admin made) is not ours to remove.
+fn stale_points(entries: Vec<MountEntry>, dir: &Path) -> Vec<PathBuf> {
+    let mut stale: Vec<PathBuf> = entries
+        .into_iter()
+        .filter(|m| m.fs_type == "fuse" || m.fs_type.starts_with("fuse."))
+        .map(|m| m.point)
+        .filter(|p| p.starts_with(dir) && p != dir)
+        .collect();
+    stale.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    stale.dedup();
+    stale
 }
 
 pub fn is_mounted(point: &Path) -> Result<bool> {
@@ -264,6 +274,30 @@ fn unescape_octal(field: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_our_fuse_mounts_are_stale() {
+        let entry = |p: &str, t: &str| MountEntry {
+            point: p.into(),
+            fs_type: t.into(),
+        };
+        let entries = vec![
+            entry("/run/ciphersync/docs", "tmpfs"), // systemd's RuntimeDirectory bind mount
+            entry("/run/ciphersync/docs/cipher", "fuse.gocryptfs-reverse"),
+            entry("/run/ciphersync/docs/cipher/x", "fuse.gocryptfs"),
+            entry("/run/ciphersync/docsother/remote", "fuse.sshfs"),
+            entry("/run/ciphersync/docs/remote", "fuse"),
+        ];
+        let dir = Path::new("/run/ciphersync/docs");
+        let expected: Vec<PathBuf> = [
+            "/run/ciphersync/docs/cipher/x",
+            "/run/ciphersync/docs/cipher",
+            "/run/ciphersync/docs/remote",
+        ]
+        .map(PathBuf::from)
+        .to_vec();
+        assert_eq!(stale_points(entries, dir), expected);
+    }
 
     #[test]
     fn mountinfo_with_escaped_spaces() {

@@ -1,0 +1,414 @@
+#!/usr/bin/env python3
+"""Turn the NixOS module's evaluated JSON into files for a Debian container.
+
+Input: the committed evaluation of nix/module.nix (nix/eval/expected/nixos-*.json),
+shape { "etc": {...}, "services": {...}, "timers": {...}, "users": {...},
+"groups": {...} }, where each services/timers entry is the NixOS
+`systemd.services.<name>` / `systemd.timers.<name>` attribute set.
+
+Output, under --root (the container's root directory):
+
+  etc/systemd/system/<name>.service    [Unit] [Service] [Install]
+  etc/systemd/system/<name>.timer      [Unit] [Timer] [Install]
+  etc/systemd/system/<target>.wants/<unit>   what `wantedBy` means in NixOS
+  etc/<path>                           every "etc" entry (objects as JSON),
+                                       unchanged: store paths in it (the
+                                       known_hosts file) are data, listed in
+                                       the manifest's "store_files" for the
+                                       harness to create at the same path
+  usr/lib/sysusers.d/ciphersync-test.conf   users/groups (systemd-sysusers)
+  usr/lib/tmpfiles.d/ciphersync-test.conf   homes with createHome/isNormalUser
+  etc/fuse.conf                        from "fuse".programs (NixOS programs.fuse)
+
+The translation follows NixOS's own rendering (nixos/lib/systemd-lib.nix):
+  description         -> Description=
+  wants/after/before/requires/bindsTo/partOf/conflicts/requisite/upholds
+                      -> Wants=/After=/... one line, space-joined
+  onFailure/onSuccess -> OnFailure=/OnSuccess= space-joined
+  documentation       -> Documentation= space-joined
+  unitConfig          -> [Unit] verbatim
+  serviceConfig       -> [Service] verbatim
+  timerConfig         -> [Timer] verbatim
+  environment         -> Environment="K=V" (one line each, JSON-quoted, % escaped)
+  path                -> Environment="PATH=<p>/bin:<p>/sbin..." (all bin dirs
+                         first, then all sbin dirs, as NixOS does) unless the
+                         environment already has PATH
+  wantedBy/requiredBy -> [Install] WantedBy=/RequiredBy= and the .wants/.requires
+                         symlinks (NixOS links them directly; same effect as enable)
+  list values in *Config -> the key repeated once per element
+  true/false          -> true/false
+  null                -> key left out
+
+Nix store paths become the container's paths (MAPPING below):
+  /nix/store/<hash>-ciphersync-<version>  -> /usr/local   (the binary that was
+                                             just built is copied to
+                                             /usr/local/bin/ciphersync)
+  /nix/store/<hash>-<anything else>       -> /usr         (Debian's package of
+                                             the same tool: gocryptfs, sshfs,
+                                             rsync, openssh, fuse, coreutils...)
+  /run/wrappers                           -> /usr         (Debian's fusermount3
+                                             is setuid root like NixOS's wrapper)
+so "/nix/store/h-gocryptfs-2.4.0/bin" -> "/usr/bin" and
+"/nix/store/h-ciphersync-0.1.0/bin/ciphersync" -> "/usr/local/bin/ciphersync".
+Duplicate PATH entries that result from the mapping are dropped.
+
+Keys that would need Nix-built content we do not have (script, preStart,
+postStart, ...) are an error: the module must use serviceConfig.Exec*.
+
+Usage:
+  units.py convert EVAL.json --root DIR [--manifest FILE]
+  units.py --self-test
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+
+STORE_RE = re.compile(r"/nix/store/[0-9a-df-np-sv-z]{32}-([A-Za-z0-9+._?=-]+)")
+CIPHERSYNC_PKG_RE = re.compile(r"^ciphersync(-[0-9][^/]*)?$")
+
+MAPPING = [
+    # (description, predicate on the store name, container prefix)
+    ("ciphersync package (the binary just built)", lambda n: bool(CIPHERSYNC_PKG_RE.match(n)), "/usr/local"),
+    ("any other store path (Debian package of the same tool)", lambda n: True, "/usr"),
+]
+OTHER_PREFIXES = {"/run/wrappers": "/usr"}
+
+# NixOS unit-level options rendered into [Unit], space-joined.
+UNIT_LIST_KEYS = {
+    "wants": "Wants", "after": "After", "before": "Before", "requires": "Requires",
+    "bindsTo": "BindsTo", "partOf": "PartOf", "conflicts": "Conflicts",
+    "requisite": "Requisite", "upholds": "Upholds", "onFailure": "OnFailure",
+    "onSuccess": "OnSuccess", "documentation": "Documentation",
+    "propagatesReloadTo": "PropagatesReloadTo", "reloadPropagatedFrom": "ReloadPropagatedFrom",
+}
+INSTALL_KEYS = {"wantedBy": ("WantedBy", "wants"), "requiredBy": ("RequiredBy", "requires"),
+                "upheldBy": ("UpheldBy", "upholds")}
+# NixOS options with no effect on the unit file contents we render here.
+IGNORED_KEYS = {"enable", "name", "restartIfChanged", "stopIfChanged", "reloadIfChanged",
+                "restartTriggers", "reloadTriggers", "aliases", "overrideStrategy",
+                "enableDefaultPath", "enableStrictShellChecks", "startAt"}
+# Options whose content is a Nix-built script: we cannot reproduce them.
+UNSUPPORTED_KEYS = {"script", "preStart", "postStart", "preStop", "postStop", "reload",
+                    "scriptArgs", "jobScripts", "confinement"}
+
+
+class ConvertError(Exception):
+    pass
+
+
+def map_store_name(name):
+    for _desc, pred, prefix in MAPPING:
+        if pred(name):
+            return prefix
+    raise AssertionError("unreachable")
+
+
+def map_paths(text, seen=None):
+    """Replace every Nix store path prefix in `text` with the container prefix."""
+    def repl(m):
+        prefix = map_store_name(m.group(1))
+        if seen is not None:
+            seen[m.group(0)] = prefix
+        return prefix
+    out = STORE_RE.sub(repl, text)
+    for src, dst in OTHER_PREFIXES.items():
+        out = re.sub(re.escape(src) + r"(?=/|$|\s)", dst, out)
+    return out
+
+
+def value_str(v, key):
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, str):
+        return v
+    raise ConvertError(f"{key}: cannot render value {v!r}")
+
+
+def render_section(name, attrs, seen, where):
+    lines = [f"[{name}]"]
+    for key, val in attrs.items():
+        if val is None:
+            continue
+        vals = val if isinstance(val, list) else [val]
+        for v in vals:
+            lines.append(f"{key}={map_paths(value_str(v, f'{where}.{key}'), seen)}")
+    return lines
+
+
+def quote_env(k, v):
+    s = json.dumps(f"{k}={v}")  # NixOS: Environment=${toJSON "${n}=${v}"}
+    return s.replace("%", "%%")
+
+
+def render_path(paths, seen):
+    bins, sbins = [], []
+    for p in paths:
+        m = map_paths(p, seen)
+        for lst, sub in ((bins, "/bin"), (sbins, "/sbin")):
+            d = m.rstrip("/") + sub
+            if d not in lst:
+                lst.append(d)
+    return ":".join(bins + sbins)
+
+
+def render_unit(name, kind, spec, seen):
+    """Return (text, install) for one NixOS systemd.services/timers entry."""
+    where = f"{kind}s.{name}"
+    for k in spec:
+        if k in UNSUPPORTED_KEYS and spec[k] not in (None, "", [], {}):
+            raise ConvertError(f"{where}.{k}: Nix-built scripts cannot be reproduced; use serviceConfig.Exec*")
+    unit = {}
+    if spec.get("description"):
+        unit["Description"] = spec["description"]
+    for k, sysd in UNIT_LIST_KEYS.items():
+        vals = spec.get(k) or []
+        if vals:
+            unit[sysd] = " ".join(vals)
+    for k, v in (spec.get("unitConfig") or {}).items():
+        unit[k] = v
+    text = render_section("Unit", unit, seen, where) if unit else []
+
+    body_key = {"service": "serviceConfig", "timer": "timerConfig"}[kind]
+    body = dict(spec.get(body_key) or {})
+    if kind == "service":
+        env = dict(spec.get("environment") or {})
+        if "PATH" not in env and spec.get("path"):
+            env["PATH"] = render_path(spec["path"], seen)
+        if text:
+            text.append("")
+        text.extend(render_section("Service", {}, seen, where))
+        for k, v in env.items():
+            if v is None:
+                continue
+            text.append("Environment=" + quote_env(k, map_paths(value_str(v, f"{where}.environment.{k}"), seen)))
+        text.extend(render_section("Service", body, seen, where)[1:])
+    else:
+        if text:
+            text.append("")
+        text.extend(render_section("Timer", body, seen, where))
+
+    install = {}
+    lines = []
+    for k, (sysd, _) in INSTALL_KEYS.items():
+        vals = spec.get(k) or []
+        if vals:
+            lines.append(f"{sysd}={' '.join(vals)}")
+            install[k] = list(vals)
+    if lines:
+        text += ["", "[Install]"] + lines
+
+    known = set(UNIT_LIST_KEYS) | set(INSTALL_KEYS) | IGNORED_KEYS | UNSUPPORTED_KEYS | {
+        "description", "unitConfig", "serviceConfig", "timerConfig", "environment", "path"}
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise ConvertError(f"{where}: unknown NixOS option(s) {unknown}; teach units.py how NixOS renders them")
+    return "\n".join(text) + "\n", install
+
+
+def render_sysusers(users, groups):
+    sysusers, tmpfiles = [], []
+    for g, spec in sorted((groups or {}).items()):
+        gid = (spec or {}).get("gid")
+        sysusers.append(f"g {g} {gid if gid is not None else '-'}")
+    for u, spec in sorted((users or {}).items()):
+        spec = spec or {}
+        if spec.get("enable", True) is False:
+            continue
+        uid = spec.get("uid")
+        group = spec.get("group") or ("users" if spec.get("isNormalUser") else None)
+        if not group:
+            raise ConvertError(f"users.{u}: no group (NixOS requires one)")
+        home = spec.get("home") or ("/home/" + u if spec.get("isNormalUser") else "/var/empty")
+        desc = spec.get("description") or "-"
+        shell = spec.get("shell")
+        shell = map_paths(shell) if isinstance(shell, str) and shell else "-"
+        if group not in (groups or {}) and group != "users":
+            sysusers.append(f"g {group} -")
+        idf = f"{uid if uid is not None else '-'}:{group}"
+        sysusers.append(f"u {u} {idf} {json.dumps(desc)} {home} {shell}")
+        for extra in spec.get("extraGroups") or []:
+            sysusers.append(f"m {u} {extra}")
+        if spec.get("createHome") or spec.get("isNormalUser"):
+            mode = spec.get("homeMode") or "0700"
+            tmpfiles.append(f"d {home} {mode} {u} {group} -")
+    return sysusers, tmpfiles
+
+
+def write(root, rel, content, mode=0o644):
+    path = os.path.join(root, rel.lstrip("/"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(content)
+    os.chmod(path, mode)
+    return "/" + rel.lstrip("/")
+
+
+def symlink(root, rel, target):
+    path = os.path.join(root, rel.lstrip("/"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if os.path.lexists(path):
+        os.unlink(path)
+    os.symlink(target, path)
+
+
+def etc_content(name, val):
+    """An "etc" entry: a JSON object/list (the job file), a string, or a NixOS
+    environment.etc-like attrset with `text`."""
+    if isinstance(val, dict) and set(val) <= {"text", "mode", "user", "group", "enable", "target"} and "text" in val:
+        return val["text"], val.get("mode")
+    if isinstance(val, str):
+        return val, None
+    return json.dumps(val, indent=2) + "\n", None
+
+
+def convert(ev, root):
+    seen = {}
+    manifest = {"services": [], "timers": [], "etc": [], "users": sorted((ev.get("users") or {})),
+                "groups": sorted((ev.get("groups") or {})), "store_paths": seen, "store_files": [],
+                "files": []}
+    unitdir = "etc/systemd/system"
+    for kind, coll in (("service", "services"), ("timer", "timers")):
+        for name, spec in sorted((ev.get(coll) or {}).items()):
+            if spec.get("enable", True) is False:
+                continue
+            text, install = render_unit(name, kind, spec, seen)
+            fname = f"{name}.{kind}"
+            manifest["files"].append(write(root, f"{unitdir}/{fname}", text))
+            for k, targets in install.items():
+                for t in targets:
+                    symlink(root, f"{unitdir}/{t}.{INSTALL_KEYS[k][1]}/{fname}", f"/{unitdir}/{fname}")
+            manifest[coll].append(name)
+    for name, val in sorted((ev.get("etc") or {}).items()):
+        content, mode = etc_content(name, val)
+        # The job file is installed unchanged: its store paths are data files
+        # (the known_hosts file the module writes to the store), not tools.
+        # They are listed in the manifest so the harness can create them at
+        # the same path inside the container.
+        for m_ in STORE_RE.finditer(content):
+            if m_.group(0) not in manifest["store_files"]:
+                manifest["store_files"].append(m_.group(0))
+        m = int(mode, 8) if isinstance(mode, str) and mode not in ("symlink", "direct") else 0o644
+        manifest["files"].append(write(root, f"etc/{name}", content, m))
+        manifest["etc"].append(name)
+    fuse = (ev.get("fuse") or {}).get("programs") or {}
+    if fuse.get("enable"):
+        # NixOS programs.fuse writes /etc/fuse.conf (and the setuid wrapper,
+        # which Debian's fuse3 already installs setuid root).
+        conf = [f"mount_max = {fuse.get('mountMax', 1000)}"]
+        if fuse.get("userAllowOther"):
+            conf.append("user_allow_other")
+        manifest["files"].append(write(root, "etc/fuse.conf", "\n".join(conf) + "\n"))
+    extra = sorted(set(ev) - {"etc", "services", "timers", "users", "groups", "fuse"})
+    if extra:
+        print(f"units.py: ignoring top-level keys {extra}", file=sys.stderr)
+    sysusers, tmpfiles = render_sysusers(ev.get("users"), ev.get("groups"))
+    if sysusers:
+        manifest["files"].append(write(root, "usr/lib/sysusers.d/ciphersync-test.conf", "\n".join(sysusers) + "\n"))
+    if tmpfiles:
+        manifest["files"].append(write(root, "usr/lib/tmpfiles.d/ciphersync-test.conf", "\n".join(tmpfiles) + "\n"))
+    return manifest
+
+
+def self_test():
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "fixtures", "nixos-docs.sample.json")) as f:
+        ev = json.load(f)
+    fails, checks = [], []
+
+    def check(cond, what):
+        checks.append(what)
+        print(("PASS " if cond else "FAIL ") + what)
+        if not cond:
+            fails.append(what)
+
+    with tempfile.TemporaryDirectory() as root:
+        ev2 = json.loads(json.dumps(ev))
+        ev2["users"] = {"alice": {"isNormalUser": True, "group": "alice", "extraGroups": ["fuse"]}}
+        ev2["groups"] = {"alice": {}}
+        man = convert(ev2, root)
+        sd = os.path.join(root, "etc/systemd/system")
+        svc = open(os.path.join(sd, "ciphersync-docs-backup.service")).read()
+        tim = open(os.path.join(sd, "ciphersync-docs-verify.timer")).read()
+        lines = svc.splitlines()
+        check("[Unit]" in lines and "[Service]" in lines, "service has [Unit] and [Service]")
+        check("Description=ciphersync backup of docs" in lines, "description -> Description=")
+        check("OnFailure=ciphersync-test-alert.service" in lines, "onFailure -> OnFailure=")
+        check("Wants=network-online.target" in lines and not any(l.startswith("Requires=") for l in lines),
+              "wants rendered, empty requires omitted")
+        check("ExecStart=/usr/local/bin/ciphersync -c /etc/ciphersync/docs.json backup" in lines,
+              "ciphersync store path -> /usr/local/bin/ciphersync")
+        check('Environment="PATH=/usr/bin:/usr/sbin"' in lines, "path -> deduplicated PATH=/usr/bin:/usr/sbin")
+        check('Environment="LOCALE_ARCHIVE=/usr/lib/locale/locale-archive"' in lines, "store paths in environment mapped")
+        check("PrivateMounts=true" in lines and "ProtectSystem=strict" in lines, "booleans true, strings verbatim")
+        check(lines.count("RestrictAddressFamilies=AF_UNIX") == 1 and "RestrictAddressFamilies=AF_INET6" in lines,
+              "list values become repeated keys")
+        check("Nice=10" in lines, "integers rendered")
+        check("RequiresMountsFor=/srv/docs" in lines, "unitConfig -> [Unit]")
+        check("[Install]" not in lines, "empty wantedBy -> no [Install]")
+        tl = tim.splitlines()
+        check("[Timer]" in tl and "OnCalendar=weekly" in tl and "OnCalendar=Sun 04:00" in tl
+              and "Persistent=true" in tl and "WantedBy=timers.target" in tl, "timer rendered with [Install]")
+        check(os.path.islink(os.path.join(sd, "timers.target.wants/ciphersync-docs-backup.timer")),
+              "wantedBy -> .wants symlink")
+        job = json.load(open(os.path.join(root, "etc/ciphersync/docs.json")))
+        check(job["target"]["path"] == "/srv/backup/docs", "etc entry written as JSON")
+        check(open(os.path.join(root, "etc/ciphersync/motd")).read() == "hello\n", "string etc entry written verbatim")
+        check(job["target"]["known_hosts_file"] in man["store_files"],
+              "store path in the job file kept and listed in store_files")
+        su = open(os.path.join(root, "usr/lib/sysusers.d/ciphersync-test.conf")).read().splitlines()
+        check("g alice -" in su and 'u alice -:alice "-" /home/alice -' in su and "m alice fuse" in su,
+              "users/groups -> sysusers.d")
+        tf = open(os.path.join(root, "usr/lib/tmpfiles.d/ciphersync-test.conf")).read().splitlines()
+        check("d /home/alice 0700 alice alice -" in tf, "normal user home -> tmpfiles.d")
+        check(any(k.endswith("ciphersync-0.1.0") for k in man["store_paths"]), "manifest lists mapped store paths")
+        bad = json.loads(json.dumps(ev))
+        bad["services"]["ciphersync-docs-backup"]["script"] = "echo hi"
+        try:
+            convert(bad, root)
+            check(False, "script= is rejected")
+        except ConvertError:
+            check(True, "script= is rejected")
+        bad = json.loads(json.dumps(ev))
+        bad["services"]["ciphersync-docs-backup"]["somethingNew"] = 1
+        try:
+            convert(bad, root)
+            check(False, "unknown NixOS option is rejected")
+        except ConvertError:
+            check(True, "unknown NixOS option is rejected")
+    print(f"{len(checks) - len(fails)} passed, {len(fails)} failed")
+    return 1 if fails else 0
+
+
+def main(argv):
+    if argv[1:2] == ["--self-test"]:
+        return self_test()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("convert", help="write unit files etc. for one evaluated module JSON")
+    c.add_argument("eval_json")
+    c.add_argument("--root", required=True, help="container root directory")
+    c.add_argument("--manifest", help="write a JSON manifest of what was written here")
+    a = ap.parse_args(argv[1:])
+    with open(a.eval_json) as f:
+        ev = json.load(f)
+    try:
+        man = convert(ev, a.root)
+    except ConvertError as e:
+        print(f"units.py: {e}", file=sys.stderr)
+        return 2
+    if a.manifest:
+        with open(a.manifest, "w") as f:
+            json.dump(man, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

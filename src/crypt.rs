@@ -89,6 +89,9 @@ pub fn mount_reverse(job: &Job, point: &Path, ctlsock: Option<&Path>) -> Result<
         cmd = cmd.arg("-exclude-wildcard").arg(pattern);
     }
     if let Some(sock) = ctlsock {
+        // A socket left by a killed run would make gocryptfs fail with
+        // "address already in use"; with the job lock held it is stale.
+        let _ = std::fs::remove_file(sock);
         cmd = cmd.arg("-ctlsock").arg(sock);
     }
     let cmd = cmd.arg("--").arg(&job.source).arg(point);

@@ -32,6 +32,9 @@ pub struct Cmd {
     stdin: Option<File>,
     cwd: Option<PathBuf>,
     timeout: Option<Duration>,
+    /// Cleanup commands (unmounts) must run to their end even after a
+    /// signal, or the very mounts the signal should undo would stay.
+    cleanup: bool,
 }
 
 /// A finished command: its exit status, its stdout (a file to stream from,
@@ -107,6 +110,7 @@ impl Cmd {
             stdin: None,
             cwd: None,
             timeout: None,
+            cleanup: false,
         }
     }
 
@@ -133,6 +137,13 @@ impl Cmd {
     #[cfg(test)]
     pub fn cwd(mut self, dir: &std::path::Path) -> Cmd {
         self.cwd = Some(dir.to_owned());
+        self
+    }
+
+    /// Marks a cleanup command: a pending SIGINT/SIGTERM does not stop it
+    /// (a timeout still bounds it).
+    pub fn cleanup(mut self) -> Cmd {
+        self.cleanup = true;
         self
     }
 
@@ -172,7 +183,7 @@ impl Cmd {
             command.current_dir(dir);
         }
         let child = command.spawn().map_err(|e| spawn_error(self.tool, e))?;
-        let status = wait(child, self.tool, self.timeout)?;
+        let status = wait(child, self.tool, self.timeout, !self.cleanup)?;
         let stderr = tail_of(stderr)?;
         log::debug(|| format!("{} ended with {status}", self.tool));
         Ok(Output {
@@ -218,7 +229,12 @@ fn tail_of(mut file: File) -> Result<String> {
 
 /// Polls the child so that a signal to the helper or a timeout stops it:
 /// SIGTERM first (rsync then removes its temp file), SIGKILL after a grace.
-fn wait(mut child: Child, tool: &str, timeout: Option<Duration>) -> Result<ExitStatus> {
+fn wait(
+    mut child: Child,
+    tool: &str,
+    timeout: Option<Duration>,
+    interruptible: bool,
+) -> Result<ExitStatus> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(1);
     loop {
@@ -228,7 +244,7 @@ fn wait(mut child: Child, tool: &str, timeout: Option<Duration>) -> Result<ExitS
         {
             return Ok(status);
         }
-        if interrupt::requested() {
+        if interruptible && interrupt::requested() {
             stop(&mut child, tool);
             return Err(Error::interrupted());
         }

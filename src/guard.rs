@@ -55,11 +55,12 @@ pub fn estimate(last: &Record, view: &ViewIndex, last_start_ns: Option<i128>) ->
         recorded: 0,
         moved: 0,
     };
-    // The config backup uploads into files/ is not part of the view.
+    // The user's files only: a directory's diriv follows the directory's
+    // mtime, and the config backup uploads is not in the view at all.
     let counted = last
         .entries
         .iter()
-        .filter(|e| e.kind != 'd' && e.path != crate::crypt::REMOTE_CONFIG_NAME);
+        .filter(|e| e.kind != 'd' && !crate::snapshots::is_gocryptfs_metadata(&e.path));
     for entry in counted {
         estimate.recorded += 1;
         let moved = match view.get(&entry.path) {
@@ -103,6 +104,7 @@ mod tests {
             snapshot: "20261129T030000Z".into(),
             transferred: 0,
             deleted: 0,
+            changed: 0,
             entries: paths
                 .iter()
                 .map(|(p, size)| TreeEntry {

@@ -10,6 +10,10 @@ use crate::error::{Error, IoContext, Kind, Result};
 use crate::exec::{Cmd, Output};
 use crate::log;
 
+/// An unmount that hangs (a daemon stuck on a dead link) is given up on
+/// after this; the lazy unmount that follows detaches it anyway.
+const UNMOUNT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The FUSE file system types as /proc/self/mountinfo names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsType {
@@ -112,6 +116,8 @@ impl Drop for Mount {
 /// daemon is gone (ENOTCONN), a lazy one so that nothing stays behind.
 pub fn unmount_point(point: &Path) -> Result<()> {
     let clean = Cmd::new("fusermount3")
+        .cleanup()
+        .timeout(UNMOUNT_TIMEOUT)
         .arg("-u")
         .arg("--")
         .arg(point)
@@ -129,6 +135,8 @@ pub fn unmount_point(point: &Path) -> Result<()> {
     // Give a daemon that is just finishing a write a moment, then detach.
     std::thread::sleep(Duration::from_millis(200));
     let lazy = Cmd::new("fusermount3")
+        .cleanup()
+        .timeout(UNMOUNT_TIMEOUT)
         .arg("-u")
         .arg("-z")
         .arg("--")

@@ -201,16 +201,18 @@ fn rebuild(ctx: &Context, remote: &Remote, id: &str) -> Result<Stage> {
             return Err(out.failure(Some(&format!("rebuilding snapshot {id}"))));
         }
     }
-    // Recorded directory modes last: a read-only directory would have
-    // refused the files copied into it.
-    for dir in record.entries.iter().filter(|e| e.kind == 'd') {
-        let path = stage.path.join(&dir.path);
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(dir.mode))
+    // A chmod-only change is applied in place by rsync (nothing goes into a
+    // snapshot), so the copies may carry a later mode: the record has the
+    // mode of the run. Directory modes last: a read-only directory would
+    // have refused the files copied into it.
+    let by_mode = |kind: char| record.entries.iter().filter(move |e| e.kind == kind);
+    for entry in by_mode('f').chain(by_mode('d')) {
+        let path = stage.path.join(&entry.path);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(entry.mode))
             .ctx(|| format!("setting the mode of {}", path.display()))?;
     }
     Ok(stage)
 }
-
 /// So that a stage with read-only directories can be removed.
 fn make_writable(dir: &Path) {
     for entry in walkdir::WalkDir::new(dir)

@@ -16,6 +16,7 @@
 //! bytes 157286400
 //! transferred 120
 //! deleted 3
+//! changed 124
 //!
 //! d 755 0 Ckdzsn3MiFFyXiokYPQGnQ
 //! f 644 56 Ckdzsn3MiFFyXiokYPQGnQ/kAut6PaczGNtKYahQZnWoQ
@@ -43,30 +44,37 @@ pub struct Record {
     pub snapshot: String,
     pub transferred: u64,
     pub deleted: u64,
+    /// Files and symlinks this run created, changed or deleted.
+    pub changed: u64,
     pub entries: Vec<TreeEntry>,
 }
 
 impl Record {
-    pub fn files(&self) -> u64 {
-        self.entries.iter().filter(|e| e.kind == 'f').count() as u64
-    }
-
-    pub fn bytes(&self) -> u64 {
+    /// The user's files: gocryptfs' own files are not counted.
+    fn user_files(&self) -> impl Iterator<Item = &TreeEntry> {
         self.entries
             .iter()
-            .filter(|e| e.kind == 'f')
-            .map(|e| e.size)
-            .sum()
+            .filter(|e| e.kind == 'f' && !is_gocryptfs_metadata(&e.path))
+    }
+
+    pub fn files(&self) -> u64 {
+        self.user_files().count() as u64
+    }
+
+    /// Encrypted bytes of the user's files.
+    pub fn bytes(&self) -> u64 {
+        self.user_files().map(|e| e.size).sum()
     }
 
     pub fn to_text(&self) -> String {
         let mut text = format!(
-            "{MAGIC}\nsnapshot {}\nfiles {}\nbytes {}\ntransferred {}\ndeleted {}\n\n",
+            "{MAGIC}\nsnapshot {}\nfiles {}\nbytes {}\ntransferred {}\ndeleted {}\nchanged {}\n\n",
             self.snapshot,
             self.files(),
             self.bytes(),
             self.transferred,
-            self.deleted
+            self.deleted,
+            self.changed
         );
         for e in &self.entries {
             let path = e.path.replace('\\', "\\\\").replace('\n', "\\n");
@@ -118,6 +126,7 @@ impl Record {
             snapshot,
             transferred: number("transferred"),
             deleted: number("deleted"),
+            changed: number("changed"),
             entries,
         })
     }
@@ -160,25 +169,31 @@ fn unescape(text: &str) -> Option<String> {
     Some(out)
 }
 
+/// gocryptfs' own files in an encrypted tree: directory IVs, long-name
+/// files and the config. They are backed up like any file but are not the
+/// user's files, so counts leave them out.
+pub fn is_gocryptfs_metadata(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name == "gocryptfs.diriv"
+        || (name.starts_with("gocryptfs.longname.") && name.ends_with(".name"))
+        || path == REMOTE_CONFIG_NAME
+}
+
 pub fn record_path(id: &str) -> String {
     format!("{RECORDS}/{id}.rec")
 }
 
 /// Writes the record of run `snapshot` from a listing of files/ taken right
 /// after it. Written last and atomically: an unfinished run has no record.
-pub fn write_record(
-    remote: &Remote,
-    snapshot: &str,
-    transferred: u64,
-    deleted: u64,
-) -> Result<Record> {
+pub fn write_record(remote: &Remote, snapshot: &str, stats: &crate::sync::Stats) -> Result<Record> {
     let mut entries = remote.list_tree(FILES)?;
     entries.retain(|e| e.kind != '?' && !is_rsync_temp(&e.path));
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     let record = Record {
         snapshot: snapshot.to_string(),
-        transferred,
-        deleted,
+        transferred: stats.transferred,
+        deleted: stats.deleted,
+        changed: stats.changed,
         entries,
     };
     remote.write_file_atomic(&record_path(snapshot), record.to_text().as_bytes())?;
@@ -389,6 +404,7 @@ mod tests {
             snapshot: "20261129T030000Z".into(),
             transferred: 2,
             deleted: 1,
+            changed: 3,
             entries: vec![
                 entry('d', "dir"),
                 entry('f', "dir/a b"),
@@ -424,6 +440,7 @@ mod tests {
             snapshot: "20260102T000000Z".into(),
             transferred: 0,
             deleted: 0,
+            changed: 0,
             entries: vec![
                 entry('d', "d"),
                 entry('f', "d/a"),

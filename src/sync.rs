@@ -72,7 +72,7 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
     // Only a run that got this far claims a complete state: the snapshot dir
     // is made self-contained, then the record is written, last.
     snapshots::complete_snapshot_dir(job, &remote, &snapshot)?;
-    let record = snapshots::write_record(&remote, &snapshot, stats.transferred, stats.deleted)?;
+    let record = snapshots::write_record(&remote, &snapshot, &stats)?;
     record_last_backup(ctx, &snapshot)?;
     let _ = std::fs::remove_file(ctx.state(REPAIR_LIST));
     std::fs::remove_file(&incomplete).ctx(|| format!("removing {}", incomplete.display()))?;
@@ -80,10 +80,11 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
     Ok(Done {
         outcome: Outcome::Ok,
         stats: json!({
-            "files": stats.files,
+            "files": record.files(),
             "transferred": stats.transferred,
             "bytes_transferred": stats.bytes_transferred,
             "deleted": stats.deleted,
+            "changed": stats.changed,
             "repaired": repaired,
             "snapshot": snapshot,
             "bytes": record.bytes(),
@@ -268,6 +269,8 @@ pub struct Stats {
     pub transferred: u64,
     pub bytes_transferred: u64,
     pub deleted: u64,
+    /// Files and symlinks created, changed (content or mode) or deleted.
+    pub changed: u64,
 }
 
 struct Rsync<'a> {
@@ -284,6 +287,8 @@ impl Rsync<'_> {
             "--delete".into(),
             "--stats".into(),
             "--no-human-readable".into(),
+            // One line per changed entry, parsed for the user-level counts.
+            format!("--out-format={ITEMIZE_FORMAT}"),
         ]);
         let mut out = self.run(args)?;
         let stats_text = out.stdout_string()?;
@@ -304,7 +309,13 @@ impl Rsync<'_> {
             }
             _ => return Err(self.failure(&out)),
         }
-        Ok(parse_stats(&stats_text))
+        let changes = parse_itemized(&stats_text);
+        Ok(Stats {
+            transferred: changes.transferred,
+            deleted: changes.deleted,
+            changed: changes.changed,
+            ..parse_stats(&stats_text)
+        })
     }
 
     fn repair(&self, files_from: &Path) -> Result<()> {
@@ -428,6 +439,44 @@ pub fn parse_stats(text: &str) -> Stats {
     stats
 }
 
+const ITEMIZE_FORMAT: &str = "%i %n";
+
+/// What one run changed, counted in the user's files: directories and
+/// gocryptfs' own files (diriv, long-name files, the config) left out.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub transferred: u64,
+    pub deleted: u64,
+    pub changed: u64,
+}
+
+/// Reads the `%i %n` lines rsync prints (an 11-character change summary, a
+/// space, the name; directories end in `/`). Other lines are ignored.
+pub fn parse_itemized(text: &str) -> Changes {
+    let mut changes = Changes::default();
+    for line in text.lines() {
+        let (Some(summary), Some(name)) = (line.get(..11), line.get(12..)) else {
+            continue;
+        };
+        if line.as_bytes().get(11) != Some(&b' ')
+            || name.ends_with('/')
+            || crate::snapshots::is_gocryptfs_metadata(name)
+        {
+            continue;
+        }
+        let kind = summary.as_bytes()[1];
+        if summary.starts_with("*deleting") {
+            changes.deleted += 1;
+        } else if !matches!(kind, b'f' | b'L') || !"<>ch.".contains(&summary[..1]) {
+            continue;
+        } else if summary.starts_with('>') && kind == b'f' {
+            changes.transferred += 1;
+        }
+        changes.changed += 1;
+    }
+    changes
+}
+
 /// Turns rsync's error lines into a message that names the files, decrypted
 /// to plaintext paths where the view can tell.
 fn name_files(stderr: &str, source: &Path, decryptor: &PathDecryptor) -> String {
@@ -476,6 +525,22 @@ mod tests {
     }
 
     #[test]
+    fn counts_itemized_user_files() {
+        let text = "cd+++++++++ Ab/\n>f+++++++++ Ab/Cd\n>f+++++++++ Ab/gocryptfs.diriv\n\
+                    .f...p..... Ef\n*deleting   Gh\n*deleting   Ij/\ncL+++++++++ Kl\n\
+                    >f.st...... gocryptfs.longname.XYZ.name\n>f+++++++++ gocryptfs.conf\n\n\
+                    Number of files: 9 (reg: 7, dir: 2)\n";
+        assert_eq!(
+            parse_itemized(text),
+            Changes {
+                transferred: 1,
+                deleted: 1,
+                changed: 4
+            }
+        );
+    }
+
+    #[test]
     fn parses_rsync_stats() {
         let text = "\nNumber of files: 2,013 (reg: 2,000, dir: 13)\nNumber of created files: 5 (reg: 5)\n\
                     Number of deleted files: 3 (reg: 3)\nNumber of regular files transferred: 120\n\
@@ -487,7 +552,8 @@ mod tests {
                 files: 2000,
                 transferred: 120,
                 bytes_transferred: 104_857_600,
-                deleted: 3
+                deleted: 3,
+                changed: 0,
             }
         );
         assert_eq!(parse_stats("Number of files: 1 (dir: 1)\n").files, 0);

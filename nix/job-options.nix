@@ -297,6 +297,10 @@ let
         message = "${at}.target: an sftp target needs host and user.";
       }
       {
+        assertion = !sftp || job.filenames != "plaintext";
+        message = "${at}.filenames: \"plaintext\" is only for local targets: plaintext names keep symlink targets as they are, and sshfs (used by backup and restore) cannot read back a symlink pointing outside the mount. Use \"encrypted\" or \"deterministic\".";
+      }
+      {
         assertion = !sftp || t.knownHosts != [ ];
         message = "${at}.target.knownHosts: an sftp target needs the server's host key line(s); host keys are always checked. Get them with `ssh-keyscan -p ${toString t.port} ${toString t.host}` and check the fingerprint.";
       }

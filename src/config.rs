@@ -214,6 +214,18 @@ fn resolve(raw: RawJob) -> Result<Job> {
             return Err(field_error("target.path", "must not lie inside source"));
         }
     }
+    if raw.filenames == Filenames::Plaintext && matches!(target, Target::Sftp(_)) {
+        // With plaintext names gocryptfs keeps symlink targets in the clear,
+        // and sshfs (used by backup and by every restore) refuses to read a
+        // symlink whose target leaves the mount (`../x`, `/x`): such a backup
+        // could be written once but never updated or restored.
+        return Err(field_error(
+            "filenames",
+            "\"plaintext\" is only allowed for a local target: sshfs cannot read back symlinks \
+             pointing outside the mount, which plaintext names store as they are \
+             (use \"encrypted\" or \"deterministic\")",
+        ));
+    }
     Ok(Job {
         name: raw.name,
         source: raw.source,
@@ -524,6 +536,25 @@ mod tests {
     fn local_target_refuses_ssh_fields() {
         let e = error_of(&with(r#""type": "sftp""#, r#""type": "local""#));
         assert!(e.contains("target.host") && e.contains("sftp"), "{e}");
+    }
+
+    #[test]
+    fn plaintext_names_only_for_local_targets() {
+        let e = error_of(&with(
+            r#""name": "docs","#,
+            r#""name": "docs", "filenames": "plaintext","#,
+        ));
+        assert!(e.contains("`filenames`") && e.contains("local"), "{e}");
+        let local = with(
+            r#""name": "docs","#,
+            r#""name": "docs", "filenames": "plaintext","#,
+        )
+        .replace(
+            r#""type": "sftp", "host": "backup.example.org", "user": "docs","#,
+            r#""type": "local","#,
+        )
+        .replace(r#", "known_hosts_file": "/etc/ciphersync/known_hosts""#, "");
+        assert!(parse(&local).is_ok(), "{local}");
     }
 
     #[test]

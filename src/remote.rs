@@ -36,29 +36,91 @@ const CONNECT_TIMEOUT_S: u32 = 20;
 pub const SHORT_COMMAND: Duration = Duration::from_secs(300);
 
 /// ssh to the job's server with the job's keys, through one config file.
+/// One master connection is opened per stage and every later ssh, rsync and
+/// sshfs connection rides on it: a stage makes a dozen small remote calls,
+/// and a new ssh handshake for each costs several round trips.
 pub struct Ssh {
     config_file: PathBuf,
     sftp: Sftp,
+    /// The master's socket, while a master runs.
+    master: Option<PathBuf>,
 }
 
+/// Unix socket paths are limited to 108 bytes; a longer runtime dir just
+/// goes without multiplexing.
+const MAX_SOCKET_PATH: usize = 100;
+
 impl Ssh {
-    /// Writes the ssh_config for this run into the runtime dir.
+    /// Writes the ssh_config for this run into the runtime dir and connects:
+    /// an unreachable server or a wrong host key is reported here, before
+    /// anything is mounted or changed.
     pub fn prepare(job: &Job, sftp: &Sftp) -> Result<Ssh> {
         check_identity_file(sftp)?;
         check_known_hosts_file(sftp)?;
         let config_file = job.runtime_dir.join("ssh_config");
-        let text = ssh_config_text(sftp)?;
+        let socket = job.runtime_dir.join("ssh.sock");
+        let multiplex = socket.as_os_str().len() <= MAX_SOCKET_PATH;
+        let text = ssh_config_text(sftp, multiplex.then_some(socket.as_path()))?;
         write_private(&config_file, text.as_bytes())?;
-        Ok(Ssh {
+        let mut ssh = Ssh {
             config_file,
             sftp: sftp.clone(),
-        })
+            master: None,
+        };
+        if multiplex {
+            ssh.start_master(&socket)?;
+        }
+        Ok(ssh)
+    }
+
+    /// `ssh -fN` with ControlMaster=yes: it forks into the background once
+    /// authenticated and serves the other connections until `-O exit`.
+    fn start_master(&mut self, socket: &Path) -> Result<()> {
+        // A master of a killed run may still be there (it is ours: the job
+        // lock is held); stop it, and drop a socket file it left.
+        let _ = self.control("exit");
+        let _ = std::fs::remove_file(socket);
+        let out = Cmd::new("ssh")
+            .arg("-F")
+            .arg(&self.config_file)
+            .args(["-o", "ControlMaster=yes", "-f", "-N", "--", HOST_ALIAS])
+            .timeout(Duration::from_secs(u64::from(CONNECT_TIMEOUT_S) * 3))
+            .run()?;
+        if !out.success() {
+            return Err(self.connection_error(&out.stderr, "connecting"));
+        }
+        self.master = Some(socket.to_owned());
+        Ok(())
+    }
+
+    /// `ssh -O <command>` to the master (a cleanup: runs even after a signal).
+    fn control(&self, command: &str) -> Result<Output> {
+        Cmd::new("ssh")
+            .arg("-F")
+            .arg(&self.config_file)
+            .args(["-O", command, "--", HOST_ALIAS])
+            .cleanup()
+            .timeout(Duration::from_secs(10))
+            .run()
     }
 
     pub fn sftp(&self) -> &Sftp {
         &self.sftp
     }
+}
 
+impl Drop for Ssh {
+    fn drop(&mut self) {
+        if let Some(socket) = self.master.take() {
+            if let Err(e) = self.control("exit") {
+                log::warn(format!("cannot stop the ssh master connection: {e}"));
+            }
+            let _ = std::fs::remove_file(socket);
+        }
+    }
+}
+
+impl Ssh {
     /// `ssh ... -- <remote shell command>`; the command is parsed by the
     /// server's shell, so every path in it goes through `shell_quote`.
     pub fn command(&self, remote_command: &str) -> Cmd {
@@ -144,7 +206,7 @@ fn identity_label(s: &Sftp) -> String {
         .unwrap_or_else(|| "ssh's default keys".into())
 }
 
-fn ssh_config_text(s: &Sftp) -> Result<String> {
+fn ssh_config_text(s: &Sftp, control_path: Option<&Path>) -> Result<String> {
     let mut lines = vec![
         format!("Host {HOST_ALIAS}"),
         format!(
@@ -173,6 +235,12 @@ fn ssh_config_text(s: &Sftp) -> Result<String> {
         "  Ciphers ^aes128-gcm@openssh.com,aes256-gcm@openssh.com".into(),
         "  LogLevel ERROR".into(),
     ];
+    if let Some(socket) = control_path {
+        // Use the stage's master when it is up; without it (not started yet,
+        // or gone with a broken link) ssh connects on its own.
+        lines.push("  ControlMaster no".into());
+        lines.push(format!("  ControlPath {}", config_quote(socket)?));
+    }
     if let Some(id) = &s.identity_file {
         lines.push(format!("  IdentityFile {}", config_quote(id)?));
         lines.push("  IdentitiesOnly yes".into());
@@ -476,26 +544,34 @@ impl Remote {
         Ok(names)
     }
 
-    /// Deletes `rel` (a file or a whole directory) on the target.
-    pub fn remove(&self, rel: &str) -> Result<()> {
+    /// Deletes files or whole directories (relative to the root) on the
+    /// target, in one remote command when a shell is used.
+    pub fn remove(&self, rels: &[String]) -> Result<()> {
+        if rels.is_empty() {
+            return Ok(());
+        }
         match self.place() {
             Place::Local(root) => {
-                let path = root.join(rel);
-                let result = match std::fs::symlink_metadata(&path) {
-                    Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path),
-                    Ok(_) => std::fs::remove_file(&path),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(e),
-                };
-                result.ctx(|| format!("removing {}", path.display()))
+                for rel in rels {
+                    remove_local(&root.join(rel))?;
+                }
+                Ok(())
             }
             Place::Shell(ssh) => {
-                let path = quote_path(&ssh.sftp.path.join(rel));
-                let out = ssh.run(&format!("rm -rf -- {path}"), "removing", SHORT_COMMAND * 12)?;
+                let paths: Vec<String> = rels
+                    .iter()
+                    .map(|r| quote_path(&ssh.sftp.path.join(r)))
+                    .collect();
+                let command = format!("rm -rf -- {}", paths.join(" "));
+                let out = ssh.run(&command, "removing", SHORT_COMMAND * 12)?;
                 if out.success() {
                     Ok(())
                 } else {
-                    Err(remote_failure(ssh, &out, &format!("cannot remove {rel}")))
+                    Err(remote_failure(
+                        ssh,
+                        &out,
+                        &format!("cannot remove {}", rels.join(", ")),
+                    ))
                 }
             }
         }
@@ -621,6 +697,16 @@ fn copy_preserving(from: &Path, to: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn remove_local(path: &Path) -> Result<()> {
+    let result = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    };
+    result.ctx(|| format!("removing {}", path.display()))
 }
 
 fn remove_dot_files(dir: &Path) -> Result<usize> {

@@ -376,12 +376,22 @@ pub fn prune(job: &Job, remote: &Remote, dry_run: bool) -> Result<PrunePlan> {
     if dry_run {
         return Ok(plan);
     }
-    for id in &plan.records {
-        remote.remove(&record_path(id))?;
-    }
-    for id in &plan.snapshot_dirs {
-        remote.remove(&format!("{SNAPSHOTS}/{id}"))?;
-    }
+    // Records first (a separate call): if the second one fails half-way, no
+    // record is left that needs a snapshot dir that is gone.
+    remote.remove(
+        &plan
+            .records
+            .iter()
+            .map(|id| record_path(id))
+            .collect::<Vec<_>>(),
+    )?;
+    remote.remove(
+        &plan
+            .snapshot_dirs
+            .iter()
+            .map(|id| format!("{SNAPSHOTS}/{id}"))
+            .collect::<Vec<_>>(),
+    )?;
     Ok(plan)
 }
 

@@ -183,11 +183,11 @@ fn store_lists(ctx: &Context, remote: &Remote, local: &List, theirs: &List) -> R
     let mut runs: Vec<&str> = names.iter().filter_map(|n| n.split('.').next()).collect();
     runs.dedup();
     let old = runs.len().saturating_sub(KEPT_CHECKSUM_RUNS);
-    for run in &runs[..old] {
-        for side in ["local", "remote"] {
-            remote.remove(&format!("{CHECKSUMS}/{run}.{side}.sha1"))?;
-        }
-    }
+    let stale: Vec<String> = runs[..old]
+        .iter()
+        .flat_map(|run| ["local", "remote"].map(|side| format!("{CHECKSUMS}/{run}.{side}.sha1")))
+        .collect();
+    remote.remove(&stale)?;
     Ok(())
 }
 

@@ -156,6 +156,7 @@ let
     onFailure-without-suffix = withDocs { onFailure = [ "notify-admin" ]; };
     maxDeletePercent-over-100 = withDocs { maxDeletePercent = 101; };
     keepLast-zero = withDocs { snapshots.keepLast = 0; };
+    plaintext-names-over-sftp = withDocs { filenames = "plaintext"; };
     unknown-option = withDocs { targte = { }; };
     bad-user-name = withPhotos { user = "Alice Smith"; };
     hm-sftp-without-knownHosts =

@@ -61,13 +61,14 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
         source: view.point(),
         snapshot: &snapshot,
     };
-    let repaired = repair_damaged(ctx, &rsync)?;
+    let repair = repair_damaged(ctx, &rsync)?;
 
     // The last moment before we trust both mounts with --delete.
     view.check_live()?;
     remote.check_live()?;
     let decryptor = PathDecryptor::new(&ctlsock);
-    let stats = rsync.mirror(&decryptor)?;
+    let mut stats = rsync.mirror(&decryptor)?;
+    stats.add(&repair);
 
     // Only a run that got this far claims a complete state: the snapshot dir
     // is made self-contained, then the record is written, last.
@@ -85,7 +86,7 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
             "bytes_transferred": stats.bytes_transferred,
             "deleted": stats.deleted,
             "changed": stats.changed,
-            "repaired": repaired,
+            "repaired": repair.transferred,
             "snapshot": snapshot,
             "bytes": record.bytes(),
             "pruned": pruned.snapshot_dirs,
@@ -234,9 +235,9 @@ fn next_snapshot_id(ctx: &Context) -> Result<String> {
 /// rsync decides by size and mtime, which a flipped byte on the server does
 /// not change: files that the last verify found damaged are compared by
 /// checksum and re-sent (the damaged copy goes into the snapshot).
-fn repair_damaged(ctx: &Context, rsync: &Rsync) -> Result<usize> {
+fn repair_damaged(ctx: &Context, rsync: &Rsync) -> Result<Stats> {
     let Ok(list) = std::fs::read(ctx.state(REPAIR_LIST)) else {
-        return Ok(0);
+        return Ok(Stats::default());
     };
     let present: Vec<&[u8]> = list
         .split(|b| *b == 0)
@@ -249,7 +250,7 @@ fn repair_damaged(ctx: &Context, rsync: &Rsync) -> Result<usize> {
         })
         .collect();
     if present.is_empty() {
-        return Ok(0);
+        return Ok(Stats::default());
     }
     let files_from = ctx.runtime("repair.files");
     std::fs::write(&files_from, present.join(&0u8))
@@ -258,8 +259,7 @@ fn repair_damaged(ctx: &Context, rsync: &Rsync) -> Result<usize> {
         "re-sending {} file(s) that the last verify found damaged",
         present.len()
     ));
-    rsync.repair(&files_from)?;
-    Ok(present.len())
+    rsync.repair(&files_from)
 }
 
 /// The figures a backup reports, from rsync's --stats.
@@ -309,28 +309,24 @@ impl Rsync<'_> {
             }
             _ => return Err(self.failure(&out)),
         }
-        let changes = parse_itemized(&stats_text);
-        Ok(Stats {
-            transferred: changes.transferred,
-            deleted: changes.deleted,
-            changed: changes.changed,
-            ..parse_stats(&stats_text)
-        })
+        Ok(stats_from(&stats_text))
     }
 
-    fn repair(&self, files_from: &Path) -> Result<()> {
+    fn repair(&self, files_from: &Path) -> Result<Stats> {
         let mut args = self.common_args();
         args.extend([
             "--checksum".into(),
             "--from0".into(),
             format!("--files-from={}", files_from.display()),
+            "--stats".into(),
+            "--no-human-readable".into(),
+            format!("--out-format={ITEMIZE_FORMAT}"),
         ]);
-        let out = self.run(args)?;
-        if out.success() || out.code() == Some(RSYNC_VANISHED) {
-            Ok(())
-        } else {
-            Err(self.failure(&out))
+        let mut out = self.run(args)?;
+        if !(out.success() || out.code() == Some(RSYNC_VANISHED)) {
+            return Err(self.failure(&out));
         }
+        Ok(stats_from(&out.stdout_string()?))
     }
 
     fn common_args(&self) -> Vec<String> {
@@ -440,6 +436,27 @@ pub fn parse_stats(text: &str) -> Stats {
 }
 
 const ITEMIZE_FORMAT: &str = "%i %n";
+
+/// rsync's byte figures with the file counts of the user's files.
+fn stats_from(rsync_stdout: &str) -> Stats {
+    let changes = parse_itemized(rsync_stdout);
+    Stats {
+        transferred: changes.transferred,
+        deleted: changes.deleted,
+        changed: changes.changed,
+        ..parse_stats(rsync_stdout)
+    }
+}
+
+impl Stats {
+    /// Adds the figures of another rsync pass of the same run.
+    fn add(&mut self, other: &Stats) {
+        self.transferred += other.transferred;
+        self.bytes_transferred += other.bytes_transferred;
+        self.deleted += other.deleted;
+        self.changed += other.changed;
+    }
+}
 
 /// What one run changed, counted in the user's files: directories and
 /// gocryptfs' own files (diriv, long-name files, the config) left out.

@@ -1,0 +1,189 @@
+//! Damage on the remote side (flipped byte, deleted file, stray file) is found
+//! by verify and repaired by the next backup; a wrong password fails cleanly.
+
+mod common;
+
+use common::*;
+use std::fs;
+
+#[test]
+fn flipped_remote_byte_is_reported_as_changed_and_repaired() {
+    if !require_tools("flipped_remote_byte", SFTP_TOOLS) {
+        return;
+    }
+    let job = Job::sftp("dmg-flip").build(); // default transport and remote_checksums
+    make_sample_tree(&job.source);
+    job.init_and_backup();
+    job.verify_ok(false);
+
+    let victim = job.remote_file_for_len(VICTIM_CHANGED_LEN);
+    flip_byte_keep_mtime(&victim, 100);
+    let damaged = fs::read(&victim).unwrap();
+
+    let stats = job.verify_mismatch();
+    assert_eq!(
+        str_list(&stats["changed"]),
+        vec![VICTIM_CHANGED.to_string()],
+        "verify stats: {stats}"
+    );
+    assert_eq!(str_list(&stats["missing"]), Vec::<String>::new());
+    assert_eq!(str_list(&stats["extra"]), Vec::<String>::new());
+
+    // The repair backup re-sends the file although size and mtime match...
+    let b = job.backup_ok();
+    let repaired = fs::read(&victim).unwrap();
+    assert_ne!(
+        repaired, damaged,
+        "repair backup did not re-send the damaged file"
+    );
+    // ...and keeps the version it replaced under snapshots/<id>/.
+    let snap = b["snapshot"].as_str().unwrap();
+    let snap_dir = job.target_path.join("snapshots").join(snap);
+    let kept = walk(&snap_dir).into_iter().any(|(rel, m)| {
+        m.file_type().is_file() && fs::read(snap_dir.join(rel)).unwrap() == damaged
+    });
+    assert!(
+        kept,
+        "the replaced (damaged) version is not under snapshots/{snap}/"
+    );
+
+    job.verify_ok(false);
+    job.verify_ok(true);
+    job.assert_clean();
+    // The run's stats must count the file it re-sent.
+    assert!(
+        b["transferred"].as_u64().unwrap_or(0) >= 1,
+        "repair backup does not count the re-sent file in stats.transferred: {b}"
+    );
+}
+
+#[test]
+fn deleted_and_stray_remote_files_are_reported_and_repaired() {
+    if !require_tools("deleted_and_stray_remote_files", SFTP_TOOLS) {
+        return;
+    }
+    let job = Job::sftp("dmg-missing").build();
+    make_sample_tree(&job.source);
+    job.init_and_backup();
+
+    // missing
+    let victim = job.remote_file_for_len(VICTIM_MISSING_LEN);
+    fs::remove_file(&victim).unwrap();
+    let stats = job.verify_mismatch();
+    assert_eq!(
+        str_list(&stats["missing"]),
+        vec![VICTIM_MISSING.to_string()],
+        "verify stats: {stats}"
+    );
+    assert_eq!(str_list(&stats["changed"]), Vec::<String>::new());
+    assert_eq!(str_list(&stats["extra"]), Vec::<String>::new());
+    job.backup_ok();
+    assert!(victim.is_file(), "backup did not re-send the missing file");
+    job.verify_ok(false);
+
+    // extra: a file on the remote that no local file encrypts to
+    let stray = job.files_dir().join("stray-file");
+    fs::write(&stray, "not from ciphersync\n").unwrap();
+    let stats = job.verify_mismatch();
+    let extra = str_list(&stats["extra"]);
+    assert!(
+        extra.len() == 1 && extra[0].ends_with("stray-file"),
+        "verify extra: {stats}"
+    );
+    assert_eq!(str_list(&stats["missing"]), Vec::<String>::new());
+    assert_eq!(str_list(&stats["changed"]), Vec::<String>::new());
+    let b = job.backup_ok();
+    assert!(
+        !stray.exists(),
+        "backup did not remove the stray file from files/"
+    );
+    assert_eq!(b["deleted"], 1, "backup stats.deleted: {b}");
+    job.verify_ok(false);
+    job.assert_clean();
+}
+
+#[test]
+fn wrong_password_fails_cleanly_and_leaves_remote_untouched() {
+    if !require_tools("wrong_password", SFTP_TOOLS) {
+        return;
+    }
+    let job = Job::sftp("dmg-wrongpw").build();
+    make_sample_tree(&job.source);
+    job.init_and_backup();
+    job.verify_ok(false);
+    let remote_before = tree_digest(&job.target_path);
+
+    write_mode(&job.password_file, b"definitely not the password\n", 0o600);
+    let pw = job.password_file.to_str().unwrap();
+
+    let o = job.run(&["backup"]);
+    o.expect_code(1, "backup with a wrong password");
+    assert!(
+        o.stderr.contains(pw),
+        "backup error does not name the password file {pw}:\n{}",
+        o.dump()
+    );
+    assert!(
+        o.stderr.contains(&job.name),
+        "backup error does not name the job {}:\n{}",
+        job.name,
+        o.dump()
+    );
+    let st = job.stage("backup");
+    assert_eq!(st["outcome"], "failed", "status.json backup: {st}");
+    assert!(
+        st["error"]["kind"].as_str().is_some_and(|k| !k.is_empty()),
+        "status.json backup.error: {st}"
+    );
+    assert!(
+        st["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(pw)),
+        "status.json error message: {st}"
+    );
+    assert_no_mounts_under(&job.runtime_dir);
+    assert_digests_equal(
+        &remote_before,
+        &tree_digest(&job.target_path),
+        "remote tree after a wrong-password backup",
+    );
+
+    let o = job.run(&["verify"]);
+    o.expect_code(1, "verify with a wrong password");
+    assert!(
+        o.stderr.contains(pw),
+        "verify error does not name the password file:\n{}",
+        o.dump()
+    );
+    assert_no_mounts_under(&job.runtime_dir);
+
+    let to = job.root.join("restored");
+    fs::create_dir(&to).unwrap();
+    let o = job.run(&["restore", "--to", to.to_str().unwrap()]);
+    o.expect_code(1, "restore with a wrong password");
+    assert!(
+        o.stderr.contains(pw),
+        "restore error does not name the password file:\n{}",
+        o.dump()
+    );
+    assert_eq!(
+        fs::read_dir(&to).unwrap().count(),
+        0,
+        "failed restore wrote into --to"
+    );
+
+    assert_digests_equal(
+        &remote_before
+            .iter()
+            .filter(|(k, _)| k.starts_with("files") || k.starts_with("snapshots"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        &tree_digest(&job.target_path)
+            .iter()
+            .filter(|(k, _)| k.starts_with("files") || k.starts_with("snapshots"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        "remote files/ and snapshots/ after wrong-password verify/restore",
+    );
+    job.assert_clean();
+}

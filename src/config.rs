@@ -155,15 +155,43 @@ pub fn load(file: &Path) -> Result<Job> {
 /// Parses job file text; the error message names the field.
 pub fn parse(text: &str) -> Result<Job> {
     let de = &mut serde_json::Deserializer::from_str(text);
-    let raw: RawJob = serde_path_to_error::deserialize(de).map_err(describe_serde_error)?;
+    let raw: RawJob = serde_path_to_error::deserialize(&mut *de).map_err(describe_serde_error)?;
+    de.end()
+        .map_err(|e| Error::usage(format!("not valid JSON: text after the job object ({e})")))?;
+    require_objects(text)?;
     resolve(raw)
+}
+
+/// serde also reads a struct from an array (`"snapshots": [30, 90]`); a job
+/// file is meant to be read by people, so the sections must be objects.
+fn require_objects(text: &str) -> Result<()> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| Error::usage(format!("not valid JSON: {e}")))?;
+    for (field, v) in [
+        ("(the job)", Some(&value)),
+        ("target", value.get("target")),
+        ("snapshots", value.get("snapshots")),
+    ] {
+        if let Some(v) = v.filter(|v| !v.is_object()) {
+            return Err(field_error(
+                field,
+                format!("must be a JSON object, got {v}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn describe_serde_error(err: serde_path_to_error::Error<serde_json::Error>) -> Error {
     let path = err.path().to_string();
     let inner = err.into_inner();
     if inner.is_syntax() || inner.is_eof() {
-        return Error::usage(format!("not valid JSON: {inner}"));
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!(" in field `{path}`")
+        };
+        return Error::usage(format!("not valid JSON{at}: {inner}"));
     }
     // serde names unknown and missing fields itself; add where they sit.
     if path == "." {
@@ -280,8 +308,10 @@ fn resolve_target(t: RawTarget) -> Result<Target> {
                     )
                 })?;
             absolute("target.known_hosts_file", &known_hosts_file)?;
+            ssh_config_safe("target.known_hosts_file", &known_hosts_file)?;
             if let Some(id) = &t.identity_file {
                 absolute("target.identity_file", id)?;
+                ssh_config_safe("target.identity_file", id)?;
             }
             if t.port == Some(0) {
                 return Err(field_error("target.port", "must be between 1 and 65535"));
@@ -298,6 +328,19 @@ fn resolve_target(t: RawTarget) -> Result<Target> {
             }))
         }
     }
+}
+
+/// These paths go into the generated ssh_config, which has no escape for a
+/// double quote or a line break.
+fn ssh_config_safe(field: &str, path: &Path) -> Result<()> {
+    let text = path.to_string_lossy();
+    if text.contains(['"', '\n', '\r']) {
+        return Err(field_error(
+            field,
+            format!("must not contain a double quote or a line break: {text:?}"),
+        ));
+    }
+    Ok(())
 }
 
 fn field_error(field: &str, problem: impl std::fmt::Display) -> Error {
@@ -566,6 +609,26 @@ mod tests {
                 .contains("target.host")
         );
         assert!(error_of("{ nope").contains("not valid JSON"));
+        assert!(error_of(&format!("{GOOD} trailing")).contains("text after"));
+        assert!(error_of(&format!("{GOOD}{GOOD}")).contains("text after"));
+        let e = error_of(&with(
+            r#""name": "docs","#,
+            r#""name": "docs", "snapshots": [1, 2],"#,
+        ));
+        assert!(e.contains("`snapshots`") && e.contains("object"), "{e}");
+        let e = error_of(&with(
+            r#""name": "docs","#,
+            r#""name": "docs", "filenames": encrypted,"#,
+        ));
+        assert!(e.contains("`filenames`"), "{e}");
+        let e = error_of(&with(
+            "/etc/ciphersync/known_hosts",
+            "/etc/ciphersync/known\\\"hosts",
+        ));
+        assert!(
+            e.contains("target.known_hosts_file") && e.contains("quote"),
+            "{e}"
+        );
         let e = error_of(&with(r#""/run/keys/docs""#, r#""/run/keys/../docs""#));
         assert!(e.contains("password_file") && e.contains(".."), "{e}");
     }

@@ -207,6 +207,14 @@ pub fn check_source(job: &Job) -> Result<()> {
                 job.source.display()
             ),
         )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::new(
+            Kind::Io,
+            format!(
+                "job {}: source {} does not exist (is its disk mounted?)",
+                job.name,
+                job.source.display()
+            ),
+        )),
         Err(e) => Err(Error::new(
             Kind::Io,
             format!("job {}: source {}: {e}", job.name, job.source.display()),

@@ -28,9 +28,24 @@ pub const RECORDS: &str = "records";
 
 /// The Host name our generated ssh_config defines.
 const HOST_ALIAS: &str = "ciphersync-target";
-/// ssh gives up on a silent server after INTERVAL * COUNT seconds.
-const ALIVE_INTERVAL_S: u32 = 15;
-const ALIVE_COUNT: u32 = 4;
+/// ssh gives up on a silent server after interval * count seconds (30 s).
+/// `CIPHERSYNC_SSH_ALIVE=interval,count` overrides it (the fault tests cut
+/// links and should not wait half a minute each time).
+const ALIVE_DEFAULT: (u32, u32) = (10, 3);
+
+fn server_alive() -> (u32, u32) {
+    let parse = |v: String| -> Option<(u32, u32)> {
+        let (i, c) = v.split_once(',')?;
+        Some((
+            i.trim().parse().ok().filter(|i| *i > 0)?,
+            c.trim().parse().ok().filter(|c| *c > 0)?,
+        ))
+    };
+    std::env::var("CIPHERSYNC_SSH_ALIVE")
+        .ok()
+        .and_then(parse)
+        .unwrap_or(ALIVE_DEFAULT)
+}
 const CONNECT_TIMEOUT_S: u32 = 20;
 /// Upper bound for small remote commands (mkdir, cat, mv).
 pub const SHORT_COMMAND: Duration = Duration::from_secs(300);
@@ -80,12 +95,20 @@ impl Ssh {
         // lock is held); stop it, and drop a socket file it left.
         let _ = self.control("exit");
         let _ = std::fs::remove_file(socket);
+        let limit = Duration::from_secs(u64::from(CONNECT_TIMEOUT_S) * 3);
         let out = Cmd::new("ssh")
             .arg("-F")
             .arg(&self.config_file)
             .args(["-o", "ControlMaster=yes", "-f", "-N", "--", HOST_ALIAS])
-            .timeout(Duration::from_secs(u64::from(CONNECT_TIMEOUT_S) * 3))
-            .run()?;
+            .timeout(limit)
+            .run()
+            .map_err(|e| match e.kind {
+                Kind::Tool => self.connection_error(
+                    &format!("no answer within {} s", limit.as_secs()),
+                    "connecting",
+                ),
+                _ => e,
+            })?;
         if !out.success() {
             return Err(self.connection_error(&out.stderr, "connecting"));
         }
@@ -226,8 +249,8 @@ fn ssh_config_text(s: &Sftp, control_path: Option<&Path>) -> Result<String> {
         "  PasswordAuthentication no".into(),
         "  KbdInteractiveAuthentication no".into(),
         format!("  ConnectTimeout {CONNECT_TIMEOUT_S}"),
-        format!("  ServerAliveInterval {ALIVE_INTERVAL_S}"),
-        format!("  ServerAliveCountMax {ALIVE_COUNT}"),
+        format!("  ServerAliveInterval {}", server_alive().0),
+        format!("  ServerAliveCountMax {}", server_alive().1),
         "  ForwardAgent no".into(),
         "  ClearAllForwardings yes".into(),
         // Prefer AES-GCM (hardware-accelerated almost everywhere) over the

@@ -111,12 +111,7 @@ fn copy_out(job: &Job, plain: &Path, paths: &[String], to: &Path) -> Result<crat
     } else {
         cmd = cmd.arg("--relative");
         for path in paths {
-            if std::fs::symlink_metadata(plain.join(path)).is_err() {
-                return Err(Error::usage(format!(
-                    "{path} is not in the backup of job {}",
-                    job.name
-                )));
-            }
+            check_inside_backup(job, plain, path)?;
             // `mount/./path` copies `path` with its parents (rsync --relative).
             cmd = cmd.arg(format!(
                 "{}/./{}",
@@ -256,6 +251,40 @@ fn resolve_existing_prefix(path: &Path) -> PathBuf {
         resolved.push(name);
     }
     resolved
+}
+
+/// A named path must exist in the backup, and none of its parents may be a
+/// symlink: the kernel would follow it while resolving the path, and copy
+/// something that was never backed up (`link -> /etc`, then `link/passwd`).
+fn check_inside_backup(job: &Job, plain: &Path, path: &str) -> Result<()> {
+    let mut prefix = plain.to_path_buf();
+    let parts: Vec<Component> = Path::new(path)
+        .components()
+        .filter(|c| *c != Component::CurDir)
+        .collect();
+    for (i, part) in parts.iter().enumerate() {
+        prefix.push(part);
+        match std::fs::symlink_metadata(&prefix) {
+            Ok(meta) if meta.file_type().is_symlink() && i + 1 < parts.len() => {
+                return Err(Error::usage(format!(
+                    "{path} goes through a symlink in the backup ({}); name the link itself to restore it",
+                    Path::new(path)
+                        .components()
+                        .take(i + 1)
+                        .collect::<PathBuf>()
+                        .display()
+                )));
+            }
+            Ok(_) => {}
+            Err(_) => {
+                return Err(Error::usage(format!(
+                    "{path} is not in the backup of job {}",
+                    job.name
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A restore path must stay inside the backup: relative, no `..`.

@@ -92,12 +92,17 @@ impl StageResult {
 pub fn read(state_dir: &Path) -> Result<Value> {
     let path = state_dir.join(STATUS_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text).map_err(|e| {
-            Error::new(
+        Ok(text) => match serde_json::from_str::<Value>(&text) {
+            Ok(doc) if doc.is_object() => Ok(doc),
+            Ok(_) => Err(Error::new(
+                Kind::Corrupt,
+                format!("{} is not a JSON object", path.display()),
+            )),
+            Err(e) => Err(Error::new(
                 Kind::Corrupt,
                 format!("{} is not valid JSON: {e}", path.display()),
-            )
-        }),
+            )),
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(json!({})),
         Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
     }

@@ -36,6 +36,8 @@ pub struct BackupOptions {
 
 pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
     let job = ctx.job;
+    // A missing source first: its absence also hides a config kept in it.
+    crypt::check_source(job)?;
     crypt::require_config(job)?;
     let cipher_point = ctx.runtime("cipher");
     crate::mount::prepare_point(&cipher_point)?;
@@ -299,6 +301,9 @@ impl Rsync<'_> {
                 out.stderr.trim()
             )),
             Some(RSYNC_PARTIAL) => {
+                if let Some(cause) = self.diagnose(&out.stderr) {
+                    return Err(cause);
+                }
                 return Err(Error::new(
                     Kind::Tool,
                     format!(
@@ -353,17 +358,49 @@ impl Rsync<'_> {
                 return ssh.connection_error(&out.stderr, "rsync");
             }
         }
-        let mut error = out.failure(Some("mirroring files"));
-        if let Some(hint) = disk_full_hint(&out.stderr) {
-            error.message.push_str(hint);
+        self.diagnose(&out.stderr)
+            .unwrap_or_else(|| out.failure(Some("mirroring files")))
+    }
+
+    /// Over sshfs a lost link or a full disk reach rsync as a bare EIO or
+    /// ENOTCONN; look at the mount and the target's free space to name the
+    /// real cause.
+    fn diagnose(&self, stderr: &str) -> Option<Error> {
+        let first_error = stderr
+            .lines()
+            .find(|l| l.contains("rsync"))
+            .unwrap_or("")
+            .trim();
+        if let (Err(_), Some(ssh)) = (self.remote.check_live(), self.remote.ssh()) {
+            let s = ssh.sftp();
+            return Some(Error::new(
+                Kind::Remote,
+                format!(
+                    "lost the connection to {}:{} during the transfer: {first_error}",
+                    s.host, s.port
+                ),
+            ));
         }
-        error
+        let full = disk_full(stderr) || self.remote.local_root().is_some_and(no_space_left);
+        full.then(|| {
+            Error::new(
+                Kind::Remote,
+                format!(
+                    "the target {} is full; the files already there are unchanged: {first_error}",
+                    self.job.target_label()
+                ),
+            )
+        })
     }
 }
 
-fn disk_full_hint(stderr: &str) -> Option<&'static str> {
-    (stderr.contains("No space left") || stderr.contains("Disk quota exceeded"))
-        .then_some(" (the target is full: the files already there are unchanged)")
+fn disk_full(stderr: &str) -> bool {
+    stderr.contains("No space left") || stderr.contains("Disk quota exceeded")
+}
+
+/// statvfs works through sshfs too (the statvfs@openssh.com extension).
+fn no_space_left(root: &Path) -> bool {
+    nix::sys::statvfs::statvfs(root).is_ok_and(|s| s.blocks_available() == 0)
 }
 
 /// What the rsync argv depends on; kept apart so the argv can be tested.
@@ -578,9 +615,9 @@ mod tests {
 
     #[test]
     fn disk_full_is_named() {
-        assert!(
-            disk_full_hint("rsync: write failed on \"x\": No space left on device (28)").is_some()
-        );
-        assert!(disk_full_hint("rsync: connection reset").is_none());
+        assert!(disk_full(
+            "rsync: write failed on \"x\": No space left on device (28)"
+        ));
+        assert!(!disk_full("rsync: connection reset"));
     }
 }

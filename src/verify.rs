@@ -30,6 +30,8 @@ const KEPT_CHECKSUM_RUNS: usize = 10;
 
 pub fn verify(ctx: &Context) -> Result<Done> {
     let job = ctx.job;
+    // A missing source first: its absence also hides a config kept in it.
+    crypt::check_source(job)?;
     crypt::require_config(job)?;
     let cipher_point = ctx.runtime("cipher");
     crate::mount::prepare_point(&cipher_point)?;
@@ -230,6 +232,8 @@ fn plaintext_name(decryptor: &PathDecryptor, encrypted: &str) -> String {
 /// the source, file content and symlink targets alike.
 pub fn deep_verify(ctx: &Context) -> Result<Done> {
     let job = ctx.job;
+    // A missing source first: its absence also hides a config kept in it.
+    crypt::check_source(job)?;
     crypt::require_config(job)?;
     let cipher_point = ctx.runtime("cipher");
     let plain_point = ctx.runtime("plain");

@@ -1,24 +1,11 @@
-//! ciphersync: a small orchestrator of gocryptfs, sshfs, rsync and ssh for
-//! encrypted remote backups. See design.md for the contract it implements.
+//! The ciphersync command line: parses arguments, runs a stage of the
+//! library, prints the result and turns it into the exit code.
 
-mod checksums;
 mod cli;
-mod config;
-mod crypt;
-mod error;
-mod exec;
-mod guard;
-mod interrupt;
-mod log;
-mod mount;
-mod remote;
-mod restore;
-mod run;
-mod snapshots;
-mod status;
-mod sync;
-mod verify;
 
+use ciphersync::{
+    config, crypt, error, interrupt, log, remote, restore, run, snapshots, status, sync, verify,
+};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 

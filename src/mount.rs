@@ -260,12 +260,16 @@ fn unescape_octal(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
+        // `\ooo` with a value that fits a byte (the kernel never writes more;
+        // anything else is taken literally).
         let octal = bytes
             .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)))
+            .map(|d| d.iter().fold(0u32, |n, b| n * 8 + u32::from(b - b'0')))
+            .and_then(|n| u8::try_from(n).ok());
         match (bytes[i], octal) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+            (b'\\', Some(byte)) => {
+                out.push(byte);
                 i += 4;
             }
             (b, _) => {
@@ -305,6 +309,12 @@ mod tests {
         .map(PathBuf::from)
         .to_vec();
         assert_eq!(stale_points(entries, dir), expected);
+    }
+
+    #[test]
+    fn mountinfo_escapes_out_of_byte_range_are_literal() {
+        let entries = parse_mountinfo("1 2 0:1 / /a\\777b rw - tmpfs t rw\n");
+        assert_eq!(entries[0].point, PathBuf::from("/a\\777b"));
     }
 
     #[test]

@@ -1,0 +1,23 @@
+//! ciphersync: a small orchestrator of gocryptfs, sshfs, rsync and ssh for
+//! encrypted remote backups. See design.md for the contract it implements.
+//!
+//! The binary (main.rs, cli.rs) is a thin layer over these modules; they
+//! form a library so that the parsers of untrusted text can be exercised
+//! directly by tests/fuzz_parsers.rs.
+
+pub mod checksums;
+pub mod config;
+pub mod crypt;
+pub mod error;
+pub mod exec;
+pub mod guard;
+pub mod interrupt;
+pub mod log;
+pub mod mount;
+pub mod remote;
+pub mod restore;
+pub mod run;
+pub mod snapshots;
+pub mod status;
+pub mod sync;
+pub mod verify;

@@ -362,6 +362,23 @@ impl Rsync<'_> {
             .unwrap_or_else(|| out.failure(Some("mirroring files")))
     }
 
+    /// The size of the source file named by rsync's `write failed on "…"`
+    /// (a path under the target's files/), or 0.
+    fn failed_write_size(&self, stderr: &str) -> u64 {
+        let Some(dest) = stderr
+            .split("write failed on \"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+        else {
+            return 0;
+        };
+        let files = format!("{}/", self.remote.rsync_path(FILES));
+        let rel = dest.strip_prefix(&files).unwrap_or(dest);
+        std::fs::metadata(self.source.join(rel))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
     /// Over sshfs a lost link or a full disk reach rsync as a bare EIO or
     /// ENOTCONN; look at the mount and the target's free space to name the
     /// real cause.
@@ -381,7 +398,11 @@ impl Rsync<'_> {
                 ),
             ));
         }
-        let full = disk_full(stderr) || self.remote.local_root().is_some_and(no_space_left);
+        let full = disk_full(stderr)
+            || self
+                .remote
+                .local_root()
+                .is_some_and(|root| no_room_for(root, self.failed_write_size(stderr)));
         full.then(|| {
             Error::new(
                 Kind::Remote,
@@ -398,9 +419,14 @@ fn disk_full(stderr: &str) -> bool {
     stderr.contains("No space left") || stderr.contains("Disk quota exceeded")
 }
 
-/// statvfs works through sshfs too (the statvfs@openssh.com extension).
-fn no_space_left(root: &Path) -> bool {
-    nix::sys::statvfs::statvfs(root).is_ok_and(|s| s.blocks_available() == 0)
+/// True when the target has less room than the file whose write failed
+/// (rsync has removed its temp file by now, so the space is free again) or
+/// under 1 MiB. statvfs works through sshfs too (statvfs@openssh.com).
+fn no_room_for(root: &Path, failed_size: u64) -> bool {
+    nix::sys::statvfs::statvfs(root).is_ok_and(|s| {
+        let free = s.blocks_available() as u64 * s.fragment_size() as u64;
+        free < failed_size.max(1 << 20)
+    })
 }
 
 /// What the rsync argv depends on; kept apart so the argv can be tested.

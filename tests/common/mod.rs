@@ -1002,6 +1002,10 @@ impl Job {
             c.arg("-v");
         }
         c.args(args).env_remove("CIPHERSYNC_CONFIG_DIR");
+        // A cut link is noticed after 3 s x 3 instead of the default 30 s,
+        // so the fault scenarios stay short (everything here is loopback or
+        // a veth pair; an answered keepalive takes microseconds).
+        c.env("CIPHERSYNC_SSH_ALIVE", "3,3");
         c
     }
     /// Runs `ciphersync -c <job file> ARGS...` to completion.

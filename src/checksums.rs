@@ -19,7 +19,7 @@ pub type Sha1Hex = String;
 pub type List = BTreeMap<String, Sha1Hex>;
 
 /// What the cache needs to know a file has not changed since it was hashed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Stamp {
     pub size: u64,
     pub mtime_ns: i128,
@@ -127,6 +127,22 @@ pub fn relative(root: &Path, path: &Path) -> String {
         .unwrap_or(path)
         .to_string_lossy()
         .into_owned()
+}
+
+/// Hashes the named files (relative to `root`) with the worker pool.
+pub fn hash_files(root: &Path, rels: &[String]) -> Result<List> {
+    let todo = rels
+        .iter()
+        .map(|rel| Pending {
+            rel: rel.clone(),
+            path: root.join(rel),
+            stamp: Stamp::default(),
+        })
+        .collect();
+    Ok(hash_files_parallel(todo)?
+        .into_iter()
+        .map(|(p, sum)| (p.rel, sum))
+        .collect())
 }
 
 /// Reading through FUSE (gocryptfs decrypts or encrypts on read) is CPU and

@@ -367,6 +367,9 @@ pub fn plan_prune(
 /// `dry_run`). Records go first: a crash half-way never leaves a record
 /// whose snapshot dirs are gone.
 pub fn prune(job: &Job, remote: &Remote, dry_run: bool) -> Result<PrunePlan> {
+    if job.snapshots.keep_last.is_none() && job.snapshots.keep_days.is_none() {
+        return Ok(PrunePlan::default()); // no bound: keep everything, list nothing
+    }
     let plan = plan_prune(
         &recorded_ids(remote)?,
         &snapshot_dir_ids(remote)?,

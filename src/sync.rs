@@ -42,11 +42,12 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
     let cipher_point = ctx.runtime("cipher");
     crate::mount::prepare_point(&cipher_point)?;
     let ctlsock = ctx.runtime("ctl.sock");
-    let view = crypt::mount_reverse(job, &cipher_point, Some(&ctlsock))?;
+    let (remote, view) = crate::run::side_by_side(
+        || remote::open(job, uses_sshfs(job), &ctx.runtime("remote")),
+        || crypt::mount_reverse(job, &cipher_point, Some(&ctlsock)),
+    )?;
     let max_delete_percent = options.max_delete_percent.unwrap_or(job.max_delete_percent);
     refuse_empty_view(job, view.point(), max_delete_percent)?;
-
-    let remote = remote::open(job, uses_sshfs(job), &ctx.runtime("remote"))?;
     remote.ensure_layout()?;
     let incomplete = ctx.state(INCOMPLETE_MARKER);
     if incomplete.exists() {

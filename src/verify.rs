@@ -36,11 +36,19 @@ pub fn verify(ctx: &Context) -> Result<Done> {
     let cipher_point = ctx.runtime("cipher");
     crate::mount::prepare_point(&cipher_point)?;
     let ctlsock = ctx.runtime("ctl.sock");
-    let view = crypt::mount_reverse(job, &cipher_point, Some(&ctlsock))?;
-
-    let local = local_list(ctx, view.point())?;
-    let remote = remote::open(job, needs_mount(job), &ctx.runtime("remote"))?;
-    let remote_list = remote_list(&remote)?;
+    // The server hashes its copy while we hash ours.
+    let ((remote, remote_list), (view, local)) = crate::run::side_by_side(
+        || {
+            let remote = remote::open(job, needs_mount(job), &ctx.runtime("remote"))?;
+            let list = remote_list(&remote)?;
+            Ok((remote, list))
+        },
+        || {
+            let view = crypt::mount_reverse(job, &cipher_point, Some(&ctlsock))?;
+            let local = local_list(ctx, view.point())?;
+            Ok((view, local))
+        },
+    )?;
     view.check_live()?;
 
     let diff = checksums::compare(&local.list, &remote_list);
@@ -128,7 +136,14 @@ fn remote_list(remote: &Remote) -> Result<List> {
 /// `sha1sum` on the server: one ssh command, nothing downloaded but the list.
 fn remote_list_over_ssh(ssh: &Ssh) -> Result<List> {
     let files = quote_path(&ssh.sftp().path.join(FILES));
-    let command = format!("cd {files} && find . -type f -print0 | LC_ALL=C xargs -0r sha1sum");
+    // Several sha1sum processes when the server has coreutils' nproc and
+    // stdbuf: line-buffered, each output line is one write and cannot
+    // interleave with another's (a damaged line would fail to parse anyway).
+    let command = format!(
+        "cd {files} && export LC_ALL=C && if command -v nproc >/dev/null 2>&1 && command -v stdbuf >/dev/null 2>&1; \
+         then find . -type f -print0 | xargs -0r -P \"$(nproc)\" -n 64 stdbuf -oL sha1sum; \
+         else find . -type f -print0 | xargs -0r sha1sum; fi"
+    );
     // A day bounds a server that hangs while answering keepalives.
     let mut out = ssh.run(
         &command,
@@ -271,18 +286,25 @@ struct TreeReport {
 fn compare_trees(source: &Path, decrypted: &Path, has_excludes: bool) -> Result<TreeReport> {
     let theirs = entries(decrypted)?;
     let ours = entries(source)?;
+    // Files on both sides are hashed by the worker pool: decrypting through
+    // two gocryptfs layers is CPU-bound, and one reader would use one core.
+    let both: Vec<String> = theirs
+        .iter()
+        .filter(|(rel, kind)| **kind == EntryKind::File && ours.get(*rel) == Some(&EntryKind::File))
+        .map(|(rel, _)| rel.clone())
+        .collect();
+    let (source_sums, decrypted_sums) = (
+        checksums::hash_files(source, &both)?,
+        checksums::hash_files(decrypted, &both)?,
+    );
     let mut diff = Diff::default();
-    let mut files = 0;
     for (rel, kind) in &theirs {
         interrupt::check()?;
         match ours.get(rel) {
             None => diff.extra.push(rel.clone()),
             Some(our_kind) if our_kind != kind => diff.changed.push(rel.clone()),
             Some(EntryKind::File) => {
-                files += 1;
-                if checksums::hash_file(&source.join(rel))?
-                    != checksums::hash_file(&decrypted.join(rel))?
-                {
+                if source_sums.get(rel) != decrypted_sums.get(rel) {
                     diff.changed.push(rel.clone());
                 }
             }
@@ -305,7 +327,10 @@ fn compare_trees(source: &Path, decrypted: &Path, has_excludes: bool) -> Result<
             .cloned()
             .collect();
     }
-    Ok(TreeReport { files, diff })
+    Ok(TreeReport {
+        files: both.len(),
+        diff,
+    })
 }
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]

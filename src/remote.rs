@@ -216,6 +216,11 @@ impl Ssh {
         } else if detail.contains("No such file") && what.contains("sshfs") {
             format!("remote path {} does not exist on {at}", s.path.display())
         } else {
+            let detail = if detail.is_empty() {
+                "no answer from the server".to_string()
+            } else {
+                detail.to_string()
+            };
             format!("cannot reach {at} ({what}): {detail}")
         };
         Error::new(Kind::Remote, message)

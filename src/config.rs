@@ -237,10 +237,10 @@ fn resolve(raw: RawJob) -> Result<Job> {
         None => default_dir(DirKind::Runtime, &raw.name)?,
     };
     let target = resolve_target(raw.target)?;
-    if let Target::Local { path } = &target {
-        if path.starts_with(&raw.source) {
-            return Err(field_error("target.path", "must not lie inside source"));
-        }
+    if let Target::Local { path } = &target
+        && path.starts_with(&raw.source)
+    {
+        return Err(field_error("target.path", "must not lie inside source"));
     }
     if raw.filenames == Filenames::Plaintext && matches!(target, Target::Sftp(_)) {
         // With plaintext names gocryptfs keeps symlink targets in the clear,

@@ -104,10 +104,10 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        if self.active {
-            if let Err(e) = unmount_point(&self.point) {
-                log::warn(format!("{e}"));
-            }
+        if self.active
+            && let Err(e) = unmount_point(&self.point)
+        {
+            log::warn(format!("{e}"));
         }
     }
 }
@@ -221,8 +221,7 @@ pub fn is_mounted(point: &Path) -> Result<bool> {
 fn mounted_type_at(point: &Path) -> Result<Option<String>> {
     Ok(mounts()?
         .into_iter()
-        .filter(|m| m.point == point)
-        .last()
+        .rfind(|m| m.point == point)
         .map(|m| m.fs_type))
 }
 

@@ -716,13 +716,13 @@ fn parse_find_line(line: &str) -> Result<TreeEntry> {
 
 fn copy_preserving(from: &Path, to: &Path) -> Result<()> {
     std::fs::copy(from, to).ctx(|| format!("copying {} to {}", from.display(), to.display()))?;
-    if let Ok(meta) = std::fs::metadata(from) {
-        if let Ok(mtime) = meta.modified() {
-            let _ = std::fs::File::options()
-                .write(true)
-                .open(to)
-                .and_then(|f| f.set_modified(mtime));
-        }
+    if let Ok(meta) = std::fs::metadata(from)
+        && let Ok(mtime) = meta.modified()
+    {
+        let _ = std::fs::File::options()
+            .write(true)
+            .open(to)
+            .and_then(|f| f.set_modified(mtime));
     }
     Ok(())
 }

@@ -40,23 +40,23 @@ pub fn check_request(job: &Job, request: &RestoreRequest) -> Result<()> {
             job.source.display()
         )));
     }
-    if let Ok(mut entries) = std::fs::read_dir(&to) {
-        if entries.next().is_some() {
-            return Err(Error::usage(format!(
-                "--to {} is not empty: restore only writes into an empty directory",
-                to.display()
-            )));
-        }
+    if let Ok(mut entries) = std::fs::read_dir(&to)
+        && entries.next().is_some()
+    {
+        return Err(Error::usage(format!(
+            "--to {} is not empty: restore only writes into an empty directory",
+            to.display()
+        )));
     }
     for path in &request.paths {
         check_relative(path)?;
     }
-    if let Some(id) = &request.snapshot {
-        if crate::status::parse_snapshot_id(id).is_none() {
-            return Err(Error::usage(format!(
-                "--snapshot {id:?} is not a snapshot id (YYYYMMDDTHHMMSSZ)"
-            )));
-        }
+    if let Some(id) = &request.snapshot
+        && crate::status::parse_snapshot_id(id).is_none()
+    {
+        return Err(Error::usage(format!(
+            "--snapshot {id:?} is not a snapshot id (YYYYMMDDTHHMMSSZ)"
+        )));
     }
     Ok(())
 }

@@ -354,10 +354,10 @@ impl Rsync<'_> {
     }
 
     fn failure(&self, out: &crate::exec::Output) -> Error {
-        if out.code() == Some(255) || out.stderr.contains("connection unexpectedly closed") {
-            if let Some(ssh) = self.remote.ssh() {
-                return ssh.connection_error(&out.stderr, "rsync");
-            }
+        if (out.code() == Some(255) || out.stderr.contains("connection unexpectedly closed"))
+            && let Some(ssh) = self.remote.ssh()
+        {
+            return ssh.connection_error(&out.stderr, "rsync");
         }
         self.diagnose(&out.stderr)
             .unwrap_or_else(|| out.failure(Some("mirroring files")))
@@ -425,7 +425,7 @@ fn disk_full(stderr: &str) -> bool {
 /// under 1 MiB. statvfs works through sshfs too (statvfs@openssh.com).
 fn no_room_for(root: &Path, failed_size: u64) -> bool {
     nix::sys::statvfs::statvfs(root).is_ok_and(|s| {
-        let free = s.blocks_available() as u64 * s.fragment_size() as u64;
+        let free = s.blocks_available() * s.fragment_size();
         free < failed_size.max(1 << 20)
     })
 }
@@ -487,7 +487,7 @@ pub fn parse_stats(text: &str) -> Stats {
             "Number of files" => {
                 stats.files = value
                     .split_once("reg:")
-                    .map(|(_, rest)| number(rest.trim_end_matches(|c| c == ')' || c == ' ')))
+                    .map(|(_, rest)| number(rest.trim_end_matches([')', ' '])))
                     .unwrap_or(0)
             }
             "Number of regular files transferred" => stats.transferred = number(value),

@@ -605,6 +605,31 @@ impl Remote {
         }
     }
 
+    /// Runs a shell script in the target's root on the server and returns
+    /// its stdout, when a shell may be used; None otherwise (the caller then
+    /// does the same with single operations).
+    pub fn run_script(&self, script: &str, what: &str) -> Result<Option<Vec<u8>>> {
+        let Place::Shell(ssh) = self.place() else {
+            return Ok(None);
+        };
+        let root = quote_path(&ssh.sftp.path);
+        let mut out = ssh
+            .command(&format!("cd {root} && sh"))
+            .stdin(memfd_with(script.as_bytes())?)
+            .timeout(SHORT_COMMAND * 4)
+            .run()?;
+        if out.code() == Some(255) {
+            return Err(ssh.connection_error(&out.stderr, what));
+        }
+        if !out.success() {
+            return Err(remote_failure(ssh, &out, what));
+        }
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(out.stdout_reader()?, &mut bytes)
+            .ctx(|| format!("reading the output of {what}"))?;
+        Ok(Some(bytes))
+    }
+
     /// Copies files within the target (`from` -> `to`, both relative to the
     /// root), keeping modes and times; the target's parents must exist.
     pub fn copy_within(&self, pairs: &[(String, String)]) -> Result<()> {

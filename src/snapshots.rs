@@ -212,6 +212,11 @@ pub fn read_record(remote: &Remote, id: &str) -> Result<Record> {
             "there is no snapshot {id} (see `ciphersync snapshots`)"
         ))
     })?;
+    parse_record(id, bytes)
+}
+
+/// A record's bytes as read from the target; damage names the record.
+pub fn parse_record(id: &str, bytes: Vec<u8>) -> Result<Record> {
     let text = String::from_utf8(bytes)
         .map_err(|_| Error::new(Kind::Corrupt, format!("record {id} is not text")))?;
     Record::parse(&text).map_err(|e| {

@@ -11,7 +11,7 @@ use crate::config::{Filenames, Job, Target, Transport};
 use crate::crypt::{self, PathDecryptor, REMOTE_CONFIG_NAME};
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::exec::Cmd;
-use crate::remote::{self, FILES, Remote, SNAPSHOTS};
+use crate::remote::{self, CHECKSUMS, FILES, RECORDS, Remote, SNAPSHOTS};
 use crate::run::{Context, Done};
 use crate::status::{self, Outcome};
 use crate::{guard, interrupt, log, snapshots};
@@ -48,13 +48,13 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
     )?;
     let max_delete_percent = options.max_delete_percent.unwrap_or(job.max_delete_percent);
     refuse_empty_view(job, view.point(), max_delete_percent)?;
-    remote.ensure_layout()?;
+    let known = preflight(&remote)?;
     let incomplete = ctx.state(INCOMPLETE_MARKER);
     if incomplete.exists() {
         clean_after_killed_run(job, &remote)?;
     }
-    ensure_remote_config(job, &remote)?;
-    guard_mass_changes(ctx, &remote, view.point(), max_delete_percent)?;
+    ensure_remote_config(job, &remote, known.config)?;
+    guard_mass_changes(ctx, known.last_record, view.point(), max_delete_percent)?;
     let snapshot = next_snapshot_id(ctx)?;
     std::fs::write(&incomplete, &snapshot).ctx(|| format!("writing {}", incomplete.display()))?;
 
@@ -130,16 +130,19 @@ fn refuse_empty_view(job: &Job, view: &Path, max_delete_percent: u8) -> Result<(
 
 /// The deletion guard (guard.rs) against the record of the last run. A
 /// damaged last record only costs the guard, with a warning.
-fn guard_mass_changes(ctx: &Context, remote: &Remote, view: &Path, percent: u8) -> Result<()> {
+fn guard_mass_changes(
+    ctx: &Context,
+    last: Option<Result<snapshots::Record>>,
+    view: &Path,
+    percent: u8,
+) -> Result<()> {
     if percent >= 100 {
         return Ok(());
     }
-    let Some(last_id) = snapshots::recorded_ids(remote)?.pop() else {
-        return Ok(());
-    };
-    let last = match snapshots::read_record(remote, &last_id) {
-        Ok(record) => record,
-        Err(e) => {
+    let last = match last {
+        None => return Ok(()),
+        Some(Ok(record)) => record,
+        Some(Err(e)) => {
             log::warn(format!("deletion guard skipped: {e}"));
             return Ok(());
         }
@@ -173,11 +176,11 @@ fn clean_after_killed_run(job: &Job, remote: &Remote) -> Result<()> {
 /// `files/` must always be mountable by plain gocryptfs, so it carries the
 /// config. A remote config that differs from ours means the key changed
 /// (a lost and re-created config): refuse rather than mix two keys.
-fn ensure_remote_config(job: &Job, remote: &Remote) -> Result<()> {
+fn ensure_remote_config(job: &Job, remote: &Remote, theirs: Option<Vec<u8>>) -> Result<()> {
     let ours = std::fs::read(&job.gocryptfs_config)
         .ctx(|| format!("reading {}", job.gocryptfs_config.display()))?;
     let rel = format!("{FILES}/{REMOTE_CONFIG_NAME}");
-    match remote.read_file(&rel)? {
+    match theirs {
         Some(theirs) if theirs == ours => Ok(()),
         Some(_) => Err(Error::new(
             Kind::Refused,
@@ -194,6 +197,71 @@ fn ensure_remote_config(job: &Job, remote: &Remote) -> Result<()> {
             remote.write_file_atomic(&rel, &ours)
         }
     }
+}
+
+/// What backup learns about the target before rsync runs.
+struct Known {
+    /// files/gocryptfs.conf, if there is one.
+    config: Option<Vec<u8>>,
+    /// The newest run's record (an error if it is damaged), if any.
+    last_record: Option<Result<snapshots::Record>>,
+}
+
+/// Creates the layout and reads the config in files/ and the newest record:
+/// one round trip where the server's shell may be used, else one operation
+/// at a time through the mount or on the local target.
+fn preflight(remote: &Remote) -> Result<Known> {
+    if let Some(out) = remote.run_script(&preflight_script(), "preparing the target")? {
+        return parse_preflight(out);
+    }
+    remote.ensure_layout()?;
+    let config = remote.read_file(&format!("{FILES}/{REMOTE_CONFIG_NAME}"))?;
+    let last_record = snapshots::recorded_ids(remote)?
+        .pop()
+        .map(|id| snapshots::read_record(remote, &id));
+    Ok(Known {
+        config,
+        last_record,
+    })
+}
+
+fn preflight_script() -> String {
+    format!(
+        "set -e\nmkdir -p {FILES} {SNAPSHOTS} {CHECKSUMS} {RECORDS}\n\
+         if [ -f {FILES}/{REMOTE_CONFIG_NAME} ]; then printf C; cat {FILES}/{REMOTE_CONFIG_NAME}; fi\n\
+         printf '\\0'\n\
+         last=$(ls -1A {RECORDS} | grep -E '^[0-9]{{8}}T[0-9]{{6}}Z[.]rec$' | sort | tail -n 1 || true)\n\
+         if [ -n \"$last\" ]; then printf '%s\\0' \"${{last%.rec}}\"; cat \"{RECORDS}/$last\"; fi\n"
+    )
+}
+
+/// `[C<config>] NUL [<id> NUL <record>]`, as the preflight script prints it.
+fn parse_preflight(out: Vec<u8>) -> Result<Known> {
+    let corrupt = || {
+        Error::new(
+            Kind::Corrupt,
+            "unexpected output from the server while preparing the target",
+        )
+    };
+    let split = out.iter().position(|b| *b == 0).ok_or_else(corrupt)?;
+    let config = match &out[..split] {
+        [] => None,
+        [b'C', conf @ ..] => Some(conf.to_vec()),
+        _ => return Err(corrupt()),
+    };
+    let rest = &out[split + 1..];
+    let last_record = match rest.iter().position(|b| *b == 0) {
+        None if rest.is_empty() => None,
+        None => return Err(corrupt()),
+        Some(at) => {
+            let id = String::from_utf8_lossy(&rest[..at]).into_owned();
+            Some(snapshots::parse_record(&id, rest[at + 1..].to_vec()))
+        }
+    };
+    Ok(Known {
+        config,
+        last_record,
+    })
 }
 
 fn record_last_backup(ctx: &Context, snapshot: &str) -> Result<()> {
@@ -603,6 +671,40 @@ mod tests {
         let args = rsync_args(&plan);
         assert!(!args.iter().any(|a| a == "-P" || a.starts_with("--partial")));
         insta::assert_debug_snapshot!(args);
+    }
+
+    /// The preflight script as a server's sh runs it, on an empty target and
+    /// on one with a config and two records.
+    #[test]
+    fn preflight_script_on_a_real_shell() {
+        let root =
+            std::env::temp_dir().join(format!("ciphersync-preflight-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let run = || {
+            let script = crate::exec::Cmd::new("sh")
+                .arg("-c")
+                .arg(preflight_script())
+                .cwd(&root);
+            let mut out = script.run().unwrap();
+            assert!(out.success(), "{}", out.stderr);
+            parse_preflight(out.stdout_string().unwrap().into_bytes()).unwrap()
+        };
+        let empty = run();
+        assert!(empty.config.is_none() && empty.last_record.is_none());
+        for dir in [FILES, SNAPSHOTS, CHECKSUMS, RECORDS] {
+            assert!(root.join(dir).is_dir(), "{dir} not created");
+        }
+        std::fs::write(root.join("files/gocryptfs.conf"), "{\"conf\": 1}").unwrap();
+        let record = "ciphersync-record 1\nsnapshot 20261129T030000Z\n\nf 644 3 Ab\n";
+        std::fs::write(root.join("records/20261128T030000Z.rec"), "older").unwrap();
+        std::fs::write(root.join("records/20261129T030000Z.rec"), record).unwrap();
+        std::fs::write(root.join("records/.20261130T030000Z.rec.partial"), "half").unwrap();
+        let known = run();
+        assert_eq!(known.config.as_deref(), Some(&b"{\"conf\": 1}"[..]));
+        let last = known.last_record.unwrap().unwrap();
+        assert_eq!(last.snapshot, "20261129T030000Z");
+        assert_eq!(last.entries.len(), 1);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

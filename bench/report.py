@@ -1,0 +1,348 @@
+#!/usr/bin/env python3
+"""Turn bench/results/*.jsonl into docs/benchmarks.md and docs/benchmarks-*.png.
+
+    bench/report.py [RESULTS.jsonl ...]
+
+Without arguments it takes, for every (data set, delay) pair, the newest run
+in bench/results/. Tables give the median and the minimum of the repeats;
+ratios are of medians. bench/analysis.md (hand-written: profiles and
+recommendations) is appended to the document as it is.
+"""
+import glob
+import json
+import os
+import statistics
+import sys
+
+try:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+except ImportError:  # Debian's matplotlib lives in the system python
+    if sys.executable != "/usr/bin/python3" and os.path.exists("/usr/bin/python3"):
+        os.execv("/usr/bin/python3", ["/usr/bin/python3"] + sys.argv)
+    plt = None
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH)
+DOC = os.path.join(REPO, "docs", "benchmarks.md")
+TOOLS = ["cs-sshfs", "cs-rsync", "seed", "restic", "borg"]
+LABEL = {"cs-sshfs": "ciphersync (sshfs)", "cs-rsync": "ciphersync (rsync)", "seed": "seed pipeline",
+         "restic": "restic (sftp:)", "borg": "borg (ssh://)", "floor": "floor: cat via gocryptfs -reverse"}
+MAIN_COMM = {"cs-sshfs": "ciphersync", "cs-rsync": "ciphersync", "restic": "restic", "borg": "borg"}
+SCENARIOS = [
+    ("backup_initial", "Initial backup"),
+    ("backup_nochange", "Backup, nothing changed"),
+    ("backup_changed", "Backup after 1% changed, 100 added, 100 deleted"),
+    ("verify_full", "Fast restore test, first run (ciphersync verify; seed sha1sum compare; restic check --read-data; borg check --verify-data)"),
+    ("verify_nochange", "Fast restore test again, nothing changed since the last one"),
+    ("verify_deep", "Deep test (ciphersync verify --deep: decrypt and compare with the source)"),
+    ("restore_full", "Full restore (then checked equal to the source)"),
+]
+
+
+def load(paths):
+    recs = []
+    for p in paths:
+        for line in open(p):
+            line = line.strip()
+            if line:
+                recs.append(json.loads(line))
+    return recs
+
+
+def pick_runs():
+    files = sorted(glob.glob(os.path.join(BENCH, "results", "*.jsonl")))
+    newest = {}
+    for f in files:
+        meta = next((r for r in load([f]) if r.get("scenario") == "meta"), None)
+        if not meta:
+            continue
+        m = meta["meta"]
+        newest[(m["set"], m["delay_ms"])] = f  # files sort by time
+    return [newest[k] for k in sorted(newest, key=lambda k: (k[1], k[0]))]
+
+
+def fmt_s(x):
+    if x is None:
+        return "–"
+    return "%.2f" % x if x < 10 else "%.1f" % x
+
+
+def fmt_b(n):
+    if n is None:
+        return "–"
+    for unit in ["B", "KB", "MB", "GB"]:
+        if n < 1024 or unit == "GB":
+            return ("%.0f %s" if unit == "B" else "%.1f %s") % (n, unit)
+        n /= 1024.0
+
+
+def ratio(a, b):
+    if a is None or not b:
+        return "–"
+    return "%.2f×" % (a / b)
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def mn(xs):
+    xs = [x for x in xs if x is not None]
+    return min(xs) if xs else None
+
+
+def summarise(recs):
+    """(tool, scenario) -> dict of medians/mins over successful repeats."""
+    out = {}
+    groups = {}
+    for r in recs:
+        if r.get("scenario") in ("meta", "restore_check", "init"):
+            continue
+        groups.setdefault((r["tool"], r["scenario"]), []).append(r)
+    for key, rs in groups.items():
+        ok = [r for r in rs if r["rc"] == 0]
+        comm = MAIN_COMM.get(key[0])
+
+        def rss(r):
+            peaks = r.get("peak_rss_kb") or {}
+            # the kernel keeps 15 characters of a name: "ciphersync-3469" etc.
+            mine = [v for k, v in peaks.items() if comm and k.startswith(comm[:15])]
+            if mine:
+                return max(mine)
+            return max(list(peaks.values()) + [r.get("maxrss_kb") or 0]) or None
+
+        out[key] = {
+            "n": len(rs), "ok": len(ok), "failed": [r.get("stderr_tail", "")[-200:] for r in rs if r["rc"] != 0],
+            "wall_med": med([r["wall_s"] for r in ok]), "wall_min": mn([r["wall_s"] for r in ok]),
+            "cpu_med": med([r["cpu_client_s"] for r in ok]), "srv_med": med([r["cpu_server_s"] for r in ok]),
+            "rss_med": med([rss(r) for r in ok]), "rss_max_all": max([rss(r) or 0 for r in rs]) or None, "wire_med": med([r.get("wire_bytes") for r in ok]),
+            "hashed": med([(r.get("stats") or {}).get("hashed") for r in ok]),
+            "transferred": med([(r.get("stats") or {}).get("transferred") for r in ok]),
+        }
+    return out
+
+
+def restore_checks(recs):
+    res = {}
+    for r in recs:
+        if r.get("scenario") == "restore_check":
+            res.setdefault(r["tool"], []).append(r["equal"])
+    return res
+
+
+def table(summary, sc, floor):
+    lines = [
+        "| tool | median s | min s | × seed | × restic | × borg | CPU s (client) | CPU s (server) | peak RSS | wire |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    base = {t: (summary.get((t, sc)) or {}).get("wall_med") for t in ("seed", "restic", "borg")}
+    for t in TOOLS:
+        s = summary.get((t, sc))
+        if not s:
+            continue
+        w = s["wall_med"]
+        extra = ""
+        if s["failed"]:
+            extra = " (%d of %d runs exited non-zero)" % (len(s["failed"]), s["n"])
+        if t.startswith("cs") and sc.startswith("verify") and s["hashed"] is not None:
+            extra += " (hashed locally: %d)" % s["hashed"]
+        lines.append("| %s%s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            LABEL[t], extra, fmt_s(w), fmt_s(s["wall_min"]),
+            ratio(w, base["seed"]) if t != "seed" else "1.00×", ratio(w, base["restic"]),
+            ratio(w, base["borg"]), fmt_s(s["cpu_med"]), fmt_s(s["srv_med"]),
+            fmt_b(s["rss_med"] * 1024) if s["rss_med"] else "–", fmt_b(s["wire_med"])))
+    if sc == "backup_initial" and floor:
+        lines.append("| *%s* | %s | %s | | | | %s | | | |" % (
+            LABEL["floor"], fmt_s(floor["wall_med"]), fmt_s(floor["wall_min"]), fmt_s(floor["cpu_med"])))
+    return "\n".join(lines)
+
+
+def targets(summary, floor, delay, set_name=None):
+    def w(t, sc):
+        return (summary.get((t, sc)) or {}).get("wall_med")
+
+    def wmin(t, sc):
+        return (summary.get((t, sc)) or {}).get("wall_min")
+
+    rows = []
+
+    def row(name, value, goal, ok):
+        rows.append("| %s | %s | %s | %s |" % (name, value, goal, "met" if ok else "**not met**"))
+
+    for t in ("cs-sshfs", "cs-rsync"):
+        v, s = w(t, "verify_nochange"), w("seed", "verify_nochange")
+        if v and s:
+            row("verify, no change (%s) vs seed compare" % LABEL[t], "%.1f× faster (%s s vs %s s)" % (s / v, fmt_s(v), fmt_s(s)), "≥ 5× faster", s / v >= 5)
+        v, s, r = w(t, "backup_nochange"), w("seed", "backup_nochange"), w("restic", "backup_nochange")
+        if v and s and r:
+            row("no-change backup (%s)" % LABEL[t], "%s s; %.2f× seed, %.2f× restic" % (fmt_s(v), v / s, v / r), "≤ 1× seed and ≤ 0.5× restic", v <= s and v <= r / 2)
+    v = w("cs-rsync", "backup_initial")
+    if v and floor and floor.get("wall_med"):
+        f = floor["wall_med"]
+        row("initial backup, rsync transport, vs cat floor", "%.2f× (%s s vs %s s; min %.2f×)" % (
+            v / f, fmt_s(v), fmt_s(f), wmin("cs-rsync", "backup_initial") / floor["wall_min"]), "≤ 1.3×", v / f <= 1.3)
+    if delay:
+        for t in ("cs-sshfs", "cs-rsync"):
+            v, r = w(t, "backup_initial"), w("restic", "backup_initial")
+            if v and r:
+                row("initial backup at %g ms RTT (%s) vs restic" % (2 * delay, LABEL[t]), "%.2f× (%s s vs %s s)" % (v / r, fmt_s(v), fmt_s(r)), "≤ 1×", v <= r)
+    if set_name == "SMALL":
+        for t in ("cs-sshfs", "cs-rsync"):
+            # every run counts here, also one that failed or found a mismatch
+            peaks = [(sc, d["rss_max_all"]) for (tt, sc), d in summary.items() if tt == t and d["rss_max_all"]]
+            if peaks:
+                sc, kb = max(peaks, key=lambda p: p[1])
+                row("peak RSS of ciphersync itself on SMALL (%s)" % LABEL[t], "%.1f MB (in %s)" % (kb / 1024, sc),
+                    "< 64 MB", kb < 64 * 1024)
+    if not rows:
+        return ""
+    return "| target (issue 6) | measured (medians) | goal | |\n|---|---|---|---|\n" + "\n".join(rows)
+
+
+def plot(summary, floor, title, path):
+    if plt is None:
+        return False
+    scs = [s for s, _ in SCENARIOS]
+    tools = [t for t in TOOLS if any((t, s) in summary for s in scs)]
+    fig, ax = plt.subplots(figsize=(11, 5.2), dpi=110)
+    width = 0.8 / max(1, len(tools))
+    colors = {"cs-sshfs": "#1f77b4", "cs-rsync": "#17becf", "seed": "#7f7f7f", "restic": "#ff7f0e", "borg": "#2ca02c"}
+    for i, t in enumerate(tools):
+        xs, ys, lo = [], [], []
+        for j, s in enumerate(scs):
+            d = summary.get((t, s))
+            if d and d["wall_med"] is not None:
+                xs.append(j + (i - (len(tools) - 1) / 2) * width)
+                ys.append(d["wall_med"])
+                lo.append(d["wall_med"] - d["wall_min"])
+        ax.bar(xs, ys, width, label=LABEL[t], color=colors.get(t), yerr=[lo, [0] * len(lo)], capsize=2)
+    if floor and floor.get("wall_med"):
+        ax.axhline(floor["wall_med"], color="red", linestyle="--", linewidth=1, label=LABEL["floor"])
+    ax.set_xticks(range(len(scs)))
+    ax.set_xticklabels([s.replace("_", "\n") for s in scs])
+    ax.set_ylabel("wall time, s (median; whisker down to min)")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(axis="y", which="both", alpha=0.3)
+    ax.legend(fontsize=8, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def main():
+    paths = sys.argv[1:] or pick_runs()
+    if not paths:
+        sys.exit("no results in bench/results/; run bench/run.sh first")
+    out = ["# Benchmarks", "",
+           "Generated by `bench/report.py` from `bench/results/*.jsonl` (written by `bench/run.sh`). "
+           "Do not edit by hand: the analysis section comes from `bench/analysis.md`.", "",
+           "## How to run", "",
+           "```sh",
+           "bench/run.sh                 # data set S (2,000 files, ~150 MB), 3 repeats, all tools",
+           "bench/run.sh S --delay-ms 10 -n 1   # through a proxy adding 10 ms each way (20 ms RTT)",
+           "bench/run.sh M               # 20,000 files in ~500 dirs, log-normal 1 KB..2 MB, ~1.5 GB",
+           "bench/run.sh SMALL           # 200,000 files of 0..4 KB (ciphersync's RSS target)",
+           "bench/run.sh SMALL --tools cs-rsync --scenarios verify_nochange -n 1   # just one tool",
+           "bench/report.py              # rewrite this file and the plots from the newest runs",
+           "bench/profile.sh S           # ciphersync --verbose, stage by stage: every spawn timed, CPU per process",
+           "bench/sshmux.sh 10           # cost of a fresh ssh connection vs one over a ControlMaster",
+           "bench/sshfs-workers.sh 10    # SFTP-only servers: 1, 4, 8 rsync workers over sshfs at 20 ms RTT",
+           "CSBENCH_BIN=/path/ciphersync bench/run.sh   # measure that binary instead of building target/release",
+           "```", "",
+           "On this (busy) 2-CPU machine: `S` takes about 3 minutes per repeat (9 for the default 3); "
+           "`S --delay-ms 10 -n 1` about an hour, nearly all of it the two sshfs pipelines (ciphersync's sshfs transport and the seed: ≈ 14 minutes each for the initial backup alone); `SMALL` for ciphersync "
+           "alone about 7 minutes (generating the 200,000 files once: 40 s). `M` was not run: expect "
+           "about 10× `S`.", "",
+           "Needs root (FUSE, cgroups, `unshare -n`), gocryptfs, sshfs, rsync, openssh-server, restic, "
+           "borgbackup, time (`/usr/bin/time`), iproute2; python3-matplotlib for the plots. "
+           "Data sets are generated once from a fixed seed (`bench/gen.py`) under "
+           "`/var/tmp/ciphersync-bench` and reused. Each tool gets a fresh copy of the source "
+           "(`cp -a`), a fresh empty remote, then: init (not reported), initial backup, "
+           "no-change backup, mutation (`gen.py mutate`: 1% of the files rewritten, 100 deleted, "
+           "100 added), backup, fast restore test twice, deep test (ciphersync only), full restore "
+           "into an empty directory, compared file by file (content, mode) with the source.", "",
+           "What is measured: **wall** time of the command; **CPU** of everything it started "
+           "(a cpuacct cgroup, so the gocryptfs and sshfs daemons count) and, separately, of "
+           "the server (sshd, sftp-server, rsync/sha1sum/borg serve on the server side); "
+           "**peak RSS** of the tool's own process (VmHWM sampled every 50 ms; for the seed "
+           "pipeline the largest process); **wire** = bytes on the loopback interface of the "
+           "benchmark's private network namespace (TCP payload and headers, both directions; "
+           "halved behind the delay proxy, which is crossed twice). The seed pipeline is "
+           "`bench/seed.sh`; ssh uses its default cipher there and for restic and borg, "
+           "ciphersync prefers AES-GCM. The throwaway sshd sets `SHLVL=1` for its sessions so that bash does "
+           "not source the account's `~/.bashrc` for remote commands (on this machine it runs `pyenv init`, "
+           "about 0.5 s per command under load; a backup account would not have it). restic and borg back up the plaintext source with "
+           "their default settings (borg `--encryption=repokey`, lz4). Everything runs on one "
+           "machine: client and server share the 2 CPUs, and the data set sits in the page "
+           "cache (warm runs).", ""]
+    for path in paths:
+        recs = load([path])
+        meta_r = next(r for r in recs if r.get("scenario") == "meta")
+        meta = meta_r["meta"]
+        summary = summarise(recs)
+        floor = summary.get(("floor", "floor_cat"))
+        checks = restore_checks(recs)
+        loads = [r for r in recs if r.get("scenario") == "meta"]
+        delay = meta["delay_ms"]
+        name = "%s%s" % (meta["set"], ", %g ms each way (%g ms RTT)" % (delay, 2 * delay) if delay else ", no added delay")
+        out += ["## Data set %s" % name, ""]
+        d = meta["data"]
+        out.append("Run `%s` (`%s`), %s, %d repeat(s). Data: %d files in %d dirs, %s sizes, about %s. "
+                   "Load average when it started: %s." % (
+                       meta_r["run_id"], os.path.relpath(path, REPO), meta["date"], meta["repeats"],
+                       d["files"], d["dirs"], d["model"], fmt_b(d["total"]) if d.get("total") else "0–4 KB each",
+                       " ".join(meta["loadavg_start"])))
+        la = sorted(r["loadavg"] for r in recs if r.get("loadavg") is not None)
+        if la:
+            out.append("")
+            out.append("**Other jobs were running on this %d-CPU machine during the run**: the 1-minute load "
+                       "average, sampled after every measurement, was %.1f median (%.1f–%.1f). Timings are "
+                       "therefore noisy; the *min* column is the closest to an idle machine, and CPU seconds "
+                       "are less affected than wall times." % (meta["nproc"], la[len(la) // 2], la[0], la[-1])
+                       if la[len(la) // 2] > 1.0 else "Load average during the run: %.1f median." % la[len(la) // 2])
+        out.append("")
+        out.append("Machine: %d CPUs, %s (SHA-NI: %s, AES-NI: %s), %.1f GB RAM, Linux %s." % (
+            meta["nproc"], meta["cpu"], "yes" if meta["sha_ni"] else "no", "yes" if meta["aes"] else "no",
+            meta["ram_gb"], meta["kernel"]))
+        out.append("")
+        v = meta["versions"]
+        if v.get("sshfs", "").startswith("fusermount3"):  # older runs took the wrong line
+            import subprocess
+            r = subprocess.run(["sshfs", "--version"], capture_output=True, text=True)
+            v["sshfs"] = next((l for l in (r.stdout + r.stderr).splitlines() if l.startswith("SSHFS")), v["sshfs"])
+        out.append("Versions: " + "; ".join("%s: `%s`" % (k, v) for k, v in meta["versions"].items()) + ".")
+        out.append("")
+        if "load_note" in meta_r:
+            out += [meta_r["load_note"], ""]
+        tg = targets(summary, floor, delay, meta["set"])
+        if tg:
+            out += ["### Targets", "", tg, ""]
+        for sc, title in SCENARIOS:
+            if not any((t, sc) in summary for t in TOOLS):
+                continue
+            out += ["### %s" % title, "", table(summary, sc, floor), ""]
+        if checks:
+            out.append("Restore equals source: " + ", ".join(
+                "%s %s" % (LABEL[t], "yes" if all(v) else "**no** (%d of %d)" % (v.count(False), len(v)))
+                for t, v in checks.items()) + ".")
+            out.append("")
+        png = "benchmarks-%s%s.png" % (meta["set"], "-d%g" % delay if delay else "")
+        if plot(summary, floor, "ciphersync benchmark, set %s" % name, os.path.join(REPO, "docs", png)):
+            out += ["![time per scenario per tool, %s](%s)" % (name, png), ""]
+    analysis = os.path.join(BENCH, "analysis.md")
+    if os.path.exists(analysis):
+        out += [open(analysis).read().rstrip(), ""]
+    os.makedirs(os.path.dirname(DOC), exist_ok=True)
+    with open(DOC, "w") as f:
+        f.write("\n".join(out))
+    print("wrote %s" % DOC, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

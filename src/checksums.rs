@@ -108,7 +108,8 @@ pub fn hash_tree(root: &Path, mut cache: Option<&mut Cache>) -> Result<Hashed> {
     })
 }
 
-fn walk_error(root: &Path, e: walkdir::Error) -> Error {
+/// A walk error naming the path it happened at.
+pub fn walk_error(root: &Path, e: walkdir::Error) -> Error {
     let at = e
         .path()
         .map(|p| p.display().to_string())

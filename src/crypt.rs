@@ -166,6 +166,14 @@ fn missing_config(job: &Job) -> Error {
     )
 }
 
+/// Before a stage mounts the source: the source must be there, then its
+/// config (checked second: a missing source also hides a config kept in it,
+/// and "run init" would be the wrong advice for an unmounted disk).
+pub fn check_ready(job: &Job) -> Result<()> {
+    check_source(job)?;
+    require_config(job)
+}
+
 pub fn require_config(job: &Job) -> Result<()> {
     if job.gocryptfs_config.exists() {
         Ok(())

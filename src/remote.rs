@@ -96,9 +96,8 @@ impl Ssh {
         let _ = self.control("exit");
         let _ = std::fs::remove_file(socket);
         let limit = Duration::from_secs(u64::from(CONNECT_TIMEOUT_S) * 3);
-        let out = Cmd::new("ssh")
-            .arg("-F")
-            .arg(&self.config_file)
+        let out = self
+            .base()
             .args(["-o", "ControlMaster=yes", "-f", "-N", "--", HOST_ALIAS])
             .timeout(limit)
             .run()
@@ -116,11 +115,14 @@ impl Ssh {
         Ok(())
     }
 
+    /// `ssh -F <our config>`: every ssh the helper starts begins so.
+    fn base(&self) -> Cmd {
+        Cmd::new("ssh").arg("-F").arg(&self.config_file)
+    }
+
     /// `ssh -O <command>` to the master (a cleanup: runs even after a signal).
     fn control(&self, command: &str) -> Result<Output> {
-        Cmd::new("ssh")
-            .arg("-F")
-            .arg(&self.config_file)
+        self.base()
             .args(["-O", command, "--", HOST_ALIAS])
             .cleanup()
             .timeout(Duration::from_secs(10))
@@ -147,12 +149,7 @@ impl Ssh {
     /// `ssh ... -- <remote shell command>`; the command is parsed by the
     /// server's shell, so every path in it goes through `shell_quote`.
     pub fn command(&self, remote_command: &str) -> Cmd {
-        Cmd::new("ssh")
-            .arg("-F")
-            .arg(&self.config_file)
-            .arg("--")
-            .arg(HOST_ALIAS)
-            .arg(remote_command)
+        self.base().arg("--").arg(HOST_ALIAS).arg(remote_command)
     }
 
     /// Runs a remote command; connection failures become one clear error.
@@ -449,23 +446,12 @@ impl Remote {
     /// to a temporary name first, so a broken link never leaves half a file
     /// under the real name.
     pub fn write_file_atomic(&self, rel: &str, bytes: &[u8]) -> Result<()> {
-        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-        let temp_rel = if dir.is_empty() {
-            format!(".{name}.partial")
-        } else {
-            format!("{dir}/.{name}.partial")
-        };
         match self {
-            Remote::Path { root, .. } => {
-                let (temp, target) = (root.join(&temp_rel), root.join(rel));
-                let mut file = File::create(&temp).ctx(|| format!("writing {}", temp.display()))?;
-                file.write_all(bytes)
-                    .and_then(|_| file.sync_all())
-                    .ctx(|| format!("writing {}", temp.display()))?;
-                std::fs::rename(&temp, &target)
-                    .ctx(|| format!("renaming into {}", target.display()))
-            }
+            Remote::Path { root, .. } => crate::status::write_atomic(&root.join(rel), bytes),
             Remote::Shell { ssh } => {
+                // The same temp name as status::write_atomic: `.name.tmp`.
+                let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+                let temp_rel = Path::new(dir).join(format!(".{name}.tmp"));
                 let (temp, target) = (
                     quote_path(&ssh.sftp.path.join(&temp_rel)),
                     quote_path(&ssh.sftp.path.join(rel)),
@@ -685,8 +671,7 @@ fn list_local_tree(dir: &Path) -> Result<Vec<TreeEntry>> {
     }
     for entry in walkdir::WalkDir::new(dir).min_depth(1).follow_links(false) {
         interrupt::check()?;
-        let entry =
-            entry.map_err(|e| Error::new(Kind::Io, format!("walking {}: {e}", dir.display())))?;
+        let entry = entry.map_err(|e| crate::checksums::walk_error(dir, e))?;
         let meta = entry.metadata().map_err(|e| {
             Error::new(Kind::Io, format!("reading {}: {e}", entry.path().display()))
         })?;
@@ -766,8 +751,7 @@ fn remove_dot_files(dir: &Path) -> Result<usize> {
     let mut removed = 0;
     for entry in walkdir::WalkDir::new(dir).min_depth(1) {
         interrupt::check()?;
-        let entry =
-            entry.map_err(|e| Error::new(Kind::Io, format!("walking {}: {e}", dir.display())))?;
+        let entry = entry.map_err(|e| crate::checksums::walk_error(dir, e))?;
         let is_temp =
             entry.file_name().to_string_lossy().starts_with('.') && entry.file_type().is_file();
         if is_temp {

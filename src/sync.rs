@@ -36,9 +36,7 @@ pub struct BackupOptions {
 
 pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
     let job = ctx.job;
-    // A missing source first: its absence also hides a config kept in it.
-    crypt::check_source(job)?;
-    crypt::require_config(job)?;
+    crypt::check_ready(job)?;
     let cipher_point = ctx.runtime("cipher");
     crate::mount::prepare_point(&cipher_point)?;
     let ctlsock = ctx.runtime("ctl.sock");

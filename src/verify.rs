@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::checksums::{self, Cache, Diff, List, Stamp};
 use crate::config::{Job, RemoteChecksums, Target};
 use crate::crypt::{self, PathDecryptor, REMOTE_CONFIG_NAME};
-use crate::error::{Error, IoContext, Kind, Result};
+use crate::error::{IoContext, Result};
 use crate::remote::{self, CHECKSUMS, FILES, Remote, Ssh, quote_path};
 use crate::run::{Context, Done};
 use crate::status::{self, Outcome};
@@ -30,9 +30,7 @@ const KEPT_CHECKSUM_RUNS: usize = 10;
 
 pub fn verify(ctx: &Context) -> Result<Done> {
     let job = ctx.job;
-    // A missing source first: its absence also hides a config kept in it.
-    crypt::check_source(job)?;
-    crypt::require_config(job)?;
+    crypt::check_ready(job)?;
     let cipher_point = ctx.runtime("cipher");
     crate::mount::prepare_point(&cipher_point)?;
     let ctlsock = ctx.runtime("ctl.sock");
@@ -67,11 +65,7 @@ pub fn verify(ctx: &Context) -> Result<Done> {
 
     let decryptor = PathDecryptor::new(&ctlsock);
     let name = |encrypted: &String| plaintext_name(&decryptor, encrypted);
-    let outcome = if diff.is_empty() {
-        Outcome::Ok
-    } else {
-        Outcome::Mismatch
-    };
+    let outcome = outcome_of(&diff);
     Ok(Done {
         outcome,
         stats: json!({
@@ -84,6 +78,14 @@ pub fn verify(ctx: &Context) -> Result<Done> {
             "changed": diff.changed.iter().map(name).collect::<Vec<_>>(),
         }),
     })
+}
+
+fn outcome_of(diff: &Diff) -> Outcome {
+    if diff.is_empty() {
+        Outcome::Ok
+    } else {
+        Outcome::Mismatch
+    }
 }
 
 fn needs_mount(job: &Job) -> bool {
@@ -247,9 +249,7 @@ fn plaintext_name(decryptor: &PathDecryptor, encrypted: &str) -> String {
 /// the source, file content and symlink targets alike.
 pub fn deep_verify(ctx: &Context) -> Result<Done> {
     let job = ctx.job;
-    // A missing source first: its absence also hides a config kept in it.
-    crypt::check_source(job)?;
-    crypt::require_config(job)?;
+    crypt::check_ready(job)?;
     let cipher_point = ctx.runtime("cipher");
     let plain_point = ctx.runtime("plain");
     crate::mount::prepare_point(&cipher_point)?;
@@ -259,11 +259,7 @@ pub fn deep_verify(ctx: &Context) -> Result<Done> {
     let report = compare_trees(&job.source, decrypted.point(), !job.exclude.is_empty())?;
     decrypted.unmount()?;
     view.unmount()?;
-    let outcome = if report.diff.is_empty() {
-        Outcome::Ok
-    } else {
-        Outcome::Mismatch
-    };
+    let outcome = outcome_of(&report.diff);
     Ok(Done {
         outcome,
         stats: json!({
@@ -345,8 +341,7 @@ fn entries(root: &Path) -> Result<std::collections::BTreeMap<String, EntryKind>>
     let mut map = std::collections::BTreeMap::new();
     for entry in walkdir::WalkDir::new(root).min_depth(1).follow_links(false) {
         interrupt::check()?;
-        let entry =
-            entry.map_err(|e| Error::new(Kind::Io, format!("walking {}: {e}", root.display())))?;
+        let entry = entry.map_err(|e| checksums::walk_error(root, e))?;
         let rel = checksums::relative(root, entry.path());
         if rel == ".gocryptfs.reverse.conf" {
             continue;

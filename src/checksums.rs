@@ -1,29 +1,57 @@
 //! sha1 lists: hashing a tree with several threads (with a cache keyed by
 //! file metadata), reading and writing the `sha1sum` format (including its
 //! escaped names), and comparing two lists.
+//!
+//! Lists are streamed, never held whole: a tree of 200,000 files is hashed
+//! into a file line by line, and the comparison keeps only an 8-byte key and
+//! the 20-byte sum of each remote file.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Condvar, Mutex, mpsc};
+use std::time::Duration;
 
 use sha1::{Digest, Sha1};
 
 use crate::error::{Error, IoContext, Kind, Result};
-use crate::interrupt;
+use crate::{interrupt, walk};
 
-pub type Sha1Hex = String;
-/// Relative path -> sha1 (lower-case hex), sorted by path.
-pub type List = BTreeMap<String, Sha1Hex>;
+/// A sha1 digest.
+pub type Sum = [u8; 20];
+
+pub fn to_hex(sum: &Sum) -> String {
+    sum.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn from_hex(text: &[u8]) -> Option<Sum> {
+    if text.len() != 40 {
+        return None;
+    }
+    let mut sum = [0u8; 20];
+    for (byte, pair) in sum.iter_mut().zip(text.chunks(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(sum)
+}
+
+/// A path stands for itself in the in-memory maps by 8 bytes of its sha1
+/// (200,000 paths: a chance of about 1e-9 that two share a key; a shared
+/// key can only make a file look changed, never hide a change).
+pub fn path_key(rel: &str) -> u64 {
+    let digest = Sha1::digest(rel.as_bytes());
+    u64::from_le_bytes(digest[..8].try_into().expect("sha1 has 20 bytes"))
+}
 
 /// What the cache needs to know a file has not changed since it was hashed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Stamp {
     pub size: u64,
-    pub mtime_ns: i128,
-    pub ctime_ns: i128,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
     pub ino: u64,
 }
 
@@ -31,211 +59,255 @@ impl Stamp {
     pub fn of(meta: &std::fs::Metadata) -> Stamp {
         Stamp {
             size: meta.len(),
-            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
-            ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
             ino: meta.ino(),
         }
     }
+
+    /// The last change of content or metadata, in ns since the epoch.
+    pub fn changed_ns(&self) -> i64 {
+        self.mtime_ns.max(self.ctime_ns)
+    }
 }
 
-/// A file found by the walk, waiting to be hashed.
-struct Pending {
-    rel: String,
-    path: PathBuf,
-    stamp: Stamp,
-}
-
-/// The result of hashing a tree.
-pub struct Hashed {
-    pub list: List,
-    /// The stamp of every file, for telling which changed when.
-    pub stamps: HashMap<String, Stamp>,
-    /// How many files were read (the rest came from the cache).
-    pub read: usize,
-    /// Files with more than one hard link. gocryptfs -reverse derives the
-    /// IVs of such a file from whichever of its paths a mount looked up
-    /// first, so their ciphertext differs between mounts.
-    pub hardlinked: BTreeSet<String>,
+/// One file of a hashed tree, as `hash_tree` hands it on.
+pub struct FileSum {
+    pub rel: String,
+    pub stamp: Stamp,
+    pub sum: Sum,
+    /// Read now (false: the sum came from the cache).
+    pub read: bool,
+    /// More than one hard link. gocryptfs -reverse derives the IVs of such
+    /// a file from whichever of its paths a mount looked up first, so its
+    /// ciphertext differs between mounts.
+    pub hardlinked: bool,
 }
 
 /// Hashes every regular file below `root` (symlinks and directories are not
-/// hashed, as with `find -type f | sha1sum`). With a cache, files whose stamp
-/// is unchanged are not read again; the cache is updated in place.
-pub fn hash_tree(root: &Path, mut cache: Option<&mut Cache>) -> Result<Hashed> {
-    let mut list = List::new();
-    let mut stamps = HashMap::new();
-    let mut hardlinked = BTreeSet::new();
-    let mut todo = Vec::new();
-    for entry in walkdir::WalkDir::new(root).min_depth(1).follow_links(false) {
-        interrupt::check()?;
-        let entry = entry.map_err(|e| walk_error(root, e))?;
-        if !entry.file_type().is_file() {
-            continue;
-        }
-        let rel = relative(root, entry.path());
-        let meta = entry.metadata().map_err(|e| walk_error(root, e))?;
-        let stamp = Stamp::of(&meta);
-        stamps.insert(rel.clone(), stamp);
-        if meta.nlink() > 1 {
-            hardlinked.insert(rel.clone());
-        }
-        match cache.as_deref().and_then(|c| c.lookup(&rel, stamp)) {
-            Some(sum) => {
-                list.insert(rel, sum.to_string());
+/// hashed, as with `find -type f | sha1sum`) and hands them to `sink` in the
+/// order of `walk::sorted`. With a cache, files whose stamp is unchanged are
+/// not read again.
+pub fn hash_tree(
+    root: &Path,
+    cache: Option<&Cache>,
+    mut sink: impl FnMut(FileSum) -> Result<()> + Send,
+) -> Result<()> {
+    struct Found {
+        rel: String,
+        path: PathBuf,
+        stamp: Stamp,
+        hardlinked: bool,
+        cached: Option<Sum>,
+    }
+    parallel_ordered(
+        |submit| {
+            for entry in walk::sorted(root) {
+                let entry = entry.map_err(|e| walk::error(root, e))?;
+                if !entry.file_type().is_file() {
+                    continue;
+                }
+                let meta = entry.metadata().map_err(|e| walk::error(root, e))?;
+                let rel = walk::relative(root, entry.path());
+                let stamp = Stamp::of(&meta);
+                let cached = cache.and_then(|c| c.lookup(&rel, stamp));
+                submit(Found {
+                    path: entry.into_path(),
+                    rel,
+                    stamp,
+                    hardlinked: meta.nlink() > 1,
+                    cached,
+                })?;
             }
-            None => todo.push(Pending {
-                rel,
-                path: entry.path().to_owned(),
-                stamp,
-            }),
-        }
-    }
-    let read = todo.len();
-    for (pending, sum) in hash_files_parallel(todo)? {
-        if let Some(c) = cache.as_deref_mut() {
-            c.insert(&pending.rel, pending.stamp, &sum);
-        }
-        list.insert(pending.rel, sum);
-    }
-    if let Some(c) = cache {
-        c.retain(|rel| list.contains_key(rel));
-    }
-    Ok(Hashed {
-        list,
-        stamps,
-        read,
-        hardlinked,
-    })
-}
-
-/// A walk error naming the path it happened at.
-pub fn walk_error(root: &Path, e: walkdir::Error) -> Error {
-    let at = e
-        .path()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| root.display().to_string());
-    Error::new(
-        Kind::Io,
-        format!(
-            "reading {at}: {}",
-            e.io_error().map(|e| e.to_string()).unwrap_or_default()
-        ),
+            Ok(())
+        },
+        |found| match found.cached {
+            Some(sum) => Ok(sum),
+            None => hash_file(&found.path),
+        },
+        |found, sum| {
+            sink(FileSum {
+                read: found.cached.is_none(),
+                rel: found.rel,
+                stamp: found.stamp,
+                sum,
+                hardlinked: found.hardlinked,
+            })
+        },
     )
 }
 
-pub fn relative(root: &Path, path: &Path) -> String {
-    path.strip_prefix(root)
-        .unwrap_or(path)
-        .to_string_lossy()
-        .into_owned()
-}
+/// How many items may be between the walk and the sink at once.
+const WINDOW: usize = 1024;
 
-/// Hashes the named files (relative to `root`) with the worker pool.
-pub fn hash_files(root: &Path, rels: &[String]) -> Result<List> {
-    let todo = rels
-        .iter()
-        .map(|rel| Pending {
-            rel: rel.clone(),
-            path: root.join(rel),
-            stamp: Stamp::default(),
-        })
-        .collect();
-    Ok(hash_files_parallel(todo)?
-        .into_iter()
-        .map(|(p, sum)| (p.rel, sum))
-        .collect())
-}
-
-/// Reading through FUSE (gocryptfs decrypts or encrypts on read) is CPU and
-/// latency bound: several threads keep the cores and the daemon busy.
-fn hash_files_parallel(todo: Vec<Pending>) -> Result<Vec<(Pending, Sha1Hex)>> {
+/// Runs `work` on every item that `produce` submits, on several threads
+/// (reading through FUSE is CPU and latency bound: one reader would leave
+/// the cores and the daemon idle), and hands the results to `sink` in the
+/// order the items were submitted. At most WINDOW items are in flight, so
+/// memory does not grow with the tree. The first error stops everything.
+pub fn parallel_ordered<T: Send, R: Send>(
+    produce: impl FnOnce(&mut dyn FnMut(T) -> Result<()>) -> Result<()>,
+    work: impl Fn(&T) -> Result<R> + Sync,
+    sink: impl FnMut(T, R) -> Result<()> + Send,
+) -> Result<()> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
         .clamp(2, 8);
-    let queue = Mutex::new(todo.into_iter());
-    let results = Mutex::new(Vec::new());
-    let failure: Mutex<Option<Error>> = Mutex::new(None);
+    let stop = AtomicBool::new(false);
+    let progress = Progress::default();
+    let (job_tx, job_rx) = mpsc::sync_channel::<(usize, T)>(threads * 2);
+    let job_rx = Mutex::new(job_rx);
+    let (done_tx, done_rx) = mpsc::channel::<(usize, T, Result<R>)>();
     std::thread::scope(|scope| {
         for _ in 0..threads {
-            scope.spawn(|| {
-                loop {
-                    if interrupt::requested() || failure.lock().unwrap().is_some() {
-                        return;
-                    }
-                    let Some(item) = queue.lock().unwrap().next() else {
-                        return;
-                    };
-                    match hash_file(&item.path) {
-                        Ok(sum) => results.lock().unwrap().push((item, sum)),
-                        Err(e) => {
-                            failure.lock().unwrap().get_or_insert(e);
-                            return;
-                        }
+            let (done_tx, job_rx, work, stop) = (done_tx.clone(), &job_rx, &work, &stop);
+            scope.spawn(move || {
+                // Drain the queue even when stopped, so a submit never blocks.
+                while let Ok((seq, item)) = job_rx.lock().unwrap().recv() {
+                    if !stop.load(Relaxed) {
+                        let result = work(&item);
+                        let _ = done_tx.send((seq, item, result));
                     }
                 }
             });
         }
-    });
-    interrupt::check()?;
-    if let Some(e) = failure.into_inner().unwrap() {
-        return Err(e);
-    }
-    Ok(results.into_inner().unwrap())
+        drop(done_tx);
+        let collector = scope.spawn(|| collect_in_order(done_rx, sink, &progress, &stop));
+        let produced = {
+            let mut seq = 0;
+            let mut submit = |item: T| -> Result<()> {
+                interrupt::check()?;
+                progress.wait_for_room(seq, &stop)?;
+                job_tx
+                    .send((seq, item))
+                    .map_err(|_| Error::new(Kind::Io, "the hashing threads stopped"))?;
+                seq += 1;
+                Ok(())
+            };
+            produce(&mut submit)
+        };
+        if produced.is_err() {
+            stop.store(true, Relaxed);
+        }
+        drop(job_tx);
+        let collected = collector.join().expect("the collector does not panic");
+        interrupt::check()?;
+        // The collector's error is the cause when it stopped the walk.
+        collected.and(produced)
+    })
 }
 
-pub fn hash_file(path: &Path) -> Result<Sha1Hex> {
+/// How many results the sink has taken, for the walk to wait on.
+#[derive(Default)]
+struct Progress {
+    taken: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl Progress {
+    fn wait_for_room(&self, seq: usize, stop: &AtomicBool) -> Result<()> {
+        let mut taken = self.taken.lock().unwrap();
+        while seq >= *taken + WINDOW && !stop.load(Relaxed) {
+            interrupt::check()?;
+            taken = self
+                .changed
+                .wait_timeout(taken, Duration::from_millis(100))
+                .unwrap()
+                .0;
+        }
+        if stop.load(Relaxed) {
+            return Err(Error::new(Kind::Io, "hashing stopped"));
+        }
+        Ok(())
+    }
+
+    fn advance(&self, taken: usize) {
+        *self.taken.lock().unwrap() = taken;
+        self.changed.notify_all();
+    }
+
+    fn stop(&self, stop: &AtomicBool) {
+        let _taken = self.taken.lock().unwrap();
+        stop.store(true, Relaxed);
+        self.changed.notify_all();
+    }
+}
+
+fn collect_in_order<T, R>(
+    done: mpsc::Receiver<(usize, T, Result<R>)>,
+    mut sink: impl FnMut(T, R) -> Result<()>,
+    progress: &Progress,
+    stop: &AtomicBool,
+) -> Result<()> {
+    let mut early = BTreeMap::new();
+    let mut next = 0;
+    let mut take = || -> Result<()> {
+        for (seq, item, result) in done.iter() {
+            early.insert(seq, (item, result));
+            while let Some((item, result)) = early.remove(&next) {
+                sink(item, result?)?;
+                next += 1;
+                progress.advance(next);
+            }
+        }
+        Ok(())
+    };
+    let result = take();
+    if result.is_err() {
+        progress.stop(stop);
+    }
+    result
+}
+
+pub fn hash_file(path: &Path) -> Result<Sum> {
     let mut file = File::open(path).ctx(|| format!("reading {}", path.display()))?;
     hash_reader(&mut file).ctx(|| format!("reading {}", path.display()))
 }
 
-pub fn hash_reader(reader: &mut impl Read) -> std::io::Result<Sha1Hex> {
+pub fn hash_reader(reader: &mut impl Read) -> std::io::Result<Sum> {
     let mut hasher = Sha1::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
+        if interrupt::requested() {
+            return Err(std::io::Error::other("interrupted"));
+        }
         let n = reader.read(&mut buf)?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hex(&hasher.finalize()))
+    Ok(hasher.finalize().into())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Parses `sha1sum` output. A line is `<40 hex>  <name>`; when the name
-/// holds a backslash, newline or CR, sha1sum prefixes the line with `\` and
-/// escapes them as `\\`, `\n`, `\r`. A leading `./` (from `find .`) is dropped.
-pub fn parse_sha1sum(reader: impl Read) -> Result<List> {
-    let mut list = List::new();
+/// Reads `sha1sum` output and hands on each (name, sum). A line is
+/// `<40 hex>  <name>`; when the name holds a backslash, newline or CR,
+/// sha1sum prefixes the line with `\` and escapes them as `\\`, `\n`, `\r`.
+/// A leading `./` (from `find .`) is dropped.
+pub fn read_list(reader: impl Read, mut each: impl FnMut(String, Sum) -> Result<()>) -> Result<()> {
     for (number, line) in BufReader::new(reader).split(b'\n').enumerate() {
         let line = line.map_err(|e| Error::io("reading a checksum list", e))?;
         if line.is_empty() {
             continue;
         }
-        let (sum, name) = parse_sha1sum_line(&line).ok_or_else(|| {
+        let (sum, name) = parse_line(&line).ok_or_else(|| {
             Error::new(
                 Kind::Corrupt,
                 format!("checksum list line {} is not sha1sum output", number + 1),
             )
         })?;
-        list.insert(name, sum);
+        each(name, sum)?;
     }
-    Ok(list)
+    Ok(())
 }
 
-fn parse_sha1sum_line(line: &[u8]) -> Option<(Sha1Hex, String)> {
+fn parse_line(line: &[u8]) -> Option<(Sum, String)> {
     let (escaped, line) = match line.first() {
         Some(b'\\') => (true, &line[1..]),
         _ => (false, line),
     };
-    let sum = std::str::from_utf8(line.get(..40)?).ok()?;
-    if !sum.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
+    let sum = from_hex(line.get(..40)?)?;
     // Two spaces (text mode) or space-star (binary mode) separate sum and name.
     let sep = line.get(40..42)?;
     if sep != b"  " && sep != b" *" {
@@ -249,7 +321,7 @@ fn parse_sha1sum_line(line: &[u8]) -> Option<(Sha1Hex, String)> {
     };
     let name = String::from_utf8_lossy(&name).into_owned();
     let name = name.strip_prefix("./").map(str::to_owned).unwrap_or(name);
-    (!name.is_empty()).then(|| (sum.to_ascii_lowercase(), name))
+    (!name.is_empty()).then_some((sum, name))
 }
 
 fn unescape_sha1sum(raw: &[u8]) -> Option<Vec<u8>> {
@@ -270,21 +342,19 @@ fn unescape_sha1sum(raw: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Writes a list in the format `sha1sum -c` reads back.
-pub fn format_sha1sum(list: &List) -> String {
-    let mut out = String::new();
-    for (name, sum) in list {
-        if name.contains(['\\', '\n', '\r']) {
-            let escaped = name
-                .replace('\\', "\\\\")
-                .replace('\n', "\\n")
-                .replace('\r', "\\r");
-            out.push_str(&format!("\\{sum}  {escaped}\n"));
-        } else {
-            out.push_str(&format!("{sum}  {name}\n"));
-        }
+/// One line in the format `sha1sum -c` reads back, named `./<rel>` like the
+/// server's `find . | sha1sum`, so that the two stored lists diff cleanly.
+pub fn write_line(out: &mut impl Write, rel: &str, sum: &Sum) -> std::io::Result<()> {
+    let hex = to_hex(sum);
+    if rel.contains(['\\', '\n', '\r']) {
+        let escaped = rel
+            .replace('\\', "\\\\")
+            .replace('\n', "\\n")
+            .replace('\r', "\\r");
+        writeln!(out, "\\{hex}  ./{escaped}")
+    } else {
+        writeln!(out, "{hex}  ./{rel}")
     }
-    out
 }
 
 /// The differences between what we have and what the server has.
@@ -304,78 +374,97 @@ impl Diff {
     }
 }
 
-pub fn compare(local: &List, remote: &List) -> Diff {
+/// Compares two sha1sum lists. Only the remote one is held, as key and sum
+/// per file; its names are read again, from the file, for the few extras.
+pub fn compare(local: impl Read, remote: &mut File) -> Result<Diff> {
+    remote
+        .seek(SeekFrom::Start(0))
+        .ctx(|| "rewinding the remote list")?;
+    let mut theirs: HashMap<u64, Sum> = HashMap::new();
+    read_list(&mut *remote, |name, sum| {
+        theirs.insert(path_key(&name), sum);
+        Ok(())
+    })?;
     let mut diff = Diff::default();
-    for (name, sum) in local {
-        match remote.get(name) {
-            None => diff.missing.push(name.clone()),
-            Some(other) if other != sum => diff.changed.push(name.clone()),
+    read_list(local, |name, sum| {
+        match theirs.remove(&path_key(&name)) {
+            None => diff.missing.push(name),
+            Some(other) if other != sum => diff.changed.push(name),
             Some(_) => {}
         }
+        Ok(())
+    })?;
+    if !theirs.is_empty() {
+        let extra: HashSet<u64> = theirs.into_keys().collect();
+        remote
+            .seek(SeekFrom::Start(0))
+            .ctx(|| "rewinding the remote list")?;
+        read_list(&mut *remote, |name, _| {
+            if extra.contains(&path_key(&name)) {
+                diff.extra.push(name);
+            }
+            Ok(())
+        })?;
     }
-    diff.extra = remote
-        .keys()
-        .filter(|name| !local.contains_key(*name))
-        .cloned()
-        .collect();
-    diff
+    Ok(diff)
 }
 
 /// Local encrypted sha1s from earlier runs, so an unchanged file is not read
 /// again: the ciphertext of a reverse view depends only on the encrypted path
 /// and the content, and the stamp tells when the content may have changed.
 /// Stored as tab-separated lines: sha1, size, mtime_ns, ctime_ns, ino, path
-/// (path escaped like sha1sum's).
+/// (path escaped like sha1sum's). In memory: 8-byte path key, stamp and sum.
 #[derive(Default)]
 pub struct Cache {
-    entries: HashMap<String, (Stamp, Sha1Hex)>,
+    entries: HashMap<u64, (Stamp, Sum)>,
 }
 
 impl Cache {
     pub fn load(path: &Path) -> Cache {
         // A missing or damaged cache only costs time: start empty.
-        let Ok(text) = std::fs::read_to_string(path) else {
+        let Ok(file) = File::open(path) else {
             return Cache::default();
         };
-        let entries = text.lines().filter_map(parse_cache_line).collect();
+        let entries = BufReader::new(file)
+            .lines()
+            .map_while(|line| line.ok())
+            .filter_map(|line| parse_cache_line(&line))
+            .map(|(rel, entry)| (path_key(&rel), entry))
+            .collect();
         Cache { entries }
     }
 
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let mut text = String::new();
-        for (rel, (s, sum)) in &self.entries {
-            let name = rel
-                .replace('\\', "\\\\")
-                .replace('\n', "\\n")
-                .replace('\t', "\\t");
-            text.push_str(&format!(
-                "{sum}\t{}\t{}\t{}\t{}\t{name}\n",
-                s.size, s.mtime_ns, s.ctime_ns, s.ino
-            ));
-        }
-        crate::status::write_atomic(path, text.as_bytes())
-    }
-
-    fn lookup(&self, rel: &str, stamp: Stamp) -> Option<&str> {
+    fn lookup(&self, rel: &str, stamp: Stamp) -> Option<Sum> {
         self.entries
-            .get(rel)
+            .get(&path_key(rel))
             .filter(|(s, _)| *s == stamp)
-            .map(|(_, sum)| sum.as_str())
-    }
-
-    fn insert(&mut self, rel: &str, stamp: Stamp, sum: &str) {
-        self.entries
-            .insert(rel.to_string(), (stamp, sum.to_string()));
-    }
-
-    fn retain(&mut self, keep: impl Fn(&str) -> bool) {
-        self.entries.retain(|rel, _| keep(rel));
+            .map(|(_, sum)| *sum)
     }
 }
 
-fn parse_cache_line(line: &str) -> Option<(String, (Stamp, Sha1Hex))> {
+/// One line of the cache file; a new cache is written line by line while
+/// a tree is hashed.
+pub fn write_cache_line(out: &mut impl Write, file: &FileSum) -> std::io::Result<()> {
+    let name = file
+        .rel
+        .replace('\\', "\\\\")
+        .replace('\n', "\\n")
+        .replace('\t', "\\t");
+    let s = &file.stamp;
+    writeln!(
+        out,
+        "{}\t{}\t{}\t{}\t{}\t{name}",
+        to_hex(&file.sum),
+        s.size,
+        s.mtime_ns,
+        s.ctime_ns,
+        s.ino
+    )
+}
+
+fn parse_cache_line(line: &str) -> Option<(String, (Stamp, Sum))> {
     let mut fields = line.splitn(6, '\t');
-    let sum = fields.next()?.to_string();
+    let sum = from_hex(fields.next()?.as_bytes())?;
     let stamp = Stamp {
         size: fields.next()?.parse().ok()?,
         mtime_ns: fields.next()?.parse().ok()?,
@@ -396,7 +485,7 @@ fn parse_cache_line(line: &str) -> Option<(String, (Stamp, Sha1Hex))> {
             (c, false) => c,
         });
     }
-    (sum.len() == 40).then_some((rel, (stamp, sum)))
+    Some((rel, (stamp, sum)))
 }
 
 #[cfg(test)]
@@ -406,10 +495,27 @@ mod tests {
     const A: &str = "a9993e364706816aba3e25717850c26c9cd0d89d";
     const B: &str = "da39a3ee5e6b4b0d3255bfef95601890afd80709";
 
+    fn sum(hex: &str) -> Sum {
+        from_hex(hex.as_bytes()).unwrap()
+    }
+
+    fn collect(text: &[u8]) -> Result<BTreeMap<String, String>> {
+        let mut list = BTreeMap::new();
+        read_list(text, |name, sum| {
+            list.insert(name, to_hex(&sum));
+            Ok(())
+        })?;
+        Ok(list)
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("ciphersync-{name}-{}", std::process::id()))
+    }
+
     #[test]
     fn parses_plain_and_escaped_names() {
         let text = format!("{A}  ./plain name\n\\{B}  ./back\\\\slash\\nnew line\n{B} *binary\n");
-        let list = parse_sha1sum(text.as_bytes()).unwrap();
+        let list = collect(text.as_bytes()).unwrap();
         assert_eq!(list.get("plain name").map(String::as_str), Some(A));
         assert_eq!(
             list.get("back\\slash\nnew line").map(String::as_str),
@@ -418,9 +524,11 @@ mod tests {
         assert_eq!(list.get("binary").map(String::as_str), Some(B));
     }
 
+    /// Our hashing and our list format agree with coreutils' sha1sum, odd
+    /// names included, and the list comes out sorted by path bytes.
     #[test]
     fn real_sha1sum_output_round_trips() {
-        let dir = std::env::temp_dir().join(format!("ciphersync-sha1sum-{}", std::process::id()));
+        let dir = temp("sha1sum");
         std::fs::create_dir_all(&dir).unwrap();
         let names = ["plain", "with space", "back\\slash", "new\nline", "ünïcödé"];
         for (i, name) in names.iter().enumerate() {
@@ -431,13 +539,18 @@ mod tests {
             .cwd(&dir)
             .run()
             .unwrap();
-        let parsed = parse_sha1sum(out.stdout_reader().unwrap()).unwrap();
-        let ours = hash_tree(&dir, None).unwrap().list;
-        assert_eq!(parsed, ours);
-        assert_eq!(
-            parse_sha1sum(format_sha1sum(&ours).as_bytes()).unwrap(),
-            ours
-        );
+        let theirs = collect(out.stdout_string().unwrap().as_bytes()).unwrap();
+        let mut written = Vec::new();
+        let mut order = Vec::new();
+        hash_tree(&dir, None, |f| {
+            order.push(f.rel.clone());
+            write_line(&mut written, &f.rel, &f.sum).map_err(|e| Error::io("test", e))
+        })
+        .unwrap();
+        assert_eq!(collect(&written).unwrap(), theirs);
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(order, sorted);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -449,39 +562,77 @@ mod tests {
             &format!("{A}name"),
             &format!("\\{A}  bad\\qescape"),
         ] {
-            assert!(parse_sha1sum(bad.as_bytes()).is_err(), "{bad}");
+            assert!(collect(bad.as_bytes()).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn compare_sorts_into_three_lists() {
-        let local: List = [("same", A), ("changed", A), ("missing", A)]
-            .map(|(k, v)| (k.into(), v.into()))
-            .into();
-        let remote: List = [("same", A), ("changed", B), ("extra", B)]
-            .map(|(k, v)| (k.into(), v.into()))
-            .into();
-        insta::assert_debug_snapshot!(compare(&local, &remote));
+        let local = format!("{A}  ./same\n{A}  ./changed\n{A}  ./missing\n");
+        let path = temp("compare");
+        std::fs::write(&path, format!("{B}  ./extra\n{B}  ./changed\n{A}  ./same\n")).unwrap();
+        let mut remote = File::open(&path).unwrap();
+        insta::assert_debug_snapshot!(compare(local.as_bytes(), &mut remote).unwrap());
+        std::fs::remove_file(path).unwrap();
     }
 
     #[test]
     fn cache_round_trips_odd_names() {
-        let stamp = Stamp {
-            size: 3,
-            mtime_ns: -5,
-            ctime_ns: 7,
-            ino: 9,
+        let file = FileSum {
+            rel: "tab\there\nand\\slash".into(),
+            stamp: Stamp {
+                size: 3,
+                mtime_ns: -5,
+                ctime_ns: 7,
+                ino: 9,
+            },
+            sum: sum(A),
+            read: true,
+            hardlinked: false,
         };
-        let mut cache = Cache::default();
-        cache.insert("tab\there\nand\\slash", stamp, A);
-        let path = std::env::temp_dir().join(format!("ciphersync-cache-{}", std::process::id()));
-        cache.save(&path).unwrap();
+        let path = temp("cache");
+        let mut text = Vec::new();
+        write_cache_line(&mut text, &file).unwrap();
+        std::fs::write(&path, text).unwrap();
         let loaded = Cache::load(&path);
-        assert_eq!(loaded.lookup("tab\there\nand\\slash", stamp), Some(A));
-        assert_eq!(
-            loaded.lookup("tab\there\nand\\slash", Stamp { size: 4, ..stamp }),
-            None
-        );
+        assert_eq!(loaded.lookup(&file.rel, file.stamp), Some(sum(A)));
+        let resized = Stamp {
+            size: 4,
+            ..file.stamp
+        };
+        assert_eq!(loaded.lookup(&file.rel, resized), None);
         std::fs::remove_file(path).unwrap();
+    }
+
+    /// Results reach the sink in submission order although the work takes
+    /// longer for early items, and an error in the work stops the run.
+    #[test]
+    fn the_pool_keeps_order_and_stops_on_error() {
+        let mut seen = Vec::new();
+        parallel_ordered(
+            |submit| (0..3000u64).try_for_each(&mut *submit),
+            |i| {
+                if i % 500 == 0 {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(i * 2)
+            },
+            |i, doubled| {
+                seen.push((i, doubled));
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(seen, (0..3000).map(|i| (i, i * 2)).collect::<Vec<_>>());
+
+        let failed = parallel_ordered(
+            |submit| (0..100_000u64).try_for_each(&mut *submit),
+            |i| match i {
+                1234 => Err(Error::new(Kind::Io, "broken file 1234")),
+                _ => Ok(()),
+            },
+            |_, _| Ok(()),
+        );
+        assert!(failed.unwrap_err().message.contains("broken file 1234"));
     }
 }

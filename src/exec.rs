@@ -30,6 +30,7 @@ pub struct Cmd {
     tool: &'static str,
     args: Vec<OsString>,
     stdin: Option<File>,
+    stdout: Option<File>,
     cwd: Option<PathBuf>,
     timeout: Option<Duration>,
     /// Cleanup commands (unmounts) must run to their end even after a
@@ -62,6 +63,12 @@ impl Output {
             .seek(SeekFrom::Start(0))
             .map_err(|e| Error::io("rewinding tool output", e))?;
         Ok(&mut self.stdout)
+    }
+
+    /// The stdout file itself, rewound.
+    pub fn into_stdout(mut self) -> Result<File> {
+        self.stdout_reader()?;
+        Ok(self.stdout)
     }
 
     pub fn stdout_string(&mut self) -> Result<String> {
@@ -108,6 +115,7 @@ impl Cmd {
             tool,
             args: Vec::new(),
             stdin: None,
+            stdout: None,
             cwd: None,
             timeout: None,
             cleanup: false,
@@ -131,6 +139,13 @@ impl Cmd {
 
     pub fn stdin(mut self, file: File) -> Cmd {
         self.stdin = Some(file);
+        self
+    }
+
+    /// Sends stdout to this file (see `scratch_file`) instead of memory:
+    /// for output that grows with the number of files.
+    pub fn stdout_to(mut self, file: File) -> Cmd {
+        self.stdout = Some(file);
         self
     }
 
@@ -166,7 +181,10 @@ impl Cmd {
     /// (callers decide, e.g. rsync's 24 is fine): use `Output::check`.
     pub fn run(self) -> Result<Output> {
         log::debug(|| format!("run: {}", self.display()));
-        let stdout = anonymous_file(self.tool, "stdout")?;
+        let stdout = match self.stdout {
+            Some(file) => file,
+            None => anonymous_file(self.tool, "stdout")?,
+        };
         let stderr = anonymous_file(self.tool, "stderr")?;
         let mut command = Command::new(self.tool);
         command
@@ -193,6 +211,21 @@ impl Cmd {
             stderr,
         })
     }
+}
+
+/// A nameless file on disk in `dir` (created, then unlinked at once: a
+/// killed run leaves nothing behind), for large tool output and lists.
+pub fn scratch_file(dir: &std::path::Path, name: &str) -> Result<File> {
+    let path = dir.join(format!(".{name}.{}.scratch", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    std::fs::remove_file(&path).map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+    Ok(file)
 }
 
 fn anonymous_file(tool: &str, which: &str) -> Result<File> {

@@ -10,12 +10,11 @@
 //! the last backup started.
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 
+use crate::checksums::{Stamp, path_key};
 use crate::error::{Error, Kind, Result};
-use crate::interrupt;
-use crate::snapshots::Record;
+use crate::remote::TreeEntry;
+use crate::{interrupt, walk};
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct Estimate {
@@ -25,54 +24,56 @@ pub struct Estimate {
     pub moved: u64,
 }
 
-/// What the local view holds: path -> (size, newest of mtime/ctime in ns).
-pub type ViewIndex = HashMap<String, (u64, i128)>;
+/// What the local view holds: path key -> (size, newest of mtime/ctime in
+/// ns). Keys, not paths: 24 bytes a file however long its name.
+pub type ViewIndex = HashMap<u64, (u64, i64)>;
 
-pub fn index_view(view: &Path) -> Result<ViewIndex> {
+pub fn index_view(view: &std::path::Path) -> Result<ViewIndex> {
     let mut index = HashMap::new();
     for entry in walkdir::WalkDir::new(view).min_depth(1).follow_links(false) {
         interrupt::check()?;
-        let entry =
-            entry.map_err(|e| Error::new(Kind::Io, format!("walking the encrypted view: {e}")))?;
+        let entry = entry.map_err(|e| walk::error(view, e))?;
         if entry.file_type().is_dir() {
             continue;
         }
-        let meta = entry
-            .metadata()
-            .map_err(|e| Error::new(Kind::Io, format!("reading the encrypted view: {e}")))?;
-        let changed = (meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128)
-            .max(meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128);
+        let meta = entry.metadata().map_err(|e| walk::error(view, e))?;
+        let stamp = Stamp::of(&meta);
         index.insert(
-            crate::checksums::relative(view, entry.path()),
-            (meta.len(), changed),
+            path_key(&walk::relative(view, entry.path())),
+            (stamp.size, stamp.changed_ns()),
         );
     }
     Ok(index)
 }
 
-pub fn estimate(last: &Record, view: &ViewIndex, last_start_ns: Option<i128>) -> Estimate {
+/// Passes once over the last record's entries.
+pub fn estimate(
+    last: impl Iterator<Item = Result<TreeEntry>>,
+    view: &ViewIndex,
+    last_start_ns: Option<i128>,
+) -> Result<Estimate> {
     let mut estimate = Estimate {
         recorded: 0,
         moved: 0,
     };
-    // The user's files only: a directory's diriv follows the directory's
-    // mtime, and the config backup uploads is not in the view at all.
-    let counted = last
-        .entries
-        .iter()
-        .filter(|e| e.kind != 'd' && !crate::snapshots::is_gocryptfs_metadata(&e.path));
-    for entry in counted {
+    for entry in last {
+        let entry = entry?;
+        // The user's files only: a directory's diriv follows the directory's
+        // mtime, and the config backup uploads is not in the view at all.
+        if entry.kind == 'd' || crate::snapshots::is_gocryptfs_metadata(&entry.path) {
+            continue;
+        }
         estimate.recorded += 1;
-        let moved = match view.get(&entry.path) {
+        let moved = match view.get(&path_key(&entry.path)) {
             None => true,
             Some((size, changed)) => {
                 (entry.kind == 'f' && *size != entry.size)
-                    || last_start_ns.is_some_and(|start| *changed >= start)
+                    || last_start_ns.is_some_and(|start| i128::from(*changed) >= start)
             }
         };
         estimate.moved += u64::from(moved);
     }
-    estimate
+    Ok(estimate)
 }
 
 /// Refuses when the estimate is over `percent` of the recorded files.
@@ -97,48 +98,45 @@ pub fn check(job_name: &str, estimate: &Estimate, percent: u8) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::remote::TreeEntry;
 
-    fn record(paths: &[(&str, u64)]) -> Record {
-        Record {
-            snapshot: "20261129T030000Z".into(),
-            transferred: 0,
-            deleted: 0,
-            changed: 0,
-            entries: paths
-                .iter()
-                .map(|(p, size)| TreeEntry {
-                    kind: 'f',
-                    mode: 0o644,
-                    size: *size,
-                    path: p.to_string(),
-                })
-                .chain([TreeEntry {
-                    kind: 'd',
-                    mode: 0o755,
-                    size: 0,
-                    path: "dir".into(),
-                }])
-                .collect(),
-        }
+    fn record(paths: &[(&str, u64)]) -> Vec<TreeEntry> {
+        paths
+            .iter()
+            .map(|(p, size)| TreeEntry {
+                kind: 'f',
+                mode: 0o644,
+                size: *size,
+                path: p.to_string(),
+            })
+            .chain([TreeEntry {
+                kind: 'd',
+                mode: 0o755,
+                size: 0,
+                path: "dir".into(),
+            }])
+            .collect()
+    }
+
+    fn entries(record: &[TreeEntry]) -> impl Iterator<Item = Result<TreeEntry>> + '_ {
+        record.iter().cloned().map(Ok)
     }
 
     #[test]
     fn counts_deleted_resized_and_touched_files() {
         let last = record(&[("a", 1), ("b", 2), ("c", 3), ("d", 4)]);
         let view: ViewIndex = [("a", (1, 10)), ("b", (20, 10)), ("c", (3, 500))]
-            .map(|(k, v)| (k.to_string(), v))
+            .map(|(k, v)| (path_key(k), v))
             .into();
         // d is gone, b changed size, c was touched after the last start (100).
         assert_eq!(
-            estimate(&last, &view, Some(100)),
+            estimate(entries(&last), &view, Some(100)).unwrap(),
             Estimate {
                 recorded: 4,
                 moved: 3
             }
         );
         assert_eq!(
-            estimate(&last, &view, None),
+            estimate(entries(&last), &view, None).unwrap(),
             Estimate {
                 recorded: 4,
                 moved: 2

@@ -21,3 +21,4 @@ pub mod snapshots;
 pub mod status;
 pub mod sync;
 pub mod verify;
+pub mod walk;

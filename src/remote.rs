@@ -8,7 +8,7 @@
 //! file, and keepalives make a dead link fail in bounded time.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -446,22 +446,36 @@ impl Remote {
     /// to a temporary name first, so a broken link never leaves half a file
     /// under the real name.
     pub fn write_file_atomic(&self, rel: &str, bytes: &[u8]) -> Result<()> {
+        self.write_file_atomic_from(rel, memfd_with(bytes)?)
+    }
+
+    /// `write_file_atomic` with the content streamed from a file (read from
+    /// its start), for lists that grow with the number of files.
+    pub fn write_file_atomic_from(&self, rel: &str, mut content: File) -> Result<()> {
+        content
+            .seek(SeekFrom::Start(0))
+            .ctx(|| format!("rewinding the content of {rel}"))?;
         match self {
-            Remote::Path { root, .. } => crate::status::write_atomic(&root.join(rel), bytes),
+            Remote::Path { root, .. } => {
+                let path = root.join(rel);
+                let mut file = crate::status::AtomicFile::create(&path)?;
+                std::io::copy(&mut content, &mut file)
+                    .ctx(|| format!("writing {}", path.display()))?;
+                file.commit()
+            }
             Remote::Shell { ssh } => {
-                // The same temp name as status::write_atomic: `.name.tmp`.
+                // The same temp name as status::AtomicFile: `.name.tmp`.
                 let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
                 let temp_rel = Path::new(dir).join(format!(".{name}.tmp"));
                 let (temp, target) = (
                     quote_path(&ssh.sftp.path.join(&temp_rel)),
                     quote_path(&ssh.sftp.path.join(rel)),
                 );
-                let content = memfd_with(bytes)?;
                 let command = format!("cat > {temp} && mv -f -- {temp} {target}");
                 let out = ssh
                     .command(&command)
                     .stdin(content)
-                    .timeout(SHORT_COMMAND)
+                    .timeout(SHORT_COMMAND * 12)
                     .run()?;
                 if !out.success() {
                     return Err(remote_failure(ssh, &out, &format!("cannot write {rel}")));
@@ -592,17 +606,18 @@ impl Remote {
     }
 
     /// Runs a shell script in the target's root on the server and returns
-    /// its stdout, when a shell may be used; None otherwise (the caller then
-    /// does the same with single operations).
-    pub fn run_script(&self, script: &str, what: &str) -> Result<Option<Vec<u8>>> {
+    /// its stdout (written to `into`, rewound), when a shell may be used;
+    /// None otherwise (the caller then does the same without a shell).
+    pub fn run_script(&self, script: &str, what: &str, into: File) -> Result<Option<File>> {
         let Place::Shell(ssh) = self.place() else {
             return Ok(None);
         };
         let root = quote_path(&ssh.sftp.path);
-        let mut out = ssh
+        let out = ssh
             .command(&format!("cd {root} && sh"))
             .stdin(memfd_with(script.as_bytes())?)
-            .timeout(SHORT_COMMAND * 4)
+            .stdout_to(into)
+            .timeout(SHORT_COMMAND * 12)
             .run()?;
         if out.code() == Some(255) {
             return Err(ssh.connection_error(&out.stderr, what));
@@ -610,10 +625,7 @@ impl Remote {
         if !out.success() {
             return Err(remote_failure(ssh, &out, what));
         }
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(out.stdout_reader()?, &mut bytes)
-            .ctx(|| format!("reading the output of {what}"))?;
-        Ok(Some(bytes))
+        out.into_stdout().map(Some)
     }
 
     /// Copies files within the target (`from` -> `to`, both relative to the
@@ -671,7 +683,7 @@ fn list_local_tree(dir: &Path) -> Result<Vec<TreeEntry>> {
     }
     for entry in walkdir::WalkDir::new(dir).min_depth(1).follow_links(false) {
         interrupt::check()?;
-        let entry = entry.map_err(|e| crate::checksums::walk_error(dir, e))?;
+        let entry = entry.map_err(|e| crate::walk::error(dir, e))?;
         let meta = entry.metadata().map_err(|e| {
             Error::new(Kind::Io, format!("reading {}: {e}", entry.path().display()))
         })?;
@@ -689,7 +701,7 @@ fn list_local_tree(dir: &Path) -> Result<Vec<TreeEntry>> {
             kind,
             mode: meta.mode() & 0o7777,
             size: if t.is_file() { meta.len() } else { 0 },
-            path: crate::checksums::relative(dir, entry.path()),
+            path: crate::walk::relative(dir, entry.path()),
         });
     }
     Ok(entries)
@@ -751,7 +763,7 @@ fn remove_dot_files(dir: &Path) -> Result<usize> {
     let mut removed = 0;
     for entry in walkdir::WalkDir::new(dir).min_depth(1) {
         interrupt::check()?;
-        let entry = entry.map_err(|e| crate::checksums::walk_error(dir, e))?;
+        let entry = entry.map_err(|e| crate::walk::error(dir, e))?;
         let is_temp =
             entry.file_name().to_string_lossy().starts_with('.') && entry.file_type().is_file();
         if is_temp {
@@ -765,7 +777,6 @@ fn remove_dot_files(dir: &Path) -> Result<usize> {
 
 fn memfd_with(bytes: &[u8]) -> Result<File> {
     use nix::sys::memfd::{MFdFlags, memfd_create};
-    use std::io::{Seek, SeekFrom};
     let mut file = File::from(
         memfd_create("ciphersync-upload", MFdFlags::MFD_CLOEXEC)
             .map_err(|e| Error::new(Kind::Io, format!("memfd: {e}")))?,

@@ -28,17 +28,23 @@
 //! them written as `\\` and `\n`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use crate::config::{Filenames, Job, Retention};
 use crate::crypt::REMOTE_CONFIG_NAME;
-use crate::error::{Error, Kind, Result};
+use crate::error::{Error, IoContext, Kind, Result};
 use crate::remote::{FILES, RECORDS, Remote, SNAPSHOTS, TreeEntry};
-use crate::status::parse_snapshot_id;
+use crate::status::{AtomicFile, parse_snapshot_id};
+use crate::{interrupt, walk};
 
 const MAGIC: &str = "ciphersync-record 1";
 
-/// One run's record.
+/// One run's record, whole (restore and the tests); backup streams records
+/// with `RecordReader` instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub snapshot: String,
@@ -52,9 +58,7 @@ pub struct Record {
 impl Record {
     /// The user's files: gocryptfs' own files are not counted.
     fn user_files(&self) -> impl Iterator<Item = &TreeEntry> {
-        self.entries
-            .iter()
-            .filter(|e| e.kind == 'f' && !is_gocryptfs_metadata(&e.path))
+        self.entries.iter().filter(|e| is_user_file(e))
     }
 
     pub fn files(&self) -> u64 {
@@ -66,19 +70,19 @@ impl Record {
         self.user_files().map(|e| e.size).sum()
     }
 
+    #[cfg(test)]
     pub fn to_text(&self) -> String {
-        let mut text = format!(
-            "{MAGIC}\nsnapshot {}\nfiles {}\nbytes {}\ntransferred {}\ndeleted {}\nchanged {}\n\n",
-            self.snapshot,
-            self.files(),
-            self.bytes(),
-            self.transferred,
-            self.deleted,
-            self.changed
-        );
+        let header = Header {
+            snapshot: self.snapshot.clone(),
+            files: self.files(),
+            bytes: self.bytes(),
+            transferred: self.transferred,
+            deleted: self.deleted,
+            changed: self.changed,
+        };
+        let mut text = header.to_text();
         for e in &self.entries {
-            let path = e.path.replace('\\', "\\\\").replace('\n', "\\n");
-            text.push_str(&format!("{} {:o} {} {path}\n", e.kind, e.mode, e.size));
+            text.push_str(&entry_line(e));
         }
         text
     }
@@ -86,50 +90,141 @@ impl Record {
     /// Parses a record read back from the target; damage is an error that
     /// names the line, never a panic.
     pub fn parse(text: &str) -> Result<Record> {
-        let corrupt = |what: String| Error::new(Kind::Corrupt, format!("record: {what}"));
-        let mut lines = text.split('\n');
-        if lines.next() != Some(MAGIC) {
+        let mut reader = RecordReader::new(text.as_bytes())?;
+        let entries = reader.by_ref().collect::<Result<Vec<_>>>()?;
+        let h = reader.header;
+        Ok(Record {
+            snapshot: h.snapshot,
+            transferred: h.transferred,
+            deleted: h.deleted,
+            changed: h.changed,
+            entries,
+        })
+    }
+}
+
+fn is_user_file(e: &TreeEntry) -> bool {
+    e.kind == 'f' && !is_gocryptfs_metadata(&e.path)
+}
+
+/// The header of a record: the run and its counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Header {
+    pub snapshot: String,
+    /// The user's files after the run, and their encrypted bytes.
+    pub files: u64,
+    pub bytes: u64,
+    pub transferred: u64,
+    pub deleted: u64,
+    pub changed: u64,
+}
+
+impl Header {
+    fn to_text(&self) -> String {
+        format!(
+            "{MAGIC}\nsnapshot {}\nfiles {}\nbytes {}\ntransferred {}\ndeleted {}\nchanged {}\n\n",
+            self.snapshot, self.files, self.bytes, self.transferred, self.deleted, self.changed
+        )
+    }
+}
+
+/// One entry line: `<type> <octal mode> <size> <path>`, with `\` and
+/// newline in the path escaped.
+fn entry_line(e: &TreeEntry) -> String {
+    let path = e.path.replace('\\', "\\\\").replace('\n', "\\n");
+    format!("{} {:o} {} {path}\n", e.kind, e.mode, e.size)
+}
+
+/// A record read one entry at a time: a record has a line per file, and
+/// backup only needs to pass over it once.
+pub struct RecordReader<R> {
+    pub header: Header,
+    lines: std::io::Split<R>,
+    line: usize,
+}
+
+impl<R: BufRead> RecordReader<R> {
+    /// Reads the header; the entries follow as the iterator.
+    pub fn new(reader: R) -> Result<RecordReader<R>> {
+        let mut lines = reader.split(b'\n');
+        let mut next_line = || -> Result<Option<String>> {
+            match lines.next() {
+                None => Ok(None),
+                Some(line) => text_line(line.ctx(|| "reading a record")?).map(Some),
+            }
+        };
+        if next_line()?.as_deref() != Some(MAGIC) {
             return Err(corrupt(
                 "does not start with the ciphersync record header".into(),
             ));
         }
-        let mut header = BTreeMap::new();
-        for line in lines.by_ref() {
-            if line.is_empty() {
+        let mut fields = BTreeMap::new();
+        let mut line = 1;
+        while let Some(text) = next_line()? {
+            line += 1;
+            if text.is_empty() {
                 break;
             }
-            let (key, value) = line
+            let (key, value) = text
                 .split_once(' ')
-                .ok_or_else(|| corrupt(format!("bad header line {line:?}")))?;
-            header.insert(key.to_string(), value.to_string());
+                .ok_or_else(|| corrupt(format!("bad header line {text:?}")))?;
+            fields.insert(key.to_string(), value.to_string());
         }
-        let snapshot = header
+        let snapshot = fields
             .get("snapshot")
-            .filter(|s| parse_snapshot_id(s).is_some());
-        let snapshot = snapshot
+            .filter(|s| parse_snapshot_id(s).is_some())
             .ok_or_else(|| corrupt("no valid snapshot id".into()))?
             .clone();
         let number = |key: &str| {
-            header
+            fields
                 .get(key)
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0)
         };
-        let mut entries = Vec::new();
-        for (i, line) in lines.enumerate().filter(|(_, l)| !l.is_empty()) {
-            entries.push(
-                parse_entry(line)
-                    .ok_or_else(|| corrupt(format!("bad entry line {}: {line:?}", i + 1)))?,
-            );
-        }
-        Ok(Record {
+        let header = Header {
             snapshot,
+            files: number("files"),
+            bytes: number("bytes"),
             transferred: number("transferred"),
             deleted: number("deleted"),
             changed: number("changed"),
-            entries,
+        };
+        Ok(RecordReader {
+            header,
+            lines,
+            line,
         })
     }
+}
+
+impl<R: BufRead> Iterator for RecordReader<R> {
+    type Item = Result<TreeEntry>;
+
+    fn next(&mut self) -> Option<Result<TreeEntry>> {
+        loop {
+            let bytes = match self.lines.next()? {
+                Ok(bytes) => bytes,
+                Err(e) => return Some(Err(Error::io("reading a record", e))),
+            };
+            self.line += 1;
+            if bytes.is_empty() {
+                continue;
+            }
+            let number = self.line;
+            return Some(text_line(bytes).and_then(|text| {
+                parse_entry(&text)
+                    .ok_or_else(|| corrupt(format!("bad entry line {number}: {text:?}")))
+            }));
+        }
+    }
+}
+
+fn corrupt(what: String) -> Error {
+    Error::new(Kind::Corrupt, format!("record: {what}"))
+}
+
+fn text_line(bytes: Vec<u8>) -> Result<String> {
+    String::from_utf8(bytes).map_err(|_| corrupt("is not text".into()))
 }
 
 fn parse_entry(line: &str) -> Option<TreeEntry> {
@@ -184,47 +279,153 @@ pub fn record_path(id: &str) -> String {
 }
 
 /// Writes the record of run `snapshot` from a listing of files/ taken right
-/// after it. Written last and atomically: an unfinished run has no record.
-pub fn write_record(remote: &Remote, snapshot: &str, stats: &crate::sync::Stats) -> Result<Record> {
-    let mut entries = remote.list_tree(FILES)?;
-    entries.retain(|e| e.kind != '?' && !is_rsync_temp(&e.path));
-    entries.sort_by(|a, b| a.path.cmp(&b.path));
-    let record = Record {
+/// after it, and returns its header. Written last and atomically: an
+/// unfinished run has no record. Where the server's shell may be used the
+/// server lists, sorts and writes it (nothing crosses the wire); else the
+/// tree is walked through the mount or on the local target.
+pub fn write_record(
+    job: &Job,
+    remote: &Remote,
+    snapshot: &str,
+    stats: &crate::sync::Stats,
+) -> Result<Header> {
+    let mut header = Header {
         snapshot: snapshot.to_string(),
         transferred: stats.transferred,
         deleted: stats.deleted,
         changed: stats.changed,
-        entries,
+        ..Header::default()
     };
-    remote.write_file_atomic(&record_path(snapshot), record.to_text().as_bytes())?;
-    Ok(record)
+    // Encrypted names never start with a dot, so such a name is an rsync
+    // temp file; plaintext names may, and rsync has removed its temp files
+    // by the time a run writes its record.
+    let skip_dot_names = job.filenames == Filenames::Encrypted;
+    let script = record_script(&header, skip_dot_names);
+    let output = crate::exec::scratch_file(&job.state_dir, "record-counts")?;
+    if let Some(out) = remote.run_script(&script, "writing the run's record", output)? {
+        let text = std::io::read_to_string(out).ctx(|| "reading the record counts")?;
+        let mut counts = text.split_whitespace().map(|n| n.parse::<u64>());
+        match (counts.next(), counts.next()) {
+            (Some(Ok(files)), Some(Ok(bytes))) => (header.files, header.bytes) = (files, bytes),
+            _ => {
+                return Err(Error::new(
+                    Kind::Corrupt,
+                    format!("unexpected counts from the server after writing the record: {text:?}"),
+                ));
+            }
+        }
+        return Ok(header);
+    }
+    let root = remote
+        .local_root()
+        .expect("without a shell the target is a path");
+    write_record_by_walk(job, root, header, skip_dot_names)
 }
 
-fn is_rsync_temp(path: &str) -> bool {
-    path.rsplit('/')
-        .next()
-        .is_some_and(|name| name.starts_with('.'))
+/// The record written on the server: `find` lists files/, `sort` orders it
+/// (LC_ALL=C, on the path), `awk` counts the user's files; the script
+/// prints `<files> <bytes>`. Every step writes a file, so a failure is not
+/// hidden by a pipe.
+fn record_script(header: &Header, skip_dot_names: bool) -> String {
+    let id = &header.snapshot;
+    let dot_names = if skip_dot_names { "! -name '.*' " } else { "" };
+    let head = header.to_text().replace("\nfiles 0\nbytes 0\n", "\nfiles %s\nbytes %s\n");
+    let head = head.replace('\n', "\\n");
+    format!(
+        "set -e\nexport LC_ALL=C\ncd {FILES}\n\
+         tmp=../{RECORDS}/.{id}\n\
+         find . -mindepth 1 {dot_names}\\( -type f -printf '%y %m %s %P\\n' -o \\( -type d -o -type l \\) -printf '%y %m 0 %P\\n' \\) > \"$tmp.unsorted\"\n\
+         sort -t ' ' -k 4 \"$tmp.unsorted\" > \"$tmp.entries\"\n\
+         rm -f \"$tmp.unsorted\"\n\
+         counts=$(awk '$1 == \"f\" {{ n = $4; sub(/.*\\//, \"\", n); \
+         if (n == \"gocryptfs.diriv\" || $4 == \"{REMOTE_CONFIG_NAME}\" || n ~ /^gocryptfs[.]longname[.].*[.]name$/) next; \
+         files++; bytes += $3 }} END {{ printf \"%.0f %.0f\", files, bytes }}' \"$tmp.entries\")\n\
+         set -- $counts\n\
+         {{ printf '{head}' \"$1\" \"$2\"; cat \"$tmp.entries\"; }} > \"$tmp.rec.tmp\"\n\
+         rm -f \"$tmp.entries\"\n\
+         mv -f \"$tmp.rec.tmp\" ../{RECORDS}/{id}.rec\n\
+         echo \"$counts\"\n"
+    )
 }
 
+/// The record written from a walk of files/ on a path (the local target or
+/// the sshfs mount): entries to a scratch file, then header and entries.
+fn write_record_by_walk(
+    job: &Job,
+    root: &Path,
+    mut header: Header,
+    skip_dot_names: bool,
+) -> Result<Header> {
+    let files = root.join(FILES);
+    let mut entries = BufWriter::new(crate::exec::scratch_file(&job.state_dir, "record")?);
+    let write_error = |e: std::io::Error| Error::io("writing the record", e);
+    for entry in walk::sorted(&files) {
+        interrupt::check()?;
+        let entry = entry.map_err(|e| walk::error(&files, e))?;
+        let dot_name = entry.file_name().as_encoded_bytes().starts_with(b".");
+        let t = entry.file_type();
+        let kind = match (t.is_file(), t.is_dir(), t.is_symlink()) {
+            (true, _, _) => 'f',
+            (_, true, _) => 'd',
+            (_, _, true) => 'l',
+            _ => continue,
+        };
+        if skip_dot_names && dot_name {
+            continue;
+        }
+        let meta = entry.metadata().map_err(|e| walk::error(&files, e))?;
+        let tree_entry = TreeEntry {
+            kind,
+            mode: meta.mode() & 0o7777,
+            size: if kind == 'f' { meta.len() } else { 0 },
+            path: walk::relative(&files, entry.path()),
+        };
+        if is_user_file(&tree_entry) {
+            header.files += 1;
+            header.bytes += tree_entry.size;
+        }
+        entries
+            .write_all(entry_line(&tree_entry).as_bytes())
+            .map_err(write_error)?;
+    }
+    let mut entries = entries
+        .into_inner()
+        .map_err(|e| write_error(e.into_error()))?;
+    entries.seek(SeekFrom::Start(0)).map_err(write_error)?;
+    let mut record = AtomicFile::create(&root.join(record_path(&header.snapshot)))?;
+    record
+        .write_all(header.to_text().as_bytes())
+        .and_then(|_| std::io::copy(&mut entries, &mut record).map(|_| ()))
+        .map_err(write_error)?;
+    record.commit()?;
+    Ok(header)
+}
+
+/// A whole record, for restore and listing.
 pub fn read_record(remote: &Remote, id: &str) -> Result<Record> {
     let bytes = remote.read_file(&record_path(id))?.ok_or_else(|| {
         Error::usage(format!(
             "there is no snapshot {id} (see `ciphersync snapshots`)"
         ))
     })?;
-    parse_record(id, bytes)
-}
-
-/// A record's bytes as read from the target; damage names the record.
-pub fn parse_record(id: &str, bytes: Vec<u8>) -> Result<Record> {
     let text = String::from_utf8(bytes)
         .map_err(|_| Error::new(Kind::Corrupt, format!("record {id} is not text")))?;
-    Record::parse(&text).map_err(|e| {
-        Error::new(
-            Kind::Corrupt,
-            format!("{} ({})", e.message, record_path(id)),
-        )
-    })
+    Record::parse(&text).map_err(|e| name_record(e, id))
+}
+
+/// A record streamed from a file on a path target; the header is read.
+pub fn open_record(root: &Path, id: &str) -> Result<RecordReader<BufReader<File>>> {
+    let path = root.join(record_path(id));
+    let file = File::open(&path).ctx(|| format!("reading {}", path.display()))?;
+    RecordReader::new(BufReader::new(file)).map_err(|e| name_record(e, id))
+}
+
+/// Damage in a record names the record.
+pub fn name_record(e: Error, id: &str) -> Error {
+    Error::new(
+        Kind::Corrupt,
+        format!("{} ({})", e.message, record_path(id)),
+    )
 }
 
 /// Ids of all runs with a record, oldest first.

@@ -3,7 +3,7 @@
 //! never leaves a half-written status behind.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -127,19 +127,70 @@ pub fn record(state_dir: &Path, job: &str, stage: Stage, result: &StageResult) -
 
 /// temp file in the same directory, fsync, rename over, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let temp: PathBuf = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    let mut file = File::create(&temp).ctx(|| format!("writing {}", temp.display()))?;
+    let mut file = AtomicFile::create(path)?;
     file.write_all(bytes)
-        .and_then(|_| file.sync_all())
-        .ctx(|| format!("writing {}", temp.display()))?;
-    std::fs::rename(&temp, path).ctx(|| format!("replacing {}", path.display()))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .ctx(|| format!("syncing {}", dir.display()))
+        .ctx(|| format!("writing {}", file.temp.display()))?;
+    file.commit()
+}
+
+/// A file written in full under a temp name (`.name.tmp`) and then renamed
+/// over its real name: readers see the old file or the new one, never half
+/// of one. Dropped without `commit`, the temp file is removed.
+pub struct AtomicFile {
+    temp: PathBuf,
+    path: PathBuf,
+    out: Option<BufWriter<File>>,
+}
+
+impl AtomicFile {
+    pub fn create(path: &Path) -> Result<AtomicFile> {
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let temp = dir.join(format!(
+            ".{}.tmp",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        let file = File::create(&temp).ctx(|| format!("writing {}", temp.display()))?;
+        Ok(AtomicFile {
+            temp,
+            path: path.to_owned(),
+            out: Some(BufWriter::new(file)),
+        })
+    }
+
+    pub fn commit(mut self) -> Result<()> {
+        let out = self.out.take().expect("an uncommitted file has its writer");
+        let file = out
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .ctx(|| format!("writing {}", self.temp.display()))?;
+        file.sync_all()
+            .ctx(|| format!("writing {}", self.temp.display()))?;
+        drop(file);
+        std::fs::rename(&self.temp, &self.path)
+            .ctx(|| format!("replacing {}", self.path.display()))?;
+        let dir = self.path.parent().unwrap_or(Path::new("/"));
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .ctx(|| format!("syncing {}", dir.display()))
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.out.as_mut().expect("not committed").write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.as_mut().expect("not committed").flush()
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.out.take().is_some() {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
 }
 
 /// `2026-11-29T03:00:00Z`

@@ -2,6 +2,8 @@
 //! `<remote>/files/` with rsync, moving every replaced or deleted file into
 //! `<remote>/snapshots/<id>/`.
 
+use std::fs::File;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -46,7 +48,7 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
     )?;
     let max_delete_percent = options.max_delete_percent.unwrap_or(job.max_delete_percent);
     refuse_empty_view(job, view.point(), max_delete_percent)?;
-    let known = preflight(&remote)?;
+    let known = preflight(job, &remote)?;
     let incomplete = ctx.state(INCOMPLETE_MARKER);
     if incomplete.exists() {
         clean_after_killed_run(job, &remote)?;
@@ -72,9 +74,12 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
     stats.add(&repair);
 
     // Only a run that got this far claims a complete state: the snapshot dir
-    // is made self-contained, then the record is written, last.
-    snapshots::complete_snapshot_dir(job, &remote, &snapshot)?;
-    let record = snapshots::write_record(&remote, &snapshot, &stats)?;
+    // (if rsync made one) is made self-contained, then the record is
+    // written, last.
+    if stats.touched {
+        snapshots::complete_snapshot_dir(job, &remote, &snapshot)?;
+    }
+    let record = snapshots::write_record(job, &remote, &snapshot, &stats)?;
     record_last_backup(ctx, &snapshot)?;
     let _ = std::fs::remove_file(ctx.state(REPAIR_LIST));
     std::fs::remove_file(&incomplete).ctx(|| format!("removing {}", incomplete.display()))?;
@@ -82,14 +87,14 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
     Ok(Done {
         outcome: Outcome::Ok,
         stats: json!({
-            "files": record.files(),
+            "files": record.files,
             "transferred": stats.transferred,
             "bytes_transferred": stats.bytes_transferred,
             "deleted": stats.deleted,
             "changed": stats.changed,
             "repaired": repair.transferred,
             "snapshot": snapshot,
-            "bytes": record.bytes(),
+            "bytes": record.bytes,
             "pruned": pruned.snapshot_dirs,
         }),
     })
@@ -130,7 +135,7 @@ fn refuse_empty_view(job: &Job, view: &Path, max_delete_percent: u8) -> Result<(
 /// damaged last record only costs the guard, with a warning.
 fn guard_mass_changes(
     ctx: &Context,
-    last: Option<Result<snapshots::Record>>,
+    last: Option<Result<LastRecord>>,
     view: &Path,
     percent: u8,
 ) -> Result<()> {
@@ -146,7 +151,13 @@ fn guard_mass_changes(
         }
     };
     let index = guard::index_view(view)?;
-    let estimate = guard::estimate(&last, &index, last_backup_start_ns(&ctx.job.state_dir));
+    let estimate = match guard::estimate(last, &index, last_backup_start_ns(&ctx.job.state_dir)) {
+        Ok(estimate) => estimate,
+        Err(e) => {
+            log::warn(format!("deletion guard skipped: {e}"));
+            return Ok(());
+        }
+    };
     log::debug(|| format!("deletion guard: {estimate:?}"));
     guard::check(&ctx.job.name, &estimate, percent)
 }
@@ -197,26 +208,33 @@ fn ensure_remote_config(job: &Job, remote: &Remote, theirs: Option<Vec<u8>>) -> 
     }
 }
 
+/// The newest run's record, read as it is passed over.
+type LastRecord = snapshots::RecordReader<BufReader<File>>;
+
 /// What backup learns about the target before rsync runs.
 struct Known {
     /// files/gocryptfs.conf, if there is one.
     config: Option<Vec<u8>>,
     /// The newest run's record (an error if it is damaged), if any.
-    last_record: Option<Result<snapshots::Record>>,
+    last_record: Option<Result<LastRecord>>,
 }
 
 /// Creates the layout and reads the config in files/ and the newest record:
 /// one round trip where the server's shell may be used, else one operation
 /// at a time through the mount or on the local target.
-fn preflight(remote: &Remote) -> Result<Known> {
-    if let Some(out) = remote.run_script(&preflight_script(), "preparing the target")? {
+fn preflight(job: &Job, remote: &Remote) -> Result<Known> {
+    let output = crate::exec::scratch_file(&job.state_dir, "preflight")?;
+    if let Some(out) = remote.run_script(&preflight_script(), "preparing the target", output)? {
         return parse_preflight(out);
     }
     remote.ensure_layout()?;
     let config = remote.read_file(&format!("{FILES}/{REMOTE_CONFIG_NAME}"))?;
+    let root = remote
+        .local_root()
+        .expect("without a shell the target is a path");
     let last_record = snapshots::recorded_ids(remote)?
         .pop()
-        .map(|id| snapshots::read_record(remote, &id));
+        .map(|id| snapshots::open_record(root, &id));
     Ok(Known {
         config,
         last_record,
@@ -234,26 +252,32 @@ fn preflight_script() -> String {
 }
 
 /// `[C<config>] NUL [<id> NUL <record>]`, as the preflight script prints it.
-fn parse_preflight(out: Vec<u8>) -> Result<Known> {
+/// The record is left in the file, to be streamed.
+fn parse_preflight(out: File) -> Result<Known> {
     let corrupt = || {
         Error::new(
             Kind::Corrupt,
             "unexpected output from the server while preparing the target",
         )
     };
-    let split = out.iter().position(|b| *b == 0).ok_or_else(corrupt)?;
-    let config = match &out[..split] {
+    let mut out = BufReader::new(out);
+    let read_field = |out: &mut BufReader<File>| -> Result<Option<Vec<u8>>> {
+        let mut field = Vec::new();
+        out.read_until(0, &mut field)
+            .ctx(|| "reading the server's answer")?;
+        Ok(field.pop().filter(|end| *end == 0).map(|_| field))
+    };
+    let config = match read_field(&mut out)?.ok_or_else(corrupt)?.as_slice() {
         [] => None,
         [b'C', conf @ ..] => Some(conf.to_vec()),
         _ => return Err(corrupt()),
     };
-    let rest = &out[split + 1..];
-    let last_record = match rest.iter().position(|b| *b == 0) {
-        None if rest.is_empty() => None,
+    let last_record = match read_field(&mut out)? {
+        None if out.fill_buf().map(|b| b.is_empty()).unwrap_or(false) => None,
         None => return Err(corrupt()),
-        Some(at) => {
-            let id = String::from_utf8_lossy(&rest[..at]).into_owned();
-            Some(snapshots::parse_record(&id, rest[at + 1..].to_vec()))
+        Some(id) => {
+            let id = String::from_utf8_lossy(&id).into_owned();
+            Some(snapshots::RecordReader::new(out).map_err(|e| snapshots::name_record(e, &id)))
         }
     };
     Ok(Known {
@@ -340,6 +364,8 @@ pub struct Stats {
     pub deleted: u64,
     /// Files and symlinks created, changed (content or mode) or deleted.
     pub changed: u64,
+    /// See `Changes::touched`.
+    pub touched: bool,
 }
 
 struct Rsync<'a> {
@@ -360,7 +386,7 @@ impl Rsync<'_> {
             format!("--out-format={ITEMIZE_FORMAT}"),
         ]);
         let mut out = self.run(args)?;
-        let stats_text = out.stdout_string()?;
+        let stats = stats_from(out.stdout_reader()?)?;
         match out.code() {
             Some(0) => {}
             Some(RSYNC_VANISHED) => log::warn(format!(
@@ -381,7 +407,7 @@ impl Rsync<'_> {
             }
             _ => return Err(self.failure(&out)),
         }
-        Ok(stats_from(&stats_text))
+        Ok(stats)
     }
 
     fn repair(&self, files_from: &Path) -> Result<Stats> {
@@ -398,7 +424,7 @@ impl Rsync<'_> {
         if !(out.success() || out.code() == Some(RSYNC_VANISHED)) {
             return Err(self.failure(&out));
         }
-        Ok(stats_from(&out.stdout_string()?))
+        stats_from(out.stdout_reader()?)
     }
 
     fn common_args(&self) -> Vec<String> {
@@ -416,7 +442,9 @@ impl Rsync<'_> {
     fn run(&self, mut args: Vec<String>) -> Result<crate::exec::Output> {
         args.push(format!("{}/", self.source.display()));
         args.push(format!("{}/", self.remote.rsync_path(FILES)));
-        Cmd::new("rsync").args(args).run()
+        // One line per changed file: on disk, not in memory.
+        let output = crate::exec::scratch_file(&self.job.state_dir, "rsync-out")?;
+        Cmd::new("rsync").args(args).stdout_to(output).run()
     }
 
     fn failure(&self, out: &crate::exec::Output) -> Error {
@@ -537,8 +565,46 @@ pub fn rsync_args(plan: &RsyncPlan) -> Vec<String> {
 pub fn parse_stats(text: &str) -> Stats {
     let mut stats = Stats::default();
     for line in text.lines() {
+        stats.read_stats_line(line);
+    }
+    stats
+}
+
+const ITEMIZE_FORMAT: &str = "%i %n";
+
+/// rsync's byte figures with the file counts of the user's files, read line
+/// by line from rsync's stdout.
+fn stats_from(rsync_stdout: &mut File) -> Result<Stats> {
+    let mut stats = Stats::default();
+    let mut changes = Changes::default();
+    for line in BufReader::new(rsync_stdout).split(b'\n') {
+        let line = line.ctx(|| "reading rsync's output")?;
+        let line = String::from_utf8_lossy(&line);
+        stats.read_stats_line(&line);
+        changes.read_line(&line);
+    }
+    Ok(Stats {
+        transferred: changes.transferred,
+        deleted: changes.deleted,
+        changed: changes.changed,
+        touched: changes.touched,
+        ..stats
+    })
+}
+
+impl Stats {
+    /// Adds the figures of another rsync pass of the same run.
+    fn add(&mut self, other: &Stats) {
+        self.transferred += other.transferred;
+        self.bytes_transferred += other.bytes_transferred;
+        self.deleted += other.deleted;
+        self.changed += other.changed;
+        self.touched |= other.touched;
+    }
+
+    fn read_stats_line(&mut self, line: &str) {
         let Some((label, value)) = line.split_once(':') else {
-            continue;
+            return;
         };
         let number = |v: &str| -> u64 {
             v.split_whitespace()
@@ -551,40 +617,16 @@ pub fn parse_stats(text: &str) -> Stats {
         match label.trim() {
             // "Number of files: 5 (reg: 3, dir: 2)": we count regular files.
             "Number of files" => {
-                stats.files = value
+                self.files = value
                     .split_once("reg:")
                     .map(|(_, rest)| number(rest.trim_end_matches([')', ' '])))
                     .unwrap_or(0)
             }
-            "Number of regular files transferred" => stats.transferred = number(value),
-            "Number of deleted files" => stats.deleted = number(value),
-            "Total transferred file size" => stats.bytes_transferred = number(value),
+            "Number of regular files transferred" => self.transferred = number(value),
+            "Number of deleted files" => self.deleted = number(value),
+            "Total transferred file size" => self.bytes_transferred = number(value),
             _ => {}
         }
-    }
-    stats
-}
-
-const ITEMIZE_FORMAT: &str = "%i %n";
-
-/// rsync's byte figures with the file counts of the user's files.
-fn stats_from(rsync_stdout: &str) -> Stats {
-    let changes = parse_itemized(rsync_stdout);
-    Stats {
-        transferred: changes.transferred,
-        deleted: changes.deleted,
-        changed: changes.changed,
-        ..parse_stats(rsync_stdout)
-    }
-}
-
-impl Stats {
-    /// Adds the figures of another rsync pass of the same run.
-    fn add(&mut self, other: &Stats) {
-        self.transferred += other.transferred;
-        self.bytes_transferred += other.bytes_transferred;
-        self.deleted += other.deleted;
-        self.changed += other.changed;
     }
 }
 
@@ -595,6 +637,9 @@ pub struct Changes {
     pub transferred: u64,
     pub deleted: u64,
     pub changed: u64,
+    /// Anything created, replaced or deleted, gocryptfs' files included:
+    /// only then may rsync have made a snapshot dir.
+    pub touched: bool,
 }
 
 /// Reads the `%i %n` lines rsync prints (an 11-character change summary, a
@@ -602,26 +647,37 @@ pub struct Changes {
 pub fn parse_itemized(text: &str) -> Changes {
     let mut changes = Changes::default();
     for line in text.lines() {
-        let (Some(summary), Some(name)) = (line.get(..11), line.get(12..)) else {
-            continue;
-        };
-        if line.as_bytes().get(11) != Some(&b' ')
-            || name.ends_with('/')
-            || crate::snapshots::is_gocryptfs_metadata(name)
-        {
-            continue;
-        }
-        let kind = summary.as_bytes()[1];
-        if summary.starts_with("*deleting") {
-            changes.deleted += 1;
-        } else if !matches!(kind, b'f' | b'L') || !"<>ch.".contains(&summary[..1]) {
-            continue;
-        } else if summary.starts_with('>') && kind == b'f' {
-            changes.transferred += 1;
-        }
-        changes.changed += 1;
+        changes.read_line(line);
     }
     changes
+}
+
+impl Changes {
+    fn read_line(&mut self, line: &str) {
+        let (Some(summary), Some(name)) = (line.get(..11), line.get(12..)) else {
+            return;
+        };
+        if line.as_bytes().get(11) != Some(&b' ') {
+            return;
+        }
+        let deleting = summary.starts_with("*deleting");
+        let first = summary.as_bytes()[0];
+        if deleting || b"<>c".contains(&first) {
+            self.touched = true;
+        }
+        if name.ends_with('/') || crate::snapshots::is_gocryptfs_metadata(name) {
+            return;
+        }
+        let kind = summary.as_bytes()[1];
+        if deleting {
+            self.deleted += 1;
+        } else if !matches!(kind, b'f' | b'L') || !b"<>ch.".contains(&first) {
+            return;
+        } else if summary.starts_with('>') && kind == b'f' {
+            self.transferred += 1;
+        }
+        self.changed += 1;
+    }
 }
 
 /// Turns rsync's error lines into a message that names the files, decrypted
@@ -683,9 +739,9 @@ mod tests {
                 .arg("-c")
                 .arg(preflight_script())
                 .cwd(&root);
-            let mut out = script.run().unwrap();
+            let out = script.run().unwrap();
             assert!(out.success(), "{}", out.stderr);
-            parse_preflight(out.stdout_string().unwrap().into_bytes()).unwrap()
+            parse_preflight(out.into_stdout().unwrap()).unwrap()
         };
         let empty = run();
         assert!(empty.config.is_none() && empty.last_record.is_none());
@@ -699,9 +755,9 @@ mod tests {
         std::fs::write(root.join("records/.20261130T030000Z.rec.partial"), "half").unwrap();
         let known = run();
         assert_eq!(known.config.as_deref(), Some(&b"{\"conf\": 1}"[..]));
-        let last = known.last_record.unwrap().unwrap();
-        assert_eq!(last.snapshot, "20261129T030000Z");
-        assert_eq!(last.entries.len(), 1);
+        let mut last = known.last_record.unwrap().unwrap();
+        assert_eq!(last.header.snapshot, "20261129T030000Z");
+        assert_eq!(last.by_ref().count(), 1);
         std::fs::remove_dir_all(&root).unwrap();
     }
 
@@ -716,7 +772,8 @@ mod tests {
             Changes {
                 transferred: 1,
                 deleted: 1,
-                changed: 4
+                changed: 4,
+                touched: true,
             }
         );
     }
@@ -735,6 +792,7 @@ mod tests {
                 bytes_transferred: 104_857_600,
                 deleted: 3,
                 changed: 0,
+                touched: false,
             }
         );
         assert_eq!(parse_stats("Number of files: 1 (dir: 1)\n").files, 0);

@@ -8,19 +8,22 @@
 //! `verify --deep`: decrypt the local encrypted view again with a forward
 //! gocryptfs mount and compare it with the plaintext source.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
 
-use crate::checksums::{self, Cache, Diff, List, Stamp};
+use crate::checksums::{self, Cache, Diff, Sum};
 use crate::config::{Job, RemoteChecksums, Target};
 use crate::crypt::{self, PathDecryptor, REMOTE_CONFIG_NAME};
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
+use crate::exec::scratch_file;
 use crate::remote::{self, CHECKSUMS, FILES, Remote, Ssh, quote_path};
 use crate::run::{Context, Done};
-use crate::status::{self, Outcome};
+use crate::status::{self, AtomicFile, Outcome};
 use crate::sync::REPAIR_LIST;
 use crate::{interrupt, log};
 
@@ -34,11 +37,12 @@ pub fn verify(ctx: &Context) -> Result<Done> {
     let cipher_point = ctx.runtime("cipher");
     crate::mount::prepare_point(&cipher_point)?;
     let ctlsock = ctx.runtime("ctl.sock");
+    let id = status::snapshot_id(ctx.started_at);
     // The server hashes its copy while we hash ours.
-    let ((remote, remote_list), (view, local)) = crate::run::side_by_side(
+    let ((remote, mut remote_list), (view, mut local)) = crate::run::side_by_side(
         || {
             let remote = remote::open(job, needs_mount(job), &ctx.runtime("remote"))?;
-            let list = remote_list(&remote)?;
+            let list = remote_list(ctx, &remote, &id)?;
             Ok((remote, list))
         },
         || {
@@ -49,18 +53,17 @@ pub fn verify(ctx: &Context) -> Result<Done> {
     )?;
     view.check_live()?;
 
-    let diff = checksums::compare(&local.list, &remote_list);
-    let pending = changed_since_last_backup(ctx, &local.stamps);
-    if !local.hardlinked.is_empty() {
+    local.list.seek(SeekFrom::Start(0)).ctx(|| "rewinding the local list")?;
+    let diff = checksums::compare(&mut local.list, &mut remote_list.file)?;
+    if local.hardlinked > 0 {
         log::warn(format!(
             "{} hard-linked file(s) cannot be compared by ciphertext (gocryptfs -reverse encrypts them \
              differently in every mount); verify --deep checks them",
-            local.hardlinked.len()
+            local.hardlinked
         ));
     }
-    let skip: BTreeSet<&String> = pending.iter().chain(&local.hardlinked).collect();
-    let diff = without(diff, &skip);
-    store_lists(ctx, &remote, &local.list, &remote_list)?;
+    let diff = without(diff, &local.skip);
+    store_lists(&remote, &id, local.list, remote_list)?;
     save_repair_list(ctx, &diff)?;
 
     let decryptor = PathDecryptor::new(&ctlsock);
@@ -69,10 +72,10 @@ pub fn verify(ctx: &Context) -> Result<Done> {
     Ok(Done {
         outcome,
         stats: json!({
-            "files": local.list.len(),
+            "files": local.files,
             "hashed": local.hashed,
-            "pending": pending.len(),
-            "hardlinked": local.hardlinked.len(),
+            "pending": local.pending,
+            "hardlinked": local.hardlinked,
             "missing": diff.missing.iter().map(name).collect::<Vec<_>>(),
             "extra": diff.extra.iter().map(name).collect::<Vec<_>>(),
             "changed": diff.changed.iter().map(name).collect::<Vec<_>>(),
@@ -92,91 +95,144 @@ fn needs_mount(job: &Job) -> bool {
     matches!(&job.target, Target::Sftp(s) if s.remote_checksums == RemoteChecksums::Mount)
 }
 
+/// The local side: a sha1sum list in a scratch file, and what to skip.
 struct LocalList {
-    list: List,
-    stamps: HashMap<String, Stamp>,
+    list: File,
+    files: usize,
     hashed: usize,
-    hardlinked: BTreeSet<String>,
+    pending: usize,
+    hardlinked: usize,
+    /// Files whose difference has a known, harmless cause.
+    skip: HashSet<String>,
 }
 
-/// The local side, hashed through the reverse view with the stamp cache.
+/// Hashes the reverse view with the stamp cache, writing the list and a
+/// new cache as it goes. Files changed after the last backup started differ
+/// from the remote for a good reason: they are pending, not damage.
 fn local_list(ctx: &Context, view: &Path) -> Result<LocalList> {
-    let cache_path = ctx.state(CACHE_FILE);
-    let mut cache = Cache::load(&cache_path);
-    let checksums::Hashed {
-        mut list,
-        stamps,
-        read: hashed,
-        hardlinked,
-    } = checksums::hash_tree(view, Some(&mut cache))?;
-    cache.save(&cache_path)?;
-    // When the config is kept outside the source, backup uploads it into
-    // files/: check it like any other file.
     let job = ctx.job;
-    if !job.config_in_source() {
-        list.insert(
-            REMOTE_CONFIG_NAME.into(),
-            checksums::hash_file(&job.gocryptfs_config)?,
-        );
-    }
-    Ok(LocalList {
-        list,
-        stamps,
-        hashed,
-        hardlinked,
-    })
+    let cache_path = ctx.state(CACHE_FILE);
+    let cache = Cache::load(&cache_path);
+    let mut new_cache = AtomicFile::create(&cache_path)?;
+    let mut list = BufWriter::new(scratch_file(&job.state_dir, "verify-local")?);
+    // When the config is kept outside the source, backup uploads it into
+    // files/: check it like any other file, in its sorted place.
+    let mut config = match job.config_in_source() {
+        true => None,
+        false => Some(checksums::hash_file(&job.gocryptfs_config)?),
+    };
+    let since = crate::sync::last_backup_start_ns(&job.state_dir);
+    let mut local = LocalList {
+        list: scratch_file(&job.state_dir, "unused")?,
+        files: 0,
+        hashed: 0,
+        pending: 0,
+        hardlinked: 0,
+        skip: HashSet::new(),
+    };
+    let write_error = |e: std::io::Error| Error::io("writing the local checksum list", e);
+    checksums::hash_tree(view, Some(&cache), |file| {
+        if file.rel.as_str() > REMOTE_CONFIG_NAME {
+            write_config_line(&mut list, &mut config).map_err(write_error)?;
+        }
+        checksums::write_line(&mut list, &file.rel, &file.sum).map_err(write_error)?;
+        checksums::write_cache_line(&mut new_cache, &file)
+            .map_err(|e| Error::io("writing the sha1 cache", e))?;
+        local.files += 1;
+        local.hashed += usize::from(file.read);
+        let pending = since.is_some_and(|start| i128::from(file.stamp.changed_ns()) >= start);
+        local.pending += usize::from(pending);
+        local.hardlinked += usize::from(file.hardlinked);
+        if pending || file.hardlinked {
+            local.skip.insert(file.rel);
+        }
+        Ok(())
+    })?;
+    drop(cache);
+    new_cache.commit()?;
+    write_config_line(&mut list, &mut config).map_err(write_error)?;
+    local.list = list
+        .into_inner()
+        .map_err(|e| write_error(e.into_error()))?;
+    Ok(local)
 }
 
-/// The remote side, always hashed in full.
-fn remote_list(remote: &Remote) -> Result<List> {
+fn write_config_line(list: &mut impl Write, config: &mut Option<Sum>) -> std::io::Result<()> {
+    match config.take() {
+        Some(sum) => checksums::write_line(list, REMOTE_CONFIG_NAME, &sum),
+        None => Ok(()),
+    }
+}
+
+/// The remote side's sha1sum list, always hashed in full.
+struct RemoteList {
+    file: File,
+    /// Already kept in checksums/ by the server.
+    stored: bool,
+}
+
+fn remote_list(ctx: &Context, remote: &Remote, id: &str) -> Result<RemoteList> {
+    let file = scratch_file(&ctx.job.state_dir, "verify-remote")?;
     match remote {
-        Remote::Path { root, .. } => Ok(checksums::hash_tree(&root.join(FILES), None)?.list),
-        Remote::Shell { ssh } => remote_list_over_ssh(ssh),
+        Remote::Path { root, .. } => {
+            let mut list = BufWriter::new(file);
+            checksums::hash_tree(&root.join(FILES), None, |f| {
+                checksums::write_line(&mut list, &f.rel, &f.sum)
+                    .map_err(|e| Error::io("writing the remote checksum list", e))
+            })?;
+            let file = list
+                .into_inner()
+                .map_err(|e| Error::io("writing the remote checksum list", e.into_error()))?;
+            Ok(RemoteList {
+                file,
+                stored: false,
+            })
+        }
+        Remote::Shell { ssh } => Ok(RemoteList {
+            file: remote_list_over_ssh(ssh, id, file)?,
+            stored: true,
+        }),
     }
 }
 
-/// `sha1sum` on the server: one ssh command, nothing downloaded but the list.
-fn remote_list_over_ssh(ssh: &Ssh) -> Result<List> {
-    let files = quote_path(&ssh.sftp().path.join(FILES));
+/// `sha1sum` on the server: one ssh command. The server keeps the sorted
+/// list in checksums/ and sends it; nothing else is downloaded.
+fn remote_list_over_ssh(ssh: &Ssh, id: &str, into: File) -> Result<File> {
+    let root = quote_path(&ssh.sftp().path);
+    let (unsorted, sorted, kept) = (
+        format!("../{CHECKSUMS}/.{id}.remote.unsorted"),
+        format!("../{CHECKSUMS}/.{id}.remote.sha1.tmp"),
+        format!("../{CHECKSUMS}/{id}.remote.sha1"),
+    );
     // Several sha1sum processes when the server has coreutils' nproc and
     // stdbuf: line-buffered, each output line is one write and cannot
     // interleave with another's (a damaged line would fail to parse anyway).
+    // The list goes to a file first: `| sort` would hide a sha1sum failure.
+    // Sorted on field 3 (`./path`), the byte order of our own list.
     let command = format!(
-        "cd {files} && export LC_ALL=C && if command -v nproc >/dev/null 2>&1 && command -v stdbuf >/dev/null 2>&1; \
-         then find . -type f -print0 | xargs -0r -P \"$(nproc)\" -n 64 stdbuf -oL sha1sum; \
-         else find . -type f -print0 | xargs -0r sha1sum; fi"
+        "set -e; cd {root}/{FILES}; export LC_ALL=C; mkdir -p ../{CHECKSUMS}; \
+         if command -v nproc >/dev/null 2>&1 && command -v stdbuf >/dev/null 2>&1; \
+         then find . -type f -print0 | xargs -0r -P \"$(nproc)\" -n 64 stdbuf -oL sha1sum > {unsorted}; \
+         else find . -type f -print0 | xargs -0r sha1sum > {unsorted}; fi; \
+         sort -t ' ' -k 3 {unsorted} > {sorted}; rm -f {unsorted}; mv -f {sorted} {kept}; cat {kept}"
     );
     // A day bounds a server that hangs while answering keepalives.
-    let mut out = ssh.run(
-        &command,
-        "computing remote checksums",
-        Duration::from_secs(24 * 3600),
-    )?;
+    let out = ssh
+        .command(&command)
+        .stdout_to(into)
+        .timeout(Duration::from_secs(24 * 3600))
+        .run()?;
+    if out.code() == Some(255) {
+        return Err(ssh.connection_error(&out.stderr, "computing remote checksums"));
+    }
     if !out.success() {
         return Err(remote::remote_failure(ssh, &out, "sha1sum failed"));
     }
-    checksums::parse_sha1sum(out.stdout_reader()?)
-}
-
-/// Files whose local copy changed after the last backup started differ from
-/// the remote for a good reason: they are pending, not damage.
-fn changed_since_last_backup(ctx: &Context, stamps: &HashMap<String, Stamp>) -> Vec<String> {
-    let Some(since) = last_backup_start(ctx) else {
-        return Vec::new();
-    };
-    stamps
-        .iter()
-        .filter(|(_, s)| s.mtime_ns.max(s.ctime_ns) >= since)
-        .map(|(rel, _)| rel.clone())
-        .collect()
-}
-
-fn last_backup_start(ctx: &Context) -> Option<i128> {
-    crate::sync::last_backup_start_ns(&ctx.job.state_dir)
+    out.into_stdout()
 }
 
 /// Drops the paths whose difference has a known, harmless cause.
-fn without(diff: Diff, skip: &BTreeSet<&String>) -> Diff {
+fn without(diff: Diff, skip: &HashSet<String>) -> Diff {
     let keep = |list: Vec<String>| list.into_iter().filter(|p| !skip.contains(p)).collect();
     Diff {
         missing: keep(diff.missing),
@@ -186,20 +242,19 @@ fn without(diff: Diff, skip: &BTreeSet<&String>) -> Diff {
 }
 
 /// Keeps both lists in the remote checksums/ dir, as the seed did.
-fn store_lists(ctx: &Context, remote: &Remote, local: &List, theirs: &List) -> Result<()> {
-    let id = status::snapshot_id(ctx.started_at);
-    remote.write_file_atomic(
-        &format!("{CHECKSUMS}/{id}.local.sha1"),
-        checksums::format_sha1sum(local).as_bytes(),
-    )?;
-    remote.write_file_atomic(
-        &format!("{CHECKSUMS}/{id}.remote.sha1"),
-        checksums::format_sha1sum(theirs).as_bytes(),
-    )?;
+fn store_lists(remote: &Remote, id: &str, local: File, theirs: RemoteList) -> Result<()> {
+    remote.write_file_atomic_from(&format!("{CHECKSUMS}/{id}.local.sha1"), local)?;
+    if !theirs.stored {
+        remote.write_file_atomic_from(&format!("{CHECKSUMS}/{id}.remote.sha1"), theirs.file)?;
+    }
     // The lists of the last KEPT_CHECKSUM_RUNS verify runs are enough to see
     // when damage appeared; older ones would only grow without bound.
     let names = remote.list_names(CHECKSUMS)?;
-    let mut runs: Vec<&str> = names.iter().filter_map(|n| n.split('.').next()).collect();
+    let mut runs: Vec<&str> = names
+        .iter()
+        .filter(|n| !n.starts_with('.'))
+        .filter_map(|n| n.split('.').next())
+        .collect();
     runs.dedup();
     let old = runs.len().saturating_sub(KEPT_CHECKSUM_RUNS);
     let stale: Vec<String> = runs[..old]
@@ -276,57 +331,100 @@ struct TreeReport {
     diff: Diff,
 }
 
-/// Compares the decrypted view with the source. `missing` are source entries
-/// the view lacks; with exclude patterns these are expected, so they are not
-/// reported (gocryptfs applies the patterns, we do not second-guess it).
+/// Compares the decrypted view with the source, one directory of each at a
+/// time; file pairs are hashed by the worker pool (decrypting through two
+/// gocryptfs layers is CPU-bound, and one reader would use one core).
+/// `missing` are source entries the view lacks (a missing directory is
+/// named once, not with its contents); with exclude patterns these are
+/// expected, so they are not reported (gocryptfs applies the patterns, we do
+/// not second-guess it).
 fn compare_trees(source: &Path, decrypted: &Path, has_excludes: bool) -> Result<TreeReport> {
-    let theirs = entries(decrypted)?;
-    let ours = entries(source)?;
-    // Files on both sides are hashed by the worker pool: decrypting through
-    // two gocryptfs layers is CPU-bound, and one reader would use one core.
-    let both: Vec<String> = theirs
-        .iter()
-        .filter(|(rel, kind)| **kind == EntryKind::File && ours.get(*rel) == Some(&EntryKind::File))
-        .map(|(rel, _)| rel.clone())
-        .collect();
-    let (source_sums, decrypted_sums) = (
-        checksums::hash_files(source, &both)?,
-        checksums::hash_files(decrypted, &both)?,
-    );
     let mut diff = Diff::default();
-    for (rel, kind) in &theirs {
-        interrupt::check()?;
-        match ours.get(rel) {
-            None => diff.extra.push(rel.clone()),
-            Some(our_kind) if our_kind != kind => diff.changed.push(rel.clone()),
-            Some(EntryKind::File) => {
-                if source_sums.get(rel) != decrypted_sums.get(rel) {
-                    diff.changed.push(rel.clone());
+    let mut files = 0;
+    let mut changed_content = Vec::new();
+    let walk = TwoTrees {
+        source,
+        decrypted,
+        has_excludes,
+    };
+    checksums::parallel_ordered(
+        |submit| walk.compare_dir("", &mut diff, submit),
+        |rel: &String| {
+            Ok(checksums::hash_file(&source.join(rel))?
+                == checksums::hash_file(&decrypted.join(rel))?)
+        },
+        |rel, same| {
+            files += 1;
+            if !same {
+                changed_content.push(rel);
+            }
+            Ok(())
+        },
+    )?;
+    diff.changed.extend(changed_content);
+    diff.changed.sort();
+    Ok(TreeReport { files, diff })
+}
+
+struct TwoTrees<'a> {
+    source: &'a Path,
+    decrypted: &'a Path,
+    has_excludes: bool,
+}
+
+impl TwoTrees<'_> {
+    /// Merges the sorted entries of one directory on both sides; files on
+    /// both go to `submit` for hashing, directories on both are descended.
+    fn compare_dir(
+        &self,
+        rel: &str,
+        diff: &mut Diff,
+        submit: &mut dyn FnMut(String) -> Result<()>,
+    ) -> Result<()> {
+        let ours = dir_entries(self.source, rel)?;
+        let theirs = dir_entries(self.decrypted, rel)?;
+        let (mut ours, mut theirs) = (ours.into_iter().peekable(), theirs.into_iter().peekable());
+        loop {
+            interrupt::check()?;
+            let order = match (ours.peek(), theirs.peek()) {
+                (None, None) => return Ok(()),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some(a), Some(b)) => a.0.cmp(&b.0),
+            };
+            match order {
+                std::cmp::Ordering::Less => {
+                    let (path, _) = ours.next().expect("peeked");
+                    if !self.has_excludes {
+                        diff.missing.push(path);
+                    }
+                }
+                std::cmp::Ordering::Greater => diff.extra.push(theirs.next().expect("peeked").0),
+                std::cmp::Ordering::Equal => {
+                    let (path, our_kind) = ours.next().expect("peeked");
+                    let (_, their_kind) = theirs.next().expect("peeked");
+                    match (our_kind, their_kind) {
+                        (a, b) if a != b => diff.changed.push(path),
+                        (EntryKind::File, _) => submit(path)?,
+                        (EntryKind::Dir, _) => self.compare_dir(&path, diff, submit)?,
+                        (EntryKind::Symlink, _) => {
+                            if !self.same_link(&path)? {
+                                diff.changed.push(path);
+                            }
+                        }
+                        (EntryKind::Other, _) => {}
+                    }
                 }
             }
-            Some(EntryKind::Symlink) => {
-                let a =
-                    std::fs::read_link(source.join(rel)).ctx(|| format!("reading link {rel}"))?;
-                let b = std::fs::read_link(decrypted.join(rel))
-                    .ctx(|| format!("reading decrypted link {rel}"))?;
-                if a != b {
-                    diff.changed.push(rel.clone());
-                }
-            }
-            Some(_) => {}
         }
     }
-    if !has_excludes {
-        diff.missing = ours
-            .keys()
-            .filter(|rel| !theirs.contains_key(*rel))
-            .cloned()
-            .collect();
+
+    fn same_link(&self, rel: &str) -> Result<bool> {
+        let ours = std::fs::read_link(self.source.join(rel)).ctx(|| format!("reading link {rel}"))?;
+        let theirs = std::fs::read_link(self.decrypted.join(rel))
+            .ctx(|| format!("reading decrypted link {rel}"))?;
+        Ok(ours == theirs)
     }
-    Ok(TreeReport {
-        files: both.len(),
-        diff,
-    })
 }
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -337,16 +435,20 @@ enum EntryKind {
     Other,
 }
 
-fn entries(root: &Path) -> Result<std::collections::BTreeMap<String, EntryKind>> {
-    let mut map = std::collections::BTreeMap::new();
-    for entry in walkdir::WalkDir::new(root).min_depth(1).follow_links(false) {
-        interrupt::check()?;
-        let entry = entry.map_err(|e| checksums::walk_error(root, e))?;
-        let rel = checksums::relative(root, entry.path());
-        if rel == ".gocryptfs.reverse.conf" {
+/// The entries of one directory (`rel` below `root`), sorted by name, as
+/// paths relative to `root`.
+fn dir_entries(root: &Path, rel: &str) -> Result<Vec<(String, EntryKind)>> {
+    let dir = root.join(rel);
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(&dir).ctx(|| format!("reading {}", dir.display()))? {
+        let entry = entry.ctx(|| format!("reading {}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if rel.is_empty() && name == ".gocryptfs.reverse.conf" {
             continue;
         }
-        let t = entry.file_type();
+        let t = entry
+            .file_type()
+            .ctx(|| format!("reading {}", entry.path().display()))?;
         let kind = if t.is_file() {
             EntryKind::File
         } else if t.is_dir() {
@@ -356,7 +458,13 @@ fn entries(root: &Path) -> Result<std::collections::BTreeMap<String, EntryKind>>
         } else {
             EntryKind::Other
         };
-        map.insert(rel, kind);
+        let path = if rel.is_empty() {
+            name
+        } else {
+            format!("{rel}/{name}")
+        };
+        entries.push((path, kind));
     }
-    Ok(map)
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(entries)
 }

@@ -319,7 +319,7 @@ pub fn write_record(
     let root = remote
         .local_root()
         .expect("without a shell the target is a path");
-    write_record_by_walk(job, root, header, skip_dot_names)
+    write_record_by_walk(&job.state_dir, root, header, skip_dot_names)
 }
 
 /// The record written on the server: `find` lists files/, `sort` orders it
@@ -351,13 +351,13 @@ fn record_script(header: &Header, skip_dot_names: bool) -> String {
 /// The record written from a walk of files/ on a path (the local target or
 /// the sshfs mount): entries to a scratch file, then header and entries.
 fn write_record_by_walk(
-    job: &Job,
+    scratch_dir: &Path,
     root: &Path,
     mut header: Header,
     skip_dot_names: bool,
 ) -> Result<Header> {
     let files = root.join(FILES);
-    let mut entries = BufWriter::new(crate::exec::scratch_file(&job.state_dir, "record")?);
+    let mut entries = BufWriter::new(crate::exec::scratch_file(scratch_dir, "record")?);
     let write_error = |e: std::io::Error| Error::io("writing the record", e);
     for entry in walk::sorted(&files) {
         interrupt::check()?;
@@ -633,6 +633,60 @@ mod tests {
         let text = record.to_text();
         insta::assert_snapshot!(text);
         assert_eq!(Record::parse(&text).unwrap(), record);
+    }
+
+    /// The record the server's shell writes (find, sort, awk) and the one
+    /// written from a walk (no shell) agree, counts included.
+    #[test]
+    fn the_server_and_the_walk_write_the_same_record() {
+        let root = std::env::temp_dir().join(format!("ciphersync-record-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let files = root.join(FILES);
+        std::fs::create_dir_all(files.join("Ab")).unwrap();
+        std::fs::create_dir_all(root.join(RECORDS)).unwrap();
+        for (path, content) in [
+            ("gocryptfs.conf", "{}"),
+            ("gocryptfs.diriv", "iv"),
+            ("Ab/gocryptfs.diriv", "iv"),
+            ("Ab/Cd", "abc"),
+            ("gocryptfs.longname.XYZ", "12345"),
+            ("gocryptfs.longname.XYZ.name", "long"),
+            (".Ab.x1Y2z3", "rsync temp"),
+        ] {
+            std::fs::write(files.join(path), content).unwrap();
+        }
+        std::os::unix::fs::symlink("target", files.join("Kl")).unwrap();
+        let header = Header {
+            snapshot: "20261129T030000Z".into(),
+            transferred: 2,
+            deleted: 1,
+            changed: 3,
+            ..Header::default()
+        };
+        let record_file = root.join(record_path(&header.snapshot));
+        let read_back = || {
+            let text = std::fs::read_to_string(&record_file).unwrap();
+            let mut record = Record::parse(&text).unwrap();
+            record.entries.sort_by(|a, b| a.path.cmp(&b.path));
+            (text.lines().take(7).collect::<Vec<_>>().join("\n"), record)
+        };
+        let mut out = crate::exec::Cmd::new("sh")
+            .arg("-c")
+            .arg(record_script(&header, true))
+            .cwd(&root)
+            .run()
+            .unwrap();
+        assert!(out.success(), "{}", out.stderr);
+        assert_eq!(out.stdout_string().unwrap().trim(), "2 8");
+        let by_server = read_back();
+        std::fs::remove_file(&record_file).unwrap();
+        let walked = write_record_by_walk(&root, &root, header, true).unwrap();
+        assert_eq!((walked.files, walked.bytes), (2, 8));
+        assert_eq!(read_back(), by_server);
+        let paths: Vec<&str> = by_server.1.entries.iter().map(|e| e.path.as_str()).collect();
+        assert!(!paths.contains(&".Ab.x1Y2z3"), "{paths:?}");
+        assert_eq!(paths.len(), 8, "{paths:?}");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

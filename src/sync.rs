@@ -42,19 +42,36 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
     let cipher_point = ctx.runtime("cipher");
     crate::mount::prepare_point(&cipher_point)?;
     let ctlsock = ctx.runtime("ctl.sock");
-    let (remote, view) = crate::run::side_by_side(
-        || remote::open(job, uses_sshfs(job), &ctx.runtime("remote")),
-        || crypt::mount_reverse(job, &cipher_point, Some(&ctlsock)),
-    )?;
     let max_delete_percent = options.max_delete_percent.unwrap_or(job.max_delete_percent);
-    refuse_empty_view(job, view.point(), max_delete_percent)?;
-    let known = preflight(job, &remote)?;
+    // The server is asked (ssh master, preflight) while the view is mounted
+    // (scrypt) and indexed for the deletion guard; the index is only needed
+    // when the target has a last run to compare with.
+    let (has_last_tx, has_last_rx) = std::sync::mpsc::channel();
+    let ((remote, known), (view, index)) = crate::run::side_by_side(
+        || {
+            let has_last_tx = has_last_tx; // dropped on every way out
+            let remote = remote::open(job, uses_sshfs(job), &ctx.runtime("remote"))?;
+            let known = preflight(job, &remote)?;
+            let _ = has_last_tx.send(known.last_record.is_some());
+            Ok((remote, known))
+        },
+        || {
+            let view = crypt::mount_reverse(job, &cipher_point, Some(&ctlsock))?;
+            refuse_empty_view(job, view.point(), max_delete_percent)?;
+            let guarded = max_delete_percent < 100 && has_last_rx.recv().unwrap_or(false);
+            let index = match guarded {
+                true => Some(guard::index_view(view.point())?),
+                false => None,
+            };
+            Ok((view, index))
+        },
+    )?;
     let incomplete = ctx.state(INCOMPLETE_MARKER);
     if incomplete.exists() {
         clean_after_killed_run(job, &remote)?;
     }
     ensure_remote_config(job, &remote, known.config)?;
-    guard_mass_changes(ctx, known.last_record, view.point(), max_delete_percent)?;
+    guard_mass_changes(ctx, known.last_record, index, max_delete_percent)?;
     let snapshot = next_snapshot_id(ctx)?;
     std::fs::write(&incomplete, &snapshot).ctx(|| format!("writing {}", incomplete.display()))?;
 
@@ -136,22 +153,16 @@ fn refuse_empty_view(job: &Job, view: &Path, max_delete_percent: u8) -> Result<(
 fn guard_mass_changes(
     ctx: &Context,
     last: Option<Result<LastRecord>>,
-    view: &Path,
+    index: Option<guard::ViewIndex>,
     percent: u8,
 ) -> Result<()> {
-    if percent >= 100 {
+    let (Some(last), Some(index)) = (last, index) else {
         return Ok(());
-    }
-    let last = match last {
-        None => return Ok(()),
-        Some(Ok(record)) => record,
-        Some(Err(e)) => {
-            log::warn(format!("deletion guard skipped: {e}"));
-            return Ok(());
-        }
     };
-    let index = guard::index_view(view)?;
-    let estimate = match guard::estimate(last, &index, last_backup_start_ns(&ctx.job.state_dir)) {
+    let estimate = last.and_then(|last| {
+        guard::estimate(last, &index, last_backup_start_ns(&ctx.job.state_dir))
+    });
+    let estimate = match estimate {
         Ok(estimate) => estimate,
         Err(e) => {
             log::warn(format!("deletion guard skipped: {e}"));

@@ -1308,7 +1308,13 @@ pub fn walk(root: &Path) -> Vec<(PathBuf, fs::Metadata)> {
         let Ok(rd) = fs::read_dir(dir) else { return };
         for e in rd.flatten() {
             let p = e.path();
-            let m = fs::symlink_metadata(&p).unwrap();
+            // A tree that rsync is writing loses temp files between
+            // readdir and lstat (they are renamed): skip what vanished.
+            let m = match fs::symlink_metadata(&p) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => panic!("lstat {}: {e}", p.display()),
+            };
             out.push((p.strip_prefix(root).unwrap().to_path_buf(), m.clone()));
             if m.file_type().is_dir() {
                 rec(root, &p, out);

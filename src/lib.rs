@@ -18,6 +18,7 @@ pub mod remote;
 pub mod restore;
 pub mod run;
 pub mod snapshots;
+pub mod split;
 pub mod status;
 pub mod sync;
 pub mod verify;

@@ -257,14 +257,14 @@ fn list_snapshots(cli: &Cli, job: &Job) -> Result<i32> {
     let ctx = run::enter(job)?;
     let remote = remote::open(job, needs_mount_for_listing(job), &ctx.runtime("remote"))?;
     let mut rows = Vec::new();
-    for id in snapshots::recorded_ids(&remote)? {
-        let record = snapshots::read_record(&remote, &id)?;
+    for header in snapshots::headers(job, &remote)? {
+        let id = &header.snapshot;
         rows.push(json!({
             "id": id,
-            "time": status::parse_snapshot_id(&id).map(status::rfc3339),
-            "files": record.files(),
-            "bytes": record.bytes(),
-            "changed": record.transferred + record.deleted,
+            "time": status::parse_snapshot_id(id).map(status::rfc3339),
+            "files": header.files,
+            "bytes": header.bytes,
+            "changed": header.transferred + header.deleted,
         }));
     }
     if cli.json {

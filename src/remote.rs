@@ -184,7 +184,8 @@ impl Ssh {
             .arg(format!("{HOST_ALIAS}:{}", self.sftp.path.display()))
             .arg(point)
             // Keep FUSE from caching stale attributes of files rsync renames.
-            .args(["-o", "noatime", "-o", "max_conns=4"]);
+            .args(["-o", "noatime", "-o"])
+            .arg(format!("max_conns={}", crate::split::WORKERS));
         Mount::establish(point, FsType::Sshfs, cmd, |out| {
             self.connection_error(&out.stderr, "mounting with sshfs")
         })

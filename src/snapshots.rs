@@ -428,6 +428,35 @@ pub fn name_record(e: Error, id: &str) -> Error {
     )
 }
 
+/// The header of every record, oldest first: one round trip where the
+/// server's shell may be used (a record's entries are never read).
+pub fn headers(job: &Job, remote: &Remote) -> Result<Vec<Header>> {
+    let script = format!(
+        "set -e\n[ -d {RECORDS} ] || exit 0\ncd {RECORDS}\nfor f in $(ls -1A | grep -E '^[0-9]{{8}}T[0-9]{{6}}Z[.]rec$' | sort); do \
+         printf '%s\\0' \"${{f%.rec}}\"; sed '/^$/q' \"$f\"; printf '\\0'; done\n"
+    );
+    let output = crate::exec::scratch_file(&job.state_dir, "headers")?;
+    let Some(out) = remote.run_script(&script, "listing the records", output)? else {
+        let root = remote
+            .local_root()
+            .expect("without a shell the target is a path");
+        return recorded_ids(remote)?
+            .iter()
+            .map(|id| open_record(root, id).map(|r| r.header))
+            .collect();
+    };
+    let text = std::io::read_to_string(out).ctx(|| "reading the record headers")?;
+    let fields: Vec<&str> = text.split('\0').collect();
+    fields
+        .chunks_exact(2)
+        .map(|pair| {
+            RecordReader::new(pair[1].as_bytes())
+                .map(|r| r.header)
+                .map_err(|e| name_record(e, pair[0]))
+        })
+        .collect()
+}
+
 /// Ids of all runs with a record, oldest first.
 pub fn recorded_ids(remote: &Remote) -> Result<Vec<String>> {
     let mut ids: Vec<String> = remote

@@ -4,7 +4,8 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
@@ -16,7 +17,7 @@ use crate::exec::Cmd;
 use crate::remote::{self, CHECKSUMS, FILES, RECORDS, Remote, SNAPSHOTS};
 use crate::run::{Context, Done};
 use crate::status::{self, Outcome};
-use crate::{guard, interrupt, log, snapshots};
+use crate::{guard, interrupt, log, snapshots, split};
 
 /// Left in the state dir while rsync runs: if it is there when a backup
 /// starts, the previous one was killed and may have left temp files.
@@ -387,8 +388,62 @@ struct Rsync<'a> {
 }
 
 impl Rsync<'_> {
+    /// Mirrors the view into files/: one rsync, or over sshfs one for the
+    /// top level and then several workers (see split.rs).
     fn mirror(&self, decryptor: &PathDecryptor) -> Result<Stats> {
+        let dirs = match uses_sshfs(self.job) {
+            true => split::top_level_dirs(self.source)?,
+            false => Vec::new(),
+        };
+        if dirs.len() < 2 {
+            return self.mirror_pass(Vec::new(), decryptor);
+        }
+        let mut stats = self.mirror_pass(split::top_level_pass(), decryptor)?;
+        let backup_dir = self.prepare_backup_dir()?;
+        let batches = Mutex::new(split::batches(dirs, split::WORKERS).into_iter());
+        let results = Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for _ in 0..split::WORKERS {
+                scope.spawn(|| {
+                    while let Some(batch) = batches.lock().unwrap().next() {
+                        let result = self.mirror_pass(split::directories_pass(&batch), decryptor);
+                        let failed = result.is_err();
+                        results.lock().unwrap().push(result);
+                        if failed {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        // Empty means nothing was replaced or deleted: no snapshot dir.
+        let _ = std::fs::remove_dir(&backup_dir);
+        for result in results.into_inner().unwrap() {
+            stats.add(&result?);
+        }
+        Ok(stats)
+    }
+
+    /// The snapshot dir, made before the workers start: rsync does not
+    /// expect another process to create the same backup dir at once.
+    fn prepare_backup_dir(&self) -> Result<PathBuf> {
+        let root = self
+            .remote
+            .local_root()
+            .expect("the sshfs transport has a mount");
+        let dir = root.join(SNAPSHOTS).join(self.snapshot);
+        match std::fs::create_dir(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                Err(Error::io(format!("creating {}", dir.display()), e))
+            }
+            _ => Ok(dir),
+        }
+    }
+
+    /// One rsync run with --delete, limited by `filters`.
+    fn mirror_pass(&self, filters: Vec<String>, decryptor: &PathDecryptor) -> Result<Stats> {
         let mut args = self.common_args();
+        args.extend(filters);
         args.extend([
             "--delete".into(),
             "--stats".into(),

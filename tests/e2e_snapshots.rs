@@ -324,10 +324,14 @@ fn change_round(src: &Path, n: usize) {
             chmod(&src.join("bin/tool.sh"), 0o700);
         }
         4 => {
-            // dir -> file, file -> dir, a path deleted in round 1 comes back
+            // dir -> file (nested and top-level), file -> dir, a path deleted in round 1 comes back
             // with other content, new executable, long name deleted
             fs::remove_dir_all(src.join("renamed/w")).unwrap();
             write(&src.join("renamed/w"), b"w is a file now\n", 0o644);
+            // The same at the top level, where the sshfs transport splits
+            // the tree between its rsync workers.
+            fs::remove_dir_all(src.join("private")).unwrap();
+            write(&src.join("private"), b"private is a file now\n", 0o600);
             fs::remove_file(src.join("zero.bin")).unwrap();
             write(&src.join("zero.bin/inside.txt"), b"inside\n", 0o644);
             write(&src.join("docs/b.txt"), b"b is back, different\n", 0o644);

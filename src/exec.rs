@@ -36,6 +36,9 @@ pub struct Cmd {
     /// Cleanup commands (unmounts) must run to their end even after a
     /// signal, or the very mounts the signal should undo would stay.
     cleanup: bool,
+    /// Run in a process group of its own, killed whole when the command
+    /// ends (see `whole_group`).
+    whole_group: bool,
 }
 
 /// A finished command: its exit status, its stdout (a file to stream from,
@@ -119,6 +122,7 @@ impl Cmd {
             cwd: None,
             timeout: None,
             cleanup: false,
+            whole_group: false,
         }
     }
 
@@ -162,6 +166,15 @@ impl Cmd {
         self
     }
 
+    /// rsync forks helpers (a local transfer's receiver writes into the
+    /// sshfs mount); when rsync ends on an error such a helper may still be
+    /// running, and would write into the mount point once the mount is
+    /// gone. The whole group is killed as soon as the command ends.
+    pub fn whole_group(mut self) -> Cmd {
+        self.whole_group = true;
+        self
+    }
+
     pub fn timeout(mut self, limit: Duration) -> Cmd {
         self.timeout = Some(limit);
         self
@@ -200,8 +213,18 @@ impl Cmd {
         if let Some(dir) = &self.cwd {
             command.current_dir(dir);
         }
+        if self.whole_group {
+            std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        }
         let child = command.spawn().map_err(|e| spawn_error(self.tool, e))?;
-        let status = wait(child, self.tool, self.timeout, !self.cleanup)?;
+        let group = Pid::from_raw(-(child.id() as i32));
+        let status = wait(child, self.tool, self.timeout, !self.cleanup);
+        if self.whole_group {
+            // Usually empty by now (ESRCH); a leftover dies before it can
+            // write again, even when it sits in a FUSE call.
+            let _ = kill(group, Signal::SIGKILL);
+        }
+        let status = status?;
         let stderr = tail_of(stderr)?;
         log::debug(|| format!("{} ended with {status}", self.tool));
         Ok(Output {
@@ -216,7 +239,10 @@ impl Cmd {
 /// A nameless file on disk in `dir` (created, then unlinked at once: a
 /// killed run leaves nothing behind), for large tool output and lists.
 pub fn scratch_file(dir: &std::path::Path, name: &str) -> Result<File> {
-    let path = dir.join(format!(".{name}.{}.scratch", std::process::id()));
+    // Unique within the process too: rsync workers each make one at once.
+    static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!(".{name}.{}.{serial}.scratch", std::process::id()));
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -10,9 +10,11 @@
 //! the last backup started.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::checksums::{Stamp, path_key};
-use crate::error::{Error, Kind, Result};
+use crate::error::{Error, IoContext, Kind, Result};
 use crate::remote::TreeEntry;
 use crate::{interrupt, walk};
 
@@ -28,9 +30,50 @@ pub struct Estimate {
 /// ns). Keys, not paths: 24 bytes a file however long its name.
 pub type ViewIndex = HashMap<u64, (u64, i64)>;
 
-pub fn index_view(view: &std::path::Path) -> Result<ViewIndex> {
-    let mut index = HashMap::new();
-    for entry in walkdir::WalkDir::new(view).min_depth(1).follow_links(false) {
+/// Stats every entry of the view. Each stat is a round trip through FUSE
+/// to gocryptfs, so the top-level entries are shared among a few threads.
+pub fn index_view(view: &Path) -> Result<ViewIndex> {
+    let top: Vec<PathBuf> = std::fs::read_dir(view)
+        .ctx(|| format!("reading {}", view.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .ctx(|| format!("reading {}", view.display()))?;
+    let queue = Mutex::new(top.into_iter());
+    let parts = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..INDEX_THREADS {
+            scope.spawn(|| {
+                let mut index = ViewIndex::new();
+                let mut result = Ok(());
+                while let Some(subtree) = queue.lock().unwrap().next() {
+                    result = index_subtree(view, &subtree, &mut index);
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                parts.lock().unwrap().push(result.map(|_| index));
+            });
+        }
+    });
+    let mut index = ViewIndex::new();
+    for part in parts.into_inner().unwrap() {
+        index.extend(part?);
+    }
+    Ok(index)
+}
+
+const INDEX_THREADS: usize = 4;
+
+fn index_subtree(view: &Path, subtree: &Path, index: &mut ViewIndex) -> Result<()> {
+    // walkdir follows a root that is a symlink; a top-level link is a file.
+    let meta = std::fs::symlink_metadata(subtree).ctx(|| format!("reading {}", subtree.display()))?;
+    if !meta.is_dir() {
+        let stamp = Stamp::of(&meta);
+        let key = path_key(&walk::relative(view, subtree));
+        index.insert(key, (stamp.size, stamp.changed_ns()));
+        return Ok(());
+    }
+    for entry in walkdir::WalkDir::new(subtree).follow_links(false) {
         interrupt::check()?;
         let entry = entry.map_err(|e| walk::error(view, e))?;
         if entry.file_type().is_dir() {
@@ -43,7 +86,7 @@ pub fn index_view(view: &std::path::Path) -> Result<ViewIndex> {
             (stamp.size, stamp.changed_ns()),
         );
     }
-    Ok(index)
+    Ok(())
 }
 
 /// Passes once over the last record's entries.
@@ -142,6 +185,34 @@ mod tests {
                 moved: 2
             }
         );
+    }
+
+    /// Files and symlinks at every depth, from every thread; no directories.
+    #[test]
+    fn the_index_holds_every_file_and_link() {
+        let root = std::env::temp_dir().join(format!("ciphersync-index-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let mut expected = Vec::new();
+        for d in 0..9 {
+            std::fs::create_dir_all(root.join(format!("d{d}/sub"))).unwrap();
+            for f in 0..d {
+                let rel = format!("d{d}/sub/f{f}");
+                std::fs::write(root.join(&rel), vec![0u8; f]).unwrap();
+                expected.push((rel, f as u64));
+            }
+        }
+        std::fs::write(root.join("top"), "12345").unwrap();
+        expected.push(("top".into(), 5));
+        // A top-level link whose target does not exist (like an encrypted one).
+        std::os::unix::fs::symlink("no/such/target", root.join("link")).unwrap();
+        let index = index_view(&root).unwrap();
+        assert_eq!(index.len(), expected.len() + 1);
+        assert!(index.contains_key(&path_key("link")));
+        assert!(!index.contains_key(&path_key("d3/sub")));
+        for (rel, size) in expected {
+            assert_eq!(index.get(&path_key(&rel)).map(|v| v.0), Some(size), "{rel}");
+        }
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

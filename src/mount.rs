@@ -37,6 +37,8 @@ pub struct Mount {
     point: PathBuf,
     fs_type: FsType,
     active: bool,
+    /// The mount's root, held open (see `pinned`).
+    root: Option<std::fs::File>,
 }
 
 impl Mount {
@@ -53,12 +55,17 @@ impl Mount {
         if !output.success() {
             return Err(explain(&output));
         }
-        let mount = Mount {
+        let mut mount = Mount {
             point: point.to_owned(),
             fs_type,
             active: true,
+            root: None,
         };
         mount.check_live()?;
+        mount.root = Some(
+            std::fs::File::open(point)
+                .ctx(|| format!("the mount at {} does not answer", point.display()))?,
+        );
         log::debug(|| {
             format!(
                 "mounted {} at {}",
@@ -71,6 +78,22 @@ impl Mount {
 
     pub fn point(&self) -> &Path {
         &self.point
+    }
+
+    /// A path that reaches this mount and nothing else: `/proc/<pid>/fd/<n>`
+    /// of the root we hold open. When a dying sshfs takes its mount away, a
+    /// tool started afterwards with the plain mount point would write into
+    /// the bare directory on the local disk; through this path it gets
+    /// ENOTCONN instead.
+    pub fn pinned(&self) -> PathBuf {
+        match &self.root {
+            Some(root) => PathBuf::from(format!(
+                "/proc/{}/fd/{}",
+                std::process::id(),
+                std::os::fd::AsRawFd::as_raw_fd(root)
+            )),
+            None => self.point.clone(),
+        }
     }
 
     /// Right before we trust the mount: is it still the FUSE mount we made,
@@ -92,18 +115,27 @@ impl Mount {
         }
         std::fs::read_dir(&self.point)
             .ctx(|| format!("the mount at {} does not answer", self.point.display()))?;
+        // sshfs answers readdir from its cache; statfs always asks the server.
+        nix::sys::statvfs::statvfs(&self.point).map_err(|e| {
+            Error::new(
+                Kind::Tool,
+                format!("the mount at {} does not answer: {e}", self.point.display()),
+            )
+        })?;
         Ok(())
     }
 
     /// Unmounts now, reporting failure (the guard's Drop only logs).
     pub fn unmount(mut self) -> Result<()> {
         self.active = false;
+        self.root = None;
         unmount_point(&self.point)
     }
 }
 
 impl Drop for Mount {
     fn drop(&mut self) {
+        self.root = None; // an open root would make the mount busy
         if self.active
             && let Err(e) = unmount_point(&self.point)
         {
@@ -170,14 +202,16 @@ pub fn prepare_point(point: &Path) -> Result<()> {
     }
     std::fs::set_permissions(point, std::fs::Permissions::from_mode(0o700))
         .ctx(|| format!("cannot set mode 0700 on {}", point.display()))?;
-    let not_empty = std::fs::read_dir(point)
+    let first = std::fs::read_dir(point)
         .ctx(|| format!("reading {}", point.display()))?
-        .next()
-        .is_some();
-    if not_empty {
+        .next();
+    if let Some(entry) = first {
+        let name = entry
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .unwrap_or_default();
         return Err(Error::new(
             Kind::Io,
-            format!("mount point {} is not empty", point.display()),
+            format!("mount point {} is not empty (it holds {name:?})", point.display()),
         ));
     }
     Ok(())

@@ -93,8 +93,10 @@ impl Ssh {
     fn start_master(&mut self, socket: &Path) -> Result<()> {
         // A master of a killed run may still be there (it is ours: the job
         // lock is held); stop it, and drop a socket file it left.
-        let _ = self.control("exit");
-        let _ = std::fs::remove_file(socket);
+        if socket.exists() {
+            let _ = self.control("exit");
+            let _ = std::fs::remove_file(socket);
+        }
         let limit = Duration::from_secs(u64::from(CONNECT_TIMEOUT_S) * 3);
         let out = self
             .base()
@@ -378,6 +380,9 @@ impl Remote {
     /// rsync's notion of a remote directory: a local path or `host:path`.
     pub fn rsync_path(&self, rel: &str) -> String {
         match self {
+            Remote::Path { mount: Some(m), .. } => {
+                m.pinned().join(rel).to_string_lossy().into_owned()
+            }
             Remote::Path { root, .. } => root.join(rel).to_string_lossy().into_owned(),
             Remote::Shell { ssh } => ssh.rsync_location(&ssh.sftp.path.join(rel)),
         }

@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
@@ -97,7 +98,11 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
     if stats.touched {
         snapshots::complete_snapshot_dir(job, &remote, &snapshot)?;
     }
-    let record = snapshots::write_record(job, &remote, &snapshot, &stats)?;
+    // The view is not needed any more: unmount it while the server writes.
+    let (record, ()) = crate::run::side_by_side(
+        || snapshots::write_record(job, &remote, &snapshot, &stats),
+        || view.unmount(),
+    )?;
     record_last_backup(ctx, &snapshot)?;
     let _ = std::fs::remove_file(ctx.state(REPAIR_LIST));
     std::fs::remove_file(&incomplete).ctx(|| format!("removing {}", incomplete.display()))?;
@@ -402,16 +407,24 @@ impl Rsync<'_> {
         let backup_dir = self.prepare_backup_dir()?;
         let batches = Mutex::new(split::batches(dirs, split::WORKERS).into_iter());
         let results = Mutex::new(Vec::new());
+        let failed = AtomicBool::new(false);
         std::thread::scope(|scope| {
             for _ in 0..split::WORKERS {
                 scope.spawn(|| {
-                    while let Some(batch) = batches.lock().unwrap().next() {
-                        let result = self.mirror_pass(split::directories_pass(&batch), decryptor);
-                        let failed = result.is_err();
-                        results.lock().unwrap().push(result);
-                        if failed {
+                    // After one failure no worker starts another pass.
+                    while !failed.load(Relaxed) {
+                        let Some(batch) = batches.lock().unwrap().next() else {
                             return;
-                        }
+                        };
+                        let result = self
+                            .remote
+                            .check_live()
+                            .map_err(|e| self.lost_connection(e, ""))
+                            .and_then(|_| {
+                                self.mirror_pass(split::directories_pass(&batch), decryptor)
+                            });
+                        failed.fetch_or(result.is_err(), Relaxed);
+                        results.lock().unwrap().push(result);
                     }
                 });
             }
@@ -510,7 +523,11 @@ impl Rsync<'_> {
         args.push(format!("{}/", self.remote.rsync_path(FILES)));
         // One line per changed file: on disk, not in memory.
         let output = crate::exec::scratch_file(&self.job.state_dir, "rsync-out")?;
-        Cmd::new("rsync").args(args).stdout_to(output).run()
+        Cmd::new("rsync")
+            .args(args)
+            .stdout_to(output)
+            .whole_group()
+            .run()
     }
 
     fn failure(&self, out: &crate::exec::Output) -> Error {
@@ -540,6 +557,23 @@ impl Rsync<'_> {
             .unwrap_or(0)
     }
 
+    /// A mount that stopped answering during the transfer means a lost
+    /// link when the target is reached over ssh.
+    fn lost_connection(&self, dead: Error, detail: &str) -> Error {
+        let Some(ssh) = self.remote.ssh() else {
+            return dead;
+        };
+        let s = ssh.sftp();
+        let detail = if detail.is_empty() { dead.message.as_str() } else { detail };
+        Error::new(
+            Kind::Remote,
+            format!(
+                "lost the connection to {}:{} during the transfer: {detail}",
+                s.host, s.port
+            ),
+        )
+    }
+
     /// Over sshfs a lost link or a full disk reach rsync as a bare EIO or
     /// ENOTCONN; look at the mount and the target's free space to name the
     /// real cause.
@@ -549,15 +583,8 @@ impl Rsync<'_> {
             .find(|l| l.contains("rsync"))
             .unwrap_or("")
             .trim();
-        if let (Err(_), Some(ssh)) = (self.remote.check_live(), self.remote.ssh()) {
-            let s = ssh.sftp();
-            return Some(Error::new(
-                Kind::Remote,
-                format!(
-                    "lost the connection to {}:{} during the transfer: {first_error}",
-                    s.host, s.port
-                ),
-            ));
+        if let Err(e) = self.remote.check_live() {
+            return Some(self.lost_connection(e, first_error));
         }
         let full = disk_full(stderr)
             || self

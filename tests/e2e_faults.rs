@@ -386,14 +386,22 @@ fn link_cut_during_verify() {
     );
     let (before, _) = baseline(&j, 12, 0);
     let (mut run, t0) = spawn_timed(&j, &["verify"]);
-    // Wait until the remote checksum command runs (an ssh child).
+    // Wait until the remote checksum command runs (the ssh child whose
+    // remote command is the sha1sum script, not the master's handshake).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         assert!(
             run.is_running(),
             "verify ended before the link could be cut (premise broken)"
         );
-        if descendants(run.pid()).iter().any(|(_, c)| c == "ssh") {
+        let hashing = |pid: u32| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("sha1sum"))
+        };
+        if descendants(run.pid())
+            .iter()
+            .any(|(pid, c)| c == "ssh" && hashing(*pid))
+        {
             break;
         }
         assert!(

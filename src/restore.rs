@@ -14,7 +14,8 @@ use crate::exec::Cmd;
 use crate::remote::{self, FILES, Remote, SNAPSHOTS};
 use crate::run::{Context, Done};
 use crate::status::Outcome;
-use crate::sync::parse_stats;
+use crate::split;
+use crate::sync::{Stats, parse_stats};
 use crate::{interrupt, snapshots};
 
 pub struct RestoreRequest {
@@ -99,28 +100,50 @@ pub fn restore(ctx: &Context, request: &RestoreRequest) -> Result<Done> {
     })
 }
 
-/// Copies all or the named plaintext paths out of a decrypted mount.
-fn copy_out(job: &Job, plain: &Path, paths: &[String], to: &Path) -> Result<crate::sync::Stats> {
+/// Copies all or the named plaintext paths out of a decrypted mount. All
+/// of a remote tree is copied by the top-level pass and several workers,
+/// as backup writes it (split.rs): over sshfs one rsync waits for each
+/// file in turn.
+fn copy_out(job: &Job, plain: &Path, paths: &[String], to: &Path) -> Result<Stats> {
+    if !paths.is_empty() {
+        let mut args = vec!["--relative".to_string()];
+        for path in paths {
+            check_inside_backup(job, plain, path)?;
+            // `mount/./path` copies `path` with its parents (rsync --relative).
+            args.push(format!("{}/./{}", plain.display(), path.trim_end_matches('/')));
+        }
+        return copy_pass(job, args, to);
+    }
+    let whole = format!("{}/", plain.display());
+    let dirs = match job.target {
+        Target::Sftp(_) => split::top_level_dirs(plain)?,
+        Target::Local { .. } => Vec::new(),
+    };
+    if dirs.len() < 2 {
+        return copy_pass(job, vec![whole], to);
+    }
+    let with = |filters: Vec<String>| filters.into_iter().chain([whole.clone()]).collect();
+    let mut stats = copy_pass(job, with(split::top_level_pass()), to)?;
+    for pass in split::in_workers(dirs, |batch| {
+        copy_pass(job, with(split::directories_pass(batch)), to)
+    })? {
+        stats.add(&pass);
+    }
+    Ok(stats)
+}
+
+/// One rsync out of the decrypted mount; `args` ends with the source(s).
+fn copy_pass(job: &Job, args: Vec<String>, to: &Path) -> Result<Stats> {
     let mut cmd = Cmd::new("rsync").args(["-a", "-H", "--stats", "--no-human-readable"]);
     if matches!(job.target, Target::Sftp(_)) {
         // Owners on the server are the SFTP account's, not the original ones.
         cmd = cmd.args(["--no-owner", "--no-group"]);
     }
-    if paths.is_empty() {
-        cmd = cmd.arg(format!("{}/", plain.display()));
-    } else {
-        cmd = cmd.arg("--relative");
-        for path in paths {
-            check_inside_backup(job, plain, path)?;
-            // `mount/./path` copies `path` with its parents (rsync --relative).
-            cmd = cmd.arg(format!(
-                "{}/./{}",
-                plain.display(),
-                path.trim_end_matches('/')
-            ));
-        }
-    }
-    let mut out = cmd.arg(format!("{}/", to.display())).run()?;
+    let mut out = cmd
+        .args(args)
+        .arg(format!("{}/", to.display()))
+        .whole_group()
+        .run()?;
     let stats = parse_stats(&out.stdout_string()?);
     if !out.success() {
         return Err(out.failure(Some("copying out of the decrypted backup")));

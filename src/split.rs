@@ -19,6 +19,8 @@
 //! between two top-level directories are stored as separate files.
 
 use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use crate::error::{IoContext, Result};
 
@@ -26,21 +28,56 @@ use crate::error::{IoContext, Result};
 /// connections (`max_conns` in remote.rs).
 pub const WORKERS: usize = 4;
 
-/// The top-level directories of the view, sorted.
-pub fn top_level_dirs(view: &Path) -> Result<Vec<String>> {
+/// The top-level directories of `tree`, sorted. Empty (one rsync, no
+/// split) when a name cannot be written as a filter rule: not UTF-8, or
+/// with a line break (plaintext names in a restore).
+pub fn top_level_dirs(tree: &Path) -> Result<Vec<String>> {
     let mut dirs = Vec::new();
-    for entry in std::fs::read_dir(view).ctx(|| format!("reading {}", view.display()))? {
-        let entry = entry.ctx(|| format!("reading {}", view.display()))?;
+    for entry in std::fs::read_dir(tree).ctx(|| format!("reading {}", tree.display()))? {
+        let entry = entry.ctx(|| format!("reading {}", tree.display()))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            return Ok(Vec::new());
+        };
+        if name.contains(['\n', '\r']) {
+            return Ok(Vec::new());
+        }
         let is_dir = entry
             .file_type()
             .ctx(|| format!("reading {}", entry.path().display()))?
             .is_dir();
         if is_dir {
-            dirs.push(entry.file_name().to_string_lossy().into_owned());
+            dirs.push(name);
         }
     }
     dirs.sort();
     Ok(dirs)
+}
+
+/// Runs `pass` on every batch of directories, WORKERS at a time; after the
+/// first failure no new pass starts. The results in the order they ended;
+/// the first error, if any.
+pub fn in_workers<R: Send>(
+    dirs: Vec<String>,
+    pass: impl Fn(&[String]) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let batches = Mutex::new(batches(dirs, WORKERS).into_iter());
+    let results = Mutex::new(Vec::new());
+    let failed = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for _ in 0..WORKERS {
+            scope.spawn(|| {
+                while !failed.load(Relaxed) {
+                    let Some(batch) = batches.lock().unwrap().next() else {
+                        return;
+                    };
+                    let result = pass(&batch);
+                    failed.fetch_or(result.is_err(), Relaxed);
+                    results.lock().unwrap().push(result);
+                }
+            });
+        }
+    });
+    results.into_inner().unwrap().into_iter().collect()
 }
 
 /// The first pass's filter: nothing below the top level. Perishable (`p`):

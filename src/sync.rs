@@ -5,8 +5,6 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
@@ -405,34 +403,16 @@ impl Rsync<'_> {
         }
         let mut stats = self.mirror_pass(split::top_level_pass(), decryptor)?;
         let backup_dir = self.prepare_backup_dir()?;
-        let batches = Mutex::new(split::batches(dirs, split::WORKERS).into_iter());
-        let results = Mutex::new(Vec::new());
-        let failed = AtomicBool::new(false);
-        std::thread::scope(|scope| {
-            for _ in 0..split::WORKERS {
-                scope.spawn(|| {
-                    // After one failure no worker starts another pass.
-                    while !failed.load(Relaxed) {
-                        let Some(batch) = batches.lock().unwrap().next() else {
-                            return;
-                        };
-                        let result = self
-                            .remote
-                            .check_live()
-                            .map_err(|e| self.lost_connection(e, ""))
-                            .and_then(|_| {
-                                self.mirror_pass(split::directories_pass(&batch), decryptor)
-                            });
-                        failed.fetch_or(result.is_err(), Relaxed);
-                        results.lock().unwrap().push(result);
-                    }
-                });
-            }
+        let results = split::in_workers(dirs, |batch| {
+            self.remote
+                .check_live()
+                .map_err(|e| self.lost_connection(e, ""))?;
+            self.mirror_pass(split::directories_pass(batch), decryptor)
         });
         // Empty means nothing was replaced or deleted: no snapshot dir.
         let _ = std::fs::remove_dir(&backup_dir);
-        for result in results.into_inner().unwrap() {
-            stats.add(&result?);
+        for result in results? {
+            stats.add(&result);
         }
         Ok(stats)
     }
@@ -687,7 +667,7 @@ fn stats_from(rsync_stdout: &mut File) -> Result<Stats> {
 
 impl Stats {
     /// Adds the figures of another rsync pass of the same run.
-    fn add(&mut self, other: &Stats) {
+    pub fn add(&mut self, other: &Stats) {
         self.transferred += other.transferred;
         self.bytes_transferred += other.bytes_transferred;
         self.deleted += other.deleted;

@@ -143,6 +143,17 @@ let
           sshfs mount, for servers without a shell.
         '';
       };
+      connections = mkOption {
+        type = types.ints.between 1 16;
+        default = 4;
+        example = 8;
+        description = ''
+          With the `sshfs` transport: sshfs connections, and rsync workers
+          that back up (and restore) the top-level directories side by side.
+          Over sshfs one rsync waits several round trips per file; more
+          workers pay off on a distant server.
+        '';
+      };
     };
   };
 
@@ -314,8 +325,9 @@ let
             && t.knownHosts == [ ]
             && t.transport == "sshfs"
             && t.remoteChecksums == "ssh"
+            && t.connections == 4
           );
-        message = "${at}.target: host, user, identityFile, knownHosts, transport and remoteChecksums only apply to sftp targets; this one is local.";
+        message = "${at}.target: host, user, identityFile, knownHosts, transport, remoteChecksums and connections only apply to sftp targets; this one is local.";
       }
       {
         assertion = sftp || !(pathInside job.source t.path || pathInside t.path job.source);
@@ -359,6 +371,7 @@ let
               ;
             known_hosts_file = knownHostsFile;
             remote_checksums = t.remoteChecksums;
+            inherit (t) connections;
           }
           // lib.optionalAttrs (t.identityFile != null) { identity_file = t.identityFile; }
         else

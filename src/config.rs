@@ -48,6 +48,7 @@ struct RawTarget {
     known_hosts_file: Option<PathBuf>,
     transport: Option<Transport>,
     remote_checksums: Option<RemoteChecksums>,
+    connections: Option<u8>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +128,8 @@ pub struct Sftp {
     pub known_hosts_file: PathBuf,
     pub transport: Transport,
     pub remote_checksums: RemoteChecksums,
+    /// sshfs connections, and rsync workers over them (split.rs).
+    pub connections: usize,
 }
 
 impl Job {
@@ -269,6 +272,11 @@ fn resolve(raw: RawJob) -> Result<Job> {
     })
 }
 
+/// sshfs connections and rsync workers: 4 halves a backup at a 20 ms round
+/// trip against 1 and costs little on a fast link (docs/benchmarks.md).
+const DEFAULT_CONNECTIONS: u8 = 4;
+const MAX_CONNECTIONS: u8 = 16;
+
 fn resolve_target(t: RawTarget) -> Result<Target> {
     absolute("target.path", &t.path)?;
     match t.kind {
@@ -281,6 +289,7 @@ fn resolve_target(t: RawTarget) -> Result<Target> {
                 ("known_hosts_file", t.known_hosts_file.is_some()),
                 ("transport", t.transport.is_some()),
                 ("remote_checksums", t.remote_checksums.is_some()),
+                ("connections", t.connections.is_some()),
             ];
             if let Some((field, _)) = sftp_only.iter().find(|(_, set)| *set) {
                 return Err(field_error(
@@ -316,6 +325,13 @@ fn resolve_target(t: RawTarget) -> Result<Target> {
             if t.port == Some(0) {
                 return Err(field_error("target.port", "must be between 1 and 65535"));
             }
+            let connections = t.connections.unwrap_or(DEFAULT_CONNECTIONS);
+            if !(1..=MAX_CONNECTIONS).contains(&connections) {
+                return Err(field_error(
+                    "target.connections",
+                    format!("must be between 1 and {MAX_CONNECTIONS}, not {connections}"),
+                ));
+            }
             Ok(Target::Sftp(Sftp {
                 host,
                 port: t.port.unwrap_or(22),
@@ -325,6 +341,7 @@ fn resolve_target(t: RawTarget) -> Result<Target> {
                 known_hosts_file,
                 transport: t.transport.unwrap_or(Transport::Sshfs),
                 remote_checksums: t.remote_checksums.unwrap_or(RemoteChecksums::Ssh),
+                connections: usize::from(connections),
             }))
         }
     }
@@ -493,6 +510,7 @@ mod tests {
         assert_eq!(s.port, 22);
         assert_eq!(s.transport, Transport::Sshfs);
         assert_eq!(s.remote_checksums, RemoteChecksums::Ssh);
+        assert_eq!(s.connections, 4);
         assert_eq!(
             job.target_label(),
             "docs@backup.example.org:22:/backups/docs"
@@ -573,6 +591,24 @@ mod tests {
             e.contains("target.known_hosts_file") && e.contains("host keys"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn connections_are_bounded_and_sftp_only() {
+        let set = |n: &str| with(r#""type": "sftp","#, &format!(r#""type": "sftp", "connections": {n},"#));
+        let Target::Sftp(s) = parse(&set("16")).unwrap().target else {
+            panic!("sftp expected")
+        };
+        assert_eq!(s.connections, 16);
+        for bad in ["0", "17"] {
+            let e = error_of(&set(bad));
+            assert!(e.contains("target.connections") && e.contains("between 1 and 16"), "{e}");
+        }
+        let local = r#"{ "version": 1, "name": "usb", "source": "/srv/docs",
+            "password_file": "/run/keys/docs",
+            "target": { "type": "local", "path": "/mnt/usb/docs", "connections": 2 } }"#;
+        let e = error_of(local);
+        assert!(e.contains("target.connections") && e.contains("sftp"), "{e}");
     }
 
     #[test]

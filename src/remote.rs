@@ -187,7 +187,7 @@ impl Ssh {
             .arg(point)
             // Keep FUSE from caching stale attributes of files rsync renames.
             .args(["-o", "noatime", "-o"])
-            .arg(format!("max_conns={}", crate::split::WORKERS));
+            .arg(format!("max_conns={}", self.sftp.connections));
         Mount::establish(point, FsType::Sshfs, cmd, |out| {
             self.connection_error(&out.stderr, "mounting with sshfs")
         })

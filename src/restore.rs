@@ -115,16 +115,20 @@ fn copy_out(job: &Job, plain: &Path, paths: &[String], to: &Path) -> Result<Stat
         return copy_pass(job, args, to);
     }
     let whole = format!("{}/", plain.display());
-    let dirs = match job.target {
-        Target::Sftp(_) => split::top_level_dirs(plain)?,
-        Target::Local { .. } => Vec::new(),
+    let workers = match &job.target {
+        Target::Sftp(s) => s.connections,
+        Target::Local { .. } => 1,
+    };
+    let dirs = match workers > 1 {
+        true => split::top_level_dirs(plain)?,
+        false => Vec::new(),
     };
     if dirs.len() < 2 {
         return copy_pass(job, vec![whole], to);
     }
     let with = |filters: Vec<String>| filters.into_iter().chain([whole.clone()]).collect();
     let mut stats = copy_pass(job, with(split::top_level_pass()), to)?;
-    for pass in split::in_workers(dirs, |batch| {
+    for pass in split::in_workers(dirs, workers, |batch| {
         copy_pass(job, with(split::directories_pass(batch)), to)
     })? {
         stats.add(&pass);

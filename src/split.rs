@@ -24,10 +24,6 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use crate::error::{IoContext, Result};
 
-/// Rsync processes at once over one sshfs mount; sshfs opens as many
-/// connections (`max_conns` in remote.rs).
-pub const WORKERS: usize = 4;
-
 /// The top-level directories of `tree`, sorted. Empty (one rsync, no
 /// split) when a name cannot be written as a filter rule: not UTF-8, or
 /// with a line break (plaintext names in a restore).
@@ -53,18 +49,20 @@ pub fn top_level_dirs(tree: &Path) -> Result<Vec<String>> {
     Ok(dirs)
 }
 
-/// Runs `pass` on every batch of directories, WORKERS at a time; after the
+/// Runs `pass` on every batch of directories, `workers` at a time (the
+/// job's `target.connections`; sshfs opens as many connections); after the
 /// first failure no new pass starts. The results in the order they ended;
 /// the first error, if any.
 pub fn in_workers<R: Send>(
     dirs: Vec<String>,
+    workers: usize,
     pass: impl Fn(&[String]) -> Result<R> + Sync,
 ) -> Result<Vec<R>> {
-    let batches = Mutex::new(batches(dirs, WORKERS).into_iter());
+    let batches = Mutex::new(batches(dirs, workers).into_iter());
     let results = Mutex::new(Vec::new());
     let failed = AtomicBool::new(false);
     std::thread::scope(|scope| {
-        for _ in 0..WORKERS {
+        for _ in 0..workers {
             scope.spawn(|| {
                 while !failed.load(Relaxed) {
                     let Some(batch) = batches.lock().unwrap().next() else {

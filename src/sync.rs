@@ -394,7 +394,11 @@ impl Rsync<'_> {
     /// Mirrors the view into files/: one rsync, or over sshfs one for the
     /// top level and then several workers (see split.rs).
     fn mirror(&self, decryptor: &PathDecryptor) -> Result<Stats> {
-        let dirs = match uses_sshfs(self.job) {
+        let workers = match &self.job.target {
+            Target::Sftp(s) if s.transport == Transport::Sshfs => s.connections,
+            _ => 1,
+        };
+        let dirs = match workers > 1 {
             true => split::top_level_dirs(self.source)?,
             false => Vec::new(),
         };
@@ -403,7 +407,7 @@ impl Rsync<'_> {
         }
         let mut stats = self.mirror_pass(split::top_level_pass(), decryptor)?;
         let backup_dir = self.prepare_backup_dir()?;
-        let results = split::in_workers(dirs, |batch| {
+        let results = split::in_workers(dirs, workers, |batch| {
             self.remote
                 .check_live()
                 .map_err(|e| self.lost_connection(e, ""))?;

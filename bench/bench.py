@@ -14,6 +14,7 @@ counters: run.sh runs this in a private network namespace, so only our
 traffic is counted).
 """
 import argparse
+import re
 import hashlib
 import json
 import os
@@ -429,18 +430,23 @@ class Tool:
 class CipherSync(Tool):
     def __init__(self, b, name, tdir, rdir):
         super().__init__(b, name, tdir, rdir)
-        transport = name.split("-")[1]
+        # cs-sshfs, cs-rsync, or cs-sshfs-c8: target.connections = 8
+        parts = name.split("-")
+        transport = parts[1]
         self.job = os.path.join(tdir, "job.json")
         state, run = os.path.join(tdir, "state"), os.path.join(tdir, "run")
+        target = {"type": "sftp", "host": "127.0.0.1", "port": b.port, "user": user(),
+                  "path": rdir, "identity_file": b.client_key,
+                  "known_hosts_file": b.known_hosts, "transport": transport,
+                  "remote_checksums": "ssh"}
+        if len(parts) > 2:
+            target["connections"] = int(parts[2][1:])
         with open(self.job, "w") as f:
             json.dump({
                 "version": 1, "name": "bench-" + transport, "source": b.src,
                 "password_file": b.password,
                 "gocryptfs_config": os.path.join(state, "gocryptfs.reverse.conf"),
-                "target": {"type": "sftp", "host": "127.0.0.1", "port": b.port, "user": user(),
-                           "path": rdir, "identity_file": b.client_key,
-                           "known_hosts_file": b.known_hosts, "transport": transport,
-                           "remote_checksums": "ssh"},
+                "target": target,
                 "state_dir": state, "runtime_dir": run,
             }, f, indent=2)
 
@@ -677,8 +683,8 @@ def main():
     args.tools = [t for t in args.tools.split(",") if t]
     args.scenarios = [s for s in args.scenarios.split(",") if s]
     for t in args.tools:
-        if t != "floor" and t not in TOOLS:
-            sys.exit("unknown tool %s (known: floor,%s)" % (t, ",".join(TOOLS)))
+        if t != "floor" and t not in TOOLS and not re.fullmatch(r"cs-sshfs-c\d+", t):
+            sys.exit("unknown tool %s (known: floor,%s, cs-sshfs-cN)" % (t, ",".join(TOOLS)))
     b = Bench(args)
 
     def on_term(*_):

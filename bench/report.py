@@ -9,6 +9,7 @@ ratios are of medians. bench/analysis.md (hand-written: profiles and
 recommendations) is appended to the document as it is.
 """
 import glob
+import re
 import json
 import os
 import statistics
@@ -52,16 +53,69 @@ def load(paths):
     return recs
 
 
+SCALING = re.compile(r"cs-sshfs-c(\d+)$")
+
+
+def is_scaling_run(recs):
+    """A run of only `cs-sshfs-cN` tools: target.connections side by side."""
+    tools = {r["tool"] for r in recs if r.get("scenario") != "meta" and "tool" in r}
+    return bool(tools) and all(SCALING.match(t) for t in tools)
+
+
 def pick_runs():
     files = sorted(glob.glob(os.path.join(BENCH, "results", "*.jsonl")))
     newest = {}
     for f in files:
-        meta = next((r for r in load([f]) if r.get("scenario") == "meta"), None)
-        if not meta:
+        recs = load([f])
+        meta = next((r for r in recs if r.get("scenario") == "meta"), None)
+        if not meta or is_scaling_run(recs):
             continue
         m = meta["meta"]
         newest[(m["set"], m["delay_ms"])] = f  # files sort by time
     return [newest[k] for k in sorted(newest, key=lambda k: (k[1], k[0]))]
+
+
+def pick_scaling():
+    files = sorted(glob.glob(os.path.join(BENCH, "results", "*.jsonl")))
+    runs = [f for f in files if is_scaling_run(load([f]))]
+    return runs[-1] if runs else None
+
+
+def scaling_section(path, reference):
+    """The sshfs transport with 1..N connections (rsync workers), and the
+    newest full run at the same delay for restic and the default (4)."""
+    recs = load([path])
+    meta_r = next(r for r in recs if r.get("scenario") == "meta")
+    meta, summary = meta_r["meta"], summarise(recs)
+    ref = summarise(load([reference])) if reference else {}
+    delay = meta["delay_ms"]
+    rows = sorted({int(SCALING.match(t).group(1)) for t, _ in summary})
+    if not rows:
+        return []
+    scen = [("backup_initial", "initial backup"), ("backup_nochange", "no-change backup"),
+            ("backup_changed", "backup after changes"), ("restore_full", "full restore")]
+    out = ["## sshfs transport: `target.connections` at %g ms RTT" % (2 * delay), "",
+           "Run `%s` (`%s`, %s, binary %s): the sshfs transport with 1 to %d connections "
+           "(rsync workers over disjoint top-level directories, sshfs `max_conns` the same), "
+           "set %s, one repeat. The default (4) and restic come from the newest full run at "
+           "this delay%s." % (meta_r["run_id"], os.path.relpath(path, REPO), meta["date"],
+                              meta["versions"].get("ciphersync_commit", "?"), rows[-1], meta["set"],
+                              " (`%s`)" % os.path.relpath(reference, REPO) if reference else " (none)"), "",
+           "| tool | " + " | ".join(t for _, t in scen) + " |",
+           "|---|" + "---:|" * len(scen)]
+
+    def cells(summ, tool):
+        return " | ".join(fmt_s((summ.get((tool, sc)) or {}).get("wall_med")) + " s" for sc, _ in scen)
+
+    lines = [(n, "ciphersync sshfs, connections %d" % n, cells(summary, "cs-sshfs-c%d" % n)) for n in rows]
+    if ("cs-sshfs", "backup_initial") in ref:
+        lines.append((4, "ciphersync sshfs, connections 4 (default)", cells(ref, "cs-sshfs")))
+    lines.sort(key=lambda l: l[0])
+    out += ["| %s | %s |" % (label, c) for _, label, c in lines]
+    for tool in ("cs-rsync", "restic"):
+        if (tool, "backup_initial") in ref:
+            out.append("| %s | %s |" % (LABEL[tool], cells(ref, tool)))
+    return out + [""]
 
 
 def fmt_s(x):
@@ -335,6 +389,11 @@ def main():
         png = "benchmarks-%s%s.png" % (meta["set"], "-d%g" % delay if delay else "")
         if plot(summary, floor, "ciphersync benchmark, set %s" % name, os.path.join(REPO, "docs", png)):
             out += ["![time per scenario per tool, %s](%s)" % (name, png), ""]
+    scaling = pick_scaling() if not sys.argv[1:] else None
+    if scaling:
+        delay = next(r for r in load([scaling]) if r.get("scenario") == "meta")["meta"]["delay_ms"]
+        same = [p for p in paths if next(r for r in load([p]) if r.get("scenario") == "meta")["meta"]["delay_ms"] == delay]
+        out += scaling_section(scaling, same[-1] if same else None)
     analysis = os.path.join(BENCH, "analysis.md")
     if os.path.exists(analysis):
         out += [open(analysis).read().rstrip(), ""]

@@ -8,7 +8,8 @@
 #   SMALL  200,000 files of 0..4 KB
 #   --delay-ms 10   a userspace proxy (bench/delayproxy.py) in front of sshd
 #                   adds 10 ms each way: a 20 ms round trip
-#   --tools         default floor,cs-sshfs,cs-rsync,seed,restic,borg
+#   --tools         default floor,cs-sshfs,cs-rsync,seed,restic,borg;
+#                   cs-sshfs-c8 is the sshfs transport with target.connections 8
 #   --scenarios     default: all (backups always run)
 #
 # Data sets are generated once from a fixed seed under $CSBENCH_ROOT

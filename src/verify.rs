@@ -63,23 +63,27 @@ pub fn verify(ctx: &Context) -> Result<Done> {
         ));
     }
     let diff = without(diff, &local.skip);
-    store_lists(&remote, &id, local.list, remote_list)?;
     save_repair_list(ctx, &diff)?;
-
+    // Names need the view's control socket; then the view can go while
+    // the lists are stored.
     let decryptor = PathDecryptor::new(&ctlsock);
     let name = |encrypted: &String| plaintext_name(&decryptor, encrypted);
-    let outcome = outcome_of(&diff);
+    let stats = json!({
+        "files": local.files,
+        "hashed": local.hashed,
+        "pending": local.pending,
+        "hardlinked": local.hardlinked,
+        "missing": diff.missing.iter().map(name).collect::<Vec<_>>(),
+        "extra": diff.extra.iter().map(name).collect::<Vec<_>>(),
+        "changed": diff.changed.iter().map(name).collect::<Vec<_>>(),
+    });
+    crate::run::side_by_side(
+        || store_lists(&remote, &id, local.list, remote_list),
+        || view.unmount(),
+    )?;
     Ok(Done {
-        outcome,
-        stats: json!({
-            "files": local.files,
-            "hashed": local.hashed,
-            "pending": local.pending,
-            "hardlinked": local.hardlinked,
-            "missing": diff.missing.iter().map(name).collect::<Vec<_>>(),
-            "extra": diff.extra.iter().map(name).collect::<Vec<_>>(),
-            "changed": diff.changed.iter().map(name).collect::<Vec<_>>(),
-        }),
+        outcome: outcome_of(&diff),
+        stats,
     })
 }
 
@@ -241,14 +245,49 @@ fn without(diff: Diff, skip: &HashSet<String>) -> Diff {
     }
 }
 
-/// Keeps both lists in the remote checksums/ dir, as the seed did.
+/// Keeps both lists in the remote checksums/ dir, as the seed did. The
+/// lists of the last KEPT_CHECKSUM_RUNS verify runs are enough to see when
+/// damage appeared; older ones would only grow without bound.
 fn store_lists(remote: &Remote, id: &str, local: File, theirs: RemoteList) -> Result<()> {
+    match remote {
+        Remote::Shell { ssh } => store_lists_over_ssh(ssh, id, local),
+        Remote::Path { .. } => store_lists_on_path(remote, id, local, theirs),
+    }
+}
+
+/// One ssh command: the local list (the server stored its own) goes up
+/// on stdin, then the lists of older runs are removed.
+fn store_lists_over_ssh(ssh: &Ssh, id: &str, local: File) -> Result<()> {
+    let dir = quote_path(&ssh.sftp().path.join(CHECKSUMS));
+    let command = format!(
+        "cd {dir} && cat > .{id}.local.sha1.tmp && mv -f .{id}.local.sha1.tmp {id}.local.sha1 && \
+         for run in $(ls -1A | grep -E '^[0-9]{{8}}T[0-9]{{6}}Z[.](local|remote)[.]sha1$' | sed 's/[.].*//' \
+         | sort -ru | tail -n +{}); do rm -f \"$run.local.sha1\" \"$run.remote.sha1\"; done",
+        KEPT_CHECKSUM_RUNS + 1
+    );
+    let mut local = local;
+    local
+        .seek(SeekFrom::Start(0))
+        .ctx(|| "rewinding the local list")?;
+    let out = ssh
+        .command(&command)
+        .stdin(local)
+        .timeout(remote::SHORT_COMMAND * 12)
+        .run()?;
+    if out.code() == Some(255) {
+        return Err(ssh.connection_error(&out.stderr, "storing the checksum lists"));
+    }
+    if !out.success() {
+        return Err(remote::remote_failure(ssh, &out, "cannot store the checksum lists"));
+    }
+    Ok(())
+}
+
+fn store_lists_on_path(remote: &Remote, id: &str, local: File, theirs: RemoteList) -> Result<()> {
     remote.write_file_atomic_from(&format!("{CHECKSUMS}/{id}.local.sha1"), local)?;
     if !theirs.stored {
         remote.write_file_atomic_from(&format!("{CHECKSUMS}/{id}.remote.sha1"), theirs.file)?;
     }
-    // The lists of the last KEPT_CHECKSUM_RUNS verify runs are enough to see
-    // when damage appeared; older ones would only grow without bound.
     let names = remote.list_names(CHECKSUMS)?;
     let mut runs: Vec<&str> = names
         .iter()

@@ -187,3 +187,60 @@ fn wrong_password_fails_cleanly_and_leaves_remote_untouched() {
     );
     job.assert_clean();
 }
+
+/// verify keeps both lists in checksums/ for the last 10 runs, sorted the
+/// same way (so `diff` compares them), equal when nothing is damaged, and
+/// `sha1sum -c` run in files/ accepts them. Over ssh (the server stores its
+/// own list, one command stores ours and prunes) and on a local target.
+#[test]
+fn checksum_lists_are_sorted_checkable_and_pruned() {
+    if !require_tools("checksum_lists", SFTP_TOOLS) {
+        return;
+    }
+    for job in [
+        Job::sftp("ck-ssh").transport("rsync").build(),
+        Job::local("ck-local").build(),
+    ] {
+        make_sample_tree(&job.source);
+        job.init_and_backup();
+        let dir = job.target_path.join("checksums");
+        fs::create_dir_all(&dir).unwrap();
+        let old: Vec<String> = (0..12).map(|i| format!("20200101T0000{i:02}Z")).collect();
+        for run in &old {
+            for side in ["local", "remote"] {
+                fs::write(dir.join(format!("{run}.{side}.sha1")), "").unwrap();
+            }
+        }
+        job.verify_ok(false);
+        let mut runs: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter_map(|n| n.strip_suffix(".local.sha1").map(str::to_owned))
+            .collect();
+        runs.sort();
+        assert_eq!(runs.len(), 10, "{}: runs kept: {runs:?}", job.name);
+        assert_eq!(runs[..9], old[3..], "{}: the oldest runs go", job.name);
+        let newest = &runs[9];
+        assert!(is_snapshot_id(newest), "{newest}");
+        for side in ["local", "remote"] {
+            assert!(dir.join(format!("{newest}.{side}.sha1")).is_file(), "{side} list missing");
+        }
+        let local = fs::read_to_string(dir.join(format!("{newest}.local.sha1"))).unwrap();
+        let remote = fs::read_to_string(dir.join(format!("{newest}.remote.sha1"))).unwrap();
+        assert_eq!(local, remote, "{}: the two lists differ", job.name);
+        let names: Vec<&str> = local.lines().map(|l| &l[42..]).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted, "{}: list not sorted by path", job.name);
+        assert!(names.len() > 3 && names.iter().all(|n| n.starts_with("./")));
+        for side in ["local", "remote"] {
+            let list = dir.join(format!("{newest}.{side}.sha1"));
+            let mut check = std::process::Command::new("sha1sum");
+            check
+                .args(["-c", "--quiet"])
+                .arg(&list)
+                .current_dir(job.target_path.join("files"));
+            run_cmd(check).expect_code(0, "sha1sum -c");
+        }
+    }
+}

@@ -3,8 +3,8 @@
 # through sshfs fastest. Copies part of data set S (the first top-level
 # directory, ~300 files) through gocryptfs -reverse into an empty remote dir:
 #   A  sshfs defaults, one rsync                      (the seed)
-#   B  sshfs -o max_conns=4, one rsync                (ciphersync today)
-#   C  sshfs -o max_conns=4, 4 rsyncs on disjoint subtrees
+#   B  sshfs -o max_conns=4, one rsync                (ciphersync before target.connections)
+#   C  sshfs -o max_conns=4, 4 rsyncs on disjoint subtrees (like ciphersync now, connections 4)
 #   D  sshfs -o max_conns=8, 8 rsyncs on disjoint subtrees
 #   R  rsync over ssh (no sshfs), for reference
 #   bench/sshfs-workers.sh [DELAY_MS each way, default 10] [TOP_DIR, default d000]

@@ -423,12 +423,9 @@ impl Rsync<'_> {
 
     /// The snapshot dir, made before the workers start: rsync does not
     /// expect another process to create the same backup dir at once.
+    /// Through the pinned mount path, like rsync (see Mount::pinned).
     fn prepare_backup_dir(&self) -> Result<PathBuf> {
-        let root = self
-            .remote
-            .local_root()
-            .expect("the sshfs transport has a mount");
-        let dir = root.join(SNAPSHOTS).join(self.snapshot);
+        let dir = PathBuf::from(self.remote.rsync_path(SNAPSHOTS)).join(self.snapshot);
         match std::fs::create_dir(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
                 Err(Error::io(format!("creating {}", dir.display()), e))

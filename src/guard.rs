@@ -24,6 +24,15 @@ pub struct Estimate {
     pub recorded: u64,
     /// How many of them this run would move into its snapshot.
     pub moved: u64,
+    /// Files (and symlinks) in the view that the last record lacks.
+    pub added: u64,
+}
+
+impl Estimate {
+    /// Nothing to send or delete but, perhaps, directories and modes.
+    pub fn nothing_to_move(&self) -> bool {
+        self.moved == 0 && self.added == 0
+    }
 }
 
 /// What the local view holds: path key -> (size, newest of mtime/ctime in
@@ -68,9 +77,7 @@ fn index_subtree(view: &Path, subtree: &Path, index: &mut ViewIndex) -> Result<(
     // walkdir follows a root that is a symlink; a top-level link is a file.
     let meta = std::fs::symlink_metadata(subtree).ctx(|| format!("reading {}", subtree.display()))?;
     if !meta.is_dir() {
-        let stamp = Stamp::of(&meta);
-        let key = path_key(&walk::relative(view, subtree));
-        index.insert(key, (stamp.size, stamp.changed_ns()));
+        insert(index, &walk::relative(view, subtree), &meta);
         return Ok(());
     }
     for entry in walkdir::WalkDir::new(subtree).follow_links(false) {
@@ -80,13 +87,17 @@ fn index_subtree(view: &Path, subtree: &Path, index: &mut ViewIndex) -> Result<(
             continue;
         }
         let meta = entry.metadata().map_err(|e| walk::error(view, e))?;
-        let stamp = Stamp::of(&meta);
-        index.insert(
-            path_key(&walk::relative(view, entry.path())),
-            (stamp.size, stamp.changed_ns()),
-        );
+        insert(index, &walk::relative(view, entry.path()), &meta);
     }
     Ok(())
+}
+
+/// The user's files only, as the estimate counts them.
+fn insert(index: &mut ViewIndex, rel: &str, meta: &std::fs::Metadata) {
+    if !crate::snapshots::is_gocryptfs_metadata(rel) {
+        let stamp = Stamp::of(meta);
+        index.insert(path_key(rel), (stamp.size, stamp.changed_ns()));
+    }
 }
 
 /// Passes once over the last record's entries.
@@ -98,7 +109,9 @@ pub fn estimate(
     let mut estimate = Estimate {
         recorded: 0,
         moved: 0,
+        added: 0,
     };
+    let mut found = 0u64;
     for entry in last {
         let entry = entry?;
         // The user's files only: a directory's diriv follows the directory's
@@ -110,12 +123,14 @@ pub fn estimate(
         let moved = match view.get(&path_key(&entry.path)) {
             None => true,
             Some((size, changed)) => {
+                found += 1;
                 (entry.kind == 'f' && *size != entry.size)
                     || last_start_ns.is_some_and(|start| i128::from(*changed) >= start)
             }
         };
         estimate.moved += u64::from(moved);
     }
+    estimate.added = (view.len() as u64).saturating_sub(found);
     Ok(estimate)
 }
 
@@ -167,7 +182,7 @@ mod tests {
     #[test]
     fn counts_deleted_resized_and_touched_files() {
         let last = record(&[("a", 1), ("b", 2), ("c", 3), ("d", 4)]);
-        let view: ViewIndex = [("a", (1, 10)), ("b", (20, 10)), ("c", (3, 500))]
+        let view: ViewIndex = [("a", (1, 10)), ("b", (20, 10)), ("c", (3, 500)), ("new", (1, 9))]
             .map(|(k, v)| (path_key(k), v))
             .into();
         // d is gone, b changed size, c was touched after the last start (100).
@@ -175,14 +190,16 @@ mod tests {
             estimate(entries(&last), &view, Some(100)).unwrap(),
             Estimate {
                 recorded: 4,
-                moved: 3
+                moved: 3,
+                added: 1,
             }
         );
         assert_eq!(
             estimate(entries(&last), &view, None).unwrap(),
             Estimate {
                 recorded: 4,
-                moved: 2
+                moved: 2,
+                added: 1,
             }
         );
     }
@@ -203,12 +220,15 @@ mod tests {
         }
         std::fs::write(root.join("top"), "12345").unwrap();
         expected.push(("top".into(), 5));
+        // gocryptfs' own files are not the user's: not indexed.
+        std::fs::write(root.join("d1/gocryptfs.diriv"), "iv").unwrap();
         // A top-level link whose target does not exist (like an encrypted one).
         std::os::unix::fs::symlink("no/such/target", root.join("link")).unwrap();
         let index = index_view(&root).unwrap();
         assert_eq!(index.len(), expected.len() + 1);
         assert!(index.contains_key(&path_key("link")));
         assert!(!index.contains_key(&path_key("d3/sub")));
+        assert!(!index.contains_key(&path_key("d1/gocryptfs.diriv")));
         for (rel, size) in expected {
             assert_eq!(index.get(&path_key(&rel)).map(|v| v.0), Some(size), "{rel}");
         }
@@ -220,10 +240,12 @@ mod tests {
         let half = Estimate {
             recorded: 10,
             moved: 5,
+            added: 0,
         };
         let most = Estimate {
             recorded: 10,
             moved: 6,
+            added: 0,
         };
         assert!(check("docs", &half, 50).is_ok());
         let err = check("docs", &most, 50).unwrap_err();
@@ -235,7 +257,8 @@ mod tests {
                 "docs",
                 &Estimate {
                     recorded: 0,
-                    moved: 0
+                    moved: 0,
+                    added: 0,
                 },
                 0
             )

@@ -286,3 +286,34 @@ fn exclude_patterns_are_not_backed_up() {
     assert_trees_equal(&expected, &to);
     job.assert_clean();
 }
+
+/// Over sshfs the first backup splits the tree between rsync workers (a
+/// top-level pass, then one per top-level directory with 2 connections:
+/// 3 rsync runs for 2 directories); a run with nothing to move uses one
+/// rsync; a change brings the workers back. The tree stays exact.
+#[test]
+fn sshfs_workers_split_only_when_files_move() {
+    if !require_tools("sshfs_workers", SFTP_TOOLS) {
+        return;
+    }
+    let job = Job::sftp("split")
+        .transport("sshfs")
+        .set("target.connections", serde_json::json!(2))
+        .build();
+    for dir in ["one", "two"] {
+        fs::create_dir_all(job.source.join(dir)).unwrap();
+        for i in 0..3 {
+            write_mode(&job.source.join(dir).join(format!("f{i}")), b"data", 0o644);
+        }
+    }
+    job.ok(&["init"]);
+    let rsync_runs = |out: &Out| out.stderr.matches("run: rsync ").count();
+    let first = job.ok(&["--verbose", "backup"]);
+    assert_eq!(rsync_runs(&first), 3, "first backup:\n{}", first.stderr);
+    let again = job.ok(&["--verbose", "backup"]);
+    assert_eq!(rsync_runs(&again), 1, "no-change backup:\n{}", again.stderr);
+    write_mode(&job.source.join("two/new"), b"new file", 0o644);
+    let changed = job.ok(&["--verbose", "backup"]);
+    assert_eq!(rsync_runs(&changed), 3, "backup with a new file:\n{}", changed.stderr);
+    job.verify_ok(true);
+}

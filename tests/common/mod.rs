@@ -861,7 +861,8 @@ impl JobBuilder {
         self.remote_checksums = Some(m.into());
         self
     }
-    /// Any other top-level field, e.g. `.set("filenames", json!("plaintext"))`.
+    /// Any other field, e.g. `.set("filenames", json!("plaintext"))`; a
+    /// `target.` prefix sets a field of the target.
     pub fn set(mut self, key: &str, v: Value) -> Self {
         self.extra.insert(key.into(), v);
         self
@@ -932,7 +933,10 @@ impl JobBuilder {
             config["gocryptfs_config"] = json!(state_dir.join("gocryptfs.reverse.conf"));
         }
         for (k, v) in self.extra {
-            config[k] = v;
+            match k.strip_prefix("target.") {
+                Some(field) => config["target"][field] = v,
+                None => config[k] = v,
+            }
         }
         let config_file = root.join("job.json");
         fs::write(&config_file, serde_json::to_string_pretty(&config).unwrap()).unwrap();

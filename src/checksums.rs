@@ -570,7 +570,11 @@ mod tests {
     fn compare_sorts_into_three_lists() {
         let local = format!("{A}  ./same\n{A}  ./changed\n{A}  ./missing\n");
         let path = temp("compare");
-        std::fs::write(&path, format!("{B}  ./extra\n{B}  ./changed\n{A}  ./same\n")).unwrap();
+        std::fs::write(
+            &path,
+            format!("{B}  ./extra\n{B}  ./changed\n{A}  ./same\n"),
+        )
+        .unwrap();
         let mut remote = File::open(&path).unwrap();
         insta::assert_debug_snapshot!(compare(local.as_bytes(), &mut remote).unwrap());
         std::fs::remove_file(path).unwrap();

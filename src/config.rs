@@ -595,20 +595,31 @@ mod tests {
 
     #[test]
     fn connections_are_bounded_and_sftp_only() {
-        let set = |n: &str| with(r#""type": "sftp","#, &format!(r#""type": "sftp", "connections": {n},"#));
+        let set = |n: &str| {
+            with(
+                r#""type": "sftp","#,
+                &format!(r#""type": "sftp", "connections": {n},"#),
+            )
+        };
         let Target::Sftp(s) = parse(&set("16")).unwrap().target else {
             panic!("sftp expected")
         };
         assert_eq!(s.connections, 16);
         for bad in ["0", "17"] {
             let e = error_of(&set(bad));
-            assert!(e.contains("target.connections") && e.contains("between 1 and 16"), "{e}");
+            assert!(
+                e.contains("target.connections") && e.contains("between 1 and 16"),
+                "{e}"
+            );
         }
         let local = r#"{ "version": 1, "name": "usb", "source": "/srv/docs",
             "password_file": "/run/keys/docs",
             "target": { "type": "local", "path": "/mnt/usb/docs", "connections": 2 } }"#;
         let e = error_of(local);
-        assert!(e.contains("target.connections") && e.contains("sftp"), "{e}");
+        assert!(
+            e.contains("target.connections") && e.contains("sftp"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -250,7 +250,8 @@ pub fn scratch_file(dir: &std::path::Path, name: &str) -> Result<File> {
         .truncate(true)
         .open(&path)
         .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-    std::fs::remove_file(&path).map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+    std::fs::remove_file(&path)
+        .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
     Ok(file)
 }
 

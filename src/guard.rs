@@ -75,7 +75,8 @@ const INDEX_THREADS: usize = 4;
 
 fn index_subtree(view: &Path, subtree: &Path, index: &mut ViewIndex) -> Result<()> {
     // walkdir follows a root that is a symlink; a top-level link is a file.
-    let meta = std::fs::symlink_metadata(subtree).ctx(|| format!("reading {}", subtree.display()))?;
+    let meta =
+        std::fs::symlink_metadata(subtree).ctx(|| format!("reading {}", subtree.display()))?;
     if !meta.is_dir() {
         insert(index, &walk::relative(view, subtree), &meta);
         return Ok(());
@@ -182,9 +183,14 @@ mod tests {
     #[test]
     fn counts_deleted_resized_and_touched_files() {
         let last = record(&[("a", 1), ("b", 2), ("c", 3), ("d", 4)]);
-        let view: ViewIndex = [("a", (1, 10)), ("b", (20, 10)), ("c", (3, 500)), ("new", (1, 9))]
-            .map(|(k, v)| (path_key(k), v))
-            .into();
+        let view: ViewIndex = [
+            ("a", (1, 10)),
+            ("b", (20, 10)),
+            ("c", (3, 500)),
+            ("new", (1, 9)),
+        ]
+        .map(|(k, v)| (path_key(k), v))
+        .into();
         // d is gone, b changed size, c was touched after the last start (100).
         assert_eq!(
             estimate(entries(&last), &view, Some(100)).unwrap(),

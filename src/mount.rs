@@ -211,7 +211,10 @@ pub fn prepare_point(point: &Path) -> Result<()> {
             .unwrap_or_default();
         return Err(Error::new(
             Kind::Io,
-            format!("mount point {} is not empty (it holds {name:?})", point.display()),
+            format!(
+                "mount point {} is not empty (it holds {name:?})",
+                point.display()
+            ),
         ));
     }
     Ok(())

@@ -13,8 +13,8 @@ use crate::error::{Error, IoContext, Kind, Result};
 use crate::exec::Cmd;
 use crate::remote::{self, FILES, Remote, SNAPSHOTS};
 use crate::run::{Context, Done};
-use crate::status::Outcome;
 use crate::split;
+use crate::status::Outcome;
 use crate::sync::{Stats, parse_stats};
 use crate::{interrupt, snapshots};
 
@@ -110,7 +110,11 @@ fn copy_out(job: &Job, plain: &Path, paths: &[String], to: &Path) -> Result<Stat
         for path in paths {
             check_inside_backup(job, plain, path)?;
             // `mount/./path` copies `path` with its parents (rsync --relative).
-            args.push(format!("{}/./{}", plain.display(), path.trim_end_matches('/')));
+            args.push(format!(
+                "{}/./{}",
+                plain.display(),
+                path.trim_end_matches('/')
+            ));
         }
         return copy_pass(job, args, to);
     }

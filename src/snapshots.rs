@@ -329,7 +329,9 @@ pub fn write_record(
 fn record_script(header: &Header, skip_dot_names: bool) -> String {
     let id = &header.snapshot;
     let dot_names = if skip_dot_names { "! -name '.*' " } else { "" };
-    let head = header.to_text().replace("\nfiles 0\nbytes 0\n", "\nfiles %s\nbytes %s\n");
+    let head = header
+        .to_text()
+        .replace("\nfiles 0\nbytes 0\n", "\nfiles %s\nbytes %s\n");
     let head = head.replace('\n', "\\n");
     format!(
         "set -e\nexport LC_ALL=C\ncd {FILES}\n\
@@ -712,7 +714,12 @@ mod tests {
         let walked = write_record_by_walk(&root, &root, header, true).unwrap();
         assert_eq!((walked.files, walked.bytes), (2, 8));
         assert_eq!(read_back(), by_server);
-        let paths: Vec<&str> = by_server.1.entries.iter().map(|e| e.path.as_str()).collect();
+        let paths: Vec<&str> = by_server
+            .1
+            .entries
+            .iter()
+            .map(|e| e.path.as_str())
+            .collect();
         assert!(!paths.contains(&".Ab.x1Y2z3"), "{paths:?}");
         assert_eq!(paths.len(), 8, "{paths:?}");
         std::fs::remove_dir_all(&root).unwrap();

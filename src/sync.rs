@@ -167,9 +167,8 @@ fn guard_mass_changes(
     let (Some(last), Some(index)) = (last, index) else {
         return Ok(None);
     };
-    let estimate = last.and_then(|last| {
-        guard::estimate(last, &index, last_backup_start_ns(&ctx.job.state_dir))
-    });
+    let estimate = last
+        .and_then(|last| guard::estimate(last, &index, last_backup_start_ns(&ctx.job.state_dir)));
     let estimate = match estimate {
         Ok(estimate) => estimate,
         Err(e) => {
@@ -552,7 +551,11 @@ impl Rsync<'_> {
             return dead;
         };
         let s = ssh.sftp();
-        let detail = if detail.is_empty() { dead.message.as_str() } else { detail };
+        let detail = if detail.is_empty() {
+            dead.message.as_str()
+        } else {
+            detail
+        };
         Error::new(
             Kind::Remote,
             format!(

@@ -53,7 +53,10 @@ pub fn verify(ctx: &Context) -> Result<Done> {
     )?;
     view.check_live()?;
 
-    local.list.seek(SeekFrom::Start(0)).ctx(|| "rewinding the local list")?;
+    local
+        .list
+        .seek(SeekFrom::Start(0))
+        .ctx(|| "rewinding the local list")?;
     let diff = checksums::compare(&mut local.list, &mut remote_list.file)?;
     if local.hardlinked > 0 {
         log::warn(format!(
@@ -155,9 +158,7 @@ fn local_list(ctx: &Context, view: &Path) -> Result<LocalList> {
     drop(cache);
     new_cache.commit()?;
     write_config_line(&mut list, &mut config).map_err(write_error)?;
-    local.list = list
-        .into_inner()
-        .map_err(|e| write_error(e.into_error()))?;
+    local.list = list.into_inner().map_err(|e| write_error(e.into_error()))?;
     Ok(local)
 }
 
@@ -278,7 +279,11 @@ fn store_lists_over_ssh(ssh: &Ssh, id: &str, local: File) -> Result<()> {
         return Err(ssh.connection_error(&out.stderr, "storing the checksum lists"));
     }
     if !out.success() {
-        return Err(remote::remote_failure(ssh, &out, "cannot store the checksum lists"));
+        return Err(remote::remote_failure(
+            ssh,
+            &out,
+            "cannot store the checksum lists",
+        ));
     }
     Ok(())
 }
@@ -459,7 +464,8 @@ impl TwoTrees<'_> {
     }
 
     fn same_link(&self, rel: &str) -> Result<bool> {
-        let ours = std::fs::read_link(self.source.join(rel)).ctx(|| format!("reading link {rel}"))?;
+        let ours =
+            std::fs::read_link(self.source.join(rel)).ctx(|| format!("reading link {rel}"))?;
         let theirs = std::fs::read_link(self.decrypted.join(rel))
             .ctx(|| format!("reading decrypted link {rel}"))?;
         Ok(ours == theirs)

@@ -223,7 +223,10 @@ fn checksum_lists_are_sorted_checkable_and_pruned() {
         let newest = &runs[9];
         assert!(is_snapshot_id(newest), "{newest}");
         for side in ["local", "remote"] {
-            assert!(dir.join(format!("{newest}.{side}.sha1")).is_file(), "{side} list missing");
+            assert!(
+                dir.join(format!("{newest}.{side}.sha1")).is_file(),
+                "{side} list missing"
+            );
         }
         let local = fs::read_to_string(dir.join(format!("{newest}.local.sha1"))).unwrap();
         let remote = fs::read_to_string(dir.join(format!("{newest}.remote.sha1"))).unwrap();

@@ -314,6 +314,11 @@ fn sshfs_workers_split_only_when_files_move() {
     assert_eq!(rsync_runs(&again), 1, "no-change backup:\n{}", again.stderr);
     write_mode(&job.source.join("two/new"), b"new file", 0o644);
     let changed = job.ok(&["--verbose", "backup"]);
-    assert_eq!(rsync_runs(&changed), 3, "backup with a new file:\n{}", changed.stderr);
+    assert_eq!(
+        rsync_runs(&changed),
+        3,
+        "backup with a new file:\n{}",
+        changed.stderr
+    );
     job.verify_ok(true);
 }

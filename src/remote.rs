@@ -165,6 +165,20 @@ impl Ssh {
         Ok(output)
     }
 
+    /// Runs a command made with `command` (and given its stdin, stdout or
+    /// time limit): a lost connection (ssh's 255) and a failure on the
+    /// server both become one clear error, `what` saying what was done.
+    pub fn run_checked(&self, cmd: Cmd, what: &str) -> Result<Output> {
+        let out = cmd.run()?;
+        if out.code() == Some(255) {
+            return Err(self.connection_error(&out.stderr, what));
+        }
+        if !out.success() {
+            return Err(remote_failure(self, &out, what));
+        }
+        Ok(out)
+    }
+
     /// The `-e` argument for rsync: rsync splits it like a shell.
     pub fn rsync_shell(&self) -> String {
         format!(
@@ -478,15 +492,12 @@ impl Remote {
                     quote_path(&ssh.sftp.path.join(rel)),
                 );
                 let command = format!("cat > {temp} && mv -f -- {temp} {target}");
-                let out = ssh
+                let cmd = ssh
                     .command(&command)
                     .stdin(content)
-                    .timeout(SHORT_COMMAND * 12)
-                    .run()?;
-                if !out.success() {
-                    return Err(remote_failure(ssh, &out, &format!("cannot write {rel}")));
-                }
-                Ok(())
+                    .timeout(SHORT_COMMAND * 12);
+                ssh.run_checked(cmd, &format!("cannot write {rel}"))
+                    .map(|_| ())
             }
         }
     }
@@ -619,19 +630,12 @@ impl Remote {
             return Ok(None);
         };
         let root = quote_path(&ssh.sftp.path);
-        let out = ssh
+        let cmd = ssh
             .command(&format!("cd {root} && sh"))
             .stdin(memfd_with(script.as_bytes())?)
             .stdout_to(into)
-            .timeout(SHORT_COMMAND * 12)
-            .run()?;
-        if out.code() == Some(255) {
-            return Err(ssh.connection_error(&out.stderr, what));
-        }
-        if !out.success() {
-            return Err(remote_failure(ssh, &out, what));
-        }
-        out.into_stdout().map(Some)
+            .timeout(SHORT_COMMAND * 12);
+        ssh.run_checked(cmd, what)?.into_stdout().map(Some)
     }
 
     /// Copies files within the target (`from` -> `to`, both relative to the
@@ -682,7 +686,6 @@ pub struct TreeEntry {
 }
 
 fn list_local_tree(dir: &Path) -> Result<Vec<TreeEntry>> {
-    use std::os::unix::fs::MetadataExt;
     let mut entries = Vec::new();
     if !dir.exists() {
         return Ok(entries);
@@ -690,9 +693,17 @@ fn list_local_tree(dir: &Path) -> Result<Vec<TreeEntry>> {
     for entry in walkdir::WalkDir::new(dir).min_depth(1).follow_links(false) {
         interrupt::check()?;
         let entry = entry.map_err(|e| crate::walk::error(dir, e))?;
-        let meta = entry.metadata().map_err(|e| {
-            Error::new(Kind::Io, format!("reading {}: {e}", entry.path().display()))
-        })?;
+        entries.push(TreeEntry::of(dir, &entry)?);
+    }
+    Ok(entries)
+}
+
+impl TreeEntry {
+    /// The listing line of an entry a walk of `root` found (as `find
+    /// -printf` gives it on the server: sizes of files only).
+    pub fn of(root: &Path, entry: &walkdir::DirEntry) -> Result<TreeEntry> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = entry.metadata().map_err(|e| crate::walk::error(root, e))?;
         let t = entry.file_type();
         let kind = if t.is_file() {
             'f'
@@ -703,14 +714,13 @@ fn list_local_tree(dir: &Path) -> Result<Vec<TreeEntry>> {
         } else {
             '?'
         };
-        entries.push(TreeEntry {
+        Ok(TreeEntry {
             kind,
             mode: meta.mode() & 0o7777,
             size: if t.is_file() { meta.len() } else { 0 },
-            path: crate::walk::relative(dir, entry.path()),
-        });
+            path: crate::walk::relative(root, entry.path()),
+        })
     }
-    Ok(entries)
 }
 
 /// Parses `find -printf '%y %m %s %P'` output.

@@ -30,7 +30,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -365,23 +364,13 @@ fn write_record_by_walk(
         interrupt::check()?;
         let entry = entry.map_err(|e| walk::error(&files, e))?;
         let dot_name = entry.file_name().as_encoded_bytes().starts_with(b".");
-        let t = entry.file_type();
-        let kind = match (t.is_file(), t.is_dir(), t.is_symlink()) {
-            (true, _, _) => 'f',
-            (_, true, _) => 'd',
-            (_, _, true) => 'l',
-            _ => continue,
-        };
         if skip_dot_names && dot_name {
             continue;
         }
-        let meta = entry.metadata().map_err(|e| walk::error(&files, e))?;
-        let tree_entry = TreeEntry {
-            kind,
-            mode: meta.mode() & 0o7777,
-            size: if kind == 'f' { meta.len() } else { 0 },
-            path: walk::relative(&files, entry.path()),
-        };
+        let tree_entry = TreeEntry::of(&files, &entry)?;
+        if tree_entry.kind == '?' {
+            continue;
+        }
         if is_user_file(&tree_entry) {
             header.files += 1;
             header.bytes += tree_entry.size;

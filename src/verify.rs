@@ -222,18 +222,12 @@ fn remote_list_over_ssh(ssh: &Ssh, id: &str, into: File) -> Result<File> {
          sort -t ' ' -k 3 {unsorted} > {sorted}; rm -f {unsorted}; mv -f {sorted} {kept}; cat {kept}"
     );
     // A day bounds a server that hangs while answering keepalives.
-    let out = ssh
+    let cmd = ssh
         .command(&command)
         .stdout_to(into)
-        .timeout(Duration::from_secs(24 * 3600))
-        .run()?;
-    if out.code() == Some(255) {
-        return Err(ssh.connection_error(&out.stderr, "computing remote checksums"));
-    }
-    if !out.success() {
-        return Err(remote::remote_failure(ssh, &out, "sha1sum failed"));
-    }
-    out.into_stdout()
+        .timeout(Duration::from_secs(24 * 3600));
+    ssh.run_checked(cmd, "computing remote checksums")?
+        .into_stdout()
 }
 
 /// Drops the paths whose difference has a known, harmless cause.
@@ -270,22 +264,12 @@ fn store_lists_over_ssh(ssh: &Ssh, id: &str, local: File) -> Result<()> {
     local
         .seek(SeekFrom::Start(0))
         .ctx(|| "rewinding the local list")?;
-    let out = ssh
+    let cmd = ssh
         .command(&command)
         .stdin(local)
-        .timeout(remote::SHORT_COMMAND * 12)
-        .run()?;
-    if out.code() == Some(255) {
-        return Err(ssh.connection_error(&out.stderr, "storing the checksum lists"));
-    }
-    if !out.success() {
-        return Err(remote::remote_failure(
-            ssh,
-            &out,
-            "cannot store the checksum lists",
-        ));
-    }
-    Ok(())
+        .timeout(remote::SHORT_COMMAND * 12);
+    ssh.run_checked(cmd, "storing the checksum lists")
+        .map(|_| ())
 }
 
 fn store_lists_on_path(remote: &Remote, id: &str, local: File, theirs: RemoteList) -> Result<()> {

@@ -1648,3 +1648,15 @@ impl Job {
         assert_trees_equal(&self.source, &m.mnt);
     }
 }
+
+/// Asserts verify's three lists of plaintext paths: `missing`, `extra`,
+/// `changed`, each exactly as given.
+pub fn assert_verify_lists(stats: &Value, missing: &[&str], extra: &[&str], changed: &[&str]) {
+    for (list, expected) in [("missing", missing), ("extra", extra), ("changed", changed)] {
+        assert_eq!(
+            str_list(&stats[list]),
+            expected.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            "verify {list}: {stats}"
+        );
+    }
+}

@@ -58,24 +58,24 @@ pub fn verify(ctx: &Context) -> Result<Done> {
         .seek(SeekFrom::Start(0))
         .ctx(|| "rewinding the local list")?;
     let diff = checksums::compare(&mut local.list, &mut remote_list.file)?;
-    if local.hardlinked > 0 {
+    if local.tally.hardlinked > 0 {
         log::warn(format!(
             "{} hard-linked file(s) cannot be compared by ciphertext (gocryptfs -reverse encrypts them \
              differently in every mount); verify --deep checks them",
-            local.hardlinked
+            local.tally.hardlinked
         ));
     }
-    let diff = without(diff, &local.skip);
+    let diff = without(diff, &local.tally.skip);
     save_repair_list(ctx, &diff)?;
     // Names need the view's control socket; then the view can go while
     // the lists are stored.
     let decryptor = PathDecryptor::new(&ctlsock);
     let name = |encrypted: &String| plaintext_name(&decryptor, encrypted);
     let stats = json!({
-        "files": local.files,
-        "hashed": local.hashed,
-        "pending": local.pending,
-        "hardlinked": local.hardlinked,
+        "files": local.tally.files,
+        "hashed": local.tally.hashed,
+        "pending": local.tally.pending,
+        "hardlinked": local.tally.hardlinked,
         "missing": diff.missing.iter().map(name).collect::<Vec<_>>(),
         "extra": diff.extra.iter().map(name).collect::<Vec<_>>(),
         "changed": diff.changed.iter().map(name).collect::<Vec<_>>(),
@@ -102,9 +102,15 @@ fn needs_mount(job: &Job) -> bool {
     matches!(&job.target, Target::Sftp(s) if s.remote_checksums == RemoteChecksums::Mount)
 }
 
-/// The local side: a sha1sum list in a scratch file, and what to skip.
+/// The local side: a sha1sum list in a scratch file, and its tally.
 struct LocalList {
     list: File,
+    tally: Tally,
+}
+
+/// What hashing the local side counted, and what to skip.
+#[derive(Default)]
+struct Tally {
     files: usize,
     hashed: usize,
     pending: usize,
@@ -129,14 +135,7 @@ fn local_list(ctx: &Context, view: &Path) -> Result<LocalList> {
         false => Some(checksums::hash_file(&job.gocryptfs_config)?),
     };
     let since = crate::sync::last_backup_start_ns(&job.state_dir);
-    let mut local = LocalList {
-        list: scratch_file(&job.state_dir, "unused")?,
-        files: 0,
-        hashed: 0,
-        pending: 0,
-        hardlinked: 0,
-        skip: HashSet::new(),
-    };
+    let mut local = Tally::default();
     let write_error = |e: std::io::Error| Error::io("writing the local checksum list", e);
     checksums::hash_tree(view, Some(&cache), |file| {
         if file.rel.as_str() > REMOTE_CONFIG_NAME {
@@ -158,8 +157,10 @@ fn local_list(ctx: &Context, view: &Path) -> Result<LocalList> {
     drop(cache);
     new_cache.commit()?;
     write_config_line(&mut list, &mut config).map_err(write_error)?;
-    local.list = list.into_inner().map_err(|e| write_error(e.into_error()))?;
-    Ok(local)
+    Ok(LocalList {
+        list: list.into_inner().map_err(|e| write_error(e.into_error()))?,
+        tally: local,
+    })
 }
 
 fn write_config_line(list: &mut impl Write, config: &mut Option<Sum>) -> std::io::Result<()> {

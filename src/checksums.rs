@@ -69,6 +69,26 @@ impl Stamp {
     pub fn changed_ns(&self) -> i64 {
         self.mtime_ns.max(self.ctime_ns)
     }
+
+    /// Whether a later run may trust this stamp for what was read after
+    /// `walk_start_ns`. File times come from a coarse clock (a few ms on
+    /// Linux, whole seconds on some filesystems), so a file changed just
+    /// before the read may change again, same size, with the same stamp
+    /// (git calls such an entry "racy").
+    pub fn settled_before(&self, walk_start_ns: i64) -> bool {
+        self.changed_ns() < walk_start_ns - SETTLE_NS
+    }
+}
+
+/// How long before a walk a change must be for its stamp to be trusted.
+pub const SETTLE_NS: i64 = 2_000_000_000;
+
+/// The wall clock in ns since the epoch, as file stamps count.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 /// One file of a hashed tree, as `hash_tree` hands it on.

@@ -21,11 +21,12 @@ use crate::config::{Job, RemoteChecksums, Target};
 use crate::crypt::{self, PathDecryptor, REMOTE_CONFIG_NAME};
 use crate::error::{Error, IoContext, Result};
 use crate::exec::scratch_file;
+use crate::fingerprint::{self, SourceState};
 use crate::remote::{self, CHECKSUMS, FILES, Remote, Ssh, quote_path};
 use crate::run::{Context, Done};
 use crate::status::{self, AtomicFile, Outcome};
 use crate::sync::REPAIR_LIST;
-use crate::{interrupt, log};
+use crate::{interrupt, log, verify_cache};
 
 const CACHE_FILE: &str = "sha1-cache.tsv";
 /// How many verify runs keep their checksum lists on the target.
@@ -38,7 +39,9 @@ pub fn verify(ctx: &Context) -> Result<Done> {
     crate::mount::prepare_point(&cipher_point)?;
     let ctlsock = ctx.runtime("ctl.sock");
     let id = status::snapshot_id(ctx.started_at);
-    // The server hashes its copy while we hash ours.
+    let since = crate::sync::last_backup_start_ns(&job.state_dir);
+    // The server hashes its copy while we hash ours, or reuse our last list
+    // when the source has not changed.
     let ((remote, mut remote_list), (view, mut local)) = crate::run::side_by_side(
         || {
             let remote = remote::open(job, needs_mount(job), &ctx.runtime("remote"))?;
@@ -46,12 +49,28 @@ pub fn verify(ctx: &Context) -> Result<Done> {
             Ok((remote, list))
         },
         || {
+            let source = fingerprint::of_source(job);
+            if let Some(kept) = source.as_ref().and_then(|s| reuse_kept_list(job, s, since)) {
+                return Ok((None, kept));
+            }
             let view = crypt::mount_reverse(job, &cipher_point, Some(&ctlsock))?;
-            let local = local_list(ctx, view.point())?;
-            Ok((view, local))
+            let mut local = local_list(ctx, view.point(), since)?;
+            if let Some(source) = &source {
+                let hardlinked = &local.tally.hardlinked_paths;
+                verify_cache::keep(
+                    &job.state_dir,
+                    source,
+                    &mut local.list,
+                    local.tally.files,
+                    hardlinked,
+                );
+            }
+            Ok((Some(view), local))
         },
     )?;
-    view.check_live()?;
+    if let Some(view) = &view {
+        view.check_live()?;
+    }
 
     local
         .list
@@ -69,6 +88,10 @@ pub fn verify(ctx: &Context) -> Result<Done> {
     save_repair_list(ctx, &diff)?;
     // Names need the view's control socket; then the view can go while
     // the lists are stored.
+    let view = match view {
+        None if !diff.is_empty() => mount_for_names(job, &cipher_point, &ctlsock),
+        view => view,
+    };
     let decryptor = PathDecryptor::new(&ctlsock);
     let name = |encrypted: &String| plaintext_name(&decryptor, encrypted);
     let stats = json!({
@@ -82,12 +105,41 @@ pub fn verify(ctx: &Context) -> Result<Done> {
     });
     crate::run::side_by_side(
         || store_lists(&remote, &id, local.list, remote_list),
-        || view.unmount(),
+        || view.map_or(Ok(()), |view| view.unmount()),
     )?;
     Ok(Done {
         outcome: outcome_of(&diff),
         stats,
     })
+}
+
+/// The last run's local list, when the source is as it was then and no
+/// file of it may still be on its way to the target (pending).
+fn reuse_kept_list(job: &Job, source: &SourceState, since: Option<i128>) -> Option<LocalList> {
+    if fingerprint::changed_since(source, since) {
+        return None;
+    }
+    let kept = verify_cache::reuse(&job.state_dir, source)?;
+    log::info("the source has not changed since the last verify: its local checksums are reused");
+    Some(LocalList {
+        list: kept.list,
+        tally: Tally {
+            files: kept.files,
+            hardlinked: kept.hardlinked.len(),
+            skip: kept.hardlinked.iter().cloned().collect(),
+            hardlinked_paths: kept.hardlinked,
+            ..Tally::default()
+        },
+    })
+}
+
+/// A reused list found differences: mount the view after all, for its
+/// control socket, so that the report names plaintext paths. Without it
+/// the report keeps the encrypted names.
+fn mount_for_names(job: &Job, point: &Path, ctlsock: &Path) -> Option<crate::mount::Mount> {
+    crypt::mount_reverse(job, point, Some(ctlsock))
+        .inspect_err(|e| log::warn(format!("differences are named encrypted: {e}")))
+        .ok()
 }
 
 fn outcome_of(diff: &Diff) -> Outcome {
@@ -117,12 +169,14 @@ struct Tally {
     hardlinked: usize,
     /// Files whose difference has a known, harmless cause.
     skip: HashSet<String>,
+    /// The hard-linked ones among them, kept with a reused list.
+    hardlinked_paths: Vec<String>,
 }
 
 /// Hashes the reverse view with the stamp cache, writing the list and a
 /// new cache as it goes. Files changed after the last backup started differ
 /// from the remote for a good reason: they are pending, not damage.
-fn local_list(ctx: &Context, view: &Path) -> Result<LocalList> {
+fn local_list(ctx: &Context, view: &Path, since: Option<i128>) -> Result<LocalList> {
     let job = ctx.job;
     let cache_path = ctx.state(CACHE_FILE);
     let cache = Cache::load(&cache_path);
@@ -134,7 +188,7 @@ fn local_list(ctx: &Context, view: &Path) -> Result<LocalList> {
         true => None,
         false => Some(checksums::hash_file(&job.gocryptfs_config)?),
     };
-    let since = crate::sync::last_backup_start_ns(&job.state_dir);
+    let walk_start_ns = checksums::now_ns();
     let mut local = Tally::default();
     let write_error = |e: std::io::Error| Error::io("writing the local checksum list", e);
     checksums::hash_tree(view, Some(&cache), |file| {
@@ -142,13 +196,18 @@ fn local_list(ctx: &Context, view: &Path) -> Result<LocalList> {
             write_config_line(&mut list, &mut config).map_err(write_error)?;
         }
         checksums::write_line(&mut list, &file.rel, &file.sum).map_err(write_error)?;
-        checksums::write_cache_line(&mut new_cache, &file)
-            .map_err(|e| Error::io("writing the sha1 cache", e))?;
+        if file.stamp.settled_before(walk_start_ns) {
+            checksums::write_cache_line(&mut new_cache, &file)
+                .map_err(|e| Error::io("writing the sha1 cache", e))?;
+        }
         local.files += 1;
         local.hashed += usize::from(file.read);
         let pending = since.is_some_and(|start| i128::from(file.stamp.changed_ns()) >= start);
         local.pending += usize::from(pending);
         local.hardlinked += usize::from(file.hardlinked);
+        if file.hardlinked {
+            local.hardlinked_paths.push(file.rel.clone());
+        }
         if pending || file.hardlinked {
             local.skip.insert(file.rel);
         }

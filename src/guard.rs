@@ -18,7 +18,7 @@ use crate::error::{Error, IoContext, Kind, Result};
 use crate::remote::TreeEntry;
 use crate::{interrupt, walk};
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Estimate {
     /// Files (and symlinks) in the last record.
     pub recorded: u64,

@@ -282,11 +282,16 @@ pub fn record_path(id: &str) -> String {
 /// unfinished run has no record. Where the server's shell may be used the
 /// server lists, sorts and writes it (nothing crosses the wire); else the
 /// tree is walked through the mount or on the local target.
+/// `same_as`: the id of the last run, when this one found the source as that
+/// run left it and changed nothing on the target. files/ then holds what
+/// that run's record lists, and the server copies its entries under the new
+/// header instead of listing files/ again.
 pub fn write_record(
     job: &Job,
     remote: &Remote,
     snapshot: &str,
     stats: &crate::sync::Stats,
+    same_as: Option<&str>,
 ) -> Result<Header> {
     let mut header = Header {
         snapshot: snapshot.to_string(),
@@ -299,7 +304,10 @@ pub fn write_record(
     // temp file; plaintext names may, and rsync has removed its temp files
     // by the time a run writes its record.
     let skip_dot_names = job.filenames == Filenames::Encrypted;
-    let script = record_script(&header, skip_dot_names);
+    let script = match same_as {
+        Some(last) => copy_record_script(&header, last) + &record_script(&header, skip_dot_names),
+        None => record_script(&header, skip_dot_names),
+    };
     let output = crate::exec::scratch_file(&job.state_dir, "record-counts")?;
     if let Some(out) = remote.run_script(&script, "writing the run's record", output)? {
         let text = std::io::read_to_string(out).ctx(|| "reading the record counts")?;
@@ -328,10 +336,7 @@ pub fn write_record(
 fn record_script(header: &Header, skip_dot_names: bool) -> String {
     let id = &header.snapshot;
     let dot_names = if skip_dot_names { "! -name '.*' " } else { "" };
-    let head = header
-        .to_text()
-        .replace("\nfiles 0\nbytes 0\n", "\nfiles %s\nbytes %s\n");
-    let head = head.replace('\n', "\\n");
+    let head = header_format(header);
     format!(
         "set -e\nexport LC_ALL=C\ncd {FILES}\n\
          tmp=../{RECORDS}/.{id}\n\
@@ -346,6 +351,35 @@ fn record_script(header: &Header, skip_dot_names: bool) -> String {
          rm -f \"$tmp.entries\"\n\
          mv -f \"$tmp.rec.tmp\" ../{RECORDS}/{id}.rec\n\
          echo \"$counts\"\n"
+    )
+}
+
+/// The header as a printf format, with `%s` for the file and byte counts.
+fn header_format(header: &Header) -> String {
+    header
+        .to_text()
+        .replace("\nfiles 0\nbytes 0\n", "\nfiles %s\nbytes %s\n")
+        .replace('\n', "\\n")
+}
+
+/// Copies the entries of the record `last` under `header`, keeping its
+/// counts, and prints them as `record_script` does; then exits. A record
+/// that does not have the expected header falls through to the script that
+/// follows (a full listing). `last` is a snapshot id: no quoting needed.
+fn copy_record_script(header: &Header, last: &str) -> String {
+    let id = &header.snapshot;
+    let head = header_format(header);
+    format!(
+        "set -e\nexport LC_ALL=C\nlast={RECORDS}/{last}.rec\n\
+         if [ -f \"$last\" ] && [ \"$(sed -n 1p \"$last\")\" = '{MAGIC}' ] \\\n\
+           && [ \"$(sed -n 2p \"$last\")\" = 'snapshot {last}' ] && [ -z \"$(sed -n 8p \"$last\")\" ] \\\n\
+           && set -- $(sed -n -e '3s/^files \\([0-9][0-9]*\\)$/\\1/p' -e '4s/^bytes \\([0-9][0-9]*\\)$/\\1/p' \"$last\") \\\n\
+           && [ $# -eq 2 ]; then\n\
+           {{ printf '{head}' \"$1\" \"$2\"; tail -n +9 \"$last\"; }} > {RECORDS}/.{id}.rec.tmp\n\
+           mv -f {RECORDS}/.{id}.rec.tmp {RECORDS}/{id}.rec\n\
+           echo \"$1 $2\"\n\
+           exit 0\n\
+         fi\n"
     )
 }
 
@@ -698,6 +732,7 @@ mod tests {
             .unwrap();
         assert!(out.success(), "{}", out.stderr);
         assert_eq!(out.stdout_string().unwrap().trim(), "2 8");
+        let by_server_text = std::fs::read_to_string(&record_file).unwrap();
         let by_server = read_back();
         std::fs::remove_file(&record_file).unwrap();
         let walked = write_record_by_walk(&root, &root, header, true).unwrap();
@@ -711,6 +746,55 @@ mod tests {
             .collect();
         assert!(!paths.contains(&".Ab.x1Y2z3"), "{paths:?}");
         assert_eq!(paths.len(), 8, "{paths:?}");
+
+        // A run that changed nothing copies that record under its header;
+        // a record without the full header makes it list files/ instead.
+        let next = Header {
+            snapshot: "20261130T030000Z".into(),
+            ..Header::default()
+        };
+        let copied = root.join(record_path(&next.snapshot));
+        let write_next = |last: &str| {
+            let script = copy_record_script(&next, last) + &record_script(&next, true);
+            let mut out = crate::exec::Cmd::new("sh")
+                .arg("-c")
+                .arg(script)
+                .cwd(&root)
+                .run()
+                .unwrap();
+            assert!(out.success(), "{}", out.stderr);
+            let counts = out.stdout_string().unwrap().trim().to_string();
+            let text = std::fs::read_to_string(&copied).unwrap();
+            std::fs::remove_file(&copied).unwrap();
+            (counts, text)
+        };
+        std::fs::write(&record_file, &by_server_text).unwrap();
+        std::fs::write(files.join("Ab/Cd"), "abc + not listed by a copy").unwrap();
+        let (counts, copy) = write_next("20261129T030000Z");
+        assert_eq!(counts, "2 8");
+        let expected = Record::parse(&by_server_text).unwrap();
+        let copy_record = Record::parse(&copy).unwrap();
+        assert_eq!(copy_record.entries, expected.entries, "copied entries");
+        assert!(
+            copy.starts_with(
+                &Header {
+                    files: 2,
+                    bytes: 8,
+                    ..next.clone()
+                }
+                .to_text()
+            ),
+            "{copy}"
+        );
+        // An old-style header (no counts): listed again, the change included.
+        std::fs::write(
+            &record_file,
+            "ciphersync-record 1\nsnapshot 20261129T030000Z\n\nf 644 3 Ab/Cd\n",
+        )
+        .unwrap();
+        let (counts, listed) = write_next("20261129T030000Z");
+        assert_eq!(counts, "2 31");
+        assert_ne!(Record::parse(&listed).unwrap().entries, expected.entries);
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -13,6 +13,7 @@ use crate::config::{Filenames, Job, Target, Transport};
 use crate::crypt::{self, PathDecryptor, REMOTE_CONFIG_NAME};
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::exec::Cmd;
+use crate::fingerprint::{self, SourceState};
 use crate::remote::{self, CHECKSUMS, FILES, RECORDS, Remote, SNAPSHOTS};
 use crate::run::{Context, Done};
 use crate::status::{self, Outcome};
@@ -43,35 +44,61 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
     crate::mount::prepare_point(&cipher_point)?;
     let ctlsock = ctx.runtime("ctl.sock");
     let max_delete_percent = options.max_delete_percent.unwrap_or(job.max_delete_percent);
+    let incomplete = ctx.state(INCOMPLETE_MARKER);
     // The server is asked (ssh master, preflight) while the view is mounted
-    // (scrypt) and indexed for the deletion guard; the index is only needed
-    // when the target has a last run to compare with.
-    let (has_last_tx, has_last_rx) = std::sync::mpsc::channel();
-    let ((remote, known), (view, index)) = crate::run::side_by_side(
+    // (scrypt) and, when the target has a last run to compare with,
+    // indexed for the deletion guard. A source with the fingerprint of the
+    // last backup needs no guard, and the server need not send the record.
+    let (unchanged_tx, unchanged_rx) = std::sync::mpsc::channel();
+    let (last_id_tx, last_id_rx) = std::sync::mpsc::channel();
+    let ((remote, known), (view, source, index)) = crate::run::side_by_side(
         || {
-            let has_last_tx = has_last_tx; // dropped on every way out
+            // Moved in: dropped on every way out, so neither side waits
+            // for an answer that will not come.
+            let (unchanged_rx, last_id_tx) = (unchanged_rx, last_id_tx);
             let remote = remote::open(job, uses_sshfs(job), &ctx.runtime("remote"))?;
-            let known = preflight(job, &remote)?;
-            let _ = has_last_tx.send(known.last_record.is_some());
+            let unchanged_since = unchanged_rx.recv().unwrap_or(None);
+            let known = preflight(job, &remote, unchanged_since.as_deref())?;
+            let _ = last_id_tx.send(known.last_id.clone());
             Ok((remote, known))
         },
         || {
-            let view = crypt::mount_reverse(job, &cipher_point, Some(&ctlsock))?;
+            let (view, source) = std::thread::scope(|scope| {
+                let source = scope.spawn(|| {
+                    let unchanged_tx = unchanged_tx; // moved in: dropped even on a panic
+                    let source = fingerprint::of_source(job);
+                    let _ = unchanged_tx.send(unchanged_since(ctx, source.as_ref(), &incomplete));
+                    source
+                });
+                let view = crypt::mount_reverse(job, &cipher_point, Some(&ctlsock));
+                (view, source.join().unwrap_or(None))
+            });
+            let view = view?;
             refuse_empty_view(job, view.point(), max_delete_percent)?;
-            let guarded = max_delete_percent < 100 && has_last_rx.recv().unwrap_or(false);
-            let index = match guarded {
+            let last_id = last_id_rx.recv().unwrap_or(None);
+            let unchanged =
+                last_id.is_some() && last_id == unchanged_since(ctx, source.as_ref(), &incomplete);
+            let index = match max_delete_percent < 100 && last_id.is_some() && !unchanged {
                 true => Some(guard::index_view(view.point())?),
                 false => None,
             };
-            Ok((view, index))
+            Ok((view, source.map(|s| (s, unchanged)), index))
         },
     )?;
-    let incomplete = ctx.state(INCOMPLETE_MARKER);
     if incomplete.exists() {
         clean_after_killed_run(job, &remote)?;
     }
     ensure_remote_config(job, &remote, known.config)?;
-    let estimate = guard_mass_changes(ctx, known.last_record, index, max_delete_percent)?;
+    let unchanged = source.as_ref().is_some_and(|(_, unchanged)| *unchanged);
+    let estimate = match unchanged {
+        true => {
+            log::debug(|| {
+                "the source has not changed since the last backup: no deletion guard needed".into()
+            });
+            Some(guard::Estimate::default())
+        }
+        false => guard_mass_changes(ctx, known.last_record, index, max_delete_percent)?,
+    };
     let snapshot = next_snapshot_id(ctx)?;
     std::fs::write(&incomplete, &snapshot).ctx(|| format!("writing {}", incomplete.display()))?;
 
@@ -99,12 +126,17 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
     if stats.touched {
         snapshots::complete_snapshot_dir(job, &remote, &snapshot)?;
     }
+    // Nothing changed on either side: files/ is what the last record lists.
+    let same_as = match unchanged && !stats.touched && stats.changed == 0 {
+        true => known.last_id.as_deref(),
+        false => None,
+    };
     // The view is not needed any more: unmount it while the server writes.
     let (record, ()) = crate::run::side_by_side(
-        || snapshots::write_record(job, &remote, &snapshot, &stats),
+        || snapshots::write_record(job, &remote, &snapshot, &stats, same_as),
         || view.unmount(),
     )?;
-    record_last_backup(ctx, &snapshot)?;
+    record_last_backup(ctx, &snapshot, source.map(|(s, _)| s))?;
     let _ = std::fs::remove_file(ctx.state(REPAIR_LIST));
     std::fs::remove_file(&incomplete).ctx(|| format!("removing {}", incomplete.display()))?;
     let pruned = snapshots::prune(job, &remote, false)?;
@@ -234,16 +266,21 @@ type LastRecord = snapshots::RecordReader<BufReader<File>>;
 struct Known {
     /// files/gocryptfs.conf, if there is one.
     config: Option<Vec<u8>>,
-    /// The newest run's record (an error if it is damaged), if any.
+    /// The newest run's id, if any.
+    last_id: Option<String>,
+    /// Its record (an error if it is damaged), unless not asked for.
     last_record: Option<Result<LastRecord>>,
 }
 
 /// Creates the layout and reads the config in files/ and the newest record:
 /// one round trip where the server's shell may be used, else one operation
 /// at a time through the mount or on the local target.
-fn preflight(job: &Job, remote: &Remote) -> Result<Known> {
+/// The newest record is not sent when it is `unchanged_since` (the guard
+/// will not need it).
+fn preflight(job: &Job, remote: &Remote, unchanged_since: Option<&str>) -> Result<Known> {
     let output = crate::exec::scratch_file(&job.state_dir, "preflight")?;
-    if let Some(out) = remote.run_script(&preflight_script(), "preparing the target", output)? {
+    let script = preflight_script(unchanged_since.unwrap_or(""));
+    if let Some(out) = remote.run_script(&script, "preparing the target", output)? {
         return parse_preflight(out);
     }
     remote.ensure_layout()?;
@@ -251,26 +288,33 @@ fn preflight(job: &Job, remote: &Remote) -> Result<Known> {
     let root = remote
         .local_root()
         .expect("without a shell the target is a path");
-    let last_record = snapshots::recorded_ids(remote)?
-        .pop()
-        .map(|id| snapshots::open_record(root, &id));
+    let last_id = snapshots::recorded_ids(remote)?.pop();
+    let last_record = last_id
+        .as_ref()
+        .filter(|id| Some(id.as_str()) != unchanged_since)
+        .map(|id| snapshots::open_record(root, id));
     Ok(Known {
         config,
+        last_id,
         last_record,
     })
 }
 
-fn preflight_script() -> String {
+/// `known` is a snapshot id (checked by the caller) or empty.
+fn preflight_script(known: &str) -> String {
     format!(
         "set -e\nmkdir -p {FILES} {SNAPSHOTS} {CHECKSUMS} {RECORDS}\n\
          if [ -f {FILES}/{REMOTE_CONFIG_NAME} ]; then printf C; cat {FILES}/{REMOTE_CONFIG_NAME}; fi\n\
          printf '\\0'\n\
          last=$(ls -1A {RECORDS} | grep -E '^[0-9]{{8}}T[0-9]{{6}}Z[.]rec$' | sort | tail -n 1 || true)\n\
-         if [ -n \"$last\" ]; then printf '%s\\0' \"${{last%.rec}}\"; cat \"{RECORDS}/$last\"; fi\n"
+         if [ -n \"$last\" ]; then printf '%s\\0' \"${{last%.rec}}\"; fi\n\
+         if [ -z \"$last\" ]; then :; elif [ \"$last\" = '{known}.rec' ]; then printf =; \
+         else cat \"{RECORDS}/$last\"; fi\n"
     )
 }
 
-/// `[C<config>] NUL [<id> NUL <record>]`, as the preflight script prints it.
+/// `[C<config>] NUL [<id> NUL (<record> | =)]`, as the preflight script
+/// prints it.
 /// The record is left in the file, to be streamed.
 fn parse_preflight(out: File) -> Result<Known> {
     let corrupt = || {
@@ -291,28 +335,60 @@ fn parse_preflight(out: File) -> Result<Known> {
         [b'C', conf @ ..] => Some(conf.to_vec()),
         _ => return Err(corrupt()),
     };
-    let last_record = match read_field(&mut out)? {
-        None if out.fill_buf().map(|b| b.is_empty()).unwrap_or(false) => None,
+    let (last_id, last_record) = match read_field(&mut out)? {
+        None if at_end(&mut out) => (None, None),
         None => return Err(corrupt()),
+        // `=`: not sent, the run said it would not need it.
+        Some(id) if out.fill_buf().is_ok_and(|b| b == b"=") => {
+            (Some(String::from_utf8_lossy(&id).into_owned()), None)
+        }
         Some(id) => {
             let id = String::from_utf8_lossy(&id).into_owned();
-            Some(snapshots::RecordReader::new(out).map_err(|e| snapshots::name_record(e, &id)))
+            let record =
+                snapshots::RecordReader::new(out).map_err(|e| snapshots::name_record(e, &id));
+            (Some(id), Some(record))
         }
     };
     Ok(Known {
         config,
+        last_id,
         last_record,
     })
 }
 
-fn record_last_backup(ctx: &Context, snapshot: &str) -> Result<()> {
+fn at_end(out: &mut BufReader<File>) -> bool {
+    out.fill_buf().map(|b| b.is_empty()).unwrap_or(false)
+}
+
+fn record_last_backup(ctx: &Context, snapshot: &str, source: Option<SourceState>) -> Result<()> {
     let started_ns = ctx
         .started_at
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let doc = json!({ "snapshot": snapshot, "started_ns": started_ns.to_string() });
+    let mut doc = json!({ "snapshot": snapshot, "started_ns": started_ns.to_string() });
+    // Only a settled fingerprint may stand for the source this run sent.
+    if let Some(source) = source.filter(SourceState::settled) {
+        doc["source_fingerprint"] = json!(source.fingerprint);
+    }
     status::write_atomic(&ctx.state(LAST_BACKUP), doc.to_string().as_bytes())
+}
+
+/// The last backup's snapshot id when the source has its fingerprint and
+/// that backup was not followed by a killed one: the target then holds
+/// what the view shows (rsync checks that anyway), and the guard has
+/// nothing to guard against.
+fn unchanged_since(
+    ctx: &Context,
+    source: Option<&SourceState>,
+    incomplete: &Path,
+) -> Option<String> {
+    let last = last_backup(&ctx.job.state_dir)?;
+    let same = last["source_fingerprint"].as_str() == Some(source?.fingerprint.as_str());
+    let id = last["snapshot"]
+        .as_str()
+        .filter(|id| status::parse_snapshot_id(id).is_some())?;
+    (same && !incomplete.exists()).then(|| id.to_string())
 }
 
 /// The exact start of the last successful backup, in ns since the epoch.
@@ -818,15 +894,16 @@ mod tests {
         let root =
             std::env::temp_dir().join(format!("ciphersync-preflight-{}", std::process::id()));
         std::fs::create_dir_all(&root).unwrap();
-        let run = || {
+        let run_knowing = |known: &str| {
             let script = crate::exec::Cmd::new("sh")
                 .arg("-c")
-                .arg(preflight_script())
+                .arg(preflight_script(known))
                 .cwd(&root);
             let out = script.run().unwrap();
             assert!(out.success(), "{}", out.stderr);
             parse_preflight(out.into_stdout().unwrap()).unwrap()
         };
+        let run = || run_knowing("");
         let empty = run();
         assert!(empty.config.is_none() && empty.last_record.is_none());
         for dir in [FILES, SNAPSHOTS, CHECKSUMS, RECORDS] {
@@ -839,9 +916,20 @@ mod tests {
         std::fs::write(root.join("records/.20261130T030000Z.rec.partial"), "half").unwrap();
         let known = run();
         assert_eq!(known.config.as_deref(), Some(&b"{\"conf\": 1}"[..]));
+        assert_eq!(known.last_id.as_deref(), Some("20261129T030000Z"));
         let mut last = known.last_record.unwrap().unwrap();
         assert_eq!(last.header.snapshot, "20261129T030000Z");
         assert_eq!(last.by_ref().count(), 1);
+        // A run that knows the last record does not get it again...
+        let knowing = run_knowing("20261129T030000Z");
+        assert_eq!(knowing.last_id.as_deref(), Some("20261129T030000Z"));
+        assert!(knowing.last_record.is_none() && knowing.config.is_some());
+        // ...but does when the newest record is another one.
+        let stale = run_knowing("20261128T030000Z");
+        assert_eq!(
+            stale.last_record.unwrap().unwrap().header.snapshot,
+            "20261129T030000Z"
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -809,6 +809,78 @@ fn guard_refuses_mass_deletion_until_overridden() {
     job.assert_clean();
 }
 
+/// A source with the fingerprint of the last backup needs no deletion
+/// guard (nothing in it moved); any change, or a killed run in between,
+/// brings the guard back.
+#[test]
+fn guard_is_skipped_only_while_the_source_is_unchanged() {
+    if !require_tools("guard_is_skipped_only_while_unchanged", SFTP_TOOLS) {
+        return;
+    }
+    const SKIPPED: &str = "no deletion guard needed";
+    for job in [
+        Job::sftp("guard-skip").transport("rsync").build(),
+        Job::local("guard-skip-local").build(),
+    ] {
+        ten_files(&job.source);
+        job.ok(&["init"]);
+        backup_id(&job);
+        // A fingerprint taken within 2 s of a change is not trusted.
+        let o = job.ok(&["--verbose", "backup"]);
+        assert!(
+            !o.stderr.contains(SKIPPED),
+            "a fresh source skipped the guard"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        job.ok(&["backup"]);
+        let o = job.ok(&["--verbose", "backup"]);
+        assert!(o.stderr.contains(SKIPPED), "unchanged source: {}", o.stderr);
+        // Its record (copied on the server from the last one where a shell
+        // may be used) lists the same tree, under its own header.
+        let ids: Vec<String> = record_ids(&job).into_iter().collect();
+        let records: Vec<String> = ids
+            .iter()
+            .map(|id| {
+                fs::read_to_string(job.target_path.join(format!("records/{id}.rec"))).unwrap()
+            })
+            .collect();
+        let [.., before, last] = records.as_slice() else {
+            panic!("fewer than two records")
+        };
+        let body = |r: &str| r.split_once("\n\n").map(|(_, b)| b.to_string());
+        assert_eq!(body(last), body(before), "the unchanged run's record");
+        let previous_id = &ids[ids.len() - 2];
+        assert!(
+            last.contains("\nfiles 10\n") && !last.contains(previous_id.as_str()),
+            "{last}"
+        );
+
+        // A killed run in between: the target may hold more than the
+        // last record says.
+        fs::write(job.state_dir.join("backup.incomplete"), "x").unwrap();
+        let o = job.ok(&["--verbose", "backup"]);
+        assert!(
+            !o.stderr.contains(SKIPPED),
+            "after a killed run: {}",
+            o.stderr
+        );
+
+        for i in 0..4 {
+            fs::remove_file(job.source.join("alpha").join(format!("f{i}.txt"))).unwrap();
+        }
+        fs::remove_file(job.source.join("beta/f0.txt")).unwrap();
+        fs::remove_file(job.source.join("beta/f1.txt")).unwrap();
+        let (o, v) = job.run_json(&["backup"]);
+        refused(
+            &job,
+            &o,
+            &v,
+            "backup after deleting 60% of an unchanged source",
+        );
+        job.assert_clean();
+    }
+}
+
 #[test]
 fn guard_refuses_empty_source_on_first_run() {
     if !require_tools("guard_refuses_empty_source_on_first_run", SFTP_TOOLS) {

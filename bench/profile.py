@@ -77,6 +77,7 @@ def main():
     try:
         b.setup_server()
         b.reset_src()
+        b.let_data_rest()
         tool = "cs-" + a.transport
         tdir = os.path.join(b.work, "profile-" + tool)
         rdir = os.path.join(b.srv, "profile-" + tool)

@@ -30,7 +30,8 @@ REPO = os.path.dirname(BENCH)
 DOC = os.path.join(REPO, "docs", "benchmarks.md")
 TOOLS = ["cs-sshfs", "cs-rsync", "seed", "restic", "borg"]
 LABEL = {"cs-sshfs": "ciphersync (sshfs)", "cs-rsync": "ciphersync (rsync)", "seed": "seed pipeline",
-         "restic": "restic (sftp:)", "borg": "borg (ssh://)", "floor": "floor: cat via gocryptfs -reverse"}
+         "restic": "restic (sftp:)", "borg": "borg (ssh://)", "floor": "floor: cat via gocryptfs -reverse",
+         "floor_ssh": "floor + ssh: the same cat piped through ssh"}
 MAIN_COMM = {"cs-sshfs": "ciphersync", "cs-rsync": "ciphersync", "restic": "restic", "borg": "borg"}
 SCENARIOS = [
     ("backup_initial", "Initial backup"),
@@ -212,6 +213,11 @@ def table(summary, sc, floor):
     if sc == "backup_initial" and floor:
         lines.append("| *%s* | %s | %s | | | | %s | | | |" % (
             LABEL["floor"], fmt_s(floor["wall_med"]), fmt_s(floor["wall_min"]), fmt_s(floor["cpu_med"])))
+        pipe = summary.get(("floor", "floor_ssh"))
+        if pipe:
+            lines.append("| *%s* | %s | %s | | | | %s | %s | | %s |" % (
+                LABEL["floor_ssh"], fmt_s(pipe["wall_med"]), fmt_s(pipe["wall_min"]), fmt_s(pipe["cpu_med"]),
+                fmt_s(pipe["srv_med"]), fmt_b(pipe["wire_med"])))
     return "\n".join(lines)
 
 
@@ -239,6 +245,10 @@ def targets(summary, floor, delay, set_name=None):
         f = floor["wall_med"]
         row("initial backup, rsync transport, vs cat floor", "%.2f× (%s s vs %s s; min %.2f×)" % (
             v / f, fmt_s(v), fmt_s(f), wmin("cs-rsync", "backup_initial") / floor["wall_min"]), "≤ 1.3×", v / f <= 1.3)
+        pipe = w("floor", "floor_ssh")
+        if pipe:
+            rows.append("| *for reference: the floor piped through ssh, vs cat floor* | %.2f× (%s s) | | |" % (
+                pipe / f, fmt_s(pipe)))
     if delay:
         for t in ("cs-sshfs", "cs-rsync"):
             v, r = w(t, "backup_initial"), w("restic", "backup_initial")

@@ -6,7 +6,8 @@ set -euo pipefail
 
 packages=(gocryptfs sshfs rsync openssh-server openssh-client fuse3 python3 time)
 # The Nix parse check and the systemd-nspawn tests need these too.
-[[ "${1:-}" == "--test" ]] && packages+=(nix-bin debootstrap systemd-container iproute2)
+# openssl: the remote hashing script's fast path, tested against sha1sum.
+[[ "${1:-}" == "--test" ]] && packages+=(nix-bin debootstrap systemd-container iproute2 openssl)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
@@ -14,6 +15,7 @@ use crate::crypt::{self, PathDecryptor, REMOTE_CONFIG_NAME};
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::exec::Cmd;
 use crate::fingerprint::{self, SourceState};
+use crate::mount::Mount;
 use crate::remote::{self, CHECKSUMS, FILES, RECORDS, Remote, SNAPSHOTS};
 use crate::run::{Context, Done};
 use crate::status::{self, Outcome};
@@ -51,45 +53,25 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
     // last backup needs no guard, and the server need not send the record.
     let (unchanged_tx, unchanged_rx) = std::sync::mpsc::channel();
     let (last_id_tx, last_id_rx) = std::sync::mpsc::channel();
-    let ((remote, known), (view, source, index)) = crate::run::side_by_side(
+    let ((remote, known), local) = crate::run::side_by_side(
+        || start_remote(ctx, unchanged_rx, last_id_tx),
         || {
-            // Moved in: dropped on every way out, so neither side waits
-            // for an answer that will not come.
-            let (unchanged_rx, last_id_tx) = (unchanged_rx, last_id_tx);
-            let remote = remote::open(job, uses_sshfs(job), &ctx.runtime("remote"))?;
-            let unchanged_since = unchanged_rx.recv().unwrap_or(None);
-            let known = preflight(job, &remote, unchanged_since.as_deref())?;
-            let _ = last_id_tx.send(known.last_id.clone());
-            Ok((remote, known))
-        },
-        || {
-            let (view, source) = std::thread::scope(|scope| {
-                let source = scope.spawn(|| {
-                    let unchanged_tx = unchanged_tx; // moved in: dropped even on a panic
-                    let source = fingerprint::of_source(job);
-                    let _ = unchanged_tx.send(unchanged_since(ctx, source.as_ref(), &incomplete));
-                    source
-                });
-                let view = crypt::mount_reverse(job, &cipher_point, Some(&ctlsock));
-                (view, source.join().unwrap_or(None))
-            });
-            let view = view?;
-            refuse_empty_view(job, view.point(), max_delete_percent)?;
-            let last_id = last_id_rx.recv().unwrap_or(None);
-            let unchanged =
-                last_id.is_some() && last_id == unchanged_since(ctx, source.as_ref(), &incomplete);
-            let index = match max_delete_percent < 100 && last_id.is_some() && !unchanged {
-                true => Some(guard::index_view(view.point())?),
-                false => None,
-            };
-            Ok((view, source.map(|s| (s, unchanged)), index))
+            let start =
+                LocalStart::prepare(ctx, &cipher_point, &ctlsock, &incomplete, unchanged_tx)?;
+            start.index_for_guard(ctx, max_delete_percent, last_id_rx)
         },
     )?;
+    let unchanged = local.is_unchanged(&known.last_id);
+    let LocalStart {
+        view,
+        source,
+        index,
+        ..
+    } = local;
     if incomplete.exists() {
         clean_after_killed_run(job, &remote)?;
     }
     ensure_remote_config(job, &remote, known.config)?;
-    let unchanged = source.as_ref().is_some_and(|(_, unchanged)| *unchanged);
     let estimate = match unchanged {
         true => {
             log::debug(|| {
@@ -136,7 +118,7 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
         || snapshots::write_record(job, &remote, &snapshot, &stats, same_as),
         || view.unmount(),
     )?;
-    record_last_backup(ctx, &snapshot, source.map(|(s, _)| s))?;
+    record_last_backup(ctx, &snapshot, source)?;
     let _ = std::fs::remove_file(ctx.state(REPAIR_LIST));
     std::fs::remove_file(&incomplete).ctx(|| format!("removing {}", incomplete.display()))?;
     let pruned = snapshots::prune(job, &remote, false)?;
@@ -154,6 +136,85 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
             "pruned": pruned.snapshot_dirs,
         }),
     })
+}
+
+/// The remote side of the start: the ssh master, then the preflight, told
+/// by the local side whether it will need the last record.
+fn start_remote(
+    ctx: &Context,
+    unchanged_rx: Receiver<Option<String>>,
+    last_id_tx: Sender<Option<String>>,
+) -> Result<(Remote, Known)> {
+    let job = ctx.job;
+    let remote = remote::open(job, uses_sshfs(job), &ctx.runtime("remote"))?;
+    // An error on the other side drops its sender: then None.
+    let unchanged_since = unchanged_rx.recv().unwrap_or(None);
+    let known = preflight(job, &remote, unchanged_since.as_deref())?;
+    let _ = last_id_tx.send(known.last_id.clone());
+    Ok((remote, known))
+}
+
+/// The local side of the start.
+struct LocalStart {
+    view: Mount,
+    /// The source's fingerprint, taken before anything read the view.
+    source: Option<SourceState>,
+    /// The last backup's id, when the source is as that backup found it.
+    unchanged_since: Option<String>,
+    /// The view's index for the deletion guard, when the guard is needed.
+    index: Option<guard::ViewIndex>,
+}
+
+impl LocalStart {
+    /// Mounts the view while the source is fingerprinted, and tells the
+    /// remote side as soon as the fingerprint is known.
+    fn prepare(
+        ctx: &Context,
+        cipher_point: &Path,
+        ctlsock: &Path,
+        incomplete: &Path,
+        unchanged_tx: Sender<Option<String>>,
+    ) -> Result<LocalStart> {
+        let (view, (source, unchanged_since)) = std::thread::scope(|scope| {
+            let fingerprinted = scope.spawn(|| {
+                let unchanged_tx = unchanged_tx; // moved in: dropped even on a panic
+                let source = fingerprint::of_source(ctx.job);
+                let since = last_backup_if_unchanged(ctx, source.as_ref(), incomplete);
+                let _ = unchanged_tx.send(since.clone());
+                (source, since)
+            });
+            let view = crypt::mount_reverse(ctx.job, cipher_point, Some(ctlsock));
+            (view, fingerprinted.join().unwrap_or((None, None)))
+        });
+        Ok(LocalStart {
+            view: view?,
+            source,
+            unchanged_since,
+            index: None,
+        })
+    }
+
+    /// Whether the source is as the backup that wrote the newest record
+    /// (`last_id`) found it.
+    fn is_unchanged(&self, last_id: &Option<String>) -> bool {
+        self.unchanged_since.is_some() && self.unchanged_since == *last_id
+    }
+
+    /// Indexes the view when the target has a last record the guard must
+    /// compare with: not for a source as the last backup left it.
+    fn index_for_guard(
+        mut self,
+        ctx: &Context,
+        max_delete_percent: u8,
+        last_id_rx: Receiver<Option<String>>,
+    ) -> Result<LocalStart> {
+        refuse_empty_view(ctx.job, self.view.point(), max_delete_percent)?;
+        let last_id = last_id_rx.recv().unwrap_or(None);
+        if max_delete_percent < 100 && last_id.is_some() && !self.is_unchanged(&last_id) {
+            self.index = Some(guard::index_view(self.view.point())?);
+        }
+        Ok(self)
+    }
 }
 
 fn uses_sshfs(job: &Job) -> bool {
@@ -378,7 +439,7 @@ fn record_last_backup(ctx: &Context, snapshot: &str, source: Option<SourceState>
 /// that backup was not followed by a killed one: the target then holds
 /// what the view shows (rsync checks that anyway), and the guard has
 /// nothing to guard against.
-fn unchanged_since(
+fn last_backup_if_unchanged(
     ctx: &Context,
     source: Option<&SourceState>,
     incomplete: &Path,

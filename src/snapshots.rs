@@ -292,7 +292,7 @@ pub fn write_record(
     snapshot: &str,
     stats: &crate::sync::Stats,
     same_as: Option<&str>,
-) -> Result<Header> {
+) -> Result<Written> {
     let mut header = Header {
         snapshot: snapshot.to_string(),
         transferred: stats.transferred,
@@ -311,22 +311,40 @@ pub fn write_record(
     let output = crate::exec::scratch_file(&job.state_dir, "record-counts")?;
     if let Some(out) = remote.run_script(&script, "writing the run's record", output)? {
         let text = std::io::read_to_string(out).ctx(|| "reading the record counts")?;
-        let mut counts = text.split_whitespace().map(|n| n.parse::<u64>());
-        match (counts.next(), counts.next()) {
-            (Some(Ok(files)), Some(Ok(bytes))) => (header.files, header.bytes) = (files, bytes),
-            _ => {
-                return Err(Error::new(
-                    Kind::Corrupt,
-                    format!("unexpected counts from the server after writing the record: {text:?}"),
-                ));
-            }
-        }
-        return Ok(header);
+        let mut fields = text.split_whitespace();
+        let mut count = || fields.next().and_then(|n| n.parse::<u64>().ok());
+        let (Some(files), Some(bytes)) = (count(), count()) else {
+            return Err(Error::new(
+                Kind::Corrupt,
+                format!("unexpected counts from the server after writing the record: {text:?}"),
+            ));
+        };
+        (header.files, header.bytes) = (files, bytes);
+        let target_stamps = text.split_whitespace().nth(2).filter(|s| is_hex_sha1(s));
+        return Ok(Written {
+            header,
+            target_stamps: target_stamps.map(String::from),
+        });
     }
     let root = remote
         .local_root()
         .expect("without a shell the target is a path");
-    write_record_by_walk(&job.state_dir, root, header, skip_dot_names)
+    let header = write_record_by_walk(&job.state_dir, root, header, skip_dot_names)?;
+    Ok(Written {
+        header,
+        target_stamps: None,
+    })
+}
+
+/// A record as written, and the stamps of files/ right after it.
+pub struct Written {
+    pub header: Header,
+    /// See `stamps_snippet`; only where the server's shell may be used.
+    pub target_stamps: Option<String>,
+}
+
+pub fn is_hex_sha1(text: &str) -> bool {
+    text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The record written on the server: `find` lists files/, `sort` orders it
@@ -350,7 +368,21 @@ fn record_script(header: &Header, skip_dot_names: bool) -> String {
          {{ printf '{head}' \"$1\" \"$2\"; cat \"$tmp.entries\"; }} > \"$tmp.rec.tmp\"\n\
          rm -f \"$tmp.entries\"\n\
          mv -f \"$tmp.rec.tmp\" ../{RECORDS}/{id}.rec\n\
-         echo \"$counts\"\n"
+         {stamps}\
+         echo \"$counts $stamps\"\n",
+        stamps = stamps_snippet(".", "\"$tmp.stamps\"")
+    )
+}
+
+/// Shell lines that set `$stamps` to the sha1 of a sorted listing of every
+/// entry below `dir` (files/) with its type, mode, size, mtime and link
+/// count: what rsync's quick check compares, for the whole tree at once.
+/// Two equal stamps mean files/ was not touched in between.
+pub fn stamps_snippet(dir: &str, scratch: &str) -> String {
+    format!(
+        "find {dir} -mindepth 1 -printf '%y %m %s %T@ %n %P\\n' > {scratch}\n\
+         stamps=$(sort {scratch} | sha1sum | cut -c 1-40)\n\
+         rm -f {scratch}\n"
     )
 }
 
@@ -377,9 +409,11 @@ fn copy_record_script(header: &Header, last: &str) -> String {
            && [ $# -eq 2 ]; then\n\
            {{ printf '{head}' \"$1\" \"$2\"; tail -n +9 \"$last\"; }} > {RECORDS}/.{id}.rec.tmp\n\
            mv -f {RECORDS}/.{id}.rec.tmp {RECORDS}/{id}.rec\n\
-           echo \"$1 $2\"\n\
+           {stamps}\
+           echo \"$1 $2 $stamps\"\n\
            exit 0\n\
-         fi\n"
+         fi\n",
+        stamps = stamps_snippet(FILES, &format!("{RECORDS}/.{id}.stamps"))
     )
 }
 
@@ -731,7 +765,9 @@ mod tests {
             .run()
             .unwrap();
         assert!(out.success(), "{}", out.stderr);
-        assert_eq!(out.stdout_string().unwrap().trim(), "2 8");
+        let printed = out.stdout_string().unwrap();
+        let (counts, stamps) = printed.trim().rsplit_once(' ').unwrap();
+        assert!(counts == "2 8" && is_hex_sha1(stamps), "{printed}");
         let by_server_text = std::fs::read_to_string(&record_file).unwrap();
         let by_server = read_back();
         std::fs::remove_file(&record_file).unwrap();
@@ -763,7 +799,10 @@ mod tests {
                 .run()
                 .unwrap();
             assert!(out.success(), "{}", out.stderr);
-            let counts = out.stdout_string().unwrap().trim().to_string();
+            let printed = out.stdout_string().unwrap();
+            let (counts, stamps) = printed.trim().rsplit_once(' ').unwrap();
+            assert!(is_hex_sha1(stamps), "{printed}");
+            let counts = counts.to_string();
             let text = std::fs::read_to_string(&copied).unwrap();
             std::fs::remove_file(&copied).unwrap();
             (counts, text)

@@ -3,7 +3,7 @@
 //! `<remote>/snapshots/<id>/`.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -50,24 +50,27 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
     // The server is asked (ssh master, preflight) while the view is mounted
     // (scrypt) and, when the target has a last run to compare with,
     // indexed for the deletion guard. A source with the fingerprint of the
-    // last backup needs no guard, and the server need not send the record.
+    // last backup needs no guard, and the server need not send the record;
+    // if the target, too, is as that backup left it, rsync need not run.
     let (unchanged_tx, unchanged_rx) = std::sync::mpsc::channel();
     let (last_id_tx, last_id_rx) = std::sync::mpsc::channel();
     let ((remote, known), local) = crate::run::side_by_side(
         || start_remote(ctx, unchanged_rx, last_id_tx),
         || {
-            let start =
-                LocalStart::prepare(ctx, &cipher_point, &ctlsock, &incomplete, unchanged_tx)?;
-            start.index_for_guard(ctx, max_delete_percent, last_id_rx)
+            let points = (cipher_point.as_path(), ctlsock.as_path());
+            start_local(ctx, points, max_delete_percent, unchanged_tx, last_id_rx)
         },
     )?;
-    let unchanged = local.is_unchanged(&known.last_id);
     let LocalStart {
         view,
         source,
+        unchanged_since,
         index,
-        ..
     } = local;
+    let unchanged = unchanged_since.is_some() && unchanged_since == known.last_id;
+    if unchanged && target_unchanged(ctx, &known) {
+        return record_unchanged_run(ctx, &remote, known, source, view);
+    }
     if incomplete.exists() {
         clean_after_killed_run(job, &remote)?;
     }
@@ -118,11 +121,22 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
         || snapshots::write_record(job, &remote, &snapshot, &stats, same_as),
         || view.unmount(),
     )?;
-    record_last_backup(ctx, &snapshot, source)?;
+    record_last_backup(ctx, &snapshot, source, record.target_stamps.as_deref())?;
     let _ = std::fs::remove_file(ctx.state(REPAIR_LIST));
     std::fs::remove_file(&incomplete).ctx(|| format!("removing {}", incomplete.display()))?;
     let pruned = snapshots::prune(job, &remote, false)?;
-    Ok(Done {
+    Ok(done(&snapshot, &record.header, &stats, &repair, pruned))
+}
+
+/// The run's result, as status.json and --json show it.
+fn done(
+    snapshot: &str,
+    record: &snapshots::Header,
+    stats: &Stats,
+    repair: &Stats,
+    pruned: snapshots::PrunePlan,
+) -> Done {
+    Done {
         outcome: Outcome::Ok,
         stats: json!({
             "files": record.files,
@@ -135,7 +149,43 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
             "bytes": record.bytes,
             "pruned": pruned.snapshot_dirs,
         }),
-    })
+    }
+}
+
+/// Whether files/ is as the last backup left it: the stamps the server
+/// just took are those it took after that backup's record, and no verify
+/// since found damage (that needs rsync's repair by checksum).
+fn target_unchanged(ctx: &Context, known: &Known) -> bool {
+    let last_stamps = last_backup(&ctx.job.state_dir)
+        .and_then(|last| last["target_stamps"].as_str().map(String::from));
+    last_stamps.is_some() && last_stamps == known.target_stamps && !ctx.state(REPAIR_LIST).exists()
+}
+
+/// Source and target are as the last backup left them (fingerprint and
+/// stamps): rsync would find nothing to send, replace or delete, so it does
+/// not run. The view was still mounted: that proves the password and the
+/// config still open the key. The run checks the config on the target,
+/// writes its record (the last one's entries) and prunes, as any other.
+fn record_unchanged_run(
+    ctx: &Context,
+    remote: &Remote,
+    known: Known,
+    source: Option<SourceState>,
+    view: Mount,
+) -> Result<Done> {
+    let job = ctx.job;
+    log::info("the source and the target are as the last backup left them: nothing to send");
+    ensure_remote_config(job, remote, known.config)?;
+    let snapshot = next_snapshot_id(ctx)?;
+    let nothing = Stats::default();
+    let last_id = known.last_id.as_deref();
+    let (record, ()) = crate::run::side_by_side(
+        || snapshots::write_record(job, remote, &snapshot, &nothing, last_id),
+        || view.unmount(),
+    )?;
+    record_last_backup(ctx, &snapshot, source, record.target_stamps.as_deref())?;
+    let pruned = snapshots::prune(job, remote, false)?;
+    Ok(done(&snapshot, &record.header, &nothing, &nothing, pruned))
 }
 
 /// The remote side of the start: the ssh master, then the preflight, told
@@ -165,56 +215,44 @@ struct LocalStart {
     index: Option<guard::ViewIndex>,
 }
 
-impl LocalStart {
-    /// Mounts the view while the source is fingerprinted, and tells the
-    /// remote side as soon as the fingerprint is known.
-    fn prepare(
-        ctx: &Context,
-        cipher_point: &Path,
-        ctlsock: &Path,
-        incomplete: &Path,
-        unchanged_tx: Sender<Option<String>>,
-    ) -> Result<LocalStart> {
-        let (view, (source, unchanged_since)) = std::thread::scope(|scope| {
-            let fingerprinted = scope.spawn(|| {
-                let unchanged_tx = unchanged_tx; // moved in: dropped even on a panic
-                let source = fingerprint::of_source(ctx.job);
-                let since = last_backup_if_unchanged(ctx, source.as_ref(), incomplete);
-                let _ = unchanged_tx.send(since.clone());
-                (source, since)
-            });
-            let view = crypt::mount_reverse(ctx.job, cipher_point, Some(ctlsock));
-            (view, fingerprinted.join().unwrap_or((None, None)))
+/// Mounts the view while the source is fingerprinted, telling the remote
+/// side as soon as the fingerprint is known; then indexes the view when the
+/// guard needs it: when the target has a last record and the source is not
+/// as the backup that wrote it found it.
+fn start_local(
+    ctx: &Context,
+    (cipher_point, ctlsock): (&Path, &Path),
+    max_delete_percent: u8,
+    unchanged_tx: Sender<Option<String>>,
+    last_id_rx: Receiver<Option<String>>,
+) -> Result<LocalStart> {
+    let job = ctx.job;
+    let incomplete = ctx.state(INCOMPLETE_MARKER);
+    let (view, (source, unchanged_since)) = std::thread::scope(|scope| {
+        let fingerprinted = scope.spawn(|| {
+            let unchanged_tx = unchanged_tx; // moved in: dropped even on a panic
+            let source = fingerprint::of_source(job);
+            let since = last_backup_if_unchanged(ctx, source.as_ref(), &incomplete);
+            let _ = unchanged_tx.send(since.clone());
+            (source, since)
         });
-        Ok(LocalStart {
-            view: view?,
-            source,
-            unchanged_since,
-            index: None,
-        })
-    }
-
-    /// Whether the source is as the backup that wrote the newest record
-    /// (`last_id`) found it.
-    fn is_unchanged(&self, last_id: &Option<String>) -> bool {
-        self.unchanged_since.is_some() && self.unchanged_since == *last_id
-    }
-
-    /// Indexes the view when the target has a last record the guard must
-    /// compare with: not for a source as the last backup left it.
-    fn index_for_guard(
-        mut self,
-        ctx: &Context,
-        max_delete_percent: u8,
-        last_id_rx: Receiver<Option<String>>,
-    ) -> Result<LocalStart> {
-        refuse_empty_view(ctx.job, self.view.point(), max_delete_percent)?;
-        let last_id = last_id_rx.recv().unwrap_or(None);
-        if max_delete_percent < 100 && last_id.is_some() && !self.is_unchanged(&last_id) {
-            self.index = Some(guard::index_view(self.view.point())?);
-        }
-        Ok(self)
-    }
+        let view = crypt::mount_reverse(job, cipher_point, Some(ctlsock));
+        (view, fingerprinted.join().unwrap_or((None, None)))
+    });
+    let view = view?;
+    refuse_empty_view(job, view.point(), max_delete_percent)?;
+    let last_id = last_id_rx.recv().unwrap_or(None);
+    let unchanged = unchanged_since.is_some() && unchanged_since == last_id;
+    let index = match max_delete_percent < 100 && last_id.is_some() && !unchanged {
+        true => Some(guard::index_view(view.point())?),
+        false => None,
+    };
+    Ok(LocalStart {
+        view,
+        source,
+        unchanged_since,
+        index,
+    })
 }
 
 fn uses_sshfs(job: &Job) -> bool {
@@ -329,6 +367,9 @@ struct Known {
     config: Option<Vec<u8>>,
     /// The newest run's id, if any.
     last_id: Option<String>,
+    /// The stamps of files/, when the record was not sent (see
+    /// `snapshots::stamps_snippet`).
+    target_stamps: Option<String>,
     /// Its record (an error if it is damaged), unless not asked for.
     last_record: Option<Result<LastRecord>>,
 }
@@ -357,6 +398,7 @@ fn preflight(job: &Job, remote: &Remote, unchanged_since: Option<&str>) -> Resul
     Ok(Known {
         config,
         last_id,
+        target_stamps: None,
         last_record,
     })
 }
@@ -369,14 +411,17 @@ fn preflight_script(known: &str) -> String {
          printf '\\0'\n\
          last=$(ls -1A {RECORDS} | grep -E '^[0-9]{{8}}T[0-9]{{6}}Z[.]rec$' | sort | tail -n 1 || true)\n\
          if [ -n \"$last\" ]; then printf '%s\\0' \"${{last%.rec}}\"; fi\n\
-         if [ -z \"$last\" ]; then :; elif [ \"$last\" = '{known}.rec' ]; then printf =; \
-         else cat \"{RECORDS}/$last\"; fi\n"
+         if [ -z \"$last\" ]; then :; elif [ \"$last\" = '{known}.rec' ]; then\n\
+         {stamps}\
+         printf '=%s' \"$stamps\"\n\
+         else cat \"{RECORDS}/$last\"; fi\n",
+        stamps = snapshots::stamps_snippet(FILES, &format!("{RECORDS}/.preflight.stamps"))
     )
 }
 
-/// `[C<config>] NUL [<id> NUL (<record> | =)]`, as the preflight script
-/// prints it.
-/// The record is left in the file, to be streamed.
+/// `[C<config>] NUL [<id> NUL (<record> | =<stamps of files/>)]`, as the
+/// preflight script prints it. The record is left in the file, to be
+/// streamed.
 fn parse_preflight(out: File) -> Result<Known> {
     let corrupt = || {
         Error::new(
@@ -396,11 +441,18 @@ fn parse_preflight(out: File) -> Result<Known> {
         [b'C', conf @ ..] => Some(conf.to_vec()),
         _ => return Err(corrupt()),
     };
+    let mut target_stamps = None;
     let (last_id, last_record) = match read_field(&mut out)? {
         None if at_end(&mut out) => (None, None),
         None => return Err(corrupt()),
         // `=`: not sent, the run said it would not need it.
-        Some(id) if out.fill_buf().is_ok_and(|b| b == b"=") => {
+        Some(id) if out.fill_buf().is_ok_and(|b| b.first() == Some(&b'=')) => {
+            let mut rest = String::new();
+            out.read_to_string(&mut rest)
+                .ctx(|| "reading the server's answer")?;
+            target_stamps = Some(&rest[1..])
+                .filter(|s| snapshots::is_hex_sha1(s))
+                .map(String::from);
             (Some(String::from_utf8_lossy(&id).into_owned()), None)
         }
         Some(id) => {
@@ -413,6 +465,7 @@ fn parse_preflight(out: File) -> Result<Known> {
     Ok(Known {
         config,
         last_id,
+        target_stamps,
         last_record,
     })
 }
@@ -421,7 +474,12 @@ fn at_end(out: &mut BufReader<File>) -> bool {
     out.fill_buf().map(|b| b.is_empty()).unwrap_or(false)
 }
 
-fn record_last_backup(ctx: &Context, snapshot: &str, source: Option<SourceState>) -> Result<()> {
+fn record_last_backup(
+    ctx: &Context,
+    snapshot: &str,
+    source: Option<SourceState>,
+    target_stamps: Option<&str>,
+) -> Result<()> {
     let started_ns = ctx
         .started_at
         .duration_since(UNIX_EPOCH)
@@ -431,6 +489,10 @@ fn record_last_backup(ctx: &Context, snapshot: &str, source: Option<SourceState>
     // Only a settled fingerprint may stand for the source this run sent.
     if let Some(source) = source.filter(SourceState::settled) {
         doc["source_fingerprint"] = json!(source.fingerprint);
+        // Only with a fingerprint: the pair says "nothing to send".
+        if let Some(stamps) = target_stamps {
+            doc["target_stamps"] = json!(stamps);
+        }
     }
     status::write_atomic(&ctx.state(LAST_BACKUP), doc.to_string().as_bytes())
 }
@@ -985,6 +1047,19 @@ mod tests {
         let knowing = run_knowing("20261129T030000Z");
         assert_eq!(knowing.last_id.as_deref(), Some("20261129T030000Z"));
         assert!(knowing.last_record.is_none() && knowing.config.is_some());
+        // It gets the stamps of files/ instead, which move with any change.
+        let stamps = knowing.target_stamps.expect("stamps");
+        assert_eq!(
+            run_knowing("20261129T030000Z").target_stamps,
+            Some(stamps.clone())
+        );
+        let conf = root.join("files/gocryptfs.conf");
+        let file = std::fs::File::options().write(true).open(&conf).unwrap();
+        file.set_modified(std::time::UNIX_EPOCH).unwrap();
+        let touched = run_knowing("20261129T030000Z")
+            .target_stamps
+            .expect("stamps");
+        assert_ne!(touched, stamps);
         // ...but does when the newest record is another one.
         let stale = run_knowing("20261128T030000Z");
         assert_eq!(

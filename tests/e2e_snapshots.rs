@@ -809,34 +809,101 @@ fn guard_refuses_mass_deletion_until_overridden() {
     job.assert_clean();
 }
 
+/// Stamps younger than 2 s are not trusted (a change within one tick of the
+/// filesystem clock can keep them): let a fresh tree settle.
+fn let_settle() {
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+}
+
+const GUARD_SKIPPED: &str = "no deletion guard needed";
+const NOTHING_TO_SEND: &str = "as the last backup left them: nothing to send";
+
+/// `backup --verbose`: whether it ran rsync, and its stderr.
+fn backup_verbose(job: &Job) -> (bool, String) {
+    let o = job.ok(&["--verbose", "backup"]);
+    (o.stderr.contains("run: rsync "), o.stderr)
+}
+
 /// A source with the fingerprint of the last backup needs no deletion
-/// guard (nothing in it moved); any change, or a killed run in between,
-/// brings the guard back.
+/// guard (nothing in it moved); a killed run in between, or any change,
+/// brings the guard back. On a local target (no server shell, so no stamps
+/// of files/) the view is still mounted and rsync still runs.
 #[test]
 fn guard_is_skipped_only_while_the_source_is_unchanged() {
     if !require_tools("guard_is_skipped_only_while_unchanged", SFTP_TOOLS) {
         return;
     }
-    const SKIPPED: &str = "no deletion guard needed";
-    for job in [
-        Job::sftp("guard-skip").transport("rsync").build(),
-        Job::local("guard-skip-local").build(),
-    ] {
+    let job = Job::local("guard-skip-local").build();
+    ten_files(&job.source);
+    job.ok(&["init"]);
+    backup_id(&job);
+    let (_, stderr) = backup_verbose(&job);
+    assert!(
+        !stderr.contains(GUARD_SKIPPED),
+        "a fresh source skipped the guard"
+    );
+    let_settle();
+    job.ok(&["backup"]);
+    let (mounted, stderr) = backup_verbose(&job);
+    assert!(
+        mounted && stderr.contains(GUARD_SKIPPED),
+        "unchanged source: {stderr}"
+    );
+
+    // A killed run in between: the target may hold more than the last
+    // record says.
+    fs::write(job.state_dir.join("backup.incomplete"), "x").unwrap();
+    let (_, stderr) = backup_verbose(&job);
+    assert!(
+        !stderr.contains(GUARD_SKIPPED),
+        "after a killed run: {stderr}"
+    );
+
+    for i in 0..4 {
+        fs::remove_file(job.source.join("alpha").join(format!("f{i}.txt"))).unwrap();
+    }
+    fs::remove_file(job.source.join("beta/f0.txt")).unwrap();
+    fs::remove_file(job.source.join("beta/f1.txt")).unwrap();
+    let (o, v) = job.run_json(&["backup"]);
+    refused(
+        &job,
+        &o,
+        &v,
+        "backup after deleting 60% of an unchanged source",
+    );
+    job.assert_clean();
+}
+
+/// Where the server's shell may be used, a backup whose source and target
+/// are both as the last backup left them (source fingerprint, stamps of
+/// files/) runs no rsync: it writes its record (a copy of the last one's
+/// entries) and is done. Any change on the server (a touched
+/// mtime, a deleted file) brings the full run back, which repairs it.
+#[test]
+fn an_unchanged_source_and_target_are_not_synced_again() {
+    if !require_tools("unchanged_source_and_target", SFTP_TOOLS) {
+        return;
+    }
+    for transport in ["rsync", "sshfs"] {
+        let job = Job::sftp(&format!("unchanged-{transport}"))
+            .transport(transport)
+            .build();
         ten_files(&job.source);
         job.ok(&["init"]);
         backup_id(&job);
-        // A fingerprint taken within 2 s of a change is not trusted.
-        let o = job.ok(&["--verbose", "backup"]);
+        let_settle();
+        let (mounted, _) = backup_verbose(&job);
+        assert!(mounted, "{transport}: a run without stamps of the last one");
+        let (mounted, stderr) = backup_verbose(&job);
         assert!(
-            !o.stderr.contains(SKIPPED),
-            "a fresh source skipped the guard"
+            !mounted && stderr.contains(NOTHING_TO_SEND),
+            "{transport}: {stderr}"
         );
-        std::thread::sleep(std::time::Duration::from_millis(2100));
-        job.ok(&["backup"]);
-        let o = job.ok(&["--verbose", "backup"]);
-        assert!(o.stderr.contains(SKIPPED), "unchanged source: {}", o.stderr);
-        // Its record (copied on the server from the last one where a shell
-        // may be used) lists the same tree, under its own header.
+        assert!(
+            !stderr.contains("run: rsync"),
+            "{transport}: rsync ran: {stderr}"
+        );
+        // Its record lists the same tree, under its own header.
         let ids: Vec<String> = record_ids(&job).into_iter().collect();
         let records: Vec<String> = ids
             .iter()
@@ -848,35 +915,57 @@ fn guard_is_skipped_only_while_the_source_is_unchanged() {
             panic!("fewer than two records")
         };
         let body = |r: &str| r.split_once("\n\n").map(|(_, b)| b.to_string());
-        assert_eq!(body(last), body(before), "the unchanged run's record");
+        assert_eq!(
+            body(last),
+            body(before),
+            "{transport}: the unchanged run's record"
+        );
         let previous_id = &ids[ids.len() - 2];
         assert!(
             last.contains("\nfiles 10\n") && !last.contains(previous_id.as_str()),
             "{last}"
         );
 
-        // A killed run in between: the target may hold more than the
-        // last record says.
-        fs::write(job.state_dir.join("backup.incomplete"), "x").unwrap();
-        let o = job.ok(&["--verbose", "backup"]);
+        // A touched mtime on the server: the full run, which fixes it.
+        let victim = job.files_dir().join(
+            fs::read_dir(job.files_dir())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.is_dir())
+                .unwrap(),
+        );
+        let victim = fs::read_dir(&victim)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.is_file() && !p.ends_with("gocryptfs.diriv"))
+            .unwrap();
+        let mtime = fs::metadata(&victim).unwrap().modified().unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&victim)
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH)
+            .unwrap();
+        let (mounted, stderr) = backup_verbose(&job);
         assert!(
-            !o.stderr.contains(SKIPPED),
-            "after a killed run: {}",
-            o.stderr
+            mounted && stderr.contains(GUARD_SKIPPED),
+            "{transport}, touched: {stderr}"
+        );
+        assert_eq!(fs::metadata(&victim).unwrap().modified().unwrap(), mtime);
+        let (mounted, _) = backup_verbose(&job);
+        assert!(
+            !mounted,
+            "{transport}: the repaired target was not taken as unchanged"
         );
 
-        for i in 0..4 {
-            fs::remove_file(job.source.join("alpha").join(format!("f{i}.txt"))).unwrap();
-        }
-        fs::remove_file(job.source.join("beta/f0.txt")).unwrap();
-        fs::remove_file(job.source.join("beta/f1.txt")).unwrap();
-        let (o, v) = job.run_json(&["backup"]);
-        refused(
-            &job,
-            &o,
-            &v,
-            "backup after deleting 60% of an unchanged source",
+        // A deleted file: the full run sends it again.
+        fs::remove_file(&victim).unwrap();
+        let (mounted, _) = backup_verbose(&job);
+        assert!(
+            mounted && victim.is_file(),
+            "{transport}: the deleted file was not sent again"
         );
+        job.verify_ok(false);
         job.assert_clean();
     }
 }

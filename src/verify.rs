@@ -48,29 +48,9 @@ pub fn verify(ctx: &Context) -> Result<Done> {
             let list = remote_list(ctx, &remote, &id)?;
             Ok((remote, list))
         },
-        || {
-            let source = fingerprint::of_source(job);
-            if let Some(kept) = source.as_ref().and_then(|s| reuse_kept_list(job, s, since)) {
-                return Ok((None, kept));
-            }
-            let view = crypt::mount_reverse(job, &cipher_point, Some(&ctlsock))?;
-            let mut local = local_list(ctx, view.point(), since)?;
-            if let Some(source) = &source {
-                let hardlinked = &local.tally.hardlinked_paths;
-                verify_cache::keep(
-                    &job.state_dir,
-                    source,
-                    &mut local.list,
-                    local.tally.files,
-                    hardlinked,
-                );
-            }
-            Ok((Some(view), local))
-        },
+        || local_side(ctx, &cipher_point, &ctlsock, since),
     )?;
-    if let Some(view) = &view {
-        view.check_live()?;
-    }
+    view.check_live()?;
 
     local
         .list
@@ -88,10 +68,6 @@ pub fn verify(ctx: &Context) -> Result<Done> {
     save_repair_list(ctx, &diff)?;
     // Names need the view's control socket; then the view can go while
     // the lists are stored.
-    let view = match view {
-        None if !diff.is_empty() => mount_for_names(job, &cipher_point, &ctlsock),
-        view => view,
-    };
     let decryptor = PathDecryptor::new(&ctlsock);
     let name = |encrypted: &String| plaintext_name(&decryptor, encrypted);
     let stats = json!({
@@ -105,7 +81,7 @@ pub fn verify(ctx: &Context) -> Result<Done> {
     });
     crate::run::side_by_side(
         || store_lists(&remote, &id, local.list, remote_list),
-        || view.map_or(Ok(()), |view| view.unmount()),
+        || view.unmount(),
     )?;
     Ok(Done {
         outcome: outcome_of(&diff),
@@ -133,13 +109,44 @@ fn reuse_kept_list(job: &Job, source: &SourceState, since: Option<i128>) -> Opti
     })
 }
 
-/// A reused list found differences: mount the view after all, for its
-/// control socket, so that the report names plaintext paths. Without it
-/// the report keeps the encrypted names.
-fn mount_for_names(job: &Job, point: &Path, ctlsock: &Path) -> Option<crate::mount::Mount> {
-    crypt::mount_reverse(job, point, Some(ctlsock))
-        .inspect_err(|e| log::warn(format!("differences are named encrypted: {e}")))
-        .ok()
+/// The local list: mounts the view while the source is fingerprinted; then
+/// reuses the last list if the source is as it was then, else hashes the
+/// view. The view is mounted either way: that proves the password and the
+/// config still open the key, and its control socket names differences.
+fn local_side(
+    ctx: &Context,
+    cipher_point: &Path,
+    ctlsock: &Path,
+    since: Option<i128>,
+) -> Result<(crate::mount::Mount, LocalList)> {
+    let job = ctx.job;
+    let (view, (source, kept)) = std::thread::scope(|scope| {
+        let fingerprinted = scope.spawn(|| {
+            let source = fingerprint::of_source(job);
+            let kept = source.as_ref().and_then(|s| reuse_kept_list(job, s, since));
+            (source, kept)
+        });
+        let view = crypt::mount_reverse(job, cipher_point, Some(ctlsock));
+        (view, fingerprinted.join().unwrap_or((None, None)))
+    });
+    let view = view?;
+    if let Some(kept) = kept {
+        return Ok((view, kept));
+    }
+    // The fingerprint was taken before this reads the view: a change in
+    // between makes the kept list's fingerprint stale, never wrong.
+    let mut local = local_list(ctx, view.point(), since)?;
+    if let Some(source) = &source {
+        let hardlinked = &local.tally.hardlinked_paths;
+        verify_cache::keep(
+            &job.state_dir,
+            source,
+            &mut local.list,
+            local.tally.files,
+            hardlinked,
+        );
+    }
+    Ok((view, local))
 }
 
 fn outcome_of(diff: &Diff) -> Outcome {

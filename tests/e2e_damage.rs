@@ -51,14 +51,16 @@ fn flipped_remote_byte_is_reported_as_changed_and_repaired() {
     );
 }
 
-/// A verify of an unchanged source reuses the last verify's local list: no
-/// gocryptfs mount, nothing read. The server's side is hashed in full every
-/// time, so damage there is found as before, and named in plaintext.
+/// A verify of an unchanged source reuses the last verify's local list:
+/// nothing local is read again (the view is still mounted: it proves the
+/// password). The server's side is hashed in full every time, so damage
+/// there is found as before, and named in plaintext.
 #[test]
 fn verify_of_an_unchanged_source_reuses_its_list_and_still_finds_damage() {
     if !require_tools("verify_reuses_list", SFTP_TOOLS) {
         return;
     }
+    const REUSED: &str = "its local checksums are reused";
     let job = Job::sftp("dmg-reuse").transport("rsync").build();
     make_sample_tree(&job.source);
     job.init_and_backup();
@@ -66,18 +68,17 @@ fn verify_of_an_unchanged_source_reuses_its_list_and_still_finds_damage() {
     // clock tick would keep them): let the tree settle.
     std::thread::sleep(std::time::Duration::from_millis(2100));
     let verify = |expect: i32| {
-        let (o, v) = job.run_json(&["--verbose", "verify"]);
+        let (o, v) = job.run_json(&["verify"]);
         o.expect_code(expect, "verify");
-        let mounted = o.stderr.contains("run: gocryptfs -reverse");
-        (mounted, json_stats(&v, "verify").clone())
+        (o.stderr.contains(REUSED), json_stats(&v, "verify").clone())
     };
-    let (mounted, first) = verify(0);
+    let (reused, first) = verify(0);
     assert!(
-        mounted && first["hashed"].as_u64() > Some(0),
+        !reused && first["hashed"].as_u64() > Some(0),
         "first verify: {first}"
     );
-    let (mounted, second) = verify(0);
-    assert!(!mounted, "an unchanged source was mounted again: {second}");
+    let (reused, second) = verify(0);
+    assert!(reused, "an unchanged source was hashed again: {second}");
     assert_eq!(
         (second["hashed"].as_u64(), second["files"].clone()),
         (Some(0), first["files"].clone())
@@ -85,8 +86,8 @@ fn verify_of_an_unchanged_source_reuses_its_list_and_still_finds_damage() {
 
     let victim = job.remote_file_for_len(VICTIM_CHANGED_LEN);
     flip_byte_keep_mtime(&victim, 100);
-    let (_, damaged) = verify(3);
-    // Mounted only to name the damaged file.
+    let (reused, damaged) = verify(3);
+    assert!(reused);
     assert_verify_lists(&damaged, &[], &[], &[VICTIM_CHANGED]);
     job.backup_ok();
     job.verify_ok(false);
@@ -94,17 +95,27 @@ fn verify_of_an_unchanged_source_reuses_its_list_and_still_finds_damage() {
     // A changed source is hashed again, and the change is pending until
     // the next backup.
     std::fs::write(job.source.join("one-byte"), "x").unwrap();
-    let (mounted, changed) = verify(0);
+    let (reused, changed) = verify(0);
     assert!(
-        mounted && changed["pending"] == 1,
+        !reused && changed["pending"] == 1,
         "after a change: {changed}"
     );
     job.backup_ok();
-    let (mounted, _) = verify(0);
+    let (reused, _) = verify(0);
     assert!(
-        mounted,
+        !reused,
         "a list made from a source changed 2 s before was reused"
     );
+    job.assert_clean();
+
+    // A wrong password fails even when nothing local needs reading.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (reused, _) = verify(0);
+    let (reused_again, _) = verify(0);
+    assert!(!reused && reused_again);
+    std::fs::write(&job.password_file, "not the password\n").unwrap();
+    let o = job.run(&["verify"]);
+    assert_ne!(o.code, 0, "a wrong password passed: {}", o.stderr);
     job.assert_clean();
 }
 

@@ -2,9 +2,10 @@
 //!
 //! When the source's fingerprint (fingerprint.rs) is what it was when that
 //! list was made, the encrypted view is the same, and so is every sha1 in
-//! the list: the next verify reuses the list without mounting the view
-//! (no scrypt, no FUSE, no reads). The remote side is hashed in full every
-//! time, so damage on the server is found just the same.
+//! the list: the next verify reuses the list and reads nothing through the
+//! view (it still mounts it, to prove the password). The remote side is
+//! hashed in full every time, so damage on the server is found just the
+//! same.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};

@@ -723,6 +723,22 @@ mod tests {
         assert_eq!(Record::parse(&text).unwrap(), record);
     }
 
+    /// Runs a record script in `root` as the server's sh would: the counts
+    /// it prints, after checking that the stamps follow them.
+    fn run_record_script(root: &Path, script: String) -> String {
+        let mut out = crate::exec::Cmd::new("sh")
+            .arg("-c")
+            .arg(script)
+            .cwd(root)
+            .run()
+            .unwrap();
+        assert!(out.success(), "{}", out.stderr);
+        let printed = out.stdout_string().unwrap();
+        let (counts, stamps) = printed.trim().rsplit_once(' ').unwrap();
+        assert!(is_hex_sha1(stamps), "{printed}");
+        counts.to_string()
+    }
+
     /// The record the server's shell writes (find, sort, awk) and the one
     /// written from a walk (no shell) agree, counts included.
     #[test]
@@ -758,16 +774,10 @@ mod tests {
             record.entries.sort_by(|a, b| a.path.cmp(&b.path));
             (text.lines().take(7).collect::<Vec<_>>().join("\n"), record)
         };
-        let mut out = crate::exec::Cmd::new("sh")
-            .arg("-c")
-            .arg(record_script(&header, true))
-            .cwd(&root)
-            .run()
-            .unwrap();
-        assert!(out.success(), "{}", out.stderr);
-        let printed = out.stdout_string().unwrap();
-        let (counts, stamps) = printed.trim().rsplit_once(' ').unwrap();
-        assert!(counts == "2 8" && is_hex_sha1(stamps), "{printed}");
+        assert_eq!(
+            run_record_script(&root, record_script(&header, true)),
+            "2 8"
+        );
         let by_server_text = std::fs::read_to_string(&record_file).unwrap();
         let by_server = read_back();
         std::fs::remove_file(&record_file).unwrap();
@@ -792,17 +802,7 @@ mod tests {
         let copied = root.join(record_path(&next.snapshot));
         let write_next = |last: &str| {
             let script = copy_record_script(&next, last) + &record_script(&next, true);
-            let mut out = crate::exec::Cmd::new("sh")
-                .arg("-c")
-                .arg(script)
-                .cwd(&root)
-                .run()
-                .unwrap();
-            assert!(out.success(), "{}", out.stderr);
-            let printed = out.stdout_string().unwrap();
-            let (counts, stamps) = printed.trim().rsplit_once(' ').unwrap();
-            assert!(is_hex_sha1(stamps), "{printed}");
-            let counts = counts.to_string();
+            let counts = run_record_script(&root, script);
             let text = std::fs::read_to_string(&copied).unwrap();
             std::fs::remove_file(&copied).unwrap();
             (counts, text)

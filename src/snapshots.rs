@@ -305,7 +305,7 @@ pub fn write_record(
     // by the time a run writes its record.
     let skip_dot_names = job.filenames == Filenames::Encrypted;
     let script = match same_as {
-        Some(last) => copy_record_script(&header, last) + &record_script(&header, skip_dot_names),
+        Some(last) => copy_record_script(&header, last, &record_script(&header, skip_dot_names)),
         None => record_script(&header, skip_dot_names),
     };
     let output = crate::exec::scratch_file(&job.state_dir, "record-counts")?;
@@ -349,8 +349,8 @@ pub fn is_hex_sha1(text: &str) -> bool {
 
 /// The record written on the server: `find` lists files/, `sort` orders it
 /// (LC_ALL=C, on the path), `awk` counts the user's files; the script
-/// prints `<files> <bytes>`. Every step writes a file, so a failure is not
-/// hidden by a pipe.
+/// prints `<files> <bytes> <stamps>`. Every step writes a file, so a
+/// failure is not hidden by a pipe.
 fn record_script(header: &Header, skip_dot_names: bool) -> String {
     let id = &header.snapshot;
     let dot_names = if skip_dot_names { "! -name '.*' " } else { "" };
@@ -361,28 +361,42 @@ fn record_script(header: &Header, skip_dot_names: bool) -> String {
          find . -mindepth 1 {dot_names}\\( -type f -printf '%y %m %s %P\\n' -o \\( -type d -o -type l \\) -printf '%y %m 0 %P\\n' \\) > \"$tmp.unsorted\"\n\
          sort -t ' ' -k 4 \"$tmp.unsorted\" > \"$tmp.entries\"\n\
          rm -f \"$tmp.unsorted\"\n\
-         counts=$(awk '$1 == \"f\" {{ n = $4; sub(/.*\\//, \"\", n); \
-         if (n == \"gocryptfs.diriv\" || $4 == \"{REMOTE_CONFIG_NAME}\" || n ~ /^gocryptfs[.]longname[.].*[.]name$/) next; \
-         files++; bytes += $3 }} END {{ printf \"%.0f %.0f\", files, bytes }}' \"$tmp.entries\")\n\
+         counts=$(awk {count} \"$tmp.entries\")\n\
          set -- $counts\n\
          {{ printf '{head}' \"$1\" \"$2\"; cat \"$tmp.entries\"; }} > \"$tmp.rec.tmp\"\n\
          rm -f \"$tmp.entries\"\n\
          mv -f \"$tmp.rec.tmp\" ../{RECORDS}/{id}.rec\n\
          {stamps}\
          echo \"$counts $stamps\"\n",
+        count = count_awk(),
         stamps = stamps_snippet(".", "\"$tmp.stamps\"")
+    )
+}
+
+/// An awk program (quoted for sh) that reads record entries and prints the
+/// user's files and their bytes, or `bad` when a line is not an entry.
+fn count_awk() -> String {
+    format!(
+        "'$0 !~ /^[fdl] [0-7]+ [0-9]+ ./ {{ bad = 1 }} \
+         $1 == \"f\" {{ n = $4; sub(/.*\\//, \"\", n); \
+         if (n == \"gocryptfs.diriv\" || $4 == \"{REMOTE_CONFIG_NAME}\" || n ~ /^gocryptfs[.]longname[.].*[.]name$/) next; \
+         files++; bytes += $3 }} \
+         END {{ if (bad) print \"bad\"; else printf \"%.0f %.0f\", files, bytes }}'"
     )
 }
 
 /// Shell lines that set `$stamps` to the sha1 of a sorted listing of every
 /// entry below `dir` (files/) with its type, mode, size, mtime and link
 /// count: what rsync's quick check compares, for the whole tree at once.
-/// Two equal stamps mean files/ was not touched in between.
+/// Two equal stamps mean files/ was not touched in between. Any failure
+/// (or an empty listing) gives `none`, which never equals stamps.
 pub fn stamps_snippet(dir: &str, scratch: &str) -> String {
     format!(
-        "find {dir} -mindepth 1 -printf '%y %m %s %T@ %n %P\\n' > {scratch}\n\
-         stamps=$(sort {scratch} | sha1sum | cut -c 1-40)\n\
-         rm -f {scratch}\n"
+        "if find {dir} -mindepth 1 -printf '%y %m %s %T@ %n %P\\n' > {scratch} \\\n\
+           && LC_ALL=C sort {scratch} > {scratch}.sorted && [ -s {scratch}.sorted ]; then\n\
+           stamps=$(sha1sum < {scratch}.sorted | cut -c 1-40)\n\
+         else stamps=none; fi\n\
+         rm -f {scratch} {scratch}.sorted\n"
     )
 }
 
@@ -394,25 +408,33 @@ fn header_format(header: &Header) -> String {
         .replace('\n', "\\n")
 }
 
+/// How many lines a header takes, the blank line that ends it included.
+fn header_lines() -> usize {
+    Header::default().to_text().lines().count()
+}
+
 /// Copies the entries of the record `last` under `header`, keeping its
-/// counts, and prints them as `record_script` does; then exits. A record
-/// that does not have the expected header falls through to the script that
-/// follows (a full listing). `last` is a snapshot id: no quoting needed.
-fn copy_record_script(header: &Header, last: &str) -> String {
+/// counts, and prints them as `record_script` does. A record without the
+/// expected header, or whose entries do not add up to its counts (damage
+/// must not be carried forward), runs `otherwise` instead (a full
+/// listing). `last` is a snapshot id: no quoting needed.
+fn copy_record_script(header: &Header, last: &str, otherwise: &str) -> String {
     let id = &header.snapshot;
     let head = header_format(header);
+    let (lines, body) = (header_lines(), header_lines() + 1);
     format!(
         "set -e\nexport LC_ALL=C\nlast={RECORDS}/{last}.rec\n\
-         if [ -f \"$last\" ] && [ \"$(sed -n 1p \"$last\")\" = '{MAGIC}' ] \\\n\
-           && [ \"$(sed -n 2p \"$last\")\" = 'snapshot {last}' ] && [ -z \"$(sed -n 8p \"$last\")\" ] \\\n\
+         if [ -f \"$last\" ] && [ \"$(wc -l < \"$last\")\" -ge {lines} ] \\\n\
+           && [ \"$(sed -n 1p \"$last\")\" = '{MAGIC}' ] && [ \"$(sed -n 2p \"$last\")\" = 'snapshot {last}' ] \\\n\
+           && [ -z \"$(sed -n {lines}p \"$last\")\" ] \\\n\
            && set -- $(sed -n -e '3s/^files \\([0-9][0-9]*\\)$/\\1/p' -e '4s/^bytes \\([0-9][0-9]*\\)$/\\1/p' \"$last\") \\\n\
-           && [ $# -eq 2 ]; then\n\
-           {{ printf '{head}' \"$1\" \"$2\"; tail -n +9 \"$last\"; }} > {RECORDS}/.{id}.rec.tmp\n\
+           && [ $# -eq 2 ] && [ \"$(tail -n +{body} \"$last\" | awk {count})\" = \"$1 $2\" ]; then\n\
+           {{ printf '{head}' \"$1\" \"$2\"; tail -n +{body} \"$last\"; }} > {RECORDS}/.{id}.rec.tmp\n\
            mv -f {RECORDS}/.{id}.rec.tmp {RECORDS}/{id}.rec\n\
            {stamps}\
            echo \"$1 $2 $stamps\"\n\
-           exit 0\n\
-         fi\n",
+         else\n{otherwise}fi\n",
+        count = count_awk(),
         stamps = stamps_snippet(FILES, &format!("{RECORDS}/.{id}.stamps"))
     )
 }
@@ -801,7 +823,7 @@ mod tests {
         };
         let copied = root.join(record_path(&next.snapshot));
         let write_next = |last: &str| {
-            let script = copy_record_script(&next, last) + &record_script(&next, true);
+            let script = copy_record_script(&next, last, &record_script(&next, true));
             let counts = run_record_script(&root, script);
             let text = std::fs::read_to_string(&copied).unwrap();
             std::fs::remove_file(&copied).unwrap();
@@ -825,6 +847,11 @@ mod tests {
             ),
             "{copy}"
         );
+        // A truncated copy of that record (the header says 2 files, the
+        // entries hold fewer): listed again, not carried forward.
+        let truncated: Vec<&str> = by_server_text.lines().take(header_lines() + 1).collect();
+        std::fs::write(&record_file, truncated.join("\n") + "\n").unwrap();
+        assert_eq!(write_next("20261129T030000Z").0, "2 31");
         // An old-style header (no counts): listed again, the change included.
         std::fs::write(
             &record_file,

@@ -64,10 +64,9 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
     let LocalStart {
         view,
         source,
-        unchanged_since,
+        unchanged,
         index,
     } = local;
-    let unchanged = unchanged_since.is_some() && unchanged_since == known.last_id;
     if unchanged && target_unchanged(ctx, &known) {
         return record_unchanged_run(ctx, &remote, known, source, view);
     }
@@ -80,9 +79,18 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
             log::debug(|| {
                 "the source has not changed since the last backup: no deletion guard needed".into()
             });
-            Some(guard::Estimate::default())
+            None
         }
         false => guard_mass_changes(ctx, known.last_record, index, max_delete_percent)?,
+    };
+    // Workers pay off when files move; for a run that only checks (the
+    // common nightly case) one rsync starts faster. Files move when the
+    // guard's estimate says so, or when an unchanged source meets a target
+    // whose stamps changed (how much, nobody knows yet).
+    let split = match estimate {
+        Some(estimate) => !estimate.nothing_to_move(),
+        None if unchanged => known.target_stamps.is_some(),
+        None => true,
     };
     let snapshot = next_snapshot_id(ctx)?;
     std::fs::write(&incomplete, &snapshot).ctx(|| format!("writing {}", incomplete.display()))?;
@@ -92,9 +100,7 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
         remote: &remote,
         source: view.point(),
         snapshot: &snapshot,
-        // Workers pay off when files move; for a run that only checks
-        // (the common nightly case) one rsync starts faster.
-        split: estimate.is_none_or(|e| !e.nothing_to_move()),
+        split,
     };
     let repair = repair_damaged(ctx, &rsync)?;
 
@@ -209,8 +215,8 @@ struct LocalStart {
     view: Mount,
     /// The source's fingerprint, taken before anything read the view.
     source: Option<SourceState>,
-    /// The last backup's id, when the source is as that backup found it.
-    unchanged_since: Option<String>,
+    /// The source is as the backup that wrote the newest record found it.
+    unchanged: bool,
     /// The view's index for the deletion guard, when the guard is needed.
     index: Option<guard::ViewIndex>,
 }
@@ -250,7 +256,7 @@ fn start_local(
     Ok(LocalStart {
         view,
         source,
-        unchanged_since,
+        unchanged,
         index,
     })
 }
@@ -406,7 +412,7 @@ fn preflight(job: &Job, remote: &Remote, unchanged_since: Option<&str>) -> Resul
 /// `known` is a snapshot id (checked by the caller) or empty.
 fn preflight_script(known: &str) -> String {
     format!(
-        "set -e\nmkdir -p {FILES} {SNAPSHOTS} {CHECKSUMS} {RECORDS}\n\
+        "set -e\nexport LC_ALL=C\nmkdir -p {FILES} {SNAPSHOTS} {CHECKSUMS} {RECORDS}\n\
          if [ -f {FILES}/{REMOTE_CONFIG_NAME} ]; then printf C; cat {FILES}/{REMOTE_CONFIG_NAME}; fi\n\
          printf '\\0'\n\
          last=$(ls -1A {RECORDS} | grep -E '^[0-9]{{8}}T[0-9]{{6}}Z[.]rec$' | sort | tail -n 1 || true)\n\

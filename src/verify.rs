@@ -42,7 +42,7 @@ pub fn verify(ctx: &Context) -> Result<Done> {
     let since = crate::sync::last_backup_start_ns(&job.state_dir);
     // The server hashes its copy while we hash ours, or reuse our last list
     // when the source has not changed.
-    let ((remote, mut remote_list), (view, mut local)) = crate::run::side_by_side(
+    let ((remote, mut remote_list), (view, mut local, source)) = crate::run::side_by_side(
         || {
             let remote = remote::open(job, needs_mount(job), &ctx.runtime("remote"))?;
             let list = remote_list(ctx, &remote, &id)?;
@@ -66,6 +66,7 @@ pub fn verify(ctx: &Context) -> Result<Done> {
     }
     let diff = without(diff, &local.tally.skip);
     save_repair_list(ctx, &diff)?;
+    keep_or_forget_list(ctx, source.as_ref(), &mut local, &diff);
     // Names need the view's control socket; then the view can go while
     // the lists are stored.
     let decryptor = PathDecryptor::new(&ctlsock);
@@ -106,6 +107,7 @@ fn reuse_kept_list(job: &Job, source: &SourceState, since: Option<i128>) -> Opti
             hardlinked_paths: kept.hardlinked,
             ..Tally::default()
         },
+        reused: true,
     })
 }
 
@@ -118,7 +120,7 @@ fn local_side(
     cipher_point: &Path,
     ctlsock: &Path,
     since: Option<i128>,
-) -> Result<(crate::mount::Mount, LocalList)> {
+) -> Result<(crate::mount::Mount, LocalList, Option<SourceState>)> {
     let job = ctx.job;
     let (view, (source, kept)) = std::thread::scope(|scope| {
         let fingerprinted = scope.spawn(|| {
@@ -131,22 +133,33 @@ fn local_side(
     });
     let view = view?;
     if let Some(kept) = kept {
-        return Ok((view, kept));
+        return Ok((view, kept, source));
     }
     // The fingerprint was taken before this reads the view: a change in
     // between makes the kept list's fingerprint stale, never wrong.
-    let mut local = local_list(ctx, view.point(), since)?;
-    if let Some(source) = &source {
-        let hardlinked = &local.tally.hardlinked_paths;
-        verify_cache::keep(
-            &job.state_dir,
-            source,
-            &mut local.list,
-            local.tally.files,
-            hardlinked,
-        );
+    let local = local_list(ctx, view.point(), since)?;
+    Ok((view, local, source))
+}
+
+/// Keeps a list just hashed for the next verify when this one found no
+/// difference. After a difference the next verify hashes the view again:
+/// a list that was itself wrong must not be reused until the source
+/// changes.
+fn keep_or_forget_list(
+    ctx: &Context,
+    source: Option<&SourceState>,
+    local: &mut LocalList,
+    diff: &Diff,
+) {
+    let state_dir = &ctx.job.state_dir;
+    match (source, local.reused, diff.is_empty()) {
+        (_, _, false) => verify_cache::forget(state_dir),
+        (Some(source), false, true) => {
+            let (files, hardlinked) = (local.tally.files, &local.tally.hardlinked_paths);
+            verify_cache::keep(state_dir, source, &mut local.list, files, hardlinked);
+        }
+        _ => {}
     }
-    Ok((view, local))
 }
 
 fn outcome_of(diff: &Diff) -> Outcome {
@@ -165,6 +178,8 @@ fn needs_mount(job: &Job) -> bool {
 struct LocalList {
     list: File,
     tally: Tally,
+    /// The last verify's list, reused (verify_cache.rs).
+    reused: bool,
 }
 
 /// What hashing the local side counted, and what to skip.
@@ -226,6 +241,7 @@ fn local_list(ctx: &Context, view: &Path, since: Option<i128>) -> Result<LocalLi
     Ok(LocalList {
         list: list.into_inner().map_err(|e| write_error(e.into_error()))?,
         tally: local,
+        reused: false,
     })
 }
 
@@ -299,13 +315,13 @@ fn remote_hash_script(id: &str) -> String {
     let plain = "'*[!A-Za-z0-9._/-]*'";
     format!(
         "set -e; export LC_ALL=C; mkdir -p ../{CHECKSUMS}; \
-         hash() {{ if command -v nproc >/dev/null 2>&1 && command -v stdbuf >/dev/null 2>&1; \
+         in_parallel() {{ if command -v nproc >/dev/null 2>&1 && command -v stdbuf >/dev/null 2>&1; \
          then xargs -0r -P \"$(nproc)\" -n 256 stdbuf -oL \"$@\"; else xargs -0r \"$@\"; fi; }}; \
          if [ \"$(printf '' | openssl dgst -sha1 -r 2>/dev/null)\" = '{EMPTY_SHA1} *stdin' ]; then \
-         find . -type f ! -path {plain} -print0 | hash openssl dgst -sha1 -r > {dir}.openssl; \
+         find . -type f ! -path {plain} -print0 | in_parallel openssl dgst -sha1 -r > {dir}.openssl; \
          sed 's/^\\([0-9a-f]\\{{40\\}}\\) \\*/\\1  /' {dir}.openssl > {dir}.unsorted; rm -f {dir}.openssl; \
-         find . -type f -path {plain} -print0 | hash sha1sum >> {dir}.unsorted; \
-         else find . -type f -print0 | hash sha1sum > {dir}.unsorted; fi; \
+         find . -type f -path {plain} -print0 | in_parallel sha1sum >> {dir}.unsorted; \
+         else find . -type f -print0 | in_parallel sha1sum > {dir}.unsorted; fi; \
          sort -t ' ' -k 3 {dir}.unsorted > {dir}.sha1.tmp; rm -f {dir}.unsorted; \
          mv -f {dir}.sha1.tmp {kept}; cat {kept}"
     )

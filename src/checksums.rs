@@ -76,8 +76,14 @@ impl Stamp {
     /// before the read may change again, same size, with the same stamp
     /// (git calls such an entry "racy").
     pub fn settled_before(&self, walk_start_ns: i64) -> bool {
-        self.changed_ns() < walk_start_ns - SETTLE_NS
+        settled(self.changed_ns(), walk_start_ns)
     }
+}
+
+/// Whether a change at `changed_ns` is far enough before a walk started at
+/// `walk_start_ns` to trust the stamps that walk saw.
+pub fn settled(changed_ns: i64, walk_start_ns: i64) -> bool {
+    changed_ns < walk_start_ns - SETTLE_NS
 }
 
 /// How long before a walk a change must be for its stamp to be trusted.

@@ -33,13 +33,17 @@ impl SourceState {
     /// Whether a later run may trust this fingerprint: not when an entry
     /// changed just before the walk (see `Stamp::settled_before`).
     pub fn settled(&self) -> bool {
-        self.newest_change_ns < self.walked_at_ns - checksums::SETTLE_NS
+        checksums::settled(self.newest_change_ns, self.walked_at_ns)
     }
 }
 
 /// The fingerprint of the job's source, or None (with the reason in the
 /// debug log) when part of it cannot be read: then nothing is skipped.
 pub fn of_source(job: &Job) -> Option<SourceState> {
+    if on_network_filesystem(&job.source) {
+        log::debug(|| "no fingerprint of a source on a network filesystem".into());
+        return None;
+    }
     match walk_source(job) {
         Ok(state) => Some(state),
         Err(e) => {
@@ -47,6 +51,29 @@ pub fn of_source(job: &Job) -> Option<SourceState> {
             None
         }
     }
+}
+
+/// File times there come from the server's clock, which may lag ours by
+/// more than the 2 s that `settled` allows for.
+fn on_network_filesystem(path: &std::path::Path) -> bool {
+    use nix::sys::statfs::{self, FsType};
+    const CIFS: FsType = FsType(0xFF53_4D42);
+    const SMB2: FsType = FsType(0xFE53_4D42);
+    const CEPH: FsType = FsType(0x00C3_6400);
+    const V9FS: FsType = FsType(0x0102_1997);
+    let network = [
+        statfs::NFS_SUPER_MAGIC,
+        statfs::SMB_SUPER_MAGIC,
+        statfs::AFS_SUPER_MAGIC,
+        statfs::CODA_SUPER_MAGIC,
+        statfs::NCP_SUPER_MAGIC,
+        statfs::FUSE_SUPER_MAGIC,
+        CIFS,
+        SMB2,
+        CEPH,
+        V9FS,
+    ];
+    statfs::statfs(path).is_ok_and(|s| network.contains(&s.filesystem_type()))
 }
 
 fn walk_source(job: &Job) -> Result<SourceState> {
@@ -82,6 +109,7 @@ fn add_settings(hasher: &mut Sha1, job: &Job) -> Result<()> {
     add_field(hasher, job.source.as_os_str().as_encoded_bytes());
     add_field(hasher, format!("{:?}", job.filenames).as_bytes());
     add_field(hasher, &[u8::from(job.config_in_source())]);
+    hasher.update((job.exclude.len() as u64).to_le_bytes());
     for pattern in &job.exclude {
         add_field(hasher, pattern.as_bytes());
     }

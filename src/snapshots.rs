@@ -282,16 +282,16 @@ pub fn record_path(id: &str) -> String {
 /// unfinished run has no record. Where the server's shell may be used the
 /// server lists, sorts and writes it (nothing crosses the wire); else the
 /// tree is walked through the mount or on the local target.
-/// `same_as`: the id of the last run, when this one found the source as that
-/// run left it and changed nothing on the target. files/ then holds what
-/// that run's record lists, and the server copies its entries under the new
-/// header instead of listing files/ again.
+/// `same_as`: when this run found the source as the last run left it and
+/// changed nothing on the target. files/ then holds what that run's record
+/// lists, and the server copies its entries under the new header instead
+/// of listing files/ again.
 pub fn write_record(
     job: &Job,
     remote: &Remote,
     snapshot: &str,
     stats: &crate::sync::Stats,
-    same_as: Option<&str>,
+    same_as: Option<SameAs>,
 ) -> Result<Written> {
     let mut header = Header {
         snapshot: snapshot.to_string(),
@@ -305,7 +305,7 @@ pub fn write_record(
     // by the time a run writes its record.
     let skip_dot_names = job.filenames == Filenames::Encrypted;
     let script = match same_as {
-        Some(last) => copy_record_script(&header, last, &record_script(&header, skip_dot_names)),
+        Some(same) => copy_record_script(&header, same, &record_script(&header, skip_dot_names)),
         None => record_script(&header, skip_dot_names),
     };
     let output = crate::exec::scratch_file(&job.state_dir, "record-counts")?;
@@ -334,6 +334,14 @@ pub fn write_record(
         header,
         target_stamps: None,
     })
+}
+
+/// The last run, whose record lists what files/ holds now.
+#[derive(Debug, Clone, Copy)]
+pub struct SameAs<'a> {
+    pub last: &'a str,
+    /// The stamps of files/, when no rsync ran since the server took them.
+    pub stamps: Option<&'a str>,
 }
 
 /// A record as written, and the stamps of files/ right after it.
@@ -418,8 +426,13 @@ fn header_lines() -> usize {
 /// expected header, or whose entries do not add up to its counts (damage
 /// must not be carried forward), runs `otherwise` instead (a full
 /// listing). `last` is a snapshot id: no quoting needed.
-fn copy_record_script(header: &Header, last: &str, otherwise: &str) -> String {
+fn copy_record_script(header: &Header, same: SameAs, otherwise: &str) -> String {
     let id = &header.snapshot;
+    let last = same.last;
+    let stamps = match same.stamps.filter(|s| is_hex_sha1(s)) {
+        Some(known) => format!("stamps={known}\n"),
+        None => stamps_snippet(FILES, &format!("{RECORDS}/.{id}.stamps")),
+    };
     let head = header_format(header);
     let (lines, body) = (header_lines(), header_lines() + 1);
     format!(
@@ -435,7 +448,6 @@ fn copy_record_script(header: &Header, last: &str, otherwise: &str) -> String {
            echo \"$1 $2 $stamps\"\n\
          else\n{otherwise}fi\n",
         count = count_awk(),
-        stamps = stamps_snippet(FILES, &format!("{RECORDS}/.{id}.stamps"))
     )
 }
 
@@ -823,7 +835,8 @@ mod tests {
         };
         let copied = root.join(record_path(&next.snapshot));
         let write_next = |last: &str| {
-            let script = copy_record_script(&next, last, &record_script(&next, true));
+            let same = SameAs { last, stamps: None };
+            let script = copy_record_script(&next, same, &record_script(&next, true));
             let counts = run_record_script(&root, script);
             let text = std::fs::read_to_string(&copied).unwrap();
             std::fs::remove_file(&copied).unwrap();
@@ -847,6 +860,22 @@ mod tests {
             ),
             "{copy}"
         );
+        // After no rsync, the stamps the preflight took are passed on, not
+        // taken again.
+        let known = "0123456789abcdef0123456789abcdef01234567";
+        let same = SameAs {
+            last: "20261129T030000Z",
+            stamps: Some(known),
+        };
+        let script = copy_record_script(&next, same, &record_script(&next, true));
+        let mut out = crate::exec::Cmd::new("sh")
+            .arg("-c")
+            .arg(script)
+            .cwd(&root)
+            .run()
+            .unwrap();
+        assert_eq!(out.stdout_string().unwrap().trim(), format!("2 8 {known}"));
+        std::fs::remove_file(&copied).unwrap();
         // A truncated copy of that record (the header says 2 files, the
         // entries hold fewer): listed again, not carried forward.
         let truncated: Vec<&str> = by_server_text.lines().take(header_lines() + 1).collect();

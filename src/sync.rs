@@ -118,9 +118,12 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
         snapshots::complete_snapshot_dir(job, &remote, &snapshot)?;
     }
     // Nothing changed on either side: files/ is what the last record lists.
-    let same_as = match unchanged && !stats.touched && stats.changed == 0 {
-        true => known.last_id.as_deref(),
-        false => None,
+    let same_as = match (
+        unchanged && !stats.touched && stats.changed == 0,
+        &known.last_id,
+    ) {
+        (true, Some(last)) => Some(snapshots::SameAs { last, stamps: None }),
+        _ => None,
     };
     // The view is not needed any more: unmount it while the server writes.
     let (record, ()) = crate::run::side_by_side(
@@ -184,9 +187,13 @@ fn record_unchanged_run(
     ensure_remote_config(job, remote, known.config)?;
     let snapshot = next_snapshot_id(ctx)?;
     let nothing = Stats::default();
-    let last_id = known.last_id.as_deref();
+    // No rsync ran: files/ still has the stamps the preflight took.
+    let same_as = known.last_id.as_deref().map(|last| snapshots::SameAs {
+        last,
+        stamps: known.target_stamps.as_deref(),
+    });
     let (record, ()) = crate::run::side_by_side(
-        || snapshots::write_record(job, remote, &snapshot, &nothing, last_id),
+        || snapshots::write_record(job, remote, &snapshot, &nothing, same_as),
         || view.unmount(),
     )?;
     record_last_backup(ctx, &snapshot, source, record.target_stamps.as_deref())?;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::config::{Filenames, Job, Target, Transport};
 use crate::crypt::{self, PathDecryptor, REMOTE_CONFIG_NAME};
@@ -47,6 +47,9 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
     let ctlsock = ctx.runtime("ctl.sock");
     let max_delete_percent = options.max_delete_percent.unwrap_or(job.max_delete_percent);
     let incomplete = ctx.state(INCOMPLETE_MARKER);
+    // Read once: the job lock keeps it as it is until this run writes it.
+    let last = last_backup(&job.state_dir);
+    let last = last.as_ref();
     // The server is asked (ssh master, preflight) while the view is mounted
     // (scrypt) and, when the target has a last run to compare with,
     // indexed for the deletion guard. A source with the fingerprint of the
@@ -58,7 +61,14 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
         || start_remote(ctx, unchanged_rx, last_id_tx),
         || {
             let points = (cipher_point.as_path(), ctlsock.as_path());
-            start_local(ctx, points, max_delete_percent, unchanged_tx, last_id_rx)
+            start_local(
+                ctx,
+                points,
+                last,
+                max_delete_percent,
+                unchanged_tx,
+                last_id_rx,
+            )
         },
     )?;
     let LocalStart {
@@ -67,8 +77,8 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
         unchanged,
         index,
     } = local;
-    if unchanged && target_unchanged(ctx, &known) {
-        return record_unchanged_run(ctx, &remote, known, source, view);
+    if unchanged && target_unchanged(ctx, last, &known) {
+        return record_unchanged_run(ctx, &remote, known, source, view, last);
     }
     if incomplete.exists() {
         clean_after_killed_run(job, &remote)?;
@@ -92,7 +102,7 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
         None if unchanged => known.target_stamps.is_some(),
         None => true,
     };
-    let snapshot = next_snapshot_id(ctx)?;
+    let snapshot = next_snapshot_id(ctx, last)?;
     std::fs::write(&incomplete, &snapshot).ctx(|| format!("writing {}", incomplete.display()))?;
 
     let rsync = Rsync {
@@ -164,9 +174,8 @@ fn done(
 /// Whether files/ is as the last backup left it: the stamps the server
 /// just took are those it took after that backup's record, and no verify
 /// since found damage (that needs rsync's repair by checksum).
-fn target_unchanged(ctx: &Context, known: &Known) -> bool {
-    let last_stamps = last_backup(&ctx.job.state_dir)
-        .and_then(|last| last["target_stamps"].as_str().map(String::from));
+fn target_unchanged(ctx: &Context, last: Option<&Value>, known: &Known) -> bool {
+    let last_stamps = last.and_then(|last| last["target_stamps"].as_str().map(String::from));
     last_stamps.is_some() && last_stamps == known.target_stamps && !ctx.state(REPAIR_LIST).exists()
 }
 
@@ -181,11 +190,12 @@ fn record_unchanged_run(
     known: Known,
     source: Option<SourceState>,
     view: Mount,
+    last: Option<&Value>,
 ) -> Result<Done> {
     let job = ctx.job;
     log::info("the source and the target are as the last backup left them: nothing to send");
     ensure_remote_config(job, remote, known.config)?;
-    let snapshot = next_snapshot_id(ctx)?;
+    let snapshot = next_snapshot_id(ctx, last)?;
     let nothing = Stats::default();
     // No rsync ran: files/ still has the stamps the preflight took.
     let same_as = known.last_id.as_deref().map(|last| snapshots::SameAs {
@@ -235,6 +245,7 @@ struct LocalStart {
 fn start_local(
     ctx: &Context,
     (cipher_point, ctlsock): (&Path, &Path),
+    last: Option<&Value>,
     max_delete_percent: u8,
     unchanged_tx: Sender<Option<String>>,
     last_id_rx: Receiver<Option<String>>,
@@ -245,7 +256,7 @@ fn start_local(
         let fingerprinted = scope.spawn(|| {
             let unchanged_tx = unchanged_tx; // moved in: dropped even on a panic
             let source = fingerprint::of_source(job);
-            let since = last_backup_if_unchanged(ctx, source.as_ref(), &incomplete);
+            let since = last_backup_if_unchanged(last, source.as_ref(), &incomplete);
             let _ = unchanged_tx.send(since.clone());
             (source, since)
         });
@@ -515,11 +526,11 @@ fn record_last_backup(
 /// what the view shows (rsync checks that anyway), and the guard has
 /// nothing to guard against.
 fn last_backup_if_unchanged(
-    ctx: &Context,
+    last: Option<&Value>,
     source: Option<&SourceState>,
     incomplete: &Path,
 ) -> Option<String> {
-    let last = last_backup(&ctx.job.state_dir)?;
+    let last = last?;
     let same = last["source_fingerprint"].as_str() == Some(source?.fingerprint.as_str());
     let id = last["snapshot"]
         .as_str()
@@ -533,19 +544,15 @@ pub fn last_backup_start_ns(state_dir: &Path) -> Option<i128> {
     doc["started_ns"].as_str()?.parse().ok()
 }
 
-fn last_backup(state_dir: &Path) -> Option<serde_json::Value> {
+fn last_backup(state_dir: &Path) -> Option<Value> {
     let text = std::fs::read_to_string(state_dir.join(LAST_BACKUP)).ok()?;
     serde_json::from_str(&text).ok()
 }
 
 /// Snapshot ids are UTC start times to the second; two runs within one
 /// second must not share a snapshot dir, so wait for the clock if needed.
-fn next_snapshot_id(ctx: &Context) -> Result<String> {
-    let last = last_backup(&ctx.job.state_dir);
-    let last = last
-        .as_ref()
-        .and_then(|d| d["snapshot"].as_str())
-        .unwrap_or("");
+fn next_snapshot_id(ctx: &Context, last: Option<&Value>) -> Result<String> {
+    let last = last.and_then(|d| d["snapshot"].as_str()).unwrap_or("");
     loop {
         let id = status::snapshot_id(SystemTime::now().max(ctx.started_at));
         if id.as_str() > last {

@@ -83,15 +83,14 @@ fn walk_source(job: &Job) -> Result<SourceState> {
     add_settings(&mut hasher, job)?;
     let root = &job.source;
     let meta = std::fs::symlink_metadata(root).ctx(|| format!("reading {}", root.display()))?;
-    add_entry(&mut hasher, b"", &meta);
-    let mut newest_change_ns = Stamp::of(&meta).changed_ns();
+    let mut newest_change_ns = add_entry(&mut hasher, b"", &meta);
     for entry in walk::sorted(root) {
         interrupt::check()?;
         let entry = entry.map_err(|e| walk::error(root, e))?;
         let meta = entry.metadata().map_err(|e| walk::error(root, e))?;
         let rel = entry.path().strip_prefix(root).unwrap_or(entry.path());
-        add_entry(&mut hasher, rel.as_os_str().as_encoded_bytes(), &meta);
-        newest_change_ns = newest_change_ns.max(Stamp::of(&meta).changed_ns());
+        let changed_ns = add_entry(&mut hasher, rel.as_os_str().as_encoded_bytes(), &meta);
+        newest_change_ns = newest_change_ns.max(changed_ns);
     }
     Ok(SourceState {
         fingerprint: checksums::to_hex(&hasher.finalize().into()),
@@ -122,7 +121,8 @@ fn add_field(hasher: &mut Sha1, bytes: &[u8]) {
     hasher.update(bytes);
 }
 
-fn add_entry(hasher: &mut Sha1, rel: &[u8], meta: &std::fs::Metadata) {
+/// Hashes one entry; returns its last change (see `Stamp::changed_ns`).
+fn add_entry(hasher: &mut Sha1, rel: &[u8], meta: &std::fs::Metadata) -> i64 {
     add_field(hasher, rel);
     let stamp = Stamp::of(meta);
     for value in [
@@ -135,6 +135,7 @@ fn add_entry(hasher: &mut Sha1, rel: &[u8], meta: &std::fs::Metadata) {
     ] {
         hasher.update(value.to_le_bytes());
     }
+    stamp.changed_ns()
 }
 
 /// Whether an entry of `state` was changed at or after `since_ns` (the

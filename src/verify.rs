@@ -633,25 +633,23 @@ mod tests {
         // A PATH with every tool the script uses but openssl.
         let bin = root.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
+        let which = |tool: &str| {
+            let mut out = crate::exec::Cmd::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {tool}"))
+                .run()
+                .unwrap();
+            out.success()
+                .then(|| out.stdout_string().unwrap().trim().to_string())
+        };
         for tool in [
             "mkdir", "xargs", "nproc", "stdbuf", "find", "sed", "sort", "rm", "mv", "cat",
             "sha1sum",
         ] {
-            let found = crate::exec::Cmd::new("sh")
-                .arg("-c")
-                .arg(format!("command -v {tool}"))
-                .run()
-                .unwrap()
-                .stdout_string()
-                .unwrap();
-            std::os::unix::fs::symlink(found.trim(), bin.join(tool)).unwrap();
+            let found = which(tool).unwrap_or_else(|| panic!("{tool} is missing"));
+            std::os::unix::fs::symlink(found, bin.join(tool)).unwrap();
         }
-        let has_openssl = crate::exec::Cmd::new("sh")
-            .arg("-c")
-            .arg("command -v openssl")
-            .run()
-            .unwrap()
-            .success();
+        let has_openssl = which("openssl").is_some();
         assert!(
             has_openssl || std::env::var_os("CI").is_none(),
             "openssl is missing in CI"

@@ -83,11 +83,26 @@ impl Stamp {
 /// Whether a change at `changed_ns` is far enough before a walk started at
 /// `walk_start_ns` to trust the stamps that walk saw.
 pub fn settled(changed_ns: i64, walk_start_ns: i64) -> bool {
-    changed_ns < walk_start_ns - SETTLE_NS
+    changed_ns < walk_start_ns - settle_ns()
 }
 
 /// How long before a walk a change must be for its stamp to be trusted.
 pub const SETTLE_NS: i64 = 2_000_000_000;
+
+/// The settle window in force: `SETTLE_NS`, or `CIPHERSYNC_SETTLE_MS` where
+/// it is set. Tests set it (0: every stamp is trusted at once; a large
+/// value: none is) so that no test depends on how fast the machine runs a
+/// stage; like `CIPHERSYNC_SSH_ALIVE`, it is not meant for production.
+pub fn settle_ns() -> i64 {
+    static SETTLE: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *SETTLE.get_or_init(|| {
+        std::env::var("CIPHERSYNC_SETTLE_MS")
+            .ok()
+            .and_then(|ms| ms.trim().parse::<i64>().ok())
+            .filter(|ms| *ms >= 0)
+            .map_or(SETTLE_NS, |ms| ms.saturating_mul(1_000_000))
+    })
+}
 
 /// The wall clock in ns since the epoch, as file stamps count.
 pub fn now_ns() -> i64 {

@@ -274,7 +274,7 @@ mod tests {
         let fresh = of_tree(&src);
         assert!(!fresh.settled());
         let later = SourceState {
-            walked_at_ns: fresh.newest_change_ns + checksums::SETTLE_NS + 1,
+            walked_at_ns: fresh.newest_change_ns + checksums::settle_ns() + 1,
             ..fresh
         };
         assert!(later.settled());

@@ -134,7 +134,7 @@ mod tests {
         SourceState {
             fingerprint: fingerprint.into(),
             newest_change_ns: 0,
-            walked_at_ns: crate::checksums::SETTLE_NS + 1,
+            walked_at_ns: crate::checksums::settle_ns() + 1,
         }
     }
 

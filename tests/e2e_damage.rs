@@ -64,18 +64,19 @@ fn verify_of_an_unchanged_source_reuses_its_list_and_still_finds_damage() {
     let job = Job::sftp("dmg-reuse").transport("rsync").build();
     make_sample_tree(&job.source);
     job.init_and_backup();
-    // Stamps younger than 2 s are not trusted (a change within the same
-    // clock tick would keep them): let the tree settle.
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    // The tree counts as settled from here (CIPHERSYNC_SETTLE_MS=0): its
+    // stamps may be trusted, whatever time the machine took so far.
+    job.trust_stamps(true);
     let verify = |expect: i32| {
         let (o, v) = job.run_json(&["verify"]);
         o.expect_code(expect, "verify");
         (o.stderr.contains(REUSED), json_stats(&v, "verify").clone())
     };
     let (reused, first) = verify(0);
+    assert!(!reused, "the first verify reused a list: {first}");
     assert!(
-        !reused && first["hashed"].as_u64() > Some(0),
-        "first verify: {first}"
+        first["hashed"].as_u64() > Some(0),
+        "the first verify hashed nothing: {first}"
     );
     let (reused, second) = verify(0);
     assert!(reused, "an unchanged source was hashed again: {second}");
@@ -87,35 +88,45 @@ fn verify_of_an_unchanged_source_reuses_its_list_and_still_finds_damage() {
     let victim = job.remote_file_for_len(VICTIM_CHANGED_LEN);
     flip_byte_keep_mtime(&victim, 100);
     let (reused, damaged) = verify(3);
-    assert!(reused);
+    assert!(
+        reused,
+        "damage on the server made the local side be hashed again"
+    );
     assert_verify_lists(&damaged, &[], &[], &[VICTIM_CHANGED]);
     job.backup_ok();
     // After a difference the kept list is dropped: the view is walked
     // again (the per-file cache still spares reading unchanged files).
     let (reused, repaired) = verify(0);
-    assert!(!reused, "{repaired}");
+    assert!(!reused, "a list was reused after a difference: {repaired}");
 
-    // A changed source is hashed again, and the change is pending until
-    // the next backup.
+    // A change made just before a verify (settle window of an hour: every
+    // stamp is too fresh to trust) is hashed again, is pending until the
+    // next backup, and leaves no list to reuse.
+    job.trust_stamps(false);
     std::fs::write(job.source.join("one-byte"), "x").unwrap();
     let (reused, changed) = verify(0);
-    assert!(
-        !reused && changed["pending"] == 1,
-        "after a change: {changed}"
-    );
+    assert!(!reused, "a changed source reused the last list: {changed}");
+    assert_eq!(changed["pending"], 1, "pending after a change: {changed}");
     job.backup_ok();
-    let (reused, _) = verify(0);
+    let (reused, after) = verify(0);
     assert!(
         !reused,
-        "a list made from a source changed 2 s before was reused"
+        "a list made from a source too fresh to trust was reused: {after}"
     );
     job.assert_clean();
 
     // A wrong password fails even when nothing local needs reading.
-    std::thread::sleep(std::time::Duration::from_millis(2100));
-    let (reused, _) = verify(0);
-    let (reused_again, _) = verify(0);
-    assert!(!reused && reused_again);
+    job.trust_stamps(true);
+    let (reused, settled) = verify(0);
+    assert!(
+        !reused,
+        "no list was kept while the stamps were fresh, yet one was reused: {settled}"
+    );
+    let (reused_again, again) = verify(0);
+    assert!(
+        reused_again,
+        "the settled source's list was not reused: {again}"
+    );
     std::fs::write(&job.password_file, "not the password\n").unwrap();
     let o = job.run(&["verify"]);
     assert_ne!(o.code, 0, "a wrong password passed: {}", o.stderr);

@@ -90,6 +90,7 @@ fn net_job(tag: &str, disk_mb: u32, transport: &str) -> Option<NetJob> {
         config,
         root,
         tmp,
+        settle_ms: std::cell::Cell::new(common::SETTLE_NEVER_MS),
     };
     Some(NetJob { net, job })
 }

@@ -809,12 +809,6 @@ fn guard_refuses_mass_deletion_until_overridden() {
     job.assert_clean();
 }
 
-/// Stamps younger than 2 s are not trusted (a change within one tick of the
-/// filesystem clock can keep them): let a fresh tree settle.
-fn let_settle() {
-    std::thread::sleep(std::time::Duration::from_millis(2100));
-}
-
 const GUARD_SKIPPED: &str = "no deletion guard needed";
 const NOTHING_TO_SEND: &str = "as the last backup left them: nothing to send";
 
@@ -842,7 +836,8 @@ fn guard_is_skipped_only_while_the_source_is_unchanged() {
         !stderr.contains(GUARD_SKIPPED),
         "a fresh source skipped the guard"
     );
-    let_settle();
+    // From here on the tree counts as settled (CIPHERSYNC_SETTLE_MS=0).
+    job.trust_stamps(true);
     job.ok(&["backup"]);
     let (mounted, stderr) = backup_verbose(&job);
     assert!(
@@ -891,7 +886,8 @@ fn an_unchanged_source_and_target_are_not_synced_again() {
         ten_files(&job.source);
         job.ok(&["init"]);
         backup_id(&job);
-        let_settle();
+        // From here on the tree counts as settled (CIPHERSYNC_SETTLE_MS=0).
+        job.trust_stamps(true);
         let (mounted, _) = backup_verbose(&job);
         assert!(mounted, "{transport}: a run without stamps of the last one");
         let (mounted, stderr) = backup_verbose(&job);

@@ -68,7 +68,27 @@ pub fn require_tools(test: &str, tools: &[&str]) -> bool {
         panic!("{test}: required tool missing (CI=true, not skipping): {reason}");
     }
     eprintln!("SKIP {test}: {reason}");
+    record_skip(test, &reason);
     false
+}
+
+/// Appends `test<TAB>reason` to `$CIPHERSYNC_TEST_SKIP_LOG` where it is set:
+/// libtest reports a test that returned early as `ok`, so scripts/test.sh
+/// counts the skips from this file and shows them in its summary.
+fn record_skip(test: &str, reason: &str) {
+    use std::io::Write;
+    let Some(log) = std::env::var_os("CIPHERSYNC_TEST_SKIP_LOG") else {
+        return;
+    };
+    let line = format!("{test}\t{}\n", reason.replace(['\t', '\n'], " "));
+    let appended = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = appended {
+        panic!("{test}: cannot record the skip in {log:?}: {e}");
+    }
 }
 
 fn tool_missing(tool: &str) -> Option<String> {
@@ -952,6 +972,7 @@ impl JobBuilder {
             runtime_dir,
             target_path,
             config,
+            settle_ms: std::cell::Cell::new(SETTLE_NEVER_MS),
         }
     }
 }
@@ -975,7 +996,13 @@ pub struct Job {
     pub target_path: PathBuf,
     /// The job file as written.
     pub config: Value,
+    /// `CIPHERSYNC_SETTLE_MS` for the runs of this job (see `trust_stamps`).
+    pub settle_ms: std::cell::Cell<u64>,
 }
+
+/// The settle window the harness sets by default: an hour, so that nothing
+/// a test wrote is old enough to trust, however slow the machine is.
+pub const SETTLE_NEVER_MS: u64 = 3_600_000;
 
 impl Job {
     pub fn sftp(tag: &str) -> JobBuilder {
@@ -1010,7 +1037,18 @@ impl Job {
         // so the fault scenarios stay short (everything here is loopback or
         // a veth pair; an answered keepalive takes microseconds).
         c.env("CIPHERSYNC_SSH_ALIVE", "3,3");
+        // Whether stamps are old enough to trust is the test's choice, not
+        // the machine's speed (see `trust_stamps`).
+        c.env("CIPHERSYNC_SETTLE_MS", self.settle_ms.get().to_string());
         c
+    }
+    /// From now on, whether the runs of this job trust file stamps written
+    /// before they start (`true`: settle window 0, as if the tree had
+    /// rested; `false`, the default: an hour, as if every change had just
+    /// been made). Replaces sleeping past the real 2 s window, which made
+    /// the outcome depend on how fast the machine ran the next stage.
+    pub fn trust_stamps(&self, trust: bool) {
+        self.settle_ms.set(if trust { 0 } else { SETTLE_NEVER_MS });
     }
     /// Runs `ciphersync -c <job file> ARGS...` to completion.
     pub fn run(&self, args: &[&str]) -> Out {

@@ -11,6 +11,7 @@ pub mod crypt;
 pub mod error;
 pub mod exec;
 pub mod fingerprint;
+pub mod fsutil;
 pub mod guard;
 pub mod human;
 pub mod interrupt;

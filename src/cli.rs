@@ -1,4 +1,4 @@
-//! The command line (design.md, "CLI").
+//! The command line (docs/design.md, "CLI").
 
 use std::path::PathBuf;
 

@@ -1,5 +1,5 @@
 //! ciphersync: a small orchestrator of gocryptfs, sshfs, rsync and ssh for
-//! encrypted remote backups. See design.md for the contract it implements.
+//! encrypted remote backups. See docs/design.md for the contract it implements.
 //!
 //! The binary (main.rs, cli.rs) is a thin layer over these modules; they
 //! form a library so that the parsers of untrusted text can be exercised

@@ -19,7 +19,7 @@ use crate::exec::{Cmd, Output, shell_quote};
 use crate::mount::{FsType, Mount};
 use crate::{interrupt, log};
 
-/// The remote layout (design.md): the mirror, the replaced versions, the
+/// The remote layout (docs/design.md, "Remote layout"): the mirror, the replaced versions, the
 /// checksum lists.
 pub const FILES: &str = "files";
 pub const SNAPSHOTS: &str = "snapshots";

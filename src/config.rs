@@ -332,8 +332,10 @@ fn join_field(parent: &str, key: &str) -> String {
 // Values in words
 // ---------------------------------------------------------------------------
 
-/// `text` on one line: `\` `"` and control characters escaped (`\n`, `\t`,
-/// `\x1b`, `\u{85}`), cut after about `max` bytes with `…`.
+/// `text` on one line and inside double quotes: control characters and `\`
+/// escaped as `human::escape` does (`\n`, `\x1b`, `\u{85}`), and `"` and the
+/// characters that reorder or hide text too; cut after about `max` bytes
+/// with `…`.
 fn escape(text: &str, max: usize) -> String {
     let mut out = String::new();
     for (i, c) in text.char_indices() {
@@ -342,18 +344,9 @@ fn escape(text: &str, max: usize) -> String {
             break;
         }
         match c {
-            '\\' => out.push_str("\\\\"),
             '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x80 && c.is_control() => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
-            }
-            c if c.is_control() || is_invisible(c) => {
-                out.push_str(&format!("\\u{{{:x}}}", c as u32))
-            }
-            c => out.push(c),
+            c if is_invisible(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push_str(&crate::human::escape(c.encode_utf8(&mut [0; 4]))),
         }
     }
     out

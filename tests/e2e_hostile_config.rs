@@ -53,43 +53,18 @@ fn proxycommand_injection_is_refused_and_never_runs() {
     // init does not connect; backup and verify do, each with a fresh
     // ssh_config.
     job.ok(&["init"]);
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
-        (
-            "target.user",
-            Box::new(|c| c["target"]["user"] = json!(format!("root{inject}"))),
-        ),
-        (
-            "target.host",
-            Box::new(|c| c["target"]["host"] = json!(format!("127.0.0.1{inject}"))),
-        ),
-        (
-            "target.identity_file",
-            Box::new(|c| {
-                let id = c["target"]["identity_file"].as_str().unwrap().to_string();
-                c["target"]["identity_file"] = json!(format!("{id}{inject}"));
-            }),
-        ),
-        (
-            "target.known_hosts_file",
-            Box::new(|c| {
-                let kh = c["target"]["known_hosts_file"]
-                    .as_str()
-                    .unwrap()
-                    .to_string();
-                c["target"]["known_hosts_file"] = json!(format!("{kh}{inject}"));
-            }),
-        ),
-        (
-            "runtime_dir",
-            Box::new(|c| {
-                let run = c["runtime_dir"].as_str().unwrap().to_string();
-                c["runtime_dir"] = json!(format!("{run}{inject}"));
-            }),
-        ),
+    // Each field's good value with the injection appended.
+    let cases = [
+        ("target.user", "/target/user"),
+        ("target.host", "/target/host"),
+        ("target.identity_file", "/target/identity_file"),
+        ("target.known_hosts_file", "/target/known_hosts_file"),
+        ("runtime_dir", "/runtime_dir"),
     ];
-    for (field, mutate) in &cases {
+    for (field, pointer) in cases {
         job.config = good.clone();
-        mutate(&mut job.config);
+        let v = job.config.pointer_mut(pointer).unwrap();
+        *v = json!(format!("{}{inject}", v.as_str().unwrap()));
         rewrite(&job);
         for cmd in ["backup", "verify"] {
             let o = job.run(&[cmd]);

@@ -65,7 +65,13 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             };
             Ok(report(cli, &job, stage, &result))
         }
-        Command::Restore { to, snapshot, args } => {
+        Command::Restore {
+            to,
+            snapshot,
+            keep_setuid,
+            owners,
+            args,
+        } => {
             let (job_name, paths) = match cli.config {
                 Some(_) => (None, args.clone()),
                 None => (
@@ -78,6 +84,8 @@ fn dispatch(cli: &Cli) -> Result<i32> {
                 to: to.clone(),
                 paths,
                 snapshot: snapshot.clone(),
+                keep_setuid: *keep_setuid,
+                owners: *owners,
             };
             // Refuse a bad --to before taking the lock or touching status.
             restore::check_request(&job, &request)?;

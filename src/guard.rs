@@ -95,7 +95,7 @@ fn index_subtree(view: &Path, subtree: &Path, index: &mut ViewIndex) -> Result<(
 
 /// The user's files only, as the estimate counts them.
 fn insert(index: &mut ViewIndex, rel: &str, meta: &std::fs::Metadata) {
-    if !crate::snapshots::is_gocryptfs_metadata(rel) {
+    if !crate::crypt::is_gocryptfs_metadata(rel) {
         let stamp = Stamp::of(meta);
         index.insert(path_key(rel), (stamp.size, stamp.changed_ns()));
     }
@@ -117,7 +117,7 @@ pub fn estimate(
         let entry = entry?;
         // The user's files only: a directory's diriv follows the directory's
         // mtime, and the config backup uploads is not in the view at all.
-        if entry.kind == 'd' || crate::snapshots::is_gocryptfs_metadata(&entry.path) {
+        if entry.kind == 'd' || crate::crypt::is_gocryptfs_metadata(&entry.path) {
             continue;
         }
         estimate.recorded += 1;

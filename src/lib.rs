@@ -17,6 +17,7 @@ pub mod log;
 pub mod mount;
 pub mod remote;
 pub mod restore;
+pub mod rsync;
 pub mod run;
 pub mod snapshots;
 pub mod split;

@@ -12,10 +12,10 @@ use crate::crypt;
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::exec::Cmd;
 use crate::remote::{self, FILES, Remote, SNAPSHOTS};
+use crate::rsync::{Stats, parse_stats};
 use crate::run::{Context, Done};
 use crate::split;
 use crate::status::Outcome;
-use crate::sync::{Stats, parse_stats};
 use crate::{interrupt, snapshots};
 
 pub struct RestoreRequest {

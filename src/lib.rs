@@ -21,6 +21,7 @@ pub mod rsync;
 pub mod run;
 pub mod snapshots;
 pub mod split;
+pub mod state;
 pub mod status;
 pub mod sync;
 pub mod verify;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::config::{Filenames, Job, Target, Transport};
 use crate::crypt::{self, PathDecryptor, REMOTE_CONFIG_NAME};
@@ -19,17 +19,9 @@ use crate::mount::Mount;
 use crate::remote::{self, CHECKSUMS, FILES, RECORDS, Remote, SNAPSHOTS};
 use crate::rsync::{self, ITEMIZE_FORMAT, RsyncPlan, Stats, rsync_args, stats_from};
 use crate::run::{Context, Done};
+use crate::state::{BACKUP_INCOMPLETE, LastBackup, RepairList};
 use crate::status::{self, Outcome};
 use crate::{guard, interrupt, log, snapshots, split};
-
-/// Left in the state dir while rsync runs: if it is there when a backup
-/// starts, the previous one was killed and may have left temp files.
-const INCOMPLETE_MARKER: &str = "backup.incomplete";
-/// The last successful backup: its snapshot id (a new run never reuses it)
-/// and its exact start time (verify treats files changed after it as pending).
-const LAST_BACKUP: &str = "last-backup.json";
-/// Encrypted paths that the last verify found damaged on the remote.
-pub const REPAIR_LIST: &str = "repair.list";
 
 /// Options of one backup run that the command line may override.
 pub struct BackupOptions {
@@ -43,9 +35,8 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
     crate::mount::prepare_point(&cipher_point)?;
     let ctlsock = ctx.runtime("ctl.sock");
     let max_delete_percent = options.max_delete_percent.unwrap_or(job.max_delete_percent);
-    let incomplete = ctx.state(INCOMPLETE_MARKER);
     // Read once: the job lock keeps it as it is until this run writes it.
-    let last = last_backup(&job.state_dir);
+    let last = LastBackup::read(&job.state_dir);
     let last = last.as_ref();
     // The server is asked (ssh master, preflight) while the view is mounted
     // (scrypt) and, when the target has a last run to compare with,
@@ -77,7 +68,7 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
     if unchanged && target_unchanged(ctx, last, &known) {
         return record_unchanged_run(ctx, &remote, known, source, view, last);
     }
-    if incomplete.exists() {
+    if BACKUP_INCOMPLETE.is_set(&job.state_dir) {
         clean_after_killed_run(job, &remote)?;
     }
     ensure_remote_config(job, &remote, known.config)?;
@@ -88,7 +79,13 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
             });
             None
         }
-        false => guard_mass_changes(ctx, known.last_record, index, max_delete_percent)?,
+        false => guard_mass_changes(
+            ctx,
+            known.last_record,
+            index,
+            last.map(|l| l.started_ns),
+            max_delete_percent,
+        )?,
     };
     // Workers pay off when files move; for a run that only checks (the
     // common nightly case) one rsync starts faster. Files move when the
@@ -100,7 +97,7 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
         None => true,
     };
     let snapshot = next_snapshot_id(ctx, last)?;
-    std::fs::write(&incomplete, &snapshot).ctx(|| format!("writing {}", incomplete.display()))?;
+    BACKUP_INCOMPLETE.set(&job.state_dir, &snapshot)?;
 
     let rsync = Rsync {
         job,
@@ -138,8 +135,8 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
         || view.unmount(),
     )?;
     record_last_backup(ctx, &snapshot, source, record.target_stamps.as_deref())?;
-    let _ = std::fs::remove_file(ctx.state(REPAIR_LIST));
-    std::fs::remove_file(&incomplete).ctx(|| format!("removing {}", incomplete.display()))?;
+    RepairList::clear(&job.state_dir);
+    BACKUP_INCOMPLETE.clear(&job.state_dir)?;
     let pruned = snapshots::prune(job, &remote, false)?;
     Ok(done(&snapshot, &record.header, &stats, &repair, pruned))
 }
@@ -171,9 +168,11 @@ fn done(
 /// Whether files/ is as the last backup left it: the stamps the server
 /// just took are those it took after that backup's record, and no verify
 /// since found damage (that needs rsync's repair by checksum).
-fn target_unchanged(ctx: &Context, last: Option<&Value>, known: &Known) -> bool {
-    let last_stamps = last.and_then(|last| last["target_stamps"].as_str().map(String::from));
-    last_stamps.is_some() && last_stamps == known.target_stamps && !ctx.state(REPAIR_LIST).exists()
+fn target_unchanged(ctx: &Context, last: Option<&LastBackup>, known: &Known) -> bool {
+    let last_stamps = last.and_then(|last| last.target_stamps.as_ref());
+    last_stamps.is_some()
+        && last_stamps == known.target_stamps.as_ref()
+        && !RepairList::pending(&ctx.job.state_dir)
 }
 
 /// Source and target are as the last backup left them (fingerprint and
@@ -187,7 +186,7 @@ fn record_unchanged_run(
     known: Known,
     source: Option<SourceState>,
     view: Mount,
-    last: Option<&Value>,
+    last: Option<&LastBackup>,
 ) -> Result<Done> {
     let job = ctx.job;
     log::info("the source and the target are as the last backup left them: nothing to send");
@@ -242,18 +241,18 @@ struct LocalStart {
 fn start_local(
     ctx: &Context,
     (cipher_point, ctlsock): (&Path, &Path),
-    last: Option<&Value>,
+    last: Option<&LastBackup>,
     max_delete_percent: u8,
     unchanged_tx: Sender<Option<String>>,
     last_id_rx: Receiver<Option<String>>,
 ) -> Result<LocalStart> {
     let job = ctx.job;
-    let incomplete = ctx.state(INCOMPLETE_MARKER);
+    let incomplete = BACKUP_INCOMPLETE.is_set(&job.state_dir);
     let (view, (source, unchanged_since)) = std::thread::scope(|scope| {
         let fingerprinted = scope.spawn(|| {
             let unchanged_tx = unchanged_tx; // moved in: dropped even on a panic
             let source = fingerprint::of_source(job);
-            let since = last_backup_if_unchanged(last, source.as_ref(), &incomplete);
+            let since = last_backup_if_unchanged(last, source.as_ref(), incomplete);
             let _ = unchanged_tx.send(since.clone());
             (source, since)
         });
@@ -314,13 +313,13 @@ fn guard_mass_changes(
     ctx: &Context,
     last: Option<Result<LastRecord>>,
     index: Option<guard::ViewIndex>,
+    started_ns: Option<i128>,
     percent: u8,
 ) -> Result<Option<guard::Estimate>> {
     let (Some(last), Some(index)) = (last, index) else {
         return Ok(None);
     };
-    let estimate = last
-        .and_then(|last| guard::estimate(last, &index, last_backup_start_ns(&ctx.job.state_dir)));
+    let estimate = last.and_then(|last| guard::estimate(last, &index, started_ns));
     let estimate = match estimate {
         Ok(estimate) => estimate,
         Err(e) => {
@@ -506,16 +505,18 @@ fn record_last_backup(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let mut doc = json!({ "snapshot": snapshot, "started_ns": started_ns.to_string() });
     // Only a settled fingerprint may stand for the source this run sent.
-    if let Some(source) = source.filter(SourceState::settled) {
-        doc["source_fingerprint"] = json!(source.fingerprint);
+    let source_fingerprint = source.filter(SourceState::settled).map(|s| s.fingerprint);
+    LastBackup {
+        snapshot: snapshot.to_string(),
         // Only with a fingerprint: the pair says "nothing to send".
-        if let Some(stamps) = target_stamps {
-            doc["target_stamps"] = json!(stamps);
-        }
+        target_stamps: target_stamps
+            .filter(|_| source_fingerprint.is_some())
+            .map(String::from),
+        source_fingerprint,
+        started_ns: i128::try_from(started_ns).unwrap_or(i128::MAX),
     }
-    status::write_atomic(&ctx.state(LAST_BACKUP), doc.to_string().as_bytes())
+    .write(&ctx.job.state_dir)
 }
 
 /// The last backup's snapshot id when the source has its fingerprint and
@@ -523,33 +524,20 @@ fn record_last_backup(
 /// what the view shows (rsync checks that anyway), and the guard has
 /// nothing to guard against.
 fn last_backup_if_unchanged(
-    last: Option<&Value>,
+    last: Option<&LastBackup>,
     source: Option<&SourceState>,
-    incomplete: &Path,
+    incomplete: bool,
 ) -> Option<String> {
     let last = last?;
-    let same = last["source_fingerprint"].as_str() == Some(source?.fingerprint.as_str());
-    let id = last["snapshot"]
-        .as_str()
-        .filter(|id| status::parse_snapshot_id(id).is_some())?;
-    (same && !incomplete.exists()).then(|| id.to_string())
-}
-
-/// The exact start of the last successful backup, in ns since the epoch.
-pub fn last_backup_start_ns(state_dir: &Path) -> Option<i128> {
-    let doc = last_backup(state_dir)?;
-    doc["started_ns"].as_str()?.parse().ok()
-}
-
-fn last_backup(state_dir: &Path) -> Option<Value> {
-    let text = std::fs::read_to_string(state_dir.join(LAST_BACKUP)).ok()?;
-    serde_json::from_str(&text).ok()
+    let same = last.source_fingerprint.as_deref() == Some(source?.fingerprint.as_str());
+    let id = Some(&last.snapshot).filter(|id| status::parse_snapshot_id(id).is_some())?;
+    (same && !incomplete).then(|| id.clone())
 }
 
 /// Snapshot ids are UTC start times to the second; two runs within one
 /// second must not share a snapshot dir, so wait for the clock if needed.
-fn next_snapshot_id(ctx: &Context, last: Option<&Value>) -> Result<String> {
-    let last = last.and_then(|d| d["snapshot"].as_str()).unwrap_or("");
+fn next_snapshot_id(ctx: &Context, last: Option<&LastBackup>) -> Result<String> {
+    let last = last.map_or("", |d| d.snapshot.as_str());
     loop {
         let id = status::snapshot_id(SystemTime::now().max(ctx.started_at));
         if id.as_str() > last {
@@ -564,24 +552,20 @@ fn next_snapshot_id(ctx: &Context, last: Option<&Value>) -> Result<String> {
 /// not change: files that the last verify found damaged are compared by
 /// checksum and re-sent (the damaged copy goes into the snapshot).
 fn repair_damaged(ctx: &Context, rsync: &Rsync) -> Result<Stats> {
-    let Ok(list) = std::fs::read(ctx.state(REPAIR_LIST)) else {
+    let Some(list) = RepairList::read(&ctx.job.state_dir) else {
         return Ok(Stats::default());
     };
-    let present: Vec<&[u8]> = list
-        .split(|b| *b == 0)
-        .filter(|p| !p.is_empty())
-        .filter(|p| {
-            rsync
-                .source
-                .join(std::str::from_utf8(p).unwrap_or("\0"))
-                .is_file()
-        })
+    let present: Vec<&str> = list
+        .paths
+        .iter()
+        .map(String::as_str)
+        .filter(|p| rsync.source.join(p).is_file())
         .collect();
     if present.is_empty() {
         return Ok(Stats::default());
     }
     let files_from = ctx.runtime("repair.files");
-    std::fs::write(&files_from, present.join(&0u8))
+    std::fs::write(&files_from, present.join("\0"))
         .ctx(|| format!("writing {}", files_from.display()))?;
     log::info(format!(
         "re-sending {} file(s) that the last verify found damaged",

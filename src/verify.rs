@@ -24,11 +24,10 @@ use crate::exec::scratch_file;
 use crate::fingerprint::{self, SourceState};
 use crate::remote::{self, CHECKSUMS, FILES, Remote, Ssh, quote_path};
 use crate::run::{Context, Done};
+use crate::state::{LastBackup, RepairList, SHA1_CACHE};
 use crate::status::{self, AtomicFile, Outcome};
-use crate::sync::REPAIR_LIST;
 use crate::{interrupt, log, verify_cache};
 
-const CACHE_FILE: &str = "sha1-cache.tsv";
 /// How many verify runs keep their checksum lists on the target.
 const KEPT_CHECKSUM_RUNS: usize = 10;
 
@@ -39,7 +38,7 @@ pub fn verify(ctx: &Context) -> Result<Done> {
     crate::mount::prepare_point(&cipher_point)?;
     let ctlsock = ctx.runtime("ctl.sock");
     let id = status::snapshot_id(ctx.started_at);
-    let since = crate::sync::last_backup_start_ns(&job.state_dir);
+    let since = LastBackup::read(&job.state_dir).map(|last| last.started_ns);
     // The server hashes its copy while we hash ours, or reuse our last list
     // when the source has not changed.
     let ((remote, mut remote_list), (view, mut local, source)) = crate::run::side_by_side(
@@ -65,7 +64,8 @@ pub fn verify(ctx: &Context) -> Result<Done> {
         ));
     }
     let diff = without(diff, &local.tally.skip);
-    save_repair_list(ctx, &diff)?;
+    // Tells the next backup which remote files to re-send by checksum.
+    RepairList::save(&job.state_dir, &diff.changed)?;
     keep_or_forget_list(ctx, source.as_ref(), &mut local, &diff);
     // Names need the view's control socket; then the view can go while
     // the lists are stored.
@@ -200,7 +200,7 @@ struct Tally {
 /// from the remote for a good reason: they are pending, not damage.
 fn local_list(ctx: &Context, view: &Path, since: Option<i128>) -> Result<LocalList> {
     let job = ctx.job;
-    let cache_path = ctx.state(CACHE_FILE);
+    let cache_path = ctx.state(SHA1_CACHE);
     let cache = Cache::load(&cache_path);
     let mut new_cache = AtomicFile::create(&cache_path)?;
     let mut list = BufWriter::new(scratch_file(&job.state_dir, "verify-local")?);
@@ -391,21 +391,6 @@ fn store_lists_on_path(remote: &Remote, id: &str, local: File, theirs: RemoteLis
         .collect();
     remote.remove(&stale)?;
     Ok(())
-}
-
-/// Tells the next backup which remote files to re-send by checksum.
-fn save_repair_list(ctx: &Context, diff: &Diff) -> Result<()> {
-    let path = ctx.state(REPAIR_LIST);
-    if diff.changed.is_empty() {
-        let _ = std::fs::remove_file(&path);
-        return Ok(());
-    }
-    let mut bytes = Vec::new();
-    for rel in &diff.changed {
-        bytes.extend_from_slice(rel.as_bytes());
-        bytes.push(0);
-    }
-    status::write_atomic(&path, &bytes)
 }
 
 /// A plaintext path for the report where gocryptfs can decrypt it; for

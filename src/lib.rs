@@ -22,6 +22,7 @@ pub mod run;
 pub mod snapshots;
 pub mod split;
 pub mod state;
+pub mod stats;
 pub mod status;
 pub mod sync;
 pub mod verify;

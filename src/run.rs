@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::config::Job;
 use crate::crypt::create_private_dir;
 use crate::error::{Error, IoContext, Kind, Result};
+use crate::stats::StageStats;
 use crate::status::{self, Outcome, Stage, StageResult};
 use crate::{log, mount};
 
@@ -79,7 +80,7 @@ pub fn enter(job: &Job) -> Result<Context<'_>> {
 /// What a stage's body returns when it did not fail.
 pub struct Done {
     pub outcome: Outcome,
-    pub stats: Value,
+    pub stats: StageStats,
 }
 
 /// Runs a stage body inside the lock and records its result. The lock is
@@ -98,7 +99,7 @@ pub fn stage(
             started_at,
             finished_at: SystemTime::now(),
             error: None,
-            stats: done.stats,
+            stats: done.stats.to_json(),
         },
         Err(error) => StageResult {
             outcome: if error.kind == Kind::Interrupted {

@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::json;
-
 use crate::config::{Filenames, Job, Target, Transport};
 use crate::crypt::{self, PathDecryptor, REMOTE_CONFIG_NAME};
 use crate::error::{Error, IoContext, Kind, Result};
@@ -20,6 +18,7 @@ use crate::remote::{self, CHECKSUMS, FILES, RECORDS, Remote, SNAPSHOTS};
 use crate::rsync::{self, ITEMIZE_FORMAT, RsyncPlan, Stats, rsync_args, stats_from};
 use crate::run::{Context, Done};
 use crate::state::{BACKUP_INCOMPLETE, LastBackup, RepairList};
+use crate::stats::{BackupStats, StageStats};
 use crate::status::{self, Outcome};
 use crate::{guard, interrupt, log, snapshots, split};
 
@@ -151,16 +150,16 @@ fn done(
 ) -> Done {
     Done {
         outcome: Outcome::Ok,
-        stats: json!({
-            "files": record.files,
-            "transferred": stats.transferred,
-            "bytes_transferred": stats.bytes_transferred,
-            "deleted": stats.deleted,
-            "changed": stats.changed,
-            "repaired": repair.transferred,
-            "snapshot": snapshot,
-            "bytes": record.bytes,
-            "pruned": pruned.snapshot_dirs,
+        stats: StageStats::Backup(BackupStats {
+            files: record.files,
+            transferred: stats.transferred,
+            bytes_transferred: stats.bytes_transferred,
+            deleted: stats.deleted,
+            changed: stats.changed,
+            repaired: repair.transferred,
+            snapshot: snapshot.to_string(),
+            bytes: record.bytes,
+            pruned: pruned.snapshot_dirs,
         }),
     }
 }

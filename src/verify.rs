@@ -14,8 +14,6 @@ use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::json;
-
 use crate::checksums::{self, Cache, Diff, Sum};
 use crate::config::{Job, RemoteChecksums, Target};
 use crate::crypt::{self, PathDecryptor, REMOTE_CONFIG_NAME};
@@ -25,6 +23,7 @@ use crate::fingerprint::{self, SourceState};
 use crate::remote::{self, CHECKSUMS, FILES, Remote, Ssh, quote_path};
 use crate::run::{Context, Done};
 use crate::state::{LastBackup, RepairList, SHA1_CACHE};
+use crate::stats::{DeepVerifyStats, StageStats, VerifyStats};
 use crate::status::{self, AtomicFile, Outcome};
 use crate::{interrupt, log, verify_cache};
 
@@ -71,22 +70,22 @@ pub fn verify(ctx: &Context) -> Result<Done> {
     // the lists are stored.
     let decryptor = PathDecryptor::new(&ctlsock);
     let name = |encrypted: &String| plaintext_name(&decryptor, encrypted);
-    let stats = json!({
-        "files": local.tally.files,
-        "hashed": local.tally.hashed,
-        "pending": local.tally.pending,
-        "hardlinked": local.tally.hardlinked,
-        "missing": diff.missing.iter().map(name).collect::<Vec<_>>(),
-        "extra": diff.extra.iter().map(name).collect::<Vec<_>>(),
-        "changed": diff.changed.iter().map(name).collect::<Vec<_>>(),
-    });
+    let stats = VerifyStats {
+        files: local.tally.files,
+        hashed: local.tally.hashed,
+        pending: local.tally.pending,
+        hardlinked: local.tally.hardlinked,
+        missing: diff.missing.iter().map(name).collect(),
+        extra: diff.extra.iter().map(name).collect(),
+        changed: diff.changed.iter().map(name).collect(),
+    };
     crate::run::side_by_side(
         || store_lists(&remote, &id, local.list, remote_list),
         || view.unmount(),
     )?;
     Ok(Done {
         outcome: outcome_of(&diff),
-        stats,
+        stats: StageStats::Verify(stats),
     })
 }
 
@@ -430,11 +429,11 @@ pub fn deep_verify(ctx: &Context) -> Result<Done> {
     let outcome = outcome_of(&report.diff);
     Ok(Done {
         outcome,
-        stats: json!({
-            "files": report.files,
-            "missing": report.diff.missing,
-            "extra": report.diff.extra,
-            "changed": report.diff.changed,
+        stats: StageStats::DeepVerify(DeepVerifyStats {
+            files: report.files,
+            missing: report.diff.missing,
+            extra: report.diff.extra,
+            changed: report.diff.changed,
         }),
     })
 }

@@ -15,6 +15,7 @@ pub mod guard;
 pub mod interrupt;
 pub mod log;
 pub mod mount;
+pub mod pool;
 pub mod remote;
 pub mod restore;
 pub mod rsync;

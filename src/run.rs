@@ -119,26 +119,3 @@ pub fn stage(
     drop(ctx);
     Ok(result)
 }
-
-/// Runs `remote` on a second thread while `local` runs on this one, and
-/// waits for both: mounting the reverse view (scrypt, a FUSE daemon) and
-/// connecting to the server (or hashing on it) do not depend on each other.
-/// A local error wins over a remote one; whatever the other side set up is
-/// dropped (unmounted, disconnected) on the way out.
-pub fn side_by_side<R: Send, L>(
-    remote: impl FnOnce() -> Result<R> + Send,
-    local: impl FnOnce() -> Result<L>,
-) -> Result<(R, L)> {
-    std::thread::scope(|scope| {
-        let remote = scope.spawn(remote);
-        let local = local();
-        let remote = remote
-            .join()
-            .unwrap_or_else(|_| Err(Error::new(Kind::Io, "the remote side panicked")));
-        match (remote, local) {
-            (_, Err(local)) => Err(local),
-            (Err(remote), Ok(_)) => Err(remote),
-            (Ok(r), Ok(l)) => Ok((r, l)),
-        }
-    })
-}

@@ -20,7 +20,7 @@ use crate::run::{Context, Done};
 use crate::state::{BACKUP_INCOMPLETE, LastBackup, RepairList};
 use crate::stats::{BackupStats, StageStats};
 use crate::status::{self, Outcome};
-use crate::{guard, interrupt, log, snapshots, split};
+use crate::{guard, interrupt, log, pool, snapshots, split};
 
 /// Options of one backup run that the command line may override.
 pub struct BackupOptions {
@@ -44,7 +44,7 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
     // if the target, too, is as that backup left it, rsync need not run.
     let (unchanged_tx, unchanged_rx) = std::sync::mpsc::channel();
     let (last_id_tx, last_id_rx) = std::sync::mpsc::channel();
-    let ((remote, known), local) = crate::run::side_by_side(
+    let ((remote, known), local) = pool::side_by_side(
         || start_remote(ctx, unchanged_rx, last_id_tx),
         || {
             let points = (cipher_point.as_path(), ctlsock.as_path());
@@ -129,7 +129,7 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
         _ => None,
     };
     // The view is not needed any more: unmount it while the server writes.
-    let (record, ()) = crate::run::side_by_side(
+    let (record, ()) = pool::side_by_side(
         || snapshots::write_record(job, &remote, &snapshot, &stats, same_as),
         || view.unmount(),
     )?;
@@ -197,7 +197,7 @@ fn record_unchanged_run(
         last,
         stamps: known.target_stamps.as_deref(),
     });
-    let (record, ()) = crate::run::side_by_side(
+    let (record, ()) = pool::side_by_side(
         || snapshots::write_record(job, remote, &snapshot, &nothing, same_as),
         || view.unmount(),
     )?;
@@ -247,17 +247,17 @@ fn start_local(
 ) -> Result<LocalStart> {
     let job = ctx.job;
     let incomplete = BACKUP_INCOMPLETE.is_set(&job.state_dir);
-    let (view, (source, unchanged_since)) = std::thread::scope(|scope| {
-        let fingerprinted = scope.spawn(|| {
+    let (fingerprinted, view) = pool::join(
+        || {
             let unchanged_tx = unchanged_tx; // moved in: dropped even on a panic
             let source = fingerprint::of_source(job);
             let since = last_backup_if_unchanged(last, source.as_ref(), incomplete);
             let _ = unchanged_tx.send(since.clone());
             (source, since)
-        });
-        let view = crypt::mount_reverse(job, cipher_point, Some(ctlsock));
-        (view, fingerprinted.join().unwrap_or((None, None)))
-    });
+        },
+        || crypt::mount_reverse(job, cipher_point, Some(ctlsock)),
+    );
+    let (source, unchanged_since) = fingerprinted.unwrap_or((None, None));
     let view = view?;
     refuse_empty_view(job, view.point(), max_delete_percent)?;
     let last_id = last_id_rx.recv().unwrap_or(None);

@@ -25,7 +25,7 @@ use crate::run::{Context, Done};
 use crate::state::{LastBackup, RepairList, SHA1_CACHE};
 use crate::stats::{DeepVerifyStats, StageStats, VerifyStats};
 use crate::status::{self, AtomicFile, Outcome};
-use crate::{interrupt, log, verify_cache};
+use crate::{interrupt, log, pool, verify_cache};
 
 /// How many verify runs keep their checksum lists on the target.
 const KEPT_CHECKSUM_RUNS: usize = 10;
@@ -40,7 +40,7 @@ pub fn verify(ctx: &Context) -> Result<Done> {
     let since = LastBackup::read(&job.state_dir).map(|last| last.started_ns);
     // The server hashes its copy while we hash ours, or reuse our last list
     // when the source has not changed.
-    let ((remote, mut remote_list), (view, mut local, source)) = crate::run::side_by_side(
+    let ((remote, mut remote_list), (view, mut local, source)) = pool::side_by_side(
         || {
             let remote = remote::open(job, needs_mount(job), &ctx.runtime("remote"))?;
             let list = remote_list(ctx, &remote, &id)?;
@@ -79,7 +79,7 @@ pub fn verify(ctx: &Context) -> Result<Done> {
         extra: diff.extra.iter().map(name).collect(),
         changed: diff.changed.iter().map(name).collect(),
     };
-    crate::run::side_by_side(
+    pool::side_by_side(
         || store_lists(&remote, &id, local.list, remote_list),
         || view.unmount(),
     )?;
@@ -121,15 +121,15 @@ fn local_side(
     since: Option<i128>,
 ) -> Result<(crate::mount::Mount, LocalList, Option<SourceState>)> {
     let job = ctx.job;
-    let (view, (source, kept)) = std::thread::scope(|scope| {
-        let fingerprinted = scope.spawn(|| {
+    let (fingerprinted, view) = pool::join(
+        || {
             let source = fingerprint::of_source(job);
             let kept = source.as_ref().and_then(|s| reuse_kept_list(job, s, since));
             (source, kept)
-        });
-        let view = crypt::mount_reverse(job, cipher_point, Some(ctlsock));
-        (view, fingerprinted.join().unwrap_or((None, None)))
-    });
+        },
+        || crypt::mount_reverse(job, cipher_point, Some(ctlsock)),
+    );
+    let (source, kept) = fingerprinted.unwrap_or((None, None));
     let view = view?;
     if let Some(kept) = kept {
         return Ok((view, kept, source));
@@ -459,7 +459,9 @@ fn compare_trees(source: &Path, decrypted: &Path, has_excludes: bool) -> Result<
         decrypted,
         has_excludes,
     };
-    checksums::parallel_ordered(
+    pool::ordered(
+        pool::cpu_threads(),
+        checksums::WINDOW,
         |submit| walk.compare_dir("", &mut diff, submit),
         |rel: &String| {
             Ok(checksums::hash_file(&source.join(rel))?

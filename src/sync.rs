@@ -5,7 +5,6 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Filenames, Job, Target, Transport};
@@ -34,67 +33,173 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
     crate::mount::prepare_point(&cipher_point)?;
     let ctlsock = ctx.runtime("ctl.sock");
     let max_delete_percent = options.max_delete_percent.unwrap_or(job.max_delete_percent);
-    // Read once: the job lock keeps it as it is until this run writes it.
+    // Read once: the job lock keeps the state dir as it is until this run
+    // writes it.
     let last = LastBackup::read(&job.state_dir);
-    let last = last.as_ref();
-    // The server is asked (ssh master, preflight) while the view is mounted
-    // (scrypt) and, when the target has a last run to compare with,
-    // indexed for the deletion guard. A source with the fingerprint of the
-    // last backup needs no guard, and the server need not send the record;
-    // if the target, too, is as that backup left it, rsync need not run.
-    let (unchanged_tx, unchanged_rx) = std::sync::mpsc::channel();
-    let (last_id_tx, last_id_rx) = std::sync::mpsc::channel();
-    let ((remote, known), local) = pool::side_by_side(
-        || start_remote(ctx, unchanged_rx, last_id_tx),
-        || {
-            let points = (cipher_point.as_path(), ctlsock.as_path());
-            start_local(
-                ctx,
-                points,
-                last,
-                max_delete_percent,
-                unchanged_tx,
-                last_id_rx,
-            )
-        },
-    )?;
-    let LocalStart {
+    let killed = BACKUP_INCOMPLETE.is_set(&job.state_dir);
+    let repair_pending = RepairList::pending(&job.state_dir);
+    let points = (cipher_point.as_path(), ctlsock.as_path());
+    let start = start(ctx, points, last.as_ref(), killed, max_delete_percent)?;
+    let plan = plan_backup(&PlanInputs {
+        unchanged_since: start.unchanged_since.as_deref(),
+        last_id: start.known.last_id.as_deref(),
+        last_stamps: last.as_ref().and_then(|l| l.target_stamps.as_deref()),
+        target_stamps: start.known.target_stamps.as_deref(),
+        killed,
+        repair_pending,
+        max_delete_percent,
+    });
+    log::debug(|| format!("backup plan: {plan:?}"));
+    match plan {
+        BackupPlan::NothingToSend { last_id, stamps } => {
+            record_unchanged_run(ctx, start, &last_id, &stamps, last.as_ref())
+        }
+        BackupPlan::Full(full) => full_run(ctx, start, full, last.as_ref(), max_delete_percent),
+    }
+}
+
+/// What backup decides from its inputs before it changes anything.
+#[derive(Debug, PartialEq, Eq)]
+enum BackupPlan {
+    /// Source and target are as the last backup left them: no rsync; the
+    /// record copies run `last_id`'s entries, with the stamps of files/
+    /// the preflight took.
+    NothingToSend { last_id: String, stamps: String },
+    /// rsync mirrors the view.
+    Full(FullRun),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct FullRun {
+    /// A killed run may have left rsync's temp files in files/.
+    clean_leftovers: bool,
+    /// Index the view and check it against the last record (guard.rs).
+    guard: bool,
+    workers: Workers,
+    /// The source is as this run found it: if rsync then changes nothing,
+    /// files/ is what that run's record lists, and the record copies it.
+    same_as: Option<String>,
+}
+
+/// Whether rsync runs as several workers (split.rs, sshfs only). Workers
+/// pay off when files move; for a run that only checks (the common
+/// nightly case) one rsync starts faster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workers {
+    Several,
+    One,
+    /// As the guard's estimate says: several unless nothing moves (and
+    /// several when there is no estimate after all).
+    ByEstimate,
+}
+
+impl Workers {
+    fn split(self, estimate: Option<&guard::Estimate>) -> bool {
+        match self {
+            Workers::Several => true,
+            Workers::One => false,
+            Workers::ByEstimate => estimate.is_none_or(|e| !e.nothing_to_move()),
+        }
+    }
+}
+
+/// The inputs of the plan: the state dir as the last runs left it, and
+/// what the start learned about the source and the target.
+#[derive(Debug, Clone, Copy)]
+struct PlanInputs<'a> {
+    /// The last backup's id, when the source has its fingerprint (see
+    /// `last_backup_if_unchanged`).
+    unchanged_since: Option<&'a str>,
+    /// The newest run on the target.
+    last_id: Option<&'a str>,
+    /// The stamps of files/ after the last backup, and now (only when the
+    /// preflight did not send the record).
+    last_stamps: Option<&'a str>,
+    target_stamps: Option<&'a str>,
+    /// The last backup was killed (its marker is still there).
+    killed: bool,
+    /// The last verify found damage for this run to repair.
+    repair_pending: bool,
+    max_delete_percent: u8,
+}
+
+/// Settles every decision of a backup. A source with the fingerprint of
+/// the backup that wrote the newest record needs no guard (and the server
+/// did not send the record); if the target, too, is as that backup left it
+/// (its stamps, and no damage found by verify since), rsync need not run.
+fn plan_backup(i: &PlanInputs) -> BackupPlan {
+    let unchanged = i.unchanged_since.is_some() && i.unchanged_since == i.last_id;
+    let target_unchanged =
+        i.last_stamps.is_some() && i.last_stamps == i.target_stamps && !i.repair_pending;
+    if let (true, true, Some(last_id), Some(stamps)) =
+        (unchanged, target_unchanged, i.last_id, i.target_stamps)
+    {
+        return BackupPlan::NothingToSend {
+            last_id: last_id.to_string(),
+            stamps: stamps.to_string(),
+        };
+    }
+    let guard = !unchanged && i.max_delete_percent < 100 && i.last_id.is_some();
+    // Files move when the guard's estimate says so, or when an unchanged
+    // source meets a target whose stamps changed (how much, nobody knows
+    // yet).
+    let workers = match (unchanged, guard) {
+        (true, _) if i.target_stamps.is_some() => Workers::Several,
+        (true, _) => Workers::One,
+        (false, true) => Workers::ByEstimate,
+        (false, false) => Workers::Several,
+    };
+    BackupPlan::Full(FullRun {
+        clean_leftovers: i.killed,
+        guard,
+        workers,
+        same_as: i.last_id.filter(|_| unchanged).map(String::from),
+    })
+}
+
+/// The run that mirrors the view with rsync.
+fn full_run(
+    ctx: &Context,
+    start: Start,
+    full: FullRun,
+    last: Option<&LastBackup>,
+    max_delete_percent: u8,
+) -> Result<Done> {
+    let job = ctx.job;
+    let Start {
+        remote,
+        known,
         view,
         source,
-        unchanged,
-        index,
-    } = local;
-    if unchanged && target_unchanged(ctx, last, &known) {
-        return record_unchanged_run(ctx, &remote, known, source, view, last);
-    }
-    if BACKUP_INCOMPLETE.is_set(&job.state_dir) {
+        ..
+    } = start;
+    let index = match full.guard {
+        true => Some(guard::index_view(view.point())?),
+        false => None,
+    };
+    if full.clean_leftovers {
         clean_after_killed_run(job, &remote)?;
     }
     ensure_remote_config(job, &remote, known.config)?;
-    let estimate = match unchanged {
-        true => {
-            log::debug(|| {
-                "the source has not changed since the last backup: no deletion guard needed".into()
-            });
-            None
-        }
-        false => guard_mass_changes(
+    let estimate = match index {
+        Some(index) => guard_mass_changes(
             ctx,
             known.last_record,
             index,
             last.map(|l| l.started_ns),
             max_delete_percent,
         )?,
+        None => {
+            if full.same_as.is_some() {
+                log::debug(|| {
+                    "the source has not changed since the last backup: no deletion guard needed"
+                        .into()
+                });
+            }
+            None
+        }
     };
-    // Workers pay off when files move; for a run that only checks (the
-    // common nightly case) one rsync starts faster. Files move when the
-    // guard's estimate says so, or when an unchanged source meets a target
-    // whose stamps changed (how much, nobody knows yet).
-    let split = match estimate {
-        Some(estimate) => !estimate.nothing_to_move(),
-        None if unchanged => known.target_stamps.is_some(),
-        None => true,
-    };
+    let split = full.workers.split(estimate.as_ref());
     let snapshot = next_snapshot_id(ctx, last)?;
     BACKUP_INCOMPLETE.set(&job.state_dir, &snapshot)?;
 
@@ -110,7 +215,7 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
     // The last moment before we trust both mounts with --delete.
     view.check_live()?;
     remote.check_live()?;
-    let decryptor = PathDecryptor::new(&ctlsock);
+    let decryptor = PathDecryptor::new(&ctx.runtime("ctl.sock"));
     let mut stats = rsync.mirror(&decryptor)?;
     stats.add(&repair);
 
@@ -121,13 +226,11 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
         snapshots::complete_snapshot_dir(job, &remote, &snapshot)?;
     }
     // Nothing changed on either side: files/ is what the last record lists.
-    let same_as = match (
-        unchanged && !stats.touched && stats.changed == 0,
-        &known.last_id,
-    ) {
-        (true, Some(last)) => Some(snapshots::SameAs { last, stamps: None }),
-        _ => None,
-    };
+    let same_as = full
+        .same_as
+        .as_deref()
+        .filter(|_| !stats.touched && stats.changed == 0)
+        .map(|last| snapshots::SameAs { last, stamps: None });
     // The view is not needed any more: unmount it while the server writes.
     let (record, ()) = pool::side_by_side(
         || snapshots::write_record(job, &remote, &snapshot, &stats, same_as),
@@ -164,16 +267,6 @@ fn done(
     }
 }
 
-/// Whether files/ is as the last backup left it: the stamps the server
-/// just took are those it took after that backup's record, and no verify
-/// since found damage (that needs rsync's repair by checksum).
-fn target_unchanged(ctx: &Context, last: Option<&LastBackup>, known: &Known) -> bool {
-    let last_stamps = last.and_then(|last| last.target_stamps.as_ref());
-    last_stamps.is_some()
-        && last_stamps == known.target_stamps.as_ref()
-        && !RepairList::pending(&ctx.job.state_dir)
-}
-
 /// Source and target are as the last backup left them (fingerprint and
 /// stamps): rsync would find nothing to send, replace or delete, so it does
 /// not run. The view was still mounted: that proves the password and the
@@ -181,97 +274,97 @@ fn target_unchanged(ctx: &Context, last: Option<&LastBackup>, known: &Known) -> 
 /// writes its record (the last one's entries) and prunes, as any other.
 fn record_unchanged_run(
     ctx: &Context,
-    remote: &Remote,
-    known: Known,
-    source: Option<SourceState>,
-    view: Mount,
+    start: Start,
+    last_id: &str,
+    stamps: &str,
     last: Option<&LastBackup>,
 ) -> Result<Done> {
     let job = ctx.job;
+    let Start {
+        remote,
+        known,
+        view,
+        source,
+        ..
+    } = start;
     log::info("the source and the target are as the last backup left them: nothing to send");
-    ensure_remote_config(job, remote, known.config)?;
+    ensure_remote_config(job, &remote, known.config)?;
     let snapshot = next_snapshot_id(ctx, last)?;
     let nothing = Stats::default();
     // No rsync ran: files/ still has the stamps the preflight took.
-    let same_as = known.last_id.as_deref().map(|last| snapshots::SameAs {
-        last,
-        stamps: known.target_stamps.as_deref(),
-    });
+    let same_as = snapshots::SameAs {
+        last: last_id,
+        stamps: Some(stamps),
+    };
     let (record, ()) = pool::side_by_side(
-        || snapshots::write_record(job, remote, &snapshot, &nothing, same_as),
+        || snapshots::write_record(job, &remote, &snapshot, &nothing, Some(same_as)),
         || view.unmount(),
     )?;
     record_last_backup(ctx, &snapshot, source, record.target_stamps.as_deref())?;
-    let pruned = snapshots::prune(job, remote, false)?;
+    let pruned = snapshots::prune(job, &remote, false)?;
     Ok(done(&snapshot, &record.header, &nothing, &nothing, pruned))
 }
 
-/// The remote side of the start: the ssh master, then the preflight, told
-/// by the local side whether it will need the last record.
-fn start_remote(
-    ctx: &Context,
-    unchanged_rx: Receiver<Option<String>>,
-    last_id_tx: Sender<Option<String>>,
-) -> Result<(Remote, Known)> {
-    let job = ctx.job;
-    let remote = remote::open(job, uses_sshfs(job), &ctx.runtime("remote"))?;
-    // An error on the other side drops its sender: then None.
-    let unchanged_since = unchanged_rx.recv().unwrap_or(None);
-    let known = preflight(job, &remote, unchanged_since.as_deref())?;
-    let _ = last_id_tx.send(known.last_id.clone());
-    Ok((remote, known))
-}
-
-/// The local side of the start.
-struct LocalStart {
+/// What the start of a run set up and learned.
+struct Start {
+    remote: Remote,
+    /// What the preflight found on the target.
+    known: Known,
     view: Mount,
     /// The source's fingerprint, taken before anything read the view.
     source: Option<SourceState>,
-    /// The source is as the backup that wrote the newest record found it.
-    unchanged: bool,
-    /// The view's index for the deletion guard, when the guard is needed.
-    index: Option<guard::ViewIndex>,
+    /// What the preflight was told (see `last_backup_if_unchanged`).
+    unchanged_since: Option<String>,
 }
 
-/// Mounts the view while the source is fingerprinted, telling the remote
-/// side as soon as the fingerprint is known; then indexes the view when the
-/// guard needs it: when the target has a last record and the source is not
-/// as the backup that wrote it found it.
-fn start_local(
+/// The server is asked (ssh master, preflight) while the view is mounted
+/// (scrypt) on a second thread. The source is fingerprinted while the ssh
+/// master connects: the preflight needs to know whether the source is as
+/// the last backup found it (then the server need not send the record).
+/// A local error (the view) wins over a remote one; whatever the other
+/// side set up is dropped (unmounted, disconnected) on the way out.
+fn start(
     ctx: &Context,
     (cipher_point, ctlsock): (&Path, &Path),
     last: Option<&LastBackup>,
+    killed: bool,
     max_delete_percent: u8,
-    unchanged_tx: Sender<Option<String>>,
-    last_id_rx: Receiver<Option<String>>,
-) -> Result<LocalStart> {
+) -> Result<Start> {
     let job = ctx.job;
-    let incomplete = BACKUP_INCOMPLETE.is_set(&job.state_dir);
-    let (fingerprinted, view) = pool::join(
+    let (view, remote) = pool::join(
         || {
-            let unchanged_tx = unchanged_tx; // moved in: dropped even on a panic
-            let source = fingerprint::of_source(job);
-            let since = last_backup_if_unchanged(last, source.as_ref(), incomplete);
-            let _ = unchanged_tx.send(since.clone());
-            (source, since)
+            let view = crypt::mount_reverse(job, cipher_point, Some(ctlsock))?;
+            refuse_empty_view(job, view.point(), max_delete_percent)?;
+            Ok(view)
         },
-        || crypt::mount_reverse(job, cipher_point, Some(ctlsock)),
+        || {
+            let (remote, source) = pool::join(
+                || remote::open(job, uses_sshfs(job), &ctx.runtime("remote")),
+                || fingerprint::of_source(job),
+            );
+            let unchanged_since = last_backup_if_unchanged(last, source.as_ref(), killed);
+            let remote = remote.unwrap_or_else(|_| Err(panicked("the connection")))?;
+            let known = preflight(job, &remote, unchanged_since.as_deref())?;
+            Ok((remote, known, source, unchanged_since))
+        },
     );
-    let (source, unchanged_since) = fingerprinted.unwrap_or((None, None));
-    let view = view?;
-    refuse_empty_view(job, view.point(), max_delete_percent)?;
-    let last_id = last_id_rx.recv().unwrap_or(None);
-    let unchanged = unchanged_since.is_some() && unchanged_since == last_id;
-    let index = match max_delete_percent < 100 && last_id.is_some() && !unchanged {
-        true => Some(guard::index_view(view.point())?),
-        false => None,
+    let view: Result<Mount> = view.unwrap_or_else(|_| Err(panicked("the view's mount")));
+    let ((remote, known, source, unchanged_since), view) = match (remote, view) {
+        (_, Err(local)) => return Err(local),
+        (Err(remote), Ok(_)) => return Err(remote),
+        (Ok(remote), Ok(view)) => (remote, view),
     };
-    Ok(LocalStart {
+    Ok(Start {
+        remote,
+        known,
         view,
         source,
-        unchanged,
-        index,
+        unchanged_since,
     })
+}
+
+fn panicked(what: &str) -> Error {
+    Error::new(Kind::Io, format!("{what} panicked"))
 }
 
 fn uses_sshfs(job: &Job) -> bool {
@@ -311,11 +404,11 @@ fn refuse_empty_view(job: &Job, view: &Path, max_delete_percent: u8) -> Result<(
 fn guard_mass_changes(
     ctx: &Context,
     last: Option<Result<LastRecord>>,
-    index: Option<guard::ViewIndex>,
+    index: guard::ViewIndex,
     started_ns: Option<i128>,
     percent: u8,
 ) -> Result<Option<guard::Estimate>> {
-    let (Some(last), Some(index)) = (last, index) else {
+    let Some(last) = last else {
         return Ok(None);
     };
     let estimate = last.and_then(|last| guard::estimate(last, &index, started_ns));
@@ -860,5 +953,164 @@ mod tests {
             "20261129T030000Z"
         );
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    const LAST: &str = "20261129T030000Z";
+    const STAMPS: &str = "da39a3ee5e6b4b0d3255bfef95601890afd80709";
+
+    /// An unchanged source and target, as a nightly run usually finds them.
+    fn quiet() -> PlanInputs<'static> {
+        PlanInputs {
+            unchanged_since: Some(LAST),
+            last_id: Some(LAST),
+            last_stamps: Some(STAMPS),
+            target_stamps: Some(STAMPS),
+            killed: false,
+            repair_pending: false,
+            max_delete_percent: 50,
+        }
+    }
+
+    fn full(plan: BackupPlan) -> FullRun {
+        match plan {
+            BackupPlan::Full(full) => full,
+            other => panic!("expected a full run, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unchanged_source_and_target_send_nothing() {
+        assert_eq!(
+            plan_backup(&quiet()),
+            BackupPlan::NothingToSend {
+                last_id: LAST.into(),
+                stamps: STAMPS.into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_changed_target_or_pending_repair_runs_rsync_without_the_guard() {
+        let touched = "0000000000000000000000000000000000000000";
+        for inputs in [
+            PlanInputs {
+                target_stamps: Some(touched),
+                ..quiet()
+            },
+            PlanInputs {
+                repair_pending: true,
+                ..quiet()
+            },
+            PlanInputs {
+                last_stamps: None,
+                ..quiet()
+            },
+        ] {
+            let run = full(plan_backup(&inputs));
+            assert!(!run.guard, "{inputs:?}");
+            assert_eq!(run.same_as.as_deref(), Some(LAST));
+            assert_eq!(run.workers, Workers::Several);
+        }
+        // The record was sent after all (no shell): one rsync checks.
+        let run = full(plan_backup(&PlanInputs {
+            target_stamps: None,
+            ..quiet()
+        }));
+        assert_eq!((run.guard, run.workers), (false, Workers::One));
+    }
+
+    #[test]
+    fn a_changed_source_is_guarded_unless_allowed_or_first() {
+        let changed = PlanInputs {
+            unchanged_since: None,
+            target_stamps: None,
+            ..quiet()
+        };
+        let run = full(plan_backup(&changed));
+        assert!(run.guard && run.same_as.is_none());
+        assert_eq!(run.workers, Workers::ByEstimate);
+        // A fingerprint that matches an older run than the newest one.
+        let stale = PlanInputs {
+            unchanged_since: Some("20261128T030000Z"),
+            ..changed
+        };
+        assert!(full(plan_backup(&stale)).guard);
+        for inputs in [
+            PlanInputs {
+                max_delete_percent: 100,
+                ..changed
+            },
+            PlanInputs {
+                last_id: None,
+                ..changed
+            },
+        ] {
+            let run = full(plan_backup(&inputs));
+            assert_eq!((run.guard, run.workers), (false, Workers::Several));
+        }
+    }
+
+    #[test]
+    fn a_killed_run_is_cleaned_up_after() {
+        let killed = PlanInputs {
+            // The marker also keeps the source from counting as unchanged.
+            unchanged_since: None,
+            killed: true,
+            ..quiet()
+        };
+        assert!(full(plan_backup(&killed)).clean_leftovers);
+        assert!(
+            !full(plan_backup(&PlanInputs {
+                killed: false,
+                ..killed
+            }))
+            .clean_leftovers
+        );
+    }
+
+    #[test]
+    fn unchanged_since_needs_the_fingerprint_and_no_killed_run() {
+        let source = SourceState {
+            fingerprint: "ab".into(),
+            newest_change_ns: 0,
+            walked_at_ns: 0,
+        };
+        let last = LastBackup {
+            snapshot: LAST.into(),
+            source_fingerprint: Some("ab".into()),
+            started_ns: 1,
+            target_stamps: None,
+        };
+        let since = |last: &LastBackup, source: Option<&SourceState>, killed: bool| {
+            last_backup_if_unchanged(Some(last), source, killed)
+        };
+        assert_eq!(since(&last, Some(&source), false).as_deref(), Some(LAST));
+        assert_eq!(since(&last, Some(&source), true), None);
+        assert_eq!(since(&last, None, false), None);
+        let other = LastBackup {
+            source_fingerprint: Some("cd".into()),
+            ..last.clone()
+        };
+        assert_eq!(since(&other, Some(&source), false), None);
+        let bad_id = LastBackup {
+            snapshot: "latest".into(),
+            ..last
+        };
+        assert_eq!(since(&bad_id, Some(&source), false), None);
+    }
+
+    #[test]
+    fn workers_follow_the_estimate() {
+        let moves = guard::Estimate {
+            recorded: 10,
+            moved: 1,
+            added: 0,
+        };
+        let still = guard::Estimate::default();
+        assert!(Workers::ByEstimate.split(Some(&moves)));
+        assert!(!Workers::ByEstimate.split(Some(&still)));
+        assert!(Workers::ByEstimate.split(None));
+        assert!(Workers::Several.split(Some(&still)));
+        assert!(!Workers::One.split(Some(&moves)));
     }
 }

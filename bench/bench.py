@@ -3,7 +3,9 @@
 
 Runs, on one data set and one throwaway sshd on 127.0.0.1 (optionally behind
 bench/delayproxy.py), every tool through the same scenarios, N times, and
-appends one JSON object per measurement to bench/results/<run id>.jsonl.
+appends one JSON object per measurement to
+bench/results/<date>-<set>-d<delay>[-connections][-N]/<run id>.jsonl: one
+folder per run (keep in the repository only the runs docs/benchmarks.md cites).
 
 Measured per command: wall time; CPU of everything the command started
 (a cpuacct cgroup, so the gocryptfs/sshfs daemons count too) and of the
@@ -155,6 +157,20 @@ class Sampler(threading.Thread):
             self.stop.wait(0.05)
 
 
+def run_folder(args):
+    """bench/results/<date>-<set>-d<delay>[-connections][-N]: a folder of its
+    own for each run (-connections: only cs-sshfs-cN tools, the
+    target.connections comparison; -N when the day already has such a run)."""
+    base = "%s-%s-d%g" % (time.strftime("%Y-%m-%d", time.gmtime()), args.set, args.delay_ms)
+    if args.tools and all(re.match(r"cs-sshfs-c\d+$", t) for t in args.tools):
+        base += "-connections"
+    path, n = os.path.join(BENCH, "results", base), 1
+    while os.path.exists(path):
+        n += 1
+        path = os.path.join(BENCH, "results", "%s-%d" % (base, n))
+    return path
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -167,8 +183,7 @@ class Bench:
         self.server_cg = Cgroup("server")
         self.procs = []
         self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-%s-d%g" % (args.set, args.delay_ms)
-        os.makedirs(os.path.join(BENCH, "results"), exist_ok=True)
-        self.results = os.path.join(BENCH, "results", self.run_id + ".jsonl")
+        self.results = os.path.join(run_folder(args), self.run_id + ".jsonl")
         self.logdir = os.path.join(self.root, "logs", self.run_id)
         os.makedirs(self.logdir, exist_ok=True)
         self.in_netns = os.environ.get("CSBENCH_NETNS") == "1"
@@ -193,7 +208,7 @@ class Bench:
                 # bash sources ~/.bashrc for commands run by sshd only when
                 # SHLVL < 2: this account's .bashrc (pyenv init) would add
                 # ~0.5 s to every remote command, which a backup account
-                # would not have. See bench/analysis.md.
+                # would not have. See "What is measured" in docs/benchmarks.md.
                 "SetEnv SHLVL=1\n" % (self.sshd_port, k, k, k)
             )
         os.makedirs("/run/sshd", exist_ok=True)
@@ -419,6 +434,7 @@ class Bench:
     def run(self):
         log("run %s: set %s, %d repeats, delay %g ms, tools %s" % (
             self.run_id, self.args.set, self.args.repeats, self.args.delay_ms, ",".join(self.args.tools)))
+        os.makedirs(os.path.dirname(self.results), exist_ok=True)
         with open(self.results, "a") as f:
             f.write(json.dumps({"run_id": self.run_id, "scenario": "meta", "meta": machine_info(self.args),
                                 "in_netns": self.in_netns}) + "\n")

@@ -12,7 +12,9 @@ prints for each stage:
     before the next line);
   - CPU seconds per process name (utime+stime from /proc, sampled every
     20 ms, so very short processes are under-counted) and peak RSS per name.
-Output goes to stdout and to bench/results/profile-<run id>.txt.
+Output goes to stdout and to bench/results/profile-<run id>-<transport>.txt;
+a profile that docs/benchmarks.md cites is moved into the folder of the run
+it explains, the others deleted.
 """
 import argparse
 import os

@@ -14,8 +14,10 @@
 #
 # Data sets are generated once from a fixed seed under $CSBENCH_ROOT
 # (default /var/tmp/ciphersync-bench) and reused. Results are appended as
-# JSON lines to bench/results/<run id>.jsonl; then
+# JSON lines to bench/results/<date>-<set>-d<delay>[-connections][-N]/<run id>.jsonl,
+# a folder per run; then
 #   bench/report.py             rewrites docs/benchmarks.md and the PNG plot.
+# Commit only the run folders docs/benchmarks.md cites.
 # The run happens in a private network namespace (unshare -n): loopback
 # byte counters then count only the benchmark's own traffic, and no port is
 # visible outside. Needs root (FUSE mounts, cgroups, unshare).

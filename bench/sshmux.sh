@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # How much a fresh ssh connection costs against one multiplexed over a
-# ControlMaster (the fix bench/analysis.md recommends for ciphersync's
-# per-stage ssh calls). Throwaway sshd on 127.0.0.1 in a private network
+# ControlMaster (why ciphersync opens one master connection per stage and
+# runs its ssh calls over it). Throwaway sshd on 127.0.0.1 in a private network
 # namespace; optional delay proxy:  bench/sshmux.sh [DELAY_MS] [N]
 set -euo pipefail
 self=$(readlink -f "$0")

@@ -1,6 +1,6 @@
 # The job submodule shared by the NixOS and the home-manager module, the
 # assertions that catch contradictory jobs, and the rendering of a job into
-# the JSON job file that the helper reads (design.md, "Job config file").
+# the JSON job file that the helper reads (docs/design.md, "Job config file").
 #
 #   jobLib = import ./job-options.nix { inherit lib; };
 #   jobLib.jobModule           the submodule: types.attrsOf (types.submodule jobLib.jobModule)

@@ -1,4 +1,4 @@
-//! The command line (design.md, "CLI").
+//! The command line (docs/design.md, "CLI").
 
 use std::path::PathBuf;
 
@@ -72,6 +72,16 @@ pub enum Command {
         /// `snapshots`) instead of the latest state.
         #[arg(long, value_name = "ID")]
         snapshot: Option<String>,
+        /// Keep setuid and setgid bits as the target stores them. Risky: a
+        /// hostile target can mark any restored executable setuid. Off by
+        /// default, so restored files never carry those bits.
+        #[arg(long)]
+        keep_setuid: bool,
+        /// Give restored files the owners and groups the target stores
+        /// (root only; a local target keeps them). Off by default: every
+        /// restored file belongs to the user who runs the restore.
+        #[arg(long)]
+        owners: bool,
         /// JOB (unless -c FILE is given), then paths relative to the source
         /// to restore (default: everything).
         #[arg(value_name = "JOB|PATH")]

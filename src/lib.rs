@@ -1,5 +1,5 @@
 //! ciphersync: a small orchestrator of gocryptfs, sshfs, rsync and ssh for
-//! encrypted remote backups. See design.md for the contract it implements.
+//! encrypted remote backups. See docs/design.md for the contract it implements.
 //!
 //! The binary (main.rs, cli.rs) is a thin layer over these modules; they
 //! form a library so that the parsers of untrusted text can be exercised
@@ -11,7 +11,9 @@ pub mod crypt;
 pub mod error;
 pub mod exec;
 pub mod fingerprint;
+pub mod fsutil;
 pub mod guard;
+pub mod human;
 pub mod interrupt;
 pub mod log;
 pub mod mount;

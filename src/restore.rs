@@ -6,15 +6,15 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use crate::config::{Job, Target};
-use crate::crypt;
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::exec::Cmd;
-use crate::remote::{self, FILES, Remote, SNAPSHOTS};
+use crate::remote::{self, FILES, Remote, SNAPSHOTS, TreeEntry};
 use crate::rsync::{Stats, parse_stats};
 use crate::run::{Context, Done};
 use crate::split;
 use crate::stats::{RestoreStats, StageStats};
 use crate::status::Outcome;
+use crate::{crypt, fsutil};
 use crate::{interrupt, snapshots};
 
 pub struct RestoreRequest {
@@ -22,6 +22,10 @@ pub struct RestoreRequest {
     pub paths: Vec<String>,
     /// Rebuild the tree as it was after this run instead of the latest.
     pub snapshot: Option<String>,
+    /// Keep setuid/setgid bits (`--keep-setuid`); dropped by default.
+    pub keep_setuid: bool,
+    /// Apply the stored owners (`--owners`, root only).
+    pub owners: bool,
 }
 
 /// Checks the request before anything is mounted: `--to` must be empty (or
@@ -51,6 +55,11 @@ pub fn check_request(job: &Job, request: &RestoreRequest) -> Result<()> {
     for path in &request.paths {
         check_relative(path)?;
     }
+    if request.owners && !nix::unistd::geteuid().is_root() {
+        return Err(Error::usage(
+            "--owners needs root: only root can give files to other users",
+        ));
+    }
     if let Some(id) = &request.snapshot
         && crate::status::parse_snapshot_id(id).is_none()
     {
@@ -65,7 +74,9 @@ pub fn restore(ctx: &Context, request: &RestoreRequest) -> Result<Done> {
     let job = ctx.job;
     check_request(job, request)?;
     let to = absolute(&request.to)?;
-    crypt::create_private_dir(&to)?;
+    // An existing --to must be ours alone: a directory another user may
+    // write to could be swapped for a link while we copy into it.
+    fsutil::ensure_private_dir(&to, "--to")?;
 
     let remote = remote::open(job, true, &ctx.runtime("remote"))?;
     let root = remote
@@ -84,7 +95,8 @@ pub fn restore(ctx: &Context, request: &RestoreRequest) -> Result<Done> {
     let plain_point = ctx.runtime("plain");
     crate::mount::prepare_point(&plain_point)?;
     let plain = crypt::mount_forward(job, &cipher_dir, &plain_point)?;
-    let stats = copy_out(job, plain.point(), &request.paths, &to)?;
+    let stats = copy_out(job, plain.point(), request, &to)?;
+    give_root_mode(plain.point(), &to)?;
     plain.unmount()?;
     drop(stage);
     drop(remote);
@@ -99,11 +111,33 @@ pub fn restore(ctx: &Context, request: &RestoreRequest) -> Result<Done> {
     })
 }
 
+/// `--to` was made private (0700) while the copy ran; now it gets the
+/// permission bits of the backed-up root, also when only some paths were
+/// restored. Never setuid, setgid or sticky bits: those are not the
+/// server's to choose. Changed through a descriptor opened without
+/// following a link.
+fn give_root_mode(plain_root: &Path, to: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mode = std::fs::metadata(plain_root)
+        .ctx(|| format!("reading the mode of {}", plain_root.display()))?
+        .permissions()
+        .mode()
+        & 0o777;
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+        .open(to)
+        .ctx(|| format!("opening {}", to.display()))?;
+    dir.set_permissions(std::fs::Permissions::from_mode(mode))
+        .ctx(|| format!("setting mode {mode:o} on {}", to.display()))
+}
+
 /// Copies all or the named plaintext paths out of a decrypted mount. All
 /// of a remote tree is copied by the top-level pass and several workers,
 /// as backup writes it (split.rs): over sshfs one rsync waits for each
 /// file in turn.
-fn copy_out(job: &Job, plain: &Path, paths: &[String], to: &Path) -> Result<Stats> {
+fn copy_out(job: &Job, plain: &Path, request: &RestoreRequest, to: &Path) -> Result<Stats> {
+    let paths = &request.paths;
     if !paths.is_empty() {
         let mut args = vec!["--relative".to_string()];
         for path in paths {
@@ -115,7 +149,7 @@ fn copy_out(job: &Job, plain: &Path, paths: &[String], to: &Path) -> Result<Stat
                 path.trim_end_matches('/')
             ));
         }
-        return copy_pass(job, args, to);
+        return copy_pass(job, request, args, to);
     }
     let whole = format!("{}/", plain.display());
     let workers = match &job.target {
@@ -127,12 +161,12 @@ fn copy_out(job: &Job, plain: &Path, paths: &[String], to: &Path) -> Result<Stat
         false => Vec::new(),
     };
     if dirs.len() < 2 {
-        return copy_pass(job, vec![whole], to);
+        return copy_pass(job, request, vec![whole], to);
     }
     let with = |filters: Vec<String>| filters.into_iter().chain([whole.clone()]).collect();
-    let mut stats = copy_pass(job, with(split::top_level_pass()), to)?;
+    let mut stats = copy_pass(job, request, with(split::top_level_pass()), to)?;
     for pass in split::in_workers(dirs, workers, |batch| {
-        copy_pass(job, with(split::directories_pass(batch)), to)
+        copy_pass(job, request, with(split::directories_pass(batch)), to)
     })? {
         stats.add(&pass);
     }
@@ -140,10 +174,15 @@ fn copy_out(job: &Job, plain: &Path, paths: &[String], to: &Path) -> Result<Stat
 }
 
 /// One rsync out of the decrypted mount; `args` ends with the source(s).
-fn copy_pass(job: &Job, args: Vec<String>, to: &Path) -> Result<Stats> {
+/// What the target stores is not trusted: no device or special file is
+/// created, setuid/setgid bits are dropped and owners are not applied,
+/// unless the request asks for them.
+fn copy_pass(job: &Job, request: &RestoreRequest, args: Vec<String>, to: &Path) -> Result<Stats> {
     let mut cmd = Cmd::new("rsync").args(["-a", "-H", "--stats", "--no-human-readable"]);
-    if matches!(job.target, Target::Sftp(_)) {
-        // Owners on the server are the SFTP account's, not the original ones.
+    cmd = cmd.args(untrusted_copy_flags(request.keep_setuid));
+    // Over SFTP the owners on the server are the account's, never the
+    // original ones; elsewhere they are applied only when asked.
+    if matches!(job.target, Target::Sftp(_)) || !request.owners {
         cmd = cmd.args(["--no-owner", "--no-group"]);
     }
     let mut out = cmd
@@ -156,6 +195,16 @@ fn copy_pass(job: &Job, args: Vec<String>, to: &Path) -> Result<Stats> {
         return Err(out.failure(Some("copying out of the decrypted backup")));
     }
     Ok(stats)
+}
+
+/// rsync flags for a copy whose source the target controls: never a device
+/// or special file, and (unless kept) no setuid/setgid bit.
+fn untrusted_copy_flags(keep_setuid: bool) -> Vec<&'static str> {
+    let mut flags = vec!["--no-devices", "--no-specials"];
+    if !keep_setuid {
+        flags.push("--chmod=ug-s");
+    }
+    flags
 }
 
 /// A rebuilt cipher tree in the state dir, removed when dropped.
@@ -175,6 +224,7 @@ impl Drop for Stage {
 /// holds it, else from files/; then the recorded directories and modes.
 fn rebuild(ctx: &Context, remote: &Remote, id: &str) -> Result<Stage> {
     let record = snapshots::read_record(remote, id)?;
+    check_record_tree(id, &record.entries)?;
     let mut later = Vec::new();
     for later_id in snapshots::snapshot_dir_ids(remote)?
         .into_iter()
@@ -218,6 +268,7 @@ fn rebuild(ctx: &Context, remote: &Remote, id: &str) -> Result<Stage> {
         std::fs::write(&list, names.join(&0u8)).ctx(|| format!("writing {}", list.display()))?;
         let out = Cmd::new("rsync")
             .args(["-a", "-H", "--no-owner", "--no-group", "--from0"])
+            .args(untrusted_copy_flags(false))
             .arg(format!("--files-from={}", list.display()))
             .arg(format!("{}/", source.display()))
             .arg(format!("{}/", stage.path.display()))
@@ -226,18 +277,109 @@ fn rebuild(ctx: &Context, remote: &Remote, id: &str) -> Result<Stage> {
             return Err(out.failure(Some(&format!("rebuilding snapshot {id}"))));
         }
     }
+    check_staged_types(id, &stage.path, &record.entries)?;
     // A chmod-only change is applied in place by rsync (nothing goes into a
     // snapshot), so the copies may carry a later mode: the record has the
-    // mode of the run. Directory modes last: a read-only directory would
-    // have refused the files copied into it.
+    // mode of the run, without setuid/setgid/sticky bits. Directory modes
+    // last: a read-only directory would have refused the files copied into
+    // it. Every entry was just checked to be what the record says, below
+    // directories that are real directories, in a dir only we write to: a
+    // chmod here cannot reach through a link.
     let by_mode = |kind: char| record.entries.iter().filter(move |e| e.kind == kind);
     for entry in by_mode('f').chain(by_mode('d')) {
         let path = stage.path.join(&entry.path);
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(entry.mode))
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(entry.mode & 0o777))
             .ctx(|| format!("setting the mode of {}", path.display()))?;
     }
     Ok(stage)
 }
+
+/// A record comes from the target: every path must stay inside the tree
+/// (relative, no `.`/`..`/empty component), appear once, and sit in a
+/// directory the record also lists, so that nothing built from it can be
+/// reached through a symlink.
+fn check_record_tree(id: &str, entries: &[TreeEntry]) -> Result<()> {
+    let corrupt =
+        |why: String| Error::new(Kind::Corrupt, format!("record {id} of the target: {why}"));
+    let mut seen = std::collections::HashSet::new();
+    let dirs: std::collections::HashSet<&str> = entries
+        .iter()
+        .filter(|e| e.kind == 'd')
+        .map(|e| e.path.as_str())
+        .collect();
+    for entry in entries {
+        let path = entry.path.as_str();
+        let name = crate::human::escape(path);
+        if path.is_empty()
+            || path.starts_with('/')
+            || path
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+            || path.contains('\0')
+        {
+            return Err(corrupt(format!("the path {name:?} leaves the tree")));
+        }
+        if !matches!(entry.kind, 'f' | 'd' | 'l') {
+            return Err(corrupt(format!(
+                "{name:?} has the unknown type {:?}",
+                entry.kind
+            )));
+        }
+        if !seen.insert(path) {
+            return Err(corrupt(format!("{name:?} is listed twice")));
+        }
+        if let Some((parent, _)) = path.rsplit_once('/')
+            && !dirs.contains(parent)
+        {
+            return Err(corrupt(format!(
+                "{name:?} lies in {parent:?}, which is not a recorded directory"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// After the copy, every staged entry must be what the record says: a
+/// server that swapped a file for a symlink (or a directory for one) is
+/// caught here, before any mode is applied. Parents come before children
+/// in a record, so each lstat below only passes through checked dirs.
+fn check_staged_types(id: &str, stage: &Path, entries: &[TreeEntry]) -> Result<()> {
+    let mut sorted: Vec<&TreeEntry> = entries.iter().collect();
+    sorted.sort_by_key(|e| e.path.matches('/').count());
+    for entry in sorted {
+        let path = stage.join(&entry.path);
+        let found = match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => 'l',
+            Ok(meta) if meta.is_dir() => 'd',
+            Ok(meta) if meta.is_file() => 'f',
+            Ok(_) => '?',
+            Err(_) => '-',
+        };
+        if found != entry.kind {
+            return Err(Error::new(
+                Kind::Corrupt,
+                format!(
+                    "snapshot {id} on the target: {:?} is {}, its record says {}",
+                    crate::human::escape(&entry.path),
+                    kind_name(found),
+                    kind_name(entry.kind)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn kind_name(kind: char) -> &'static str {
+    match kind {
+        'f' => "a file",
+        'd' => "a directory",
+        'l' => "a symlink",
+        '-' => "missing",
+        _ => "a special file",
+    }
+}
+
 /// So that a stage with read-only directories can be removed.
 fn make_writable(dir: &Path) {
     for entry in walkdir::WalkDir::new(dir)

@@ -11,11 +11,10 @@ use nix::fcntl::{Flock, FlockArg};
 use serde_json::Value;
 
 use crate::config::Job;
-use crate::crypt::create_private_dir;
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::stats::StageStats;
 use crate::status::{self, Outcome, Stage, StageResult};
-use crate::{log, mount};
+use crate::{fsutil, log, mount};
 
 /// Held for the whole stage: one run of a job at a time.
 pub struct Context<'a> {
@@ -39,8 +38,8 @@ impl Context<'_> {
 /// Takes the lock and prepares the dirs; exits 75 (Kind::Locked) when
 /// another run of the job holds the lock.
 pub fn enter(job: &Job) -> Result<Context<'_>> {
-    create_private_dir(&job.state_dir)?;
-    create_private_dir(&job.runtime_dir)?;
+    fsutil::ensure_private_dir(&job.state_dir, "state_dir")?;
+    fsutil::ensure_private_dir(&job.runtime_dir, "runtime_dir")?;
     let lock_path = job.state_dir.join("lock");
     let file = OpenOptions::new()
         .create(true)

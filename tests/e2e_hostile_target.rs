@@ -1,0 +1,198 @@
+//! A tampered target cannot harm the machine it backs up (issue 13): each
+//! test reproduces one attack against a local target (a USB disk someone
+//! else handled; the same files an SFTP server would return) and shows it
+//! defended. See docs/reliability.md.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+const SECRET_LEN: u64 = 1234;
+
+/// A local job with one 1234-byte file and one backup; returns the
+/// encrypted path of that file under files/ and the run's id.
+fn backed_up(tag: &str) -> (Job, PathBuf, String) {
+    let job = Job::local(tag).build();
+    fs::write(job.source.join("tool"), vec![b'x'; SECRET_LEN as usize]).unwrap();
+    fs::write(job.source.join("other"), "other\n").unwrap();
+    let stats = job.init_and_backup();
+    let id = stats["snapshot"].as_str().unwrap().to_string();
+    let victim = job.remote_file_for_len(SECRET_LEN);
+    (job, victim, id)
+}
+
+fn mode_of(path: &Path) -> u32 {
+    fs::symlink_metadata(path).unwrap().mode() & 0o7777
+}
+
+/// Attack 1: the target swaps a backed-up file for a symlink to a local
+/// file and sets that entry's mode to 4777 in the record; `restore
+/// --snapshot` used to chmod through the link.
+#[test]
+fn a_planted_symlink_in_a_snapshot_is_refused_and_nothing_is_chmodded() {
+    if !require_tools(
+        "planted_symlink_chmod",
+        &["gocryptfs", "fusermount3", "rsync"],
+    ) {
+        return;
+    }
+    let (job, victim, id) = backed_up("hostile-chmod");
+    let local_file = job.root.join("local-victim");
+    fs::write(&local_file, "a local file\n").unwrap();
+    fs::set_permissions(&local_file, fs::Permissions::from_mode(0o644)).unwrap();
+
+    fs::remove_file(&victim).unwrap();
+    std::os::unix::fs::symlink(&local_file, &victim).unwrap();
+    let record = job.target_path.join(format!("records/{id}.rec"));
+    let rel = victim
+        .strip_prefix(job.files_dir())
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let text = fs::read_to_string(&record).unwrap();
+    let tampered: String = text
+        .lines()
+        .map(
+            |l| match l.ends_with(&format!(" {rel}")) && l.starts_with("f ") {
+                true => l.replacen("f 644 ", "f 4777 ", 1),
+                false => l.to_string(),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_ne!(
+        tampered.trim_end(),
+        text.trim_end(),
+        "the record entry was not found"
+    );
+    fs::write(&record, tampered + "\n").unwrap();
+
+    let to = job.root.join("out");
+    let o = job.run(&["restore", "--snapshot", &id, "--to", to.to_str().unwrap()]);
+    assert_ne!(o.code, 0, "a tampered snapshot restored: {}", o.stdout);
+    assert!(
+        o.stderr.contains("is a symlink, its record says a file"),
+        "the error should say what was swapped: {}",
+        o.stderr
+    );
+    assert_eq!(
+        mode_of(&local_file),
+        0o644,
+        "restore chmodded a local file through a link"
+    );
+    job.assert_clean();
+}
+
+/// Attack 3: the target marks a backed-up executable setuid, and plants a
+/// device node and a FIFO under real encrypted names.
+#[test]
+fn setuid_bits_devices_and_fifos_from_the_target_are_not_restored() {
+    if !require_tools(
+        "setuid_devices",
+        &["gocryptfs", "fusermount3", "rsync", "mknod"],
+    ) {
+        return;
+    }
+    let (job, victim, _) = backed_up("hostile-suid");
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o4755)).unwrap();
+    let names: Vec<PathBuf> = fs::read_dir(job.files_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p != &victim && p.is_file())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_str().unwrap();
+            !n.starts_with("gocryptfs.")
+        })
+        .collect();
+    let other = names.first().expect("the other file's encrypted name");
+    // A char device (/dev/null's numbers) where "other" was.
+    fs::remove_file(other).unwrap();
+    let made = std::process::Command::new("mknod")
+        .arg(other)
+        .args(["c", "1", "3"])
+        .status()
+        .unwrap();
+    assert!(made.success(), "mknod on the target failed");
+
+    let to = job.root.join("out");
+    let o = job.run(&["restore", "--to", to.to_str().unwrap()]);
+    o.expect_code(0, "restore from a target with a setuid file and a device");
+    let tool = to.join("tool");
+    assert_eq!(
+        mode_of(&tool),
+        0o755,
+        "the setuid bit came back from the target"
+    );
+    let leftovers: Vec<PathBuf> = walk(&to)
+        .into_iter()
+        .filter(|(_, m)| {
+            let t = m.file_type();
+            t.is_char_device() || t.is_block_device() || t.is_fifo() || t.is_socket()
+        })
+        .map(|(rel, _)| rel)
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "special files restored: {leftovers:?}"
+    );
+
+    // The flag that asks for the bits documents its risk and does it.
+    let kept = job.root.join("kept");
+    job.ok(&[
+        "restore",
+        "--keep-setuid",
+        "--to",
+        kept.to_str().unwrap(),
+        "tool",
+    ]);
+    assert_eq!(
+        mode_of(&kept.join("tool")),
+        0o4755,
+        "--keep-setuid dropped the bit"
+    );
+    job.assert_clean();
+}
+
+/// Attack 5: directories the helper writes into must be the user's alone.
+#[test]
+fn dirs_that_others_own_or_may_write_are_refused() {
+    if !require_tools("foreign_dirs", &["gocryptfs", "fusermount3", "rsync"]) {
+        return;
+    }
+    let (job, _, _) = backed_up("hostile-dirs");
+
+    // A --to that another user made beforehand.
+    let to = job.root.join("theirs");
+    fs::create_dir(&to).unwrap();
+    std::os::unix::fs::chown(&to, Some(65534), Some(65534)).unwrap();
+    let o = job.run(&["restore", "--to", to.to_str().unwrap()]);
+    assert_ne!(o.code, 0, "a --to owned by uid 65534 was accepted");
+    assert!(
+        o.stderr.contains("belongs to uid 65534") && o.stderr.contains(to.to_str().unwrap()),
+        "the error should name the path and its owner: {}",
+        o.stderr
+    );
+    assert_eq!(
+        fs::read_dir(&to).unwrap().count(),
+        0,
+        "a refused restore wrote into --to"
+    );
+
+    // A state dir anyone may write to (a planted ssh_config or status
+    // link would be used by root).
+    fs::set_permissions(&job.state_dir, fs::Permissions::from_mode(0o777)).unwrap();
+    let o = job.run(&["backup"]);
+    assert_ne!(o.code, 0, "a world-writable state_dir was accepted");
+    assert!(
+        o.stderr.contains("chmod go-w") && o.stderr.contains(job.state_dir.to_str().unwrap()),
+        "the error should name the state dir and the fix: {}",
+        o.stderr
+    );
+    fs::set_permissions(&job.state_dir, fs::Permissions::from_mode(0o700)).unwrap();
+    job.ok(&["backup"]);
+    job.assert_clean();
+}

@@ -9,8 +9,8 @@
 use ciphersync::checksums::read_list;
 use ciphersync::config;
 use ciphersync::mount::parse_mountinfo;
+use ciphersync::rsync::{parse_itemized, parse_stats};
 use ciphersync::snapshots::{Record, RecordReader};
-use ciphersync::sync::{parse_itemized, parse_stats};
 
 /// Mutations per seed input; enough to hit every byte position many times.
 const ROUNDS: usize = 4_000;

@@ -158,7 +158,10 @@ pub fn descendants(pid: u32) -> Vec<(u32, String)> {
     found
 }
 
-/// Waits (bounded) until no gocryptfs, sshfs, rsync, ssh or ciphersync process
+/// How long [`assert_no_helpers_left`] waits for helpers to exit.
+pub const HELPERS_EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Waits (bounded, [`HELPERS_EXIT_TIMEOUT`]) until no gocryptfs, sshfs, rsync, ssh or ciphersync process
 /// mentions `path` on its command line; panics listing them otherwise.
 pub fn assert_no_helpers_left(path: &Path) {
     let needle = path.to_string_lossy().into_owned();
@@ -175,7 +178,9 @@ pub fn assert_no_helpers_left(path: &Path) {
             })
             .collect()
     };
-    let deadline = Instant::now() + Duration::from_secs(15);
+    // Generous: a loaded machine may take a while to let a helper that is
+    // on its way out go; one left behind for good is still caught.
+    let deadline = Instant::now() + HELPERS_EXIT_TIMEOUT;
     loop {
         let left = find();
         if left.is_empty() {

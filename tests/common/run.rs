@@ -8,6 +8,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// How long [`Running::wait`] lets the pipes of a finished process stay
+/// open: generous, so that a daemon on its way out on a loaded machine is
+/// not taken for a leaked one (a leaked one holds them for good).
+pub const PIPE_GRACE: Duration = Duration::from_secs(60);
+
 /// Default bound for one run of the binary.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -109,14 +114,15 @@ impl Running {
     }
 
     /// Waits up to `timeout` for the process (SIGKILL and panic after that),
-    /// then up to 15 s more for its stdout/stderr to close: a pipe that stays
-    /// open means something it spawned (a FUSE daemon) outlived it, which is
-    /// reported as a failure.
+    /// then up to [`PIPE_GRACE`] more for its stdout/stderr to close: a pipe
+    /// that stays open means something it spawned (a FUSE daemon) outlived
+    /// it, which is reported as a failure.
     pub fn wait(self, timeout: Duration) -> Out {
-        self.wait_with_grace(timeout, Duration::from_secs(15))
+        self.wait_with_grace(timeout, PIPE_GRACE)
     }
 
-    /// [`Running::wait`] with `grace` instead of 15 s for the pipes to close.
+    /// [`Running::wait`] with `grace` instead of [`PIPE_GRACE`] for the pipes
+    /// to close.
     pub fn wait_with_grace(mut self, timeout: Duration, grace: Duration) -> Out {
         let deadline = Instant::now() + timeout;
         let status = loop {

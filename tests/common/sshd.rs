@@ -98,7 +98,7 @@ impl Sshd {
                 .stderr(logf)
                 .spawn()
                 .expect("spawn /usr/sbin/sshd");
-            match wait_ssh_banner(&mut child, port, Duration::from_secs(20)) {
+            match wait_ssh_banner(&mut child, port, Duration::from_secs(60)) {
                 Ok(()) => {
                     let pubkey = fs::read_to_string(dir.join("host_ed25519.pub")).unwrap();
                     let mut parts = pubkey.split_whitespace();

@@ -14,12 +14,35 @@ for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 
+# apt-get on a machine that is busy installing (unattended-upgrades on a
+# fresh VM holds the dpkg lock for minutes): wait for the lock, bounded by
+# CIPHERSYNC_APT_WAIT seconds (default 900), saying so, instead of failing.
+apt_get() {
+  local deadline=$((SECONDS + ${CIPHERSYNC_APT_WAIT:-900})) out rc
+  while :; do
+    rc=0
+    out=$($sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=60 "$@" 2>&1) || rc=$?
+    if ((rc == 0)); then return 0; fi
+    if ! grep -qiE 'could not get lock|unable to acquire|lock-frontend|is another process using it' <<<"$out"; then
+      printf '%s\n' "$out" >&2
+      return "$rc"
+    fi
+    if ((SECONDS >= deadline)); then
+      printf '%s\n' "$out" >&2
+      echo "install-deps: the apt/dpkg lock was still held after ${CIPHERSYNC_APT_WAIT:-900} s; run again when the other package manager is done" >&2
+      return "$rc"
+    fi
+    echo "install-deps: waiting for the apt/dpkg lock (another package manager, e.g. unattended-upgrades, holds it)" >&2
+    sleep 5
+  done
+}
+
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   sudo=""
   [[ $(id -u) -eq 0 ]] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt_get update -qq
+  apt_get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -77,7 +77,8 @@ pub fn mount_reverse(job: &Job, point: &Path, ctlsock: Option<&Path>) -> Result<
     check_password_file(job)?;
     require_config(job)?;
     let mut cmd = Cmd::new("gocryptfs")
-        .args(["-reverse", "-q", "-nosyslog"])
+        // -fg: the daemon is our child (see exec::Daemon).
+        .args(["-reverse", "-fg", "-q", "-nosyslog"])
         .arg("-passfile")
         .arg(&job.password_file);
     // Passing -config even with the default location would hide
@@ -105,7 +106,7 @@ pub fn mount_reverse(job: &Job, point: &Path, ctlsock: Option<&Path>) -> Result<
 pub fn mount_forward(job: &Job, cipher_dir: &Path, point: &Path) -> Result<Mount> {
     check_password_file(job)?;
     let mut cmd = Cmd::new("gocryptfs")
-        .args(["-ro", "-q", "-nosyslog"])
+        .args(["-ro", "-fg", "-q", "-nosyslog"])
         .arg("-passfile")
         .arg(&job.password_file);
     if job.gocryptfs_config.exists() {

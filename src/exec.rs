@@ -236,6 +236,86 @@ impl Cmd {
     }
 }
 
+/// A long-lived child: a FUSE daemon run in the foreground, so that the
+/// mount's daemon is our child and not an orphan. A FUSE daemon lives as
+/// long as the kernel's mount, not as long as our unmount call: a lazy
+/// unmount of a busy mount, or a copy of the mount in another mount
+/// namespace, keeps it serving after `fusermount3 -u` returned. As our
+/// child it is waited for, and stopped, when its mount guard goes.
+pub struct Daemon {
+    tool: &'static str,
+    child: Child,
+    stdout: File,
+    stderr: File,
+}
+
+impl Cmd {
+    /// Starts the command without waiting for it, in a process group of
+    /// its own: a terminal's Ctrl-C then reaches only the helper, which
+    /// unmounts in order instead of the daemon vanishing under rsync.
+    pub fn spawn_daemon(self) -> Result<Daemon> {
+        log::debug(|| format!("run in the background: {}", self.display()));
+        let stdout = anonymous_file(self.tool, "stdout")?;
+        let stderr = anonymous_file(self.tool, "stderr")?;
+        let mut command = Command::new(self.tool);
+        command
+            .args(&self.args)
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(clone(&stdout)?))
+            .stderr(Stdio::from(clone(&stderr)?));
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let child = command.spawn().map_err(|e| spawn_error(self.tool, e))?;
+        Ok(Daemon {
+            tool: self.tool,
+            child,
+            stdout,
+            stderr,
+        })
+    }
+}
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The daemon's output if it has ended (e.g. a wrong password before it
+    /// mounted anything); `None` while it runs.
+    pub fn ended(&mut self) -> Result<Option<Output>> {
+        let status = self
+            .child
+            .try_wait()
+            .map_err(|e| Error::io(format!("waiting for {}", self.tool), e))?;
+        let Some(status) = status else {
+            return Ok(None);
+        };
+        Ok(Some(Output {
+            tool: self.tool,
+            status,
+            stdout: clone(&self.stdout)?,
+            stderr: tail_of(clone(&self.stderr)?)?,
+        }))
+    }
+
+    /// Waits up to `grace` for the daemon to exit by itself (it does once
+    /// its mount is gone), then stops it: SIGTERM, and SIGKILL after
+    /// `TERM_GRACE`. Returns whether it had exited by itself.
+    pub fn finish(mut self, grace: Duration) -> bool {
+        let deadline = Instant::now() + grace;
+        let mut pause = Duration::from_millis(1);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+        stop(&mut self.child, self.tool);
+        false
+    }
+}
+
 /// A nameless file on disk in `dir` (created, then unlinked at once: a
 /// killed run leaves nothing behind), for large tool output and lists.
 pub fn scratch_file(dir: &std::path::Path, name: &str) -> Result<File> {

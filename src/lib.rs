@@ -12,6 +12,7 @@ pub mod error;
 pub mod exec;
 pub mod fingerprint;
 pub mod guard;
+pub mod human;
 pub mod interrupt;
 pub mod log;
 pub mod mount;

@@ -4,7 +4,8 @@
 mod cli;
 
 use ciphersync::{
-    config, crypt, error, interrupt, log, remote, restore, run, snapshots, status, sync, verify,
+    config, crypt, error, human, interrupt, log, remote, restore, run, snapshots, status, sync,
+    verify,
 };
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -204,52 +205,9 @@ fn report(cli: &Cli, job: &Job, stage: Stage, result: &StageResult) -> i32 {
 }
 
 fn print_human(job: &Job, stage: Stage, result: &StageResult) {
-    let s = &result.stats;
-    match (result.outcome, stage) {
-        (Outcome::Ok, Stage::Backup) => println!(
-            "backup of {} ok: {} files, {} transferred ({} bytes), {} deleted; snapshot {}",
-            job.name,
-            s["files"],
-            s["transferred"],
-            s["bytes_transferred"],
-            s["deleted"],
-            s["snapshot"].as_str().unwrap_or("-")
-        ),
-        (Outcome::Ok, Stage::Restore) => println!(
-            "restored {} files ({} bytes) of {} into {}",
-            s["files"],
-            s["bytes"],
-            job.name,
-            s["to"].as_str().unwrap_or("?")
-        ),
-        (Outcome::Ok | Outcome::Mismatch, _) => {
-            println!(
-                "{} of {}: {} ({} files)",
-                stage.key(),
-                job.name,
-                result.outcome.as_str(),
-                s["files"]
-            );
-            for list in ["missing", "extra", "changed"] {
-                for path in s[list].as_array().into_iter().flatten() {
-                    println!("  {list}: {}", path.as_str().unwrap_or("?"));
-                }
-            }
-        }
-        (_, _) => {
-            let message = result
-                .error
-                .as_ref()
-                .map(|e| e.message.as_str())
-                .unwrap_or("");
-            eprintln!(
-                "ciphersync: {} of {} {}: {message}",
-                stage.key(),
-                job.name,
-                result.outcome.as_str()
-            );
-        }
-    }
+    let (out, err) = human::result_lines(&job.name, stage, &result.to_json());
+    out.iter().for_each(|line| println!("{line}"));
+    err.iter().for_each(|line| eprintln!("{line}"));
 }
 
 /// `snapshots`: one row per run that can be rebuilt, oldest first.
@@ -264,11 +222,17 @@ fn list_snapshots(cli: &Cli, job: &Job) -> Result<i32> {
             "time": status::parse_snapshot_id(id).map(status::rfc3339),
             "files": header.files,
             "bytes": header.bytes,
-            "changed": header.transferred + header.deleted,
+            "changed": header.changed,
         }));
     }
     if cli.json {
         println!("{}", json!({ "job": job.name, "snapshots": rows }));
+    } else if rows.is_empty() {
+        println!(
+            "{} has no snapshots yet: the first successful `ciphersync backup {}` makes one",
+            human::escape(&job.name),
+            human::escape(&job.name)
+        );
     } else {
         println!(
             "{:<18} {:<21} {:>10} {:>14} {:>8}",
@@ -344,36 +308,7 @@ fn all_jobs(cli: &Cli) -> Result<Vec<Job>> {
 }
 
 fn print_status_table(docs: &[Value]) {
-    println!(
-        "{:<16} {:<12} {:<12} {:<21} {:>10}  detail",
-        "JOB", "STAGE", "OUTCOME", "FINISHED", "SECONDS"
-    );
-    for doc in docs {
-        let job = doc["job"].as_str().unwrap_or("?");
-        for stage in Stage::ALL {
-            let s = &doc["stages"][stage.key()];
-            if s.is_null() {
-                continue;
-            }
-            let detail = s["error"]["message"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| match stage {
-                    Stage::Backup => format!(
-                        "snapshot {}",
-                        s["stats"]["snapshot"].as_str().unwrap_or("-")
-                    ),
-                    _ => format!("{} files", s["stats"]["files"]),
-                });
-            println!(
-                "{:<16} {:<12} {:<12} {:<21} {:>10.1}  {}",
-                job,
-                stage.key(),
-                s["outcome"].as_str().unwrap_or("?"),
-                s["finished_at"].as_str().unwrap_or("?"),
-                s["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0,
-                detail
-            );
-        }
-    }
+    human::status_lines(docs)
+        .iter()
+        .for_each(|line| println!("{line}"));
 }

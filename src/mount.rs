@@ -7,12 +7,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, IoContext, Kind, Result};
-use crate::exec::{Cmd, Output};
-use crate::log;
+use crate::exec::{Cmd, Daemon, Output};
+use crate::{interrupt, log};
 
 /// An unmount that hangs (a daemon stuck on a dead link) is given up on
 /// after this; the lazy unmount that follows detaches it anyway.
 const UNMOUNT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a daemon gets to exit by itself once its mount is gone before
+/// it is stopped (see `exec::Daemon`).
+const DAEMON_EXIT_GRACE: Duration = Duration::from_secs(5);
 
 /// The FUSE file system types as /proc/self/mountinfo names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,28 +42,28 @@ pub struct Mount {
     active: bool,
     /// The mount's root, held open (see `pinned`).
     root: Option<std::fs::File>,
+    /// The FUSE daemon serving it, our child (see `exec::Daemon`).
+    daemon: Option<Daemon>,
 }
 
 impl Mount {
-    /// Records a mount that `mount_command` has just made (the command's
-    /// parent exits once the daemon serves the mount point), and checks it.
-    /// `explain` turns a failed mount command into the error the user sees.
+    /// Starts `daemon_command` (a FUSE daemon in the foreground), waits
+    /// until its mount appears at `point`, and checks it. `explain` turns a
+    /// daemon that ended before mounting into the error the user sees.
     pub fn establish(
         point: &Path,
         fs_type: FsType,
-        mount_command: Cmd,
+        daemon_command: Cmd,
         explain: impl FnOnce(&Output) -> Error,
     ) -> Result<Mount> {
-        let output = mount_command.run()?;
-        if !output.success() {
-            return Err(explain(&output));
-        }
         let mut mount = Mount {
             point: point.to_owned(),
             fs_type,
-            active: true,
+            active: false,
             root: None,
+            daemon: Some(daemon_command.spawn_daemon()?),
         };
+        mount.wait_until_mounted(explain)?;
         mount.check_live()?;
         mount.root = Some(
             std::fs::File::open(point)
@@ -74,6 +77,31 @@ impl Mount {
             )
         });
         Ok(mount)
+    }
+
+    /// Polls until the daemon's mount shows at the point. There is no time
+    /// limit: the daemon either mounts or ends (a wrong password, a server
+    /// that refuses), and a signal to the helper stops the wait.
+    fn wait_until_mounted(&mut self, explain: impl FnOnce(&Output) -> Error) -> Result<()> {
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if mounted_type_at(&self.point)?.as_deref() == Some(self.fs_type.mountinfo_name()) {
+                self.active = true;
+                return Ok(());
+            }
+            let daemon = self.daemon.as_mut().expect("the daemon is kept until drop");
+            if let Some(output) = daemon.ended()? {
+                self.daemon = None;
+                return Err(explain(&output));
+            }
+            if interrupt::requested() {
+                // Drop stops the daemon and undoes a mount made meanwhile.
+                self.active = true;
+                return Err(Error::interrupted());
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
     }
 
     pub fn point(&self) -> &Path {
@@ -129,7 +157,24 @@ impl Mount {
     pub fn unmount(mut self) -> Result<()> {
         self.active = false;
         self.root = None;
-        unmount_point(&self.point)
+        let unmounted = unmount_point(&self.point);
+        self.end_daemon();
+        unmounted
+    }
+
+    /// After the unmount: the daemon exits by itself, or is stopped.
+    fn end_daemon(&mut self) {
+        if let Some(daemon) = self.daemon.take() {
+            let pid = daemon.pid();
+            if !daemon.finish(DAEMON_EXIT_GRACE) {
+                log::warn(format!(
+                    "the {} daemon (pid {pid}) of {} still ran {} s after its unmount and was stopped",
+                    self.fs_type.mountinfo_name(),
+                    self.point.display(),
+                    DAEMON_EXIT_GRACE.as_secs()
+                ));
+            }
+        }
     }
 }
 
@@ -141,6 +186,7 @@ impl Drop for Mount {
         {
             log::warn(format!("{e}"));
         }
+        self.end_daemon();
     }
 }
 

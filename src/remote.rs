@@ -195,12 +195,18 @@ impl Ssh {
     /// Mounts the job's remote directory with sshfs.
     pub fn mount(&self, point: &Path) -> Result<Mount> {
         let cmd = Cmd::new("sshfs")
+            // -f: the daemon is our child (see exec::Daemon).
+            .arg("-f")
             .arg("-F")
             .arg(&self.config_file)
             .arg(format!("{HOST_ALIAS}:{}", self.sftp.path.display()))
             .arg(point)
             // Keep FUSE from caching stale attributes of files rsync renames.
-            .args(["-o", "noatime", "-o"])
+            .args(["-o", "noatime"])
+            // The server is not trusted: a symlink it stores must not lead
+            // out of the mount. sshfs 3.7 does this by default; say it, so
+            // that an sshfs without that default fails instead of following.
+            .args(["-o", "contain_symlinks", "-o"])
             .arg(format!("max_conns={}", self.sftp.connections));
         Mount::establish(point, FsType::Sshfs, cmd, |out| {
             self.connection_error(&out.stderr, "mounting with sshfs")

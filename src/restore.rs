@@ -86,6 +86,7 @@ pub fn restore(ctx: &Context, request: &RestoreRequest) -> Result<Done> {
     crate::mount::prepare_point(&plain_point)?;
     let plain = crypt::mount_forward(job, &cipher_dir, &plain_point)?;
     let stats = copy_out(job, plain.point(), &request.paths, &to)?;
+    give_root_mode(plain.point(), &to)?;
     plain.unmount()?;
     drop(stage);
     drop(remote);
@@ -98,6 +99,27 @@ pub fn restore(ctx: &Context, request: &RestoreRequest) -> Result<Done> {
             "bytes": stats.bytes_transferred,
         }),
     })
+}
+
+/// `--to` was made private (0700) while the copy ran; now it gets the
+/// permission bits of the backed-up root, also when only some paths were
+/// restored. Never setuid, setgid or sticky bits: those are not the
+/// server's to choose. Changed through a descriptor opened without
+/// following a link.
+fn give_root_mode(plain_root: &Path, to: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mode = std::fs::metadata(plain_root)
+        .ctx(|| format!("reading the mode of {}", plain_root.display()))?
+        .permissions()
+        .mode()
+        & 0o777;
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+        .open(to)
+        .ctx(|| format!("opening {}", to.display()))?;
+    dir.set_permissions(std::fs::Permissions::from_mode(mode))
+        .ctx(|| format!("setting mode {mode:o} on {}", to.display()))
 }
 
 /// Copies all or the named plaintext paths out of a decrypted mount. All

@@ -97,7 +97,6 @@ fn reuse_kept_list(job: &Job, source: &SourceState, since: Option<i128>) -> Opti
         return None;
     }
     let kept = verify_cache::reuse(&job.state_dir, source)?;
-    log::info("the source has not changed since the last verify: its local checksums are reused");
     Some(LocalList {
         list: kept.list,
         tally: Tally {
@@ -133,6 +132,10 @@ fn local_side(
     });
     let view = view?;
     if let Some(kept) = kept {
+        // Said only now: with a wrong password the mount fails first.
+        log::info(
+            "the source has not changed since the last verify: its local checksums are reused",
+        );
         return Ok((view, kept, source));
     }
     // The fingerprint was taken before this reads the view: a change in
@@ -222,7 +225,9 @@ fn local_list(ctx: &Context, view: &Path, since: Option<i128>) -> Result<LocalLi
             checksums::write_cache_line(&mut new_cache, &file)
                 .map_err(|e| Error::io("writing the sha1 cache", e))?;
         }
-        local.files += 1;
+        // gocryptfs' own files are checked like any other, but counted
+        // like backup, snapshots and deep verify count: the user's files.
+        local.files += usize::from(!crate::snapshots::is_gocryptfs_metadata(&file.rel));
         local.hashed += usize::from(file.read);
         let pending = since.is_some_and(|start| i128::from(file.stamp.changed_ns()) >= start);
         local.pending += usize::from(pending);

@@ -1,0 +1,292 @@
+//! What a person reads: one sentence per result, the right count word
+//! (`1 file`, `2 files`), and every name from a backup or a target escaped,
+//! so that a hostile file name cannot send escape sequences to a terminal.
+//!
+//! It reads results in their published JSON form (the `--json` output and
+//! status.json), so the lines say exactly what the JSON says.
+
+use serde_json::Value;
+
+use crate::status::Stage;
+
+/// `n` with its noun: `1 file`, `2 files`, `0 files`.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+fn files(n: u64) -> String {
+    count(n, "file", "files")
+}
+
+fn bytes(n: u64) -> String {
+    count(n, "byte", "bytes")
+}
+
+/// A name or message for a terminal: control characters (C0, DEL, C1) and
+/// backslashes are written as escapes (`\n`, `\x1b`, `\u{9b}`, `\\`).
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if ('\u{80}'..='\u{9f}').contains(&c) => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn number(stats: &Value, key: &str) -> u64 {
+    stats[key].as_u64().unwrap_or(0)
+}
+
+fn text<'a>(stats: &'a Value, key: &str) -> &'a str {
+    stats[key].as_str().unwrap_or("-")
+}
+
+/// The lines for one stage's result (`result` as `StageResult::to_json`
+/// gives it): on stdout for a result, on stderr for a failure.
+pub fn result_lines(job: &str, stage: Stage, result: &Value) -> (Vec<String>, Vec<String>) {
+    let outcome = result["outcome"].as_str().unwrap_or("failed");
+    let stats = &result["stats"];
+    let job = escape(job);
+    let stage_name = stage.key().replace('_', " ");
+    if !matches!(outcome, "ok" | "mismatch") {
+        let message = result["error"]["message"].as_str().unwrap_or("");
+        let line = format!(
+            "ciphersync: {stage_name} of {job} {outcome}: {}",
+            escape(message)
+        );
+        return (Vec::new(), vec![line]);
+    }
+    let lines = match stage {
+        Stage::Backup => vec![backup_line(&job, stats)],
+        Stage::Restore => vec![restore_line(&job, stats)],
+        Stage::Prune => prune_lines(&job, stats),
+        Stage::Verify | Stage::DeepVerify => verify_lines(&job, &stage_name, outcome, stats),
+    };
+    (lines, Vec::new())
+}
+
+fn backup_line(job: &str, s: &Value) -> String {
+    format!(
+        "backup of {job} ok: {} in the backup; {} sent ({} encrypted), {} deleted; snapshot {}",
+        files(number(s, "files")),
+        files(number(s, "transferred")),
+        bytes(number(s, "bytes_transferred")),
+        files(number(s, "deleted")),
+        text(s, "snapshot"),
+    )
+}
+
+fn restore_line(job: &str, s: &Value) -> String {
+    let from = match s["snapshot"].as_str() {
+        Some(id) => format!("snapshot {id} of {job}"),
+        None => format!("the latest backup of {job}"),
+    };
+    format!(
+        "restored {} ({}) from {from} into {}",
+        files(number(s, "files")),
+        bytes(number(s, "bytes")),
+        escape(text(s, "to")),
+    )
+}
+
+fn prune_lines(job: &str, s: &Value) -> Vec<String> {
+    let records = string_list(&s["records"]);
+    let dirs = string_list(&s["snapshot_dirs"]);
+    let dry = s["dry_run"].as_bool().unwrap_or(false);
+    if records.is_empty() && dirs.is_empty() {
+        return vec![format!(
+            "prune of {job}: nothing to delete, every run is kept"
+        )];
+    }
+    let what = format!(
+        "{} and {}",
+        count(records.len() as u64, "record", "records"),
+        count(dirs.len() as u64, "snapshot dir", "snapshot dirs"),
+    );
+    let mut lines = vec![match dry {
+        true => format!("prune of {job} (dry run): would delete {what}:"),
+        false => format!("prune of {job}: deleted {what}"),
+    }];
+    if dry {
+        lines.extend(
+            records
+                .iter()
+                .map(|r| format!("  records/{}.rec", escape(r))),
+        );
+        lines.extend(dirs.iter().map(|d| format!("  snapshots/{}/", escape(d))));
+    }
+    lines
+}
+
+fn verify_lines(job: &str, stage: &str, outcome: &str, s: &Value) -> Vec<String> {
+    let total = number(s, "files");
+    let lists = ["missing", "extra", "changed"].map(|list| (list, string_list(&s[list])));
+    let differing: usize = lists.iter().map(|(_, l)| l.len()).sum();
+    let mut lines = vec![match outcome {
+        "ok" => format!("{stage} of {job} ok: {} match", files(total)),
+        _ => format!(
+            "{stage} of {job} found {}: {} in the backup",
+            count(differing as u64, "difference", "differences"),
+            files(total)
+        ),
+    }];
+    for (list, paths) in &lists {
+        lines.extend(paths.iter().map(|p| format!("  {list}: {}", escape(p))));
+    }
+    lines
+}
+
+fn string_list(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|x| {
+            x.as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| x.to_string())
+        })
+        .collect()
+}
+
+/// The `status` table: one row per stage that has run, and for a job
+/// with no recorded run, a line that says so and what to run.
+pub fn status_lines(docs: &[Value]) -> Vec<String> {
+    let mut lines = vec![format!(
+        "{:<16} {:<12} {:<12} {:<21} {:>10}  detail",
+        "JOB", "STAGE", "OUTCOME", "FINISHED", "SECONDS"
+    )];
+    for doc in docs {
+        let job = escape(doc["job"].as_str().unwrap_or("?"));
+        let ran: Vec<Stage> = Stage::ALL
+            .into_iter()
+            .filter(|stage| !doc["stages"][stage.key()].is_null())
+            .collect();
+        if ran.is_empty() {
+            lines.push(format!(
+                "{job:<16} no run recorded yet: start with `ciphersync backup {job}`"
+            ));
+        }
+        for stage in ran {
+            let s = &doc["stages"][stage.key()];
+            lines.push(format!(
+                "{:<16} {:<12} {:<12} {:<21} {:>10.1}  {}",
+                job,
+                stage.key(),
+                s["outcome"].as_str().unwrap_or("?"),
+                s["finished_at"].as_str().unwrap_or("?"),
+                s["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0,
+                status_detail(stage, s)
+            ));
+        }
+    }
+    lines
+}
+
+fn status_detail(stage: Stage, s: &Value) -> String {
+    if let Some(message) = s["error"]["message"].as_str() {
+        return escape(message);
+    }
+    let st = &s["stats"];
+    match stage {
+        Stage::Backup => format!(
+            "snapshot {}, {}",
+            text(st, "snapshot"),
+            files(number(st, "files"))
+        ),
+        Stage::Prune => {
+            let (records, dirs) = (
+                string_list(&st["records"]),
+                string_list(&st["snapshot_dirs"]),
+            );
+            match (records.len(), dirs.len(), st["dry_run"] == true) {
+                (0, 0, _) => "nothing to delete".to_string(),
+                (r, d, dry) => format!(
+                    "{} {} and {}",
+                    if dry { "would delete" } else { "deleted" },
+                    count(r as u64, "record", "records"),
+                    count(d as u64, "snapshot dir", "snapshot dirs"),
+                ),
+            }
+        }
+        Stage::Restore => format!(
+            "{} into {}",
+            files(number(st, "files")),
+            escape(text(st, "to"))
+        ),
+        Stage::Verify | Stage::DeepVerify => files(number(st, "files")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn counts_take_the_right_word() {
+        assert_eq!(files(0), "0 files");
+        assert_eq!(files(1), "1 file");
+        assert_eq!(files(2), "2 files");
+        assert_eq!(count(1, "snapshot dir", "snapshot dirs"), "1 snapshot dir");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(
+            escape("a\x1b[31mb\nc\\d\u{9b}e\u{7f}"),
+            "a\\x1b[31mb\\nc\\\\d\\u{9b}e\\x7f"
+        );
+        assert_eq!(escape("Grüße"), "Grüße");
+    }
+
+    #[test]
+    fn dry_run_prune_lists_what_it_would_delete() {
+        let result = json!({"outcome": "ok", "stats": {
+            "dry_run": true, "records": ["20260101T000000Z"], "snapshot_dirs": ["20260101T000000Z", "20260102T000000Z"]}});
+        let (out, err) = result_lines("docs", Stage::Prune, &result);
+        assert!(err.is_empty(), "a dry run printed an error: {err:?}");
+        assert_eq!(
+            out,
+            [
+                "prune of docs (dry run): would delete 1 record and 2 snapshot dirs:",
+                "  records/20260101T000000Z.rec",
+                "  snapshots/20260101T000000Z/",
+                "  snapshots/20260102T000000Z/",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_hostile_name_in_a_difference_is_escaped() {
+        let result = json!({"outcome": "mismatch", "stats": {
+            "files": 1, "missing": [], "extra": ["\u{1b}]0;pwned\u{7}"], "changed": []}});
+        let (out, _) = result_lines("docs", Stage::Verify, &result);
+        assert_eq!(
+            out,
+            [
+                "verify of docs found 1 difference: 1 file in the backup",
+                "  extra: \\x1b]0;pwned\\x07"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_job_that_never_ran_says_what_to_run() {
+        let lines = status_lines(&[json!({"job": "docs"})]);
+        assert_eq!(
+            lines[1],
+            "docs             no run recorded yet: start with `ciphersync backup docs`"
+        );
+    }
+}

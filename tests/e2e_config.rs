@@ -61,7 +61,7 @@ fn rejects(case: &str, field: &str, mutate: impl FnOnce(&mut Value)) {
 fn valid_sftp_and_local_configs_pass_without_touching_paths() {
     let tmp = TempDir::new("cfg-valid");
     let v = valid(tmp.path());
-    check(&tmp, "full.json", &v).expect_code(0, "check-config on the design.md example");
+    check(&tmp, "full.json", &v).expect_code(0, "check-config on the README example");
     // minimal: only the required fields, defaults for the rest
     let mut min = v.clone();
     for k in [

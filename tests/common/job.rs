@@ -1,4 +1,4 @@
-//! [`Job`] / [`JobBuilder`]: a job file (design.md format) plus helpers to
+//! [`Job`] / [`JobBuilder`]: a job file (README "Job file" format) plus helpers to
 //! run the real binary against it ([`Job::trust_stamps`] included) and to
 //! read its status file.
 

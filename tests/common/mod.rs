@@ -16,7 +16,7 @@
 //! * [`run`] — [`Running`], [`Out`], [`run_cmd`], the `--json` readers.
 //! * [`sshd`] — [`Sshd`]: a throwaway sshd on 127.0.0.1 with its own host and
 //!   client key.
-//! * [`job`] — [`Job`] / [`JobBuilder`]: a job file (design.md format) plus
+//! * [`job`] — [`Job`] / [`JobBuilder`]: a job file (README "Job file" format) plus
 //!   helpers to run the real binary against it and to read its status file.
 //! * [`flows`] — checks several tests share ([`Job::backup_ok`], ...).
 //! * [`tree`] — [`make_sample_tree`], [`make_big_tree`],

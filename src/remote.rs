@@ -359,13 +359,9 @@ fn check_known_hosts_file(s: &Sftp) -> Result<()> {
     }
 }
 
-/// Writes a file readable by its owner only.
+/// Writes a file readable by its owner only (AtomicFile creates 0600).
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut file = File::create(path).ctx(|| format!("cannot write {}", path.display()))?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .ctx(|| format!("chmod {}", path.display()))?;
-    file.write_all(bytes)
-        .ctx(|| format!("cannot write {}", path.display()))
+    crate::fsutil::write_atomic(path, bytes)
 }
 
 /// Where a stage reaches the remote.
@@ -496,14 +492,14 @@ impl Remote {
             .ctx(|| format!("rewinding the content of {rel}"))?;
         match self {
             Remote::Path { root, .. } => {
-                let path = root.join(rel);
-                let mut file = crate::status::AtomicFile::create(&path)?;
+                let mut file = crate::fsutil::AtomicFile::create_under(root, rel)?;
                 std::io::copy(&mut content, &mut file)
-                    .ctx(|| format!("writing {}", path.display()))?;
+                    .ctx(|| format!("writing {}", root.join(rel).display()))?;
                 file.commit()
             }
             Remote::Shell { ssh } => {
-                // The same temp name as status::AtomicFile: `.name.tmp`.
+                // On the server's own disk: what it does there is its own
+                // business, the client only names the files.
                 let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
                 let temp_rel = Path::new(dir).join(format!(".{name}.tmp"));
                 let (temp, target) = (
@@ -667,7 +663,7 @@ impl Remote {
             Place::Local(root) => {
                 for (from, to) in pairs {
                     interrupt::check()?;
-                    copy_preserving(&root.join(from), &root.join(to))?;
+                    crate::fsutil::copy_below(root, from, to, GOCRYPTFS_SMALL_FILE_LIMIT)?;
                 }
                 Ok(())
             }
@@ -771,18 +767,10 @@ fn parse_find_line(line: &str) -> Result<TreeEntry> {
     })
 }
 
-fn copy_preserving(from: &Path, to: &Path) -> Result<()> {
-    std::fs::copy(from, to).ctx(|| format!("copying {} to {}", from.display(), to.display()))?;
-    if let Ok(meta) = std::fs::metadata(from)
-        && let Ok(mtime) = meta.modified()
-    {
-        let _ = std::fs::File::options()
-            .write(true)
-            .open(to)
-            .and_then(|f| f.set_modified(mtime));
-    }
-    Ok(())
-}
+/// gocryptfs.diriv (16 bytes), a long name's .name file (a name of at
+/// most a few KiB) and gocryptfs.conf (about 1 KiB) are all a snapshot
+/// dir is completed with: anything larger on the target is not one.
+const GOCRYPTFS_SMALL_FILE_LIMIT: u64 = 64 * 1024;
 
 fn remove_local(path: &Path) -> Result<()> {
     let result = match std::fs::symlink_metadata(path) {

@@ -265,7 +265,7 @@ fn rebuild(ctx: &Context, remote: &Remote, id: &str) -> Result<Stage> {
             None => root.join(FILES),
         };
         let names: Vec<&[u8]> = entries.iter().map(|e| e.path.as_bytes()).collect();
-        std::fs::write(&list, names.join(&0u8)).ctx(|| format!("writing {}", list.display()))?;
+        fsutil::write_atomic(&list, &names.join(&0u8))?;
         let out = Cmd::new("rsync")
             .args(["-a", "-H", "--no-owner", "--no-group", "--from0"])
             .args(untrusted_copy_flags(false))

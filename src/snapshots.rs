@@ -475,7 +475,7 @@ fn write_record_by_walk(
         .into_inner()
         .map_err(|e| write_error(e.into_error()))?;
     entries.seek(SeekFrom::Start(0)).map_err(write_error)?;
-    let mut record = AtomicFile::create(&root.join(record_path(&header.snapshot)))?;
+    let mut record = AtomicFile::create_under(root, &record_path(&header.snapshot))?;
     record
         .write_all(header.to_text().as_bytes())
         .and_then(|_| std::io::copy(&mut entries, &mut record).map(|_| ()))

@@ -657,8 +657,7 @@ fn repair_damaged(ctx: &Context, rsync: &Rsync) -> Result<Stats> {
         return Ok(Stats::default());
     }
     let files_from = ctx.runtime("repair.files");
-    std::fs::write(&files_from, present.join("\0"))
-        .ctx(|| format!("writing {}", files_from.display()))?;
+    crate::fsutil::write_atomic(&files_from, present.join("\0").as_bytes())?;
     log::info(format!(
         "re-sending {} file(s) that the last verify found damaged",
         present.len()

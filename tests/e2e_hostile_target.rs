@@ -196,3 +196,36 @@ fn dirs_that_others_own_or_may_write_are_refused() {
     job.ok(&["backup"]);
     job.assert_clean();
 }
+
+/// Attack 2: the target plants links where backup writes next (its
+/// records dir, the uploaded config): nothing is written through them.
+#[test]
+fn writes_to_the_target_never_follow_planted_links() {
+    if !require_tools(
+        "planted_links_on_write",
+        &["gocryptfs", "fusermount3", "rsync"],
+    ) {
+        return;
+    }
+    let (job, _, _) = backed_up("hostile-write");
+    let elsewhere = job.root.join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    let records = job.target_path.join("records");
+    fs::rename(&records, job.root.join("records-moved")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &records).unwrap();
+
+    fs::write(job.source.join("new"), "a change to back up\n").unwrap();
+    let o = job.run(&["backup"]);
+    assert_ne!(o.code, 0, "backup wrote its record through a planted link");
+    assert!(
+        o.stderr.contains("not a directory (a symlink or a file)"),
+        "the error should name the planted link: {}",
+        o.stderr
+    );
+    let written: Vec<_> = fs::read_dir(&elsewhere).unwrap().collect();
+    assert!(
+        written.is_empty(),
+        "files written through the link: {written:?}"
+    );
+    job.assert_clean();
+}

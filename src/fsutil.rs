@@ -350,6 +350,22 @@ impl Drop for AtomicFile {
     }
 }
 
+/// Opens `rel` below a target's root for reading: a regular file, reached
+/// through no link; `None` if it is missing.
+pub fn open_below(root: &Path, rel: &str) -> Result<Option<File>> {
+    let (dir, name) = split_rel(rel);
+    let dir = match Dir::below(root, dir) {
+        Ok(dir) => dir,
+        Err(e) if e.kind == Kind::Io && !root.join(rel).exists() => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    match dir.open_file(name) {
+        Ok(file) => Ok(Some(file)),
+        Err(_) if std::fs::symlink_metadata(root.join(rel)).is_err() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Copies `from` to `to`, both relative to a target's root, keeping the
 /// mode and mtime: gocryptfs' small per-directory files, copied into a
 /// snapshot dir. Neither side is reached through a link, and at most

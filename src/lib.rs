@@ -15,6 +15,7 @@ pub mod fsutil;
 pub mod guard;
 pub mod human;
 pub mod interrupt;
+pub mod limits;
 pub mod log;
 pub mod mount;
 pub mod pool;

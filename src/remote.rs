@@ -450,11 +450,15 @@ impl Remote {
         }
     }
 
-    /// Reads a small file relative to the remote root; None if it is missing.
-    pub fn read_file(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+    /// Reads a file relative to the remote root, at most `limit` bytes
+    /// (the target decides how large it is); None if it is missing.
+    pub fn read_file(&self, rel: &str, limit: u64) -> Result<Option<Vec<u8>>> {
+        let what = format!("{rel} on the target");
         match self {
-            Remote::Path { root, .. } => match std::fs::read(root.join(rel)) {
-                Ok(bytes) => Ok(Some(bytes)),
+            Remote::Path { root, .. } => match std::fs::File::open(root.join(rel)) {
+                Ok(file) => {
+                    crate::limits::read_text(file, limit, &what).map(|t| Some(t.into_bytes()))
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(Error::io(
                     format!("reading {} on the target", root.join(rel).display()),
@@ -469,7 +473,35 @@ impl Remote {
                     SHORT_COMMAND,
                 )?;
                 match out.code() {
-                    Some(0) => Ok(Some(out.stdout_string()?.into_bytes())),
+                    Some(0) => crate::limits::read_text(out.stdout_reader()?, limit, &what)
+                        .map(|t| Some(t.into_bytes())),
+                    Some(44) => Ok(None),
+                    _ => Err(remote_failure(ssh, &out, &format!("cannot read {rel}"))),
+                }
+            }
+        }
+    }
+
+    /// A file relative to the remote root, to stream from (a record can be
+    /// large): on a path target opened in place, through no link; from a
+    /// server, copied into `scratch` (on disk, not in memory). None if it
+    /// is missing.
+    pub fn open_file(&self, rel: &str, scratch: File) -> Result<Option<File>> {
+        match self {
+            Remote::Path { root, .. } => crate::fsutil::open_below(root, rel),
+            Remote::Shell { ssh } => {
+                let path = quote_path(&ssh.sftp.path.join(rel));
+                // At most what a record of the largest tree can hold.
+                let limit = crate::limits::MAX_TREE_ENTRIES as u64 * 160;
+                let cmd = ssh
+                    .command(&format!(
+                        "if [ -f {path} ]; then head -c {limit} -- {path}; else exit 44; fi"
+                    ))
+                    .stdout_to(scratch)
+                    .timeout(SHORT_COMMAND * 12);
+                let out = cmd.run()?;
+                match out.code() {
+                    Some(0) => out.into_stdout().map(Some),
                     Some(44) => Ok(None),
                     _ => Err(remote_failure(ssh, &out, &format!("cannot read {rel}"))),
                 }
@@ -709,6 +741,12 @@ fn list_local_tree(dir: &Path) -> Result<Vec<TreeEntry>> {
         interrupt::check()?;
         let entry = entry.map_err(|e| crate::walk::error(dir, e))?;
         entries.push(TreeEntry::of(dir, &entry)?);
+        if entries.len() > crate::limits::MAX_TREE_ENTRIES {
+            return Err(crate::limits::too_much(
+                &format!("{} on the target", dir.display()),
+                format!("more than {} entries", crate::limits::MAX_TREE_ENTRIES),
+            ));
+        }
     }
     Ok(entries)
 }

@@ -18,7 +18,8 @@ let
   stateDir = name: "${config.xdg.stateHome}/ciphersync/${name}";
   configFile = name: "${config.xdg.configHome}/ciphersync/${name}.json";
 
-  ciphersync = args: lib.escapeShellArgs ([ "${cfg.package}/bin/ciphersync" ] ++ args);
+  # systemd's quoting, not a shell's (nixpkgs' utils.escapeSystemdExecArgs).
+  ciphersync = args: jobLib.escapeSystemdExecArgs ([ "${cfg.package}/bin/ciphersync" ] ++ args);
 
   # No sandboxing options: in the user manager they need user namespaces and
   # each of them implies NoNewPrivileges=yes, which disables the setuid

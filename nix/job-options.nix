@@ -34,9 +34,33 @@ let
       description = "known_hosts line (\"HOSTS KEYTYPE BASE64KEY [COMMENT]\")";
     };
 
-  unitName = types.strMatching "[^[:space:]/]+\\.[a-z]+" // {
-    description = "systemd unit name with its suffix";
-  };
+  # nixpkgs' unitNameType (nixos/lib/systemd-lib.nix), the type of NixOS's
+  # own onFailure: what it refuses is refused here, at the job.
+  unitName =
+    types.strMatching "[a-zA-Z0-9@%:_.\\-]+[.](service|socket|device|mount|automount|swap|target|path|timer|scope|slice)"
+    // {
+      description = "systemd unit name with its type suffix";
+    };
+
+  # nixpkgs' utils.escapeSystemdExecArg(s) (nixos/lib/utils.nix), which the
+  # home-manager module cannot reach: each argument JSON-quoted (systemd
+  # accepts C-style quoting), "%" and "$" doubled so that systemd expands
+  # no specifier and no variable.
+  escapeSystemdExecArg =
+    arg:
+    let
+      s =
+        if builtins.isPath arg then
+          "${arg}"
+        else if builtins.isString arg then
+          arg
+        else if builtins.isInt arg || builtins.isFloat arg || lib.isDerivation arg then
+          toString arg
+        else
+          throw "escapeSystemdExecArg only allows strings, paths, numbers and derivations";
+    in
+    lib.replaceStrings [ "%" "$" ] [ "%%" "$$" ] (builtins.toJSON s);
+  escapeSystemdExecArgs = lib.concatMapStringsSep " " escapeSystemdExecArg;
 
   calendar = types.either types.str (types.listOf types.str);
 
@@ -458,6 +482,7 @@ in
     render
     jobFile
     stages
+    escapeSystemdExecArgs
     ;
   types = {
     inherit

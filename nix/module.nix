@@ -15,12 +15,6 @@ let
   cfg = config.services.ciphersync;
   jobLib = import ./job-options.nix { inherit lib; };
 
-  nonRootUsers = lib.unique (
-    lib.filter (u: u != "root") (lib.mapAttrsToList (_: job: job.user) cfg.jobs)
-  );
-
-  groupOf = job: if job.user == "root" then "root" else config.users.users.${job.user}.group;
-
   stateDir = name: "/var/lib/ciphersync/${name}";
   runtimeDir = name: "/run/ciphersync/${name}";
   configFile = name: "/etc/ciphersync/${name}.json";
@@ -34,7 +28,8 @@ let
       runtimeDir = runtimeDir name;
     };
 
-  ciphersync = args: lib.escapeShellArgs ([ "${cfg.package}/bin/ciphersync" ] ++ args);
+  # systemd's quoting, not a shell's (nixpkgs' utils.escapeSystemdExecArgs).
+  ciphersync = args: jobLib.escapeSystemdExecArgs ([ "${cfg.package}/bin/ciphersync" ] ++ args);
 
   # systemd.exec(5): for a process without CAP_SYS_ADMIN (any User= other
   # than root) each of these settings installs a seccomp filter and therefore
@@ -145,8 +140,10 @@ let
       };
       serviceConfig = {
         Type = "oneshot";
+        # The user's own primary group: no Group=, so that nothing here
+        # reads users.users (a job user given as
+        # config.users.users.<name>.name would make that a cycle).
         User = job.user;
-        Group = groupOf job;
         ExecStart = ciphersync (
           [
             "-c"
@@ -181,11 +178,14 @@ let
         # runtime dir) come later and keep their own flags. /dev (and so
         # /dev/fuse), /proc and /sys are left alone by ProtectSystem=.
         ProtectSystem = "strict";
+        # A local target that does not exist (an unplugged disk) is optional
+        # ("-"): the unit then reaches the helper, which says what is
+        # missing, instead of failing at namespace setup (226/NAMESPACE).
         ReadWritePaths = [
           (stateDir name)
           (runtimeDir name)
         ]
-        ++ lib.optional local job.target.path;
+        ++ lib.optional local "-${job.target.path}";
         # The source may live under /home; it is only read. ssh reads
         # ~/.ssh/config and keys but writes no known_hosts (a pinned file).
         ProtectHome = "read-only";
@@ -242,11 +242,12 @@ let
         default = "root";
         example = "backup";
         description = ''
-          User the job's units run as. A user that is not declared elsewhere
-          is declared as a system user with a group of the same name. A
-          non-root user reads the source through CAP_DAC_READ_SEARCH and
-          mounts through the setuid fusermount3; the passwordFile and
-          identityFile must be readable by it.
+          User the job's units run as, with its primary group. The module
+          declares no user: a user other than root must be declared in
+          `users.users` (for a service account: `isSystemUser = true` and a
+          group). A non-root user reads the source through
+          CAP_DAC_READ_SEARCH and mounts through the setuid fusermount3; the
+          passwordFile and identityFile must be readable by it.
         '';
       };
     };
@@ -307,7 +308,15 @@ in
           message = "services.ciphersync.jobs: two jobs write to the same target (host and path); each job needs its own target.path.";
         }
       )
-    ];
+    ]
+    # Only read here, in an assertion: the module declares no user, so
+    # that users.users and users.groups never depend on a job (a job user
+    # given as config.users.users.<name>.name, a user whose group is
+    # config.users.groups.<name>.name).
+    ++ lib.mapAttrsToList (name: job: {
+      assertion = job.user == "root" || config.users.users ? ${job.user};
+      message = "services.ciphersync.jobs.${name}.user: user ${job.user} is not declared; declare it, e.g. users.users.${job.user} = { isSystemUser = true; group = \"${job.user}\"; }; users.groups.${job.user} = { };";
+    }) cfg.jobs;
 
     environment.etc = lib.mapAttrs' (
       name: job:
@@ -327,18 +336,6 @@ in
           )
         ) cfg.jobs
       )
-    );
-
-    # Declared with a priority below mkDefault so that a user declared
-    # elsewhere (a normal user, or a system user with its own group) keeps
-    # its own settings.
-    users.users = lib.genAttrs nonRootUsers (user: {
-      isSystemUser = lib.mkOverride 1400 (!config.users.users.${user}.isNormalUser);
-      group = lib.mkOverride 1400 user;
-      description = lib.mkOverride 1400 "ciphersync backup user";
-    });
-    users.groups = lib.mkMerge (
-      map (user: lib.mkIf (config.users.users.${user}.group == user) { ${user} = { }; }) nonRootUsers
     );
 
     # fusermount3 as a setuid wrapper in /run/wrappers/bin and /etc/fuse.conf.

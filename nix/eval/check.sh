@@ -121,19 +121,57 @@ if [ -f "$tmp/assertions.json" ]; then
     fi
 fi
 
+# Regressions (issue 15), one evaluation each: an infinite recursion aborts
+# nix-instantiate, so it must fail its own case only.
+if names=$(evaluate regression-names 2>"$tmp/regression-names.err"); then
+    for name in $(python3 -c 'import json,sys; print(" ".join(json.load(sys.stdin)))' <<<"$names"); do
+        if out=$(evaluate "regressions.$name" 2>"$tmp/regression.err"); then
+            if [ "$out" = '"ok"' ]; then
+                echo "ok regression $name"
+            else
+                echo "FAIL regression $name: $out" >&2
+                failed=1
+            fi
+        else
+            echo "FAIL regression $name: evaluation failed: $(grep -m1 -E '^error' "$tmp/regression.err" || tail -1 "$tmp/regression.err")" >&2
+            failed=1
+        fi
+    done
+else
+    echo "FAIL regressions: $(cat "$tmp/regression-names.err")" >&2
+    failed=1
+fi
+
 # The VM test definitions: nodes evaluate with the stubs, the ciphersync
 # jobs they declare pass types and assertions, each testScript compiles.
 if nix-instantiate --eval --strict --json "$here/vm-tests.nix" --arg nixpkgsLib "$libdir" \
     >"$tmp/vm-tests.raw" 2>"$tmp/vm-tests.err"; then
     if python3 - "$tmp/vm-tests.raw" "$tmp/vm-tests.json" <<'PY'; then
 import json, sys
-tests = json.load(open(sys.argv[1]))
+data = json.load(open(sys.argv[1]))
+tests = data["tests"]
 for name, test in sorted(tests.items()):
     compile(test["testScript"], f"nix/tests/{name}.nix:testScript", "exec")
 summary = {name: {"name": t["name"], "nodes": t["nodes"]} for name, t in tests.items()}
 open(sys.argv[2], "w").write(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+open(sys.argv[2] + ".helpers.py", "w").write(data["pythonHelpers"])
 PY
         echo "ok vm-tests: test scripts compile"
+        # The leak check of the VM tests must see a FUSE mount that lives
+        # only in a unit's private mount namespace (PrivateMounts=), not
+        # only the test shell's /proc/mounts.
+        if out=$(python3 "$here/leak_check_test.py" "$tmp/vm-tests.json.helpers.py" 2>&1); then
+            echo "ok vm-tests: no_fuse_mounts sees mounts in every mount namespace"
+        else
+            echo "FAIL vm-tests: no_fuse_mounts: $out" >&2
+            failed=1
+        fi
+        if out=$(python3 "$here/hm_script_test.py" "$tmp/vm-tests.raw" "$tmp/hm-music.json" 2>&1); then
+            echo "ok vm-tests: the home-manager test runs ciphersync as alice with XDG_RUNTIME_DIR"
+        else
+            echo "FAIL vm-tests: home-manager testScript: $out" >&2
+            failed=1
+        fi
         compare vm-tests "$tmp/vm-tests.json" "$expected/vm-tests.json"
     else
         echo "FAIL vm-tests: a testScript does not compile" >&2

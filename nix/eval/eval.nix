@@ -120,6 +120,7 @@ let
 
   nixosCase = jobs: outcome evalNixos { services.ciphersync.package = pkgs.ciphersync; } [
     { services.ciphersync.jobs = jobs; }
+    { inherit (samples.nixos-photos) users; }
   ];
   withDocs = patch: nixosCase { docs = lib.recursiveUpdate docs patch; };
   withTarget = patch: nixosCase { docs = docs // { target = patch; }; };
@@ -154,11 +155,15 @@ let
     relative-target-path = withDocs { target.path = "backups/docs"; };
     missing-target-type = withTarget (removeAttrs docs.target [ "type" ]);
     onFailure-without-suffix = withDocs { onFailure = [ "notify-admin" ]; };
+    # 5. What NixOS's unitNameType refuses must be refused here, not later.
+    onFailure-unknown-suffix = withDocs { onFailure = [ "notify-admin.email" ]; };
+    onFailure-bad-character = withDocs { onFailure = [ "notify!admin.service" ]; };
     maxDeletePercent-over-100 = withDocs { maxDeletePercent = 101; };
     keepLast-zero = withDocs { snapshots.keepLast = 0; };
     plaintext-names-over-sftp = withDocs { filenames = "plaintext"; };
     unknown-option = withDocs { targte = { }; };
     bad-user-name = withPhotos { user = "Alice Smith"; };
+    undeclared-user = withPhotos { user = "bob"; };
     hm-sftp-without-knownHosts =
       outcome evalHm
         {
@@ -170,6 +175,106 @@ let
             services.ciphersync.jobs.music.target.knownHosts = [ ];
           })
         ];
+  };
+
+  # ---- regressions: defects a real evaluation found (issue 15) -----------
+  # Each is "ok" or says what is wrong. check.sh evaluates each one on its
+  # own: an infinite recursion aborts the evaluation (tryEval cannot catch
+  # it), and that must fail one case, not all.
+  evalPhotosWith =
+    modules:
+    (evalNixos (
+      [
+        { services.ciphersync.package = pkgs.ciphersync; }
+        { services.ciphersync.jobs.photos = photos; }
+      ]
+      ++ modules
+    )).config;
+  forced =
+    config:
+    builtins.deepSeq [
+      config.users.users
+      config.users.groups
+      config.systemd.services
+      (failedAssertions config)
+    ] config;
+  expect = what: ok: if ok then "ok" else what;
+  backupService = config: config.systemd.services.ciphersync-photos-backup.serviceConfig;
+
+  regressions = {
+    # 1. A service account whose group is taken from users.groups, the
+    # common NixOS idiom: the module must not make users.groups depend on
+    # users.users.
+    user-group-from-users-groups =
+      let
+        config = forced (evalPhotosWith [
+          (
+            { config, ... }:
+            {
+              services.ciphersync.jobs.photos.user = lib.mkForce "backup";
+              users.users.backup = {
+                isSystemUser = true;
+                group = config.users.groups.backup.name;
+              };
+              users.groups.backup = { };
+            }
+          )
+        ]);
+      in
+      expect "users.users.backup.group is ${config.users.users.backup.group}" (
+        config.users.users.backup.group == "backup" && failedAssertions config == [ ]
+      );
+    # 1. The job's user given as a reference to the declared user.
+    job-user-from-users-users =
+      let
+        config = forced (evalPhotosWith [
+          (
+            { config, ... }:
+            {
+              services.ciphersync.jobs.photos.user = lib.mkForce config.users.users.alice.name;
+              users.users.alice.isNormalUser = true;
+            }
+          )
+        ]);
+      in
+      expect "User= is ${(backupService config).User}" ((backupService config).User == "alice");
+    # 3. A user declared elsewhere keeps its own description (GECOS).
+    keeps-user-description =
+      let
+        config = forced (evalPhotosWith [
+          {
+            users.users.alice.isNormalUser = true;
+            users.users.alice.group = "users";
+          }
+        ]);
+      in
+      expect "users.users.alice.description became '${config.users.users.alice.description}'" (
+        config.users.users.alice.description == ""
+      );
+    # 4. A local target that does not exist yet must not stop the unit at
+    # namespace setup (226/NAMESPACE): "-" makes the path optional, and the
+    # helper reports the missing directory itself.
+    local-target-optional-in-ReadWritePaths =
+      let
+        paths = (backupService (forced (evalPhotosWith [ ]))).ReadWritePaths;
+      in
+      expect "ReadWritePaths = ${builtins.toJSON paths}" (
+        lib.elem "-/mnt/usb/photos" paths && !(lib.elem "/mnt/usb/photos" paths)
+      );
+    # 6. ExecStart is parsed by systemd, not a shell: its quoting, "%"
+    # specifiers and "$" variables (nixpkgs' utils.escapeSystemdExecArgs).
+    execstart-systemd-quoting =
+      let
+        config =
+          (evalHm [
+            (lib.recursiveUpdate samples.hm-music {
+              home.homeDirectory = "/home/al ice%h$USER'x";
+            })
+          ]).config;
+        got = config.systemd.user.services.ciphersync-music-backup.Service.ExecStart;
+        want = ''"/nix/store/00000000000000000000000000000000-ciphersync/bin/ciphersync" "-c" "/home/al ice%%h$$USER'x/.config/ciphersync/music.json" "backup"'';
+      in
+      expect "ExecStart is ${got}, want ${want}" (got == want);
   };
 
   # ---- option reference --------------------------------------------------
@@ -253,5 +358,7 @@ in
   nixos-photos = nixosShape "nixos-photos" samples.nixos-photos;
   hm-music = hmShape "hm-music" samples.hm-music;
   assertions = cases;
+  inherit regressions;
+  regression-names = lib.attrNames regressions;
   options-reference = optionReference;
 }

@@ -37,8 +37,15 @@
     };
   };
 
-  # Non-root job, local target (a mounted disk).
+  # Non-root job, local target (a mounted disk). The module declares no
+  # user: the job's user is a service account declared here, its group
+  # taken from users.groups as NixOS configurations commonly do.
   nixos-photos = {
+    users.users.alice = {
+      isSystemUser = true;
+      group = "alice";
+    };
+    users.groups.alice = { };
     services.ciphersync.package = pkgs.ciphersync;
     services.ciphersync.jobs.photos = {
       user = "alice";

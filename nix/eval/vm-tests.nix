@@ -91,6 +91,11 @@ let
       nodes = lib.mapAttrs (evalNode test.name) test.nodes;
     };
 in
-lib.genAttrs [ "backup-restore" "timers" "server-down" "home-manager" ] (
-  n: evalTest (../tests + "/${n}.nix")
-)
+{
+  tests = lib.genAttrs [ "backup-restore" "timers" "server-down" "home-manager" ] (
+    n: evalTest (../tests + "/${n}.nix")
+  );
+  # The Python helpers every testScript starts with; check.sh runs them
+  # against a fabricated /proc.
+  inherit ((import ../tests/common.nix { inherit pkgs self; })) pythonHelpers;
+}

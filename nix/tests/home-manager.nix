@@ -72,11 +72,17 @@ pkgs.testers.runNixOSTest {
     ${common.pythonHelpers}
 
     def as_alice(command):
-        return client.succeed(f"su - alice -c '{command}'")
+        # su starts no systemd session (nixpkgs' su PAM service has no
+        # pam_systemd), so XDG_RUNTIME_DIR is set here as a login sets it:
+        # the helper keeps its mount points there (the job file of a
+        # home-manager job has no runtime_dir).
+        return client.succeed(
+            f"su - alice -c 'export XDG_RUNTIME_DIR=/run/user/${toString uid}; {command}'"
+        )
 
 
     def user_systemctl(args):
-        return as_alice(f"XDG_RUNTIME_DIR=/run/user/${toString uid} systemctl --user {args}")
+        return as_alice(f"systemctl --user {args}")
 
 
     start_all()

@@ -67,9 +67,15 @@ let
     };
   };
 
-  user = {
-    options = {
-      isSystemUser = bool false;
+  user =
+    { name, ... }:
+    {
+      options = {
+        name = mkOption {
+          type = types.str;
+          default = name;
+        };
+        isSystemUser = bool false;
       isNormalUser = bool false;
       group = str;
       description = str;
@@ -78,12 +84,18 @@ let
         default = "/var/empty";
       };
       extraGroups = list;
+      };
     };
-  };
 
-  group = {
-    options = {
-      gid = mkOption {
+  group =
+    { name, ... }:
+    {
+      options = {
+        name = mkOption {
+          type = types.str;
+          default = name;
+        };
+        gid = mkOption {
         type = types.nullOr types.int;
         default = null;
       };

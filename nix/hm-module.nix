@@ -104,8 +104,7 @@ in
           photos = {
             source = "/home/alice/Pictures";
             passwordFile = "/home/alice/.config/ciphersync/photos.password";
-            target = {
-              type = "sftp";
+            target.sftp = {
               host = "u123456.your-storagebox.de";
               port = 23;
               user = "u123456";

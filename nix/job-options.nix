@@ -77,45 +77,39 @@ let
       '';
     };
 
-  targetModule = {
+  # The target is one of two kinds, a tagged union (types.attrTag): exactly
+  # one of `sftp` and `local`, each with only the options that apply to it,
+  # so a local target cannot carry an ssh option at all.
+  pathOption =
+    where:
+    mkOption {
+      type = absolutePath;
+      example = "/home/backups/docs";
+      description = ''
+        Absolute directory that holds `files/`, `snapshots/`, `checksums/`
+        and `records/`, ${where}.
+      '';
+    };
+
+  sftpModule = {
     options = {
-      type = mkOption {
-        type = types.enum [
-          "sftp"
-          "local"
-        ];
-        example = "sftp";
-        description = ''
-          `sftp`: an SFTP account reached over ssh. `local`: a directory on a
-          disk that is already mounted (no ssh involved).
-        '';
-      };
       host = mkOption {
-        type = types.nullOr types.str;
-        default = null;
+        type = types.str;
         example = "u123456.your-storagebox.de";
-        description = "SSH host name or address of the SFTP server (sftp targets only).";
+        description = "SSH host name or address of the SFTP server.";
       };
       port = mkOption {
         type = types.port;
         default = 22;
         example = 23;
-        description = "SSH port of the SFTP server (sftp targets only).";
+        description = "SSH port of the SFTP server.";
       };
       user = mkOption {
-        type = types.nullOr types.str;
-        default = null;
+        type = types.str;
         example = "u123456";
-        description = "SSH user on the SFTP server (sftp targets only).";
+        description = "SSH user on the SFTP server.";
       };
-      path = mkOption {
-        type = absolutePath;
-        example = "/home/backups/docs";
-        description = ''
-          Absolute directory that holds `files/`, `snapshots/`, `checksums/`
-          and `records/`: on the server for sftp, on this machine for local.
-        '';
-      };
+      path = pathOption "on the server";
       identityFile = mkOption {
         type = types.nullOr secretPath;
         default = null;
@@ -133,9 +127,9 @@ let
           "[u123456.your-storagebox.de]:23 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIICf9svRenC/PLKIL9nk6K/pxQgoiFC41wTNvoIncOxs"
         ];
         description = ''
-          The server's host keys as known_hosts lines; required for sftp
-          (host keys are always checked). Public data: they are written to a
-          known_hosts file in the Nix store. Get them with
+          The server's host keys as known_hosts lines; at least one is
+          required (host keys are always checked). Public data: they are
+          written to a known_hosts file in the Nix store. Get them with
           `ssh-keyscan -p PORT HOST` and compare the fingerprint
           (`ssh-keygen -lf FILE`) with the one your provider publishes. For a
           port other than 22 the host is written `[HOST]:PORT`.
@@ -180,6 +174,25 @@ let
       };
     };
   };
+
+  localModule = {
+    options.path = pathOption "on this machine (a disk that is already mounted)";
+  };
+
+  targetType = types.attrTag {
+    sftp = mkOption {
+      type = types.submodule sftpModule;
+      description = "An SFTP account reached over ssh.";
+    };
+    local = mkOption {
+      type = types.submodule localModule;
+      description = "A directory on a disk that is already mounted (no ssh involved).";
+    };
+  };
+
+  # "sftp" or "local", and that kind's options.
+  targetKind = job: if job.target ? sftp then "sftp" else "local";
+  targetOf = job: job.target.${targetKind job};
 
   snapshotsModule = {
     options = {
@@ -245,16 +258,20 @@ let
           '';
         };
         target = mkOption {
-          type = types.submodule targetModule;
+          type = targetType;
           example = {
-            type = "sftp";
-            host = "u123456.your-storagebox.de";
-            port = 23;
-            user = "u123456";
-            path = "/home/backups/docs";
-            knownHosts = [ "[u123456.your-storagebox.de]:23 ssh-ed25519 AAAA..." ];
+            sftp = {
+              host = "u123456.your-storagebox.de";
+              port = 23;
+              user = "u123456";
+              path = "/home/backups/docs";
+              knownHosts = [ "[u123456.your-storagebox.de]:23 ssh-ed25519 AAAA..." ];
+            };
           };
-          description = "Where the encrypted copy goes.";
+          description = ''
+            Where the encrypted copy goes: exactly one of `sftp` (an SFTP
+            account) or `local` (a directory on a mounted disk).
+          '';
         };
         snapshots = mkOption {
           type = types.submodule snapshotsModule;
@@ -318,8 +335,8 @@ let
   assertionsFor =
     optionPath: name: job:
     let
-      t = job.target;
-      sftp = t.type == "sftp";
+      t = targetOf job;
+      sftp = targetKind job == "sftp";
       at = "${optionPath}.${name}";
     in
     [
@@ -328,34 +345,16 @@ let
         message = "${at}: a job name may only hold letters, digits, '_', '-' and '.', and starts with a letter or digit (it names units and files).";
       }
       {
-        assertion = !sftp || (t.host != null && t.user != null);
-        message = "${at}.target: an sftp target needs host and user.";
-      }
-      {
         assertion = !sftp || job.filenames != "plaintext";
         message = "${at}.filenames: \"plaintext\" is only for local targets: plaintext names keep symlink targets as they are, and sshfs (used by backup and restore) cannot read back a symlink pointing outside the mount. Use \"encrypted\" or \"deterministic\".";
       }
       {
         assertion = !sftp || t.knownHosts != [ ];
-        message = "${at}.target.knownHosts: an sftp target needs the server's host key line(s); host keys are always checked. Get them with `ssh-keyscan -p ${toString t.port} ${toString t.host}` and check the fingerprint.";
-      }
-      {
-        assertion =
-          sftp
-          || (
-            t.host == null
-            && t.user == null
-            && t.identityFile == null
-            && t.knownHosts == [ ]
-            && t.transport == "sshfs"
-            && t.remoteChecksums == "ssh"
-            && t.connections == 4
-          );
-        message = "${at}.target: host, user, identityFile, knownHosts, transport, remoteChecksums and connections only apply to sftp targets; this one is local.";
+        message = "${at}.target.sftp.knownHosts: an sftp target needs the server's host key line(s); host keys are always checked. Get them with `ssh-keyscan -p ${toString t.port} ${t.host}` and check the fingerprint.";
       }
       {
         assertion = sftp || !(pathInside job.source t.path || pathInside t.path job.source);
-        message = "${at}: the local target.path (${t.path}) and source (${job.source}) must not contain each other.";
+        message = "${at}: the local target.local.path (${t.path}) and source (${job.source}) must not contain each other.";
       }
     ];
 
@@ -371,7 +370,7 @@ let
       knownHostsFile,
     }:
     let
-      t = job.target;
+      t = targetOf job;
     in
     {
       version = 1;
@@ -383,7 +382,7 @@ let
       # non-root user that may only read it).
       gocryptfs_config = "${stateDir}/gocryptfs.reverse.conf";
       target =
-        if t.type == "sftp" then
+        if targetKind job == "sftp" then
           {
             type = "sftp";
             inherit (t)
@@ -427,8 +426,8 @@ let
     }:
     let
       knownHostsFile =
-        if job.target.type == "sftp" then
-          "${pkgs.writeText "ciphersync-${name}-known_hosts" (lib.concatLines job.target.knownHosts)}"
+        if targetKind job == "sftp" then
+          "${pkgs.writeText "ciphersync-${name}-known_hosts" (lib.concatLines job.target.sftp.knownHosts)}"
         else
           null;
       value = render {
@@ -483,6 +482,8 @@ in
     jobFile
     stages
     escapeSystemdExecArgs
+    targetKind
+    targetOf
     ;
   types = {
     inherit

@@ -72,7 +72,7 @@ let
     SystemCallErrorNumber = "EPERM";
     # rsync -a recreates setuid/setgid bits of source files on a local target;
     # on an sftp target the server's sftp-server creates the files.
-    RestrictSUIDSGID = job.target.type == "sftp";
+    RestrictSUIDSGID = jobLib.targetKind job == "sftp";
     # Root keeps the capabilities FUSE mounting (CAP_SYS_ADMIN), reading any
     # source (CAP_DAC_*) and preserving owners on a local target (CAP_CHOWN,
     # CAP_FOWNER, CAP_FSETID, CAP_MKNOD) need; these it never needs.
@@ -119,7 +119,7 @@ let
     name: job: stage:
     let
       isRoot = job.user == "root";
-      local = job.target.type == "local";
+      local = jobLib.targetKind job == "local";
       file = configFile name;
     in
     {
@@ -135,7 +135,7 @@ let
       # next timer run picks up the new configuration.
       restartIfChanged = false;
       unitConfig = {
-        RequiresMountsFor = [ job.source ] ++ lib.optional local job.target.path;
+        RequiresMountsFor = [ job.source ] ++ lib.optional local job.target.local.path;
         Documentation = "man:gocryptfs(1) man:sshfs(1) man:rsync(1)";
       };
       serviceConfig = {
@@ -185,7 +185,7 @@ let
           (stateDir name)
           (runtimeDir name)
         ]
-        ++ lib.optional local "-${job.target.path}";
+        ++ lib.optional local "-${job.target.local.path}";
         # The source may live under /home; it is only read. ssh reads
         # ~/.ssh/config and keys but writes no known_hosts (a pinned file).
         ProtectHome = "read-only";
@@ -274,8 +274,7 @@ in
           docs = {
             source = "/srv/docs";
             passwordFile = "/run/secrets/ciphersync-docs";
-            target = {
-              type = "sftp";
+            target.sftp = {
               host = "u123456.your-storagebox.de";
               port = 23;
               user = "u123456";
@@ -300,7 +299,7 @@ in
       (
         let
           targets = lib.mapAttrsToList (
-            _: job: "${toString job.target.host}:${job.target.path}"
+            _: job: "${(jobLib.targetOf job).host or ""}:${(jobLib.targetOf job).path}"
           ) cfg.jobs;
         in
         {

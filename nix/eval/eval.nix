@@ -124,19 +124,32 @@ let
   ];
   withDocs = patch: nixosCase { docs = lib.recursiveUpdate docs patch; };
   withTarget = patch: nixosCase { docs = docs // { target = patch; }; };
+  sftpOf = docs.target.sftp;
   withPhotos = patch: nixosCase { photos = lib.recursiveUpdate photos patch; };
 
   cases = {
     valid-docs = withDocs { };
     valid-photos = withPhotos { };
-    sftp-without-knownHosts = withDocs { target.knownHosts = [ ]; };
-    sftp-without-host = withTarget (removeAttrs docs.target [ "host" ]);
+    sftp-without-knownHosts = withDocs { target.sftp.knownHosts = [ ]; };
+    sftp-without-host = withTarget { sftp = removeAttrs sftpOf [ "host" ]; };
+    sftp-without-user = withTarget { sftp = removeAttrs sftpOf [ "user" ]; };
+    # 9. The target is a tagged union: an ssh option on a local target,
+    # even one set to its default value, and two kinds at once are refused
+    # by the type, not by comparing values with defaults.
     local-with-ssh-options = withPhotos {
-      target.host = "backup.example.org";
-      target.knownHosts = [ "backup.example.org ssh-ed25519 AAAA" ];
+      target.local.host = "backup.example.org";
+      target.local.knownHosts = [ "backup.example.org ssh-ed25519 AAAA" ];
     };
-    local-with-rsync-transport = withPhotos { target.transport = "rsync"; };
-    local-target-inside-source = withPhotos { target.path = "/srv/photos/backup"; };
+    local-with-rsync-transport = withPhotos { target.local.transport = "rsync"; };
+    local-with-explicit-default-connections = withPhotos { target.local.connections = 4; };
+    local-and-sftp-at-once = withPhotos { target.sftp = sftpOf; };
+    local-and-sftp-in-two-definitions = outcome evalNixos { services.ciphersync.package = pkgs.ciphersync; } [
+      { inherit (samples.nixos-photos) users; }
+      { services.ciphersync.jobs.photos = photos; }
+      { services.ciphersync.jobs.photos.target.sftp = sftpOf; }
+    ];
+    empty-target = withTarget { };
+    local-target-inside-source = withPhotos { target.local.path = "/srv/photos/backup"; };
     source-inside-local-target = withPhotos { source = "/mnt/usb/photos/src"; };
     two-jobs-one-target = nixosCase {
       inherit docs;
@@ -147,13 +160,13 @@ let
     relative-passwordFile = withDocs { passwordFile = "keys/docs"; };
     nix-path-passwordFile = withDocs { passwordFile = ./samples.nix; };
     store-path-identityFile = withDocs {
-      target.identityFile = "/nix/store/00000000000000000000000000000000-id_ed25519";
+      target.sftp.identityFile = "/nix/store/00000000000000000000000000000000-id_ed25519";
     };
     knownHosts-line-without-host = withDocs {
-      target.knownHosts = [ "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH0jhkkOFDZobC8" ];
+      target.sftp.knownHosts = [ "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH0jhkkOFDZobC8" ];
     };
-    relative-target-path = withDocs { target.path = "backups/docs"; };
-    missing-target-type = withTarget (removeAttrs docs.target [ "type" ]);
+    relative-target-path = withDocs { target.sftp.path = "backups/docs"; };
+    unknown-target-kind = withTarget { s3 = sftpOf; };
     onFailure-without-suffix = withDocs { onFailure = [ "notify-admin" ]; };
     # 5. What NixOS's unitNameType refuses must be refused here, not later.
     onFailure-unknown-suffix = withDocs { onFailure = [ "notify-admin.email" ]; };
@@ -172,7 +185,7 @@ let
         }
         [
           (lib.recursiveUpdate samples.hm-music {
-            services.ciphersync.jobs.music.target.knownHosts = [ ];
+            services.ciphersync.jobs.music.target.sftp.knownHosts = [ ];
           })
         ];
   };

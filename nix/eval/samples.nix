@@ -14,8 +14,7 @@
         "cache/"
       ];
       passwordFile = "/run/keys/ciphersync-docs";
-      target = {
-        type = "sftp";
+      target.sftp = {
         host = "127.0.0.1";
         port = 22;
         user = "root";
@@ -52,10 +51,7 @@
       source = "/srv/photos";
       passwordFile = "/etc/ciphersync-keys/photos.password";
       filenames = "deterministic";
-      target = {
-        type = "local";
-        path = "/mnt/usb/photos";
-      };
+      target.local.path = "/mnt/usb/photos";
       maxDeletePercent = 20;
       verify.startAt = [ ];
       persistentTimer = false;
@@ -70,8 +66,7 @@
     services.ciphersync.jobs.music = {
       source = "/home/alice/Music";
       passwordFile = "/home/alice/.config/ciphersync/music.password";
-      target = {
-        type = "sftp";
+      target.sftp = {
         host = "backup.example.org";
         port = 23;
         user = "alice";

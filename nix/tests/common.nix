@@ -95,8 +95,7 @@ rec {
   docsJob = {
     source = "/srv/docs";
     passwordFile = "/etc/ciphersync-keys/docs.password";
-    target = {
-      type = "sftp";
+    target.sftp = {
       host = "server";
       user = "backup";
       path = "/srv/backup/docs";

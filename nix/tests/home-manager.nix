@@ -52,8 +52,7 @@ pkgs.testers.runNixOSTest {
             services.ciphersync.jobs.music = {
               source = "/home/alice/Music";
               passwordFile = "/etc/ciphersync-keys/alice.password";
-              target = {
-                type = "sftp";
+              target.sftp = {
                 host = "server";
                 user = "backup";
                 path = "/srv/backup/music";

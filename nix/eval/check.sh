@@ -59,6 +59,26 @@ if [ "$parse_failed" -ne 0 ]; then
 fi
 echo "ok parse: ${#files[@]} .nix files"
 
+# ---- 1b. formatting -----------------------------------------------------------
+# Every .nix file is formatted by alejandra at the version nixpkgs 26.05
+# ships (the flake's `formatter`, `nix fmt`). crates.io publishes no
+# alejandra binary (its `alejandra` crate is the 3.1.0 library), so it is
+# not installed here: ALEJANDRA names a binary built from the upstream tag
+# (see nix/eval/README.md).
+alejandra_version=4.0.0
+if [ -z "${ALEJANDRA:-}" ]; then
+    echo "SKIP formatting: set ALEJANDRA=/path/to/alejandra ($alejandra_version; see nix/eval/README.md)"
+elif ! have=$("$ALEJANDRA" --version 2>&1) || [ "$have" != "Alejandra $alejandra_version" ]; then
+    echo "FAIL formatting: ALEJANDRA=$ALEJANDRA is '${have:-not runnable}', want Alejandra $alejandra_version" >&2
+    exit 1
+elif out=$("$ALEJANDRA" --check -- "${files[@]}" 2>&1); then
+    echo "ok formatting: ${#files[@]} .nix files as alejandra $alejandra_version formats them"
+else
+    echo "FAIL formatting: not as alejandra $alejandra_version formats them (run: nix fmt, or \$ALEJANDRA on them):" >&2
+    grep -F 'Requires formatting' <<<"$out" >&2 || echo "$out" >&2
+    exit 1
+fi
+
 # ---- 2. module evaluation ---------------------------------------------------
 if [ -z "${NIXPKGS_LIB:-}" ]; then
     echo "SKIP docs/options.md check: the option reference is rendered by the module evaluation, which needs NIXPKGS_LIB"
@@ -180,6 +200,36 @@ PY
 else
     echo "FAIL vm-tests: evaluation failed:" >&2
     cat "$tmp/vm-tests.err" >&2
+    failed=1
+fi
+
+# The flake's outputs as `nix flake show` lists them: the README shows this
+# tree (between "<!-- flake-outputs -->" and the end of the next code block).
+if nix-instantiate --eval --strict --json "$here/flake-shape.nix" --arg nixpkgsLib "$libdir" \
+    >"$tmp/flake-shape.raw" 2>"$tmp/flake-shape.err"; then
+    raw_string <"$tmp/flake-shape.raw" >"$tmp/flake-shape.txt"
+    if out=$(python3 - "$root/README.md" "$tmp/flake-shape.txt" "${UPDATE_EXPECTED:-}" <<'PY'
+import re, sys
+readme, shape, update = open(sys.argv[1]).read(), open(sys.argv[2]).read(), sys.argv[3] == "1"
+m = re.search(r"<!-- flake-outputs -->\n```text\n(.*?)```", readme, re.S)
+if not m:
+    sys.exit("README.md has no '<!-- flake-outputs -->' block")
+if m.group(1) != shape:
+    if update:
+        open(sys.argv[1], "w").write(readme[: m.start(1)] + shape + readme[m.end(1) :])
+        print("updated README.md flake outputs")
+        sys.exit(0)
+    sys.exit("README.md's flake outputs differ from the flake:\n" + shape)
+PY
+    ); then
+        echo "ok flake outputs: README.md shows what the flake exports${out:+ ($out)}"
+    else
+        echo "FAIL flake outputs: $out" >&2
+        failed=1
+    fi
+else
+    echo "FAIL flake outputs: evaluation failed:" >&2
+    cat "$tmp/flake-shape.err" >&2
     failed=1
 fi
 

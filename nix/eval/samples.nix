@@ -1,9 +1,7 @@
 # The sample configurations the eval renders. The `docs` and `photos` jobs
 # are also the input of the systemd-nspawn harness (tests/systemd/), which
 # turns nix/eval/expected/nixos-*.json into real unit files.
-{ pkgs }:
-
-{
+{pkgs}: {
   # Root job, SFTP target on this machine's sshd.
   nixos-docs = {
     services.ciphersync.package = pkgs.ciphersync;
@@ -32,7 +30,7 @@
       verify.startAt = "Sun *-*-* 04:00:00";
       deepVerify.startAt = "*-*-01 05:00:00";
       randomizedDelaySec = "10m";
-      onFailure = [ "notify-admin.service" ];
+      onFailure = ["notify-admin.service"];
     };
   };
 
@@ -44,7 +42,7 @@
       isSystemUser = true;
       group = "alice";
     };
-    users.groups.alice = { };
+    users.groups.alice = {};
     services.ciphersync.package = pkgs.ciphersync;
     services.ciphersync.jobs.photos = {
       user = "alice";
@@ -53,7 +51,7 @@
       filenames = "deterministic";
       target.local.path = "/mnt/usb/photos";
       maxDeletePercent = 20;
-      verify.startAt = [ ];
+      verify.startAt = [];
       persistentTimer = false;
     };
   };
@@ -79,7 +77,7 @@
         remoteChecksums = "mount";
       };
       snapshots.keepDays = 365;
-      onFailure = [ "notify-alice.service" ];
+      onFailure = ["notify-alice.service"];
     };
   };
 }

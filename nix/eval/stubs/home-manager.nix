@@ -1,22 +1,23 @@
 # Stub declarations of the home-manager options that nix/hm-module.nix sets
 # or reads, with home-manager's defaults for the XDG directories.
-{ config, lib, ... }:
-
-let
+{
+  config,
+  lib,
+  ...
+}: let
   inherit (lib) mkOption types;
   list = mkOption {
     type = types.listOf types.unspecified;
-    default = [ ];
+    default = [];
   };
   # home-manager's unit type: section -> key -> value.
   unit = types.attrsOf (types.attrsOf types.unspecified);
-in
-{
+in {
   options = {
     assertions = list;
     warnings = list;
-    home.username = mkOption { type = types.str; };
-    home.homeDirectory = mkOption { type = types.str; };
+    home.username = mkOption {type = types.str;};
+    home.homeDirectory = mkOption {type = types.str;};
     home.packages = list;
     xdg.configHome = mkOption {
       type = types.str;
@@ -41,15 +42,15 @@ in
           };
         }
       );
-      default = { };
+      default = {};
     };
     systemd.user.services = mkOption {
       type = types.attrsOf unit;
-      default = { };
+      default = {};
     };
     systemd.user.timers = mkOption {
       type = types.attrsOf unit;
-      default = { };
+      default = {};
     };
   };
 }

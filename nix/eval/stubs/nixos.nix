@@ -2,13 +2,11 @@
 # like the real ones where the difference matters for merging (lists
 # concatenate, attrsets of submodules merge per name). Nothing here renders
 # units: the evaluated config is what the module asked for.
-{ lib, ... }:
-
-let
+{lib, ...}: let
   inherit (lib) mkOption types;
   list = mkOption {
     type = types.listOf types.unspecified;
-    default = [ ];
+    default = [];
   };
   str = mkOption {
     type = types.str;
@@ -16,10 +14,9 @@ let
   };
   attrs = mkOption {
     type = types.attrsOf types.unspecified;
-    default = { };
+    default = {};
   };
-  bool =
-    default:
+  bool = default:
     mkOption {
       type = types.bool;
       inherit default;
@@ -67,15 +64,13 @@ let
     };
   };
 
-  user =
-    { name, ... }:
-    {
-      options = {
-        name = mkOption {
-          type = types.str;
-          default = name;
-        };
-        isSystemUser = bool false;
+  user = {name, ...}: {
+    options = {
+      name = mkOption {
+        type = types.str;
+        default = name;
+      };
+      isSystemUser = bool false;
       isNormalUser = bool false;
       group = str;
       description = str;
@@ -84,49 +79,46 @@ let
         default = "/var/empty";
       };
       extraGroups = list;
-      };
     };
+  };
 
-  group =
-    { name, ... }:
-    {
-      options = {
-        name = mkOption {
-          type = types.str;
-          default = name;
-        };
-        gid = mkOption {
+  group = {name, ...}: {
+    options = {
+      name = mkOption {
+        type = types.str;
+        default = name;
+      };
+      gid = mkOption {
         type = types.nullOr types.int;
         default = null;
       };
       members = list;
     };
   };
-in
-{
+in {
   options = {
     assertions = list;
     warnings = list;
     environment.etc = mkOption {
       type = types.attrsOf (types.submodule etcEntry);
-      default = { };
+      default = {};
     };
     environment.systemPackages = list;
     systemd.services = mkOption {
       type = types.attrsOf (types.submodule service);
-      default = { };
+      default = {};
     };
     systemd.timers = mkOption {
       type = types.attrsOf (types.submodule timer);
-      default = { };
+      default = {};
     };
     users.users = mkOption {
       type = types.attrsOf (types.submodule user);
-      default = { };
+      default = {};
     };
     users.groups = mkOption {
       type = types.attrsOf (types.submodule group);
-      default = { };
+      default = {};
     };
     programs.fuse = {
       enable = bool true;

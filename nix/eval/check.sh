@@ -233,6 +233,32 @@ else
     failed=1
 fi
 
+# The home-manager module under home-manager's own modules (not the stub):
+# HOME_MANAGER names a home-manager checkout (the flake's pin), NIXPKGS a
+# nixpkgs checkout (home-manager imports nixos/modules/misc/{assertions,
+# meta}.nix and lib/ from it). What it renders must equal the stub's
+# rendering (expected/hm-music.json, up to home-manager's list form).
+if [ -z "${HOME_MANAGER:-}" ] || [ -z "${NIXPKGS:-}" ]; then
+    echo "SKIP home-manager evaluation: set HOME_MANAGER=<home-manager checkout> and NIXPKGS=<nixpkgs checkout> (see nix/eval/README.md)"
+elif [ ! -f "$HOME_MANAGER/modules/modules.nix" ] || [ ! -f "$NIXPKGS/nixos/modules/misc/assertions.nix" ]; then
+    echo "FAIL home-manager evaluation: HOME_MANAGER=$HOME_MANAGER has no modules/modules.nix or NIXPKGS=$NIXPKGS no nixos/modules/misc/assertions.nix" >&2
+    failed=1
+elif nix-instantiate --eval --strict --json "$here/real-hm.nix" --arg nixpkgsLib "$libdir" \
+    --arg homeManager "$(cd "$HOME_MANAGER" && pwd)" --arg nixpkgs "$(cd "$NIXPKGS" && pwd)" \
+    >"$tmp/real-hm.json" 2>"$tmp/real-hm.err"; then
+    if out=$(python3 "$here/compare_real_hm.py" "$tmp/real-hm.json" "$expected/hm-music.json" "$expected/assertions.json" 2>&1); then
+        hm_rev=$(git -C "$HOME_MANAGER" rev-parse --short HEAD 2>/dev/null || echo "rev unknown")
+        echo "ok home-manager evaluation: home-manager's own modules ($hm_rev) render what the stub does; its cases agree"
+    else
+        echo "FAIL home-manager evaluation: $out" >&2
+        failed=1
+    fi
+else
+    echo "FAIL home-manager evaluation: evaluation failed:" >&2
+    grep -v "^warning: the group" "$tmp/real-hm.err" >&2
+    failed=1
+fi
+
 # The option reference, docs/options.md, is generated from the declarations:
 # it must be exactly what they render (UPDATE_EXPECTED=1 rewrites it).
 if evaluate options-reference 2>"$tmp/options-reference.err" >"$tmp/options-reference.raw"; then

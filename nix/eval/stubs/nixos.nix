@@ -2,6 +2,24 @@
 # like the real ones where the difference matters for merging (lists
 # concatenate, attrsets of submodules merge per name). Nothing here renders
 # units: the evaluated config is what the module asked for.
+#
+# Stands for these files of nixpkgs at the flake's pin (nixos-26.05,
+# 74cc63f702f7d60a557e152a57b40fb1fd0f72ac), written from their documented
+# shape, not transcribed (no nixpkgs checkout fits on the machines that run
+# this; single files from other revisions do not evaluate with the 26.11
+# lib):
+#   systemd.services, systemd.timers  nixos/lib/systemd-unit-options.nix,
+#                                     systemd-types.nix (via systemd.nix)
+#   users.users, users.groups         nixos/modules/config/users-groups.nix
+#                                     (only the attributes read here; `name`
+#                                     defaults to the attribute name there too)
+#   programs.fuse                     nixos/modules/programs/fuse.nix
+#   environment.etc                   nixos/modules/system/etc/etc.nix
+#   assertions, warnings              nixos/modules/misc/assertions.nix
+#   boot.kernelModules, environment.systemPackages  (lists, as there)
+# What the real unit types add and this does not: onFailure/wants/after
+# typed as unitNameType (job-options.nix checks onFailure with the same
+# pattern), serviceConfig's Type/Restart value check.
 {lib, ...}: let
   inherit (lib) mkOption types;
   list = mkOption {

@@ -1,6 +1,7 @@
-# A stand-in for nixpkgs, enough for the modules: every package is an
-# attrset whose outPath is a fixed fake store path, so the rendered output
-# does not depend on any real store and is the same on every machine.
+# A stand-in for nixpkgs' package set (pkgs), enough for the modules: every
+# package is an attrset whose outPath is a fixed fake store path, so the
+# rendered output does not depend on any real store and is the same on
+# every machine. Not a copy of any nixpkgs file: nothing here is built.
 {lib}: let
   fake = name: {
     type = "derivation";

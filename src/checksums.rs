@@ -6,19 +6,16 @@
 //! into a file line by line, and the comparison keeps only an 8-byte key and
 //! the 20-byte sum of each remote file.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Condvar, Mutex, mpsc};
-use std::time::Duration;
 
 use sha1::{Digest, Sha1};
 
 use crate::error::{Error, IoContext, Kind, Result};
-use crate::{interrupt, walk};
+use crate::{interrupt, pool, walk};
 
 /// A sha1 digest.
 pub type Sum = [u8; 20];
@@ -141,7 +138,11 @@ pub fn hash_tree(
         hardlinked: bool,
         cached: Option<Sum>,
     }
-    parallel_ordered(
+    // Reading through FUSE is CPU and latency bound: one reader would leave
+    // the cores and the daemon idle.
+    pool::ordered(
+        pool::cpu_threads(),
+        WINDOW,
         |submit| {
             for entry in walk::sorted(root) {
                 let entry = entry.map_err(|e| walk::error(root, e))?;
@@ -178,128 +179,9 @@ pub fn hash_tree(
     )
 }
 
-/// How many items may be between the walk and the sink at once.
-const WINDOW: usize = 1024;
-
-/// Runs `work` on every item that `produce` submits, on several threads
-/// (reading through FUSE is CPU and latency bound: one reader would leave
-/// the cores and the daemon idle), and hands the results to `sink` in the
-/// order the items were submitted. At most WINDOW items are in flight, so
-/// memory does not grow with the tree. The first error stops everything.
-pub fn parallel_ordered<T: Send, R: Send>(
-    produce: impl FnOnce(&mut dyn FnMut(T) -> Result<()>) -> Result<()>,
-    work: impl Fn(&T) -> Result<R> + Sync,
-    sink: impl FnMut(T, R) -> Result<()> + Send,
-) -> Result<()> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(2, 8);
-    let stop = AtomicBool::new(false);
-    let progress = Progress::default();
-    let (job_tx, job_rx) = mpsc::sync_channel::<(usize, T)>(threads * 2);
-    let job_rx = Mutex::new(job_rx);
-    let (done_tx, done_rx) = mpsc::channel::<(usize, T, Result<R>)>();
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            let (done_tx, job_rx, work, stop) = (done_tx.clone(), &job_rx, &work, &stop);
-            scope.spawn(move || {
-                // Drain the queue even when stopped, so a submit never blocks.
-                while let Ok((seq, item)) = job_rx.lock().unwrap().recv() {
-                    if !stop.load(Relaxed) {
-                        let result = work(&item);
-                        let _ = done_tx.send((seq, item, result));
-                    }
-                }
-            });
-        }
-        drop(done_tx);
-        let collector = scope.spawn(|| collect_in_order(done_rx, sink, &progress, &stop));
-        let produced = {
-            let mut seq = 0;
-            let mut submit = |item: T| -> Result<()> {
-                interrupt::check()?;
-                progress.wait_for_room(seq, &stop)?;
-                job_tx
-                    .send((seq, item))
-                    .map_err(|_| Error::new(Kind::Io, "the hashing threads stopped"))?;
-                seq += 1;
-                Ok(())
-            };
-            produce(&mut submit)
-        };
-        if produced.is_err() {
-            stop.store(true, Relaxed);
-        }
-        drop(job_tx);
-        let collected = collector.join().expect("the collector does not panic");
-        interrupt::check()?;
-        // The collector's error is the cause when it stopped the walk.
-        collected.and(produced)
-    })
-}
-
-/// How many results the sink has taken, for the walk to wait on.
-#[derive(Default)]
-struct Progress {
-    taken: Mutex<usize>,
-    changed: Condvar,
-}
-
-impl Progress {
-    fn wait_for_room(&self, seq: usize, stop: &AtomicBool) -> Result<()> {
-        let mut taken = self.taken.lock().unwrap();
-        while seq >= *taken + WINDOW && !stop.load(Relaxed) {
-            interrupt::check()?;
-            taken = self
-                .changed
-                .wait_timeout(taken, Duration::from_millis(100))
-                .unwrap()
-                .0;
-        }
-        if stop.load(Relaxed) {
-            return Err(Error::new(Kind::Io, "hashing stopped"));
-        }
-        Ok(())
-    }
-
-    fn advance(&self, taken: usize) {
-        *self.taken.lock().unwrap() = taken;
-        self.changed.notify_all();
-    }
-
-    fn stop(&self, stop: &AtomicBool) {
-        let _taken = self.taken.lock().unwrap();
-        stop.store(true, Relaxed);
-        self.changed.notify_all();
-    }
-}
-
-fn collect_in_order<T, R>(
-    done: mpsc::Receiver<(usize, T, Result<R>)>,
-    mut sink: impl FnMut(T, R) -> Result<()>,
-    progress: &Progress,
-    stop: &AtomicBool,
-) -> Result<()> {
-    let mut early = BTreeMap::new();
-    let mut next = 0;
-    let mut take = || -> Result<()> {
-        for (seq, item, result) in done.iter() {
-            early.insert(seq, (item, result));
-            while let Some((item, result)) = early.remove(&next) {
-                sink(item, result?)?;
-                next += 1;
-                progress.advance(next);
-            }
-        }
-        Ok(())
-    };
-    let result = take();
-    if result.is_err() {
-        progress.stop(stop);
-    }
-    result
-}
+/// How many files may be between the walk and the sink at once: memory
+/// does not grow with the tree.
+pub const WINDOW: usize = 1024;
 
 pub fn hash_file(path: &Path) -> Result<Sum> {
     let mut file = File::open(path).ctx(|| format!("reading {}", path.display()))?;
@@ -532,6 +414,7 @@ fn parse_cache_line(line: &str) -> Option<(String, (Stamp, Sum))> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     const A: &str = "a9993e364706816aba3e25717850c26c9cd0d89d";
     const B: &str = "da39a3ee5e6b4b0d3255bfef95601890afd80709";
@@ -647,37 +530,5 @@ mod tests {
         };
         assert_eq!(loaded.lookup(&file.rel, resized), None);
         std::fs::remove_file(path).unwrap();
-    }
-
-    /// Results reach the sink in submission order although the work takes
-    /// longer for early items, and an error in the work stops the run.
-    #[test]
-    fn the_pool_keeps_order_and_stops_on_error() {
-        let mut seen = Vec::new();
-        parallel_ordered(
-            |submit| (0..3000u64).try_for_each(&mut *submit),
-            |i| {
-                if i % 500 == 0 {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Ok(i * 2)
-            },
-            |i, doubled| {
-                seen.push((i, doubled));
-                Ok(())
-            },
-        )
-        .unwrap();
-        assert_eq!(seen, (0..3000).map(|i| (i, i * 2)).collect::<Vec<_>>());
-
-        let failed = parallel_ordered(
-            |submit| (0..100_000u64).try_for_each(&mut *submit),
-            |i| match i {
-                1234 => Err(Error::new(Kind::Io, "broken file 1234")),
-                _ => Ok(()),
-            },
-            |_, _| Ok(()),
-        );
-        assert!(failed.unwrap_err().message.contains("broken file 1234"));
     }
 }

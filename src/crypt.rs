@@ -25,6 +25,16 @@ const EXIT_PASSWORD_INCORRECT: i32 = 12;
 /// plain `gocryptfs files/ DIR` mounts it.
 pub const REMOTE_CONFIG_NAME: &str = "gocryptfs.conf";
 
+/// gocryptfs' own files in an encrypted tree: directory IVs, long-name
+/// files and the config. They are backed up like any file but are not the
+/// user's files, so counts leave them out.
+pub fn is_gocryptfs_metadata(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name == "gocryptfs.diriv"
+        || (name.starts_with("gocryptfs.longname.") && name.ends_with(".name"))
+        || path == REMOTE_CONFIG_NAME
+}
+
 pub enum InitOutcome {
     Created,
     AlreadyThere,

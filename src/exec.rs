@@ -300,19 +300,19 @@ impl Daemon {
 
     /// Waits up to `grace` for the daemon to exit by itself (it does once
     /// its mount is gone), then stops it: SIGTERM, and SIGKILL after
-    /// `TERM_GRACE`. Returns whether it had exited by itself.
-    pub fn finish(mut self, grace: Duration) -> bool {
+    /// `TERM_GRACE`. Returns its output if it had exited by itself.
+    pub fn finish(mut self, grace: Duration) -> Option<Output> {
         let deadline = Instant::now() + grace;
         let mut pause = Duration::from_millis(1);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return true;
+            if let Ok(Some(output)) = self.ended() {
+                return Some(output);
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(50));
         }
         stop(&mut self.child, self.tool);
-        false
+        None
     }
 }
 

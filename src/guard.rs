@@ -11,12 +11,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use crate::checksums::{Stamp, path_key};
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::remote::TreeEntry;
-use crate::{interrupt, walk};
+use crate::{interrupt, pool, walk};
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Estimate {
@@ -47,26 +46,12 @@ pub fn index_view(view: &Path) -> Result<ViewIndex> {
         .map(|e| e.map(|e| e.path()))
         .collect::<std::io::Result<_>>()
         .ctx(|| format!("reading {}", view.display()))?;
-    let queue = Mutex::new(top.into_iter());
-    let parts = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..INDEX_THREADS {
-            scope.spawn(|| {
-                let mut index = ViewIndex::new();
-                let mut result = Ok(());
-                while let Some(subtree) = queue.lock().unwrap().next() {
-                    result = index_subtree(view, &subtree, &mut index);
-                    if result.is_err() {
-                        break;
-                    }
-                }
-                parts.lock().unwrap().push(result.map(|_| index));
-            });
-        }
-    });
+    let parts = pool::fold(top, INDEX_THREADS, ViewIndex::new, |index, subtree| {
+        index_subtree(view, &subtree, index)
+    })?;
     let mut index = ViewIndex::new();
-    for part in parts.into_inner().unwrap() {
-        index.extend(part?);
+    for part in parts {
+        index.extend(part);
     }
     Ok(index)
 }
@@ -95,7 +80,7 @@ fn index_subtree(view: &Path, subtree: &Path, index: &mut ViewIndex) -> Result<(
 
 /// The user's files only, as the estimate counts them.
 fn insert(index: &mut ViewIndex, rel: &str, meta: &std::fs::Metadata) {
-    if !crate::snapshots::is_gocryptfs_metadata(rel) {
+    if !crate::crypt::is_gocryptfs_metadata(rel) {
         let stamp = Stamp::of(meta);
         index.insert(path_key(rel), (stamp.size, stamp.changed_ns()));
     }
@@ -117,7 +102,7 @@ pub fn estimate(
         let entry = entry?;
         // The user's files only: a directory's diriv follows the directory's
         // mtime, and the config backup uploads is not in the view at all.
-        if entry.kind == 'd' || crate::snapshots::is_gocryptfs_metadata(&entry.path) {
+        if entry.kind == 'd' || crate::crypt::is_gocryptfs_metadata(&entry.path) {
             continue;
         }
         estimate.recorded += 1;

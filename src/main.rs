@@ -271,7 +271,11 @@ fn prune(ctx: &run::Context, dry_run: bool) -> Result<run::Done> {
     let plan = snapshots::prune(job, &remote, dry_run)?;
     Ok(run::Done {
         outcome: Outcome::Ok,
-        stats: json!({ "dry_run": dry_run, "records": plan.records, "snapshot_dirs": plan.snapshot_dirs }),
+        stats: ciphersync::stats::StageStats::Prune(ciphersync::stats::PruneStats {
+            dry_run,
+            records: plan.records,
+            snapshot_dirs: plan.snapshot_dirs,
+        }),
     })
 }
 

@@ -54,7 +54,7 @@ impl Mount {
         point: &Path,
         fs_type: FsType,
         daemon_command: Cmd,
-        explain: impl FnOnce(&Output) -> Error,
+        explain: impl Fn(&Output) -> Error,
     ) -> Result<Mount> {
         let mut mount = Mount {
             point: point.to_owned(),
@@ -63,8 +63,10 @@ impl Mount {
             root: None,
             daemon: Some(daemon_command.spawn_daemon()?),
         };
-        mount.wait_until_mounted(explain)?;
-        mount.check_live()?;
+        mount.wait_until_mounted(&explain)?;
+        if let Err(dead) = mount.check_live() {
+            return Err(mount.why_it_died(dead, &explain));
+        }
         mount.root = Some(
             std::fs::File::open(point)
                 .ctx(|| format!("the mount at {} does not answer", point.display()))?,
@@ -82,7 +84,7 @@ impl Mount {
     /// Polls until the daemon's mount shows at the point. There is no time
     /// limit: the daemon either mounts or ends (a wrong password, a server
     /// that refuses), and a signal to the helper stops the wait.
-    fn wait_until_mounted(&mut self, explain: impl FnOnce(&Output) -> Error) -> Result<()> {
+    fn wait_until_mounted(&mut self, explain: &impl Fn(&Output) -> Error) -> Result<()> {
         let mut pause = Duration::from_millis(1);
         loop {
             if mounted_type_at(&self.point)?.as_deref() == Some(self.fs_type.mountinfo_name()) {
@@ -162,11 +164,26 @@ impl Mount {
         unmounted
     }
 
+    /// A mount that appeared but does not answer: when its daemon has
+    /// exited with an error (sshfs mounts, then finds the remote path
+    /// missing), its own words explain it better than ENOTCONN.
+    fn why_it_died(&mut self, seen: Error, explain: &impl Fn(&Output) -> Error) -> Error {
+        self.root = None;
+        self.active = false;
+        if let Err(e) = unmount_point(&self.point) {
+            log::warn(format!("{e}"));
+        }
+        match self.daemon.take().and_then(|d| d.finish(DAEMON_EXIT_GRACE)) {
+            Some(output) if !output.success() => explain(&output),
+            _ => seen,
+        }
+    }
+
     /// After the unmount: the daemon exits by itself, or is stopped.
     fn end_daemon(&mut self) {
         if let Some(daemon) = self.daemon.take() {
             let pid = daemon.pid();
-            if !daemon.finish(DAEMON_EXIT_GRACE) {
+            if daemon.finish(DAEMON_EXIT_GRACE).is_none() {
                 log::warn(format!(
                     "the {} daemon (pid {pid}) of {} still ran {} s after its unmount and was stopped",
                     self.fs_type.mountinfo_name(),

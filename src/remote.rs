@@ -179,11 +179,11 @@ impl Ssh {
         Ok(out)
     }
 
-    /// The `-e` argument for rsync: rsync splits it like a shell.
+    /// The `-e` argument for rsync, which splits it into words itself.
     pub fn rsync_shell(&self) -> String {
         format!(
             "ssh -F {}",
-            shell_quote(&self.config_file.to_string_lossy())
+            rsync_shell_quote(&self.config_file.to_string_lossy())
         )
     }
 
@@ -296,15 +296,28 @@ fn ssh_config_text(s: &Sftp, control_path: Option<&Path>) -> Result<String> {
     Ok(lines.join("\n") + "\n")
 }
 
-/// ssh_config takes double-quoted arguments and has no escape for `"`.
+/// A path as one double-quoted ssh_config argument. ssh expands `%` tokens
+/// (`%d` is the home directory) in ControlPath, IdentityFile and
+/// UserKnownHostsFile, so `%` is written `%%`. What has no escape valid for
+/// every OpenSSH (`"`, `\`, `${`, line breaks) the job file check refuses;
+/// it is refused here again in case a default path holds it.
 fn config_quote(path: &Path) -> Result<String> {
     let text = path.to_string_lossy();
-    if text.contains('"') || text.contains('\n') {
+    if text.contains(['"', '\\']) || text.contains("${") || text.chars().any(char::is_control) {
         return Err(Error::usage(format!(
-            "path {text:?} cannot be used in an ssh config (contains a quote)"
+            "path {text:?} cannot be written into an ssh config \
+             (it holds a double quote, a backslash, `${{` or a control character)"
         )));
     }
-    Ok(format!("\"{text}\""))
+    Ok(format!("\"{}\"", text.replace('%', "%%")))
+}
+
+/// One word of rsync's `-e` command. rsync splits that string at spaces
+/// itself, not with a shell: inside '...' everything is literal except `'`,
+/// which is written twice (`''`); a backslash is no escape. So a shell's
+/// `'\''` would break it.
+fn rsync_shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "''"))
 }
 
 fn check_identity_file(s: &Sftp) -> Result<()> {
@@ -857,5 +870,57 @@ pub fn open(job: &Job, want_path: bool, mount_point: &Path) -> Result<Remote> {
                 Ok(Remote::Shell { ssh })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sftp(identity_file: &str) -> Sftp {
+        Sftp {
+            host: "backup.example.org".into(),
+            port: 22,
+            user: "docs".into(),
+            path: "/backups/docs".into(),
+            identity_file: Some(identity_file.into()),
+            known_hosts_file: "/etc/ciphersync/known hosts %h".into(),
+            transport: crate::config::Transport::Rsync,
+            remote_checksums: RemoteChecksums::Ssh,
+            connections: 4,
+        }
+    }
+
+    #[test]
+    fn ssh_config_paths_escape_percent() {
+        let text = ssh_config_text(
+            &sftp("/keys/100%/id"),
+            Some(Path::new("/run/p%d it's/ssh.sock")),
+        )
+        .unwrap();
+        for line in [
+            "  UserKnownHostsFile \"/etc/ciphersync/known hosts %%h\"",
+            "  ControlPath \"/run/p%%d it's/ssh.sock\"",
+            "  IdentityFile \"/keys/100%%/id\"",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn ssh_config_refuses_what_it_cannot_quote() {
+        for bad in ["/k/a\"b", "/k/a\\b", "/k/${HOME}", "/k/a\nProxyCommand x"] {
+            let e = ssh_config_text(&sftp(bad), None).unwrap_err();
+            assert!(e.message.contains("ssh config"), "{bad:?}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn rsync_shell_words_survive_rsync_splitting() {
+        assert_eq!(
+            rsync_shell_quote("/run/p%d it's/ssh_config"),
+            "'/run/p%d it''s/ssh_config'"
+        );
+        assert_eq!(rsync_shell_quote(r#"/a "b" \c"#), r#"'/a "b" \c'"#);
     }
 }

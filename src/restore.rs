@@ -5,16 +5,15 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
-use serde_json::json;
-
 use crate::config::{Job, Target};
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::exec::Cmd;
 use crate::remote::{self, FILES, Remote, SNAPSHOTS, TreeEntry};
+use crate::rsync::{Stats, parse_stats};
 use crate::run::{Context, Done};
 use crate::split;
+use crate::stats::{RestoreStats, StageStats};
 use crate::status::Outcome;
-use crate::sync::{Stats, parse_stats};
 use crate::{crypt, fsutil};
 use crate::{interrupt, snapshots};
 
@@ -103,11 +102,11 @@ pub fn restore(ctx: &Context, request: &RestoreRequest) -> Result<Done> {
     drop(remote);
     Ok(Done {
         outcome: Outcome::Ok,
-        stats: json!({
-            "to": to,
-            "snapshot": request.snapshot,
-            "files": stats.transferred,
-            "bytes": stats.bytes_transferred,
+        stats: StageStats::Restore(RestoreStats {
+            to,
+            snapshot: request.snapshot.clone(),
+            files: stats.transferred,
+            bytes: stats.bytes_transferred,
         }),
     })
 }

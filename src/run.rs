@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::config::Job;
 use crate::error::{Error, IoContext, Kind, Result};
+use crate::stats::StageStats;
 use crate::status::{self, Outcome, Stage, StageResult};
 use crate::{fsutil, log, mount};
 
@@ -78,7 +79,7 @@ pub fn enter(job: &Job) -> Result<Context<'_>> {
 /// What a stage's body returns when it did not fail.
 pub struct Done {
     pub outcome: Outcome,
-    pub stats: Value,
+    pub stats: StageStats,
 }
 
 /// Runs a stage body inside the lock and records its result. The lock is
@@ -97,7 +98,7 @@ pub fn stage(
             started_at,
             finished_at: SystemTime::now(),
             error: None,
-            stats: done.stats,
+            stats: done.stats.to_json(),
         },
         Err(error) => StageResult {
             outcome: if error.kind == Kind::Interrupted {
@@ -116,27 +117,4 @@ pub fn stage(
     }
     drop(ctx);
     Ok(result)
-}
-
-/// Runs `remote` on a second thread while `local` runs on this one, and
-/// waits for both: mounting the reverse view (scrypt, a FUSE daemon) and
-/// connecting to the server (or hashing on it) do not depend on each other.
-/// A local error wins over a remote one; whatever the other side set up is
-/// dropped (unmounted, disconnected) on the way out.
-pub fn side_by_side<R: Send, L>(
-    remote: impl FnOnce() -> Result<R> + Send,
-    local: impl FnOnce() -> Result<L>,
-) -> Result<(R, L)> {
-    std::thread::scope(|scope| {
-        let remote = scope.spawn(remote);
-        let local = local();
-        let remote = remote
-            .join()
-            .unwrap_or_else(|_| Err(Error::new(Kind::Io, "the remote side panicked")));
-        match (remote, local) {
-            (_, Err(local)) => Err(local),
-            (Err(remote), Ok(_)) => Err(remote),
-            (Ok(r), Ok(l)) => Ok((r, l)),
-        }
-    })
 }

@@ -34,7 +34,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use crate::config::{Filenames, Job, Retention};
-use crate::crypt::REMOTE_CONFIG_NAME;
+use crate::crypt::{REMOTE_CONFIG_NAME, is_gocryptfs_metadata};
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::remote::{FILES, RECORDS, Remote, SNAPSHOTS, TreeEntry};
 use crate::status::{AtomicFile, parse_snapshot_id};
@@ -263,16 +263,6 @@ fn unescape(text: &str) -> Option<String> {
     Some(out)
 }
 
-/// gocryptfs' own files in an encrypted tree: directory IVs, long-name
-/// files and the config. They are backed up like any file but are not the
-/// user's files, so counts leave them out.
-pub fn is_gocryptfs_metadata(path: &str) -> bool {
-    let name = path.rsplit('/').next().unwrap_or(path);
-    name == "gocryptfs.diriv"
-        || (name.starts_with("gocryptfs.longname.") && name.ends_with(".name"))
-        || path == REMOTE_CONFIG_NAME
-}
-
 pub fn record_path(id: &str) -> String {
     format!("{RECORDS}/{id}.rec")
 }
@@ -290,7 +280,7 @@ pub fn write_record(
     job: &Job,
     remote: &Remote,
     snapshot: &str,
-    stats: &crate::sync::Stats,
+    stats: &crate::rsync::Stats,
     same_as: Option<SameAs>,
 ) -> Result<Written> {
     let mut header = Header {

@@ -19,10 +19,9 @@
 //! between two top-level directories are stored as separate files.
 
 use std::path::Path;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use crate::error::{IoContext, Result};
+use crate::pool;
 
 /// The top-level directories of `tree`, sorted. Empty (one rsync, no
 /// split) when a name cannot be written as a filter rule: not UTF-8, or
@@ -51,31 +50,14 @@ pub fn top_level_dirs(tree: &Path) -> Result<Vec<String>> {
 
 /// Runs `pass` on every batch of directories, `workers` at a time (the
 /// job's `target.connections`; sshfs opens as many connections); after the
-/// first failure no new pass starts. The results in the order they ended;
+/// first failure no new pass starts. The results in no particular order;
 /// the first error, if any.
 pub fn in_workers<R: Send>(
     dirs: Vec<String>,
     workers: usize,
     pass: impl Fn(&[String]) -> Result<R> + Sync,
 ) -> Result<Vec<R>> {
-    let batches = Mutex::new(batches(dirs, workers).into_iter());
-    let results = Mutex::new(Vec::new());
-    let failed = AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| {
-                while !failed.load(Relaxed) {
-                    let Some(batch) = batches.lock().unwrap().next() else {
-                        return;
-                    };
-                    let result = pass(&batch);
-                    failed.fetch_or(result.is_err(), Relaxed);
-                    results.lock().unwrap().push(result);
-                }
-            });
-        }
-    });
-    results.into_inner().unwrap().into_iter().collect()
+    pool::map_unordered(batches(dirs, workers), workers, |batch| pass(&batch))
 }
 
 /// The first pass's filter: nothing below the top level. Perishable (`p`):

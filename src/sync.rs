@@ -5,10 +5,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use serde_json::{Value, json};
 
 use crate::config::{Filenames, Job, Target, Transport};
 use crate::crypt::{self, PathDecryptor, REMOTE_CONFIG_NAME};
@@ -17,22 +14,12 @@ use crate::exec::Cmd;
 use crate::fingerprint::{self, SourceState};
 use crate::mount::Mount;
 use crate::remote::{self, CHECKSUMS, FILES, RECORDS, Remote, SNAPSHOTS};
+use crate::rsync::{self, ITEMIZE_FORMAT, RsyncPlan, Stats, rsync_args, stats_from};
 use crate::run::{Context, Done};
+use crate::state::{BACKUP_INCOMPLETE, LastBackup, RepairList};
+use crate::stats::{BackupStats, StageStats};
 use crate::status::{self, Outcome};
-use crate::{guard, interrupt, log, snapshots, split};
-
-/// Left in the state dir while rsync runs: if it is there when a backup
-/// starts, the previous one was killed and may have left temp files.
-const INCOMPLETE_MARKER: &str = "backup.incomplete";
-/// The last successful backup: its snapshot id (a new run never reuses it)
-/// and its exact start time (verify treats files changed after it as pending).
-const LAST_BACKUP: &str = "last-backup.json";
-/// Encrypted paths that the last verify found damaged on the remote.
-pub const REPAIR_LIST: &str = "repair.list";
-
-// rsync exit codes (rsync's errcode.h).
-const RSYNC_PARTIAL: i32 = 23;
-const RSYNC_VANISHED: i32 = 24;
+use crate::{guard, interrupt, log, pool, snapshots, split};
 
 /// Options of one backup run that the command line may override.
 pub struct BackupOptions {
@@ -46,64 +33,175 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
     crate::mount::prepare_point(&cipher_point)?;
     let ctlsock = ctx.runtime("ctl.sock");
     let max_delete_percent = options.max_delete_percent.unwrap_or(job.max_delete_percent);
-    let incomplete = ctx.state(INCOMPLETE_MARKER);
-    // Read once: the job lock keeps it as it is until this run writes it.
-    let last = last_backup(&job.state_dir);
-    let last = last.as_ref();
-    // The server is asked (ssh master, preflight) while the view is mounted
-    // (scrypt) and, when the target has a last run to compare with,
-    // indexed for the deletion guard. A source with the fingerprint of the
-    // last backup needs no guard, and the server need not send the record;
-    // if the target, too, is as that backup left it, rsync need not run.
-    let (unchanged_tx, unchanged_rx) = std::sync::mpsc::channel();
-    let (last_id_tx, last_id_rx) = std::sync::mpsc::channel();
-    let ((remote, known), local) = crate::run::side_by_side(
-        || start_remote(ctx, unchanged_rx, last_id_tx),
-        || {
-            let points = (cipher_point.as_path(), ctlsock.as_path());
-            start_local(
-                ctx,
-                points,
-                last,
-                max_delete_percent,
-                unchanged_tx,
-                last_id_rx,
-            )
-        },
-    )?;
-    let LocalStart {
+    // Read once: the job lock keeps the state dir as it is until this run
+    // writes it.
+    let last = LastBackup::read(&job.state_dir);
+    let killed = BACKUP_INCOMPLETE.is_set(&job.state_dir);
+    let repair_pending = RepairList::pending(&job.state_dir);
+    let points = (cipher_point.as_path(), ctlsock.as_path());
+    let start = start(ctx, points, last.as_ref(), killed, max_delete_percent)?;
+    let plan = plan_backup(&PlanInputs {
+        unchanged_since: start.unchanged_since.as_deref(),
+        last_id: start.known.last_id.as_deref(),
+        last_stamps: last.as_ref().and_then(|l| l.target_stamps.as_deref()),
+        target_stamps: start.known.target_stamps.as_deref(),
+        killed,
+        repair_pending,
+        max_delete_percent,
+    });
+    log::debug(|| format!("backup plan: {plan:?}"));
+    match plan {
+        BackupPlan::NothingToSend { last_id, stamps } => {
+            record_unchanged_run(ctx, start, &last_id, &stamps, last.as_ref())
+        }
+        BackupPlan::Full(full) => full_run(ctx, start, full, last.as_ref(), max_delete_percent),
+    }
+}
+
+/// What backup decides from its inputs before it changes anything.
+#[derive(Debug, PartialEq, Eq)]
+enum BackupPlan {
+    /// Source and target are as the last backup left them: no rsync; the
+    /// record copies run `last_id`'s entries, with the stamps of files/
+    /// the preflight took.
+    NothingToSend { last_id: String, stamps: String },
+    /// rsync mirrors the view.
+    Full(FullRun),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct FullRun {
+    /// A killed run may have left rsync's temp files in files/.
+    clean_leftovers: bool,
+    /// Index the view and check it against the last record (guard.rs).
+    guard: bool,
+    workers: Workers,
+    /// The source is as this run found it: if rsync then changes nothing,
+    /// files/ is what that run's record lists, and the record copies it.
+    same_as: Option<String>,
+}
+
+/// Whether rsync runs as several workers (split.rs, sshfs only). Workers
+/// pay off when files move; for a run that only checks (the common
+/// nightly case) one rsync starts faster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workers {
+    Several,
+    One,
+    /// As the guard's estimate says: several unless nothing moves (and
+    /// several when there is no estimate after all).
+    ByEstimate,
+}
+
+impl Workers {
+    fn split(self, estimate: Option<&guard::Estimate>) -> bool {
+        match self {
+            Workers::Several => true,
+            Workers::One => false,
+            Workers::ByEstimate => estimate.is_none_or(|e| !e.nothing_to_move()),
+        }
+    }
+}
+
+/// The inputs of the plan: the state dir as the last runs left it, and
+/// what the start learned about the source and the target.
+#[derive(Debug, Clone, Copy)]
+struct PlanInputs<'a> {
+    /// The last backup's id, when the source has its fingerprint (see
+    /// `last_backup_if_unchanged`).
+    unchanged_since: Option<&'a str>,
+    /// The newest run on the target.
+    last_id: Option<&'a str>,
+    /// The stamps of files/ after the last backup, and now (only when the
+    /// preflight did not send the record).
+    last_stamps: Option<&'a str>,
+    target_stamps: Option<&'a str>,
+    /// The last backup was killed (its marker is still there).
+    killed: bool,
+    /// The last verify found damage for this run to repair.
+    repair_pending: bool,
+    max_delete_percent: u8,
+}
+
+/// Settles every decision of a backup. A source with the fingerprint of
+/// the backup that wrote the newest record needs no guard (and the server
+/// did not send the record); if the target, too, is as that backup left it
+/// (its stamps, and no damage found by verify since), rsync need not run.
+fn plan_backup(i: &PlanInputs) -> BackupPlan {
+    let unchanged = i.unchanged_since.is_some() && i.unchanged_since == i.last_id;
+    let target_unchanged =
+        i.last_stamps.is_some() && i.last_stamps == i.target_stamps && !i.repair_pending;
+    if let (true, true, Some(last_id), Some(stamps)) =
+        (unchanged, target_unchanged, i.last_id, i.target_stamps)
+    {
+        return BackupPlan::NothingToSend {
+            last_id: last_id.to_string(),
+            stamps: stamps.to_string(),
+        };
+    }
+    let guard = !unchanged && i.max_delete_percent < 100 && i.last_id.is_some();
+    // Files move when the guard's estimate says so, or when an unchanged
+    // source meets a target whose stamps changed (how much, nobody knows
+    // yet).
+    let workers = match (unchanged, guard) {
+        (true, _) if i.target_stamps.is_some() => Workers::Several,
+        (true, _) => Workers::One,
+        (false, true) => Workers::ByEstimate,
+        (false, false) => Workers::Several,
+    };
+    BackupPlan::Full(FullRun {
+        clean_leftovers: i.killed,
+        guard,
+        workers,
+        same_as: i.last_id.filter(|_| unchanged).map(String::from),
+    })
+}
+
+/// The run that mirrors the view with rsync.
+fn full_run(
+    ctx: &Context,
+    start: Start,
+    full: FullRun,
+    last: Option<&LastBackup>,
+    max_delete_percent: u8,
+) -> Result<Done> {
+    let job = ctx.job;
+    let Start {
+        remote,
+        known,
         view,
         source,
-        unchanged,
-        index,
-    } = local;
-    if unchanged && target_unchanged(ctx, last, &known) {
-        return record_unchanged_run(ctx, &remote, known, source, view, last);
-    }
-    if incomplete.exists() {
+        ..
+    } = start;
+    let index = match full.guard {
+        true => Some(guard::index_view(view.point())?),
+        false => None,
+    };
+    if full.clean_leftovers {
         clean_after_killed_run(job, &remote)?;
     }
     ensure_remote_config(job, &remote, known.config)?;
-    let estimate = match unchanged {
-        true => {
-            log::debug(|| {
-                "the source has not changed since the last backup: no deletion guard needed".into()
-            });
+    let estimate = match index {
+        Some(index) => guard_mass_changes(
+            ctx,
+            known.last_record,
+            index,
+            last.map(|l| l.started_ns),
+            max_delete_percent,
+        )?,
+        None => {
+            if full.same_as.is_some() {
+                log::debug(|| {
+                    "the source has not changed since the last backup: no deletion guard needed"
+                        .into()
+                });
+            }
             None
         }
-        false => guard_mass_changes(ctx, known.last_record, index, max_delete_percent)?,
     };
-    // Workers pay off when files move; for a run that only checks (the
-    // common nightly case) one rsync starts faster. Files move when the
-    // guard's estimate says so, or when an unchanged source meets a target
-    // whose stamps changed (how much, nobody knows yet).
-    let split = match estimate {
-        Some(estimate) => !estimate.nothing_to_move(),
-        None if unchanged => known.target_stamps.is_some(),
-        None => true,
-    };
+    let split = full.workers.split(estimate.as_ref());
     let snapshot = next_snapshot_id(ctx, last)?;
-    std::fs::write(&incomplete, &snapshot).ctx(|| format!("writing {}", incomplete.display()))?;
+    BACKUP_INCOMPLETE.set(&job.state_dir, &snapshot)?;
 
     let rsync = Rsync {
         job,
@@ -117,7 +215,7 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
     // The last moment before we trust both mounts with --delete.
     view.check_live()?;
     remote.check_live()?;
-    let decryptor = PathDecryptor::new(&ctlsock);
+    let decryptor = PathDecryptor::new(&ctx.runtime("ctl.sock"));
     let mut stats = rsync.mirror(&decryptor)?;
     stats.add(&repair);
 
@@ -128,21 +226,19 @@ pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
         snapshots::complete_snapshot_dir(job, &remote, &snapshot)?;
     }
     // Nothing changed on either side: files/ is what the last record lists.
-    let same_as = match (
-        unchanged && !stats.touched && stats.changed == 0,
-        &known.last_id,
-    ) {
-        (true, Some(last)) => Some(snapshots::SameAs { last, stamps: None }),
-        _ => None,
-    };
+    let same_as = full
+        .same_as
+        .as_deref()
+        .filter(|_| !stats.touched && stats.changed == 0)
+        .map(|last| snapshots::SameAs { last, stamps: None });
     // The view is not needed any more: unmount it while the server writes.
-    let (record, ()) = crate::run::side_by_side(
+    let (record, ()) = pool::side_by_side(
         || snapshots::write_record(job, &remote, &snapshot, &stats, same_as),
         || view.unmount(),
     )?;
     record_last_backup(ctx, &snapshot, source, record.target_stamps.as_deref())?;
-    let _ = std::fs::remove_file(ctx.state(REPAIR_LIST));
-    std::fs::remove_file(&incomplete).ctx(|| format!("removing {}", incomplete.display()))?;
+    RepairList::clear(&job.state_dir);
+    BACKUP_INCOMPLETE.clear(&job.state_dir)?;
     let pruned = snapshots::prune(job, &remote, false)?;
     Ok(done(&snapshot, &record.header, &stats, &repair, pruned))
 }
@@ -157,26 +253,18 @@ fn done(
 ) -> Done {
     Done {
         outcome: Outcome::Ok,
-        stats: json!({
-            "files": record.files,
-            "transferred": stats.transferred,
-            "bytes_transferred": stats.bytes_transferred,
-            "deleted": stats.deleted,
-            "changed": stats.changed,
-            "repaired": repair.transferred,
-            "snapshot": snapshot,
-            "bytes": record.bytes,
-            "pruned": pruned.snapshot_dirs,
+        stats: StageStats::Backup(BackupStats {
+            files: record.files,
+            transferred: stats.transferred,
+            bytes_transferred: stats.bytes_transferred,
+            deleted: stats.deleted,
+            changed: stats.changed,
+            repaired: repair.transferred,
+            snapshot: snapshot.to_string(),
+            bytes: record.bytes,
+            pruned: pruned.snapshot_dirs,
         }),
     }
-}
-
-/// Whether files/ is as the last backup left it: the stamps the server
-/// just took are those it took after that backup's record, and no verify
-/// since found damage (that needs rsync's repair by checksum).
-fn target_unchanged(ctx: &Context, last: Option<&Value>, known: &Known) -> bool {
-    let last_stamps = last.and_then(|last| last["target_stamps"].as_str().map(String::from));
-    last_stamps.is_some() && last_stamps == known.target_stamps && !ctx.state(REPAIR_LIST).exists()
 }
 
 /// Source and target are as the last backup left them (fingerprint and
@@ -186,97 +274,97 @@ fn target_unchanged(ctx: &Context, last: Option<&Value>, known: &Known) -> bool 
 /// writes its record (the last one's entries) and prunes, as any other.
 fn record_unchanged_run(
     ctx: &Context,
-    remote: &Remote,
-    known: Known,
-    source: Option<SourceState>,
-    view: Mount,
-    last: Option<&Value>,
+    start: Start,
+    last_id: &str,
+    stamps: &str,
+    last: Option<&LastBackup>,
 ) -> Result<Done> {
     let job = ctx.job;
+    let Start {
+        remote,
+        known,
+        view,
+        source,
+        ..
+    } = start;
     log::info("the source and the target are as the last backup left them: nothing to send");
-    ensure_remote_config(job, remote, known.config)?;
+    ensure_remote_config(job, &remote, known.config)?;
     let snapshot = next_snapshot_id(ctx, last)?;
     let nothing = Stats::default();
     // No rsync ran: files/ still has the stamps the preflight took.
-    let same_as = known.last_id.as_deref().map(|last| snapshots::SameAs {
-        last,
-        stamps: known.target_stamps.as_deref(),
-    });
-    let (record, ()) = crate::run::side_by_side(
-        || snapshots::write_record(job, remote, &snapshot, &nothing, same_as),
+    let same_as = snapshots::SameAs {
+        last: last_id,
+        stamps: Some(stamps),
+    };
+    let (record, ()) = pool::side_by_side(
+        || snapshots::write_record(job, &remote, &snapshot, &nothing, Some(same_as)),
         || view.unmount(),
     )?;
     record_last_backup(ctx, &snapshot, source, record.target_stamps.as_deref())?;
-    let pruned = snapshots::prune(job, remote, false)?;
+    let pruned = snapshots::prune(job, &remote, false)?;
     Ok(done(&snapshot, &record.header, &nothing, &nothing, pruned))
 }
 
-/// The remote side of the start: the ssh master, then the preflight, told
-/// by the local side whether it will need the last record.
-fn start_remote(
-    ctx: &Context,
-    unchanged_rx: Receiver<Option<String>>,
-    last_id_tx: Sender<Option<String>>,
-) -> Result<(Remote, Known)> {
-    let job = ctx.job;
-    let remote = remote::open(job, uses_sshfs(job), &ctx.runtime("remote"))?;
-    // An error on the other side drops its sender: then None.
-    let unchanged_since = unchanged_rx.recv().unwrap_or(None);
-    let known = preflight(job, &remote, unchanged_since.as_deref())?;
-    let _ = last_id_tx.send(known.last_id.clone());
-    Ok((remote, known))
-}
-
-/// The local side of the start.
-struct LocalStart {
+/// What the start of a run set up and learned.
+struct Start {
+    remote: Remote,
+    /// What the preflight found on the target.
+    known: Known,
     view: Mount,
     /// The source's fingerprint, taken before anything read the view.
     source: Option<SourceState>,
-    /// The source is as the backup that wrote the newest record found it.
-    unchanged: bool,
-    /// The view's index for the deletion guard, when the guard is needed.
-    index: Option<guard::ViewIndex>,
+    /// What the preflight was told (see `last_backup_if_unchanged`).
+    unchanged_since: Option<String>,
 }
 
-/// Mounts the view while the source is fingerprinted, telling the remote
-/// side as soon as the fingerprint is known; then indexes the view when the
-/// guard needs it: when the target has a last record and the source is not
-/// as the backup that wrote it found it.
-fn start_local(
+/// The server is asked (ssh master, preflight) while the view is mounted
+/// (scrypt) on a second thread. The source is fingerprinted while the ssh
+/// master connects: the preflight needs to know whether the source is as
+/// the last backup found it (then the server need not send the record).
+/// A local error (the view) wins over a remote one; whatever the other
+/// side set up is dropped (unmounted, disconnected) on the way out.
+fn start(
     ctx: &Context,
     (cipher_point, ctlsock): (&Path, &Path),
-    last: Option<&Value>,
+    last: Option<&LastBackup>,
+    killed: bool,
     max_delete_percent: u8,
-    unchanged_tx: Sender<Option<String>>,
-    last_id_rx: Receiver<Option<String>>,
-) -> Result<LocalStart> {
+) -> Result<Start> {
     let job = ctx.job;
-    let incomplete = ctx.state(INCOMPLETE_MARKER);
-    let (view, (source, unchanged_since)) = std::thread::scope(|scope| {
-        let fingerprinted = scope.spawn(|| {
-            let unchanged_tx = unchanged_tx; // moved in: dropped even on a panic
-            let source = fingerprint::of_source(job);
-            let since = last_backup_if_unchanged(last, source.as_ref(), &incomplete);
-            let _ = unchanged_tx.send(since.clone());
-            (source, since)
-        });
-        let view = crypt::mount_reverse(job, cipher_point, Some(ctlsock));
-        (view, fingerprinted.join().unwrap_or((None, None)))
-    });
-    let view = view?;
-    refuse_empty_view(job, view.point(), max_delete_percent)?;
-    let last_id = last_id_rx.recv().unwrap_or(None);
-    let unchanged = unchanged_since.is_some() && unchanged_since == last_id;
-    let index = match max_delete_percent < 100 && last_id.is_some() && !unchanged {
-        true => Some(guard::index_view(view.point())?),
-        false => None,
+    let (view, remote) = pool::join(
+        || {
+            let view = crypt::mount_reverse(job, cipher_point, Some(ctlsock))?;
+            refuse_empty_view(job, view.point(), max_delete_percent)?;
+            Ok(view)
+        },
+        || {
+            let (remote, source) = pool::join(
+                || remote::open(job, uses_sshfs(job), &ctx.runtime("remote")),
+                || fingerprint::of_source(job),
+            );
+            let unchanged_since = last_backup_if_unchanged(last, source.as_ref(), killed);
+            let remote = remote.unwrap_or_else(|_| Err(panicked("the connection")))?;
+            let known = preflight(job, &remote, unchanged_since.as_deref())?;
+            Ok((remote, known, source, unchanged_since))
+        },
+    );
+    let view: Result<Mount> = view.unwrap_or_else(|_| Err(panicked("the view's mount")));
+    let ((remote, known, source, unchanged_since), view) = match (remote, view) {
+        (_, Err(local)) => return Err(local),
+        (Err(remote), Ok(_)) => return Err(remote),
+        (Ok(remote), Ok(view)) => (remote, view),
     };
-    Ok(LocalStart {
+    Ok(Start {
+        remote,
+        known,
         view,
         source,
-        unchanged,
-        index,
+        unchanged_since,
     })
+}
+
+fn panicked(what: &str) -> Error {
+    Error::new(Kind::Io, format!("{what} panicked"))
 }
 
 fn uses_sshfs(job: &Job) -> bool {
@@ -316,14 +404,14 @@ fn refuse_empty_view(job: &Job, view: &Path, max_delete_percent: u8) -> Result<(
 fn guard_mass_changes(
     ctx: &Context,
     last: Option<Result<LastRecord>>,
-    index: Option<guard::ViewIndex>,
+    index: guard::ViewIndex,
+    started_ns: Option<i128>,
     percent: u8,
 ) -> Result<Option<guard::Estimate>> {
-    let (Some(last), Some(index)) = (last, index) else {
+    let Some(last) = last else {
         return Ok(None);
     };
-    let estimate = last
-        .and_then(|last| guard::estimate(last, &index, last_backup_start_ns(&ctx.job.state_dir)));
+    let estimate = last.and_then(|last| guard::estimate(last, &index, started_ns));
     let estimate = match estimate {
         Ok(estimate) => estimate,
         Err(e) => {
@@ -509,16 +597,18 @@ fn record_last_backup(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let mut doc = json!({ "snapshot": snapshot, "started_ns": started_ns.to_string() });
     // Only a settled fingerprint may stand for the source this run sent.
-    if let Some(source) = source.filter(SourceState::settled) {
-        doc["source_fingerprint"] = json!(source.fingerprint);
+    let source_fingerprint = source.filter(SourceState::settled).map(|s| s.fingerprint);
+    LastBackup {
+        snapshot: snapshot.to_string(),
         // Only with a fingerprint: the pair says "nothing to send".
-        if let Some(stamps) = target_stamps {
-            doc["target_stamps"] = json!(stamps);
-        }
+        target_stamps: target_stamps
+            .filter(|_| source_fingerprint.is_some())
+            .map(String::from),
+        source_fingerprint,
+        started_ns: i128::try_from(started_ns).unwrap_or(i128::MAX),
     }
-    status::write_atomic(&ctx.state(LAST_BACKUP), doc.to_string().as_bytes())
+    .write(&ctx.job.state_dir)
 }
 
 /// The last backup's snapshot id when the source has its fingerprint and
@@ -526,33 +616,20 @@ fn record_last_backup(
 /// what the view shows (rsync checks that anyway), and the guard has
 /// nothing to guard against.
 fn last_backup_if_unchanged(
-    last: Option<&Value>,
+    last: Option<&LastBackup>,
     source: Option<&SourceState>,
-    incomplete: &Path,
+    incomplete: bool,
 ) -> Option<String> {
     let last = last?;
-    let same = last["source_fingerprint"].as_str() == Some(source?.fingerprint.as_str());
-    let id = last["snapshot"]
-        .as_str()
-        .filter(|id| status::parse_snapshot_id(id).is_some())?;
-    (same && !incomplete.exists()).then(|| id.to_string())
-}
-
-/// The exact start of the last successful backup, in ns since the epoch.
-pub fn last_backup_start_ns(state_dir: &Path) -> Option<i128> {
-    let doc = last_backup(state_dir)?;
-    doc["started_ns"].as_str()?.parse().ok()
-}
-
-fn last_backup(state_dir: &Path) -> Option<Value> {
-    let text = std::fs::read_to_string(state_dir.join(LAST_BACKUP)).ok()?;
-    serde_json::from_str(&text).ok()
+    let same = last.source_fingerprint.as_deref() == Some(source?.fingerprint.as_str());
+    let id = Some(&last.snapshot).filter(|id| status::parse_snapshot_id(id).is_some())?;
+    (same && !incomplete).then(|| id.clone())
 }
 
 /// Snapshot ids are UTC start times to the second; two runs within one
 /// second must not share a snapshot dir, so wait for the clock if needed.
-fn next_snapshot_id(ctx: &Context, last: Option<&Value>) -> Result<String> {
-    let last = last.and_then(|d| d["snapshot"].as_str()).unwrap_or("");
+fn next_snapshot_id(ctx: &Context, last: Option<&LastBackup>) -> Result<String> {
+    let last = last.map_or("", |d| d.snapshot.as_str());
     loop {
         let id = status::snapshot_id(SystemTime::now().max(ctx.started_at));
         if id.as_str() > last {
@@ -567,43 +644,26 @@ fn next_snapshot_id(ctx: &Context, last: Option<&Value>) -> Result<String> {
 /// not change: files that the last verify found damaged are compared by
 /// checksum and re-sent (the damaged copy goes into the snapshot).
 fn repair_damaged(ctx: &Context, rsync: &Rsync) -> Result<Stats> {
-    let Ok(list) = std::fs::read(ctx.state(REPAIR_LIST)) else {
+    let Some(list) = RepairList::read(&ctx.job.state_dir) else {
         return Ok(Stats::default());
     };
-    let present: Vec<&[u8]> = list
-        .split(|b| *b == 0)
-        .filter(|p| !p.is_empty())
-        .filter(|p| {
-            rsync
-                .source
-                .join(std::str::from_utf8(p).unwrap_or("\0"))
-                .is_file()
-        })
+    let present: Vec<&str> = list
+        .paths
+        .iter()
+        .map(String::as_str)
+        .filter(|p| rsync.source.join(p).is_file())
         .collect();
     if present.is_empty() {
         return Ok(Stats::default());
     }
     let files_from = ctx.runtime("repair.files");
-    std::fs::write(&files_from, present.join(&0u8))
+    std::fs::write(&files_from, present.join("\0"))
         .ctx(|| format!("writing {}", files_from.display()))?;
     log::info(format!(
         "re-sending {} file(s) that the last verify found damaged",
         present.len()
     ));
     rsync.repair(&files_from)
-}
-
-/// The figures a backup reports, from rsync's --stats.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    pub files: u64,
-    pub transferred: u64,
-    pub bytes_transferred: u64,
-    pub deleted: u64,
-    /// Files and symlinks created, changed (content or mode) or deleted.
-    pub changed: u64,
-    /// See `Changes::touched`.
-    pub touched: bool,
 }
 
 struct Rsync<'a> {
@@ -674,11 +734,11 @@ impl Rsync<'_> {
         let stats = stats_from(out.stdout_reader()?)?;
         match out.code() {
             Some(0) => {}
-            Some(RSYNC_VANISHED) => log::warn(format!(
+            Some(rsync::VANISHED) => log::warn(format!(
                 "some source files vanished while rsync read them; the next backup picks up the change: {}",
                 out.stderr.trim()
             )),
-            Some(RSYNC_PARTIAL) => {
+            Some(rsync::PARTIAL) => {
                 if let Some(cause) = self.diagnose(&out.stderr) {
                     return Err(cause);
                 }
@@ -706,7 +766,7 @@ impl Rsync<'_> {
             format!("--out-format={ITEMIZE_FORMAT}"),
         ]);
         let mut out = self.run(args)?;
-        if !(out.success() || out.code() == Some(RSYNC_VANISHED)) {
+        if !(out.success() || out.code() == Some(rsync::VANISHED)) {
             return Err(self.failure(&out));
         }
         stats_from(out.stdout_reader()?)
@@ -796,11 +856,11 @@ impl Rsync<'_> {
         if let Err(e) = self.remote.check_live() {
             return Some(self.lost_connection(e, first_error));
         }
-        let full = disk_full(stderr)
+        let full = rsync::disk_full(stderr)
             || self
                 .remote
                 .local_root()
-                .is_some_and(|root| no_room_for(root, self.failed_write_size(stderr)));
+                .is_some_and(|root| rsync::no_room_for(root, self.failed_write_size(stderr)));
         full.then(|| {
             Error::new(
                 Kind::Remote,
@@ -810,176 +870,6 @@ impl Rsync<'_> {
                 ),
             )
         })
-    }
-}
-
-fn disk_full(stderr: &str) -> bool {
-    stderr.contains("No space left") || stderr.contains("Disk quota exceeded")
-}
-
-/// True when the target has less room than the file whose write failed
-/// (rsync has removed its temp file by now, so the space is free again) or
-/// under 1 MiB. statvfs works through sshfs too (statvfs@openssh.com).
-fn no_room_for(root: &Path, failed_size: u64) -> bool {
-    nix::sys::statvfs::statvfs(root).is_ok_and(|s| {
-        let free = s.blocks_available() * s.fragment_size();
-        free < failed_size.max(1 << 20)
-    })
-}
-
-/// What the rsync argv depends on; kept apart so the argv can be tested.
-pub struct RsyncPlan<'a> {
-    pub snapshot: &'a str,
-    pub over_sshfs: bool,
-    pub protect_config: bool,
-    pub ssh_shell: Option<String>,
-}
-
-/// The shared rsync options. Never --partial or -P: a killed run must not
-/// leave a truncated file under a real name (it would later be kept as the
-/// "old version" in a snapshot).
-pub fn rsync_args(plan: &RsyncPlan) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "-a",
-        "-H",
-        "--no-specials",
-        "--no-devices",
-        "--backup",
-        &format!("--backup-dir=../{SNAPSHOTS}/{}/", plan.snapshot),
-    ]
-    .map(String::from)
-    .to_vec();
-    if plan.over_sshfs {
-        // SFTP cannot set symlink times, and a non-root account cannot chown.
-        args.extend(["--omit-link-times", "--no-owner", "--no-group"].map(String::from));
-    }
-    if plan.protect_config {
-        // The config we upload is not in the view: keep --delete off it.
-        args.push(format!("--filter=P /{REMOTE_CONFIG_NAME}"));
-    }
-    if let Some(shell) = &plan.ssh_shell {
-        args.push("-e".into());
-        args.push(shell.clone());
-    }
-    args
-}
-
-/// Reads rsync's --stats (with --no-human-readable; commas are tolerated).
-pub fn parse_stats(text: &str) -> Stats {
-    let mut stats = Stats::default();
-    for line in text.lines() {
-        stats.read_stats_line(line);
-    }
-    stats
-}
-
-const ITEMIZE_FORMAT: &str = "%i %n";
-
-/// rsync's byte figures with the file counts of the user's files, read line
-/// by line from rsync's stdout.
-fn stats_from(rsync_stdout: &mut File) -> Result<Stats> {
-    let mut stats = Stats::default();
-    let mut changes = Changes::default();
-    for line in BufReader::new(rsync_stdout).split(b'\n') {
-        let line = line.ctx(|| "reading rsync's output")?;
-        let line = String::from_utf8_lossy(&line);
-        stats.read_stats_line(&line);
-        changes.read_line(&line);
-    }
-    Ok(Stats {
-        transferred: changes.transferred,
-        deleted: changes.deleted,
-        changed: changes.changed,
-        touched: changes.touched,
-        ..stats
-    })
-}
-
-impl Stats {
-    /// Adds the figures of another rsync pass of the same run.
-    pub fn add(&mut self, other: &Stats) {
-        self.transferred += other.transferred;
-        self.bytes_transferred += other.bytes_transferred;
-        self.deleted += other.deleted;
-        self.changed += other.changed;
-        self.touched |= other.touched;
-    }
-
-    fn read_stats_line(&mut self, line: &str) {
-        let Some((label, value)) = line.split_once(':') else {
-            return;
-        };
-        let number = |v: &str| -> u64 {
-            v.split_whitespace()
-                .next()
-                .unwrap_or("0")
-                .replace(',', "")
-                .parse()
-                .unwrap_or(0)
-        };
-        match label.trim() {
-            // "Number of files: 5 (reg: 3, dir: 2)": we count regular files.
-            "Number of files" => {
-                self.files = value
-                    .split_once("reg:")
-                    .map(|(_, rest)| number(rest.trim_end_matches([')', ' '])))
-                    .unwrap_or(0)
-            }
-            "Number of regular files transferred" => self.transferred = number(value),
-            "Number of deleted files" => self.deleted = number(value),
-            "Total transferred file size" => self.bytes_transferred = number(value),
-            _ => {}
-        }
-    }
-}
-
-/// What one run changed, counted in the user's files: directories and
-/// gocryptfs' own files (diriv, long-name files, the config) left out.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Changes {
-    pub transferred: u64,
-    pub deleted: u64,
-    pub changed: u64,
-    /// Anything created, replaced or deleted, gocryptfs' files included:
-    /// only then may rsync have made a snapshot dir.
-    pub touched: bool,
-}
-
-/// Reads the `%i %n` lines rsync prints (an 11-character change summary, a
-/// space, the name; directories end in `/`). Other lines are ignored.
-pub fn parse_itemized(text: &str) -> Changes {
-    let mut changes = Changes::default();
-    for line in text.lines() {
-        changes.read_line(line);
-    }
-    changes
-}
-
-impl Changes {
-    fn read_line(&mut self, line: &str) {
-        let (Some(summary), Some(name)) = (line.get(..11), line.get(12..)) else {
-            return;
-        };
-        if line.as_bytes().get(11) != Some(&b' ') {
-            return;
-        }
-        let deleting = summary.starts_with("*deleting");
-        let first = summary.as_bytes()[0];
-        if deleting || b"<>c".contains(&first) {
-            self.touched = true;
-        }
-        if name.ends_with('/') || crate::snapshots::is_gocryptfs_metadata(name) {
-            return;
-        }
-        let kind = summary.as_bytes()[1];
-        if deleting {
-            self.deleted += 1;
-        } else if !matches!(kind, b'f' | b'L') || !b"<>ch.".contains(&first) {
-            return;
-        } else if summary.starts_with('>') && kind == b'f' {
-            self.transferred += 1;
-        }
-        self.changed += 1;
     }
 }
 
@@ -1005,30 +895,6 @@ fn name_files(stderr: &str, source: &Path, decryptor: &PathDecryptor) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rsync_argv_for_sshfs() {
-        let plan = RsyncPlan {
-            snapshot: "20261129T030000Z",
-            over_sshfs: true,
-            protect_config: true,
-            ssh_shell: None,
-        };
-        insta::assert_debug_snapshot!(rsync_args(&plan));
-    }
-
-    #[test]
-    fn rsync_argv_over_ssh() {
-        let plan = RsyncPlan {
-            snapshot: "20261129T030000Z",
-            over_sshfs: false,
-            protect_config: false,
-            ssh_shell: Some("ssh -F '/run/ciphersync/my docs/ssh_config'".into()),
-        };
-        let args = rsync_args(&plan);
-        assert!(!args.iter().any(|a| a == "-P" || a.starts_with("--partial")));
-        insta::assert_debug_snapshot!(args);
-    }
 
     /// The preflight script as a server's sh runs it, on an empty target and
     /// on one with a config and two records.
@@ -1089,48 +955,162 @@ mod tests {
         std::fs::remove_dir_all(&root).unwrap();
     }
 
+    const LAST: &str = "20261129T030000Z";
+    const STAMPS: &str = "da39a3ee5e6b4b0d3255bfef95601890afd80709";
+
+    /// An unchanged source and target, as a nightly run usually finds them.
+    fn quiet() -> PlanInputs<'static> {
+        PlanInputs {
+            unchanged_since: Some(LAST),
+            last_id: Some(LAST),
+            last_stamps: Some(STAMPS),
+            target_stamps: Some(STAMPS),
+            killed: false,
+            repair_pending: false,
+            max_delete_percent: 50,
+        }
+    }
+
+    fn full(plan: BackupPlan) -> FullRun {
+        match plan {
+            BackupPlan::Full(full) => full,
+            other => panic!("expected a full run, got {other:?}"),
+        }
+    }
+
     #[test]
-    fn counts_itemized_user_files() {
-        let text = "cd+++++++++ Ab/\n>f+++++++++ Ab/Cd\n>f+++++++++ Ab/gocryptfs.diriv\n\
-                    .f...p..... Ef\n*deleting   Gh\n*deleting   Ij/\ncL+++++++++ Kl\n\
-                    >f.st...... gocryptfs.longname.XYZ.name\n>f+++++++++ gocryptfs.conf\n\n\
-                    Number of files: 9 (reg: 7, dir: 2)\n";
+    fn an_unchanged_source_and_target_send_nothing() {
         assert_eq!(
-            parse_itemized(text),
-            Changes {
-                transferred: 1,
-                deleted: 1,
-                changed: 4,
-                touched: true,
+            plan_backup(&quiet()),
+            BackupPlan::NothingToSend {
+                last_id: LAST.into(),
+                stamps: STAMPS.into()
             }
         );
     }
 
     #[test]
-    fn parses_rsync_stats() {
-        let text = "\nNumber of files: 2,013 (reg: 2,000, dir: 13)\nNumber of created files: 5 (reg: 5)\n\
-                    Number of deleted files: 3 (reg: 3)\nNumber of regular files transferred: 120\n\
-                    Total file size: 157286400 bytes\nTotal transferred file size: 104857600 bytes\n\
-                    Literal data: 104857600 bytes\n";
-        assert_eq!(
-            parse_stats(text),
-            Stats {
-                files: 2000,
-                transferred: 120,
-                bytes_transferred: 104_857_600,
-                deleted: 3,
-                changed: 0,
-                touched: false,
-            }
-        );
-        assert_eq!(parse_stats("Number of files: 1 (dir: 1)\n").files, 0);
+    fn a_changed_target_or_pending_repair_runs_rsync_without_the_guard() {
+        let touched = "0000000000000000000000000000000000000000";
+        for inputs in [
+            PlanInputs {
+                target_stamps: Some(touched),
+                ..quiet()
+            },
+            PlanInputs {
+                repair_pending: true,
+                ..quiet()
+            },
+            PlanInputs {
+                last_stamps: None,
+                ..quiet()
+            },
+        ] {
+            let run = full(plan_backup(&inputs));
+            assert!(!run.guard, "{inputs:?}");
+            assert_eq!(run.same_as.as_deref(), Some(LAST));
+            assert_eq!(run.workers, Workers::Several);
+        }
+        // The record was sent after all (no shell): one rsync checks.
+        let run = full(plan_backup(&PlanInputs {
+            target_stamps: None,
+            ..quiet()
+        }));
+        assert_eq!((run.guard, run.workers), (false, Workers::One));
     }
 
     #[test]
-    fn disk_full_is_named() {
-        assert!(disk_full(
-            "rsync: write failed on \"x\": No space left on device (28)"
-        ));
-        assert!(!disk_full("rsync: connection reset"));
+    fn a_changed_source_is_guarded_unless_allowed_or_first() {
+        let changed = PlanInputs {
+            unchanged_since: None,
+            target_stamps: None,
+            ..quiet()
+        };
+        let run = full(plan_backup(&changed));
+        assert!(run.guard && run.same_as.is_none());
+        assert_eq!(run.workers, Workers::ByEstimate);
+        // A fingerprint that matches an older run than the newest one.
+        let stale = PlanInputs {
+            unchanged_since: Some("20261128T030000Z"),
+            ..changed
+        };
+        assert!(full(plan_backup(&stale)).guard);
+        for inputs in [
+            PlanInputs {
+                max_delete_percent: 100,
+                ..changed
+            },
+            PlanInputs {
+                last_id: None,
+                ..changed
+            },
+        ] {
+            let run = full(plan_backup(&inputs));
+            assert_eq!((run.guard, run.workers), (false, Workers::Several));
+        }
+    }
+
+    #[test]
+    fn a_killed_run_is_cleaned_up_after() {
+        let killed = PlanInputs {
+            // The marker also keeps the source from counting as unchanged.
+            unchanged_since: None,
+            killed: true,
+            ..quiet()
+        };
+        assert!(full(plan_backup(&killed)).clean_leftovers);
+        assert!(
+            !full(plan_backup(&PlanInputs {
+                killed: false,
+                ..killed
+            }))
+            .clean_leftovers
+        );
+    }
+
+    #[test]
+    fn unchanged_since_needs_the_fingerprint_and_no_killed_run() {
+        let source = SourceState {
+            fingerprint: "ab".into(),
+            newest_change_ns: 0,
+            walked_at_ns: 0,
+        };
+        let last = LastBackup {
+            snapshot: LAST.into(),
+            source_fingerprint: Some("ab".into()),
+            started_ns: 1,
+            target_stamps: None,
+        };
+        let since = |last: &LastBackup, source: Option<&SourceState>, killed: bool| {
+            last_backup_if_unchanged(Some(last), source, killed)
+        };
+        assert_eq!(since(&last, Some(&source), false).as_deref(), Some(LAST));
+        assert_eq!(since(&last, Some(&source), true), None);
+        assert_eq!(since(&last, None, false), None);
+        let other = LastBackup {
+            source_fingerprint: Some("cd".into()),
+            ..last.clone()
+        };
+        assert_eq!(since(&other, Some(&source), false), None);
+        let bad_id = LastBackup {
+            snapshot: "latest".into(),
+            ..last
+        };
+        assert_eq!(since(&bad_id, Some(&source), false), None);
+    }
+
+    #[test]
+    fn workers_follow_the_estimate() {
+        let moves = guard::Estimate {
+            recorded: 10,
+            moved: 1,
+            added: 0,
+        };
+        let still = guard::Estimate::default();
+        assert!(Workers::ByEstimate.split(Some(&moves)));
+        assert!(!Workers::ByEstimate.split(Some(&still)));
+        assert!(Workers::ByEstimate.split(None));
+        assert!(Workers::Several.split(Some(&still)));
+        assert!(!Workers::One.split(Some(&moves)));
     }
 }

@@ -14,8 +14,6 @@ use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::json;
-
 use crate::checksums::{self, Cache, Diff, Sum};
 use crate::config::{Job, RemoteChecksums, Target};
 use crate::crypt::{self, PathDecryptor, REMOTE_CONFIG_NAME};
@@ -24,11 +22,11 @@ use crate::exec::scratch_file;
 use crate::fingerprint::{self, SourceState};
 use crate::remote::{self, CHECKSUMS, FILES, Remote, Ssh, quote_path};
 use crate::run::{Context, Done};
+use crate::state::{LastBackup, RepairList, SHA1_CACHE};
+use crate::stats::{DeepVerifyStats, StageStats, VerifyStats};
 use crate::status::{self, AtomicFile, Outcome};
-use crate::sync::REPAIR_LIST;
-use crate::{interrupt, log, verify_cache};
+use crate::{interrupt, log, pool, verify_cache};
 
-const CACHE_FILE: &str = "sha1-cache.tsv";
 /// How many verify runs keep their checksum lists on the target.
 const KEPT_CHECKSUM_RUNS: usize = 10;
 
@@ -39,10 +37,10 @@ pub fn verify(ctx: &Context) -> Result<Done> {
     crate::mount::prepare_point(&cipher_point)?;
     let ctlsock = ctx.runtime("ctl.sock");
     let id = status::snapshot_id(ctx.started_at);
-    let since = crate::sync::last_backup_start_ns(&job.state_dir);
+    let since = LastBackup::read(&job.state_dir).map(|last| last.started_ns);
     // The server hashes its copy while we hash ours, or reuse our last list
     // when the source has not changed.
-    let ((remote, mut remote_list), (view, mut local, source)) = crate::run::side_by_side(
+    let ((remote, mut remote_list), (view, mut local, source)) = pool::side_by_side(
         || {
             let remote = remote::open(job, needs_mount(job), &ctx.runtime("remote"))?;
             let list = remote_list(ctx, &remote, &id)?;
@@ -65,28 +63,29 @@ pub fn verify(ctx: &Context) -> Result<Done> {
         ));
     }
     let diff = without(diff, &local.tally.skip);
-    save_repair_list(ctx, &diff)?;
+    // Tells the next backup which remote files to re-send by checksum.
+    RepairList::save(&job.state_dir, &diff.changed)?;
     keep_or_forget_list(ctx, source.as_ref(), &mut local, &diff);
     // Names need the view's control socket; then the view can go while
     // the lists are stored.
     let decryptor = PathDecryptor::new(&ctlsock);
     let name = |encrypted: &String| plaintext_name(&decryptor, encrypted);
-    let stats = json!({
-        "files": local.tally.files,
-        "hashed": local.tally.hashed,
-        "pending": local.tally.pending,
-        "hardlinked": local.tally.hardlinked,
-        "missing": diff.missing.iter().map(name).collect::<Vec<_>>(),
-        "extra": diff.extra.iter().map(name).collect::<Vec<_>>(),
-        "changed": diff.changed.iter().map(name).collect::<Vec<_>>(),
-    });
-    crate::run::side_by_side(
+    let stats = VerifyStats {
+        files: local.tally.files,
+        hashed: local.tally.hashed,
+        pending: local.tally.pending,
+        hardlinked: local.tally.hardlinked,
+        missing: diff.missing.iter().map(name).collect(),
+        extra: diff.extra.iter().map(name).collect(),
+        changed: diff.changed.iter().map(name).collect(),
+    };
+    pool::side_by_side(
         || store_lists(&remote, &id, local.list, remote_list),
         || view.unmount(),
     )?;
     Ok(Done {
         outcome: outcome_of(&diff),
-        stats,
+        stats: StageStats::Verify(stats),
     })
 }
 
@@ -121,15 +120,15 @@ fn local_side(
     since: Option<i128>,
 ) -> Result<(crate::mount::Mount, LocalList, Option<SourceState>)> {
     let job = ctx.job;
-    let (view, (source, kept)) = std::thread::scope(|scope| {
-        let fingerprinted = scope.spawn(|| {
+    let (fingerprinted, view) = pool::join(
+        || {
             let source = fingerprint::of_source(job);
             let kept = source.as_ref().and_then(|s| reuse_kept_list(job, s, since));
             (source, kept)
-        });
-        let view = crypt::mount_reverse(job, cipher_point, Some(ctlsock));
-        (view, fingerprinted.join().unwrap_or((None, None)))
-    });
+        },
+        || crypt::mount_reverse(job, cipher_point, Some(ctlsock)),
+    );
+    let (source, kept) = fingerprinted.unwrap_or((None, None));
     let view = view?;
     if let Some(kept) = kept {
         // Said only now: with a wrong password the mount fails first.
@@ -203,7 +202,7 @@ struct Tally {
 /// from the remote for a good reason: they are pending, not damage.
 fn local_list(ctx: &Context, view: &Path, since: Option<i128>) -> Result<LocalList> {
     let job = ctx.job;
-    let cache_path = ctx.state(CACHE_FILE);
+    let cache_path = ctx.state(SHA1_CACHE);
     let cache = Cache::load(&cache_path);
     let mut new_cache = AtomicFile::create(&cache_path)?;
     let mut list = BufWriter::new(scratch_file(&job.state_dir, "verify-local")?);
@@ -227,7 +226,7 @@ fn local_list(ctx: &Context, view: &Path, since: Option<i128>) -> Result<LocalLi
         }
         // gocryptfs' own files are checked like any other, but counted
         // like backup, snapshots and deep verify count: the user's files.
-        local.files += usize::from(!crate::snapshots::is_gocryptfs_metadata(&file.rel));
+        local.files += usize::from(!crate::crypt::is_gocryptfs_metadata(&file.rel));
         local.hashed += usize::from(file.read);
         let pending = since.is_some_and(|start| i128::from(file.stamp.changed_ns()) >= start);
         local.pending += usize::from(pending);
@@ -398,21 +397,6 @@ fn store_lists_on_path(remote: &Remote, id: &str, local: File, theirs: RemoteLis
     Ok(())
 }
 
-/// Tells the next backup which remote files to re-send by checksum.
-fn save_repair_list(ctx: &Context, diff: &Diff) -> Result<()> {
-    let path = ctx.state(REPAIR_LIST);
-    if diff.changed.is_empty() {
-        let _ = std::fs::remove_file(&path);
-        return Ok(());
-    }
-    let mut bytes = Vec::new();
-    for rel in &diff.changed {
-        bytes.extend_from_slice(rel.as_bytes());
-        bytes.push(0);
-    }
-    status::write_atomic(&path, &bytes)
-}
-
 /// A plaintext path for the report where gocryptfs can decrypt it; for
 /// gocryptfs' own files (diriv, long-name files) the decrypted directory
 /// plus the file's name; else the encrypted path.
@@ -450,11 +434,11 @@ pub fn deep_verify(ctx: &Context) -> Result<Done> {
     let outcome = outcome_of(&report.diff);
     Ok(Done {
         outcome,
-        stats: json!({
-            "files": report.files,
-            "missing": report.diff.missing,
-            "extra": report.diff.extra,
-            "changed": report.diff.changed,
+        stats: StageStats::DeepVerify(DeepVerifyStats {
+            files: report.files,
+            missing: report.diff.missing,
+            extra: report.diff.extra,
+            changed: report.diff.changed,
         }),
     })
 }
@@ -480,7 +464,9 @@ fn compare_trees(source: &Path, decrypted: &Path, has_excludes: bool) -> Result<
         decrypted,
         has_excludes,
     };
-    checksums::parallel_ordered(
+    pool::ordered(
+        pool::cpu_threads(),
+        checksums::WINDOW,
         |submit| walk.compare_dir("", &mut diff, submit),
         |rel: &String| {
             Ok(checksums::hash_file(&source.join(rel))?

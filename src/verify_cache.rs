@@ -11,17 +11,14 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use serde_json::json;
 use sha1::{Digest, Sha1};
 
 use crate::checksums::to_hex;
 use crate::error::{IoContext, Result};
 use crate::fingerprint::SourceState;
 use crate::log;
-use crate::status::{self, AtomicFile};
-
-const LIST_FILE: &str = "verify-local.sha1";
-const STATE_FILE: &str = "verify-local.json";
+use crate::state::{self, KEPT_LIST as LIST_FILE};
+use crate::status::AtomicFile;
 
 /// A kept list and what the next verify needs to know about it.
 pub struct KeptList {
@@ -35,27 +32,21 @@ pub struct KeptList {
 /// The kept list when it was made from a source with this fingerprint, and
 /// when neither file was damaged since; else None.
 pub fn reuse(state_dir: &Path, source: &SourceState) -> Option<KeptList> {
-    let text = std::fs::read_to_string(state_dir.join(STATE_FILE)).ok()?;
-    let state: serde_json::Value = serde_json::from_str(&text).ok()?;
-    if state["fingerprint"].as_str() != Some(&source.fingerprint) {
+    let state = state::KeptList::read(state_dir)?;
+    if state.fingerprint != source.fingerprint {
         return None;
     }
     let mut list = File::open(state_dir.join(LIST_FILE)).ok()?;
     let (bytes, sum) = copy_hashing(&mut list, &mut std::io::sink()).ok()?;
-    if state["list_bytes"].as_u64() != Some(bytes) || state["list_sha1"].as_str() != Some(&sum) {
+    if state.list_bytes != bytes || state.list_sha1 != sum {
         log::warn("the kept local checksum list is damaged; hashing the view again");
         return None;
     }
-    let hardlinked = state["hardlinked"]
-        .as_array()?
-        .iter()
-        .map(|name| name.as_str().map(String::from))
-        .collect::<Option<Vec<_>>>()?;
     list.seek(SeekFrom::Start(0)).ok()?;
     Some(KeptList {
         list,
-        files: usize::try_from(state["files"].as_u64()?).ok()?,
-        hardlinked,
+        files: state.files,
+        hardlinked: state.hardlinked,
     })
 }
 
@@ -92,21 +83,19 @@ fn write_kept(
     let (bytes, sum) =
         copy_hashing(list, &mut copy).ctx(|| format!("writing {}", path.display()))?;
     copy.commit()?;
-    let state = json!({
-        "fingerprint": source.fingerprint,
-        "files": files,
-        "hardlinked": hardlinked,
-        "list_bytes": bytes,
-        "list_sha1": sum,
-    });
-    status::write_atomic(&state_dir.join(STATE_FILE), state.to_string().as_bytes())
+    state::KeptList {
+        files,
+        fingerprint: source.fingerprint.clone(),
+        hardlinked: hardlinked.to_vec(),
+        list_bytes: bytes,
+        list_sha1: sum,
+    }
+    .write(state_dir)
 }
 
-/// Drops the kept list: the state file goes first, so a list is never
-/// taken for another source.
+/// Drops the kept list (the state first: see `state::KeptList::forget`).
 pub fn forget(state_dir: &Path) {
-    let _ = std::fs::remove_file(state_dir.join(STATE_FILE));
-    let _ = std::fs::remove_file(state_dir.join(LIST_FILE));
+    state::KeptList::forget(state_dir);
 }
 
 /// Copies `from` (from its start) into `to`: its length and hex sha1.
@@ -180,7 +169,7 @@ mod tests {
         };
         keep(&dir, &racy, &mut list, 2, &[]);
         assert!(reuse(&dir, &racy).is_none());
-        assert!(!dir.join(LIST_FILE).exists() && !dir.join(STATE_FILE).exists());
+        assert!(!dir.join(LIST_FILE).exists() && state::KeptList::read(&dir).is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -61,7 +61,7 @@ fn rejects(case: &str, field: &str, mutate: impl FnOnce(&mut Value)) {
 fn valid_sftp_and_local_configs_pass_without_touching_paths() {
     let tmp = TempDir::new("cfg-valid");
     let v = valid(tmp.path());
-    check(&tmp, "full.json", &v).expect_code(0, "check-config on the design.md example");
+    check(&tmp, "full.json", &v).expect_code(0, "check-config on the README example");
     // minimal: only the required fields, defaults for the rest
     let mut min = v.clone();
     for k in [
@@ -249,5 +249,119 @@ fn commands_refuse_invalid_job_file() {
     assert!(
         !tmp.path().join("missing").exists(),
         "a command created paths from an invalid job file"
+    );
+}
+
+/// check-config's stderr for a file holding `text`: the one error line.
+fn error_line(tmp: &TempDir, text: &str) -> (String, String) {
+    let p = tmp.path().join("job.json");
+    fs::write(&p, text).unwrap();
+    let o = run_bin(&["check-config", p.to_str().unwrap()]);
+    o.expect_code(2, "check-config on a bad job file");
+    assert_eq!(o.stderr.lines().count(), 1, "not one line:\n{}", o.dump());
+    (o.stderr.trim_end().to_string(), p.display().to_string())
+}
+
+/// Type errors name the field and say in words what it takes (issue 17).
+#[test]
+fn type_errors_say_what_the_field_takes() {
+    let tmp = TempDir::new("cfg-words");
+    let base = valid(tmp.path());
+    let cases: [(&str, Value, &str); 6] = [
+        (
+            "max_delete_percent",
+            json!("50"),
+            r#"field `max_delete_percent`: expected a whole number 0–100 (a percentage), found the string "50""#,
+        ),
+        (
+            "target.port",
+            json!("22"),
+            r#"field `target.port`: expected a whole number 1–65535, found the string "22""#,
+        ),
+        (
+            "target.connections",
+            json!(32),
+            "field `target.connections`: expected a whole number 1–16, found the number 32",
+        ),
+        (
+            "target.transport",
+            json!("scp"),
+            r#"field `target.transport`: expected one of "sshfs" or "rsync", found the string "scp""#,
+        ),
+        (
+            "exclude",
+            json!("*.tmp"),
+            r#"field `exclude`: expected a list of strings (patterns), found the string "*.tmp""#,
+        ),
+        (
+            "source",
+            json!(["/srv"]),
+            "field `source`: expected an absolute path (a string), found a list",
+        ),
+    ];
+    for (field, value, message) in cases {
+        let mut v = base.clone();
+        match field.strip_prefix("target.") {
+            Some(f) => v["target"][f] = value,
+            None => v[field] = value,
+        }
+        let (line, file) = error_line(&tmp, &serde_json::to_string_pretty(&v).unwrap());
+        assert_eq!(line, format!("ciphersync: error: {file}: {message}"));
+    }
+}
+
+/// A JSON syntax error gives the line and column (issue 17).
+#[test]
+fn syntax_errors_give_line_and_column() {
+    let tmp = TempDir::new("cfg-syntax");
+    let good = serde_json::to_string_pretty(&valid(tmp.path())).unwrap();
+    // A trailing comma after the last field of the job.
+    let trailing = good.trim_end().strip_suffix("\n}").unwrap().to_string() + ",\n}\n";
+    let last_line = trailing.lines().count();
+    let (line, file) = error_line(&tmp, &trailing);
+    assert_eq!(
+        line,
+        format!(
+            "ciphersync: error: {file} line {last_line}, column 1: not valid JSON: trailing comma"
+        )
+    );
+    let (line, file) = error_line(&tmp, "{\n  \"version\": 1,\n  \"name\": docs\n}\n");
+    assert_eq!(
+        line,
+        format!(
+            "ciphersync: error: {file} line 3, column 11: not valid JSON in field `name`: expected value"
+        )
+    );
+}
+
+/// An unknown field is named, with the closest known one (issue 17).
+#[test]
+fn unknown_field_suggests_the_known_one() {
+    let tmp = TempDir::new("cfg-suggest");
+    let mut v = valid(tmp.path());
+    v["target"]["knownHostsFile"] = json!("/etc/kh");
+    let (line, file) = error_line(&tmp, &serde_json::to_string(&v).unwrap());
+    assert_eq!(
+        line,
+        format!(
+            "ciphersync: error: {file}: unknown field `target.knownHostsFile`; did you mean `target.known_hosts_file`?"
+        )
+    );
+}
+
+/// Fields that reach ssh_config refuse line breaks, shown escaped (issue 13).
+#[test]
+fn user_with_a_line_break_is_refused() {
+    let tmp = TempDir::new("cfg-user");
+    let mut v = valid(tmp.path());
+    v["target"]["user"] = json!("root\nProxyCommand=sh -c 'touch /tmp/x'");
+    let (line, file) = error_line(&tmp, &serde_json::to_string(&v).unwrap());
+    assert_eq!(
+        line,
+        format!(
+            "ciphersync: error: {file}: field `target.user`: expected a login name (1-128 of \
+             A-Z a-z 0-9 _ - . @, not starting with - or @), found \
+             \"root\\nProxyCommand=sh -c 'touch /tmp/x'\""
+        )
     );
 }

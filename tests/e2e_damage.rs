@@ -156,9 +156,15 @@ fn deleted_and_stray_remote_files_are_reported_and_repaired() {
     fs::write(&stray, "not from ciphersync\n").unwrap();
     let stats = job.verify_mismatch();
     let extra = str_list(&stats["extra"]);
+    assert_eq!(
+        extra.len(),
+        1,
+        "verify extra: want the stray file alone: {stats}"
+    );
     assert!(
-        extra.len() == 1 && extra[0].ends_with("stray-file"),
-        "verify extra: {stats}"
+        extra[0].ends_with("stray-file"),
+        "verify extra {:?} is not the stray file: {stats}",
+        extra[0]
     );
     assert_eq!(str_list(&stats["missing"]), Vec::<String>::new());
     assert_eq!(str_list(&stats["changed"]), Vec::<String>::new());
@@ -305,7 +311,18 @@ fn checksum_lists_are_sorted_checkable_and_pruned() {
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(names, sorted, "{}: list not sorted by path", job.name);
-        assert!(names.len() > 3 && names.iter().all(|n| n.starts_with("./")));
+        assert!(
+            names.len() > 3,
+            "{}: checksum list has only {} entries (want more than 3): {names:?}",
+            job.name,
+            names.len()
+        );
+        let not_relative: Vec<&&str> = names.iter().filter(|n| !n.starts_with("./")).collect();
+        assert!(
+            not_relative.is_empty(),
+            "{}: checksum list paths not starting with ./: {not_relative:?}",
+            job.name
+        );
         for side in ["local", "remote"] {
             let list = dir.join(format!("{newest}.{side}.sha1"));
             let mut check = std::process::Command::new("sha1sum");

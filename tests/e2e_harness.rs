@@ -21,7 +21,17 @@ fn sshd_accepts_client_key_checks_host_key_and_serves_sftp() {
     let tmp = TempDir::new("harness-sshd");
     let sshd = Sshd::start(tmp.path());
     let remote = sshd.remote_dir();
-    assert!(remote.is_dir() && remote.starts_with(tmp.path()));
+    assert!(
+        remote.is_dir(),
+        "sshd remote dir {} is not a directory",
+        remote.display()
+    );
+    assert!(
+        remote.starts_with(tmp.path()),
+        "sshd remote dir {} is not under the test's temp dir {}",
+        remote.display(),
+        tmp.path().display()
+    );
 
     // ssh with the client key and strict host key checking.
     sshd.ssh("true").expect_code(0, "ssh root@127.0.0.1 true");
@@ -69,7 +79,10 @@ fn sshd_accepts_client_key_checks_host_key_and_serves_sftp() {
         .arg(&other)
         .status()
         .unwrap();
-    assert!(st.success());
+    assert!(
+        st.success(),
+        "ssh-keygen of a second client key failed: {st}"
+    );
     let st = Command::new("ssh")
         .args(["-F", "/dev/null", "-i"])
         .arg(&other)
@@ -139,9 +152,18 @@ fn mountinfo_unescape() {
 
 #[test]
 fn snapshot_id_and_cipher_size_helpers() {
-    assert!(is_snapshot_id("20261129T030000Z"));
-    assert!(!is_snapshot_id("2026-11-29T03:00:00Z"));
-    assert!(!is_snapshot_id("20261129T030000"));
+    assert!(
+        is_snapshot_id("20261129T030000Z"),
+        "YYYYMMDDTHHMMSSZ must be a snapshot id"
+    );
+    assert!(
+        !is_snapshot_id("2026-11-29T03:00:00Z"),
+        "an RFC 3339 time with separators must not be a snapshot id"
+    );
+    assert!(
+        !is_snapshot_id("20261129T030000"),
+        "an id without the trailing Z must not be a snapshot id"
+    );
     assert_eq!(cipher_size(0), 0);
     assert_eq!(cipher_size(1), 18 + 1 + 32);
     assert_eq!(cipher_size(4096), 18 + 4096 + 32);
@@ -156,7 +178,10 @@ fn tree_helpers_detect_differences() {
     make_sample_tree(&a);
     make_sample_tree(&b);
     assert_trees_equal(&a, &b);
-    assert!(fs::symlink_metadata(a.join("long").join(long_name())).is_ok());
+    assert!(
+        fs::symlink_metadata(a.join("long").join(long_name())).is_ok(),
+        "the sample tree has no long/<200-character name>"
+    );
     assert_eq!(long_name().chars().count(), 200);
     assert_eq!(
         fs::metadata(a.join(VICTIM_CHANGED)).unwrap().len(),
@@ -257,10 +282,14 @@ fn gocryptfs_roundtrip_matches_helpers_and_tempdir_cleans_mounts() {
         .unwrap();
     assert!(st.success(), "gocryptfs -reverse mount failed");
     assert_eq!(mounts_under(&root).len(), 1);
-    assert!(panics({
-        let r = root.clone();
-        move || assert_no_mounts_under(&r)
-    }));
+    assert!(
+        panics({
+            let r = root.clone();
+            move || assert_no_mounts_under(&r)
+        }),
+        "assert_no_mounts_under did not panic with a mount under {}",
+        root.display()
+    );
 
     let mut want: Vec<u64> = walk(&src)
         .iter()

@@ -103,7 +103,11 @@ fn sshfs_roundtrip_init_backup_verify_deep_restore() {
         leaked.is_empty(),
         "plaintext names on the remote: {leaked:?}"
     );
-    assert!(count_files(&job.files_dir()) as u64 >= n_plain);
+    let n_remote = count_files(&job.files_dir()) as u64;
+    assert!(
+        n_remote >= n_plain,
+        "files/ holds {n_remote} regular files, fewer than the {n_plain} of the source"
+    );
 
     // verify, deep verify
     job.verify_ok(false);

@@ -157,7 +157,10 @@ fn no_plaintext_on_server(transport: &str) {
         hits.join("\n  ")
     );
     // The markers are really in the source (the scan would find them).
-    assert!(!grep_tree(&job.source, &needles).is_empty());
+    assert!(
+        !grep_tree(&job.source, &needles).is_empty(),
+        "the markers are not found in the source: the scan of the remote proves nothing"
+    );
     job.assert_clean();
     sc.pass();
 }
@@ -311,7 +314,11 @@ fn password_never_shows(transport: &str, checksums: &str) {
     make_big_tree(&job.source, "big", 8, 2 << 20);
     let secret_line = fs::read_to_string(&job.password_file).unwrap();
     let secret = secret_line.trim().as_bytes().to_vec();
-    assert!(secret.len() >= 32);
+    assert!(
+        secret.len() >= 32,
+        "the password is only {} bytes (want 32 or more, so that a match is no accident)",
+        secret.len()
+    );
     job.ok(&["init"]);
     let mut outputs = Vec::new();
     let mut total_samples = 0;
@@ -364,8 +371,13 @@ fn password_never_shows(transport: &str, checksums: &str) {
     // Output and files.
     for o in &outputs {
         assert!(
-            !contains(o.stdout.as_bytes(), &secret) && !contains(o.stderr.as_bytes(), &secret),
-            "password in the output:\n{}",
+            !contains(o.stdout.as_bytes(), &secret),
+            "password in stdout:\n{}",
+            o.dump()
+        );
+        assert!(
+            !contains(o.stderr.as_bytes(), &secret),
+            "password in stderr:\n{}",
             o.dump()
         );
     }
@@ -536,12 +548,17 @@ fn restore_never_writes_outside_to() {
         );
         assert!(
             o.stderr.contains(path) || o.stderr.contains(".."),
-            "restore {path:?}: stderr does not name the path: {}",
+            "restore {path:?}: stderr names neither the path nor \"..\": {}",
             o.stderr
         );
+        let written: Vec<_> = match fs::read_dir(&to) {
+            Ok(rd) => rd.flatten().map(|e| e.file_name()).collect(),
+            Err(_) => Vec::new(),
+        };
         assert!(
-            !to.exists() || fs::read_dir(&to).unwrap().next().is_none(),
-            "refused restore wrote into --to"
+            !to.exists() || written.is_empty(),
+            "refused restore wrote into --to {}: {written:?}",
+            to.display()
         );
     }
     assert_digests_equal(

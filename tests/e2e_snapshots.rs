@@ -646,8 +646,14 @@ fn retention_keep_last_two_end_to_end() {
     );
     let would_go = str_list(&stats["snapshot_dirs"]);
     assert!(
-        would_go.iter().all(|d| *d <= ids[3]) && !would_go.is_empty(),
-        "dry run snapshot_dirs: {v}"
+        !would_go.is_empty(),
+        "dry run: no snapshot dir would go: {v}"
+    );
+    let too_new: Vec<&String> = would_go.iter().filter(|d| **d > ids[3]).collect();
+    assert!(
+        too_new.is_empty(),
+        "dry run: snapshot dirs newer than {} would go: {too_new:?}: {v}",
+        ids[3]
     );
     assert_eq!(
         (record_ids(&job), snapshot_dir_ids(&job)),
@@ -841,8 +847,12 @@ fn guard_is_skipped_only_while_the_source_is_unchanged() {
     job.ok(&["backup"]);
     let (mounted, stderr) = backup_verbose(&job);
     assert!(
-        mounted && stderr.contains(GUARD_SKIPPED),
-        "unchanged source: {stderr}"
+        mounted,
+        "unchanged source on a local target: rsync did not run (it still should): {stderr}"
+    );
+    assert!(
+        stderr.contains(GUARD_SKIPPED),
+        "unchanged source: stderr lacks {GUARD_SKIPPED:?}: {stderr}"
     );
 
     // A killed run in between: the target may hold more than the last
@@ -892,8 +902,12 @@ fn an_unchanged_source_and_target_are_not_synced_again() {
         assert!(mounted, "{transport}: a run without stamps of the last one");
         let (mounted, stderr) = backup_verbose(&job);
         assert!(
-            !mounted && stderr.contains(NOTHING_TO_SEND),
-            "{transport}: {stderr}"
+            !mounted,
+            "{transport}: the second unchanged run ran rsync: {stderr}"
+        );
+        assert!(
+            stderr.contains(NOTHING_TO_SEND),
+            "{transport}: stderr lacks {NOTHING_TO_SEND:?}: {stderr}"
         );
         assert!(
             !stderr.contains("run: rsync"),
@@ -918,8 +932,12 @@ fn an_unchanged_source_and_target_are_not_synced_again() {
         );
         let previous_id = &ids[ids.len() - 2];
         assert!(
-            last.contains("\nfiles 10\n") && !last.contains(previous_id.as_str()),
-            "{last}"
+            last.contains("\nfiles 10\n"),
+            "{transport}: the unchanged run's record lacks \"files 10\": {last}"
+        );
+        assert!(
+            !last.contains(previous_id.as_str()),
+            "{transport}: the unchanged run's record names the previous id {previous_id}: {last}"
         );
 
         // A touched mtime on the server: the full run, which fixes it.
@@ -944,8 +962,12 @@ fn an_unchanged_source_and_target_are_not_synced_again() {
             .unwrap();
         let (mounted, stderr) = backup_verbose(&job);
         assert!(
-            mounted && stderr.contains(GUARD_SKIPPED),
-            "{transport}, touched: {stderr}"
+            mounted,
+            "{transport}, touched: rsync did not run (the full run should): {stderr}"
+        );
+        assert!(
+            stderr.contains(GUARD_SKIPPED),
+            "{transport}, touched: stderr lacks {GUARD_SKIPPED:?}: {stderr}"
         );
         assert_eq!(fs::metadata(&victim).unwrap().modified().unwrap(), mtime);
         let (mounted, _) = backup_verbose(&job);
@@ -958,7 +980,11 @@ fn an_unchanged_source_and_target_are_not_synced_again() {
         fs::remove_file(&victim).unwrap();
         let (mounted, _) = backup_verbose(&job);
         assert!(
-            mounted && victim.is_file(),
+            mounted,
+            "{transport}: after a deleted remote file, rsync did not run"
+        );
+        assert!(
+            victim.is_file(),
             "{transport}: the deleted file was not sent again"
         );
         job.verify_ok(false);

@@ -201,7 +201,8 @@ impl NetServer {
             .spawn()
             .expect("spawn sshd in the namespace");
         self.sshd = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Generous: sshd is slow to start on a loaded machine.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(mut st) = std::net::TcpStream::connect_timeout(
                 &format!("{}:22", self.server_ip).parse().unwrap(),

@@ -1,0 +1,276 @@
+//! rsync as backup and restore run it: the shared argv, and the parsers of
+//! what it prints (`--stats`, the itemized `%i %n` lines, the errors that
+//! mean a full disk). No stage logic here: backup (sync.rs) and restore
+//! both build on it, and snapshots.rs records its counts.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+use crate::crypt::{REMOTE_CONFIG_NAME, is_gocryptfs_metadata};
+use crate::error::{IoContext, Result};
+use crate::remote::SNAPSHOTS;
+
+// rsync exit codes (rsync's errcode.h).
+pub const PARTIAL: i32 = 23;
+pub const VANISHED: i32 = 24;
+
+/// The figures of one rsync run (or the passes of one stage), from its
+/// --stats and, for backup, its itemized lines.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub files: u64,
+    pub transferred: u64,
+    pub bytes_transferred: u64,
+    pub deleted: u64,
+    /// Files and symlinks created, changed (content or mode) or deleted.
+    pub changed: u64,
+    /// See `Changes::touched`.
+    pub touched: bool,
+}
+
+/// rsync's words for a target that has no room left.
+pub fn disk_full(stderr: &str) -> bool {
+    stderr.contains("No space left") || stderr.contains("Disk quota exceeded")
+}
+
+/// True when the target has less room than the file whose write failed
+/// (rsync has removed its temp file by now, so the space is free again) or
+/// under 1 MiB. statvfs works through sshfs too (statvfs@openssh.com).
+pub fn no_room_for(root: &Path, failed_size: u64) -> bool {
+    nix::sys::statvfs::statvfs(root).is_ok_and(|s| {
+        let free = s.blocks_available() * s.fragment_size();
+        free < failed_size.max(1 << 20)
+    })
+}
+
+/// What the rsync argv depends on; kept apart so the argv can be tested.
+pub struct RsyncPlan<'a> {
+    pub snapshot: &'a str,
+    pub over_sshfs: bool,
+    pub protect_config: bool,
+    pub ssh_shell: Option<String>,
+}
+
+/// The shared rsync options. Never --partial or -P: a killed run must not
+/// leave a truncated file under a real name (it would later be kept as the
+/// "old version" in a snapshot).
+pub fn rsync_args(plan: &RsyncPlan) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "-a",
+        "-H",
+        "--no-specials",
+        "--no-devices",
+        "--backup",
+        &format!("--backup-dir=../{SNAPSHOTS}/{}/", plan.snapshot),
+    ]
+    .map(String::from)
+    .to_vec();
+    if plan.over_sshfs {
+        // SFTP cannot set symlink times, and a non-root account cannot chown.
+        args.extend(["--omit-link-times", "--no-owner", "--no-group"].map(String::from));
+    }
+    if plan.protect_config {
+        // The config we upload is not in the view: keep --delete off it.
+        args.push(format!("--filter=P /{REMOTE_CONFIG_NAME}"));
+    }
+    if let Some(shell) = &plan.ssh_shell {
+        args.push("-e".into());
+        args.push(shell.clone());
+    }
+    args
+}
+
+/// Reads rsync's --stats (with --no-human-readable; commas are tolerated).
+pub fn parse_stats(text: &str) -> Stats {
+    let mut stats = Stats::default();
+    for line in text.lines() {
+        stats.read_stats_line(line);
+    }
+    stats
+}
+
+/// `--out-format` for one line per changed entry, read by `stats_from`.
+pub const ITEMIZE_FORMAT: &str = "%i %n";
+
+/// rsync's byte figures with the file counts of the user's files, read line
+/// by line from rsync's stdout.
+pub fn stats_from(rsync_stdout: &mut File) -> Result<Stats> {
+    let mut stats = Stats::default();
+    let mut changes = Changes::default();
+    for line in BufReader::new(rsync_stdout).split(b'\n') {
+        let line = line.ctx(|| "reading rsync's output")?;
+        let line = String::from_utf8_lossy(&line);
+        stats.read_stats_line(&line);
+        changes.read_line(&line);
+    }
+    Ok(Stats {
+        transferred: changes.transferred,
+        deleted: changes.deleted,
+        changed: changes.changed,
+        touched: changes.touched,
+        ..stats
+    })
+}
+
+impl Stats {
+    /// Adds the figures of another rsync pass of the same run.
+    pub fn add(&mut self, other: &Stats) {
+        self.transferred += other.transferred;
+        self.bytes_transferred += other.bytes_transferred;
+        self.deleted += other.deleted;
+        self.changed += other.changed;
+        self.touched |= other.touched;
+    }
+
+    fn read_stats_line(&mut self, line: &str) {
+        let Some((label, value)) = line.split_once(':') else {
+            return;
+        };
+        let number = |v: &str| -> u64 {
+            v.split_whitespace()
+                .next()
+                .unwrap_or("0")
+                .replace(',', "")
+                .parse()
+                .unwrap_or(0)
+        };
+        match label.trim() {
+            // "Number of files: 5 (reg: 3, dir: 2)": we count regular files.
+            "Number of files" => {
+                self.files = value
+                    .split_once("reg:")
+                    .map(|(_, rest)| number(rest.trim_end_matches([')', ' '])))
+                    .unwrap_or(0)
+            }
+            "Number of regular files transferred" => self.transferred = number(value),
+            "Number of deleted files" => self.deleted = number(value),
+            "Total transferred file size" => self.bytes_transferred = number(value),
+            _ => {}
+        }
+    }
+}
+
+/// What one run changed, counted in the user's files: directories and
+/// gocryptfs' own files (diriv, long-name files, the config) left out.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub transferred: u64,
+    pub deleted: u64,
+    pub changed: u64,
+    /// Anything created, replaced or deleted, gocryptfs' files included:
+    /// only then may rsync have made a snapshot dir.
+    pub touched: bool,
+}
+
+/// Reads the `%i %n` lines rsync prints (an 11-character change summary, a
+/// space, the name; directories end in `/`). Other lines are ignored.
+pub fn parse_itemized(text: &str) -> Changes {
+    let mut changes = Changes::default();
+    for line in text.lines() {
+        changes.read_line(line);
+    }
+    changes
+}
+
+impl Changes {
+    fn read_line(&mut self, line: &str) {
+        let (Some(summary), Some(name)) = (line.get(..11), line.get(12..)) else {
+            return;
+        };
+        if line.as_bytes().get(11) != Some(&b' ') {
+            return;
+        }
+        let deleting = summary.starts_with("*deleting");
+        let first = summary.as_bytes()[0];
+        if deleting || b"<>c".contains(&first) {
+            self.touched = true;
+        }
+        if name.ends_with('/') || is_gocryptfs_metadata(name) {
+            return;
+        }
+        let kind = summary.as_bytes()[1];
+        if deleting {
+            self.deleted += 1;
+        } else if !matches!(kind, b'f' | b'L') || !b"<>ch.".contains(&first) {
+            return;
+        } else if summary.starts_with('>') && kind == b'f' {
+            self.transferred += 1;
+        }
+        self.changed += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rsync_argv_for_sshfs() {
+        let plan = RsyncPlan {
+            snapshot: "20261129T030000Z",
+            over_sshfs: true,
+            protect_config: true,
+            ssh_shell: None,
+        };
+        insta::assert_debug_snapshot!(rsync_args(&plan));
+    }
+
+    #[test]
+    fn rsync_argv_over_ssh() {
+        let plan = RsyncPlan {
+            snapshot: "20261129T030000Z",
+            over_sshfs: false,
+            protect_config: false,
+            ssh_shell: Some("ssh -F '/run/ciphersync/my docs/ssh_config'".into()),
+        };
+        let args = rsync_args(&plan);
+        assert!(!args.iter().any(|a| a == "-P" || a.starts_with("--partial")));
+        insta::assert_debug_snapshot!(args);
+    }
+
+    #[test]
+    fn counts_itemized_user_files() {
+        let text = "cd+++++++++ Ab/\n>f+++++++++ Ab/Cd\n>f+++++++++ Ab/gocryptfs.diriv\n\
+                    .f...p..... Ef\n*deleting   Gh\n*deleting   Ij/\ncL+++++++++ Kl\n\
+                    >f.st...... gocryptfs.longname.XYZ.name\n>f+++++++++ gocryptfs.conf\n\n\
+                    Number of files: 9 (reg: 7, dir: 2)\n";
+        assert_eq!(
+            parse_itemized(text),
+            Changes {
+                transferred: 1,
+                deleted: 1,
+                changed: 4,
+                touched: true,
+            }
+        );
+    }
+
+    #[test]
+    fn parses_rsync_stats() {
+        let text = "\nNumber of files: 2,013 (reg: 2,000, dir: 13)\nNumber of created files: 5 (reg: 5)\n\
+                    Number of deleted files: 3 (reg: 3)\nNumber of regular files transferred: 120\n\
+                    Total file size: 157286400 bytes\nTotal transferred file size: 104857600 bytes\n\
+                    Literal data: 104857600 bytes\n";
+        assert_eq!(
+            parse_stats(text),
+            Stats {
+                files: 2000,
+                transferred: 120,
+                bytes_transferred: 104_857_600,
+                deleted: 3,
+                changed: 0,
+                touched: false,
+            }
+        );
+        assert_eq!(parse_stats("Number of files: 1 (dir: 1)\n").files, 0);
+    }
+
+    #[test]
+    fn disk_full_is_named() {
+        assert!(disk_full(
+            "rsync: write failed on \"x\": No space left on device (28)"
+        ));
+        assert!(!disk_full("rsync: connection reset"));
+    }
+}

@@ -66,8 +66,12 @@ echo "ok parse: ${#files[@]} .nix files"
 # not installed here: ALEJANDRA names a binary built from the upstream tag
 # (see nix/eval/README.md).
 alejandra_version=4.0.0
+if [ -z "${ALEJANDRA:-}" ] && command -v alejandra >/dev/null &&
+    [ "$(alejandra --version 2>/dev/null)" = "Alejandra $alejandra_version" ]; then
+    ALEJANDRA=$(command -v alejandra)
+fi
 if [ -z "${ALEJANDRA:-}" ]; then
-    echo "SKIP formatting: set ALEJANDRA=/path/to/alejandra ($alejandra_version; see nix/eval/README.md)"
+    echo "SKIP formatting: no alejandra $alejandra_version on PATH; set ALEJANDRA=/path/to/alejandra (see nix/eval/README.md)"
 elif ! have=$("$ALEJANDRA" --version 2>&1) || [ "$have" != "Alejandra $alejandra_version" ]; then
     echo "FAIL formatting: ALEJANDRA=$ALEJANDRA is '${have:-not runnable}', want Alejandra $alejandra_version" >&2
     exit 1

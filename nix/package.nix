@@ -8,9 +8,7 @@
   openssh,
   fuse3,
   coreutils,
-}:
-
-let
+}: let
   cargoToml = lib.importTOML ../Cargo.toml;
 
   # The helper orchestrates these tools and never reimplements them.
@@ -23,48 +21,48 @@ let
     coreutils
   ];
 in
-rustPlatform.buildRustPackage {
-  pname = "ciphersync";
-  inherit (cargoToml.package) version;
+  rustPlatform.buildRustPackage {
+    pname = "ciphersync";
+    inherit (cargoToml.package) version;
 
-  # Only what cargo needs: a change to nix/, the README or scripts/ does not
-  # rebuild the package.
-  src = lib.fileset.toSource {
-    root = ../.;
-    fileset = lib.fileset.unions [
-      ../Cargo.toml
-      ../Cargo.lock
-      ../src
-      (lib.fileset.maybeMissing ../tests)
-    ];
-  };
+    # Only what cargo needs: a change to nix/, the README or scripts/ does not
+    # rebuild the package.
+    src = lib.fileset.toSource {
+      root = ../.;
+      fileset = lib.fileset.unions [
+        ../Cargo.toml
+        ../Cargo.lock
+        ../src
+        (lib.fileset.maybeMissing ../tests)
+      ];
+    };
 
-  cargoLock.lockFile = ../Cargo.lock;
+    cargoLock.lockFile = ../Cargo.lock;
 
-  nativeBuildInputs = [ makeWrapper ];
+    nativeBuildInputs = [makeWrapper];
 
-  # Unit tests run here. The end-to-end tests need sshd and /dev/fuse, which
-  # the build sandbox does not have; they skip themselves with a printed
-  # reason unless CI=true, where a missing tool is an error. The sandbox's
-  # environment is clean, but make sure CI cannot leak in.
-  preCheck = ''
-    unset CI
-  '';
+    # Unit tests run here. The end-to-end tests need sshd and /dev/fuse, which
+    # the build sandbox does not have; they skip themselves with a printed
+    # reason unless CI=true, where a missing tool is an error. The sandbox's
+    # environment is clean, but make sure CI cannot leak in.
+    preCheck = ''
+      unset CI
+    '';
 
-  # --suffix, not --prefix: the caller's PATH comes first. On NixOS the units
-  # put /run/wrappers/bin on PATH, so the setuid-root `fusermount3` wrapper
-  # found there wins over fuse3's plain (not setuid) copy appended here,
-  # which non-root users cannot mount with. Root needs no setuid helper and
-  # gets the pinned tools from the suffix when its PATH lacks them.
-  postInstall = ''
-    wrapProgram $out/bin/ciphersync --suffix PATH : ${lib.makeBinPath runtimeTools}
-  '';
+    # --suffix, not --prefix: the caller's PATH comes first. On NixOS the units
+    # put /run/wrappers/bin on PATH, so the setuid-root `fusermount3` wrapper
+    # found there wins over fuse3's plain (not setuid) copy appended here,
+    # which non-root users cannot mount with. Root needs no setuid helper and
+    # gets the pinned tools from the suffix when its PATH lacks them.
+    postInstall = ''
+      wrapProgram $out/bin/ciphersync --suffix PATH : ${lib.makeBinPath runtimeTools}
+    '';
 
-  passthru = { inherit runtimeTools; };
+    passthru = {inherit runtimeTools;};
 
-  meta = {
-    description = "Encrypted remote backups built from gocryptfs, sshfs and rsync";
-    mainProgram = "ciphersync";
-    platforms = lib.platforms.linux;
-  };
-}
+    meta = {
+      description = "Encrypted remote backups built from gocryptfs, sshfs and rsync";
+      mainProgram = "ciphersync";
+      platforms = lib.platforms.linux;
+    };
+  }

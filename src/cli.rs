@@ -62,6 +62,11 @@ pub enum Command {
         job: JobArg,
         #[arg(long)]
         deep: bool,
+        /// How much of the remote data to read back and compare (the
+        /// possession check): `all`, or a number of bytes. Default: the
+        /// job's verify.sample_bytes, else 1 % of the data (at most 256 MiB).
+        #[arg(long, value_name = "all|BYTES", value_parser = parse_sample)]
+        sample: Option<ciphersync::sample::Budget>,
     },
     /// Copy all or some plaintext paths out of the backup into an empty directory.
     Restore {
@@ -109,4 +114,15 @@ pub struct JobArg {
     /// The job: <config dir>/<JOB>.json (omit with -c FILE).
     #[arg(value_name = "JOB")]
     pub job: Option<String>,
+}
+
+/// `--sample all` or `--sample BYTES`.
+fn parse_sample(text: &str) -> Result<ciphersync::sample::Budget, String> {
+    match text {
+        "all" => Ok(ciphersync::sample::Budget::All),
+        n => n
+            .parse::<u64>()
+            .map(ciphersync::sample::Budget::Bytes)
+            .map_err(|_| format!("expected `all` or a whole number of bytes, found {n:?}")),
+    }
 }

@@ -71,6 +71,9 @@ pub struct Job {
     pub filenames: Filenames,
     pub target: Target,
     pub snapshots: Retention,
+    /// Bytes of remote files verify reads back each run (the possession
+    /// check, sample.rs); None: 1 % of the data, at most 256 MiB.
+    pub verify_sample_bytes: Option<u64>,
     pub max_delete_percent: u8,
     pub state_dir: PathBuf,
     pub runtime_dir: PathBuf,
@@ -401,6 +404,7 @@ const JOB_FIELDS: &[&str] = &[
     "filenames",
     "target",
     "snapshots",
+    "verify",
     "max_delete_percent",
     "state_dir",
     "runtime_dir",
@@ -418,10 +422,12 @@ const TARGET_FIELDS: &[&str] = &[
     "connections",
 ];
 const SNAPSHOTS_FIELDS: &[&str] = &["keep_last", "keep_days"];
+const VERIFY_FIELDS: &[&str] = &["sample_bytes"];
 const SECTIONS: &[(&str, &[&str])] = &[
     ("", JOB_FIELDS),
     ("target.", TARGET_FIELDS),
     ("snapshots.", SNAPSHOTS_FIELDS),
+    ("verify.", VERIFY_FIELDS),
 ];
 
 impl<'a> Section<'a> {
@@ -682,6 +688,10 @@ fn resolve(tree: &Value) -> Checked<Job> {
         Some(v) => retention(v)?,
         None => Retention::default(),
     };
+    let verify_sample_bytes = match job.get("verify") {
+        Some(v) => sample_bytes(v)?,
+        None => None,
+    };
     let max_delete_percent = job
         .optional("max_delete_percent", |f, v| {
             whole(f, v, 0, 100, "a whole number 0–100 (a percentage)")
@@ -726,9 +736,27 @@ fn resolve(tree: &Value) -> Checked<Job> {
         filenames,
         target,
         snapshots,
+        verify_sample_bytes,
         max_delete_percent,
         state_dir,
         runtime_dir,
+    })
+}
+
+fn sample_bytes(v: &Value) -> Checked<Option<u64>> {
+    let s = Section::new(
+        "verify.",
+        "an object such as {\"sample_bytes\": 268435456}",
+        v,
+    )?;
+    s.optional("sample_bytes", |f, v| {
+        whole(
+            f,
+            v,
+            0,
+            u64::MAX >> 1,
+            "a whole number of bytes (0 turns the read-back off), or null for the default",
+        )
     })
 }
 
@@ -1393,7 +1421,7 @@ mod tests {
             (
                 add(r#""colour": 1"#),
                 "unknown field `colour` (the job's fields are: version, name, source, exclude, \
-                 password_file, gocryptfs_config, filenames, target, snapshots, \
+                 password_file, gocryptfs_config, filenames, target, snapshots, verify, \
                  max_delete_percent, state_dir, runtime_dir)",
             ),
             (

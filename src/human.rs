@@ -134,7 +134,14 @@ fn verify_lines(job: &str, stage: &str, outcome: &str, s: &Value) -> Vec<String>
     let lists = ["missing", "extra", "changed"].map(|list| (list, string_list(&s[list])));
     let differing: usize = lists.iter().map(|(_, l)| l.len()).sum();
     let mut lines = vec![match outcome {
-        "ok" => format!("{stage} of {job} ok: {} match", files(total)),
+        "ok" => match s.get("sampled").and_then(Value::as_u64) {
+            Some(read) if stage == "verify" => format!(
+                "{stage} of {job} ok: {} match, {} read back from the target",
+                files(total),
+                read
+            ),
+            _ => format!("{stage} of {job} ok: {} match", files(total)),
+        },
         _ => format!(
             "{stage} of {job} found {}: {} in the backup",
             count(differing as u64, "difference", "differences"),

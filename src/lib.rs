@@ -23,6 +23,7 @@ pub mod remote;
 pub mod restore;
 pub mod rsync;
 pub mod run;
+pub mod sample;
 pub mod snapshots;
 pub mod split;
 pub mod state;

@@ -50,7 +50,7 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             let result = run::stage(&job, Stage::Backup, |ctx| sync::backup(ctx, &options))?;
             Ok(report(cli, &job, Stage::Backup, &result))
         }
-        Command::Verify { job, deep } => {
+        Command::Verify { job, deep, sample } => {
             let job = load_job(cli, job.job.as_deref())?;
             let (stage, result) = if *deep {
                 (
@@ -60,7 +60,7 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             } else {
                 (
                     Stage::Verify,
-                    run::stage(&job, Stage::Verify, verify::verify)?,
+                    run::stage(&job, Stage::Verify, |ctx| verify::verify(ctx, *sample))?,
                 )
             };
             Ok(report(cli, &job, stage, &result))

@@ -24,6 +24,8 @@ const KEPT_LIST_STATE: &str = "verify-local.json";
 const LAST_BACKUP: &str = "last-backup.json";
 /// `RepairList`.
 const REPAIR_LIST: &str = "repair.list";
+/// `SampleRotation`.
+const SAMPLE_ROTATION: &str = "verify-sample.json";
 
 /// The last successful backup: its snapshot id (a new run never reuses it)
 /// and its exact start time (verify treats files changed after it as
@@ -141,6 +143,10 @@ impl Marker {
 /// in `LastBackup`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeptList {
+    /// Bytes of the listed (encrypted) files: the possession check sizes
+    /// its sample from it. A state written before it existed does not
+    /// read, so its list is made anew once.
+    pub data_bytes: u64,
     pub files: usize,
     /// The source's fingerprint when the list was made.
     pub fingerprint: String,
@@ -164,6 +170,29 @@ impl KeptList {
     pub fn forget(state_dir: &Path) {
         let _ = std::fs::remove_file(state_dir.join(KEPT_LIST_STATE));
         let _ = std::fs::remove_file(state_dir.join(KEPT_LIST));
+    }
+}
+
+/// Where the possession check's rotation stands (sample.rs): a secret key
+/// that orders the files in a way the server cannot know, and how far the
+/// rotation has come in that order. A lost or damaged state starts a new
+/// rotation with a new key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SampleRotation {
+    /// Where the next run's window starts.
+    pub cursor: u64,
+    /// 32 hex digits.
+    pub key: String,
+}
+
+impl SampleRotation {
+    pub fn read(state_dir: &Path) -> Option<SampleRotation> {
+        read_json(&state_dir.join(SAMPLE_ROTATION))
+    }
+
+    pub fn write(&self, state_dir: &Path) -> Result<()> {
+        let text = serde_json::to_string(self).expect("plain fields serialise");
+        write_atomic(&state_dir.join(SAMPLE_ROTATION), text.as_bytes())
     }
 }
 

@@ -53,6 +53,12 @@ pub struct VerifyStats {
     /// Changed after the last backup started: not compared.
     pub pending: usize,
     pub hardlinked: usize,
+    /// Remote files read back and compared (the possession check,
+    /// sample.rs), and their bytes.
+    pub sampled: usize,
+    pub sampled_bytes: u64,
+    /// Runs until every file has been read back once.
+    pub sample_rotation_runs: u64,
     /// Plaintext paths where they can be decrypted.
     pub missing: Vec<String>,
     pub extra: Vec<String>,
@@ -129,6 +135,7 @@ mod tests {
             verify.to_json(),
             json!({
                 "files": 1, "hashed": 0, "pending": 0, "hardlinked": 0,
+                "sampled": 0, "sampled_bytes": 0, "sample_rotation_runs": 0,
                 "missing": [], "extra": [], "changed": ["a"],
             })
         );

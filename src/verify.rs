@@ -22,7 +22,8 @@ use crate::exec::scratch_file;
 use crate::fingerprint::{self, SourceState};
 use crate::remote::{self, CHECKSUMS, FILES, Remote, Ssh, quote_path};
 use crate::run::{Context, Done};
-use crate::state::{LastBackup, RepairList, SHA1_CACHE};
+use crate::sample::{self, Budget, Selection};
+use crate::state::{LastBackup, RepairList, SHA1_CACHE, SampleRotation};
 use crate::stats::{DeepVerifyStats, StageStats, VerifyStats};
 use crate::status::{self, AtomicFile, Outcome};
 use crate::{interrupt, log, pool, verify_cache};
@@ -30,7 +31,8 @@ use crate::{interrupt, log, pool, verify_cache};
 /// How many verify runs keep their checksum lists on the target.
 const KEPT_CHECKSUM_RUNS: usize = 10;
 
-pub fn verify(ctx: &Context) -> Result<Done> {
+/// `sample`: `verify --sample`, else the job's budget (sample.rs).
+pub fn verify(ctx: &Context, sample: Option<Budget>) -> Result<Done> {
     let job = ctx.job;
     crypt::check_ready(job)?;
     let cipher_point = ctx.runtime("cipher");
@@ -63,6 +65,9 @@ pub fn verify(ctx: &Context) -> Result<Done> {
         ));
     }
     let diff = without(diff, &local.tally.skip);
+    let budget =
+        sample.unwrap_or_else(|| Budget::for_job(job.verify_sample_bytes, local.tally.data_bytes));
+    let (diff, possession) = read_back(ctx, &remote, &mut local, diff, budget)?;
     // Tells the next backup which remote files to re-send by checksum.
     RepairList::save(&job.state_dir, &diff.changed)?;
     keep_or_forget_list(ctx, source.as_ref(), &mut local, &diff);
@@ -75,6 +80,9 @@ pub fn verify(ctx: &Context) -> Result<Done> {
         hashed: local.tally.hashed,
         pending: local.tally.pending,
         hardlinked: local.tally.hardlinked,
+        sampled: possession.read,
+        sampled_bytes: possession.bytes,
+        sample_rotation_runs: possession.rotation_runs,
         missing: diff.missing.iter().map(name).collect(),
         extra: diff.extra.iter().map(name).collect(),
         changed: diff.changed.iter().map(name).collect(),
@@ -89,6 +97,88 @@ pub fn verify(ctx: &Context) -> Result<Done> {
     })
 }
 
+/// What the possession check read.
+struct Possession {
+    read: usize,
+    bytes: u64,
+    rotation_runs: u64,
+}
+
+/// The possession check (sample.rs). Where the remote list came from the
+/// server's own word (sha1 computed there), a sample of files/ is read back
+/// through an sshfs mount and compared with the local list; what it finds
+/// joins the differences. Where the remote list was made here, by reading
+/// every remote byte (a local target, `remote_checksums: mount`), that read
+/// was the check.
+fn read_back(
+    ctx: &Context,
+    remote: &Remote,
+    local: &mut LocalList,
+    mut diff: Diff,
+    budget: Budget,
+) -> Result<(Diff, Possession)> {
+    let Remote::Shell { ssh } = remote else {
+        let everything = Possession {
+            read: local.tally.files,
+            bytes: local.tally.data_bytes,
+            rotation_runs: 1,
+        };
+        return Ok((diff, everything));
+    };
+    if budget == Budget::Bytes(0) {
+        log::warn(
+            "verify.sample_bytes is 0: no remote file is read back, so verify takes the server's word for its data",
+        );
+        return Ok((
+            diff,
+            Possession {
+                read: 0,
+                bytes: 0,
+                rotation_runs: 0,
+            },
+        ));
+    }
+    let state_dir = &ctx.job.state_dir;
+    let selection = Selection::plan(
+        SampleRotation::read(state_dir).as_ref(),
+        sample::random_key()?,
+        sample::random_key()?,
+        budget,
+        local.tally.data_bytes,
+    );
+    let point = ctx.runtime("remote");
+    crate::mount::prepare_point(&point)?;
+    let mount = ssh.mount(&point)?;
+    // Already reported files are not read again.
+    let mut skip = local.tally.skip.clone();
+    skip.extend(diff.missing.iter().chain(&diff.changed).cloned());
+    let found = sample::read_back(&mut local.list, &mount.pinned(), &selection, &skip)?;
+    mount.unmount()?;
+    if let Err(e) = selection.next().write(state_dir) {
+        log::warn(format!(
+            "cannot keep where the read-back rotation stands: {e}"
+        ));
+    }
+    log::debug(|| {
+        format!(
+            "read back {} remote files ({} bytes); every file within {} runs",
+            found.read,
+            found.bytes,
+            selection.runs_per_rotation()
+        )
+    });
+    diff.missing.extend(found.missing);
+    diff.changed.extend(found.changed);
+    diff.missing.sort();
+    diff.changed.sort();
+    let possession = Possession {
+        read: found.read,
+        bytes: found.bytes,
+        rotation_runs: selection.runs_per_rotation(),
+    };
+    Ok((diff, possession))
+}
+
 /// The last run's local list, when the source is as it was then and no
 /// file of it may still be on its way to the target (pending).
 fn reuse_kept_list(job: &Job, source: &SourceState, since: Option<i128>) -> Option<LocalList> {
@@ -100,6 +190,7 @@ fn reuse_kept_list(job: &Job, source: &SourceState, since: Option<i128>) -> Opti
         list: kept.list,
         tally: Tally {
             files: kept.files,
+            data_bytes: kept.data_bytes,
             hardlinked: kept.hardlinked.len(),
             skip: kept.hardlinked.iter().cloned().collect(),
             hardlinked_paths: kept.hardlinked,
@@ -157,8 +248,9 @@ fn keep_or_forget_list(
     match (source, local.reused, diff.is_empty()) {
         (_, _, false) => verify_cache::forget(state_dir),
         (Some(source), false, true) => {
-            let (files, hardlinked) = (local.tally.files, &local.tally.hardlinked_paths);
-            verify_cache::keep(state_dir, source, &mut local.list, files, hardlinked);
+            let counts = (local.tally.files, local.tally.data_bytes);
+            let hardlinked = &local.tally.hardlinked_paths;
+            verify_cache::keep(state_dir, source, &mut local.list, counts, hardlinked);
         }
         _ => {}
     }
@@ -188,6 +280,8 @@ struct LocalList {
 #[derive(Default)]
 struct Tally {
     files: usize,
+    /// Bytes of every listed file (gocryptfs' own included).
+    data_bytes: u64,
     hashed: usize,
     pending: usize,
     hardlinked: usize,
@@ -228,6 +322,7 @@ fn local_list(ctx: &Context, view: &Path, since: Option<i128>) -> Result<LocalLi
         // like backup, snapshots and deep verify count: the user's files.
         local.files += usize::from(!crate::crypt::is_gocryptfs_metadata(&file.rel));
         local.hashed += usize::from(file.read);
+        local.data_bytes += file.stamp.size;
         let pending = since.is_some_and(|start| i128::from(file.stamp.changed_ns()) >= start);
         local.pending += usize::from(pending);
         local.hardlinked += usize::from(file.hardlinked);

@@ -25,6 +25,8 @@ pub struct KeptList {
     /// The sha1sum list, rewound.
     pub list: File,
     pub files: usize,
+    /// Bytes of the listed files.
+    pub data_bytes: u64,
     /// Hard-linked files: never compared (see `checksums::FileSum`).
     pub hardlinked: Vec<String>,
 }
@@ -46,6 +48,7 @@ pub fn reuse(state_dir: &Path, source: &SourceState) -> Option<KeptList> {
     Some(KeptList {
         list,
         files: state.files,
+        data_bytes: state.data_bytes,
         hardlinked: state.hardlinked,
     })
 }
@@ -58,14 +61,14 @@ pub fn keep(
     state_dir: &Path,
     source: &SourceState,
     list: &mut File,
-    files: usize,
+    (files, data_bytes): (usize, u64),
     hardlinked: &[String],
 ) {
     forget(state_dir);
     if !source.settled() {
         return;
     }
-    if let Err(e) = write_kept(state_dir, source, list, files, hardlinked) {
+    if let Err(e) = write_kept(state_dir, source, list, (files, data_bytes), hardlinked) {
         log::warn(format!("could not keep the local checksum list: {e}"));
         forget(state_dir);
     }
@@ -75,7 +78,7 @@ fn write_kept(
     state_dir: &Path,
     source: &SourceState,
     list: &mut File,
-    files: usize,
+    (files, data_bytes): (usize, u64),
     hardlinked: &[String],
 ) -> Result<()> {
     let path = state_dir.join(LIST_FILE);
@@ -84,6 +87,7 @@ fn write_kept(
         copy_hashing(list, &mut copy).ctx(|| format!("writing {}", path.display()))?;
     copy.commit()?;
     state::KeptList {
+        data_bytes,
         files,
         fingerprint: source.fingerprint.clone(),
         hardlinked: hardlinked.to_vec(),
@@ -147,7 +151,7 @@ mod tests {
         let text = "aa  ./x\nbb  ./y\n";
         let mut list = list_file(&dir, text);
         list.seek(SeekFrom::End(0)).unwrap();
-        keep(&dir, &settled("f1"), &mut list, 2, &["y".into()]);
+        keep(&dir, &settled("f1"), &mut list, (2, 10), &["y".into()]);
 
         let kept = reuse(&dir, &settled("f1")).expect("same fingerprint");
         assert_eq!(
@@ -167,7 +171,7 @@ mod tests {
             walked_at_ns: 1,
             ..settled("f3")
         };
-        keep(&dir, &racy, &mut list, 2, &[]);
+        keep(&dir, &racy, &mut list, (2, 10), &[]);
         assert!(reuse(&dir, &racy).is_none());
         assert!(!dir.join(LIST_FILE).exists() && state::KeptList::read(&dir).is_none());
         std::fs::remove_dir_all(&dir).unwrap();

@@ -1,0 +1,328 @@
+//! The possession check. With `remote_checksums: ssh` the server computes
+//! the sha1s of its copy, and a server that deleted the data could answer
+//! with a list it saved earlier. So every verify also reads a sample of the
+//! remote files back, through an sshfs mount, and compares their sha1 with
+//! the local list: that answer needs the data.
+//!
+//! Which files: the files are ordered by a keyed hash of their encrypted
+//! path, with a key kept secret in the state dir. Each run reads the next
+//! window of that order (its width set by the byte budget), so the windows
+//! rotate through every file within `runs_per_rotation` runs; and a second,
+//! smaller window under a fresh random key, so that no file is ever safe to
+//! drop, even one the rotation has just read.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::path::Path;
+
+use sha1::{Digest, Sha1};
+
+use crate::checksums::{self, Sum};
+use crate::crypt::REMOTE_CONFIG_NAME;
+use crate::error::{IoContext, Result};
+use crate::fsutil;
+use crate::remote::FILES;
+use crate::state::SampleRotation;
+
+/// The default budget: 1 % of the data, at most this much.
+const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// The fresh window is this fraction of the rotating one.
+const FRESH_SHARE: u64 = 8;
+
+/// How much one run reads back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// Every file (`verify --sample all`).
+    All,
+    Bytes(u64),
+}
+
+impl Budget {
+    /// The job's `verify.sample_bytes`, else 1 % of the data, at most
+    /// 256 MiB (but never nothing while there is data).
+    pub fn for_job(setting: Option<u64>, data_bytes: u64) -> Budget {
+        Budget::Bytes(setting.unwrap_or_else(|| (data_bytes / 100).clamp(1, DEFAULT_MAX_BYTES)))
+    }
+}
+
+/// The files one run reads: a window `[start, start + width)` of the
+/// keyed order (wrapping), and the fresh window.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    key: String,
+    start: u64,
+    /// None: every file.
+    width: Option<u64>,
+    fresh_key: String,
+    fresh_start: u64,
+}
+
+impl Selection {
+    /// Plans this run's windows. `rotation` is where the last run left off
+    /// (None: a new rotation under `new_key`); `fresh` is this run's random
+    /// key and start.
+    pub fn plan(
+        rotation: Option<&SampleRotation>,
+        new_key: (String, u64),
+        fresh: (String, u64),
+        budget: Budget,
+        data_bytes: u64,
+    ) -> Selection {
+        let (key, start) = match rotation {
+            Some(r) => (r.key.clone(), r.cursor),
+            None => new_key,
+        };
+        let width = match budget {
+            Budget::All => None,
+            Budget::Bytes(b) if b >= data_bytes => None,
+            // The share of the keyed order whose files hold about `b` bytes.
+            // Rounded up, so that the windows cover the order in
+            // `runs_per_rotation` runs, not one more.
+            Budget::Bytes(b) => {
+                Some(((b as u128) << 64).div_ceil(data_bytes as u128).max(1) as u64)
+            }
+        };
+        Selection {
+            key,
+            start,
+            width,
+            fresh_key: fresh.0,
+            fresh_start: fresh.1,
+        }
+    }
+
+    /// How far `path` lies after the window's start in the keyed order:
+    /// the nearest file is read when the window holds none.
+    fn distance(&self, path: &str) -> u64 {
+        position(&self.key, path).wrapping_sub(self.start)
+    }
+
+    /// Whether this run reads `path` (relative to files/).
+    pub fn contains(&self, path: &str) -> bool {
+        let Some(width) = self.width else {
+            return true;
+        };
+        let fresh_width = (width / FRESH_SHARE).max(1);
+        position(&self.key, path).wrapping_sub(self.start) < width
+            || position(&self.fresh_key, path).wrapping_sub(self.fresh_start) < fresh_width
+    }
+
+    /// Where the next run starts, under the same key.
+    pub fn next(&self) -> SampleRotation {
+        SampleRotation {
+            key: self.key.clone(),
+            cursor: self.start.wrapping_add(self.width.unwrap_or(0)),
+        }
+    }
+
+    /// Runs until the rotation has read every file once (1: this run reads
+    /// them all).
+    pub fn runs_per_rotation(&self) -> u64 {
+        match self.width {
+            None => 1,
+            Some(w) => u64::try_from((1u128 << 64).div_ceil(w as u128)).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// A file's place in the order that `key` gives: the first 8 bytes of
+/// sha1(key, path). Without the key the server cannot tell which files a
+/// run will read.
+fn position(key: &str, path: &str) -> u64 {
+    let mut h = Sha1::new();
+    h.update(key.as_bytes());
+    h.update([0]);
+    h.update(path.as_bytes());
+    let digest: [u8; 20] = h.finalize().into();
+    u64::from_be_bytes(digest[..8].try_into().expect("8 of 20 bytes"))
+}
+
+/// What the read-back found.
+#[derive(Debug, Default)]
+pub struct Findings {
+    pub read: usize,
+    pub bytes: u64,
+    /// Encrypted paths (relative to files/) missing on the target.
+    pub missing: Vec<String>,
+    /// Encrypted paths whose bytes on the target do not have the local
+    /// sha1 (or that are not regular files there).
+    pub changed: Vec<String>,
+}
+
+/// Reads the selected files of the local list (`sha1sum` format, read from
+/// its start) below `remote_root` (`files/` is under it) and compares them
+/// with the local sums. `skip`: files whose difference has a known cause.
+pub fn read_back(
+    local_list: &mut File,
+    remote_root: &Path,
+    selection: &Selection,
+    skip: &HashSet<String>,
+) -> Result<Findings> {
+    local_list
+        .seek(SeekFrom::Start(0))
+        .ctx(|| "rewinding the local list")?;
+    let mut found = Findings::default();
+    // The first file after the window's start, should the window be empty
+    // (a small budget and large files): a run never reads nothing.
+    let mut nearest: Option<(u64, String, Sum)> = None;
+    checksums::read_list(&mut *local_list, |name, sum| {
+        if name == REMOTE_CONFIG_NAME || skip.contains(&name) {
+            return Ok(());
+        }
+        if !selection.contains(&name) {
+            let distance = selection.distance(&name);
+            if nearest.as_ref().is_none_or(|(d, _, _)| distance < *d) {
+                nearest = Some((distance, name, sum));
+            }
+            return Ok(());
+        }
+        found.compare(remote_root, name, sum)
+    })?;
+    if found.read + found.missing.len() == 0
+        && let Some((_, name, sum)) = nearest
+    {
+        found.compare(remote_root, name, sum)?;
+    }
+    Ok(found)
+}
+
+impl Findings {
+    fn compare(&mut self, remote_root: &Path, name: String, sum: Sum) -> Result<()> {
+        match read_remote(remote_root, &name)? {
+            None => self.missing.push(name),
+            Some((theirs, bytes)) => {
+                self.read += 1;
+                self.bytes += bytes;
+                if theirs != Some(sum) {
+                    self.changed.push(name);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The sha1 and size of `files/<name>` on the target (None inside: not a
+/// regular file there); None if it is missing.
+fn read_remote(root: &Path, name: &str) -> Result<Option<(Option<Sum>, u64)>> {
+    let rel = format!("{FILES}/{name}");
+    let file = match fsutil::open_below(root, &rel) {
+        Ok(Some(file)) => file,
+        Ok(None) => return Ok(None),
+        // A link or a special file where the backup has a file.
+        Err(_) => return Ok(Some((None, 0))),
+    };
+    let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let sum = checksums::hash_reader(&mut &file).ctx(|| format!("reading {rel} on the target"))?;
+    Ok(Some((Some(sum), bytes)))
+}
+
+/// A new secret key and a random start.
+pub fn random_key() -> Result<(String, u64)> {
+    let key = fsutil::random_hex(16)?;
+    let start = u64::from_str_radix(&fsutil::random_hex(8)?, 16).expect("16 hex digits");
+    Ok((key, start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("Ab{i:05}/Cd{}", i * 7)).collect()
+    }
+
+    #[test]
+    fn a_rotation_reads_every_file_within_its_runs() {
+        let files = paths(2000);
+        let data_bytes = 2000 * 1000;
+        let budget = Budget::Bytes(data_bytes / 50);
+        let mut rotation: Option<SampleRotation> = None;
+        let mut seen = HashSet::new();
+        let mut runs = 0;
+        let mut bound = 0;
+        for run in 0..200u64 {
+            let plan = Selection::plan(
+                rotation.as_ref(),
+                ("k".repeat(32), 12345),
+                (format!("fresh{run}"), run * 31),
+                budget,
+                data_bytes,
+            );
+            bound = plan.runs_per_rotation();
+            seen.extend(files.iter().filter(|f| plan.contains(f)).cloned());
+            rotation = Some(plan.next());
+            runs += 1;
+            if seen.len() == files.len() {
+                break;
+            }
+        }
+        assert_eq!(bound, 50, "a budget of 2 % needs 50 runs");
+        assert_eq!(seen.len(), files.len(), "files never read in {runs} runs");
+        assert!(
+            runs <= bound,
+            "the rotation took {runs} runs, more than its bound {bound}"
+        );
+    }
+
+    #[test]
+    fn each_run_reads_about_its_budget() {
+        let files = paths(10_000);
+        let plan = Selection::plan(
+            None,
+            ("a".repeat(32), 7),
+            ("b".repeat(32), 9),
+            Budget::Bytes(100),
+            10_000,
+        );
+        let read = files.iter().filter(|f| plan.contains(f)).count();
+        // 1 % rotating plus an eighth of that fresh: about 112 files.
+        assert!(
+            (60..200).contains(&read),
+            "read {read} files for a 1 % budget"
+        );
+    }
+
+    #[test]
+    fn all_or_a_budget_over_the_data_reads_everything() {
+        let files = paths(100);
+        for budget in [Budget::All, Budget::Bytes(10_000)] {
+            let plan =
+                Selection::plan(None, ("a".repeat(32), 7), ("b".repeat(32), 9), budget, 5000);
+            assert!(files.iter().all(|f| plan.contains(f)), "{budget:?}");
+            assert_eq!(plan.runs_per_rotation(), 1);
+        }
+    }
+
+    #[test]
+    fn without_the_key_the_order_is_another() {
+        let files = paths(1000);
+        let a = Selection::plan(
+            None,
+            ("a".repeat(32), 0),
+            ("x".into(), 0),
+            Budget::Bytes(10),
+            1000,
+        );
+        let b = Selection::plan(
+            None,
+            ("b".repeat(32), 0),
+            ("y".into(), 0),
+            Budget::Bytes(10),
+            1000,
+        );
+        let pick = |s: &Selection| {
+            files
+                .iter()
+                .filter(|f| s.contains(f))
+                .cloned()
+                .collect::<HashSet<_>>()
+        };
+        let (pa, pb) = (pick(&a), pick(&b));
+        assert!(
+            pa.intersection(&pb).count() < pa.len().max(1),
+            "two keys chose the same files"
+        );
+    }
+}

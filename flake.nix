@@ -9,84 +9,82 @@
     };
   };
 
-  outputs =
-    {
-      self,
-      nixpkgs,
-      home-manager,
-    }:
-    let
-      inherit (nixpkgs) lib;
-      systems = [
-        "x86_64-linux"
-        "aarch64-linux"
-      ];
-      forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
-
-      # Every .nix file of the repository, for the formatting check.
-      nixFiles = lib.fileset.toSource {
-        root = ./.;
-        fileset = lib.fileset.fileFilter (file: file.hasExt "nix") ./.;
-      };
-    in
-    {
-      overlays.default = final: _prev: {
-        ciphersync = final.callPackage ./nix/package.nix { };
-      };
-
-      packages = forAllSystems (pkgs: rec {
-        ciphersync = pkgs.callPackage ./nix/package.nix { };
-        default = ciphersync;
-      });
-
-      # The modules default `services.ciphersync.package` to `pkgs.ciphersync`
-      # when the overlay is applied, else to nix/package.nix built with the
-      # system's own nixpkgs.
-      nixosModules.default = ./nix/module.nix;
-      homeManagerModules.default = ./nix/hm-module.nix;
-
-      checks = forAllSystems (
-        pkgs:
-        let
-          testArgs = {
-            inherit pkgs self home-manager;
-          };
-        in
-        {
-          package = self.packages.${pkgs.stdenv.hostPlatform.system}.default;
-          vm-backup-restore = import ./nix/tests/backup-restore.nix testArgs;
-          vm-timers = import ./nix/tests/timers.nix testArgs;
-          vm-server-down = import ./nix/tests/server-down.nix testArgs;
-          vm-home-manager = import ./nix/tests/home-manager.nix testArgs;
-          formatting = pkgs.runCommand "ciphersync-nix-formatting" { nativeBuildInputs = [ pkgs.nixfmt ]; } ''
-            cd ${nixFiles}
-            find . -name '*.nix' -print0 | xargs -0 nixfmt --check
-            touch $out
-          '';
-        }
-      );
-
-      devShells = forAllSystems (pkgs: {
-        default = pkgs.mkShell {
-          inputsFrom = [ self.packages.${pkgs.stdenv.hostPlatform.system}.default ];
-          packages = [
-            pkgs.cargo
-            pkgs.clippy
-            pkgs.rustfmt
-            pkgs.rust-analyzer
-            pkgs.nixfmt
-            pkgs.gocryptfs
-            pkgs.sshfs
-            pkgs.rsync
-            pkgs.openssh
-            pkgs.fuse3
-            pkgs.jq
-          ];
-        };
-      });
-
-      # nixfmt-rfc-style: since nixpkgs 25.11 the RFC 166 formatter is
-      # `pkgs.nixfmt` and `nixfmt-rfc-style` is only a deprecated alias of it.
-      formatter = forAllSystems (pkgs: pkgs.nixfmt);
+  outputs = {
+    self,
+    nixpkgs,
+    home-manager,
+  }: let
+    inherit (nixpkgs) lib;
+    systems = [
+      "x86_64-linux"
+      "aarch64-linux"
+    ];
+    forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+  in {
+    overlays.default = final: _prev: {
+      ciphersync = final.callPackage ./nix/package.nix {};
     };
+
+    packages = forAllSystems (pkgs: rec {
+      ciphersync = pkgs.callPackage ./nix/package.nix {};
+      default = ciphersync;
+    });
+
+    # The modules default `services.ciphersync.package` to `pkgs.ciphersync`
+    # when the overlay is applied, else to nix/package.nix built with the
+    # system's own nixpkgs.
+    # The same module under two names: `default`, and `ciphersync` for
+    # configurations that import several flakes' modules by name.
+    nixosModules = rec {
+      ciphersync = ./nix/module.nix;
+      default = ciphersync;
+    };
+    homeManagerModules = rec {
+      ciphersync = ./nix/hm-module.nix;
+      default = ciphersync;
+    };
+
+    checks = forAllSystems (
+      pkgs: let
+        testArgs = {
+          inherit pkgs self home-manager;
+        };
+      in {
+        package = self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+        vm-backup-restore = import ./nix/tests/backup-restore.nix testArgs;
+        vm-timers = import ./nix/tests/timers.nix testArgs;
+        vm-server-down = import ./nix/tests/server-down.nix testArgs;
+        vm-home-manager = import ./nix/tests/home-manager.nix testArgs;
+        # No formatting check here: the .nix files are formatted with
+        # alejandra 4.0.0 (what nixpkgs 26.05 ships, `nix fmt`), but the
+        # machines that run this project's CI cannot install it (crates.io
+        # publishes no alejandra binary), so such a check would never have
+        # run before it reached a user. nix/eval/check.sh checks the
+        # formatting when ALEJANDRA names that binary.
+      }
+    );
+
+    devShells = forAllSystems (pkgs: {
+      default = pkgs.mkShell {
+        inputsFrom = [self.packages.${pkgs.stdenv.hostPlatform.system}.default];
+        packages = [
+          pkgs.cargo
+          pkgs.clippy
+          pkgs.rustfmt
+          pkgs.rust-analyzer
+          pkgs.alejandra
+          pkgs.gocryptfs
+          pkgs.sshfs
+          pkgs.rsync
+          pkgs.openssh
+          pkgs.fuse3
+          pkgs.jq
+        ];
+      };
+    });
+
+    # `nix fmt`: alejandra, the formatter every .nix file here is checked
+    # against (nix/eval/check.sh with ALEJANDRA set).
+    formatter = forAllSystems (pkgs: pkgs.alejandra);
+  };
 }

@@ -9,16 +9,15 @@
   lib,
   pkgs,
   ...
-}:
-
-let
+}: let
   cfg = config.services.ciphersync;
-  jobLib = import ./job-options.nix { inherit lib; };
+  jobLib = import ./job-options.nix {inherit lib;};
 
   stateDir = name: "${config.xdg.stateHome}/ciphersync/${name}";
   configFile = name: "${config.xdg.configHome}/ciphersync/${name}.json";
 
-  ciphersync = args: lib.escapeShellArgs ([ "${cfg.package}/bin/ciphersync" ] ++ args);
+  # systemd's quoting, not a shell's (nixpkgs' utils.escapeSystemdExecArgs).
+  ciphersync = args: jobLib.escapeSystemdExecArgs (["${cfg.package}/bin/ciphersync"] ++ args);
 
   # No sandboxing options: in the user manager they need user namespaces and
   # each of them implies NoNewPrivileges=yes, which disables the setuid
@@ -32,35 +31,36 @@ let
       Description = "ciphersync ${stage.what} of ${job.source} (job ${name})";
       OnFailure = job.onFailure;
     };
-    Service = {
-      Type = "oneshot";
-      # /run/wrappers/bin first so that NixOS's setuid fusermount3 wins over
-      # the plain copy the package's wrapper appends to PATH.
-      Environment = [ "PATH=/run/wrappers/bin:${lib.makeBinPath [ pkgs.coreutils ]}" ];
-      ExecStart = ciphersync (
-        [
+    Service =
+      {
+        Type = "oneshot";
+        # /run/wrappers/bin first so that NixOS's setuid fusermount3 wins over
+        # the plain copy the package's wrapper appends to PATH.
+        Environment = ["PATH=/run/wrappers/bin:${lib.makeBinPath [pkgs.coreutils]}"];
+        ExecStart = ciphersync (
+          [
+            "-c"
+            (configFile name)
+          ]
+          ++ stage.args
+        );
+        # Exit 75: another stage of this job holds its lock. systemd accepts
+        # RestartForceExitStatus= on oneshot units only from version 256 (older
+        # ones refuse to load the unit), and home-manager also runs on
+        # distributions with older systemd: so a clash counts as a skipped run
+        # (not a failure, OnFailure= does not fire); the next timer runs it.
+        SuccessExitStatus = "75";
+        UMask = "0077";
+      }
+      // lib.optionalAttrs (stage.suffix == "backup") {
+        # The first run creates the gocryptfs config (idempotent); backup
+        # itself never creates one.
+        ExecStartPre = ciphersync [
           "-c"
           (configFile name)
-        ]
-        ++ stage.args
-      );
-      # Exit 75: another stage of this job holds its lock. systemd accepts
-      # RestartForceExitStatus= on oneshot units only from version 256 (older
-      # ones refuse to load the unit), and home-manager also runs on
-      # distributions with older systemd: so a clash counts as a skipped run
-      # (not a failure, OnFailure= does not fire); the next timer runs it.
-      SuccessExitStatus = "75";
-      UMask = "0077";
-    }
-    // lib.optionalAttrs (stage.suffix == "backup") {
-      # The first run creates the gocryptfs config (idempotent); backup
-      # itself never creates one.
-      ExecStartPre = ciphersync [
-        "-c"
-        (configFile name)
-        "init"
-      ];
-    };
+          "init"
+        ];
+      };
   };
 
   timerOf = name: job: stage: {
@@ -70,41 +70,39 @@ let
       Persistent = job.persistentTimer;
       RandomizedDelaySec = job.randomizedDelaySec;
     };
-    Install.WantedBy = [ "timers.target" ];
+    Install.WantedBy = ["timers.target"];
   };
 
-  perStage =
-    filter: f:
+  perStage = filter: f:
     lib.mkMerge (
       lib.concatLists (
         lib.mapAttrsToList (
           name: job:
-          map (stage: { "ciphersync-${name}-${stage.suffix}" = f name job stage; }) (
-            lib.filter filter (jobLib.stages job)
-          )
-        ) cfg.jobs
+            map (stage: {"ciphersync-${name}-${stage.suffix}" = f name job stage;}) (
+              lib.filter filter (jobLib.stages job)
+            )
+        )
+        cfg.jobs
       )
     );
-in
-{
+in {
   options.services.ciphersync = {
     package = lib.mkOption {
       type = lib.types.package;
-      default = pkgs.ciphersync or (pkgs.callPackage ./package.nix { });
+      default = pkgs.ciphersync or (pkgs.callPackage ./package.nix {});
       defaultText = lib.literalExpression "pkgs.ciphersync (this flake's overlay), else nix/package.nix built with pkgs";
       description = "The ciphersync package the units run.";
     };
 
     jobs = lib.mkOption {
       type = lib.types.attrsOf (lib.types.submodule jobLib.jobModule);
-      default = { };
+      default = {};
       example = lib.literalExpression ''
         {
           photos = {
             source = "/home/alice/Pictures";
             passwordFile = "/home/alice/.config/ciphersync/photos.password";
-            target = {
-              type = "sftp";
+            target.sftp = {
               host = "u123456.your-storagebox.de";
               port = 23;
               user = "u123456";
@@ -118,26 +116,28 @@ in
     };
   };
 
-  config = lib.mkIf (cfg.jobs != { }) {
+  config = lib.mkIf (cfg.jobs != {}) {
     assertions = lib.concatLists (
       lib.mapAttrsToList (jobLib.assertionsFor "services.ciphersync.jobs") cfg.jobs
     );
 
-    xdg.configFile = lib.mapAttrs' (
-      name: job:
-      lib.nameValuePair "ciphersync/${name}.json" {
-        source =
-          (jobLib.jobFile {
-            inherit pkgs name job;
-            inherit (cfg) package;
-            stateDir = stateDir name;
-          }).file;
-      }
-    ) cfg.jobs;
+    xdg.configFile =
+      lib.mapAttrs' (
+        name: job:
+          lib.nameValuePair "ciphersync/${name}.json" {
+            source =
+              (jobLib.jobFile {
+                inherit pkgs name job;
+                inherit (cfg) package;
+                stateDir = stateDir name;
+              }).file;
+          }
+      )
+      cfg.jobs;
 
     systemd.user.services = perStage (_: true) serviceOf;
-    systemd.user.timers = perStage (stage: lib.toList stage.startAt != [ ]) timerOf;
+    systemd.user.timers = perStage (stage: lib.toList stage.startAt != []) timerOf;
 
-    home.packages = [ cfg.package ];
+    home.packages = [cfg.package];
   };
 }

@@ -6,24 +6,26 @@
 #   jobLib.jobModule           the submodule: types.attrsOf (types.submodule jobLib.jobModule)
 #   jobLib.assertionsFor o n j assertions for job `n` (config `j`) declared under option path `o`
 #   jobLib.jobFile { ... }     { value, file }: the job as a Nix value and the validated file
-{ lib }:
-
-let
+{lib}: let
   inherit (lib) mkOption types;
 
   inStore = p: p == builtins.storeDir || lib.hasPrefix "${builtins.storeDir}/" p;
 
   # Strings, not Nix paths: a path literal such as ./secret would be copied
   # into the world-readable store, so types.str rejects it outright.
-  absolutePath = types.addCheck types.str (lib.hasPrefix "/") // {
-    name = "absolutePath";
-    description = "absolute path (string)";
-  };
+  absolutePath =
+    types.addCheck types.str (lib.hasPrefix "/")
+    // {
+      name = "absolutePath";
+      description = "absolute path (string)";
+    };
 
-  secretPath = types.addCheck types.str (p: lib.hasPrefix "/" p && !inStore p) // {
-    name = "secretPath";
-    description = "absolute path outside the Nix store (string)";
-  };
+  secretPath =
+    types.addCheck types.str (p: lib.hasPrefix "/" p && !inStore p)
+    // {
+      name = "secretPath";
+      description = "absolute path outside the Nix store (string)";
+    };
 
   # "HOSTS KEYTYPE KEY [COMMENT]", optionally after a marker such as
   # @cert-authority; a bare "KEYTYPE KEY" (a .pub file) is refused because ssh
@@ -34,14 +36,34 @@ let
       description = "known_hosts line (\"HOSTS KEYTYPE BASE64KEY [COMMENT]\")";
     };
 
-  unitName = types.strMatching "[^[:space:]/]+\\.[a-z]+" // {
-    description = "systemd unit name with its suffix";
-  };
+  # nixpkgs' unitNameType (nixos/lib/systemd-lib.nix), the type of NixOS's
+  # own onFailure: what it refuses is refused here, at the job.
+  unitName =
+    types.strMatching "[a-zA-Z0-9@%:_.\\-]+[.](service|socket|device|mount|automount|swap|target|path|timer|scope|slice)"
+    // {
+      description = "systemd unit name with its type suffix";
+    };
+
+  # nixpkgs' utils.escapeSystemdExecArg(s) (nixos/lib/utils.nix), which the
+  # home-manager module cannot reach: each argument JSON-quoted (systemd
+  # accepts C-style quoting), "%" and "$" doubled so that systemd expands
+  # no specifier and no variable.
+  escapeSystemdExecArg = arg: let
+    s =
+      if builtins.isPath arg
+      then "${arg}"
+      else if builtins.isString arg
+      then arg
+      else if builtins.isInt arg || builtins.isFloat arg || lib.isDerivation arg
+      then toString arg
+      else throw "escapeSystemdExecArg only allows strings, paths, numbers and derivations";
+  in
+    lib.replaceStrings ["%" "$"] ["%%" "$$"] (builtins.toJSON s);
+  escapeSystemdExecArgs = lib.concatMapStringsSep " " escapeSystemdExecArg;
 
   calendar = types.either types.str (types.listOf types.str);
 
-  startAtOption =
-    default: what:
+  startAtOption = default: what:
     mkOption {
       type = calendar;
       inherit default;
@@ -53,45 +75,38 @@ let
       '';
     };
 
-  targetModule = {
+  # The target is one of two kinds, a tagged union (types.attrTag): exactly
+  # one of `sftp` and `local`, each with only the options that apply to it,
+  # so a local target cannot carry an ssh option at all.
+  pathOption = where:
+    mkOption {
+      type = absolutePath;
+      example = "/home/backups/docs";
+      description = ''
+        Absolute directory that holds `files/`, `snapshots/`, `checksums/`
+        and `records/`, ${where}.
+      '';
+    };
+
+  sftpModule = {
     options = {
-      type = mkOption {
-        type = types.enum [
-          "sftp"
-          "local"
-        ];
-        example = "sftp";
-        description = ''
-          `sftp`: an SFTP account reached over ssh. `local`: a directory on a
-          disk that is already mounted (no ssh involved).
-        '';
-      };
       host = mkOption {
-        type = types.nullOr types.str;
-        default = null;
+        type = types.str;
         example = "u123456.your-storagebox.de";
-        description = "SSH host name or address of the SFTP server (sftp targets only).";
+        description = "SSH host name or address of the SFTP server.";
       };
       port = mkOption {
         type = types.port;
         default = 22;
         example = 23;
-        description = "SSH port of the SFTP server (sftp targets only).";
+        description = "SSH port of the SFTP server.";
       };
       user = mkOption {
-        type = types.nullOr types.str;
-        default = null;
+        type = types.str;
         example = "u123456";
-        description = "SSH user on the SFTP server (sftp targets only).";
+        description = "SSH user on the SFTP server.";
       };
-      path = mkOption {
-        type = absolutePath;
-        example = "/home/backups/docs";
-        description = ''
-          Absolute directory that holds `files/`, `snapshots/`, `checksums/`
-          and `records/`: on the server for sftp, on this machine for local.
-        '';
-      };
+      path = pathOption "on the server";
       identityFile = mkOption {
         type = types.nullOr secretPath;
         default = null;
@@ -104,14 +119,14 @@ let
       };
       knownHosts = mkOption {
         type = types.listOf knownHostsLine;
-        default = [ ];
+        default = [];
         example = [
           "[u123456.your-storagebox.de]:23 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIICf9svRenC/PLKIL9nk6K/pxQgoiFC41wTNvoIncOxs"
         ];
         description = ''
-          The server's host keys as known_hosts lines; required for sftp
-          (host keys are always checked). Public data: they are written to a
-          known_hosts file in the Nix store. Get them with
+          The server's host keys as known_hosts lines; at least one is
+          required (host keys are always checked). Public data: they are
+          written to a known_hosts file in the Nix store. Get them with
           `ssh-keyscan -p PORT HOST` and compare the fingerprint
           (`ssh-keygen -lf FILE`) with the one your provider publishes. For a
           port other than 22 the host is written `[HOST]:PORT`.
@@ -157,6 +172,28 @@ let
     };
   };
 
+  localModule = {
+    options.path = pathOption "on this machine (a disk that is already mounted)";
+  };
+
+  targetType = types.attrTag {
+    sftp = mkOption {
+      type = types.submodule sftpModule;
+      description = "An SFTP account reached over ssh.";
+    };
+    local = mkOption {
+      type = types.submodule localModule;
+      description = "A directory on a disk that is already mounted (no ssh involved).";
+    };
+  };
+
+  # "sftp" or "local", and that kind's options.
+  targetKind = job:
+    if job.target ? sftp
+    then "sftp"
+    else "local";
+  targetOf = job: job.target.${targetKind job};
+
   snapshotsModule = {
     options = {
       keepLast = mkOption {
@@ -178,177 +215,156 @@ let
     };
   };
 
-  jobModule =
-    { name, ... }:
-    {
-      options = {
-        source = mkOption {
-          type = absolutePath;
-          example = "/srv/docs";
-          description = "Plaintext directory to back up. It is only read.";
-        };
-        exclude = mkOption {
-          type = types.listOf types.str;
-          default = [ ];
-          example = [
-            "*.tmp"
-            "cache/"
-          ];
-          description = "Paths to leave out of the backup: gitignore-style wildcard patterns relative to `source`, applied by `gocryptfs -reverse -exclude-wildcard` (so excluded files never enter the encrypted view).";
-        };
-        passwordFile = mkOption {
-          type = secretPath;
-          example = "/run/keys/ciphersync-${name}";
-          description = ''
-            File holding the gocryptfs password, readable only by the user that
-            runs the job: a sops-nix or agenix secret, or a root-only file.
-            Never a store path (the store is world-readable). Losing it loses
-            the backup.
-          '';
-        };
-        filenames = mkOption {
-          type = types.enum [
-            "encrypted"
-            "plaintext"
-            "deterministic"
-          ];
-          default = "encrypted";
-          example = "deterministic";
-          description = ''
-            File name mode passed to `gocryptfs -init` when the gocryptfs
-            config is created; changing it later has no effect on an existing
-            config.
-          '';
-        };
-        target = mkOption {
-          type = types.submodule targetModule;
-          example = {
-            type = "sftp";
+  jobModule = {name, ...}: {
+    options = {
+      source = mkOption {
+        type = absolutePath;
+        example = "/srv/docs";
+        description = "Plaintext directory to back up. It is only read.";
+      };
+      exclude = mkOption {
+        type = types.listOf types.str;
+        default = [];
+        example = [
+          "*.tmp"
+          "cache/"
+        ];
+        description = "Paths to leave out of the backup: gitignore-style wildcard patterns relative to `source`, applied by `gocryptfs -reverse -exclude-wildcard` (so excluded files never enter the encrypted view).";
+      };
+      passwordFile = mkOption {
+        type = secretPath;
+        example = "/run/keys/ciphersync-${name}";
+        description = ''
+          File holding the gocryptfs password, readable only by the user that
+          runs the job: a sops-nix or agenix secret, or a root-only file.
+          Never a store path (the store is world-readable). Losing it loses
+          the backup.
+        '';
+      };
+      filenames = mkOption {
+        type = types.enum [
+          "encrypted"
+          "plaintext"
+          "deterministic"
+        ];
+        default = "encrypted";
+        example = "deterministic";
+        description = ''
+          File name mode passed to `gocryptfs -init` when the gocryptfs
+          config is created; changing it later has no effect on an existing
+          config.
+        '';
+      };
+      target = mkOption {
+        type = targetType;
+        example = {
+          sftp = {
             host = "u123456.your-storagebox.de";
             port = 23;
             user = "u123456";
             path = "/home/backups/docs";
-            knownHosts = [ "[u123456.your-storagebox.de]:23 ssh-ed25519 AAAA..." ];
+            knownHosts = ["[u123456.your-storagebox.de]:23 ssh-ed25519 AAAA..."];
           };
-          description = "Where the encrypted copy goes.";
         };
-        snapshots = mkOption {
-          type = types.submodule snapshotsModule;
-          default = { };
-          example = {
-            keepLast = 30;
-            keepDays = 90;
-          };
-          description = "Retention of the snapshots (the versions each backup replaced or deleted).";
+        description = ''
+          Where the encrypted copy goes: exactly one of `sftp` (an SFTP
+          account) or `local` (a directory on a mounted disk).
+        '';
+      };
+      snapshots = mkOption {
+        type = types.submodule snapshotsModule;
+        default = {};
+        example = {
+          keepLast = 30;
+          keepDays = 90;
         };
-        maxDeletePercent = mkOption {
-          type = types.ints.between 0 100;
-          default = 50;
-          example = 90;
-          description = ''
-            Deletion guard: a backup refuses to run when it would move more
-            than this share (percent) of the remote files into a snapshot, as
-            when the source is an empty, unmounted disk.
-          '';
+        description = "Retention of the snapshots (the versions each backup replaced or deleted).";
+      };
+      maxDeletePercent = mkOption {
+        type = types.ints.between 0 100;
+        default = 50;
+        example = 90;
+        description = ''
+          Deletion guard: a backup refuses to run when it would move more
+          than this share (percent) of the remote files into a snapshot, as
+          when the source is an empty, unmounted disk.
+        '';
+      };
+      startAt = startAtOption "daily" "the backup";
+      verify = mkOption {
+        type = types.submodule {options.startAt = startAtOption "weekly" "the fast restore test";};
+        default = {};
+        example = {
+          startAt = "Sun *-*-* 05:00:00";
         };
-        startAt = startAtOption "daily" "the backup";
-        verify = mkOption {
-          type = types.submodule { options.startAt = startAtOption "weekly" "the fast restore test"; };
-          default = { };
-          example = {
-            startAt = "Sun *-*-* 05:00:00";
-          };
-          description = "The fast restore test (sha1 of the local encrypted view against the remote).";
+        description = "The fast restore test (sha1 of the local encrypted view against the remote).";
+      };
+      deepVerify = mkOption {
+        type = types.submodule {options.startAt = startAtOption "monthly" "the deep restore test";};
+        default = {};
+        example = {
+          startAt = "*-*-01 06:00:00";
         };
-        deepVerify = mkOption {
-          type = types.submodule { options.startAt = startAtOption "monthly" "the deep restore test"; };
-          default = { };
-          example = {
-            startAt = "*-*-01 06:00:00";
-          };
-          description = "The deep restore test (decrypt the local encrypted view and compare with the source).";
-        };
-        persistentTimer = mkOption {
-          type = types.bool;
-          default = true;
-          example = false;
-          description = "Persistent= of the timers: run a missed start as soon as the machine is up again.";
-        };
-        randomizedDelaySec = mkOption {
-          type = types.str;
-          default = "30m";
-          example = "0";
-          description = "RandomizedDelaySec= of the timers: a random delay up to this span (systemd.time(7)).";
-        };
-        onFailure = mkOption {
-          type = types.listOf unitName;
-          default = [ ];
-          example = [ "notify-admin.service" ];
-          description = "Units started when a stage fails (OnFailure= of each of the job's services).";
-        };
+        description = "The deep restore test (decrypt the local encrypted view and compare with the source).";
+      };
+      persistentTimer = mkOption {
+        type = types.bool;
+        default = true;
+        example = false;
+        description = "Persistent= of the timers: run a missed start as soon as the machine is up again.";
+      };
+      randomizedDelaySec = mkOption {
+        type = types.str;
+        default = "30m";
+        example = "0";
+        description = "RandomizedDelaySec= of the timers: a random delay up to this span (systemd.time(7)).";
+      };
+      onFailure = mkOption {
+        type = types.listOf unitName;
+        default = [];
+        example = ["notify-admin.service"];
+        description = "Units started when a stage fails (OnFailure= of each of the job's services).";
       };
     };
+  };
 
   pathInside = parent: p: p == parent || lib.hasPrefix "${lib.removeSuffix "/" parent}/" p;
 
-  assertionsFor =
-    optionPath: name: job:
-    let
-      t = job.target;
-      sftp = t.type == "sftp";
-      at = "${optionPath}.${name}";
-    in
-    [
-      {
-        assertion = builtins.match "[A-Za-z0-9][A-Za-z0-9_.-]*" name != null;
-        message = "${at}: a job name may only hold letters, digits, '_', '-' and '.', and starts with a letter or digit (it names units and files).";
-      }
-      {
-        assertion = !sftp || (t.host != null && t.user != null);
-        message = "${at}.target: an sftp target needs host and user.";
-      }
-      {
-        assertion = !sftp || job.filenames != "plaintext";
-        message = "${at}.filenames: \"plaintext\" is only for local targets: plaintext names keep symlink targets as they are, and sshfs (used by backup and restore) cannot read back a symlink pointing outside the mount. Use \"encrypted\" or \"deterministic\".";
-      }
-      {
-        assertion = !sftp || t.knownHosts != [ ];
-        message = "${at}.target.knownHosts: an sftp target needs the server's host key line(s); host keys are always checked. Get them with `ssh-keyscan -p ${toString t.port} ${toString t.host}` and check the fingerprint.";
-      }
-      {
-        assertion =
-          sftp
-          || (
-            t.host == null
-            && t.user == null
-            && t.identityFile == null
-            && t.knownHosts == [ ]
-            && t.transport == "sshfs"
-            && t.remoteChecksums == "ssh"
-            && t.connections == 4
-          );
-        message = "${at}.target: host, user, identityFile, knownHosts, transport, remoteChecksums and connections only apply to sftp targets; this one is local.";
-      }
-      {
-        assertion = sftp || !(pathInside job.source t.path || pathInside t.path job.source);
-        message = "${at}: the local target.path (${t.path}) and source (${job.source}) must not contain each other.";
-      }
-    ];
+  assertionsFor = optionPath: name: job: let
+    t = targetOf job;
+    sftp = targetKind job == "sftp";
+    at = "${optionPath}.${name}";
+  in [
+    {
+      assertion = builtins.match "[A-Za-z0-9][A-Za-z0-9_.-]*" name != null;
+      message = "${at}: a job name may only hold letters, digits, '_', '-' and '.', and starts with a letter or digit (it names units and files).";
+    }
+    {
+      assertion = !sftp || job.filenames != "plaintext";
+      message = "${at}.filenames: \"plaintext\" is only for local targets: plaintext names keep symlink targets as they are, and sshfs (used by backup and restore) cannot read back a symlink pointing outside the mount. Use \"encrypted\" or \"deterministic\".";
+    }
+    {
+      assertion = !sftp || t.knownHosts != [];
+      message = "${at}.target.sftp.knownHosts: an sftp target needs the server's host key line(s); host keys are always checked. Get them with `ssh-keyscan -p ${toString t.port} ${t.host}` and check the fingerprint.";
+    }
+    {
+      assertion = sftp || !(pathInside job.source t.path || pathInside t.path job.source);
+      message = "${at}: the local target.local.path (${t.path}) and source (${job.source}) must not contain each other.";
+    }
+  ];
 
   # `runtimeDir = null` leaves runtime_dir out of the file: the helper then
   # uses $XDG_RUNTIME_DIR/ciphersync/<name> (home-manager, where the uid is
   # not known at evaluation time).
-  render =
-    {
-      name,
-      job,
-      stateDir,
-      runtimeDir,
-      knownHostsFile,
-    }:
-    let
-      t = job.target;
-    in
+  render = {
+    name,
+    job,
+    stateDir,
+    runtimeDir,
+    knownHostsFile,
+  }: let
+    t = targetOf job;
+  in
     {
       version = 1;
       inherit name;
@@ -359,10 +375,12 @@ let
       # non-root user that may only read it).
       gocryptfs_config = "${stateDir}/gocryptfs.reverse.conf";
       target =
-        if t.type == "sftp" then
+        if targetKind job == "sftp"
+        then
           {
             type = "sftp";
-            inherit (t)
+            inherit
+              (t)
               host
               port
               user
@@ -373,12 +391,11 @@ let
             remote_checksums = t.remoteChecksums;
             inherit (t) connections;
           }
-          // lib.optionalAttrs (t.identityFile != null) { identity_file = t.identityFile; }
-        else
-          {
-            type = "local";
-            inherit (t) path;
-          };
+          // lib.optionalAttrs (t.identityFile != null) {identity_file = t.identityFile;}
+        else {
+          type = "local";
+          inherit (t) path;
+        };
       snapshots = {
         keep_last = job.snapshots.keepLast;
         keep_days = job.snapshots.keepDays;
@@ -386,58 +403,54 @@ let
       max_delete_percent = job.maxDeletePercent;
       state_dir = stateDir;
     }
-    // lib.optionalAttrs (runtimeDir != null) { runtime_dir = runtimeDir; };
+    // lib.optionalAttrs (runtimeDir != null) {runtime_dir = runtimeDir;};
 
   # The job file, validated at build time by the helper itself: a job the
   # helper would refuse fails the system build, not the first backup.
   # check-config only reads the file, so it runs in the build sandbox where
   # the paths the job names do not exist.
-  jobFile =
-    {
-      pkgs,
-      package,
-      name,
-      job,
-      stateDir,
-      runtimeDir ? null,
-    }:
-    let
-      knownHostsFile =
-        if job.target.type == "sftp" then
-          "${pkgs.writeText "ciphersync-${name}-known_hosts" (lib.concatLines job.target.knownHosts)}"
-        else
-          null;
-      value = render {
-        inherit
-          name
-          job
-          stateDir
-          runtimeDir
-          knownHostsFile
-          ;
-      };
-      unchecked = (pkgs.formats.json { }).generate "ciphersync-${name}-unchecked.json" value;
-    in
-    {
-      inherit value;
-      file = pkgs.runCommand "ciphersync-${name}.json" { passthru.jobConfig = value; } ''
-        ${package}/bin/ciphersync check-config ${unchecked}
-        cp ${unchecked} $out
-      '';
+  jobFile = {
+    pkgs,
+    package,
+    name,
+    job,
+    stateDir,
+    runtimeDir ? null,
+  }: let
+    knownHostsFile =
+      if targetKind job == "sftp"
+      then "${pkgs.writeText "ciphersync-${name}-known_hosts" (lib.concatLines job.target.sftp.knownHosts)}"
+      else null;
+    value = render {
+      inherit
+        name
+        job
+        stateDir
+        runtimeDir
+        knownHostsFile
+        ;
     };
+    unchecked = (pkgs.formats.json {}).generate "ciphersync-${name}-unchecked.json" value;
+  in {
+    inherit value;
+    file = pkgs.runCommand "ciphersync-${name}.json" {passthru.jobConfig = value;} ''
+      ${package}/bin/ciphersync check-config ${unchecked}
+      cp ${unchecked} $out
+    '';
+  };
 
   # The three stages of a job: unit name suffix, CLI arguments, timer.
   stages = job: [
     {
       suffix = "backup";
       what = "backup";
-      args = [ "backup" ];
+      args = ["backup"];
       startAt = job.startAt;
     }
     {
       suffix = "verify";
       what = "restore test";
-      args = [ "verify" ];
+      args = ["verify"];
       startAt = job.verify.startAt;
     }
     {
@@ -450,14 +463,16 @@ let
       startAt = job.deepVerify.startAt;
     }
   ];
-in
-{
+in {
   inherit
     jobModule
     assertionsFor
     render
     jobFile
     stages
+    escapeSystemdExecArgs
+    targetKind
+    targetOf
     ;
   types = {
     inherit

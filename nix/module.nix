@@ -9,24 +9,15 @@
   lib,
   pkgs,
   ...
-}:
-
-let
+}: let
   cfg = config.services.ciphersync;
-  jobLib = import ./job-options.nix { inherit lib; };
-
-  nonRootUsers = lib.unique (
-    lib.filter (u: u != "root") (lib.mapAttrsToList (_: job: job.user) cfg.jobs)
-  );
-
-  groupOf = job: if job.user == "root" then "root" else config.users.users.${job.user}.group;
+  jobLib = import ./job-options.nix {inherit lib;};
 
   stateDir = name: "/var/lib/ciphersync/${name}";
   runtimeDir = name: "/run/ciphersync/${name}";
   configFile = name: "/etc/ciphersync/${name}.json";
 
-  jobFileOf =
-    name: job:
+  jobFileOf = name: job:
     jobLib.jobFile {
       inherit pkgs name job;
       inherit (cfg) package;
@@ -34,42 +25,41 @@ let
       runtimeDir = runtimeDir name;
     };
 
-  ciphersync = args: lib.escapeShellArgs ([ "${cfg.package}/bin/ciphersync" ] ++ args);
+  # systemd's quoting, not a shell's (nixpkgs' utils.escapeSystemdExecArgs).
+  ciphersync = args: jobLib.escapeSystemdExecArgs (["${cfg.package}/bin/ciphersync"] ++ args);
 
   # The node exporter's textfile directory, when this machine runs the node
   # exporter with its textfile collector (on by default): nixpkgs has no
   # option for the directory, it is the --collector.textfile.directory flag
   # in extraFlags ("--flag=DIR", "--flag DIR", or the flag and DIR as two
   # list elements). `or`: evaluates without the prometheus options, too.
-  nodeExporter = config.services.prometheus.exporters.node or { };
+  nodeExporter = config.services.prometheus.exporters.node or {};
   textfileFlag = "--collector.textfile.directory";
-  textfileDirIn =
-    flags:
-    if flags == [ ] then
-      null
-    else
-      let
-        flag = lib.head flags;
-        rest = lib.tail flags;
-      in
-      if flag == textfileFlag then
-        (if rest == [ ] then null else lib.head rest)
-      else if lib.hasPrefix "${textfileFlag}=" flag then
-        lib.removePrefix "${textfileFlag}=" flag
-      else if lib.hasPrefix "${textfileFlag} " flag then
-        lib.removePrefix "${textfileFlag} " flag
-      else
-        textfileDirIn rest;
+  textfileDirIn = flags:
+    if flags == []
+    then null
+    else let
+      flag = lib.head flags;
+      rest = lib.tail flags;
+    in
+      if flag == textfileFlag
+      then
+        (
+          if rest == []
+          then null
+          else lib.head rest
+        )
+      else if lib.hasPrefix "${textfileFlag}=" flag
+      then lib.removePrefix "${textfileFlag}=" flag
+      else if lib.hasPrefix "${textfileFlag} " flag
+      then lib.removePrefix "${textfileFlag} " flag
+      else textfileDirIn rest;
   nodeTextfileDirectory =
-    if
-      (nodeExporter.enable or false) && !(lib.elem "textfile" (nodeExporter.disabledCollectors or [ ]))
-    then
-      textfileDirIn (nodeExporter.extraFlags or [ ])
-    else
-      null;
+    if (nodeExporter.enable or false) && !(lib.elem "textfile" (nodeExporter.disabledCollectors or []))
+    then textfileDirIn (nodeExporter.extraFlags or [])
+    else null;
   metricsDir = cfg.metrics.textfileDirectory;
-  metricsArgs =
-    name:
+  metricsArgs = name:
     lib.optionals (metricsDir != null) [
       "--metrics-file"
       "${metricsDir}/ciphersync-${name}.prom"
@@ -116,32 +106,34 @@ let
     SystemCallErrorNumber = "EPERM";
     # rsync -a recreates setuid/setgid bits of source files on a local target;
     # on an sftp target the server's sftp-server creates the files.
-    RestrictSUIDSGID = job.target.type == "sftp";
+    RestrictSUIDSGID = jobLib.targetKind job == "sftp";
     # Root keeps the capabilities FUSE mounting (CAP_SYS_ADMIN), reading any
     # source (CAP_DAC_*) and preserving owners on a local target (CAP_CHOWN,
     # CAP_FOWNER, CAP_FSETID, CAP_MKNOD) need; these it never needs.
-    CapabilityBoundingSet = "~" + lib.concatStringsSep " " [
-      "CAP_SYS_MODULE"
-      "CAP_SYS_TIME"
-      "CAP_SYS_BOOT"
-      "CAP_SYS_PTRACE"
-      "CAP_SYS_RAWIO"
-      "CAP_SYS_PACCT"
-      "CAP_SYS_TTY_CONFIG"
-      "CAP_NET_ADMIN"
-      "CAP_NET_RAW"
-      "CAP_MAC_ADMIN"
-      "CAP_MAC_OVERRIDE"
-      "CAP_AUDIT_CONTROL"
-      "CAP_AUDIT_WRITE"
-      "CAP_WAKE_ALARM"
-      "CAP_SYSLOG"
-      "CAP_BPF"
-      "CAP_PERFMON"
-      "CAP_LINUX_IMMUTABLE"
-      "CAP_LEASE"
-      "CAP_BLOCK_SUSPEND"
-    ];
+    CapabilityBoundingSet =
+      "~"
+      + lib.concatStringsSep " " [
+        "CAP_SYS_MODULE"
+        "CAP_SYS_TIME"
+        "CAP_SYS_BOOT"
+        "CAP_SYS_PTRACE"
+        "CAP_SYS_RAWIO"
+        "CAP_SYS_PACCT"
+        "CAP_SYS_TTY_CONFIG"
+        "CAP_NET_ADMIN"
+        "CAP_NET_RAW"
+        "CAP_MAC_ADMIN"
+        "CAP_MAC_OVERRIDE"
+        "CAP_AUDIT_CONTROL"
+        "CAP_AUDIT_WRITE"
+        "CAP_WAKE_ALARM"
+        "CAP_SYSLOG"
+        "CAP_BPF"
+        "CAP_PERFMON"
+        "CAP_LINUX_IMMUTABLE"
+        "CAP_LEASE"
+        "CAP_BLOCK_SUSPEND"
+      ];
   };
 
   userConfinement = {
@@ -150,7 +142,7 @@ let
     NoNewPrivileges = false;
     # Read every file of the source without owning it. Ambient, so gocryptfs
     # -reverse (a plain exec of the helper) inherits it.
-    AmbientCapabilities = [ "CAP_DAC_READ_SEARCH" ];
+    AmbientCapabilities = ["CAP_DAC_READ_SEARCH"];
     # The bounding set also caps what the setuid fusermount3 may use:
     # CAP_SYS_ADMIN for mount(2)/umount2(2) of /dev/fuse mounts.
     CapabilityBoundingSet = [
@@ -159,33 +151,33 @@ let
     ];
   };
 
-  serviceOf =
-    name: job: stage:
-    let
-      isRoot = job.user == "root";
-      local = job.target.type == "local";
-      file = configFile name;
-    in
-    {
-      description = "ciphersync ${stage.what} of ${job.source} (job ${name})";
-      wants = [ "network-online.target" ];
-      after = [ "network-online.target" ];
-      inherit (job) onFailure;
-      # Non-root: /run/wrappers/bin first, so its setuid fusermount3 wins over
-      # the plain copy the package's wrapper appends to PATH. Root mounts
-      # with the plain one and runs no setuid wrapper (NoNewPrivileges=).
-      path = lib.optional (!isRoot) "/run/wrappers";
-      # A running backup must not be restarted by nixos-rebuild switch; the
-      # next timer run picks up the new configuration.
-      restartIfChanged = false;
-      unitConfig = {
-        RequiresMountsFor = [ job.source ] ++ lib.optional local job.target.path;
-        Documentation = "man:gocryptfs(1) man:sshfs(1) man:rsync(1)";
-      };
-      serviceConfig = {
+  serviceOf = name: job: stage: let
+    isRoot = job.user == "root";
+    local = jobLib.targetKind job == "local";
+    file = configFile name;
+  in {
+    description = "ciphersync ${stage.what} of ${job.source} (job ${name})";
+    wants = ["network-online.target"];
+    after = ["network-online.target"];
+    inherit (job) onFailure;
+    # Non-root: /run/wrappers/bin first, so its setuid fusermount3 wins over
+    # the plain copy the package's wrapper appends to PATH. Root mounts
+    # with the plain one and runs no setuid wrapper (NoNewPrivileges=).
+    path = lib.optional (!isRoot) "/run/wrappers";
+    # A running backup must not be restarted by nixos-rebuild switch; the
+    # next timer run picks up the new configuration.
+    restartIfChanged = false;
+    unitConfig = {
+      RequiresMountsFor = [job.source] ++ lib.optional local job.target.local.path;
+      Documentation = "man:gocryptfs(1) man:sshfs(1) man:rsync(1)";
+    };
+    serviceConfig =
+      {
         Type = "oneshot";
+        # The user's own primary group: no Group=, so that nothing here
+        # reads users.users (a job user given as
+        # config.users.users.<name>.name would make that a cycle).
         User = job.user;
-        Group = groupOf job;
         ExecStart = ciphersync (
           [
             "-c"
@@ -221,13 +213,17 @@ let
         # runtime dir) come later and keep their own flags. /dev (and so
         # /dev/fuse), /proc and /sys are left alone by ProtectSystem=.
         ProtectSystem = "strict";
-        ReadWritePaths = [
-          (stateDir name)
-          (runtimeDir name)
-        ]
-        ++ lib.optional local job.target.path
-        # "-": a textfile directory that is not there yet fails no stage.
-        ++ lib.optional (metricsDir != null) "-${metricsDir}";
+        # A local target that does not exist (an unplugged disk) is optional
+        # ("-"): the unit then reaches the helper, which says what is
+        # missing, instead of failing at namespace setup (226/NAMESPACE).
+        ReadWritePaths =
+          [
+            (stateDir name)
+            (runtimeDir name)
+          ]
+          ++ lib.optional local "-${job.target.local.path}"
+          # "-": a textfile directory that is not there yet fails no stage.
+          ++ lib.optional (metricsDir != null) "-${metricsDir}";
         # The source may live under /home; it is only read. ssh reads
         # ~/.ssh/config and keys but writes no known_hosts (a pinned file).
         ProtectHome = "read-only";
@@ -238,7 +234,7 @@ let
         # device cgroup allows /dev/fuse next to the pseudo devices of
         # DevicePolicy=closed (/dev/null, /dev/zero, /dev/urandom, ...).
         DevicePolicy = "closed";
-        DeviceAllow = [ "/dev/fuse rw" ];
+        DeviceAllow = ["/dev/fuse rw"];
         KeyringMode = "private"; # no tool uses the kernel keyring
       }
       // lib.optionalAttrs (stage.suffix == "backup") {
@@ -251,11 +247,15 @@ let
           "init"
         ];
       }
-      // (if isRoot then seccompHardening job else userConfinement);
-    };
+      // (
+        if isRoot
+        then seccompHardening job
+        else userConfinement
+      );
+  };
 
   timerOf = job: stage: {
-    wantedBy = [ "timers.target" ];
+    wantedBy = ["timers.target"];
     timerConfig = {
       OnCalendar = lib.toList stage.startAt;
       Persistent = job.persistentTimer;
@@ -263,41 +263,39 @@ let
     };
   };
 
-  perStage =
-    f:
+  perStage = f:
     lib.mkMerge (
       lib.concatLists (
         lib.mapAttrsToList (
           name: job:
-          map (stage: {
-            "ciphersync-${name}-${stage.suffix}" = f name job stage;
-          }) (jobLib.stages job)
-        ) cfg.jobs
+            map (stage: {
+              "ciphersync-${name}-${stage.suffix}" = f name job stage;
+            }) (jobLib.stages job)
+        )
+        cfg.jobs
       )
     );
 
-  userJobModule =
-    { ... }:
-    {
-      options.user = lib.mkOption {
-        type = lib.types.strMatching "[a-z_][a-z0-9_-]*[$]?";
-        default = "root";
-        example = "backup";
-        description = ''
-          User the job's units run as. A user that is not declared elsewhere
-          is declared as a system user with a group of the same name. A
-          non-root user reads the source through CAP_DAC_READ_SEARCH and
-          mounts through the setuid fusermount3; the passwordFile and
-          identityFile must be readable by it.
-        '';
-      };
+  userJobModule = {...}: {
+    options.user = lib.mkOption {
+      type = lib.types.strMatching "[a-z_][a-z0-9_-]*[$]?";
+      default = "root";
+      example = "backup";
+      description = ''
+        User the job's units run as, with its primary group. The module
+        declares no user: a user other than root must be declared in
+        `users.users` (for a service account: `isSystemUser = true` and a
+        group). A non-root user reads the source through
+        CAP_DAC_READ_SEARCH and mounts through the setuid fusermount3; the
+        passwordFile and identityFile must be readable by it.
+      '';
     };
-in
-{
+  };
+in {
   options.services.ciphersync = {
     package = lib.mkOption {
       type = lib.types.package;
-      default = pkgs.ciphersync or (pkgs.callPackage ./package.nix { });
+      default = pkgs.ciphersync or (pkgs.callPackage ./package.nix {});
       defaultText = lib.literalExpression "pkgs.ciphersync (this flake's overlay), else nix/package.nix built with pkgs";
       description = "The ciphersync package the units run.";
     };
@@ -309,14 +307,13 @@ in
           userJobModule
         ]
       );
-      default = { };
+      default = {};
       example = lib.literalExpression ''
         {
           docs = {
             source = "/srv/docs";
             passwordFile = "/run/secrets/ciphersync-docs";
-            target = {
-              type = "sftp";
+            target.sftp = {
               host = "u123456.your-storagebox.de";
               port = 23;
               user = "u123456";
@@ -346,30 +343,43 @@ in
     };
   };
 
-  config = lib.mkIf (cfg.jobs != { }) {
-    assertions = lib.concatLists (
-      lib.mapAttrsToList (jobLib.assertionsFor "services.ciphersync.jobs") cfg.jobs
-    )
-    ++ [
-      (
-        let
-          targets = lib.mapAttrsToList (
-            _: job: "${toString job.target.host}:${job.target.path}"
-          ) cfg.jobs;
-        in
-        {
-          assertion = lib.length targets == lib.length (lib.unique targets);
-          message = "services.ciphersync.jobs: two jobs write to the same target (host and path); each job needs its own target.path.";
-        }
+  config = lib.mkIf (cfg.jobs != {}) {
+    assertions =
+      lib.concatLists (
+        lib.mapAttrsToList (jobLib.assertionsFor "services.ciphersync.jobs") cfg.jobs
       )
-    ];
+      ++ [
+        (
+          let
+            targets =
+              lib.mapAttrsToList (
+                _: job: "${(jobLib.targetOf job).host or ""}:${(jobLib.targetOf job).path}"
+              )
+              cfg.jobs;
+          in {
+            assertion = lib.length targets == lib.length (lib.unique targets);
+            message = "services.ciphersync.jobs: two jobs write to the same target (host and path); each job needs its own target.path.";
+          }
+        )
+      ]
+      # Only read here, in an assertion: the module declares no user, so
+      # that users.users and users.groups never depend on a job (a job user
+      # given as config.users.users.<name>.name, a user whose group is
+      # config.users.groups.<name>.name).
+      ++ lib.mapAttrsToList (name: job: {
+        assertion = job.user == "root" || config.users.users ? ${job.user};
+        message = "services.ciphersync.jobs.${name}.user: user ${job.user} is not declared; declare it, e.g. users.users.${job.user} = { isSystemUser = true; group = \"${job.user}\"; }; users.groups.${job.user} = { };";
+      })
+      cfg.jobs;
 
-    environment.etc = lib.mapAttrs' (
-      name: job:
-      lib.nameValuePair "ciphersync/${name}.json" {
-        source = (jobFileOf name job).file;
-      }
-    ) cfg.jobs;
+    environment.etc =
+      lib.mapAttrs' (
+        name: job:
+          lib.nameValuePair "ciphersync/${name}.json" {
+            source = (jobFileOf name job).file;
+          }
+      )
+      cfg.jobs;
 
     systemd.services = perStage serviceOf;
 
@@ -377,30 +387,19 @@ in
       lib.concatLists (
         lib.mapAttrsToList (
           name: job:
-          map (stage: { "ciphersync-${name}-${stage.suffix}" = timerOf job stage; }) (
-            lib.filter (stage: lib.toList stage.startAt != [ ]) (jobLib.stages job)
-          )
-        ) cfg.jobs
+            map (stage: {"ciphersync-${name}-${stage.suffix}" = timerOf job stage;}) (
+              lib.filter (stage: lib.toList stage.startAt != []) (jobLib.stages job)
+            )
+        )
+        cfg.jobs
       )
-    );
-
-    # Declared with a priority below mkDefault so that a user declared
-    # elsewhere (a normal user, or a system user with its own group) keeps
-    # its own settings.
-    users.users = lib.genAttrs nonRootUsers (user: {
-      isSystemUser = lib.mkOverride 1400 (!config.users.users.${user}.isNormalUser);
-      group = lib.mkOverride 1400 user;
-      description = lib.mkOverride 1400 "ciphersync backup user";
-    });
-    users.groups = lib.mkMerge (
-      map (user: lib.mkIf (config.users.users.${user}.group == user) { ${user} = { }; }) nonRootUsers
     );
 
     # fusermount3 as a setuid wrapper in /run/wrappers/bin and /etc/fuse.conf.
     programs.fuse.enable = true;
     # Loaded at boot: the units may not load modules (ProtectKernelModules=).
-    boot.kernelModules = [ "fuse" ];
+    boot.kernelModules = ["fuse"];
 
-    environment.systemPackages = [ cfg.package ];
+    environment.systemPackages = [cfg.package];
   };
 }

@@ -10,9 +10,7 @@
   openssh,
   fuse3,
   coreutils,
-}:
-
-let
+}: let
   cargoToml = lib.importTOML ../Cargo.toml;
 
   # The helper orchestrates these tools and never reimplements them.
@@ -25,63 +23,63 @@ let
     coreutils
   ];
 in
-rustPlatform.buildRustPackage {
-  pname = "ciphersync";
-  inherit (cargoToml.package) version;
+  rustPlatform.buildRustPackage {
+    pname = "ciphersync";
+    inherit (cargoToml.package) version;
 
-  # Only what cargo needs: a change to nix/, the README or scripts/ does not
-  # rebuild the package.
-  src = lib.fileset.toSource {
-    root = ../.;
-    fileset = lib.fileset.unions [
-      ../Cargo.toml
-      ../Cargo.lock
-      ../src
-      (lib.fileset.maybeMissing ../tests)
+    # Only what cargo needs: a change to nix/, the README or scripts/ does not
+    # rebuild the package.
+    src = lib.fileset.toSource {
+      root = ../.;
+      fileset = lib.fileset.unions [
+        ../Cargo.toml
+        ../Cargo.lock
+        ../src
+        (lib.fileset.maybeMissing ../tests)
+      ];
+    };
+
+    cargoLock.lockFile = ../Cargo.lock;
+
+    nativeBuildInputs = [
+      makeWrapper
+      installShellFiles
     ];
-  };
 
-  cargoLock.lockFile = ../Cargo.lock;
-
-  nativeBuildInputs = [
-    makeWrapper
-    installShellFiles
-  ];
-
-  # Unit tests run here. The end-to-end tests need sshd and /dev/fuse, which
-  # the build sandbox does not have; they skip themselves with a printed
-  # reason unless CI=true, where a missing tool is an error. The sandbox's
-  # environment is clean, but make sure CI cannot leak in.
-  preCheck = ''
-    unset CI
-  '';
-
-  # --suffix, not --prefix: the caller's PATH comes first. On NixOS the units
-  # put /run/wrappers/bin on PATH, so the setuid-root `fusermount3` wrapper
-  # found there wins over fuse3's plain (not setuid) copy appended here,
-  # which non-root users cannot mount with. Root needs no setuid helper and
-  # gets the pinned tools from the suffix when its PATH lacks them.
-  # The man page and the completions come from the clap definition, printed
-  # by the built binary's hidden `man` and `completions` commands (not when
-  # cross-compiling, where the binary cannot run here).
-  postInstall =
-    lib.optionalString (stdenv.buildPlatform.canExecute stdenv.hostPlatform) ''
-      $out/bin/ciphersync man > ciphersync.1
-      installManPage ciphersync.1
-      installShellCompletion --cmd ciphersync \
-        --bash <($out/bin/ciphersync completions bash) \
-        --fish <($out/bin/ciphersync completions fish) \
-        --zsh <($out/bin/ciphersync completions zsh)
-    ''
-    + ''
-      wrapProgram $out/bin/ciphersync --suffix PATH : ${lib.makeBinPath runtimeTools}
+    # Unit tests run here. The end-to-end tests need sshd and /dev/fuse, which
+    # the build sandbox does not have; they skip themselves with a printed
+    # reason unless CI=true, where a missing tool is an error. The sandbox's
+    # environment is clean, but make sure CI cannot leak in.
+    preCheck = ''
+      unset CI
     '';
 
-  passthru = { inherit runtimeTools; };
+    # --suffix, not --prefix: the caller's PATH comes first. On NixOS the units
+    # put /run/wrappers/bin on PATH, so the setuid-root `fusermount3` wrapper
+    # found there wins over fuse3's plain (not setuid) copy appended here,
+    # which non-root users cannot mount with. Root needs no setuid helper and
+    # gets the pinned tools from the suffix when its PATH lacks them.
+    # The man page and the completions come from the clap definition, printed
+    # by the built binary's hidden `man` and `completions` commands (not when
+    # cross-compiling, where the binary cannot run here).
+    postInstall =
+      lib.optionalString (stdenv.buildPlatform.canExecute stdenv.hostPlatform) ''
+        $out/bin/ciphersync man > ciphersync.1
+        installManPage ciphersync.1
+        installShellCompletion --cmd ciphersync \
+          --bash <($out/bin/ciphersync completions bash) \
+          --fish <($out/bin/ciphersync completions fish) \
+          --zsh <($out/bin/ciphersync completions zsh)
+      ''
+      + ''
+        wrapProgram $out/bin/ciphersync --suffix PATH : ${lib.makeBinPath runtimeTools}
+      '';
 
-  meta = {
-    description = "Encrypted remote backups built from gocryptfs, sshfs and rsync";
-    mainProgram = "ciphersync";
-    platforms = lib.platforms.linux;
-  };
-}
+    passthru = {inherit runtimeTools;};
+
+    meta = {
+      description = "Encrypted remote backups built from gocryptfs, sshfs and rsync";
+      mainProgram = "ciphersync";
+      platforms = lib.platforms.linux;
+    };
+  }

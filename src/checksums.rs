@@ -209,8 +209,10 @@ pub fn hash_reader(reader: &mut impl Read) -> std::io::Result<Sum> {
 /// sha1sum prefixes the line with `\` and escapes them as `\\`, `\n`, `\r`.
 /// A leading `./` (from `find .`) is dropped.
 pub fn read_list(reader: impl Read, mut each: impl FnMut(String, Sum) -> Result<()>) -> Result<()> {
-    for (number, line) in BufReader::new(reader).split(b'\n').enumerate() {
-        let line = line.map_err(|e| Error::io("reading a checksum list", e))?;
+    for (number, line) in
+        crate::limits::Lines::new(BufReader::new(reader), "a checksum list").enumerate()
+    {
+        let line = line?;
         if line.is_empty() {
             continue;
         }

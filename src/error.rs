@@ -52,6 +52,9 @@ impl Kind {
     }
 }
 
+/// The longest error message kept (a failing rsync may name many files).
+const MAX_MESSAGE: usize = 4096;
+
 #[derive(Debug, Clone)]
 pub struct Error {
     pub kind: Kind,
@@ -63,7 +66,18 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     pub fn new(kind: Kind, message: impl Into<String>) -> Self {
         // Keep every error on one line: tool stderr tails may carry newlines.
-        let message = message.into().replace('\n', " | ");
+        let mut message = message.into().replace('\n', " | ");
+        // And short: a message can quote what a target sent, and ends up in
+        // status.json, the journal and a terminal.
+        if message.len() > MAX_MESSAGE {
+            let mut cut = MAX_MESSAGE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let more = message.len() - cut;
+            message.truncate(cut);
+            message.push_str(&format!("… ({more} more bytes)"));
+        }
         Error { kind, message }
     }
 

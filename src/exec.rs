@@ -74,12 +74,11 @@ impl Output {
         Ok(self.stdout)
     }
 
+    /// The whole output as text, at most `limits::MAX_TEXT` bytes: it may
+    /// be a server's answer.
     pub fn stdout_string(&mut self) -> Result<String> {
-        let mut text = String::new();
-        self.stdout_reader()?
-            .read_to_string(&mut text)
-            .map_err(|e| Error::io(format!("reading {} output", self.tool), e))?;
-        Ok(text)
+        let what = format!("the output of {}", self.tool);
+        crate::limits::read_text(self.stdout_reader()?, crate::limits::MAX_TEXT, &what)
     }
 
     #[cfg(test)]

@@ -345,7 +345,7 @@ pub fn log(ctx: &Context, path: &str) -> Result<Value> {
     let remote = open_remote(ctx)?;
     let mut states = Vec::new();
     for id in snapshots::recorded_ids(&remote)? {
-        let record = snapshots::read_record(&remote, &id)?;
+        let record = snapshots::read_record(&remote, &id, &ctx.job.state_dir)?;
         states.push((id, state_in(&record, &encrypted)));
     }
     let is_dir = states
@@ -400,8 +400,8 @@ pub fn diff(ctx: &Context, from: &str, to: &str) -> Result<Value> {
     }
     let remote = open_remote(ctx)?;
     let (old, new) = (
-        snapshots::read_record(&remote, from)?,
-        snapshots::read_record(&remote, to)?,
+        snapshots::read_record(&remote, from, &ctx.job.state_dir)?,
+        snapshots::read_record(&remote, to, &ctx.job.state_dir)?,
     );
     let replaced = replaced_between(&remote, from, to)?;
     let found = changes(&old, &new, &replaced);

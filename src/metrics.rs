@@ -282,7 +282,7 @@ pub fn write(
         .and_then(|t| serde_json::from_str::<Value>(&t).ok())
         .unwrap_or_else(|| Value::Object(Map::new()));
     update_state(&mut state, &status_doc, snapshots_kept);
-    status::write_atomic(&state_path, format!("{state}\n").as_bytes())?;
+    crate::fsutil::write_atomic(&state_path, format!("{state}\n").as_bytes())?;
     write_atomic(file, &render(job, &status_doc, &state))
 }
 

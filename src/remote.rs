@@ -359,13 +359,9 @@ fn check_known_hosts_file(s: &Sftp) -> Result<()> {
     }
 }
 
-/// Writes a file readable by its owner only.
+/// Writes a file readable by its owner only (AtomicFile creates 0600).
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut file = File::create(path).ctx(|| format!("cannot write {}", path.display()))?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .ctx(|| format!("chmod {}", path.display()))?;
-    file.write_all(bytes)
-        .ctx(|| format!("cannot write {}", path.display()))
+    crate::fsutil::write_atomic(path, bytes)
 }
 
 /// Where a stage reaches the remote.
@@ -454,11 +450,15 @@ impl Remote {
         }
     }
 
-    /// Reads a small file relative to the remote root; None if it is missing.
-    pub fn read_file(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+    /// Reads a file relative to the remote root, at most `limit` bytes
+    /// (the target decides how large it is); None if it is missing.
+    pub fn read_file(&self, rel: &str, limit: u64) -> Result<Option<Vec<u8>>> {
+        let what = format!("{rel} on the target");
         match self {
-            Remote::Path { root, .. } => match std::fs::read(root.join(rel)) {
-                Ok(bytes) => Ok(Some(bytes)),
+            Remote::Path { root, .. } => match std::fs::File::open(root.join(rel)) {
+                Ok(file) => {
+                    crate::limits::read_text(file, limit, &what).map(|t| Some(t.into_bytes()))
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(Error::io(
                     format!("reading {} on the target", root.join(rel).display()),
@@ -473,7 +473,35 @@ impl Remote {
                     SHORT_COMMAND,
                 )?;
                 match out.code() {
-                    Some(0) => Ok(Some(out.stdout_string()?.into_bytes())),
+                    Some(0) => crate::limits::read_text(out.stdout_reader()?, limit, &what)
+                        .map(|t| Some(t.into_bytes())),
+                    Some(44) => Ok(None),
+                    _ => Err(remote_failure(ssh, &out, &format!("cannot read {rel}"))),
+                }
+            }
+        }
+    }
+
+    /// A file relative to the remote root, to stream from (a record can be
+    /// large): on a path target opened in place, through no link; from a
+    /// server, copied into `scratch` (on disk, not in memory). None if it
+    /// is missing.
+    pub fn open_file(&self, rel: &str, scratch: File) -> Result<Option<File>> {
+        match self {
+            Remote::Path { root, .. } => crate::fsutil::open_below(root, rel),
+            Remote::Shell { ssh } => {
+                let path = quote_path(&ssh.sftp.path.join(rel));
+                // At most what a record of the largest tree can hold.
+                let limit = crate::limits::MAX_TREE_ENTRIES as u64 * 160;
+                let cmd = ssh
+                    .command(&format!(
+                        "if [ -f {path} ]; then head -c {limit} -- {path}; else exit 44; fi"
+                    ))
+                    .stdout_to(scratch)
+                    .timeout(SHORT_COMMAND * 12);
+                let out = cmd.run()?;
+                match out.code() {
+                    Some(0) => out.into_stdout().map(Some),
                     Some(44) => Ok(None),
                     _ => Err(remote_failure(ssh, &out, &format!("cannot read {rel}"))),
                 }
@@ -496,14 +524,14 @@ impl Remote {
             .ctx(|| format!("rewinding the content of {rel}"))?;
         match self {
             Remote::Path { root, .. } => {
-                let path = root.join(rel);
-                let mut file = crate::status::AtomicFile::create(&path)?;
+                let mut file = crate::fsutil::AtomicFile::create_under(root, rel)?;
                 std::io::copy(&mut content, &mut file)
-                    .ctx(|| format!("writing {}", path.display()))?;
+                    .ctx(|| format!("writing {}", root.join(rel).display()))?;
                 file.commit()
             }
             Remote::Shell { ssh } => {
-                // The same temp name as status::AtomicFile: `.name.tmp`.
+                // On the server's own disk: what it does there is its own
+                // business, the client only names the files.
                 let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
                 let temp_rel = Path::new(dir).join(format!(".{name}.tmp"));
                 let (temp, target) = (
@@ -667,7 +695,7 @@ impl Remote {
             Place::Local(root) => {
                 for (from, to) in pairs {
                     interrupt::check()?;
-                    copy_preserving(&root.join(from), &root.join(to))?;
+                    crate::fsutil::copy_below(root, from, to, GOCRYPTFS_SMALL_FILE_LIMIT)?;
                 }
                 Ok(())
             }
@@ -713,6 +741,12 @@ fn list_local_tree(dir: &Path) -> Result<Vec<TreeEntry>> {
         interrupt::check()?;
         let entry = entry.map_err(|e| crate::walk::error(dir, e))?;
         entries.push(TreeEntry::of(dir, &entry)?);
+        if entries.len() > crate::limits::MAX_TREE_ENTRIES {
+            return Err(crate::limits::too_much(
+                &format!("{} on the target", dir.display()),
+                format!("more than {} entries", crate::limits::MAX_TREE_ENTRIES),
+            ));
+        }
     }
     Ok(entries)
 }
@@ -771,18 +805,10 @@ fn parse_find_line(line: &str) -> Result<TreeEntry> {
     })
 }
 
-fn copy_preserving(from: &Path, to: &Path) -> Result<()> {
-    std::fs::copy(from, to).ctx(|| format!("copying {} to {}", from.display(), to.display()))?;
-    if let Ok(meta) = std::fs::metadata(from)
-        && let Ok(mtime) = meta.modified()
-    {
-        let _ = std::fs::File::options()
-            .write(true)
-            .open(to)
-            .and_then(|f| f.set_modified(mtime));
-    }
-    Ok(())
-}
+/// gocryptfs.diriv (16 bytes), a long name's .name file (a name of at
+/// most a few KiB) and gocryptfs.conf (about 1 KiB) are all a snapshot
+/// dir is completed with: anything larger on the target is not one.
+const GOCRYPTFS_SMALL_FILE_LIMIT: u64 = 64 * 1024;
 
 fn remove_local(path: &Path) -> Result<()> {
     let result = match std::fs::symlink_metadata(path) {

@@ -223,7 +223,7 @@ impl Drop for Stage {
 /// snapshots.rs): each recorded path from the oldest later snapshot dir that
 /// holds it, else from files/; then the recorded directories and modes.
 fn rebuild(ctx: &Context, remote: &Remote, id: &str) -> Result<Stage> {
-    let record = snapshots::read_record(remote, id)?;
+    let record = snapshots::read_record(remote, id, &ctx.job.state_dir)?;
     check_record_tree(id, &record.entries)?;
     let mut later = Vec::new();
     for later_id in snapshots::snapshot_dir_ids(remote)?
@@ -265,7 +265,7 @@ fn rebuild(ctx: &Context, remote: &Remote, id: &str) -> Result<Stage> {
             None => root.join(FILES),
         };
         let names: Vec<&[u8]> = entries.iter().map(|e| e.path.as_bytes()).collect();
-        std::fs::write(&list, names.join(&0u8)).ctx(|| format!("writing {}", list.display()))?;
+        fsutil::write_atomic(&list, &names.join(&0u8))?;
         let out = Cmd::new("rsync")
             .args(["-a", "-H", "--no-owner", "--no-group", "--from0"])
             .args(untrusted_copy_flags(false))

@@ -4,11 +4,11 @@
 //! both build on it, and snapshots.rs records its counts.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::Path;
 
 use crate::crypt::{REMOTE_CONFIG_NAME, is_gocryptfs_metadata};
-use crate::error::{IoContext, Result};
+use crate::error::Result;
 use crate::remote::SNAPSHOTS;
 
 // rsync exit codes (rsync's errcode.h).
@@ -98,8 +98,8 @@ pub const ITEMIZE_FORMAT: &str = "%i %n";
 pub fn stats_from(rsync_stdout: &mut File) -> Result<Stats> {
     let mut stats = Stats::default();
     let mut changes = Changes::default();
-    for line in BufReader::new(rsync_stdout).split(b'\n') {
-        let line = line.ctx(|| "reading rsync's output")?;
+    for line in crate::limits::Lines::new(BufReader::new(rsync_stdout), "rsync's list of changes") {
+        let line = line?;
         let line = String::from_utf8_lossy(&line);
         stats.read_stats_line(&line);
         changes.read_line(&line);

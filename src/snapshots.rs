@@ -89,7 +89,13 @@ impl Record {
     /// Parses a record read back from the target; damage is an error that
     /// names the line, never a panic.
     pub fn parse(text: &str) -> Result<Record> {
-        let mut reader = RecordReader::new(text.as_bytes())?;
+        Record::read(text.as_bytes())
+    }
+
+    /// A record streamed from `reader`: lines are bounded (limits.rs), so
+    /// a record that never ends is an error, not a heap the size of it.
+    pub fn read(reader: impl BufRead) -> Result<Record> {
+        let mut reader = RecordReader::new(reader)?;
         let entries = reader.by_ref().collect::<Result<Vec<_>>>()?;
         let h = reader.header;
         Ok(Record {
@@ -138,18 +144,18 @@ fn entry_line(e: &TreeEntry) -> String {
 /// backup only needs to pass over it once.
 pub struct RecordReader<R> {
     pub header: Header,
-    lines: std::io::Split<R>,
+    lines: crate::limits::Lines<R>,
     line: usize,
 }
 
 impl<R: BufRead> RecordReader<R> {
     /// Reads the header; the entries follow as the iterator.
     pub fn new(reader: R) -> Result<RecordReader<R>> {
-        let mut lines = reader.split(b'\n');
+        let mut lines = crate::limits::Lines::new(reader, "a record");
         let mut next_line = || -> Result<Option<String>> {
             match lines.next() {
                 None => Ok(None),
-                Some(line) => text_line(line.ctx(|| "reading a record")?).map(Some),
+                Some(line) => text_line(line?).map(Some),
             }
         };
         if next_line()?.as_deref() != Some(MAGIC) {
@@ -164,9 +170,12 @@ impl<R: BufRead> RecordReader<R> {
             if text.is_empty() {
                 break;
             }
-            let (key, value) = text
-                .split_once(' ')
-                .ok_or_else(|| corrupt(format!("bad header line {text:?}")))?;
+            let (key, value) = text.split_once(' ').ok_or_else(|| {
+                corrupt(format!(
+                    "bad header line {}",
+                    crate::limits::quote(&text, 200)
+                ))
+            })?;
             fields.insert(key.to_string(), value.to_string());
         }
         let snapshot = fields
@@ -203,7 +212,7 @@ impl<R: BufRead> Iterator for RecordReader<R> {
         loop {
             let bytes = match self.lines.next()? {
                 Ok(bytes) => bytes,
-                Err(e) => return Some(Err(Error::io("reading a record", e))),
+                Err(e) => return Some(Err(e)),
             };
             self.line += 1;
             if bytes.is_empty() {
@@ -211,8 +220,12 @@ impl<R: BufRead> Iterator for RecordReader<R> {
             }
             let number = self.line;
             return Some(text_line(bytes).and_then(|text| {
-                parse_entry(&text)
-                    .ok_or_else(|| corrupt(format!("bad entry line {number}: {text:?}")))
+                parse_entry(&text).ok_or_else(|| {
+                    corrupt(format!(
+                        "bad entry line {number}: {}",
+                        crate::limits::quote(&text, 200)
+                    ))
+                })
             }));
         }
     }
@@ -300,13 +313,16 @@ pub fn write_record(
     };
     let output = crate::exec::scratch_file(&job.state_dir, "record-counts")?;
     if let Some(out) = remote.run_script(&script, "writing the run's record", output)? {
-        let text = std::io::read_to_string(out).ctx(|| "reading the record counts")?;
+        let text = crate::limits::read_text(out, 1024, "the record counts")?;
         let mut fields = text.split_whitespace();
         let mut count = || fields.next().and_then(|n| n.parse::<u64>().ok());
         let (Some(files), Some(bytes)) = (count(), count()) else {
             return Err(Error::new(
                 Kind::Corrupt,
-                format!("unexpected counts from the server after writing the record: {text:?}"),
+                format!(
+                    "unexpected counts from the server after writing the record: {}",
+                    crate::limits::quote(&text, 200)
+                ),
             ));
         };
         (header.files, header.bytes) = (files, bytes);
@@ -475,7 +491,7 @@ fn write_record_by_walk(
         .into_inner()
         .map_err(|e| write_error(e.into_error()))?;
     entries.seek(SeekFrom::Start(0)).map_err(write_error)?;
-    let mut record = AtomicFile::create(&root.join(record_path(&header.snapshot)))?;
+    let mut record = AtomicFile::create_under(root, &record_path(&header.snapshot))?;
     record
         .write_all(header.to_text().as_bytes())
         .and_then(|_| std::io::copy(&mut entries, &mut record).map(|_| ()))
@@ -485,15 +501,17 @@ fn write_record_by_walk(
 }
 
 /// A whole record, for restore and listing.
-pub fn read_record(remote: &Remote, id: &str) -> Result<Record> {
-    let bytes = remote.read_file(&record_path(id))?.ok_or_else(|| {
-        Error::usage(format!(
-            "there is no snapshot {id} (see `ciphersync snapshots`)"
-        ))
-    })?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| Error::new(Kind::Corrupt, format!("record {id} is not text")))?;
-    Record::parse(&text).map_err(|e| name_record(e, id))
+/// `scratch_dir` (the state dir) holds the record on its way from a server.
+pub fn read_record(remote: &Remote, id: &str, scratch_dir: &Path) -> Result<Record> {
+    let scratch = crate::exec::scratch_file(scratch_dir, "record")?;
+    let file = remote
+        .open_file(&record_path(id), scratch)?
+        .ok_or_else(|| {
+            Error::usage(format!(
+                "there is no snapshot {id} (see `ciphersync snapshots`)"
+            ))
+        })?;
+    Record::read(BufReader::new(file)).map_err(|e| name_record(e, id))
 }
 
 /// A record streamed from a file on a path target; the header is read.
@@ -528,7 +546,7 @@ pub fn headers(job: &Job, remote: &Remote) -> Result<Vec<Header>> {
             .map(|id| open_record(root, id).map(|r| r.header))
             .collect();
     };
-    let text = std::io::read_to_string(out).ctx(|| "reading the record headers")?;
+    let text = crate::limits::read_text(out, crate::limits::MAX_TEXT, "the record headers")?;
     let fields: Vec<&str> = text.split('\0').collect();
     fields
         .chunks_exact(2)

@@ -127,7 +127,7 @@ impl Marker {
 
     pub fn set(&self, state_dir: &Path, content: &str) -> Result<()> {
         let path = self.path(state_dir);
-        std::fs::write(&path, content).ctx(|| format!("writing {}", path.display()))
+        crate::fsutil::write_atomic(&path, content.as_bytes())
     }
 
     pub fn clear(&self, state_dir: &Path) -> Result<()> {

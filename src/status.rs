@@ -2,14 +2,12 @@
 //! atomically (temp file, fsync, rename, fsync of the directory) so a crash
 //! never leaves a half-written status behind.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
-use crate::error::{Error, IoContext, Kind, Result};
+use crate::error::{Error, Kind, Result};
 
 pub const STATUS_FILE: &str = "status.json";
 
@@ -125,73 +123,7 @@ pub fn record(state_dir: &Path, job: &str, stage: Stage, result: &StageResult) -
     write_atomic(&state_dir.join(STATUS_FILE), format!("{text}\n").as_bytes())
 }
 
-/// temp file in the same directory, fsync, rename over, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut file = AtomicFile::create(path)?;
-    file.write_all(bytes)
-        .ctx(|| format!("writing {}", file.temp.display()))?;
-    file.commit()
-}
-
-/// A file written in full under a temp name (`.name.tmp`) and then renamed
-/// over its real name: readers see the old file or the new one, never half
-/// of one. Dropped without `commit`, the temp file is removed.
-pub struct AtomicFile {
-    temp: PathBuf,
-    path: PathBuf,
-    out: Option<BufWriter<File>>,
-}
-
-impl AtomicFile {
-    pub fn create(path: &Path) -> Result<AtomicFile> {
-        let dir = path.parent().unwrap_or(Path::new("/"));
-        let temp = dir.join(format!(
-            ".{}.tmp",
-            path.file_name().unwrap_or_default().to_string_lossy()
-        ));
-        let file = File::create(&temp).ctx(|| format!("writing {}", temp.display()))?;
-        Ok(AtomicFile {
-            temp,
-            path: path.to_owned(),
-            out: Some(BufWriter::new(file)),
-        })
-    }
-
-    pub fn commit(mut self) -> Result<()> {
-        let out = self.out.take().expect("an uncommitted file has its writer");
-        let file = out
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .ctx(|| format!("writing {}", self.temp.display()))?;
-        file.sync_all()
-            .ctx(|| format!("writing {}", self.temp.display()))?;
-        drop(file);
-        std::fs::rename(&self.temp, &self.path)
-            .ctx(|| format!("replacing {}", self.path.display()))?;
-        let dir = self.path.parent().unwrap_or(Path::new("/"));
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .ctx(|| format!("syncing {}", dir.display()))
-    }
-}
-
-impl Write for AtomicFile {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.out.as_mut().expect("not committed").write(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.out.as_mut().expect("not committed").flush()
-    }
-}
-
-impl Drop for AtomicFile {
-    fn drop(&mut self) {
-        if self.out.take().is_some() {
-            let _ = std::fs::remove_file(&self.temp);
-        }
-    }
-}
+pub use crate::fsutil::{AtomicFile, write_atomic};
 
 /// `2026-11-29T03:00:00Z`
 pub fn rfc3339(t: SystemTime) -> String {

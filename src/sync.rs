@@ -3,7 +3,7 @@
 //! `<remote>/snapshots/<id>/`.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -498,7 +498,10 @@ fn preflight(job: &Job, remote: &Remote, unchanged_since: Option<&str>) -> Resul
         return parse_preflight(out);
     }
     remote.ensure_layout()?;
-    let config = remote.read_file(&format!("{FILES}/{REMOTE_CONFIG_NAME}"))?;
+    let config = remote.read_file(
+        &format!("{FILES}/{REMOTE_CONFIG_NAME}"),
+        crate::limits::MAX_SMALL_FILE,
+    )?;
     let root = remote
         .local_root()
         .expect("without a shell the target is a path");
@@ -559,9 +562,7 @@ fn parse_preflight(out: File) -> Result<Known> {
         None => return Err(corrupt()),
         // `=`: not sent, the run said it would not need it.
         Some(id) if out.fill_buf().is_ok_and(|b| b.first() == Some(&b'=')) => {
-            let mut rest = String::new();
-            out.read_to_string(&mut rest)
-                .ctx(|| "reading the server's answer")?;
+            let rest = crate::limits::read_text(&mut out, 64, "the server's stamps")?;
             target_stamps = Some(&rest[1..])
                 .filter(|s| snapshots::is_hex_sha1(s))
                 .map(String::from);
@@ -657,8 +658,7 @@ fn repair_damaged(ctx: &Context, rsync: &Rsync) -> Result<Stats> {
         return Ok(Stats::default());
     }
     let files_from = ctx.runtime("repair.files");
-    std::fs::write(&files_from, present.join("\0"))
-        .ctx(|| format!("writing {}", files_from.display()))?;
+    crate::fsutil::write_atomic(&files_from, present.join("\0").as_bytes())?;
     log::info(format!(
         "re-sending {} file(s) that the last verify found damaged",
         present.len()

@@ -196,3 +196,88 @@ fn dirs_that_others_own_or_may_write_are_refused() {
     job.ok(&["backup"]);
     job.assert_clean();
 }
+
+/// Attack 2: the target plants links where backup writes next (its
+/// records dir, the uploaded config): nothing is written through them.
+#[test]
+fn writes_to_the_target_never_follow_planted_links() {
+    if !require_tools(
+        "planted_links_on_write",
+        &["gocryptfs", "fusermount3", "rsync"],
+    ) {
+        return;
+    }
+    let (job, _, _) = backed_up("hostile-write");
+    let elsewhere = job.root.join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    let records = job.target_path.join("records");
+    fs::rename(&records, job.root.join("records-moved")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &records).unwrap();
+
+    fs::write(job.source.join("new"), "a change to back up\n").unwrap();
+    let o = job.run(&["backup"]);
+    assert_ne!(o.code, 0, "backup wrote its record through a planted link");
+    assert!(
+        o.stderr.contains("not a directory (a symlink or a file)"),
+        "the error should name the planted link: {}",
+        o.stderr
+    );
+    let written: Vec<_> = fs::read_dir(&elsewhere).unwrap().collect();
+    assert!(
+        written.is_empty(),
+        "files written through the link: {written:?}"
+    );
+    job.assert_clean();
+}
+
+/// The largest resident set of the children this test process has waited
+/// for, in KiB (getrusage(RUSAGE_CHILDREN)).
+fn children_max_rss_kib() -> i64 {
+    let mut usage = std::mem::MaybeUninit::<nix::libc::rusage>::zeroed();
+    // SAFETY: a valid pointer to a rusage the call fills.
+    let rc = unsafe { nix::libc::getrusage(nix::libc::RUSAGE_CHILDREN, usage.as_mut_ptr()) };
+    assert_eq!(rc, 0, "getrusage failed");
+    // SAFETY: filled by a successful getrusage.
+    unsafe { usage.assume_init() }.ru_maxrss
+}
+
+/// Attack 6: a 1 GiB sparse record (zeros, no newline) used to take minutes
+/// and 8 GB of memory and left a 3 GiB status.json. Lines are bounded now.
+#[test]
+fn an_endless_record_is_refused_with_a_short_error_in_little_memory() {
+    if !require_tools("endless_record", &["gocryptfs", "fusermount3", "rsync"]) {
+        return;
+    }
+    let (job, _, id) = backed_up("hostile-sparse");
+    let record = job.target_path.join(format!("records/{id}.rec"));
+    fs::File::options()
+        .write(true)
+        .truncate(true)
+        .open(&record)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let to = job.root.join("out");
+    let o = job.run(&["restore", "--snapshot", &id, "--to", to.to_str().unwrap()]);
+    assert_ne!(o.code, 0, "an endless record restored");
+    assert!(
+        o.stderr.contains("record") && o.stderr.contains("more than any backup can produce"),
+        "the error should name the record and the bound: {}",
+        o.stderr
+    );
+    assert!(
+        o.stderr.len() < 8192,
+        "an error of {} bytes",
+        o.stderr.len()
+    );
+    let status = fs::metadata(job.state_dir.join("status.json"))
+        .unwrap()
+        .len();
+    assert!(status < 64 * 1024, "status.json grew to {status} bytes");
+    let rss_mib = children_max_rss_kib() / 1024;
+    assert!(
+        rss_mib < 512,
+        "a child (the restore, or another test's) peaked at {rss_mib} MiB reading a 1 GiB record"
+    );
+    job.assert_clean();
+}

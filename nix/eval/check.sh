@@ -59,6 +59,30 @@ if [ "$parse_failed" -ne 0 ]; then
 fi
 echo "ok parse: ${#files[@]} .nix files"
 
+# ---- 1b. formatting -----------------------------------------------------------
+# Every .nix file is formatted by alejandra at the version nixpkgs 26.05
+# ships (the flake's `formatter`, `nix fmt`). crates.io publishes no
+# alejandra binary (its `alejandra` crate is the 3.1.0 library), so it is
+# not installed here: ALEJANDRA names a binary built from the upstream tag
+# (see nix/eval/README.md).
+alejandra_version=4.0.0
+if [ -z "${ALEJANDRA:-}" ] && command -v alejandra >/dev/null &&
+    [ "$(alejandra --version 2>/dev/null)" = "Alejandra $alejandra_version" ]; then
+    ALEJANDRA=$(command -v alejandra)
+fi
+if [ -z "${ALEJANDRA:-}" ]; then
+    echo "SKIP formatting: no alejandra $alejandra_version on PATH; set ALEJANDRA=/path/to/alejandra (see nix/eval/README.md)"
+elif ! have=$("$ALEJANDRA" --version 2>&1) || [ "$have" != "Alejandra $alejandra_version" ]; then
+    echo "FAIL formatting: ALEJANDRA=$ALEJANDRA is '${have:-not runnable}', want Alejandra $alejandra_version" >&2
+    exit 1
+elif out=$("$ALEJANDRA" --check -- "${files[@]}" 2>&1); then
+    echo "ok formatting: ${#files[@]} .nix files as alejandra $alejandra_version formats them"
+else
+    echo "FAIL formatting: not as alejandra $alejandra_version formats them (run: nix fmt, or \$ALEJANDRA on them):" >&2
+    grep -F 'Requires formatting' <<<"$out" >&2 || echo "$out" >&2
+    exit 1
+fi
+
 # ---- 2. module evaluation ---------------------------------------------------
 if [ -z "${NIXPKGS_LIB:-}" ]; then
     echo "SKIP docs/options.md check: the option reference is rendered by the module evaluation, which needs NIXPKGS_LIB"
@@ -121,19 +145,57 @@ if [ -f "$tmp/assertions.json" ]; then
     fi
 fi
 
+# Regressions (issue 15), one evaluation each: an infinite recursion aborts
+# nix-instantiate, so it must fail its own case only.
+if names=$(evaluate regression-names 2>"$tmp/regression-names.err"); then
+    for name in $(python3 -c 'import json,sys; print(" ".join(json.load(sys.stdin)))' <<<"$names"); do
+        if out=$(evaluate "regressions.$name" 2>"$tmp/regression.err"); then
+            if [ "$out" = '"ok"' ]; then
+                echo "ok regression $name"
+            else
+                echo "FAIL regression $name: $out" >&2
+                failed=1
+            fi
+        else
+            echo "FAIL regression $name: evaluation failed: $(grep -m1 -E '^error' "$tmp/regression.err" || tail -1 "$tmp/regression.err")" >&2
+            failed=1
+        fi
+    done
+else
+    echo "FAIL regressions: $(cat "$tmp/regression-names.err")" >&2
+    failed=1
+fi
+
 # The VM test definitions: nodes evaluate with the stubs, the ciphersync
 # jobs they declare pass types and assertions, each testScript compiles.
 if nix-instantiate --eval --strict --json "$here/vm-tests.nix" --arg nixpkgsLib "$libdir" \
     >"$tmp/vm-tests.raw" 2>"$tmp/vm-tests.err"; then
     if python3 - "$tmp/vm-tests.raw" "$tmp/vm-tests.json" <<'PY'; then
 import json, sys
-tests = json.load(open(sys.argv[1]))
+data = json.load(open(sys.argv[1]))
+tests = data["tests"]
 for name, test in sorted(tests.items()):
     compile(test["testScript"], f"nix/tests/{name}.nix:testScript", "exec")
 summary = {name: {"name": t["name"], "nodes": t["nodes"]} for name, t in tests.items()}
 open(sys.argv[2], "w").write(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+open(sys.argv[2] + ".helpers.py", "w").write(data["pythonHelpers"])
 PY
         echo "ok vm-tests: test scripts compile"
+        # The leak check of the VM tests must see a FUSE mount that lives
+        # only in a unit's private mount namespace (PrivateMounts=), not
+        # only the test shell's /proc/mounts.
+        if out=$(python3 "$here/leak_check_test.py" "$tmp/vm-tests.json.helpers.py" 2>&1); then
+            echo "ok vm-tests: no_fuse_mounts sees mounts in every mount namespace"
+        else
+            echo "FAIL vm-tests: no_fuse_mounts: $out" >&2
+            failed=1
+        fi
+        if out=$(python3 "$here/hm_script_test.py" "$tmp/vm-tests.raw" "$tmp/hm-music.json" 2>&1); then
+            echo "ok vm-tests: the home-manager test runs ciphersync as alice with XDG_RUNTIME_DIR"
+        else
+            echo "FAIL vm-tests: home-manager testScript: $out" >&2
+            failed=1
+        fi
         compare vm-tests "$tmp/vm-tests.json" "$expected/vm-tests.json"
     else
         echo "FAIL vm-tests: a testScript does not compile" >&2
@@ -142,6 +204,62 @@ PY
 else
     echo "FAIL vm-tests: evaluation failed:" >&2
     cat "$tmp/vm-tests.err" >&2
+    failed=1
+fi
+
+# The flake's outputs as `nix flake show` lists them: the README shows this
+# tree (between "<!-- flake-outputs -->" and the end of the next code block).
+if nix-instantiate --eval --strict --json "$here/flake-shape.nix" --arg nixpkgsLib "$libdir" \
+    >"$tmp/flake-shape.raw" 2>"$tmp/flake-shape.err"; then
+    raw_string <"$tmp/flake-shape.raw" >"$tmp/flake-shape.txt"
+    if out=$(python3 - "$root/README.md" "$tmp/flake-shape.txt" "${UPDATE_EXPECTED:-}" <<'PY'
+import re, sys
+readme, shape, update = open(sys.argv[1]).read(), open(sys.argv[2]).read(), sys.argv[3] == "1"
+m = re.search(r"<!-- flake-outputs -->\n```text\n(.*?)```", readme, re.S)
+if not m:
+    sys.exit("README.md has no '<!-- flake-outputs -->' block")
+if m.group(1) != shape:
+    if update:
+        open(sys.argv[1], "w").write(readme[: m.start(1)] + shape + readme[m.end(1) :])
+        print("updated README.md flake outputs")
+        sys.exit(0)
+    sys.exit("README.md's flake outputs differ from the flake:\n" + shape)
+PY
+    ); then
+        echo "ok flake outputs: README.md shows what the flake exports${out:+ ($out)}"
+    else
+        echo "FAIL flake outputs: $out" >&2
+        failed=1
+    fi
+else
+    echo "FAIL flake outputs: evaluation failed:" >&2
+    cat "$tmp/flake-shape.err" >&2
+    failed=1
+fi
+
+# The home-manager module under home-manager's own modules (not the stub):
+# HOME_MANAGER names a home-manager checkout (the flake's pin), NIXPKGS a
+# nixpkgs checkout (home-manager imports nixos/modules/misc/{assertions,
+# meta}.nix and lib/ from it). What it renders must equal the stub's
+# rendering (expected/hm-music.json, up to home-manager's list form).
+if [ -z "${HOME_MANAGER:-}" ] || [ -z "${NIXPKGS:-}" ]; then
+    echo "SKIP home-manager evaluation: set HOME_MANAGER=<home-manager checkout> and NIXPKGS=<nixpkgs checkout> (see nix/eval/README.md)"
+elif [ ! -f "$HOME_MANAGER/modules/modules.nix" ] || [ ! -f "$NIXPKGS/nixos/modules/misc/assertions.nix" ]; then
+    echo "FAIL home-manager evaluation: HOME_MANAGER=$HOME_MANAGER has no modules/modules.nix or NIXPKGS=$NIXPKGS no nixos/modules/misc/assertions.nix" >&2
+    failed=1
+elif nix-instantiate --eval --strict --json "$here/real-hm.nix" --arg nixpkgsLib "$libdir" \
+    --arg homeManager "$(cd "$HOME_MANAGER" && pwd)" --arg nixpkgs "$(cd "$NIXPKGS" && pwd)" \
+    >"$tmp/real-hm.json" 2>"$tmp/real-hm.err"; then
+    if out=$(python3 "$here/compare_real_hm.py" "$tmp/real-hm.json" "$expected/hm-music.json" "$expected/assertions.json" 2>&1); then
+        hm_rev=$(git -C "$HOME_MANAGER" rev-parse --short HEAD 2>/dev/null || echo "rev unknown")
+        echo "ok home-manager evaluation: home-manager's own modules ($hm_rev) render what the stub does; its cases agree"
+    else
+        echo "FAIL home-manager evaluation: $out" >&2
+        failed=1
+    fi
+else
+    echo "FAIL home-manager evaluation: evaluation failed:" >&2
+    grep -v "^warning: the group" "$tmp/real-hm.err" >&2
     failed=1
 fi
 

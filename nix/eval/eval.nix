@@ -4,93 +4,80 @@
 #
 #   nix-instantiate --eval --strict --json nix/eval/eval.nix \
 #     --arg nixpkgsLib /path/to/nixpkgs.lib/lib -A nixos-docs
-{ nixpkgsLib }:
-
-let
+{nixpkgsLib}: let
   lib = import nixpkgsLib;
-  pkgs = import ./stubs/pkgs.nix { inherit lib; };
-  samples = import ./samples.nix { inherit pkgs; };
+  pkgs = import ./stubs/pkgs.nix {inherit lib;};
+  samples = import ./samples.nix {inherit pkgs;};
 
-  evalWith =
-    stub: module: modules:
+  evalWith = stub: module: modules:
     lib.evalModules {
-      modules = [
-        stub
-        module
-        { _module.args.pkgs = pkgs; }
-      ]
-      ++ modules;
+      modules =
+        [
+          stub
+          module
+          {_module.args.pkgs = pkgs;}
+        ]
+        ++ modules;
     };
   evalNixos = evalWith ./stubs/nixos.nix ../module.nix;
   evalHm = evalWith ./stubs/home-manager.nix ../hm-module.nix;
 
   failedAssertions = config: map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
 
-  checkAssertions =
-    what: config:
-    let
-      failed = failedAssertions config;
-    in
-    if failed == [ ] then
-      config
-    else
-      throw "${what}: assertions failed:\n${lib.concatStringsSep "\n" failed}";
+  checkAssertions = what: config: let
+    failed = failedAssertions config;
+  in
+    if failed == []
+    then config
+    else throw "${what}: assertions failed:\n${lib.concatStringsSep "\n" failed}";
 
   # A job file is the validating derivation; its value rides along in
   # passthru.jobConfig. Make sure the build really runs check-config on it.
-  jobFileValue =
-    where: drv:
-    if !(drv ? jobConfig) then
-      throw "${where}: not a ciphersync job file"
-    else if !(lib.hasInfix "/bin/ciphersync check-config " drv.buildCommand) then
-      throw "${where}: the job file is not validated with `ciphersync check-config`"
-    else
-      drv.jobConfig;
+  jobFileValue = where: drv:
+    if !(drv ? jobConfig)
+    then throw "${where}: not a ciphersync job file"
+    else if !(lib.hasInfix "/bin/ciphersync check-config " drv.buildCommand)
+    then throw "${where}: the job file is not validated with `ciphersync check-config`"
+    else drv.jobConfig;
 
-  fileEntry =
-    where: entry:
-    if entry.source != null && entry.source ? jobConfig then
-      jobFileValue where entry.source
-    else if entry.text != null then
-      { inherit (entry) text; }
-    else
-      { source = toString entry.source; };
+  fileEntry = where: entry:
+    if entry.source != null && entry.source ? jobConfig
+    then jobFileValue where entry.source
+    else if entry.text != null
+    then {inherit (entry) text;}
+    else {source = toString entry.source;};
 
-  clean = attrs: removeAttrs attrs [ "_module" ];
+  clean = attrs: removeAttrs attrs ["_module"];
 
-  nixosShape =
-    name: sample:
-    let
-      config = checkAssertions name (evalNixos [ sample ]).config;
-    in
-    {
-      etc = lib.mapAttrs (n: fileEntry "${name}: environment.etc.${n}") config.environment.etc;
-      services = lib.mapAttrs (
+  nixosShape = name: sample: let
+    config = checkAssertions name (evalNixos [sample]).config;
+  in {
+    etc = lib.mapAttrs (n: fileEntry "${name}: environment.etc.${n}") config.environment.etc;
+    services =
+      lib.mapAttrs (
         _: s:
-        lib.filterAttrs (k: v: !(lib.elem k [ "script" "preStart" ] && v == "")) (
-          clean s // { path = map toString s.path; }
-        )
-      ) config.systemd.services;
-      timers = lib.mapAttrs (_: clean) config.systemd.timers;
-      users = lib.mapAttrs (_: clean) config.users.users;
-      groups = lib.mapAttrs (_: clean) config.users.groups;
-      fuse = {
-        programs = clean config.programs.fuse;
-        inherit (config.boot) kernelModules;
-      };
+          lib.filterAttrs (k: v: !(lib.elem k ["script" "preStart"] && v == "")) (
+            clean s // {path = map toString s.path;}
+          )
+      )
+      config.systemd.services;
+    timers = lib.mapAttrs (_: clean) config.systemd.timers;
+    users = lib.mapAttrs (_: clean) config.users.users;
+    groups = lib.mapAttrs (_: clean) config.users.groups;
+    fuse = {
+      programs = clean config.programs.fuse;
+      inherit (config.boot) kernelModules;
     };
+  };
 
-  hmShape =
-    name: sample:
-    let
-      config = checkAssertions name (evalHm [ sample ]).config;
-    in
-    {
-      configFile = lib.mapAttrs (n: fileEntry "${name}: xdg.configFile.${n}") config.xdg.configFile;
-      services = config.systemd.user.services;
-      timers = config.systemd.user.timers;
-      packages = map toString config.home.packages;
-    };
+  hmShape = name: sample: let
+    config = checkAssertions name (evalHm [sample]).config;
+  in {
+    configFile = lib.mapAttrs (n: fileEntry "${name}: xdg.configFile.${n}") config.xdg.configFile;
+    services = config.systemd.user.services;
+    timers = config.systemd.user.timers;
+    packages = map toString config.home.packages;
+  };
 
   # ---- contradictory or mistaken options -------------------------------
 
@@ -100,131 +87,244 @@ let
   # Outcome of one configuration: "ok", the failed assertion messages, or
   # "rejected" when the module system refuses a value (wrong type, missing
   # or unknown option) before any assertion runs.
-  outcome =
-    evalFn: base: modules:
-    let
-      evaluated = evalFn ([ base ] ++ modules);
-      forced = builtins.tryEval (
-        builtins.deepSeq evaluated.config.services.ciphersync.jobs (
-          builtins.deepSeq (failedAssertions evaluated.config) true
-        )
-      );
-      failed = failedAssertions evaluated.config;
-    in
-    if !forced.success then
-      "rejected"
-    else if failed == [ ] then
-      "ok"
-    else
-      failed;
+  outcome = evalFn: base: modules: let
+    evaluated = evalFn ([base] ++ modules);
+    forced = builtins.tryEval (
+      builtins.deepSeq evaluated.config.services.ciphersync.jobs (
+        builtins.deepSeq (failedAssertions evaluated.config) true
+      )
+    );
+    failed = failedAssertions evaluated.config;
+  in
+    if !forced.success
+    then "rejected"
+    else if failed == []
+    then "ok"
+    else failed;
 
-  nixosCase = jobs: outcome evalNixos { services.ciphersync.package = pkgs.ciphersync; } [
-    { services.ciphersync.jobs = jobs; }
-  ];
-  withDocs = patch: nixosCase { docs = lib.recursiveUpdate docs patch; };
-  withTarget = patch: nixosCase { docs = docs // { target = patch; }; };
-  withPhotos = patch: nixosCase { photos = lib.recursiveUpdate photos patch; };
+  nixosCase = jobs:
+    outcome evalNixos {services.ciphersync.package = pkgs.ciphersync;} [
+      {services.ciphersync.jobs = jobs;}
+      {inherit (samples.nixos-photos) users;}
+    ];
+  withDocs = patch: nixosCase {docs = lib.recursiveUpdate docs patch;};
+  withTarget = patch: nixosCase {docs = docs // {target = patch;};};
+  sftpOf = docs.target.sftp;
+  withPhotos = patch: nixosCase {photos = lib.recursiveUpdate photos patch;};
 
   cases = {
-    valid-docs = withDocs { };
-    valid-photos = withPhotos { };
-    sftp-without-knownHosts = withDocs { target.knownHosts = [ ]; };
-    sftp-without-host = withTarget (removeAttrs docs.target [ "host" ]);
+    valid-docs = withDocs {};
+    valid-photos = withPhotos {};
+    sftp-without-knownHosts = withDocs {target.sftp.knownHosts = [];};
+    sftp-without-host = withTarget {sftp = removeAttrs sftpOf ["host"];};
+    sftp-without-user = withTarget {sftp = removeAttrs sftpOf ["user"];};
+    # 9. The target is a tagged union: an ssh option on a local target,
+    # even one set to its default value, and two kinds at once are refused
+    # by the type, not by comparing values with defaults.
     local-with-ssh-options = withPhotos {
-      target.host = "backup.example.org";
-      target.knownHosts = [ "backup.example.org ssh-ed25519 AAAA" ];
+      target.local.host = "backup.example.org";
+      target.local.knownHosts = ["backup.example.org ssh-ed25519 AAAA"];
     };
-    local-with-rsync-transport = withPhotos { target.transport = "rsync"; };
-    local-target-inside-source = withPhotos { target.path = "/srv/photos/backup"; };
-    source-inside-local-target = withPhotos { source = "/mnt/usb/photos/src"; };
+    local-with-rsync-transport = withPhotos {target.local.transport = "rsync";};
+    local-with-explicit-default-connections = withPhotos {target.local.connections = 4;};
+    local-and-sftp-at-once = withPhotos {target.sftp = sftpOf;};
+    local-and-sftp-in-two-definitions = outcome evalNixos {services.ciphersync.package = pkgs.ciphersync;} [
+      {inherit (samples.nixos-photos) users;}
+      {services.ciphersync.jobs.photos = photos;}
+      {services.ciphersync.jobs.photos.target.sftp = sftpOf;}
+    ];
+    empty-target = withTarget {};
+    local-target-inside-source = withPhotos {target.local.path = "/srv/photos/backup";};
+    source-inside-local-target = withPhotos {source = "/mnt/usb/photos/src";};
     two-jobs-one-target = nixosCase {
       inherit docs;
       docs2 = docs;
     };
-    bad-job-name = nixosCase { "my docs" = docs; };
-    store-path-passwordFile = withDocs { passwordFile = "/nix/store/00000000000000000000000000000000-secret"; };
-    relative-passwordFile = withDocs { passwordFile = "keys/docs"; };
-    nix-path-passwordFile = withDocs { passwordFile = ./samples.nix; };
+    bad-job-name = nixosCase {"my docs" = docs;};
+    store-path-passwordFile = withDocs {passwordFile = "/nix/store/00000000000000000000000000000000-secret";};
+    relative-passwordFile = withDocs {passwordFile = "keys/docs";};
+    nix-path-passwordFile = withDocs {passwordFile = ./samples.nix;};
     store-path-identityFile = withDocs {
-      target.identityFile = "/nix/store/00000000000000000000000000000000-id_ed25519";
+      target.sftp.identityFile = "/nix/store/00000000000000000000000000000000-id_ed25519";
     };
     knownHosts-line-without-host = withDocs {
-      target.knownHosts = [ "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH0jhkkOFDZobC8" ];
+      target.sftp.knownHosts = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH0jhkkOFDZobC8"];
     };
-    relative-target-path = withDocs { target.path = "backups/docs"; };
-    missing-target-type = withTarget (removeAttrs docs.target [ "type" ]);
-    onFailure-without-suffix = withDocs { onFailure = [ "notify-admin" ]; };
-    maxDeletePercent-over-100 = withDocs { maxDeletePercent = 101; };
-    keepLast-zero = withDocs { snapshots.keepLast = 0; };
-    plaintext-names-over-sftp = withDocs { filenames = "plaintext"; };
-    unknown-option = withDocs { targte = { }; };
-    bad-user-name = withPhotos { user = "Alice Smith"; };
+    relative-target-path = withDocs {target.sftp.path = "backups/docs";};
+    unknown-target-kind = withTarget {s3 = sftpOf;};
+    onFailure-without-suffix = withDocs {onFailure = ["notify-admin"];};
+    # 5. What NixOS's unitNameType refuses must be refused here, not later.
+    onFailure-unknown-suffix = withDocs {onFailure = ["notify-admin.email"];};
+    onFailure-bad-character = withDocs {onFailure = ["notify!admin.service"];};
+    maxDeletePercent-over-100 = withDocs {maxDeletePercent = 101;};
+    keepLast-zero = withDocs {snapshots.keepLast = 0;};
+    plaintext-names-over-sftp = withDocs {filenames = "plaintext";};
+    unknown-option = withDocs {targte = {};};
+    bad-user-name = withPhotos {user = "Alice Smith";};
+    undeclared-user = withPhotos {user = "bob";};
     hm-sftp-without-knownHosts =
       outcome evalHm
+      {
+        home.username = "alice";
+        home.homeDirectory = "/home/alice";
+      }
+      [
+        (lib.recursiveUpdate samples.hm-music {
+          services.ciphersync.jobs.music.target.sftp.knownHosts = [];
+        })
+      ];
+  };
+
+  # ---- regressions: defects a real evaluation found (issue 15) -----------
+  # Each is "ok" or says what is wrong. check.sh evaluates each one on its
+  # own: an infinite recursion aborts the evaluation (tryEval cannot catch
+  # it), and that must fail one case, not all.
+  evalPhotosWith = modules:
+    (evalNixos (
+      [
+        {services.ciphersync.package = pkgs.ciphersync;}
+        {services.ciphersync.jobs.photos = photos;}
+      ]
+      ++ modules
+    )).config;
+  forced = config:
+    builtins.deepSeq [
+      config.users.users
+      config.users.groups
+      config.systemd.services
+      (failedAssertions config)
+    ]
+    config;
+  expect = what: ok:
+    if ok
+    then "ok"
+    else what;
+  backupService = config: config.systemd.services.ciphersync-photos-backup.serviceConfig;
+
+  regressions = {
+    # 1. A service account whose group is taken from users.groups, the
+    # common NixOS idiom: the module must not make users.groups depend on
+    # users.users.
+    user-group-from-users-groups = let
+      config = forced (evalPhotosWith [
+        (
+          {config, ...}: {
+            services.ciphersync.jobs.photos.user = lib.mkForce "backup";
+            users.users.backup = {
+              isSystemUser = true;
+              group = config.users.groups.backup.name;
+            };
+            users.groups.backup = {};
+          }
+        )
+      ]);
+    in
+      expect "users.users.backup.group is ${config.users.users.backup.group}" (
+        config.users.users.backup.group == "backup" && failedAssertions config == []
+      );
+    # 1. The job's user given as a reference to the declared user.
+    job-user-from-users-users = let
+      config = forced (evalPhotosWith [
+        (
+          {config, ...}: {
+            services.ciphersync.jobs.photos.user = lib.mkForce config.users.users.alice.name;
+            users.users.alice.isNormalUser = true;
+          }
+        )
+      ]);
+    in
+      expect "User= is ${(backupService config).User}" ((backupService config).User == "alice");
+    # 3. A user declared elsewhere keeps its own description (GECOS).
+    keeps-user-description = let
+      config = forced (evalPhotosWith [
         {
-          home.username = "alice";
-          home.homeDirectory = "/home/alice";
+          users.users.alice.isNormalUser = true;
+          users.users.alice.group = "users";
         }
-        [
+      ]);
+    in
+      expect "users.users.alice.description became '${config.users.users.alice.description}'" (
+        config.users.users.alice.description == ""
+      );
+    # 4. A local target that does not exist yet must not stop the unit at
+    # namespace setup (226/NAMESPACE): "-" makes the path optional, and the
+    # helper reports the missing directory itself.
+    local-target-optional-in-ReadWritePaths = let
+      paths = (backupService (forced (evalPhotosWith []))).ReadWritePaths;
+    in
+      expect "ReadWritePaths = ${builtins.toJSON paths}" (
+        lib.elem "-/mnt/usb/photos" paths && !(lib.elem "/mnt/usb/photos" paths)
+      );
+    # 6. ExecStart is parsed by systemd, not a shell: its quoting, "%"
+    # specifiers and "$" variables (nixpkgs' utils.escapeSystemdExecArgs).
+    execstart-systemd-quoting = let
+      config =
+        (evalHm [
           (lib.recursiveUpdate samples.hm-music {
-            services.ciphersync.jobs.music.target.knownHosts = [ ];
+            home.homeDirectory = "/home/al ice%h$USER'x";
           })
-        ];
+        ]).config;
+      got = config.systemd.user.services.ciphersync-music-backup.Service.ExecStart;
+      want = ''"/nix/store/00000000000000000000000000000000-ciphersync/bin/ciphersync" "-c" "/home/al ice%%h$$USER'x/.config/ciphersync/music.json" "backup"'';
+    in
+      expect "ExecStart is ${got}, want ${want}" (got == want);
   };
 
   # ---- option reference --------------------------------------------------
 
-  optionDocs =
-    let
-      opts = lib.optionAttrSetToDocList (evalNixos [ ]).options.services.ciphersync;
-      visible = lib.filter (o: o.visible && !o.internal) opts;
-      show = v: if v ? text then v.text else builtins.toJSON v;
-      code =
-        s:
-        let
-          t = lib.trim s;
-        in
-        if lib.hasInfix "\n" t then "\n\n```nix\n${t}\n```\n" else " `${t}`";
-      one =
-        o:
-        lib.concatStrings [
-          "### `${o.name}`\n\n"
-          "${lib.trim o.description}\n\n"
-          "- type: ${o.type}\n"
-          (lib.optionalString (o ? default) "- default:${code (show o.default)}\n")
-          (lib.optionalString (o ? example) "- example:${code (show o.example)}\n")
-          (lib.optionalString (o.name == "services.ciphersync.jobs.<name>.user") "- NixOS only (home-manager jobs run as the home's user)\n")
-          "\n"
-        ];
+  optionDocs = let
+    opts = lib.optionAttrSetToDocList (evalNixos []).options.services.ciphersync;
+    visible = lib.filter (o: o.visible && !o.internal) opts;
+    show = v:
+      if v ? text
+      then v.text
+      else builtins.toJSON v;
+    code = s: let
+      t = lib.trim s;
     in
+      if lib.hasInfix "\n" t
+      then "\n\n```nix\n${t}\n```\n"
+      else " `${t}`";
+    one = o:
+      lib.concatStrings [
+        "### `${o.name}`\n\n"
+        "${lib.trim o.description}\n\n"
+        "- type: ${o.type}\n"
+        (lib.optionalString (o ? default) "- default:${code (show o.default)}\n")
+        (lib.optionalString (o ? example) "- example:${code (show o.example)}\n")
+        (lib.optionalString (o.name == "services.ciphersync.jobs.<name>.user") "- NixOS only (home-manager jobs run as the home's user)\n")
+        "\n"
+      ];
+  in
     lib.concatStrings (map one visible);
   # The same declarations as one table: the summary at the top of docs/options.md.
-  optionTable =
-    let
-      opts = lib.optionAttrSetToDocList (evalNixos [ ]).options.services.ciphersync;
-      leaves = lib.filter (
+  optionTable = let
+    opts = lib.optionAttrSetToDocList (evalNixos []).options.services.ciphersync;
+    leaves =
+      lib.filter (
         o:
-        o.visible
-        && !o.internal
-        && !(lib.elem o.type [
-          "submodule"
-          "attribute set of (submodule)"
-        ])
-      ) opts;
-      cell = s: lib.replaceStrings [ "|" "\n" ] [ "\\|" " " ] (lib.trim s);
-      firstSentence =
-        d:
-        let
-          parts = lib.splitString ". " (cell d);
-        in
-        if lib.length parts == 1 then cell d else "${lib.head parts}.";
-      short = lib.removePrefix "services.ciphersync.";
-      row =
-        o:
-        "| `${short o.name}` | ${cell o.type} | ${
-          if o ? default then "`${cell (o.default.text or "")}`" else "required"
-        } | ${firstSentence o.description} |\n";
+          o.visible
+          && !o.internal
+          && !(lib.elem o.type [
+            "submodule"
+            "attribute set of (submodule)"
+          ])
+      )
+      opts;
+    cell = s: lib.replaceStrings ["|" "\n"] ["\\|" " "] (lib.trim s);
+    firstSentence = d: let
+      parts = lib.splitString ". " (cell d);
     in
+      if lib.length parts == 1
+      then cell d
+      else "${lib.head parts}.";
+    short = lib.removePrefix "services.ciphersync.";
+    row = o: "| `${short o.name}` | ${cell o.type} | ${
+      if o ? default
+      then "`${cell (o.default.text or "")}`"
+      else "required"
+    } | ${firstSentence o.description} |\n";
+  in
     lib.concatStrings (
       [
         "| option | type | default | description |\n"
@@ -247,11 +347,12 @@ let
     "\n## Options\n\n"
     (lib.removeSuffix "\n" optionDocs)
   ];
-in
-{
+in {
   nixos-docs = nixosShape "nixos-docs" samples.nixos-docs;
   nixos-photos = nixosShape "nixos-photos" samples.nixos-photos;
   hm-music = hmShape "hm-music" samples.hm-music;
   assertions = cases;
+  inherit regressions;
+  regression-names = lib.attrNames regressions;
   options-reference = optionReference;
 }

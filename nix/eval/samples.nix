@@ -1,9 +1,7 @@
 # The sample configurations the eval renders. The `docs` and `photos` jobs
 # are also the input of the systemd-nspawn harness (tests/systemd/), which
 # turns nix/eval/expected/nixos-*.json into real unit files.
-{ pkgs }:
-
-{
+{pkgs}: {
   # Root job, SFTP target on this machine's sshd.
   nixos-docs = {
     services.ciphersync.package = pkgs.ciphersync;
@@ -14,8 +12,7 @@
         "cache/"
       ];
       passwordFile = "/run/keys/ciphersync-docs";
-      target = {
-        type = "sftp";
+      target.sftp = {
         host = "127.0.0.1";
         port = 22;
         user = "root";
@@ -33,24 +30,28 @@
       verify.startAt = "Sun *-*-* 04:00:00";
       deepVerify.startAt = "*-*-01 05:00:00";
       randomizedDelaySec = "10m";
-      onFailure = [ "notify-admin.service" ];
+      onFailure = ["notify-admin.service"];
     };
   };
 
-  # Non-root job, local target (a mounted disk).
+  # Non-root job, local target (a mounted disk). The module declares no
+  # user: the job's user is a service account declared here, its group
+  # taken from users.groups as NixOS configurations commonly do.
   nixos-photos = {
+    users.users.alice = {
+      isSystemUser = true;
+      group = "alice";
+    };
+    users.groups.alice = {};
     services.ciphersync.package = pkgs.ciphersync;
     services.ciphersync.jobs.photos = {
       user = "alice";
       source = "/srv/photos";
       passwordFile = "/etc/ciphersync-keys/photos.password";
       filenames = "deterministic";
-      target = {
-        type = "local";
-        path = "/mnt/usb/photos";
-      };
+      target.local.path = "/mnt/usb/photos";
       maxDeletePercent = 20;
-      verify.startAt = [ ];
+      verify.startAt = [];
       persistentTimer = false;
     };
   };
@@ -63,8 +64,7 @@
     services.ciphersync.jobs.music = {
       source = "/home/alice/Music";
       passwordFile = "/home/alice/.config/ciphersync/music.password";
-      target = {
-        type = "sftp";
+      target.sftp = {
         host = "backup.example.org";
         port = 23;
         user = "alice";
@@ -77,7 +77,7 @@
         remoteChecksums = "mount";
       };
       snapshots.keepDays = 365;
-      onFailure = [ "notify-alice.service" ];
+      onFailure = ["notify-alice.service"];
     };
   };
 }

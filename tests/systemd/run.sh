@@ -216,6 +216,21 @@ if [ -f "$PHOTOS_EVAL" ]; then
     abort "units: $(cat "$RUN/units.err")"
   HAVE_PHOTOS=1
 fi
+# The home-manager module's user units, for systemd-analyze --user verify
+# (the user manager's search path is not involved: verify takes the files).
+HM_EVAL=$EVAL_DIR/hm-music.json
+HM_UNITDIR=/etc/ciphersync-test/user-units
+HAVE_HM=0
+if [ -f "$HM_EVAL" ]; then
+  python3 "$HERE/units.py" convert-hm "$HM_EVAL" --root "$ROOT" --unitdir "$HM_UNITDIR" --manifest "$RUN/hm.user-units.json" 2>"$RUN/units.err" ||
+    abort "units: $(cat "$RUN/units.err")"
+  # The onFailure units the job names are the user's own: a stand-in each,
+  # next to the units (verify searches the directories of the files it is given).
+  for u in $(python3 -c 'import json,sys; print(" ".join(json.load(open(sys.argv[1]))["onFailure"]))' "$RUN/hm.user-units.json"); do
+    printf '[Unit]\nDescription=ciphersync test: onFailure stand-in\n[Service]\nType=oneshot\nExecStart=/bin/true\n' >"$ROOT$HM_UNITDIR/$u"
+  done
+  HAVE_HM=1
+fi
 JOBENV=$($PROBE job-env "$DOCS_EVAL" docs 2>&1) || abort "job-env: the docs evaluation lacks what the test needs: $JOBENV"
 eval "$JOBENV"
 
@@ -349,6 +364,45 @@ s_load() {
   [ -z "$bad" ] || fail "systemd refuses module units:$bad"
 }
 scenario module-units-load s_load
+
+# systemd's own verifier on every unit file both modules render: the
+# system units of every NixOS evaluation, and the home-manager module's
+# user units with --user. Any complaint about one of them fails (verify
+# also reports what it finds wrong with units they reference). --man=no:
+# Documentation= names man pages, which this minimal tree does not have
+# (verify would run `man` for each).
+s_verify_units() {
+  local out rc files m
+  files=
+  for m in "$RUN"/docs.manifest.json "$RUN"/photos.manifest.json; do
+    [ -f "$m" ] || continue
+    files="$files $(python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print(' '.join('/etc/systemd/system/'+s+'.service' for s in m['services']) + ' ' + ' '.join('/etc/systemd/system/'+t+'.timer' for t in m['timers']))" "$m")"
+  done
+  [ -n "${files// /}" ] || fail "no system unit files rendered"
+  rc=0; out=$(c systemd-analyze verify --man=no $files 2>&1) || rc=$?
+  echo "== systemd-analyze verify (system): rc=$rc"; echo "$out"
+  [ "$rc" = 0 ] || fail "systemd-analyze verify exit $rc: $(echo "$out" | head -3 | tr '\n' '|')"
+  bad=$(echo "$out" | grep -F ciphersync || true)
+  [ -z "$bad" ] || fail "systemd-analyze verify complains: $(echo "$bad" | head -3 | tr '\n' '|')"
+  [ "$HAVE_HM" = 1 ] || fail "$HM_EVAL missing (the home-manager module's evaluation)"
+  files=$(python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print(' '.join(sys.argv[2]+'/'+s+'.service' for s in m['services']) + ' ' + ' '.join(sys.argv[2]+'/'+t+'.timer' for t in m['timers']))" "$RUN/hm.user-units.json" "$HM_UNITDIR")
+  # A user manager needs a runtime directory; verify only loads the files.
+  c install -d -m 0700 /run/ciphersync-test-xdg
+  rc=0; out=$(c env XDG_RUNTIME_DIR=/run/ciphersync-test-xdg systemd-analyze --user verify --man=no $files 2>&1) || rc=$?
+  echo "== systemd-analyze --user verify: rc=$rc"; echo "$out"
+  [ "$rc" = 0 ] || fail "systemd-analyze --user verify exit $rc: $(echo "$out" | head -3 | tr '\n' '|')"
+  bad=$(echo "$out" | grep -F ciphersync || true)
+  [ -z "$bad" ] || fail "systemd-analyze --user verify complains: $(echo "$bad" | head -3 | tr '\n' '|')"
+  echo "verified: $(echo $files | wc -w) user unit files and the system units above"
+  # Control: the same call on a unit with a bad value must complain, or the
+  # checks above prove nothing.
+  printf '[Service]\nType=bogus\nExecStart=/bin/true\n' >"$CR$HM_UNITDIR/ciphersync-verify-control.service"
+  out=$(c env XDG_RUNTIME_DIR=/run/ciphersync-test-xdg systemd-analyze --user verify --man=no "$HM_UNITDIR/ciphersync-verify-control.service" 2>&1 || true)
+  rm -f "$CR$HM_UNITDIR/ciphersync-verify-control.service"
+  echo "== control: $out"
+  echo "$out" | grep -F ciphersync-verify-control | grep -q bogus || fail "systemd-analyze verify did not complain about Type=bogus: $out"
+}
+scenario units-verify s_verify_units
 
 # --- scenarios ---------------------------------------------------------------
 s_backup() {

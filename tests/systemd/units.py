@@ -57,6 +57,9 @@ postStart, ...) are an error: the module must use serviceConfig.Exec*.
 
 Usage:
   units.py convert EVAL.json --root DIR [--manifest FILE]
+  units.py convert-hm HM-EVAL.json --root DIR --unitdir DIR [--manifest FILE]
+                       home-manager's user units (Unit/Service/Timer/Install
+                       sections, key -> value) under --root/--unitdir
   units.py --self-test
 """
 
@@ -317,6 +320,35 @@ def convert(ev, root):
     return manifest
 
 
+def render_hm_unit(name, kind, spec, seen):
+    """One home-manager systemd.user.{services,timers}.<name> entry: section ->
+    key -> value, written as home-manager's toSystemdIni does (a list value
+    repeats the key, booleans are true/false)."""
+    lines = []
+    for section, attrs in spec.items():
+        if not isinstance(attrs, dict):
+            raise ConvertError(f"user {kind}s.{name}.{section}: not a section")
+        if lines:
+            lines.append("")
+        lines.extend(render_section(section, attrs, seen, f"user {kind}s.{name}"))
+    return "\n".join(lines) + "\n"
+
+
+def convert_hm(ev, root, unitdir):
+    """Write the home-manager module's user units ({services, timers} of
+    nix/eval/expected/hm-*.json) to <root>/<unitdir>."""
+    seen = {}
+    manifest = {"services": [], "timers": [], "files": [], "store_paths": seen, "onFailure": []}
+    for kind, coll in (("service", "services"), ("timer", "timers")):
+        for name, spec in sorted((ev.get(coll) or {}).items()):
+            manifest["files"].append(write(root, f"{unitdir}/{name}.{kind}", render_hm_unit(name, kind, spec, seen)))
+            manifest[coll].append(name)
+            for u in (spec.get("Unit") or {}).get("OnFailure") or []:
+                if u not in manifest["onFailure"]:
+                    manifest["onFailure"].append(u)
+    return manifest
+
+
 def self_test():
     here = os.path.dirname(os.path.abspath(__file__))
     with open(os.path.join(here, "fixtures", "nixos-docs.sample.json")) as f:
@@ -396,11 +428,16 @@ def main(argv):
     c.add_argument("eval_json")
     c.add_argument("--root", required=True, help="container root directory")
     c.add_argument("--manifest", help="write a JSON manifest of what was written here")
+    h = sub.add_parser("convert-hm", help="write the user units of one evaluated home-manager JSON")
+    h.add_argument("eval_json")
+    h.add_argument("--root", required=True, help="container root directory")
+    h.add_argument("--unitdir", required=True, help="directory under the root for the user units")
+    h.add_argument("--manifest", help="write a JSON manifest of what was written here")
     a = ap.parse_args(argv[1:])
     with open(a.eval_json) as f:
         ev = json.load(f)
     try:
-        man = convert(ev, a.root)
+        man = convert_hm(ev, a.root, a.unitdir) if a.cmd == "convert-hm" else convert(ev, a.root)
     except ConvertError as e:
         print(f"units.py: {e}", file=sys.stderr)
         return 2

@@ -2,13 +2,29 @@
 # like the real ones where the difference matters for merging (lists
 # concatenate, attrsets of submodules merge per name). Nothing here renders
 # units: the evaluated config is what the module asked for.
-{ lib, ... }:
-
-let
+#
+# Stands for these files of nixpkgs at the flake's pin (nixos-26.05,
+# 74cc63f702f7d60a557e152a57b40fb1fd0f72ac), written from their documented
+# shape, not transcribed (no nixpkgs checkout fits on the machines that run
+# this; single files from other revisions do not evaluate with the 26.11
+# lib):
+#   systemd.services, systemd.timers  nixos/lib/systemd-unit-options.nix,
+#                                     systemd-types.nix (via systemd.nix)
+#   users.users, users.groups         nixos/modules/config/users-groups.nix
+#                                     (only the attributes read here; `name`
+#                                     defaults to the attribute name there too)
+#   programs.fuse                     nixos/modules/programs/fuse.nix
+#   environment.etc                   nixos/modules/system/etc/etc.nix
+#   assertions, warnings              nixos/modules/misc/assertions.nix
+#   boot.kernelModules, environment.systemPackages  (lists, as there)
+# What the real unit types add and this does not: onFailure/wants/after
+# typed as unitNameType (job-options.nix checks onFailure with the same
+# pattern), serviceConfig's Type/Restart value check.
+{lib, ...}: let
   inherit (lib) mkOption types;
   list = mkOption {
     type = types.listOf types.unspecified;
-    default = [ ];
+    default = [];
   };
   str = mkOption {
     type = types.str;
@@ -16,10 +32,9 @@ let
   };
   attrs = mkOption {
     type = types.attrsOf types.unspecified;
-    default = { };
+    default = {};
   };
-  bool =
-    default:
+  bool = default:
     mkOption {
       type = types.bool;
       inherit default;
@@ -67,8 +82,12 @@ let
     };
   };
 
-  user = {
+  user = {name, ...}: {
     options = {
+      name = mkOption {
+        type = types.str;
+        default = name;
+      };
       isSystemUser = bool false;
       isNormalUser = bool false;
       group = str;
@@ -81,8 +100,12 @@ let
     };
   };
 
-  group = {
+  group = {name, ...}: {
     options = {
+      name = mkOption {
+        type = types.str;
+        default = name;
+      };
       gid = mkOption {
         type = types.nullOr types.int;
         default = null;
@@ -90,31 +113,30 @@ let
       members = list;
     };
   };
-in
-{
+in {
   options = {
     assertions = list;
     warnings = list;
     environment.etc = mkOption {
       type = types.attrsOf (types.submodule etcEntry);
-      default = { };
+      default = {};
     };
     environment.systemPackages = list;
     systemd.services = mkOption {
       type = types.attrsOf (types.submodule service);
-      default = { };
+      default = {};
     };
     systemd.timers = mkOption {
       type = types.attrsOf (types.submodule timer);
-      default = { };
+      default = {};
     };
     users.users = mkOption {
       type = types.attrsOf (types.submodule user);
-      default = { };
+      default = {};
     };
     users.groups = mkOption {
       type = types.attrsOf (types.submodule group);
-      default = { };
+      default = {};
     };
     programs.fuse = {
       enable = bool true;

@@ -1,4 +1,5 @@
-# Stand-in for nixpkgs' nixos/tests/ssh-keys.nix (same attribute names, fake
+# Stand-in for nixpkgs' nixos/tests/ssh-keys.nix at the flake's pin
+# (74cc63f702f7d60a557e152a57b40fb1fd0f72ac; same attribute names, fake
 # values) so that the VM test definitions evaluate without nixpkgs.
 pkgs: {
   snakeOilPrivateKey = pkgs.writeText "privkey.snakeoil" "fake ecdsa private key";

@@ -28,6 +28,43 @@
   # systemd's quoting, not a shell's (nixpkgs' utils.escapeSystemdExecArgs).
   ciphersync = args: jobLib.escapeSystemdExecArgs (["${cfg.package}/bin/ciphersync"] ++ args);
 
+  # The node exporter's textfile directory, when this machine runs the node
+  # exporter with its textfile collector (on by default): nixpkgs has no
+  # option for the directory, it is the --collector.textfile.directory flag
+  # in extraFlags ("--flag=DIR", "--flag DIR", or the flag and DIR as two
+  # list elements). `or`: evaluates without the prometheus options, too.
+  nodeExporter = config.services.prometheus.exporters.node or {};
+  textfileFlag = "--collector.textfile.directory";
+  textfileDirIn = flags:
+    if flags == []
+    then null
+    else let
+      flag = lib.head flags;
+      rest = lib.tail flags;
+    in
+      if flag == textfileFlag
+      then
+        (
+          if rest == []
+          then null
+          else lib.head rest
+        )
+      else if lib.hasPrefix "${textfileFlag}=" flag
+      then lib.removePrefix "${textfileFlag}=" flag
+      else if lib.hasPrefix "${textfileFlag} " flag
+      then lib.removePrefix "${textfileFlag} " flag
+      else textfileDirIn rest;
+  nodeTextfileDirectory =
+    if (nodeExporter.enable or false) && !(lib.elem "textfile" (nodeExporter.disabledCollectors or []))
+    then textfileDirIn (nodeExporter.extraFlags or [])
+    else null;
+  metricsDir = cfg.metrics.textfileDirectory;
+  metricsArgs = name:
+    lib.optionals (metricsDir != null) [
+      "--metrics-file"
+      "${metricsDir}/ciphersync-${name}.prom"
+    ];
+
   # systemd.exec(5): for a process without CAP_SYS_ADMIN (any User= other
   # than root) each of these settings installs a seccomp filter and therefore
   # implies NoNewPrivileges=yes. NoNewPrivileges makes the kernel ignore the
@@ -146,6 +183,7 @@
             "-c"
             file
           ]
+          ++ metricsArgs name
           ++ stage.args
         );
         # Exit 75: another stage of this job holds its lock (e.g. the weekly
@@ -183,7 +221,9 @@
             (stateDir name)
             (runtimeDir name)
           ]
-          ++ lib.optional local "-${job.target.local.path}";
+          ++ lib.optional local "-${job.target.local.path}"
+          # "-": a textfile directory that is not there yet fails no stage.
+          ++ lib.optional (metricsDir != null) "-${metricsDir}";
         # The source may live under /home; it is only read. ssh reads
         # ~/.ssh/config and keys but writes no known_hosts (a pinned file).
         ProtectHome = "read-only";
@@ -287,6 +327,19 @@ in {
         }
       '';
       description = "Backup jobs. Each becomes /etc/ciphersync/<name>.json and three timed units.";
+    };
+
+    metrics.textfileDirectory = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = nodeTextfileDirectory;
+      defaultText = lib.literalExpression "the node exporter's --collector.textfile.directory (from services.prometheus.exporters.node.extraFlags) when the node exporter runs with its textfile collector, else null";
+      example = "/var/lib/prometheus-node-exporter-text-files";
+      description = ''
+        Directory where each stage writes the job's Prometheus metrics as
+        `ciphersync-<job>.prom` (`--metrics-file`), for the node exporter's
+        textfile collector. The job's user must be able to create files
+        there. `null`: no metrics.
+      '';
     };
   };
 

@@ -1,7 +1,9 @@
 {
   lib,
+  stdenv,
   rustPlatform,
   makeWrapper,
+  installShellFiles,
   gocryptfs,
   sshfs,
   rsync,
@@ -39,7 +41,10 @@ in
 
     cargoLock.lockFile = ../Cargo.lock;
 
-    nativeBuildInputs = [makeWrapper];
+    nativeBuildInputs = [
+      makeWrapper
+      installShellFiles
+    ];
 
     # Unit tests run here. The end-to-end tests need sshd and /dev/fuse, which
     # the build sandbox does not have; they skip themselves with a printed
@@ -54,9 +59,21 @@ in
     # found there wins over fuse3's plain (not setuid) copy appended here,
     # which non-root users cannot mount with. Root needs no setuid helper and
     # gets the pinned tools from the suffix when its PATH lacks them.
-    postInstall = ''
-      wrapProgram $out/bin/ciphersync --suffix PATH : ${lib.makeBinPath runtimeTools}
-    '';
+    # The man page and the completions come from the clap definition, printed
+    # by the built binary's hidden `man` and `completions` commands (not when
+    # cross-compiling, where the binary cannot run here).
+    postInstall =
+      lib.optionalString (stdenv.buildPlatform.canExecute stdenv.hostPlatform) ''
+        $out/bin/ciphersync man > ciphersync.1
+        installManPage ciphersync.1
+        installShellCompletion --cmd ciphersync \
+          --bash <($out/bin/ciphersync completions bash) \
+          --fish <($out/bin/ciphersync completions fish) \
+          --zsh <($out/bin/ciphersync completions zsh)
+      ''
+      + ''
+        wrapProgram $out/bin/ciphersync --suffix PATH : ${lib.makeBinPath runtimeTools}
+      '';
 
     passthru = {inherit runtimeTools;};
 

@@ -8,9 +8,16 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "ciphersync",
     version,
+    disable_version_flag = true,
+    arg_required_else_help = true,
     about = "Encrypted remote backups with gocryptfs -reverse, sshfs and rsync"
 )]
 pub struct Cli {
+    /// Print the version of ciphersync and of the gocryptfs, sshfs and
+    /// rsync it finds on PATH, one per line.
+    #[arg(short = 'V', long, exclusive = true)]
+    pub version: bool,
+
     /// Job file to use; then the command takes no JOB.
     #[arg(
         short = 'c',
@@ -34,8 +41,13 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     pub verbose: bool,
 
+    /// After a stage, write the job's Prometheus metrics to FILE (the node
+    /// exporter's textfile format), replacing it atomically.
+    #[arg(long = "metrics-file", global = true, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
+
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -107,6 +119,28 @@ pub enum Command {
         /// A job name (default: every job in the config dir).
         job: Option<String>,
     },
+    /// Every kept version of one file or directory: run, time, size, event.
+    Log {
+        /// JOB (unless -c FILE is given), then the path relative to the source.
+        #[arg(value_name = "JOB|PATH", required = true, num_args = 1..=2)]
+        args: Vec<String>,
+    },
+    /// What changed between two runs: added, deleted and changed paths.
+    Diff {
+        /// JOB (unless -c FILE is given), then the two snapshot ids (see
+        /// `snapshots`), older first.
+        #[arg(value_name = "JOB|ID", required = true, num_args = 2..=3)]
+        args: Vec<String>,
+    },
+    /// Print a shell completion script (for packaging).
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page in roff (for packaging).
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Args, Debug)]

@@ -275,6 +275,35 @@ impl PathDecryptor {
             .map(str::to_owned)
     }
 
+    /// The encrypted path of a plaintext path relative to the source. A
+    /// reverse mount derives names from the path alone, so this works for a
+    /// path the source no longer has, too.
+    pub fn encrypt(&self, plain: &str) -> Result<String> {
+        let request = serde_json::json!({ "EncryptPath": plain });
+        let reply = self.ask(&request).ctx(|| {
+            format!(
+                "asking gocryptfs for the encrypted name of {plain:?} through {}",
+                self.socket.display()
+            )
+        })?;
+        match (
+            reply.get("ErrNo").and_then(|v| v.as_i64()),
+            reply.get("Result").and_then(|v| v.as_str()),
+        ) {
+            (Some(0), Some(result)) if !result.is_empty() => Ok(result.to_owned()),
+            _ => Err(Error::new(
+                Kind::Tool,
+                format!(
+                    "gocryptfs cannot encrypt the path {plain:?}: {}",
+                    reply
+                        .get("ErrText")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("no answer")
+                ),
+            )),
+        }
+    }
+
     fn ask(&self, request: &serde_json::Value) -> std::io::Result<serde_json::Value> {
         let mut stream = UnixStream::connect(&self.socket)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;

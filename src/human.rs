@@ -235,6 +235,78 @@ fn status_detail(stage: Stage, s: &Value) -> String {
     }
 }
 
+/// `log`: one row per kept version of a path (`doc` as `log --json`
+/// prints it), then how to get one back.
+pub fn log_lines(doc: &Value) -> Vec<String> {
+    let path = escape(doc["path"].as_str().unwrap_or("?"));
+    let job = escape(doc["job"].as_str().unwrap_or("?"));
+    let versions = doc["versions"].as_array().cloned().unwrap_or_default();
+    let mut lines = vec![format!(
+        "{path} has {} in the backup of {job}:",
+        count(versions.len() as u64, "kept version", "kept versions")
+    )];
+    lines.push(format!(
+        "  {:<18} {:<21} {:<8} {}",
+        "ID", "TIME", "EVENT", "SIZE"
+    ));
+    for v in &versions {
+        let size = match (v["type"].as_str(), v["size"].as_u64()) {
+            (Some("dir"), Some(b)) => format!(
+                "{} in {}",
+                bytes(b),
+                files(v["files"].as_u64().unwrap_or(0))
+            ),
+            (Some("symlink"), _) => "symlink".to_string(),
+            (_, Some(b)) => bytes(b),
+            (_, None) => "-".to_string(),
+        };
+        lines.push(format!(
+            "  {:<18} {:<21} {:<8} {}",
+            text(v, "id"),
+            text(v, "time"),
+            text(v, "event"),
+            size
+        ));
+    }
+    lines.push(format!(
+        "Each version is exactly what `{}` restores, ID being its run (a deleted one: the run before).",
+        escape(doc["restore"].as_str().unwrap_or("ciphersync restore JOB --to DIR --snapshot ID PATH"))
+    ));
+    lines
+}
+
+/// `diff`: a sentence with the counts, then one line per path.
+pub fn diff_lines(doc: &Value) -> Vec<String> {
+    let lists = ["added", "deleted", "changed"]
+        .map(|k| (k, doc[k].as_array().cloned().unwrap_or_default()));
+    let total: usize = lists.iter().map(|(_, l)| l.len()).sum();
+    let mut lines = vec![format!(
+        "from {} to {} in {}: {} ({} added, {} deleted, {} changed)",
+        escape(text(doc, "from")),
+        escape(text(doc, "to")),
+        escape(text(doc, "job")),
+        count(total as u64, "change", "changes"),
+        lists[0].1.len(),
+        lists[1].1.len(),
+        lists[2].1.len(),
+    )];
+    for (what, list) in &lists {
+        for item in list {
+            let slash = if item["type"] == "dir" { "/" } else { "" };
+            let note = if item["decrypted"] == false {
+                " (encrypted name: gocryptfs cannot decrypt it without the file in the source)"
+            } else {
+                ""
+            };
+            lines.push(format!(
+                "  {what}: {}{slash}{note}",
+                escape(item["path"].as_str().unwrap_or("?"))
+            ));
+        }
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +356,32 @@ mod tests {
             [
                 "verify of docs found 1 difference: 1 file in the backup",
                 "  extra: \\x1b]0;pwned\\x07"
+            ]
+        );
+    }
+
+    #[test]
+    fn log_and_diff_lines_escape_names_and_count() {
+        let doc = json!({"job": "docs", "path": "a\u{1b}b", "restore": "ciphersync restore docs --to DIR --snapshot ID 'a\u{1b}b'",
+            "versions": [{"id": "20260101T000000Z", "time": "2026-01-01T00:00:00Z", "event": "oldest", "type": "file", "size": 1}]});
+        let lines = log_lines(&doc);
+        assert_eq!(
+            lines[0],
+            "a\\x1bb has 1 kept version in the backup of docs:"
+        );
+        assert_eq!(
+            lines[2],
+            "  20260101T000000Z   2026-01-01T00:00:00Z  oldest   1 byte"
+        );
+        assert!(!lines.concat().contains('\u{1b}'), "{lines:?}");
+        let diff = json!({"job": "docs", "from": "20260101T000000Z", "to": "20260102T000000Z",
+            "added": [{"path": "d", "type": "dir", "decrypted": true}], "deleted": [], "changed": [{"path": "x\ny", "type": "file", "decrypted": true}]});
+        assert_eq!(
+            diff_lines(&diff),
+            [
+                "from 20260101T000000Z to 20260102T000000Z in docs: 2 changes (1 added, 0 deleted, 1 changed)",
+                "  added: d/",
+                "  changed: x\\ny",
             ]
         );
     }

@@ -5,6 +5,7 @@
 //! form a library so that the parsers of untrusted text can be exercised
 //! directly by tests/fuzz_parsers.rs.
 
+pub mod about;
 pub mod checksums;
 pub mod config;
 pub mod crypt;
@@ -13,10 +14,12 @@ pub mod exec;
 pub mod fingerprint;
 pub mod fsutil;
 pub mod guard;
+pub mod history;
 pub mod human;
 pub mod interrupt;
 pub mod limits;
 pub mod log;
+pub mod metrics;
 pub mod mount;
 pub mod pool;
 pub mod remote;

@@ -4,8 +4,8 @@
 mod cli;
 
 use ciphersync::{
-    config, crypt, error, human, interrupt, log, remote, restore, run, snapshots, status, sync,
-    verify,
+    about, config, crypt, error, history, human, interrupt, log, metrics, remote, restore, run,
+    snapshots, status, sync, verify,
 };
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -39,7 +39,15 @@ fn main() -> ExitCode {
 }
 
 fn dispatch(cli: &Cli) -> Result<i32> {
-    match &cli.command {
+    if cli.version {
+        println!("ciphersync {}", env!("CARGO_PKG_VERSION"));
+        about::tool_lines().iter().for_each(|l| println!("{l}"));
+        return Ok(0);
+    }
+    let Some(command) = &cli.command else {
+        return Err(Error::usage("name a command (see `ciphersync --help`)"));
+    };
+    match command {
         Command::CheckConfig { files } => check_config(files, cli.json),
         Command::Init(arg) => init(&load_job(cli, arg.job.as_deref())?, cli.json),
         Command::Backup { job, max_delete } => {
@@ -48,6 +56,7 @@ fn dispatch(cli: &Cli) -> Result<i32> {
                 max_delete_percent: *max_delete,
             };
             let result = run::stage(&job, Stage::Backup, |ctx| sync::backup(ctx, &options))?;
+            write_metrics(cli, &job, Stage::Backup, &result);
             Ok(report(cli, &job, Stage::Backup, &result))
         }
         Command::Verify { job, deep, sample } => {
@@ -63,6 +72,7 @@ fn dispatch(cli: &Cli) -> Result<i32> {
                     run::stage(&job, Stage::Verify, |ctx| verify::verify(ctx, *sample))?,
                 )
             };
+            write_metrics(cli, &job, stage, &result);
             Ok(report(cli, &job, stage, &result))
         }
         Command::Restore {
@@ -90,16 +100,129 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             // Refuse a bad --to before taking the lock or touching status.
             restore::check_request(&job, &request)?;
             let result = run::stage(&job, Stage::Restore, |ctx| restore::restore(ctx, &request))?;
+            write_metrics(cli, &job, Stage::Restore, &result);
             Ok(report(cli, &job, Stage::Restore, &result))
         }
         Command::Snapshots(arg) => list_snapshots(cli, &load_job(cli, arg.job.as_deref())?),
         Command::Prune { job, dry_run } => {
             let job = load_job(cli, job.job.as_deref())?;
             let result = run::stage(&job, Stage::Prune, |ctx| prune(ctx, *dry_run))?;
+            write_metrics(cli, &job, Stage::Prune, &result);
             Ok(report(cli, &job, Stage::Prune, &result))
         }
         Command::Status { job } => show_status(cli, job.as_deref()),
+        Command::Log { args } => {
+            let (job, rest) = job_and_args(cli, args, 1, "log JOB PATH")?;
+            let ctx = run::enter(&job)?;
+            let mut doc = history::log(&ctx, &rest[0])?;
+            drop(ctx);
+            doc["restore"] = json!(restore_command(cli, &job, "ID", &doc["path"]));
+            print_doc(cli, &doc, human::log_lines);
+            Ok(0)
+        }
+        Command::Diff { args } => {
+            let (job, rest) = job_and_args(cli, args, 2, "diff JOB OLDER NEWER")?;
+            let ctx = run::enter(&job)?;
+            let doc = history::diff(&ctx, &rest[0], &rest[1])?;
+            drop(ctx);
+            print_doc(cli, &doc, human::diff_lines);
+            Ok(0)
+        }
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut command, "ciphersync", &mut script);
+            write_stdout(&script, "the completion script")
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            let mut page = Vec::new();
+            clap_mangen::Man::new(command)
+                .render(&mut page)
+                .map_err(|e| Error::io("rendering the man page", e))?;
+            write_stdout(&page, "the man page")
+        }
     }
+}
+
+fn write_stdout(bytes: &[u8], what: &str) -> Result<i32> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|_| out.flush())
+        .map_err(|e| Error::io(format!("writing {what} to stdout"), e))?;
+    Ok(0)
+}
+
+/// The job and the `n` arguments after it: with -c FILE all arguments are
+/// the command's, else the first names the job.
+fn job_and_args(cli: &Cli, args: &[String], n: usize, usage: &str) -> Result<(Job, Vec<String>)> {
+    let (name, rest) = match cli.config {
+        Some(_) => (None, args.to_vec()),
+        None => (
+            args.first().map(String::as_str),
+            args.iter().skip(1).cloned().collect(),
+        ),
+    };
+    if rest.len() != n {
+        return Err(Error::usage(format!(
+            "usage: ciphersync {usage} (or -c FILE without JOB)"
+        )));
+    }
+    Ok((load_job(cli, name)?, rest))
+}
+
+/// The restore command line that gets version `id` of `path` back, as the
+/// job was named on this command line.
+fn restore_command(cli: &Cli, job: &Job, id: &str, path: &Value) -> String {
+    let path = sync_quote(path.as_str().unwrap_or(""));
+    match &cli.config {
+        Some(file) => format!(
+            "ciphersync -c {} restore --to DIR --snapshot {id} {path}",
+            sync_quote(&file.to_string_lossy())
+        ),
+        None => format!(
+            "ciphersync restore {} --to DIR --snapshot {id} {path}",
+            job.name
+        ),
+    }
+}
+
+fn sync_quote(word: &str) -> String {
+    ciphersync::exec::shell_quote(word)
+}
+
+fn print_doc(cli: &Cli, doc: &Value, lines: fn(&Value) -> Vec<String>) {
+    if cli.json {
+        println!("{doc}");
+    } else {
+        lines(doc).iter().for_each(|line| println!("{line}"));
+    }
+}
+
+/// `--metrics-file`: the job's metrics after a stage, with the snapshots
+/// counted again after a backup or prune. A failure to write them is a
+/// warning: the backup itself is not worse for it (and the alert on the
+/// last success notices a file that stops changing).
+fn write_metrics(cli: &Cli, job: &Job, stage: Stage, result: &StageResult) {
+    let Some(file) = &cli.metrics_file else {
+        return;
+    };
+    let kept = match stage {
+        Stage::Backup | Stage::Prune if result.outcome == Outcome::Ok => count_snapshots(job)
+            .map_err(|e| log::warn(format!("metrics: cannot count the snapshots: {e}")))
+            .ok(),
+        _ => None,
+    };
+    if let Err(e) = metrics::write(&job.state_dir, &job.name, file, kept) {
+        log::warn(format!("cannot write the metrics: {e}"));
+    }
+}
+
+fn count_snapshots(job: &Job) -> Result<usize> {
+    let ctx = run::enter(job)?;
+    let remote = remote::open(job, needs_mount_for_listing(job), &ctx.runtime("remote"))?;
+    Ok(snapshots::recorded_ids(&remote)?.len())
 }
 
 /// The config dir: --config-dir, $CIPHERSYNC_CONFIG_DIR, /etc/ciphersync for

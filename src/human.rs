@@ -307,6 +307,28 @@ pub fn diff_lines(doc: &Value) -> Vec<String> {
     lines
 }
 
+/// The warning for a known bug of the installed gocryptfs (about.rs).
+pub fn gocryptfs_bug_line(release: [u32; 3], bug: &crate::about::GocryptfsBug) -> String {
+    let [a, b, c] = release;
+    let scope = if bug.with_exclude {
+        " (jobs with exclude patterns)"
+    } else {
+        ""
+    };
+    format!(
+        "gocryptfs {a}.{b}.{c} has a reverse-mode bug that damages backups{scope}, gocryptfs issue {}: {}; {}",
+        bug.issue, bug.what, bug.fix
+    )
+}
+
+/// When `gocryptfs -version` names no release this can compare.
+pub fn gocryptfs_unknown_version(version: &str) -> String {
+    format!(
+        "cannot tell the gocryptfs release from its version {:?}: its known reverse-mode bugs (fixed in 2.5.0 and after 2.6.1) are not checked",
+        escape(version)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,6 +42,7 @@ fn dispatch(cli: &Cli) -> Result<i32> {
     if cli.version {
         println!("ciphersync {}", env!("CARGO_PKG_VERSION"));
         about::tool_lines().iter().for_each(|l| println!("{l}"));
+        about::warn_gocryptfs_bugs(None);
         return Ok(0);
     }
     let Some(command) = &cli.command else {
@@ -49,9 +50,14 @@ fn dispatch(cli: &Cli) -> Result<i32> {
     };
     match command {
         Command::CheckConfig { files } => check_config(files, cli.json),
-        Command::Init(arg) => init(&load_job(cli, arg.job.as_deref())?, cli.json),
+        Command::Init(arg) => {
+            let job = load_job(cli, arg.job.as_deref())?;
+            about::warn_gocryptfs_bugs(Some(!job.exclude.is_empty()));
+            init(&job, cli.json)
+        }
         Command::Backup { job, max_delete } => {
             let job = load_job(cli, job.job.as_deref())?;
+            about::warn_gocryptfs_bugs(Some(!job.exclude.is_empty()));
             let options = sync::BackupOptions {
                 max_delete_percent: *max_delete,
             };

@@ -132,6 +132,12 @@ pub enum Command {
         #[arg(value_name = "JOB|ID", required = true, num_args = 2..=3)]
         args: Vec<String>,
     },
+    /// The master key on paper: print it (export), or prove a typed one
+    /// opens the target (check).
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
     /// Print a shell completion script (for packaging).
     #[command(hide = true)]
     Completions {
@@ -141,6 +147,24 @@ pub enum Command {
     /// Print the man page in roff (for packaging).
     #[command(hide = true)]
     Man,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyAction {
+    /// Print the job's gocryptfs master key and the commands that read the
+    /// backup with it alone (no password, no config file). The output IS
+    /// the key: print it, keep it offline.
+    Export(JobArg),
+    /// Read a master key from stdin (or --from FILE) and prove that it
+    /// opens the target's files/: mount it read-only with the key alone,
+    /// decrypt names and files, compare them with the source.
+    Check {
+        #[command(flatten)]
+        job: JobArg,
+        /// Read the key from FILE instead of stdin.
+        #[arg(long, value_name = "FILE")]
+        from: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]

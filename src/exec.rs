@@ -260,9 +260,14 @@ impl Cmd {
         command
             .args(&self.args)
             .env("LC_ALL", "C")
-            .stdin(Stdio::null())
             .stdout(Stdio::from(clone(&stdout)?))
             .stderr(Stdio::from(clone(&stderr)?));
+        // A daemon reads stdin only when given one (gocryptfs
+        // -masterkey=stdin reads the key from it, see keys.rs).
+        command.stdin(match self.stdin {
+            Some(file) => Stdio::from(file),
+            None => Stdio::null(),
+        });
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let child = command.spawn().map_err(|e| spawn_error(self.tool, e))?;
         Ok(Daemon {
@@ -434,7 +439,7 @@ fn spawn_error(tool: &str, err: std::io::Error) -> Error {
 /// The Debian package that provides a tool, for the "not installed" message.
 pub fn package_of(tool: &str) -> &'static str {
     match tool {
-        "gocryptfs" => "gocryptfs",
+        "gocryptfs" | "gocryptfs-xray" => "gocryptfs",
         "sshfs" => "sshfs",
         "rsync" => "rsync",
         "ssh" => "openssh-client",

@@ -329,6 +329,66 @@ pub fn gocryptfs_unknown_version(version: &str) -> String {
     )
 }
 
+/// `key export`, on stderr before the key: what the output is.
+pub fn key_export_warning(job: &str) -> String {
+    format!(
+        "ciphersync: warning: the output below is the master key of job {}: with it anyone can read every backup of the job, without the password. Print it or write it down, keep it offline, and clear the screen and any copy.",
+        escape(job)
+    )
+}
+
+/// `key export` (`doc` as `key export --json` prints it): the key, then
+/// the commands that read the backup with it alone.
+pub fn key_export_lines(doc: &Value) -> Vec<String> {
+    let job = escape(text(doc, "job"));
+    let mut lines = vec![
+        format!("gocryptfs master key of ciphersync job {job}:"),
+        String::new(),
+        format!("    {}", text(doc, "master_key")),
+        String::new(),
+        "To read the backup with this key alone (no password, no config file), type the key when gocryptfs asks for it (-masterkey=stdin keeps it off the command line):".to_string(),
+    ];
+    if let Some(line) = doc["mount_remote"].as_str() {
+        lines.push("  mkdir -p /mnt/remote /mnt/plain".to_string());
+        lines.push(format!("  {}", escape(line)));
+    } else {
+        lines.push("  mkdir -p /mnt/plain".to_string());
+    }
+    lines.push(format!("  {}", escape(text(doc, "read_files"))));
+    lines.push("  cp -a /mnt/plain/. /srv/restored/".to_string());
+    lines.push(format!(
+        "  fusermount3 -u /mnt/plain{}",
+        if doc["mount_remote"].is_string() {
+            "; fusermount3 -u -z /mnt/remote"
+        } else {
+            ""
+        }
+    ));
+    lines.push("What run ID replaced or deleted (see `ciphersync snapshots`):".to_string());
+    lines.push(format!("  {}", escape(text(doc, "read_snapshot"))));
+    lines
+}
+
+/// `key check` (`doc` as `key check --json` prints it).
+pub fn key_check_lines(doc: &Value) -> Vec<String> {
+    let n = |k: &str| number(doc, k);
+    let compared = match (n("equal_to_source"), n("differ_from_source")) {
+        (0, 0) => "none of them could be compared with the source (not there, or changed since)"
+            .to_string(),
+        (equal, 0) => format!("{equal} equal to the source"),
+        (equal, differ) => {
+            format!("{equal} equal to the source, {differ} different (changed since the backup?)")
+        }
+    };
+    vec![format!(
+        "the master key opens the backup of {} ({}): {} decrypted, {} read and authenticated, {compared}",
+        escape(text(doc, "job")),
+        escape(text(doc, "target")),
+        count(n("names"), "name", "names"),
+        files(n("files_read")),
+    )]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@ pub mod guard;
 pub mod history;
 pub mod human;
 pub mod interrupt;
+pub mod keys;
 pub mod limits;
 pub mod log;
 pub mod metrics;

@@ -4,8 +4,8 @@
 mod cli;
 
 use ciphersync::{
-    about, config, crypt, error, history, human, interrupt, log, metrics, remote, restore, run,
-    snapshots, status, sync, verify,
+    about, config, crypt, error, history, human, interrupt, keys, log, metrics, remote, restore,
+    run, snapshots, status, sync, verify,
 };
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use serde_json::{Value, json};
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, KeyAction};
 use config::Job;
 use error::{Error, Result};
 use status::{Outcome, Stage, StageResult};
@@ -132,6 +132,26 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             let doc = history::diff(&ctx, &rest[0], &rest[1])?;
             drop(ctx);
             print_doc(cli, &doc, human::diff_lines);
+            Ok(0)
+        }
+        Command::Key {
+            action: KeyAction::Export(arg),
+        } => {
+            let job = load_job(cli, arg.job.as_deref())?;
+            let doc = keys::export(&job)?;
+            eprintln!("{}", human::key_export_warning(&job.name));
+            print_doc(cli, &doc, human::key_export_lines);
+            Ok(0)
+        }
+        Command::Key {
+            action: KeyAction::Check { job, from },
+        } => {
+            let job = load_job(cli, job.job.as_deref())?;
+            let key = keys::read_key(from.as_deref())?;
+            let ctx = run::enter(&job)?;
+            let doc = keys::check(&ctx, &key)?;
+            drop(ctx);
+            print_doc(cli, &doc, human::key_check_lines);
             Ok(0)
         }
         Command::Completions { shell } => {

@@ -4,11 +4,14 @@
 //! defended. See docs/reliability.md.
 
 mod common;
+#[path = "faults/support.rs"]
+mod support;
 
 use common::*;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use support::Scenario;
 
 const SECRET_LEN: u64 = 1234;
 
@@ -39,6 +42,12 @@ fn a_planted_symlink_in_a_snapshot_is_refused_and_nothing_is_chmodded() {
     ) {
         return;
     }
+    let mut sc = Scenario::new(
+        "hostile",
+        "security",
+        "restore --snapshot through a planted symlink with record mode 4777",
+        "the target swaps a backed-up file for a symlink to a local file and sets 4777 in the record: restore refuses, naming the swapped entry; the local file keeps its mode",
+    );
     let (job, victim, id) = backed_up("hostile-chmod");
     let local_file = job.root.join("local-victim");
     fs::write(&local_file, "a local file\n").unwrap();
@@ -85,6 +94,8 @@ fn a_planted_symlink_in_a_snapshot_is_refused_and_nothing_is_chmodded() {
         "restore chmodded a local file through a link"
     );
     job.assert_clean();
+    sc.note("restore exited non-zero: the entry is a symlink, its record says a file; the local file stays 0644");
+    sc.pass();
 }
 
 /// Attack 3: the target marks a backed-up executable setuid, and plants a
@@ -97,6 +108,12 @@ fn setuid_bits_devices_and_fifos_from_the_target_are_not_restored() {
     ) {
         return;
     }
+    let mut sc = Scenario::new(
+        "hostile",
+        "security",
+        "setuid bit and device node planted on the target",
+        "a file marked 4755 and a char device under a real encrypted name: restore gives 0755 and no device; --keep-setuid keeps the bit",
+    );
     let (job, victim, _) = backed_up("hostile-suid");
     fs::set_permissions(&victim, fs::Permissions::from_mode(0o4755)).unwrap();
     let names: Vec<PathBuf> = fs::read_dir(job.files_dir())
@@ -155,6 +172,8 @@ fn setuid_bits_devices_and_fifos_from_the_target_are_not_restored() {
         "--keep-setuid dropped the bit"
     );
     job.assert_clean();
+    sc.note("restored tool mode 0755, no special file under --to; with --keep-setuid 4755");
+    sc.pass();
 }
 
 /// Attack 5: directories the helper writes into must be the user's alone.
@@ -163,6 +182,12 @@ fn dirs_that_others_own_or_may_write_are_refused() {
     if !require_tools("foreign_dirs", &["gocryptfs", "fusermount3", "rsync"]) {
         return;
     }
+    let mut sc = Scenario::new(
+        "hostile",
+        "security",
+        "--to owned by another user, world-writable state_dir",
+        "restore into a --to owned by uid 65534 and backup with a 0777 state_dir refuse, naming the path and the fix; nothing written",
+    );
     let (job, _, _) = backed_up("hostile-dirs");
 
     // A --to that another user made beforehand.
@@ -195,6 +220,8 @@ fn dirs_that_others_own_or_may_write_are_refused() {
     fs::set_permissions(&job.state_dir, fs::Permissions::from_mode(0o700)).unwrap();
     job.ok(&["backup"]);
     job.assert_clean();
+    sc.note("both refused with the path and the fix; --to left empty; backup ok after chmod 0700");
+    sc.pass();
 }
 
 /// Attack 2: the target plants links where backup writes next (its
@@ -207,6 +234,12 @@ fn writes_to_the_target_never_follow_planted_links() {
     ) {
         return;
     }
+    let mut sc = Scenario::new(
+        "hostile",
+        "security",
+        "records/ on the target replaced by a symlink to a local dir",
+        "backup refuses to write its record through the link, naming it; nothing appears in the linked dir",
+    );
     let (job, _, _) = backed_up("hostile-write");
     let elsewhere = job.root.join("elsewhere");
     fs::create_dir(&elsewhere).unwrap();
@@ -228,6 +261,8 @@ fn writes_to_the_target_never_follow_planted_links() {
         "files written through the link: {written:?}"
     );
     job.assert_clean();
+    sc.note("backup failed: records is not a directory (a symlink or a file); linked dir empty");
+    sc.pass();
 }
 
 /// The largest resident set of the children this test process has waited
@@ -248,6 +283,12 @@ fn an_endless_record_is_refused_with_a_short_error_in_little_memory() {
     if !require_tools("endless_record", &["gocryptfs", "fusermount3", "rsync"]) {
         return;
     }
+    let mut sc = Scenario::new(
+        "hostile",
+        "security",
+        "a 1 GiB sparse record (one endless line)",
+        "restore --snapshot fails with a short error naming the record; status.json stays small; no child above 512 MiB",
+    );
     let (job, _, id) = backed_up("hostile-sparse");
     let record = job.target_path.join(format!("records/{id}.rec"));
     fs::File::options()
@@ -280,4 +321,6 @@ fn an_endless_record_is_refused_with_a_short_error_in_little_memory() {
         "a child (the restore, or another test's) peaked at {rss_mib} MiB reading a 1 GiB record"
     );
     job.assert_clean();
+    sc.note("error under 8 KiB naming the bound; status.json under 64 KiB; peak child RSS under 512 MiB");
+    sc.pass();
 }

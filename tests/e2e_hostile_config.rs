@@ -90,13 +90,14 @@ fn proxycommand_injection_is_refused_and_never_runs() {
     job.config = good;
     rewrite(&job);
     job.backup_ok();
-    assert!(!marker.exists());
     assert!(
-        !job.runtime_dir.join("ssh_config").exists()
-            || !fs::read_to_string(job.runtime_dir.join("ssh_config"))
-                .unwrap()
-                .contains("ProxyCommand"),
-        "a ProxyCommand reached ssh_config"
+        !marker.exists(),
+        "the injected ProxyCommand ran: {marker:?} exists"
+    );
+    let ssh_config = fs::read_to_string(job.runtime_dir.join("ssh_config")).unwrap_or_default();
+    assert!(
+        !ssh_config.contains("ProxyCommand"),
+        "a ProxyCommand reached ssh_config:\n{ssh_config}"
     );
     job.assert_clean();
 }

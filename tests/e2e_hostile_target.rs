@@ -197,8 +197,13 @@ fn dirs_that_others_own_or_may_write_are_refused() {
     let o = job.run(&["restore", "--to", to.to_str().unwrap()]);
     assert_ne!(o.code, 0, "a --to owned by uid 65534 was accepted");
     assert!(
-        o.stderr.contains("belongs to uid 65534") && o.stderr.contains(to.to_str().unwrap()),
-        "the error should name the path and its owner: {}",
+        o.stderr.contains("belongs to uid 65534"),
+        "the error should name the owner: {}",
+        o.stderr
+    );
+    assert!(
+        o.stderr.contains(to.to_str().unwrap()),
+        "the error should name the path: {}",
         o.stderr
     );
     assert_eq!(
@@ -213,8 +218,13 @@ fn dirs_that_others_own_or_may_write_are_refused() {
     let o = job.run(&["backup"]);
     assert_ne!(o.code, 0, "a world-writable state_dir was accepted");
     assert!(
-        o.stderr.contains("chmod go-w") && o.stderr.contains(job.state_dir.to_str().unwrap()),
-        "the error should name the state dir and the fix: {}",
+        o.stderr.contains("chmod go-w"),
+        "the error should name the fix: {}",
+        o.stderr
+    );
+    assert!(
+        o.stderr.contains(job.state_dir.to_str().unwrap()),
+        "the error should name the state dir: {}",
         o.stderr
     );
     fs::set_permissions(&job.state_dir, fs::Permissions::from_mode(0o700)).unwrap();
@@ -302,8 +312,13 @@ fn an_endless_record_is_refused_with_a_short_error_in_little_memory() {
     let o = job.run(&["restore", "--snapshot", &id, "--to", to.to_str().unwrap()]);
     assert_ne!(o.code, 0, "an endless record restored");
     assert!(
-        o.stderr.contains("record") && o.stderr.contains("more than any backup can produce"),
-        "the error should name the record and the bound: {}",
+        o.stderr.contains("record"),
+        "the error should name the record: {}",
+        o.stderr
+    );
+    assert!(
+        o.stderr.contains("more than any backup can produce"),
+        "the error should say a bound was passed: {}",
         o.stderr
     );
     assert!(

@@ -339,3 +339,89 @@ fn an_endless_record_is_refused_with_a_short_error_in_little_memory() {
     sc.note("error under 8 KiB naming the bound; status.json under 64 KiB; peak child RSS under 512 MiB");
     sc.pass();
 }
+
+/// Attack 2, as reported: links planted at the temp names the helper used
+/// to write through (`files/.gocryptfs.conf.tmp`, `records/.<id>.rec.tmp`).
+/// Temp names are random now, and created O_EXCL|O_NOFOLLOW.
+#[test]
+fn links_at_the_old_temp_names_change_no_local_file() {
+    if !require_tools("planted_temp_names", &["gocryptfs", "fusermount3", "rsync"]) {
+        return;
+    }
+    let mut sc = Scenario::new(
+        "hostile",
+        "security",
+        "links planted at files/.gocryptfs.conf.tmp and records/.<id>.rec.tmp",
+        "the first backup uploads the config and writes its record; the local file the links point to is unchanged",
+    );
+    let job = Job::local("hostile-temp")
+        .gocryptfs_config_in_state_dir()
+        .build();
+    fs::write(job.source.join("a"), "a\n").unwrap();
+    job.ok(&["init"]);
+    let victim = job.root.join("local-victim");
+    fs::write(&victim, "precious\n").unwrap();
+    for dir in ["files", "records"] {
+        fs::create_dir_all(job.target_path.join(dir)).unwrap();
+    }
+    std::os::unix::fs::symlink(&victim, job.target_path.join("files/.gocryptfs.conf.tmp")).unwrap();
+    let stats = job.backup_ok();
+    let id = stats["snapshot"].as_str().unwrap();
+    std::os::unix::fs::symlink(
+        &victim,
+        job.target_path.join(format!("records/.{id}.rec.tmp")),
+    )
+    .unwrap();
+    fs::write(job.source.join("b"), "b\n").unwrap();
+    job.backup_ok();
+    assert_eq!(
+        fs::read_to_string(&victim).unwrap(),
+        "precious\n",
+        "a planted link was written through"
+    );
+    assert!(
+        job.files_dir().join("gocryptfs.conf").is_file(),
+        "the config was not uploaded as a regular file"
+    );
+    job.assert_clean();
+    sc.note("two backups ok; the linked local file unchanged; files/gocryptfs.conf a regular file");
+    sc.pass();
+}
+
+/// Attack 8: a name on the target holding terminal escape sequences is
+/// reported by verify escaped, never raw.
+#[test]
+fn escape_sequences_in_a_target_name_are_printed_escaped() {
+    if !require_tools("escaped_names", &["gocryptfs", "fusermount3", "rsync"]) {
+        return;
+    }
+    let mut sc = Scenario::new(
+        "hostile",
+        "security",
+        "a file name with terminal escapes planted in files/",
+        "verify lists it as extra with the escapes written as \\x1b; no raw control character on stdout or stderr",
+    );
+    let (job, _, _) = backed_up("hostile-escape");
+    let name = "x\u{1b}]0;owned\u{7}\u{1b}[2J";
+    fs::write(job.files_dir().join(name), "planted\n").unwrap();
+    let o = job.run(&["verify"]);
+    o.expect_code(3, "verify with a planted file");
+    for (what, text) in [("stdout", &o.stdout), ("stderr", &o.stderr)] {
+        let raw: Vec<char> = text
+            .chars()
+            .filter(|c| c.is_control() && *c != '\n')
+            .collect();
+        assert!(
+            raw.is_empty(),
+            "raw control characters on {what}: {raw:?}\n{text:?}"
+        );
+    }
+    assert!(
+        o.stdout.contains("extra: x\\x1b]0;owned\\x07\\x1b[2J"),
+        "the planted name should be listed, escaped: {}",
+        o.stdout
+    );
+    job.assert_clean();
+    sc.note("verify exit 3, the name listed as extra, escaped; no raw control character");
+    sc.pass();
+}

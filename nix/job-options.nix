@@ -292,7 +292,20 @@
       };
       startAt = startAtOption "daily" "the backup";
       verify = mkOption {
-        type = types.submodule {options.startAt = startAtOption "weekly" "the fast restore test";};
+        type = types.submodule {
+          options.startAt = startAtOption "weekly" "the fast restore test";
+          options.sampleBytes = mkOption {
+            type = types.nullOr (types.ints.between 0 4611686018427387903);
+            default = null;
+            example = 1073741824;
+            description = ''
+              Bytes of remote files each verify reads back through sshfs and
+              compares (the possession check: a server cannot answer it
+              without the data). null: 1 % of the data, at most 256 MiB; 0
+              turns it off.
+            '';
+          };
+        };
         default = {};
         example = {
           startAt = "Sun *-*-* 05:00:00";
@@ -403,6 +416,7 @@
       max_delete_percent = job.maxDeletePercent;
       state_dir = stateDir;
     }
+    // lib.optionalAttrs (job.verify.sampleBytes != null) {verify.sample_bytes = job.verify.sampleBytes;}
     // lib.optionalAttrs (runtimeDir != null) {runtime_dir = runtimeDir;};
 
   # The job file, validated at build time by the helper itself: a job the

@@ -5,11 +5,14 @@
 //! string with its own quoting rules.
 
 mod common;
+#[path = "faults/support.rs"]
+mod support;
 
 use common::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use support::Scenario;
 
 /// `check-config` on the job's file: exit 2, one line naming `field`.
 fn refused_by_check_config(job: &Job, field: &str) -> String {
@@ -45,6 +48,12 @@ fn proxycommand_injection_is_refused_and_never_runs() {
     if !require_tools("proxycommand_injection", SFTP_TOOLS) {
         return;
     }
+    let mut sc = Scenario::new(
+        "hostile",
+        "security",
+        "ProxyCommand injected through target.user, host, key paths or runtime_dir",
+        "check-config, backup and verify exit 2 naming the field; the injected command never runs; ssh_config holds no ProxyCommand",
+    );
     let mut job = Job::sftp("hostile-inject").transport("rsync").build();
     make_sample_tree(&job.source);
     let marker = job.root.join("owned");
@@ -90,15 +99,18 @@ fn proxycommand_injection_is_refused_and_never_runs() {
     job.config = good;
     rewrite(&job);
     job.backup_ok();
-    assert!(!marker.exists());
     assert!(
-        !job.runtime_dir.join("ssh_config").exists()
-            || !fs::read_to_string(job.runtime_dir.join("ssh_config"))
-                .unwrap()
-                .contains("ProxyCommand"),
-        "a ProxyCommand reached ssh_config"
+        !marker.exists(),
+        "the injected ProxyCommand ran: {marker:?} exists"
+    );
+    let ssh_config = fs::read_to_string(job.runtime_dir.join("ssh_config")).unwrap_or_default();
+    assert!(
+        !ssh_config.contains("ProxyCommand"),
+        "a ProxyCommand reached ssh_config:\n{ssh_config}"
     );
     job.assert_clean();
+    sc.note("each field refused with exit 2 naming it; marker file never created");
+    sc.pass();
 }
 
 /// rsync's remote argument would lose a line break in target.path (and the
@@ -108,6 +120,12 @@ fn newline_in_target_path_is_refused() {
     if !require_tools("newline_in_target_path", SFTP_TOOLS) {
         return;
     }
+    let mut sc = Scenario::new(
+        "hostile",
+        "security",
+        "a line break in target.path (rsync and sshfs transports)",
+        "every command exits 2 naming target.path; nothing is written to the server; no state dir",
+    );
     for transport in ["rsync", "sshfs"] {
         let mut job = Job::sftp(&format!("hostile-nl-{transport}"))
             .transport(transport)
@@ -139,6 +157,8 @@ fn newline_in_target_path_is_refused() {
         );
         job.assert_clean();
     }
+    sc.note("refused for both transports; server dir empty");
+    sc.pass();
 }
 
 /// A runtime dir, identity file and known_hosts file whose paths hold `%`,
@@ -150,6 +170,12 @@ fn percent_quote_and_space_in_paths_work_end_to_end() {
     if !require_tools("percent_quote_paths", SFTP_TOOLS) {
         return;
     }
+    let mut sc = Scenario::new(
+        "hostile",
+        "security",
+        "% ' space and # in runtime_dir and key paths",
+        "init, backup and verify work with both transports; ssh_config escapes % as %%; rsync -e is quoted for rsync's own splitter",
+    );
     for transport in ["rsync", "sshfs"] {
         let mut job = Job::sftp(&format!("hostile-pct-{transport}"))
             .transport(transport)
@@ -199,6 +225,8 @@ fn percent_quote_and_space_in_paths_work_end_to_end() {
         );
         job.assert_clean();
     }
+    sc.note("both transports ok; ssh_config lines escaped; nothing created from an expanded %d");
+    sc.pass();
 }
 
 fn copy_private(from: &Path, to: &Path) -> PathBuf {

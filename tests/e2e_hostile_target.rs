@@ -4,11 +4,14 @@
 //! defended. See docs/reliability.md.
 
 mod common;
+#[path = "faults/support.rs"]
+mod support;
 
 use common::*;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use support::Scenario;
 
 const SECRET_LEN: u64 = 1234;
 
@@ -39,6 +42,12 @@ fn a_planted_symlink_in_a_snapshot_is_refused_and_nothing_is_chmodded() {
     ) {
         return;
     }
+    let mut sc = Scenario::new(
+        "hostile",
+        "security",
+        "restore --snapshot through a planted symlink with record mode 4777",
+        "the target swaps a backed-up file for a symlink to a local file and sets 4777 in the record: restore refuses, naming the swapped entry; the local file keeps its mode",
+    );
     let (job, victim, id) = backed_up("hostile-chmod");
     let local_file = job.root.join("local-victim");
     fs::write(&local_file, "a local file\n").unwrap();
@@ -85,6 +94,8 @@ fn a_planted_symlink_in_a_snapshot_is_refused_and_nothing_is_chmodded() {
         "restore chmodded a local file through a link"
     );
     job.assert_clean();
+    sc.note("restore exited non-zero: the entry is a symlink, its record says a file; the local file stays 0644");
+    sc.pass();
 }
 
 /// Attack 3: the target marks a backed-up executable setuid, and plants a
@@ -97,6 +108,12 @@ fn setuid_bits_devices_and_fifos_from_the_target_are_not_restored() {
     ) {
         return;
     }
+    let mut sc = Scenario::new(
+        "hostile",
+        "security",
+        "setuid bit and device node planted on the target",
+        "a file marked 4755 and a char device under a real encrypted name: restore gives 0755 and no device; --keep-setuid keeps the bit",
+    );
     let (job, victim, _) = backed_up("hostile-suid");
     fs::set_permissions(&victim, fs::Permissions::from_mode(0o4755)).unwrap();
     let names: Vec<PathBuf> = fs::read_dir(job.files_dir())
@@ -155,6 +172,8 @@ fn setuid_bits_devices_and_fifos_from_the_target_are_not_restored() {
         "--keep-setuid dropped the bit"
     );
     job.assert_clean();
+    sc.note("restored tool mode 0755, no special file under --to; with --keep-setuid 4755");
+    sc.pass();
 }
 
 /// Attack 5: directories the helper writes into must be the user's alone.
@@ -163,6 +182,12 @@ fn dirs_that_others_own_or_may_write_are_refused() {
     if !require_tools("foreign_dirs", &["gocryptfs", "fusermount3", "rsync"]) {
         return;
     }
+    let mut sc = Scenario::new(
+        "hostile",
+        "security",
+        "--to owned by another user, world-writable state_dir",
+        "restore into a --to owned by uid 65534 and backup with a 0777 state_dir refuse, naming the path and the fix; nothing written",
+    );
     let (job, _, _) = backed_up("hostile-dirs");
 
     // A --to that another user made beforehand.
@@ -172,8 +197,13 @@ fn dirs_that_others_own_or_may_write_are_refused() {
     let o = job.run(&["restore", "--to", to.to_str().unwrap()]);
     assert_ne!(o.code, 0, "a --to owned by uid 65534 was accepted");
     assert!(
-        o.stderr.contains("belongs to uid 65534") && o.stderr.contains(to.to_str().unwrap()),
-        "the error should name the path and its owner: {}",
+        o.stderr.contains("belongs to uid 65534"),
+        "the error should name the owner: {}",
+        o.stderr
+    );
+    assert!(
+        o.stderr.contains(to.to_str().unwrap()),
+        "the error should name the path: {}",
         o.stderr
     );
     assert_eq!(
@@ -188,13 +218,20 @@ fn dirs_that_others_own_or_may_write_are_refused() {
     let o = job.run(&["backup"]);
     assert_ne!(o.code, 0, "a world-writable state_dir was accepted");
     assert!(
-        o.stderr.contains("chmod go-w") && o.stderr.contains(job.state_dir.to_str().unwrap()),
-        "the error should name the state dir and the fix: {}",
+        o.stderr.contains("chmod go-w"),
+        "the error should name the fix: {}",
+        o.stderr
+    );
+    assert!(
+        o.stderr.contains(job.state_dir.to_str().unwrap()),
+        "the error should name the state dir: {}",
         o.stderr
     );
     fs::set_permissions(&job.state_dir, fs::Permissions::from_mode(0o700)).unwrap();
     job.ok(&["backup"]);
     job.assert_clean();
+    sc.note("both refused with the path and the fix; --to left empty; backup ok after chmod 0700");
+    sc.pass();
 }
 
 /// Attack 2: the target plants links where backup writes next (its
@@ -207,6 +244,12 @@ fn writes_to_the_target_never_follow_planted_links() {
     ) {
         return;
     }
+    let mut sc = Scenario::new(
+        "hostile",
+        "security",
+        "records/ on the target replaced by a symlink to a local dir",
+        "backup refuses to write its record through the link, naming it; nothing appears in the linked dir",
+    );
     let (job, _, _) = backed_up("hostile-write");
     let elsewhere = job.root.join("elsewhere");
     fs::create_dir(&elsewhere).unwrap();
@@ -228,6 +271,8 @@ fn writes_to_the_target_never_follow_planted_links() {
         "files written through the link: {written:?}"
     );
     job.assert_clean();
+    sc.note("backup failed: records is not a directory (a symlink or a file); linked dir empty");
+    sc.pass();
 }
 
 /// The largest resident set of the children this test process has waited
@@ -248,6 +293,12 @@ fn an_endless_record_is_refused_with_a_short_error_in_little_memory() {
     if !require_tools("endless_record", &["gocryptfs", "fusermount3", "rsync"]) {
         return;
     }
+    let mut sc = Scenario::new(
+        "hostile",
+        "security",
+        "a 1 GiB sparse record (one endless line)",
+        "restore --snapshot fails with a short error naming the record; status.json stays small; no child above 512 MiB",
+    );
     let (job, _, id) = backed_up("hostile-sparse");
     let record = job.target_path.join(format!("records/{id}.rec"));
     fs::File::options()
@@ -261,8 +312,13 @@ fn an_endless_record_is_refused_with_a_short_error_in_little_memory() {
     let o = job.run(&["restore", "--snapshot", &id, "--to", to.to_str().unwrap()]);
     assert_ne!(o.code, 0, "an endless record restored");
     assert!(
-        o.stderr.contains("record") && o.stderr.contains("more than any backup can produce"),
-        "the error should name the record and the bound: {}",
+        o.stderr.contains("record"),
+        "the error should name the record: {}",
+        o.stderr
+    );
+    assert!(
+        o.stderr.contains("more than any backup can produce"),
+        "the error should say a bound was passed: {}",
         o.stderr
     );
     assert!(
@@ -280,4 +336,92 @@ fn an_endless_record_is_refused_with_a_short_error_in_little_memory() {
         "a child (the restore, or another test's) peaked at {rss_mib} MiB reading a 1 GiB record"
     );
     job.assert_clean();
+    sc.note("error under 8 KiB naming the bound; status.json under 64 KiB; peak child RSS under 512 MiB");
+    sc.pass();
+}
+
+/// Attack 2, as reported: links planted at the temp names the helper used
+/// to write through (`files/.gocryptfs.conf.tmp`, `records/.<id>.rec.tmp`).
+/// Temp names are random now, and created O_EXCL|O_NOFOLLOW.
+#[test]
+fn links_at_the_old_temp_names_change_no_local_file() {
+    if !require_tools("planted_temp_names", &["gocryptfs", "fusermount3", "rsync"]) {
+        return;
+    }
+    let mut sc = Scenario::new(
+        "hostile",
+        "security",
+        "links planted at files/.gocryptfs.conf.tmp and records/.<id>.rec.tmp",
+        "the first backup uploads the config and writes its record; the local file the links point to is unchanged",
+    );
+    let job = Job::local("hostile-temp")
+        .gocryptfs_config_in_state_dir()
+        .build();
+    fs::write(job.source.join("a"), "a\n").unwrap();
+    job.ok(&["init"]);
+    let victim = job.root.join("local-victim");
+    fs::write(&victim, "precious\n").unwrap();
+    for dir in ["files", "records"] {
+        fs::create_dir_all(job.target_path.join(dir)).unwrap();
+    }
+    std::os::unix::fs::symlink(&victim, job.target_path.join("files/.gocryptfs.conf.tmp")).unwrap();
+    let stats = job.backup_ok();
+    let id = stats["snapshot"].as_str().unwrap();
+    std::os::unix::fs::symlink(
+        &victim,
+        job.target_path.join(format!("records/.{id}.rec.tmp")),
+    )
+    .unwrap();
+    fs::write(job.source.join("b"), "b\n").unwrap();
+    job.backup_ok();
+    assert_eq!(
+        fs::read_to_string(&victim).unwrap(),
+        "precious\n",
+        "a planted link was written through"
+    );
+    assert!(
+        job.files_dir().join("gocryptfs.conf").is_file(),
+        "the config was not uploaded as a regular file"
+    );
+    job.assert_clean();
+    sc.note("two backups ok; the linked local file unchanged; files/gocryptfs.conf a regular file");
+    sc.pass();
+}
+
+/// Attack 8: a name on the target holding terminal escape sequences is
+/// reported by verify escaped, never raw.
+#[test]
+fn escape_sequences_in_a_target_name_are_printed_escaped() {
+    if !require_tools("escaped_names", &["gocryptfs", "fusermount3", "rsync"]) {
+        return;
+    }
+    let mut sc = Scenario::new(
+        "hostile",
+        "security",
+        "a file name with terminal escapes planted in files/",
+        "verify lists it as extra with the escapes written as \\x1b; no raw control character on stdout or stderr",
+    );
+    let (job, _, _) = backed_up("hostile-escape");
+    let name = "x\u{1b}]0;owned\u{7}\u{1b}[2J";
+    fs::write(job.files_dir().join(name), "planted\n").unwrap();
+    let o = job.run(&["verify"]);
+    o.expect_code(3, "verify with a planted file");
+    for (what, text) in [("stdout", &o.stdout), ("stderr", &o.stderr)] {
+        let raw: Vec<char> = text
+            .chars()
+            .filter(|c| c.is_control() && *c != '\n')
+            .collect();
+        assert!(
+            raw.is_empty(),
+            "raw control characters on {what}: {raw:?}\n{text:?}"
+        );
+    }
+    assert!(
+        o.stdout.contains("extra: x\\x1b]0;owned\\x07\\x1b[2J"),
+        "the planted name should be listed, escaped: {}",
+        o.stdout
+    );
+    job.assert_clean();
+    sc.note("verify exit 3, the name listed as extra, escaped; no raw control character");
+    sc.pass();
 }

@@ -4,12 +4,15 @@
 //! sshfs (sample.rs), which needs the data.
 
 mod common;
+#[path = "faults/support.rs"]
+mod support;
 
 use common::*;
 use serde_json::Value;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use support::Scenario;
 
 /// Forty 4 KiB files in four directories.
 fn forty_files(source: &Path) {
@@ -75,6 +78,12 @@ fn a_server_that_replays_saved_checksums_after_deleting_its_data_fails_verify() 
     ) {
         return;
     }
+    let mut sc = Scenario::new(
+        "hostile",
+        "security",
+        "server replays saved checksums after deleting every file",
+        "with the read-back off (--sample 0) the lie passes (premise); by default verify exits 3 naming missing files; --sample all finds all 40",
+    );
     let job = Job::sftp("liar").build();
     forty_files(&job.source);
     job.init_and_backup();
@@ -139,6 +148,8 @@ fn a_server_that_replays_saved_checksums_after_deleting_its_data_fails_verify() 
     let users = missing.iter().filter(|m| named(m)).count();
     assert_eq!(users, 40, "verify --sample all: {missing:?}");
     job.assert_clean();
+    sc.note("--sample 0: ok with a warning; default: exit 3, missing files named; --sample all: 40 of 40 user files missing");
+    sc.pass();
 }
 
 /// The rotation reaches every file within the runs it announces: a server
@@ -156,6 +167,12 @@ fn one_lost_file_is_found_within_the_announced_runs() {
     ) {
         return;
     }
+    let mut sc = Scenario::new(
+        "hostile",
+        "security",
+        "one lost file behind replayed checksums",
+        "the rotating read-back finds it within the sample_rotation_runs the first verify announces",
+    );
     let job = Job::sftp("rotation")
         .set("verify", serde_json::json!({ "sample_bytes": 16 * 1024 }))
         .build();
@@ -194,6 +211,8 @@ fn one_lost_file_is_found_within_the_announced_runs() {
                 "found after {run} runs, more than the {bound} announced"
             );
             job.assert_clean();
+            sc.note("found missing within the announced bound");
+            sc.pass();
             return;
         }
         o.expect_code(0, "verify before the lost file is read back");

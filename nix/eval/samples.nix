@@ -28,6 +28,7 @@
       };
       startAt = "*-*-* 02:00:00";
       verify.startAt = "Sun *-*-* 04:00:00";
+      verify.sampleBytes = 1073741824;
       deepVerify.startAt = "*-*-01 05:00:00";
       randomizedDelaySec = "10m";
       onFailure = ["notify-admin.service"];

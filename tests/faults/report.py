@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Render docs/reliability.md from the suite's JSON lines.
 
-Every scenario of tests/e2e_cli.rs, tests/e2e_security.rs and
-tests/e2e_faults.rs appends one line to target/reliability/<suite>.jsonl
+Every scenario of tests/e2e_cli.rs, tests/e2e_security.rs,
+tests/e2e_faults.rs and the hostile-target suites (e2e_hostile_target, e2e_possession, e2e_hostile_config)
+appends one line to target/reliability/<suite>.jsonl
 (tests/faults/support.rs). The latest line per (suite, scenario) counts.
 
     python3 tests/faults/report.py [REPORT_DIR] [OUTPUT]
@@ -20,6 +21,7 @@ output = sys.argv[2] if len(sys.argv) > 2 else os.path.join(ROOT, "docs", "relia
 SUITES = [
     ("faults", "Faults survived (tests/e2e_faults.rs)"),
     ("security", "Security (tests/e2e_security.rs)"),
+    ("hostile", "A hostile target (tests/e2e_hostile_target.rs, e2e_possession.rs, e2e_hostile_config.rs)"),
     ("cli", "Bad input and fuzzing (tests/e2e_cli.rs)"),
 ]
 
@@ -60,7 +62,7 @@ when = datetime.datetime.fromtimestamp(last, datetime.timezone.utc).strftime("%Y
 out = []
 out.append("# ciphersync reliability report\n")
 out.append("Written by the suite's report step; do not edit by hand. Produce it with\n")
-out.append("```sh\ntests/faults/run.sh          # cargo test (3 suites, --no-fail-fast) + this report\n```\n")
+out.append("```sh\ntests/faults/run.sh          # cargo test (6 suites, --no-fail-fast) + this report\n```\n")
 out.append("or, after the tests ran, `python3 tests/faults/report.py`. The suites need root")
 out.append("(network namespaces, tmpfs, FUSE) and gocryptfs, sshfs, rsync, OpenSSH.\n")
 out.append(f"Last run: {when}.\n")

@@ -65,10 +65,10 @@ fn run_sh(script: &str) -> Out {
 fn readme_job_example(lines: &[&str]) -> Value {
     let mut from = 0;
     while let Some((start, block)) = fenced_block(lines, from, "```json") {
-        if let Ok(v) = serde_json::from_str::<Value>(&block.join("\n")) {
-            if v["target"].is_object() {
-                return v;
-            }
+        if let Ok(v) = serde_json::from_str::<Value>(&block.join("\n"))
+            && v["target"].is_object()
+        {
+            return v;
         }
         from = start + 1;
     }

@@ -669,8 +669,12 @@ s_nonroot() {
   [ -n "$uids" ] && [ "$uids" != "{}" ] || fail "no process of $svc was sampled"
   # Every command of the unit runs as the user. Not counted: systemd's own
   # child between fork and exec, still root by design ("(name)", or a digit:
-  # systemd-executor run by fexecve() is named after its file descriptor).
-  python3 -c 'import json,sys; u=json.loads(sys.argv[1]); bad={k:v for k,v in u.items() if v!=[sys.argv[2]] and not k.startswith("(") and not k.isdigit()}; sys.exit(1 if bad else 0)' "$uids" "$uid" ||
+  # systemd-executor run by fexecve() is named after its file descriptor),
+  # and fusermount3, the setuid mount helper the non-root job mounts and
+  # unmounts through by design (NixOS: security.wrappers), which a sample
+  # may catch while it holds root: whether one is caught depends only on
+  # how busy the machine is (seen once in three runs under stress).
+  python3 -c 'import json,sys; u=json.loads(sys.argv[1]); bad={k:v for k,v in u.items() if v!=[sys.argv[2]] and not k.startswith("(") and not k.isdigit() and k != "fusermount3"}; sys.exit(1 if bad else 0)' "$uids" "$uid" ||
     fail "processes of $svc not all running as $user ($uid): $uids"
   [ "$($PROBE get "$RUN/watch-photos.json" outside)" = "[]" ] || fail "FUSE mount outside the unit: $($PROBE get "$RUN/watch-photos.json" outside)"
   [ "$(status_get "$JOB_STATE_DIR" stages.backup.outcome)" = ok ] || fail "photos status: $(status_get "$JOB_STATE_DIR" stages.backup)"

@@ -191,24 +191,9 @@ impl Cmd {
 
     /// Runs the command to its end; a non-zero exit is not an error here
     /// (callers decide, e.g. rsync's 24 is fine): use `Output::check`.
-    pub fn run(self) -> Result<Output> {
+    pub fn run(mut self) -> Result<Output> {
         log::debug(|| format!("run: {}", self.display()));
-        let stdout = match self.stdout {
-            Some(file) => file,
-            None => anonymous_file(self.tool, "stdout")?,
-        };
-        let stderr = anonymous_file(self.tool, "stderr")?;
-        let mut command = Command::new(self.tool);
-        command
-            .args(&self.args)
-            // Fixed locale: we parse tool output (rsync --stats, sha1sum).
-            .env("LC_ALL", "C")
-            .stdout(Stdio::from(clone(&stdout)?))
-            .stderr(Stdio::from(clone(&stderr)?));
-        command.stdin(match self.stdin {
-            Some(file) => Stdio::from(file),
-            None => Stdio::null(),
-        });
+        let (mut command, stdout, stderr) = self.command()?;
         if let Some(dir) = &self.cwd {
             command.current_dir(dir);
         }
@@ -249,25 +234,35 @@ pub struct Daemon {
 }
 
 impl Cmd {
-    /// Starts the command without waiting for it, in a process group of
-    /// its own: a terminal's Ctrl-C then reaches only the helper, which
-    /// unmounts in order instead of the daemon vanishing under rsync.
-    pub fn spawn_daemon(self) -> Result<Daemon> {
-        log::debug(|| format!("run in the background: {}", self.display()));
-        let stdout = anonymous_file(self.tool, "stdout")?;
+    /// The process to start, with its output going to two anonymous files
+    /// (or the file given for stdout) and its input from the file given,
+    /// else /dev/null (gocryptfs -masterkey=stdin reads the key from it).
+    fn command(&mut self) -> Result<(Command, File, File)> {
+        let stdout = match self.stdout.take() {
+            Some(file) => file,
+            None => anonymous_file(self.tool, "stdout")?,
+        };
         let stderr = anonymous_file(self.tool, "stderr")?;
         let mut command = Command::new(self.tool);
         command
             .args(&self.args)
+            // Fixed locale: we parse tool output (rsync --stats, sha1sum).
             .env("LC_ALL", "C")
             .stdout(Stdio::from(clone(&stdout)?))
-            .stderr(Stdio::from(clone(&stderr)?));
-        // A daemon reads stdin only when given one (gocryptfs
-        // -masterkey=stdin reads the key from it, see keys.rs).
-        command.stdin(match self.stdin {
-            Some(file) => Stdio::from(file),
-            None => Stdio::null(),
-        });
+            .stderr(Stdio::from(clone(&stderr)?))
+            .stdin(match self.stdin.take() {
+                Some(file) => Stdio::from(file),
+                None => Stdio::null(),
+            });
+        Ok((command, stdout, stderr))
+    }
+
+    /// Starts the command without waiting for it, in a process group of
+    /// its own: a terminal's Ctrl-C then reaches only the helper, which
+    /// unmounts in order instead of the daemon vanishing under rsync.
+    pub fn spawn_daemon(mut self) -> Result<Daemon> {
+        log::debug(|| format!("run in the background: {}", self.display()));
+        let (mut command, stdout, stderr) = self.command()?;
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let child = command.spawn().map_err(|e| spawn_error(self.tool, e))?;
         Ok(Daemon {

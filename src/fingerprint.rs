@@ -191,7 +191,8 @@ mod tests {
             first.fingerprint,
             "a second walk of an unchanged tree"
         );
-        let changes: [(&str, Box<dyn Fn()>); 7] = [
+        type Change<'a> = (&'a str, Box<dyn Fn() + 'a>);
+        let changes: [Change; 7] = [
             // (A same-size rewrite within one clock tick is the racy case that
             // `settled` guards against.)
             (

@@ -117,39 +117,35 @@ impl Dir {
         })
     }
 
+    /// `openat(self, name, flags | O_NOFOLLOW | O_CLOEXEC)`, read-only.
+    fn open_at(&self, name: &str, flags: libc::c_int) -> std::io::Result<OwnedFd> {
+        let c = CString::new(name).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+        let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | flags;
+        // SAFETY: a valid directory descriptor and C string.
+        let fd = unsafe { libc::openat(self.fd.as_raw_fd(), c.as_ptr(), flags) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd was just returned by openat and is owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
     /// A subdirectory, never through a symlink.
     fn child(&self, name: &str) -> Result<Dir> {
-        let c = c_name(name)?;
         let path = self.path.join(name);
-        // SAFETY: a valid directory descriptor and C string.
-        let fd = unsafe {
-            libc::openat(
-                self.fd.as_raw_fd(),
-                c.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            let e = std::io::Error::last_os_error();
-            let why = match e.raw_os_error() {
-                Some(libc::ELOOP) | Some(libc::ENOTDIR) => {
-                    return Err(Error::new(
-                        Kind::Corrupt,
-                        format!(
-                            "{} is not a directory (a symlink or a file): refusing to write through it",
-                            path.display()
-                        ),
-                    ));
-                }
-                _ => e,
-            };
-            return Err(Error::io(format!("opening {}", path.display()), why));
+        match self.open_at(name, libc::O_DIRECTORY) {
+            Ok(fd) => Ok(Dir { fd, path }),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
+                Err(Error::new(
+                    Kind::Corrupt,
+                    format!(
+                        "{} is not a directory (a symlink or a file): refusing to write through it",
+                        path.display()
+                    ),
+                ))
+            }
+            Err(e) => Err(Error::io(format!("opening {}", path.display()), e)),
         }
-        // SAFETY: as in `open`.
-        Ok(Dir {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            path,
-        })
     }
 
     /// `rel` (a relative directory path, "" for the root itself) below a
@@ -170,21 +166,12 @@ impl Dir {
 
     /// Opens `name` for reading: a regular file, not a link.
     fn open_file(&self, name: &str) -> Result<File> {
-        let c = c_name(name)?;
         let path = self.path.join(name);
-        // SAFETY: a valid directory descriptor and C string.
-        let fd = unsafe {
-            libc::openat(
-                self.fd.as_raw_fd(),
-                c.as_ptr(),
-                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK,
-            )
-        };
-        if fd < 0 {
-            return Err(last_os_error(format!("opening {}", path.display())));
-        }
-        // SAFETY: as in `open`.
-        let file = unsafe { File::from_raw_fd(fd) };
+        // O_NONBLOCK: a FIFO planted there must not hang the open.
+        let file = File::from(
+            self.open_at(name, libc::O_NONBLOCK)
+                .ctx(|| format!("opening {}", path.display()))?,
+        );
         let meta = file
             .metadata()
             .ctx(|| format!("reading {}", path.display()))?;

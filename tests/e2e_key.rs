@@ -18,51 +18,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const README: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
-
-/// The lines of the first fenced block opened by `fence` at or after line `from`.
-fn fenced_block(lines: &[&str], from: usize, fence: &str) -> Option<(usize, Vec<String>)> {
-    let start = from + lines[from..].iter().position(|l| l.trim() == fence)?;
-    let len = lines[start + 1..].iter().position(|l| l.trim() == "```")?;
-    Some((
-        start,
-        lines[start + 1..start + 1 + len]
-            .iter()
-            .map(|l| l.trim().to_string())
-            .collect(),
-    ))
-}
-
-/// Replaces each `from` by its `to`, longest first, in one pass; returns
-/// the `from`s that did not occur.
-fn substitute(text: &str, subst: &[(String, String)]) -> (String, Vec<String>) {
-    let mut order: Vec<&(String, String)> = subst.iter().collect();
-    order.sort_by_key(|(from, _)| std::cmp::Reverse(from.len()));
-    let mut used = vec![false; order.len()];
-    let mut out = String::new();
-    let mut rest = text;
-    'outer: while !rest.is_empty() {
-        for (i, (from, to)) in order.iter().enumerate() {
-            if rest.starts_with(from.as_str()) {
-                out.push_str(to);
-                rest = &rest[from.len()..];
-                used[i] = true;
-                continue 'outer;
-            }
-        }
-        let c = rest.chars().next().unwrap();
-        out.push(c);
-        rest = &rest[c.len_utf8()..];
-    }
-    let absent = order
-        .iter()
-        .zip(used)
-        .filter(|(_, u)| !u)
-        .map(|((from, _), _)| from.clone())
-        .collect();
-    (out, absent)
-}
-
 /// The README's job file example (its first ```json block with a target).
 fn readme_job_example(lines: &[&str]) -> Value {
     let mut from = 0;

@@ -59,6 +59,19 @@ fn lie_from(job: &Job, saved: &Path) {
     fs::write(&auth, format!("command=\"{}\" {key}", wrapper.display())).unwrap();
 }
 
+/// The server's copy of the whole target, taken while it holds the data.
+fn save_target(job: &Job) -> std::path::PathBuf {
+    let saved = job.root.join("saved-target");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&job.target_path)
+        .arg(&saved)
+        .status()
+        .unwrap();
+    assert!(copied.success(), "cp -a of the target failed");
+    saved
+}
+
 fn verify_json(job: &Job, args: &[&str]) -> (Out, Value) {
     let mut all = vec!["verify"];
     all.extend_from_slice(args);
@@ -95,14 +108,7 @@ fn a_server_that_replays_saved_checksums_after_deleting_its_data_fails_verify() 
         "an honest verify read nothing back: {honest}"
     );
 
-    let saved = job.root.join("saved-target");
-    let copied = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&job.target_path)
-        .arg(&saved)
-        .status()
-        .unwrap();
-    assert!(copied.success(), "cp -a of the target failed");
+    let saved = save_target(&job);
     let deleted = delete_files(&job.files_dir());
     assert!(deleted >= 40, "only {deleted} files deleted");
     lie_from(&job, &saved);
@@ -178,14 +184,7 @@ fn one_lost_file_is_found_within_the_announced_runs() {
         .build();
     forty_files(&job.source);
     job.init_and_backup();
-    let saved = job.root.join("saved-target");
-    let copied = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&job.target_path)
-        .arg(&saved)
-        .status()
-        .unwrap();
-    assert!(copied.success(), "cp -a of the target failed");
+    let saved = save_target(&job);
     let lost = walk(&job.files_dir())
         .into_iter()
         .find(|(rel, m)| {

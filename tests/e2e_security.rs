@@ -219,13 +219,13 @@ fn sample_run(job: &Job, run: &mut Running, secret: &[u8]) -> Sampling {
         for (pid, comm) in pids {
             s.comms.insert(comm.clone());
             for f in ["cmdline", "environ"] {
-                if let Ok(b) = fs::read(format!("/proc/{pid}/{f}")) {
-                    if contains(&b, secret) {
-                        s.leaks.push(format!(
-                            "/proc/{pid}/{f} ({comm}): {}",
-                            String::from_utf8_lossy(&b).replace('\0', " ")
-                        ));
-                    }
+                if let Ok(b) = fs::read(format!("/proc/{pid}/{f}"))
+                    && contains(&b, secret)
+                {
+                    s.leaks.push(format!(
+                        "/proc/{pid}/{f} ({comm}): {}",
+                        String::from_utf8_lossy(&b).replace('\0', " ")
+                    ));
                 }
             }
         }
@@ -250,15 +250,15 @@ fn check_mount_private(job: &Job, m: &MountEntry, problems: &mut Vec<String>) {
         if !d.starts_with(&job.runtime_dir) {
             break;
         }
-        if let Ok(meta) = fs::metadata(&d) {
-            if meta.mode() & 0o077 != 0 {
-                problems.push(format!(
-                    "{} (above mount {}) has mode {:o}",
-                    d.display(),
-                    mp.display(),
-                    meta.mode() & 0o7777
-                ));
-            }
+        if let Ok(meta) = fs::metadata(&d)
+            && meta.mode() & 0o077 != 0
+        {
+            problems.push(format!(
+                "{} (above mount {}) has mode {:o}",
+                d.display(),
+                mp.display(),
+                meta.mode() & 0o7777
+            ));
         }
         dir = d.parent().map(Path::to_path_buf);
     }
@@ -282,14 +282,14 @@ fn check_mount_private(job: &Job, m: &MountEntry, problems: &mut Vec<String>) {
         ])
         .arg(mp)
         .output();
-    if let Ok(o) = out {
-        if o.status.success() {
-            problems.push(format!(
-                "user nobody can list {}: {}",
-                mp.display(),
-                String::from_utf8_lossy(&o.stdout).replace('\n', " ")
-            ));
-        }
+    if let Ok(o) = out
+        && o.status.success()
+    {
+        problems.push(format!(
+            "user nobody can list {}: {}",
+            mp.display(),
+            String::from_utf8_lossy(&o.stdout).replace('\n', " ")
+        ));
     }
 }
 

@@ -21,6 +21,8 @@
 //! * [`flows`] — checks several tests share ([`Job::backup_ok`], ...).
 //! * [`tree`] — [`make_sample_tree`], [`make_big_tree`],
 //!   [`assert_trees_equal`], [`tree_digest`] (own xorshift, no rand crate).
+//! * [`readme`] — the README's fenced shell blocks and the substitution of
+//!   a test job's values for the example's.
 //! * [`cipher`] — [`cipher_size`], [`Job::remote_file_for_len`],
 //!   [`flip_byte_keep_mtime`]: find and damage the remote copy of one
 //!   plaintext file.
@@ -31,6 +33,7 @@ pub mod cipher;
 pub mod flows;
 pub mod job;
 pub mod procs;
+pub mod readme;
 pub mod run;
 pub mod sshd;
 pub mod tempdir;
@@ -46,6 +49,8 @@ pub use flows::*;
 pub use job::*;
 #[allow(unused_imports)]
 pub use procs::*;
+#[allow(unused_imports)]
+pub use readme::*;
 #[allow(unused_imports)]
 pub use run::*;
 pub use serde_json::{Value, json};

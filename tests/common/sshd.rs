@@ -189,12 +189,12 @@ fn wait_ssh_banner(child: &mut Child, port: u16, timeout: Duration) -> Result<()
         {
             let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
             let mut buf = [0u8; 64];
-            if let Ok(n) = s.read(&mut buf) {
-                if buf[..n].starts_with(b"SSH-") {
-                    // Make sure the banner came from *our* sshd.
-                    if child.try_wait().unwrap().is_none() {
-                        return Ok(());
-                    }
+            if let Ok(n) = s.read(&mut buf)
+                && buf[..n].starts_with(b"SSH-")
+            {
+                // Make sure the banner came from *our* sshd.
+                if child.try_wait().unwrap().is_none() {
+                    return Ok(());
                 }
             }
         }

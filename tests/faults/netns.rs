@@ -219,14 +219,14 @@ impl NetServer {
                     return;
                 }
             }
-            if let Some(c) = self.sshd.as_mut() {
-                if let Ok(Some(st)) = c.try_wait() {
-                    panic!(
-                        "sshd in {} exited: {st}\n{}",
-                        self.ns,
-                        fs::read_to_string(&self.log).unwrap_or_default()
-                    );
-                }
+            if let Some(c) = self.sshd.as_mut()
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                panic!(
+                    "sshd in {} exited: {st}\n{}",
+                    self.ns,
+                    fs::read_to_string(&self.log).unwrap_or_default()
+                );
             }
             if Instant::now() > deadline {
                 panic!("sshd in {} did not answer", self.ns);

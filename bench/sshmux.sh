@@ -51,9 +51,9 @@ Host bench
 CFG
 t() { local s e; s=$(date +%s%N); "$@" >/dev/null; e=$(date +%s%N); echo $(((e - s) / 1000000)); }
 fresh=() mux=()
-for _ in $(seq "$n"); do fresh+=($(t ssh -F "$d/cfg" -o ControlMaster=no -o ControlPath=none bench true)); done
+for _ in $(seq "$n"); do fresh+=("$(t ssh -F "$d/cfg" -o ControlMaster=no -o ControlPath=none bench true)"); done
 ssh -F "$d/cfg" -o ControlMaster=yes -o ControlPersist=60 -fN bench
-for _ in $(seq "$n"); do mux+=($(t ssh -F "$d/cfg" bench true)); done
+for _ in $(seq "$n"); do mux+=("$(t ssh -F "$d/cfg" bench true)"); done
 med() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo "delay ${delay} ms each way, $n runs, .bashrc sourced: ${RC:-0}, load $(cut -d' ' -f1 /proc/loadavg):"
 echo "  fresh ssh connection per command: median $(med "${fresh[@]}") ms (all: ${fresh[*]})"

@@ -14,7 +14,7 @@ sshd_pid=""
 cleanup() {
   [[ -n "$sshd_pid" ]] && kill "$sshd_pid" 2>/dev/null || true
   # ciphersync unmounts on every way out; this only guards against surprises.
-  grep -o " $demo[^ ]*" /proc/self/mounts 2>/dev/null | xargs -r -n1 fusermount3 -uz 2>/dev/null || true
+  grep -o " ${demo}[^ ]*" /proc/self/mounts 2>/dev/null | xargs -r -n1 fusermount3 -uz 2>/dev/null || true
   rm -rf "$demo"
 }
 trap cleanup EXIT

@@ -18,20 +18,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The README's job file example (its first ```json block with a target).
-fn readme_job_example(lines: &[&str]) -> Value {
-    let mut from = 0;
-    while let Some((start, block)) = fenced_block(lines, from, "```json") {
-        if let Ok(v) = serde_json::from_str::<Value>(&block.join("\n"))
-            && v["target"].is_object()
-        {
-            return v;
-        }
-        from = start + 1;
-    }
-    panic!("README.md: no ```json block with the job file example");
-}
-
 /// The ```sh block after "With the master key alone", inside "Restoring by hand".
 fn readme_master_key_lines(lines: &[&str]) -> Vec<String> {
     let section = lines

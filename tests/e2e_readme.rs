@@ -61,20 +61,6 @@ fn run_sh(script: &str) -> Out {
     run_cmd(c)
 }
 
-/// The README's job file example (its first ```json block with a target).
-fn readme_job_example(lines: &[&str]) -> Value {
-    let mut from = 0;
-    while let Some((start, block)) = fenced_block(lines, from, "```json") {
-        if let Ok(v) = serde_json::from_str::<Value>(&block.join("\n"))
-            && v["target"].is_object()
-        {
-            return v;
-        }
-        from = start + 1;
-    }
-    panic!("README.md: no ```json block with the job file example (a \"target\" object)");
-}
-
 /// The first ```sh block of the "Restoring by hand" section.
 fn readme_restore_lines(lines: &[&str]) -> Vec<String> {
     let section = lines

@@ -1,6 +1,8 @@
 //! The README's shell lines, as tests run them: a fenced block, and the
 //! example job's values replaced by a test job's.
 
+use serde_json::Value;
+
 pub const README: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
 
 /// The lines of the first fenced block opened by `fence` (e.g. "```sh") at
@@ -46,4 +48,18 @@ pub fn substitute(text: &str, subst: &[(String, String)]) -> (String, Vec<String
         .map(|((from, _), _)| from.clone())
         .collect();
     (out, absent)
+}
+
+/// The README's job file example (its first ```json block with a target).
+pub fn readme_job_example(lines: &[&str]) -> Value {
+    let mut from = 0;
+    while let Some((start, block)) = fenced_block(lines, from, "```json") {
+        if let Ok(v) = serde_json::from_str::<Value>(&block.join("\n"))
+            && v["target"].is_object()
+        {
+            return v;
+        }
+        from = start + 1;
+    }
+    panic!("README.md: no ```json block with the job file example (a \"target\" object)");
 }

@@ -4,7 +4,7 @@
 # Runs the six suites without stopping at the first failure, then renders
 # docs/reliability.md from target/reliability/*.jsonl. Exit status: cargo's.
 set -u
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 target="${CARGO_TARGET_DIR:-target}"
 rm -rf "$target/reliability"
 cargo test --no-fail-fast --test e2e_faults --test e2e_security --test e2e_cli \

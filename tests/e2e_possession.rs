@@ -14,6 +14,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use support::Scenario;
 
+/// What the lying server and its read-back need.
+const LIAR_TOOLS: &[&str] = &[
+    "gocryptfs",
+    "sshfs",
+    "rsync",
+    "/usr/lib/openssh/sftp-server",
+];
+
 /// Forty 4 KiB files in four directories.
 fn forty_files(source: &Path) {
     for i in 0..40 {
@@ -80,15 +88,7 @@ fn verify_json(job: &Job, args: &[&str]) -> (Out, Value) {
 
 #[test]
 fn a_server_that_replays_saved_checksums_after_deleting_its_data_fails_verify() {
-    if !require_tools(
-        "replayed_checksums",
-        &[
-            "gocryptfs",
-            "sshfs",
-            "rsync",
-            "/usr/lib/openssh/sftp-server",
-        ],
-    ) {
+    if !require_tools("replayed_checksums", LIAR_TOOLS) {
         return;
     }
     let mut sc = Scenario::new(
@@ -162,15 +162,7 @@ fn a_server_that_replays_saved_checksums_after_deleting_its_data_fails_verify() 
 /// that lost one file is caught within that many verifies.
 #[test]
 fn one_lost_file_is_found_within_the_announced_runs() {
-    if !require_tools(
-        "rotation_bound",
-        &[
-            "gocryptfs",
-            "sshfs",
-            "rsync",
-            "/usr/lib/openssh/sftp-server",
-        ],
-    ) {
+    if !require_tools("rotation_bound", LIAR_TOOLS) {
         return;
     }
     let mut sc = Scenario::new(

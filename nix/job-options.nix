@@ -147,15 +147,18 @@
       };
       remoteChecksums = mkOption {
         type = types.enum [
+          "auto"
           "ssh"
           "mount"
         ];
-        default = "ssh";
+        default = "auto";
         example = "mount";
         description = ''
-          How verify computes the remote sha1s. `ssh`: run sha1sum on the
-          server (nothing is downloaded). `mount`: read the files through the
-          sshfs mount, for servers without a shell.
+          How verify computes the remote sha1s. `auto`: on the server when the
+          account allows it (a shell, or a whitelisted `sha1sum`), else by
+          reading through the sshfs mount; the first contact finds out.
+          `ssh`: on the server, and an error if the account cannot.
+          `mount`: always read the files through the sshfs mount.
         '';
       };
       connections = mkOption {

@@ -49,6 +49,9 @@ pub enum Transport {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RemoteChecksums {
+    /// On the server where the account allows it (a shell, or a whitelisted
+    /// `sha1sum`), else by reading through the mount: the probe decides.
+    Auto,
     Ssh,
     Mount,
 }
@@ -867,12 +870,13 @@ fn resolve_target(v: &Value) -> Checked<Target> {
                 f,
                 v,
                 &[
+                    ("auto", RemoteChecksums::Auto),
                     ("ssh", RemoteChecksums::Ssh),
                     ("mount", RemoteChecksums::Mount),
                 ],
             )
         })?
-        .unwrap_or(RemoteChecksums::Ssh);
+        .unwrap_or(RemoteChecksums::Auto);
     let connections = t
         .optional("connections", |f, v| {
             whole(
@@ -1070,7 +1074,7 @@ mod tests {
         };
         assert_eq!(s.port, 22);
         assert_eq!(s.transport, Transport::Sshfs);
-        assert_eq!(s.remote_checksums, RemoteChecksums::Ssh);
+        assert_eq!(s.remote_checksums, RemoteChecksums::Auto);
         assert_eq!(s.connections, 4);
         assert_eq!(
             job.target_label(),

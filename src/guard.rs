@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::checksums::{Stamp, path_key};
 use crate::error::{Error, IoContext, Kind, Result};
-use crate::remote::TreeEntry;
+use crate::target::TreeEntry;
 use crate::{interrupt, pool, walk};
 
 #[derive(Debug, Default, PartialEq, Eq)]

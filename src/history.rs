@@ -14,14 +14,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value, json};
 use sha1::{Digest, Sha1};
 
-use crate::config::{Filenames, Job, RemoteChecksums, Target};
+use crate::config::Filenames;
 use crate::crypt::{self, PathDecryptor, is_gocryptfs_metadata};
 use crate::error::{Error, Kind, Result};
 use crate::mount::Mount;
-use crate::remote::{self, Remote, SNAPSHOTS, TreeEntry};
 use crate::run::Context;
 use crate::snapshots::{self, Record};
 use crate::status::{parse_snapshot_id, rfc3339};
+use crate::target::{self, Need, SNAPSHOTS, TreeEntry};
 
 /// gocryptfs' file overhead: an 18-byte header, then per block of up to
 /// 4096 plaintext bytes a 16-byte nonce and a 16-byte tag.
@@ -208,7 +208,7 @@ pub fn changes<'a>(from: &'a Record, to: &'a Record, replaced: &BTreeSet<String>
 /// The snapshot dirs that hold `encrypted` (a file or symlink there, or a
 /// file below it for a directory): the runs that replaced or deleted it.
 pub fn snapshot_dirs_holding(
-    remote: &Remote,
+    remote: &dyn crate::target::Target,
     encrypted: &str,
     is_dir: bool,
 ) -> Result<BTreeSet<String>> {
@@ -237,7 +237,11 @@ pub fn snapshot_dirs_holding(
 
 /// The files and symlinks the snapshot dirs of the runs after `from` up to
 /// `to` hold: what those runs replaced or deleted.
-pub fn replaced_between(remote: &Remote, from: &str, to: &str) -> Result<BTreeSet<String>> {
+pub fn replaced_between(
+    remote: &dyn crate::target::Target,
+    from: &str,
+    to: &str,
+) -> Result<BTreeSet<String>> {
     let mut replaced = BTreeSet::new();
     for id in snapshots::snapshot_dir_ids(remote)?
         .into_iter()
@@ -315,13 +319,9 @@ impl Names {
     }
 }
 
-/// Records and snapshot dirs are read with the server's shell where it may
-/// be used, else through the mount (as `snapshots` does).
-fn open_remote(ctx: &Context) -> Result<Remote> {
-    let job: &Job = ctx.job;
-    let want_path =
-        matches!(&job.target, Target::Sftp(s) if s.remote_checksums == RemoteChecksums::Mount);
-    remote::open(job, want_path, &ctx.runtime("remote"))
+/// Records and snapshot dirs, read however the account allows.
+fn open_remote(ctx: &Context) -> Result<Box<dyn crate::target::Target>> {
+    target::open(ctx.job, Need::Records, &ctx.runtime("remote"))
 }
 
 fn type_name(kind: char) -> &'static str {
@@ -344,14 +344,14 @@ pub fn log(ctx: &Context, path: &str) -> Result<Value> {
     let encrypted = encrypted?;
     let remote = open_remote(ctx)?;
     let mut states = Vec::new();
-    for id in snapshots::recorded_ids(&remote)? {
-        let record = snapshots::read_record(&remote, &id, &ctx.job.state_dir)?;
+    for id in snapshots::recorded_ids(&*remote)? {
+        let record = snapshots::read_record(&*remote, &id, &ctx.job.state_dir)?;
         states.push((id, state_in(&record, &encrypted)));
     }
     let is_dir = states
         .iter()
         .any(|(_, s)| s.as_ref().is_some_and(|s| s.kind == 'd'));
-    let replaced = snapshot_dirs_holding(&remote, &encrypted, is_dir)?;
+    let replaced = snapshot_dirs_holding(&*remote, &encrypted, is_dir)?;
     let found = versions(&states, &replaced);
     if found.is_empty() {
         return Err(Error::new(
@@ -400,10 +400,10 @@ pub fn diff(ctx: &Context, from: &str, to: &str) -> Result<Value> {
     }
     let remote = open_remote(ctx)?;
     let (old, new) = (
-        snapshots::read_record(&remote, from, &ctx.job.state_dir)?,
-        snapshots::read_record(&remote, to, &ctx.job.state_dir)?,
+        snapshots::read_record(&*remote, from, &ctx.job.state_dir)?,
+        snapshots::read_record(&*remote, to, &ctx.job.state_dir)?,
     );
-    let replaced = replaced_between(&remote, from, to)?;
+    let replaced = replaced_between(&*remote, from, to)?;
     let found = changes(&old, &new, &replaced);
     drop(remote);
     let names = Names::open(ctx)?;

@@ -361,11 +361,9 @@ fn read_stdin_key() -> Result<String> {
 /// still has with the same size and mtime are also compared with it.
 pub fn check(ctx: &Context, key: &MasterKey) -> Result<Value> {
     let job = ctx.job;
-    let remote = crate::remote::open(job, true, &ctx.runtime("remote"))?;
-    let root = remote
-        .local_root()
-        .expect("key check opens the remote as a path")
-        .to_owned();
+    use crate::target::Target as _;
+    let remote = crate::target::open_path(job, &ctx.runtime("remote"))?;
+    let root = remote.root().to_owned();
     let files = root.join("files");
     let (config, flags_from) = match job.gocryptfs_config.exists() {
         true => (

@@ -4,8 +4,8 @@
 mod cli;
 
 use ciphersync::{
-    about, config, crypt, error, history, human, interrupt, keys, log, metrics, remote, restore,
-    run, snapshots, status, sync, verify,
+    about, config, crypt, error, history, human, interrupt, keys, log, metrics, restore, run,
+    snapshots, status, sync, target, verify,
 };
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -247,8 +247,8 @@ fn write_metrics(cli: &Cli, job: &Job, stage: Stage, result: &StageResult) {
 
 fn count_snapshots(job: &Job) -> Result<usize> {
     let ctx = run::enter(job)?;
-    let remote = remote::open(job, needs_mount_for_listing(job), &ctx.runtime("remote"))?;
-    Ok(snapshots::recorded_ids(&remote)?.len())
+    let remote = target::open(job, target::Need::Records, &ctx.runtime("remote"))?;
+    Ok(snapshots::recorded_ids(&*remote)?.len())
 }
 
 /// The config dir: --config-dir, $CIPHERSYNC_CONFIG_DIR, /etc/ciphersync for
@@ -370,9 +370,9 @@ fn print_human(job: &Job, stage: Stage, result: &StageResult) {
 /// `snapshots`: one row per run that can be rebuilt, oldest first.
 fn list_snapshots(cli: &Cli, job: &Job) -> Result<i32> {
     let ctx = run::enter(job)?;
-    let remote = remote::open(job, needs_mount_for_listing(job), &ctx.runtime("remote"))?;
+    let remote = target::open(job, target::Need::Records, &ctx.runtime("remote"))?;
     let mut rows = Vec::new();
-    for header in snapshots::headers(job, &remote)? {
+    for header in snapshots::headers(job, &*remote)? {
         let id = &header.snapshot;
         rows.push(json!({
             "id": id,
@@ -409,15 +409,10 @@ fn list_snapshots(cli: &Cli, job: &Job) -> Result<i32> {
     Ok(0)
 }
 
-/// Listing needs a shell on the server unless the remote is mounted.
-fn needs_mount_for_listing(job: &Job) -> bool {
-    matches!(&job.target, config::Target::Sftp(s) if s.remote_checksums == config::RemoteChecksums::Mount)
-}
-
 fn prune(ctx: &run::Context, dry_run: bool) -> Result<run::Done> {
     let job = ctx.job;
-    let remote = remote::open(job, needs_mount_for_listing(job), &ctx.runtime("remote"))?;
-    let plan = snapshots::prune(job, &remote, dry_run)?;
+    let remote = target::open(job, target::Need::Records, &ctx.runtime("remote"))?;
+    let plan = snapshots::prune(job, &*remote, dry_run)?;
     Ok(run::Done {
         outcome: Outcome::Ok,
         stats: ciphersync::stats::StageStats::Prune(ciphersync::stats::PruneStats {

@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nix::errno::Errno;
+
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::exec::{Cmd, Daemon, Output};
 use crate::{interrupt, log};
@@ -146,13 +148,29 @@ impl Mount {
         std::fs::read_dir(&self.point)
             .ctx(|| format!("the mount at {} does not answer", self.point.display()))?;
         // sshfs answers readdir from its cache; statfs always asks the server.
-        nix::sys::statvfs::statvfs(&self.point).map_err(|e| {
+        let answer = match nix::sys::statvfs::statvfs(&self.point) {
+            // A server without `statvfs@openssh.com` (rclone serve sftp, many
+            // NAS firmwares) answered: it is alive. Ask it something it must
+            // answer instead: a name that cannot exist (sshfs does not cache
+            // a miss by default, so this reaches the server).
+            Err(Errno::EOPNOTSUPP | Errno::ENOSYS) => self.lstat_unlikely_name(),
+            other => other.map(|_| ()),
+        };
+        answer.map_err(|e| {
             Error::new(
                 Kind::Tool,
                 format!("the mount at {} does not answer: {e}", self.point.display()),
             )
-        })?;
-        Ok(())
+        })
+    }
+
+    /// `lstat` of a random name below the mount: ENOENT is an answer.
+    fn lstat_unlikely_name(&self) -> std::result::Result<(), Errno> {
+        let name = format!(".ciphersync-alive-{}", std::process::id());
+        match nix::sys::stat::lstat(&self.point.join(name)) {
+            Ok(_) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Unmounts now, reporting failure (the guard's Drop only logs).

@@ -8,12 +8,12 @@ use std::path::{Component, Path, PathBuf};
 use crate::config::{Job, Target};
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::exec::Cmd;
-use crate::remote::{self, FILES, Remote, SNAPSHOTS, TreeEntry};
 use crate::rsync::{Stats, parse_stats};
 use crate::run::{Context, Done};
 use crate::split;
 use crate::stats::{RestoreStats, StageStats};
 use crate::status::Outcome;
+use crate::target::{self, FILES, PathTarget, SNAPSHOTS, Target as _, TreeEntry};
 use crate::{crypt, fsutil};
 use crate::{interrupt, snapshots};
 
@@ -78,11 +78,8 @@ pub fn restore(ctx: &Context, request: &RestoreRequest) -> Result<Done> {
     // write to could be swapped for a link while we copy into it.
     fsutil::ensure_private_dir(&to, "--to")?;
 
-    let remote = remote::open(job, true, &ctx.runtime("remote"))?;
-    let root = remote
-        .local_root()
-        .expect("restore opens the remote as a path")
-        .to_owned();
+    let remote = target::open_path(job, &ctx.runtime("remote"))?;
+    let root = remote.root().to_owned();
     // The latest state is files/ itself; an older one is rebuilt first.
     let stage = match &request.snapshot {
         None => None,
@@ -222,7 +219,7 @@ impl Drop for Stage {
 /// Rebuilds the encrypted tree as it was right after run `id` (see
 /// snapshots.rs): each recorded path from the oldest later snapshot dir that
 /// holds it, else from files/; then the recorded directories and modes.
-fn rebuild(ctx: &Context, remote: &Remote, id: &str) -> Result<Stage> {
+fn rebuild(ctx: &Context, remote: &PathTarget, id: &str) -> Result<Stage> {
     let record = snapshots::read_record(remote, id, &ctx.job.state_dir)?;
     check_record_tree(id, &record.entries)?;
     let mut later = Vec::new();
@@ -254,9 +251,7 @@ fn rebuild(ctx: &Context, remote: &Remote, id: &str) -> Result<Stage> {
     for dir in record.entries.iter().filter(|e| e.kind == 'd') {
         crypt::create_private_dir(&stage.path.join(&dir.path))?;
     }
-    let root = remote
-        .local_root()
-        .expect("rebuild reads the remote as a path");
+    let root = remote.root();
     let list = ctx.runtime("rebuild.files");
     for (from, entries) in &plan {
         interrupt::check()?;

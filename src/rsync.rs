@@ -5,11 +5,10 @@
 
 use std::fs::File;
 use std::io::BufReader;
-use std::path::Path;
 
 use crate::crypt::{REMOTE_CONFIG_NAME, is_gocryptfs_metadata};
 use crate::error::Result;
-use crate::remote::SNAPSHOTS;
+use crate::target::SNAPSHOTS;
 
 // rsync exit codes (rsync's errcode.h).
 pub const PARTIAL: i32 = 23;
@@ -37,11 +36,8 @@ pub fn disk_full(stderr: &str) -> bool {
 /// True when the target has less room than the file whose write failed
 /// (rsync has removed its temp file by now, so the space is free again) or
 /// under 1 MiB. statvfs works through sshfs too (statvfs@openssh.com).
-pub fn no_room_for(root: &Path, failed_size: u64) -> bool {
-    nix::sys::statvfs::statvfs(root).is_ok_and(|s| {
-        let free = s.blocks_available() * s.fragment_size();
-        free < failed_size.max(1 << 20)
-    })
+pub fn no_room_for(free_bytes: u64, failed_size: u64) -> bool {
+    free_bytes < failed_size.max(1 << 20)
 }
 
 /// What the rsync argv depends on; kept apart so the argv can be tested.
@@ -58,7 +54,6 @@ pub struct RsyncPlan<'a> {
 pub fn rsync_args(plan: &RsyncPlan) -> Vec<String> {
     let mut args: Vec<String> = [
         "-a",
-        "-H",
         "--no-specials",
         "--no-devices",
         "--backup",
@@ -69,6 +64,16 @@ pub fn rsync_args(plan: &RsyncPlan) -> Vec<String> {
     if plan.over_sshfs {
         // SFTP cannot set symlink times, and a non-root account cannot chown.
         args.extend(["--omit-link-times", "--no-owner", "--no-group"].map(String::from));
+        // The account is not root even when we are: rsync must give a
+        // read-only directory (0555) owner write while it fills it, and its
+        // mode back at the end, as it does when it runs as a user.
+        args.push("--no-super".into());
+    } else {
+        // SFTP carries no inode numbers, so hard links are kept only over
+        // ssh or on a local disk; through sshfs they are separate files
+        // (rsync would re-link them on every run and leave `.name.NNNN`
+        // temp files behind).
+        args.push("-H".into());
     }
     if plan.protect_config {
         // The config we upload is not in the view: keep --delete off it.

@@ -100,17 +100,22 @@ pub fn stage(
             error: None,
             stats: done.stats.to_json(),
         },
-        Err(error) => StageResult {
-            outcome: if error.kind == Kind::Interrupted {
-                Outcome::Interrupted
-            } else {
-                Outcome::Failed
-            },
-            started_at,
-            finished_at: SystemTime::now(),
-            error: Some(error),
-            stats: Value::Object(Default::default()),
-        },
+        Err(error) => {
+            // What the account allows may be what changed: probe it again
+            // on the next run (target/probe.rs).
+            crate::target::forget_capabilities(&job.state_dir);
+            StageResult {
+                outcome: if error.kind == Kind::Interrupted {
+                    Outcome::Interrupted
+                } else {
+                    Outcome::Failed
+                },
+                started_at,
+                finished_at: SystemTime::now(),
+                error: Some(error),
+                stats: Value::Object(Default::default()),
+            }
+        }
     };
     if let Err(e) = status::record(&job.state_dir, &job.name, stage, &result) {
         log::warn(format!("cannot record the status: {e}"));

@@ -22,8 +22,8 @@ use crate::checksums::{self, Sum};
 use crate::crypt::REMOTE_CONFIG_NAME;
 use crate::error::{IoContext, Result};
 use crate::fsutil;
-use crate::remote::FILES;
 use crate::state::SampleRotation;
+use crate::target::FILES;
 
 /// The default budget: 1 % of the data, at most this much.
 const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;

@@ -28,17 +28,15 @@
 //! them written as `\\` and `\n`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use crate::config::{Filenames, Job, Retention};
-use crate::crypt::{REMOTE_CONFIG_NAME, is_gocryptfs_metadata};
-use crate::error::{Error, IoContext, Kind, Result};
-use crate::remote::{FILES, RECORDS, Remote, SNAPSHOTS, TreeEntry};
-use crate::status::{AtomicFile, parse_snapshot_id};
-use crate::{interrupt, walk};
+use crate::crypt::REMOTE_CONFIG_NAME;
+use crate::error::{Error, Kind, Result};
+use crate::status::parse_snapshot_id;
+use crate::target::{FILES, RECORDS, RecordRequest, SNAPSHOTS, Target, TreeEntry};
 
 const MAGIC: &str = "ciphersync-record 1";
 
@@ -57,7 +55,7 @@ pub struct Record {
 impl Record {
     /// The user's files: gocryptfs' own files are not counted.
     fn user_files(&self) -> impl Iterator<Item = &TreeEntry> {
-        self.entries.iter().filter(|e| is_user_file(e))
+        self.entries.iter().filter(|e| e.is_user_file())
     }
 
     pub fn files(&self) -> u64 {
@@ -81,7 +79,7 @@ impl Record {
         };
         let mut text = header.to_text();
         for e in &self.entries {
-            text.push_str(&entry_line(e));
+            text.push_str(&e.record_line());
         }
         text
     }
@@ -108,10 +106,6 @@ impl Record {
     }
 }
 
-fn is_user_file(e: &TreeEntry) -> bool {
-    e.kind == 'f' && !is_gocryptfs_metadata(&e.path)
-}
-
 /// The header of a record: the run and its counts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Header {
@@ -131,13 +125,6 @@ impl Header {
             self.snapshot, self.files, self.bytes, self.transferred, self.deleted, self.changed
         )
     }
-}
-
-/// One entry line: `<type> <octal mode> <size> <path>`, with `\` and
-/// newline in the path escaped.
-fn entry_line(e: &TreeEntry) -> String {
-    let path = e.path.replace('\\', "\\\\").replace('\n', "\\n");
-    format!("{} {:o} {} {path}\n", e.kind, e.mode, e.size)
 }
 
 /// A record read one entry at a time: a record has a line per file, and
@@ -291,7 +278,7 @@ pub fn record_path(id: &str) -> String {
 /// of listing files/ again.
 pub fn write_record(
     job: &Job,
-    remote: &Remote,
+    remote: &dyn Target,
     snapshot: &str,
     stats: &crate::rsync::Stats,
     same_as: Option<SameAs>,
@@ -303,42 +290,22 @@ pub fn write_record(
         changed: stats.changed,
         ..Header::default()
     };
-    // Encrypted names never start with a dot, so such a name is an rsync
-    // temp file; plaintext names may, and rsync has removed its temp files
-    // by the time a run writes its record.
-    let skip_dot_names = job.filenames == Filenames::Encrypted;
-    let script = match same_as {
-        Some(same) => copy_record_script(&header, same, &record_script(&header, skip_dot_names)),
-        None => record_script(&header, skip_dot_names),
-    };
-    let output = crate::exec::scratch_file(&job.state_dir, "record-counts")?;
-    if let Some(out) = remote.run_script(&script, "writing the run's record", output)? {
-        let text = crate::limits::read_text(out, 1024, "the record counts")?;
-        let mut fields = text.split_whitespace();
-        let mut count = || fields.next().and_then(|n| n.parse::<u64>().ok());
-        let (Some(files), Some(bytes)) = (count(), count()) else {
-            return Err(Error::new(
-                Kind::Corrupt,
-                format!(
-                    "unexpected counts from the server after writing the record: {}",
-                    crate::limits::quote(&text, 200)
-                ),
-            ));
-        };
-        (header.files, header.bytes) = (files, bytes);
-        let target_stamps = text.split_whitespace().nth(2).filter(|s| is_hex_sha1(s));
-        return Ok(Written {
-            header,
-            target_stamps: target_stamps.map(String::from),
-        });
-    }
-    let root = remote
-        .local_root()
-        .expect("without a shell the target is a path");
-    let header = write_record_by_walk(&job.state_dir, root, header, skip_dot_names)?;
+    let format = header_format(&header);
+    let counts = remote.write_record(&RecordRequest {
+        id: snapshot,
+        header_format: &format,
+        // Encrypted names never start with a dot, so such a name is an
+        // rsync temp file; plaintext names may, and rsync has removed its
+        // temp files by the time a run writes its record.
+        skip_dot_names: job.filenames == Filenames::Encrypted,
+        same_as: same_as.map(|s| s.last),
+        known_stamps: same_as.and_then(|s| s.stamps),
+        scratch_dir: &job.state_dir,
+    })?;
+    (header.files, header.bytes) = (counts.files, counts.bytes);
     Ok(Written {
         header,
-        target_stamps: None,
+        target_stamps: counts.stamps,
     })
 }
 
@@ -353,156 +320,21 @@ pub struct SameAs<'a> {
 /// A record as written, and the stamps of files/ right after it.
 pub struct Written {
     pub header: Header,
-    /// See `stamps_snippet`; only where the server's shell may be used.
+    /// See lib.sh's `stamps_of`; only where the server's shell may be used.
     pub target_stamps: Option<String>,
 }
 
-pub fn is_hex_sha1(text: &str) -> bool {
-    text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// The record written on the server: `find` lists files/, `sort` orders it
-/// (LC_ALL=C, on the path), `awk` counts the user's files; the script
-/// prints `<files> <bytes> <stamps>`. Every step writes a file, so a
-/// failure is not hidden by a pipe.
-fn record_script(header: &Header, skip_dot_names: bool) -> String {
-    let id = &header.snapshot;
-    let dot_names = if skip_dot_names { "! -name '.*' " } else { "" };
-    let head = header_format(header);
-    format!(
-        "set -e\nexport LC_ALL=C\ncd {FILES}\n\
-         tmp=../{RECORDS}/.{id}\n\
-         find . -mindepth 1 {dot_names}\\( -type f -printf '%y %m %s %P\\n' -o \\( -type d -o -type l \\) -printf '%y %m 0 %P\\n' \\) > \"$tmp.unsorted\"\n\
-         sort -t ' ' -k 4 \"$tmp.unsorted\" > \"$tmp.entries\"\n\
-         rm -f \"$tmp.unsorted\"\n\
-         counts=$(awk {count} \"$tmp.entries\")\n\
-         set -- $counts\n\
-         {{ printf '{head}' \"$1\" \"$2\"; cat \"$tmp.entries\"; }} > \"$tmp.rec.tmp\"\n\
-         rm -f \"$tmp.entries\"\n\
-         mv -f \"$tmp.rec.tmp\" ../{RECORDS}/{id}.rec\n\
-         {stamps}\
-         echo \"$counts $stamps\"\n",
-        count = count_awk(),
-        stamps = stamps_snippet(".", "\"$tmp.stamps\"")
-    )
-}
-
-/// An awk program (quoted for sh) that reads record entries and prints the
-/// user's files and their bytes, or `bad` when a line is not an entry.
-fn count_awk() -> String {
-    format!(
-        "'$0 !~ /^[fdl] [0-7]+ [0-9]+ ./ {{ bad = 1 }} \
-         $1 == \"f\" {{ n = $4; sub(/.*\\//, \"\", n); \
-         if (n == \"gocryptfs.diriv\" || $4 == \"{REMOTE_CONFIG_NAME}\" || n ~ /^gocryptfs[.]longname[.].*[.]name$/) next; \
-         files++; bytes += $3 }} \
-         END {{ if (bad) print \"bad\"; else printf \"%.0f %.0f\", files, bytes }}'"
-    )
-}
-
-/// Shell lines that set `$stamps` to the sha1 of a sorted listing of every
-/// entry below `dir` (files/) with its type, mode, size, mtime and link
-/// count: what rsync's quick check compares, for the whole tree at once.
-/// Two equal stamps mean files/ was not touched in between. Any failure
-/// (or an empty listing) gives `none`, which never equals stamps.
-pub fn stamps_snippet(dir: &str, scratch: &str) -> String {
-    format!(
-        "if find {dir} -mindepth 1 -printf '%y %m %s %T@ %n %P\\n' > {scratch} \\\n\
-           && LC_ALL=C sort {scratch} > {scratch}.sorted && [ -s {scratch}.sorted ]; then\n\
-           stamps=$(sha1sum < {scratch}.sorted | cut -c 1-40)\n\
-         else stamps=none; fi\n\
-         rm -f {scratch} {scratch}.sorted\n"
-    )
-}
-
-/// The header as a printf format, with `%s` for the file and byte counts.
+/// The header as a printf format, with `%s` for the file and byte counts
+/// (see `RecordRequest::header_format`).
 fn header_format(header: &Header) -> String {
     header
         .to_text()
         .replace("\nfiles 0\nbytes 0\n", "\nfiles %s\nbytes %s\n")
-        .replace('\n', "\\n")
-}
-
-/// How many lines a header takes, the blank line that ends it included.
-fn header_lines() -> usize {
-    Header::default().to_text().lines().count()
-}
-
-/// Copies the entries of the record `last` under `header`, keeping its
-/// counts, and prints them as `record_script` does. A record without the
-/// expected header, or whose entries do not add up to its counts (damage
-/// must not be carried forward), runs `otherwise` instead (a full
-/// listing). `last` is a snapshot id: no quoting needed.
-fn copy_record_script(header: &Header, same: SameAs, otherwise: &str) -> String {
-    let id = &header.snapshot;
-    let last = same.last;
-    let stamps = match same.stamps.filter(|s| is_hex_sha1(s)) {
-        Some(known) => format!("stamps={known}\n"),
-        None => stamps_snippet(FILES, &format!("{RECORDS}/.{id}.stamps")),
-    };
-    let head = header_format(header);
-    let (lines, body) = (header_lines(), header_lines() + 1);
-    format!(
-        "set -e\nexport LC_ALL=C\nlast={RECORDS}/{last}.rec\n\
-         if [ -f \"$last\" ] && [ \"$(wc -l < \"$last\")\" -ge {lines} ] \\\n\
-           && [ \"$(sed -n 1p \"$last\")\" = '{MAGIC}' ] && [ \"$(sed -n 2p \"$last\")\" = 'snapshot {last}' ] \\\n\
-           && [ -z \"$(sed -n {lines}p \"$last\")\" ] \\\n\
-           && set -- $(sed -n -e '3s/^files \\([0-9][0-9]*\\)$/\\1/p' -e '4s/^bytes \\([0-9][0-9]*\\)$/\\1/p' \"$last\") \\\n\
-           && [ $# -eq 2 ] && [ \"$(tail -n +{body} \"$last\" | awk {count})\" = \"$1 $2\" ]; then\n\
-           {{ printf '{head}' \"$1\" \"$2\"; tail -n +{body} \"$last\"; }} > {RECORDS}/.{id}.rec.tmp\n\
-           mv -f {RECORDS}/.{id}.rec.tmp {RECORDS}/{id}.rec\n\
-           {stamps}\
-           echo \"$1 $2 $stamps\"\n\
-         else\n{otherwise}fi\n",
-        count = count_awk(),
-    )
-}
-
-/// The record written from a walk of files/ on a path (the local target or
-/// the sshfs mount): entries to a scratch file, then header and entries.
-fn write_record_by_walk(
-    scratch_dir: &Path,
-    root: &Path,
-    mut header: Header,
-    skip_dot_names: bool,
-) -> Result<Header> {
-    let files = root.join(FILES);
-    let mut entries = BufWriter::new(crate::exec::scratch_file(scratch_dir, "record")?);
-    let write_error = |e: std::io::Error| Error::io("writing the record", e);
-    for entry in walk::sorted(&files) {
-        interrupt::check()?;
-        let entry = entry.map_err(|e| walk::error(&files, e))?;
-        let dot_name = entry.file_name().as_encoded_bytes().starts_with(b".");
-        if skip_dot_names && dot_name {
-            continue;
-        }
-        let tree_entry = TreeEntry::of(&files, &entry)?;
-        if tree_entry.kind == '?' {
-            continue;
-        }
-        if is_user_file(&tree_entry) {
-            header.files += 1;
-            header.bytes += tree_entry.size;
-        }
-        entries
-            .write_all(entry_line(&tree_entry).as_bytes())
-            .map_err(write_error)?;
-    }
-    let mut entries = entries
-        .into_inner()
-        .map_err(|e| write_error(e.into_error()))?;
-    entries.seek(SeekFrom::Start(0)).map_err(write_error)?;
-    let mut record = AtomicFile::create_under(root, &record_path(&header.snapshot))?;
-    record
-        .write_all(header.to_text().as_bytes())
-        .and_then(|_| std::io::copy(&mut entries, &mut record).map(|_| ()))
-        .map_err(write_error)?;
-    record.commit()?;
-    Ok(header)
 }
 
 /// A whole record, for restore and listing.
 /// `scratch_dir` (the state dir) holds the record on its way from a server.
-pub fn read_record(remote: &Remote, id: &str, scratch_dir: &Path) -> Result<Record> {
+pub fn read_record(remote: &dyn Target, id: &str, scratch_dir: &Path) -> Result<Record> {
     let scratch = crate::exec::scratch_file(scratch_dir, "record")?;
     let file = remote
         .open_file(&record_path(id), scratch)?
@@ -512,13 +344,6 @@ pub fn read_record(remote: &Remote, id: &str, scratch_dir: &Path) -> Result<Reco
             ))
         })?;
     Record::read(BufReader::new(file)).map_err(|e| name_record(e, id))
-}
-
-/// A record streamed from a file on a path target; the header is read.
-pub fn open_record(root: &Path, id: &str) -> Result<RecordReader<BufReader<File>>> {
-    let path = root.join(record_path(id));
-    let file = File::open(&path).ctx(|| format!("reading {}", path.display()))?;
-    RecordReader::new(BufReader::new(file)).map_err(|e| name_record(e, id))
 }
 
 /// Damage in a record names the record.
@@ -531,35 +356,20 @@ pub fn name_record(e: Error, id: &str) -> Error {
 
 /// The header of every record, oldest first: one round trip where the
 /// server's shell may be used (a record's entries are never read).
-pub fn headers(job: &Job, remote: &Remote) -> Result<Vec<Header>> {
-    let script = format!(
-        "set -e\n[ -d {RECORDS} ] || exit 0\ncd {RECORDS}\nfor f in $(ls -1A | grep -E '^[0-9]{{8}}T[0-9]{{6}}Z[.]rec$' | sort); do \
-         printf '%s\\0' \"${{f%.rec}}\"; sed '/^$/q' \"$f\"; printf '\\0'; done\n"
-    );
-    let output = crate::exec::scratch_file(&job.state_dir, "headers")?;
-    let Some(out) = remote.run_script(&script, "listing the records", output)? else {
-        let root = remote
-            .local_root()
-            .expect("without a shell the target is a path");
-        return recorded_ids(remote)?
-            .iter()
-            .map(|id| open_record(root, id).map(|r| r.header))
-            .collect();
-    };
-    let text = crate::limits::read_text(out, crate::limits::MAX_TEXT, "the record headers")?;
-    let fields: Vec<&str> = text.split('\0').collect();
-    fields
-        .chunks_exact(2)
-        .map(|pair| {
-            RecordReader::new(pair[1].as_bytes())
+pub fn headers(job: &Job, remote: &dyn Target) -> Result<Vec<Header>> {
+    remote
+        .record_headers(&job.state_dir)?
+        .into_iter()
+        .map(|(id, text)| {
+            RecordReader::new(text.as_bytes())
                 .map(|r| r.header)
-                .map_err(|e| name_record(e, pair[0]))
+                .map_err(|e| name_record(e, &id))
         })
         .collect()
 }
 
 /// Ids of all runs with a record, oldest first.
-pub fn recorded_ids(remote: &Remote) -> Result<Vec<String>> {
+pub fn recorded_ids(remote: &dyn Target) -> Result<Vec<String>> {
     let mut ids: Vec<String> = remote
         .list_names(RECORDS)?
         .into_iter()
@@ -571,7 +381,7 @@ pub fn recorded_ids(remote: &Remote) -> Result<Vec<String>> {
 }
 
 /// Ids of all snapshot dirs, oldest first.
-pub fn snapshot_dir_ids(remote: &Remote) -> Result<Vec<String>> {
+pub fn snapshot_dir_ids(remote: &dyn Target) -> Result<Vec<String>> {
     let mut ids: Vec<String> = remote
         .list_names(SNAPSHOTS)?
         .into_iter()
@@ -604,7 +414,7 @@ pub fn plan_rebuild<'a>(
 /// `gocryptfs.conf`, copied from `files/`. A deleted directory's diriv was
 /// moved into the snapshot with its files, so what is missing is always in
 /// `files/` (directory IVs and name files never change for a given path).
-pub fn complete_snapshot_dir(job: &Job, remote: &Remote, id: &str) -> Result<usize> {
+pub fn complete_snapshot_dir(job: &Job, remote: &dyn Target, id: &str) -> Result<usize> {
     let dir = format!("{SNAPSHOTS}/{id}");
     let entries = remote.list_tree(&dir)?;
     if entries.is_empty() {
@@ -702,7 +512,7 @@ pub fn plan_prune(
 /// Applies the job's retention on the target (or only reports, with
 /// `dry_run`). Records go first: a crash half-way never leaves a record
 /// whose snapshot dirs are gone.
-pub fn prune(job: &Job, remote: &Remote, dry_run: bool) -> Result<PrunePlan> {
+pub fn prune(job: &Job, remote: &dyn Target, dry_run: bool) -> Result<PrunePlan> {
     if job.snapshots.keep_last.is_none() && job.snapshots.keep_days.is_none() {
         return Ok(PrunePlan::default()); // no bound: keep everything, list nothing
     }
@@ -763,142 +573,6 @@ mod tests {
         let text = record.to_text();
         insta::assert_snapshot!(text);
         assert_eq!(Record::parse(&text).unwrap(), record);
-    }
-
-    /// Runs a record script in `root` as the server's sh would: the counts
-    /// it prints, after checking that the stamps follow them.
-    fn run_record_script(root: &Path, script: String) -> String {
-        let mut out = crate::exec::Cmd::new("sh")
-            .arg("-c")
-            .arg(script)
-            .cwd(root)
-            .run()
-            .unwrap();
-        assert!(out.success(), "{}", out.stderr);
-        let printed = out.stdout_string().unwrap();
-        let (counts, stamps) = printed.trim().rsplit_once(' ').unwrap();
-        assert!(is_hex_sha1(stamps), "{printed}");
-        counts.to_string()
-    }
-
-    /// The record the server's shell writes (find, sort, awk) and the one
-    /// written from a walk (no shell) agree, counts included.
-    #[test]
-    fn the_server_and_the_walk_write_the_same_record() {
-        let root = std::env::temp_dir().join(format!("ciphersync-record-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let files = root.join(FILES);
-        std::fs::create_dir_all(files.join("Ab")).unwrap();
-        std::fs::create_dir_all(root.join(RECORDS)).unwrap();
-        for (path, content) in [
-            ("gocryptfs.conf", "{}"),
-            ("gocryptfs.diriv", "iv"),
-            ("Ab/gocryptfs.diriv", "iv"),
-            ("Ab/Cd", "abc"),
-            ("gocryptfs.longname.XYZ", "12345"),
-            ("gocryptfs.longname.XYZ.name", "long"),
-            (".Ab.x1Y2z3", "rsync temp"),
-        ] {
-            std::fs::write(files.join(path), content).unwrap();
-        }
-        std::os::unix::fs::symlink("target", files.join("Kl")).unwrap();
-        let header = Header {
-            snapshot: "20261129T030000Z".into(),
-            transferred: 2,
-            deleted: 1,
-            changed: 3,
-            ..Header::default()
-        };
-        let record_file = root.join(record_path(&header.snapshot));
-        let read_back = || {
-            let text = std::fs::read_to_string(&record_file).unwrap();
-            let mut record = Record::parse(&text).unwrap();
-            record.entries.sort_by(|a, b| a.path.cmp(&b.path));
-            (text.lines().take(7).collect::<Vec<_>>().join("\n"), record)
-        };
-        assert_eq!(
-            run_record_script(&root, record_script(&header, true)),
-            "2 8"
-        );
-        let by_server_text = std::fs::read_to_string(&record_file).unwrap();
-        let by_server = read_back();
-        std::fs::remove_file(&record_file).unwrap();
-        let walked = write_record_by_walk(&root, &root, header, true).unwrap();
-        assert_eq!((walked.files, walked.bytes), (2, 8));
-        assert_eq!(read_back(), by_server);
-        let paths: Vec<&str> = by_server
-            .1
-            .entries
-            .iter()
-            .map(|e| e.path.as_str())
-            .collect();
-        assert!(!paths.contains(&".Ab.x1Y2z3"), "{paths:?}");
-        assert_eq!(paths.len(), 8, "{paths:?}");
-
-        // A run that changed nothing copies that record under its header;
-        // a record without the full header makes it list files/ instead.
-        let next = Header {
-            snapshot: "20261130T030000Z".into(),
-            ..Header::default()
-        };
-        let copied = root.join(record_path(&next.snapshot));
-        let write_next = |last: &str| {
-            let same = SameAs { last, stamps: None };
-            let script = copy_record_script(&next, same, &record_script(&next, true));
-            let counts = run_record_script(&root, script);
-            let text = std::fs::read_to_string(&copied).unwrap();
-            std::fs::remove_file(&copied).unwrap();
-            (counts, text)
-        };
-        std::fs::write(&record_file, &by_server_text).unwrap();
-        std::fs::write(files.join("Ab/Cd"), "abc + not listed by a copy").unwrap();
-        let (counts, copy) = write_next("20261129T030000Z");
-        assert_eq!(counts, "2 8");
-        let expected = Record::parse(&by_server_text).unwrap();
-        let copy_record = Record::parse(&copy).unwrap();
-        assert_eq!(copy_record.entries, expected.entries, "copied entries");
-        assert!(
-            copy.starts_with(
-                &Header {
-                    files: 2,
-                    bytes: 8,
-                    ..next.clone()
-                }
-                .to_text()
-            ),
-            "{copy}"
-        );
-        // After no rsync, the stamps the preflight took are passed on, not
-        // taken again.
-        let known = "0123456789abcdef0123456789abcdef01234567";
-        let same = SameAs {
-            last: "20261129T030000Z",
-            stamps: Some(known),
-        };
-        let script = copy_record_script(&next, same, &record_script(&next, true));
-        let mut out = crate::exec::Cmd::new("sh")
-            .arg("-c")
-            .arg(script)
-            .cwd(&root)
-            .run()
-            .unwrap();
-        assert_eq!(out.stdout_string().unwrap().trim(), format!("2 8 {known}"));
-        std::fs::remove_file(&copied).unwrap();
-        // A truncated copy of that record (the header says 2 files, the
-        // entries hold fewer): listed again, not carried forward.
-        let truncated: Vec<&str> = by_server_text.lines().take(header_lines() + 1).collect();
-        std::fs::write(&record_file, truncated.join("\n") + "\n").unwrap();
-        assert_eq!(write_next("20261129T030000Z").0, "2 31");
-        // An old-style header (no counts): listed again, the change included.
-        std::fs::write(
-            &record_file,
-            "ciphersync-record 1\nsnapshot 20261129T030000Z\n\nf 644 3 Ab/Cd\n",
-        )
-        .unwrap();
-        let (counts, listed) = write_next("20261129T030000Z");
-        assert_eq!(counts, "2 31");
-        assert_ne!(Record::parse(&listed).unwrap().entries, expected.entries);
-        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

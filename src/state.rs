@@ -26,6 +26,8 @@ const LAST_BACKUP: &str = "last-backup.json";
 const REPAIR_LIST: &str = "repair.list";
 /// `SampleRotation`.
 const SAMPLE_ROTATION: &str = "verify-sample.json";
+/// `AccountCapabilities`.
+const CAPABILITIES: &str = "target-capabilities.json";
 
 /// The last successful backup: its snapshot id (a new run never reuses it)
 /// and its exact start time (verify treats files changed after it as
@@ -211,6 +213,35 @@ mod decimal_string {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i128, D::Error> {
         String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
+}
+
+/// What the SFTP account allowed when it was probed (target/probe.rs),
+/// for the account and the host key it was probed with: re-probed when
+/// either changes, or after a run failed on the target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountCapabilities {
+    /// `user@host:port:path`.
+    pub account: String,
+    /// sha1 of the known_hosts file the probe trusted.
+    pub known_hosts: String,
+    pub shell: bool,
+    pub rsync_server: bool,
+    pub sha1sum: bool,
+}
+
+impl AccountCapabilities {
+    pub fn read(state_dir: &Path) -> Option<AccountCapabilities> {
+        read_json(&state_dir.join(CAPABILITIES))
+    }
+
+    pub fn write(&self, state_dir: &Path) -> Result<()> {
+        let text = serde_json::to_string(self).expect("plain fields serialise");
+        write_atomic(&state_dir.join(CAPABILITIES), text.as_bytes())
+    }
+
+    pub fn forget(state_dir: &Path) {
+        let _ = std::fs::remove_file(state_dir.join(CAPABILITIES));
     }
 }
 

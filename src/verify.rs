@@ -8,24 +8,23 @@
 //! `verify --deep`: decrypt the local encrypted view again with a forward
 //! gocryptfs mount and compare it with the plaintext source.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::time::Duration;
 
 use crate::checksums::{self, Cache, Diff, Sum};
-use crate::config::{Job, RemoteChecksums, Target};
+use crate::config::Job;
 use crate::crypt::{self, PathDecryptor, REMOTE_CONFIG_NAME};
 use crate::error::{Error, IoContext, Result};
 use crate::exec::scratch_file;
 use crate::fingerprint::{self, SourceState};
-use crate::remote::{self, CHECKSUMS, FILES, Remote, Ssh, quote_path};
 use crate::run::{Context, Done};
 use crate::sample::{self, Budget, Selection};
 use crate::state::{LastBackup, RepairList, SHA1_CACHE, SampleRotation};
 use crate::stats::{DeepVerifyStats, StageStats, VerifyStats};
 use crate::status::{self, AtomicFile, Outcome};
+use crate::target::{self, FILES, Need, RemoteSums, Target, TreeEntry};
 use crate::{interrupt, log, pool, verify_cache};
 
 /// How many verify runs keep their checksum lists on the target.
@@ -44,8 +43,9 @@ pub fn verify(ctx: &Context, sample: Option<Budget>) -> Result<Done> {
     // when the source has not changed.
     let ((remote, mut remote_list), (view, mut local, source)) = pool::side_by_side(
         || {
-            let remote = remote::open(job, needs_mount(job), &ctx.runtime("remote"))?;
-            let list = remote_list(ctx, &remote, &id)?;
+            let remote = target::open(job, Need::Records, &ctx.runtime("remote"))?;
+            let into = scratch_file(&job.state_dir, "verify-remote")?;
+            let list = remote.checksums(&id, into)?;
             Ok((remote, list))
         },
         || local_side(ctx, &cipher_point, &ctlsock, since),
@@ -60,14 +60,15 @@ pub fn verify(ctx: &Context, sample: Option<Budget>) -> Result<Done> {
     if local.tally.hardlinked > 0 {
         log::warn(format!(
             "{} hard-linked file(s) cannot be compared by ciphertext (gocryptfs -reverse encrypts them \
-             differently in every mount); verify --deep checks them",
+             differently in every mount): they are checked for presence and size only",
             local.tally.hardlinked
         ));
     }
-    let diff = without(diff, &local.tally.skip);
+    let diff = without(diff, &local.tally);
+    let diff = check_hardlinked_sizes(&*remote, view.point(), &local.tally, diff)?;
     let budget =
         sample.unwrap_or_else(|| Budget::for_job(job.verify_sample_bytes, local.tally.data_bytes));
-    let (diff, possession) = read_back(ctx, &remote, &mut local, diff, budget)?;
+    let (diff, possession) = read_back(ctx, &*remote, &remote_list, &mut local, diff, budget)?;
     // Tells the next backup which remote files to re-send by checksum.
     RepairList::save(&job.state_dir, &diff.changed)?;
     keep_or_forget_list(ctx, source.as_ref(), &mut local, &diff);
@@ -88,7 +89,10 @@ pub fn verify(ctx: &Context, sample: Option<Budget>) -> Result<Done> {
         changed: diff.changed.iter().map(name).collect(),
     };
     pool::side_by_side(
-        || store_lists(&remote, &id, local.list, remote_list),
+        || {
+            let theirs = (!remote_list.stored).then_some(remote_list.file);
+            remote.store_checksum_lists(&id, local.list, theirs, KEPT_CHECKSUM_RUNS)
+        },
         || view.unmount(),
     )?;
     Ok(Done {
@@ -112,19 +116,20 @@ struct Possession {
 /// was the check.
 fn read_back(
     ctx: &Context,
-    remote: &Remote,
+    remote: &dyn Target,
+    theirs: &RemoteSums,
     local: &mut LocalList,
     mut diff: Diff,
     budget: Budget,
 ) -> Result<(Diff, Possession)> {
-    let Remote::Shell { ssh } = remote else {
+    if !theirs.by_server {
         let everything = Possession {
             read: local.tally.files,
             bytes: local.tally.data_bytes,
             rotation_runs: 1,
         };
         return Ok((diff, everything));
-    };
+    }
     if budget == Budget::Bytes(0) {
         log::warn(
             "verify.sample_bytes is 0: no remote file is read back, so verify takes the server's word for its data",
@@ -146,14 +151,12 @@ fn read_back(
         budget,
         local.tally.data_bytes,
     );
-    let point = ctx.runtime("remote");
-    crate::mount::prepare_point(&point)?;
-    let mount = ssh.mount(&point)?;
+    let files = remote.read_back(&ctx.runtime("remote-read"))?;
     // Already reported files are not read again.
     let mut skip = local.tally.skip.clone();
     skip.extend(diff.missing.iter().chain(&diff.changed).cloned());
-    let found = sample::read_back(&mut local.list, &mount.pinned(), &selection, &skip)?;
-    mount.unmount()?;
+    let found = sample::read_back(&mut local.list, files.root(), &selection, &skip)?;
+    files.close()?;
     if let Err(e) = selection.next().write(state_dir) {
         log::warn(format!(
             "cannot keep where the read-back rotation stands: {e}"
@@ -264,10 +267,6 @@ fn outcome_of(diff: &Diff) -> Outcome {
     }
 }
 
-fn needs_mount(job: &Job) -> bool {
-    matches!(&job.target, Target::Sftp(s) if s.remote_checksums == RemoteChecksums::Mount)
-}
-
 /// The local side: a sha1sum list in a scratch file, and its tally.
 struct LocalList {
     list: File,
@@ -285,8 +284,12 @@ struct Tally {
     hashed: usize,
     pending: usize,
     hardlinked: usize,
-    /// Files whose difference has a known, harmless cause.
+    /// Files whose content may differ for a known, harmless cause
+    /// (pending, hard-linked).
     skip: HashSet<String>,
+    /// Files that may be missing for a good reason: changed after the last
+    /// backup started.
+    pending_paths: HashSet<String>,
     /// The hard-linked ones among them, kept with a reused list.
     hardlinked_paths: Vec<String>,
 }
@@ -329,6 +332,9 @@ fn local_list(ctx: &Context, view: &Path, since: Option<i128>) -> Result<LocalLi
         if file.hardlinked {
             local.hardlinked_paths.push(file.rel.clone());
         }
+        if pending {
+            local.pending_paths.insert(file.rel.clone());
+        }
         if pending || file.hardlinked {
             local.skip.insert(file.rel);
         }
@@ -352,144 +358,53 @@ fn write_config_line(list: &mut impl Write, config: &mut Option<Sum>) -> std::io
 }
 
 /// The remote side's sha1sum list, always hashed in full.
-struct RemoteList {
-    file: File,
-    /// Already kept in checksums/ by the server.
-    stored: bool,
-}
-
-fn remote_list(ctx: &Context, remote: &Remote, id: &str) -> Result<RemoteList> {
-    let file = scratch_file(&ctx.job.state_dir, "verify-remote")?;
-    match remote {
-        Remote::Path { root, .. } => {
-            let mut list = BufWriter::new(file);
-            checksums::hash_tree(&root.join(FILES), None, |f| {
-                checksums::write_line(&mut list, &f.rel, &f.sum)
-                    .map_err(|e| Error::io("writing the remote checksum list", e))
-            })?;
-            let file = list
-                .into_inner()
-                .map_err(|e| Error::io("writing the remote checksum list", e.into_error()))?;
-            Ok(RemoteList {
-                file,
-                stored: false,
-            })
-        }
-        Remote::Shell { ssh } => Ok(RemoteList {
-            file: remote_list_over_ssh(ssh, id, file)?,
-            stored: true,
-        }),
-    }
-}
-
-/// sha1 on the server: one ssh command. The server keeps the sorted list
-/// in checksums/ and sends it; nothing else is downloaded.
-fn remote_list_over_ssh(ssh: &Ssh, id: &str, into: File) -> Result<File> {
-    let root = quote_path(&ssh.sftp().path);
-    let command = format!("cd {root}/{FILES} && {}", remote_hash_script(id));
-    // A day bounds a server that hangs while answering keepalives.
-    let cmd = ssh
-        .command(&command)
-        .stdout_to(into)
-        .timeout(Duration::from_secs(24 * 3600));
-    ssh.run_checked(cmd, "computing remote checksums")?
-        .into_stdout()
-}
-
-/// The script that hashes files/ (the current dir) into `sha1sum` format,
-/// sorted, keeps it as checksums/<id>.remote.sha1 and prints it.
-///
-/// - `openssl dgst -sha1` where the server has it (SHA-NI: about twice
-///   sha1sum's speed here), in sha1sum's format by `sed`; only for paths
-///   of the characters encrypted names use, as openssl does not escape a
-///   newline in a name. Everything else goes to sha1sum.
-/// - Several processes when the server has coreutils' nproc and stdbuf:
-///   line-buffered, each output line is one write and cannot interleave
-///   with another's (a damaged line would fail to parse anyway).
-/// - Every list goes to a file first: `| sort` would hide a failure.
-/// - Sorted on field 3 (`./path`), the byte order of our own list.
-fn remote_hash_script(id: &str) -> String {
-    let dir = format!("../{CHECKSUMS}/.{id}.remote");
-    let kept = format!("../{CHECKSUMS}/{id}.remote.sha1");
-    let plain = "'*[!A-Za-z0-9._/-]*'";
-    format!(
-        "set -e; export LC_ALL=C; mkdir -p ../{CHECKSUMS}; \
-         in_parallel() {{ if command -v nproc >/dev/null 2>&1 && command -v stdbuf >/dev/null 2>&1; \
-         then xargs -0r -P \"$(nproc)\" -n 256 stdbuf -oL \"$@\"; else xargs -0r \"$@\"; fi; }}; \
-         if [ \"$(printf '' | openssl dgst -sha1 -r 2>/dev/null)\" = '{EMPTY_SHA1} *stdin' ]; then \
-         find . -type f ! -path {plain} -print0 | in_parallel openssl dgst -sha1 -r > {dir}.openssl; \
-         sed 's/^\\([0-9a-f]\\{{40\\}}\\) \\*/\\1  /' {dir}.openssl > {dir}.unsorted; rm -f {dir}.openssl; \
-         find . -type f -path {plain} -print0 | in_parallel sha1sum >> {dir}.unsorted; \
-         else find . -type f -print0 | in_parallel sha1sum > {dir}.unsorted; fi; \
-         sort -t ' ' -k 3 {dir}.unsorted > {dir}.sha1.tmp; rm -f {dir}.unsorted; \
-         mv -f {dir}.sha1.tmp {kept}; cat {kept}"
-    )
-}
-
-/// sha1 of no bytes, as `openssl dgst -sha1 -r` prints it for empty stdin.
-const EMPTY_SHA1: &str = "da39a3ee5e6b4b0d3255bfef95601890afd80709";
-
-/// Drops the paths whose difference has a known, harmless cause.
-fn without(diff: Diff, skip: &HashSet<String>) -> Diff {
-    let keep = |list: Vec<String>| list.into_iter().filter(|p| !skip.contains(p)).collect();
+/// Drops the differences that have a known, harmless cause: files changed
+/// after the last backup started (pending), and the content of hard-linked
+/// files (their ciphertext differs per mount). A hard-linked file that is
+/// missing is still missing.
+fn without(diff: Diff, tally: &Tally) -> Diff {
+    let keep = |list: Vec<String>, skip: &HashSet<String>| {
+        list.into_iter().filter(|p| !skip.contains(p)).collect()
+    };
     Diff {
-        missing: keep(diff.missing),
+        missing: keep(diff.missing, &tally.pending_paths),
         extra: diff.extra,
-        changed: keep(diff.changed),
+        changed: keep(diff.changed, &tally.skip),
     }
 }
 
-/// Keeps both lists in the remote checksums/ dir, as the seed did. The
-/// lists of the last KEPT_CHECKSUM_RUNS verify runs are enough to see when
-/// damage appeared; older ones would only grow without bound.
-fn store_lists(remote: &Remote, id: &str, local: File, theirs: RemoteList) -> Result<()> {
-    match remote {
-        Remote::Shell { ssh } => store_lists_over_ssh(ssh, id, local),
-        Remote::Path { .. } => store_lists_on_path(remote, id, local, theirs),
-    }
-}
-
-/// One ssh command: the local list (the server stored its own) goes up
-/// on stdin, then the lists of older runs are removed.
-fn store_lists_over_ssh(ssh: &Ssh, id: &str, local: File) -> Result<()> {
-    let dir = quote_path(&ssh.sftp().path.join(CHECKSUMS));
-    let command = format!(
-        "cd {dir} && cat > .{id}.local.sha1.tmp && mv -f .{id}.local.sha1.tmp {id}.local.sha1 && \
-         for run in $(ls -1A | grep -E '^[0-9]{{8}}T[0-9]{{6}}Z[.](local|remote)[.]sha1$' | sed 's/[.].*//' \
-         | sort -ru | tail -n +{}); do rm -f \"$run.local.sha1\" \"$run.remote.sha1\"; done",
-        KEPT_CHECKSUM_RUNS + 1
-    );
-    let mut local = local;
-    local
-        .seek(SeekFrom::Start(0))
-        .ctx(|| "rewinding the local list")?;
-    let cmd = ssh
-        .command(&command)
-        .stdin(local)
-        .timeout(remote::SHORT_COMMAND * 12);
-    ssh.run_checked(cmd, "storing the checksum lists")
-        .map(|_| ())
-}
-
-fn store_lists_on_path(remote: &Remote, id: &str, local: File, theirs: RemoteList) -> Result<()> {
-    remote.write_file_atomic_from(&format!("{CHECKSUMS}/{id}.local.sha1"), local)?;
-    if !theirs.stored {
-        remote.write_file_atomic_from(&format!("{CHECKSUMS}/{id}.remote.sha1"), theirs.file)?;
-    }
-    let names = remote.list_names(CHECKSUMS)?;
-    let mut runs: Vec<&str> = names
+/// Hard-linked files are not compared by content, but their size is
+/// known: the ciphertext's size follows from the plaintext's. One listing
+/// of files/, only when there are any.
+fn check_hardlinked_sizes(
+    remote: &dyn Target,
+    view: &Path,
+    tally: &Tally,
+    mut diff: Diff,
+) -> Result<Diff> {
+    let linked: Vec<&String> = tally
+        .hardlinked_paths
         .iter()
-        .filter(|n| !n.starts_with('.'))
-        .filter_map(|n| n.split('.').next())
+        .filter(|p| !tally.pending_paths.contains(*p))
         .collect();
-    runs.dedup();
-    let old = runs.len().saturating_sub(KEPT_CHECKSUM_RUNS);
-    let stale: Vec<String> = runs[..old]
-        .iter()
-        .flat_map(|run| ["local", "remote"].map(|side| format!("{CHECKSUMS}/{run}.{side}.sha1")))
+    if linked.is_empty() {
+        return Ok(diff);
+    }
+    let sizes: HashMap<String, u64> = remote
+        .list_tree(FILES)?
+        .into_iter()
+        .filter(|e: &TreeEntry| e.kind == 'f')
+        .map(|e| (e.path, e.size))
         .collect();
-    remote.remove(&stale)?;
-    Ok(())
+    for path in linked {
+        let ours = std::fs::symlink_metadata(view.join(path)).map(|m| m.len());
+        match (sizes.get(path.as_str()), ours) {
+            (Some(theirs), Ok(ours)) if *theirs != ours => diff.changed.push(path.clone()),
+            _ => {}
+        }
+    }
+    diff.changed.sort();
+    Ok(diff)
 }
 
 /// A plaintext path for the report where gocryptfs can decrypt it; for
@@ -682,80 +597,4 @@ fn dir_entries(root: &Path, rel: &str) -> Result<Vec<(String, EntryKind)>> {
     }
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(entries)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The server's script lists a tree exactly as our own hashing does,
-    /// odd names included, with openssl and with sha1sum alone.
-    #[test]
-    fn the_remote_hash_script_agrees_with_our_list() {
-        let root = std::env::temp_dir().join(format!("ciphersync-rhash-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let files = root.join(FILES);
-        std::fs::create_dir_all(files.join("Ab/dir with space")).unwrap();
-        for (i, name) in [
-            "Ab/Cd_-x.y",
-            "gocryptfs.diriv",
-            "odd\nname",
-            "back\\slash",
-            "ünï",
-            "Ab/dir with space/f",
-            "-dash",
-        ]
-        .iter()
-        .enumerate()
-        {
-            std::fs::write(files.join(name), vec![i as u8; 1000 * i]).unwrap();
-        }
-        let mut ours = Vec::new();
-        checksums::hash_tree(&files, None, |f| {
-            checksums::write_line(&mut ours, &f.rel, &f.sum).map_err(|e| Error::io("list", e))
-        })
-        .unwrap();
-
-        // A PATH with every tool the script uses but openssl.
-        let bin = root.join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        let which = |tool: &str| {
-            let mut out = crate::exec::Cmd::new("sh")
-                .arg("-c")
-                .arg(format!("command -v {tool}"))
-                .run()
-                .unwrap();
-            out.success()
-                .then(|| out.stdout_string().unwrap().trim().to_string())
-        };
-        for tool in [
-            "mkdir", "xargs", "nproc", "stdbuf", "find", "sed", "sort", "rm", "mv", "cat",
-            "sha1sum",
-        ] {
-            let found = which(tool).unwrap_or_else(|| panic!("{tool} is missing"));
-            std::os::unix::fs::symlink(found, bin.join(tool)).unwrap();
-        }
-        let has_openssl = which("openssl").is_some();
-        assert!(
-            has_openssl || std::env::var_os("CI").is_none(),
-            "openssl is missing in CI"
-        );
-        for path_prefix in ["", &format!("PATH={}; ", bin.display())] {
-            let script = format!("{path_prefix}{}", remote_hash_script("20261129T030000Z"));
-            let mut out = crate::exec::Cmd::new("sh")
-                .arg("-c")
-                .arg(&script)
-                .cwd(&files)
-                .run()
-                .unwrap();
-            assert!(out.success(), "{path_prefix}: {}", out.stderr);
-            let listed = out.stdout_string().unwrap();
-            assert_eq!(listed, String::from_utf8_lossy(&ours), "{path_prefix}");
-            let kept = root.join(CHECKSUMS).join("20261129T030000Z.remote.sha1");
-            assert_eq!(std::fs::read(kept).unwrap(), ours);
-            let left: Vec<_> = std::fs::read_dir(root.join(CHECKSUMS)).unwrap().collect();
-            assert_eq!(left.len(), 1, "temp files left: {left:?}");
-        }
-        std::fs::remove_dir_all(&root).unwrap();
-    }
 }

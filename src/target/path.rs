@@ -1,0 +1,405 @@
+//! A target that is a local path: a local disk, or the SFTP account mounted
+//! with sshfs. Works with any SFTP server: everything is a file operation.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use super::listing::{TreeEntry, list_local_tree};
+use super::{
+    CHECKSUMS, FILES, Preflight, RECORDS, ReadBack, RecordCounts, RecordRequest, RemoteSums,
+    RsyncDest, SNAPSHOTS, Ssh, Target,
+};
+use crate::crypt::REMOTE_CONFIG_NAME;
+use crate::error::{Error, IoContext, Kind, Result};
+use crate::fsutil::AtomicFile;
+use crate::mount::Mount;
+use crate::{checksums, interrupt, log, walk};
+
+/// gocryptfs.diriv (16 bytes), a long name's .name file (a name of at
+/// most a few KiB) and gocryptfs.conf (about 1 KiB) are all a snapshot
+/// dir is completed with: anything larger on the target is not one.
+const GOCRYPTFS_SMALL_FILE_LIMIT: u64 = 64 * 1024;
+
+pub struct PathTarget {
+    root: PathBuf,
+    /// The sshfs mount that `root` is, if any. Declared before `ssh`: it is
+    /// unmounted before the ssh master it rides on goes away.
+    mount: Option<Mount>,
+    ssh: Option<Ssh>,
+}
+
+impl PathTarget {
+    /// A local directory (a disk); it must exist.
+    pub fn local(path: &Path) -> Result<PathTarget> {
+        if !path.is_dir() {
+            return Err(Error::new(
+                Kind::Io,
+                format!(
+                    "target {} is not a directory (is the disk mounted?)",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(PathTarget {
+            root: path.to_owned(),
+            mount: None,
+            ssh: None,
+        })
+    }
+
+    /// The account mounted with sshfs at `point`, keeping `ssh` with it.
+    pub fn mounted(ssh: Ssh, point: &Path) -> Result<PathTarget> {
+        let mut target = PathTarget::mount_with(&ssh, point)?;
+        target.ssh = Some(ssh);
+        Ok(target)
+    }
+
+    /// The account mounted at `point` through `ssh`, which the caller keeps
+    /// (and drops after this).
+    pub fn mount_with(ssh: &Ssh, point: &Path) -> Result<PathTarget> {
+        crate::mount::prepare_point(point)?;
+        let mount = ssh.mount(point)?;
+        log::debug(|| format!("remote mounted at {}", point.display()));
+        Ok(PathTarget {
+            root: point.to_owned(),
+            mount: Some(mount),
+            ssh: None,
+        })
+    }
+
+    /// The target's root as a local path.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The root as rsync and other tools should reach it: through the
+    /// pinned mount (see Mount::pinned), so a remount elsewhere is not
+    /// followed.
+    fn tool_root(&self) -> PathBuf {
+        match &self.mount {
+            Some(m) => m.pinned(),
+            None => self.root.clone(),
+        }
+    }
+
+    fn ensure_layout(&self) -> Result<()> {
+        for dir in [FILES, SNAPSHOTS, CHECKSUMS, RECORDS] {
+            let path = self.root.join(dir);
+            if !path.is_dir() {
+                std::fs::create_dir(&path)
+                    .ctx(|| format!("cannot create {} on the target", path.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ids of the runs with a record, oldest first.
+    fn recorded_ids(&self) -> Result<Vec<String>> {
+        let mut ids: Vec<String> = self
+            .list_names(RECORDS)?
+            .into_iter()
+            .filter_map(|n| n.strip_suffix(".rec").map(str::to_owned))
+            .filter(|id| crate::status::parse_snapshot_id(id).is_some())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// A record's header: its lines up to the blank one, bounded.
+    fn record_header(&self, id: &str) -> Result<String> {
+        let rel = format!("{RECORDS}/{id}.rec");
+        let file = crate::fsutil::open_below(&self.root, &rel)?
+            .ok_or_else(|| Error::new(Kind::Corrupt, format!("{rel} vanished while listed")))?;
+        let mut header = String::new();
+        for line in crate::limits::Lines::new(BufReader::new(file), rel.clone()).take(64) {
+            let line = String::from_utf8_lossy(&line?).into_owned();
+            header.push_str(&line);
+            header.push('\n');
+            if line.is_empty() {
+                break;
+            }
+        }
+        Ok(header)
+    }
+
+    /// The record entries of a walk of files/, into a scratch file; counts
+    /// the user's files and bytes.
+    fn list_files_for_record(&self, request: &RecordRequest) -> Result<(File, u64, u64)> {
+        let files = self.root.join(FILES);
+        let scratch = crate::exec::scratch_file(request.scratch_dir, "record")?;
+        let mut entries = BufWriter::new(scratch);
+        let write_error = |e: std::io::Error| Error::io("writing the record", e);
+        let (mut count, mut bytes) = (0, 0);
+        for entry in walk::sorted(&files) {
+            interrupt::check()?;
+            let entry = entry.map_err(|e| walk::error(&files, e))?;
+            let dot_name = entry.file_name().as_encoded_bytes().starts_with(b".");
+            if request.skip_dot_names && dot_name {
+                continue;
+            }
+            let tree_entry = TreeEntry::of(&files, &entry)?;
+            if tree_entry.kind == '?' {
+                continue;
+            }
+            if tree_entry.is_user_file() {
+                count += 1;
+                bytes += tree_entry.size;
+            }
+            entries
+                .write_all(tree_entry.record_line().as_bytes())
+                .map_err(write_error)?;
+        }
+        let mut entries = entries
+            .into_inner()
+            .map_err(|e| write_error(e.into_error()))?;
+        entries.seek(SeekFrom::Start(0)).map_err(write_error)?;
+        Ok((entries, count, bytes))
+    }
+}
+
+impl Target for PathTarget {
+    fn check_live(&self) -> Result<()> {
+        match &self.mount {
+            Some(m) => m.check_live(),
+            None => std::fs::read_dir(&self.root)
+                .map(|_| ())
+                .ctx(|| format!("target {}", self.root.display())),
+        }
+    }
+
+    fn rsync_dest(&self, rel: &str) -> RsyncDest {
+        RsyncDest {
+            location: self.tool_root().join(rel).to_string_lossy().into_owned(),
+            ssh_shell: None,
+            over_sshfs: self.mount.is_some(),
+        }
+    }
+
+    fn create_dir(&self, rel: &str) -> Result<()> {
+        let dir = self.tool_root().join(rel);
+        match std::fs::create_dir(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                Err(Error::io(format!("creating {}", dir.display()), e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn free_bytes(&self) -> Option<u64> {
+        nix::sys::statvfs::statvfs(&self.root)
+            .ok()
+            .map(|s| s.blocks_available() * s.fragment_size())
+    }
+
+    fn connection_error(&self, stderr: &str, what: &str) -> Option<Error> {
+        self.ssh.as_ref().map(|s| s.connection_error(stderr, what))
+    }
+
+    fn read_file(&self, rel: &str, limit: u64) -> Result<Option<Vec<u8>>> {
+        let what = format!("{rel} on the target");
+        match crate::fsutil::open_below(&self.root, rel)? {
+            Some(file) => {
+                crate::limits::read_text(file, limit, &what).map(|t| Some(t.into_bytes()))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn open_file(&self, rel: &str, _scratch: File) -> Result<Option<File>> {
+        crate::fsutil::open_below(&self.root, rel)
+    }
+
+    fn write_file(&self, rel: &str, mut content: File) -> Result<()> {
+        content
+            .seek(SeekFrom::Start(0))
+            .ctx(|| format!("rewinding the content of {rel}"))?;
+        let mut file = AtomicFile::create_under(&self.root, rel)?;
+        std::io::copy(&mut content, &mut file)
+            .ctx(|| format!("writing {}", self.root.join(rel).display()))?;
+        file.commit()
+    }
+
+    fn list_tree(&self, rel: &str) -> Result<Vec<TreeEntry>> {
+        list_local_tree(&self.root.join(rel))
+    }
+
+    fn list_names(&self, rel: &str) -> Result<Vec<String>> {
+        let mut names: Vec<String> = match std::fs::read_dir(self.root.join(rel)) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::io(format!("listing {rel} on the target"), e)),
+        };
+        names.sort();
+        Ok(names)
+    }
+
+    fn remove(&self, rels: &[String]) -> Result<()> {
+        for rel in rels {
+            remove_local(&self.root.join(rel))?;
+        }
+        Ok(())
+    }
+
+    fn copy_within(&self, pairs: &[(String, String)]) -> Result<()> {
+        for (from, to) in pairs {
+            interrupt::check()?;
+            crate::fsutil::copy_below(&self.root, from, to, GOCRYPTFS_SMALL_FILE_LIMIT)?;
+        }
+        Ok(())
+    }
+
+    fn remove_rsync_leftovers(&self) -> Result<usize> {
+        remove_dot_files(&self.root.join(FILES))
+    }
+
+    fn preflight(&self, known: Option<&str>, _scratch_dir: &Path) -> Result<Preflight> {
+        self.ensure_layout()?;
+        let config = self.read_file(
+            &format!("{FILES}/{REMOTE_CONFIG_NAME}"),
+            crate::limits::MAX_SMALL_FILE,
+        )?;
+        let last_id = self.recorded_ids()?.pop();
+        let last_record = match last_id.as_deref().filter(|id| Some(*id) != known) {
+            Some(id) => crate::fsutil::open_below(&self.root, &format!("{RECORDS}/{id}.rec"))?,
+            None => None,
+        };
+        Ok(Preflight {
+            config,
+            last_id,
+            last_record,
+            target_stamps: None,
+        })
+    }
+
+    fn write_record(&self, request: &RecordRequest) -> Result<RecordCounts> {
+        let (mut entries, files, bytes) = self.list_files_for_record(request)?;
+        let header = request
+            .header_format
+            .replacen("%s", &files.to_string(), 1)
+            .replacen("%s", &bytes.to_string(), 1);
+        let rel = format!("{RECORDS}/{}.rec", request.id);
+        let mut record = AtomicFile::create_under(&self.root, &rel)?;
+        record
+            .write_all(header.as_bytes())
+            .and_then(|_| std::io::copy(&mut entries, &mut record).map(|_| ()))
+            .map_err(|e| Error::io("writing the record", e))?;
+        record.commit()?;
+        Ok(RecordCounts {
+            files,
+            bytes,
+            stamps: None,
+        })
+    }
+
+    fn record_headers(&self, _scratch_dir: &Path) -> Result<Vec<(String, String)>> {
+        self.recorded_ids()?
+            .into_iter()
+            .map(|id| self.record_header(&id).map(|h| (id, h)))
+            .collect()
+    }
+
+    fn checksums(&self, _id: &str, into: File) -> Result<RemoteSums> {
+        let mut list = BufWriter::new(into);
+        checksums::hash_tree(&self.root.join(FILES), None, |f| {
+            checksums::write_line(&mut list, &f.rel, &f.sum)
+                .map_err(|e| Error::io("writing the remote checksum list", e))
+        })?;
+        let file = list
+            .into_inner()
+            .map_err(|e| Error::io("writing the remote checksum list", e.into_error()))?;
+        Ok(RemoteSums {
+            file,
+            by_server: false,
+            stored: false,
+        })
+    }
+
+    fn store_checksum_lists(
+        &self,
+        id: &str,
+        local: File,
+        remote: Option<File>,
+        keep: usize,
+    ) -> Result<()> {
+        self.write_file(&format!("{CHECKSUMS}/{id}.local.sha1"), local)?;
+        if let Some(remote) = remote {
+            self.write_file(&format!("{CHECKSUMS}/{id}.remote.sha1"), remote)?;
+        }
+        let names = self.list_names(CHECKSUMS)?;
+        let mut runs: Vec<&str> = names
+            .iter()
+            .filter(|n| !n.starts_with('.'))
+            .filter_map(|n| n.split('.').next())
+            .collect();
+        runs.dedup();
+        let old = runs.len().saturating_sub(keep);
+        let stale: Vec<String> = runs[..old]
+            .iter()
+            .flat_map(|run| {
+                ["local", "remote"].map(|side| format!("{CHECKSUMS}/{run}.{side}.sha1"))
+            })
+            .collect();
+        self.remove(&stale)
+    }
+
+    fn read_back(&self, _point: &Path) -> Result<ReadBack<'_>> {
+        Ok(ReadBack {
+            root: self.tool_root(),
+            mount: None,
+            _target: std::marker::PhantomData,
+        })
+    }
+}
+
+fn remove_local(path: &Path) -> Result<()> {
+    let result = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            make_dirs_writable(path);
+            std::fs::remove_dir_all(path)
+        }
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    };
+    result.ctx(|| format!("removing {}", path.display()))
+}
+
+/// A directory a backup kept read-only (0555, as in the source) cannot be
+/// emptied by a non-root account: owner write first. Links are not
+/// followed; a failure shows up in the removal that follows.
+fn make_dirs_writable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(|e| e.ok())
+    {
+        let Ok(meta) = entry.path().symlink_metadata() else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if meta.is_dir() && mode & 0o200 == 0 {
+            let writable = std::fs::Permissions::from_mode((mode | 0o700) & 0o7777);
+            let _ = std::fs::set_permissions(entry.path(), writable);
+        }
+    }
+}
+
+fn remove_dot_files(dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    for entry in walkdir::WalkDir::new(dir).min_depth(1) {
+        interrupt::check()?;
+        let entry = entry.map_err(|e| crate::walk::error(dir, e))?;
+        let is_temp =
+            entry.file_name().to_string_lossy().starts_with('.') && entry.file_type().is_file();
+        if is_temp {
+            std::fs::remove_file(entry.path())
+                .ctx(|| format!("removing {}", entry.path().display()))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}

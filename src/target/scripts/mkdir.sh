@@ -1,0 +1,2 @@
+# Creates each directory given (and its parents).
+mkdir -p -- "$@"

@@ -1,0 +1,221 @@
+//! A storage-box account: SFTP plus a few single commands (`rsync
+//! --server`, `sha1sum`), no shell. Files, records and listings go over
+//! SFTP (the sshfs mount, a [`PathTarget`]); data goes over `rsync
+//! --server` when the job's transport is `rsync`; verify's sha1s are
+//! computed by the server's `sha1sum` when it is allowed.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use super::listing::TreeEntry;
+use super::ssh::remote_failure;
+use super::{
+    FILES, PathTarget, Preflight, ReadBack, RecordCounts, RecordRequest, RemoteSums, RsyncDest,
+    SHORT_COMMAND, Ssh, Target,
+};
+use crate::checksums;
+use crate::error::{Error, Result};
+
+/// Files per `sha1sum` command: one round trip each, far below ARG_MAX.
+const SHA1SUM_BATCH: usize = 512;
+
+pub struct WhitelistTarget {
+    /// Declared before `ssh`: the mount goes before the master it rides on.
+    path: PathTarget,
+    ssh: Ssh,
+    rsync_over_ssh: bool,
+    server_sha1sum: bool,
+}
+
+impl WhitelistTarget {
+    pub fn new(
+        path: PathTarget,
+        ssh: Ssh,
+        rsync_over_ssh: bool,
+        server_sha1sum: bool,
+    ) -> WhitelistTarget {
+        WhitelistTarget {
+            path,
+            ssh,
+            rsync_over_ssh,
+            server_sha1sum,
+        }
+    }
+
+    /// `sha1sum -- files/...` on the server for one batch of paths below
+    /// files/. Only names of the characters encrypted names use are sent:
+    /// a storage box splits the command line its own way, and these need
+    /// no quoting in any of them.
+    fn sha1sum_batch(&self, rels: &[&str], out: &mut impl Write) -> Result<()> {
+        let base = self.ssh.sftp().path.join(FILES);
+        let prefix = format!("{}/", base.display());
+        let mut command = String::from("sha1sum --");
+        for rel in rels {
+            command.push(' ');
+            command.push_str(&prefix);
+            command.push_str(rel);
+        }
+        let mut result = self
+            .ssh
+            .command(&command)
+            .timeout(SHORT_COMMAND * 12)
+            .run()?;
+        if result.code() == Some(255) {
+            return Err(self
+                .ssh
+                .connection_error(&result.stderr, "computing checksums"));
+        }
+        if !result.success() {
+            return Err(remote_failure(&self.ssh, &mut result, "sha1sum failed"));
+        }
+        let mut seen = 0;
+        checksums::read_list(result.stdout_reader()?, |name, sum| {
+            let rel = name.strip_prefix(&prefix).unwrap_or(&name);
+            seen += 1;
+            checksums::write_line(out, rel, &sum)
+                .map_err(|e| Error::io("writing the remote checksum list", e))
+        })?;
+        if seen != rels.len() {
+            return Err(Error::new(
+                crate::error::Kind::Corrupt,
+                format!(
+                    "sha1sum on {} answered {seen} lines for {} files",
+                    self.ssh.sftp().host,
+                    rels.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The server's sha1s of the files whose names need no quoting; the
+    /// others (plaintext names only) are read through the mount.
+    fn server_sums(&self, into: File) -> Result<File> {
+        let entries = self.path.list_tree(FILES)?;
+        let files: Vec<&TreeEntry> = entries.iter().filter(|e| e.kind == 'f').collect();
+        let (plain, odd): (Vec<&TreeEntry>, Vec<&TreeEntry>) =
+            files.into_iter().partition(|e| needs_no_quoting(&e.path));
+        let mut list = BufWriter::new(into);
+        for batch in plain.chunks(SHA1SUM_BATCH) {
+            crate::interrupt::check()?;
+            let rels: Vec<&str> = batch.iter().map(|e| e.path.as_str()).collect();
+            self.sha1sum_batch(&rels, &mut list)?;
+        }
+        let root = self.path.root().join(FILES);
+        for entry in odd {
+            let sum = checksums::hash_file(&root.join(&entry.path))?;
+            checksums::write_line(&mut list, &entry.path, &sum)
+                .map_err(|e| Error::io("writing the remote checksum list", e))?;
+        }
+        list.into_inner()
+            .map_err(|e| Error::io("writing the remote checksum list", e.into_error()))
+    }
+}
+
+fn needs_no_quoting(path: &str) -> bool {
+    !path.is_empty()
+        && !path.starts_with('-')
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._/=-".contains(&b))
+}
+
+impl Target for WhitelistTarget {
+    fn check_live(&self) -> Result<()> {
+        self.path.check_live()
+    }
+
+    fn rsync_dest(&self, rel: &str) -> RsyncDest {
+        match self.rsync_over_ssh {
+            true => RsyncDest {
+                location: self.ssh.rsync_location(&self.ssh.sftp().path.join(rel)),
+                ssh_shell: Some(self.ssh.rsync_shell()),
+                over_sshfs: false,
+            },
+            false => self.path.rsync_dest(rel),
+        }
+    }
+
+    fn create_dir(&self, rel: &str) -> Result<()> {
+        self.path.create_dir(rel)
+    }
+
+    fn free_bytes(&self) -> Option<u64> {
+        self.path.free_bytes()
+    }
+
+    fn connection_error(&self, stderr: &str, what: &str) -> Option<Error> {
+        Some(self.ssh.connection_error(stderr, what))
+    }
+
+    fn read_file(&self, rel: &str, limit: u64) -> Result<Option<Vec<u8>>> {
+        self.path.read_file(rel, limit)
+    }
+
+    fn open_file(&self, rel: &str, scratch: File) -> Result<Option<File>> {
+        self.path.open_file(rel, scratch)
+    }
+
+    fn write_file(&self, rel: &str, content: File) -> Result<()> {
+        self.path.write_file(rel, content)
+    }
+
+    fn list_tree(&self, rel: &str) -> Result<Vec<TreeEntry>> {
+        self.path.list_tree(rel)
+    }
+
+    fn list_names(&self, rel: &str) -> Result<Vec<String>> {
+        self.path.list_names(rel)
+    }
+
+    fn remove(&self, rels: &[String]) -> Result<()> {
+        self.path.remove(rels)
+    }
+
+    fn copy_within(&self, pairs: &[(String, String)]) -> Result<()> {
+        self.path.copy_within(pairs)
+    }
+
+    fn remove_rsync_leftovers(&self) -> Result<usize> {
+        self.path.remove_rsync_leftovers()
+    }
+
+    fn preflight(&self, known: Option<&str>, scratch_dir: &Path) -> Result<Preflight> {
+        self.path.preflight(known, scratch_dir)
+    }
+
+    fn write_record(&self, request: &RecordRequest) -> Result<RecordCounts> {
+        self.path.write_record(request)
+    }
+
+    fn record_headers(&self, scratch_dir: &Path) -> Result<Vec<(String, String)>> {
+        self.path.record_headers(scratch_dir)
+    }
+
+    fn checksums(&self, id: &str, into: File) -> Result<RemoteSums> {
+        let base = self.ssh.sftp().path.to_string_lossy().into_owned();
+        if !self.server_sha1sum || !needs_no_quoting(&base) {
+            return self.path.checksums(id, into);
+        }
+        Ok(RemoteSums {
+            file: self.server_sums(into)?,
+            by_server: true,
+            stored: false,
+        })
+    }
+
+    fn store_checksum_lists(
+        &self,
+        id: &str,
+        local: File,
+        remote: Option<File>,
+        keep: usize,
+    ) -> Result<()> {
+        self.path.store_checksum_lists(id, local, remote, keep)
+    }
+
+    fn read_back(&self, point: &Path) -> Result<ReadBack<'_>> {
+        self.path.read_back(point)
+    }
+}

@@ -431,6 +431,11 @@ fn refused(job: &ServerJob, words: &[&str]) {
     assert!(before.is_empty(), "the job dir is not empty to start with");
     let o = job.run(&["backup"]);
     assert_ne!(o.code, 0, "backup was not refused:\n{}", o.dump());
+    assert_digests_equal(
+        &before,
+        &tree_digest(&job.server.local_dir),
+        "the job dir on the server after the refused backup",
+    );
     let lines = error_lines(&o);
     assert_eq!(lines.len(), 1, "the refusal is not one line:\n{}", o.dump());
     for w in words {
@@ -440,11 +445,6 @@ fn refused(job: &ServerJob, words: &[&str]) {
             o.dump()
         );
     }
-    assert_digests_equal(
-        &before,
-        &tree_digest(&job.server.local_dir),
-        "the job dir on the server after the refused backup",
-    );
     job.assert_clean();
 }
 

@@ -363,8 +363,9 @@ pub fn long_ascii_name() -> String {
 /// (`hard/a.bin`, `hard/b.bin`), a relative symlink (`links/up` ->
 /// `../docs/été à.txt`), an empty dir, a 0555 dir with a file in it
 /// (`readonly/inside.txt`), a name with spaces and non-ASCII characters, a
-/// 200-character name ([`long_ascii_name`]), plus `notes.txt` and
-/// `gone.txt` for [`change_features_tree`]. Deterministic.
+/// 200-character name ([`long_ascii_name`]), `notes.txt` and `gone.txt`
+/// for [`change_features_tree`], and 12 files under `filler/` that keep its
+/// changes below the deletion guard's 50 %. Deterministic.
 pub fn make_features_tree(root: &Path) {
     write_random_file(&root.join("hard/a.bin"), 5_000, 501);
     fs::hard_link(root.join("hard/a.bin"), root.join("hard/b.bin")).unwrap();
@@ -375,6 +376,14 @@ pub fn make_features_tree(root: &Path) {
     write_random_file(&root.join("readonly/inside.txt"), 2_000, 503);
     write_random_file(&root.join("long").join(long_ascii_name()), 4_000, 504);
     write_mode(&root.join("notes.txt"), b"first version\n", 0o644);
+    // Unchanged files, so that the changes stay below the deletion guard.
+    for i in 0..12 {
+        write_random_file(
+            &root.join(format!("filler/f{i:02}.bin")),
+            100 + i,
+            600 + i as u64,
+        );
+    }
     write_mode(
         &root.join("gone.txt"),
         b"deleted by the second run\n",

@@ -8,7 +8,9 @@ packages=(gocryptfs sshfs rsync openssh-server openssh-client fuse3 python3 time
 # The Nix parse check and the systemd-nspawn tests need these too.
 # openssl: the remote hashing script's fast path, tested against sha1sum.
 # python3-prometheus-client: its parser reads the --metrics-file output.
-[[ "${1:-}" == "--test" ]] && packages+=(nix-bin debootstrap systemd-container iproute2 openssl python3-prometheus-client shellcheck)
+# rclone: `rclone serve sftp`, one of the server kinds of tests/e2e_servers.rs.
+# shellcheck: the server-side scripts (src/target/scripts) are checked in a test.
+[[ "${1:-}" == "--test" ]] && packages+=(nix-bin debootstrap systemd-container iproute2 openssl python3-prometheus-client rclone shellcheck)
 
 missing=()
 for p in "${packages[@]}"; do

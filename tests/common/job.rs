@@ -50,6 +50,24 @@ impl JobBuilder {
     }
 
     pub fn build(self) -> Job {
+        self.build_with(None).0
+    }
+
+    /// Like [`JobBuilder::build`] (an sftp job), the target a fresh server
+    /// of `kind` ([`Server::start`] in the job's temp dir).
+    pub fn build_on(self, kind: ServerKind) -> ServerJob {
+        assert!(
+            matches!(self.kind, TargetKind::Sftp),
+            "build_on needs an sftp job (Job::sftp)"
+        );
+        let (job, server) = self.build_with(Some(kind));
+        ServerJob {
+            server: server.expect("build_with started the server"),
+            job,
+        }
+    }
+
+    fn build_with(self, server_kind: Option<ServerKind>) -> (Job, Option<Server>) {
         let tmp = TempDir::new(&self.tag);
         let root = tmp.path().to_path_buf();
         let source = root.join("src");
@@ -67,8 +85,22 @@ impl JobBuilder {
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
             .collect();
-        let (sshd, target_path, target) = match self.kind {
-            TargetKind::Sftp => {
+        let mut server = None;
+        let (sshd, target_path, target) = match (&self.kind, server_kind) {
+            (TargetKind::Sftp, Some(kind)) => {
+                let srv = Server::start(kind, &root);
+                let path = srv.local_dir.clone();
+                let mut t = srv.target_json();
+                if let Some(tr) = &self.transport {
+                    t["transport"] = json!(tr);
+                }
+                if let Some(rc) = &self.remote_checksums {
+                    t["remote_checksums"] = json!(rc);
+                }
+                server = Some(srv);
+                (None, path, t)
+            }
+            (TargetKind::Sftp, None) => {
                 let sshd = Sshd::start(&root);
                 let path = sshd.remote_dir().to_path_buf();
                 let mut t = json!({
@@ -88,7 +120,7 @@ impl JobBuilder {
                 }
                 (Some(sshd), path, t)
             }
-            TargetKind::Local => {
+            (TargetKind::Local, _) => {
                 let path = root.join("usb");
                 fs::create_dir_all(&path).unwrap();
                 let t = json!({ "type": "local", "path": path });
@@ -115,7 +147,7 @@ impl JobBuilder {
         }
         let config_file = root.join("job.json");
         fs::write(&config_file, serde_json::to_string_pretty(&config).unwrap()).unwrap();
-        Job {
+        let job = Job {
             sshd,
             tmp,
             name,
@@ -128,7 +160,8 @@ impl JobBuilder {
             target_path,
             config,
             settle_ms: std::cell::Cell::new(SETTLE_NEVER_MS),
-        }
+        };
+        (job, server)
     }
 }
 

@@ -16,6 +16,10 @@
 //! * [`run`] — [`Running`], [`Out`], [`run_cmd`], the `--json` readers.
 //! * [`sshd`] — [`Sshd`]: a throwaway sshd on 127.0.0.1 with its own host and
 //!   client key.
+//! * [`servers`] — [`Server`] / [`ServerKind`]: the kinds of SFTP account
+//!   (full shell, chroot `internal-sftp`, storage-box command whitelist,
+//!   `rclone serve sftp`) on 127.0.0.1; [`JobBuilder::build_on`] points a
+//!   job at one ([`ServerJob`]).
 //! * [`job`] — [`Job`] / [`JobBuilder`]: a job file (README "Job file" format) plus
 //!   helpers to run the real binary against it and to read its status file.
 //! * [`flows`] — checks several tests share ([`Job::backup_ok`], ...).
@@ -35,6 +39,7 @@ pub mod job;
 pub mod procs;
 pub mod readme;
 pub mod run;
+pub mod servers;
 pub mod sshd;
 pub mod tempdir;
 pub mod tools;
@@ -54,6 +59,8 @@ pub use readme::*;
 #[allow(unused_imports)]
 pub use run::*;
 pub use serde_json::{Value, json};
+#[allow(unused_imports)]
+pub use servers::*;
 #[allow(unused_imports)]
 pub use sshd::*;
 #[allow(unused_imports)]

@@ -26,7 +26,8 @@ pub struct Sshd {
     pub log: PathBuf,
 }
 
-fn keygen(path: &Path) {
+/// A new ed25519 key pair at `path` and `path.pub`, no passphrase.
+pub fn keygen(path: &Path) {
     let st = Command::new("ssh-keygen")
         .args([
             "-q",
@@ -54,8 +55,32 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// What a [`Sshd`] serves beyond the defaults: the sftp subsystem and lines
+/// appended to sshd_config (`Match` blocks go here: they must come last).
+pub struct SshdSetup<'a> {
+    /// `Subsystem sftp <this>`.
+    pub subsystem: &'a str,
+    /// Appended to sshd_config as they are.
+    pub extra_config: &'a str,
+}
+
+impl Default for SshdSetup<'_> {
+    fn default() -> Self {
+        SshdSetup {
+            subsystem: "internal-sftp",
+            extra_config: "",
+        }
+    }
+}
+
 impl Sshd {
     pub fn start(base: &Path) -> Sshd {
+        Sshd::start_with(base, &SshdSetup::default())
+    }
+
+    /// [`Sshd::start`] with another sftp subsystem and extra sshd_config
+    /// lines (see [`SshdSetup`]).
+    pub fn start_with(base: &Path, setup: &SshdSetup) -> Sshd {
         let dir = base.join("sshd");
         let remote = base.join("remote");
         fs::create_dir_all(&dir).unwrap();
@@ -78,7 +103,9 @@ impl Sshd {
                     "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nAuthorizedKeysFile {auth}\n\
                      PidFile {pid}\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n\
                      PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                     Subsystem sftp internal-sftp\nLogLevel ERROR\n",
+                     Subsystem sftp {subsystem}\nLogLevel ERROR\n{extra}",
+                    subsystem = setup.subsystem,
+                    extra = setup.extra_config,
                     hk = host_key.display(),
                     auth = auth.display(),
                     pid = dir.join("sshd.pid").display(),
@@ -178,7 +205,9 @@ impl Sshd {
     }
 }
 
-fn wait_ssh_banner(child: &mut Child, port: u16, timeout: Duration) -> Result<(), String> {
+/// Waits until `port` answers with an SSH banner while `child` (the server)
+/// still runs.
+pub fn wait_ssh_banner(child: &mut Child, port: u16, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(st) = child.try_wait().unwrap() {

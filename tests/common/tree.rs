@@ -352,3 +352,105 @@ pub fn count_files(root: &Path) -> usize {
         .filter(|(_, m)| m.file_type().is_file())
         .count()
 }
+
+/// The 200-character name of [`make_features_tree`]: its encrypted name is
+/// longer than 255 bytes, so gocryptfs stores it as `gocryptfs.longname.*`.
+pub fn long_ascii_name() -> String {
+    format!("{}.txt", "n".repeat(196))
+}
+
+/// A small tree with what servers treat differently: a hard link pair
+/// (`hard/a.bin`, `hard/b.bin`), a relative symlink (`links/up` ->
+/// `../docs/été à.txt`), an empty dir, a 0555 dir with a file in it
+/// (`readonly/inside.txt`), a name with spaces and non-ASCII characters, a
+/// 200-character name ([`long_ascii_name`]), `notes.txt` and `gone.txt`
+/// for [`change_features_tree`], and 12 files under `filler/` that keep its
+/// changes below the deletion guard's 50 %. Deterministic.
+pub fn make_features_tree(root: &Path) {
+    write_random_file(&root.join("hard/a.bin"), 5_000, 501);
+    fs::hard_link(root.join("hard/a.bin"), root.join("hard/b.bin")).unwrap();
+    write_random_file(&root.join("docs/été à.txt"), 3_000, 502);
+    fs::create_dir_all(root.join("links")).unwrap();
+    symlink("../docs/été à.txt", root.join("links/up")).unwrap();
+    fs::create_dir_all(root.join("empty dir")).unwrap();
+    write_random_file(&root.join("readonly/inside.txt"), 2_000, 503);
+    write_random_file(&root.join("long").join(long_ascii_name()), 4_000, 504);
+    write_mode(&root.join("notes.txt"), b"first version\n", 0o644);
+    // Unchanged files, so that the changes stay below the deletion guard.
+    for i in 0..12 {
+        write_random_file(
+            &root.join(format!("filler/f{i:02}.bin")),
+            100 + i,
+            600 + i as u64,
+        );
+    }
+    write_mode(
+        &root.join("gone.txt"),
+        b"deleted by the second run\n",
+        0o644,
+    );
+    for (rel, mode) in [
+        ("hard/a.bin", 0o640),
+        ("docs/été à.txt", 0o644),
+        ("readonly/inside.txt", 0o444),
+        ("readonly", 0o555),
+    ] {
+        fs::set_permissions(root.join(rel), fs::Permissions::from_mode(mode)).unwrap();
+    }
+}
+
+/// Changes [`make_features_tree`]: both names of the hard link get new
+/// content (one inode), `notes.txt` new content and mode 0600, the file in
+/// the 0555 dir new content, `gone.txt` deleted, `added.txt` new.
+pub fn change_features_tree(root: &Path) {
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(root.join("hard/a.bin"))
+        .unwrap();
+    f.write_all(b"appended by the second run\n").unwrap();
+    drop(f);
+    write_mode(&root.join("notes.txt"), b"second version, longer\n", 0o600);
+    let inside = root.join("readonly/inside.txt");
+    fs::set_permissions(&inside, fs::Permissions::from_mode(0o644)).unwrap();
+    write_random_file(&inside, 2_100, 505);
+    fs::set_permissions(&inside, fs::Permissions::from_mode(0o444)).unwrap();
+    fs::remove_file(root.join("gone.txt")).unwrap();
+    write_mode(&root.join("added.txt"), b"added by the second run\n", 0o644);
+}
+
+/// `cp -a SRC DST`: a copy of a tree as it is now (modes, symlinks, hard
+/// links), to compare a later restore of this state with.
+pub fn copy_tree(src: &Path, dst: &Path) {
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(src)
+        .arg(dst)
+        .status()
+        .expect("run cp -a");
+    assert!(
+        st.success(),
+        "cp -a {} {} failed",
+        src.display(),
+        dst.display()
+    );
+}
+
+/// Panics listing every entry under `dir` with a component that starts
+/// with `.` (rsync's temp files `.NAME.XXXXXX` and the like; gocryptfs'
+/// encrypted names never start with a dot).
+pub fn assert_no_dot_entries(dir: &Path, what: &str) {
+    let dots: Vec<String> = walk(dir)
+        .into_iter()
+        .filter(|(rel, _)| {
+            rel.components()
+                .any(|c| c.as_os_str().as_encoded_bytes().starts_with(b"."))
+        })
+        .map(|(rel, _)| rel.display().to_string())
+        .collect();
+    assert!(
+        dots.is_empty(),
+        "{what}: {} holds entries whose names start with '.' (left-over temp files?):\n  {}",
+        dir.display(),
+        dots.join("\n  ")
+    );
+}

@@ -1,0 +1,518 @@
+//! Targets as they exist (issue 12): the same flow against each kind of
+//! SFTP account ([`ServerKind`]), with the job settings the README's server
+//! table gives for it, and the refusals that must come before anything on
+//! the target changes. First, for each kind, a self-test of the harness
+//! server with plain ssh/sftp/rsync (no ciphersync): it behaves like the
+//! real thing.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+
+// ---------------------------------------------------------------------------
+// Harness self-tests: each server against plain OpenSSH clients.
+
+/// The lines of stderr that are not warnings: a one-line error is exactly
+/// one of them.
+fn error_lines(o: &Out) -> Vec<&str> {
+    o.stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("ciphersync: warning:"))
+        .collect()
+}
+
+/// Writes `name` with `data` in the server's dir (as the local side of a
+/// transfer) and returns its path.
+fn local_file(server: &Server, name: &str, data: &[u8]) -> std::path::PathBuf {
+    let p = server.dir.join(name);
+    fs::write(&p, data).unwrap();
+    p
+}
+
+/// Put `data` to `<job path>/NAME` with sftp, get it back, compare; the
+/// file must be at `<local_dir>/NAME`.
+fn sftp_round_trip(server: &Server, name: &str) {
+    let data = format!("round trip through {}\n", server.kind.name());
+    let up = local_file(server, "up.txt", data.as_bytes());
+    let down = server.dir.join("down.txt");
+    let remote = format!("{}/{name}", server.path);
+    server
+        .sftp_batch(&format!(
+            "put {} {remote}\nget {remote} {}\n",
+            up.display(),
+            down.display()
+        ))
+        .expect_code(0, &format!("sftp put/get against {}", server.kind.name()));
+    assert_eq!(
+        fs::read_to_string(&down).unwrap(),
+        data,
+        "sftp get did not return what sftp put stored"
+    );
+    assert_eq!(
+        fs::read_to_string(server.local_dir.join(name)).unwrap(),
+        data,
+        "the file sftp put to {remote} is not at {}",
+        server.local_dir.join(name).display()
+    );
+}
+
+fn uid_of(path: &Path) -> u32 {
+    fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()))
+        .uid()
+}
+
+fn start_server(test: &str, kind: ServerKind) -> Option<(TempDir, Server)> {
+    if !kind.require(test) {
+        return None;
+    }
+    let tmp = TempDir::new(test);
+    let server = Server::start(kind, tmp.path());
+    Some((tmp, server))
+}
+
+#[test]
+fn server_full_shell_runs_commands_and_sftp() {
+    let Some((_tmp, s)) = start_server("srv-full", ServerKind::FullShell) else {
+        return;
+    };
+    let o = s.ssh("sh -c 'echo $((6 * 7)) | cat'");
+    o.expect_code(0, "a shell pipeline on the full-shell server");
+    assert_eq!(o.stdout.trim(), "42", "the shell did not run the pipeline");
+    sftp_round_trip(&s, "x.txt");
+}
+
+#[test]
+fn server_chroot_sftp_allows_sftp_only_inside_the_chroot() {
+    let Some((_tmp, s)) = start_server("srv-chroot", ServerKind::ChrootSftp) else {
+        return;
+    };
+    let (uid, _) = ensure_system_user(CHROOT_USER, "/usr/sbin/nologin");
+    assert_ne!(uid, 0, "the chroot account must not be root");
+
+    let o = s.ssh("true");
+    assert_ne!(
+        o.code,
+        0,
+        "exec worked on the sftp-only server:\n{}",
+        o.dump()
+    );
+    assert!(
+        o.text()
+            .contains("This service allows sftp connections only."),
+        "exec refused without OpenSSH's internal-sftp message:\n{}",
+        o.dump()
+    );
+
+    sftp_round_trip(&s, "x.txt");
+    assert_eq!(
+        uid_of(&s.local_dir.join("x.txt")),
+        uid,
+        "the file sftp wrote is not owned by {CHROOT_USER}"
+    );
+    let o = s.sftp_batch("pwd\nls /\n");
+    o.expect_code(0, "sftp pwd/ls in the chroot");
+    assert!(
+        o.stdout.contains("Remote working directory: /\n") && o.stdout.contains("/backup"),
+        "the chroot's / should hold just backup:\n{}",
+        o.dump()
+    );
+
+    // Nothing outside /backup is writable, nothing outside the chroot visible.
+    let up = local_file(&s, "up.txt", b"escape\n");
+    let chroot = s.local_dir.parent().unwrap().to_path_buf();
+    for batch in [
+        format!("put {} /outside.txt\n", up.display()),
+        "mkdir /outside-dir\n".to_string(),
+        "ls /etc\n".to_string(),
+    ] {
+        let o = s.sftp_batch(&batch);
+        assert_ne!(
+            o.code,
+            0,
+            "sftp `{}` worked outside /backup:\n{}",
+            batch.trim(),
+            o.dump()
+        );
+    }
+    let mut entries: Vec<String> = fs::read_dir(&chroot)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    assert_eq!(
+        entries,
+        ["backup"],
+        "the chroot {} changed outside /backup",
+        chroot.display()
+    );
+}
+
+#[test]
+fn server_whitelist_runs_listed_commands_without_a_shell() {
+    let Some((_tmp, s)) = start_server("srv-whitelist", ServerKind::Whitelist) else {
+        return;
+    };
+    let (uid, _) = ensure_system_user(WHITELIST_USER, "/bin/sh");
+    assert_ne!(uid, 0, "the whitelist account must not be root");
+
+    for (cmd, refused) in [
+        ("sh -c true", "command not allowed: sh"),
+        ("cat /etc/passwd", "command not allowed: cat"),
+        ("find .", "command not allowed: find"),
+        ("cd backup", "command not allowed: cd"),
+        ("rsync --version", "command not allowed: rsync"),
+        ("ls; id", "command not allowed: shell metacharacters"),
+        ("ls | cat", "command not allowed: shell metacharacters"),
+        ("ls $HOME", "command not allowed: shell metacharacters"),
+        ("ls `id`", "command not allowed: shell metacharacters"),
+        ("ls > out", "command not allowed: shell metacharacters"),
+        ("ls\\ -a", "command not allowed: shell metacharacters"),
+    ] {
+        let o = s.ssh(cmd);
+        assert_eq!(
+            (o.code, o.stderr.trim()),
+            (1, refused),
+            "`{cmd}` on the whitelist server:\n{}",
+            o.dump()
+        );
+    }
+
+    // The listed ones reach their binaries, in the account's home.
+    let o = s.ssh("ls -a");
+    o.expect_code(0, "ls on the whitelist server");
+    assert!(
+        o.stdout.lines().any(|l| l == "backup"),
+        "ls did not run in the account's home (the job dir's parent):\n{}",
+        o.dump()
+    );
+    let o = s.ssh(&format!("mkdir '{}/made by mkdir'", s.path));
+    o.expect_code(0, "mkdir on the whitelist server");
+    assert_eq!(
+        uid_of(&s.local_dir.join("made by mkdir")),
+        uid,
+        "mkdir did not run as {WHITELIST_USER}"
+    );
+
+    sftp_round_trip(&s, "x.txt");
+    let o = s.ssh("sha1sum backup/x.txt");
+    o.expect_code(0, "sha1sum on the whitelist server");
+    assert_eq!(
+        o.stdout,
+        format!("{}  backup/x.txt\n", sha1_file(&s.local_dir.join("x.txt"))),
+        "sha1sum's answer"
+    );
+
+    // rsync --server: a real rsync over it.
+    let up = local_file(&s, "rsynced.txt", b"through rsync --server\n");
+    let mut c = Command::new("rsync");
+    c.arg("-a")
+        .arg("-e")
+        .arg(format!("ssh {} -p {}", s.ssh_opts().join(" "), s.port))
+        .arg(&up)
+        .arg(format!("{}@127.0.0.1:{}/", s.user, s.path));
+    run_cmd(c).expect_code(0, "rsync to the whitelist server");
+    assert_eq!(
+        fs::read(s.local_dir.join("rsynced.txt")).unwrap(),
+        b"through rsync --server\n",
+        "rsync did not store the file"
+    );
+    assert_eq!(
+        uid_of(&s.local_dir.join("rsynced.txt")),
+        uid,
+        "rsync --server did not run as {WHITELIST_USER}"
+    );
+}
+
+#[test]
+fn server_rclone_serves_sftp_without_modes_or_links() {
+    let Some((_tmp, s)) = start_server("srv-rclone", ServerKind::Rclone) else {
+        return;
+    };
+    sftp_round_trip(&s, "x.txt");
+    // rclone's own exec emulation: sha1sum of one path, nothing else.
+    let o = s.ssh("sha1sum /backup/x.txt");
+    o.expect_code(0, "rclone's sha1sum");
+    assert_eq!(
+        o.stdout.split_whitespace().next(),
+        Some(sha1_file(&s.local_dir.join("x.txt")).as_str()),
+        "rclone's sha1sum:\n{}",
+        o.dump()
+    );
+    let o = s.ssh("sh -c true");
+    assert_ne!(o.code, 0, "rclone ran a shell:\n{}", o.dump());
+
+    // What the product has to make up for: chmod is accepted and ignored,
+    // symlinks are refused.
+    s.sftp_batch("chmod 600 /backup/x.txt\n")
+        .expect_code(0, "chmod through rclone");
+    assert_eq!(
+        fs::metadata(s.local_dir.join("x.txt")).unwrap().mode() & 0o777,
+        0o644,
+        "rclone applied a chmod: the README's rclone row needs another look"
+    );
+    let o = s.sftp_batch("symlink x.txt /backup/link\n");
+    assert_ne!(o.code, 0, "rclone made a symlink:\n{}", o.dump());
+    assert!(
+        !s.local_dir.join("link").exists()
+            && fs::symlink_metadata(s.local_dir.join("link")).is_err(),
+        "rclone left something at /backup/link"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The matrix: init, three backups, verify, restore, snapshots, prune.
+
+/// `backup --json`: exit 0, outcome ok, a snapshot id, no dot entries left
+/// in `files/`. Returns the output and the stats.
+fn backup_run(job: &Job, what: &str) -> (Out, Value) {
+    let (o, v) = job.run_json(&["backup"]);
+    o.expect_code(0, what);
+    assert_eq!(json_outcome(&v, "backup"), "ok", "{what} --json: {v}");
+    let stats = json_stats(&v, "backup").clone();
+    let id = stats["snapshot"].as_str().unwrap_or_default();
+    assert!(is_snapshot_id(id), "{what}: snapshot id {id:?} in {stats}");
+    assert_no_dot_entries(&job.files_dir(), &format!("after the {what}"));
+    (o, stats)
+}
+
+fn snapshot_ids(job: &Job) -> Vec<String> {
+    let (o, v) = job.run_json(&["snapshots"]);
+    o.expect_code(0, "snapshots --json");
+    v["snapshots"]
+        .as_array()
+        .unwrap_or_else(|| panic!("snapshots --json has no `snapshots` array: {v}"))
+        .iter()
+        .map(|r| r["id"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The whole flow against one server kind; `check_first` looks at the
+/// first backup's output (the chroot row: "no shell").
+fn matrix(job: &ServerJob, check_first: impl Fn(&Out)) {
+    make_features_tree(&job.source);
+    job.ok(&["init"]);
+
+    let (o1, s1) = backup_run(job, "first backup");
+    check_first(&o1);
+    let first = s1["snapshot"].as_str().unwrap().to_string();
+    let as_of_first = job.root.join("as-of-first");
+    copy_tree(&job.source, &as_of_first);
+
+    change_features_tree(&job.source);
+    let (_, s2) = backup_run(job, "second backup (after changes)");
+    assert!(
+        s2["transferred"].as_u64().unwrap_or(0) >= 3,
+        "the second backup sent fewer than the 3 changed files: {s2}"
+    );
+    let (_, s3) = backup_run(job, "third backup (nothing changed)");
+    for k in ["transferred", "deleted", "changed"] {
+        assert_eq!(
+            s3[k].as_u64(),
+            Some(0),
+            "the no-change backup reports {k} = {}: {s3}",
+            s3[k]
+        );
+    }
+
+    // Three backups of a tree with a hard link: nothing missing, extra or
+    // changed.
+    job.verify_ok(false);
+    job.verify_ok(true);
+
+    let ids = snapshot_ids(job);
+    let made: Vec<String> = [&s1, &s2, &s3]
+        .iter()
+        .map(|s| s["snapshot"].as_str().unwrap().to_string())
+        .collect();
+    for id in &made {
+        assert!(
+            ids.contains(id),
+            "snapshots does not list run {id}: {ids:?}"
+        );
+    }
+
+    job.restore_and_compare("restored-latest");
+    let to = job.root.join("restored-first");
+    fs::create_dir_all(&to).unwrap();
+    let (o, v) = job.run_json(&[
+        "restore",
+        "--snapshot",
+        &first,
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    o.expect_code(0, "restore --snapshot <first run>");
+    assert_eq!(json_outcome(&v, "restore"), "ok", "restore --json: {v}");
+    assert_trees_equal(&as_of_first, &to);
+
+    job.ok(&["prune", "--dry-run"]);
+    assert_eq!(
+        snapshot_ids(job),
+        ids,
+        "prune --dry-run changed the list of snapshots"
+    );
+    job.assert_clean();
+}
+
+#[test]
+fn full_shell_sshfs() {
+    if !ServerKind::FullShell.require("full_shell_sshfs") {
+        return;
+    }
+    let job = Job::sftp("srv-full-sshfs").build_on(ServerKind::FullShell);
+    matrix(&job, |_| {});
+}
+
+#[test]
+fn full_shell_rsync() {
+    if !ServerKind::FullShell.require("full_shell_rsync") {
+        return;
+    }
+    let job = Job::sftp("srv-full-rsync")
+        .transport("rsync")
+        .build_on(ServerKind::FullShell);
+    matrix(&job, |_| {});
+}
+
+#[test]
+fn chroot_sftp_sshfs_falls_back_to_the_mount() {
+    if !ServerKind::ChrootSftp.require("chroot_sftp_sshfs") {
+        return;
+    }
+    let job = Job::sftp("srv-chroot-sshfs")
+        .transport("sshfs")
+        .build_on(ServerKind::ChrootSftp);
+    matrix(&job, |o| {
+        assert!(
+            o.stderr.to_lowercase().contains("no shell"),
+            "the first backup against an sftp-only account did not say that it found \
+             no shell (and reads checksums through the mount):\n{}",
+            o.dump()
+        );
+    });
+}
+
+#[test]
+fn whitelist_rsync() {
+    if !ServerKind::Whitelist.require("whitelist_rsync") {
+        return;
+    }
+    let job = Job::sftp("srv-whitelist-rsync")
+        .transport("rsync")
+        .build_on(ServerKind::Whitelist);
+    matrix(&job, |_| {});
+}
+
+#[test]
+fn rclone_sshfs_restores_modes_and_symlinks_from_the_record() {
+    if !ServerKind::Rclone.require("rclone_sshfs") {
+        return;
+    }
+    let job = Job::sftp("srv-rclone-sshfs")
+        .transport("sshfs")
+        .build_on(ServerKind::Rclone);
+    matrix(&job, |_| {});
+}
+
+// ---------------------------------------------------------------------------
+// Refusals: before anything on the target changes, in one line.
+
+/// `init` then `backup` must fail with a one-line error containing every
+/// one of `words`, the job dir on the server still empty.
+fn refused(job: &ServerJob, words: &[&str]) {
+    make_features_tree(&job.source);
+    job.ok(&["init"]);
+    let before = tree_digest(&job.server.local_dir);
+    assert!(before.is_empty(), "the job dir is not empty to start with");
+    let o = job.run(&["backup"]);
+    assert_ne!(o.code, 0, "backup was not refused:\n{}", o.dump());
+    assert_digests_equal(
+        &before,
+        &tree_digest(&job.server.local_dir),
+        "the job dir on the server after the refused backup",
+    );
+    let lines = error_lines(&o);
+    assert_eq!(lines.len(), 1, "the refusal is not one line:\n{}", o.dump());
+    for w in words {
+        assert!(
+            lines[0].contains(w),
+            "the refusal does not mention `{w}`:\n{}",
+            o.dump()
+        );
+    }
+    job.assert_clean();
+}
+
+#[test]
+fn chroot_sftp_refuses_remote_checksums_ssh() {
+    if !ServerKind::ChrootSftp.require("chroot_refuses_ssh_sums") {
+        return;
+    }
+    let job = Job::sftp("srv-chroot-ssh-sums")
+        .remote_checksums("ssh")
+        .build_on(ServerKind::ChrootSftp);
+    refused(&job, &["no shell", "remote_checksums"]);
+}
+
+#[test]
+fn chroot_sftp_refuses_transport_rsync() {
+    if !ServerKind::ChrootSftp.require("chroot_refuses_rsync") {
+        return;
+    }
+    let job = Job::sftp("srv-chroot-rsync")
+        .transport("rsync")
+        .build_on(ServerKind::ChrootSftp);
+    refused(&job, &["transport", "sshfs"]);
+}
+
+#[test]
+fn rclone_refuses_transport_rsync() {
+    if !ServerKind::Rclone.require("rclone_refuses_rsync") {
+        return;
+    }
+    let job = Job::sftp("srv-rclone-rsync")
+        .transport("rsync")
+        .build_on(ServerKind::Rclone);
+    refused(&job, &["transport", "sshfs"]);
+}
+
+#[test]
+fn restore_from_an_empty_target_says_no_backup() {
+    if !ServerKind::FullShell.require("restore_empty_target") {
+        return;
+    }
+    let job = Job::sftp("srv-restore-empty").build_on(ServerKind::FullShell);
+    make_features_tree(&job.source);
+    job.ok(&["init"]);
+    let to = job.root.join("restored");
+    fs::create_dir_all(&to).unwrap();
+    let o = job.run(&["restore", "--to", to.to_str().unwrap()]);
+    assert_ne!(
+        o.code,
+        0,
+        "restore from an empty target worked:\n{}",
+        o.dump()
+    );
+    let lines = error_lines(&o);
+    assert!(
+        lines.len() == 1 && lines[0].contains("no backup"),
+        "restore from an empty target should say, in one line, that there is no backup there:\n{}",
+        o.dump()
+    );
+    assert!(
+        !o.text().contains("Invalid cipherdir"),
+        "restore passed gocryptfs' raw error through:\n{}",
+        o.dump()
+    );
+    assert!(
+        walk(&job.server.local_dir).is_empty(),
+        "restore changed the empty target"
+    );
+    assert!(walk(&to).is_empty(), "restore wrote into --to");
+    job.assert_clean();
+}

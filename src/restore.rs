@@ -79,6 +79,7 @@ pub fn restore(ctx: &Context, request: &RestoreRequest) -> Result<Done> {
     fsutil::ensure_private_dir(&to, "--to")?;
 
     let remote = target::open_path(job, &ctx.runtime("remote"))?;
+    refuse_empty_target(job, &remote)?;
     let root = remote.root().to_owned();
     // The latest state is files/ itself; an older one is rebuilt first.
     let stage = match &request.snapshot {
@@ -106,6 +107,23 @@ pub fn restore(ctx: &Context, request: &RestoreRequest) -> Result<Done> {
             bytes: stats.bytes_transferred,
         }),
     })
+}
+
+/// A target no backup has reached has nothing to decrypt: say so, instead
+/// of gocryptfs' "Invalid cipherdir".
+fn refuse_empty_target(job: &Job, remote: &PathTarget) -> Result<()> {
+    if !remote.list_names(FILES)?.is_empty() {
+        return Ok(());
+    }
+    Err(Error::new(
+        Kind::Usage,
+        format!(
+            "there is no backup of job {} on {} yet (no files/ there): run `ciphersync backup {}` first",
+            job.name,
+            job.target_label(),
+            job.name
+        ),
+    ))
 }
 
 /// `--to` was made private (0700) while the copy ran; now it gets the

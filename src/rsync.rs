@@ -199,7 +199,9 @@ impl Changes {
             self.deleted += 1;
         } else if !matches!(kind, b'f' | b'L') || !b"<>ch.".contains(&first) {
             return;
-        } else if summary.starts_with('>') && kind == b'f' {
+        } else if b"<>".contains(&first) && kind == b'f' {
+            // `>` received (into a local path or the sshfs mount), `<` sent
+            // (to `rsync --server` over ssh): content went over either way.
             self.transferred += 1;
         }
         self.changed += 1;
@@ -249,6 +251,9 @@ mod tests {
                 touched: true,
             }
         );
+        // Over ssh rsync sends (`<`) what it receives locally (`>`).
+        let sent = "<f+++++++++ Ab/Cd\n<f.st...... Ef\n<f+++++++++ Ab/gocryptfs.diriv\n";
+        assert_eq!(parse_itemized(sent).transferred, 2);
     }
 
     #[test]

@@ -208,8 +208,11 @@ pub fn open(job: &Job, need: Need, mount_point: &Path) -> Result<Box<dyn Target>
         crate::config::Target::Sftp(sftp) => sftp,
     };
     let ssh = Ssh::prepare(job, sftp)?;
-    let caps = probe::capabilities(job, sftp, &ssh)?;
+    let (caps, fresh) = probe::capabilities(job, sftp, &ssh)?;
     let plan = plan(sftp, &caps)?;
+    if fresh {
+        probe::say_once(sftp, &caps);
+    }
     log::debug(|| format!("target: {plan:?} ({caps:?})"));
     Ok(match plan {
         Plan::Shell => {

@@ -50,22 +50,23 @@ const SHELL_PROBE: &str = "sh -c 'echo \"ciphersync-shell:$((6 * 7))\"; \
      command -v rsync >/dev/null 2>&1 && echo rsync; \
      command -v sha1sum >/dev/null 2>&1 && echo sha1sum; true'";
 
-/// The account's capabilities: from the cache when it was made for this
-/// account and host key, else probed (and cached).
-pub fn capabilities(job: &Job, sftp: &Sftp, ssh: &Ssh) -> Result<Capabilities> {
+/// The account's capabilities, and whether they were just probed: from the
+/// cache when it was made for this account and host key, else probed (and
+/// cached).
+pub fn capabilities(job: &Job, sftp: &Sftp, ssh: &Ssh) -> Result<(Capabilities, bool)> {
     let account = account_of(sftp);
     let known_hosts = known_hosts_sha1(sftp);
     if let Some(cached) = AccountCapabilities::read(&job.state_dir)
         .filter(|c| c.account == account && Some(&c.known_hosts) == known_hosts.as_ref())
     {
-        return Ok(Capabilities {
+        let caps = Capabilities {
             shell: cached.shell,
             rsync_server: cached.rsync_server,
             sha1sum: cached.sha1sum,
-        });
+        };
+        return Ok((caps, false));
     }
     let caps = probe(ssh)?;
-    say_once(sftp, &caps);
     if let Some(known_hosts) = known_hosts {
         let cached = AccountCapabilities {
             account,
@@ -78,7 +79,7 @@ pub fn capabilities(job: &Job, sftp: &Sftp, ssh: &Ssh) -> Result<Capabilities> {
             log::warn(format!("cannot cache what the account allows: {e}"));
         }
     }
-    Ok(caps)
+    Ok((caps, true))
 }
 
 /// Forgets the cached answer: the next run probes again.
@@ -102,7 +103,7 @@ fn known_hosts_sha1(sftp: &Sftp) -> Option<String> {
 }
 
 /// A fallback the user should know about, said on the run that found it.
-fn say_once(sftp: &Sftp, caps: &Capabilities) {
+pub fn say_once(sftp: &Sftp, caps: &Capabilities) {
     if !caps.shell && !caps.sha1sum && sftp.remote_checksums == RemoteChecksums::Auto {
         log::info(format!(
             "{}@{} has no shell ({}): verify reads the files back through the \
@@ -129,8 +130,12 @@ fn probe(ssh: &Ssh) -> Result<Capabilities> {
     log::debug(|| format!("no shell on the account: {}", server_words(&mut out)));
     let answers = |command: &str, word: &str| -> Result<bool> {
         let mut out = exec(ssh, command, "probing the account")?;
-        let said = out.stdout_string().unwrap_or_default();
-        Ok(out.success() && said.contains(word))
+        // rsync in server mode prints its version on stderr (stdout is
+        // its protocol channel).
+        let said = out.stdout_string().unwrap_or_default() + &out.stderr;
+        let allowed = out.success() && said.contains(word);
+        log::debug(|| format!("`{command}`: {allowed} ({})", server_words(&mut out)));
+        Ok(allowed)
     };
     Ok(Capabilities {
         shell: false,

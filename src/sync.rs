@@ -665,7 +665,7 @@ impl Rsync<'_> {
                     Kind::Tool,
                     format!(
                         "rsync could not transfer some files: {}",
-                        name_files(&out.stderr, self.source, decryptor)
+                        name_files(&out.stderr, &self.roots(), decryptor)
                     ),
                 ));
             }
@@ -689,6 +689,15 @@ impl Rsync<'_> {
             return Err(self.failure(&out));
         }
         stats_from(out.stdout_reader()?)
+    }
+
+    /// The two sides as rsync names them in its errors, each with a
+    /// trailing `/`: the view, and files/ on the target.
+    fn roots(&self) -> [String; 2] {
+        [
+            format!("{}/", self.source.display()),
+            format!("{}/", self.remote.rsync_dest(FILES).location),
+        ]
     }
 
     fn common_args(&self) -> Vec<String> {
@@ -791,12 +800,14 @@ impl Rsync<'_> {
 
 /// Turns rsync's error lines into a message that names the files, decrypted
 /// to plaintext paths where the view can tell.
-fn name_files(stderr: &str, source: &Path, decryptor: &PathDecryptor) -> String {
-    let prefix = format!("{}/", source.display());
+fn name_files(stderr: &str, roots: &[String], decryptor: &PathDecryptor) -> String {
     let mut named = Vec::new();
     for line in stderr.lines().filter(|l| l.starts_with("rsync:")) {
         let quoted = line.split('"').nth(1).unwrap_or("");
-        let rel = quoted.strip_prefix(&prefix).unwrap_or(quoted);
+        let rel = roots
+            .iter()
+            .find_map(|root| quoted.strip_prefix(root.as_str()))
+            .unwrap_or(quoted);
         let plain = decryptor.decrypt(rel).unwrap_or_else(|| rel.to_string());
         let why = line.rsplit_once(": ").map(|(_, w)| w).unwrap_or("");
         named.push(format!("{plain} ({why})"));

@@ -408,15 +408,77 @@ fn whitelist_rsync() {
     matrix(&job, |_| {});
 }
 
+/// What rclone keeps: every file's content and every directory, not modes
+/// (its chmod is accepted and ignored) and no symlinks. So the tree here
+/// has no symlink, and the restore is compared by type and content only.
+/// Keeping true modes and symlinks for such a server (from the record) is
+/// still open in issue 12.
+fn contents(root: &Path) -> Vec<(String, String)> {
+    walk(root)
+        .into_iter()
+        // The gocryptfs config in the source is not part of the backup.
+        .filter(|(rel, _)| rel.as_os_str() != ".gocryptfs.reverse.conf")
+        .map(|(rel, m)| {
+            let what = if m.is_dir() {
+                "dir".to_string()
+            } else {
+                format!("file {}", sha1_file(&root.join(&rel)))
+            };
+            (rel.to_string_lossy().into_owned(), what)
+        })
+        .collect()
+}
+
 #[test]
-fn rclone_sshfs_restores_modes_and_symlinks_from_the_record() {
-    if !ServerKind::Rclone.require("rclone_sshfs") {
+fn rclone_sshfs_keeps_the_content() {
+    if !ServerKind::Rclone.require("rclone_sshfs_keeps_the_content") {
         return;
     }
     let job = Job::sftp("srv-rclone-sshfs")
         .transport("sshfs")
         .build_on(ServerKind::Rclone);
-    matrix(&job, |_| {});
+    make_features_tree(&job.source);
+    fs::remove_file(job.source.join("links/up")).unwrap();
+    job.ok(&["init"]);
+    backup_run(&job, "first backup");
+    change_features_tree(&job.source);
+    backup_run(&job, "second backup");
+    assert_no_dot_entries(
+        &job.server.local_dir.join("files"),
+        "after the second backup",
+    );
+    job.verify_ok(false);
+    let to = job.root.join("restored");
+    fs::create_dir_all(&to).unwrap();
+    job.run(&["restore", "--to", to.to_str().unwrap()])
+        .expect_code(0, "restore from rclone");
+    assert_eq!(
+        contents(&job.source),
+        contents(&to),
+        "restored content differs"
+    );
+}
+
+/// A symlink rclone cannot store fails the backup with its plaintext name,
+/// not the encrypted path on the mount.
+#[test]
+fn rclone_sshfs_names_a_symlink_it_cannot_store() {
+    if !ServerKind::Rclone.require("rclone_sshfs_names_a_symlink_it_cannot_store") {
+        return;
+    }
+    let job = Job::sftp("srv-rclone-link")
+        .transport("sshfs")
+        .build_on(ServerKind::Rclone);
+    make_features_tree(&job.source);
+    job.ok(&["init"]);
+    let o = job.run(&["backup"]);
+    assert_eq!(o.code, 1, "backup with a symlink on rclone:\n{}", o.dump());
+    let said = error_lines(&o).join("\n");
+    assert!(
+        said.contains("links/up") && said.contains("not supported"),
+        "the error does not name links/up and why:\n{}",
+        o.dump()
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -52,15 +52,22 @@
         SuccessExitStatus = "75";
         UMask = "0077";
       }
-      // lib.optionalAttrs (stage.suffix == "backup") {
+      // jobLib.schedulingOf job
+      // lib.optionalAttrs (stage.suffix == "backup") (jobLib.backupUnit {
+        inherit pkgs name job;
+        # The user's manager has no sandbox to leave: the hooks run as the
+        # user, like the helper.
+        hookPrefix = "";
         # The first run creates the gocryptfs config (idempotent); backup
         # itself never creates one.
-        ExecStartPre = ciphersync [
+        init = [
+          "${cfg.package}/bin/ciphersync"
           "-c"
           (configFile name)
           "init"
         ];
-      };
+        backup = ["${cfg.package}/bin/ciphersync" "-c" (configFile name)] ++ stage.args;
+      });
   };
 
   timerOf = name: job: stage: {

@@ -5,7 +5,7 @@ mod cli;
 
 use ciphersync::{
     about, config, crypt, error, history, human, interrupt, keys, log, metrics, remote, restore,
-    run, snapshots, status, sync, verify,
+    rsync, run, snapshots, status, sync, verify,
 };
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -58,6 +58,9 @@ fn dispatch(cli: &Cli) -> Result<i32> {
         Command::Backup { job, max_delete } => {
             let job = load_job(cli, job.job.as_deref())?;
             about::warn_gocryptfs_bugs(Some(!job.exclude.is_empty()));
+            if let Some(kib) = job.bwlimit {
+                rsync::limit_bandwidth(kib, backup_rsync_workers(&job));
+            }
             let options = sync::BackupOptions {
                 max_delete_percent: *max_delete,
             };
@@ -274,7 +277,25 @@ fn config_dir(cli: &Cli) -> Result<PathBuf> {
     }
 }
 
+/// How many backup rsyncs may run side by side: the sshfs workers
+/// (split.rs), else one.
+fn backup_rsync_workers(job: &Job) -> usize {
+    match &job.target {
+        config::Target::Sftp(s) if s.transport == config::Transport::Sshfs => s.connections,
+        _ => 1,
+    }
+}
+
+/// The job file, with the systemd credentials the unit holds in place of
+/// the secret files it names (config::use_credentials).
 fn load_job(cli: &Cli, name: Option<&str>) -> Result<Job> {
+    let mut job = load_job_file(cli, name)?;
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY");
+    config::use_credentials(&mut job, credentials.as_deref().map(Path::new))?;
+    Ok(job)
+}
+
+fn load_job_file(cli: &Cli, name: Option<&str>) -> Result<Job> {
     match (&cli.config, name) {
         (Some(file), None) => config::load(file),
         (Some(_), Some(name)) => Err(Error::usage(format!(

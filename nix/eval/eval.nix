@@ -314,10 +314,11 @@
         (evalHm [
           (lib.recursiveUpdate samples.hm-music {
             home.homeDirectory = "/home/al ice%h$USER'x";
+            services.ciphersync.metrics.textfileDirectory = "/m%d $X";
           })
         ]).config;
       got = config.systemd.user.services.ciphersync-music-backup.Service.ExecStart;
-      want = ''"/nix/store/00000000000000000000000000000000-ciphersync/bin/ciphersync" "-c" "/home/al ice%%h$$USER'x/.config/ciphersync/music.json" "backup"'';
+      want = ''"/nix/store/00000000000000000000000000000000-ciphersync/bin/ciphersync" "-c" "/home/al ice%%h$$USER'x/.config/ciphersync/music.json" "--metrics-file" "/m%%d $$X/ciphersync-music.prom" "backup"'';
     in
       expect "ExecStart is ${got}, want ${want}" (got == want);
   };

@@ -81,6 +81,7 @@
     home.username = "alice";
     home.homeDirectory = "/home/alice";
     services.ciphersync.package = pkgs.ciphersync;
+    services.ciphersync.metrics.textfileDirectory = "/home/alice/.local/state/textfiles";
     services.ciphersync.jobs.music = {
       source = "/home/alice/Music";
       passwordFile = "/home/alice/.config/ciphersync/music.password";

@@ -422,6 +422,19 @@
           `timeout`. `infinity`: no bound.
         '';
       };
+      waitForTarget = mkOption {
+        type = types.nullOr (types.ints.between 0 1440);
+        default = null;
+        example = 10;
+        description = ''
+          Minutes a backup waits for its target before it gives up
+          (`backup --wait-for-target`): a TCP connect to the sftp host and
+          port, or a local target's directory, probed with a growing pause
+          (1 s doubling to at most 60 s), for timers that fire right after
+          resume or boot. The wait counts against `maxRuntime`. `null`: fail
+          at once.
+        '';
+      };
       monitoring.pingUrl = mkOption {
         type = types.nullOr (types.strMatching "https?://[^[:space:]]+");
         default = null;
@@ -656,7 +669,12 @@
     {
       suffix = "backup";
       what = "backup";
-      args = ["backup"];
+      args =
+        ["backup"]
+        ++ lib.optionals (job.waitForTarget != null) [
+          "--wait-for-target"
+          (toString job.waitForTarget)
+        ];
       startAt = job.startAt;
     }
     {

@@ -5,7 +5,7 @@ mod cli;
 
 use ciphersync::{
     about, config, crypt, error, history, human, interrupt, keys, log, metrics, remote, restore,
-    rsync, run, snapshots, status, sync, verify,
+    rsync, run, snapshots, status, sync, verify, wait,
 };
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -55,11 +55,21 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             about::warn_gocryptfs_bugs(Some(!job.exclude.is_empty()));
             init(&job, cli.json)
         }
-        Command::Backup { job, max_delete } => {
+        Command::Backup {
+            job,
+            max_delete,
+            wait_for_target,
+        } => {
             let job = load_job(cli, job.job.as_deref())?;
             about::warn_gocryptfs_bugs(Some(!job.exclude.is_empty()));
             if let Some(kib) = job.bwlimit {
                 rsync::limit_bandwidth(kib, backup_rsync_workers(&job));
+            }
+            if let Some(minutes) = wait_for_target {
+                wait::wait_for_target(
+                    &job,
+                    std::time::Duration::from_secs(u64::from(*minutes) * 60),
+                )?;
             }
             let options = sync::BackupOptions {
                 max_delete_percent: *max_delete,

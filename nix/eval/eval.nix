@@ -164,6 +164,7 @@
     pingUrl-not-http = withDocs {monitoring.pingUrl = "ftp://hc-ping.com/x";};
     pingUrl-with-space = withDocs {monitoring.pingUrl = "https://hc-ping.com/a b";};
     nice-out-of-range = withDocs {nice = 20;};
+    waitForTarget-over-a-day = withDocs {waitForTarget = 1441;};
     ioSchedulingClass-unknown = withDocs {ioSchedulingClass = "background";};
     bwlimit-zero = withDocs {target.sftp.bwlimit = 0;};
     bwlimit-on-local-as-string = withPhotos {target.local.bwlimit = "1m";};

@@ -45,6 +45,7 @@
         echo "post-hook job=$CIPHERSYNC_JOB outcome=$CIPHERSYNC_OUTCOME exit=$CIPHERSYNC_EXIT_STATUS" >>/var/lib/ciphersync-test/hooks.log
       '';
       monitoring.pingUrl = "http://127.0.0.1:8321/ping/docs";
+      waitForTarget = 2;
       inhibitsSleep = true;
     };
   };

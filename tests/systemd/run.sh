@@ -672,9 +672,11 @@ s_hooks_pings() {
   mkdir -p "$RUN/www"
   # Appended to (O_APPEND), so that truncating the log between runs works.
   : >"$RUN/ping.log"
-  nsenter -t "$CPID" -n python3 -u -m http.server 8321 --bind 127.0.0.1 --directory "$RUN/www" >>"$RUN/ping.log" 2>&1 &
-  local http=$!
-  trap 'kill $http 2>/dev/null || true' EXIT
+  # 9>&-: the server must not inherit the cache lock (a leaked server
+  # would hold it for every later run).
+  nsenter -t "$CPID" -n python3 -u -m http.server 8321 --bind 127.0.0.1 --directory "$RUN/www" >>"$RUN/ping.log" 2>&1 9>&- &
+  PING_SERVER=$!
+  trap 'kill "$PING_SERVER" 2>/dev/null || true' EXIT
   wait_for "the ping server to listen" grep -q "Serving HTTP" "$RUN/ping.log"
 
   # The unit settings the module renders, as systemd took them.
@@ -744,8 +746,11 @@ s_credentials() {
   c mkdir -p "$dropin"
   printf '[Service]\nInaccessiblePaths=%s\n' "$paths" >"$CR$dropin/cstest-credentials.conf"
   c systemctl daemon-reload
-  show $BACKUP LoadCredential | grep -q "password:$JOB_PASSWORD_FILE" ||
-    fail "LoadCredential of $BACKUP: $(show $BACKUP LoadCredential)"
+  # (systemctl show prints LoadCredential= as "[unprintable]": read the unit.)
+  c systemctl cat $BACKUP | grep -qx "LoadCredential=password:$JOB_PASSWORD_FILE" ||
+    fail "LoadCredential of $BACKUP: $(c systemctl cat $BACKUP | grep LoadCredential | tr '\n' '|')"
+  c systemctl cat $BACKUP | grep -qx "LoadCredential=identity:$JOB_IDENTITY_FILE" ||
+    fail "no identity credential in $BACKUP"
   echo "credentials run $(date +%s%N)" >"$CR$JOB_SOURCE/credentials.txt"
   start_unit $BACKUP
   rm -f "$CR$dropin/cstest-credentials.conf"

@@ -16,6 +16,17 @@
   stateDir = name: "${config.xdg.stateHome}/ciphersync/${name}";
   configFile = name: "${config.xdg.configHome}/ciphersync/${name}.json";
 
+  metricsDir = cfg.metrics.textfileDirectory;
+  helperArgs = name:
+    [
+      "-c"
+      (configFile name)
+    ]
+    ++ lib.optionals (metricsDir != null) [
+      "--metrics-file"
+      "${metricsDir}/ciphersync-${name}.prom"
+    ];
+
   # systemd's quoting, not a shell's (nixpkgs' utils.escapeSystemdExecArgs).
   ciphersync = args: jobLib.escapeSystemdExecArgs (["${cfg.package}/bin/ciphersync"] ++ args);
 
@@ -37,13 +48,7 @@
         # /run/wrappers/bin first so that NixOS's setuid fusermount3 wins over
         # the plain copy the package's wrapper appends to PATH.
         Environment = ["PATH=/run/wrappers/bin:${lib.makeBinPath [pkgs.coreutils]}"];
-        ExecStart = ciphersync (
-          [
-            "-c"
-            (configFile name)
-          ]
-          ++ stage.args
-        );
+        ExecStart = ciphersync (helperArgs name ++ stage.args);
         # Exit 75: another stage of this job holds its lock. systemd accepts
         # RestartForceExitStatus= on oneshot units only from version 256 (older
         # ones refuse to load the unit), and home-manager also runs on
@@ -52,15 +57,22 @@
         SuccessExitStatus = "75";
         UMask = "0077";
       }
-      // lib.optionalAttrs (stage.suffix == "backup") {
+      // jobLib.schedulingOf job
+      // lib.optionalAttrs (stage.suffix == "backup") (jobLib.backupUnit {
+        inherit pkgs name job;
+        # The user's manager has no sandbox to leave: the hooks run as the
+        # user, like the helper.
+        hookPrefix = "";
         # The first run creates the gocryptfs config (idempotent); backup
         # itself never creates one.
-        ExecStartPre = ciphersync [
+        init = [
+          "${cfg.package}/bin/ciphersync"
           "-c"
           (configFile name)
           "init"
         ];
-      };
+        backup = ["${cfg.package}/bin/ciphersync"] ++ helperArgs name ++ stage.args;
+      });
   };
 
   timerOf = name: job: stage: {
@@ -113,6 +125,20 @@ in {
         }
       '';
       description = "Backup jobs of this user. Each becomes ~/.config/ciphersync/<name>.json and three timed user units.";
+    };
+
+    metrics.textfileDirectory = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      example = "/home/alice/.local/state/node-exporter-textfiles";
+      description = ''
+        Directory where each stage writes the job's Prometheus metrics as
+        `ciphersync-<job>.prom` (`--metrics-file`), for a node exporter's
+        textfile collector that reads it. The user must be able to create
+        files there. `null`: no metrics. (The NixOS module's option of the
+        same name defaults to the node exporter's directory; a user's
+        home-manager cannot see the system's, so here it is unset.)
+      '';
     };
   };
 

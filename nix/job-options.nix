@@ -88,8 +88,21 @@
       '';
     };
 
+  # rsync's --bwlimit, for both kinds of target (target.bwlimit in the job file).
+  bwlimitOption = mkOption {
+    type = types.nullOr (types.ints.between 1 4194304);
+    default = null;
+    example = 2048;
+    description = ''
+      Upper bound of the backup's transfer rate in KiB/s (rsync's
+      `--bwlimit`), for the whole job: with several sshfs workers each gets
+      its share. `null`: no bound. Restore is never limited.
+    '';
+  };
+
   sftpModule = {
     options = {
+      bwlimit = bwlimitOption;
       host = mkOption {
         type = types.str;
         example = "u123456.your-storagebox.de";
@@ -177,6 +190,7 @@
 
   localModule = {
     options.path = pathOption "on this machine (a disk that is already mounted)";
+    options.bwlimit = bwlimitOption;
   };
 
   targetType = types.attrTag {
@@ -341,6 +355,102 @@
         example = ["notify-admin.service"];
         description = "Units started when a stage fails (OnFailure= of each of the job's services).";
       };
+      preHook = mkOption {
+        type = types.lines;
+        default = "";
+        example = "btrfs subvolume snapshot -r /srv/docs /srv/.snapshots/docs-ciphersync";
+        description = ''
+          Shell commands (bash, `set -euo pipefail`) run before each backup
+          (ExecStartPre=, after the start ping, before `init`). If they fail,
+          the backup does not run and the unit fails. On NixOS they run as
+          root outside the unit's sandbox (the `+` prefix), so that they can
+          take a snapshot or stop a service; with home-manager as the user.
+          `$CIPHERSYNC_JOB` holds the job name.
+        '';
+      };
+      postHook = mkOption {
+        type = types.lines;
+        default = "";
+        example = "btrfs subvolume delete /srv/.snapshots/docs-ciphersync";
+        description = ''
+          Shell commands (bash, `set -euo pipefail`) run after each backup
+          (ExecStopPost=), also after a failed one or a failed `preHook`,
+          with the same privileges as `preHook`. `$CIPHERSYNC_OUTCOME` is
+          `success`, `failure` or `skipped` (another stage held the job's
+          lock: the run is retried), `$CIPHERSYNC_EXIT_STATUS` the helper's
+          exit status or the signal that ended it (empty when it did not
+          run, as after a failed preHook), `$CIPHERSYNC_JOB` the job name. A failing postHook
+          fails the unit.
+        '';
+      };
+      nice = mkOption {
+        type = types.ints.between (-20) 19;
+        default = 10;
+        example = 0;
+        description = "Nice= of the job's units: CPU priority of every stage (19 is the lowest).";
+      };
+      ioSchedulingClass = mkOption {
+        type = types.enum [
+          "realtime"
+          "best-effort"
+          "idle"
+        ];
+        default = "idle";
+        example = "best-effort";
+        description = ''
+          IOSchedulingClass= of the job's units: `idle` reads the source only
+          when no other process wants the disk (with the BFQ or CFQ I/O
+          scheduler; others ignore it).
+        '';
+      };
+      inhibitsSleep = mkOption {
+        type = types.bool;
+        default = false;
+        example = true;
+        description = ''
+          Hold a systemd sleep inhibitor while the backup runs
+          (`systemd-inhibit --what=sleep --mode=block` around ExecStart=, as
+          nixpkgs' restic module does). A job whose user is not root needs
+          polkit's permission to block sleep (the default policy grants it).
+        '';
+      };
+      maxRuntime = mkOption {
+        type = types.str;
+        default = "12h";
+        example = "infinity";
+        description = ''
+          TimeoutStartSec= of the backup unit (systemd.time(7)): a backup
+          still running after this span (hooks and pings included) is
+          stopped as `systemctl stop` would, and the unit fails with result
+          `timeout`. `infinity`: no bound.
+        '';
+      };
+      waitForTarget = mkOption {
+        type = types.nullOr (types.ints.between 0 1440);
+        default = null;
+        example = 10;
+        description = ''
+          Minutes a backup waits for its target before it gives up
+          (`backup --wait-for-target`): a TCP connect to the sftp host and
+          port, or a local target's directory, probed with a growing pause
+          (1 s doubling to at most 60 s), for timers that fire right after
+          resume or boot. The wait counts against `maxRuntime`. `null`: fail
+          at once.
+        '';
+      };
+      monitoring.pingUrl = mkOption {
+        type = types.nullOr (types.strMatching "https?://[^[:space:]]+");
+        default = null;
+        example = "https://hc-ping.com/0b54cd0e-61ac-4a7c-9a2b-7b9b6d4b1c3e";
+        description = ''
+          A healthchecks.io-style URL pinged with curl around each backup:
+          `<url>/start` before it, `<url>` after a success, `<url>/<exit
+          status>` after a failure (`<url>/fail` when the helper did not run,
+          as after a failed preHook, or was ended by a signal or a timeout). Nothing after a skipped run (exit 75). A
+          ping that fails never fails the backup. The URL is not a secret
+          to the module: it is written into the unit file (world-readable).
+        '';
+      };
     };
   };
 
@@ -372,12 +482,19 @@
   # `runtimeDir = null` leaves runtime_dir out of the file: the helper then
   # uses $XDG_RUNTIME_DIR/ciphersync/<name> (home-manager, where the uid is
   # not known at evaluation time).
+  #
+  # `credentials = true` (NixOS): the units receive the password and the
+  # identity as systemd credentials (LoadCredential=, see `loadCredential`
+  # below) and the job file names them: inside a unit the helper reads
+  # $CREDENTIALS_DIRECTORY/<name>; run by hand (no $CREDENTIALS_DIRECTORY),
+  # it reads password_file and identity_file as before.
   render = {
     name,
     job,
     stateDir,
     runtimeDir,
     knownHostsFile,
+    credentials ? false,
   }: let
     t = targetOf job;
   in
@@ -408,10 +525,14 @@
             inherit (t) connections;
           }
           // lib.optionalAttrs (t.identityFile != null) {identity_file = t.identityFile;}
-        else {
-          type = "local";
-          inherit (t) path;
-        };
+          // lib.optionalAttrs (credentials && t.identityFile != null) {identity_credential = "identity";}
+          // lib.optionalAttrs (t.bwlimit != null) {inherit (t) bwlimit;}
+        else
+          {
+            type = "local";
+            inherit (t) path;
+          }
+          // lib.optionalAttrs (t.bwlimit != null) {inherit (t) bwlimit;};
       snapshots = {
         keep_last = job.snapshots.keepLast;
         keep_days = job.snapshots.keepDays;
@@ -419,6 +540,7 @@
       max_delete_percent = job.maxDeletePercent;
       state_dir = stateDir;
     }
+    // lib.optionalAttrs credentials {password_credential = "password";}
     // lib.optionalAttrs (job.verify.sampleBytes != null) {verify.sample_bytes = job.verify.sampleBytes;}
     // lib.optionalAttrs (runtimeDir != null) {runtime_dir = runtimeDir;};
 
@@ -433,6 +555,7 @@
     job,
     stateDir,
     runtimeDir ? null,
+    credentials ? false,
   }: let
     knownHostsFile =
       if targetKind job == "sftp"
@@ -445,6 +568,7 @@
         stateDir
         runtimeDir
         knownHostsFile
+        credentials
         ;
     };
     unchecked = (pkgs.formats.json {}).generate "ciphersync-${name}-unchecked.json" value;
@@ -456,12 +580,104 @@
     '';
   };
 
+  # LoadCredential= lines of a job's units: the credential names the job
+  # file gives with `credentials = true`.
+  loadCredential = job:
+    ["password:${job.passwordFile}"]
+    ++ lib.optional (targetKind job == "sftp" && job.target.sftp.identityFile != null)
+    "identity:${job.target.sftp.identityFile}";
+
+  # What both modules put around the helper's commands: scheduling of every
+  # stage, and for the backup the hooks, the pings, the sleep inhibitor and
+  # the time bound. Every command is an Exec* line, one to one (no
+  # Nix-built script), so that tests/systemd runs exactly these lines.
+  # `hookPrefix`: "+" on NixOS (the hooks run with full privileges, outside
+  # the sandbox), "" in home-manager (the user's manager has none).
+  schedulingOf = job: {
+    Nice = job.nice;
+    IOSchedulingClass = job.ioSchedulingClass;
+  };
+
+  backupUnit = {
+    pkgs,
+    name,
+    job,
+    hookPrefix,
+    init,
+    backup,
+  }: let
+    bash = "${pkgs.bash}/bin/bash";
+    url = job.monitoring.pingUrl;
+    # $1: the URL, $2: start or end. systemd gives ExecStopPost= commands
+    # $SERVICE_RESULT and $EXIT_STATUS (systemd.exec(5)). Exit 75 (another
+    # stage holds the lock, the unit retries) ends nothing: no end ping.
+    pingScript = ''
+      url=$1
+      case $2 in
+      start) url=$url/start ;;
+      *)
+        [ "''${EXIT_STATUS:-}" != 75 ] || exit 0
+        if [ "''${SERVICE_RESULT:-}" != success ]; then
+          case ''${EXIT_STATUS:-} in
+          "" | *[!0-9]*) url=$url/fail ;;
+          *) url=$url/$EXIT_STATUS ;;
+          esac
+        fi
+        ;;
+      esac
+      exec ${pkgs.curl}/bin/curl -fsS -m 10 --retry 3 -o /dev/null -- "$url"
+    '';
+    # "-": a failed ping never fails the backup.
+    ping = phase: "-" + escapeSystemdExecArgs [bash "-c" pingScript "ciphersync-${name}-ping" url phase];
+    hookPrelude = ''
+      export CIPHERSYNC_JOB=${lib.escapeShellArg name}
+    '';
+    postPrelude = ''
+      if [ "''${EXIT_STATUS:-}" = 75 ]; then
+        CIPHERSYNC_OUTCOME=skipped
+      elif [ "''${SERVICE_RESULT:-}" = success ]; then
+        CIPHERSYNC_OUTCOME=success
+      else
+        CIPHERSYNC_OUTCOME=failure
+      fi
+      CIPHERSYNC_EXIT_STATUS=''${EXIT_STATUS:-}
+      export CIPHERSYNC_OUTCOME CIPHERSYNC_EXIT_STATUS
+    '';
+    hook = what: text:
+      hookPrefix + escapeSystemdExecArgs [bash "-euo" "pipefail" "-c" text "ciphersync-${name}-${what}"];
+    inhibit = [
+      "${pkgs.systemd}/bin/systemd-inhibit"
+      "--mode=block"
+      "--what=sleep"
+      "--who=ciphersync"
+      "--why=Backup of ${job.source} (job ${name})"
+    ];
+  in {
+    ExecStartPre =
+      lib.optional (url != null) (ping "start")
+      ++ lib.optional (job.preHook != "") (hook "pre-hook" (hookPrelude + job.preHook))
+      ++ [(escapeSystemdExecArgs init)];
+    ExecStart = escapeSystemdExecArgs (lib.optionals job.inhibitsSleep inhibit ++ backup);
+    TimeoutStartSec = job.maxRuntime;
+  }
+  // (let
+    stopPost =
+      lib.optional (job.postHook != "") (hook "post-hook" (hookPrelude + postPrelude + job.postHook))
+      ++ lib.optional (url != null) (ping "end");
+  in
+    lib.optionalAttrs (stopPost != []) {ExecStopPost = stopPost;});
+
   # The three stages of a job: unit name suffix, CLI arguments, timer.
   stages = job: [
     {
       suffix = "backup";
       what = "backup";
-      args = ["backup"];
+      args =
+        ["backup"]
+        ++ lib.optionals (job.waitForTarget != null) [
+          "--wait-for-target"
+          (toString job.waitForTarget)
+        ];
       startAt = job.startAt;
     }
     {
@@ -490,6 +706,9 @@ in {
     escapeSystemdExecArgs
     targetKind
     targetOf
+    loadCredential
+    schedulingOf
+    backupUnit
     ;
   types = {
     inherit

@@ -23,7 +23,15 @@
       inherit (cfg) package;
       stateDir = stateDir name;
       runtimeDir = runtimeDir name;
+      credentials = true;
     };
+
+  helperArgs = name: file:
+    [
+      "-c"
+      file
+    ]
+    ++ metricsArgs name;
 
   # systemd's quoting, not a shell's (nixpkgs' utils.escapeSystemdExecArgs).
   ciphersync = args: jobLib.escapeSystemdExecArgs (["${cfg.package}/bin/ciphersync"] ++ args);
@@ -178,14 +186,14 @@
         # reads users.users (a job user given as
         # config.users.users.<name>.name would make that a cycle).
         User = job.user;
-        ExecStart = ciphersync (
-          [
-            "-c"
-            file
-          ]
-          ++ metricsArgs name
-          ++ stage.args
-        );
+        ExecStart = ciphersync (helperArgs name file ++ stage.args);
+        # The password and the ssh key reach the unit as systemd
+        # credentials: systemd (as root) reads the files and puts copies
+        # readable by the unit alone under $CREDENTIALS_DIRECTORY, whose
+        # names the job file gives (password_credential,
+        # target.identity_credential). The files themselves may stay
+        # root-only, whatever the job's user.
+        LoadCredential = jobLib.loadCredential job;
         # Exit 75: another stage of this job holds its lock (e.g. the weekly
         # verify fires while the daily backup runs). Retry later instead of
         # failing (a restart is not a failure, OnFailure= does not fire).
@@ -237,16 +245,24 @@
         DeviceAllow = ["/dev/fuse rw"];
         KeyringMode = "private"; # no tool uses the kernel keyring
       }
-      // lib.optionalAttrs (stage.suffix == "backup") {
+      # Every stage is a low-priority neighbour (Nice=, IOSchedulingClass=).
+      // jobLib.schedulingOf job
+      // lib.optionalAttrs (stage.suffix == "backup") (jobLib.backupUnit {
+        inherit pkgs name job;
+        # The hooks run with full privileges, outside the sandbox: a
+        # snapshot or a stopped database needs what the helper must not have.
+        hookPrefix = "+";
         # The first run creates the gocryptfs config (idempotent). backup
         # itself never creates one: a lost config must never silently become
         # a new key.
-        ExecStartPre = ciphersync [
+        init = [
+          "${cfg.package}/bin/ciphersync"
           "-c"
           file
           "init"
         ];
-      }
+        backup = ["${cfg.package}/bin/ciphersync"] ++ helperArgs name file ++ stage.args;
+      })
       // (
         if isRoot
         then seccompHardening job

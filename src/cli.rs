@@ -67,6 +67,11 @@ pub enum Command {
         /// (overrides max_delete_percent; 100 also allows an empty source).
         #[arg(long = "max-delete", value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100))]
         max_delete: Option<u8>,
+        /// Before the backup, wait up to MINUTES for the target to answer
+        /// (TCP connect to host:port, or a local target's directory), with a
+        /// growing pause between probes, instead of failing at once.
+        #[arg(long = "wait-for-target", value_name = "MINUTES", value_parser = clap::value_parser!(u32).range(0..=1440))]
+        wait_for_target: Option<u32>,
     },
     /// Compare local and remote checksums; --deep decrypts and compares with the source.
     Verify {

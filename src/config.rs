@@ -80,6 +80,14 @@ pub struct Job {
     pub max_delete_percent: u8,
     pub state_dir: PathBuf,
     pub runtime_dir: PathBuf,
+    /// `target.bwlimit`: the backup's rate bound in KiB/s, for the whole
+    /// job (rsync.rs shares it among the workers).
+    pub bwlimit: Option<u32>,
+    /// `password_credential`: the systemd credential that holds the
+    /// password, used instead of `password_file` inside a unit.
+    pub password_credential: Option<String>,
+    /// `target.identity_credential`: the same for the ssh key.
+    pub identity_credential: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -411,10 +419,13 @@ const JOB_FIELDS: &[&str] = &[
     "max_delete_percent",
     "state_dir",
     "runtime_dir",
+    "password_credential",
 ];
 const TARGET_FIELDS: &[&str] = &[
     "type",
     "path",
+    "bwlimit",
+    // Fields from here on are for sftp targets only (SFTP_ONLY_FROM).
     "host",
     "port",
     "user",
@@ -423,7 +434,10 @@ const TARGET_FIELDS: &[&str] = &[
     "transport",
     "remote_checksums",
     "connections",
+    "identity_credential",
 ];
+/// The index in TARGET_FIELDS of the first field only an sftp target has.
+const SFTP_ONLY_FROM: usize = 3;
 const SNAPSHOTS_FIELDS: &[&str] = &["keep_last", "keep_days"];
 const VERIFY_FIELDS: &[&str] = &["sample_bytes"];
 const SECTIONS: &[(&str, &[&str])] = &[
@@ -708,7 +722,12 @@ fn resolve(tree: &Value) -> Checked<Job> {
         Some(p) => p,
         None => default_dir(DirKind::Runtime, &name)?,
     };
-    let target = resolve_target(job.required("target")?)?;
+    let password_credential = job.optional("password_credential", credential_name)?;
+    let TargetFields {
+        target,
+        bwlimit,
+        identity_credential,
+    } = resolve_target(job.required("target")?)?;
     if matches!(target, Target::Sftp(_)) {
         // The ssh master's ControlPath lies in it.
         ssh_config_safe("runtime_dir", &runtime_dir)?;
@@ -743,6 +762,9 @@ fn resolve(tree: &Value) -> Checked<Job> {
         max_delete_percent,
         state_dir,
         runtime_dir,
+        bwlimit,
+        password_credential,
+        identity_credential,
     })
 }
 
@@ -818,20 +840,57 @@ fn retention(v: &Value) -> Checked<Retention> {
 const DEFAULT_CONNECTIONS: u8 = 4;
 const MAX_CONNECTIONS: u8 = 16;
 
-fn resolve_target(v: &Value) -> Checked<Target> {
+/// The target, with the fields the Job keeps apart: `bwlimit` and
+/// `identity_credential`.
+struct TargetFields {
+    target: Target,
+    bwlimit: Option<u32>,
+    identity_credential: Option<String>,
+}
+
+/// rsync takes up to 4 GiB/s written in KiB; more is no bound at all.
+const MAX_BWLIMIT_KIB: u64 = 4 * 1024 * 1024;
+
+fn resolve_target(v: &Value) -> Checked<TargetFields> {
     let t = Section::new("target.", "an object", v)?;
     let sftp = t.read("type", |f, v| {
         choice(f, v, &[("sftp", true), ("local", false)])
     })?;
     let path = t.read("path", abs_path)?;
+    let bwlimit = t
+        .optional("bwlimit", |f, v| {
+            whole(
+                f,
+                v,
+                1,
+                MAX_BWLIMIT_KIB,
+                &format!("a whole number of KiB/s, 1–{MAX_BWLIMIT_KIB}, or null for no bound"),
+            )
+        })?
+        .map(|n| n as u32);
+    Ok(TargetFields {
+        bwlimit,
+        ..resolve_target_kind(&t, sftp, path)?
+    })
+}
+
+fn resolve_target_kind(t: &Section, sftp: bool, path: PathBuf) -> Checked<TargetFields> {
+    let done = |target| TargetFields {
+        target,
+        bwlimit: None,
+        identity_credential: None,
+    };
     if !sftp {
-        if let Some(field) = TARGET_FIELDS[2..].iter().find(|f| t.get(f).is_some()) {
+        if let Some(field) = TARGET_FIELDS[SFTP_ONLY_FROM..]
+            .iter()
+            .find(|f| t.get(f).is_some())
+        {
             return Err(field_error(
                 &t.name(field),
                 "is only allowed for a target of type \"sftp\"",
             ));
         }
-        return Ok(Target::Local { path });
+        return Ok(done(Target::Local { path }));
     }
     let host = t.read("host", |f, v| {
         check_host(f, string(f, v, "a host name or IP address (a string)")?)
@@ -888,17 +947,85 @@ fn resolve_target(v: &Value) -> Checked<Target> {
             )
         })?
         .map_or(DEFAULT_CONNECTIONS, |n| n as u8);
-    Ok(Target::Sftp(Sftp {
-        host,
-        port,
-        user,
-        path,
-        identity_file,
-        known_hosts_file,
-        transport,
-        remote_checksums,
-        connections: usize::from(connections),
-    }))
+    let identity_credential = t.optional("identity_credential", credential_name)?;
+    if identity_credential.is_some() && identity_file.is_none() {
+        return Err(field_error(
+            "target.identity_credential",
+            "needs target.identity_file too: the file is what commands run by hand \
+             (outside a systemd unit) read",
+        ));
+    }
+    Ok(TargetFields {
+        identity_credential,
+        ..done(Target::Sftp(Sftp {
+            host,
+            port,
+            user,
+            path,
+            identity_file,
+            known_hosts_file,
+            transport,
+            remote_checksums,
+            connections: usize::from(connections),
+        }))
+    })
+}
+
+/// A systemd credential name (LoadCredential=NAME:PATH): a file name in
+/// $CREDENTIALS_DIRECTORY.
+fn credential_name(field: &str, v: &Value) -> Checked<String> {
+    let name = string(field, v, "a credential name (a string)")?;
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(name.to_string())
+    } else {
+        Err(field_error(
+            field,
+            format!(
+                "expected a credential name (1-64 of A-Z a-z 0-9 - _ ., not starting with .), found {}",
+                quoted(name)
+            ),
+        ))
+    }
+}
+
+/// Inside a systemd unit with credentials ($CREDENTIALS_DIRECTORY, `dir`),
+/// the password and the identity named by `password_credential` and
+/// `target.identity_credential` replace `password_file` and
+/// `target.identity_file`; without `dir` (a command run by hand) the files
+/// stay. A credential the unit was not given is an error that names the
+/// field: falling back to the file would hide a unit without LoadCredential=.
+pub fn use_credentials(job: &mut Job, dir: Option<&Path>) -> Result<()> {
+    let Some(dir) = dir else {
+        return Ok(());
+    };
+    let find = |field: &str, name: &str| -> Result<PathBuf> {
+        let path = dir.join(name);
+        if !dir.is_absolute() || !path.is_file() {
+            return Err(Error::usage(format!(
+                "field `{field}`: no credential {} in $CREDENTIALS_DIRECTORY ({}): the unit \
+                 needs LoadCredential={name}:<file>",
+                quoted(name),
+                escape(&dir.display().to_string(), 200)
+            )));
+        }
+        Ok(path)
+    };
+    if let Some(name) = &job.password_credential {
+        job.password_file = find("password_credential", name)?;
+    }
+    if let (Some(name), Target::Sftp(s)) = (&job.identity_credential, &mut job.target) {
+        let path = find("target.identity_credential", name)?;
+        ssh_config_safe("target.identity_credential", &path)
+            .map_err(|p| Error::usage(p.to_string()))?;
+        s.identity_file = Some(path);
+    }
+    Ok(())
 }
 
 /// Job names become file and unit names: keep them to a safe alphabet.
@@ -1426,16 +1553,137 @@ mod tests {
                 add(r#""colour": 1"#),
                 "unknown field `colour` (the job's fields are: version, name, source, exclude, \
                  password_file, gocryptfs_config, filenames, target, snapshots, verify, \
-                 max_delete_percent, state_dir, runtime_dir)",
+                 max_delete_percent, state_dir, runtime_dir, password_credential)",
             ),
             (
                 add_target(r#""a\nb": 1"#),
-                "unknown field `target.a\\nb` (`target`'s fields are: type, path, host, port, \
-                 user, identity_file, known_hosts_file, transport, remote_checksums, connections)",
+                "unknown field `target.a\\nb` (`target`'s fields are: type, path, bwlimit, host, \
+                 port, user, identity_file, known_hosts_file, transport, remote_checksums, \
+                 connections, identity_credential)",
             ),
         ] {
             assert_eq!(error_of(&text), message, "{text}");
         }
+    }
+
+    #[test]
+    fn bwlimit_is_bounded_and_named() {
+        let target = |field: &str| {
+            with(
+                r#""type": "sftp","#,
+                &format!(r#""type": "sftp", {field},"#),
+            )
+        };
+        assert_eq!(
+            parse(&target(r#""bwlimit": 2048"#)).unwrap().bwlimit,
+            Some(2048)
+        );
+        assert_eq!(parse(GOOD).unwrap().bwlimit, None);
+        for (bad, found) in [
+            ("0", "the number 0"),
+            ("4194305", "the number 4194305"),
+            (r#""1m""#, r#"the string "1m""#),
+            ("1.5", "the number 1.5"),
+        ] {
+            let e = error_of(&target(&format!(r#""bwlimit": {bad}"#)));
+            assert_eq!(
+                e,
+                format!(
+                    "field `target.bwlimit`: expected a whole number of KiB/s, 1–4194304, \
+                     or null for no bound, found {found}"
+                ),
+                "{bad}"
+            );
+        }
+        // A local target takes it too (a USB disk shared with others).
+        let local = r#"{ "version": 1, "name": "docs", "source": "/srv/docs",
+            "password_file": "/run/keys/docs", "state_dir": "/s", "runtime_dir": "/r",
+            "target": { "type": "local", "path": "/mnt/usb/docs", "bwlimit": 100 } }"#;
+        assert_eq!(parse(local).unwrap().bwlimit, Some(100));
+    }
+
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn credentials_replace_the_files_inside_a_unit() {
+        let text = with(
+            r#""type": "sftp","#,
+            r#""type": "sftp", "identity_file": "/var/lib/ciphersync/docs/id_ed25519",
+               "identity_credential": "identity","#,
+        )
+        .replace(
+            r#""password_file": "/run/keys/docs","#,
+            r#""password_file": "/run/keys/docs", "password_credential": "password","#,
+        );
+        let job = parse(&text).unwrap();
+        // Run by hand: the files the job names.
+        let mut by_hand = job.clone();
+        use_credentials(&mut by_hand, None).unwrap();
+        assert_eq!(by_hand.password_file, Path::new("/run/keys/docs"));
+        // In a unit: $CREDENTIALS_DIRECTORY/<name>.
+        let dir = TempDir(
+            std::env::temp_dir().join(format!("ciphersync-credentials-{}", std::process::id())),
+        );
+        std::fs::create_dir_all(dir.path()).unwrap();
+        std::fs::write(dir.path().join("password"), "secret\n").unwrap();
+        std::fs::write(dir.path().join("identity"), "key\n").unwrap();
+        let mut in_unit = job.clone();
+        use_credentials(&mut in_unit, Some(dir.path())).unwrap();
+        assert_eq!(in_unit.password_file, dir.path().join("password"));
+        let Target::Sftp(s) = &in_unit.target else {
+            panic!("not sftp")
+        };
+        assert_eq!(
+            s.identity_file.as_deref(),
+            Some(&*dir.path().join("identity"))
+        );
+        // A unit without the credential: an error naming the field, never
+        // the file behind the unit's back.
+        std::fs::remove_file(dir.path().join("identity")).unwrap();
+        let mut missing = job.clone();
+        let e = use_credentials(&mut missing, Some(dir.path()))
+            .unwrap_err()
+            .message;
+        assert!(
+            e.starts_with("field `target.identity_credential`: no credential \"identity\"")
+                && e.contains("LoadCredential=identity:<file>"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn credential_fields_are_checked() {
+        let e = error_of(&set_field(r#""password_credential": "../etc/shadow""#));
+        assert!(
+            e.starts_with("field `password_credential`: expected a credential name"),
+            "{e}"
+        );
+        let e = error_of(&with(
+            r#""type": "sftp","#,
+            r#""type": "sftp", "identity_credential": "identity","#,
+        ));
+        assert!(
+            e.starts_with("field `target.identity_credential`: needs target.identity_file"),
+            "{e}"
+        );
+        let local = r#"{ "version": 1, "name": "docs", "source": "/srv/docs",
+            "password_file": "/run/keys/docs", "state_dir": "/s", "runtime_dir": "/r",
+            "target": { "type": "local", "path": "/mnt/usb/docs", "identity_credential": "id" } }"#;
+        let e = error_of(local);
+        assert_eq!(
+            e,
+            "field `target.identity_credential`: is only allowed for a target of type \"sftp\""
+        );
     }
 
     /// A line break in `user` would add a line to ssh_config (a ProxyCommand).

@@ -36,4 +36,5 @@ pub mod sync;
 pub mod target;
 pub mod verify;
 pub mod verify_cache;
+pub mod wait;
 pub mod walk;

@@ -4,8 +4,8 @@
 mod cli;
 
 use ciphersync::{
-    about, config, crypt, error, history, human, interrupt, keys, log, metrics, restore, run,
-    snapshots, status, sync, target, verify,
+    about, config, crypt, error, history, human, interrupt, keys, log, metrics, restore, rsync,
+    run, snapshots, status, sync, target, verify, wait,
 };
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -55,9 +55,22 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             about::warn_gocryptfs_bugs(Some(!job.exclude.is_empty()));
             init(&job, cli.json)
         }
-        Command::Backup { job, max_delete } => {
+        Command::Backup {
+            job,
+            max_delete,
+            wait_for_target,
+        } => {
             let job = load_job(cli, job.job.as_deref())?;
             about::warn_gocryptfs_bugs(Some(!job.exclude.is_empty()));
+            if let Some(kib) = job.bwlimit {
+                rsync::limit_bandwidth(kib, backup_rsync_workers(&job));
+            }
+            if let Some(minutes) = wait_for_target {
+                wait::wait_for_target(
+                    &job,
+                    std::time::Duration::from_secs(u64::from(*minutes) * 60),
+                )?;
+            }
             let options = sync::BackupOptions {
                 max_delete_percent: *max_delete,
             };
@@ -274,7 +287,25 @@ fn config_dir(cli: &Cli) -> Result<PathBuf> {
     }
 }
 
+/// How many backup rsyncs may run side by side: the sshfs workers
+/// (split.rs), else one.
+fn backup_rsync_workers(job: &Job) -> usize {
+    match &job.target {
+        config::Target::Sftp(s) if s.transport == config::Transport::Sshfs => s.connections,
+        _ => 1,
+    }
+}
+
+/// The job file, with the systemd credentials the unit holds in place of
+/// the secret files it names (config::use_credentials).
 fn load_job(cli: &Cli, name: Option<&str>) -> Result<Job> {
+    let mut job = load_job_file(cli, name)?;
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY");
+    config::use_credentials(&mut job, credentials.as_deref().map(Path::new))?;
+    Ok(job)
+}
+
+fn load_job_file(cli: &Cli, name: Option<&str>) -> Result<Job> {
     match (&cli.config, name) {
         (Some(file), None) => config::load(file),
         (Some(_), Some(name)) => Err(Error::usage(format!(

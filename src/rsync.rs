@@ -48,10 +48,35 @@ pub struct RsyncPlan<'a> {
     pub ssh_shell: Option<String>,
 }
 
+/// The bound of each backup rsync in KiB/s (`--bwlimit`), set once per
+/// process by `limit_bandwidth`. A process-wide setting rather than a
+/// field of RsyncPlan so that every rsync of the backup gets it, whichever
+/// pass or worker builds the plan.
+static BWLIMIT: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Bounds the backup's transfer rate to `kib_per_s` for the whole job,
+/// shared among the `workers` rsync processes that may run side by side
+/// (the sshfs workers, split.rs): each gets an equal share, at least 1.
+/// The first call wins.
+pub fn limit_bandwidth(kib_per_s: u32, workers: usize) {
+    let _ = BWLIMIT.set(bwlimit_share(kib_per_s, workers));
+}
+
+/// One rsync's share of a job's `target.bwlimit`.
+pub fn bwlimit_share(kib_per_s: u32, workers: usize) -> u32 {
+    let workers = u32::try_from(workers.max(1)).unwrap_or(u32::MAX);
+    (kib_per_s / workers).max(1)
+}
+
 /// The shared rsync options. Never --partial or -P: a killed run must not
 /// leave a truncated file under a real name (it would later be kept as the
 /// "old version" in a snapshot).
 pub fn rsync_args(plan: &RsyncPlan) -> Vec<String> {
+    rsync_args_limited(plan, BWLIMIT.get().copied())
+}
+
+/// `rsync_args` with an explicit `--bwlimit` (KiB/s), for the tests.
+fn rsync_args_limited(plan: &RsyncPlan, bwlimit: Option<u32>) -> Vec<String> {
     let mut args: Vec<String> = [
         "-a",
         "--no-specials",
@@ -78,6 +103,10 @@ pub fn rsync_args(plan: &RsyncPlan) -> Vec<String> {
     if plan.protect_config {
         // The config we upload is not in the view: keep --delete off it.
         args.push(format!("--filter=P /{REMOTE_CONFIG_NAME}"));
+    }
+    if let Some(kib) = bwlimit {
+        // A plain number is KiB/s in every rsync since 3.0 ("1024" = 1 MiB/s).
+        args.push(format!("--bwlimit={kib}"));
     }
     if let Some(shell) = &plan.ssh_shell {
         args.push("-e".into());
@@ -234,6 +263,35 @@ mod tests {
         let args = rsync_args(&plan);
         assert!(!args.iter().any(|a| a == "-P" || a.starts_with("--partial")));
         insta::assert_debug_snapshot!(args);
+    }
+
+    #[test]
+    fn rsync_argv_with_bwlimit() {
+        let plan = RsyncPlan {
+            snapshot: "20261129T030000Z",
+            over_sshfs: false,
+            protect_config: false,
+            ssh_shell: Some("ssh -F '/run/ciphersync/docs/ssh_config'".into()),
+        };
+        let args = rsync_args_limited(&plan, Some(bwlimit_share(2048, 1)));
+        insta::assert_debug_snapshot!(args);
+        // Without a bound, no --bwlimit at all (rsync's 0 would mean none,
+        // but the argv stays what it was before the option existed).
+        let unlimited = rsync_args_limited(&plan, None);
+        assert!(
+            !unlimited.iter().any(|a| a.starts_with("--bwlimit")),
+            "{unlimited:?}"
+        );
+    }
+
+    #[test]
+    fn bwlimit_is_shared_among_workers() {
+        // 4 sshfs workers side by side never exceed the job's bound.
+        assert_eq!(bwlimit_share(1000, 4), 250);
+        assert_eq!(bwlimit_share(1000, 1), 1000);
+        assert_eq!(bwlimit_share(1000, 0), 1000);
+        // Never 0, which rsync reads as "no limit".
+        assert_eq!(bwlimit_share(3, 16), 1);
     }
 
     #[test]

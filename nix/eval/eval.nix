@@ -160,6 +160,14 @@
     keepLast-zero = withDocs {snapshots.keepLast = 0;};
     plaintext-names-over-sftp = withDocs {filenames = "plaintext";};
     unknown-option = withDocs {targte = {};};
+    # Issue 18: the operator options refuse what systemd or rsync would.
+    pingUrl-not-http = withDocs {monitoring.pingUrl = "ftp://hc-ping.com/x";};
+    pingUrl-with-space = withDocs {monitoring.pingUrl = "https://hc-ping.com/a b";};
+    nice-out-of-range = withDocs {nice = 20;};
+    waitForTarget-over-a-day = withDocs {waitForTarget = 1441;};
+    ioSchedulingClass-unknown = withDocs {ioSchedulingClass = "background";};
+    bwlimit-zero = withDocs {target.sftp.bwlimit = 0;};
+    bwlimit-on-local-as-string = withPhotos {target.local.bwlimit = "1m";};
     bad-user-name = withPhotos {user = "Alice Smith";};
     undeclared-user = withPhotos {user = "bob";};
     hm-sftp-without-knownHosts =
@@ -201,7 +209,52 @@
     else what;
   backupService = config: config.systemd.services.ciphersync-photos-backup.serviceConfig;
 
+  docsBackup = (checkAssertions "nixos-docs" (evalNixos [samples.nixos-docs]).config).systemd.services.ciphersync-docs-backup.serviceConfig;
+
   regressions = {
+    # Issue 18: the start ping, then the preHook, then init, then the
+    # backup; after it the postHook, then the end ping. Hooks with "+"
+    # (full privileges), pings with "-" (their failure is ignored).
+    backup-unit-order = let
+      pre = docsBackup.ExecStartPre;
+      post = docsBackup.ExecStopPost;
+      at = i: l: lib.elemAt l i;
+    in
+      expect "ExecStartPre = ${builtins.toJSON pre}, ExecStopPost = ${builtins.toJSON post}" (
+        lib.length pre == 3
+        && lib.hasPrefix "-" (at 0 pre)
+        && lib.hasInfix "ciphersync-docs-ping" (at 0 pre)
+        && lib.hasInfix "start" (at 0 pre)
+        && lib.hasPrefix "+" (at 1 pre)
+        && lib.hasInfix "ciphersync-docs-pre-hook" (at 1 pre)
+        && lib.hasSuffix ''"init"'' (at 2 pre)
+        && lib.length post == 2
+        && lib.hasPrefix "+" (at 0 post)
+        && lib.hasInfix "ciphersync-docs-post-hook" (at 0 post)
+        && lib.hasPrefix "-" (at 1 post)
+        && lib.hasInfix "ciphersync-docs-ping" (at 1 post)
+        && lib.hasInfix "systemd-inhibit" docsBackup.ExecStart
+        && docsBackup.TimeoutStartSec == "12h"
+      );
+    # The password and the identity reach every unit as credentials, and
+    # the job file names them.
+    credentials-in-units-and-job-file = let
+      config = checkAssertions "nixos-docs" (evalNixos [samples.nixos-docs]).config;
+      job = jobFileValue "docs" config.environment.etc."ciphersync/docs.json".source;
+      units = lib.attrValues config.systemd.services;
+    in
+      expect "LoadCredential/job file wrong: ${builtins.toJSON (map (u: u.serviceConfig.LoadCredential) units)} ${builtins.toJSON job}" (
+        lib.all (u:
+          u.serviceConfig.LoadCredential
+          == [
+            "password:/run/keys/ciphersync-docs"
+            "identity:/var/lib/ciphersync/docs/id_ed25519"
+          ])
+        units
+        && job.password_credential == "password"
+        && job.target.identity_credential == "identity"
+      );
+
     # 1. A service account whose group is taken from users.groups, the
     # common NixOS idiom: the module must not make users.groups depend on
     # users.users.
@@ -262,10 +315,11 @@
         (evalHm [
           (lib.recursiveUpdate samples.hm-music {
             home.homeDirectory = "/home/al ice%h$USER'x";
+            services.ciphersync.metrics.textfileDirectory = "/m%d $X";
           })
         ]).config;
       got = config.systemd.user.services.ciphersync-music-backup.Service.ExecStart;
-      want = ''"/nix/store/00000000000000000000000000000000-ciphersync/bin/ciphersync" "-c" "/home/al ice%%h$$USER'x/.config/ciphersync/music.json" "backup"'';
+      want = ''"/nix/store/00000000000000000000000000000000-ciphersync/bin/ciphersync" "-c" "/home/al ice%%h$$USER'x/.config/ciphersync/music.json" "--metrics-file" "/m%%d $$X/ciphersync-music.prom" "backup"'';
     in
       expect "ExecStart is ${got}, want ${want}" (got == want);
   };

@@ -32,6 +32,21 @@
       deepVerify.startAt = "*-*-01 05:00:00";
       randomizedDelaySec = "10m";
       onFailure = ["notify-admin.service"];
+      # The systemd suite reads what the hooks leave in
+      # /var/lib/ciphersync-test, and fails the preHook on request.
+      preHook = ''
+        mkdir -p /var/lib/ciphersync-test
+        cp /var/lib/ciphersync/docs/status.json /var/lib/ciphersync-test/status-at-pre-hook.json || true
+        echo "pre-hook job=$CIPHERSYNC_JOB" >>/var/lib/ciphersync-test/hooks.log
+        if [ -e /var/lib/ciphersync-test/fail-pre-hook ]; then exit 7; fi
+      '';
+      postHook = ''
+        cp /var/lib/ciphersync/docs/status.json /var/lib/ciphersync-test/status-at-post-hook.json || true
+        echo "post-hook job=$CIPHERSYNC_JOB outcome=$CIPHERSYNC_OUTCOME exit=$CIPHERSYNC_EXIT_STATUS" >>/var/lib/ciphersync-test/hooks.log
+      '';
+      monitoring.pingUrl = "http://127.0.0.1:8321/ping/docs";
+      waitForTarget = 2;
+      inhibitsSleep = true;
     };
   };
 
@@ -52,6 +67,11 @@
       filenames = "deterministic";
       target.local.path = "/mnt/usb/photos";
       maxDeletePercent = 20;
+      # High enough not to slow the suite, but rsync must take it.
+      target.local.bwlimit = 102400;
+      nice = 5;
+      ioSchedulingClass = "best-effort";
+      maxRuntime = "2h";
       verify.startAt = [];
       persistentTimer = false;
     };
@@ -62,6 +82,7 @@
     home.username = "alice";
     home.homeDirectory = "/home/alice";
     services.ciphersync.package = pkgs.ciphersync;
+    services.ciphersync.metrics.textfileDirectory = "/home/alice/.local/state/textfiles";
     services.ciphersync.jobs.music = {
       source = "/home/alice/Music";
       passwordFile = "/home/alice/.config/ciphersync/music.password";
@@ -79,6 +100,10 @@
       };
       snapshots.keepDays = 365;
       onFailure = ["notify-alice.service"];
+      preHook = "echo before";
+      postHook = "echo \"after: $CIPHERSYNC_OUTCOME\"";
+      monitoring.pingUrl = "https://hc-ping.com/eval-sample";
+      target.sftp.bwlimit = 4096;
     };
   };
 }

@@ -291,7 +291,7 @@ NOT_HARDENING = {"Type", "ExecStart", "ExecStartPre", "ExecStartPost", "ExecStop
                  "StateDirectory", "StateDirectoryMode", "RuntimeDirectory", "RuntimeDirectoryMode",
                  "RuntimeDirectoryPreserve", "Nice", "IOSchedulingClass", "CPUSchedulingPolicy",
                  "TimeoutStartSec", "TimeoutStopSec", "SuccessExitStatus", "User", "Group",
-                 "WorkingDirectory", "SyslogIdentifier", "StandardOutput", "StandardError", "KillMode",
+                 "WorkingDirectory", "SyslogIdentifier", "LoadCredential", "IOSchedulingPriority", "StandardOutput", "StandardError", "KillMode",
                  "KillSignal", "SendSIGKILL", "FinalKillSignal"}
 SHOW_NAME = {"RestartSec": "RestartUSec", "TimeoutStartSec": "TimeoutStartUSec", "TimeoutStopSec": "TimeoutStopUSec"}
 CAP_KEYS = {"CapabilityBoundingSet", "AmbientCapabilities"}

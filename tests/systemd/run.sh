@@ -25,7 +25,7 @@ PROBE="python3 $HERE/probe.py"
 # refuses the module's units outright (RestartForceExitStatus= on a
 # Type=oneshot service is accepted only since systemd 256).
 SUITE=${CIPHERSYNC_NSPAWN_SUITE:-trixie}
-PACKAGES=systemd,systemd-sysv,dbus,fuse3,gocryptfs,sshfs,rsync,openssh-client,openssh-server
+PACKAGES=systemd,systemd-sysv,dbus,fuse3,gocryptfs,sshfs,rsync,openssh-client,openssh-server,curl
 CACHE=${CIPHERSYNC_NSPAWN_CACHE:-/var/cache/ciphersync-nspawn}
 TREE=$CACHE/$SUITE
 EVAL_DIR=${CIPHERSYNC_EVAL_DIR:-$REPO/nix/eval/expected}
@@ -651,6 +651,117 @@ EOF
 }
 scenario timers-scheduled-and-fire s_timers
 
+# --- issue 18: hooks, pings, scheduling, credentials --------------------------
+HOOKS=/var/lib/ciphersync-test
+hooks_log() { cat "$CR$HOOKS/hooks.log" 2>/dev/null || true; }
+wait_for() { # wait_for DESCRIPTION COMMAND...: poll until COMMAND succeeds (deadline 120 s)
+  local what=$1 i
+  shift
+  for i in $(seq 1 1200); do "$@" && return 0; sleep 0.1; done
+  fail "gave up waiting for $what"
+}
+two_hook_lines() { [ "$(hooks_log | wc -l)" -ge 2 ]; }
+# Request paths the healthchecks stand-in logged, in order.
+pings() { sed -n 's/.*"GET \([^ ]*\) HTTP.*/\1/p' "$RUN/ping.log" 2>/dev/null || true; }
+pinged() { pings | grep -qx "$1"; }
+
+s_hooks_pings() {
+  # A healthchecks stand-in: the host's python3 serving in the container's
+  # network namespace (the container has no python). It answers 404 to
+  # every ping, so this also shows that a failed ping fails no backup.
+  mkdir -p "$RUN/www"
+  # Appended to (O_APPEND), so that truncating the log between runs works.
+  : >"$RUN/ping.log"
+  # 9>&-: the server must not inherit the cache lock (a leaked server
+  # would hold it for every later run).
+  nsenter -t "$CPID" -n python3 -u -m http.server 8321 --bind 127.0.0.1 --directory "$RUN/www" >>"$RUN/ping.log" 2>&1 9>&- &
+  PING_SERVER=$!
+  trap 'kill "$PING_SERVER" 2>/dev/null || true' EXIT
+  wait_for "the ping server to listen" grep -q "Serving HTTP" "$RUN/ping.log"
+
+  # The unit settings the module renders, as systemd took them.
+  [ "$(show $BACKUP Nice)" = 10 ] || fail "Nice=$(show $BACKUP Nice), want 10"
+  case $(show $BACKUP IOSchedulingClass) in idle | 3) ;; *) fail "IOSchedulingClass=$(show $BACKUP IOSchedulingClass), want idle" ;; esac
+  [ "$(show $BACKUP TimeoutStartUSec)" = 12h ] || fail "TimeoutStartUSec=$(show $BACKUP TimeoutStartUSec), want 12h (maxRuntime)"
+  show $BACKUP ExecStart | grep -q "systemd-inhibit" || fail "ExecStart has no systemd-inhibit: $(show $BACKUP ExecStart)"
+  [ "$(show $VERIFY Nice)" = 10 ] || fail "$VERIFY Nice=$(show $VERIFY Nice), want 10"
+
+  # 1. A backup: preHook, the backup (inside the sleep inhibitor), postHook.
+  c rm -f "$HOOKS/hooks.log" "$HOOKS/status-at-pre-hook.json" "$HOOKS/status-at-post-hook.json"
+  echo "hooks run $(date +%s%N)" >"$CR$JOB_SOURCE/hooks-scenario.txt"
+  start_unit $BACKUP
+  unit_ok $BACKUP
+  wait_for "both hooks to log" two_hook_lines
+  [ "$(hooks_log)" = "$(printf 'pre-hook job=docs\npost-hook job=docs outcome=success exit=0')" ] ||
+    fail "hook log after a good backup: $(hooks_log | tr '\n' '|')"
+  # The backup ran between them: the preHook saw the last run's status,
+  # the postHook this run's.
+  local pre post now
+  pre=$($PROBE get "$CR$HOOKS/status-at-pre-hook.json" stages.backup.finished_at)
+  post=$($PROBE get "$CR$HOOKS/status-at-post-hook.json" stages.backup.finished_at)
+  now=$(status_get "$STATE" stages.backup.finished_at)
+  [ -n "$now" ] && [ "$post" = "$now" ] || fail "the postHook ran before the backup ended (it saw finished_at '$post', the run's is '$now')"
+  [ "$pre" != "$now" ] || fail "the preHook ran after the backup (it saw this run's finished_at $now)"
+  wait_for "the success ping" pinged /ping/docs
+  [ "$(pings | tr '\n' ' ')" = "/ping/docs/start /ping/docs " ] || fail "pings of a good backup: $(pings | tr '\n' ' ')"
+
+  # 2. A failing preHook: no backup, the postHook says failure, the
+  # failure ping goes out.
+  cp "$RUN/ping.log" "$RUN/ping.log.first"; : >"$RUN/ping.log"
+  c rm -f "$HOOKS/hooks.log"
+  c touch "$HOOKS/fail-pre-hook"
+  local snaps_before
+  snaps_before=$(find "$CR$JOB_TARGET_PATH/snapshots" -mindepth 1 -maxdepth 1 | wc -l)
+  echo "must not be backed up $(date +%s%N)" >"$CR$JOB_SOURCE/hooks-scenario.txt"
+  start_unit $BACKUP
+  c rm -f "$HOOKS/fail-pre-hook"
+  c systemctl is-failed --quiet $BACKUP || fail "backup unit not failed after a failing preHook (Result=$(show $BACKUP Result))"
+  [ "$(show $BACKUP Result)" = exit-code ] || fail "Result=$(show $BACKUP Result), want exit-code"
+  wait_for "both hooks to log" two_hook_lines
+  [ "$(hooks_log)" = "$(printf 'pre-hook job=docs\npost-hook job=docs outcome=failure exit=')" ] ||
+    fail "hook log after a failing preHook: $(hooks_log | tr '\n' '|')"
+  [ "$(status_get "$STATE" stages.backup.finished_at)" = "$now" ] ||
+    fail "the backup ran after a failing preHook: $(status_get "$STATE" stages.backup)"
+  [ "$(find "$CR$JOB_TARGET_PATH/snapshots" -mindepth 1 -maxdepth 1 | wc -l)" = "$snaps_before" ] ||
+    fail "a snapshot appeared after a failing preHook"
+  wait_for "the failure ping" pinged /ping/docs/fail
+  [ "$(pings | tr '\n' ' ')" = "/ping/docs/start /ping/docs/fail " ] || fail "pings of a failed preHook: $(pings | tr '\n' ' ')"
+  c systemctl reset-failed $BACKUP
+  # The next run backs the file up again.
+  start_unit $BACKUP
+  unit_ok $BACKUP
+  fuse_clean
+}
+scenario hooks-pings-and-scheduling s_hooks_pings
+
+# The password and the ssh key reach the unit as credentials: with the
+# files themselves made inaccessible inside the unit, the backup works.
+s_credentials() {
+  [ -n "$JOB_IDENTITY_FILE" ] || fail "the docs job has no identity file"
+  local dropin=/run/systemd/system/$BACKUP.d
+  local paths="-$JOB_PASSWORD_FILE -$JOB_IDENTITY_FILE"
+  # Control: what InaccessiblePaths= leaves of the password file, even for root.
+  out=$(CT=60 c systemd-run --quiet --wait --pipe -p InaccessiblePaths="$JOB_PASSWORD_FILE" /bin/sh -c "wc -c <'$JOB_PASSWORD_FILE'" 2>&1 || true)
+  [ "$(echo "$out" | tr -d ' ')" = 0 ] || fail "control: InaccessiblePaths= left the password file readable ($out)"
+  c mkdir -p "$dropin"
+  printf '[Service]\nInaccessiblePaths=%s\n' "$paths" >"$CR$dropin/cstest-credentials.conf"
+  c systemctl daemon-reload
+  # (systemctl show prints LoadCredential= as "[unprintable]": read the unit.)
+  c systemctl cat $BACKUP | grep -qx "LoadCredential=password:$JOB_PASSWORD_FILE" ||
+    fail "LoadCredential of $BACKUP: $(c systemctl cat $BACKUP | grep LoadCredential | tr '\n' '|')"
+  c systemctl cat $BACKUP | grep -qx "LoadCredential=identity:$JOB_IDENTITY_FILE" ||
+    fail "no identity credential in $BACKUP"
+  echo "credentials run $(date +%s%N)" >"$CR$JOB_SOURCE/credentials.txt"
+  start_unit $BACKUP
+  rm -f "$CR$dropin/cstest-credentials.conf"
+  c systemctl daemon-reload
+  unit_ok $BACKUP
+  [ "$(status_get "$STATE" stages.backup.outcome)" = ok ] || fail "status.json backup: $(status_get "$STATE" stages.backup)"
+  [ "$(status_get "$STATE" stages.backup.stats.transferred)" -ge 1 ] || fail "nothing sent: $(status_get "$STATE" stages.backup)"
+  fuse_clean
+}
+scenario credentials-instead-of-files s_credentials
+
 s_nonroot() {
   [ "$HAVE_PHOTOS" = 1 ] || fail "$PHOTOS_EVAL missing (the non-root job's module evaluation)"
   eval "$($PROBE job-env "$PHOTOS_EVAL" photos)"
@@ -664,10 +775,16 @@ s_nonroot() {
   echo "PLAINTEXT-MARKER-photos root only" >"$CR$JOB_SOURCE/root-only.jpg"
   c chown root:root "$JOB_SOURCE/root-only.jpg"; c chmod 0600 "$JOB_SOURCE/root-only.jpg"
   echo "PLAINTEXT-MARKER-photos public" >"$CR$JOB_SOURCE/public.jpg"
+  # The password file stays root's (0600): it reaches the unit as a
+  # credential (LoadCredential=), and inside the unit it is made
+  # inaccessible, so the job cannot have read it any other way (alice's
+  # CAP_DAC_READ_SEARCH would read a root-only file).
   c install -d -m 0700 "$(dirname "$JOB_PASSWORD_FILE")"
   head -c 24 /dev/urandom | base64 >"$CR$JOB_PASSWORD_FILE"
-  c chown "$user" "$JOB_PASSWORD_FILE"; c chmod 0400 "$JOB_PASSWORD_FILE"
-  [ "$(dirname "$JOB_PASSWORD_FILE")" = /run/keys ] && c chmod 0711 /run/keys
+  c chown root:root "$JOB_PASSWORD_FILE"; c chmod 0600 "$JOB_PASSWORD_FILE"
+  c mkdir -p "/run/systemd/system/$svc.d"
+  printf '[Service]\nInaccessiblePaths=-%s\n' "$JOB_PASSWORD_FILE" >"$CR/run/systemd/system/$svc.d/cstest-credentials.conf"
+  c systemctl daemon-reload
   if [ "$JOB_TARGET_TYPE" = local ]; then c install -d -m 0700 -o "$user" "$JOB_TARGET_PATH"; fi
   for i in 1 2 3 4 5; do head -c 3000000 /dev/urandom >"$CR$JOB_SOURCE/pic$i.raw"; done
   c ls -l /dev/fuse

@@ -10,13 +10,16 @@
   };
 in
   lib.genAttrs [
+    "bash"
     "ciphersync"
     "coreutils"
+    "curl"
     "fuse3"
     "gocryptfs"
     "openssh"
     "rsync"
     "sshfs"
+    "systemd"
   ]
   fake
   // {

@@ -259,8 +259,20 @@ impl NetServer {
     pub fn link_down(&self) {
         must(&["ip", "-n", &self.ns, "link", "set", &self.veth_ns, "down"]);
     }
+    /// Puts the cable back, and waits until the server answers on it: the
+    /// host may still hold a failed neighbour entry from the cut, which
+    /// gives "No route to host" for a moment however fast the machine is.
     pub fn link_up(&self) {
         must(&["ip", "-n", &self.ns, "link", "set", &self.veth_ns, "up"]);
+        let addr: std::net::SocketAddr = format!("{}:22", self.server_ip).parse().unwrap();
+        crate::common::wait_until(
+            "the server to answer after the link is back",
+            std::time::Duration::from_secs(60),
+            || {
+                std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
+                    .is_ok()
+            },
+        );
     }
 
     /// The server's disk read-only / read-write.

@@ -37,6 +37,46 @@ TESTS = ["backup-restore", "server-down", "timers", "home-manager"]
 SUBNET = "192.168.1"
 
 
+# Run first, on backup-restore's nodes: the stand-in itself must be able to
+# fail (each wrong outcome below raises), reach the other node by name, and
+# keep the host out of reach. Not a testScript of nix/tests.
+CONTROL_SCRIPT = """
+def raises(what, f):
+    try:
+        f()
+    except Exception as e:
+        return e
+    raise AssertionError(f"{what} did not raise")
+
+
+start_all()
+client.wait_for_unit("multi-user.target")
+server.wait_for_unit("sshd.service")
+assert client.succeed("echo a", "echo b") == "a\\nb\\n"
+raises("succeed of a failing command", lambda: client.succeed("false"))
+raises("succeed of a failing pipeline stage", lambda: client.succeed("false | true"))
+raises("succeed with an unset variable", lambda: client.succeed("echo $UNSET_VARIABLE"))
+raises("fail of a succeeding command", lambda: client.fail("true"))
+raises("wait_until_succeeds past its timeout", lambda: client.wait_until_succeeds("false", timeout=2))
+client.succeed("systemctl start --no-block ciphersync-docs-verify.service")
+raises("wait_for_unit of a failed unit", lambda: client.wait_for_unit("ciphersync-docs-verify.service"))
+raises("wait_for_unit of an inactive unit", lambda: client.wait_for_unit("notify-admin.service", timeout=60))
+e = raises("a line the mapping cannot run", lambda: client.succeed("date -s '2031-03-10 03:00:30'"))
+assert type(e).__name__ == "NotRunnableHere", repr(e)
+# CAP_SYS_TIME (bit 25) is not in the commands' capability sets.
+eff = int(client.succeed("sed -n 's/^CapEff:\\t//p' /proc/self/status"), 16)
+assert not eff >> 25 & 1, hex(eff)
+client.fail("sh -c 'date -s @0'")
+assert client.succeed("hostname").strip() == "client"
+client.succeed("getent hosts server")
+client.wait_for_open_port(22, "server", timeout=60)
+server.wait_for_open_port(22, timeout=60)
+raises("wait_for_open_port of a closed port", lambda: client.wait_for_open_port(23, "server", timeout=2))
+server.shutdown()
+assert not server.is_up()
+"""
+
+
 def note(msg):
     print(f"# {msg}", file=sys.stderr, flush=True)
 
@@ -137,9 +177,11 @@ def first_line(text):
     return text.strip().splitlines()[0] if text.strip() else ""
 
 
-def run_test(test, args, run_dir, nixpkgs_path):
-    """Returns (verdict, message): verdict PASS, FAIL or SKIP."""
-    test_dir = os.path.join(run_dir, test)
+def run_test(test, args, run_dir, nixpkgs_path, script=None, label=None):
+    """Returns (verdict, message): verdict PASS, FAIL or SKIP. `script`
+    replaces the test's own (the control run)."""
+    label = label or test
+    test_dir = os.path.join(run_dir, label)
     os.makedirs(test_dir)
     logfile = open(os.path.join(test_dir, "log"), "w")
     log = driver.Log(logfile)
@@ -147,13 +189,13 @@ def run_test(test, args, run_dir, nixpkgs_path):
         ev = evaluate(test, args.nixpkgs_lib, nixpkgs_path)
     except RuntimeError as e:
         return "FAIL", str(e)
-    script = ev["testScript"]
+    script = script or ev["testScript"]
     with open(os.path.join(test_dir, "testScript.py"), "w") as f:
         f.write(script)
     names = sorted(ev["nodes"])
     machines, network = [], None
     try:
-        network = Network(f"cs{os.getpid() % 100000}{test[:4]}", names)
+        network = Network(f"cs{os.getpid() % 100000}{label[:4]}", names)
         for name in names:
             node = ev["nodes"][name]
             root = make_root(test_dir, name, args.tree)
@@ -162,7 +204,7 @@ def run_test(test, args, run_dir, nixpkgs_path):
             except Exception as e:  # a mapping error is this test's failure
                 return "FAIL", f"node {name}: {e}"
             for n in notes:
-                note(f"{test}: {n}")
+                note(f"{label}: {n}")
             if nodemap.needs_ciphersync(node):
                 dest = os.path.join(root, "usr/local/bin/ciphersync")
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
@@ -171,7 +213,7 @@ def run_test(test, args, run_dir, nixpkgs_path):
             nodemap.write(root, "/etc/hosts", network.hosts())
             machines.append(driver.Machine(name, root, network.netns[name], test_dir, log))
         drv = driver.Driver(machines, log)
-        filename = f"<testScript of nix/tests/{test}.nix>"
+        filename = f"<testScript of nix/tests/{test}.nix>" if label == test else f"<{label}>"
         code = compile(script, filename, "exec")
         lines = script.splitlines()
         try:
@@ -233,20 +275,22 @@ def main():
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_signal)
+    had_nspawn_dir = os.path.isdir("/run/systemd/nspawn")
     run_dir = tempfile.mkdtemp(prefix="ciphersync-vmscripts.", dir="/tmp")
     passed = failed = 0
     t0 = time.monotonic()
     try:
         nixpkgs_path = write_keys(run_dir)
-        for test in args.tests:
+        runs = [("backup-restore", CONTROL_SCRIPT, "driver-control")] + [(t, None, t) for t in args.tests]
+        for test, script, label in runs:
             t1 = time.monotonic()
-            verdict, msg = run_test(test, args, run_dir, nixpkgs_path)
-            note(f"{test}: {time.monotonic() - t1:.0f}s")
-            print(f"{verdict} vm-{test}: {msg}" if verdict != "PASS" else f"PASS vm-{test} ({msg})", flush=True)
+            verdict, msg = run_test(test, args, run_dir, nixpkgs_path, script, label)
+            note(f"{label}: {time.monotonic() - t1:.0f}s")
+            print(f"{verdict} vm-{label}: {msg}" if verdict != "PASS" else f"PASS vm-{label} ({msg})", flush=True)
             passed += verdict == "PASS"
             failed += verdict == "FAIL"
             if verdict != "PASS":
-                with open(os.path.join(run_dir, test, "log")) as f:
+                with open(os.path.join(run_dir, label, "log")) as f:
                     for line in f.read().splitlines()[-25:]:
                         print(f"#   {line}", file=sys.stderr)
     finally:
@@ -255,6 +299,10 @@ def main():
         else:
             unmount_under(run_dir)
             shutil.rmtree(run_dir, ignore_errors=True)
+        if not had_nspawn_dir:  # nspawn's state dirs, if they are empty
+            for d in ("propagate", "locks", "unix-export", ""):
+                with contextlib.suppress(OSError):
+                    os.rmdir(os.path.join("/run/systemd/nspawn", d))
     note(f"total {time.monotonic() - t0:.0f}s")
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0

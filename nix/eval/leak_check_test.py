@@ -40,7 +40,8 @@ class StandIn:
         self.proc, self.bindir = proc, bindir
 
     def _run(self, command):
-        command = command.replace("/proc/", self.proc + "/")
+        # The driver's shell options (nixos/lib/test-driver: execute()).
+        command = "set -euo pipefail; " + command.replace("/proc/", self.proc + "/")
         env = dict(os.environ, PATH=self.bindir + ":" + os.environ.get("PATH", "/usr/bin:/bin"))
         return subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True)
 
@@ -78,6 +79,11 @@ def main():
             "clean": (ROOT_MOUNTS, {1: ROOT_MOUNTINFO, 812: ROOT_MOUNTINFO}, False),
             "in the shell's namespace": (ROOT_MOUNTS + [FUSE_MOUNTS], {1: ROOT_MOUNTINFO + [FUSE_MOUNTINFO]}, True),
             "only in a unit's private namespace": (ROOT_MOUNTS, {1: ROOT_MOUNTINFO, 812: ROOT_MOUNTINFO + [FUSE_MOUNTINFO]}, True),
+            # Found in the first file of many (more than a pipe holds after
+            # it): a reader piped into `grep -q` dies of SIGPIPE, which
+            # pipefail turns into a failed command.
+            "first of many namespaces": (ROOT_MOUNTS, {1: ROOT_MOUNTINFO + [FUSE_MOUNTINFO],
+                                                       **{p: ROOT_MOUNTINFO * 20 for p in range(2, 400)}}, True),
         }
         for i, (name, (mounts, infos, leak)) in enumerate(cases.items()):
             proc = os.path.join(tmp, f"proc{i}")

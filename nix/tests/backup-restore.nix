@@ -56,11 +56,12 @@ in
               "find /srv/backup/docs/files -type f -size +100k | head -n 1"
           ).strip()
           assert victim, "no ciphertext of blob.bin found"
-          # Invert byte 1000 in place (same size and mtime class of change a
-          # failing disk makes).
+          # Change byte 1000 in place, one added modulo 256 (same size and
+          # mtime class of change a failing disk makes). GNU tr refuses a
+          # descending range such as '\377-\000'.
           server.succeed(
               f"dd if='{victim}' bs=1 skip=1000 count=1 2>/dev/null"
-              r" | tr '\000-\377' '\377-\000'"
+              r" | tr '\000-\377' '\001-\377\000'"
               f" | dd of='{victim}' bs=1 seek=1000 count=1 conv=notrunc 2>/dev/null"
           )
           client.fail("systemctl start ciphersync-docs-verify.service")

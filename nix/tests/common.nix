@@ -118,8 +118,11 @@ in rec {
     def no_fuse_mounts(machine):
         # fuse.sshfs / fuse.gocryptfs in the mount namespace of any process:
         # a system unit mounts in its own (PrivateMounts=), which the test
-        # shell's /proc/mounts does not show. fusectl is fine.
-        machine.fail("cat /proc/[0-9]*/mountinfo 2>/dev/null | grep -q ' - fuse\\.'")
+        # shell's /proc/mounts does not show. fusectl is fine. grep reads
+        # the files itself: `cat ... | grep -q` under the driver's pipefail
+        # fails with cat's SIGPIPE once grep has found a mount, and
+        # machine.fail() took that for "no mount".
+        machine.fail("grep -qs ' - fuse\\.' /proc/[0-9]*/mountinfo")
         machine.fail("pgrep -x 'gocryptfs|sshfs'")
   '';
 }

@@ -80,6 +80,7 @@ else
 fi
 script_suite nix-eval nix/eval/check.sh
 script_suite systemd tests/systemd/run.sh
+script_suite vm-scripts tests/systemd/vmscripts.sh
 
 echo
 echo "Summary (logs in $logs):"

@@ -43,6 +43,17 @@ skip() {
 }
 note() { echo "# $*" >&2; }
 
+# Like nix/eval's evaluation with nixpkgs' lib, which no machine here ships:
+# without its path this skips, with the reason, in CI too; and it does so
+# before building a tree it would not use.
+if [ "${1:-}" != --tree-only ]; then
+  if [ -z "${NIXPKGS_LIB:-}" ]; then
+    echo "SKIP vm-tests: set NIXPKGS_LIB=<nixpkgs.lib checkout> (the nodes are evaluated with it, see nix/eval/README.md)"
+    exit 0
+  fi
+  [ -f "$NIXPKGS_LIB/lib/default.nix" ] || skip "NIXPKGS_LIB=$NIXPKGS_LIB has no lib/default.nix"
+fi
+
 [ "$(id -u)" = 0 ] || skip "needs root (debootstrap, nspawn, mount, network namespaces)"
 for tool in debootstrap systemd-nspawn nsenter python3 flock mknod ip nix-instantiate ssh-keygen; do
   command -v "$tool" >/dev/null ||
@@ -89,8 +100,6 @@ fi
 note "tree $TREE ready"
 [ "${1:-}" = --tree-only ] && exit 0
 
-[ -n "${NIXPKGS_LIB:-}" ] || skip "set NIXPKGS_LIB=<nixpkgs.lib checkout> (the nodes are evaluated with it, see nix/eval/README.md)"
-[ -f "$NIXPKGS_LIB/lib/default.nix" ] || skip "NIXPKGS_LIB=$NIXPKGS_LIB has no lib/default.nix"
 
 if [ -n "${CIPHERSYNC_BIN:-}" ]; then
   BIN=$CIPHERSYNC_BIN

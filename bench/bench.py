@@ -157,11 +157,16 @@ class Sampler(threading.Thread):
             self.stop.wait(0.05)
 
 
+def mbit_tag(args):
+    """`-100mbit` for a run through the proxy's bandwidth cap."""
+    return "-%gmbit" % args.mbit if args.mbit else ""
+
+
 def run_folder(args):
     """bench/results/<date>-<set>-d<delay>[-connections][-N]: a folder of its
     own for each run (-connections: only cs-sshfs-cN tools, the
     target.connections comparison; -N when the day already has such a run)."""
-    base = "%s-%s-d%g" % (time.strftime("%Y-%m-%d", time.gmtime()), args.set, args.delay_ms)
+    base = "%s-%s-d%g%s" % (time.strftime("%Y-%m-%d", time.gmtime()), args.set, args.delay_ms, mbit_tag(args))
     if args.tools and all(re.match(r"cs-sshfs-c\d+$", t) for t in args.tools):
         base += "-connections"
     path, n = os.path.join(BENCH, "results", base), 1
@@ -182,7 +187,8 @@ class Bench:
         self.client_cg = Cgroup("client")
         self.server_cg = Cgroup("server")
         self.procs = []
-        self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-%s-d%g" % (args.set, args.delay_ms)
+        self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-%s-d%g%s" % (
+            args.set, args.delay_ms, mbit_tag(args))
         self.results = os.path.join(run_folder(args), self.run_id + ".jsonl")
         self.logdir = os.path.join(self.root, "logs", self.run_id)
         os.makedirs(self.logdir, exist_ok=True)
@@ -215,12 +221,13 @@ class Bench:
         self.spawn(["/usr/sbin/sshd", "-D", "-e", "-f", k + "/sshd_config"], "sshd", self.server_cg)
         wait_port(self.sshd_port)
         self.port = self.sshd_port
-        if self.args.delay_ms > 0:
+        if self.args.delay_ms > 0 or self.args.mbit:
             self.port = free_port()
             pcg = Cgroup("proxy")
             self.proxy_cg = pcg
             self.spawn([sys.executable, os.path.join(BENCH, "delayproxy.py"), str(self.port),
-                        str(self.sshd_port), str(self.args.delay_ms), os.path.join(self.logdir, "proxy.json")],
+                        str(self.sshd_port), str(self.args.delay_ms), os.path.join(self.logdir, "proxy.json")]
+                       + (["--mbit", str(self.args.mbit)] if self.args.mbit else []),
                        "proxy", pcg)
             wait_port(self.port)
         hostkey = " ".join(open(k + "/host_key.pub").read().split()[:2])
@@ -314,7 +321,7 @@ class Bench:
         c1, s1, b1 = self.client_cg.cpu(), self.server_cg.cpu(), lo_bytes()
         tv = parse_time_v(tfile)
         wire = b1 - b0
-        if self.args.delay_ms > 0:
+        if self.args.delay_ms > 0 or self.args.mbit:
             wire //= 2  # client->proxy and proxy->sshd both cross lo
         rec = {
             "run_id": self.run_id, "set": self.args.set, "delay_ms": self.args.delay_ms,
@@ -677,7 +684,7 @@ def machine_info(args):
         "ram_gb": round(mem_kb / 1024 / 1024, 1), "kernel": os.uname().release,
         "loadavg_start": open("/proc/loadavg").read().split()[:3],
         "date": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
-        "set": args.set, "delay_ms": args.delay_ms, "repeats": args.repeats,
+        "set": args.set, "delay_ms": args.delay_ms, "mbit": args.mbit, "repeats": args.repeats,
         "data": json.loads(subprocess.run([sys.executable, os.path.join(BENCH, "gen.py"), "describe", args.set],
                                           capture_output=True, text=True).stdout),
         "versions": {
@@ -705,6 +712,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("set", nargs="?", default="S", choices=["S", "M", "SMALL"])
     ap.add_argument("--delay-ms", type=float, default=0.0)
+    ap.add_argument("--mbit", type=float, default=None,
+                    help="the delay proxy's bandwidth cap per direction, all connections together (Mbit/s)")
     ap.add_argument("--repeats", "-n", type=int, default=3)
     ap.add_argument("--tools", default="floor," + ",".join(TOOLS))
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))

@@ -6,7 +6,7 @@
 bench/run.sh writes each run into a folder of its own,
 bench/results/<date>-<set>-d<delay>[-connections][-N]/<run id>.jsonl; the
 folders kept in the repository are the runs docs/benchmarks.md cites.
-Without arguments it takes, for every (data set, delay) pair, the newest run
+Without arguments it takes, for every (data set, delay, bandwidth cap), the newest run
 in those folders, and the newest `target.connections` run. Tables give the
 median and the minimum of the repeats; ratios are of medians.
 bench/analysis.md (hand-written: the analysis of those figures) is appended
@@ -85,8 +85,8 @@ def pick_runs():
         if not meta or is_scaling_run(recs):
             continue
         m = meta["meta"]
-        newest[(m["set"], m["delay_ms"])] = f  # files sort by time
-    return [newest[k] for k in sorted(newest, key=lambda k: (k[1], k[0]))]
+        newest[(m["set"], m["delay_ms"], m.get("mbit") or 0)] = f  # files sort by time
+    return [newest[k] for k in sorted(newest, key=lambda k: (k[1], k[2], k[0]))]
 
 
 def pick_scaling():
@@ -327,6 +327,7 @@ def main():
            "```sh",
            "bench/run.sh                 # data set S (2,000 files, ~150 MB), 3 repeats, all tools",
            "bench/run.sh S --delay-ms 10 -n 1   # through a proxy adding 10 ms each way (20 ms RTT)",
+           "bench/run.sh S --delay-ms 10 --mbit 100 -n 1   # the same link capped at 100 Mbit/s each way (python3 bench/test_delayproxy.py checks the proxy)",
            "bench/run.sh M               # 20,000 files in ~500 dirs, log-normal 1 KB..2 MB, ~1.5 GB",
            "bench/run.sh SMALL           # 200,000 files of 0..4 KB (ciphersync's RSS target)",
            "bench/run.sh SMALL --tools cs-rsync --scenarios verify_nochange -n 1   # just one tool",
@@ -371,7 +372,9 @@ def main():
         checks = restore_checks(recs)
         loads = [r for r in recs if r.get("scenario") == "meta"]
         delay = meta["delay_ms"]
-        name = "%s%s" % (meta["set"], ", %g ms each way (%g ms RTT)" % (delay, 2 * delay) if delay else ", no added delay")
+        mbit = meta.get("mbit")
+        name = "%s%s%s" % (meta["set"], ", %g ms each way (%g ms RTT)" % (delay, 2 * delay) if delay else ", no added delay",
+                           ", %g Mbit/s each way" % mbit if mbit else "")
         out += ["## Data set %s" % name, ""]
         d = meta["data"]
         out.append("Run `%s` (`%s`), %s, %d repeat(s). Data: %d files in %d dirs, %s sizes, about %s. "
@@ -413,7 +416,7 @@ def main():
                 "%s %s" % (LABEL[t], "yes" if all(v) else "**no** (%d of %d)" % (v.count(False), len(v)))
                 for t, v in checks.items()) + ".")
             out.append("")
-        png = "benchmarks-%s%s.png" % (meta["set"], "-d%g" % delay if delay else "")
+        png = "benchmarks-%s%s%s.png" % (meta["set"], "-d%g" % delay if delay else "", "-%gmbit" % mbit if mbit else "")
         png_path = os.path.join(REPO, "docs", png)
         if plot(summary, floor, "ciphersync benchmark, set %s" % name, png_path):
             out += ["![time per scenario per tool, %s](%s)" % (name, png), ""]

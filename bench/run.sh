@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # ciphersync benchmark (issue 6): one command.
 #
-#   bench/run.sh [S|M|SMALL] [--delay-ms MS] [-n REPEATS] [--tools LIST] [--scenarios LIST]
+#   bench/run.sh [S|M|SMALL] [--delay-ms MS] [--mbit MBIT] [-n REPEATS] [--tools LIST] [--scenarios LIST]
 #
 #   S      2,000 files, ~150 MB (the quick run, a few minutes)   -- default
 #   M      20,000 files in ~500 dirs, log-normal 1 KB..2 MB, ~1.5 GB
 #   SMALL  200,000 files of 0..4 KB
 #   --delay-ms 10   a userspace proxy (bench/delayproxy.py) in front of sshd
 #                   adds 10 ms each way: a 20 ms round trip
+#   --mbit 100      the proxy also caps each direction at 100 Mbit/s, all
+#                   connections together (a token bucket; python3
+#                   bench/test_delayproxy.py checks order, delay and cap)
 #   --tools         default floor,cs-sshfs,cs-rsync,seed,restic,borg;
 #                   cs-sshfs-c8 is the sshfs transport with target.connections 8
 #   --scenarios     default: all (backups always run)
 #
 # Data sets are generated once from a fixed seed under $CSBENCH_ROOT
 # (default /var/tmp/ciphersync-bench) and reused. Results are appended as
-# JSON lines to bench/results/<date>-<set>-d<delay>[-connections][-N]/<run id>.jsonl,
+# JSON lines to bench/results/<date>-<set>-d<delay>[-<cap>mbit][-connections][-N]/<run id>.jsonl,
 # a folder per run; then
 #   bench/report.py             rewrites docs/benchmarks.md and the PNG plot.
 # Commit only the run folders docs/benchmarks.md cites.

@@ -148,9 +148,10 @@ fn give_root_mode(plain_root: &Path, to: &Path) -> Result<()> {
 }
 
 /// Copies all or the named plaintext paths out of a decrypted mount. All
-/// of a remote tree is copied by the top-level pass and several workers,
-/// as backup writes it (split.rs): over sshfs one rsync waits for each
-/// file in turn.
+/// of a remote tree is copied in the phases of split.rs, as backup writes
+/// it: the directories and symlinks, then workers on balanced lists of
+/// files, then the directories' modes and times. Over sshfs one rsync
+/// waits for each file in turn.
 fn copy_out(job: &Job, plain: &Path, request: &RestoreRequest, to: &Path) -> Result<Stats> {
     let paths = &request.paths;
     if !paths.is_empty() {
@@ -164,35 +165,49 @@ fn copy_out(job: &Job, plain: &Path, request: &RestoreRequest, to: &Path) -> Res
                 path.trim_end_matches('/')
             ));
         }
-        return copy_pass(job, request, args, to);
+        return copy_pass(job, request, args, None, to);
     }
     let whole = format!("{}/", plain.display());
     let workers = match &job.target {
         Target::Sftp(s) => s.connections,
         Target::Local { .. } => 1,
     };
-    let dirs = match workers > 1 {
-        true => split::top_level_dirs(plain)?,
+    let lists = match workers > 1 {
+        true => split::file_lists(plain, workers, &job.state_dir)?,
         false => Vec::new(),
     };
-    if dirs.len() < 2 {
-        return copy_pass(job, request, vec![whole], to);
+    if lists.len() < 2 {
+        return copy_pass(job, request, vec![whole], None, to);
     }
-    let with = |filters: Vec<String>| filters.into_iter().chain([whole.clone()]).collect();
-    let mut stats = copy_pass(job, request, with(split::top_level_pass()), to)?;
-    for pass in split::in_workers(dirs, workers, |batch| {
-        copy_pass(job, request, with(split::directories_pass(batch)), to)
+    let with = |options: Vec<String>| options.into_iter().chain([whole.clone()]).collect();
+    let mut stats = copy_pass(job, request, with(split::structure_pass()), None, to)?;
+    for pass in split::in_workers(lists, workers, |list| {
+        copy_pass(job, request, with(split::files_pass()), Some(list), to)
     })? {
         stats.add(&pass);
     }
+    stats.add(&copy_pass(
+        job,
+        request,
+        with(split::directories_pass()),
+        None,
+        to,
+    )?);
     Ok(stats)
 }
 
-/// One rsync out of the decrypted mount; `args` ends with the source(s).
-/// What the target stores is not trusted: no device or special file is
-/// created, setuid/setgid bits are dropped and owners are not applied,
-/// unless the request asks for them.
-fn copy_pass(job: &Job, request: &RestoreRequest, args: Vec<String>, to: &Path) -> Result<Stats> {
+/// One rsync out of the decrypted mount; `args` ends with the source(s),
+/// `list` is the `--files-from=-` list for its stdin. What the target
+/// stores is not trusted: no device or special file is created,
+/// setuid/setgid bits are dropped and owners are not applied, unless the
+/// request asks for them.
+fn copy_pass(
+    job: &Job,
+    request: &RestoreRequest,
+    args: Vec<String>,
+    list: Option<std::fs::File>,
+    to: &Path,
+) -> Result<Stats> {
     let mut cmd = Cmd::new("rsync").args(["-a", "-H", "--stats", "--no-human-readable"]);
     cmd = cmd.args(untrusted_copy_flags(request.keep_setuid));
     // Over SFTP the owners on the server are the account's, never the
@@ -200,11 +215,11 @@ fn copy_pass(job: &Job, request: &RestoreRequest, args: Vec<String>, to: &Path) 
     if matches!(job.target, Target::Sftp(_)) || !request.owners {
         cmd = cmd.args(["--no-owner", "--no-group"]);
     }
-    let mut out = cmd
-        .args(args)
-        .arg(format!("{}/", to.display()))
-        .whole_group()
-        .run()?;
+    cmd = cmd.args(args).arg(format!("{}/", to.display()));
+    if let Some(list) = list {
+        cmd = cmd.stdin(list);
+    }
+    let mut out = cmd.whole_group().run()?;
     let stats = parse_stats(&out.stdout_string()?);
     if !out.success() {
         return Err(out.failure(Some("copying out of the decrypted backup")));

@@ -589,6 +589,56 @@ fn repair_damaged(ctx: &Context, rsync: &Rsync) -> Result<Stats> {
     rsync.repair(&files_from)
 }
 
+/// One rsync run of `Rsync::mirror` (the phases: split.rs).
+struct Pass {
+    options: Vec<String>,
+    delete: bool,
+    /// `--files-from=-`: the list rsync reads on stdin.
+    list: Option<File>,
+}
+
+impl Pass {
+    /// The whole view in one run.
+    fn whole() -> Pass {
+        Pass {
+            options: Vec::new(),
+            delete: true,
+            list: None,
+        }
+    }
+
+    /// Directories, symlinks and every deletion; no file's content.
+    fn structure() -> Pass {
+        Pass {
+            options: split::structure_pass(),
+            ..Pass::whole()
+        }
+    }
+
+    /// A worker: the files of its list, no deletion but a directory that a
+    /// listed file replaces (`--force`, kept in the snapshot like any
+    /// replaced entry). A listed file that vanished since the list was made
+    /// is no error: the next backup deletes it.
+    fn files(list: File) -> Pass {
+        let mut options = split::files_pass();
+        options.extend(["--force", "--ignore-missing-args"].map(String::from));
+        Pass {
+            options,
+            delete: false,
+            list: Some(list),
+        }
+    }
+
+    /// The directories' real modes and times.
+    fn directories() -> Pass {
+        Pass {
+            options: split::directories_pass(),
+            delete: false,
+            list: None,
+        }
+    }
+}
+
 struct Rsync<'a> {
     job: &'a Job,
     remote: &'a dyn target::Target,
@@ -599,33 +649,35 @@ struct Rsync<'a> {
 }
 
 impl Rsync<'_> {
-    /// Mirrors the view into files/: one rsync, or over sshfs one for the
-    /// top level and then several workers (see split.rs).
+    /// Mirrors the view into files/: one rsync, or over sshfs a structure
+    /// pass, workers on balanced lists of files, and a pass for the
+    /// directories' modes and times (see split.rs).
     fn mirror(&self, decryptor: &PathDecryptor) -> Result<Stats> {
         let workers = match &self.job.target {
             Target::Sftp(s) if s.transport == Transport::Sshfs && self.split => s.connections,
             _ => 1,
         };
-        let dirs = match workers > 1 {
-            true => split::top_level_dirs(self.source)?,
+        let lists = match workers > 1 {
+            true => split::file_lists(self.source, workers, &self.job.state_dir)?,
             false => Vec::new(),
         };
-        if dirs.len() < 2 {
-            return self.mirror_pass(Vec::new(), decryptor);
+        if lists.len() < 2 {
+            return self.mirror_pass(Pass::whole(), decryptor);
         }
-        let mut stats = self.mirror_pass(split::top_level_pass(), decryptor)?;
+        let mut stats = self.mirror_pass(Pass::structure(), decryptor)?;
         let backup_dir = self.prepare_backup_dir()?;
-        let results = split::in_workers(dirs, workers, |batch| {
+        let results = split::in_workers(lists, workers, |list| {
             self.remote
                 .check_live()
                 .map_err(|e| self.lost_connection(e, ""))?;
-            self.mirror_pass(split::directories_pass(batch), decryptor)
+            self.mirror_pass(Pass::files(list), decryptor)
         });
         // Empty means nothing was replaced or deleted: no snapshot dir.
         let _ = std::fs::remove_dir(&backup_dir);
         for result in results? {
             stats.add(&result);
         }
+        stats.add(&self.mirror_pass(Pass::directories(), decryptor)?);
         Ok(stats)
     }
 
@@ -638,18 +690,23 @@ impl Rsync<'_> {
         Ok(PathBuf::from(self.remote.rsync_dest(&rel).location))
     }
 
-    /// One rsync run with --delete, limited by `filters`.
-    fn mirror_pass(&self, filters: Vec<String>, decryptor: &PathDecryptor) -> Result<Stats> {
+    /// One rsync run: the whole view, or the part `pass` says.
+    fn mirror_pass(&self, pass: Pass, decryptor: &PathDecryptor) -> Result<Stats> {
         let mut args = self.common_args();
-        args.extend(filters);
+        args.extend(pass.options);
+        if pass.delete {
+            args.push("--delete".into());
+        }
         args.extend([
-            "--delete".into(),
             "--stats".into(),
             "--no-human-readable".into(),
             // One line per changed entry, parsed for the user-level counts.
             format!("--out-format={ITEMIZE_FORMAT}"),
         ]);
-        let mut out = self.run(args)?;
+        let mut out = match pass.list {
+            Some(list) => self.run_listed(args, list)?,
+            None => self.run(args)?,
+        };
         let stats = stats_from(out.stdout_reader()?)?;
         match out.code() {
             Some(0) => {}
@@ -717,6 +774,19 @@ impl Rsync<'_> {
         let output = crate::exec::scratch_file(&self.job.state_dir, "rsync-out")?;
         Cmd::new("rsync")
             .args(args)
+            .stdout_to(output)
+            .whole_group()
+            .run()
+    }
+
+    /// `run` with a list of files (`--files-from=-`) on rsync's stdin.
+    fn run_listed(&self, mut args: Vec<String>, list: File) -> Result<crate::exec::Output> {
+        args.push(format!("{}/", self.source.display()));
+        args.push(format!("{}/", self.remote.rsync_path(FILES)));
+        let output = crate::exec::scratch_file(&self.job.state_dir, "rsync-out")?;
+        Cmd::new("rsync")
+            .args(args)
+            .stdin(list)
             .stdout_to(output)
             .whole_group()
             .run()

@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 
 /// Flip a byte in the remote copy of VICTIM_CHANGED, expect verify to name
 /// it, back up, expect verify ok.
@@ -282,8 +283,8 @@ fn exclude_patterns_are_not_backed_up() {
 }
 
 /// Over sshfs the first backup splits the tree between rsync workers (a
-/// top-level pass, then one per top-level directory with 2 connections:
-/// 3 rsync runs for 2 directories); a run with nothing to move uses one
+/// structure pass, one worker per list of files with 2 connections, a
+/// directory pass: 4 rsync runs); a run with nothing to move uses one
 /// rsync; a change brings the workers back. The tree stays exact.
 #[test]
 fn sshfs_workers_split_only_when_files_move() {
@@ -303,16 +304,120 @@ fn sshfs_workers_split_only_when_files_move() {
     job.ok(&["init"]);
     let rsync_runs = |out: &Out| out.stderr.matches("run: rsync ").count();
     let first = job.ok(&["--verbose", "backup"]);
-    assert_eq!(rsync_runs(&first), 3, "first backup:\n{}", first.stderr);
+    assert_eq!(rsync_runs(&first), 4, "first backup:\n{}", first.stderr);
     let again = job.ok(&["--verbose", "backup"]);
     assert_eq!(rsync_runs(&again), 1, "no-change backup:\n{}", again.stderr);
     write_mode(&job.source.join("two/new"), b"new file", 0o644);
     let changed = job.ok(&["--verbose", "backup"]);
     assert_eq!(
         rsync_runs(&changed),
-        3,
+        4,
         "backup with a new file:\n{}",
         changed.stderr
     );
     job.verify_ok(true);
+}
+
+/// A tree of one top-level directory gets every worker: the workers take
+/// lists of files, not directories (3 connections: a structure pass, 3
+/// workers, a directory pass). Every deleted or replaced file reaches the
+/// run's snapshot dir exactly once, as its old version; restore uses the
+/// workers too and gives back the source, and the first run as it was.
+#[test]
+fn sshfs_workers_share_one_directory() {
+    if !require_tools("sshfs_one_dir", SFTP_TOOLS) {
+        return;
+    }
+    let job = Job::sftp("onedir")
+        .transport("sshfs")
+        .set("target.connections", serde_json::json!(3))
+        .build();
+    let dir = job.source.join("only");
+    // Sizes 1000 + 37 i: every version has a size of its own.
+    let size = |i: usize| 1000 + 37 * i;
+    for i in 0..30 {
+        write_random_file(&dir.join(format!("f{i:02}")), size(i), i as u64);
+    }
+    fs::create_dir_all(dir.join("ro")).unwrap();
+    write_mode(&dir.join("ro/inner"), b"in a read-only dir", 0o644);
+    fs::set_permissions(dir.join("ro"), fs::Permissions::from_mode(0o555)).unwrap();
+    job.ok(&["init"]);
+    let rsync_runs = |out: &Out| out.stderr.matches("run: rsync ").count();
+    let first = job.ok(&["--verbose", "--json", "backup"]);
+    assert_eq!(rsync_runs(&first), 5, "first backup:\n{}", first.stderr);
+    let first_id = json_stats(&parse_json(&first), "backup")["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let as_first = job.root.join("as-first");
+    copy_tree(&job.source, &as_first);
+
+    // 5 deleted, 5 replaced (new sizes: 5000 + i), 3 added.
+    let mut old_sizes = Vec::new();
+    for i in 0..5 {
+        fs::remove_file(dir.join(format!("f{i:02}"))).unwrap();
+        old_sizes.push(size(i));
+    }
+    for i in 10..15 {
+        write_random_file(&dir.join(format!("f{i:02}")), 5000 + i, 100 + i as u64);
+        old_sizes.push(size(i));
+    }
+    for i in 0..3 {
+        write_random_file(&dir.join(format!("new{i}")), 7000 + i, 200 + i as u64);
+    }
+    let changed = job.ok(&["--verbose", "--json", "backup"]);
+    assert_eq!(
+        rsync_runs(&changed),
+        5,
+        "second backup:\n{}",
+        changed.stderr
+    );
+    let id = json_stats(&parse_json(&changed), "backup")["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let snapshot = walk(&job.target_path.join("snapshots").join(&id));
+    let mut kept: Vec<u64> = snapshot
+        .iter()
+        // Every snapshot dir also carries the config and its diriv files.
+        .filter(|(rel, m)| {
+            m.is_file() && !rel.ends_with("gocryptfs.diriv") && rel.as_os_str() != "gocryptfs.conf"
+        })
+        .map(|(_, m)| m.len())
+        .collect();
+    kept.sort();
+    let mut want: Vec<u64> = old_sizes.iter().map(|&s| cipher_size(s as u64)).collect();
+    want.sort();
+    let listing: Vec<_> = snapshot.iter().map(|(rel, m)| (rel, m.len())).collect();
+    assert_eq!(
+        kept, want,
+        "snapshot {id}: the old version of each deleted or replaced file, once; it holds {listing:?}"
+    );
+
+    let to = job.root.join("restored");
+    let restore = job.ok(&["--verbose", "restore", "--to", to.to_str().unwrap()]);
+    assert_eq!(rsync_runs(&restore), 5, "restore:\n{}", restore.stderr);
+    assert_trees_equal(&job.source, &to);
+    let to_first = job.root.join("restored-first");
+    job.ok(&[
+        "restore",
+        "--snapshot",
+        &first_id,
+        "--to",
+        to_first.to_str().unwrap(),
+    ]);
+    assert_trees_equal(&as_first, &to_first);
+    job.verify_ok(true);
+    job.assert_clean();
+}
+
+/// `cp -a FROM TO`.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("run cp");
+    assert!(st.success(), "cp -a {} {}", from.display(), to.display());
 }

@@ -782,7 +782,7 @@ impl Rsync<'_> {
     /// `run` with a list of files (`--files-from=-`) on rsync's stdin.
     fn run_listed(&self, mut args: Vec<String>, list: File) -> Result<crate::exec::Output> {
         args.push(format!("{}/", self.source.display()));
-        args.push(format!("{}/", self.remote.rsync_path(FILES)));
+        args.push(format!("{}/", self.remote.rsync_dest(FILES).location));
         let output = crate::exec::scratch_file(&self.job.state_dir, "rsync-out")?;
         Cmd::new("rsync")
             .args(args)

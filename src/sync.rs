@@ -589,6 +589,36 @@ fn repair_damaged(ctx: &Context, rsync: &Rsync) -> Result<Stats> {
     rsync.repair(&files_from)
 }
 
+/// What the passes of one mirror did, and what they could not store.
+#[derive(Default)]
+struct Passed {
+    stats: Stats,
+    /// rsync's words, files named, for each pass that exited 23.
+    refused: Vec<String>,
+}
+
+impl Passed {
+    fn add(&mut self, other: Passed) {
+        self.stats.add(&other.stats);
+        self.refused.extend(other.refused);
+    }
+
+    /// The run's figures, or the one error that names every file any pass
+    /// could not store.
+    fn into_result(self) -> Result<Stats> {
+        if self.refused.is_empty() {
+            return Ok(self.stats);
+        }
+        Err(Error::new(
+            Kind::Tool,
+            format!(
+                "rsync could not transfer some files: {}",
+                self.refused.join("; ")
+            ),
+        ))
+    }
+}
+
 /// One rsync run of `Rsync::mirror` (the phases: split.rs).
 struct Pass {
     options: Vec<String>,
@@ -661,10 +691,12 @@ impl Rsync<'_> {
             true => split::file_lists(self.source, workers, &self.job.state_dir)?,
             false => Vec::new(),
         };
+        let mut done = Passed::default();
         if lists.len() < 2 {
-            return self.mirror_pass(Pass::whole(), decryptor);
+            done.add(self.mirror_pass(Pass::whole(), decryptor)?);
+            return done.into_result();
         }
-        let mut stats = self.mirror_pass(Pass::structure(), decryptor)?;
+        done.add(self.mirror_pass(Pass::structure(), decryptor)?);
         let backup_dir = self.prepare_backup_dir()?;
         let results = split::in_workers(lists, workers, |list| {
             self.remote
@@ -675,10 +707,10 @@ impl Rsync<'_> {
         // Empty means nothing was replaced or deleted: no snapshot dir.
         let _ = std::fs::remove_dir(&backup_dir);
         for result in results? {
-            stats.add(&result);
+            done.add(result);
         }
-        stats.add(&self.mirror_pass(Pass::directories(), decryptor)?);
-        Ok(stats)
+        done.add(self.mirror_pass(Pass::directories(), decryptor)?);
+        done.into_result()
     }
 
     /// The snapshot dir, made before the workers start: rsync does not
@@ -690,8 +722,11 @@ impl Rsync<'_> {
         Ok(PathBuf::from(self.remote.rsync_dest(&rel).location))
     }
 
-    /// One rsync run: the whole view, or the part `pass` says.
-    fn mirror_pass(&self, pass: Pass, decryptor: &PathDecryptor) -> Result<Stats> {
+    /// One rsync run: the whole view, or the part `pass` says. Entries
+    /// the target refused (rsync's exit 23 with the link and the disk
+    /// fine) do not end the run: the other passes and workers go on, and
+    /// `Passed::into_result` fails at the end naming every one.
+    fn mirror_pass(&self, pass: Pass, decryptor: &PathDecryptor) -> Result<Passed> {
         let mut args = self.common_args();
         args.extend(pass.options);
         if pass.delete {
@@ -718,17 +753,17 @@ impl Rsync<'_> {
                 if let Some(cause) = self.diagnose(&out.stderr) {
                     return Err(cause);
                 }
-                return Err(Error::new(
-                    Kind::Tool,
-                    format!(
-                        "rsync could not transfer some files: {}",
-                        name_files(&out.stderr, &self.roots(), decryptor)
-                    ),
-                ));
+                return Ok(Passed {
+                    stats,
+                    refused: vec![name_files(&out.stderr, &self.roots(), decryptor)],
+                });
             }
             _ => return Err(self.failure(&out)),
         }
-        Ok(stats)
+        Ok(Passed {
+            stats,
+            refused: Vec::new(),
+        })
     }
 
     fn repair(&self, files_from: &Path) -> Result<Stats> {

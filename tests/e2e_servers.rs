@@ -479,6 +479,22 @@ fn rclone_sshfs_names_a_symlink_it_cannot_store() {
         "the error does not name links/up and why:\n{}",
         o.dump()
     );
+    // The refused symlink did not stop the rest: every file of the source
+    // (19 regular files, the hard-linked pair as two) reached the server.
+    let stored = walk(&job.server.local_dir.join("files"))
+        .into_iter()
+        .filter(|(rel, m)| {
+            let name = rel.file_name().unwrap().to_string_lossy();
+            let gocryptfs_own = name == "gocryptfs.diriv"
+                || name == "gocryptfs.conf"
+                || (name.starts_with("gocryptfs.longname.") && name.ends_with(".name"));
+            m.is_file() && !gocryptfs_own
+        })
+        .count();
+    assert!(
+        stored >= 19,
+        "only {stored} user files reached the server after one refused symlink"
+    );
 }
 
 // ---------------------------------------------------------------------------

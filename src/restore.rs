@@ -8,7 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use crate::config::{Job, Target};
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::exec::Cmd;
-use crate::rsync::{Stats, parse_stats};
+use crate::rsync::{self, Stats, parse_stats};
 use crate::run::{Context, Done};
 use crate::split;
 use crate::stats::{RestoreStats, StageStats};
@@ -153,6 +153,7 @@ fn give_root_mode(plain_root: &Path, to: &Path) -> Result<()> {
 /// files, then the directories' modes and times. Over sshfs one rsync
 /// waits for each file in turn.
 fn copy_out(job: &Job, plain: &Path, request: &RestoreRequest, to: &Path) -> Result<Stats> {
+    let mut copied = Copied::default();
     let paths = &request.paths;
     if !paths.is_empty() {
         let mut args = vec!["--relative".to_string()];
@@ -165,7 +166,8 @@ fn copy_out(job: &Job, plain: &Path, request: &RestoreRequest, to: &Path) -> Res
                 path.trim_end_matches('/')
             ));
         }
-        return copy_pass(job, request, args, None, to);
+        copied.add(copy_pass(job, request, args, None, to)?);
+        return copied.into_result(plain);
     }
     let whole = format!("{}/", plain.display());
     let workers = match &job.target {
@@ -177,23 +179,72 @@ fn copy_out(job: &Job, plain: &Path, request: &RestoreRequest, to: &Path) -> Res
         false => Vec::new(),
     };
     if lists.len() < 2 {
-        return copy_pass(job, request, vec![whole], None, to);
+        copied.add(copy_pass(job, request, vec![whole], None, to)?);
+        return copied.into_result(plain);
     }
     let with = |options: Vec<String>| options.into_iter().chain([whole.clone()]).collect();
-    let mut stats = copy_pass(job, request, with(split::structure_pass()), None, to)?;
+    copied.add(copy_pass(
+        job,
+        request,
+        with(split::structure_pass()),
+        None,
+        to,
+    )?);
     for pass in split::in_workers(lists, workers, |list| {
         copy_pass(job, request, with(split::files_pass()), Some(list), to)
     })? {
-        stats.add(&pass);
+        copied.add(pass);
     }
-    stats.add(&copy_pass(
+    copied.add(copy_pass(
         job,
         request,
         with(split::directories_pass()),
         None,
         to,
     )?);
-    Ok(stats)
+    copied.into_result(plain)
+}
+
+/// What the copy passes did, and rsync's lines about what they could not
+/// copy (a file the server cannot read back, a name it lost).
+#[derive(Default)]
+struct Copied {
+    stats: Stats,
+    failed: Vec<String>,
+}
+
+impl Copied {
+    fn add(&mut self, other: Copied) {
+        self.stats.add(&other.stats);
+        self.failed.extend(other.failed);
+    }
+
+    /// The figures, or one error naming every path that did not come
+    /// back: the rest is in `--to`.
+    fn into_result(self, plain: &Path) -> Result<Stats> {
+        if self.failed.is_empty() {
+            return Ok(self.stats);
+        }
+        let prefix = format!("{}/", plain.display());
+        let named: Vec<String> = self
+            .failed
+            .iter()
+            .map(|line| {
+                let quoted = line.split('"').nth(1).unwrap_or(line);
+                let path = quoted.strip_prefix(&prefix).unwrap_or(quoted);
+                let why = line.rsplit_once(": ").map(|(_, w)| w).unwrap_or("");
+                crate::human::escape(&format!("{} ({why})", rsync::unescape_name(path)))
+            })
+            .collect();
+        Err(Error::new(
+            Kind::Tool,
+            format!(
+                "{} path(s) could not be copied out of the backup (everything else was restored): {}",
+                named.len(),
+                named.join("; ")
+            ),
+        ))
+    }
 }
 
 /// One rsync out of the decrypted mount; `args` ends with the source(s),
@@ -207,7 +258,7 @@ fn copy_pass(
     args: Vec<String>,
     list: Option<std::fs::File>,
     to: &Path,
-) -> Result<Stats> {
+) -> Result<Copied> {
     let mut cmd = Cmd::new("rsync").args(["-a", "-H", "--stats", "--no-human-readable"]);
     cmd = cmd.args(untrusted_copy_flags(request.keep_setuid));
     // Over SFTP the owners on the server are the account's, never the
@@ -221,10 +272,22 @@ fn copy_pass(
     }
     let mut out = cmd.whole_group().run()?;
     let stats = parse_stats(&out.stdout_string()?);
-    if !out.success() {
+    let failed = match out.code() {
+        Some(0) => Vec::new(),
+        // Some files or names could not be read back (23) or vanished
+        // (24): the rest was copied; the caller names them at the end.
+        Some(rsync::PARTIAL | rsync::VANISHED) => out
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("rsync:") && l.contains('"'))
+            .map(str::to_owned)
+            .collect(),
+        _ => return Err(out.failure(Some("copying out of the decrypted backup"))),
+    };
+    if failed.is_empty() && !out.success() {
         return Err(out.failure(Some("copying out of the decrypted backup")));
     }
-    Ok(stats)
+    Ok(Copied { stats, failed })
 }
 
 /// rsync flags for a copy whose source the target controls: never a device

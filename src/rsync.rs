@@ -28,6 +28,32 @@ pub struct Stats {
     pub touched: bool,
 }
 
+/// A name as rsync prints it in a message: bytes it will not print raw
+/// (non-ASCII, control characters) are written `\\#ooo` (octal).
+pub fn unescape_name(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 2..i + 5)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match (bytes[i], bytes.get(i + 1), octal) {
+            (b'\\', Some(b'#'), Some(d)) => {
+                let value =
+                    (d[0] - b'0') as u32 * 64 + (d[1] - b'0') as u32 * 8 + (d[2] - b'0') as u32;
+                out.push(value as u8);
+                i += 5;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// rsync's words for a target that has no room left.
 pub fn disk_full(stderr: &str) -> bool {
     stderr.contains("No space left") || stderr.contains("Disk quota exceeded")
@@ -312,6 +338,16 @@ mod tests {
         // Over ssh rsync sends (`<`) what it receives locally (`>`).
         let sent = "<f+++++++++ Ab/Cd\n<f.st...... Ef\n<f+++++++++ Ab/gocryptfs.diriv\n";
         assert_eq!(parse_itemized(sent).transferred, 2);
+    }
+
+    #[test]
+    fn unescapes_rsync_names() {
+        assert_eq!(
+            unescape_name("docs/\\#303\\#251t\\#303\\#251.txt"),
+            "docs/été.txt"
+        );
+        assert_eq!(unescape_name("a\\#012b"), "a\nb");
+        assert_eq!(unescape_name("plain \\#9z \\"), "plain \\#9z \\");
     }
 
     #[test]

@@ -913,7 +913,8 @@ fn name_files(stderr: &str, roots: &[String], decryptor: &PathDecryptor) -> Stri
             .iter()
             .find_map(|root| quoted.strip_prefix(root.as_str()))
             .unwrap_or(quoted);
-        let plain = decryptor.decrypt(rel).unwrap_or_else(|| rel.to_string());
+        let rel = rsync::unescape_name(rel);
+        let plain = decryptor.decrypt(&rel).unwrap_or(rel);
         let why = line.rsplit_once(": ").map(|(_, w)| w).unwrap_or("");
         named.push(format!("{plain} ({why})"));
     }

@@ -10,6 +10,7 @@ mod common;
 use common::*;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -395,6 +396,52 @@ fn chroot_sftp_sshfs_falls_back_to_the_mount() {
             o.dump()
         );
     });
+}
+
+/// A file the server cannot read back (here: mode 000 on the server, read
+/// by a non-root account) does not stop the restore: everything else comes
+/// back, and the one error names the file that did not.
+#[test]
+fn restore_finishes_and_names_what_the_server_cannot_read() {
+    if !ServerKind::ChrootSftp.require("restore_finishes_and_names_what_the_server_cannot_read") {
+        return;
+    }
+    let job = Job::sftp("srv-unreadable")
+        .transport("sshfs")
+        .build_on(ServerKind::ChrootSftp);
+    make_features_tree(&job.source);
+    job.ok(&["init"]);
+    backup_run(&job, "backup");
+    // docs/été à.txt has 3000 bytes: the only file of that size.
+    let unreadable = job.remote_file_for_len(3_000);
+    fs::set_permissions(&unreadable, fs::Permissions::from_mode(0o000)).unwrap();
+    let to = job.root.join("restored");
+    fs::create_dir_all(&to).unwrap();
+    let o = job.run(&["restore", "--to", to.to_str().unwrap()]);
+    fs::set_permissions(&unreadable, fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(o.code, 1, "restore with one unreadable file:\n{}", o.dump());
+    let said = error_lines(&o).join("\n");
+    assert!(
+        said.contains("docs/été à.txt") && said.contains("could not be copied"),
+        "the error does not name docs/été à.txt:\n{}",
+        o.dump()
+    );
+    for rel in [
+        "notes.txt",
+        "filler/f11.bin",
+        "hard/a.bin",
+        "readonly/inside.txt",
+    ] {
+        assert_eq!(
+            sha1_file(&to.join(rel)),
+            sha1_file(&job.source.join(rel)),
+            "{rel} was not restored next to the unreadable file"
+        );
+    }
+    assert!(
+        !to.join("docs/été à.txt").exists(),
+        "the unreadable file was restored anyway"
+    );
 }
 
 #[test]

@@ -151,12 +151,14 @@ mod tests {
                 mode: 0o644,
                 size: *size,
                 path: p.to_string(),
+                link: None,
             })
             .chain([TreeEntry {
                 kind: 'd',
                 mode: 0o755,
                 size: 0,
                 path: "dir".into(),
+                link: None,
             }])
             .collect()
     }

@@ -446,6 +446,7 @@ mod tests {
             mode: if kind == 'd' { 0o755 } else { 0o644 },
             size,
             path: path.into(),
+            link: None,
         }
     }
 
@@ -455,6 +456,7 @@ mod tests {
             transferred: 0,
             deleted: 0,
             changed: 0,
+            metadata_in_record: false,
             entries,
         }
     }

@@ -81,10 +81,13 @@ pub fn restore(ctx: &Context, request: &RestoreRequest) -> Result<Done> {
     let remote = target::open_path(job, &ctx.runtime("remote"))?;
     refuse_empty_target(job, &remote)?;
     let root = remote.root().to_owned();
-    // The latest state is files/ itself; an older one is rebuilt first.
-    let stage = match &request.snapshot {
-        None => None,
-        Some(id) => Some(rebuild(ctx, &remote, id)?),
+    // The latest state is files/ itself; an older one is rebuilt first,
+    // and so is the latest where the server keeps no modes or symlinks
+    // (its record does: see target::Keeps).
+    let stage = match (&request.snapshot, latest_needing_its_record(ctx, &remote)?) {
+        (Some(id), _) => Some(rebuild(ctx, &remote, id)?),
+        (None, Some(latest)) => Some(rebuild(ctx, &remote, &latest)?),
+        (None, None) => None,
     };
     let cipher_dir = stage
         .as_ref()
@@ -107,6 +110,17 @@ pub fn restore(ctx: &Context, request: &RestoreRequest) -> Result<Done> {
             bytes: stats.bytes_transferred,
         }),
     })
+}
+
+/// The newest run, when its record says the server lost modes or symlinks
+/// that the record keeps (`metadata record`): restoring files/ as the
+/// server has it would lose them, so it is rebuilt from the record.
+fn latest_needing_its_record(ctx: &Context, remote: &PathTarget) -> Result<Option<String>> {
+    let Some(latest) = snapshots::recorded_ids(remote)?.pop() else {
+        return Ok(None);
+    };
+    let headers = snapshots::open_header(remote, &latest, &ctx.job.state_dir)?;
+    Ok(headers.metadata_in_record.then_some(latest))
 }
 
 /// A target no backup has reached has nothing to decrypt: say so, instead
@@ -367,6 +381,15 @@ fn rebuild(ctx: &Context, remote: &PathTarget, id: &str) -> Result<Stage> {
         if !out.success() {
             return Err(out.failure(Some(&format!("rebuilding snapshot {id}"))));
         }
+    }
+    // Symlinks the record keeps (the server could not): made here, in the
+    // stage only we write to, below directories just made; gocryptfs
+    // decrypts their targets like any other.
+    for entry in record.entries.iter().filter(|e| e.link.is_some()) {
+        let path = stage.path.join(&entry.path);
+        let target = entry.link.as_deref().unwrap_or_default();
+        std::os::unix::fs::symlink(target, &path)
+            .ctx(|| format!("making the symlink {}", path.display()))?;
     }
     check_staged_types(id, &stage.path, &record.entries)?;
     // A chmod-only change is applied in place by rsync (nothing goes into a

@@ -70,6 +70,12 @@ pub fn no_room_for(free_bytes: u64, failed_size: u64) -> bool {
 pub struct RsyncPlan<'a> {
     pub snapshot: &'a str,
     pub over_sshfs: bool,
+    /// False where the server cannot store symlinks: `--no-links` (the
+    /// record keeps them, see target::Keeps).
+    pub store_symlinks: bool,
+    /// False where the server ignores modes: `--no-perms`, or every run
+    /// would find every mode changed (the record keeps them).
+    pub store_modes: bool,
     pub protect_config: bool,
     pub ssh_shell: Option<String>,
 }
@@ -125,6 +131,12 @@ fn rsync_args_limited(plan: &RsyncPlan, bwlimit: Option<u32>) -> Vec<String> {
         // (rsync would re-link them on every run and leave `.name.NNNN`
         // temp files behind).
         args.push("-H".into());
+    }
+    if !plan.store_symlinks {
+        args.push("--no-links".into());
+    }
+    if !plan.store_modes {
+        args.push("--no-perms".into());
     }
     if plan.protect_config {
         // The config we upload is not in the view: keep --delete off it.
@@ -272,6 +284,8 @@ mod tests {
         let plan = RsyncPlan {
             snapshot: "20261129T030000Z",
             over_sshfs: true,
+            store_symlinks: true,
+            store_modes: true,
             protect_config: true,
             ssh_shell: None,
         };
@@ -283,6 +297,8 @@ mod tests {
         let plan = RsyncPlan {
             snapshot: "20261129T030000Z",
             over_sshfs: false,
+            store_symlinks: true,
+            store_modes: true,
             protect_config: false,
             ssh_shell: Some("ssh -F '/run/ciphersync/my docs/ssh_config'".into()),
         };
@@ -296,6 +312,8 @@ mod tests {
         let plan = RsyncPlan {
             snapshot: "20261129T030000Z",
             over_sshfs: false,
+            store_symlinks: true,
+            store_modes: true,
             protect_config: false,
             ssh_shell: Some("ssh -F '/run/ciphersync/docs/ssh_config'".into()),
         };

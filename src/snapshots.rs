@@ -36,9 +36,13 @@ use crate::config::{Filenames, Job, Retention};
 use crate::crypt::REMOTE_CONFIG_NAME;
 use crate::error::{Error, Kind, Result};
 use crate::status::parse_snapshot_id;
-use crate::target::{FILES, RECORDS, RecordRequest, SNAPSHOTS, Target, TreeEntry};
+use crate::target::{FILES, MetadataFrom, RECORDS, RecordRequest, SNAPSHOTS, Target, TreeEntry};
 
 const MAGIC: &str = "ciphersync-record 1";
+/// A record that also holds what the server could not keep: the true modes
+/// (taken from the view) and symlink targets (`L` lines). Older clients
+/// refuse it by its first line instead of misreading it.
+const MAGIC_METADATA: &str = "ciphersync-record 2";
 
 /// One run's record, whole (restore and the tests); backup streams records
 /// with `RecordReader` instead.
@@ -49,6 +53,8 @@ pub struct Record {
     pub deleted: u64,
     /// Files and symlinks this run created, changed or deleted.
     pub changed: u64,
+    /// Modes and symlinks come from this record, not from the server.
+    pub metadata_in_record: bool,
     pub entries: Vec<TreeEntry>,
 }
 
@@ -76,6 +82,7 @@ impl Record {
             transferred: self.transferred,
             deleted: self.deleted,
             changed: self.changed,
+            metadata_in_record: self.metadata_in_record,
         };
         let mut text = header.to_text();
         for e in &self.entries {
@@ -101,6 +108,7 @@ impl Record {
             transferred: h.transferred,
             deleted: h.deleted,
             changed: h.changed,
+            metadata_in_record: h.metadata_in_record,
             entries,
         })
     }
@@ -116,12 +124,19 @@ pub struct Header {
     pub transferred: u64,
     pub deleted: u64,
     pub changed: u64,
+    /// The server keeps no modes or no symlinks: the record holds them
+    /// (`metadata record`), and restore takes them from it.
+    pub metadata_in_record: bool,
 }
 
 impl Header {
     fn to_text(&self) -> String {
+        let (magic, metadata) = match self.metadata_in_record {
+            true => (MAGIC_METADATA, "metadata record\n"),
+            false => (MAGIC, ""),
+        };
         format!(
-            "{MAGIC}\nsnapshot {}\nfiles {}\nbytes {}\ntransferred {}\ndeleted {}\nchanged {}\n\n",
+            "{magic}\nsnapshot {}\nfiles {}\nbytes {}\ntransferred {}\ndeleted {}\nchanged {}\n{metadata}\n",
             self.snapshot, self.files, self.bytes, self.transferred, self.deleted, self.changed
         )
     }
@@ -145,7 +160,8 @@ impl<R: BufRead> RecordReader<R> {
                 Some(line) => text_line(line?).map(Some),
             }
         };
-        if next_line()?.as_deref() != Some(MAGIC) {
+        let magic = next_line()?;
+        if magic.as_deref() != Some(MAGIC) && magic.as_deref() != Some(MAGIC_METADATA) {
             return Err(corrupt(
                 "does not start with the ciphersync record header".into(),
             ));
@@ -183,6 +199,8 @@ impl<R: BufRead> RecordReader<R> {
             transferred: number("transferred"),
             deleted: number("deleted"),
             changed: number("changed"),
+            metadata_in_record: magic.as_deref() == Some(MAGIC_METADATA)
+                && fields.get("metadata").map(String::as_str) == Some("record"),
         };
         Ok(RecordReader {
             header,
@@ -230,20 +248,32 @@ fn parse_entry(line: &str) -> Option<TreeEntry> {
     let mut fields = line.splitn(4, ' ');
     let kind = fields.next()?;
     let kind = match kind {
-        "f" | "d" | "l" => kind.chars().next()?,
+        "f" | "d" | "l" | "L" => kind.chars().next()?,
         _ => return None,
     };
     let mode = u32::from_str_radix(fields.next()?, 8).ok()?;
     let size = fields.next()?.parse().ok()?;
-    let path = unescape(fields.next()?)?;
+    let rest = fields.next()?;
+    // `L`: a symlink the record keeps, `<path> TAB <target>`.
+    let (path, link) = match kind {
+        'L' => {
+            let (path, target) = rest.split_once('\t')?;
+            (
+                unescape(path)?,
+                Some(unescape(target)?).filter(|t| !t.is_empty())?.into(),
+            )
+        }
+        _ => (unescape(rest)?, None),
+    };
     let safe = !path.is_empty()
         && !path.starts_with('/')
         && !path.split('/').any(|c| c == ".." || c.is_empty());
     safe.then_some(TreeEntry {
-        kind,
+        kind: if kind == 'L' { 'l' } else { kind },
         mode,
         size,
         path,
+        link,
     })
 }
 
@@ -282,12 +312,14 @@ pub fn write_record(
     snapshot: &str,
     stats: &crate::rsync::Stats,
     same_as: Option<SameAs>,
+    metadata_from: Option<MetadataFrom>,
 ) -> Result<Written> {
     let mut header = Header {
         snapshot: snapshot.to_string(),
         transferred: stats.transferred,
         deleted: stats.deleted,
         changed: stats.changed,
+        metadata_in_record: metadata_from.is_some(),
         ..Header::default()
     };
     let format = header_format(&header);
@@ -301,6 +333,7 @@ pub fn write_record(
         same_as: same_as.map(|s| s.last),
         known_stamps: same_as.and_then(|s| s.stamps),
         scratch_dir: &job.state_dir,
+        metadata_from,
     })?;
     (header.files, header.bytes) = (counts.files, counts.bytes);
     Ok(Written {
@@ -344,6 +377,17 @@ pub fn read_record(remote: &dyn Target, id: &str, scratch_dir: &Path) -> Result<
             ))
         })?;
     Record::read(BufReader::new(file)).map_err(|e| name_record(e, id))
+}
+
+/// The header of one record (its entries are not read).
+pub fn open_header(remote: &dyn Target, id: &str, scratch_dir: &Path) -> Result<Header> {
+    let scratch = crate::exec::scratch_file(scratch_dir, "record")?;
+    let file = remote
+        .open_file(&record_path(id), scratch)?
+        .ok_or_else(|| Error::usage(format!("there is no snapshot {id}")))?;
+    RecordReader::new(BufReader::new(file))
+        .map(|r| r.header)
+        .map_err(|e| name_record(e, id))
 }
 
 /// Damage in a record names the record.
@@ -398,7 +442,12 @@ pub fn plan_rebuild<'a>(
     later_snapshots: &'a [(String, BTreeSet<String>)],
 ) -> BTreeMap<Option<&'a str>, Vec<&'a TreeEntry>> {
     let mut plan: BTreeMap<Option<&str>, Vec<&TreeEntry>> = BTreeMap::new();
-    for entry in record.entries.iter().filter(|e| e.kind != 'd') {
+    // A symlink the record keeps was never on the server.
+    for entry in record
+        .entries
+        .iter()
+        .filter(|e| e.kind != 'd' && e.link.is_none())
+    {
         let from = later_snapshots
             .iter()
             .filter(|(id, _)| id.as_str() > record.snapshot.as_str())
@@ -554,6 +603,7 @@ mod tests {
             mode: if kind == 'd' { 0o755 } else { 0o644 },
             size: 3,
             path: path.into(),
+            link: None,
         }
     }
 
@@ -564,6 +614,7 @@ mod tests {
             transferred: 2,
             deleted: 1,
             changed: 3,
+            metadata_in_record: false,
             entries: vec![
                 entry('d', "dir"),
                 entry('f', "dir/a b"),
@@ -573,6 +624,29 @@ mod tests {
         let text = record.to_text();
         insta::assert_snapshot!(text);
         assert_eq!(Record::parse(&text).unwrap(), record);
+        // A record that keeps what the server could not: version 2, the
+        // true modes, and symlink targets on `L` lines.
+        let mut kept = record.clone();
+        kept.metadata_in_record = true;
+        kept.entries.push(TreeEntry {
+            link: Some("Tk9Ud0hFUkUK".into()),
+            ..entry('l', "dir/link")
+        });
+        let text = kept.to_text();
+        assert!(text.starts_with("ciphersync-record 2\n"), "{text}");
+        assert!(text.contains("\nmetadata record\n"), "{text}");
+        assert!(
+            text.contains("\nL 644 3 dir/link\tTk9Ud0hFUkUK\n"),
+            "{text}"
+        );
+        assert_eq!(Record::parse(&text).unwrap(), kept);
+        // A version-1 record cannot claim it; an `L` line needs a target.
+        let claimed = record
+            .to_text()
+            .replacen("\n\n", "\nmetadata record\n\n", 1);
+        assert!(!Record::parse(&claimed).unwrap().metadata_in_record);
+        let no_target = format!("{}L 777 3 dir/x\t\n", record.to_text());
+        assert!(Record::parse(&no_target).is_err());
     }
 
     #[test]
@@ -600,6 +674,7 @@ mod tests {
             transferred: 0,
             deleted: 0,
             changed: 0,
+            metadata_in_record: false,
             entries: vec![
                 entry('d', "d"),
                 entry('f', "d/a"),

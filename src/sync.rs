@@ -231,11 +231,27 @@ fn full_run(
         .as_deref()
         .filter(|_| !stats.touched && stats.changed == 0)
         .map(|last| snapshots::SameAs { last, stamps: None });
-    // The view is not needed any more: unmount it while the server writes.
-    let (record, ()) = pool::side_by_side(
-        || snapshots::write_record(job, &*remote, &snapshot, &stats, same_as),
-        || view.unmount(),
-    )?;
+    // What the server does not keep (modes, symlinks) the record takes
+    // from the view; else the view is not needed any more: unmount it while
+    // the server writes.
+    let keeps = remote.keeps();
+    let record = if keeps.all() {
+        pool::side_by_side(
+            || snapshots::write_record(job, &*remote, &snapshot, &stats, same_as, None),
+            || view.unmount(),
+        )?
+        .0
+    } else {
+        let from = target::MetadataFrom {
+            view: view.point(),
+            modes: !keeps.modes,
+            symlinks: !keeps.symlinks,
+        };
+        let record =
+            snapshots::write_record(job, &*remote, &snapshot, &stats, same_as, Some(from))?;
+        view.unmount()?;
+        record
+    };
     record_last_backup(ctx, &snapshot, source, record.target_stamps.as_deref())?;
     RepairList::clear(&job.state_dir);
     BACKUP_INCOMPLETE.clear(&job.state_dir)?;
@@ -297,7 +313,9 @@ fn record_unchanged_run(
         stamps: Some(stamps),
     };
     let (record, ()) = pool::side_by_side(
-        || snapshots::write_record(job, &*remote, &snapshot, &nothing, Some(same_as)),
+        // Only a shell's stamps say "nothing to send", and a shell
+        // account keeps modes and symlinks itself.
+        || snapshots::write_record(job, &*remote, &snapshot, &nothing, Some(same_as), None),
         || view.unmount(),
     )?;
     record_last_backup(ctx, &snapshot, source, record.target_stamps.as_deref())?;
@@ -797,6 +815,9 @@ impl Rsync<'_> {
         rsync_args(&RsyncPlan {
             snapshot: self.snapshot,
             over_sshfs: dest.over_sshfs,
+            // A server that refuses symlinks gets none; the record keeps them.
+            store_symlinks: self.remote.keeps().symlinks,
+            store_modes: self.remote.keeps().modes,
             protect_config: !self.job.config_in_source(),
             ssh_shell: dest.ssh_shell,
         })
@@ -906,17 +927,20 @@ impl Rsync<'_> {
 /// Turns rsync's error lines into a message that names the files, decrypted
 /// to plaintext paths where the view can tell.
 fn name_files(stderr: &str, roots: &[String], decryptor: &PathDecryptor) -> String {
-    let mut named = Vec::new();
+    let mut named: Vec<String> = Vec::new();
     for line in stderr.lines().filter(|l| l.starts_with("rsync:")) {
         let quoted = line.split('"').nth(1).unwrap_or("");
         let rel = roots
             .iter()
             .find_map(|root| quoted.strip_prefix(root.as_str()))
             .unwrap_or(quoted);
-        let rel = rsync::unescape_name(rel);
-        let plain = decryptor.decrypt(&rel).unwrap_or(rel);
+        let rel = without_temp_suffix(&rsync::unescape_name(rel));
+        let plain = decrypt_for_people(decryptor, &rel);
         let why = line.rsplit_once(": ").map(|(_, w)| w).unwrap_or("");
-        named.push(format!("{plain} ({why})"));
+        let item = format!("{plain} ({why})");
+        if !named.contains(&item) {
+            named.push(item);
+        }
     }
     if named.is_empty() {
         stderr.trim().to_string()
@@ -925,9 +949,59 @@ fn name_files(stderr: &str, roots: &[String], decryptor: &PathDecryptor) -> Stri
     }
 }
 
+/// rsync writes `dir/.NAME.XXXXXX` before renaming it to `dir/NAME`: its
+/// errors name the temp file; people want NAME.
+fn without_temp_suffix(rel: &str) -> String {
+    let (dir, name) = match rel.rsplit_once('/') {
+        Some((dir, name)) => (Some(dir), name),
+        None => (None, rel),
+    };
+    let inner = name
+        .strip_prefix('.')
+        .and_then(|n| n.rsplit_once('.'))
+        .filter(|(n, suffix)| {
+            !n.is_empty() && suffix.len() == 6 && suffix.bytes().all(|b| b.is_ascii_alphanumeric())
+        })
+        .map(|(n, _)| n);
+    match (dir, inner) {
+        (Some(dir), Some(n)) => format!("{dir}/{n}"),
+        (None, Some(n)) => n.to_string(),
+        _ => rel.to_string(),
+    }
+}
+
+/// A plaintext path where the view can decrypt it; gocryptfs' own files
+/// (a directory's IV) by their directory; else the encrypted path.
+fn decrypt_for_people(decryptor: &PathDecryptor, rel: &str) -> String {
+    if let Some(plain) = decryptor.decrypt(rel) {
+        return plain;
+    }
+    match rel.rsplit_once('/') {
+        Some((dir, name)) if crate::crypt::is_gocryptfs_metadata(name) => {
+            match decryptor.decrypt(dir) {
+                Some(plain) => format!("{plain}/{name}"),
+                None => rel.to_string(),
+            }
+        }
+        _ => rel.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rsync_temp_names_become_the_real_ones() {
+        assert_eq!(without_temp_suffix("Ab/.Cd.x1Y2z3"), "Ab/Cd");
+        assert_eq!(
+            without_temp_suffix(".gocryptfs.diriv.W3Ty0A"),
+            "gocryptfs.diriv"
+        );
+        assert_eq!(without_temp_suffix("Ab/Cd"), "Ab/Cd");
+        assert_eq!(without_temp_suffix("Ab/.hidden"), "Ab/.hidden");
+        assert_eq!(without_temp_suffix("Ab/.x.toolong1"), "Ab/.x.toolong1");
+    }
 
     const LAST: &str = "20261129T030000Z";
     const STAMPS: &str = "da39a3ee5e6b4b0d3255bfef95601890afd80709";

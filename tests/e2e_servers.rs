@@ -455,92 +455,76 @@ fn whitelist_rsync() {
     matrix(&job, |_| {});
 }
 
-/// What rclone keeps: every file's content and every directory, not modes
-/// (its chmod is accepted and ignored) and no symlinks. So the tree here
-/// has no symlink, and the restore is compared by type and content only.
-/// Keeping true modes and symlinks for such a server (from the record) is
-/// still open in issue 12.
-fn contents(root: &Path) -> Vec<(String, String)> {
-    walk(root)
-        .into_iter()
-        // The gocryptfs config in the source is not part of the backup.
-        .filter(|(rel, _)| rel.as_os_str() != ".gocryptfs.reverse.conf")
-        .map(|(rel, m)| {
-            let what = if m.is_dir() {
-                "dir".to_string()
-            } else {
-                format!("file {}", sha1_file(&root.join(&rel)))
-            };
-            (rel.to_string_lossy().into_owned(), what)
-        })
-        .collect()
-}
-
+/// rclone keeps no modes (its chmod is accepted and ignored) and refuses
+/// symlinks: ciphersync probes that, keeps both in the record, and restore
+/// (latest and point in time) applies them.
 #[test]
-fn rclone_sshfs_keeps_the_content() {
-    if !ServerKind::Rclone.require("rclone_sshfs_keeps_the_content") {
+fn rclone_sshfs_restores_modes_and_symlinks_from_the_record() {
+    if !ServerKind::Rclone.require("rclone_sshfs") {
         return;
     }
     let job = Job::sftp("srv-rclone-sshfs")
         .transport("sshfs")
         .build_on(ServerKind::Rclone);
-    make_features_tree(&job.source);
-    fs::remove_file(job.source.join("links/up")).unwrap();
-    job.ok(&["init"]);
-    backup_run(&job, "first backup");
-    change_features_tree(&job.source);
-    backup_run(&job, "second backup");
-    assert_no_dot_entries(
-        &job.server.local_dir.join("files"),
-        "after the second backup",
-    );
-    job.verify_ok(false);
-    let to = job.root.join("restored");
-    fs::create_dir_all(&to).unwrap();
-    job.run(&["restore", "--to", to.to_str().unwrap()])
-        .expect_code(0, "restore from rclone");
-    assert_eq!(
-        contents(&job.source),
-        contents(&to),
-        "restored content differs"
-    );
+    matrix(&job, |_| {});
+    // The server really has neither: what came back came from the records.
+    let files = job.server.local_dir.join("files");
+    let server_links = walk(&files)
+        .into_iter()
+        .filter(|(_, m)| m.file_type().is_symlink())
+        .count();
+    assert_eq!(server_links, 0, "rclone stored a symlink after all");
 }
 
-/// A symlink rclone cannot store fails the backup with its plaintext name,
-/// not the encrypted path on the mount.
+/// One entry the server refuses (a directory the account may not write
+/// to) does not stop the rest of the backup: it fails at the end naming
+/// the file, and every other change reached the server.
 #[test]
-fn rclone_sshfs_names_a_symlink_it_cannot_store() {
-    if !ServerKind::Rclone.require("rclone_sshfs_names_a_symlink_it_cannot_store") {
+fn backup_finishes_and_names_what_the_server_refuses() {
+    if !ServerKind::ChrootSftp.require("backup_finishes_and_names_what_the_server_refuses") {
         return;
     }
-    let job = Job::sftp("srv-rclone-link")
+    let job = Job::sftp("srv-refuses")
         .transport("sshfs")
-        .build_on(ServerKind::Rclone);
+        .build_on(ServerKind::ChrootSftp);
     make_features_tree(&job.source);
     job.ok(&["init"]);
+    backup_run(&job, "first backup");
+    // The server's copy of docs/ now belongs to root: the account can
+    // neither write in it nor make it writable.
+    let docs = job
+        .remote_file_for_len(3_000)
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let chown = |owner: &str| {
+        let st = Command::new("chown")
+            .arg(owner)
+            .arg(&docs)
+            .status()
+            .unwrap();
+        assert!(st.success(), "chown {owner} {}", docs.display());
+    };
+    let account_owner = fs::metadata(&docs).unwrap().uid().to_string();
+    chown("root");
+    write_random_file(&job.source.join("docs/new.txt"), 1_234, 901);
+    write_random_file(&job.source.join("filler/new.bin"), 4_321, 902);
     let o = job.run(&["backup"]);
-    assert_eq!(o.code, 1, "backup with a symlink on rclone:\n{}", o.dump());
+    chown(&account_owner);
+    assert_eq!(o.code, 1, "backup with one refused dir:\n{}", o.dump());
     let said = error_lines(&o).join("\n");
     assert!(
-        said.contains("links/up") && said.contains("not supported"),
-        "the error does not name links/up and why:\n{}",
+        said.contains("docs/new.txt"),
+        "the error does not name docs/new.txt:\n{}",
         o.dump()
     );
-    // The refused symlink did not stop the rest: every file of the source
-    // (19 regular files, the hard-linked pair as two) reached the server.
     let stored = walk(&job.server.local_dir.join("files"))
         .into_iter()
-        .filter(|(rel, m)| {
-            let name = rel.file_name().unwrap().to_string_lossy();
-            let gocryptfs_own = name == "gocryptfs.diriv"
-                || name == "gocryptfs.conf"
-                || (name.starts_with("gocryptfs.longname.") && name.ends_with(".name"));
-            m.is_file() && !gocryptfs_own
-        })
+        .filter(|(_, m)| m.is_file() && m.len() == cipher_size(4_321))
         .count();
-    assert!(
-        stored >= 19,
-        "only {stored} user files reached the server after one refused symlink"
+    assert_eq!(
+        stored, 1,
+        "filler/new.bin did not reach the server next to the refused file"
     );
 }
 

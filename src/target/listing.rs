@@ -16,6 +16,9 @@ pub struct TreeEntry {
     pub mode: u32,
     pub size: u64,
     pub path: String,
+    /// A symlink's (encrypted) target, kept in the record because the
+    /// server cannot store the symlink itself (`L` lines, see snapshots.rs).
+    pub link: Option<String>,
 }
 
 pub fn list_local_tree(dir: &Path) -> Result<Vec<TreeEntry>> {
@@ -58,6 +61,7 @@ impl TreeEntry {
             mode: meta.mode() & 0o7777,
             size: if t.is_file() { meta.len() } else { 0 },
             path: crate::walk::relative(root, entry.path()),
+            link: None,
         })
     }
 }
@@ -88,15 +92,27 @@ pub fn parse_find_line(line: &str) -> Result<TreeEntry> {
         mode,
         size,
         path,
+        link: None,
     })
 }
 
 impl TreeEntry {
     /// One record entry line: `<type> <octal mode> <size> <path>`, with `\`
     /// and newline in the path escaped.
+    /// A symlink whose target the record keeps is written `L ... <path>
+    /// TAB <target>` (only with encrypted names: neither holds a tab).
     pub fn record_line(&self) -> String {
-        let path = self.path.replace('\\', "\\\\").replace('\n', "\\n");
-        format!("{} {:o} {} {path}\n", self.kind, self.mode, self.size)
+        let escape = |text: &str| text.replace('\\', "\\\\").replace('\n', "\\n");
+        let path = escape(&self.path);
+        match &self.link {
+            Some(target) => format!(
+                "L {:o} {} {path}\t{}\n",
+                self.mode,
+                self.size,
+                escape(target)
+            ),
+            None => format!("{} {:o} {} {path}\n", self.kind, self.mode, self.size),
+        }
     }
 
     /// A file of the user's, not one of gocryptfs' own.

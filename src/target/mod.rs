@@ -60,6 +60,37 @@ pub struct RsyncDest {
     pub over_sshfs: bool,
 }
 
+/// What the server stores of what rsync gives it. An SFTP server may keep
+/// no modes (rclone accepts a chmod and ignores it) or refuse symlinks;
+/// then the record keeps them (snapshots.rs, `metadata record`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keeps {
+    pub modes: bool,
+    pub symlinks: bool,
+}
+
+impl Keeps {
+    pub const ALL: Keeps = Keeps {
+        modes: true,
+        symlinks: true,
+    };
+
+    pub fn all(&self) -> bool {
+        self.modes && self.symlinks
+    }
+}
+
+/// Where a record takes what the server does not keep: the encrypted view
+/// the run mirrored.
+#[derive(Debug, Clone, Copy)]
+pub struct MetadataFrom<'a> {
+    pub view: &'a Path,
+    /// Every entry's mode from the view.
+    pub modes: bool,
+    /// The view's symlinks, with their targets (`L` lines).
+    pub symlinks: bool,
+}
+
 /// What backup's first round trip learns (see `Target::preflight`).
 pub struct Preflight {
     /// files/gocryptfs.conf, if there is one.
@@ -88,6 +119,9 @@ pub struct RecordRequest<'a> {
     pub known_stamps: Option<&'a str>,
     /// Where scratch files go (the job's state dir).
     pub scratch_dir: &'a Path,
+    /// What the server does not keep, to be taken from the view; only a
+    /// path target (where rsync wrote through sshfs) is ever asked.
+    pub metadata_from: Option<MetadataFrom<'a>>,
 }
 
 /// What writing a record counted.
@@ -141,6 +175,8 @@ pub trait Target: Send + Sync {
     fn create_dir(&self, rel: &str) -> Result<()>;
     /// Free bytes on the target, when it can tell.
     fn free_bytes(&self) -> Option<u64>;
+    /// What the server stores of the modes and symlinks rsync gives it.
+    fn keeps(&self) -> Keeps;
     /// An ssh failure (rsync's exit 255, a lost link) named with the host.
     fn connection_error(&self, stderr: &str, what: &str) -> Option<Error>;
 

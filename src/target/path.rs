@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use super::listing::{TreeEntry, list_local_tree};
 use super::{
-    CHECKSUMS, FILES, Preflight, RECORDS, ReadBack, RecordCounts, RecordRequest, RemoteSums,
-    RsyncDest, SNAPSHOTS, Ssh, Target,
+    CHECKSUMS, FILES, Keeps, MetadataFrom, Preflight, RECORDS, ReadBack, RecordCounts,
+    RecordRequest, RemoteSums, RsyncDest, SNAPSHOTS, Ssh, Target,
 };
 use crate::crypt::REMOTE_CONFIG_NAME;
 use crate::error::{Error, IoContext, Kind, Result};
@@ -27,6 +27,9 @@ pub struct PathTarget {
     /// unmounted before the ssh master it rides on goes away.
     mount: Option<Mount>,
     ssh: Option<Ssh>,
+    /// What the SFTP server keeps, probed on first use (a local disk keeps
+    /// everything).
+    keeps: std::sync::OnceLock<Keeps>,
 }
 
 impl PathTarget {
@@ -45,6 +48,7 @@ impl PathTarget {
             root: path.to_owned(),
             mount: None,
             ssh: None,
+            keeps: std::sync::OnceLock::from(Keeps::ALL),
         })
     }
 
@@ -65,6 +69,7 @@ impl PathTarget {
             root: point.to_owned(),
             mount: Some(mount),
             ssh: None,
+            keeps: std::sync::OnceLock::new(),
         })
     }
 
@@ -124,12 +129,17 @@ impl PathTarget {
     }
 
     /// The record entries of a walk of files/, into a scratch file; counts
-    /// the user's files and bytes.
+    /// the user's files and bytes. With `metadata_from`, modes come from the
+    /// view and the view's symlinks join at their place in the order.
     fn list_files_for_record(&self, request: &RecordRequest) -> Result<(File, u64, u64)> {
         let files = self.root.join(FILES);
         let scratch = crate::exec::scratch_file(request.scratch_dir, "record")?;
         let mut entries = BufWriter::new(scratch);
         let write_error = |e: std::io::Error| Error::io("writing the record", e);
+        let mut links = match request.metadata_from {
+            Some(from) if from.symlinks => view_symlinks(from.view)?.into_iter().peekable(),
+            _ => Vec::new().into_iter().peekable(),
+        };
         let (mut count, mut bytes) = (0, 0);
         for entry in walk::sorted(&files) {
             interrupt::check()?;
@@ -138,9 +148,19 @@ impl PathTarget {
             if request.skip_dot_names && dot_name {
                 continue;
             }
-            let tree_entry = TreeEntry::of(&files, &entry)?;
+            let mut tree_entry = TreeEntry::of(&files, &entry)?;
             if tree_entry.kind == '?' {
                 continue;
+            }
+            while let Some(link) =
+                links.next_if(|l| Path::new(&l.path) < Path::new(&tree_entry.path))
+            {
+                entries
+                    .write_all(link.record_line().as_bytes())
+                    .map_err(write_error)?;
+            }
+            if let Some(from) = request.metadata_from.filter(|f| f.modes) {
+                tree_entry.mode = view_mode(from, &tree_entry).unwrap_or(tree_entry.mode);
             }
             if tree_entry.is_user_file() {
                 count += 1;
@@ -148,6 +168,11 @@ impl PathTarget {
             }
             entries
                 .write_all(tree_entry.record_line().as_bytes())
+                .map_err(write_error)?;
+        }
+        for link in links {
+            entries
+                .write_all(link.record_line().as_bytes())
                 .map_err(write_error)?;
         }
         let mut entries = entries
@@ -190,6 +215,10 @@ impl Target for PathTarget {
         nix::sys::statvfs::statvfs(&self.root)
             .ok()
             .map(|s| s.blocks_available() * s.fragment_size())
+    }
+
+    fn keeps(&self) -> Keeps {
+        *self.keeps.get_or_init(|| probe_keeps(&self.tool_root()))
     }
 
     fn connection_error(&self, stderr: &str, what: &str) -> Option<Error> {
@@ -355,6 +384,66 @@ impl Target for PathTarget {
     }
 }
 
+/// Tries, in a scratch dir next to files/, whether the server keeps a
+/// mode and a symlink. A server that refuses even the scratch dir is taken
+/// to keep both: rsync will then name whatever it refuses.
+fn probe_keeps(root: &Path) -> Keeps {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(suffix) = crate::fsutil::random_hex(6) else {
+        return Keeps::ALL;
+    };
+    let dir = root.join(format!(".ciphersync-probe-{suffix}"));
+    if std::fs::create_dir(&dir).is_err() {
+        return Keeps::ALL;
+    }
+    let file = dir.join("mode");
+    let modes = std::fs::write(&file, b"")
+        .and_then(|_| std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o604)))
+        .and_then(|_| std::fs::symlink_metadata(&file))
+        .is_ok_and(|m| m.permissions().mode() & 0o777 == 0o604);
+    let link = dir.join("link");
+    let symlinks = std::os::unix::fs::symlink("ciphersync-probe", &link).is_ok()
+        && std::fs::read_link(&link).is_ok_and(|t| t == Path::new("ciphersync-probe"));
+    remove_local(&dir).unwrap_or_else(|e| log::warn(format!("cannot remove the probe dir: {e}")));
+    let keeps = Keeps { modes, symlinks };
+    if !keeps.all() {
+        log::debug(|| format!("the SFTP server keeps {keeps:?}: the record keeps the rest"));
+    }
+    keeps
+}
+
+/// The view's symlinks as record entries with their (encrypted) targets,
+/// in the order of a sorted walk.
+fn view_symlinks(view: &Path) -> Result<Vec<TreeEntry>> {
+    let mut links = Vec::new();
+    for entry in walk::sorted(view) {
+        interrupt::check()?;
+        let entry = entry.map_err(|e| walk::error(view, e))?;
+        if !entry.file_type().is_symlink() {
+            continue;
+        }
+        let target = std::fs::read_link(entry.path())
+            .ctx(|| format!("reading the link {}", entry.path().display()))?;
+        let mut tree_entry = TreeEntry::of(view, &entry)?;
+        tree_entry.size = target.as_os_str().len() as u64;
+        tree_entry.link = Some(target.to_string_lossy().into_owned());
+        links.push(tree_entry);
+    }
+    Ok(links)
+}
+
+/// The mode the view gives the entry, when it has one of the same kind.
+fn view_mode(from: MetadataFrom, entry: &TreeEntry) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(from.view.join(&entry.path)).ok()?;
+    let same_kind = match entry.kind {
+        'f' => meta.is_file(),
+        'd' => meta.is_dir(),
+        _ => false,
+    };
+    same_kind.then_some(meta.mode() & 0o7777)
+}
+
 fn remove_local(path: &Path) -> Result<()> {
     let result = match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => {
@@ -402,4 +491,66 @@ fn remove_dot_files(dir: &Path) -> Result<usize> {
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A server that lost modes and symlinks: the record takes the view's
+    /// modes and puts the view's symlinks in their place in the order.
+    #[test]
+    fn a_record_keeps_what_the_server_lost() {
+        let base = std::env::temp_dir().join(format!(
+            "ciphersync-keeps-{}-{}",
+            std::process::id(),
+            crate::fsutil::random_hex(4).unwrap()
+        ));
+        let (view, root) = (base.join("view"), base.join("target"));
+        for dir in [view.join("Ab"), root.join("files/Ab"), root.join("records")] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        for tree in [&view, &root.join("files")] {
+            std::fs::write(tree.join("Ab/Cd"), "abc").unwrap();
+            std::fs::write(tree.join("Zz"), "z").unwrap();
+        }
+        std::fs::set_permissions(view.join("Ab/Cd"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        std::fs::set_permissions(view.join("Ab"), std::fs::Permissions::from_mode(0o555)).unwrap();
+        std::os::unix::fs::symlink("T3JpZ2luYWw", view.join("Ab/Link")).unwrap();
+        std::os::unix::fs::symlink("U2Vjb25k", view.join("Mm")).unwrap();
+        let target = PathTarget::local(&root).unwrap();
+        let header = "ciphersync-record 2\nsnapshot 20261129T030000Z\nfiles %s\nbytes %s\n\
+                      transferred 0\ndeleted 0\nchanged 0\nmetadata record\n\n";
+        target
+            .write_record(&RecordRequest {
+                id: "20261129T030000Z",
+                header_format: header,
+                skip_dot_names: true,
+                same_as: None,
+                known_stamps: None,
+                scratch_dir: &base,
+                metadata_from: Some(MetadataFrom {
+                    view: &view,
+                    modes: true,
+                    symlinks: true,
+                }),
+            })
+            .unwrap();
+        let text = std::fs::read_to_string(root.join("records/20261129T030000Z.rec")).unwrap();
+        let entries: Vec<&str> = text.split_once("\n\n").unwrap().1.lines().collect();
+        std::fs::set_permissions(view.join("Ab"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::remove_dir_all(&base).unwrap();
+        assert_eq!(
+            entries,
+            [
+                "d 555 0 Ab",
+                "f 600 3 Ab/Cd",
+                "L 777 11 Ab/Link\tT3JpZ2luYWw",
+                "L 777 8 Mm\tU2Vjb25k",
+                "f 644 1 Zz",
+            ]
+        );
+    }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::listing::{TreeEntry, parse_find_line};
 use super::ssh::{quote_path, remote_failure};
 use super::{
-    PathTarget, Preflight, ReadBack, RecordCounts, RecordRequest, RemoteSums, RsyncDest,
+    Keeps, PathTarget, Preflight, ReadBack, RecordCounts, RecordRequest, RemoteSums, RsyncDest,
     SHORT_COMMAND, Ssh, Target,
 };
 use crate::error::{Error, IoContext, Kind, Result};
@@ -209,6 +209,12 @@ impl Target for ShellTarget {
 
     fn free_bytes(&self) -> Option<u64> {
         self.mount.as_ref().and_then(|m| m.free_bytes())
+    }
+
+    fn keeps(&self) -> Keeps {
+        // A POSIX account's own file system keeps both, whichever way
+        // rsync reaches it.
+        Keeps::ALL
     }
 
     fn connection_error(&self, stderr: &str, what: &str) -> Option<Error> {
@@ -623,6 +629,7 @@ mod tests {
                 same_as: None,
                 known_stamps: None,
                 scratch_dir: root,
+                metadata_from: None,
             })
             .unwrap();
         assert_eq!((walked.files, walked.bytes), (2, 8));

@@ -11,8 +11,8 @@ use std::path::Path;
 use super::listing::TreeEntry;
 use super::ssh::remote_failure;
 use super::{
-    FILES, PathTarget, Preflight, ReadBack, RecordCounts, RecordRequest, RemoteSums, RsyncDest,
-    SHORT_COMMAND, Ssh, Target,
+    FILES, Keeps, PathTarget, Preflight, ReadBack, RecordCounts, RecordRequest, RemoteSums,
+    RsyncDest, SHORT_COMMAND, Ssh, Target,
 };
 use crate::checksums;
 use crate::error::{Error, Result};
@@ -143,6 +143,14 @@ impl Target for WhitelistTarget {
 
     fn free_bytes(&self) -> Option<u64> {
         self.path.free_bytes()
+    }
+
+    fn keeps(&self) -> Keeps {
+        match self.rsync_over_ssh {
+            // rsync --server writes the account's own file system.
+            true => Keeps::ALL,
+            false => self.path.keeps(),
+        }
     }
 
     fn connection_error(&self, stderr: &str, what: &str) -> Option<Error> {

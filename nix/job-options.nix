@@ -652,20 +652,21 @@
       "--who=ciphersync"
       "--why=Backup of ${job.source} (job ${name})"
     ];
-  in {
-    ExecStartPre =
-      lib.optional (url != null) (ping "start")
-      ++ lib.optional (job.preHook != "") (hook "pre-hook" (hookPrelude + job.preHook))
-      ++ [(escapeSystemdExecArgs init)];
-    ExecStart = escapeSystemdExecArgs (lib.optionals job.inhibitsSleep inhibit ++ backup);
-    TimeoutStartSec = job.maxRuntime;
-  }
-  // (let
-    stopPost =
-      lib.optional (job.postHook != "") (hook "post-hook" (hookPrelude + postPrelude + job.postHook))
-      ++ lib.optional (url != null) (ping "end");
   in
-    lib.optionalAttrs (stopPost != []) {ExecStopPost = stopPost;});
+    {
+      ExecStartPre =
+        lib.optional (url != null) (ping "start")
+        ++ lib.optional (job.preHook != "") (hook "pre-hook" (hookPrelude + job.preHook))
+        ++ [(escapeSystemdExecArgs init)];
+      ExecStart = escapeSystemdExecArgs (lib.optionals job.inhibitsSleep inhibit ++ backup);
+      TimeoutStartSec = job.maxRuntime;
+    }
+    // (let
+      stopPost =
+        lib.optional (job.postHook != "") (hook "post-hook" (hookPrelude + postPrelude + job.postHook))
+        ++ lib.optional (url != null) (ping "end");
+    in
+      lib.optionalAttrs (stopPost != []) {ExecStopPost = stopPost;});
 
   # The three stages of a job: unit name suffix, CLI arguments, timer.
   stages = job: [

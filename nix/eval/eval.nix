@@ -221,7 +221,8 @@
       at = i: l: lib.elemAt l i;
     in
       expect "ExecStartPre = ${builtins.toJSON pre}, ExecStopPost = ${builtins.toJSON post}" (
-        lib.length pre == 3
+        lib.length pre
+        == 3
         && lib.hasPrefix "-" (at 0 pre)
         && lib.hasInfix "ciphersync-docs-ping" (at 0 pre)
         && lib.hasInfix "start" (at 0 pre)

@@ -140,15 +140,17 @@
     config = checkAssertions "units" evaluated.config;
     sl = evaluated._module.args.utils.systemdUtils.lib;
   in
-    lib.mapAttrs' (n: s: lib.nameValuePair "${n}.service" {
-      text = (sl.serviceToUnit s).text;
-      serviceConfig = s.serviceConfig;
-    })
+    lib.mapAttrs' (n: s:
+      lib.nameValuePair "${n}.service" {
+        text = (sl.serviceToUnit s).text;
+        serviceConfig = s.serviceConfig;
+      })
     config.systemd.services
-    // lib.mapAttrs' (n: t: lib.nameValuePair "${n}.timer" {
-      text = (sl.timerToUnit t).text;
-      serviceConfig = t.timerConfig;
-    })
+    // lib.mapAttrs' (n: t:
+      lib.nameValuePair "${n}.timer" {
+        text = (sl.timerToUnit t).text;
+        serviceConfig = t.timerConfig;
+      })
     config.systemd.timers;
 
   nixosShape = name: sample: let
@@ -159,9 +161,10 @@
     etc = lib.mapAttrs (n: fileEntry "${name}: environment.etc.${n}") (
       if real
       then
-        dropIfEqual config.environment.etc "fuse.conf" (config.environment.etc."fuse.conf" // {
-          text = "${lib.optionalString (!config.programs.fuse.userAllowOther) "#"}user_allow_other\nmount_max = ${toString config.programs.fuse.mountMax}\n";
-        })
+        dropIfEqual config.environment.etc "fuse.conf" (config.environment.etc."fuse.conf"
+          // {
+            text = "${lib.optionalString (!config.programs.fuse.userAllowOther) "#"}user_allow_other\nmount_max = ${toString config.programs.fuse.mountMax}\n";
+          })
       else config.environment.etc
     );
     services =
@@ -348,7 +351,8 @@
       at = i: l: lib.elemAt l i;
     in
       expect "ExecStartPre = ${builtins.toJSON pre}, ExecStopPost = ${builtins.toJSON post}" (
-        lib.length pre == 3
+        lib.length pre
+        == 3
         && lib.hasPrefix "-" (at 0 pre)
         && lib.hasInfix "ciphersync-docs-ping" (at 0 pre)
         && lib.hasInfix "start" (at 0 pre)

@@ -66,6 +66,7 @@ echo "ok parse: ${#files[@]} .nix files"
 if [ -z "${NIXPKGS_LIB:-}" ]; then
     echo "SKIP docs/options.md check: the option reference is rendered by the module evaluation, which needs NIXPKGS_LIB"
     echo "SKIP nix module evaluation: set NIXPKGS_LIB=... (see README)"
+    echo "SKIP NixOS evaluation with nixpkgs' modules: needs NIXPKGS_LIB and NIXPKGS=<nixpkgs checkout> (see nix/eval/README.md)"
     exit 0
 fi
 if [ ! -f "$NIXPKGS_LIB/lib/default.nix" ]; then
@@ -240,6 +241,70 @@ else
     echo "FAIL home-manager evaluation: evaluation failed:" >&2
     grep -v "^warning: the group" "$tmp/real-hm.err" >&2
     failed=1
+fi
+
+# The NixOS module under nixpkgs' own declarations (not the stub): NIXPKGS
+# names a nixpkgs checkout (or a partial one holding the files below). The
+# unit types (systemd-unit-options.nix, systemd-lib.nix, systemd-types.nix,
+# utils.nix), programs/fuse.nix and assertions.nix come from it, with the
+# unknown-option check on; what the module renders must equal
+# expected/nixos-*.json (the keys nixpkgs derives, e.g. [Unit] Description=
+# and PATH, checked and taken out: see realService in eval.nix), the
+# mistaken configurations must get the same outcomes and the regressions
+# must hold. Each unit is also rendered as the text nixpkgs writes.
+real_files=(nixos/lib/utils.nix nixos/lib/systemd-lib.nix nixos/lib/systemd-unit-options.nix
+    nixos/lib/systemd-types.nix nixos/modules/programs/fuse.nix
+    nixos/modules/misc/assertions.nix nixos/modules/misc/meta.nix)
+if [ -z "${NIXPKGS:-}" ]; then
+    echo "SKIP NixOS evaluation with nixpkgs' modules: set NIXPKGS=<nixpkgs checkout> (see nix/eval/README.md)"
+else
+    missing=()
+    for f in "${real_files[@]}"; do
+        [ -f "$NIXPKGS/$f" ] || missing+=("$f")
+    done
+    if [ "${#missing[@]}" -ne 0 ]; then
+        echo "FAIL NixOS evaluation with nixpkgs' modules: NIXPKGS=$NIXPKGS lacks ${missing[*]}" >&2
+        failed=1
+    else
+        nixpkgs_dir=$(cd "$NIXPKGS" && pwd)
+        evaluate_real() {
+            nix-instantiate --eval --strict --json "$here/eval.nix" \
+                --arg nixpkgsLib "$libdir" --arg nixpkgs "$nixpkgs_dir" -A "$1"
+        }
+        for name in nixos-docs nixos-photos assertions; do
+            if ! evaluate_real "$name" >"$tmp/real-$name.raw" 2>"$tmp/real-$name.err"; then
+                echo "FAIL real/$name: evaluation failed:" >&2
+                grep -v "^warning: the group" "$tmp/real-$name.err" >&2
+                failed=1
+                continue
+            fi
+            pretty <"$tmp/real-$name.raw" >"$tmp/real-$name.json"
+            if diff -u "$expected/$name.json" "$tmp/real-$name.json" >"$tmp/real-$name.diff"; then
+                echo "ok real/$name: nixpkgs' declarations render ${expected#"$root"/}/$name.json"
+            else
+                echo "FAIL real/$name: nixpkgs' declarations render something else than ${expected#"$root"/}/$name.json:" >&2
+                cat "$tmp/real-$name.diff" >&2
+                failed=1
+            fi
+        done
+        for name in $(python3 -c 'import json,sys; print(" ".join(json.load(sys.stdin)))' <<<"${names:-[]}"); do
+            if out=$(evaluate_real "regressions.$name" 2>"$tmp/real-regression.err") && [ "$out" = '"ok"' ]; then
+                echo "ok real/regression $name"
+            else
+                echo "FAIL real/regression $name: ${out:-$(grep -m1 -E '^error' "$tmp/real-regression.err")}" >&2
+                failed=1
+            fi
+        done
+        # Every setting reaches the unit file nixpkgs writes, one
+        # "Key=value" line per list element.
+        if evaluate_real real-units >"$tmp/real-units.json" 2>"$tmp/real-units.err" &&
+            out=$(python3 "$here/check_real_units.py" "$tmp/real-units.json" 2>&1); then
+            echo "ok real/unit files: $out units carry every setting as nixpkgs writes them"
+        else
+            echo "FAIL real/unit files: ${out:-$(grep -m1 -E '^error' "$tmp/real-units.err")}" >&2
+            failed=1
+        fi
+    fi
 fi
 
 # The option reference, docs/options.md, is generated from the declarations:

@@ -4,10 +4,20 @@
 #
 #   nix-instantiate --eval --strict --json nix/eval/eval.nix \
 #     --arg nixpkgsLib /path/to/nixpkgs.lib/lib -A nixos-docs
-{nixpkgsLib}: let
+#
+# With `--arg nixpkgs DIR` (a nixpkgs checkout) the NixOS module is
+# evaluated with nixpkgs' own unit types, programs.fuse and assertions
+# (stubs/nixos-real.nix) instead of stubs/nixos.nix; nixos-docs and
+# nixos-photos then give the same shape, the keys nixpkgs derives from the
+# module's settings checked and taken out (realService below).
+{
+  nixpkgsLib,
+  nixpkgs ? null,
+}: let
   lib = import nixpkgsLib;
   pkgs = import ./stubs/pkgs.nix {inherit lib;};
   samples = import ./samples.nix {inherit pkgs;};
+  real = nixpkgs != null;
 
   evalWith = stub: module: modules:
     lib.evalModules {
@@ -18,8 +28,15 @@
           {_module.args.pkgs = pkgs;}
         ]
         ++ modules;
+      specialArgs = lib.optionalAttrs real {inherit nixpkgs;};
     };
-  evalNixos = evalWith ./stubs/nixos.nix ../module.nix;
+  evalNixos =
+    evalWith (
+      if real
+      then ./stubs/nixos-real.nix
+      else ./stubs/nixos.nix
+    )
+    ../module.nix;
   evalHm = evalWith ./stubs/home-manager.nix ../hm-module.nix;
 
   failedAssertions = config: map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
@@ -49,19 +66,126 @@
 
   clean = attrs: removeAttrs attrs ["_module"];
 
+  # The real unit types (nixos/lib/systemd-lib.nix) add to what the module
+  # sets: the default PATH packages after `path`, PATH in `environment`,
+  # and the [Unit] keys made from description/wants/after/requires/
+  # onFailure. Each addition is taken out only when it is exactly what
+  # nixpkgs derives from the module's own values, so that the rest must
+  # equal the stub's rendering (expected/nixos-*.json); anything else stays
+  # in and shows in the diff. The options the real type declares and the
+  # module leaves at their defaults are dropped (not in the stub's shape),
+  # except when they are not at their default.
+  pathDefaults = map toString [pkgs.coreutils pkgs.findutils pkgs.gnugrep pkgs.gnused pkgs.systemd];
+  dropIfEqual = attrs: key: want:
+    if attrs ? ${key} && attrs.${key} == want
+    then removeAttrs attrs [key]
+    else attrs;
+  realService = s: let
+    path = map toString s.path;
+    n = lib.length path - lib.length pathDefaults;
+    own =
+      if n >= 0 && lib.drop n path == pathDefaults
+      then lib.take n path
+      else path;
+    derived =
+      lib.optionalAttrs (s.requires != []) {Requires = toString s.requires;}
+      // lib.optionalAttrs (s.wants != []) {Wants = toString s.wants;}
+      // lib.optionalAttrs (s.after != []) {After = toString s.after;}
+      // lib.optionalAttrs (s.description != "") {Description = s.description;}
+      // lib.optionalAttrs (s.onFailure != []) {OnFailure = toString s.onFailure;};
+    unitConfig = lib.foldl (acc: k: dropIfEqual acc k derived.${k}) s.unitConfig (lib.attrNames derived);
+    environment = dropIfEqual s.environment "PATH" (lib.makeBinPath s.path + ":" + lib.makeSearchPathOutput "bin" "sbin" s.path);
+    # Options of the real type the module must leave alone.
+    untouched = {
+      script = "";
+      preStart = "";
+      postStart = "";
+      reload = "";
+      preStop = "";
+      postStop = "";
+      startAt = [];
+      reloadIfChanged = false;
+      stopIfChanged = true;
+      enable = true;
+      aliases = [];
+      requiredBy = [];
+      upheldBy = [];
+      before = [];
+      bindsTo = [];
+      partOf = [];
+      conflicts = [];
+      requisite = [];
+      upholds = [];
+      onSuccess = [];
+      documentation = [];
+      restartTriggers = [];
+      reloadTriggers = [];
+    };
+    changed = lib.filterAttrs (k: v: s ? ${k} && s.${k} != v) untouched;
+  in
+    {
+      inherit (s) description wants after requires wantedBy onFailure restartIfChanged serviceConfig;
+      inherit unitConfig environment;
+      path = own;
+    }
+    // lib.optionalAttrs (changed != {}) {realTypeOptionsChanged = lib.mapAttrs (k: _: s.${k}) changed;};
+  realTimer = t:
+    {inherit (t) wantedBy timerConfig;}
+    // lib.optionalAttrs (t.unitConfig != {}) {inherit (t) unitConfig;};
+
+  # The unit files nixpkgs would write (systemd-lib.nix's serviceToUnit and
+  # timerToUnit, as systemd.nix calls them), for check.sh's sanity check.
+  realUnits = sample: let
+    evaluated = evalNixos [sample];
+    config = checkAssertions "units" evaluated.config;
+    sl = evaluated._module.args.utils.systemdUtils.lib;
+  in
+    lib.mapAttrs' (n: s:
+      lib.nameValuePair "${n}.service" {
+        text = (sl.serviceToUnit s).text;
+        serviceConfig = s.serviceConfig;
+      })
+    config.systemd.services
+    // lib.mapAttrs' (n: t:
+      lib.nameValuePair "${n}.timer" {
+        text = (sl.timerToUnit t).text;
+        serviceConfig = t.timerConfig;
+      })
+    config.systemd.timers;
+
   nixosShape = name: sample: let
     config = checkAssertions name (evalNixos [sample]).config;
   in {
-    etc = lib.mapAttrs (n: fileEntry "${name}: environment.etc.${n}") config.environment.etc;
+    # The real programs/fuse.nix also writes /etc/fuse.conf: taken out
+    # when it says what programs.fuse (below) says.
+    etc = lib.mapAttrs (n: fileEntry "${name}: environment.etc.${n}") (
+      if real
+      then
+        dropIfEqual config.environment.etc "fuse.conf" (config.environment.etc."fuse.conf"
+          // {
+            text = "${lib.optionalString (!config.programs.fuse.userAllowOther) "#"}user_allow_other\nmount_max = ${toString config.programs.fuse.mountMax}\n";
+          })
+      else config.environment.etc
+    );
     services =
       lib.mapAttrs (
         _: s:
-          lib.filterAttrs (k: v: !(lib.elem k ["script" "preStart"] && v == "")) (
-            clean s // {path = map toString s.path;}
-          )
+          if real
+          then realService s
+          else
+            lib.filterAttrs (k: v: !(lib.elem k ["script" "preStart"] && v == "")) (
+              clean s // {path = map toString s.path;}
+            )
       )
       config.systemd.services;
-    timers = lib.mapAttrs (_: clean) config.systemd.timers;
+    timers =
+      lib.mapAttrs (
+        _: t:
+          if real
+          then realTimer t
+          else clean t
+      )
+      config.systemd.timers;
     users = lib.mapAttrs (_: clean) config.users.users;
     groups = lib.mapAttrs (_: clean) config.users.groups;
     fuse = {
@@ -199,7 +323,13 @@
     builtins.deepSeq [
       config.users.users
       config.users.groups
-      config.systemd.services
+      # The real unit type has options without a default
+      # (startLimitBurst): force what the stub's shape holds.
+      (
+        if real
+        then lib.mapAttrs (_: realService) config.systemd.services
+        else config.systemd.services
+      )
       (failedAssertions config)
     ]
     config;
@@ -410,4 +540,8 @@ in {
   inherit regressions;
   regression-names = lib.attrNames regressions;
   options-reference = optionReference;
+  real-units = lib.optionalAttrs real {
+    docs = realUnits samples.nixos-docs;
+    photos = realUnits samples.nixos-photos;
+  };
 }

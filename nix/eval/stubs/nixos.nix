@@ -1,25 +1,23 @@
 # Stub declarations of the NixOS options that nix/module.nix sets, typed
 # like the real ones where the difference matters for merging (lists
 # concatenate, attrsets of submodules merge per name). Nothing here renders
-# units: the evaluated config is what the module asked for.
+# units: the evaluated config is what the module asked for. The leaves that
+# the real evaluation keeps stubbed too (users, /etc, packages, kernel
+# modules) are in nixos-leaves.nix.
 #
 # Stands for these files of nixpkgs at the flake's pin (nixos-26.05,
 # 74cc63f702f7d60a557e152a57b40fb1fd0f72ac), written from their documented
-# shape, not transcribed (no nixpkgs checkout fits on the machines that run
-# this; single files from other revisions do not evaluate with the 26.11
-# lib):
+# shape, not transcribed:
 #   systemd.services, systemd.timers  nixos/lib/systemd-unit-options.nix,
 #                                     systemd-types.nix (via systemd.nix)
-#   users.users, users.groups         nixos/modules/config/users-groups.nix
-#                                     (only the attributes read here; `name`
-#                                     defaults to the attribute name there too)
 #   programs.fuse                     nixos/modules/programs/fuse.nix
-#   environment.etc                   nixos/modules/system/etc/etc.nix
 #   assertions, warnings              nixos/modules/misc/assertions.nix
-#   boot.kernelModules, environment.systemPackages  (lists, as there)
 # What the real unit types add and this does not: onFailure/wants/after
 # typed as unitNameType (job-options.nix checks onFailure with the same
-# pattern), serviceConfig's Type/Restart value check.
+# pattern), serviceConfig's Type/Restart value check, the [Unit] keys and
+# PATH derived from description/wants/after/path. With NIXPKGS set,
+# check.sh evaluates the module with those real files instead
+# (nixos-real.nix) and requires the same rendering.
 {lib, ...}: let
   inherit (lib) mkOption types;
   list = mkOption {
@@ -64,78 +62,17 @@
       timerConfig = attrs;
     };
   };
-
-  etcEntry = {
-    options = {
-      text = mkOption {
-        type = types.nullOr types.lines;
-        default = null;
-      };
-      source = mkOption {
-        type = types.nullOr types.unspecified;
-        default = null;
-      };
-      mode = mkOption {
-        type = types.str;
-        default = "symlink";
-      };
-    };
-  };
-
-  user = {name, ...}: {
-    options = {
-      name = mkOption {
-        type = types.str;
-        default = name;
-      };
-      isSystemUser = bool false;
-      isNormalUser = bool false;
-      group = str;
-      description = str;
-      home = mkOption {
-        type = types.str;
-        default = "/var/empty";
-      };
-      extraGroups = list;
-    };
-  };
-
-  group = {name, ...}: {
-    options = {
-      name = mkOption {
-        type = types.str;
-        default = name;
-      };
-      gid = mkOption {
-        type = types.nullOr types.int;
-        default = null;
-      };
-      members = list;
-    };
-  };
 in {
+  imports = [./nixos-leaves.nix];
   options = {
     assertions = list;
     warnings = list;
-    environment.etc = mkOption {
-      type = types.attrsOf (types.submodule etcEntry);
-      default = {};
-    };
-    environment.systemPackages = list;
     systemd.services = mkOption {
       type = types.attrsOf (types.submodule service);
       default = {};
     };
     systemd.timers = mkOption {
       type = types.attrsOf (types.submodule timer);
-      default = {};
-    };
-    users.users = mkOption {
-      type = types.attrsOf (types.submodule user);
-      default = {};
-    };
-    users.groups = mkOption {
-      type = types.attrsOf (types.submodule group);
       default = {};
     };
     programs.fuse = {
@@ -146,6 +83,5 @@ in {
         default = 1000;
       };
     };
-    boot.kernelModules = list;
   };
 }

@@ -6,6 +6,7 @@
   installShellFiles,
   gocryptfs,
   sshfs,
+  fuse-overlayfs,
   rsync,
   openssh,
   fuse3,
@@ -17,6 +18,7 @@
   runtimeTools = [
     gocryptfs
     sshfs
+    fuse-overlayfs # `ciphersync mount --snapshot`: the union of a run's layers
     rsync
     openssh
     fuse3

@@ -4,7 +4,7 @@
 # Rust itself is not installed here: building needs Rust >= 1.85 (rustup).
 set -euo pipefail
 
-packages=(gocryptfs sshfs rsync openssh-server openssh-client fuse3 python3 time)
+packages=(gocryptfs sshfs fuse-overlayfs rsync openssh-server openssh-client fuse3 python3 time)
 # The Nix parse check and the systemd-nspawn tests need these too.
 # openssl: the remote hashing script's fast path, tested against sha1sum.
 # python3-prometheus-client: its parser reads the --metrics-file output.

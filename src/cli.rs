@@ -137,6 +137,27 @@ pub enum Command {
         #[arg(value_name = "JOB|ID", required = true, num_args = 2..=3)]
         args: Vec<String>,
     },
+    /// Mount the latest state, or a kept run (--snapshot), decrypted and
+    /// read-only at DIR, until Ctrl-C (or, with --background, until
+    /// `ciphersync umount`). Nothing is copied to local disk.
+    Mount {
+        /// The run to show (see `snapshots`) instead of the latest state.
+        /// While it is mounted, the job's other stages find its lock held.
+        #[arg(long, value_name = "ID")]
+        snapshot: Option<String>,
+        /// Return once mounted; the mounts stay until `ciphersync umount`.
+        #[arg(long)]
+        background: bool,
+        /// JOB (unless -c FILE is given), then DIR: an empty directory.
+        #[arg(value_name = "JOB|DIR", required = true, num_args = 1..=2)]
+        args: Vec<String>,
+    },
+    /// Unmount what `ciphersync mount` mounted at DIR (default: all of the job's).
+    Umount {
+        /// JOB (unless -c FILE is given), then DIR.
+        #[arg(value_name = "JOB|DIR", num_args = 0..=2)]
+        args: Vec<String>,
+    },
     /// The master key on paper: print it (export), or prove a typed one
     /// opens the target (check).
     Key {

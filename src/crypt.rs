@@ -128,6 +128,24 @@ pub fn mount_forward(job: &Job, cipher_dir: &Path, point: &Path) -> Result<Mount
     })
 }
 
+/// Like `mount_forward`, but gocryptfs daemonizes once the mount is up
+/// and outlives the helper (`ciphersync mount`).
+pub fn mount_forward_detached(job: &Job, cipher_dir: &Path, point: &Path) -> Result<()> {
+    check_password_file(job)?;
+    let mut cmd = Cmd::new("gocryptfs")
+        .args(["-ro", "-q", "-nosyslog"])
+        .arg("-passfile")
+        .arg(&job.password_file);
+    if job.gocryptfs_config.exists() {
+        cmd = cmd.arg("-config").arg(&job.gocryptfs_config);
+    }
+    let out = cmd.arg("--").arg(cipher_dir).arg(point).run()?;
+    if !out.success() {
+        return Err(explain_failure(job, &out, "mounting the backup decrypted"));
+    }
+    Ok(())
+}
+
 fn explain_failure(job: &Job, out: &Output, doing: &str) -> Error {
     let pass = job.password_file.display();
     let conf = job.gocryptfs_config.display();

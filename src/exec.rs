@@ -439,6 +439,7 @@ pub fn package_of(tool: &str) -> &'static str {
         "rsync" => "rsync",
         "ssh" => "openssh-client",
         "fusermount3" => "fuse3",
+        "fuse-overlayfs" => "fuse-overlayfs",
         _ => "coreutils",
     }
 }

@@ -389,6 +389,56 @@ pub fn key_check_lines(doc: &Value) -> Vec<String> {
     )]
 }
 
+/// `mount` in the foreground, once everything is mounted (to stderr).
+pub fn browse_waiting(doc: &Value) -> String {
+    format!(
+        "{} of job {} is mounted read-only at {}; Ctrl-C unmounts it",
+        what_is_browsed(doc),
+        escape(doc["job"].as_str().unwrap_or("")),
+        escape(doc["dir"].as_str().unwrap_or(""))
+    )
+}
+
+fn what_is_browsed(doc: &Value) -> String {
+    match doc["snapshot"].as_str() {
+        Some(id) => format!("run {}", escape(id)),
+        None => "the latest state".to_string(),
+    }
+}
+
+/// `mount`'s result: still mounted (--background) or unmounted again.
+pub fn mount_lines(doc: &Value) -> Vec<String> {
+    let job = escape(doc["job"].as_str().unwrap_or(""));
+    let dir = escape(doc["dir"].as_str().unwrap_or(""));
+    if doc["background"].as_bool() == Some(true) {
+        let mut lines = vec![format!(
+            "{} of job {job} is mounted read-only at {dir}; `ciphersync umount {job} {dir}` unmounts it",
+            what_is_browsed(doc)
+        )];
+        if doc["snapshot"].is_string() {
+            lines.push(
+                "until then the job's backups, verifies and prunes find its lock held (exit 75)"
+                    .to_string(),
+            );
+        }
+        return lines;
+    }
+    vec![format!("unmounted {dir}")]
+}
+
+pub fn umount_lines(doc: &Value) -> Vec<String> {
+    let done = doc["unmounted"].as_array().cloned().unwrap_or_default();
+    if done.is_empty() {
+        return vec![format!(
+            "job {} has nothing mounted by `ciphersync mount`",
+            escape(doc["job"].as_str().unwrap_or(""))
+        )];
+    }
+    done.iter()
+        .map(|d| format!("unmounted {}", escape(d["dir"].as_str().unwrap_or(""))))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

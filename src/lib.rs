@@ -6,6 +6,7 @@
 //! directly by tests/fuzz_parsers.rs.
 
 pub mod about;
+pub mod browse;
 pub mod checksums;
 pub mod config;
 pub mod crypt;

@@ -4,8 +4,8 @@
 mod cli;
 
 use ciphersync::{
-    about, config, crypt, error, history, human, interrupt, keys, log, metrics, restore, rsync,
-    run, snapshots, status, sync, target, verify, wait,
+    about, browse, config, crypt, error, history, human, interrupt, keys, log, metrics, restore,
+    rsync, run, snapshots, status, sync, target, verify, wait,
 };
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -145,6 +145,38 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             let doc = history::diff(&ctx, &rest[0], &rest[1])?;
             drop(ctx);
             print_doc(cli, &doc, human::diff_lines);
+            Ok(0)
+        }
+        Command::Mount {
+            snapshot,
+            background,
+            args,
+        } => {
+            let (job, rest) = job_and_args(cli, args, 1, "mount JOB DIR")?;
+            let request = browse::Request {
+                dir: PathBuf::from(&rest[0]),
+                snapshot: snapshot.clone(),
+                background: *background,
+            };
+            let doc = browse::mount(&job, &request)?;
+            print_doc(cli, &doc, human::mount_lines);
+            Ok(0)
+        }
+        Command::Umount { args } => {
+            let (name, dir) = match (&cli.config, args.as_slice()) {
+                (Some(_), [dir]) => (None, Some(dir)),
+                (Some(_), []) => (None, None),
+                (None, [job]) => (Some(job.as_str()), None),
+                (None, [job, dir]) => (Some(job.as_str()), Some(dir)),
+                _ => {
+                    return Err(Error::usage(
+                        "usage: ciphersync umount JOB [DIR] (or -c FILE umount [DIR])",
+                    ));
+                }
+            };
+            let job = load_job(cli, name)?;
+            let doc = browse::umount(&job, dir.map(Path::new))?;
+            print_doc(cli, &doc, human::umount_lines);
             Ok(0)
         }
         Command::Key {

@@ -304,7 +304,16 @@ pub fn prepare_point(point: &Path) -> Result<()> {
 /// Unmounts whatever a killed run left mounted at or below `dir`, deepest
 /// first. Called with the job lock held, so nothing else is using them.
 pub fn clean_stale(dir: &Path) -> Result<Vec<PathBuf>> {
-    let stale = stale_points(mounts()?, dir);
+    clean_stale_except(dir, None)
+}
+
+/// `clean_stale`, leaving alone what lies below `keep` (the mounts of
+/// `ciphersync mount`, which outlive the run that made them).
+pub fn clean_stale_except(dir: &Path, keep: Option<&Path>) -> Result<Vec<PathBuf>> {
+    let mut stale = stale_points(mounts()?, dir);
+    if let Some(keep) = keep {
+        stale.retain(|p| !p.starts_with(keep));
+    }
     for point in &stale {
         log::warn(format!(
             "unmounting {} left behind by an earlier run",

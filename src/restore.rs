@@ -412,7 +412,7 @@ fn rebuild(ctx: &Context, remote: &PathTarget, id: &str) -> Result<Stage> {
 /// (relative, no `.`/`..`/empty component), appear once, and sit in a
 /// directory the record also lists, so that nothing built from it can be
 /// reached through a symlink.
-fn check_record_tree(id: &str, entries: &[TreeEntry]) -> Result<()> {
+pub(crate) fn check_record_tree(id: &str, entries: &[TreeEntry]) -> Result<()> {
     let corrupt =
         |why: String| Error::new(Kind::Corrupt, format!("record {id} of the target: {why}"));
     let mut seen = std::collections::HashSet::new();

@@ -33,6 +33,19 @@ impl Context<'_> {
     pub fn state(&self, name: &str) -> PathBuf {
         self.job.state_dir.join(name)
     }
+
+    /// The lock's descriptor, for a daemon that is to hold the lock after
+    /// the helper exits (browse.rs: the union of an older run).
+    pub fn lock_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&*self._lock)
+    }
+
+    /// Ends the stage without unlocking: a daemon that inherited the lock's
+    /// descriptor keeps the lock until it exits. (Dropping the lock would
+    /// unlock it for every holder of the descriptor.)
+    pub fn leave_lock_held(self) {
+        std::mem::forget(self);
+    }
 }
 
 /// Takes the lock and prepares the dirs; exits 75 (Kind::Locked) when
@@ -50,10 +63,15 @@ pub fn enter(job: &Job) -> Result<Context<'_>> {
     let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => lock,
         Err((_, Errno::EWOULDBLOCK)) => {
+            let browses = crate::browse::lock_holders(job);
+            let because = match browses.is_empty() {
+                true => String::new(),
+                false => format!(": {}", browses.join("; ")),
+            };
             return Err(Error::new(
                 Kind::Locked,
                 format!(
-                    "job {}: another run holds {}",
+                    "job {}: another run holds {}{because}",
                     job.name,
                     lock_path.display()
                 ),
@@ -67,8 +85,10 @@ pub fn enter(job: &Job) -> Result<Context<'_>> {
         }
     };
     // With the lock held nothing else uses our mount points: whatever is
-    // still mounted there was left by a run that was killed.
-    mount::clean_stale(&job.runtime_dir)?;
+    // still mounted there was left by a run that was killed. The mounts of
+    // `ciphersync mount` outlive the run that made them (browse.rs).
+    let browses = job.runtime_dir.join(crate::browse::BROWSE_DIR);
+    mount::clean_stale_except(&job.runtime_dir, Some(&browses))?;
     Ok(Context {
         job,
         started_at: SystemTime::now(),

@@ -235,6 +235,37 @@ impl Ssh {
     }
 }
 
+impl Ssh {
+    /// Mounts the job's remote directory read-only with an sshfs that
+    /// outlives the helper (`ciphersync mount`): it daemonizes once mounted,
+    /// and has its own connection (the config written to `config_file` has
+    /// no ControlPath), since a stage's master goes when the helper does.
+    /// `-o reconnect`: a browse may stay mounted for hours.
+    pub fn mount_detached(sftp: &Sftp, config_file: &Path, point: &Path) -> Result<()> {
+        check_identity_file(sftp)?;
+        check_known_hosts_file(sftp)?;
+        write_private(config_file, ssh_config_text(sftp, None)?.as_bytes())?;
+        let ssh = Ssh {
+            config_file: config_file.to_owned(),
+            sftp: sftp.clone(),
+            master: None,
+        };
+        let out = Cmd::new("sshfs")
+            .arg("-F")
+            .arg(config_file)
+            .arg(format!("{HOST_ALIAS}:{}", sftp.path.display()))
+            .arg(point)
+            .args(["-o", "ro", "-o", "noatime", "-o", "contain_symlinks"])
+            .args(["-o", "reconnect"])
+            .timeout(Duration::from_secs(u64::from(CONNECT_TIMEOUT_S) * 3))
+            .run()?;
+        if !out.success() {
+            return Err(ssh.connection_error(&out.stderr, "mounting with sshfs"));
+        }
+        Ok(())
+    }
+}
+
 fn identity_label(s: &Sftp) -> String {
     s.identity_file
         .as_ref()

@@ -161,7 +161,7 @@ pub fn descendants(pid: u32) -> Vec<(u32, String)> {
 /// How long [`assert_no_helpers_left`] waits for helpers to exit.
 pub const HELPERS_EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Waits (bounded, [`HELPERS_EXIT_TIMEOUT`]) until no gocryptfs, sshfs, rsync, ssh or ciphersync process
+/// Waits (bounded, [`HELPERS_EXIT_TIMEOUT`]) until no gocryptfs, sshfs, rsync, ssh, ciphersync or fuse-overlayfs process
 /// mentions `path` on its command line; panics listing them otherwise.
 pub fn assert_no_helpers_left(path: &Path) {
     let needle = path.to_string_lossy().into_owned();
@@ -170,7 +170,15 @@ pub fn assert_no_helpers_left(path: &Path) {
             .into_iter()
             .filter(|(pid, _, comm, cmd)| {
                 *pid != std::process::id()
-                    && ["gocryptfs", "sshfs", "rsync", "ssh", "ciphersync"].contains(&comm.as_str())
+                    && [
+                        "gocryptfs",
+                        "sshfs",
+                        "rsync",
+                        "ssh",
+                        "ciphersync",
+                        "fuse-overlayfs",
+                    ]
+                    .contains(&comm.as_str())
                     && cmd.contains(&needle)
             })
             .map(|(pid, ppid, comm, cmd)| {

@@ -164,6 +164,11 @@ pub enum Command {
         #[command(subcommand)]
         action: KeyAction,
     },
+    /// The server side of an account (sshd's ForceCommand): SFTP, a
+    /// confined `rsync --server` and read-only questions, nothing else;
+    /// with --seal (root, from a timer) seal the finished runs of an
+    /// append-only account.
+    Serve(ciphersync::serve::ServeArgs),
     /// Print a shell completion script (for packaging).
     #[command(hide = true)]
     Completions {

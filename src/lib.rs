@@ -28,6 +28,7 @@ pub mod restore;
 pub mod rsync;
 pub mod run;
 pub mod sample;
+pub mod serve;
 pub mod snapshots;
 pub mod split;
 pub mod state;

@@ -199,6 +199,7 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             print_doc(cli, &doc, human::key_check_lines);
             Ok(0)
         }
+        Command::Serve(args) => ciphersync::serve::main(args),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();

@@ -565,6 +565,12 @@ pub fn prune(job: &Job, remote: &dyn Target, dry_run: bool) -> Result<PrunePlan>
     if job.snapshots.keep_last.is_none() && job.snapshots.keep_days.is_none() {
         return Ok(PrunePlan::default()); // no bound: keep everything, list nothing
     }
+    // An append-only account (`ciphersync serve --seal`): its server
+    // applies the retention; sealed runs cannot be deleted from here.
+    if let Some(says) = crate::serve::server_keeps(remote)? {
+        crate::log::info(says);
+        return Ok(PrunePlan::default());
+    }
     let plan = plan_prune(
         &recorded_ids(remote)?,
         &snapshot_dir_ids(remote)?,

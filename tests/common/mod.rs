@@ -39,6 +39,7 @@ pub mod job;
 pub mod procs;
 pub mod readme;
 pub mod run;
+pub mod serve;
 pub mod servers;
 pub mod sshd;
 pub mod tempdir;
@@ -59,6 +60,8 @@ pub use readme::*;
 #[allow(unused_imports)]
 pub use run::*;
 pub use serde_json::{Value, json};
+#[allow(unused_imports)]
+pub use serve::*;
 #[allow(unused_imports)]
 pub use servers::*;
 #[allow(unused_imports)]

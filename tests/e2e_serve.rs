@@ -1,0 +1,350 @@
+//! `ciphersync serve` as an account's ForceCommand on the real OpenSSH
+//! (issue 16): what it allows and refuses, a whole job through it, and
+//! sealed history that a client holding the account's key cannot erase.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+fn require(test: &str) -> bool {
+    let mut tools: Vec<&str> = SFTP_TOOLS.to_vec();
+    tools.extend_from_slice(&["useradd", "usermod", "getent", "flock", "id", SFTP_SERVER]);
+    require_tools(test, &tools)
+}
+
+/// A refusal: exit 1 and exactly one line on stderr holding `says`.
+fn assert_refused(o: &Out, what: &str, says: &str) {
+    let lines: Vec<&str> = o.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        o.code == 1 && lines.len() == 1 && lines[0].contains(says),
+        "{what}: expected exit 1 and one line saying {says:?}:\n{}",
+        o.dump()
+    );
+}
+
+#[test]
+fn serve_allows_the_listed_requests_and_refuses_the_rest() {
+    if !require("serve_allows_listed") {
+        return;
+    }
+    let tmp = TempDir::new("serve-allow");
+    let acct = ServeAccount::start(tmp.path(), false);
+    let root = acct.root.display().to_string();
+    assert_ne!(acct.uid, 0, "the serve account must not be root");
+
+    for (cmd, says) in [
+        ("sh -c true", "command not allowed: \"sh\""),
+        ("cat /etc/passwd", "command not allowed: \"cat\""),
+        (
+            "rsync --version",
+            "rsync runs here only as `rsync --server`",
+        ),
+        ("ls; id", "shell syntax"),
+        ("sha1sum /etc/passwd", "outside this account's directory"),
+        ("sha1sum files/../../../etc/passwd", "holds `..`"),
+        (
+            "rsync --server -slogDtpre.iLsfxCIvu . files/",
+            "rsync option not allowed",
+        ),
+        (
+            "rsync --server -logDtpre.iLsfxCIvu --log-file=/tmp/x . files/",
+            "--log-file",
+        ),
+        (
+            "rsync --server -logDtpre.iLsfxCIvu . /etc/",
+            "outside this account's directory",
+        ),
+    ] {
+        assert_refused(&acct.ssh(cmd), cmd, says);
+    }
+    // Too many words: refused by serve itself, in one line.
+    let many = format!("sha1sum{}", " a".repeat(5000));
+    assert_refused(&acct.ssh(&many), "5000 words", "more than 4096 words");
+
+    // SFTP, as the account, in its root.
+    let up = tmp.path().join("up.txt");
+    fs::write(&up, b"through serve\n").unwrap();
+    acct.sftp_batch(&format!("put {} {root}/x.txt\n", up.display()))
+        .expect_code(0, "sftp put through serve");
+    assert_eq!(
+        fs::symlink_metadata(acct.root.join("x.txt")).unwrap().uid(),
+        acct.uid,
+        "sftp-server did not run as the account"
+    );
+
+    // The probe's questions and sha1sum, answered by serve.
+    let o = acct.ssh("rsync --server --version");
+    o.expect_code(0, "rsync --server --version");
+    assert!(o.text().contains("rsync"), "{}", o.dump());
+    let o = acct.ssh("sha1sum --version");
+    o.expect_code(0, "sha1sum --version");
+    assert!(o.stdout.contains("sha1sum"), "{}", o.dump());
+    let o = acct.ssh(&format!("sha1sum -- {root}/x.txt x.txt"));
+    o.expect_code(0, "sha1sum through serve");
+    let sum = sha1_file(&acct.root.join("x.txt"));
+    assert_eq!(
+        o.stdout,
+        format!("{sum}  {root}/x.txt\n{sum}  x.txt\n"),
+        "sha1sum's answer"
+    );
+
+    // A symlink the client plants is never followed out of the root.
+    acct.sftp_batch(&format!(
+        "symlink /etc {root}/etc\nsymlink /etc/passwd {root}/pw\n"
+    ))
+    .expect_code(0, "sftp symlink");
+    assert_refused(
+        &acct.ssh("sha1sum pw"),
+        "sha1sum of a symlink",
+        "is a symlink",
+    );
+    assert_refused(
+        &acct.ssh("sha1sum etc/passwd"),
+        "sha1sum through a symlinked dir",
+        "passes a symlink",
+    );
+    let dir = tmp.path().join("push");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("f"), b"x").unwrap();
+    let o = acct.rsync_to(&["-r"], &dir, &format!("{root}/etc/"));
+    assert_ne!(o.code, 0, "rsync through a planted symlink:\n{}", o.dump());
+    assert!(o.stderr.contains("passes a symlink"), "{}", o.dump());
+
+    // rsync into the root works, and runs as the account.
+    acct.rsync_to(&["-a"], &dir, &format!("{root}/"))
+        .expect_code(0, "rsync through serve");
+    assert_eq!(fs::read(acct.root.join("push/f")).unwrap(), b"x");
+    assert_eq!(
+        fs::symlink_metadata(acct.root.join("push/f"))
+            .unwrap()
+            .uid(),
+        acct.uid
+    );
+
+    // The whole-tree list in hash.sh's format.
+    fs::create_dir_all(acct.root.join("files/d")).unwrap();
+    fs::write(acct.root.join("files/d/b"), b"b").unwrap();
+    fs::write(acct.root.join("files/a.c"), b"a").unwrap();
+    let o = acct.ssh("ciphersync-server sha1 files");
+    o.expect_code(0, "ciphersync-server sha1 files");
+    assert_eq!(
+        o.stdout,
+        format!(
+            "{}  ./a.c\n{}  ./d/b\n",
+            sha1_file(&acct.root.join("files/a.c")),
+            sha1_file(&acct.root.join("files/d/b"))
+        )
+    );
+    let o = acct.ssh("ciphersync-server info");
+    o.expect_code(0, "info");
+    assert!(o.stdout.contains("append-only no"), "{}", o.dump());
+}
+
+fn snapshot_ids(job: &Job) -> Vec<String> {
+    let (o, v) = job.run_json(&["snapshots"]);
+    o.expect_code(0, "snapshots --json");
+    v["snapshots"]
+        .as_array()
+        .unwrap_or_else(|| panic!("snapshots --json: {v}"))
+        .iter()
+        .map(|r| r["id"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn restore_snapshot(job: &Job, id: &str, dir: &str) -> std::path::PathBuf {
+    let to = job.root.join(dir);
+    fs::create_dir_all(&to).unwrap();
+    job.run(&["restore", "--snapshot", id, "--to", to.to_str().unwrap()])
+        .expect_code(0, &format!("restore --snapshot {id}"));
+    to
+}
+
+#[test]
+fn a_job_over_rsync_runs_through_serve() {
+    if !require("serve_job_rsync") {
+        return;
+    }
+    let job = serve_job("serve-job", "rsync", false, json!({}));
+    make_features_tree(&job.source);
+    job.ok(&["init"]);
+    let first = job.backup_ok()["snapshot"].as_str().unwrap().to_string();
+    let as_of_first = job.root.join("as-of-first");
+    copy_tree(&job.source, &as_of_first);
+    // serve is recognised as a storage box with rsync and sha1sum.
+    let caps: Value = serde_json::from_str(
+        &fs::read_to_string(job.state_dir.join("target-capabilities.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (&caps["shell"], &caps["rsync_server"], &caps["sha1sum"]),
+        (&json!(false), &json!(true), &json!(true)),
+        "what the probe learned of a serve account: {caps}"
+    );
+    change_features_tree(&job.source);
+    let second = job.backup_ok();
+    assert!(second["transferred"].as_u64().unwrap_or(0) >= 3, "{second}");
+    job.verify_ok(false);
+    job.verify_ok(true);
+    job.restore_and_compare("restored-latest");
+    let to = restore_snapshot(&job, &first, "restored-first");
+    assert_trees_equal(&as_of_first, &to);
+    job.assert_clean();
+}
+
+/// Every entry below `dir` with its type, size, mode, owner and content.
+fn state_of(dir: &Path) -> Vec<String> {
+    walk(dir)
+        .into_iter()
+        .map(|(rel, m)| {
+            let content = match m.is_file() {
+                true => sha1_file(&dir.join(&rel)),
+                false => String::new(),
+            };
+            format!(
+                "{} {:o} {} {} {content}",
+                rel.display(),
+                m.mode(),
+                m.uid(),
+                m.len()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn sealed_runs_survive_a_compromised_client() {
+    if !require("serve_sealed") {
+        return;
+    }
+    // keep_last 1: the client's retention would delete every older run.
+    let job = serve_job(
+        "serve-sealed",
+        "rsync",
+        true,
+        json!({ "snapshots": { "keep_last": 1 } }),
+    );
+    let acct = &job.account;
+    let root = acct.root.display().to_string();
+    make_features_tree(&job.source);
+    job.ok(&["init"]);
+    let first = job.backup_ok()["snapshot"].as_str().unwrap().to_string();
+    let as_of_first = job.root.join("as-of-first");
+    copy_tree(&job.source, &as_of_first);
+    let o = acct.seal(&[]);
+    o.expect_code(0, "seal after the first run");
+    assert!(o.stdout.contains("sealed 1 records"), "{}", o.dump());
+    change_features_tree(&job.source);
+    let second = job.backup_ok()["snapshot"].as_str().unwrap().to_string();
+    let o = acct.seal(&[]);
+    o.expect_code(0, "seal after the second run");
+    assert!(
+        o.stdout.contains("sealed 1 records and 1 snapshot dirs"),
+        "{}",
+        o.dump()
+    );
+    assert_eq!(snapshot_ids(&job), [first.clone(), second.clone()]);
+
+    // The client's prune defers to the server and changes nothing.
+    let o = job.run(&["prune"]);
+    o.expect_code(0, "prune against an append-only account");
+    assert!(
+        o.stderr.contains("append-only") && o.stderr.contains("keep-last all"),
+        "prune did not say what the server keeps:\n{}",
+        o.dump()
+    );
+
+    let records = acct.root.join("records");
+    let snapshots = acct.root.join("snapshots");
+    let before = (state_of(&records), state_of(&snapshots));
+    let record = format!("{root}/records/{first}.rec");
+    let snap = format!("{root}/snapshots/{second}");
+    let victim = walk(&snapshots.join(&second))
+        .into_iter()
+        .find(|(_, m)| m.is_file())
+        .map(|(rel, _)| format!("{snap}/{}", rel.display()))
+        .expect("the second run's snapshot holds a file");
+    let empty = job.root.join("empty");
+    fs::write(&empty, b"").unwrap();
+    let evil = job.root.join("evil");
+    fs::write(&evil, b"ransom\n").unwrap();
+
+    // SFTP: delete, rename, truncate, overwrite, chmod; one at a time.
+    for batch in [
+        format!("rm {record}"),
+        format!("rename {record} {root}/records/x.rec"),
+        format!("put {} {record}", empty.display()),
+        format!("put {} {record}", evil.display()),
+        format!("chmod 666 {record}"),
+        format!("rm {victim}"),
+        format!("put {} {victim}", empty.display()),
+        format!("rename {victim} {root}/files/stolen"),
+        format!("rmdir {snap}"),
+        format!("rename {snap} {root}/snapshots/x"),
+        format!("rename {root}/records {root}/records.old"),
+        format!("rename {root}/snapshots {root}/snapshots.old"),
+    ] {
+        let o = acct.sftp_batch(&format!("{batch}\n"));
+        assert_ne!(
+            o.code,
+            0,
+            "sftp `{batch}` worked on sealed history:\n{}",
+            o.dump()
+        );
+    }
+    // rsync: delete the records and a snapshot, overwrite a record.
+    let empty_dir = job.root.join("empty-dir");
+    fs::create_dir_all(&empty_dir).unwrap();
+    for (args, src, dest) in [
+        (
+            &["-r", "--delete"][..],
+            &empty_dir,
+            format!("{root}/records/"),
+        ),
+        (&["-r", "--delete"][..], &empty_dir, format!("{snap}/")),
+        (&["-r", "--delete"][..], &empty_dir, format!("{root}/")),
+        (&[][..], &evil, record.clone()),
+        (&["--inplace"][..], &evil, record.clone()),
+    ] {
+        let with_slash = format!("{}/", src.display());
+        let src_arg = if src.is_dir() {
+            Path::new(&with_slash)
+        } else {
+            src.as_path()
+        };
+        let o = acct.rsync_to(args, src_arg, &dest);
+        assert_ne!(
+            o.code,
+            0,
+            "rsync {args:?} to {dest} worked on sealed history:\n{}",
+            o.dump()
+        );
+    }
+    assert_eq!(
+        (state_of(&records), state_of(&snapshots)),
+        before,
+        "the sealed records or snapshots changed"
+    );
+
+    // The next honest backup and a point-in-time restore still work.
+    fs::write(job.source.join("after-attack.txt"), b"still backing up\n").unwrap();
+    let third = job.backup_ok()["snapshot"].as_str().unwrap().to_string();
+    acct.seal(&[]).expect_code(0, "seal after the third run");
+    assert_eq!(snapshot_ids(&job), [first.clone(), second, third]);
+    let to = restore_snapshot(&job, &first, "restored-first");
+    assert_trees_equal(&as_of_first, &to);
+    job.restore_and_compare("restored-latest");
+
+    // Retention runs on the server.
+    let o = acct.seal(&["--keep-last", "1"]);
+    o.expect_code(0, "seal --keep-last 1");
+    assert!(
+        o.stdout.contains("retention removed 2 records"),
+        "{}",
+        o.dump()
+    );
+    assert_eq!(snapshot_ids(&job).len(), 1, "the server's retention");
+    job.assert_clean();
+}

@@ -557,6 +557,7 @@ mod tests {
             mode,
             size: 0,
             path: path.into(),
+            link: None,
         }
     }
 

@@ -28,6 +28,7 @@ pub mod rsync;
 pub mod run;
 pub mod sample;
 pub mod snapshots;
+pub mod source_snapshot;
 pub mod split;
 pub mod state;
 pub mod stats;

@@ -4,6 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use nix::errno::Errno;
@@ -20,10 +21,20 @@ use crate::{fsutil, log, mount};
 pub struct Context<'a> {
     pub job: &'a Job,
     pub started_at: SystemTime,
-    _lock: Flock<File>,
+    _lock: Arc<Flock<File>>,
 }
 
 impl Context<'_> {
+    /// The same run (its lock, its start) working on `job`: the job as a
+    /// source snapshot shows it (source_snapshot.rs).
+    pub fn with_job<'b>(&self, job: &'b Job) -> Context<'b> {
+        Context {
+            job,
+            started_at: self.started_at,
+            _lock: Arc::clone(&self._lock),
+        }
+    }
+
     /// A path under the job's runtime dir (mount points, sockets).
     pub fn runtime(&self, name: &str) -> PathBuf {
         self.job.runtime_dir.join(name)
@@ -69,10 +80,12 @@ pub fn enter(job: &Job) -> Result<Context<'_>> {
     // With the lock held nothing else uses our mount points: whatever is
     // still mounted there was left by a run that was killed.
     mount::clean_stale(&job.runtime_dir)?;
+    // And a source snapshot a killed backup could not remove.
+    crate::source_snapshot::remove_stale(job)?;
     Ok(Context {
         job,
         started_at: SystemTime::now(),
-        _lock: lock,
+        _lock: Arc::new(lock),
     })
 }
 

@@ -1607,7 +1607,7 @@ mod tests {
             (
                 add(r#""colour": 1"#),
                 "unknown field `colour` (the job's fields are: version, name, source, exclude, \
-                 password_file, gocryptfs_config, filenames, target, snapshots, verify, \
+                 source_snapshot, password_file, gocryptfs_config, filenames, target, snapshots, verify, \
                  max_delete_percent, state_dir, runtime_dir, password_credential)",
             ),
             (

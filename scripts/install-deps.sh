@@ -9,8 +9,9 @@ packages=(gocryptfs sshfs fuse-overlayfs rsync openssh-server openssh-client fus
 # openssl: the remote hashing script's fast path, tested against sha1sum.
 # python3-prometheus-client: its parser reads the --metrics-file output.
 # rclone: `rclone serve sftp`, one of the server kinds of tests/e2e_servers.rs.
-# shellcheck: the server-side scripts (src/target/scripts) are checked in a test.
-[[ "${1:-}" == "--test" ]] && packages+=(nix-bin debootstrap systemd-container iproute2 openssl python3-prometheus-client rclone shellcheck)
+# The shellcheck package: the server-side scripts (src/target/scripts) are checked in a test.
+# btrfs-progs: source_snapshot "btrfs" on a loop device (tests/e2e_source_snapshot.rs).
+[[ "${1:-}" == "--test" ]] && packages+=(nix-bin debootstrap systemd-container iproute2 openssl python3-prometheus-client rclone shellcheck btrfs-progs)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -112,8 +112,9 @@ pub const GOCRYPTFS_BUGS: [GocryptfsBug; 2] = [
         with_exclude: true,
         what: "with -exclude-wildcard, -reverse can hide the gocryptfs.longname.*.name files \
                of long names, so those names cannot be decrypted from the backup",
-        fix: "fixed after gocryptfs 2.6.1 (its commit 5f5c34a): use a gocryptfs with that fix, \
-              or no exclude patterns",
+        fix: "fixed after gocryptfs 2.6.1 (its commit 5f5c34a): ciphersync refuses the \
+              patterns that reach it (check-config names them); use a gocryptfs with that fix \
+              for allow-lists",
         affects: |v| v <= [2, 6, 1],
     },
 ];
@@ -126,6 +127,163 @@ pub fn gocryptfs_bugs(release: [u32; 3], uses_exclude: Option<bool>) -> Vec<&'st
         .filter(|b| (b.affects)(release))
         .filter(|b| !b.with_exclude || uses_exclude != Some(false))
         .collect()
+}
+
+/// Whether a release has bug 686: in `-reverse`, a long name's
+/// `gocryptfs.longname.*.name` file is checked against the exclude
+/// patterns by the *encrypted* path of its directory, and reading it fails
+/// with EPERM when that path is excluded (so rsync fails on every run).
+pub fn has_exclude_bug_686(release: [u32; 3]) -> bool {
+    GOCRYPTFS_BUGS
+        .iter()
+        .any(|b| b.issue == 686 && (b.affects)(release))
+}
+
+/// The exclude patterns (index, pattern) that can exclude an *encrypted*
+/// directory path, and so hide long names' `.name` files under gocryptfs
+/// bug 686. gocryptfs reads each pattern as sabhiram/go-gitignore does:
+/// trimmed, `#` a comment, a leading `!` a re-include (which never
+/// excludes), `/`-separated components, `*` any run within a component,
+/// `**` any run of components, `?` a literal, `[...]` a class, other
+/// regular-expression characters passed through. A pattern can exclude an
+/// encrypted path when each of its components can match an encrypted name
+/// (22 or more characters of `A-Za-z0-9_-`, or `gocryptfs.longname.` and
+/// 43 of them); a class or a raw regular-expression character counts as
+/// able to (this errs on the side of refusing). So `*`, `/*`, `*-*` are
+/// refused, `*.tmp`, `cache/`, `/build`, `.git` are not.
+pub fn patterns_hit_by_bug_686(patterns: &[String]) -> Vec<(usize, &str)> {
+    patterns
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| can_exclude_encrypted_path(p))
+        .map(|(i, p)| (i, p.as_str()))
+        .collect()
+}
+
+fn can_exclude_encrypted_path(pattern: &str) -> bool {
+    let line = pattern.trim_matches(' ');
+    if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+        return false;
+    }
+    let line = line
+        .strip_prefix("\\#")
+        .or_else(|| line.strip_prefix("\\!"))
+        .map(|rest| rest.to_string())
+        .unwrap_or_else(|| line.to_string());
+    line.split('/')
+        .filter(|c| !c.is_empty() && *c != "**")
+        .all(component_can_match_encrypted_name)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum GlobToken {
+    Star,
+    AnyChar,
+    Literal(u8),
+}
+
+/// A state of the automaton of encrypted names: `Short(n)`, n characters
+/// of a plain encrypted name so far (22 and more accepted, counted up to
+/// 22); `Prefix(n)`, n characters of `gocryptfs.longname.`; `Hash(n)`, n of
+/// the 43 hash characters after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum NameState {
+    Start,
+    Short(u8),
+    Prefix(u8),
+    Hash(u8),
+}
+
+const LONGNAME_PREFIX: &[u8] = b"gocryptfs.longname.";
+const SHORT_MIN: u8 = 22;
+const HASH_LEN: u8 = 43;
+
+fn is_b64(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'-' || c == b'_'
+}
+
+impl NameState {
+    fn accepting(self) -> bool {
+        matches!(self, NameState::Short(n) if n >= SHORT_MIN) || self == NameState::Hash(HASH_LEN)
+    }
+
+    /// The states after one character; `None` stands for any character.
+    fn next(self, c: Option<u8>) -> Vec<NameState> {
+        let b64 = c.is_none_or(is_b64);
+        let mut out = Vec::new();
+        match self {
+            NameState::Start => {
+                if b64 {
+                    out.push(NameState::Short(1));
+                }
+                if c.is_none_or(|c| c == LONGNAME_PREFIX[0]) {
+                    out.push(NameState::Prefix(1));
+                }
+            }
+            NameState::Short(n) if b64 => out.push(NameState::Short((n + 1).min(SHORT_MIN))),
+            NameState::Prefix(n)
+                if (n as usize) < LONGNAME_PREFIX.len()
+                    && c.is_none_or(|c| c == LONGNAME_PREFIX[n as usize]) =>
+            {
+                out.push(if n as usize + 1 == LONGNAME_PREFIX.len() {
+                    NameState::Hash(0)
+                } else {
+                    NameState::Prefix(n + 1)
+                });
+            }
+            NameState::Hash(n) if n < HASH_LEN && b64 => out.push(NameState::Hash(n + 1)),
+            _ => {}
+        }
+        out
+    }
+}
+
+/// Whether one pattern component can match some encrypted name: a search
+/// over (position in the pattern, state of the name automaton).
+fn component_can_match_encrypted_name(component: &str) -> bool {
+    let bytes = component.as_bytes();
+    if bytes.iter().any(|b| b"+(){}|^$\\".contains(b)) {
+        return true;
+    }
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'*' => tokens.push(GlobToken::Star),
+            b'[' => {
+                tokens.push(GlobToken::AnyChar);
+                while i < bytes.len() && bytes[i] != b']' {
+                    i += 1;
+                }
+            }
+            c => tokens.push(GlobToken::Literal(c)),
+        }
+        i += 1;
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut todo = vec![(0usize, NameState::Start)];
+    while let Some((at, state)) = todo.pop() {
+        if !seen.insert((at, state)) {
+            continue;
+        }
+        let Some(token) = tokens.get(at) else {
+            if state.accepting() {
+                return true;
+            }
+            continue;
+        };
+        match token {
+            GlobToken::Star => {
+                todo.push((at + 1, state));
+                todo.extend(state.next(None).into_iter().map(|s| (at, s)));
+            }
+            GlobToken::AnyChar => todo.extend(state.next(None).into_iter().map(|s| (at + 1, s))),
+            GlobToken::Literal(c) => {
+                todo.extend(state.next(Some(*c)).into_iter().map(|s| (at + 1, s)))
+            }
+        }
+    }
+    false
 }
 
 /// The installed gocryptfs: what `gocryptfs -version` printed (its
@@ -221,6 +379,57 @@ mod tests {
         assert_eq!(release("gocryptfs [GitAttributes]; go-fuse"), None);
         assert_eq!(release("gocryptfs 2; go-fuse"), None);
         assert_eq!(release("rsync version 3.2.7"), None);
+    }
+
+    #[test]
+    fn patterns_that_can_exclude_an_encrypted_path() {
+        let hit = |p: &str| can_exclude_encrypted_path(p);
+        for p in [
+            "*",
+            "/*",
+            "**",
+            "*-*",
+            "*_*",
+            "[a-z]*",
+            "**/A*",
+            "*.*",
+            "gocryptfs.*",
+            "*longname*",
+            "a+",
+            "*/",
+            "/*/*",
+            // Possible, if unlikely: a name of 22 characters could start and end so.
+            "short*name",
+        ] {
+            assert!(hit(p), "{p:?} can exclude an encrypted path");
+        }
+        for p in [
+            "*.tmp",
+            "cache/",
+            "/build",
+            ".git",
+            "node_modules",
+            "*~",
+            "*.o",
+            "!/docs",
+            "!*",
+            "# *",
+            "   ",
+            "/home/*.tmp",
+            "*/cache",
+            "target/**",
+            "?*",
+        ] {
+            assert!(!hit(p), "{p:?} cannot exclude an encrypted path");
+        }
+        // 22 characters of base64 can be a whole encrypted name.
+        assert!(hit("Ckdzsn3MiFFyXiokYPQGnQ"));
+        assert!(!hit("Ckdzsn3MiFFyXiokYPQGn"));
+        let patterns: Vec<String> = ["*.tmp", "/*", "!/docs"].map(String::from).to_vec();
+        assert_eq!(patterns_hit_by_bug_686(&patterns), [(1, "/*")]);
+        assert!(has_exclude_bug_686([2, 3, 0]));
+        assert!(has_exclude_bug_686([2, 6, 1]));
+        assert!(!has_exclude_bug_686([2, 6, 2]));
     }
 
     #[test]

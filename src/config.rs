@@ -56,6 +56,25 @@ pub enum RemoteChecksums {
     Mount,
 }
 
+/// `source_snapshot`: the file system snapshot a backup reads instead of
+/// the live source (source_snapshot.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotKind {
+    Btrfs,
+    Zfs,
+    Lvm,
+}
+
+impl SnapshotKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SnapshotKind::Btrfs => "btrfs",
+            SnapshotKind::Zfs => "zfs",
+            SnapshotKind::Lvm => "lvm",
+        }
+    }
+}
+
 /// Snapshot retention; a bound that is `None` is not applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Retention {
@@ -69,6 +88,9 @@ pub struct Job {
     pub name: String,
     pub source: PathBuf,
     pub exclude: Vec<String>,
+    /// `source_snapshot`: back up a read-only snapshot of the source taken
+    /// at the start of the run (None: the live tree).
+    pub source_snapshot: Option<SnapshotKind>,
     pub password_file: PathBuf,
     pub gocryptfs_config: PathBuf,
     pub filenames: Filenames,
@@ -410,6 +432,7 @@ const JOB_FIELDS: &[&str] = &[
     "name",
     "source",
     "exclude",
+    "source_snapshot",
     "password_file",
     "gocryptfs_config",
     "filenames",
@@ -684,6 +707,17 @@ fn resolve(tree: &Value) -> Checked<Job> {
     let exclude = job
         .optional("exclude", exclude_patterns)?
         .unwrap_or_default();
+    let source_snapshot = job.optional("source_snapshot", |f, v| {
+        choice(
+            f,
+            v,
+            &[
+                ("btrfs", SnapshotKind::Btrfs),
+                ("zfs", SnapshotKind::Zfs),
+                ("lvm", SnapshotKind::Lvm),
+            ],
+        )
+    })?;
     let password_file = job.read("password_file", abs_path)?;
     let gocryptfs_config = job
         .optional("gocryptfs_config", abs_path)?
@@ -753,6 +787,7 @@ fn resolve(tree: &Value) -> Checked<Job> {
         name,
         source,
         exclude,
+        source_snapshot,
         password_file,
         gocryptfs_config,
         filenames,
@@ -1187,6 +1222,26 @@ mod tests {
     }
 
     #[test]
+    fn source_snapshot_takes_a_kind_or_nothing() {
+        assert_eq!(parse(GOOD).unwrap().source_snapshot, None);
+        for (text, kind) in [
+            ("btrfs", SnapshotKind::Btrfs),
+            ("zfs", SnapshotKind::Zfs),
+            ("lvm", SnapshotKind::Lvm),
+        ] {
+            let job = parse(&set_field(&format!(r#""source_snapshot": "{text}""#))).unwrap();
+            assert_eq!(job.source_snapshot, Some(kind));
+            assert_eq!(kind.name(), text);
+        }
+        let job = parse(&set_field(r#""source_snapshot": null"#)).unwrap();
+        assert_eq!(job.source_snapshot, None);
+        assert_eq!(
+            error_of(&set_field(r#""source_snapshot": "ext4""#)),
+            r#"field `source_snapshot`: expected one of "btrfs", "zfs" or "lvm", found the string "ext4""#
+        );
+    }
+
+    #[test]
     fn good_file_gets_defaults() {
         let job = parse(GOOD).unwrap();
         assert_eq!(
@@ -1552,7 +1607,7 @@ mod tests {
             (
                 add(r#""colour": 1"#),
                 "unknown field `colour` (the job's fields are: version, name, source, exclude, \
-                 password_file, gocryptfs_config, filenames, target, snapshots, verify, \
+                 source_snapshot, password_file, gocryptfs_config, filenames, target, snapshots, verify, \
                  max_delete_percent, state_dir, runtime_dir, password_credential)",
             ),
             (

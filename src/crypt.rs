@@ -83,6 +83,7 @@ pub fn init(job: &Job) -> Result<InitOutcome> {
 /// Mounts the encrypted view of the source at `point`. With `ctlsock`, the
 /// mount answers path decryption requests there.
 pub fn mount_reverse(job: &Job, point: &Path, ctlsock: Option<&Path>) -> Result<Mount> {
+    check_excludes(job)?;
     check_source(job)?;
     check_password_file(job)?;
     require_config(job)?;
@@ -144,6 +145,55 @@ pub fn mount_forward_detached(job: &Job, cipher_dir: &Path, point: &Path) -> Res
         return Err(explain_failure(job, &out, "mounting the backup decrypted"));
     }
     Ok(())
+}
+
+/// Refuses the exclude patterns that the installed gocryptfs mishandles:
+/// before the fix of gocryptfs issue 686 (after 2.6.1), `-reverse` checks
+/// a long name's `gocryptfs.longname.*.name` file against the patterns by
+/// the *encrypted* path of its directory; where a pattern excludes that
+/// path (`/*` of an allow-list, `*-*`), reading the file fails with EPERM,
+/// rsync fails on every run and the long name can never be restored.
+/// Rewriting the patterns cannot help (the encrypted paths are not known
+/// before the view is mounted), so such a job is refused, naming the
+/// field; patterns that cannot match an encrypted name pass (see
+/// `about::patterns_hit_by_bug_686`). Plaintext names have no `.name`
+/// files. An unknown gocryptfs version is not refused (`--version` and
+/// every backup warn about it).
+pub fn check_excludes(job: &Job) -> Result<()> {
+    if job.exclude.is_empty() || job.filenames == Filenames::Plaintext {
+        return Ok(());
+    }
+    let hits = crate::about::patterns_hit_by_bug_686(&job.exclude);
+    let Some(&(index, pattern)) = hits.first() else {
+        return Ok(());
+    };
+    static RELEASE: std::sync::OnceLock<Option<[u32; 3]>> = std::sync::OnceLock::new();
+    let release = *RELEASE.get_or_init(|| crate::about::installed_gocryptfs().and_then(|(_, r)| r));
+    let Some(release @ [a, b, c]) = release else {
+        return Ok(());
+    };
+    if !crate::about::has_exclude_bug_686(release) {
+        return Ok(());
+    }
+    let more = match hits.len() {
+        1 => String::new(),
+        n => format!(
+            " ({} more pattern{} too)",
+            n - 1,
+            if n > 2 { "s" } else { "" }
+        ),
+    };
+    Err(Error::new(
+        Kind::Usage,
+        format!(
+            "job {}: field `exclude[{index}]` {pattern:?}{more}: the installed gocryptfs {a}.{b}.{c} \
+             hides the gocryptfs.longname.*.name files of long names in every directory whose \
+             encrypted path such a pattern matches (gocryptfs issue 686, fixed after 2.6.1), so a \
+             backup holding such a name would fail on every run; use patterns that cannot match an \
+             encrypted name (such as *.tmp, cache/, /build), or a gocryptfs with the fix",
+            job.name
+        ),
+    ))
 }
 
 fn explain_failure(job: &Job, out: &Output, doing: &str) -> Error {

@@ -30,6 +30,7 @@ pub mod run;
 pub mod sample;
 pub mod serve;
 pub mod snapshots;
+pub mod source_snapshot;
 pub mod split;
 pub mod state;
 pub mod stats;

@@ -364,7 +364,7 @@ fn load_job_file(cli: &Cli, name: Option<&str>) -> Result<Job> {
 fn check_config(files: &[PathBuf], as_json: bool) -> Result<i32> {
     let mut failures = Vec::new();
     for file in files {
-        match config::load(file) {
+        match config::load(file).and_then(|job| crypt::check_excludes(&job).map(|()| job)) {
             Ok(job) => {
                 if !as_json {
                     println!("{}: ok (job {})", file.display(), job.name);

@@ -4,6 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use nix::errno::Errno;
@@ -20,10 +21,20 @@ use crate::{fsutil, log, mount};
 pub struct Context<'a> {
     pub job: &'a Job,
     pub started_at: SystemTime,
-    _lock: Flock<File>,
+    _lock: Arc<Flock<File>>,
 }
 
 impl Context<'_> {
+    /// The same run (its lock, its start) working on `job`: the job as a
+    /// source snapshot shows it (source_snapshot.rs).
+    pub fn with_job<'b>(&self, job: &'b Job) -> Context<'b> {
+        Context {
+            job,
+            started_at: self.started_at,
+            _lock: Arc::clone(&self._lock),
+        }
+    }
+
     /// A path under the job's runtime dir (mount points, sockets).
     pub fn runtime(&self, name: &str) -> PathBuf {
         self.job.runtime_dir.join(name)
@@ -37,7 +48,7 @@ impl Context<'_> {
     /// The lock's descriptor, for a daemon that is to hold the lock after
     /// the helper exits (browse.rs: the union of an older run).
     pub fn lock_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        std::os::fd::AsFd::as_fd(&*self._lock)
+        std::os::fd::AsFd::as_fd(&**self._lock)
     }
 
     /// Ends the stage without unlocking: a daemon that inherited the lock's
@@ -89,10 +100,12 @@ pub fn enter(job: &Job) -> Result<Context<'_>> {
     // `ciphersync mount` outlive the run that made them (browse.rs).
     let browses = job.runtime_dir.join(crate::browse::BROWSE_DIR);
     mount::clean_stale_except(&job.runtime_dir, Some(&browses))?;
+    // And a source snapshot a killed backup could not remove.
+    crate::source_snapshot::remove_stale(job)?;
     Ok(Context {
         job,
         started_at: SystemTime::now(),
-        _lock: lock,
+        _lock: Arc::new(lock),
     })
 }
 

@@ -27,6 +27,11 @@ pub struct BackupOptions {
 }
 
 pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
+    // With `source_snapshot`, what follows reads a snapshot of the source.
+    crate::source_snapshot::around(ctx, |ctx| backup_source(ctx, options))
+}
+
+fn backup_source(ctx: &Context, options: &BackupOptions) -> Result<Done> {
     let job = ctx.job;
     crypt::check_ready(job)?;
     let cipher_point = ctx.runtime("cipher");

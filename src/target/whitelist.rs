@@ -17,8 +17,11 @@ use super::{
 use crate::checksums;
 use crate::error::{Error, Result};
 
-/// Files per `sha1sum` command: one round trip each, far below ARG_MAX.
+/// Files per `sha1sum` command (one round trip each), and the bytes of
+/// their paths: a storage box (or `ciphersync serve`, 128 KiB) bounds the
+/// command line it accepts.
 const SHA1SUM_BATCH: usize = 512;
+const SHA1SUM_BATCH_BYTES: usize = 32 * 1024;
 
 pub struct WhitelistTarget {
     /// Declared before `ssh`: the mount goes before the master it rides on.
@@ -97,7 +100,7 @@ impl WhitelistTarget {
         let (plain, odd): (Vec<&TreeEntry>, Vec<&TreeEntry>) =
             files.into_iter().partition(|e| needs_no_quoting(&e.path));
         let mut list = BufWriter::new(into);
-        for batch in plain.chunks(SHA1SUM_BATCH) {
+        for batch in batches(&plain, &base_prefix_len(&self.ssh)) {
             crate::interrupt::check()?;
             let rels: Vec<&str> = batch.iter().map(|e| e.path.as_str()).collect();
             self.sha1sum_batch(&rels, &mut list)?;
@@ -112,6 +115,33 @@ impl WhitelistTarget {
             .map_err(|e| Error::io("writing the remote checksum list", e.into_error()))
     }
 }
+
+/// The length of `<path>/files/` as each sha1sum argument starts.
+fn base_prefix_len(ssh: &Ssh) -> usize {
+    ssh.sftp().path.as_os_str().len() + FILES.len() + 2
+}
+
+/// Consecutive runs of `files` of at most SHA1SUM_BATCH files and
+/// SHA1SUM_BATCH_BYTES of arguments (at least one file each).
+fn batches<'e>(files: &[&'e TreeEntry], prefix: &usize) -> Vec<Vec<&'e TreeEntry>> {
+    let mut out: Vec<Vec<&TreeEntry>> = Vec::new();
+    let mut bytes = 0;
+    for entry in files {
+        let size = prefix + entry.path.len() + 1;
+        match out.last_mut() {
+            Some(batch) if batch.len() < SHA1SUM_BATCH && bytes + size <= SHA1SUM_BATCH_BYTES => {
+                batch.push(entry);
+                bytes += size;
+            }
+            _ => {
+                out.push(vec![*entry]);
+                bytes = size;
+            }
+        }
+    }
+    out
+}
+
 
 fn needs_no_quoting(path: &str) -> bool {
     !path.is_empty()
@@ -225,5 +255,41 @@ impl Target for WhitelistTarget {
 
     fn read_back(&self, point: &Path) -> Result<ReadBack<'_>> {
         self.path.read_back(point)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha1sum_batches_bound_files_and_bytes() {
+        let entry = |len: usize| TreeEntry {
+            kind: 'f',
+            mode: 0o644,
+            size: 1,
+            path: "a".repeat(len),
+            link: None,
+        };
+        let short: Vec<TreeEntry> = (0..1200).map(|_| entry(20)).collect();
+        let refs: Vec<&TreeEntry> = short.iter().collect();
+        let sizes: Vec<usize> = batches(&refs, &10).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [512, 512, 176]);
+        let long: Vec<TreeEntry> = (0..100).map(|_| entry(1000)).collect();
+        let refs: Vec<&TreeEntry> = long.iter().collect();
+        let parts = batches(&refs, &10);
+        assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), 100);
+        assert!(
+            parts.iter().all(|b| b.len() * 1011 <= SHA1SUM_BATCH_BYTES),
+            "{:?}",
+            parts.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        let huge = [entry(SHA1SUM_BATCH_BYTES * 2)];
+        let refs: Vec<&TreeEntry> = huge.iter().collect();
+        assert_eq!(
+            batches(&refs, &10).len(),
+            1,
+            "a single long path still gets its batch"
+        );
     }
 }

@@ -38,6 +38,10 @@
     nixosModules = rec {
       ciphersync = ./nix/module.nix;
       default = ciphersync;
+      # The storage server (services.ciphersync.server): a module of its
+      # own, so that a client needs no sshd options and a server no jobs.
+      ciphersync-server = ./nix/server-module.nix;
+      server = ciphersync-server;
     };
     homeManagerModules = rec {
       ciphersync = ./nix/hm-module.nix;
@@ -55,6 +59,7 @@
         vm-timers = import ./nix/tests/timers.nix testArgs;
         vm-server-down = import ./nix/tests/server-down.nix testArgs;
         vm-home-manager = import ./nix/tests/home-manager.nix testArgs;
+        vm-server = import ./nix/tests/server.nix testArgs;
         # No formatting check here: the .nix files are formatted with
         # alejandra 4.0.0 (what nixpkgs 26.05 ships, `nix fmt`), but the
         # machines that run this project's CI cannot install it (crates.io

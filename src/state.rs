@@ -228,6 +228,10 @@ pub struct AccountCapabilities {
     pub shell: bool,
     pub rsync_server: bool,
     pub sha1sum: bool,
+    /// The account is a `ciphersync serve` account (it answered
+    /// `ciphersync-server info`). No default: a cache written before the
+    /// field existed does not read, and the account is probed again.
+    pub ciphersync_server: bool,
 }
 
 impl AccountCapabilities {

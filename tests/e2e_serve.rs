@@ -140,7 +140,12 @@ fn serve_allows_the_listed_requests_and_refuses_the_rest() {
     );
     let o = acct.ssh("ciphersync-server info");
     o.expect_code(0, "info");
-    assert!(o.stdout.contains("append-only no"), "{}", o.dump());
+    assert!(
+        o.stdout.starts_with("ciphersync-server 1\nrsync yes\n")
+            && o.stdout.contains("append-only no"),
+        "{}",
+        o.dump()
+    );
 }
 
 fn snapshot_ids(job: &Job) -> Vec<String> {
@@ -173,25 +178,106 @@ fn a_job_over_rsync_runs_through_serve() {
     let first = job.backup_ok()["snapshot"].as_str().unwrap().to_string();
     let as_of_first = job.root.join("as-of-first");
     copy_tree(&job.source, &as_of_first);
-    // serve is recognised as a storage box with rsync and sha1sum.
+    // serve is recognised as a ciphersync server, and the cache says so.
     let caps: Value = serde_json::from_str(
         &fs::read_to_string(job.state_dir.join("target-capabilities.json")).unwrap(),
     )
     .unwrap();
     assert_eq!(
-        (&caps["shell"], &caps["rsync_server"], &caps["sha1sum"]),
-        (&json!(false), &json!(true), &json!(true)),
+        (
+            &caps["shell"],
+            &caps["rsync_server"],
+            &caps["sha1sum"],
+            &caps["ciphersync_server"]
+        ),
+        (&json!(false), &json!(true), &json!(true), &json!(true)),
         "what the probe learned of a serve account: {caps}"
     );
     change_features_tree(&job.source);
     let second = job.backup_ok();
     assert!(second["transferred"].as_u64().unwrap_or(0) >= 3, "{second}");
+
+    // verify: the whole tree's sums in one round trip, never a sha1sum
+    // batch; asked of the server (its request log) and said by the client.
+    job.account.requests();
+    let o = job.run(&["--verbose", "verify"]);
+    o.expect_code(0, "verify --verbose");
+    let asked = job.account.requests();
+    let sums: Vec<&String> = asked
+        .iter()
+        .filter(|r| r.starts_with("ciphersync-server sha1"))
+        .collect();
+    assert_eq!(
+        sums.len(),
+        1,
+        "one `ciphersync-server sha1` per verify: {asked:?}"
+    );
+    assert!(
+        !asked.iter().any(|r| r.starts_with("sha1sum")),
+        "verify sent sha1sum batches to a ciphersync server: {asked:?}"
+    );
+    assert!(
+        !asked
+            .iter()
+            .any(|r| r.starts_with("ciphersync-server info") || r.starts_with("sh ")),
+        "the cached probe was asked again: {asked:?}"
+    );
+    assert!(
+        o.stderr
+            .contains("in one `ciphersync-server sha1` round trip"),
+        "{}",
+        o.dump()
+    );
+    // The server's list equals what a shell target computes (hash.sh) over
+    // the same files.
+    assert_eq!(
+        newest_remote_list(&job.account.root),
+        hash_sh_list(&job.account.root.join("files")),
+        "ciphersync-server sha1 and the shell target's hash.sh disagree"
+    );
     job.verify_ok(false);
     job.verify_ok(true);
     job.restore_and_compare("restored-latest");
     let to = restore_snapshot(&job, &first, "restored-first");
     assert_trees_equal(&as_of_first, &to);
     job.assert_clean();
+}
+
+/// The server's list the last verify kept, `checksums/<id>.remote.sha1`.
+fn newest_remote_list(root: &Path) -> String {
+    let dir = root.join("checksums");
+    let mut lists: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".remote.sha1") && !n.starts_with('.'))
+        .collect();
+    lists.sort();
+    let newest = lists.last().expect("verify kept a remote list");
+    fs::read_to_string(dir.join(newest)).unwrap()
+}
+
+/// What the shell target's hash.sh prints for `files`, run here by sh on a
+/// copy (it writes checksums/ next to files/), in the C locale.
+fn hash_sh_list(files: &Path) -> String {
+    let tmp = TempDir::new("hash-sh");
+    copy_tree(files, &tmp.path().join("files"));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/src/target/scripts/hash.sh");
+    let o = run_cmd({
+        let mut c = std::process::Command::new("sh");
+        c.arg(script)
+            .arg("20260101T000000Z")
+            .current_dir(tmp.path())
+            .env("LC_ALL", "C");
+        c
+    });
+    o.expect_code(0, "hash.sh");
+    assert!(
+        o.stdout.lines().count() > 3,
+        "hash.sh listed too little:\n{}",
+        o.dump()
+    );
+    o.stdout
 }
 
 /// Every entry below `dir` with its type, size, mode, owner and content.

@@ -101,7 +101,7 @@ compare() { # name, produced file, expected file
 }
 
 mkdir -p "$expected"
-for name in nixos-docs nixos-photos hm-music assertions; do
+for name in nixos-docs nixos-photos hm-music assertions nixos-server server-assertions; do
     if ! evaluate "$name" >"$tmp/$name.raw" 2>"$tmp/$name.err"; then
         echo "FAIL $name: evaluation failed:" >&2
         cat "$tmp/$name.err" >&2
@@ -122,6 +122,18 @@ if [ -f "$tmp/assertions.json" ]; then
         failed=1
     else
         echo "ok assertions: every mistaken configuration is refused"
+    fi
+fi
+
+# The server module: every mistaken account must be refused, the sample
+# accepted.
+if [ -f "$tmp/server-assertions.json" ]; then
+    accepted=$(python3 -c 'import json,sys; print(" ".join(sorted(k for k, v in json.load(open(sys.argv[1])).items() if v == "ok")))' "$tmp/server-assertions.json")
+    if [ "$accepted" != "valid-server" ]; then
+        echo "FAIL server-assertions: accepted configurations are [$accepted], expected [valid-server]" >&2
+        failed=1
+    else
+        echo "ok server-assertions: every mistaken server configuration is refused"
     fi
 fi
 

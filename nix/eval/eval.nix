@@ -38,6 +38,10 @@
     )
     ../module.nix;
   evalHm = evalWith ./stubs/home-manager.nix ../hm-module.nix;
+  # The storage server: the NixOS stubs plus the openssh, tmpfiles and path
+  # unit declarations only it sets (stubs/nixos-server.nix).
+  evalServer = modules:
+    evalWith ./stubs/nixos.nix ../server-module.nix ([./stubs/nixos-server.nix] ++ modules);
 
   failedAssertions = config: map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
 
@@ -192,6 +196,68 @@
       programs = clean config.programs.fuse;
       inherit (config.boot) kernelModules;
     };
+  };
+
+  # What the server module renders: its units, users, tmpfiles lines and
+  # the sshd_config text it adds (and each account's shell script).
+  serverShape = name: sample: let
+    config = checkAssertions name (evalServer [sample]).config;
+    users = lib.mapAttrs (_: u:
+      clean u
+      // {
+        shell = {
+          path = toString u.shell;
+          inherit (u.shell) text;
+        };
+      })
+    config.users.users;
+  in {
+    services = lib.mapAttrs (_: s: lib.filterAttrs (k: v: !(lib.elem k ["script" "preStart"] && v == "")) (clean s // {path = map toString s.path;})) config.systemd.services;
+    timers = lib.mapAttrs (_: clean) config.systemd.timers;
+    paths = lib.mapAttrs (_: clean) config.systemd.paths;
+    inherit users;
+    groups = lib.mapAttrs (_: clean) config.users.groups;
+    tmpfiles = config.systemd.tmpfiles.rules;
+    sshd = {
+      inherit (config.services.openssh) enable extraConfig;
+    };
+    packages = map toString config.environment.systemPackages;
+  };
+
+  # Mistaken server configurations: "ok", the failed assertions, or
+  # "rejected" (a wrong type).
+  serverSample = samples.nixos-server.services.ciphersync.server;
+  serverOutcome = modules: let
+    evaluated = evalServer modules;
+    forced = builtins.tryEval (
+      builtins.deepSeq evaluated.config.services.ciphersync.server.accounts (
+        builtins.deepSeq (failedAssertions evaluated.config) (
+          builtins.deepSeq evaluated.config.services.openssh.extraConfig true
+        )
+      )
+    );
+    failed = failedAssertions evaluated.config;
+  in
+    if !forced.success
+    then "rejected"
+    else if failed == []
+    then "ok"
+    else failed;
+  serverCase = patch: serverOutcome [{services.ciphersync.server = lib.recursiveUpdate serverSample patch;}];
+  serverCases = {
+    valid-server = serverCase {};
+    keepSealed-without-appendOnly = serverCase {accounts.desktop.keepSealed.keepLast = 3;};
+    account-without-keys = serverCase {accounts.desktop.authorizedKeys = [];};
+    account-name-not-a-user-name = serverCase {accounts."Bad Name".authorizedKeys = ["ssh-ed25519 AAAA x"];};
+    key-with-a-newline = serverCase {accounts.desktop.authorizedKeys = ["ssh-ed25519 AAAA x\nssh-rsa BBBB y"];};
+    dataDir-relative = serverCase {dataDir = "srv/backup";};
+    dataDir-with-a-blank = serverCase {dataDir = "/srv/back up";};
+    keepLast-zero = serverCase {accounts.laptop.keepSealed.keepLast = 0;};
+    quota-not-a-size = serverCase {accounts.laptop.quota = "lots";};
+    sftp-flags = serverOutcome [
+      samples.nixos-server
+      {services.openssh.sftpFlags = ["-l" "INFO"];}
+    ];
   };
 
   hmShape = name: sample: let
@@ -536,6 +602,8 @@ in {
   nixos-docs = nixosShape "nixos-docs" samples.nixos-docs;
   nixos-photos = nixosShape "nixos-photos" samples.nixos-photos;
   hm-music = hmShape "hm-music" samples.hm-music;
+  nixos-server = serverShape "nixos-server" samples.nixos-server;
+  server-assertions = serverCases;
   assertions = cases;
   inherit regressions;
   regression-names = lib.attrNames regressions;

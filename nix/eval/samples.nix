@@ -106,4 +106,29 @@
       target.sftp.bwlimit = 4096;
     };
   };
+
+  # The storage server (nix/server-module.nix): an append-only account with
+  # server-side retention and a plain one. The systemd-nspawn harness runs
+  # its seal units against a real account dir.
+  nixos-server = {
+    services.ciphersync.server = {
+      enable = true;
+      package = pkgs.ciphersync;
+      accounts.laptop = {
+        authorizedKeys = [
+          "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH0jhkkOFDZobC8/WLTpMMw6jIiI2+uTvIp+Qm+bZBkr laptop"
+        ];
+        appendOnly = true;
+        keepSealed = {
+          keepLast = 30;
+          keepDays = 90;
+        };
+      };
+      accounts.desktop = {
+        authorizedKeys = [
+          "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH0jhkkOFDZobC8/WLTpMMw6jIiI2+uTvIp+Qm+bZBkr desktop"
+        ];
+      };
+    };
+  };
 }

@@ -25,6 +25,7 @@
 
   self = {
     nixosModules.default = ../module.nix;
+    nixosModules.server = ../server-module.nix;
     homeManagerModules.default = ../hm-module.nix;
     packages.${system}.default = stubPkgs.ciphersync;
   };
@@ -42,12 +43,20 @@
       (lib.evalModules {
         modules = [
           ./stubs/nixos.nix
+          ./stubs/nixos-server.nix
           freeform
           {_module.args.pkgs = pkgs;}
           node
         ];
       }).config;
     jobs = config.services.ciphersync.jobs or {};
+    # A storage server node: its accounts, users and sshd text are forced
+    # too (types and assertions).
+    server = config.services.ciphersync.server or {enable = false;};
+    serverForced =
+      if server.enable
+      then builtins.deepSeq [server.accounts config.users.users config.services.openssh.extraConfig config.systemd.paths] true
+      else true;
     hmUsers = config.home-manager.users or {};
     hmJobs =
       lib.mapAttrs (
@@ -76,7 +85,7 @@
     if failed config != []
     then throw "${test}.${nodeName}: ${lib.concatStringsSep "; " (failed config)}"
     else
-      builtins.deepSeq jobs {
+      builtins.deepSeq [jobs serverForced] {
         units = lib.attrNames config.systemd.services;
         homeManagerUnits = hmJobs;
       };
@@ -88,7 +97,7 @@
     nodes = lib.mapAttrs (evalNode test.name) test.nodes;
   };
 in {
-  tests = lib.genAttrs ["backup-restore" "timers" "server-down" "home-manager"] (
+  tests = lib.genAttrs ["backup-restore" "timers" "server-down" "home-manager" "server"] (
     n: evalTest (../tests + "/${n}.nix")
   );
   # The Python helpers every testScript starts with; check.sh runs them

@@ -10,7 +10,9 @@
 //! - the read-only questions a client asks, answered here and not by a
 //!   shell: `rsync --server --version`, `sha1sum --version`, `sha1sum [--]
 //!   PATH...`, `ciphersync-server sha1 DIR` (hash.sh's format) and
-//!   `ciphersync-server info`.
+//!   `ciphersync-server info` (`ciphersync-server 1`, `rsync yes|no`, then
+//!   the append-only marker's fields: how a client recognises the account
+//!   as a ciphersync server, probe.rs).
 //!
 //! Anything else is refused with one line on stderr and exit 1. Paths are
 //! confined lexically (request.rs) and then walked with `openat(O_NOFOLLOW)`
@@ -30,7 +32,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-pub use request::{Below, MAX_REQUEST, Request, RsyncOption, parse};
+pub use request::{Below, MAX_REQUEST, Request, RsyncOption, parse, words};
 pub use seal::{APPEND_ONLY_MARKER, SealReport, seal, server_keeps};
 
 use crate::checksums;
@@ -168,10 +170,32 @@ fn answer(args: &ServeArgs, root: &Root, request: Request) -> Result<i32> {
             Ok(0)
         }
         Request::Info => {
-            print!("{}", seal::info(root)?);
+            // Our own first lines, then the marker's (seal's) fields.
+            let rsync = match program_found(&args.rsync) {
+                true => "yes",
+                false => "no",
+            };
+            let mut text = format!("ciphersync-server 1\nrsync {rsync}\n");
+            for line in seal::info(root)?.lines().filter(|l| {
+                !l.starts_with("ciphersync-server") && !l.starts_with("rsync ") && !l.is_empty()
+            }) {
+                text.push_str(line);
+                text.push('\n');
+            }
+            print!("{text}");
             Ok(0)
         }
     }
+}
+
+/// Whether `program` can be run: an existing file when it names a path,
+/// else a file of that name in a `PATH` directory.
+fn program_found(program: &std::path::Path) -> bool {
+    if program.components().count() > 1 {
+        return program.is_file();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 /// `root/<below>`, with the client's trailing slash.

@@ -174,7 +174,14 @@ pub fn seal(args: &ServeArgs) -> Result<SealReport> {
 /// The root, `records/` and `snapshots/`: root's, the account's group,
 /// 1770; the marker file.
 fn prepare(root: &Root, owner: &Owner, retention: &Retention) -> Result<()> {
+    // Only what is not yet so is changed: a chown, even to the same
+    // owner, is an inotify event, and the server module's path unit on
+    // records/ would start the next seal, and so on.
     let shared = |fd: &OwnedFd, what: &str| -> Result<()> {
+        let st = fstat(fd).map_err(|e| errno(what, e))?;
+        if st.st_uid == 0 && st.st_gid == owner.gid.as_raw() && st.st_mode & 0o7777 == SHARED_DIR {
+            return Ok(());
+        }
         fchown(fd.as_fd(), Some(Uid::from_raw(0)), Some(owner.gid))
             .and_then(|_| fchmod(fd.as_fd(), Mode::from_bits_truncate(SHARED_DIR)))
             .map_err(|e| errno(&format!("sealing {what}"), e))

@@ -9,6 +9,8 @@
 //! - [`WhitelistTarget`]: a storage-box account that runs only single
 //!   whitelisted commands (`rsync --server`, `sha1sum`): files, records and
 //!   listings go over SFTP (the sshfs mount), data over `rsync --server`.
+//!   A ciphersync server (`ciphersync serve`) is one too, with one more
+//!   fast path: the whole tree's sums in one round trip.
 //!
 //! [`open`] probes what the account allows on first contact (probe.rs),
 //! picks the kind, and refuses a job setting the account cannot honour
@@ -31,7 +33,7 @@ pub use path::PathTarget;
 pub use probe::forget_capabilities;
 pub use shell::ShellTarget;
 pub use ssh::Ssh;
-pub use whitelist::WhitelistTarget;
+pub use whitelist::{ServerSums, WhitelistTarget};
 
 use crate::config::{Job, RemoteChecksums, Sftp, Transport};
 use crate::error::{Error, Kind, Result};
@@ -260,19 +262,14 @@ pub fn open(job: &Job, need: Need, mount_point: &Path) -> Result<Box<dyn Target>
         }
         Plan::Sftp {
             rsync_over_ssh: false,
-            server_sha1sum: false,
+            sums: ServerSums::None,
         } => Box::new(PathTarget::mounted(ssh, mount_point)?),
         Plan::Sftp {
             rsync_over_ssh,
-            server_sha1sum,
+            sums,
         } => {
             let path = PathTarget::mount_with(&ssh, mount_point)?;
-            Box::new(WhitelistTarget::new(
-                path,
-                ssh,
-                rsync_over_ssh,
-                server_sha1sum,
-            ))
+            Box::new(WhitelistTarget::new(path, ssh, rsync_over_ssh, sums))
         }
     })
 }
@@ -310,7 +307,7 @@ enum Plan {
     /// Everything through the sshfs mount, except what single commands do.
     Sftp {
         rsync_over_ssh: bool,
-        server_sha1sum: bool,
+        sums: ServerSums,
     },
 }
 
@@ -338,9 +335,15 @@ fn plan(sftp: &Sftp, caps: &probe::Capabilities) -> Result<Plan> {
     if caps.shell && server_sums {
         return Ok(Plan::Shell);
     }
+    let sums = match (server_sums, caps.ciphersync_server, caps.sha1sum) {
+        (false, _, _) => ServerSums::None,
+        (true, true, _) => ServerSums::Tree,
+        (true, false, true) => ServerSums::Sha1sum,
+        (true, false, false) => ServerSums::None,
+    };
     Ok(Plan::Sftp {
         rsync_over_ssh: sftp.transport == Transport::Rsync,
-        server_sha1sum: server_sums && caps.sha1sum,
+        sums,
     })
 }
 
@@ -367,16 +370,25 @@ mod tests {
         shell: true,
         rsync_server: true,
         sha1sum: true,
+        ciphersync_server: false,
     };
     const SFTP_ONLY: Capabilities = Capabilities {
         shell: false,
         rsync_server: false,
         sha1sum: false,
+        ciphersync_server: false,
     };
     const STORAGE_BOX: Capabilities = Capabilities {
         shell: false,
         rsync_server: true,
         sha1sum: true,
+        ciphersync_server: false,
+    };
+    const CIPHERSYNC_SERVER: Capabilities = Capabilities {
+        shell: false,
+        rsync_server: true,
+        sha1sum: true,
+        ciphersync_server: true,
     };
 
     #[test]
@@ -392,7 +404,7 @@ mod tests {
                 FULL,
                 Plan::Sftp {
                     rsync_over_ssh: true,
-                    server_sha1sum: false,
+                    sums: ServerSums::None,
                 },
             ),
             (
@@ -401,7 +413,7 @@ mod tests {
                 SFTP_ONLY,
                 Plan::Sftp {
                     rsync_over_ssh: false,
-                    server_sha1sum: false,
+                    sums: ServerSums::None,
                 },
             ),
             (
@@ -410,7 +422,7 @@ mod tests {
                 STORAGE_BOX,
                 Plan::Sftp {
                     rsync_over_ssh: true,
-                    server_sha1sum: true,
+                    sums: ServerSums::Sha1sum,
                 },
             ),
             (
@@ -419,7 +431,25 @@ mod tests {
                 STORAGE_BOX,
                 Plan::Sftp {
                     rsync_over_ssh: false,
-                    server_sha1sum: true,
+                    sums: ServerSums::Sha1sum,
+                },
+            ),
+            (
+                Rsync,
+                Auto,
+                CIPHERSYNC_SERVER,
+                Plan::Sftp {
+                    rsync_over_ssh: true,
+                    sums: ServerSums::Tree,
+                },
+            ),
+            (
+                Rsync,
+                Mount,
+                CIPHERSYNC_SERVER,
+                Plan::Sftp {
+                    rsync_over_ssh: true,
+                    sums: ServerSums::None,
                 },
             ),
         ];

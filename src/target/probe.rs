@@ -1,8 +1,10 @@
 //! What an SFTP account allows, learned on first contact and cached in the
-//! state dir: a POSIX shell, or single whitelisted commands (`rsync
-//! --server`, `sha1sum`), or SFTP only. With a shell the answer costs one
-//! round trip (the shell reports the commands it has); without one, one
-//! round trip per command tried. Later runs read the cache, and re-probe
+//! state dir: a POSIX shell, or a ciphersync server (`ciphersync serve`:
+//! SFTP, `rsync --server` and its own queries), or single whitelisted
+//! commands (`rsync --server`, `sha1sum`), or SFTP only. With a shell the
+//! answer costs one round trip (the shell reports the commands it has); a
+//! ciphersync server one more (`ciphersync-server info` says what it
+//! serves); otherwise one round trip per command tried. Later runs read the cache, and re-probe
 //! when the account, its host key or the job's settings changed, or after
 //! a run failed on the target (run.rs forgets the cache then).
 
@@ -21,11 +23,24 @@ pub struct Capabilities {
     pub shell: bool,
     pub rsync_server: bool,
     pub sha1sum: bool,
+    /// `ciphersync serve`: it also answers `ciphersync-server sha1 DIR`
+    /// (the whole tree's sums in one round trip).
+    pub ciphersync_server: bool,
 }
 
 impl Capabilities {
     /// For messages: what the account allowed.
     pub fn describe(&self) -> String {
+        if self.ciphersync_server {
+            return match self.rsync_server {
+                true => {
+                    "it is a ciphersync server: SFTP, rsync --server, server-side checksums".into()
+                }
+                false => {
+                    "it is a ciphersync server without rsync: SFTP, server-side checksums".into()
+                }
+            };
+        }
         let mut allowed = Vec::new();
         if self.shell {
             allowed.push("a shell");
@@ -63,6 +78,7 @@ pub fn capabilities(job: &Job, sftp: &Sftp, ssh: &Ssh) -> Result<(Capabilities, 
             shell: cached.shell,
             rsync_server: cached.rsync_server,
             sha1sum: cached.sha1sum,
+            ciphersync_server: cached.ciphersync_server,
         };
         return Ok((caps, false));
     }
@@ -74,6 +90,7 @@ pub fn capabilities(job: &Job, sftp: &Sftp, ssh: &Ssh) -> Result<(Capabilities, 
             shell: caps.shell,
             rsync_server: caps.rsync_server,
             sha1sum: caps.sha1sum,
+            ciphersync_server: caps.ciphersync_server,
         };
         if let Err(e) = cached.write(&job.state_dir) {
             log::warn(format!("cannot cache what the account allows: {e}"));
@@ -125,9 +142,24 @@ fn probe(ssh: &Ssh) -> Result<Capabilities> {
             shell: true,
             rsync_server: tools.contains(&"rsync"),
             sha1sum: tools.contains(&"sha1sum"),
+            ciphersync_server: false,
         });
     }
     log::debug(|| format!("no shell on the account: {}", server_words(&mut out)));
+    let mut out = exec(ssh, SERVER_PROBE, "probing the account")?;
+    let said = out.stdout_string().unwrap_or_default();
+    if out.success()
+        && let Some(caps) = server_info(&said)
+    {
+        log::debug(|| format!("`{SERVER_PROBE}`: a ciphersync server ({caps:?})"));
+        return Ok(caps);
+    }
+    log::debug(|| {
+        format!(
+            "`{SERVER_PROBE}`: not a ciphersync server ({})",
+            server_words(&mut out)
+        )
+    });
     let answers = |command: &str, word: &str| -> Result<bool> {
         let mut out = exec(ssh, command, "probing the account")?;
         // rsync in server mode prints its version on stderr (stdout is
@@ -141,6 +173,30 @@ fn probe(ssh: &Ssh) -> Result<Capabilities> {
         shell: false,
         rsync_server: answers("rsync --server --version", "rsync")?,
         sha1sum: answers("sha1sum --version", "sha1sum")?,
+        ciphersync_server: false,
+    })
+}
+
+/// The question only `ciphersync serve` answers (a storage box refuses it,
+/// a shell finds no such command).
+const SERVER_PROBE: &str = "ciphersync-server info";
+
+/// What `ciphersync-server info` said, if it is a ciphersync server's
+/// answer: `ciphersync-server 1` first, then `key value` lines (`rsync
+/// no` when the server has no rsync). The server's words are not trusted
+/// beyond choosing among the client's own ways: every answer is checked
+/// where it is used.
+fn server_info(said: &str) -> Option<Capabilities> {
+    let mut lines = said.lines().map(str::trim);
+    if lines.next() != Some("ciphersync-server 1") {
+        return None;
+    }
+    let rsync = !lines.any(|l| l == "rsync no");
+    Some(Capabilities {
+        shell: false,
+        rsync_server: rsync,
+        sha1sum: true,
+        ciphersync_server: true,
     })
 }
 
@@ -152,4 +208,25 @@ fn exec(ssh: &Ssh, command: &str, what: &str) -> Result<Output> {
         return Err(ssh.connection_error(&out.stderr, what));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_ciphersync_servers_answer_makes_one() {
+        let caps = server_info("ciphersync-server 1\nrsync yes\nappend-only no\n").unwrap();
+        assert!(caps.ciphersync_server && caps.rsync_server && caps.sha1sum && !caps.shell);
+        let caps = server_info("ciphersync-server 1\nrsync no\n").unwrap();
+        assert!(caps.ciphersync_server && !caps.rsync_server);
+        for other in [
+            "",
+            "ciphersync-server 2\n",
+            "sh: ciphersync-server: not found\n",
+            "x\nciphersync-server 1\n",
+        ] {
+            assert_eq!(server_info(other), None, "{other:?}");
+        }
+    }
 }

@@ -2,7 +2,10 @@
 //! --server`, `sha1sum`), no shell. Files, records and listings go over
 //! SFTP (the sshfs mount, a [`PathTarget`]); data goes over `rsync
 //! --server` when the job's transport is `rsync`; verify's sha1s are
-//! computed by the server's `sha1sum` when it is allowed.
+//! computed by the server's `sha1sum` when it is allowed, in batches of
+//! [`SHA1SUM_BATCH`] files, or, on a ciphersync server (`ciphersync
+//! serve`), for the whole of files/ in one round trip (`ciphersync-server
+//! sha1 DIR`).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -29,6 +32,20 @@ pub struct WhitelistTarget {
     ssh: Ssh,
     rsync_over_ssh: bool,
     server_sha1sum: bool,
+    /// A ciphersync server: `ciphersync-server sha1 DIR` lists the sums of
+    /// a whole tree.
+    tree_sha1: bool,
+}
+
+/// How verify gets the server's sums on a [`WhitelistTarget`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerSums {
+    /// Read every file back through the mount.
+    None,
+    /// `sha1sum -- PATH...`, [`SHA1SUM_BATCH`] files a round trip.
+    Sha1sum,
+    /// `ciphersync-server sha1 DIR`: the whole tree in one round trip.
+    Tree,
 }
 
 impl WhitelistTarget {
@@ -36,14 +53,76 @@ impl WhitelistTarget {
         path: PathTarget,
         ssh: Ssh,
         rsync_over_ssh: bool,
-        server_sha1sum: bool,
+        sums: ServerSums,
     ) -> WhitelistTarget {
         WhitelistTarget {
             path,
             ssh,
             rsync_over_ssh,
-            server_sha1sum,
+            server_sha1sum: sums != ServerSums::None,
+            tree_sha1: sums == ServerSums::Tree,
         }
+    }
+
+    /// `ciphersync-server sha1 <path>/files`: every file's sum in one
+    /// answer, in the shell target's format (`./<path>`, sorted). Each
+    /// line is parsed and written anew (the answer is the server's word:
+    /// verify checks it against a sample read back), and each name must
+    /// be a plain relative path.
+    fn tree_sums(&self, into: File) -> Result<File> {
+        let dir = self.ssh.sftp().path.join(FILES);
+        let command = format!(
+            "ciphersync-server sha1 {}",
+            serve_word(&dir.to_string_lossy())
+        );
+        let mut result = self
+            .ssh
+            .command(&command)
+            .timeout(std::time::Duration::from_secs(24 * 3600))
+            .run()?;
+        if result.code() == Some(255) {
+            return Err(self
+                .ssh
+                .connection_error(&result.stderr, "computing checksums"));
+        }
+        if !result.success() {
+            return Err(remote_failure(
+                &self.ssh,
+                &mut result,
+                "ciphersync-server sha1 failed",
+            ));
+        }
+        let mut list = BufWriter::new(into);
+        let mut seen = 0usize;
+        let mut last: Option<String> = None;
+        checksums::read_list(result.stdout_reader()?, |name, sum| {
+            let rel = name.strip_prefix("./").unwrap_or(&name);
+            if rel.is_empty()
+                || rel.starts_with('/')
+                || rel
+                    .split('/')
+                    .any(|p| p.is_empty() || p == "." || p == "..")
+                || last.as_deref().is_some_and(|l| l >= rel)
+            {
+                return Err(Error::new(
+                    crate::error::Kind::Corrupt,
+                    format!(
+                        "ciphersync-server sha1 on {} answered a name out of order or not below files/: {}",
+                        self.ssh.sftp().host,
+                        crate::limits::quote(rel, 80)
+                    ),
+                ));
+            }
+            seen += 1;
+            last = Some(rel.to_string());
+            checksums::write_line(&mut list, rel, &sum)
+                .map_err(|e| Error::io("writing the remote checksum list", e))
+        })?;
+        crate::log::debug(|| {
+            format!("remote checksums: {seen} files in one `ciphersync-server sha1` round trip")
+        });
+        list.into_inner()
+            .map_err(|e| Error::io("writing the remote checksum list", e.into_error()))
     }
 
     /// `sha1sum -- files/...` on the server for one batch of paths below
@@ -142,6 +221,20 @@ fn batches<'e>(files: &[&'e TreeEntry], prefix: &usize) -> Vec<Vec<&'e TreeEntry
     out
 }
 
+/// `word` as serve's request parser reads it back (request.rs): blanks
+/// separate words and a backslash makes the next character literal, so
+/// every character outside a plain set is escaped with one. Control
+/// characters cannot be sent at all (serve refuses them).
+fn serve_word(word: &str) -> String {
+    let mut out = String::with_capacity(word.len());
+    for c in word.chars() {
+        if !(c.is_ascii_alphanumeric() || "._/=-+,:@%".contains(c)) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
 
 fn needs_no_quoting(path: &str) -> bool {
     !path.is_empty()
@@ -232,6 +325,13 @@ impl Target for WhitelistTarget {
     }
 
     fn checksums(&self, id: &str, into: File) -> Result<RemoteSums> {
+        if self.tree_sha1 {
+            return Ok(RemoteSums {
+                file: self.tree_sums(into)?,
+                by_server: true,
+                stored: false,
+            });
+        }
         let base = self.ssh.sftp().path.to_string_lossy().into_owned();
         if !self.server_sha1sum || !needs_no_quoting(&base) {
             return self.path.checksums(id, into);
@@ -291,5 +391,19 @@ mod tests {
             1,
             "a single long path still gets its batch"
         );
+    }
+
+    /// What serve_word writes, serve's parser reads back as one word.
+    #[test]
+    fn a_path_reaches_serve_as_one_word() {
+        for path in [
+            "/srv/backup/alice/files",
+            "backup dir/files",
+            "/a'b\"c$d;e|f&g*h?i[j]k{l}m~n#o(p)q<r>s`t\\u/files",
+            "ünïcode/files",
+        ] {
+            let words = crate::serve::words(&serve_word(path)).unwrap();
+            assert_eq!(words, [path.to_string()], "{path:?}");
+        }
     }
 }

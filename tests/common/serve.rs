@@ -24,6 +24,10 @@ pub struct ServeAccount {
     pub binary: PathBuf,
     pub uid: u32,
     pub gid: u32,
+    /// The server's side of every connection: the first two words of each
+    /// request, one line each, written by the ForceCommand's wrapper
+    /// before it execs serve (see [`ServeAccount::requests`]).
+    pub request_log: PathBuf,
 }
 
 impl ServeAccount {
@@ -41,11 +45,29 @@ impl ServeAccount {
         let binary = base.join("ciphersync-serve");
         fs::copy(bin(), &binary).expect("copy the ciphersync binary");
         fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).unwrap();
+        // The ForceCommand: a wrapper that notes the request's first two
+        // words (the test reads what the server was asked), then serve.
+        let request_log = base.join("serve-requests.log");
+        fs::write(&request_log, b"").unwrap();
+        std::os::unix::fs::chown(&request_log, Some(uid), Some(gid)).unwrap();
+        let wrapper = base.join("serve-wrapper.sh");
+        fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nset -f\n# shellcheck disable=SC2086\nset -- $SSH_ORIGINAL_COMMAND\n\
+                 printf '%s %s\\n' \"${{1:-}}\" \"${{2:-}}\" >>{}\n\
+                 exec {} serve --root {} --sftp-server {SFTP_SERVER}\n",
+                request_log.display(),
+                binary.display(),
+                root.display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
         let extra = format!(
-            "Match User {SERVE_USER}\n  ForceCommand {} serve --root {} --sftp-server {SFTP_SERVER}\n  \
+            "Match User {SERVE_USER}\n  ForceCommand {}\n  \
              AllowTcpForwarding no\n  X11Forwarding no\n  PermitTTY no\n",
-            binary.display(),
-            root.display()
+            wrapper.display()
         );
         let sshd = Sshd::start_with(
             base,
@@ -60,6 +82,7 @@ impl ServeAccount {
             binary,
             uid,
             gid,
+            request_log,
         };
         if append_only {
             account
@@ -67,6 +90,14 @@ impl ServeAccount {
                 .expect_code(0, "serve --seal (preparing the account)");
         }
         account
+    }
+
+    /// The requests the server got since the last call (first two words
+    /// each), and forgets them.
+    pub fn requests(&self) -> Vec<String> {
+        let text = fs::read_to_string(&self.request_log).unwrap_or_default();
+        fs::write(&self.request_log, b"").unwrap();
+        text.lines().map(String::from).collect()
     }
 
     /// `serve --seal` as root (the server's timer).

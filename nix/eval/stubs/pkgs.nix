@@ -31,6 +31,7 @@ in
     callPackage = _: _: throw "stub pkgs: callPackage is not available; set services.ciphersync.package";
 
     writeText = name: text: fake name // {inherit text;};
+    writeShellScript = name: text: fake name // {inherit text;};
 
     # The derivation's passthru is kept, as mkDerivation does, so that the
     # harness can reach the job value behind the job file; the build script

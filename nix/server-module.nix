@@ -1,0 +1,292 @@
+# NixOS module: services.ciphersync.server, the storage-server side.
+#
+# Per account <name>: a system user <name> in its own group <name> (sealing
+# hands sealed runs to root with the account's group, so the group must be
+# the account's alone), the account dir <dataDir>/<name>, and a `Match User`
+# block whose ForceCommand is `ciphersync serve --root <dataDir>/<name>`.
+# An appendOnly account also gets ciphersync-server-seal-<name>.service
+# (root runs `serve --seal`), started at boot, by a timer and whenever a
+# record lands in records/ (a path unit).
+#
+# No ChrootDirectory: a chroot would need the ciphersync binary, rsync,
+# sftp-server, a shell and their store closure inside every account dir,
+# and root-owned path components that an append-only account's sealed
+# layout does not have. serve confines every rsync and query path to the
+# root itself (openat with O_NOFOLLOW); sftp-server starts in the root and
+# can reach what the account user can read elsewhere (world-readable system
+# files, never another account's dir: those are 0700 or 1770 with the
+# account's own group). See the README's storage-server section.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}: let
+  cfg = config.services.ciphersync.server;
+  jobLib = import ./job-options.nix {inherit lib;};
+
+  rootOf = name: "${cfg.dataDir}/${name}";
+  sealUnit = name: "ciphersync-server-seal-${name}";
+
+  # The account's ForceCommand (sshd passes it to the account's shell,
+  # below, which ignores it and runs the same command).
+  serveArgs = name: [
+    "${cfg.package}/bin/ciphersync"
+    "serve"
+    "--root"
+    (rootOf name)
+    "--sftp-server"
+    cfg.sftpServer
+    "--rsync"
+    "${pkgs.rsync}/bin/rsync"
+  ];
+  # sshd runs a ForceCommand as `SHELL -c COMMAND`, and refuses a login
+  # whose shell is not executable (nologin would print its refusal instead
+  # of serving). The account's shell is therefore this script: it takes no
+  # input from the client (sshd hands the request over in
+  # SSH_ORIGINAL_COMMAND) and can only become `ciphersync serve` for this
+  # account, whatever it is asked to run.
+  shellOf = name:
+    pkgs.writeShellScript "ciphersync-serve-${name}" ''
+      exec ${lib.escapeShellArgs (serveArgs name)}
+    '';
+
+  sealArgs = name: account:
+    [
+      "${cfg.package}/bin/ciphersync"
+      "serve"
+      "--seal"
+      "--account"
+      name
+      "--root"
+      (rootOf name)
+    ]
+    ++ lib.optionals (account.keepSealed.keepLast != null) ["--keep-last" (toString account.keepSealed.keepLast)]
+    ++ lib.optionals (account.keepSealed.keepDays != null) ["--keep-days" (toString account.keepSealed.keepDays)];
+
+  matchBlock = name: ''
+    Match User ${name}
+      ForceCommand ${lib.escapeShellArgs (serveArgs name)}
+      AuthorizedKeysFile /etc/ssh/authorized_keys.d/%u
+      AllowAgentForwarding no
+      AllowTcpForwarding no
+      AllowStreamLocalForwarding no
+      X11Forwarding no
+      PermitTunnel no
+      PermitTTY no
+      PermitUserRC no
+      PermitListen none
+      PermitOpen none
+  '';
+
+  accounts = cfg.accounts;
+  appendOnly = lib.filterAttrs (_: a: a.appendOnly) accounts;
+
+  accountOptions = {name, ...}: {
+    options = {
+      authorizedKeys = lib.mkOption {
+        type = lib.types.listOf lib.types.singleLineStr;
+        default = [];
+        example = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA... root@laptop"];
+        description = ''
+          Public keys that log in as the account `${name}`; every login runs
+          `ciphersync serve` for the account, never a shell.
+        '';
+      };
+      appendOnly = lib.mkOption {
+        type = lib.types.bool;
+        default = false;
+        description = ''
+          Seal every finished run (its record and snapshot dirs become
+          root's and read-only): a client holding the account's key can add
+          runs but never delete or change a sealed one. `files/` (the mirror)
+          stays writable. The client's `prune` then says what the server
+          keeps and deletes nothing.
+        '';
+      };
+      keepSealed = {
+        keepLast = lib.mkOption {
+          type = lib.types.nullOr lib.types.ints.positive;
+          default = null;
+          example = 30;
+          description = "With appendOnly: keep the newest N sealed runs (and every run within keepDays); null keeps all.";
+        };
+        keepDays = lib.mkOption {
+          type = lib.types.nullOr lib.types.ints.positive;
+          default = null;
+          example = 90;
+          description = "With appendOnly: keep the sealed runs of the last N days; null keeps all.";
+        };
+      };
+      sealAt = lib.mkOption {
+        type = lib.types.either lib.types.str (lib.types.listOf lib.types.str);
+        default = "hourly";
+        description = ''
+          With appendOnly: when the seal service runs besides boot and every
+          new record (systemd OnCalendar); it also applies keepSealed.
+        '';
+      };
+      quota = lib.mkOption {
+        type = lib.types.nullOr (lib.types.strMatching "[0-9]+[KMGT]?");
+        default = null;
+        example = "500G";
+        description = ''
+          Not enforced yet: the account's intended size limit, a number
+          with an optional K/M/G/T suffix. Use a filesystem (project or
+          user) quota on dataDir meanwhile; see the README's storage-server
+          section.
+        '';
+      };
+    };
+  };
+in {
+  options.services.ciphersync.server = {
+    enable = lib.mkEnableOption "the ciphersync storage server (`ciphersync serve` accounts over OpenSSH)";
+    package = lib.mkOption {
+      type = lib.types.package;
+      default = pkgs.ciphersync or (pkgs.callPackage ./package.nix {});
+      defaultText = lib.literalExpression "pkgs.ciphersync (this flake's overlay), else nix/package.nix built with pkgs";
+      description = "The ciphersync package the accounts run.";
+    };
+    dataDir = lib.mkOption {
+      # No blanks: the path goes into tmpfiles lines and sshd_config.
+      type = lib.types.strMatching "/[A-Za-z0-9._+/-]*[A-Za-z0-9._+-]";
+      default = "/var/lib/ciphersync-server";
+      description = "Where the accounts' directories are: one per account, `<dataDir>/<name>`, the account's `target.path`.";
+    };
+    sftpServer = lib.mkOption {
+      type = lib.types.str;
+      default = "${config.services.openssh.package}/libexec/sftp-server";
+      defaultText = lib.literalExpression "\"\${config.services.openssh.package}/libexec/sftp-server\"";
+      description = "The sftp-server that serve runs for the SFTP subsystem (started in the account's dir).";
+    };
+    accounts = lib.mkOption {
+      type = lib.types.attrsOf (lib.types.submodule accountOptions);
+      default = {};
+      example = lib.literalExpression ''
+        {
+          laptop = {
+            authorizedKeys = ["ssh-ed25519 AAAA... root@laptop"];
+            appendOnly = true;
+            keepSealed = { keepLast = 30; keepDays = 90; };
+          };
+        }
+      '';
+      description = ''
+        One storage account per client: a system user of that name with no
+        login shell, its dir below dataDir, and an sshd `Match User` block
+        that lets it run `ciphersync serve` only. A client job points at it
+        with `target.sftp = { user = "<name>"; path = "<dataDir>/<name>";
+        transport = "rsync"; }`.
+      '';
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    assertions =
+      [
+        {
+          # serve refuses an sftp-server command line with arguments.
+          assertion = config.services.openssh.sftpFlags == [];
+          message = "services.ciphersync.server: services.openssh.sftpFlags must be empty (ciphersync serve refuses an SFTP subsystem with arguments)";
+        }
+      ]
+      ++ lib.concatLists (lib.mapAttrsToList (name: a: [
+          {
+            assertion = builtins.match "[a-z_][a-z0-9_-]{0,30}" name != null;
+            message = "services.ciphersync.server.accounts.${name}: the name is a system user name: lowercase letters, digits, `_` and `-`, at most 31 characters";
+          }
+          {
+            assertion = a.appendOnly || (a.keepSealed.keepLast == null && a.keepSealed.keepDays == null);
+            message = "services.ciphersync.server.accounts.${name}: keepSealed applies to sealed runs only; set appendOnly = true";
+          }
+          {
+            assertion = a.authorizedKeys != [];
+            message = "services.ciphersync.server.accounts.${name}: authorizedKeys is empty, no client could log in";
+          }
+        ])
+        accounts);
+
+    services.openssh.enable = lib.mkDefault true;
+    # `Match all` ends the blocks: whatever another module appends to
+    # extraConfig after them applies to every user again.
+    services.openssh.extraConfig = lib.mkIf (accounts != {}) (
+      lib.concatStrings (lib.mapAttrsToList (name: _: matchBlock name) accounts) + "Match all\n"
+    );
+
+    users.users =
+      lib.mapAttrs (name: a: {
+        isSystemUser = true;
+        group = name;
+        description = "ciphersync storage account ${name}";
+        # Not the account dir: nothing the client writes is ever read as
+        # the account's ssh configuration (authorized_keys, rc).
+        home = "/var/empty";
+        shell = shellOf name;
+        openssh.authorizedKeys.keys = a.authorizedKeys;
+      })
+      accounts;
+    users.groups = lib.mapAttrs (_: _: {}) accounts;
+
+    # The data dir is root's; an account dir is the account's (0700), or,
+    # append-only, root's with the account's group and the sticky bit
+    # (1770), the layout `serve --seal` keeps.
+    systemd.tmpfiles.rules =
+      ["d ${cfg.dataDir} 0755 root root -"]
+      ++ lib.mapAttrsToList (
+        name: a:
+          if a.appendOnly
+          then "d ${rootOf name} 1770 root ${name} -"
+          else "d ${rootOf name} 0700 ${name} ${name} -"
+      )
+      accounts;
+
+    systemd.services = lib.mapAttrs' (name: a:
+      lib.nameValuePair (sealUnit name) {
+        description = "Seal the finished ciphersync runs of account ${name}";
+        wantedBy = ["multi-user.target"];
+        after = ["systemd-tmpfiles-setup.service"];
+        restartIfChanged = false;
+        serviceConfig = {
+          Type = "oneshot";
+          ExecStart = jobLib.escapeSystemdExecArgs (sealArgs name a);
+          # Root changes owners and modes below the account dir and
+          # nothing else.
+          ReadWritePaths = [(rootOf name)];
+          ProtectSystem = "strict";
+          ProtectHome = true;
+          PrivateTmp = true;
+          PrivateNetwork = true;
+          NoNewPrivileges = true;
+          CapabilityBoundingSet = "CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH";
+          Nice = 10;
+          IOSchedulingClass = "idle";
+        };
+      })
+    appendOnly;
+
+    systemd.timers = lib.mapAttrs' (name: a:
+      lib.nameValuePair (sealUnit name) {
+        wantedBy = ["timers.target"];
+        timerConfig = {
+          OnCalendar = lib.toList a.sealAt;
+          Persistent = true;
+        };
+      })
+    appendOnly;
+
+    # A run's record is written last (renamed into records/): seal it as
+    # soon as it lands.
+    systemd.paths = lib.mapAttrs' (name: _:
+      lib.nameValuePair (sealUnit name) {
+        wantedBy = ["paths.target"];
+        pathConfig = {
+          PathChanged = "${rootOf name}/records";
+          Unit = "${sealUnit name}.service";
+        };
+      })
+    appendOnly;
+
+    environment.systemPackages = [cfg.package];
+  };
+}

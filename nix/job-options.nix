@@ -376,11 +376,29 @@
           Shell commands (bash, `set -euo pipefail`) run after each backup
           (ExecStopPost=), also after a failed one or a failed `preHook`,
           with the same privileges as `preHook`. `$CIPHERSYNC_OUTCOME` is
-          `success`, `failure` or `skipped` (another stage held the job's
-          lock: the run is retried), `$CIPHERSYNC_EXIT_STATUS` the helper's
+          `success`, `partial` (exit 4: some source files could not be
+          read, see `partialIsFailure`), `failure` or `skipped` (another
+          stage held the job's lock: the run is retried), `$CIPHERSYNC_EXIT_STATUS` the helper's
           exit status or the signal that ended it (empty when it did not
           run, as after a failed preHook), `$CIPHERSYNC_JOB` the job name. A failing postHook
           fails the unit.
+        '';
+      };
+      partialIsFailure = mkOption {
+        type = types.bool;
+        default = false;
+        example = true;
+        description = ''
+          Whether a `partial` backup (exit 4: everything that could be read
+          is backed up and restorable, but some source files could not be
+          read, e.g. permission denied or vanished while read) fails the
+          backup unit. By default it does not: SuccessExitStatus=4 keeps
+          the unit green and `onFailure` quiet, so that a file that
+          vanishes every night does not teach admins to ignore red units;
+          the journal names the files, `$CIPHERSYNC_OUTCOME` is `partial`
+          and the metrics say `outcome="partial"` and count them
+          (`ciphersync_backup_unreadable_files`). `true`: the unit fails,
+          `onFailure` fires and the ping reports exit 4.
         '';
       };
       nice = mkOption {
@@ -444,7 +462,8 @@
         example = "https://hc-ping.com/0b54cd0e-61ac-4a7c-9a2b-7b9b6d4b1c3e";
         description = ''
           A healthchecks.io-style URL pinged with curl around each backup:
-          `<url>/start` before it, `<url>` after a success, `<url>/<exit
+          `<url>/start` before it, `<url>` after a success (a `partial`
+          run is one unless `partialIsFailure`), `<url>/<exit
           status>` after a failure (`<url>/fail` when the helper did not run,
           as after a failed preHook, or was ended by a signal or a timeout). Nothing after a skipped run (exit 75). A
           ping that fails never fails the backup. The URL is not a secret
@@ -593,6 +612,12 @@
   # Nix-built script), so that tests/systemd runs exactly these lines.
   # `hookPrefix`: "+" on NixOS (the hooks run with full privileges, outside
   # the sandbox), "" in home-manager (the user's manager has none).
+  # Exit 4 (`partial`: some source files could not be read) counts as a
+  # success of the backup unit unless the job says otherwise
+  # (partialIsFailure): SuccessExitStatus= values of a stage.
+  partialExitStatus = job: stage:
+    lib.optional (stage.suffix == "backup" && !job.partialIsFailure) "4";
+
   schedulingOf = job: {
     Nice = job.nice;
     IOSchedulingClass = job.ioSchedulingClass;
@@ -635,6 +660,8 @@
     postPrelude = ''
       if [ "''${EXIT_STATUS:-}" = 75 ]; then
         CIPHERSYNC_OUTCOME=skipped
+      elif [ "''${EXIT_STATUS:-}" = 4 ]; then
+        CIPHERSYNC_OUTCOME=partial
       elif [ "''${SERVICE_RESULT:-}" = success ]; then
         CIPHERSYNC_OUTCOME=success
       else
@@ -709,6 +736,7 @@ in {
     targetOf
     loadCredential
     schedulingOf
+    partialExitStatus
     backupUnit
     ;
   types = {

@@ -59,7 +59,7 @@ pub fn result_lines(job: &str, stage: Stage, result: &Value) -> (Vec<String>, Ve
     let stats = &result["stats"];
     let job = escape(job);
     let stage_name = stage.key().replace('_', " ");
-    if !matches!(outcome, "ok" | "mismatch") {
+    if !matches!(outcome, "ok" | "mismatch" | "partial") {
         let message = result["error"]["message"].as_str().unwrap_or("");
         let line = format!(
             "ciphersync: {stage_name} of {job} {outcome}: {}",
@@ -68,12 +68,32 @@ pub fn result_lines(job: &str, stage: Stage, result: &Value) -> (Vec<String>, Ve
         return (Vec::new(), vec![line]);
     }
     let lines = match stage {
+        Stage::Backup if outcome == "partial" => return partial_lines(&job, stats),
         Stage::Backup => vec![backup_line(&job, stats)],
         Stage::Restore => vec![restore_line(&job, stats)],
         Stage::Prune => prune_lines(&job, stats),
         Stage::Verify | Stage::DeepVerify => verify_lines(&job, &stage_name, outcome, stats),
     };
     (lines, Vec::new())
+}
+
+/// A partial backup: the usual line, and on stderr what could not be read.
+fn partial_lines(job: &str, s: &Value) -> (Vec<String>, Vec<String>) {
+    let unreadable = string_list(&s["unreadable"]);
+    let mut err = vec![format!(
+        "ciphersync: backup of {job} partial: could not read {} of the source; \
+         missing from the backup, or kept in their last backed-up version:",
+        count(unreadable.len() as u64, "entry", "entries")
+    )];
+    err.extend(
+        unreadable
+            .iter()
+            .map(|p| format!("  unreadable: {}", escape(p))),
+    );
+    (
+        vec![backup_line(job, s).replacen(" ok: ", " partial: ", 1)],
+        err,
+    )
 }
 
 fn backup_line(job: &str, s: &Value) -> String {
@@ -205,7 +225,14 @@ fn status_detail(stage: Stage, s: &Value) -> String {
         return escape(message);
     }
     let st = &s["stats"];
+    let unreadable = string_list(&st["unreadable"]);
     match stage {
+        Stage::Backup if !unreadable.is_empty() => format!(
+            "snapshot {}, {}; could not read: {}",
+            text(st, "snapshot"),
+            files(number(st, "files")),
+            escape(&unreadable.join("; "))
+        ),
         Stage::Backup => format!(
             "snapshot {}, {}",
             text(st, "snapshot"),
@@ -475,6 +502,33 @@ mod tests {
                 "  snapshots/20260101T000000Z/",
                 "  snapshots/20260102T000000Z/",
             ]
+        );
+    }
+
+    #[test]
+    fn a_partial_backup_says_what_it_could_not_read() {
+        let result = json!({"outcome": "partial", "error": null, "stats": {
+            "files": 2, "transferred": 2, "bytes_transferred": 100, "deleted": 0,
+            "snapshot": "20261129T030000Z",
+            "unreadable": ["docs/a\u{1b}.txt (Permission denied (13))"]}});
+        let (out, err) = result_lines("docs", Stage::Backup, &result);
+        assert_eq!(
+            out,
+            [
+                "backup of docs partial: 2 files in the backup; 2 files sent (100 bytes encrypted), 0 files deleted; snapshot 20261129T030000Z"
+            ]
+        );
+        assert_eq!(err.len(), 2, "{err:?}");
+        assert!(err[0].contains("could not read 1 entry"), "{err:?}");
+        assert_eq!(
+            err[1],
+            "  unreadable: docs/a\\x1b.txt (Permission denied (13))"
+        );
+        let doc = json!({"job": "docs", "stages": {"backup": result}});
+        let rows = status_lines(&[doc]);
+        assert!(
+            rows[1].contains(" partial ") && rows[1].contains("could not read: docs/a\\x1b.txt"),
+            "{rows:?}"
         );
     }
 

@@ -43,6 +43,10 @@ impl Stage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Ok,
+    /// A backup that stored everything it could read; some source files
+    /// could not be read (permission denied, vanished) and are listed in
+    /// its stats (`unreadable`). Exit 4; see docs/design.md, "Partial runs".
+    Partial,
     Failed,
     Mismatch,
     Interrupted,
@@ -52,6 +56,7 @@ impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
+            Outcome::Partial => "partial",
             Outcome::Failed => "failed",
             Outcome::Mismatch => "mismatch",
             Outcome::Interrupted => "interrupted",

@@ -72,6 +72,8 @@
       nice = 5;
       ioSchedulingClass = "best-effort";
       maxRuntime = "2h";
+      # A partial backup fails this unit (onFailure fires).
+      partialIsFailure = true;
       verify.startAt = [];
       persistentTimer = false;
     };

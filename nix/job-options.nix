@@ -100,9 +100,25 @@
     '';
   };
 
+  # When the target's free space is low (target.space_warning_percent).
+  spaceWarningOption = mkOption {
+    type = types.ints.between 0 99;
+    default = 10;
+    example = 5;
+    description = ''
+      Below this share of free space on the target (in percent of its
+      file system), each backup and prune logs a warning, `ciphersync
+      status` shows one and the metric `ciphersync_target_space_low` is 1.
+      `0`: never. The space is measured after each backup and prune
+      (`df` on a server with a shell, else the SFTP server's statvfs; a
+      server with neither says nothing).
+    '';
+  };
+
   sftpModule = {
     options = {
       bwlimit = bwlimitOption;
+      spaceWarningPercent = spaceWarningOption;
       host = mkOption {
         type = types.str;
         example = "u123456.your-storagebox.de";
@@ -191,6 +207,7 @@
   localModule = {
     options.path = pathOption "on this machine (a disk that is already mounted)";
     options.bwlimit = bwlimitOption;
+    options.spaceWarningPercent = spaceWarningOption;
   };
 
   targetType = types.attrTag {
@@ -542,6 +559,7 @@
             known_hosts_file = knownHostsFile;
             remote_checksums = t.remoteChecksums;
             inherit (t) connections;
+            space_warning_percent = t.spaceWarningPercent;
           }
           // lib.optionalAttrs (t.identityFile != null) {identity_file = t.identityFile;}
           // lib.optionalAttrs (credentials && t.identityFile != null) {identity_credential = "identity";}
@@ -550,6 +568,7 @@
           {
             type = "local";
             inherit (t) path;
+            space_warning_percent = t.spaceWarningPercent;
           }
           // lib.optionalAttrs (t.bwlimit != null) {inherit (t) bwlimit;};
       snapshots = {

@@ -44,6 +44,21 @@ pub fn escape(text: &str) -> String {
     out
 }
 
+/// Bytes for people, in binary units: `512 B`, `1.5 KiB`, `93.1 GiB`.
+pub fn bytes_short(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 fn number(stats: &Value, key: &str) -> u64 {
     stats[key].as_u64().unwrap_or(0)
 }
@@ -216,8 +231,37 @@ pub fn status_lines(docs: &[Value]) -> Vec<String> {
                 status_detail(stage, s)
             ));
         }
+        if let Some(line) = space_line(&job, &doc[crate::status::TARGET_SPACE]) {
+            lines.push(line);
+        }
     }
     lines
+}
+
+/// The target's space as the last backup or prune measured it.
+fn space_line(job: &str, space: &Value) -> Option<String> {
+    let at = space["measured_at"].as_str()?;
+    let (Some(free), Some(size)) = (space["free_bytes"].as_u64(), space["size_bytes"].as_u64())
+    else {
+        return Some(format!(
+            "{job:<16} target space unknown (the server does not tell), asked {at}"
+        ));
+    };
+    let mut line = format!(
+        "{job:<16} target space: {} free of {} ({}), measured {at}",
+        bytes_short(free),
+        bytes_short(size),
+        space["free_percent"]
+            .as_f64()
+            .map_or("?".to_string(), |p| format!("{p:.1} %")),
+    );
+    if space["low"] == true {
+        line.push_str(&format!(
+            "; WARNING: below {} % free (target.space_warning_percent)",
+            space["warning_percent"].as_u64().unwrap_or(0)
+        ));
+    }
+    Some(line)
 }
 
 fn status_detail(stage: Stage, s: &Value) -> String {
@@ -470,6 +514,30 @@ pub fn umount_lines(doc: &Value) -> Vec<String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn space_is_shown_with_its_warning() {
+        assert_eq!(bytes_short(512), "512 B");
+        assert_eq!(bytes_short(1536), "1.5 KiB");
+        assert_eq!(bytes_short(100 * 1024 * 1024 * 1024), "100.0 GiB");
+        let doc = json!({"job": "docs", "stages": {}, "target_space": {
+            "measured_at": "2026-11-29T03:00:00Z", "size_bytes": 1u64 << 30, "used_bytes": 0,
+            "free_bytes": 50u64 << 20, "free_percent": 4.9, "warning_percent": 10, "low": true}});
+        let lines = status_lines(&[doc]);
+        assert_eq!(
+            lines.last().unwrap(),
+            "docs             target space: 50.0 MiB free of 1.0 GiB (4.9 %), measured \
+             2026-11-29T03:00:00Z; WARNING: below 10 % free (target.space_warning_percent)"
+        );
+        let unknown = json!({"job": "docs", "stages": {}, "target_space": {
+            "measured_at": "2026-11-29T03:00:00Z", "size_bytes": null, "free_bytes": null}});
+        assert!(
+            status_lines(&[unknown])
+                .last()
+                .unwrap()
+                .contains("target space unknown")
+        );
+    }
 
     #[test]
     fn counts_take_the_right_word() {

@@ -482,6 +482,7 @@ fn prune(ctx: &run::Context, dry_run: bool) -> Result<run::Done> {
     let job = ctx.job;
     let remote = target::open(job, target::Need::Records, &ctx.runtime("remote"))?;
     let plan = snapshots::prune(job, &*remote, dry_run)?;
+    target::keep_space(job, &*remote);
     Ok(run::Done {
         outcome: Outcome::Ok,
         stats: ciphersync::stats::StageStats::Prune(ciphersync::stats::PruneStats {

@@ -181,6 +181,30 @@ pub fn render(job: &str, status_doc: &Value, state: &Value) -> String {
             .map(|n| vec![(with(""), n as f64)])
             .unwrap_or_default(),
     });
+    let space = &status_doc[status::TARGET_SPACE];
+    let space_family = |name, help, value: Option<f64>| Family {
+        name,
+        help,
+        samples: value.map(|v| vec![(with(""), v)]).unwrap_or_default(),
+    };
+    let bytes = |key: &str| space[key].as_u64().map(|n| n as f64);
+    families.extend([
+        space_family(
+            "ciphersync_target_size_bytes",
+            "Size of the target's file system after the last backup or prune (absent: the server does not tell).",
+            bytes("size_bytes"),
+        ),
+        space_family(
+            "ciphersync_target_free_bytes",
+            "Bytes the account may still write on the target after the last backup or prune.",
+            bytes("free_bytes"),
+        ),
+        space_family(
+            "ciphersync_target_space_low",
+            "1 when less than target.space_warning_percent of the target is free, else 0.",
+            bytes("free_bytes").map(|_| f64::from(u8::from(space["low"] == true))),
+        ),
+    ]);
     let mut verify_files = Family {
         name: "ciphersync_verify_files",
         help: "Files the last complete verify compared.",
@@ -359,6 +383,24 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn the_target_space_is_rendered_when_known() {
+        let doc = json!({"job": "docs", "stages": {}, "target_space": {
+            "measured_at": "2026-11-29T03:00:00Z", "size_bytes": 1000, "used_bytes": 960,
+            "free_bytes": 40, "free_percent": 4.0, "warning_percent": 10, "low": true}});
+        let text = render("docs", &doc, &json!({}));
+        for line in [
+            "ciphersync_target_size_bytes{job=\"docs\"} 1000",
+            "ciphersync_target_free_bytes{job=\"docs\"} 40",
+            "ciphersync_target_space_low{job=\"docs\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        let unknown = json!({"job": "docs", "stages": {}, "target_space": {
+            "measured_at": "2026-11-29T03:00:00Z", "size_bytes": null, "free_bytes": null, "low": false}});
+        assert!(!render("docs", &unknown, &json!({})).contains("ciphersync_target_"));
     }
 
     #[test]

@@ -266,6 +266,7 @@ fn full_run(
     // could not read stays in files/ as it was (rsync neither replaces
     // nor deletes a file it cannot read), so no kept version is lost.
     let pruned = snapshots::prune(job, &*remote, false)?;
+    target::keep_space(job, &*remote);
     let mut done = done(&snapshot, &record.header, &stats, &repair, pruned);
     if !unreadable.is_empty() {
         done.outcome = Outcome::Partial;
@@ -338,6 +339,7 @@ fn record_unchanged_run(
     )?;
     record_last_backup(ctx, &snapshot, source, record.target_stamps.as_deref())?;
     let pruned = snapshots::prune(job, &*remote, false)?;
+    target::keep_space(job, &*remote);
     Ok(done(&snapshot, &record.header, &nothing, &nothing, pruned))
 }
 

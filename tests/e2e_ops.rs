@@ -643,3 +643,111 @@ fn unreadable_source_files_make_a_partial_backup() {
     );
     job.assert_clean();
 }
+
+/// `stat -f` of `dir`: (size, available) in bytes, as statvfs counts them.
+fn fs_space(dir: &Path) -> (u64, u64) {
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%S %b %a"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stat -f {}", dir.display());
+    let n: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
+    (n[0] * n[1], n[0] * n[2])
+}
+
+/// The target's space after a backup and after a prune, in status.json,
+/// `status` and the metrics, on a target (a 16 MiB tmpfs) that is nearly
+/// full: the backup warns, naming the threshold; a prune after room was
+/// made measures again and the warning goes.
+#[test]
+fn target_space_is_measured_and_warned_about() {
+    let tag = "ops-space";
+    if !require_tools(tag, LOCAL_TOOLS) || !require_tools(tag, PARSER_TOOLS) {
+        return;
+    }
+    let job = Job::local(tag).build();
+    let st = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=16m,mode=0700",
+            "ciphersync-e2e-space",
+        ])
+        .arg(&job.target_path)
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "mount a tmpfs at {}",
+        job.target_path.display()
+    );
+    write_at(&job.source.join("a.txt"), "alpha", 1_700_000_000);
+    // 15 of 16 MiB taken: about 6 % free, below the default 10 %.
+    let filler = job.target_path.join("filler");
+    fs::write(&filler, vec![0u8; 15 << 20]).unwrap();
+    let metrics = job.root.join("job.prom");
+    let metrics_arg = metrics.to_str().unwrap();
+    job.ok(&["init"]);
+    let o = job.ok(&["--metrics-file", metrics_arg, "backup"]);
+    assert!(
+        o.stderr.contains("running out of space")
+            && o.stderr.contains("space_warning_percent = 10"),
+        "{}",
+        o.dump()
+    );
+    let (size, free) = fs_space(&job.target_path);
+    let space = job.status()["target_space"].clone();
+    assert_eq!(space["size_bytes"].as_u64(), Some(size), "{space}");
+    assert_eq!(space["free_bytes"].as_u64(), Some(free), "{space}");
+    assert_eq!(space["low"], true, "{space}");
+    let rows = parse_metrics(&metrics);
+    let name = [("job", job.name.as_str())];
+    assert_eq!(
+        sample(&rows, "ciphersync_target_size_bytes", &name),
+        Some(size as f64)
+    );
+    assert_eq!(
+        sample(&rows, "ciphersync_target_free_bytes", &name),
+        Some(free as f64)
+    );
+    assert_eq!(
+        sample(&rows, "ciphersync_target_space_low", &name),
+        Some(1.0)
+    );
+    let status = job.ok(&["status"]);
+    assert!(
+        status.stdout.contains("target space:")
+            && status.stdout.contains("WARNING: below 10 % free"),
+        "{}",
+        status.dump()
+    );
+
+    // Room made; prune measures again.
+    fs::remove_file(&filler).unwrap();
+    let o = job.ok(&["--metrics-file", metrics_arg, "prune"]);
+    assert!(!o.stderr.contains("running out of space"), "{}", o.dump());
+    let (_, free) = fs_space(&job.target_path);
+    let space = job.status()["target_space"].clone();
+    assert_eq!(space["free_bytes"].as_u64(), Some(free), "{space}");
+    assert_eq!(space["low"], false, "{space}");
+    let rows = parse_metrics(&metrics);
+    assert_eq!(
+        sample(&rows, "ciphersync_target_space_low", &name),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&rows, "ciphersync_target_free_bytes", &name),
+        Some(free as f64)
+    );
+    let st = Command::new("umount")
+        .arg(&job.target_path)
+        .status()
+        .unwrap();
+    assert!(st.success(), "umount {}", job.target_path.display());
+    job.assert_clean();
+}

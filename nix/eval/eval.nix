@@ -292,6 +292,7 @@
     ioSchedulingClass-unknown = withDocs {ioSchedulingClass = "background";};
     bwlimit-zero = withDocs {target.sftp.bwlimit = 0;};
     bwlimit-on-local-as-string = withPhotos {target.local.bwlimit = "1m";};
+    spaceWarningPercent-100 = withDocs {target.sftp.spaceWarningPercent = 100;};
     bad-user-name = withPhotos {user = "Alice Smith";};
     undeclared-user = withPhotos {user = "bob";};
     hm-sftp-without-knownHosts =

@@ -69,6 +69,7 @@
       maxDeletePercent = 20;
       # High enough not to slow the suite, but rsync must take it.
       target.local.bwlimit = 102400;
+      target.local.spaceWarningPercent = 5;
       nice = 5;
       ioSchedulingClass = "best-effort";
       maxRuntime = "2h";

@@ -54,7 +54,8 @@
         # ones refuse to load the unit), and home-manager also runs on
         # distributions with older systemd: so a clash counts as a skipped run
         # (not a failure, OnFailure= does not fire); the next timer runs it.
-        SuccessExitStatus = "75";
+        # Exit 4 of a backup (partial) too, unless partialIsFailure.
+        SuccessExitStatus = lib.concatStringsSep " " (["75"] ++ jobLib.partialExitStatus job stage);
         UMask = "0077";
       }
       // jobLib.schedulingOf job

@@ -100,9 +100,25 @@
     '';
   };
 
+  # When the target's free space is low (target.space_warning_percent).
+  spaceWarningOption = mkOption {
+    type = types.ints.between 0 99;
+    default = 10;
+    example = 5;
+    description = ''
+      Below this share of free space on the target (in percent of its
+      file system), each backup and prune logs a warning, `ciphersync
+      status` shows one and the metric `ciphersync_target_space_low` is 1.
+      `0`: never. The space is measured after each backup and prune
+      (`df` on a server with a shell, else the SFTP server's statvfs; a
+      server with neither says nothing).
+    '';
+  };
+
   sftpModule = {
     options = {
       bwlimit = bwlimitOption;
+      spaceWarningPercent = spaceWarningOption;
       host = mkOption {
         type = types.str;
         example = "u123456.your-storagebox.de";
@@ -191,6 +207,7 @@
   localModule = {
     options.path = pathOption "on this machine (a disk that is already mounted)";
     options.bwlimit = bwlimitOption;
+    options.spaceWarningPercent = spaceWarningOption;
   };
 
   targetType = types.attrTag {
@@ -376,11 +393,29 @@
           Shell commands (bash, `set -euo pipefail`) run after each backup
           (ExecStopPost=), also after a failed one or a failed `preHook`,
           with the same privileges as `preHook`. `$CIPHERSYNC_OUTCOME` is
-          `success`, `failure` or `skipped` (another stage held the job's
-          lock: the run is retried), `$CIPHERSYNC_EXIT_STATUS` the helper's
+          `success`, `partial` (exit 4: some source files could not be
+          read, see `partialIsFailure`), `failure` or `skipped` (another
+          stage held the job's lock: the run is retried), `$CIPHERSYNC_EXIT_STATUS` the helper's
           exit status or the signal that ended it (empty when it did not
           run, as after a failed preHook), `$CIPHERSYNC_JOB` the job name. A failing postHook
           fails the unit.
+        '';
+      };
+      partialIsFailure = mkOption {
+        type = types.bool;
+        default = false;
+        example = true;
+        description = ''
+          Whether a `partial` backup (exit 4: everything that could be read
+          is backed up and restorable, but some source files could not be
+          read, e.g. permission denied or vanished while read) fails the
+          backup unit. By default it does not: SuccessExitStatus=4 keeps
+          the unit green and `onFailure` quiet, so that a file that
+          vanishes every night does not teach admins to ignore red units;
+          the journal names the files, `$CIPHERSYNC_OUTCOME` is `partial`
+          and the metrics say `outcome="partial"` and count them
+          (`ciphersync_backup_unreadable_files`). `true`: the unit fails,
+          `onFailure` fires and the ping reports exit 4.
         '';
       };
       nice = mkOption {
@@ -444,7 +479,8 @@
         example = "https://hc-ping.com/0b54cd0e-61ac-4a7c-9a2b-7b9b6d4b1c3e";
         description = ''
           A healthchecks.io-style URL pinged with curl around each backup:
-          `<url>/start` before it, `<url>` after a success, `<url>/<exit
+          `<url>/start` before it, `<url>` after a success (a `partial`
+          run is one unless `partialIsFailure`), `<url>/<exit
           status>` after a failure (`<url>/fail` when the helper did not run,
           as after a failed preHook, or was ended by a signal or a timeout). Nothing after a skipped run (exit 75). A
           ping that fails never fails the backup. The URL is not a secret
@@ -523,6 +559,7 @@
             known_hosts_file = knownHostsFile;
             remote_checksums = t.remoteChecksums;
             inherit (t) connections;
+            space_warning_percent = t.spaceWarningPercent;
           }
           // lib.optionalAttrs (t.identityFile != null) {identity_file = t.identityFile;}
           // lib.optionalAttrs (credentials && t.identityFile != null) {identity_credential = "identity";}
@@ -531,6 +568,7 @@
           {
             type = "local";
             inherit (t) path;
+            space_warning_percent = t.spaceWarningPercent;
           }
           // lib.optionalAttrs (t.bwlimit != null) {inherit (t) bwlimit;};
       snapshots = {
@@ -593,6 +631,12 @@
   # Nix-built script), so that tests/systemd runs exactly these lines.
   # `hookPrefix`: "+" on NixOS (the hooks run with full privileges, outside
   # the sandbox), "" in home-manager (the user's manager has none).
+  # Exit 4 (`partial`: some source files could not be read) counts as a
+  # success of the backup unit unless the job says otherwise
+  # (partialIsFailure): SuccessExitStatus= values of a stage.
+  partialExitStatus = job: stage:
+    lib.optional (stage.suffix == "backup" && !job.partialIsFailure) "4";
+
   schedulingOf = job: {
     Nice = job.nice;
     IOSchedulingClass = job.ioSchedulingClass;
@@ -635,6 +679,8 @@
     postPrelude = ''
       if [ "''${EXIT_STATUS:-}" = 75 ]; then
         CIPHERSYNC_OUTCOME=skipped
+      elif [ "''${EXIT_STATUS:-}" = 4 ]; then
+        CIPHERSYNC_OUTCOME=partial
       elif [ "''${SERVICE_RESULT:-}" = success ]; then
         CIPHERSYNC_OUTCOME=success
       else
@@ -709,6 +755,7 @@ in {
     targetOf
     loadCredential
     schedulingOf
+    partialExitStatus
     backupUnit
     ;
   types = {

@@ -245,6 +245,11 @@
         DeviceAllow = ["/dev/fuse rw"];
         KeyringMode = "private"; # no tool uses the kernel keyring
       }
+      # Exit 4: a partial backup (some source files could not be read) is
+      # not a failure unless partialIsFailure; the journal names the files.
+      // lib.optionalAttrs (jobLib.partialExitStatus job stage != []) {
+        SuccessExitStatus = lib.concatStringsSep " " (jobLib.partialExitStatus job stage);
+      }
       # Every stage is a low-priority neighbour (Nice=, IOSchedulingClass=).
       // jobLib.schedulingOf job
       // lib.optionalAttrs (stage.suffix == "backup") (jobLib.backupUnit {

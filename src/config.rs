@@ -105,6 +105,9 @@ pub struct Job {
     /// `target.bwlimit`: the backup's rate bound in KiB/s, for the whole
     /// job (rsync.rs shares it among the workers).
     pub bwlimit: Option<u32>,
+    /// `target.space_warning_percent`: below this share of free space on
+    /// the target, `status` and the backup warn (target/space.rs).
+    pub space_warning_percent: u8,
     /// `password_credential`: the systemd credential that holds the
     /// password, used instead of `password_file` inside a unit.
     pub password_credential: Option<String>,
@@ -448,6 +451,7 @@ const TARGET_FIELDS: &[&str] = &[
     "type",
     "path",
     "bwlimit",
+    "space_warning_percent",
     // Fields from here on are for sftp targets only (SFTP_ONLY_FROM).
     "host",
     "port",
@@ -460,7 +464,7 @@ const TARGET_FIELDS: &[&str] = &[
     "identity_credential",
 ];
 /// The index in TARGET_FIELDS of the first field only an sftp target has.
-const SFTP_ONLY_FROM: usize = 3;
+const SFTP_ONLY_FROM: usize = 4;
 const SNAPSHOTS_FIELDS: &[&str] = &["keep_last", "keep_days"];
 const VERIFY_FIELDS: &[&str] = &["sample_bytes"];
 const SECTIONS: &[(&str, &[&str])] = &[
@@ -760,6 +764,7 @@ fn resolve(tree: &Value) -> Checked<Job> {
     let TargetFields {
         target,
         bwlimit,
+        space_warning_percent,
         identity_credential,
     } = resolve_target(job.required("target")?)?;
     if matches!(target, Target::Sftp(_)) {
@@ -798,6 +803,7 @@ fn resolve(tree: &Value) -> Checked<Job> {
         state_dir,
         runtime_dir,
         bwlimit,
+        space_warning_percent,
         password_credential,
         identity_credential,
     })
@@ -880,8 +886,12 @@ const MAX_CONNECTIONS: u8 = 16;
 struct TargetFields {
     target: Target,
     bwlimit: Option<u32>,
+    space_warning_percent: u8,
     identity_credential: Option<String>,
 }
+
+/// Warn when less than this share of the target's space is free.
+pub const DEFAULT_SPACE_WARNING_PERCENT: u8 = 10;
 
 /// rsync takes up to 4 GiB/s written in KiB; more is no bound at all.
 const MAX_BWLIMIT_KIB: u64 = 4 * 1024 * 1024;
@@ -903,8 +913,20 @@ fn resolve_target(v: &Value) -> Checked<TargetFields> {
             )
         })?
         .map(|n| n as u32);
+    let space_warning_percent = t
+        .optional("space_warning_percent", |f, v| {
+            whole(
+                f,
+                v,
+                0,
+                99,
+                "a whole number 0–99 (a percentage; 0: never warn)",
+            )
+        })?
+        .map_or(DEFAULT_SPACE_WARNING_PERCENT, |n| n as u8);
     Ok(TargetFields {
         bwlimit,
+        space_warning_percent,
         ..resolve_target_kind(&t, sftp, path)?
     })
 }
@@ -913,6 +935,7 @@ fn resolve_target_kind(t: &Section, sftp: bool, path: PathBuf) -> Checked<Target
     let done = |target| TargetFields {
         target,
         bwlimit: None,
+        space_warning_percent: DEFAULT_SPACE_WARNING_PERCENT,
         identity_credential: None,
     };
     if !sftp {
@@ -1612,12 +1635,39 @@ mod tests {
             ),
             (
                 add_target(r#""a\nb": 1"#),
-                "unknown field `target.a\\nb` (`target`'s fields are: type, path, bwlimit, host, \
-                 port, user, identity_file, known_hosts_file, transport, remote_checksums, \
-                 connections, identity_credential)",
+                "unknown field `target.a\\nb` (`target`'s fields are: type, path, bwlimit, \
+                 space_warning_percent, host, port, user, identity_file, known_hosts_file, \
+                 transport, remote_checksums, connections, identity_credential)",
             ),
         ] {
             assert_eq!(error_of(&text), message, "{text}");
+        }
+    }
+
+    #[test]
+    fn space_warning_percent_is_bounded_and_named() {
+        let target = |field: &str| {
+            with(
+                r#""type": "sftp","#,
+                &format!(r#""type": "sftp", {field},"#),
+            )
+        };
+        assert_eq!(
+            parse(GOOD).unwrap().space_warning_percent,
+            DEFAULT_SPACE_WARNING_PERCENT
+        );
+        assert_eq!(
+            parse(&target(r#""space_warning_percent": 0"#))
+                .unwrap()
+                .space_warning_percent,
+            0
+        );
+        for bad in ["100", "-1", "\"10\"", "2.5"] {
+            let e = error_of(&target(&format!(r#""space_warning_percent": {bad}"#)));
+            assert!(
+                e.starts_with("field `target.space_warning_percent`: expected a whole number 0–99"),
+                "{bad}: {e}"
+            );
         }
     }
 

@@ -44,6 +44,21 @@ pub fn escape(text: &str) -> String {
     out
 }
 
+/// Bytes for people, in binary units: `512 B`, `1.5 KiB`, `93.1 GiB`.
+pub fn bytes_short(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 fn number(stats: &Value, key: &str) -> u64 {
     stats[key].as_u64().unwrap_or(0)
 }
@@ -59,7 +74,7 @@ pub fn result_lines(job: &str, stage: Stage, result: &Value) -> (Vec<String>, Ve
     let stats = &result["stats"];
     let job = escape(job);
     let stage_name = stage.key().replace('_', " ");
-    if !matches!(outcome, "ok" | "mismatch") {
+    if !matches!(outcome, "ok" | "mismatch" | "partial") {
         let message = result["error"]["message"].as_str().unwrap_or("");
         let line = format!(
             "ciphersync: {stage_name} of {job} {outcome}: {}",
@@ -68,12 +83,32 @@ pub fn result_lines(job: &str, stage: Stage, result: &Value) -> (Vec<String>, Ve
         return (Vec::new(), vec![line]);
     }
     let lines = match stage {
+        Stage::Backup if outcome == "partial" => return partial_lines(&job, stats),
         Stage::Backup => vec![backup_line(&job, stats)],
         Stage::Restore => vec![restore_line(&job, stats)],
         Stage::Prune => prune_lines(&job, stats),
         Stage::Verify | Stage::DeepVerify => verify_lines(&job, &stage_name, outcome, stats),
     };
     (lines, Vec::new())
+}
+
+/// A partial backup: the usual line, and on stderr what could not be read.
+fn partial_lines(job: &str, s: &Value) -> (Vec<String>, Vec<String>) {
+    let unreadable = string_list(&s["unreadable"]);
+    let mut err = vec![format!(
+        "ciphersync: backup of {job} partial: could not read {} of the source; \
+         missing from the backup, or kept in their last backed-up version:",
+        count(unreadable.len() as u64, "entry", "entries")
+    )];
+    err.extend(
+        unreadable
+            .iter()
+            .map(|p| format!("  unreadable: {}", escape(p))),
+    );
+    (
+        vec![backup_line(job, s).replacen(" ok: ", " partial: ", 1)],
+        err,
+    )
 }
 
 fn backup_line(job: &str, s: &Value) -> String {
@@ -196,8 +231,37 @@ pub fn status_lines(docs: &[Value]) -> Vec<String> {
                 status_detail(stage, s)
             ));
         }
+        if let Some(line) = space_line(&job, &doc[crate::status::TARGET_SPACE]) {
+            lines.push(line);
+        }
     }
     lines
+}
+
+/// The target's space as the last backup or prune measured it.
+fn space_line(job: &str, space: &Value) -> Option<String> {
+    let at = space["measured_at"].as_str()?;
+    let (Some(free), Some(size)) = (space["free_bytes"].as_u64(), space["size_bytes"].as_u64())
+    else {
+        return Some(format!(
+            "{job:<16} target space unknown (the server does not tell), asked {at}"
+        ));
+    };
+    let mut line = format!(
+        "{job:<16} target space: {} free of {} ({}), measured {at}",
+        bytes_short(free),
+        bytes_short(size),
+        space["free_percent"]
+            .as_f64()
+            .map_or("?".to_string(), |p| format!("{p:.1} %")),
+    );
+    if space["low"] == true {
+        line.push_str(&format!(
+            "; WARNING: below {} % free (target.space_warning_percent)",
+            space["warning_percent"].as_u64().unwrap_or(0)
+        ));
+    }
+    Some(line)
 }
 
 fn status_detail(stage: Stage, s: &Value) -> String {
@@ -205,7 +269,14 @@ fn status_detail(stage: Stage, s: &Value) -> String {
         return escape(message);
     }
     let st = &s["stats"];
+    let unreadable = string_list(&st["unreadable"]);
     match stage {
+        Stage::Backup if !unreadable.is_empty() => format!(
+            "snapshot {}, {}; could not read: {}",
+            text(st, "snapshot"),
+            files(number(st, "files")),
+            escape(&unreadable.join("; "))
+        ),
         Stage::Backup => format!(
             "snapshot {}, {}",
             text(st, "snapshot"),
@@ -445,6 +516,30 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn space_is_shown_with_its_warning() {
+        assert_eq!(bytes_short(512), "512 B");
+        assert_eq!(bytes_short(1536), "1.5 KiB");
+        assert_eq!(bytes_short(100 * 1024 * 1024 * 1024), "100.0 GiB");
+        let doc = json!({"job": "docs", "stages": {}, "target_space": {
+            "measured_at": "2026-11-29T03:00:00Z", "size_bytes": 1u64 << 30, "used_bytes": 0,
+            "free_bytes": 50u64 << 20, "free_percent": 4.9, "warning_percent": 10, "low": true}});
+        let lines = status_lines(&[doc]);
+        assert_eq!(
+            lines.last().unwrap(),
+            "docs             target space: 50.0 MiB free of 1.0 GiB (4.9 %), measured \
+             2026-11-29T03:00:00Z; WARNING: below 10 % free (target.space_warning_percent)"
+        );
+        let unknown = json!({"job": "docs", "stages": {}, "target_space": {
+            "measured_at": "2026-11-29T03:00:00Z", "size_bytes": null, "free_bytes": null}});
+        assert!(
+            status_lines(&[unknown])
+                .last()
+                .unwrap()
+                .contains("target space unknown")
+        );
+    }
+
+    #[test]
     fn counts_take_the_right_word() {
         assert_eq!(files(0), "0 files");
         assert_eq!(files(1), "1 file");
@@ -475,6 +570,33 @@ mod tests {
                 "  snapshots/20260101T000000Z/",
                 "  snapshots/20260102T000000Z/",
             ]
+        );
+    }
+
+    #[test]
+    fn a_partial_backup_says_what_it_could_not_read() {
+        let result = json!({"outcome": "partial", "error": null, "stats": {
+            "files": 2, "transferred": 2, "bytes_transferred": 100, "deleted": 0,
+            "snapshot": "20261129T030000Z",
+            "unreadable": ["docs/a\u{1b}.txt (Permission denied (13))"]}});
+        let (out, err) = result_lines("docs", Stage::Backup, &result);
+        assert_eq!(
+            out,
+            [
+                "backup of docs partial: 2 files in the backup; 2 files sent (100 bytes encrypted), 0 files deleted; snapshot 20261129T030000Z"
+            ]
+        );
+        assert_eq!(err.len(), 2, "{err:?}");
+        assert!(err[0].contains("could not read 1 entry"), "{err:?}");
+        assert_eq!(
+            err[1],
+            "  unreadable: docs/a\\x1b.txt (Permission denied (13))"
+        );
+        let doc = json!({"job": "docs", "stages": {"backup": result}});
+        let rows = status_lines(&[doc]);
+        assert!(
+            rows[1].contains(" partial ") && rows[1].contains("could not read: docs/a\\x1b.txt"),
+            "{rows:?}"
         );
     }
 

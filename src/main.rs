@@ -281,9 +281,13 @@ fn write_metrics(cli: &Cli, job: &Job, stage: Stage, result: &StageResult) {
         return;
     };
     let kept = match stage {
-        Stage::Backup | Stage::Prune if result.outcome == Outcome::Ok => count_snapshots(job)
-            .map_err(|e| log::warn(format!("metrics: cannot count the snapshots: {e}")))
-            .ok(),
+        Stage::Backup | Stage::Prune
+            if matches!(result.outcome, Outcome::Ok | Outcome::Partial) =>
+        {
+            count_snapshots(job)
+                .map_err(|e| log::warn(format!("metrics: cannot count the snapshots: {e}")))
+                .ok()
+        }
         _ => None,
     };
     if let Err(e) = metrics::write(&job.state_dir, &job.name, file, kept) {
@@ -420,6 +424,7 @@ fn report(cli: &Cli, job: &Job, stage: Stage, result: &StageResult) -> i32 {
     match (result.outcome, &result.error) {
         (Outcome::Ok, _) => 0,
         (Outcome::Mismatch, _) => 3,
+        (Outcome::Partial, _) => 4,
         (_, Some(e)) => e.kind.exit_code(),
         (_, None) => 1,
     }
@@ -477,6 +482,7 @@ fn prune(ctx: &run::Context, dry_run: bool) -> Result<run::Done> {
     let job = ctx.job;
     let remote = target::open(job, target::Need::Records, &ctx.runtime("remote"))?;
     let plan = snapshots::prune(job, &*remote, dry_run)?;
+    target::keep_space(job, &*remote);
     Ok(run::Done {
         outcome: Outcome::Ok,
         stats: ciphersync::stats::StageStats::Prune(ciphersync::stats::PruneStats {

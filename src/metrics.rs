@@ -22,7 +22,7 @@ use crate::status::{self, Stage};
 /// Kept across runs in the state dir.
 pub const STATE_FILE: &str = "metrics.json";
 
-const OUTCOMES: [&str; 4] = ["ok", "failed", "mismatch", "interrupted"];
+const OUTCOMES: [&str; 5] = ["ok", "partial", "failed", "mismatch", "interrupted"];
 
 /// Seconds since the epoch of an RFC 3339 time as status.json writes it
 /// (`2026-11-29T03:00:00Z`).
@@ -42,10 +42,14 @@ pub fn update_state(state: &mut Value, status_doc: &Value, snapshots_kept: Optio
     for stage in Stage::ALL {
         let result = &status_doc["stages"][stage.key()];
         let outcome = result["outcome"].as_str();
-        if outcome == Some("ok") {
+        // A partial backup counts as a success: it stored everything it
+        // could read and wrote a run that can be restored. The staleness
+        // alert is for backups that do not run; `partial` has its own
+        // outcome and `ciphersync_backup_unreadable_files`.
+        if matches!(outcome, Some("ok" | "partial")) {
             state["last_success"][stage.key()] = result["finished_at"].clone();
         }
-        if matches!(outcome, Some("ok" | "mismatch")) {
+        if matches!(outcome, Some("ok" | "mismatch" | "partial")) {
             state["last_complete"][stage.key()] = result.clone();
         }
     }
@@ -75,7 +79,7 @@ pub fn render(job: &str, status_doc: &Value, state: &Value) -> String {
     let mut families = vec![
         Family {
             name: "ciphersync_last_success_timestamp_seconds",
-            help: "Unix time at which the stage last finished with outcome ok (0: never).",
+            help: "Unix time at which the stage last finished with outcome ok or partial (0: never).",
             samples: Vec::new(),
         },
         Family {
@@ -159,6 +163,15 @@ pub fn render(job: &str, status_doc: &Value, state: &Value) -> String {
             "Files the last successful backup deleted on the target.",
             "deleted",
         ),
+        Family {
+            name: "ciphersync_backup_unreadable_files",
+            help: "Source files and directories the last successful backup could not read (outcome partial when above 0).",
+            samples: backup["unreadable"]
+                .as_array()
+                .map(|list| vec![(with(""), list.len() as f64)])
+                .or_else(|| backup.is_object().then(|| vec![(with(""), 0.0)]))
+                .unwrap_or_default(),
+        },
     ]);
     families.push(Family {
         name: "ciphersync_snapshots_kept",
@@ -168,6 +181,30 @@ pub fn render(job: &str, status_doc: &Value, state: &Value) -> String {
             .map(|n| vec![(with(""), n as f64)])
             .unwrap_or_default(),
     });
+    let space = &status_doc[status::TARGET_SPACE];
+    let space_family = |name, help, value: Option<f64>| Family {
+        name,
+        help,
+        samples: value.map(|v| vec![(with(""), v)]).unwrap_or_default(),
+    };
+    let bytes = |key: &str| space[key].as_u64().map(|n| n as f64);
+    families.extend([
+        space_family(
+            "ciphersync_target_size_bytes",
+            "Size of the target's file system after the last backup or prune (absent: the server does not tell).",
+            bytes("size_bytes"),
+        ),
+        space_family(
+            "ciphersync_target_free_bytes",
+            "Bytes the account may still write on the target after the last backup or prune.",
+            bytes("free_bytes"),
+        ),
+        space_family(
+            "ciphersync_target_space_low",
+            "1 when less than target.space_warning_percent of the target is free, else 0.",
+            bytes("free_bytes").map(|_| f64::from(u8::from(space["low"] == true))),
+        ),
+    ]);
     let mut verify_files = Family {
         name: "ciphersync_verify_files",
         help: "Files the last complete verify compared.",
@@ -324,6 +361,46 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn a_partial_backup_is_a_success_with_its_own_outcome() {
+        let partial = status_with(json!({
+            "backup": {"outcome": "partial", "finished_at": "2026-11-29T03:00:00Z", "duration_ms": 1500,
+                       "stats": {"files": 3, "bytes": 300, "transferred": 2, "bytes_transferred": 200,
+                                 "deleted": 0, "unreadable": ["a (Permission denied (13))", "b (vanished)"]}},
+        }));
+        let mut state = json!({});
+        update_state(&mut state, &partial, Some(1));
+        let text = render("docs", &partial, &state);
+        for line in [
+            "ciphersync_last_success_timestamp_seconds{job=\"docs\",stage=\"backup\"} 1795921200",
+            "ciphersync_last_run_outcome{job=\"docs\",stage=\"backup\",outcome=\"partial\"} 1",
+            "ciphersync_last_run_outcome{job=\"docs\",stage=\"backup\",outcome=\"ok\"} 0",
+            "ciphersync_last_run_outcome{job=\"docs\",stage=\"backup\",outcome=\"failed\"} 0",
+            "ciphersync_backup_unreadable_files{job=\"docs\"} 2",
+            "ciphersync_backup_files{job=\"docs\"} 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_target_space_is_rendered_when_known() {
+        let doc = json!({"job": "docs", "stages": {}, "target_space": {
+            "measured_at": "2026-11-29T03:00:00Z", "size_bytes": 1000, "used_bytes": 960,
+            "free_bytes": 40, "free_percent": 4.0, "warning_percent": 10, "low": true}});
+        let text = render("docs", &doc, &json!({}));
+        for line in [
+            "ciphersync_target_size_bytes{job=\"docs\"} 1000",
+            "ciphersync_target_free_bytes{job=\"docs\"} 40",
+            "ciphersync_target_space_low{job=\"docs\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        let unknown = json!({"job": "docs", "stages": {}, "target_space": {
+            "measured_at": "2026-11-29T03:00:00Z", "size_bytes": null, "free_bytes": null, "low": false}});
+        assert!(!render("docs", &unknown, &json!({})).contains("ciphersync_target_"));
     }
 
     #[test]

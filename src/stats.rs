@@ -43,6 +43,9 @@ pub struct BackupStats {
     pub bytes: u64,
     /// Snapshot dirs removed by the retention.
     pub pruned: Vec<String>,
+    /// Source files that could not be read (outcome `partial`), each as
+    /// `plaintext path (rsync's reason)`.
+    pub unreadable: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -107,6 +110,7 @@ mod tests {
             snapshot: "20261129T030000Z".into(),
             bytes: 300,
             pruned: vec!["20261101T030000Z".into()],
+            unreadable: vec!["docs/a.txt (Permission denied (13))".into()],
         });
         assert_eq!(
             backup.to_json(),
@@ -114,6 +118,7 @@ mod tests {
                 "files": 3, "transferred": 2, "bytes_transferred": 100, "deleted": 1,
                 "changed": 4, "repaired": 0, "snapshot": "20261129T030000Z", "bytes": 300,
                 "pruned": ["20261101T030000Z"],
+                "unreadable": ["docs/a.txt (Permission denied (13))"],
             })
         );
         let restore = StageStats::Restore(RestoreStats {

@@ -43,6 +43,10 @@ impl Stage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Ok,
+    /// A backup that stored everything it could read; some source files
+    /// could not be read (permission denied, vanished) and are listed in
+    /// its stats (`unreadable`). Exit 4; see docs/design.md, "Partial runs".
+    Partial,
     Failed,
     Mismatch,
     Interrupted,
@@ -52,6 +56,7 @@ impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
+            Outcome::Partial => "partial",
             Outcome::Failed => "failed",
             Outcome::Mismatch => "mismatch",
             Outcome::Interrupted => "interrupted",
@@ -119,8 +124,48 @@ pub fn record(state_dir: &Path, job: &str, stage: Stage, result: &StageResult) -
     let mut doc = Map::new();
     doc.insert("job".into(), Value::String(job.to_string()));
     doc.insert("stages".into(), Value::Object(stages));
+    if let Some(space) = old.get(TARGET_SPACE) {
+        doc.insert(TARGET_SPACE.into(), space.clone());
+    }
+    write_doc(state_dir, doc)
+}
+
+fn write_doc(state_dir: &Path, doc: Map<String, Value>) -> Result<()> {
     let text = serde_json::to_string_pretty(&Value::Object(doc)).expect("JSON values serialise");
     write_atomic(&state_dir.join(STATUS_FILE), format!("{text}\n").as_bytes())
+}
+
+/// status.json's key for the target's space, measured after each backup
+/// and prune (target::keep_space).
+pub const TARGET_SPACE: &str = "target_space";
+
+/// Records the target's space (`None`: the target cannot tell) and the
+/// warning threshold it was judged by, keeping everything else.
+pub fn record_space(
+    state_dir: &Path,
+    job: &str,
+    space: Option<crate::target::Space>,
+    warning_percent: u8,
+) -> Result<()> {
+    let old = read(state_dir).unwrap_or_else(|_| json!({}));
+    let mut doc = old.as_object().cloned().unwrap_or_default();
+    doc.insert("job".into(), Value::String(job.to_string()));
+    let free_percent = space
+        .and_then(|s| s.free_percent())
+        .map(|p| (p * 10.0).round() / 10.0);
+    doc.insert(
+        TARGET_SPACE.into(),
+        json!({
+            "measured_at": rfc3339(SystemTime::now()),
+            "size_bytes": space.map(|s| s.size_bytes),
+            "used_bytes": space.map(|s| s.used_bytes),
+            "free_bytes": space.map(|s| s.free_bytes),
+            "free_percent": free_percent,
+            "warning_percent": warning_percent,
+            "low": space.is_some_and(|s| s.low(warning_percent)),
+        }),
+    );
+    write_doc(state_dir, doc)
 }
 
 pub use crate::fsutil::{AtomicFile, write_atomic};
@@ -227,6 +272,40 @@ mod tests {
             stats: json!({ "files": 3, "missing": ["a/b.txt"], "extra": [], "changed": ["c.pdf"] }),
         };
         insta::assert_json_snapshot!(result.to_json());
+    }
+
+    #[test]
+    fn the_target_space_outlives_stage_results() {
+        let dir =
+            std::env::temp_dir().join(format!("ciphersync-space-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let space = crate::target::Space {
+            size_bytes: 1000,
+            used_bytes: 950,
+            free_bytes: 50,
+        };
+        record_space(&dir, "docs", Some(space), 10).unwrap();
+        let at = UNIX_EPOCH + Duration::from_secs(1_795_921_200);
+        let ok = StageResult {
+            outcome: Outcome::Ok,
+            started_at: at,
+            finished_at: at,
+            error: None,
+            stats: json!({}),
+        };
+        record(&dir, "docs", Stage::Backup, &ok).unwrap();
+        let doc = read(&dir).unwrap();
+        let kept = &doc[TARGET_SPACE];
+        assert_eq!(kept["free_bytes"], 50, "{doc}");
+        assert_eq!(kept["free_percent"], 5.0);
+        assert_eq!(kept["low"], true);
+        assert_eq!(doc["stages"]["backup"]["outcome"], "ok");
+        record_space(&dir, "docs", None, 10).unwrap();
+        let doc = read(&dir).unwrap();
+        assert!(doc[TARGET_SPACE]["free_bytes"].is_null(), "{doc}");
+        assert_eq!(doc[TARGET_SPACE]["low"], false);
+        assert_eq!(doc["stages"]["backup"]["outcome"], "ok");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

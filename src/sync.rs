@@ -221,7 +221,10 @@ fn full_run(
     view.check_live()?;
     remote.check_live()?;
     let decryptor = PathDecryptor::new(&ctx.runtime("ctl.sock"));
-    let mut stats = rsync.mirror(&decryptor)?;
+    let Mirrored {
+        mut stats,
+        unreadable,
+    } = rsync.mirror(&decryptor)?;
     stats.add(&repair);
 
     // Only a run that got this far claims a complete state: the snapshot dir
@@ -257,11 +260,26 @@ fn full_run(
         view.unmount()?;
         record
     };
+    // A partial run keeps no fingerprint: the next backup must run rsync
+    // again (and retry the files it could not read), even if nothing in
+    // the source changed.
+    let source = source.filter(|_| unreadable.is_empty());
     record_last_backup(ctx, &snapshot, source, record.target_stamps.as_deref())?;
     RepairList::clear(&job.state_dir);
     BACKUP_INCOMPLETE.clear(&job.state_dir)?;
+    // A partial run is a run like any other for the retention: what it
+    // could not read stays in files/ as it was (rsync neither replaces
+    // nor deletes a file it cannot read), so no kept version is lost.
     let pruned = snapshots::prune(job, &*remote, false)?;
-    Ok(done(&snapshot, &record.header, &stats, &repair, pruned))
+    target::keep_space(job, &*remote);
+    let mut done = done(&snapshot, &record.header, &stats, &repair, pruned);
+    if !unreadable.is_empty() {
+        done.outcome = Outcome::Partial;
+        if let StageStats::Backup(b) = &mut done.stats {
+            b.unreadable = unreadable;
+        }
+    }
+    Ok(done)
 }
 
 /// The run's result, as status.json and --json show it.
@@ -284,6 +302,7 @@ fn done(
             snapshot: snapshot.to_string(),
             bytes: record.bytes,
             pruned: pruned.snapshot_dirs,
+            unreadable: Vec::new(),
         }),
     }
 }
@@ -325,6 +344,7 @@ fn record_unchanged_run(
     )?;
     record_last_backup(ctx, &snapshot, source, record.target_stamps.as_deref())?;
     let pruned = snapshots::prune(job, &*remote, false)?;
+    target::keep_space(job, &*remote);
     Ok(done(&snapshot, &record.header, &nothing, &nothing, pruned))
 }
 
@@ -612,33 +632,90 @@ fn repair_damaged(ctx: &Context, rsync: &Rsync) -> Result<Stats> {
     rsync.repair(&files_from)
 }
 
-/// What the passes of one mirror did, and what they could not store.
+/// What the passes of one mirror did, what the target refused to store
+/// and what could not be read from the source.
 #[derive(Default)]
 struct Passed {
     stats: Stats,
-    /// rsync's words, files named, for each pass that exited 23.
+    /// Entries the target refused (or an rsync error that names no file
+    /// of the view), files named: the run fails.
     refused: Vec<String>,
+    /// Files and directories of the view rsync could not read (permission
+    /// denied, vanished): the run is `partial`.
+    unreadable: Vec<String>,
+    /// rsync left every deletion out (a directory of the source could not
+    /// be listed).
+    deletions_skipped: bool,
+}
+
+/// What a mirror stored, and what it could not read.
+struct Mirrored {
+    stats: Stats,
+    unreadable: Vec<String>,
 }
 
 impl Passed {
+    /// A pass that exited 23 or 24 (`vanished`: every file it names is
+    /// the source's): each file rsync named goes to the side its path lies
+    /// on (see `Named`).
+    fn sorted(stats: Stats, named: Vec<Named>, stderr: &str, vanished: bool) -> Passed {
+        let mut passed = Passed {
+            stats,
+            deletions_skipped: stderr.contains("skipping file deletion"),
+            ..Passed::default()
+        };
+        if named.is_empty() {
+            match vanished {
+                true => passed.unreadable.push(stderr.trim().to_string()),
+                false => passed.refused.push(stderr.trim().to_string()),
+            }
+        }
+        for n in named {
+            match n.source_side || vanished {
+                true => passed.unreadable.push(n.item),
+                false => passed.refused.push(n.item),
+            }
+        }
+        passed
+    }
+
     fn add(&mut self, other: Passed) {
         self.stats.add(&other.stats);
         self.refused.extend(other.refused);
+        for item in other.unreadable {
+            if !self.unreadable.contains(&item) {
+                self.unreadable.push(item);
+            }
+        }
+        self.deletions_skipped |= other.deletions_skipped;
     }
 
-    /// The run's figures, or the one error that names every file any pass
-    /// could not store.
-    fn into_result(self) -> Result<Stats> {
-        if self.refused.is_empty() {
-            return Ok(self.stats);
-        }
-        Err(Error::new(
-            Kind::Tool,
-            format!(
+    /// The run's figures and what it could not read, or the one error
+    /// that names every file the target refused.
+    fn into_result(self) -> Result<Mirrored> {
+        if !self.refused.is_empty() {
+            let mut message = format!(
                 "rsync could not transfer some files: {}",
                 self.refused.join("; ")
-            ),
-        ))
+            );
+            if !self.unreadable.is_empty() {
+                message.push_str(&format!(
+                    "; and could not read from the source: {}",
+                    self.unreadable.join("; ")
+                ));
+            }
+            return Err(Error::new(Kind::Tool, message));
+        }
+        if self.deletions_skipped {
+            log::warn(
+                "rsync deleted nothing on the target, since a directory of the source could not \
+                 be read; the next backup that reads it deletes what is gone",
+            );
+        }
+        Ok(Mirrored {
+            stats: self.stats,
+            unreadable: self.unreadable,
+        })
     }
 }
 
@@ -705,7 +782,7 @@ impl Rsync<'_> {
     /// Mirrors the view into files/: one rsync, or over sshfs a structure
     /// pass, workers on balanced lists of files, and a pass for the
     /// directories' modes and times (see split.rs).
-    fn mirror(&self, decryptor: &PathDecryptor) -> Result<Stats> {
+    fn mirror(&self, decryptor: &PathDecryptor) -> Result<Mirrored> {
         let workers = match &self.job.target {
             Target::Sftp(s) if s.transport == Transport::Sshfs && self.split => s.connections,
             _ => 1,
@@ -767,26 +844,25 @@ impl Rsync<'_> {
         };
         let stats = stats_from(out.stdout_reader()?)?;
         match out.code() {
-            Some(0) => {}
-            Some(rsync::VANISHED) => log::warn(format!(
-                "some source files vanished while rsync read them; the next backup picks up the change: {}",
-                out.stderr.trim()
-            )),
+            Some(0) => Ok(Passed {
+                stats,
+                ..Passed::default()
+            }),
+            Some(rsync::VANISHED) => {
+                // Every line names a file of the view: the source changed
+                // while rsync read it.
+                let named = name_files(&out.stderr, &self.roots(), decryptor);
+                Ok(Passed::sorted(stats, named, &out.stderr, true))
+            }
             Some(rsync::PARTIAL) => {
                 if let Some(cause) = self.diagnose(&out.stderr) {
                     return Err(cause);
                 }
-                return Ok(Passed {
-                    stats,
-                    refused: vec![name_files(&out.stderr, &self.roots(), decryptor)],
-                });
+                let named = name_files(&out.stderr, &self.roots(), decryptor);
+                Ok(Passed::sorted(stats, named, &out.stderr, false))
             }
-            _ => return Err(self.failure(&out)),
+            _ => Err(self.failure(&out)),
         }
-        Ok(Passed {
-            stats,
-            refused: Vec::new(),
-        })
     }
 
     fn repair(&self, files_from: &Path) -> Result<Stats> {
@@ -929,29 +1005,47 @@ impl Rsync<'_> {
     }
 }
 
-/// Turns rsync's error lines into a message that names the files, decrypted
-/// to plaintext paths where the view can tell.
-fn name_files(stderr: &str, roots: &[String], decryptor: &PathDecryptor) -> String {
-    let mut named: Vec<String> = Vec::new();
-    for line in stderr.lines().filter(|l| l.starts_with("rsync:")) {
+/// A file or directory one of rsync's error or warning lines names.
+#[derive(Debug, PartialEq, Eq)]
+struct Named {
+    /// Its path lies under the view (`roots[0]`): the source could not be
+    /// read. Anything else (under files/ on the target, or a path rsync
+    /// printed otherwise) counts as the target's refusal.
+    source_side: bool,
+    /// `plaintext path (rsync's reason)`.
+    item: String,
+}
+
+/// The files rsync's error lines (`rsync: ... "PATH" ...: why`) and
+/// warnings (`file has vanished: "PATH"`) name, decrypted to plaintext
+/// paths where the view can tell, each once.
+fn name_files(stderr: &str, roots: &[String], decryptor: &PathDecryptor) -> Vec<Named> {
+    let mut named: Vec<Named> = Vec::new();
+    for line in stderr.lines() {
+        let vanished = line.contains("has vanished: ");
+        if !line.starts_with("rsync:") && !vanished {
+            continue;
+        }
         let quoted = line.split('"').nth(1).unwrap_or("");
-        let rel = roots
+        let under = roots
             .iter()
-            .find_map(|root| quoted.strip_prefix(root.as_str()))
-            .unwrap_or(quoted);
+            .position(|root| quoted.starts_with(root.as_str()));
+        let rel = under.map_or(quoted, |i| &quoted[roots[i].len()..]);
         let rel = without_temp_suffix(&rsync::unescape_name(rel));
         let plain = decrypt_for_people(decryptor, &rel);
-        let why = line.rsplit_once(": ").map(|(_, w)| w).unwrap_or("");
-        let item = format!("{plain} ({why})");
-        if !named.contains(&item) {
-            named.push(item);
+        let why = match vanished {
+            true => "vanished",
+            false => line.rsplit_once(": ").map(|(_, w)| w).unwrap_or(""),
+        };
+        let n = Named {
+            source_side: under == Some(0),
+            item: format!("{plain} ({why})"),
+        };
+        if !named.contains(&n) {
+            named.push(n);
         }
     }
-    if named.is_empty() {
-        stderr.trim().to_string()
-    } else {
-        named.join("; ")
-    }
+    named
 }
 
 /// rsync writes `dir/.NAME.XXXXXX` before renaming it to `dir/NAME`: its
@@ -1006,6 +1100,77 @@ mod tests {
         assert_eq!(without_temp_suffix("Ab/Cd"), "Ab/Cd");
         assert_eq!(without_temp_suffix("Ab/.hidden"), "Ab/.hidden");
         assert_eq!(without_temp_suffix("Ab/.x.toolong1"), "Ab/.x.toolong1");
+    }
+
+    /// rsync's words (3.2 to 3.5) for files it could not read from the
+    /// view, and for entries the target refused.
+    #[test]
+    fn unreadable_source_files_are_told_from_target_refusals() {
+        let roots = ["/run/c/cipher/".to_string(), "/mnt/t/files/".to_string()];
+        let no_socket = PathDecryptor::new(Path::new("/nonexistent/ctl.sock"));
+        let source = "rsync: [sender] opendir \"/run/c/cipher/Dd\" failed: Permission denied (13)\n\
+            IO error encountered -- skipping file deletion\n\
+            rsync: [sender] send_files failed to open \"/run/c/cipher/Dd/Ff\": Permission denied (13)\n\
+            rsync error: some files/attrs were not transferred (see previous errors) (code 23) at main.c(1394) [sender=3.5.0]\n";
+        let passed = Passed::sorted(
+            Stats::default(),
+            name_files(source, &roots, &no_socket),
+            source,
+            false,
+        );
+        assert!(passed.refused.is_empty(), "{:?}", passed.refused);
+        assert_eq!(
+            passed.unreadable,
+            [
+                "Dd (Permission denied (13))",
+                "Dd/Ff (Permission denied (13))"
+            ]
+        );
+        assert!(passed.deletions_skipped);
+        let mirrored = passed.into_result().unwrap();
+        assert_eq!(mirrored.unreadable.len(), 2);
+
+        // The target's refusal fails the run, and the error still names
+        // what could not be read.
+        let both = format!(
+            "{source}rsync: [receiver] mkstemp \"/mnt/t/files/Dd/.Gg.a1B2c3\" failed: Permission denied (13)\n"
+        );
+        let passed = Passed::sorted(
+            Stats::default(),
+            name_files(&both, &roots, &no_socket),
+            &both,
+            false,
+        );
+        assert_eq!(passed.refused, ["Dd/Gg (Permission denied (13))"]);
+        let e = passed.into_result().err().expect("a refusal fails the run");
+        assert!(
+            e.message.contains("Dd/Gg") && e.message.contains("could not read from the source: Dd"),
+            "{}",
+            e.message
+        );
+
+        // An error that names no file of the view (a remote path over
+        // rsync's own transport) is the target's: failed, not partial.
+        let remote = "rsync: [receiver] mkstemp \"/backups/files/.Hh.x1y2z3\" failed: Disk quota exceeded (122)\n";
+        let passed = Passed::sorted(
+            Stats::default(),
+            name_files(remote, &roots, &no_socket),
+            remote,
+            false,
+        );
+        assert!(passed.unreadable.is_empty() && passed.refused.len() == 1);
+
+        // Exit 24: the source changed while rsync read it.
+        let vanished = "file has vanished: \"/run/c/cipher/Vv\"\n\
+            rsync warning: some files vanished before they could be transferred (code 24) at main.c(1389) [sender=3.5.0]\n";
+        let passed = Passed::sorted(
+            Stats::default(),
+            name_files(vanished, &roots, &no_socket),
+            vanished,
+            true,
+        );
+        assert!(passed.refused.is_empty());
+        assert_eq!(passed.unreadable, ["Vv (vanished)"]);
     }
 
     const LAST: &str = "20261129T030000Z";

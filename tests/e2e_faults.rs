@@ -287,7 +287,7 @@ const FAULTS: &[Group] = &[
         "sshfs",
         &[Row {
             name: "source files change, grow and vanish while rsync reads them",
-            expected: "the run ends ok (rsync 24 = warning) or failed with a clear error; nothing lost; the next run picks the changes up; verify and verify --deep ok",
+            expected: "the run ends ok, partial (exit 4: rsync 24, the vanished files named) or failed with a clear error; nothing lost; the next run picks the changes up; verify and verify --deep ok",
             baseline: MID_TRANSFER,
             stage: "backup",
             run_by: &[],

@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -422,4 +423,331 @@ fn completions_and_man_page_come_from_the_command_line_definition() {
         "completions is hidden: {help}"
     );
     assert!(help.contains("diff"), "diff is listed: {help}");
+}
+
+/// `cmd` run by `setpriv` with `caps` dropped from its bounding set: still
+/// uid 0 and able to mount, but bound by file modes as a job without
+/// CAP_DAC_OVERRIDE is (the harness runs as root, which reads everything).
+/// gocryptfs -reverse, started by the helper, inherits the bound.
+fn bounded(cmd: Command, caps: &str) -> Command {
+    let mut c = Command::new("setpriv");
+    c.arg(format!("--bounding-set={caps}"))
+        .arg("--")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c
+}
+
+const NO_DAC: &str = "-dac_override,-dac_read_search";
+
+/// Source files the job cannot read (mode 0000, no DAC override) make the
+/// backup `partial`: exit 4, the plaintext names listed, a record written
+/// (restore gives the readable files new and the unreadable one as it was
+/// last backed up), the metrics say partial and count it a success, and
+/// the next backup that can read them is ok again. A refusal by the
+/// target in the same situation stays `failed` (exit 1).
+#[test]
+fn unreadable_source_files_make_a_partial_backup() {
+    let tag = "ops-partial";
+    if !require_tools(tag, LOCAL_TOOLS)
+        || !require_tools(tag, PARSER_TOOLS)
+        || !require_tools(tag, &["setpriv"])
+    {
+        return;
+    }
+    let job = Job::local(tag).build();
+    fs::create_dir_all(job.source.join("dir")).unwrap();
+    write_at(&job.source.join("a.txt"), "alpha", 1_700_000_000);
+    write_at(&job.source.join("dir/b.txt"), "bravo", 1_700_000_000);
+    write_at(&job.source.join("secret.txt"), "old secret", 1_700_000_000);
+    // Enough unchanged files that the deletion guard lets the changes by
+    // (and no other directory: the target's one directory is dir/).
+    for i in 0..10 {
+        write_at(
+            &job.source.join(format!("keep{i}.txt")),
+            "kept",
+            1_700_000_000,
+        );
+    }
+    let metrics = job.root.join("job.prom");
+    let metrics_arg = metrics.to_str().unwrap();
+    job.ok(&["init"]);
+    job.ok(&["backup"]);
+
+    // A readable change, a changed file and a new file the job cannot read.
+    write_at(
+        &job.source.join("a.txt"),
+        "alpha, second run",
+        1_700_000_100,
+    );
+    write_at(&job.source.join("secret.txt"), "new secret!", 1_700_000_100);
+    write_at(&job.source.join("dir/locked.txt"), "locked", 1_700_000_100);
+    for f in ["secret.txt", "dir/locked.txt"] {
+        fs::set_permissions(job.source.join(f), fs::Permissions::from_mode(0o000)).unwrap();
+    }
+    let o = run_cmd(bounded(
+        job.command(&["--metrics-file", metrics_arg, "--json", "backup"]),
+        NO_DAC,
+    ));
+    assert_eq!(
+        o.code,
+        4,
+        "a backup that cannot read two files: {}",
+        o.dump()
+    );
+    let v = parse_json(&o);
+    assert_eq!(v["outcome"], "partial", "{v}");
+    assert!(v["error"].is_null(), "{v}");
+    let unreadable = str_list(&v["stats"]["unreadable"]);
+    assert_eq!(unreadable.len(), 2, "{unreadable:?}");
+    for (plain, i) in [("secret.txt", 0), ("dir/locked.txt", 1)] {
+        assert!(
+            unreadable
+                .iter()
+                .any(|u| u.starts_with(&format!("{plain} (")) && u.contains("Permission denied")),
+            "{plain} ({i}) is not named in plaintext: {unreadable:?}"
+        );
+    }
+    assert_eq!(job.stage("backup")["outcome"], "partial");
+    let partial_id = v["stats"]["snapshot"].as_str().unwrap().to_string();
+    assert!(
+        job.target_path
+            .join(format!("records/{partial_id}.rec"))
+            .is_file(),
+        "a partial run writes its record"
+    );
+    // The human form names them too.
+    let status = job.ok(&["status"]);
+    assert!(
+        status.stdout.contains("partial") && status.stdout.contains("dir/locked.txt"),
+        "{}",
+        status.dump()
+    );
+
+    let rows = parse_metrics(&metrics);
+    let name = job.name.as_str();
+    let outcome = |o: &str| {
+        sample(
+            &rows,
+            "ciphersync_last_run_outcome",
+            &[("job", name), ("stage", "backup"), ("outcome", o)],
+        )
+    };
+    assert_eq!(outcome("partial"), Some(1.0), "{rows:?}");
+    assert_eq!(outcome("failed"), Some(0.0), "{rows:?}");
+    assert_eq!(
+        sample(
+            &rows,
+            "ciphersync_backup_unreadable_files",
+            &[("job", name)]
+        ),
+        Some(2.0)
+    );
+    let finished = job.stage("backup")["finished_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let success = sample(
+        &rows,
+        "ciphersync_last_success_timestamp_seconds",
+        &[("job", name), ("stage", "backup")],
+    )
+    .unwrap();
+    assert_eq!(
+        Some(success),
+        sample(
+            &rows,
+            "ciphersync_last_run_timestamp_seconds",
+            &[("job", name), ("stage", "backup")]
+        ),
+        "a partial run is the last success ({finished})"
+    );
+
+    // What the partial run left: the readable change, the unreadable file
+    // as the last run stored it, the new unreadable one absent.
+    let out = job.root.join("restored-partial");
+    job.ok(&["restore", "--to", out.to_str().unwrap()]);
+    assert_eq!(
+        fs::read_to_string(out.join("a.txt")).unwrap(),
+        "alpha, second run"
+    );
+    assert_eq!(
+        fs::read_to_string(out.join("secret.txt")).unwrap(),
+        "old secret"
+    );
+    assert!(!out.join("dir/locked.txt").exists());
+    assert_eq!(fs::read_to_string(out.join("dir/b.txt")).unwrap(), "bravo");
+
+    // The target refuses a file (its directory belongs to someone else,
+    // and the job may neither write into it nor chmod or chown it): failed, exit 1,
+    // though a source file is unreadable too. The message names both.
+    let enc_dir = fs::read_dir(job.files_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .expect("the encrypted dir/ on the target");
+    std::os::unix::fs::chown(&enc_dir, Some(65534), Some(65534)).unwrap();
+    write_at(
+        &job.source.join("dir/b.txt"),
+        "bravo, changed",
+        1_700_000_200,
+    );
+    let o = run_cmd(bounded(
+        job.command(&["--json", "backup"]),
+        &format!("{NO_DAC},-fowner,-chown"),
+    ));
+    assert_eq!(o.code, 1, "a target refusal is a failure: {}", o.dump());
+    let v = parse_json(&o);
+    assert_eq!(v["outcome"], "failed", "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("dir/b.txt")
+            && message.contains("could not read from the source")
+            && message.contains("secret.txt"),
+        "{message}"
+    );
+    std::os::unix::fs::chown(&enc_dir, Some(0), Some(0)).unwrap();
+
+    // Readable again: the next backup is ok and stores the new versions.
+    for f in ["secret.txt", "dir/locked.txt"] {
+        fs::set_permissions(job.source.join(f), fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let (o, v) = job.run_json(&["--metrics-file", metrics_arg, "backup"]);
+    o.expect_code(0, "the backup after the files became readable");
+    assert_eq!(v["outcome"], "ok");
+    assert_eq!(str_list(&v["stats"]["unreadable"]), Vec::<String>::new());
+    let rows = parse_metrics(&metrics);
+    assert_eq!(
+        sample(
+            &rows,
+            "ciphersync_backup_unreadable_files",
+            &[("job", name)]
+        ),
+        Some(0.0)
+    );
+    let out = job.root.join("restored-ok");
+    job.ok(&["restore", "--to", out.to_str().unwrap()]);
+    assert_eq!(
+        fs::read_to_string(out.join("secret.txt")).unwrap(),
+        "new secret!"
+    );
+    assert_eq!(
+        fs::read_to_string(out.join("dir/locked.txt")).unwrap(),
+        "locked"
+    );
+    job.assert_clean();
+}
+
+/// `stat -f` of `dir`: (size, available) in bytes, as statvfs counts them.
+fn fs_space(dir: &Path) -> (u64, u64) {
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%S %b %a"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stat -f {}", dir.display());
+    let n: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
+    (n[0] * n[1], n[0] * n[2])
+}
+
+/// The target's space after a backup and after a prune, in status.json,
+/// `status` and the metrics, on a target (a 16 MiB tmpfs) that is nearly
+/// full: the backup warns, naming the threshold; a prune after room was
+/// made measures again and the warning goes.
+#[test]
+fn target_space_is_measured_and_warned_about() {
+    let tag = "ops-space";
+    if !require_tools(tag, LOCAL_TOOLS) || !require_tools(tag, PARSER_TOOLS) {
+        return;
+    }
+    let job = Job::local(tag).build();
+    let st = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=16m,mode=0700",
+            "ciphersync-e2e-space",
+        ])
+        .arg(&job.target_path)
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "mount a tmpfs at {}",
+        job.target_path.display()
+    );
+    write_at(&job.source.join("a.txt"), "alpha", 1_700_000_000);
+    // 15 of 16 MiB taken: about 6 % free, below the default 10 %.
+    let filler = job.target_path.join("filler");
+    fs::write(&filler, vec![0u8; 15 << 20]).unwrap();
+    let metrics = job.root.join("job.prom");
+    let metrics_arg = metrics.to_str().unwrap();
+    job.ok(&["init"]);
+    let o = job.ok(&["--metrics-file", metrics_arg, "backup"]);
+    assert!(
+        o.stderr.contains("running out of space")
+            && o.stderr.contains("space_warning_percent = 10"),
+        "{}",
+        o.dump()
+    );
+    let (size, free) = fs_space(&job.target_path);
+    let space = job.status()["target_space"].clone();
+    assert_eq!(space["size_bytes"].as_u64(), Some(size), "{space}");
+    assert_eq!(space["free_bytes"].as_u64(), Some(free), "{space}");
+    assert_eq!(space["low"], true, "{space}");
+    let rows = parse_metrics(&metrics);
+    let name = [("job", job.name.as_str())];
+    assert_eq!(
+        sample(&rows, "ciphersync_target_size_bytes", &name),
+        Some(size as f64)
+    );
+    assert_eq!(
+        sample(&rows, "ciphersync_target_free_bytes", &name),
+        Some(free as f64)
+    );
+    assert_eq!(
+        sample(&rows, "ciphersync_target_space_low", &name),
+        Some(1.0)
+    );
+    let status = job.ok(&["status"]);
+    assert!(
+        status.stdout.contains("target space:")
+            && status.stdout.contains("WARNING: below 10 % free"),
+        "{}",
+        status.dump()
+    );
+
+    // Room made; prune measures again.
+    fs::remove_file(&filler).unwrap();
+    let o = job.ok(&["--metrics-file", metrics_arg, "prune"]);
+    assert!(!o.stderr.contains("running out of space"), "{}", o.dump());
+    let (_, free) = fs_space(&job.target_path);
+    let space = job.status()["target_space"].clone();
+    assert_eq!(space["free_bytes"].as_u64(), Some(free), "{space}");
+    assert_eq!(space["low"], false, "{space}");
+    let rows = parse_metrics(&metrics);
+    assert_eq!(
+        sample(&rows, "ciphersync_target_space_low", &name),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&rows, "ciphersync_target_free_bytes", &name),
+        Some(free as f64)
+    );
+    let st = Command::new("umount")
+        .arg(&job.target_path)
+        .status()
+        .unwrap();
+    assert!(st.success(), "umount {}", job.target_path.display());
+    job.assert_clean();
 }

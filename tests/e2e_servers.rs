@@ -281,6 +281,37 @@ fn backup_run(job: &Job, what: &str) -> (Out, Value) {
     (o, stats)
 }
 
+/// The target's space in status.json after the matrix (a backup, then a
+/// prune): the size of the server's file system (`stat -f`, as statvfs
+/// counts it; the free bytes move with the machine's other writers), or
+/// nothing for a server that cannot tell, which `status` says.
+fn assert_space(job: &Job, known: bool) {
+    let space = job.status()["target_space"].clone();
+    assert!(space["measured_at"].is_string(), "no target_space: {space}");
+    let status = job.ok(&["status"]);
+    if !known {
+        assert!(space["size_bytes"].is_null(), "{space}");
+        assert!(
+            status.stdout.contains("target space unknown"),
+            "{}",
+            status.dump()
+        );
+        return;
+    }
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%S %b"])
+        .arg(&job.target_path)
+        .output()
+        .unwrap();
+    let n: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
+    assert_eq!(space["size_bytes"].as_u64(), Some(n[0] * n[1]), "{space}");
+    assert!(space["free_bytes"].as_u64().is_some(), "{space}");
+    assert!(status.stdout.contains("target space:"), "{}", status.dump());
+}
+
 fn snapshot_ids(job: &Job) -> Vec<String> {
     let (o, v) = job.run_json(&["snapshots"]);
     o.expect_code(0, "snapshots --json");
@@ -367,6 +398,8 @@ fn full_shell_sshfs() {
     }
     let job = Job::sftp("srv-full-sshfs").build_on(ServerKind::FullShell);
     matrix(&job, |_| {});
+    // A shell: df on the server.
+    assert_space(&job, true);
 }
 
 #[test]
@@ -453,6 +486,8 @@ fn whitelist_rsync() {
         .transport("rsync")
         .build_on(ServerKind::Whitelist);
     matrix(&job, |_| {});
+    // No shell: the SFTP server's statvfs@openssh.com through sshfs.
+    assert_space(&job, true);
 }
 
 /// rclone keeps no modes (its chmod is accepted and ignored) and refuses
@@ -467,6 +502,8 @@ fn rclone_sshfs_restores_modes_and_symlinks_from_the_record() {
         .transport("sshfs")
         .build_on(ServerKind::Rclone);
     matrix(&job, |_| {});
+    // No statvfs either: sshfs's made-up figures are not taken for real.
+    assert_space(&job, false);
     // The server really has neither: what came back came from the records.
     let files = job.server.local_dir.join("files");
     let server_links = walk(&files)

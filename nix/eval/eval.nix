@@ -358,6 +358,7 @@
     ioSchedulingClass-unknown = withDocs {ioSchedulingClass = "background";};
     bwlimit-zero = withDocs {target.sftp.bwlimit = 0;};
     bwlimit-on-local-as-string = withPhotos {target.local.bwlimit = "1m";};
+    spaceWarningPercent-100 = withDocs {target.sftp.spaceWarningPercent = 100;};
     bad-user-name = withPhotos {user = "Alice Smith";};
     undeclared-user = withPhotos {user = "bob";};
     hm-sftp-without-knownHosts =
@@ -432,6 +433,32 @@
         && lib.hasInfix "ciphersync-docs-ping" (at 1 post)
         && lib.hasInfix "systemd-inhibit" docsBackup.ExecStart
         && docsBackup.TimeoutStartSec == "12h"
+      );
+    # Issue 18: exit 4 (partial) is a success of the backup unit only,
+    # unless partialIsFailure (photos); the home-manager units add it to
+    # their 75. The postHook learns CIPHERSYNC_OUTCOME=partial.
+    partial-exit-status = let
+      nixos = (checkAssertions "nixos-docs" (evalNixos [samples.nixos-docs]).config).systemd.services;
+      photos = (forced (evalPhotosWith [])).systemd.services;
+      hm = (evalHm [samples.hm-music]).config.systemd.user.services;
+      got = builtins.toJSON {
+        docs-backup = nixos.ciphersync-docs-backup.serviceConfig.SuccessExitStatus or null;
+        docs-verify = nixos.ciphersync-docs-verify.serviceConfig.SuccessExitStatus or null;
+        photos-backup = photos.ciphersync-photos-backup.serviceConfig.SuccessExitStatus or null;
+        music-backup = hm.ciphersync-music-backup.Service.SuccessExitStatus;
+        music-verify = hm.ciphersync-music-verify.Service.SuccessExitStatus;
+      };
+    in
+      expect "SuccessExitStatus: ${got}" (
+        got
+        == builtins.toJSON {
+          docs-backup = "4";
+          docs-verify = null;
+          photos-backup = null;
+          music-backup = "75 4";
+          music-verify = "75";
+        }
+        && lib.any (lib.hasInfix "CIPHERSYNC_OUTCOME=partial") docsBackup.ExecStopPost
       );
     # The password and the identity reach every unit as credentials, and
     # the job file names them.

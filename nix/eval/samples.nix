@@ -69,9 +69,12 @@
       maxDeletePercent = 20;
       # High enough not to slow the suite, but rsync must take it.
       target.local.bwlimit = 102400;
+      target.local.spaceWarningPercent = 5;
       nice = 5;
       ioSchedulingClass = "best-effort";
       maxRuntime = "2h";
+      # A partial backup fails this unit (onFailure fires).
+      partialIsFailure = true;
       verify.startAt = [];
       persistentTimer = false;
     };

@@ -62,6 +62,41 @@ pub struct RsyncDest {
     pub over_sshfs: bool,
 }
 
+/// The size of the file system that holds the target, as `df` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    pub size_bytes: u64,
+    pub used_bytes: u64,
+    /// What the account may still write (df's "Available").
+    pub free_bytes: u64,
+}
+
+impl Space {
+    /// From statvfs(3): blocks of `f_frsize` bytes.
+    pub fn from_statvfs(s: &nix::sys::statvfs::Statvfs) -> Space {
+        let unit = s.fragment_size();
+        Space {
+            size_bytes: s.blocks().saturating_mul(unit),
+            used_bytes: s
+                .blocks()
+                .saturating_sub(s.blocks_free())
+                .saturating_mul(unit),
+            free_bytes: s.blocks_available().saturating_mul(unit),
+        }
+    }
+
+    /// The free share, in percent of the size (None for a size of 0).
+    pub fn free_percent(&self) -> Option<f64> {
+        (self.size_bytes > 0).then(|| self.free_bytes as f64 * 100.0 / self.size_bytes as f64)
+    }
+
+    /// Less than `percent` of the size is free (0: never).
+    pub fn low(&self, percent: u8) -> bool {
+        self.free_percent()
+            .is_some_and(|free| free < f64::from(percent))
+    }
+}
+
 /// What the server stores of what rsync gives it. An SFTP server may keep
 /// no modes (rclone accepts a chmod and ignores it) or refuse symlinks;
 /// then the record keeps them (snapshots.rs, `metadata record`).
@@ -175,8 +210,13 @@ pub trait Target: Send + Sync {
     fn rsync_dest(&self, rel: &str) -> RsyncDest;
     /// Creates directory `rel` where rsync will write (ok if it exists).
     fn create_dir(&self, rel: &str) -> Result<()>;
-    /// Free bytes on the target, when it can tell.
+    /// Free bytes on the target, when it can tell (no round trip).
     fn free_bytes(&self) -> Option<u64>;
+    /// Size, used and free space of the target's file system, when the
+    /// target can tell: statvfs on a path (through sshfs, the server's
+    /// `statvfs@openssh.com`), `df` in a shell. None from a server that
+    /// has neither, or when the question fails.
+    fn space(&self) -> Option<Space>;
     /// What the server stores of the modes and symlinks rsync gives it.
     fn keeps(&self) -> Keeps;
     /// An ssh failure (rsync's exit 255, a lost link) named with the host.
@@ -272,6 +312,31 @@ pub fn open(job: &Job, need: Need, mount_point: &Path) -> Result<Box<dyn Target>
             Box::new(WhitelistTarget::new(path, ssh, rsync_over_ssh, sums))
         }
     })
+}
+
+/// Measures the target's space after a backup or prune (where the target
+/// is open anyway), keeps it in status.json and warns when less than
+/// `target.space_warning_percent` of it is free. Never fails the stage.
+pub fn keep_space(job: &Job, remote: &dyn Target) {
+    let space = remote.space();
+    match space {
+        Some(s) if s.low(job.space_warning_percent) => log::warn(format!(
+            "the target {} is running out of space: {} free of {} ({:.1} %, below \
+             target.space_warning_percent = {})",
+            job.target_label(),
+            crate::human::bytes_short(s.free_bytes),
+            crate::human::bytes_short(s.size_bytes),
+            s.free_percent().unwrap_or(0.0),
+            job.space_warning_percent
+        )),
+        Some(s) => log::debug(|| format!("target space: {s:?}")),
+        None => log::debug(|| "the target does not tell its free space".into()),
+    }
+    if let Err(e) =
+        crate::status::record_space(&job.state_dir, &job.name, space, job.space_warning_percent)
+    {
+        log::warn(format!("cannot record the target's space: {e}"));
+    }
 }
 
 /// Opens the target as a local path (restore, key check: gocryptfs mounts

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use super::listing::{TreeEntry, list_local_tree};
 use super::{
     CHECKSUMS, FILES, Keeps, MetadataFrom, Preflight, RECORDS, ReadBack, RecordCounts,
-    RecordRequest, RemoteSums, RsyncDest, SNAPSHOTS, Ssh, Target,
+    RecordRequest, RemoteSums, RsyncDest, SNAPSHOTS, Space, Ssh, Target,
 };
 use crate::crypt::REMOTE_CONFIG_NAME;
 use crate::error::{Error, IoContext, Kind, Result};
@@ -20,6 +20,10 @@ use crate::{checksums, interrupt, log, walk};
 /// most a few KiB) and gocryptfs.conf (about 1 KiB) are all a snapshot
 /// dir is completed with: anything larger on the target is not one.
 const GOCRYPTFS_SMALL_FILE_LIMIT: u64 = 64 * 1024;
+
+/// What sshfs reports as the size (and free space) of a server that
+/// cannot tell (sshfs.c, `sshfs_statfs` without the statvfs extension).
+const SSHFS_MADE_UP_BYTES: u64 = 1000 * 1024 * 1024 * 1024;
 
 pub struct PathTarget {
     root: PathBuf,
@@ -215,6 +219,30 @@ impl Target for PathTarget {
         nix::sys::statvfs::statvfs(&self.root)
             .ok()
             .map(|s| s.blocks_available() * s.fragment_size())
+    }
+
+    fn space(&self) -> Option<Space> {
+        let stat = match nix::sys::statvfs::statvfs(&self.root) {
+            Ok(stat) => stat,
+            Err(e) => {
+                log::debug(|| format!("statvfs {}: {e}", self.root.display()));
+                return None;
+            }
+        };
+        // sshfs answers for a server without `statvfs@openssh.com` with
+        // made-up figures: 1000 GiB, all of it free, 10^9 inodes.
+        let made_up = self.mount.is_some()
+            && stat.blocks() == stat.blocks_free()
+            && stat.blocks() == stat.blocks_available()
+            && stat.blocks().saturating_mul(stat.fragment_size()) == SSHFS_MADE_UP_BYTES
+            && stat.files() == stat.files_free();
+        if made_up {
+            log::debug(|| {
+                "the SFTP server does not tell its free space (no statvfs@openssh.com)".into()
+            });
+            return None;
+        }
+        Some(Space::from_statvfs(&stat))
     }
 
     fn keeps(&self) -> Keeps {

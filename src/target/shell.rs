@@ -13,7 +13,7 @@ use super::listing::{TreeEntry, parse_find_line};
 use super::ssh::{quote_path, remote_failure};
 use super::{
     Keeps, PathTarget, Preflight, ReadBack, RecordCounts, RecordRequest, RemoteSums, RsyncDest,
-    SHORT_COMMAND, Ssh, Target,
+    SHORT_COMMAND, Space, Ssh, Target,
 };
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::exec::{Output, scratch_file, shell_quote};
@@ -50,6 +50,22 @@ const READ_FILE: Script = script!("read_file");
 const WRITE_FILE: Script = script!("write_file");
 const COPY_WITHIN: Script = script!("copy_within");
 const LEFTOVERS: Script = script!("leftovers");
+const SPACE: Script = script!("space");
+
+/// space.sh's answer, `space SIZE USED AVAILABLE` in KiB.
+fn parse_space(text: &str) -> Option<Space> {
+    let mut words = text.trim().split(' ');
+    let kib = |w: Option<&str>| w?.parse::<u64>().ok().map(|n| n.saturating_mul(1024));
+    if words.next() != Some("space") {
+        return None;
+    }
+    let space = Space {
+        size_bytes: kib(words.next())?,
+        used_bytes: kib(words.next())?,
+        free_bytes: kib(words.next())?,
+    };
+    words.next().is_none().then_some(space)
+}
 
 /// read_file.sh's exit status for a file that is not there.
 const MISSING: i32 = 44;
@@ -209,6 +225,22 @@ impl Target for ShellTarget {
 
     fn free_bytes(&self) -> Option<u64> {
         self.mount.as_ref().and_then(|m| m.free_bytes())
+    }
+
+    fn space(&self) -> Option<Space> {
+        let out = self.run(Call::new(&SPACE, "df").args(["."]).limit(SHORT_COMMAND));
+        let answer = match out {
+            Ok(mut out) if out.success() => out.stdout_string().ok(),
+            Ok(out) => {
+                crate::log::debug(|| format!("space.sh: exit {:?}: {}", out.code(), out.stderr));
+                None
+            }
+            Err(e) => {
+                crate::log::debug(|| format!("space.sh: {e}"));
+                None
+            }
+        };
+        answer.as_deref().and_then(parse_space)
     }
 
     fn keeps(&self) -> Keeps {
@@ -793,6 +825,49 @@ mod tests {
         assert!(root.join("snapshots/x y").is_dir());
     }
 
+    /// space.sh says what statvfs says (df counts the same blocks), and
+    /// its answer parses; anything else is no answer.
+    #[test]
+    fn the_space_script_agrees_with_statvfs() {
+        let root = Root::new("space");
+        let root = &root.0;
+        let mut out = run_here(&SPACE, &["."], root, None);
+        let got = parse_space(&out.stdout_string().unwrap()).expect("an answer");
+        let want = Space::from_statvfs(&nix::sys::statvfs::statvfs(root.as_path()).unwrap());
+        assert_eq!(got.size_bytes, want.size_bytes);
+        // Others write to /tmp meanwhile: used and free within 64 MiB.
+        let near = |a: u64, b: u64| a.abs_diff(b) < 64 << 20;
+        assert!(near(got.used_bytes, want.used_bytes), "{got:?} {want:?}");
+        assert!(near(got.free_bytes, want.free_bytes), "{got:?} {want:?}");
+        // A directory that is not there: exit 45, no answer.
+        let missing = crate::exec::Cmd::new("sh")
+            .arg("-c")
+            .arg(SPACE.text)
+            .arg("ciphersync")
+            .arg("no such dir")
+            .cwd(root)
+            .run()
+            .unwrap();
+        assert_eq!(missing.code(), Some(45), "{}", missing.stderr);
+        assert_eq!(
+            parse_space("space 10 4 6\n"),
+            Some(Space {
+                size_bytes: 10240,
+                used_bytes: 4096,
+                free_bytes: 6144
+            })
+        );
+        for bad in [
+            "",
+            "space 1 2",
+            "space 1 2 3 4",
+            "space a 2 3",
+            "disk 1 2 3",
+        ] {
+            assert_eq!(parse_space(bad), None, "{bad:?}");
+        }
+    }
+
     #[test]
     fn store_lists_keeps_the_newest_runs() {
         let root = Root::new("lists");
@@ -868,7 +943,7 @@ mod tests {
             }
         }
         assert!(
-            checked >= 14,
+            checked >= 15,
             "only {checked} scripts found in {}",
             dir.display()
         );

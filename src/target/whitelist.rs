@@ -268,6 +268,11 @@ impl Target for WhitelistTarget {
         self.path.free_bytes()
     }
 
+    fn space(&self) -> Option<super::Space> {
+        // No shell for df: the SFTP server's statvfs, through the mount.
+        self.path.space()
+    }
+
     fn keeps(&self) -> Keeps {
         match self.rsync_over_ssh {
             // rsync --server writes the account's own file system.

@@ -78,9 +78,9 @@ libdir=$(cd "$NIXPKGS_LIB/lib" && pwd)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-evaluate() { # attribute of nix/eval/eval.nix -> JSON on stdout
+evaluate() { # attribute of nix/eval/eval.nix [more nix-instantiate args] -> JSON on stdout
     nix-instantiate --eval --strict --json "$here/eval.nix" \
-        --arg nixpkgsLib "$libdir" -A "$1"
+        --arg nixpkgsLib "$libdir" -A "$1" "${@:2}"
 }
 
 failed=0
@@ -252,9 +252,13 @@ fi
 # and PATH, checked and taken out: see realService in eval.nix), the
 # mistaken configurations must get the same outcomes and the regressions
 # must hold. Each unit is also rendered as the text nixpkgs writes.
+# users.users/users.groups are nixpkgs' users-groups.nix (its leaves in
+# stubs/users-groups-leaves.nix); its own unit, users and groups are taken
+# out of the comparison (nixpkgsOwn in eval.nix).
 real_files=(nixos/lib/utils.nix nixos/lib/systemd-lib.nix nixos/lib/systemd-unit-options.nix
     nixos/lib/systemd-types.nix nixos/modules/programs/fuse.nix
-    nixos/modules/misc/assertions.nix nixos/modules/misc/meta.nix)
+    nixos/modules/misc/assertions.nix nixos/modules/misc/meta.nix
+    nixos/modules/config/users-groups.nix)
 if [ -z "${NIXPKGS:-}" ]; then
     echo "SKIP NixOS evaluation with nixpkgs' modules: set NIXPKGS=<nixpkgs checkout> (see nix/eval/README.md)"
 else
@@ -269,7 +273,7 @@ else
         nixpkgs_dir=$(cd "$NIXPKGS" && pwd)
         evaluate_real() {
             nix-instantiate --eval --strict --json "$here/eval.nix" \
-                --arg nixpkgsLib "$libdir" --arg nixpkgs "$nixpkgs_dir" -A "$1"
+                --arg nixpkgsLib "$libdir" --arg nixpkgs "$nixpkgs_dir" -A "$1" "${@:2}"
         }
         for name in nixos-docs nixos-photos assertions; do
             if ! evaluate_real "$name" >"$tmp/real-$name.raw" 2>"$tmp/real-$name.err"; then

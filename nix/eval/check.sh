@@ -84,6 +84,28 @@ evaluate() { # attribute of nix/eval/eval.nix [more nix-instantiate args] -> JSO
 }
 
 failed=0
+# The regressions an infinite recursion breaks must be able to fail: with
+# the defect of issue 15 put back (mutants/users-from-jobs.nix, `--arg
+# mutant true`) each must stop with "infinite recursion".
+mutant_check() { # label prefix, evaluate function
+    local prefix=$1 fn=$2 list name out
+    if ! list=$(evaluate recursion-regressions 2>"$tmp/mutant.err"); then
+        echo "FAIL ${prefix}mutant: $(cat "$tmp/mutant.err")" >&2
+        failed=1
+        return
+    fi
+    for name in $(python3 -c 'import json,sys; print(" ".join(json.load(sys.stdin)))' <<<"$list"); do
+        if out=$("$fn" "regressions.$name" --arg mutant true 2>"$tmp/mutant.err"); then
+            echo "FAIL ${prefix}mutant $name: evaluates ($out) with mutants/users-from-jobs.nix; the case cannot catch the recursion" >&2
+            failed=1
+        elif grep -q "infinite recursion" "$tmp/mutant.err"; then
+            echo "ok ${prefix}mutant $name: the defect put back recurses"
+        else
+            echo "FAIL ${prefix}mutant $name: failed otherwise than by recursion: $(grep -m1 -E '^error' "$tmp/mutant.err")" >&2
+            failed=1
+        fi
+    done
+}
 compare() { # name, produced file, expected file
     if [ "${UPDATE_EXPECTED:-}" = 1 ]; then
         cp "$2" "$3"
@@ -145,6 +167,7 @@ else
     echo "FAIL regressions: $(cat "$tmp/regression-names.err")" >&2
     failed=1
 fi
+mutant_check "" evaluate
 
 # The VM test definitions: nodes evaluate with the stubs, the ciphersync
 # jobs they declare pass types and assertions, each testScript compiles.
@@ -299,6 +322,7 @@ else
                 failed=1
             fi
         done
+        mutant_check real/ evaluate_real
         # Every setting reaches the unit file nixpkgs writes, one
         # "Key=value" line per list element.
         if evaluate_real real-units >"$tmp/real-units.json" 2>"$tmp/real-units.err" &&

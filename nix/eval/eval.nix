@@ -13,6 +13,10 @@
 {
   nixpkgsLib,
   nixpkgs ? null,
+  # `--arg mutant true` adds mutants/users-from-jobs.nix next to the
+  # module: the defect of issue 15 put back, for check.sh to show that the
+  # regressions catch it.
+  mutant ? false,
 }: let
   lib = import nixpkgsLib;
   pkgs = import ./stubs/pkgs.nix {inherit lib;};
@@ -27,6 +31,7 @@
           module
           {_module.args.pkgs = pkgs;}
         ]
+        ++ lib.optional mutant ./mutants/users-from-jobs.nix
         ++ modules;
       specialArgs = lib.optionalAttrs real {inherit nixpkgs;};
     };
@@ -486,6 +491,38 @@
       expect "User= is ${(backupService config).User}, failed ${builtins.toJSON (failedAssertions config)}" (
         (backupService config).User == "alice" && failedAssertions config == []
       );
+    # 1, under nixpkgs' users-groups.nix: there a group's `members` is
+    # computed from every user's extraGroups, so users.groups depends on
+    # users.users as well. The job user by reference, its group by
+    # reference, and a second user that joins that group by reference: the
+    # real evaluation must compute the members ([bob]) and find no failed
+    # assertion (users-groups.nix's own included).
+    group-members-by-reference = let
+      config = forced (evalPhotosWith [
+        (
+          {config, ...}: {
+            services.ciphersync.jobs.photos.user = lib.mkForce config.users.users.alice.name;
+            users.users.alice = {
+              isSystemUser = true;
+              group = config.users.groups.alice.name;
+            };
+            users.groups.alice = {};
+            users.users.bob = {
+              isNormalUser = true;
+              group = "bob";
+              extraGroups = [config.users.groups.alice.name];
+            };
+            users.groups.bob = {};
+          }
+        )
+      ]);
+    in
+      expect "User= is ${(backupService config).User}, members of alice ${builtins.toJSON config.users.groups.alice.members}, failed ${builtins.toJSON (failedAssertions config)}" (
+        (backupService config).User
+        == "alice"
+        && failedAssertions config == []
+        && (!real || config.users.groups.alice.members == ["bob"])
+      );
     # 3. A user declared elsewhere keeps its own description (GECOS).
     keeps-user-description = let
       config = forced (evalPhotosWith [
@@ -607,6 +644,9 @@ in {
   assertions = cases;
   inherit regressions;
   regression-names = lib.attrNames regressions;
+  # The regressions an infinite recursion breaks: check.sh requires each to
+  # fail with mutants/users-from-jobs.nix (--arg mutant true).
+  recursion-regressions = ["user-group-from-users-groups" "job-user-from-users-users" "group-members-by-reference"];
   options-reference = optionReference;
   real-units = lib.optionalAttrs real {
     docs = realUnits samples.nixos-docs;

@@ -325,12 +325,22 @@ else
         mutant_check real/ evaluate_real
         # Every setting reaches the unit file nixpkgs writes, one
         # "Key=value" line per list element.
+        out=""
         if evaluate_real real-units >"$tmp/real-units.json" 2>"$tmp/real-units.err" &&
             out=$(python3 "$here/check_real_units.py" "$tmp/real-units.json" 2>&1); then
             echo "ok real/unit files: $out units carry every setting as nixpkgs writes them"
         else
             echo "FAIL real/unit files: ${out:-$(grep -m1 -E '^error' "$tmp/real-units.err")}" >&2
             failed=1
+        fi
+        # Which nixpkgs was read: the proof is for the flake's pin only when
+        # NIXPKGS is a checkout of it.
+        pin=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["nodes"]["nixpkgs"]["locked"]["rev"])' "$root/flake.lock" 2>/dev/null || echo unknown)
+        rev=$(git -C "$nixpkgs_dir" rev-parse HEAD 2>/dev/null || echo "not a git checkout")
+        if [ "$rev" = "$pin" ]; then
+            echo "ok real/pin: NIXPKGS is the flake's pin ($pin)"
+        else
+            echo "NOTE real/pin: NIXPKGS is $rev, the flake pins nixpkgs $pin; re-run with a checkout at the pin (nix/eval/README.md)"
         fi
     fi
 fi

@@ -78,12 +78,34 @@ libdir=$(cd "$NIXPKGS_LIB/lib" && pwd)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-evaluate() { # attribute of nix/eval/eval.nix -> JSON on stdout
+evaluate() { # attribute of nix/eval/eval.nix [more nix-instantiate args] -> JSON on stdout
     nix-instantiate --eval --strict --json "$here/eval.nix" \
-        --arg nixpkgsLib "$libdir" -A "$1"
+        --arg nixpkgsLib "$libdir" -A "$1" "${@:2}"
 }
 
 failed=0
+# The regressions an infinite recursion breaks must be able to fail: with
+# the defect of issue 15 put back (mutants/users-from-jobs.nix, `--arg
+# mutant true`) each must stop with "infinite recursion".
+mutant_check() { # label prefix, evaluate function
+    local prefix=$1 fn=$2 list name out
+    if ! list=$(evaluate recursion-regressions 2>"$tmp/mutant.err"); then
+        echo "FAIL ${prefix}mutant: $(cat "$tmp/mutant.err")" >&2
+        failed=1
+        return
+    fi
+    for name in $(python3 -c 'import json,sys; print(" ".join(json.load(sys.stdin)))' <<<"$list"); do
+        if out=$("$fn" "regressions.$name" --arg mutant true 2>"$tmp/mutant.err"); then
+            echo "FAIL ${prefix}mutant $name: evaluates ($out) with mutants/users-from-jobs.nix; the case cannot catch the recursion" >&2
+            failed=1
+        elif grep -q "infinite recursion" "$tmp/mutant.err"; then
+            echo "ok ${prefix}mutant $name: the defect put back recurses"
+        else
+            echo "FAIL ${prefix}mutant $name: failed otherwise than by recursion: $(grep -m1 -E '^error' "$tmp/mutant.err")" >&2
+            failed=1
+        fi
+    done
+}
 compare() { # name, produced file, expected file
     if [ "${UPDATE_EXPECTED:-}" = 1 ]; then
         cp "$2" "$3"
@@ -157,6 +179,7 @@ else
     echo "FAIL regressions: $(cat "$tmp/regression-names.err")" >&2
     failed=1
 fi
+mutant_check "" evaluate
 
 # The VM test definitions: nodes evaluate with the stubs, the ciphersync
 # jobs they declare pass types and assertions, each testScript compiles.
@@ -264,9 +287,13 @@ fi
 # and PATH, checked and taken out: see realService in eval.nix), the
 # mistaken configurations must get the same outcomes and the regressions
 # must hold. Each unit is also rendered as the text nixpkgs writes.
+# users.users/users.groups are nixpkgs' users-groups.nix (its leaves in
+# stubs/users-groups-leaves.nix); its own unit, users and groups are taken
+# out of the comparison (nixpkgsOwn in eval.nix).
 real_files=(nixos/lib/utils.nix nixos/lib/systemd-lib.nix nixos/lib/systemd-unit-options.nix
     nixos/lib/systemd-types.nix nixos/modules/programs/fuse.nix
-    nixos/modules/misc/assertions.nix nixos/modules/misc/meta.nix)
+    nixos/modules/misc/assertions.nix nixos/modules/misc/meta.nix
+    nixos/modules/config/users-groups.nix)
 if [ -z "${NIXPKGS:-}" ]; then
     echo "SKIP NixOS evaluation with nixpkgs' modules: set NIXPKGS=<nixpkgs checkout> (see nix/eval/README.md)"
 else
@@ -281,7 +308,7 @@ else
         nixpkgs_dir=$(cd "$NIXPKGS" && pwd)
         evaluate_real() {
             nix-instantiate --eval --strict --json "$here/eval.nix" \
-                --arg nixpkgsLib "$libdir" --arg nixpkgs "$nixpkgs_dir" -A "$1"
+                --arg nixpkgsLib "$libdir" --arg nixpkgs "$nixpkgs_dir" -A "$1" "${@:2}"
         }
         for name in nixos-docs nixos-photos assertions; do
             if ! evaluate_real "$name" >"$tmp/real-$name.raw" 2>"$tmp/real-$name.err"; then
@@ -307,14 +334,25 @@ else
                 failed=1
             fi
         done
+        mutant_check real/ evaluate_real
         # Every setting reaches the unit file nixpkgs writes, one
         # "Key=value" line per list element.
+        out=""
         if evaluate_real real-units >"$tmp/real-units.json" 2>"$tmp/real-units.err" &&
             out=$(python3 "$here/check_real_units.py" "$tmp/real-units.json" 2>&1); then
             echo "ok real/unit files: $out units carry every setting as nixpkgs writes them"
         else
             echo "FAIL real/unit files: ${out:-$(grep -m1 -E '^error' "$tmp/real-units.err")}" >&2
             failed=1
+        fi
+        # Which nixpkgs was read: the proof is for the flake's pin only when
+        # NIXPKGS is a checkout of it.
+        pin=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["nodes"]["nixpkgs"]["locked"]["rev"])' "$root/flake.lock" 2>/dev/null || echo unknown)
+        rev=$(git -C "$nixpkgs_dir" rev-parse HEAD 2>/dev/null || echo "not a git checkout")
+        if [ "$rev" = "$pin" ]; then
+            echo "ok real/pin: NIXPKGS is the flake's pin ($pin)"
+        else
+            echo "NOTE real/pin: NIXPKGS is $rev, the flake pins nixpkgs $pin; re-run with a checkout at the pin (nix/eval/README.md)"
         fi
     fi
 fi

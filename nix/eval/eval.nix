@@ -13,6 +13,10 @@
 {
   nixpkgsLib,
   nixpkgs ? null,
+  # `--arg mutant true` adds mutants/users-from-jobs.nix next to the
+  # module: the defect of issue 15 put back, for check.sh to show that the
+  # regressions catch it.
+  mutant ? false,
 }: let
   lib = import nixpkgsLib;
   pkgs = import ./stubs/pkgs.nix {inherit lib;};
@@ -27,6 +31,7 @@
           module
           {_module.args.pkgs = pkgs;}
         ]
+        ++ lib.optional mutant ./mutants/users-from-jobs.nix
         ++ modules;
       specialArgs = lib.optionalAttrs real {inherit nixpkgs;};
     };
@@ -133,6 +138,69 @@
       path = own;
     }
     // lib.optionalAttrs (changed != {}) {realTypeOptionsChanged = lib.mapAttrs (k: _: s.${k}) changed;};
+  # With nixpkgs' users-groups.nix, a user has more options than the stub
+  # declares. The stub's ones are compared; every other one must be at the
+  # value the real type gives a system user that sets nothing.
+  realUser = u: let
+    stubKeys = ["name" "isSystemUser" "isNormalUser" "group" "description" "home" "extraGroups"];
+    untouched = {
+      enable = true;
+      uid = null;
+      homeMode = "700";
+      cryptHomeLuks = null;
+      pamMount = {};
+      shell = toString pkgs.shadow;
+      ignoreShellProgramCheck = false;
+      subUidRanges = [];
+      subGidRanges = [];
+      autoSubUidGidRange = false;
+      createHome = false;
+      useDefaultShell = false;
+      hashedPassword = null;
+      password = null;
+      hashedPasswordFile = null;
+      passwordFile = null;
+      initialHashedPassword = null;
+      initialPassword = null;
+      packages = [];
+      expires = null;
+      linger = null;
+      openssh.authorizedKeys = {
+        keys = [];
+        keyFiles = [];
+      };
+    };
+    value = k:
+      if k == "shell" && u.shell != null
+      then toString u.shell
+      else u.${k};
+    changed = lib.filterAttrs (k: v: value k != v) untouched;
+    unknown = lib.subtractLists (stubKeys ++ lib.attrNames untouched) (lib.attrNames (clean u));
+  in
+    lib.getAttrs stubKeys u
+    // lib.optionalAttrs (changed != {}) {realTypeOptionsChanged = lib.mapAttrs (k: _: value k) changed;}
+    // lib.optionalAttrs (unknown != []) {realTypeOptionsUnknown = unknown;};
+
+  # What the real evaluation has without any job: users-groups.nix's own
+  # unit (linger-users), users (root, nobody) and system groups. They are
+  # taken out of the rendering (a user or group only while it is exactly
+  # what nixpkgs declares), so that the rest must equal the stub's.
+  nixpkgsOwn = let
+    config = (evalNixos []).config;
+  in {
+    services = lib.attrNames config.systemd.services;
+    inherit (config.users) users groups;
+  };
+  sameJson = a: b: builtins.toJSON (clean a) == builtins.toJSON (clean b);
+  withoutOwn = own: attrs:
+    if real
+    then lib.filterAttrs (n: v: !(own ? ${n} && sameJson own.${n} v)) attrs
+    else attrs;
+  ownServicesOut = services:
+    if real
+    then removeAttrs services nixpkgsOwn.services
+    else services;
+
   realTimer = t:
     {inherit (t) wantedBy timerConfig;}
     // lib.optionalAttrs (t.unitConfig != {}) {inherit (t) unitConfig;};
@@ -149,7 +217,7 @@
         text = (sl.serviceToUnit s).text;
         serviceConfig = s.serviceConfig;
       })
-    config.systemd.services
+    (ownServicesOut config.systemd.services)
     // lib.mapAttrs' (n: t:
       lib.nameValuePair "${n}.timer" {
         text = (sl.timerToUnit t).text;
@@ -181,7 +249,7 @@
               clean s // {path = map toString s.path;}
             )
       )
-      config.systemd.services;
+      (ownServicesOut config.systemd.services);
     timers =
       lib.mapAttrs (
         _: t:
@@ -190,8 +258,11 @@
           else clean t
       )
       config.systemd.timers;
-    users = lib.mapAttrs (_: clean) config.users.users;
-    groups = lib.mapAttrs (_: clean) config.users.groups;
+    users = lib.mapAttrs (_: u:
+      if real
+      then realUser u
+      else clean u) (withoutOwn nixpkgsOwn.users config.users.users);
+    groups = lib.mapAttrs (_: clean) (withoutOwn nixpkgsOwn.groups config.users.groups);
     fuse = {
       programs = clean config.programs.fuse;
       inherit (config.boot) kernelModules;
@@ -394,7 +465,7 @@
       # (startLimitBurst): force what the stub's shape holds.
       (
         if real
-        then lib.mapAttrs (_: realService) config.systemd.services
+        then lib.mapAttrs (_: realService) (ownServicesOut config.systemd.services)
         else config.systemd.services
       )
       (failedAssertions config)
@@ -465,7 +536,7 @@
     credentials-in-units-and-job-file = let
       config = checkAssertions "nixos-docs" (evalNixos [samples.nixos-docs]).config;
       job = jobFileValue "docs" config.environment.etc."ciphersync/docs.json".source;
-      units = lib.attrValues config.systemd.services;
+      units = lib.attrValues (ownServicesOut config.systemd.services);
     in
       expect "LoadCredential/job file wrong: ${builtins.toJSON (map (u: u.serviceConfig.LoadCredential) units)} ${builtins.toJSON job}" (
         lib.all (u:
@@ -510,7 +581,41 @@
         )
       ]);
     in
-      expect "User= is ${(backupService config).User}" ((backupService config).User == "alice");
+      expect "User= is ${(backupService config).User}, failed ${builtins.toJSON (failedAssertions config)}" (
+        (backupService config).User == "alice" && failedAssertions config == []
+      );
+    # 1, under nixpkgs' users-groups.nix: there a group's `members` is
+    # computed from every user's extraGroups, so users.groups depends on
+    # users.users as well. The job user by reference, its group by
+    # reference, and a second user that joins that group by reference: the
+    # real evaluation must compute the members ([bob]) and find no failed
+    # assertion (users-groups.nix's own included).
+    group-members-by-reference = let
+      config = forced (evalPhotosWith [
+        (
+          {config, ...}: {
+            services.ciphersync.jobs.photos.user = lib.mkForce config.users.users.alice.name;
+            users.users.alice = {
+              isSystemUser = true;
+              group = config.users.groups.alice.name;
+            };
+            users.groups.alice = {};
+            users.users.bob = {
+              isNormalUser = true;
+              group = "bob";
+              extraGroups = [config.users.groups.alice.name];
+            };
+            users.groups.bob = {};
+          }
+        )
+      ]);
+    in
+      expect "User= is ${(backupService config).User}, members of alice ${builtins.toJSON config.users.groups.alice.members}, failed ${builtins.toJSON (failedAssertions config)}" (
+        (backupService config).User
+        == "alice"
+        && failedAssertions config == []
+        && (!real || config.users.groups.alice.members == ["bob"])
+      );
     # 3. A user declared elsewhere keeps its own description (GECOS).
     keeps-user-description = let
       config = forced (evalPhotosWith [
@@ -634,6 +739,9 @@ in {
   assertions = cases;
   inherit regressions;
   regression-names = lib.attrNames regressions;
+  # The regressions an infinite recursion breaks: check.sh requires each to
+  # fail with mutants/users-from-jobs.nix (--arg mutant true).
+  recursion-regressions = ["user-group-from-users-groups" "job-user-from-users-users" "group-members-by-reference"];
   options-reference = optionReference;
   real-units = lib.optionalAttrs real {
     docs = realUnits samples.nixos-docs;

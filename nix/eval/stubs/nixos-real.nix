@@ -4,7 +4,11 @@
 #   systemd-types.nix (the unit types: unitNameType, Type=/Restart= checks,
 #   the [Unit] keys and PATH they derive),
 #   nixos/modules/programs/fuse.nix, nixos/modules/misc/assertions.nix,
-#   nixos/modules/misc/meta.nix
+#   nixos/modules/misc/meta.nix,
+#   nixos/modules/config/users-groups.nix (users.users, users.groups: the
+#   real user/group submodules, their defaults, a group's members computed
+#   from every user's extraGroups, root/nobody and the system groups, the
+#   assertions on them)
 # taken from DIR, and with the unknown-option check on. What stays stubbed
 # is a leaf:
 #   - this file's option declarations stand for those of
@@ -16,7 +20,10 @@
 #     passes (utils.nix applied to lib, config, pkgs);
 #   - security.wrappers (nixos/modules/security/wrappers/default.nix),
 #     set by fuse.nix: a leaf of attrs;
-#   - users, /etc, packages, kernel modules: nixos-leaves.nix;
+#   - what users-groups.nix reads or sets of other modules (ids,
+#     activation scripts, sysusers/userborn switches, initrd, sshd's
+#     authorizedKeys, ...): users-groups-leaves.nix;
+#   - /etc, packages, kernel modules: nixos-leaves.nix;
 #   - pkgs: stubs/pkgs.nix.
 {
   config,
@@ -31,6 +38,8 @@
 in {
   imports = [
     ./nixos-leaves.nix
+    ./users-groups-leaves.nix
+    (nixpkgs + "/nixos/modules/config/users-groups.nix")
     (nixpkgs + "/nixos/modules/misc/assertions.nix")
     (nixpkgs + "/nixos/modules/misc/meta.nix")
     (nixpkgs + "/nixos/modules/programs/fuse.nix")

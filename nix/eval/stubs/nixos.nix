@@ -2,8 +2,9 @@
 # like the real ones where the difference matters for merging (lists
 # concatenate, attrsets of submodules merge per name). Nothing here renders
 # units: the evaluated config is what the module asked for. The leaves that
-# the real evaluation keeps stubbed too (users, /etc, packages, kernel
-# modules) are in nixos-leaves.nix.
+# the real evaluation keeps stubbed too (/etc, packages, kernel modules) are
+# in nixos-leaves.nix; users.users/users.groups in users-groups.nix (the
+# real evaluation takes nixpkgs' users-groups.nix).
 #
 # Stands for these files of nixpkgs at the flake's pin (nixos-26.05,
 # 74cc63f702f7d60a557e152a57b40fb1fd0f72ac), written from their documented
@@ -63,7 +64,7 @@
     };
   };
 in {
-  imports = [./nixos-leaves.nix];
+  imports = [./nixos-leaves.nix ./users-groups.nix];
   options = {
     assertions = list;
     warnings = list;

@@ -15,6 +15,7 @@ in
     "coreutils"
     "curl"
     "findutils"
+    "fish"
     "fuse"
     "fuse3"
     "gnugrep"
@@ -22,8 +23,11 @@ in
     "gocryptfs"
     "openssh"
     "rsync"
+    "shadow"
     "sshfs"
     "systemd"
+    "xonsh"
+    "zsh"
   ]
   fake
   // {

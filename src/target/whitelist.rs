@@ -142,7 +142,6 @@ fn batches<'e>(files: &[&'e TreeEntry], prefix: &usize) -> Vec<Vec<&'e TreeEntry
     out
 }
 
-
 fn needs_no_quoting(path: &str) -> bool {
     !path.is_empty()
         && !path.starts_with('-')

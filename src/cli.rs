@@ -99,11 +99,15 @@ pub enum Command {
         /// default, so restored files never carry those bits.
         #[arg(long)]
         keep_setuid: bool,
-        /// Give restored files the owners and groups the target stores
-        /// (root only; a local target keeps them). Off by default: every
-        /// restored file belongs to the user who runs the restore.
+        /// Also give restored files the owners and groups a local target
+        /// keeps on its own files (root only). Run as root, restore applies
+        /// the owners, ACLs and xattrs each backup stores encrypted anyway.
         #[arg(long)]
         owners: bool,
+        /// Do not apply the stored owners, ACLs and xattrs: every restored
+        /// file belongs to the user who runs the restore.
+        #[arg(long, conflicts_with = "owners")]
+        no_owners: bool,
         /// JOB (unless -c FILE is given), then paths relative to the source
         /// to restore (default: everything).
         #[arg(value_name = "JOB|PATH")]

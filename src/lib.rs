@@ -21,6 +21,7 @@ pub mod interrupt;
 pub mod keys;
 pub mod limits;
 pub mod log;
+pub mod metadata;
 pub mod metrics;
 pub mod mount;
 pub mod pool;

@@ -99,6 +99,7 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             snapshot,
             keep_setuid,
             owners,
+            no_owners,
             args,
         } => {
             let (job_name, paths) = match cli.config {
@@ -115,6 +116,7 @@ fn dispatch(cli: &Cli) -> Result<i32> {
                 snapshot: snapshot.clone(),
                 keep_setuid: *keep_setuid,
                 owners: *owners,
+                no_owners: *no_owners,
             };
             // Refuse a bad --to before taking the lock or touching status.
             restore::check_request(&job, &request)?;

@@ -26,6 +26,9 @@ pub struct RestoreRequest {
     pub keep_setuid: bool,
     /// Apply the stored owners (`--owners`, root only).
     pub owners: bool,
+    /// Skip the metadata manifest (`--no-owners`): files belong to the
+    /// user running the restore, without ACLs or xattrs.
+    pub no_owners: bool,
 }
 
 /// Checks the request before anything is mounted: `--to` must be empty (or
@@ -54,6 +57,11 @@ pub fn check_request(job: &Job, request: &RestoreRequest) -> Result<()> {
     }
     for path in &request.paths {
         check_relative(path)?;
+    }
+    if request.owners && request.no_owners {
+        return Err(Error::usage(
+            "--owners and --no-owners contradict each other",
+        ));
     }
     if request.owners && !nix::unistd::geteuid().is_root() {
         return Err(Error::usage(
@@ -99,6 +107,7 @@ pub fn restore(ctx: &Context, request: &RestoreRequest) -> Result<Done> {
     let stats = copy_out(job, plain.point(), request, &to)?;
     give_root_mode(plain.point(), &to)?;
     plain.unmount()?;
+    apply_metadata(ctx, &remote, request, &to)?;
     drop(stage);
     drop(remote);
     Ok(Done {
@@ -110,6 +119,68 @@ pub fn restore(ctx: &Context, request: &RestoreRequest) -> Result<Done> {
             bytes: stats.bytes_transferred,
         }),
     })
+}
+
+/// Applies the owners, ACLs and xattrs the run stored (metadata.rs), as
+/// root unless `--no-owners`; the run is `--snapshot`'s or the newest.
+fn apply_metadata(
+    ctx: &Context,
+    remote: &PathTarget,
+    request: &RestoreRequest,
+    to: &Path,
+) -> Result<()> {
+    if request.no_owners {
+        return Ok(());
+    }
+    let id = match &request.snapshot {
+        Some(id) => id.clone(),
+        None => match snapshots::recorded_ids(remote)?.pop() {
+            Some(id) => id,
+            None => return Ok(()),
+        },
+    };
+    if !nix::unistd::geteuid().is_root() {
+        crate::log::info(format!(
+            "not root: the owners, ACLs and xattrs stored with run {id} are not applied \
+             (restore as root to apply them)"
+        ));
+        return Ok(());
+    }
+    let options = crate::metadata::ApplyOptions {
+        owners: true,
+        keep_setuid: request.keep_setuid,
+        paths: &request.paths,
+    };
+    match crate::metadata::apply_from_target(ctx, remote.root(), &id, to, options)? {
+        None => crate::log::warn(format!(
+            "run {id} stored no owners, ACLs or xattrs (made before ciphersync kept them): \
+             restored files belong to the user running the restore"
+        )),
+        Some(applied) => {
+            crate::log::info(format!(
+                "applied the metadata of run {id}: {} owners, {} ACLs, {} xattrs, {} FIFOs made; \
+                 {} sockets/devices not restored; {} entries not in the restored tree",
+                applied.owners,
+                applied.acls,
+                applied.xattrs,
+                applied.fifos,
+                applied.specials_left,
+                applied.missing
+            ));
+            if applied.problem_count > 0 {
+                return Err(Error::new(
+                    Kind::Io,
+                    format!(
+                        "restored into {}, but {} metadata changes failed: {}",
+                        to.display(),
+                        applied.problem_count,
+                        applied.problems.join("; ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The newest run, when its record says the server lost modes or symlinks

@@ -596,6 +596,7 @@ pub fn prune(job: &Job, remote: &dyn Target, dry_run: bool) -> Result<PrunePlan>
             .map(|id| format!("{SNAPSHOTS}/{id}"))
             .collect::<Vec<_>>(),
     )?;
+    crate::metadata::prune_dirs(remote, &plan.records)?;
     Ok(plan)
 }
 

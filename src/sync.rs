@@ -226,6 +226,8 @@ fn full_run(
         unreadable,
     } = rsync.mirror(&decryptor)?;
     stats.add(&repair);
+    // Owners, ACLs, xattrs and special files, encrypted (metadata.rs).
+    crate::metadata::store(ctx, &*remote, &snapshot, view.point())?;
 
     // Only a run that got this far claims a complete state: the snapshot dir
     // (if rsync made one) is made self-contained, then the record is
@@ -331,6 +333,7 @@ fn record_unchanged_run(
     ensure_remote_config(job, &*remote, known.config)?;
     let snapshot = next_snapshot_id(ctx, last)?;
     let nothing = Stats::default();
+    crate::metadata::store(ctx, &*remote, &snapshot, view.point())?;
     // No rsync ran: files/ still has the stamps the preflight took.
     let same_as = snapshots::SameAs {
         last: last_id,

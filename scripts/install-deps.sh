@@ -11,7 +11,8 @@ packages=(gocryptfs sshfs fuse-overlayfs rsync openssh-server openssh-client fus
 # rclone: `rclone serve sftp`, one of the server kinds of tests/e2e_servers.rs.
 # The shellcheck package: the server-side scripts (src/target/scripts) are checked in a test.
 # btrfs-progs: source_snapshot "btrfs" on a loop device (tests/e2e_source_snapshot.rs).
-[[ "${1:-}" == "--test" ]] && packages+=(nix-bin debootstrap systemd-container iproute2 openssl python3-prometheus-client rclone shellcheck btrfs-progs)
+# acl, attr: getfacl/setfacl and getfattr/setfattr compare restored owners, ACLs and xattrs (tests/e2e_metadata.rs).
+[[ "${1:-}" == "--test" ]] && packages+=(nix-bin debootstrap systemd-container iproute2 openssl python3-prometheus-client rclone shellcheck btrfs-progs acl attr)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -211,6 +211,15 @@ impl Target for PathTarget {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
                 Err(Error::io(format!("creating {}", dir.display()), e))
             }
+            // sshfs can report a refused mkdir (a read-only server disk)
+            // as "exists": believe only a directory that is there.
+            _ if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) => Err(Error::new(
+                Kind::Remote,
+                format!(
+                    "cannot create {rel} on the target: the server did not make it \
+                     (its disk is read-only, full, or not writable by the account)"
+                ),
+            )),
             _ => Ok(()),
         }
     }

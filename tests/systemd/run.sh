@@ -746,11 +746,18 @@ s_credentials() {
   c mkdir -p "$dropin"
   printf '[Service]\nInaccessiblePaths=%s\n' "$paths" >"$CR$dropin/cstest-credentials.conf"
   c systemctl daemon-reload
-  # (systemctl show prints LoadCredential= as "[unprintable]": read the unit.)
-  c systemctl cat $BACKUP | grep -qx "LoadCredential=password:$JOB_PASSWORD_FILE" ||
-    fail "LoadCredential of $BACKUP: $(c systemctl cat $BACKUP | grep LoadCredential | tr '\n' '|')"
-  c systemctl cat $BACKUP | grep -qx "LoadCredential=identity:$JOB_IDENTITY_FILE" ||
-    fail "no identity credential in $BACKUP"
+  # (systemctl show prints LoadCredential= as "[unprintable]": read the unit,
+  # once: right after daemon-reload a second call may find the bus busy.)
+  local unit=""
+  for _ in $(seq 1 60); do
+    unit=$(c systemctl cat $BACKUP 2>/dev/null || true)
+    [ -n "$unit" ] && break
+    sleep 1
+  done
+  grep -qx "LoadCredential=password:$JOB_PASSWORD_FILE" <<<"$unit" ||
+    fail "LoadCredential of $BACKUP: $(grep LoadCredential <<<"$unit" | tr '\n' '|')"
+  grep -qx "LoadCredential=identity:$JOB_IDENTITY_FILE" <<<"$unit" ||
+    fail "no identity credential in $BACKUP: $(grep LoadCredential <<<"$unit" | tr '\n' '|')"
   echo "credentials run $(date +%s%N)" >"$CR$JOB_SOURCE/credentials.txt"
   start_unit $BACKUP
   rm -f "$CR$dropin/cstest-credentials.conf"

@@ -134,9 +134,9 @@ fn give_root_mode(plain_root: &Path, to: &Path) -> Result<()> {
 
 /// Copies all or the named plaintext paths out of a decrypted mount. All
 /// of a remote tree is copied in the phases of split.rs, as backup writes
-/// it: the directories and symlinks, then workers on balanced lists of
-/// files, then the directories' modes and times. Over sshfs one rsync
-/// waits for each file in turn.
+/// it: the directories, then workers on balanced lists of directories,
+/// then the directories' modes and times. Over sshfs one rsync waits for
+/// each file in turn.
 fn copy_out(job: &Job, plain: &Path, request: &RestoreRequest, to: &Path) -> Result<Stats> {
     let paths = &request.paths;
     if !paths.is_empty() {
@@ -158,23 +158,23 @@ fn copy_out(job: &Job, plain: &Path, request: &RestoreRequest, to: &Path) -> Res
         Target::Local { .. } => 1,
     };
     let lists = match workers > 1 {
-        true => split::file_lists(plain, workers, &job.state_dir)?,
+        true => split::directory_lists(plain, workers, &job.state_dir)?,
         false => Vec::new(),
     };
     if lists.len() < 2 {
         return copy_pass(job, request, vec![whole], None, to);
     }
     let with = |options: Vec<String>| options.into_iter().chain([whole.clone()]).collect();
-    let mut stats = copy_pass(job, request, with(split::structure_pass()), None, to)?;
+    let mut stats = copy_pass(job, request, with(split::directories_pass(true)), None, to)?;
     for pass in split::in_workers(lists, workers, |list| {
-        copy_pass(job, request, with(split::files_pass()), Some(list), to)
+        copy_pass(job, request, with(split::contents_pass()), Some(list), to)
     })? {
         stats.add(&pass);
     }
     stats.add(&copy_pass(
         job,
         request,
-        with(split::directories_pass()),
+        with(split::directories_pass(false)),
         None,
         to,
     )?);

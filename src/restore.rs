@@ -157,27 +157,23 @@ fn copy_out(job: &Job, plain: &Path, request: &RestoreRequest, to: &Path) -> Res
         Target::Sftp(s) => s.connections,
         Target::Local { .. } => 1,
     };
-    let lists = match workers > 1 {
-        true => split::directory_lists(plain, workers, &job.state_dir)?,
-        false => Vec::new(),
+    let plan = match workers > 1 {
+        true => Some(split::plan(plain, workers, &job.state_dir)?),
+        false => None,
     };
-    if lists.len() < 2 {
+    let Some(plan) = plan.filter(|p| p.workers.len() > 1) else {
         return copy_pass(job, request, vec![whole], None, to);
-    }
+    };
     let with = |options: Vec<String>| options.into_iter().chain([whole.clone()]).collect();
-    let mut stats = copy_pass(job, request, with(split::directories_pass(true)), None, to)?;
-    for pass in split::in_workers(lists, workers, |list| {
+    let before = with(split::directories_pass(true));
+    let mut stats = copy_pass(job, request, before, Some(plan.before), to)?;
+    for pass in split::in_workers(plan.workers, workers, |list| {
         copy_pass(job, request, with(split::contents_pass()), Some(list), to)
     })? {
         stats.add(&pass);
     }
-    stats.add(&copy_pass(
-        job,
-        request,
-        with(split::directories_pass(false)),
-        None,
-        to,
-    )?);
+    let after = with(split::directories_pass(false));
+    stats.add(&copy_pass(job, request, after, Some(plan.after), to)?);
     Ok(stats)
 }
 

@@ -27,6 +27,11 @@
 //! 3. **Directories again** (`directories_pass(false)`): their real modes
 //!    and times, which the workers' writes (and phase 1) changed.
 //!
+//! Phases 1 and 3 name every directory in a list too (`--dirs`, no
+//! trailing slash: the directory itself, not its entries), so that they
+//! cost a stat per directory and no second reading of every listing:
+//! through gocryptfs over sshfs each listing costs several round trips.
+//!
 //! Every pass uses the same `--backup-dir`; rsync (≥ 3.1) creates its
 //! subdirectories race-free (an `EEXIST` from another worker is a dir that
 //! is there). The snapshot dir itself is made before the workers start.
@@ -45,12 +50,22 @@ use crate::{interrupt, pool, walk};
 /// this many bytes of transfer at 100 Mbit/s and 10 ms.
 const PER_FILE_COST: u64 = 128 * 1024;
 
-/// The directories of `tree` (`./` for the top) in at most `workers`
-/// balanced lists, each a nameless scratch file in `scratch_dir` holding
-/// NUL-separated `dir/` entries relative to `tree` (for `--from0
-/// --files-from=-`), read from the start. Fewer than two lists mean: do
-/// not split.
-pub fn directory_lists(tree: &Path, workers: usize, scratch_dir: &Path) -> Result<Vec<File>> {
+/// The lists of one split run, each a nameless scratch file holding
+/// NUL-separated paths relative to the tree (for `--from0 --files-from=-`),
+/// read from the start.
+pub struct Plan {
+    /// Phase 2: one list of `dir/` entries (`./` for the top) per worker;
+    /// fewer than two mean: do not split.
+    pub workers: Vec<File>,
+    /// Phase 1: every directory below the top.
+    pub before: File,
+    /// Phase 3: every directory, the top as `.`.
+    pub after: File,
+}
+
+/// Walks `tree` and deals its directories out to at most `workers` lists,
+/// balanced (see `Plan`); the lists are scratch files in `scratch_dir`.
+pub fn plan(tree: &Path, workers: usize, scratch_dir: &Path) -> Result<Plan> {
     let mut balancer = Balancer::new(workers);
     let mut dirs = vec![PathBuf::new()];
     let mut index: HashMap<PathBuf, usize> = HashMap::from([(PathBuf::new(), 0)]);
@@ -73,35 +88,52 @@ pub fn directory_lists(tree: &Path, workers: usize, scratch_dir: &Path) -> Resul
             balancer.add_file(unit, meta.len(), link);
         }
     }
-    let mut lists = Vec::new();
-    for group in balancer.assign() {
-        let mut list = BufWriter::new(crate::exec::scratch_file(scratch_dir, "split")?);
-        for unit in group {
-            write_dir_entry(&mut list, &dirs[unit])
-                .ctx(|| "writing a list of directories for the rsync workers")?;
-        }
-        let mut file = list
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .ctx(|| "writing a list of directories for the rsync workers")?;
-        file.rewind()
-            .ctx(|| "rewinding a list of directories for the rsync workers")?;
-        lists.push(file);
-    }
-    Ok(lists)
+    let workers = balancer
+        .assign()
+        .into_iter()
+        .map(|group| write_list(scratch_dir, group.iter().map(|&u| contents_entry(&dirs[u]))))
+        .collect::<Result<Vec<_>>>()?;
+    let below_top = || {
+        dirs.iter()
+            .skip(1)
+            .map(|d| d.as_os_str().as_encoded_bytes().to_vec())
+    };
+    Ok(Plan {
+        workers,
+        before: write_list(scratch_dir, below_top())?,
+        after: write_list(
+            scratch_dir,
+            std::iter::once(b".".to_vec()).chain(below_top()),
+        )?,
+    })
 }
 
 /// `dir/` (`./` for the top): with `--dirs`, rsync copies the entries of a
 /// directory named with a trailing slash, and none deeper.
-fn write_dir_entry(list: &mut impl Write, dir: &Path) -> std::io::Result<()> {
-    match dir.as_os_str().is_empty() {
-        true => list.write_all(b"./")?,
-        false => {
-            list.write_all(dir.as_os_str().as_encoded_bytes())?;
-            list.write_all(b"/")?;
-        }
+fn contents_entry(dir: &Path) -> Vec<u8> {
+    let mut entry = dir.as_os_str().as_encoded_bytes().to_vec();
+    if entry.is_empty() {
+        entry.push(b'.');
     }
-    list.write_all(b"\0")
+    entry.push(b'/');
+    entry
+}
+
+/// A scratch file of NUL-terminated entries, read from the start.
+fn write_list(scratch_dir: &Path, entries: impl Iterator<Item = Vec<u8>>) -> Result<File> {
+    let what = "a list of directories for rsync";
+    let mut list = BufWriter::new(crate::exec::scratch_file(scratch_dir, "split")?);
+    for entry in entries {
+        list.write_all(&entry)
+            .and_then(|()| list.write_all(b"\0"))
+            .ctx(|| format!("writing {what}"))?;
+    }
+    let mut file = list
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .ctx(|| format!("writing {what}"))?;
+    file.rewind().ctx(|| format!("rewinding {what}"))?;
+    Ok(file)
 }
 
 /// Directories (units) with the cost of their files, joined where they
@@ -192,14 +224,26 @@ pub fn in_workers<R: Send>(
     pool::map_unordered(lists, workers, pass)
 }
 
-/// Phases 1 and 3: the directories alone. `writable` (phase 1) gives them
-/// `u+w` until phase 3 applies their real modes.
+/// Phases 1 and 3: the directories their list names (on stdin), each
+/// alone. Phase 1 (`writable`) gives them `u+w` until phase 3 applies their
+/// real modes; phase 3's `.` also names the top's entries, but no size is
+/// both above 1 and below 2 bytes: no regular file is copied again.
 pub fn directories_pass(writable: bool) -> Vec<String> {
-    let mut options: Vec<String> = ["--filter=+ */", "--filter=- *"].map(String::from).to_vec();
-    if writable {
-        options.push("--chmod=Du+w".into());
-    }
-    options
+    let last: &[&str] = match writable {
+        true => &["--chmod=Du+w"],
+        false => &["--max-size=1", "--min-size=2"],
+    };
+    [
+        "--no-recursive",
+        "--dirs",
+        "--from0",
+        "--files-from=-",
+        "--no-implied-dirs",
+    ]
+    .iter()
+    .chain(last)
+    .map(|o| o.to_string())
+    .collect()
 }
 
 /// Phase 2: the entries of the directories a list names (on stdin), none
@@ -270,15 +314,12 @@ mod tests {
             std::fs::write(tree.join(file), vec![0u8; i * 1000]).unwrap();
         }
         std::os::unix::fs::symlink("one", tree.join("link")).unwrap();
-        let lists = directory_lists(&tree, 4, &std::env::temp_dir()).unwrap();
+        let plan = plan(&tree, 4, &std::env::temp_dir()).unwrap();
         std::fs::remove_dir_all(&tree).unwrap();
-        assert_eq!(lists.len(), 4);
+        assert_eq!(plan.workers.len(), 4);
         let mut got = Vec::new();
-        for mut list in lists {
-            let mut text = String::new();
-            list.read_to_string(&mut text).unwrap();
-            assert!(text.ends_with('\0'));
-            got.extend(text.trim_end_matches('\0').split('\0').map(String::from));
+        for list in plan.workers {
+            got.extend(entries(list));
         }
         got.sort();
         let want = [
@@ -290,6 +331,19 @@ mod tests {
             "two/",
         ];
         assert_eq!(got, want);
+        let below = ["empty", "one", "one/deep", "one/line\nbreak", "two"];
+        assert_eq!(entries(plan.before), below);
+        assert_eq!(entries(plan.after), [&["."][..], &below].concat());
+    }
+
+    fn entries(mut list: File) -> Vec<String> {
+        let mut text = String::new();
+        list.read_to_string(&mut text).unwrap();
+        assert!(text.ends_with('\0'));
+        text.trim_end_matches('\0')
+            .split('\0')
+            .map(String::from)
+            .collect()
     }
 
     #[test]
@@ -300,8 +354,8 @@ mod tests {
         for i in 0..5 {
             std::fs::write(tree.join(format!("f{i}")), b"x").unwrap();
         }
-        let lists = directory_lists(&tree, 4, &std::env::temp_dir()).unwrap();
+        let plan = plan(&tree, 4, &std::env::temp_dir()).unwrap();
         std::fs::remove_dir_all(&tree).unwrap();
-        assert_eq!(lists.len(), 1);
+        assert_eq!(plan.workers.len(), 1);
     }
 }

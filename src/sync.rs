@@ -699,13 +699,13 @@ impl Pass {
         }
     }
 
-    /// The directories alone: made owner-writable before the workers
-    /// (`writable`), with their real modes and times after them.
-    fn directories(writable: bool) -> Pass {
+    /// The directories of `list` alone: made owner-writable before the
+    /// workers (`writable`), with their real modes and times after them.
+    fn directories(writable: bool, list: File) -> Pass {
         Pass {
             options: split::directories_pass(writable),
             delete: false,
-            list: None,
+            list: Some(list),
         }
     }
 }
@@ -728,16 +728,16 @@ impl Rsync<'_> {
             Target::Sftp(s) if s.transport == Transport::Sshfs && self.split => s.connections,
             _ => 1,
         };
-        let lists = match workers > 1 {
-            true => split::directory_lists(self.source, workers, &self.job.state_dir)?,
-            false => Vec::new(),
+        let plan = match workers > 1 {
+            true => Some(split::plan(self.source, workers, &self.job.state_dir)?),
+            false => None,
         };
-        if lists.len() < 2 {
+        let Some(plan) = plan.filter(|p| p.workers.len() > 1) else {
             return self.mirror_pass(Pass::whole(), decryptor);
-        }
-        let mut stats = self.mirror_pass(Pass::directories(true), decryptor)?;
+        };
+        let mut stats = self.mirror_pass(Pass::directories(true, plan.before), decryptor)?;
         let backup_dir = self.prepare_backup_dir()?;
-        let results = split::in_workers(lists, workers, |list| {
+        let results = split::in_workers(plan.workers, workers, |list| {
             self.remote
                 .check_live()
                 .map_err(|e| self.lost_connection(e, ""))?;
@@ -748,7 +748,7 @@ impl Rsync<'_> {
         for result in results? {
             stats.add(&result);
         }
-        stats.add(&self.mirror_pass(Pass::directories(false), decryptor)?);
+        stats.add(&self.mirror_pass(Pass::directories(false, plan.after), decryptor)?);
         Ok(stats)
     }
 

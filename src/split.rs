@@ -44,7 +44,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{IoContext, Result};
-use crate::{interrupt, pool, walk};
+use crate::{interrupt, pool};
 
 /// What a file costs a worker beyond its bytes: several round trips, worth
 /// this many bytes of transfer at 100 Mbit/s and 10 ms.
@@ -67,26 +67,14 @@ pub struct Plan {
 /// balanced (see `Plan`); the lists are scratch files in `scratch_dir`.
 pub fn plan(tree: &Path, workers: usize, scratch_dir: &Path) -> Result<Plan> {
     let mut balancer = Balancer::new(workers);
-    let mut dirs = vec![PathBuf::new()];
-    let mut index: HashMap<PathBuf, usize> = HashMap::from([(PathBuf::new(), 0)]);
-    balancer.add_unit();
-    for entry in walk::sorted(tree) {
-        interrupt::check()?;
-        let entry = entry.map_err(|e| walk::error(tree, e))?;
-        let rel = entry.path().strip_prefix(tree).unwrap_or(entry.path());
-        if entry.file_type().is_dir() {
-            index.insert(rel.to_owned(), dirs.len());
-            dirs.push(rel.to_owned());
-            balancer.add_unit();
-            continue;
+    let mut dirs = Vec::new();
+    for (dir, listing) in walk_dirs(tree, workers.max(WALK_THREADS))? {
+        let unit = balancer.add_unit();
+        balancer.add_cost(unit, listing.cost);
+        for key in listing.links {
+            balancer.link(unit, key);
         }
-        let parent = rel.parent().map(Path::to_owned).unwrap_or_default();
-        let unit = index.get(&parent).copied().unwrap_or(0);
-        if entry.file_type().is_file() {
-            let meta = entry.metadata().map_err(|e| walk::error(tree, e))?;
-            let link = (meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
-            balancer.add_file(unit, meta.len(), link);
-        }
+        dirs.push(dir);
     }
     let workers = balancer
         .assign()
@@ -106,6 +94,61 @@ pub fn plan(tree: &Path, workers: usize, scratch_dir: &Path) -> Result<Plan> {
             std::iter::once(b".".to_vec()).chain(below_top()),
         )?,
     })
+}
+
+/// Threads for the walk at least: each listing through gocryptfs over sshfs
+/// waits for several round trips.
+const WALK_THREADS: usize = 4;
+
+/// What the walk keeps of one directory.
+#[derive(Default)]
+struct Listing {
+    subdirs: Vec<PathBuf>,
+    /// Of its regular files: bytes plus `PER_FILE_COST` each.
+    cost: u64,
+    /// (device, inode) of its files that have other hard links.
+    links: Vec<(u64, u64)>,
+}
+
+/// Every directory of `tree` (the top as an empty path) with its listing,
+/// parents before children; the directories of each level are read on
+/// `threads` threads. Symlinks are not followed.
+fn walk_dirs(tree: &Path, threads: usize) -> Result<Vec<(PathBuf, Listing)>> {
+    let mut all = Vec::new();
+    let mut level = vec![PathBuf::new()];
+    while !level.is_empty() {
+        interrupt::check()?;
+        let listed = pool::map_unordered(level, threads, |rel| {
+            list_dir(tree, &rel).map(|listing| (rel, listing))
+        })?;
+        level = listed
+            .iter()
+            .flat_map(|(_, l)| l.subdirs.iter().cloned())
+            .collect();
+        all.extend(listed);
+    }
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(all)
+}
+
+fn list_dir(tree: &Path, rel: &Path) -> Result<Listing> {
+    let dir = tree.join(rel);
+    let reading = || format!("reading {}", dir.display());
+    let mut listing = Listing::default();
+    for entry in std::fs::read_dir(&dir).ctx(reading)? {
+        let entry = entry.ctx(reading)?;
+        let kind = entry.file_type().ctx(reading)?;
+        if kind.is_dir() {
+            listing.subdirs.push(rel.join(entry.file_name()));
+        } else if kind.is_file() {
+            let meta = entry.metadata().ctx(reading)?;
+            listing.cost += meta.len().saturating_add(PER_FILE_COST);
+            if meta.nlink() > 1 {
+                listing.links.push((meta.dev(), meta.ino()));
+            }
+        }
+    }
+    Ok(listing)
 }
 
 /// `dir/` (`./` for the top): with `--dirs`, rsync copies the entries of a
@@ -163,15 +206,16 @@ impl Balancer {
         self.costs.len() - 1
     }
 
-    /// A file of `size` bytes in `unit`; `link` is its (device, inode) when
-    /// it has other hard links.
-    pub fn add_file(&mut self, unit: usize, size: u64, link: Option<(u64, u64)>) {
-        self.costs[unit] += size.saturating_add(PER_FILE_COST);
-        if let Some(key) = link {
-            let first = *self.links.entry(key).or_insert(unit);
-            let (a, b) = (self.root(first), self.root(unit));
-            self.joined[b] = a;
-        }
+    pub fn add_cost(&mut self, unit: usize, cost: u64) {
+        self.costs[unit] = self.costs[unit].saturating_add(cost);
+    }
+
+    /// `unit` holds a file with other hard links, (device, inode) `key`:
+    /// it joins the unit that holds the first one seen.
+    pub fn link(&mut self, unit: usize, key: (u64, u64)) {
+        let first = *self.links.entry(key).or_insert(unit);
+        let (a, b) = (self.root(first), self.root(unit));
+        self.joined[b] = a;
     }
 
     fn root(&mut self, mut unit: usize) -> usize {
@@ -272,7 +316,7 @@ mod tests {
         for &size in sizes {
             let unit = balancer.add_unit();
             if size > 0 {
-                balancer.add_file(unit, size, None);
+                balancer.add_cost(unit, size + PER_FILE_COST);
             }
         }
         balancer
@@ -289,8 +333,8 @@ mod tests {
     #[test]
     fn directories_sharing_a_hard_link_stay_in_one_list() {
         let mut balancer = balancer(&[100, 100, 100, 100, 100, 100]);
-        balancer.add_file(1, 5, Some((1, 42)));
-        balancer.add_file(4, 5, Some((1, 42)));
+        balancer.link(1, (1, 42));
+        balancer.link(4, (1, 42));
         let lists = balancer.assign();
         assert_eq!(lists.len(), 3);
         assert!(

@@ -234,9 +234,9 @@ fn give_root_mode(plain_root: &Path, to: &Path) -> Result<()> {
 
 /// Copies all or the named plaintext paths out of a decrypted mount. All
 /// of a remote tree is copied in the phases of split.rs, as backup writes
-/// it: the directories and symlinks, then workers on balanced lists of
-/// files, then the directories' modes and times. Over sshfs one rsync
-/// waits for each file in turn.
+/// it: the directories, then workers on balanced lists of directories,
+/// then the directories' modes and times. Over sshfs one rsync waits for
+/// each file in turn.
 fn copy_out(job: &Job, plain: &Path, request: &RestoreRequest, to: &Path) -> Result<Stats> {
     let mut copied = Copied::default();
     let paths = &request.paths;
@@ -259,34 +259,24 @@ fn copy_out(job: &Job, plain: &Path, request: &RestoreRequest, to: &Path) -> Res
         Target::Sftp(s) => s.connections,
         Target::Local { .. } => 1,
     };
-    let lists = match workers > 1 {
-        true => split::file_lists(plain, workers, &job.state_dir)?,
-        false => Vec::new(),
+    let plan = match workers > 1 {
+        true => Some(split::plan(plain, workers, &job.state_dir)?),
+        false => None,
     };
-    if lists.len() < 2 {
+    let Some(plan) = plan.filter(|p| p.workers.len() > 1) else {
         copied.add(copy_pass(job, request, vec![whole], None, to)?);
         return copied.into_result(plain);
-    }
+    };
     let with = |options: Vec<String>| options.into_iter().chain([whole.clone()]).collect();
-    copied.add(copy_pass(
-        job,
-        request,
-        with(split::structure_pass()),
-        None,
-        to,
-    )?);
-    for pass in split::in_workers(lists, workers, |list| {
-        copy_pass(job, request, with(split::files_pass()), Some(list), to)
+    let before = with(split::directories_pass(true));
+    copied.add(copy_pass(job, request, before, Some(plan.before), to)?);
+    for pass in split::in_workers(plan.workers, workers, |list| {
+        copy_pass(job, request, with(split::contents_pass()), Some(list), to)
     })? {
         copied.add(pass);
     }
-    copied.add(copy_pass(
-        job,
-        request,
-        with(split::directories_pass()),
-        None,
-        to,
-    )?);
+    let after = with(split::directories_pass(false));
+    copied.add(copy_pass(job, request, after, Some(plan.after), to)?);
     copied.into_result(plain)
 }
 

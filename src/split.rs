@@ -3,113 +3,256 @@
 //! Over sshfs every file costs several SFTP round trips (create the temp
 //! file, write, close, chmod, utime, rename; or open, read, close) and one
 //! rsync waits for each in turn; at a 20 ms round trip that is most of a
-//! backup or a restore. Workers on disjoint lists of files keep several
-//! files in flight, and sshfs (`max_conns`) spreads them over its
+//! backup or a restore. Workers on disjoint sets of directories keep
+//! several files in flight, and sshfs (`max_conns`) spreads them over its
 //! connections.
 //!
-//! Three phases, each file handled by exactly one rsync:
+//! Three phases; the contents of each directory are handled by exactly one
+//! rsync:
 //!
-//! 1. **Structure** (`structure_pass`): one rsync over the whole tree that
-//!    transfers no regular file (`--max-size`/`--min-size` are transfer
-//!    rules: the skipped files stay in the file list, so `--delete` keeps
-//!    them). It creates the directories (writable by their owner for now),
-//!    the symlinks, replaces a file that became a directory and, with
-//!    `--delete`, deletes everything that is gone: the deleted files reach
-//!    the snapshot dir once, from this pass only.
-//! 2. **Files** (`files_pass`): the regular files, in `workers` lists
-//!    balanced by size plus a fixed cost per file (`Balancer`), one rsync
-//!    each with `--files-from` and no `--delete`; a file it replaces goes
-//!    to the snapshot dir from that worker only. All members of a hard-link
-//!    group go to the same list, so `-H` still sees them together.
-//! 3. **Directories** (`directories_pass`): the directories' real modes and
-//!    times, which the workers' writes (and phase 1's `u+w`) changed.
+//! 1. **Directories** (`directories_pass(true)`): every directory, nothing
+//!    else, made writable by its owner for now (so that the workers can
+//!    write into a read-only one). A directory that replaces a file or a
+//!    symlink replaces it here (into the snapshot).
+//! 2. **Contents** (`contents_pass`): `workers` lists of directories,
+//!    balanced by the bytes of their files plus a fixed cost per file
+//!    (`Balancer`), one rsync each. It copies each listed directory's own
+//!    entries (`--dirs` without recursion, `--files-from`) and, with
+//!    `--delete`, deletes what is gone from it: a deleted or replaced
+//!    entry reaches the snapshot dir from that worker only. rsync reads
+//!    each directory whole on both sides, as a recursive run does, so the
+//!    attributes sshfs caches from the listing spare a round trip per file.
+//!    Directories that share a hard-linked file go to the same list, so
+//!    `-H` keeps the link.
+//! 3. **Directories again** (`directories_pass(false)`): their real modes
+//!    and times, which the workers' writes (and phase 1) changed.
+//!
+//! Phases 1 and 3 name every directory in a list too (`--dirs`, no
+//! trailing slash: the directory itself, not its entries), so that they
+//! cost a stat per directory and no second reading of every listing:
+//! through gocryptfs over sshfs each listing costs several round trips.
 //!
 //! Every pass uses the same `--backup-dir`; rsync (≥ 3.1) creates its
 //! subdirectories race-free (an `EEXIST` from another worker is a dir that
 //! is there). The snapshot dir itself is made before the workers start.
+//! Limit: one directory is one worker's, however many files it holds.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Seek, Write};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{IoContext, Result};
-use crate::{interrupt, pool, walk};
+use crate::{interrupt, pool};
 
 /// What a file costs a worker beyond its bytes: several round trips, worth
 /// this many bytes of transfer at 100 Mbit/s and 10 ms.
 const PER_FILE_COST: u64 = 128 * 1024;
 
-/// The regular files of `tree` in `workers` balanced lists, each a nameless
-/// scratch file in `scratch_dir` holding NUL-separated paths relative to
-/// `tree` (for `--from0 --files-from=-`), read from the start. Empty lists
-/// are left out; fewer than two lists mean: do not split.
-pub fn file_lists(tree: &Path, workers: usize, scratch_dir: &Path) -> Result<Vec<File>> {
-    let mut lists = (0..workers)
-        .map(|_| crate::exec::scratch_file(scratch_dir, "split").map(BufWriter::new))
-        .collect::<Result<Vec<_>>>()?;
-    let mut used = vec![false; workers];
-    let mut balancer = Balancer::new(workers);
-    for entry in walk::sorted(tree) {
-        interrupt::check()?;
-        let entry = entry.map_err(|e| walk::error(tree, e))?;
-        if !entry.file_type().is_file() {
-            continue;
-        }
-        let meta = entry.metadata().map_err(|e| walk::error(tree, e))?;
-        let link = (meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
-        let i = balancer.place(meta.len(), link);
-        let rel = entry.path().strip_prefix(tree).unwrap_or(entry.path());
-        let list = &mut lists[i];
-        list.write_all(rel.as_os_str().as_encoded_bytes())
-            .and_then(|()| list.write_all(b"\0"))
-            .ctx(|| "writing a list of files for the rsync workers")?;
-        used[i] = true;
-    }
-    let mut files = Vec::new();
-    for (list, used) in lists.into_iter().zip(used) {
-        let mut file = list
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .ctx(|| "writing a list of files for the rsync workers")?;
-        if used {
-            file.rewind()
-                .ctx(|| "rewinding a list of files for the rsync workers")?;
-            files.push(file);
-        }
-    }
-    Ok(files)
+/// The lists of one split run, each a nameless scratch file holding
+/// NUL-separated paths relative to the tree (for `--from0 --files-from=-`),
+/// read from the start.
+pub struct Plan {
+    /// Phase 2: one list of `dir/` entries (`./` for the top) per worker;
+    /// fewer than two mean: do not split.
+    pub workers: Vec<File>,
+    /// Phase 1: every directory below the top.
+    pub before: File,
+    /// Phase 3: every directory, the top as `.`.
+    pub after: File,
 }
 
-/// Assigns each file, in walk order, to the list with the least work so
-/// far: no list ends up more than one file's cost above another. Members
-/// of a hard-link group follow the first one.
+/// Walks `tree` and deals its directories out to at most `workers` lists,
+/// balanced (see `Plan`); the lists are scratch files in `scratch_dir`.
+pub fn plan(tree: &Path, workers: usize, scratch_dir: &Path) -> Result<Plan> {
+    let mut balancer = Balancer::new(workers);
+    let mut dirs = Vec::new();
+    for (dir, listing) in walk_dirs(tree, workers.max(WALK_THREADS))? {
+        let unit = balancer.add_unit();
+        balancer.add_cost(unit, listing.cost);
+        for key in listing.links {
+            balancer.link(unit, key);
+        }
+        dirs.push(dir);
+    }
+    let workers = balancer
+        .assign()
+        .into_iter()
+        .map(|group| write_list(scratch_dir, group.iter().map(|&u| contents_entry(&dirs[u]))))
+        .collect::<Result<Vec<_>>>()?;
+    let below_top = || {
+        dirs.iter()
+            .skip(1)
+            .map(|d| d.as_os_str().as_encoded_bytes().to_vec())
+    };
+    Ok(Plan {
+        workers,
+        before: write_list(scratch_dir, below_top())?,
+        after: write_list(
+            scratch_dir,
+            std::iter::once(b".".to_vec()).chain(below_top()),
+        )?,
+    })
+}
+
+/// Threads for the walk at least: each listing through gocryptfs over sshfs
+/// waits for several round trips.
+const WALK_THREADS: usize = 4;
+
+/// What the walk keeps of one directory.
+#[derive(Default)]
+struct Listing {
+    subdirs: Vec<PathBuf>,
+    /// Of its regular files: bytes plus `PER_FILE_COST` each.
+    cost: u64,
+    /// (device, inode) of its files that have other hard links.
+    links: Vec<(u64, u64)>,
+}
+
+/// Every directory of `tree` (the top as an empty path) with its listing,
+/// parents before children; the directories of each level are read on
+/// `threads` threads. Symlinks are not followed.
+fn walk_dirs(tree: &Path, threads: usize) -> Result<Vec<(PathBuf, Listing)>> {
+    let mut all = Vec::new();
+    let mut level = vec![PathBuf::new()];
+    while !level.is_empty() {
+        interrupt::check()?;
+        let listed = pool::map_unordered(level, threads, |rel| {
+            list_dir(tree, &rel).map(|listing| (rel, listing))
+        })?;
+        level = listed
+            .iter()
+            .flat_map(|(_, l)| l.subdirs.iter().cloned())
+            .collect();
+        all.extend(listed);
+    }
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(all)
+}
+
+fn list_dir(tree: &Path, rel: &Path) -> Result<Listing> {
+    let dir = tree.join(rel);
+    let reading = || format!("reading {}", dir.display());
+    let mut listing = Listing::default();
+    for entry in std::fs::read_dir(&dir).ctx(reading)? {
+        let entry = entry.ctx(reading)?;
+        let kind = entry.file_type().ctx(reading)?;
+        if kind.is_dir() {
+            listing.subdirs.push(rel.join(entry.file_name()));
+        } else if kind.is_file() {
+            let meta = entry.metadata().ctx(reading)?;
+            listing.cost += meta.len().saturating_add(PER_FILE_COST);
+            if meta.nlink() > 1 {
+                listing.links.push((meta.dev(), meta.ino()));
+            }
+        }
+    }
+    Ok(listing)
+}
+
+/// `dir/` (`./` for the top): with `--dirs`, rsync copies the entries of a
+/// directory named with a trailing slash, and none deeper.
+fn contents_entry(dir: &Path) -> Vec<u8> {
+    let mut entry = dir.as_os_str().as_encoded_bytes().to_vec();
+    if entry.is_empty() {
+        entry.push(b'.');
+    }
+    entry.push(b'/');
+    entry
+}
+
+/// A scratch file of NUL-terminated entries, read from the start.
+fn write_list(scratch_dir: &Path, entries: impl Iterator<Item = Vec<u8>>) -> Result<File> {
+    let what = "a list of directories for rsync";
+    let mut list = BufWriter::new(crate::exec::scratch_file(scratch_dir, "split")?);
+    for entry in entries {
+        list.write_all(&entry)
+            .and_then(|()| list.write_all(b"\0"))
+            .ctx(|| format!("writing {what}"))?;
+    }
+    let mut file = list
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .ctx(|| format!("writing {what}"))?;
+    file.rewind().ctx(|| format!("rewinding {what}"))?;
+    Ok(file)
+}
+
+/// Directories (units) with the cost of their files, joined where they
+/// share a hard-linked file, then dealt out largest first, each to the
+/// list with the least work so far.
 pub struct Balancer {
-    loads: Vec<u64>,
+    lists: usize,
+    costs: Vec<u64>,
+    /// Union-find: the unit each unit was joined to.
+    joined: Vec<usize>,
     links: HashMap<(u64, u64), usize>,
 }
 
 impl Balancer {
     pub fn new(lists: usize) -> Balancer {
         Balancer {
-            loads: vec![0; lists.max(1)],
+            lists: lists.max(1),
+            costs: Vec::new(),
+            joined: Vec::new(),
             links: HashMap::new(),
         }
     }
 
-    /// The list for a file of `size` bytes; `link` is its (device, inode)
-    /// when it has other hard links.
-    pub fn place(&mut self, size: u64, link: Option<(u64, u64)>) -> usize {
-        let lightest = (0..self.loads.len())
-            .min_by_key(|&i| self.loads[i])
-            .unwrap_or(0);
-        let i = match link {
-            Some(key) => *self.links.entry(key).or_insert(lightest),
-            None => lightest,
-        };
-        self.loads[i] += size.saturating_add(PER_FILE_COST);
-        i
+    pub fn add_unit(&mut self) -> usize {
+        self.joined.push(self.costs.len());
+        self.costs.push(0);
+        self.costs.len() - 1
+    }
+
+    pub fn add_cost(&mut self, unit: usize, cost: u64) {
+        self.costs[unit] = self.costs[unit].saturating_add(cost);
+    }
+
+    /// `unit` holds a file with other hard links, (device, inode) `key`:
+    /// it joins the unit that holds the first one seen.
+    pub fn link(&mut self, unit: usize, key: (u64, u64)) {
+        let first = *self.links.entry(key).or_insert(unit);
+        let (a, b) = (self.root(first), self.root(unit));
+        self.joined[b] = a;
+    }
+
+    fn root(&mut self, mut unit: usize) -> usize {
+        while self.joined[unit] != unit {
+            self.joined[unit] = self.joined[self.joined[unit]];
+            unit = self.joined[unit];
+        }
+        unit
+    }
+
+    /// The units in at most `lists` non-empty groups.
+    pub fn assign(mut self) -> Vec<Vec<usize>> {
+        let mut groups: HashMap<usize, (u64, Vec<usize>)> = HashMap::new();
+        for unit in 0..self.costs.len() {
+            let root = self.root(unit);
+            let group = groups.entry(root).or_default();
+            group.0 += self.costs[unit];
+            group.1.push(unit);
+        }
+        let mut groups: Vec<(u64, Vec<usize>)> = groups.into_values().collect();
+        groups.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        let mut lists = vec![(0u64, Vec::new()); self.lists];
+        for (cost, units) in groups {
+            let lightest = (0..lists.len()).min_by_key(|&i| lists[i].0).unwrap_or(0);
+            lists[lightest].0 += cost;
+            lists[lightest].1.extend(units);
+        }
+        let mut out: Vec<Vec<usize>> = lists
+            .into_iter()
+            .map(|(_, mut units)| {
+                units.sort_unstable();
+                units
+            })
+            .filter(|units| !units.is_empty())
+            .collect();
+        out.sort();
+        out
     }
 }
 
@@ -125,27 +268,41 @@ pub fn in_workers<R: Send>(
     pool::map_unordered(lists, workers, pass)
 }
 
-/// Phase 1: the whole tree but no regular file's content. No size is both
-/// above 1 and below 2 bytes: every regular file is skipped. Directories
-/// get `u+w` so that the workers (and, over SFTP, an account that is not
-/// root) can write into them; phase 3 gives them their real modes.
-pub fn structure_pass() -> Vec<String> {
-    ["--max-size=1", "--min-size=2", "--chmod=Du+w"]
-        .map(String::from)
-        .to_vec()
+/// Phases 1 and 3: the directories their list names (on stdin), each
+/// alone. Phase 1 (`writable`) gives them `u+w` until phase 3 applies their
+/// real modes; phase 3's `.` also names the top's entries, but no size is
+/// both above 1 and below 2 bytes: no regular file is copied again.
+pub fn directories_pass(writable: bool) -> Vec<String> {
+    let last: &[&str] = match writable {
+        true => &["--chmod=Du+w"],
+        false => &["--max-size=1", "--min-size=2"],
+    };
+    [
+        "--no-recursive",
+        "--dirs",
+        "--from0",
+        "--files-from=-",
+        "--no-implied-dirs",
+    ]
+    .iter()
+    .chain(last)
+    .map(|o| o.to_string())
+    .collect()
 }
 
-/// Phase 2: the files a list names (on stdin). `--no-implied-dirs`: the
-/// parents are phase 1's and phase 3's, never touched by a worker.
-pub fn files_pass() -> Vec<String> {
-    ["--from0", "--files-from=-", "--no-implied-dirs"]
-        .map(String::from)
-        .to_vec()
-}
-
-/// Phase 3: directories only, with their modes and times.
-pub fn directories_pass() -> Vec<String> {
-    ["--filter=+ */", "--filter=- *"].map(String::from).to_vec()
+/// Phase 2: the entries of the directories a list names (on stdin), none
+/// deeper. `--no-implied-dirs`: their parents are other workers'.
+pub fn contents_pass() -> Vec<String> {
+    [
+        "--no-recursive",
+        "--dirs",
+        "--from0",
+        "--files-from=-",
+        "--no-implied-dirs",
+        "--chmod=Du+w",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 #[cfg(test)]
@@ -153,67 +310,96 @@ mod tests {
     use super::*;
     use std::io::Read;
 
-    #[test]
-    fn balancer_evens_out_sizes_and_file_counts() {
+    /// A unit per size: one file of that size, none for 0.
+    fn balancer(sizes: &[u64]) -> Balancer {
         let mut balancer = Balancer::new(3);
-        let sizes = [10 << 20, 1, 1, 1, 1, 1, 1, 1, 5 << 20, 5 << 20];
-        let placed: Vec<usize> = sizes.iter().map(|&s| balancer.place(s, None)).collect();
-        // The large file fills list 0; the small ones go to 1 and 2 until
-        // the two 5 MB files come, one each.
-        assert_eq!(placed, [0, 1, 2, 1, 2, 1, 2, 1, 2, 1]);
-        let spread = balancer.loads.iter().max().unwrap() - balancer.loads.iter().min().unwrap();
-        assert!(spread <= (5 << 20) + PER_FILE_COST, "{:?}", balancer.loads);
+        for &size in sizes {
+            let unit = balancer.add_unit();
+            if size > 0 {
+                balancer.add_cost(unit, size + PER_FILE_COST);
+            }
+        }
+        balancer
     }
 
     #[test]
-    fn hard_links_stay_in_one_list() {
-        let mut balancer = Balancer::new(4);
-        let first = balancer.place(100, Some((1, 42)));
-        let others: Vec<usize> = (0..6).map(|_| balancer.place(100, None)).collect();
-        assert!(others.contains(&first), "the lists should rotate");
-        assert_eq!(balancer.place(100, Some((1, 42))), first);
-        assert_ne!(balancer.place(100, Some((1, 43))), first);
+    fn largest_directories_are_dealt_first_to_the_lightest_list() {
+        let mb = 1 << 20;
+        let lists = balancer(&[mb, 10 * mb, 2 * mb, 5 * mb, 5 * mb, 0]).assign();
+        // 10 | 5 + 2 | 5 + 1 + the empty one (MB)
+        assert_eq!(lists, [vec![0, 4, 5], vec![1], vec![2, 3]]);
     }
 
     #[test]
-    fn lists_name_every_file_once_and_nothing_else() {
+    fn directories_sharing_a_hard_link_stay_in_one_list() {
+        let mut balancer = balancer(&[100, 100, 100, 100, 100, 100]);
+        balancer.link(1, (1, 42));
+        balancer.link(4, (1, 42));
+        let lists = balancer.assign();
+        assert_eq!(lists.len(), 3);
+        assert!(
+            lists.iter().any(|l| l.contains(&1) && l.contains(&4)),
+            "{lists:?}"
+        );
+        assert_eq!(lists.concat().len(), 6);
+    }
+
+    #[test]
+    fn lists_name_every_directory_once() {
         let tree = std::env::temp_dir().join(format!("cs-split-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tree);
-        std::fs::create_dir_all(tree.join("one/deep")).unwrap();
-        let mut expected = Vec::new();
-        for i in 0..40 {
-            let rel = match i % 3 {
-                0 => format!("one/f{i}"),
-                1 => format!("one/deep/line\nbreak {i}"),
-                _ => format!("top{i}"),
-            };
-            std::fs::write(tree.join(&rel), vec![0u8; i * 1000]).unwrap();
-            expected.push(rel);
+        for dir in ["one/deep", "one/line\nbreak", "two", "empty"] {
+            std::fs::create_dir_all(tree.join(dir)).unwrap();
+        }
+        for (i, file) in ["top", "one/a", "one/deep/b", "one/line\nbreak/c", "two/d"]
+            .iter()
+            .enumerate()
+        {
+            std::fs::write(tree.join(file), vec![0u8; i * 1000]).unwrap();
         }
         std::os::unix::fs::symlink("one", tree.join("link")).unwrap();
-        let lists = file_lists(&tree, 4, &std::env::temp_dir()).unwrap();
-        assert_eq!(lists.len(), 4);
-        let mut got = Vec::new();
-        for mut list in lists {
-            let mut text = String::new();
-            list.read_to_string(&mut text).unwrap();
-            assert!(text.ends_with('\0'));
-            got.extend(text.trim_end_matches('\0').split('\0').map(String::from));
-        }
+        let plan = plan(&tree, 4, &std::env::temp_dir()).unwrap();
         std::fs::remove_dir_all(&tree).unwrap();
+        assert_eq!(plan.workers.len(), 4);
+        let mut got = Vec::new();
+        for list in plan.workers {
+            got.extend(entries(list));
+        }
         got.sort();
-        expected.sort();
-        assert_eq!(got, expected);
+        let want = [
+            "./",
+            "empty/",
+            "one/",
+            "one/deep/",
+            "one/line\nbreak/",
+            "two/",
+        ];
+        assert_eq!(got, want);
+        let below = ["empty", "one", "one/deep", "one/line\nbreak", "two"];
+        assert_eq!(entries(plan.before), below);
+        assert_eq!(entries(plan.after), [&["."][..], &below].concat());
+    }
+
+    fn entries(mut list: File) -> Vec<String> {
+        let mut text = String::new();
+        list.read_to_string(&mut text).unwrap();
+        assert!(text.ends_with('\0'));
+        text.trim_end_matches('\0')
+            .split('\0')
+            .map(String::from)
+            .collect()
     }
 
     #[test]
-    fn a_tree_with_one_file_makes_one_list() {
+    fn a_tree_without_subdirectories_makes_one_list() {
         let tree = std::env::temp_dir().join(format!("cs-split1-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tree);
-        std::fs::create_dir_all(tree.join("d")).unwrap();
-        std::fs::write(tree.join("d/only"), b"x").unwrap();
-        let lists = file_lists(&tree, 4, &std::env::temp_dir()).unwrap();
+        std::fs::create_dir_all(&tree).unwrap();
+        for i in 0..5 {
+            std::fs::write(tree.join(format!("f{i}")), b"x").unwrap();
+        }
+        let plan = plan(&tree, 4, &std::env::temp_dir()).unwrap();
         std::fs::remove_dir_all(&tree).unwrap();
-        assert_eq!(lists.len(), 1);
+        assert_eq!(plan.workers.len(), 1);
     }
 }

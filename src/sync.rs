@@ -740,34 +740,28 @@ impl Pass {
         }
     }
 
-    /// Directories, symlinks and every deletion; no file's content.
-    fn structure() -> Pass {
-        Pass {
-            options: split::structure_pass(),
-            ..Pass::whole()
-        }
-    }
-
-    /// A worker: the files of its list, no deletion but a directory that a
-    /// listed file replaces (`--force`, kept in the snapshot like any
-    /// replaced entry). A listed file that vanished since the list was made
-    /// is no error: the next backup deletes it.
-    fn files(list: File) -> Pass {
-        let mut options = split::files_pass();
+    /// A worker: the entries of the directories of its list, deleting
+    /// what is gone from them; `--force` lets a file replace a directory
+    /// (whose contents go to the snapshot like any deleted entry). A listed
+    /// directory that vanished since the list was made is no error: the
+    /// next backup deletes it.
+    fn contents(list: File) -> Pass {
+        let mut options = split::contents_pass();
         options.extend(["--force", "--ignore-missing-args"].map(String::from));
         Pass {
             options,
-            delete: false,
+            delete: true,
             list: Some(list),
         }
     }
 
-    /// The directories' real modes and times.
-    fn directories() -> Pass {
+    /// The directories of `list` alone: made owner-writable before the
+    /// workers (`writable`), with their real modes and times after them.
+    fn directories(writable: bool, list: File) -> Pass {
         Pass {
-            options: split::directories_pass(),
+            options: split::directories_pass(writable),
             delete: false,
-            list: None,
+            list: Some(list),
         }
     }
 }
@@ -782,37 +776,37 @@ struct Rsync<'a> {
 }
 
 impl Rsync<'_> {
-    /// Mirrors the view into files/: one rsync, or over sshfs a structure
-    /// pass, workers on balanced lists of files, and a pass for the
-    /// directories' modes and times (see split.rs).
+    /// Mirrors the view into files/: one rsync, or over sshfs a pass for
+    /// the directories, workers on balanced lists of directories, and a
+    /// pass for the directories' modes and times (see split.rs).
     fn mirror(&self, decryptor: &PathDecryptor) -> Result<Mirrored> {
         let workers = match &self.job.target {
             Target::Sftp(s) if s.transport == Transport::Sshfs && self.split => s.connections,
             _ => 1,
         };
-        let lists = match workers > 1 {
-            true => split::file_lists(self.source, workers, &self.job.state_dir)?,
-            false => Vec::new(),
+        let plan = match workers > 1 {
+            true => Some(split::plan(self.source, workers, &self.job.state_dir)?),
+            false => None,
         };
         let mut done = Passed::default();
-        if lists.len() < 2 {
+        let Some(plan) = plan.filter(|p| p.workers.len() > 1) else {
             done.add(self.mirror_pass(Pass::whole(), decryptor)?);
             return done.into_result();
-        }
-        done.add(self.mirror_pass(Pass::structure(), decryptor)?);
+        };
+        done.add(self.mirror_pass(Pass::directories(true, plan.before), decryptor)?);
         let backup_dir = self.prepare_backup_dir()?;
-        let results = split::in_workers(lists, workers, |list| {
+        let results = split::in_workers(plan.workers, workers, |list| {
             self.remote
                 .check_live()
                 .map_err(|e| self.lost_connection(e, ""))?;
-            self.mirror_pass(Pass::files(list), decryptor)
+            self.mirror_pass(Pass::contents(list), decryptor)
         });
         // Empty means nothing was replaced or deleted: no snapshot dir.
         let _ = std::fs::remove_dir(&backup_dir);
         for result in results? {
             done.add(result);
         }
-        done.add(self.mirror_pass(Pass::directories(), decryptor)?);
+        done.add(self.mirror_pass(Pass::directories(false, plan.after), decryptor)?);
         done.into_result()
     }
 

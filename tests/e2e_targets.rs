@@ -319,8 +319,8 @@ fn sshfs_workers_split_only_when_files_move() {
 }
 
 /// A tree of one top-level directory gets every worker: the workers take
-/// lists of files, not directories (3 connections: a structure pass, 3
-/// workers, a directory pass). Every deleted or replaced file reaches the
+/// lists of directories at any depth, not top-level directories (3
+/// connections: a directory pass, 3 workers, a directory pass). Every deleted or replaced file reaches the
 /// run's snapshot dir exactly once, as its old version; restore uses the
 /// workers too and gives back the source, and the first run as it was.
 #[test]
@@ -335,8 +335,9 @@ fn sshfs_workers_share_one_directory() {
     let dir = job.source.join("only");
     // Sizes 1000 + 37 i: every version has a size of its own.
     let size = |i: usize| 1000 + 37 * i;
+    let file = |i: usize| dir.join(format!("s{}/f{i:02}", i % 5));
     for i in 0..30 {
-        write_random_file(&dir.join(format!("f{i:02}")), size(i), i as u64);
+        write_random_file(&file(i), size(i), i as u64);
     }
     fs::create_dir_all(dir.join("ro")).unwrap();
     write_mode(&dir.join("ro/inner"), b"in a read-only dir", 0o644);
@@ -355,11 +356,11 @@ fn sshfs_workers_share_one_directory() {
     // 5 deleted, 5 replaced (new sizes: 5000 + i), 3 added.
     let mut old_sizes = Vec::new();
     for i in 0..5 {
-        fs::remove_file(dir.join(format!("f{i:02}"))).unwrap();
+        fs::remove_file(file(i)).unwrap();
         old_sizes.push(size(i));
     }
     for i in 10..15 {
-        write_random_file(&dir.join(format!("f{i:02}")), 5000 + i, 100 + i as u64);
+        write_random_file(&file(i), 5000 + i, 100 + i as u64);
         old_sizes.push(size(i));
     }
     for i in 0..3 {

@@ -104,7 +104,7 @@ pub fn restore(ctx: &Context, request: &RestoreRequest) -> Result<Done> {
     let plain_point = ctx.runtime("plain");
     crate::mount::prepare_point(&plain_point)?;
     let plain = crypt::mount_forward(job, &cipher_dir, &plain_point)?;
-    let stats = copy_out(job, plain.point(), request, &to)?;
+    let stats = copy_out(job, plain.point(), request, &to, stage.is_some())?;
     give_root_mode(plain.point(), &to)?;
     plain.unmount()?;
     apply_metadata(ctx, &remote, request, &to)?;
@@ -237,7 +237,13 @@ fn give_root_mode(plain_root: &Path, to: &Path) -> Result<()> {
 /// it: the directories, then workers on balanced lists of directories,
 /// then the directories' modes and times. Over sshfs one rsync waits for
 /// each file in turn.
-fn copy_out(job: &Job, plain: &Path, request: &RestoreRequest, to: &Path) -> Result<Stats> {
+fn copy_out(
+    job: &Job,
+    plain: &Path,
+    request: &RestoreRequest,
+    to: &Path,
+    from_local_stage: bool,
+) -> Result<Stats> {
     let mut copied = Copied::default();
     let paths = &request.paths;
     if !paths.is_empty() {
@@ -255,9 +261,15 @@ fn copy_out(job: &Job, plain: &Path, request: &RestoreRequest, to: &Path) -> Res
         return copied.into_result(plain);
     }
     let whole = format!("{}/", plain.display());
+    // Workers name directories in `--files-from` lists, and the sending
+    // rsync follows a symlink in a listed path's parents: a server that
+    // swapped a directory for a symlink between the walk and a worker could
+    // make it read this machine's files into --to. So workers only for a
+    // stage rebuilt here (checked against its record, and ours alone);
+    // straight from the server, one recursive rsync, which follows no link.
     let workers = match &job.target {
-        Target::Sftp(s) => s.connections,
-        Target::Local { .. } => 1,
+        Target::Sftp(s) if from_local_stage => s.connections,
+        _ => 1,
     };
     let plan = match workers > 1 {
         true => Some(split::plan(plain, workers, &job.state_dir)?),

@@ -196,9 +196,10 @@
         example = 8;
         description = ''
           With the `sshfs` transport: sshfs connections, and rsync workers
-          that back up (and restore) the top-level directories side by side.
-          Over sshfs one rsync waits several round trips per file; more
-          workers pay off on a distant server.
+          that back up balanced lists of directories (at any depth) side by
+          side; a restore of an older run copies out of its local stage the
+          same way. Over sshfs one rsync waits several round trips per file;
+          more workers pay off on a distant server.
         '';
       };
     };

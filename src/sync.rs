@@ -939,15 +939,10 @@ impl Rsync<'_> {
     /// The size of the source file named by rsync's `write failed on "…"`
     /// (a path under the target's files/), or 0.
     fn failed_write_size(&self, stderr: &str) -> u64 {
-        let Some(dest) = stderr
-            .split("write failed on \"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-        else {
+        let files = format!("{}/", self.remote.rsync_dest(FILES).location);
+        let Some(rel) = failed_write(stderr, &files) else {
             return 0;
         };
-        let files = format!("{}/", self.remote.rsync_dest(FILES).location);
-        let rel = dest.strip_prefix(&files).unwrap_or(dest);
         std::fs::metadata(self.source.join(rel))
             .map(|m| m.len())
             .unwrap_or(0)
@@ -1045,6 +1040,18 @@ fn name_files(stderr: &str, roots: &[String], decryptor: &PathDecryptor) -> Vec<
     named
 }
 
+/// The file (relative to files/, its real name) whose write rsync reports
+/// as failed: `write failed on "…"`, or `close failed on "…"` where sshfs
+/// hands the server's refusal back only when the file is closed.
+fn failed_write(stderr: &str, files_root: &str) -> Option<String> {
+    let dest = ["write failed on \"", "close failed on \""]
+        .iter()
+        .find_map(|marker| stderr.split(marker).nth(1))
+        .and_then(|rest| rest.split('"').next())?;
+    let rel = dest.strip_prefix(files_root).unwrap_or(dest);
+    Some(without_temp_suffix(&rsync::unescape_name(rel)))
+}
+
 /// rsync writes `dir/.NAME.XXXXXX` before renaming it to `dir/NAME`: its
 /// errors name the temp file; people want NAME.
 fn without_temp_suffix(rel: &str) -> String {
@@ -1086,6 +1093,19 @@ fn decrypt_for_people(decryptor: &PathDecryptor, rel: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_write_names_the_file() {
+        let root = "/proc/7/fd/8/files/";
+        let closed = "rsync: [receiver] close failed on \"/proc/7/fd/8/files/Ab/.Cd.SAoGrn\": Input/output error (5)";
+        assert_eq!(failed_write(closed, root).as_deref(), Some("Ab/Cd"));
+        let written = "rsync: [receiver] write failed on \"/proc/7/fd/8/files/Ef\": No space left on device (28)";
+        assert_eq!(failed_write(written, root).as_deref(), Some("Ef"));
+        assert_eq!(
+            failed_write("rsync: connection unexpectedly closed", root),
+            None
+        );
+    }
 
     #[test]
     fn rsync_temp_names_become_the_real_ones() {

@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # Copies pairs of files within the target, keeping modes and times:
 # FROM TO FROM TO ...
 while [ "$#" -ge 2 ]; do

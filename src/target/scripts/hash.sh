@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # Hashes files/ into `sha1sum` format, sorted on the path (the byte order
 # of the client's own list), keeps it as checksums/<id>.remote.sha1 and
 # prints it. $1 is the verify run's id.

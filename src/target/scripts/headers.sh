@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # The header of every record, oldest first: `<id> NUL <header lines> NUL`.
 [ -d records ] || exit 0
 cd records || exit 1

@@ -1,2 +1,3 @@
+# shellcheck shell=sh
 # Creates each directory given (and its parents).
 mkdir -p -- "$@"

@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # Backup's first round trip: creates the layout, and prints
 #   [C<files/gocryptfs.conf>] NUL [<newest id> NUL (<its record> | =<stamps of files/>)]
 # The record is not sent when it is $1 (the run the client already knows):

@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # Writes records/<id>.rec after a run and prints `<files> <bytes> <stamps>`.
 #   $1 id, $2 the header as a printf format with %s for files and bytes,
 #   $3 1 to leave out dot names (rsync temp files; encrypted names never

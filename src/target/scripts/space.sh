@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # Prints `space SIZE USED AVAILABLE` (KiB) of the file system that holds
 # directory $1, from POSIX `df -P -k`. The numbers are the first run of
 # three whole numbers followed by a percentage on df's data line, so a

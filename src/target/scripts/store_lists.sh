@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # Keeps the client's list (stdin) as checksums/<id>.local.sha1 (the server
 # stored its own), then removes the lists of all but the newest $2 runs.
 id=$1 keep=$2

@@ -267,6 +267,8 @@ fn copy_out(
     // make it read this machine's files into --to. So workers only for a
     // stage rebuilt here (checked against its record, and ours alone);
     // straight from the server, one recursive rsync, which follows no link.
+    // The stage is on local disk: its workers open no ssh session, so the
+    // connection budget (budget.rs) does not bound them.
     let workers = match &job.target {
         Target::Sftp(s) if from_local_stage => s.connections,
         _ => 1,

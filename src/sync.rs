@@ -781,7 +781,9 @@ impl Rsync<'_> {
     /// pass for the directories' modes and times (see split.rs).
     fn mirror(&self, decryptor: &PathDecryptor) -> Result<Mirrored> {
         let workers = match &self.job.target {
-            Target::Sftp(s) if s.transport == Transport::Sshfs && self.split => s.connections,
+            Target::Sftp(s) if s.transport == Transport::Sshfs && self.split => {
+                crate::budget::of(s).sshfs
+            }
             _ => 1,
         };
         let plan = match workers > 1 {
@@ -906,6 +908,7 @@ impl Rsync<'_> {
         args.push(format!("{}/", self.remote.rsync_dest(FILES).location));
         // One line per changed file: on disk, not in memory.
         let output = crate::exec::scratch_file(&self.job.state_dir, "rsync-out")?;
+        let _session = self.remote.rsync_session();
         Cmd::new("rsync")
             .args(args)
             .stdout_to(output)
@@ -918,6 +921,7 @@ impl Rsync<'_> {
         args.push(format!("{}/", self.source.display()));
         args.push(format!("{}/", self.remote.rsync_dest(FILES).location));
         let output = crate::exec::scratch_file(&self.job.state_dir, "rsync-out")?;
+        let _session = self.remote.rsync_session();
         Cmd::new("rsync")
             .args(args)
             .stdin(list)

@@ -219,6 +219,11 @@ pub trait Target: Send + Sync {
     fn space(&self) -> Option<Space>;
     /// What the server stores of the modes and symlinks rsync gives it.
     fn keeps(&self) -> Keeps;
+    /// The place in the connection budget (budget.rs) that an rsync over
+    /// ssh holds while it runs; None where rsync writes into a path.
+    fn rsync_session(&self) -> Option<crate::budget::Permit<'_>> {
+        None
+    }
     /// An ssh failure (rsync's exit 255, a lost link) named with the host.
     fn connection_error(&self, stderr: &str, what: &str) -> Option<Error>;
 
@@ -428,6 +433,7 @@ mod tests {
             transport,
             remote_checksums: sums,
             connections: 4,
+            max_connections: crate::budget::DEFAULT,
         }
     }
 

@@ -202,6 +202,19 @@
           more workers pay off on a distant server.
         '';
       };
+      maxConnections = mkOption {
+        type = types.ints.between 2 64;
+        default = 10;
+        example = 6;
+        description = ''
+          The most ssh sessions a stage holds on the account at once: the
+          sshfs connections and one command (or the `rsync` transport's
+          rsync) beside them. `connections` is cut to fit, with one line
+          saying so. The default suits OpenSSH's `MaxSessions` and a storage
+          box that allows 10 connections per account; lower it by what else
+          uses the account meanwhile (a `ciphersync mount` takes 1).
+        '';
+      };
     };
   };
 
@@ -560,6 +573,7 @@
             known_hosts_file = knownHostsFile;
             remote_checksums = t.remoteChecksums;
             inherit (t) connections;
+            max_connections = t.maxConnections;
             space_warning_percent = t.spaceWarningPercent;
           }
           // lib.optionalAttrs (t.identityFile != null) {identity_file = t.identityFile;}

@@ -5,7 +5,7 @@
 //! Why a budget: a stage's sessions ride on one ssh master connection, and
 //! sshd refuses more than `MaxSessions` (10 by default) on one connection.
 //! ssh then quietly opens a connection of its own for the refused session,
-//! and a storage box that caps connections per account (10 on Hetzner's)
+//! and a storage box that caps connections per account (often at 10)
 //! refuses that one, or a later run's. Without the master (a socket path
 //! too long, a master lost) every session is a connection of its own.
 //! So the budget bounds both.
@@ -29,8 +29,8 @@ use crate::config::Sftp;
 /// The fewest sessions a stage works with: one sshfs connection and one
 /// command beside it.
 pub const MIN: usize = 2;
-/// The default: OpenSSH's own `MaxSessions`, and the connection cap of a
-/// Hetzner Storage Box.
+/// The default: OpenSSH's own `MaxSessions`, and a common storage-box cap
+/// on connections per account.
 pub const DEFAULT: usize = 10;
 /// The most a job file may set.
 pub const MAX: usize = 64;

@@ -208,3 +208,46 @@ fn without_the_budget_the_same_job_fails_on_that_server() {
     proxy.wait_idle();
     job.assert_clean();
 }
+
+/// check-config refuses a budget too small for any stage (one sshfs
+/// connection and one command beside it), in one line naming the field,
+/// and takes the smallest one whatever `connections` asks for (the stages
+/// cut it).
+#[test]
+fn check_config_refuses_a_budget_no_stage_fits_in() {
+    let tmp = TempDir::new("budget-cfg");
+    let m = tmp.path().join("missing");
+    let job = |max_connections: u64| {
+        json!({
+            "version": 1,
+            "name": "docs",
+            "source": m.join("src"),
+            "password_file": m.join("password"),
+            "target": {
+                "type": "sftp",
+                "host": "box.example.org",
+                "user": "u1",
+                "path": "/backup",
+                "known_hosts_file": m.join("known_hosts"),
+                "connections": 16,
+                "max_connections": max_connections,
+            },
+        })
+    };
+    let check = |name: &str, v: &Value| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, v.to_string()).unwrap();
+        run_bin(&["check-config", p.to_str().unwrap()])
+    };
+    let o = check("one.json", &job(1));
+    o.expect_code(2, "check-config with target.max_connections = 1");
+    assert_eq!(o.stderr.lines().count(), 1, "not one line:\n{}", o.dump());
+    assert!(
+        o.stderr
+            .contains("field `target.max_connections`: expected a whole number 2–64")
+            && o.stderr.contains("target.connections is cut to fit"),
+        "{}",
+        o.dump()
+    );
+    check("two.json", &job(2)).expect_code(0, "check-config with target.max_connections = 2");
+}

@@ -20,6 +20,7 @@
 mod listing;
 mod path;
 mod probe;
+mod pull;
 mod shell;
 pub mod ssh;
 mod whitelist;
@@ -31,6 +32,7 @@ use std::time::Duration;
 pub use listing::TreeEntry;
 pub use path::PathTarget;
 pub use probe::forget_capabilities;
+pub use pull::{Puller, unmunge};
 pub use shell::ShellTarget;
 pub use ssh::Ssh;
 pub use whitelist::{ServerSums, WhitelistTarget};

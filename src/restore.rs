@@ -212,7 +212,7 @@ fn latest_needing_its_record(ctx: &Context, remote: &PathTarget) -> Result<Optio
 /// a WAN round trip is many times faster than sshfs reading file by file
 /// (docs/benchmarks.md). It needs local room for the ciphertext; without
 /// it, restore reads through sshfs as before.
-fn pull_latest(ctx: &Context, remote: &PathTarget, puller: &Puller) -> Result<Option<Stage>> {
+fn pull_latest(ctx: &Context, remote: &PathTarget, puller: &Puller<'_>) -> Result<Option<Stage>> {
     let Some(latest) = snapshots::recorded_ids(remote)?.pop() else {
         return Ok(None);
     };

@@ -22,17 +22,20 @@ use crate::exec::Cmd;
 const MUNGE_PREFIX: &str = "/rsyncd-munged/";
 
 /// How to pull from one account over ssh.
-pub struct Puller {
-    /// rsync's `-e`: ssh with the stage's config (and its master).
+pub struct Puller<'a> {
+    /// The stage's ssh: its config and master, and its connection budget
+    /// (a pull is one session beside the sshfs mount).
+    ssh: Option<&'a Ssh>,
+    /// rsync's `-e`: ssh with the stage's config.
     shell: String,
     /// The account's directory as rsync names it (`host:path`).
     location: String,
 }
 
-impl Puller {
+impl<'a> Puller<'a> {
     /// A puller for an account that runs `rsync --server`, or None (no
     /// rsync there, or a machine where munged links would lead somewhere).
-    pub(super) fn new(job: &Job, sftp: &Sftp, ssh: &Ssh) -> Result<Option<Puller>> {
+    pub(super) fn new(job: &Job, sftp: &Sftp, ssh: &'a Ssh) -> Result<Option<Puller<'a>>> {
         let (caps, _) = super::probe::capabilities(job, sftp, ssh)?;
         if !caps.rsync_server {
             return Ok(None);
@@ -45,6 +48,7 @@ impl Puller {
             return Ok(None);
         }
         Ok(Some(Puller {
+            ssh: Some(ssh),
             shell: ssh.rsync_shell(),
             location: ssh.rsync_location(&sftp.path),
         }))
@@ -55,6 +59,7 @@ impl Puller {
     /// directory only we write to. Devices, special files and setuid bits
     /// never arrive; symlinks arrive munged.
     pub fn pull(&self, from: &str, list: &Path, into: &Path) -> Result<()> {
+        let _session = self.ssh.map(Ssh::session);
         let out = Cmd::new("rsync")
             .args(["-a", "-H", "--no-owner", "--no-group", "--from0"])
             .args(["--munge-links", "--no-devices", "--no-specials"])
@@ -123,6 +128,7 @@ mod tests {
         std::fs::create_dir_all(stage.join("d")).unwrap();
 
         let puller = Puller {
+            ssh: None,
             shell: shell.display().to_string(),
             location: format!("host:{}", server.display()),
         };

@@ -159,6 +159,19 @@ if [ -f "$tmp/server-assertions.json" ]; then
     fi
 fi
 
+# nix/package.nix refuses a gocryptfs older than 2.5.0 (issue 802).
+if out=$(nix-instantiate --eval --strict --json "$here/package-gocryptfs.nix" --arg nixpkgsLib "$libdir" 2>"$tmp/package.err"); then
+    if [ "$out" = '{"2.3.0":"refused","2.4.0":"refused","2.5.0":"ok","2.6.1":"ok"}' ]; then
+        echo "ok package: a gocryptfs older than 2.5.0 is refused"
+    else
+        echo "FAIL package: gocryptfs versions accepted and refused: $out" >&2
+        failed=1
+    fi
+else
+    echo "FAIL package: $(grep -m1 -E '^error' "$tmp/package.err" || tail -1 "$tmp/package.err")" >&2
+    failed=1
+fi
+
 # Regressions (issue 15), one evaluation each: an infinite recursion aborts
 # nix-instantiate, so it must fail its own case only.
 if names=$(evaluate regression-names 2>"$tmp/regression-names.err"); then

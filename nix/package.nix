@@ -18,7 +18,8 @@
   # the .name files of hard-linked long names in -reverse mode (its issue
   # 802): names the backup stores can become undecryptable. Refused here,
   # at evaluation, rather than warned about at every run (the helper still
-  # warns for a gocryptfs found on PATH). nixpkgs 26.05 has 2.6.1.
+  # warns for a gocryptfs found on PATH). nixpkgs packages 2.6.1, the latest
+  # release (not checked at the flake's pin).
   #
   # Not applied: the fix of gocryptfs issue 686 (-reverse hides the .name
   # files of long names under -exclude-wildcard patterns that can match an

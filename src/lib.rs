@@ -26,6 +26,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod mount;
 pub mod pool;
+pub mod progress;
 pub mod restore;
 pub mod rsync;
 pub mod run;

@@ -16,14 +16,17 @@ pub fn debug_enabled() -> bool {
 
 pub fn debug(message: impl FnOnce() -> String) {
     if debug_enabled() {
+        crate::progress::clear_terminal_line();
         eprintln!("ciphersync: debug: {}", message());
     }
 }
 
 pub fn info(message: impl AsRef<str>) {
+    crate::progress::clear_terminal_line();
     eprintln!("ciphersync: {}", message.as_ref());
 }
 
 pub fn warn(message: impl AsRef<str>) {
+    crate::progress::clear_terminal_line();
     eprintln!("ciphersync: warning: {}", message.as_ref());
 }

@@ -170,7 +170,11 @@ pub const ITEMIZE_FORMAT: &str = "%i %n";
 pub fn stats_from(rsync_stdout: &mut File) -> Result<Stats> {
     let mut stats = Stats::default();
     let mut changes = Changes::default();
-    for line in crate::limits::Lines::new(BufReader::new(rsync_stdout), "rsync's list of changes") {
+    // Progress records (`--info=progress2`, progress/rsync.rs) are no lines.
+    let without_progress = crate::progress::rsync::WithoutProgress::new(rsync_stdout);
+    for line in
+        crate::limits::Lines::new(BufReader::new(without_progress), "rsync's list of changes")
+    {
         let line = line?;
         let line = String::from_utf8_lossy(&line);
         stats.read_stats_line(&line);

@@ -342,6 +342,10 @@ pub fn compare(local: impl Read, remote: &mut File) -> Result<Diff> {
 #[derive(Default)]
 pub struct Cache {
     entries: HashMap<u64, (Stamp, Sum)>,
+    /// The user's files it holds and the bytes of all: what the last run
+    /// hashed, the best guess at what this one will (progress.rs).
+    pub files: u64,
+    pub bytes: u64,
 }
 
 impl Cache {
@@ -350,13 +354,14 @@ impl Cache {
         let Ok(file) = File::open(path) else {
             return Cache::default();
         };
-        let entries = BufReader::new(file)
-            .lines()
-            .map_while(|line| line.ok())
-            .filter_map(|line| parse_cache_line(&line))
-            .map(|(rel, entry)| (path_key(&rel), entry))
-            .collect();
-        Cache { entries }
+        let mut cache = Cache::default();
+        let lines = BufReader::new(file).lines().map_while(|line| line.ok());
+        for (rel, entry) in lines.filter_map(|line| parse_cache_line(&line)) {
+            cache.files += u64::from(!crate::crypt::is_gocryptfs_metadata(&rel));
+            cache.bytes = cache.bytes.saturating_add(entry.0.size);
+            cache.entries.insert(path_key(&rel), entry);
+        }
+        cache
     }
 
     fn lookup(&self, rel: &str, stamp: Stamp) -> Option<Sum> {

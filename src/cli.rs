@@ -41,6 +41,11 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     pub verbose: bool,
 
+    /// Show no progress of backup, verify and restore (errors and the
+    /// result still print).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
     /// After a stage, write the job's Prometheus metrics to FILE (the node
     /// exporter's textfile format), replacing it atomically.
     #[arg(long = "metrics-file", global = true, value_name = "FILE")]

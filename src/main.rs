@@ -4,8 +4,8 @@
 mod cli;
 
 use ciphersync::{
-    about, browse, config, crypt, error, history, human, interrupt, keys, log, metrics, restore,
-    rsync, run, snapshots, status, sync, target, verify, wait,
+    about, browse, config, crypt, error, history, human, interrupt, keys, log, metrics, progress,
+    restore, rsync, run, snapshots, status, sync, target, verify, wait,
 };
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -48,6 +48,7 @@ fn dispatch(cli: &Cli) -> Result<i32> {
     let Some(command) = &cli.command else {
         return Err(Error::usage("name a command (see `ciphersync --help`)"));
     };
+    let progress = progress::Progress::new(progress::Mode::for_run(cli.quiet, cli.json));
     match command {
         Command::CheckConfig { files } => check_config(files, cli.json),
         Command::Init(arg) => {
@@ -74,7 +75,9 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             let options = sync::BackupOptions {
                 max_delete_percent: *max_delete,
             };
-            let result = run::stage(&job, Stage::Backup, |ctx| sync::backup(ctx, &options))?;
+            let result = run::stage(&job, Stage::Backup, |ctx| {
+                sync::backup(ctx, &options, &progress)
+            })?;
             write_metrics(cli, &job, Stage::Backup, &result);
             Ok(report(cli, &job, Stage::Backup, &result))
         }
@@ -83,12 +86,16 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             let (stage, result) = if *deep {
                 (
                     Stage::DeepVerify,
-                    run::stage(&job, Stage::DeepVerify, verify::deep_verify)?,
+                    run::stage(&job, Stage::DeepVerify, |ctx| {
+                        verify::deep_verify(ctx, &progress)
+                    })?,
                 )
             } else {
                 (
                     Stage::Verify,
-                    run::stage(&job, Stage::Verify, |ctx| verify::verify(ctx, *sample))?,
+                    run::stage(&job, Stage::Verify, |ctx| {
+                        verify::verify(ctx, *sample, &progress)
+                    })?,
                 )
             };
             write_metrics(cli, &job, stage, &result);
@@ -120,7 +127,9 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             };
             // Refuse a bad --to before taking the lock or touching status.
             restore::check_request(&job, &request)?;
-            let result = run::stage(&job, Stage::Restore, |ctx| restore::restore(ctx, &request))?;
+            let result = run::stage(&job, Stage::Restore, |ctx| {
+                restore::restore(ctx, &request, &progress)
+            })?;
             write_metrics(cli, &job, Stage::Restore, &result);
             Ok(report(cli, &job, Stage::Restore, &result))
         }

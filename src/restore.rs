@@ -10,7 +10,8 @@ use std::path::{Component, Path, PathBuf};
 use crate::config::{Job, Target};
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::exec::Cmd;
-use crate::rsync::{self, Stats, parse_stats};
+use crate::progress::{self, Phase, Progress, Totals};
+use crate::rsync::{self, Stats};
 use crate::run::{Context, Done};
 use crate::split;
 use crate::stats::{ReadVia, RestoreStats, StageStats};
@@ -80,7 +81,7 @@ pub fn check_request(job: &Job, request: &RestoreRequest) -> Result<()> {
     Ok(())
 }
 
-pub fn restore(ctx: &Context, request: &RestoreRequest) -> Result<Done> {
+pub fn restore(ctx: &Context, request: &RestoreRequest, progress: &Progress) -> Result<Done> {
     let job = ctx.job;
     check_request(job, request)?;
     let to = absolute(&request.to)?;
@@ -116,7 +117,16 @@ pub fn restore(ctx: &Context, request: &RestoreRequest) -> Result<Done> {
     let plain_point = ctx.runtime("plain");
     crate::mount::prepare_point(&plain_point)?;
     let plain = crypt::mount_forward(job, &cipher_dir, &plain_point)?;
-    let stats = copy_out(job, plain.point(), request, &to, stage.is_some())?;
+    // rsync's own count of what it checked and copied (progress/rsync.rs).
+    let phase = progress.phase("restore", Totals::default());
+    let copy = Copy {
+        job,
+        request,
+        to: &to,
+        phase: Some(&phase).filter(|p| p.shows()),
+    };
+    let stats = copy_out(&copy, plain.point(), stage.is_some())?;
+    phase.finish();
     give_root_mode(plain.point(), &to)?;
     plain.unmount()?;
     apply_metadata(ctx, &remote, request, &to)?;
@@ -278,13 +288,8 @@ fn give_root_mode(plain_root: &Path, to: &Path) -> Result<()> {
 /// it: the directories, then workers on balanced lists of directories,
 /// then the directories' modes and times. Over sshfs one rsync waits for
 /// each file in turn.
-fn copy_out(
-    job: &Job,
-    plain: &Path,
-    request: &RestoreRequest,
-    to: &Path,
-    from_local_stage: bool,
-) -> Result<Stats> {
+fn copy_out(copy: &Copy, plain: &Path, from_local_stage: bool) -> Result<Stats> {
+    let (job, request) = (copy.job, copy.request);
     let mut copied = Copied::default();
     let paths = &request.paths;
     if !paths.is_empty() {
@@ -298,7 +303,7 @@ fn copy_out(
                 path.trim_end_matches('/')
             ));
         }
-        copied.add(copy_pass(job, request, args, None, to)?);
+        copied.add(copy.pass(args, None, true)?);
         return copied.into_result(plain);
     }
     let whole = format!("{}/", plain.display());
@@ -319,19 +324,19 @@ fn copy_out(
         false => None,
     };
     let Some(plan) = plan.filter(|p| p.workers.len() > 1) else {
-        copied.add(copy_pass(job, request, vec![whole], None, to)?);
+        copied.add(copy.pass(vec![whole], None, true)?);
         return copied.into_result(plain);
     };
     let with = |options: Vec<String>| options.into_iter().chain([whole.clone()]).collect();
     let before = with(split::directories_pass(true));
-    copied.add(copy_pass(job, request, before, Some(plan.before), to)?);
+    copied.add(copy.pass(before, Some(plan.before), false)?);
     for pass in split::in_workers(plan.workers, workers, |list| {
-        copy_pass(job, request, with(split::contents_pass()), Some(list), to)
+        copy.pass(with(split::contents_pass()), Some(list), true)
     })? {
         copied.add(pass);
     }
     let after = with(split::directories_pass(false));
-    copied.add(copy_pass(job, request, after, Some(plan.after), to)?);
+    copied.add(copy.pass(after, Some(plan.after), false)?);
     copied.into_result(plain)
 }
 
@@ -377,6 +382,27 @@ impl Copied {
     }
 }
 
+/// What the copy passes share.
+struct Copy<'a> {
+    job: &'a Job,
+    request: &'a RestoreRequest,
+    to: &'a Path,
+    /// Where the passes that copy files count their progress.
+    phase: Option<&'a Phase>,
+}
+
+impl Copy<'_> {
+    fn pass(
+        &self,
+        args: Vec<String>,
+        list: Option<std::fs::File>,
+        copies_files: bool,
+    ) -> Result<Copied> {
+        let phase = self.phase.filter(|_| copies_files);
+        copy_pass(self.job, self.request, args, list, self.to, phase)
+    }
+}
+
 /// One rsync out of the decrypted mount; `args` ends with the source(s),
 /// `list` is the `--files-from=-` list for its stdin. What the target
 /// stores is not trusted: no device or special file is created,
@@ -388,6 +414,7 @@ fn copy_pass(
     args: Vec<String>,
     list: Option<std::fs::File>,
     to: &Path,
+    phase: Option<&Phase>,
 ) -> Result<Copied> {
     let mut cmd = Cmd::new("rsync").args(["-a", "-H", "--stats", "--no-human-readable"]);
     cmd = cmd.args(untrusted_copy_flags(request.keep_setuid));
@@ -396,12 +423,16 @@ fn copy_pass(
     if matches!(job.target, Target::Sftp(_)) || !request.owners {
         cmd = cmd.args(["--no-owner", "--no-group"]);
     }
+    if phase.is_some() {
+        cmd = cmd.arg(progress::rsync::PROGRESS_ARG);
+    }
     cmd = cmd.args(args).arg(format!("{}/", to.display()));
     if let Some(list) = list {
         cmd = cmd.stdin(list);
     }
-    let mut out = cmd.whole_group().run()?;
-    let stats = parse_stats(&out.stdout_string()?);
+    let output = crate::exec::scratch_file(&job.state_dir, "restore-out")?;
+    let mut out = progress::rsync::run(cmd.whole_group(), output, phase)?;
+    let stats = progress::rsync::stats_of(&mut out)?;
     let failed = match out.code() {
         Some(0) => Vec::new(),
         // Some files or names could not be read back (23) or vanished

@@ -22,6 +22,7 @@ use crate::checksums::{self, Sum};
 use crate::crypt::REMOTE_CONFIG_NAME;
 use crate::error::{IoContext, Result};
 use crate::fsutil;
+use crate::progress::Phase;
 use crate::state::SampleRotation;
 use crate::target::FILES;
 
@@ -158,6 +159,7 @@ pub fn read_back(
     remote_root: &Path,
     selection: &Selection,
     skip: &HashSet<String>,
+    phase: &Phase,
 ) -> Result<Findings> {
     local_list
         .seek(SeekFrom::Start(0))
@@ -177,21 +179,22 @@ pub fn read_back(
             }
             return Ok(());
         }
-        found.compare(remote_root, name, sum)
+        found.compare(remote_root, name, sum, phase)
     })?;
     if found.read + found.missing.len() == 0
         && let Some((_, name, sum)) = nearest
     {
-        found.compare(remote_root, name, sum)?;
+        found.compare(remote_root, name, sum, phase)?;
     }
     Ok(found)
 }
 
 impl Findings {
-    fn compare(&mut self, remote_root: &Path, name: String, sum: Sum) -> Result<()> {
+    fn compare(&mut self, remote_root: &Path, name: String, sum: Sum, phase: &Phase) -> Result<()> {
         match read_remote(remote_root, &name)? {
             None => self.missing.push(name),
             Some((theirs, bytes)) => {
+                phase.add(1, bytes);
                 self.read += 1;
                 self.bytes += bytes;
                 if theirs != Some(sum) {

@@ -13,6 +13,7 @@ use crate::error::{Error, IoContext, Kind, Result};
 use crate::exec::Cmd;
 use crate::fingerprint::{self, SourceState};
 use crate::mount::Mount;
+use crate::progress::{self, Phase, Progress, Totals};
 use crate::rsync::{self, ITEMIZE_FORMAT, RsyncPlan, Stats, rsync_args, stats_from};
 use crate::run::{Context, Done};
 use crate::state::{BACKUP_INCOMPLETE, LastBackup, RepairList};
@@ -26,12 +27,12 @@ pub struct BackupOptions {
     pub max_delete_percent: Option<u8>,
 }
 
-pub fn backup(ctx: &Context, options: &BackupOptions) -> Result<Done> {
+pub fn backup(ctx: &Context, options: &BackupOptions, progress: &Progress) -> Result<Done> {
     // With `source_snapshot`, what follows reads a snapshot of the source.
-    crate::source_snapshot::around(ctx, |ctx| backup_source(ctx, options))
+    crate::source_snapshot::around(ctx, |ctx| backup_source(ctx, options, progress))
 }
 
-fn backup_source(ctx: &Context, options: &BackupOptions) -> Result<Done> {
+fn backup_source(ctx: &Context, options: &BackupOptions, progress: &Progress) -> Result<Done> {
     let job = ctx.job;
     crypt::check_ready(job)?;
     let cipher_point = ctx.runtime("cipher");
@@ -60,7 +61,10 @@ fn backup_source(ctx: &Context, options: &BackupOptions) -> Result<Done> {
         BackupPlan::NothingToSend { last_id, stamps } => {
             record_unchanged_run(ctx, start, &last_id, &stamps, last.as_ref())
         }
-        BackupPlan::Full(full) => full_run(ctx, start, full, last.as_ref(), max_delete_percent),
+        BackupPlan::Full(full) => {
+            let last = last.as_ref();
+            full_run(ctx, start, full, last, max_delete_percent, progress)
+        }
     }
 }
 
@@ -170,6 +174,7 @@ fn full_run(
     full: FullRun,
     last: Option<&LastBackup>,
     max_delete_percent: u8,
+    progress: &Progress,
 ) -> Result<Done> {
     let job = ctx.job;
     let Start {
@@ -209,12 +214,16 @@ fn full_run(
     let snapshot = next_snapshot_id(ctx, last)?;
     BACKUP_INCOMPLETE.set(&job.state_dir, &snapshot)?;
 
+    // rsync's own count of what it checked and sent (progress/rsync.rs):
+    // the guard's index of the view is not there on every run.
+    let phase = progress.phase("backup", Totals::default());
     let rsync = Rsync {
         job,
         remote: &*remote,
         source: view.point(),
         snapshot: &snapshot,
         split,
+        phase: Some(&phase).filter(|p| p.shows()),
     };
     let repair = repair_damaged(ctx, &rsync)?;
 
@@ -226,6 +235,7 @@ fn full_run(
         mut stats,
         unreadable,
     } = rsync.mirror(&decryptor)?;
+    phase.finish();
     stats.add(&repair);
     // Owners, ACLs, xattrs and special files, encrypted (metadata.rs).
     crate::metadata::store(ctx, &*remote, &snapshot, view.point())?;
@@ -752,6 +762,8 @@ struct Pass {
     delete: bool,
     /// `--files-from=-`: the list rsync reads on stdin.
     list: Option<File>,
+    /// Its progress counts (it copies files, not only directories).
+    watched: bool,
 }
 
 impl Pass {
@@ -761,6 +773,7 @@ impl Pass {
             options: Vec::new(),
             delete: true,
             list: None,
+            watched: true,
         }
     }
 
@@ -776,6 +789,7 @@ impl Pass {
             options,
             delete: true,
             list: Some(list),
+            watched: true,
         }
     }
 
@@ -786,6 +800,7 @@ impl Pass {
             options: split::directories_pass(writable),
             delete: false,
             list: Some(list),
+            watched: false,
         }
     }
 }
@@ -797,6 +812,8 @@ struct Rsync<'a> {
     snapshot: &'a str,
     /// Several workers over sshfs allowed (see `mirror`).
     split: bool,
+    /// Where the passes that copy files count their progress.
+    phase: Option<&'a Phase>,
 }
 
 impl Rsync<'_> {
@@ -861,9 +878,13 @@ impl Rsync<'_> {
             // One line per changed entry, parsed for the user-level counts.
             format!("--out-format={ITEMIZE_FORMAT}"),
         ]);
+        let phase = self.phase.filter(|_| pass.watched);
+        if phase.is_some() {
+            args.push(progress::rsync::PROGRESS_ARG.into());
+        }
         let mut out = match pass.list {
-            Some(list) => self.run_listed(args, list)?,
-            None => self.run(args)?,
+            Some(list) => self.run_listed(args, list, phase)?,
+            None => self.run(args, phase)?,
         };
         let stats = stats_from(out.stdout_reader()?)?;
         match out.code() {
@@ -898,7 +919,7 @@ impl Rsync<'_> {
             "--no-human-readable".into(),
             format!("--out-format={ITEMIZE_FORMAT}"),
         ]);
-        let mut out = self.run(args)?;
+        let mut out = self.run(args, None)?;
         if !(out.success() || out.code() == Some(rsync::VANISHED)) {
             return Err(self.failure(&out));
         }
@@ -927,31 +948,28 @@ impl Rsync<'_> {
         })
     }
 
-    fn run(&self, mut args: Vec<String>) -> Result<crate::exec::Output> {
+    fn run(&self, mut args: Vec<String>, phase: Option<&Phase>) -> Result<crate::exec::Output> {
         args.push(format!("{}/", self.source.display()));
         args.push(format!("{}/", self.remote.rsync_dest(FILES).location));
         // One line per changed file: on disk, not in memory.
         let output = crate::exec::scratch_file(&self.job.state_dir, "rsync-out")?;
         let _session = self.remote.rsync_session();
-        Cmd::new("rsync")
-            .args(args)
-            .stdout_to(output)
-            .whole_group()
-            .run()
+        progress::rsync::run(Cmd::new("rsync").args(args).whole_group(), output, phase)
     }
 
     /// `run` with a list of files (`--files-from=-`) on rsync's stdin.
-    fn run_listed(&self, mut args: Vec<String>, list: File) -> Result<crate::exec::Output> {
+    fn run_listed(
+        &self,
+        mut args: Vec<String>,
+        list: File,
+        phase: Option<&Phase>,
+    ) -> Result<crate::exec::Output> {
         args.push(format!("{}/", self.source.display()));
         args.push(format!("{}/", self.remote.rsync_dest(FILES).location));
         let output = crate::exec::scratch_file(&self.job.state_dir, "rsync-out")?;
         let _session = self.remote.rsync_session();
-        Cmd::new("rsync")
-            .args(args)
-            .stdin(list)
-            .stdout_to(output)
-            .whole_group()
-            .run()
+        let cmd = Cmd::new("rsync").args(args).stdin(list).whole_group();
+        progress::rsync::run(cmd, output, phase)
     }
 
     fn failure(&self, out: &crate::exec::Output) -> Error {

@@ -19,6 +19,7 @@ use crate::crypt::{self, PathDecryptor, REMOTE_CONFIG_NAME};
 use crate::error::{Error, IoContext, Result};
 use crate::exec::scratch_file;
 use crate::fingerprint::{self, SourceState};
+use crate::progress::{Phase, Progress, Totals};
 use crate::run::{Context, Done};
 use crate::sample::{self, Budget, Selection};
 use crate::state::{LastBackup, RepairList, SHA1_CACHE, SampleRotation};
@@ -31,7 +32,7 @@ use crate::{interrupt, log, pool, verify_cache};
 const KEPT_CHECKSUM_RUNS: usize = 10;
 
 /// `sample`: `verify --sample`, else the job's budget (sample.rs).
-pub fn verify(ctx: &Context, sample: Option<Budget>) -> Result<Done> {
+pub fn verify(ctx: &Context, sample: Option<Budget>, progress: &Progress) -> Result<Done> {
     let job = ctx.job;
     crypt::check_ready(job)?;
     let cipher_point = ctx.runtime("cipher");
@@ -48,7 +49,7 @@ pub fn verify(ctx: &Context, sample: Option<Budget>) -> Result<Done> {
             let list = remote.checksums(&id, into)?;
             Ok((remote, list))
         },
-        || local_side(ctx, &cipher_point, &ctlsock, since),
+        || local_side(ctx, &cipher_point, &ctlsock, since, progress),
     )?;
     view.check_live()?;
 
@@ -68,7 +69,13 @@ pub fn verify(ctx: &Context, sample: Option<Budget>) -> Result<Done> {
     let diff = check_hardlinked_sizes(&*remote, view.point(), &local.tally, diff)?;
     let budget =
         sample.unwrap_or_else(|| Budget::for_job(job.verify_sample_bytes, local.tally.data_bytes));
-    let (diff, possession) = read_back(ctx, &*remote, &remote_list, &mut local, diff, budget)?;
+    let read = ReadBack {
+        remote: &*remote,
+        theirs: &remote_list,
+        budget,
+        progress,
+    };
+    let (diff, possession) = read_back(ctx, &read, &mut local, diff)?;
     // Tells the next backup which remote files to re-send by checksum.
     RepairList::save(&job.state_dir, &diff.changed)?;
     keep_or_forget_list(ctx, source.as_ref(), &mut local, &diff);
@@ -116,13 +123,12 @@ struct Possession {
 /// was the check.
 fn read_back(
     ctx: &Context,
-    remote: &dyn Target,
-    theirs: &RemoteSums,
+    read: &ReadBack,
     local: &mut LocalList,
     mut diff: Diff,
-    budget: Budget,
 ) -> Result<(Diff, Possession)> {
-    if !theirs.by_server {
+    let (remote, budget) = (read.remote, read.budget);
+    if !read.theirs.by_server {
         let everything = Possession {
             read: local.tally.files,
             bytes: local.tally.data_bytes,
@@ -155,7 +161,18 @@ fn read_back(
     // Already reported files are not read again.
     let mut skip = local.tally.skip.clone();
     skip.extend(diff.missing.iter().chain(&diff.changed).cloned());
-    let found = sample::read_back(&mut local.list, files.root(), &selection, &skip)?;
+    // About the budget's bytes are read; how many files, the read tells.
+    let expected = match budget {
+        Budget::All => local.tally.data_bytes,
+        Budget::Bytes(b) => b.min(local.tally.data_bytes),
+    };
+    let totals = Totals {
+        files: None,
+        bytes: Some(expected),
+    };
+    let phase = read.progress.phase("verify: read-back", totals);
+    let found = sample::read_back(&mut local.list, files.root(), &selection, &skip, &phase)?;
+    phase.finish();
     files.close()?;
     if let Err(e) = selection.next().write(state_dir) {
         log::warn(format!(
@@ -180,6 +197,14 @@ fn read_back(
         rotation_runs: selection.runs_per_rotation(),
     };
     Ok((diff, possession))
+}
+
+/// What the possession check reads, and from where.
+struct ReadBack<'a> {
+    remote: &'a dyn Target,
+    theirs: &'a RemoteSums,
+    budget: Budget,
+    progress: &'a Progress,
 }
 
 /// The last run's local list, when the source is as it was then and no
@@ -212,6 +237,7 @@ fn local_side(
     cipher_point: &Path,
     ctlsock: &Path,
     since: Option<i128>,
+    progress: &Progress,
 ) -> Result<(crate::mount::Mount, LocalList, Option<SourceState>)> {
     let job = ctx.job;
     let (fingerprinted, view) = pool::join(
@@ -233,7 +259,7 @@ fn local_side(
     }
     // The fingerprint was taken before this reads the view: a change in
     // between makes the kept list's fingerprint stale, never wrong.
-    let local = local_list(ctx, view.point(), since)?;
+    let local = local_list(ctx, view.point(), since, progress)?;
     Ok((view, local, source))
 }
 
@@ -297,10 +323,21 @@ struct Tally {
 /// Hashes the reverse view with the stamp cache, writing the list and a
 /// new cache as it goes. Files changed after the last backup started differ
 /// from the remote for a good reason: they are pending, not damage.
-fn local_list(ctx: &Context, view: &Path, since: Option<i128>) -> Result<LocalList> {
+fn local_list(
+    ctx: &Context,
+    view: &Path,
+    since: Option<i128>,
+    progress: &Progress,
+) -> Result<LocalList> {
     let job = ctx.job;
     let cache_path = ctx.state(SHA1_CACHE);
     let cache = Cache::load(&cache_path);
+    // The last run's count: no walk ahead of the hashing for a total.
+    let last_run = (cache.files > 0).then_some(Totals {
+        files: Some(cache.files),
+        bytes: Some(cache.bytes),
+    });
+    let phase = progress.phase("verify: local checksums", last_run.unwrap_or_default());
     let mut new_cache = AtomicFile::create(&cache_path)?;
     let mut list = BufWriter::new(scratch_file(&job.state_dir, "verify-local")?);
     // When the config is kept outside the source, backup uploads it into
@@ -323,7 +360,9 @@ fn local_list(ctx: &Context, view: &Path, since: Option<i128>) -> Result<LocalLi
         }
         // gocryptfs' own files are checked like any other, but counted
         // like backup, snapshots and deep verify count: the user's files.
-        local.files += usize::from(!crate::crypt::is_gocryptfs_metadata(&file.rel));
+        let user_file = !crate::crypt::is_gocryptfs_metadata(&file.rel);
+        phase.add(u64::from(user_file), file.stamp.size);
+        local.files += usize::from(user_file);
         local.hashed += usize::from(file.read);
         local.data_bytes += file.stamp.size;
         let pending = since.is_some_and(|start| i128::from(file.stamp.changed_ns()) >= start);
@@ -340,6 +379,7 @@ fn local_list(ctx: &Context, view: &Path, since: Option<i128>) -> Result<LocalLi
         }
         Ok(())
     })?;
+    phase.finish();
     drop(cache);
     new_cache.commit()?;
     write_config_line(&mut list, &mut config).map_err(write_error)?;
@@ -429,16 +469,28 @@ fn plaintext_name(decryptor: &PathDecryptor, encrypted: &str) -> String {
 
 /// verify --deep: forward-mount the local encrypted view and compare it with
 /// the source, file content and symlink targets alike.
-pub fn deep_verify(ctx: &Context) -> Result<Done> {
+pub fn deep_verify(ctx: &Context, progress: &Progress) -> Result<Done> {
     let job = ctx.job;
     crypt::check_ready(job)?;
     let cipher_point = ctx.runtime("cipher");
     let plain_point = ctx.runtime("plain");
     crate::mount::prepare_point(&cipher_point)?;
     crate::mount::prepare_point(&plain_point)?;
-    let view = crypt::mount_reverse(job, &cipher_point, None)?;
+    // The source's files are counted while the two layers mount.
+    let (totals, view) = pool::join(
+        || source_totals(&job.source, progress),
+        || crypt::mount_reverse(job, &cipher_point, None),
+    );
+    let view = view?;
     let decrypted = crypt::mount_forward(job, view.point(), &plain_point)?;
-    let report = compare_trees(&job.source, decrypted.point(), !job.exclude.is_empty())?;
+    let phase = progress.phase("deep verify", totals.unwrap_or_default());
+    let report = compare_trees(
+        &job.source,
+        decrypted.point(),
+        !job.exclude.is_empty(),
+        &phase,
+    )?;
+    phase.finish();
     decrypted.unmount()?;
     view.unmount()?;
     let outcome = outcome_of(&report.diff);
@@ -465,7 +517,12 @@ struct TreeReport {
 /// named once, not with its contents); with exclude patterns these are
 /// expected, so they are not reported (gocryptfs applies the patterns, we do
 /// not second-guess it).
-fn compare_trees(source: &Path, decrypted: &Path, has_excludes: bool) -> Result<TreeReport> {
+fn compare_trees(
+    source: &Path,
+    decrypted: &Path,
+    has_excludes: bool,
+    phase: &Phase,
+) -> Result<TreeReport> {
     let mut diff = Diff::default();
     let mut files = 0;
     let mut changed_content = Vec::new();
@@ -479,10 +536,13 @@ fn compare_trees(source: &Path, decrypted: &Path, has_excludes: bool) -> Result<
         checksums::WINDOW,
         |submit| walk.compare_dir("", &mut diff, submit),
         |rel: &String| {
-            Ok(checksums::hash_file(&source.join(rel))?
-                == checksums::hash_file(&decrypted.join(rel))?)
+            let same = checksums::hash_file(&source.join(rel))?
+                == checksums::hash_file(&decrypted.join(rel))?;
+            let size = std::fs::symlink_metadata(source.join(rel)).map_or(0, |m| m.len());
+            Ok((same, size))
         },
-        |rel, same| {
+        |rel, (same, size)| {
+            phase.add(1, size);
             files += 1;
             if !same {
                 changed_content.push(rel);
@@ -493,6 +553,36 @@ fn compare_trees(source: &Path, decrypted: &Path, has_excludes: bool) -> Result<
     diff.changed.extend(changed_content);
     diff.changed.sort();
     Ok(TreeReport { files, diff })
+}
+
+/// The regular files of the source and their bytes: what deep verify will
+/// compare (without exclude patterns). A stat walk of local files, cheap
+/// beside decrypting them; only when progress is shown.
+fn source_totals(source: &Path, progress: &Progress) -> Totals {
+    if !progress.shows() {
+        return Totals::default();
+    }
+    let (mut files, mut bytes) = (0u64, 0u64);
+    for entry in walkdir::WalkDir::new(source).follow_links(false) {
+        let Ok(entry) = entry else {
+            // Unreadable parts: no total rather than a wrong one.
+            return Totals::default();
+        };
+        if entry.file_type().is_file() && entry.depth() > 0 {
+            files += 1;
+            bytes = bytes.saturating_add(entry.metadata().map_or(0, |m| m.len()));
+        }
+    }
+    // The config kept in the source is no file of the view.
+    if source.join(".gocryptfs.reverse.conf").is_file() {
+        files = files.saturating_sub(1);
+        let size = std::fs::metadata(source.join(".gocryptfs.reverse.conf")).map_or(0, |m| m.len());
+        bytes = bytes.saturating_sub(size);
+    }
+    Totals {
+        files: Some(files),
+        bytes: Some(bytes),
+    }
 }
 
 struct TwoTrees<'a> {

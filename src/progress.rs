@@ -24,7 +24,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::human::bytes_short;
+use crate::human::{bytes_short, count};
 
 /// The terminal line is redrawn at most this often.
 const REDRAW: Duration = Duration::from_millis(100);
@@ -232,12 +232,12 @@ impl Phase {
             return;
         }
         state.last_shown = Some(now);
-        let line = progress_line(self.label, &state.figures(now - self.started));
+        let figures = state.figures(now - self.started);
         match self.mode {
-            Mode::Terminal => draw(&line),
+            Mode::Terminal => draw(self.label, &figures),
             _ => {
                 state.logged = true;
-                eprintln!("ciphersync: {line}");
+                eprintln!("ciphersync: {}", progress_line(self.label, &figures, true));
             }
         }
     }
@@ -256,7 +256,7 @@ impl Phase {
             // Drawn once more so that a recording of the terminal (script,
             // a test) ends on the full count, then cleared.
             Mode::Terminal => {
-                draw(&progress_line(self.label, &figures));
+                draw(self.label, &figures);
                 clear_terminal_line();
             }
             Mode::Log { .. } if state.logged => {
@@ -282,7 +282,13 @@ impl Drop for Phase {
 /// the terminal: a log line clears it first (see `clear_terminal_line`).
 static LINE_SHOWN: AtomicBool = AtomicBool::new(false);
 
-fn draw(line: &str) {
+/// Draws the line over the last one; where it is too wide, without the
+/// rate (the time left says more), and cut.
+fn draw(label: &str, figures: &Figures) {
+    let mut line = progress_line(label, figures, true);
+    if line.len() > MAX_WIDTH {
+        line = progress_line(label, figures, false);
+    }
     let width = line.len().min(MAX_WIDTH);
     let mut err = std::io::stderr().lock();
     // The line is ASCII (labels, digits, units): cut at any byte.
@@ -302,10 +308,10 @@ pub fn clear_terminal_line() {
 }
 
 /// `backup: 120/300 files, 1.5 MiB, 2.0 MiB/s, 2s left`
-pub fn progress_line(label: &str, f: &Figures) -> String {
+pub fn progress_line(label: &str, f: &Figures, with_rate: bool) -> String {
     let files = match f.total.files {
         Some(total) => format!("{}/{} files", f.files, total.max(f.files)),
-        None => format!("{} files", f.files),
+        None => count(f.files, "file", "files"),
     };
     let bytes = match f.total.bytes {
         Some(total) => format!(
@@ -315,7 +321,10 @@ pub fn progress_line(label: &str, f: &Figures) -> String {
         ),
         None => bytes_short(f.bytes),
     };
-    let mut line = format!("{label}: {files}, {bytes}, {}", rate(f));
+    let mut line = format!("{label}: {files}, {bytes}");
+    if with_rate {
+        line.push_str(&format!(", {}", rate(f)));
+    }
     if let Some(left) = time_left(f) {
         line.push_str(&format!(", {} left", duration(left)));
     }
@@ -325,8 +334,8 @@ pub fn progress_line(label: &str, f: &Figures) -> String {
 /// `backup done: 300 files, 1.5 MiB in 3s (512.0 KiB/s)`
 pub fn summary_line(label: &str, f: &Figures) -> String {
     format!(
-        "{label} done: {} files, {} in {} ({})",
-        f.files,
+        "{label} done: {}, {} in {} ({})",
+        count(f.files, "file", "files"),
         bytes_short(f.bytes),
         duration(f.elapsed),
         rate(f)
@@ -401,24 +410,45 @@ mod tests {
             files: Some(300),
             bytes: None,
         };
+        let big = Totals {
+            files: Some(2_000_000),
+            bytes: Some(1_300_000 * MIB),
+        };
         let lines = [
-            progress_line("verify: local checksums", &figures(75, 10 * MIB, both, 5)),
-            progress_line("backup", &figures(100, 3 * MIB, files_only, 10)),
-            progress_line("verify: read-back", &figures(7, 1000, Totals::default(), 0)),
-            progress_line("restore", &figures(0, 0, files_only, 4)),
+            progress_line("verify: hashing", &figures(75, 10 * MIB, both, 5), true),
+            progress_line("backup", &figures(100, 3 * MIB, files_only, 10), true),
+            progress_line(
+                "verify: read-back",
+                &figures(1, 1000, Totals::default(), 0),
+                true,
+            ),
+            progress_line("restore", &figures(0, 0, files_only, 4), true),
             // An estimated total that turned out short.
-            progress_line("verify: local checksums", &figures(310, 41 * MIB, both, 41)),
+            progress_line("verify: hashing", &figures(310, 41 * MIB, both, 41), true),
+            // Too wide for a terminal with the rate.
+            progress_line(
+                "verify: hashing",
+                &figures(1_234_567, 700_000 * MIB, big, 7000),
+                true,
+            ),
+            progress_line(
+                "verify: hashing",
+                &figures(1_234_567, 700_000 * MIB, big, 7000),
+                false,
+            ),
             summary_line("deep verify", &figures(300, 40 * MIB, both, 200)),
-            summary_line("restore", &figures(0, 0, Totals::default(), 0)),
+            summary_line("verify: read-back", &figures(1, 4096, Totals::default(), 0)),
         ];
         insta::assert_snapshot!(lines.join("\n"), @r"
-        verify: local checksums: 75/300 files, 10.0 MiB of 40.0 MiB, 2.0 MiB/s, 15s left
+        verify: hashing: 75/300 files, 10.0 MiB of 40.0 MiB, 2.0 MiB/s, 15s left
         backup: 100/300 files, 3.0 MiB, 307.2 KiB/s, 20s left
-        verify: read-back: 7 files, 1000 B, 0 B/s
+        verify: read-back: 1 file, 1000 B, 0 B/s
         restore: 0/300 files, 0 B, 0 B/s
-        verify: local checksums: 310/310 files, 41.0 MiB of 41.0 MiB, 1.0 MiB/s, 0s left
+        verify: hashing: 310/310 files, 41.0 MiB of 41.0 MiB, 1.0 MiB/s, 0s left
+        verify: hashing: 1234567/2000000 files, 683.6 GiB of 1.2 TiB, 100.0 MiB/s, 1h40m left
+        verify: hashing: 1234567/2000000 files, 683.6 GiB of 1.2 TiB, 1h40m left
         deep verify done: 300 files, 40.0 MiB in 3m20s (204.8 KiB/s)
-        restore done: 0 files, 0 B in 0s (0 B/s)
+        verify: read-back done: 1 file, 4.0 KiB in 0s (0 B/s)
         ");
     }
 

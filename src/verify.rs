@@ -337,7 +337,7 @@ fn local_list(
         files: Some(cache.files),
         bytes: Some(cache.bytes),
     });
-    let phase = progress.phase("verify: local checksums", last_run.unwrap_or_default());
+    let phase = progress.phase("verify: hashing", last_run.unwrap_or_default());
     let mut new_cache = AtomicFile::create(&cache_path)?;
     let mut list = BufWriter::new(scratch_file(&job.state_dir, "verify-local")?);
     // When the config is kept outside the source, backup uploads it into

@@ -246,10 +246,7 @@ fn without_a_terminal_lines_are_plain_few_and_summed_up_once() {
     let to_arg = to.to_str().unwrap().to_string();
     let stages: [(&[&str], &[&str]); 4] = [
         (&["backup"], &["backup"]),
-        (
-            &["verify"],
-            &["verify: hashing", "verify: read-back"],
-        ),
+        (&["verify"], &["verify: hashing", "verify: read-back"]),
         (&["verify", "--deep"], &["deep verify"]),
         (&["restore", "--to", &to_arg], &["restore"]),
     ];
@@ -322,4 +319,28 @@ fn without_a_terminal_lines_are_plain_few_and_summed_up_once() {
             out.stderr
         );
     }
+}
+
+/// Over rsync's own transport (ssh to `rsync --server`) the records come
+/// from the local rsync as well, and leave its statistics as they were.
+#[test]
+fn rsync_over_ssh_counts_too_and_its_statistics_stay_right() {
+    if !require_tools("progress_rsync", SFTP_TOOLS) {
+        return;
+    }
+    let job = Job::sftp("progress-rsync").transport("rsync").build();
+    few_hundred_files(&job.source);
+    job.ok(&["init"]);
+    let (out, _) = run_logged(&job, &["backup"], 0);
+    out.expect_code(0, "backup");
+    let (lines, summaries) = logged(&out.stderr, "backup");
+    assert!(!lines.is_empty() && summaries.len() == 1, "{}", out.stderr);
+    let (done, _) = files_of(&summaries[0]).expect("a count");
+    assert!(done >= FILES, "{}", summaries[0]);
+    assert!(
+        out.stdout
+            .contains(&format!("{FILES} files in the backup; {FILES} files sent")),
+        "{}",
+        out.dump()
+    );
 }

@@ -98,10 +98,10 @@ pub fn restore(ctx: &Context, request: &RestoreRequest, progress: &Progress) -> 
     // reads it. Otherwise the latest state is read from files/ itself.
     let puller = remote.puller(job)?;
     let stage = match (&request.snapshot, latest_needing_its_record(ctx, &remote)?) {
-        (Some(id), _) => Some(rebuild(ctx, &remote, id, puller.as_ref())?),
-        (None, Some(latest)) => Some(rebuild(ctx, &remote, &latest, puller.as_ref())?),
+        (Some(id), _) => Some(rebuild(ctx, &remote, id, puller.as_ref(), progress)?),
+        (None, Some(latest)) => Some(rebuild(ctx, &remote, &latest, puller.as_ref(), progress)?),
         (None, None) => match (&puller, request.paths.is_empty()) {
-            (Some(puller), true) => pull_latest(ctx, &remote, puller)?,
+            (Some(puller), true) => pull_latest(ctx, &remote, puller, progress)?,
             _ => None,
         },
     };
@@ -222,7 +222,12 @@ fn latest_needing_its_record(ctx: &Context, remote: &PathTarget) -> Result<Optio
 /// a WAN round trip is many times faster than sshfs reading file by file
 /// (docs/benchmarks.md). It needs local room for the ciphertext; without
 /// it, restore reads through sshfs as before.
-fn pull_latest(ctx: &Context, remote: &PathTarget, puller: &Puller<'_>) -> Result<Option<Stage>> {
+fn pull_latest(
+    ctx: &Context,
+    remote: &PathTarget,
+    puller: &Puller<'_>,
+    progress: &Progress,
+) -> Result<Option<Stage>> {
     let Some(latest) = snapshots::recorded_ids(remote)?.pop() else {
         return Ok(None);
     };
@@ -239,7 +244,7 @@ fn pull_latest(ctx: &Context, remote: &PathTarget, puller: &Puller<'_>) -> Resul
         ));
         return Ok(None);
     }
-    rebuild(ctx, remote, &latest, Some(puller)).map(Some)
+    rebuild(ctx, remote, &latest, Some(puller), progress).map(Some)
 }
 
 /// Room a stage leaves free on its file system besides the ciphertext.
@@ -483,8 +488,28 @@ impl Drop for Stage {
 /// pulled with rsync over ssh when `puller` is given, else read from the
 /// target's path (a local disk, the sshfs mount). What arrived is checked
 /// against the record before any mode is applied or link restored.
-fn rebuild(ctx: &Context, remote: &PathTarget, id: &str, puller: Option<&Puller>) -> Result<Stage> {
+fn rebuild(
+    ctx: &Context,
+    remote: &PathTarget,
+    id: &str,
+    puller: Option<&Puller>,
+    progress: &Progress,
+) -> Result<Stage> {
     let record = snapshots::read_record(remote, id, &ctx.job.state_dir)?;
+    // The record says how many bytes of ciphertext the stage takes; rsync
+    // counts the files of each source it fetches from (progress/rsync.rs).
+    let ciphertext = record
+        .entries
+        .iter()
+        .filter(|e| e.kind == 'f')
+        .map(|e| e.size)
+        .fold(0, u64::saturating_add);
+    let totals = Totals {
+        files: None,
+        bytes: Some(ciphertext),
+    };
+    let phase = progress.phase("restore: fetching", totals);
+    let watched = Some(&phase).filter(|p| p.shows());
     check_record_tree(id, &record.entries)?;
     let mut later = Vec::new();
     for later_id in snapshots::snapshot_dir_ids(remote)?
@@ -527,21 +552,27 @@ fn rebuild(ctx: &Context, remote: &PathTarget, id: &str, puller: Option<&Puller>
         let names: Vec<&[u8]> = entries.iter().map(|e| e.path.as_bytes()).collect();
         fsutil::write_atomic(&list, &names.join(&0u8))?;
         if let Some(puller) = puller {
-            puller.pull(&from, &list, &stage.path)?;
+            puller.pull(&from, &list, &stage.path, watched)?;
             continue;
         }
         let source = root.join(&from);
-        let out = Cmd::new("rsync")
+        let mut cmd = Cmd::new("rsync")
             .args(["-a", "-H", "--no-owner", "--no-group", "--from0"])
-            .args(untrusted_copy_flags(false))
+            .args(untrusted_copy_flags(false));
+        if watched.is_some() {
+            cmd = cmd.arg(progress::rsync::PROGRESS_ARG);
+        }
+        let cmd = cmd
             .arg(format!("--files-from={}", list.display()))
             .arg(format!("{}/", source.display()))
-            .arg(format!("{}/", stage.path.display()))
-            .run()?;
+            .arg(format!("{}/", stage.path.display()));
+        let output = crate::exec::scratch_file(&ctx.job.state_dir, "rebuild-out")?;
+        let out = progress::rsync::run(cmd, output, watched)?;
         if !out.success() {
             return Err(out.failure(Some(&format!("rebuilding snapshot {id}"))));
         }
     }
+    phase.finish();
     // Symlinks the record keeps (the server could not): made here, in the
     // stage only we write to, below directories just made; gocryptfs
     // decrypts their targets like any other.

@@ -79,6 +79,11 @@ fn run_on_pty(mut cmd: Command) -> (i32, String, String) {
     )
 }
 
+/// `A of B` of `... files, A of B, ...`.
+fn bytes_of(line: &str) -> Option<(&str, &str)> {
+    line.split(", ").nth(1)?.split_once(" of ")
+}
+
 /// `done/total` (or `done`) of `... N/M files, ...` (or `1 file`).
 fn files_of(line: &str) -> Option<(u64, Option<u64>)> {
     let counts = line.split(" file").next()?.rsplit(' ').next()?;
@@ -88,13 +93,20 @@ fn files_of(line: &str) -> Option<(u64, Option<u64>)> {
     }
 }
 
+/// Whether `text` is `head` followed by a count (`restore: 3/9 files`,
+/// not `restore: fetching: ...`).
+fn counts_after(text: &str, head: &str) -> bool {
+    text.strip_prefix(head)
+        .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+}
+
 /// The progress lines drawn for `label` on a terminal, in order: each
 /// draw is `\r<line>\x1b[K`.
 fn drawn<'a>(terminal: &'a str, label: &str) -> Vec<&'a str> {
     let head = format!("{label}: ");
     terminal
         .split('\r')
-        .filter(|s| s.starts_with(&head))
+        .filter(|s| counts_after(s, &head))
         .map(|s| s.split("\x1b[K").next().unwrap_or(s))
         .collect()
 }
@@ -123,7 +135,7 @@ fn ends_complete_and_cleared<'a>(terminal: &'a str, label: &str, least: u64) -> 
     let segments: Vec<&str> = terminal.split('\r').collect();
     let at = segments
         .iter()
-        .rposition(|s| s.starts_with(&format!("{label}: ")))
+        .rposition(|s| counts_after(s, &format!("{label}: ")))
         .expect("drawn");
     assert!(
         segments
@@ -177,6 +189,11 @@ fn a_terminal_shows_one_redrawn_line_per_phase() {
     let to_arg = to.to_str().unwrap();
     let (code, _, terminal) = run_on_pty(job.command(&["restore", "--to", to_arg]));
     assert_eq!(code, 0, "{terminal}");
+    // The account runs rsync: the ciphertext is fetched first, its bytes
+    // counted against the record's, then decrypted into --to.
+    let fetched = ends_complete_and_cleared(&terminal, "restore: fetching", FILES);
+    let (done, of) = bytes_of(fetched).unwrap_or_else(|| panic!("no bytes total: {fetched}"));
+    assert_eq!(done, of, "all of the record's ciphertext: {fetched}");
     ends_complete_and_cleared(&terminal, "restore", FILES);
     assert_trees_equal(&job.source, &to);
 
@@ -228,7 +245,7 @@ fn logged(stderr: &str, label: &str) -> (Vec<String>, Vec<String>) {
     let of = |head: &str| {
         stderr
             .lines()
-            .filter(|l| l.starts_with(head))
+            .filter(|l| counts_after(l, head))
             .map(String::from)
             .collect::<Vec<_>>()
     };
@@ -248,7 +265,10 @@ fn without_a_terminal_lines_are_plain_few_and_summed_up_once() {
         (&["backup"], &["backup"]),
         (&["verify"], &["verify: hashing", "verify: read-back"]),
         (&["verify", "--deep"], &["deep verify"]),
-        (&["restore", "--to", &to_arg], &["restore"]),
+        (
+            &["restore", "--to", &to_arg],
+            &["restore: fetching", "restore"],
+        ),
     ];
 
     // Interval 0: a line at every count, then exactly one summary.

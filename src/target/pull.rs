@@ -17,6 +17,7 @@ use super::Ssh;
 use crate::config::{Job, Sftp};
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::exec::Cmd;
+use crate::progress::{self, Phase};
 
 /// What rsync puts in front of a munged symlink's target.
 const MUNGE_PREFIX: &str = "/rsyncd-munged/";
@@ -58,18 +59,25 @@ impl<'a> Puller<'a> {
     /// `from` directory (relative to its root) into `into`, which must be a
     /// directory only we write to. Devices, special files and setuid bits
     /// never arrive; symlinks arrive munged.
-    pub fn pull(&self, from: &str, list: &Path, into: &Path) -> Result<()> {
+    /// With `phase`, its progress counts there.
+    pub fn pull(&self, from: &str, list: &Path, into: &Path, phase: Option<&Phase>) -> Result<()> {
         let _session = self.ssh.map(Ssh::session);
-        let out = Cmd::new("rsync")
+        let mut cmd = Cmd::new("rsync")
             .args(["-a", "-H", "--no-owner", "--no-group", "--from0"])
             .args(["--munge-links", "--no-devices", "--no-specials"])
-            .arg("--chmod=ug-s")
+            .arg("--chmod=ug-s");
+        if phase.is_some() {
+            cmd = cmd.arg(progress::rsync::PROGRESS_ARG);
+        }
+        let cmd = cmd
             .arg(format!("--files-from={}", list.display()))
             .arg("-e")
             .arg(&self.shell)
             .arg(format!("{}/{from}/", self.location.trim_end_matches('/')))
-            .arg(format!("{}/", into.display()))
-            .run()?;
+            .arg(format!("{}/", into.display()));
+        // rsync's stdout (its progress) in a scratch file beside the list.
+        let output = crate::exec::scratch_file(list.parent().unwrap_or(into), "pull-out")?;
+        let out = progress::rsync::run(cmd, output, phase)?;
         if !out.success() {
             return Err(out.failure(Some(&format!("pulling {from}/ from the target"))));
         }
@@ -132,7 +140,7 @@ mod tests {
             shell: shell.display().to_string(),
             location: format!("host:{}", server.display()),
         };
-        puller.pull("files", &list, &stage).unwrap();
+        puller.pull("files", &list, &stage, None).unwrap();
         assert_eq!(std::fs::read(stage.join("d/f")).unwrap(), b"data");
         let stored = std::fs::read_link(stage.join("d/l")).unwrap();
         assert!(

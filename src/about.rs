@@ -68,9 +68,8 @@ fn run_version(tool: &'static str, flag: &str) -> Option<String> {
 /// go-fuse ...` -> 2.3.0, `gocryptfs v2.4.0-25-g0a8d8b7; ...` -> 2.4.0 (a
 /// build from git counts as the release it follows).
 pub fn gocryptfs_release(output: &str) -> Option<[u32; 3]> {
-    let version = version_in("gocryptfs", output)?;
-    let word = version.split([';', ' ']).next()?;
-    let word = word.strip_prefix('v').unwrap_or(word);
+    let word = gocryptfs_version_word(output)?;
+    let word = word.strip_prefix('v').unwrap_or(&word);
     let numbers = word.split(['-', '+', '~']).next()?;
     let mut parts = [0u32; 3];
     let mut count = 0;
@@ -79,6 +78,60 @@ pub fn gocryptfs_release(output: &str) -> Option<[u32; 3]> {
         count = i + 1;
     }
     (count >= 2).then_some(parts)
+}
+
+/// The first word of gocryptfs' version field: `2.6.1` of `gocryptfs
+/// 2.6.1; go-fuse ...`, `v2.6.1` of `gocryptfs v2.6.1 without_openssl; ...`.
+fn gocryptfs_version_word(output: &str) -> Option<String> {
+    let version = version_in("gocryptfs", output)?;
+    version.split([';', ' ']).next().map(str::to_string)
+}
+
+/// The suffix nix/package.nix gives the version of the gocryptfs it builds
+/// with the fix of gocryptfs issue 686 patched in (`gocryptfs
+/// 2.6.1+ciphersync.686; go-fuse ...`): such a build carries the number of
+/// a release that has the bug, and this says it has not. nix/eval/check.sh
+/// requires nix/package.nix to append this very string.
+pub const GOCRYPTFS_FIX_686_MARKER: &str = "+ciphersync.686";
+
+/// A gocryptfs build as `gocryptfs -version` names it: its release, and
+/// whether the fix of issue 686 is patched into it (its version ends with
+/// [`GOCRYPTFS_FIX_686_MARKER`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GocryptfsBuild {
+    pub release: [u32; 3],
+    pub patched_686: bool,
+}
+
+/// A release as its upstream build, nothing patched in.
+impl From<[u32; 3]> for GocryptfsBuild {
+    fn from(release: [u32; 3]) -> Self {
+        GocryptfsBuild {
+            release,
+            patched_686: false,
+        }
+    }
+}
+
+impl GocryptfsBuild {
+    /// Whether this build has `bug`: its release does and no fix of it is
+    /// patched in.
+    pub fn has(self, bug: &GocryptfsBug) -> bool {
+        (bug.affects)(self.release) && !(bug.issue == 686 && self.patched_686)
+    }
+}
+
+/// The gocryptfs build `gocryptfs -version` printed (see
+/// [`gocryptfs_release`]); the marker counts only at the end of the
+/// version word, so `2.6.1+ciphersync.6860` or a marker elsewhere on the
+/// line is an unpatched 2.6.1.
+pub fn gocryptfs_build(output: &str) -> Option<GocryptfsBuild> {
+    let release = gocryptfs_release(output)?;
+    let word = gocryptfs_version_word(output)?;
+    Some(GocryptfsBuild {
+        release,
+        patched_686: word.ends_with(GOCRYPTFS_FIX_686_MARKER),
+    })
 }
 
 /// A known gocryptfs bug that damages what `-reverse` shows, and so what
@@ -97,7 +150,8 @@ pub struct GocryptfsBug {
 
 /// From gocryptfs' changelog: 2.5.0 fixed stale `gocryptfs.diriv` data
 /// and hard-linked `.name` files in reverse mode (#802); the fix for long
-/// names under `-exclude-wildcard` (#686) came after 2.6.1.
+/// names under `-exclude-wildcard` (#686) came after 2.6.1, and
+/// nix/package.nix patches it into the 2.5.0 to 2.6.1 it builds.
 pub const GOCRYPTFS_BUGS: [GocryptfsBug; 2] = [
     GocryptfsBug {
         issue: 802,
@@ -114,29 +168,32 @@ pub const GOCRYPTFS_BUGS: [GocryptfsBug; 2] = [
                of long names, so those names cannot be decrypted from the backup",
         fix: "fixed after gocryptfs 2.6.1 (its commit 5f5c34a): ciphersync refuses the \
               patterns that reach it (check-config names them); use a gocryptfs with that fix \
-              for allow-lists",
+              for allow-lists, such as the one ciphersync's Nix package builds",
         affects: |v| v <= [2, 6, 1],
     },
 ];
 
-/// The bugs of `release` that matter for a job (`uses_exclude`: it has
+/// The bugs of `build` that matter for a job (`uses_exclude`: it has
 /// `exclude` patterns; None: any job, for `--version`).
-pub fn gocryptfs_bugs(release: [u32; 3], uses_exclude: Option<bool>) -> Vec<&'static GocryptfsBug> {
+pub fn gocryptfs_bugs(
+    build: GocryptfsBuild,
+    uses_exclude: Option<bool>,
+) -> Vec<&'static GocryptfsBug> {
     GOCRYPTFS_BUGS
         .iter()
-        .filter(|b| (b.affects)(release))
+        .filter(|b| build.has(b))
         .filter(|b| !b.with_exclude || uses_exclude != Some(false))
         .collect()
 }
 
-/// Whether a release has bug 686: in `-reverse`, a long name's
+/// Whether a build has bug 686: in `-reverse`, a long name's
 /// `gocryptfs.longname.*.name` file is checked against the exclude
 /// patterns by the *encrypted* path of its directory, and reading it fails
 /// with EPERM when that path is excluded (so rsync fails on every run).
-pub fn has_exclude_bug_686(release: [u32; 3]) -> bool {
+pub fn has_exclude_bug_686(build: GocryptfsBuild) -> bool {
     GOCRYPTFS_BUGS
         .iter()
-        .any(|b| b.issue == 686 && (b.affects)(release))
+        .any(|b| b.issue == 686 && build.has(b))
 }
 
 /// The exclude patterns (index, pattern) that can exclude an *encrypted*
@@ -287,9 +344,9 @@ fn component_can_match_encrypted_name(component: &str) -> bool {
 }
 
 /// The installed gocryptfs: what `gocryptfs -version` printed (its
-/// version field) and the release in it; None when it is not on PATH or
+/// version field) and the build it names; None when it is not on PATH or
 /// printed no version.
-pub fn installed_gocryptfs() -> Option<(String, Option<[u32; 3]>)> {
+pub fn installed_gocryptfs() -> Option<(String, Option<GocryptfsBuild>)> {
     which("gocryptfs")?;
     let mut out = Cmd::new("gocryptfs")
         .arg("-version")
@@ -300,7 +357,7 @@ pub fn installed_gocryptfs() -> Option<(String, Option<[u32; 3]>)> {
     text.push('\n');
     text.push_str(&out.stderr);
     let version = version_in("gocryptfs", &text)?;
-    Some((version, gocryptfs_release(&text)))
+    Some((version, gocryptfs_build(&text)))
 }
 
 /// The installed gocryptfs's release, asked once per process: a backup
@@ -308,7 +365,7 @@ pub fn installed_gocryptfs() -> Option<(String, Option<[u32; 3]>)> {
 /// GocryptfsChange).
 pub fn installed_gocryptfs_release() -> Option<[u32; 3]> {
     static RELEASE: std::sync::OnceLock<Option<[u32; 3]>> = std::sync::OnceLock::new();
-    *RELEASE.get_or_init(|| installed_gocryptfs().and_then(|(_, release)| release))
+    *RELEASE.get_or_init(|| installed_gocryptfs().and_then(|(_, build)| build.map(|b| b.release)))
 }
 
 /// One warning line per known bug of the installed gocryptfs, once per
@@ -316,15 +373,15 @@ pub fn installed_gocryptfs_release() -> Option<[u32; 3]> {
 pub fn warn_gocryptfs_bugs(uses_exclude: Option<bool>) {
     static DONE: std::sync::Once = std::sync::Once::new();
     DONE.call_once(|| {
-        let Some((version, release)) = installed_gocryptfs() else {
+        let Some((version, build)) = installed_gocryptfs() else {
             return;
         };
-        let Some(release) = release else {
+        let Some(build) = build else {
             crate::log::warn(crate::human::gocryptfs_unknown_version(&version));
             return;
         };
-        for bug in gocryptfs_bugs(release, uses_exclude) {
-            crate::log::warn(crate::human::gocryptfs_bug_line(release, bug));
+        for bug in gocryptfs_bugs(build, uses_exclude) {
+            crate::log::warn(crate::human::gocryptfs_bug_line(build.release, bug));
         }
     });
 }
@@ -389,6 +446,82 @@ mod tests {
         assert_eq!(release("rsync version 3.2.7"), None);
     }
 
+    /// What nix/package.nix's gocryptfs prints (`-X
+    /// main.GitVersion=2.6.1+ciphersync.686`, gocryptfs' printVersion).
+    const PATCHED_261: &str =
+        "gocryptfs 2.6.1+ciphersync.686; go-fuse [vendored]; unknown go1.25.4 linux/amd64";
+
+    #[test]
+    fn the_nix_packages_patched_gocryptfs_is_told_apart() {
+        let build = |t: &str| gocryptfs_build(t);
+        let patched = |release| GocryptfsBuild {
+            release,
+            patched_686: true,
+        };
+        assert_eq!(build(PATCHED_261), Some(patched([2, 6, 1])));
+        assert_eq!(
+            build("gocryptfs v2.6.1+ciphersync.686 without_openssl; go-fuse"),
+            Some(patched([2, 6, 1]))
+        );
+        assert_eq!(
+            build("gocryptfs 2.6.1; go-fuse [vendored]; unknown go1.25.4 linux/amd64"),
+            Some([2, 6, 1].into())
+        );
+        assert_eq!(
+            build("gocryptfs 2.7.0; go-fuse v2.9.0"),
+            Some([2, 7, 0].into())
+        );
+        // Not the marker: another suffix, the marker with more after it,
+        // or elsewhere on the line.
+        for unpatched in [
+            "gocryptfs 2.6.1+ciphersync.6860; go-fuse",
+            "gocryptfs 2.6.1+ciphersync.686x; go-fuse",
+            "gocryptfs 2.6.1-ciphersync.686; go-fuse",
+            "gocryptfs 2.6.1+other; go-fuse",
+            "gocryptfs 2.6.1; go-fuse +ciphersync.686",
+        ] {
+            assert_eq!(build(unpatched), Some([2, 6, 1].into()), "{unpatched}");
+        }
+        // Garbage: no release, whatever the suffix.
+        for garbage in [
+            "gocryptfs +ciphersync.686; go-fuse",
+            "gocryptfs v+ciphersync.686",
+            "gocryptfs 2+ciphersync.686; go-fuse",
+            "gocryptfs x.y.z+ciphersync.686",
+            "gocryptfs",
+            "rsync version 3.2.7+ciphersync.686",
+            "",
+        ] {
+            assert_eq!(build(garbage), None, "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn the_patched_build_is_not_refused_excludes() {
+        let build = |t: &str| gocryptfs_build(t).unwrap();
+        // Plain 2.6.1 has the bug; with the fix patched in it has not.
+        assert!(has_exclude_bug_686(build("gocryptfs 2.6.1; go-fuse")));
+        assert!(!has_exclude_bug_686(build(PATCHED_261)));
+        // A release after 2.6.1 has the fix, marker or not.
+        assert!(!has_exclude_bug_686(build("gocryptfs 2.7.0; go-fuse")));
+        assert!(!has_exclude_bug_686(build(
+            "gocryptfs 2.7.0+ciphersync.686; go-fuse"
+        )));
+        // The patch fixes 686 only: a patched 2.4.0 still has 802.
+        let issues = |b| {
+            gocryptfs_bugs(b, Some(true))
+                .iter()
+                .map(|b| b.issue)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(issues(build(PATCHED_261)), Vec::<u32>::new());
+        assert_eq!(issues(build("gocryptfs 2.6.1; go-fuse")), [686]);
+        assert_eq!(
+            issues(build("gocryptfs 2.4.0+ciphersync.686; go-fuse")),
+            [802]
+        );
+    }
+
     #[test]
     fn patterns_that_can_exclude_an_encrypted_path() {
         let hit = |p: &str| can_exclude_encrypted_path(p);
@@ -435,15 +568,15 @@ mod tests {
         assert!(!hit("Ckdzsn3MiFFyXiokYPQGn"));
         let patterns: Vec<String> = ["*.tmp", "/*", "!/docs"].map(String::from).to_vec();
         assert_eq!(patterns_hit_by_bug_686(&patterns), [(1, "/*")]);
-        assert!(has_exclude_bug_686([2, 3, 0]));
-        assert!(has_exclude_bug_686([2, 6, 1]));
-        assert!(!has_exclude_bug_686([2, 6, 2]));
+        assert!(has_exclude_bug_686([2, 3, 0].into()));
+        assert!(has_exclude_bug_686([2, 6, 1].into()));
+        assert!(!has_exclude_bug_686([2, 6, 2].into()));
     }
 
     #[test]
     fn known_bugs_by_release_and_excludes() {
-        let issues = |v, ex| {
-            gocryptfs_bugs(v, ex)
+        let issues = |v: [u32; 3], ex| {
+            gocryptfs_bugs(v.into(), ex)
                 .iter()
                 .map(|b| b.issue)
                 .collect::<Vec<_>>()

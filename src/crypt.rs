@@ -167,14 +167,16 @@ pub fn check_excludes(job: &Job) -> Result<()> {
     let Some(&(index, pattern)) = hits.first() else {
         return Ok(());
     };
-    static RELEASE: std::sync::OnceLock<Option<[u32; 3]>> = std::sync::OnceLock::new();
-    let release = *RELEASE.get_or_init(|| crate::about::installed_gocryptfs().and_then(|(_, r)| r));
-    let Some(release @ [a, b, c]) = release else {
+    static BUILD: std::sync::OnceLock<Option<crate::about::GocryptfsBuild>> =
+        std::sync::OnceLock::new();
+    let build = *BUILD.get_or_init(|| crate::about::installed_gocryptfs().and_then(|(_, b)| b));
+    let Some(build) = build else {
         return Ok(());
     };
-    if !crate::about::has_exclude_bug_686(release) {
+    if !crate::about::has_exclude_bug_686(build) {
         return Ok(());
     }
+    let [a, b, c] = build.release;
     let more = match hits.len() {
         1 => String::new(),
         n => format!(
@@ -190,7 +192,8 @@ pub fn check_excludes(job: &Job) -> Result<()> {
              hides the gocryptfs.longname.*.name files of long names in every directory whose \
              encrypted path such a pattern matches (gocryptfs issue 686, fixed after 2.6.1), so a \
              backup holding such a name would fail on every run; use patterns that cannot match an \
-             encrypted name (such as *.tmp, cache/, /build), or a gocryptfs with the fix",
+             encrypted name (such as *.tmp, cache/, /build), or a gocryptfs with the fix (as \
+             ciphersync's Nix package builds it)",
             job.name
         ),
     ))

@@ -397,3 +397,46 @@ fn gocryptfs_releases_with_reverse_bugs_are_named_once_per_run() {
     assert!(!out.stderr.contains("gocryptfs issue"), "{}", out.dump());
     job.assert_clean();
 }
+
+/// nix/package.nix builds gocryptfs 2.6.1 with the fix of issue 686 patched
+/// in and says so in its version (`2.6.1+ciphersync.686`): with that build
+/// on PATH an allow-list passes `check-config` and nothing warns about
+/// 686; with a plain 2.6.1 the same job is refused, naming the issue.
+#[test]
+fn the_nix_packages_patched_gocryptfs_is_allowed_allow_lists() {
+    let test = "the_nix_packages_patched_gocryptfs_is_allowed_allow_lists";
+    if !require_tools(test, LOCAL_TOOLS) {
+        return;
+    }
+    let job = Job::local("key-patched")
+        .gocryptfs_config_in_state_dir()
+        .set("exclude", json!(["/*", "!/docs"]))
+        .build();
+    make_sample_tree(&job.source);
+    let config = job.config_file.to_str().unwrap();
+
+    let plain = fake_gocryptfs(&job, "2.6.1");
+    let out = run_cmd(with_path(job.command(&["check-config", config]), &plain));
+    out.expect_code(2, "check-config with an allow-list and gocryptfs 2.6.1");
+    assert!(
+        out.stderr.contains("field `exclude[0]`") && out.stderr.contains("gocryptfs issue 686"),
+        "{}",
+        out.dump()
+    );
+
+    let patched = fake_gocryptfs(&job, "2.6.1+ciphersync.686");
+    let out = run_cmd(with_path(job.command(&["check-config", config]), &patched));
+    out.expect_code(0, "check-config with an allow-list and the patched 2.6.1");
+    assert!(!out.stderr.contains("686"), "{}", out.dump());
+    let mut version = Command::new(bin());
+    version.arg("--version");
+    let out = run_cmd(with_path(version, &patched));
+    out.expect_code(0, "--version with the patched 2.6.1");
+    assert!(
+        out.stdout.contains("gocryptfs: 2.6.1+ciphersync.686;"),
+        "{}",
+        out.dump()
+    );
+    assert!(!out.stderr.contains("gocryptfs issue"), "{}", out.dump());
+    job.assert_clean();
+}

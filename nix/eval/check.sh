@@ -159,14 +159,37 @@ if [ -f "$tmp/server-assertions.json" ]; then
     fi
 fi
 
-# nix/package.nix refuses a gocryptfs older than 2.5.0 (issue 802).
-if out=$(nix-instantiate --eval --strict --json "$here/package-gocryptfs.nix" --arg nixpkgsLib "$libdir" 2>"$tmp/package.err"); then
-    if [ "$out" = '{"2.3.0":"refused","2.4.0":"refused","2.5.0":"ok","2.6.1":"ok"}' ]; then
-        echo "ok package: a gocryptfs older than 2.5.0 is refused"
+# nix/package.nix refuses a gocryptfs older than 2.5.0 (issue 802) and
+# patches the fix of issue 686 into 2.5.0 to 2.6.1, marking the version it
+# prints with the suffix src/about.rs reads as "has the fix"
+# (GOCRYPTFS_FIX_686_MARKER there); each way of losing the fix, put back by
+# package-gocryptfs.nix --argstr mutant, must leave 2.6.1 "unpatched".
+marker=$(sed -n 's/^pub const GOCRYPTFS_FIX_686_MARKER: &str = "\([^"]*\)";$/\1/p' "$root/src/about.rs")
+package_eval() { # [more nix-instantiate args] -> JSON on stdout
+    nix-instantiate --eval --strict --json "$here/package-gocryptfs.nix" --arg nixpkgsLib "$libdir" \
+        --argstr marker "$marker" "$@"
+}
+if [ -z "$marker" ]; then
+    echo "FAIL package: src/about.rs has no 'pub const GOCRYPTFS_FIX_686_MARKER: &str = \"...\";'" >&2
+    failed=1
+elif out=$(package_eval 2>"$tmp/package.err"); then
+    if [ "$out" = '{"2.3.0":"refused","2.4.0":"refused","2.5.0":"patched","2.6.1":"patched","2.7.0":"unpatched"}' ]; then
+        echo "ok package: a gocryptfs older than 2.5.0 is refused; 2.5.0 to 2.6.1 get the fix of issue 686 (both substitutions) and print their version with $marker; 2.7.0 is taken as it is"
     else
-        echo "FAIL package: gocryptfs versions accepted and refused: $out" >&2
+        echo "FAIL package: gocryptfs versions refused, patched and unpatched: $out" >&2
         failed=1
     fi
+    for mutant in no-override one-substitution no-marker; do
+        if ! out=$(package_eval --argstr mutant "$mutant" 2>"$tmp/package.err"); then
+            echo "FAIL package mutant $mutant: $(grep -m1 -E '^error' "$tmp/package.err" || tail -1 "$tmp/package.err")" >&2
+            failed=1
+        elif [ "$out" = '{"2.3.0":"refused","2.4.0":"refused","2.5.0":"unpatched","2.6.1":"unpatched","2.7.0":"unpatched"}' ]; then
+            echo "ok package mutant $mutant: the gocryptfs shipped reads unpatched"
+        else
+            echo "FAIL package mutant $mutant: the check cannot tell the fix is lost: $out" >&2
+            failed=1
+        fi
+    done
 else
     echo "FAIL package: $(grep -m1 -E '^error' "$tmp/package.err" || tail -1 "$tmp/package.err")" >&2
     failed=1

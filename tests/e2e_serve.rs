@@ -535,4 +535,15 @@ fn over_its_quota_an_account_refuses_backups_and_still_restores() {
         o.dump()
     );
     job.restore_and_compare("restored-over-quota");
+
+    // And prune frees space: a shorter retention deletes the older runs.
+    let mut config = job.config.clone();
+    config["snapshots"] = json!({ "keep_last": 1 });
+    fs::write(&job.config_file, serde_json::to_string(&config).unwrap()).unwrap();
+    let runs = snapshot_ids(&job).len();
+    job.run(&["prune"]).expect_code(0, "prune over the quota");
+    assert!(
+        snapshot_ids(&job).len() < runs,
+        "prune deleted nothing over the quota"
+    );
 }

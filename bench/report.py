@@ -146,7 +146,7 @@ def fleet_section():
     sizes = sorted({r["clients"] for r in doc["results"]})
     return [
         "## A fleet against one storage server (`ciphersync serve`)", "",
-        "Run `%s` (%s, binary %s): `bench/serve_fleet.py --clients %s`. One sshd on 127.0.0.1, one "
+        "Run `%s` (`%s`, binary %s): `bench/serve_fleet.py --clients %s`. One sshd on 127.0.0.1, one "
         "account per client whose ForceCommand is `ciphersync serve --quota %s` (so every write-capable "
         "request measures the account dir); each client a job of its own (`transport: \"rsync\"`, its "
         "own gocryptfs key) backing up the same generated tree, %d files, about %d MB; all clients "
@@ -155,8 +155,8 @@ def fleet_section():
         "rsync, sftp-server), each moved into a cgroup of the account's as it appears; peak RSS: the "
         "largest sampled (0.1 s) sum of their VmRSS. *Unattributed*: sshd's listener and the "
         "pre-authentication handshakes, before sshd knows the account. Machine: %d CPUs (%s), %.1f GB "
-        "RAM, Linux %s, shared with other work: load average %s before the run, %s after. Clients and "
-        "server share the CPUs, so the wall times are of the whole; repeats are separate rows." % (
+        "RAM, Linux %s, shared with other work: load average (1, 5, 15 min) %s before the run, %s after (the fleet's "
+        "own processes included). Clients and server share the CPUs, so the wall times are of the whole; repeats are separate rows." % (
             os.path.basename(path)[:-5], os.path.relpath(path, REPO), doc.get("commit", "?"),
             ",".join(str(n) for n in sizes), doc.get("quota", "?"), doc["files"], doc["mb"],
             m["cpus"], m["cpu"], m["mem_gb"], m["kernel"],

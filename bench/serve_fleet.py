@@ -405,20 +405,22 @@ def mean(xs):
 
 def table(results):
     lines = [
-        "| clients | backup | wall (all) | client wall mean / max | server CPU s per client mean / max "
-        "| server peak RSS per client mean / max | unattributed server CPU | client-side CPU | load after |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| clients | backup | repeat | wall (all) | client wall mean / max | server CPU s per client mean / max "
+        "| of which user / sys (mean) | server peak RSS per client mean / max | unattributed server CPU "
+        "| client-side CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         pc = list(r["per_client"].values())
         cpu = [c["server_cpu_s"] for c in pc]
         rss = [c["server_peak_rss_kb"] / 1024 for c in pc]
         wall = [c["wall_s"] for c in pc]
-        load = r.get("loadavg_after")
-        lines.append("| %d | %s | %.1f s | %.1f / %.1f s | %.2f / %.2f | %.1f / %.1f MiB | %.2f s | %.1f s | %s |" % (
-            r["clients"], r["scenario"], r["wall_s"], mean(wall), max(wall), mean(cpu), max(cpu),
-            mean(rss), max(rss), r["unattributed_server_cpu_s"], r["client_cpu_s"],
-            "%.1f" % load[0] if load else "–"))
+        split = "–"
+        if all("server_user_s" in c for c in pc):
+            split = "%.2f / %.2f" % (mean([c["server_user_s"] for c in pc]), mean([c["server_sys_s"] for c in pc]))
+        lines.append("| %d | %s | %s | %.1f s | %.1f / %.1f s | %.2f / %.2f | %s | %.1f / %.1f MiB | %.2f s | %.1f s |" % (
+            r["clients"], r["scenario"], r.get("repeat", "–"), r["wall_s"], mean(wall), max(wall), mean(cpu),
+            max(cpu), split, mean(rss), max(rss), r["unattributed_server_cpu_s"], r["client_cpu_s"]))
     return "\n".join(lines)
 
 

@@ -374,6 +374,7 @@ def main():
            "bench/profile.sh S           # ciphersync --verbose, stage by stage: every spawn timed, CPU per process",
            "bench/sshmux.sh 10           # cost of a fresh ssh connection vs one over a ControlMaster",
            "bench/sshfs-workers.sh 10    # SFTP-only servers: 1, 4, 8 rsync workers over sshfs at 20 ms RTT",
+           "bench/serve_fleet.py         # 1 and 20 clients at once against one `ciphersync serve` sshd (~4 min)",
            "CSBENCH_BIN=/path/ciphersync bench/run.sh   # measure that binary instead of building target/release",
            "```", "",
            "On this (busy) 2-CPU machine: `S` takes about 3 minutes per repeat (9 for the default 3); "

@@ -36,7 +36,6 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-pub use quota::{Usage, parse_size, usage};
 pub use request::{Below, MAX_REQUEST, Request, RsyncOption, parse, words};
 pub use seal::{APPEND_ONLY_MARKER, SealReport, seal, server_keeps};
 

@@ -546,4 +546,17 @@ fn over_its_quota_an_account_refuses_backups_and_still_restores() {
         snapshot_ids(&job).len() < runs,
         "prune deleted nothing over the quota"
     );
+
+    // A dir serve cannot read could hold anything: writes are refused.
+    let locked = acct.root.join("locked");
+    fs::create_dir(&locked).unwrap();
+    std::os::unix::fs::chown(&locked, Some(acct.uid), Some(acct.gid)).unwrap();
+    fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    let o = acct.ssh("ciphersync-server quota");
+    assert_refused(
+        &o,
+        "quota with an unreadable dir",
+        "cannot measure the account's usage: \"locked\": Permission denied",
+    );
+    fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
 }

@@ -132,12 +132,17 @@ fn list_into(
             "cannot measure the account's usage: more than {limit} entries (use a filesystem quota)"
         ))
     };
+    let what = match prefix.is_empty() {
+        true => "cannot measure the account's usage: .".to_string(),
+        false => format!(
+            "cannot measure the account's usage: {}",
+            crate::limits::quote(prefix, 120)
+        ),
+    };
     let names =
-        list_names(dir, "cannot measure the account's usage", limit).map_err(|e| {
-            match e.message.contains("more than") {
-                true => too_many(),
-                false => e,
-            }
+        list_names(dir, &what, limit).map_err(|e| match e.message.contains("more than") {
+            true => too_many(),
+            false => e,
         })?;
     for name in names {
         usage.entries += 1;

@@ -47,7 +47,9 @@
         Type = "oneshot";
         # /run/wrappers/bin first so that NixOS's setuid fusermount3 wins over
         # the plain copy the package's wrapper appends to PATH.
-        Environment = ["PATH=/run/wrappers/bin:${lib.makeBinPath [pkgs.coreutils]}"];
+        # btrfs-progs for a btrfs sourceSnapshot (zfs and lvm are refused:
+        # they need root).
+        Environment = ["PATH=/run/wrappers/bin:${lib.makeBinPath ([pkgs.coreutils] ++ jobLib.snapshotTools {inherit pkgs job;})}"];
         ExecStart = ciphersync (helperArgs name ++ stage.args);
         # Exit 75: another stage of this job holds its lock. systemd accepts
         # RestartForceExitStatus= on oneshot units only from version 256 (older
@@ -144,9 +146,18 @@ in {
   };
 
   config = lib.mkIf (cfg.jobs != {}) {
-    assertions = lib.concatLists (
-      lib.mapAttrsToList (jobLib.assertionsFor "services.ciphersync.jobs") cfg.jobs
-    );
+    assertions =
+      lib.concatLists (
+        lib.mapAttrsToList (jobLib.assertionsFor "services.ciphersync.jobs") cfg.jobs
+      )
+      # A user's units cannot create or mount a ZFS dataset's or a logical
+      # volume's snapshot; a btrfs snapshot of a subvolume the user owns
+      # they can (see the option).
+      ++ lib.mapAttrsToList (name: job: {
+        assertion = !(lib.elem job.sourceSnapshot ["zfs" "lvm"]);
+        message = "services.ciphersync.jobs.${name}.sourceSnapshot: \"${toString job.sourceSnapshot}\" needs root (it creates and mounts the snapshot), and home-manager units run as ${config.home.username}. Declare the job in the NixOS module (services.ciphersync.jobs, as root), or use \"btrfs\" or null.";
+      })
+      cfg.jobs;
 
     xdg.configFile =
       lib.mapAttrs' (

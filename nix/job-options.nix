@@ -202,6 +202,19 @@
           more workers pay off on a distant server.
         '';
       };
+      maxConnections = mkOption {
+        type = types.ints.between 2 64;
+        default = 10;
+        example = 6;
+        description = ''
+          The most ssh sessions a stage holds on the account at once: the
+          sshfs connections and one command (or the `rsync` transport's
+          rsync) beside them. `connections` is cut to fit, with one line
+          saying so. The default suits OpenSSH's `MaxSessions` and a storage
+          box that allows 10 connections per account; lower it by what else
+          uses the account meanwhile (a `ciphersync mount` takes 1).
+        '';
+      };
     };
   };
 
@@ -265,6 +278,33 @@
           "cache/"
         ];
         description = "Paths to leave out of the backup: gitignore-style wildcard patterns relative to `source`, applied by `gocryptfs -reverse -exclude-wildcard` (so excluded files never enter the encrypted view).";
+      };
+      sourceSnapshot = mkOption {
+        type = types.nullOr (
+          types.enum [
+            "btrfs"
+            "zfs"
+            "lvm"
+          ]
+        );
+        default = null;
+        example = "btrfs";
+        description = ''
+          Back up a read-only file system snapshot of `source`, taken at
+          the start of each backup and removed at its end (the job file's
+          `source_snapshot`, see the README's "Consistent sources"), instead
+          of the live tree. `btrfs`: a snapshot of the subvolume holding
+          the source, in `<parent of source>/.ciphersync-snapshots/<job>`
+          (the NixOS module creates that directory and lets the units write
+          there and nowhere else). `zfs`, `lvm`: a snapshot of the dataset
+          or logical volume, mounted at `<runtime dir>/source`; these need
+          root, so only NixOS jobs with `user = "root"` may use them. The
+          units get the tools (btrfs-progs, zfs, lvm2 and util-linux) and,
+          for these jobs only, the device access the kind needs.
+          A non-root btrfs job needs a subvolume the user owns, mounted with
+          `user_subvol_rm_allowed` (deleting a snapshot needs root
+          otherwise). `null`: the live tree.
+        '';
       };
       passwordFile = mkOption {
         type = secretPath;
@@ -511,10 +551,45 @@
       message = "${at}.target.sftp.knownHosts: an sftp target needs the server's host key line(s); host keys are always checked. Get them with `ssh-keyscan -p ${toString t.port} ${t.host}` and check the fingerprint.";
     }
     {
+      assertion = job.sourceSnapshot != "btrfs" || job.source != "/";
+      message = "${at}.sourceSnapshot: \"btrfs\" cannot snapshot the source `/`: the snapshot lies next to the source, in its parent directory, and `/` has none. Back up a subvolume below it (e.g. /home).";
+    }
+    {
       assertion = sftp || !(pathInside job.source t.path || pathInside t.path job.source);
       message = "${at}: the local target.local.path (${t.path}) and source (${job.source}) must not contain each other.";
     }
   ];
+
+  # Where a btrfs `sourceSnapshot` lies: next to the source, in its parent
+  # (src/source_snapshot.rs, btrfs_layout; the helper resolves symlinks in
+  # `source`, this does not).
+  btrfsSnapshotDir = job: let
+    source = lib.removeSuffix "/" job.source;
+    parent = dirOf source;
+  in
+    if parent == "/"
+    then "/.ciphersync-snapshots"
+    else "${parent}/.ciphersync-snapshots";
+
+  # The tools a job's `sourceSnapshot` runs (mount/umount for zfs and lvm,
+  # which mount the snapshot); `zfs`: the system's own ZFS userland where
+  # the NixOS zfs module sets one, so that it matches the kernel module.
+  snapshotTools = {
+    pkgs,
+    job,
+    zfs ? pkgs.zfs,
+  }:
+    lib.optionals (job.sourceSnapshot != null) {
+      btrfs = [pkgs.btrfs-progs];
+      zfs = [
+        zfs
+        pkgs.util-linux
+      ];
+      lvm = [
+        pkgs.lvm2
+        pkgs.util-linux
+      ];
+    }.${job.sourceSnapshot};
 
   # `runtimeDir = null` leaves runtime_dir out of the file: the helper then
   # uses $XDG_RUNTIME_DIR/ciphersync/<name> (home-manager, where the uid is
@@ -560,6 +635,7 @@
             known_hosts_file = knownHostsFile;
             remote_checksums = t.remoteChecksums;
             inherit (t) connections;
+            max_connections = t.maxConnections;
             space_warning_percent = t.spaceWarningPercent;
           }
           // lib.optionalAttrs (t.identityFile != null) {identity_file = t.identityFile;}
@@ -580,6 +656,7 @@
       state_dir = stateDir;
     }
     // lib.optionalAttrs credentials {password_credential = "password";}
+    // lib.optionalAttrs (job.sourceSnapshot != null) {source_snapshot = job.sourceSnapshot;}
     // lib.optionalAttrs (job.verify.sampleBytes != null) {verify.sample_bytes = job.verify.sampleBytes;}
     // lib.optionalAttrs (runtimeDir != null) {runtime_dir = runtimeDir;};
 
@@ -758,6 +835,8 @@ in {
     schedulingOf
     partialExitStatus
     backupUnit
+    btrfsSnapshotDir
+    snapshotTools
     ;
   types = {
     inherit

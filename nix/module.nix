@@ -159,10 +159,63 @@
     ];
   };
 
+  # What a job's `sourceSnapshot` needs from its units, beyond the sandbox
+  # below; every stage gets it, since any stage may have to remove a
+  # snapshot a killed run left (src/source_snapshot.rs, remove_stale).
+  # The snapshot is mounted (zfs, lvm) in the runtime dir, which the units
+  # already write, inside their own mount namespace (PrivateMounts=).
+  snapshotSandbox = job: let
+    kind = job.sourceSnapshot;
+  in
+    {
+      readWritePaths = [];
+      devicePolicy = "closed";
+      deviceAllow = [];
+    }
+    // (
+      if kind == "btrfs"
+      then {
+        # The snapshot directory next to the source, created by tmpfiles
+        # (below): the only place in the source's file system the units
+        # may write. "-": the source's file system not mounted yet fails
+        # in the helper, which names it, not at namespace setup.
+        readWritePaths = ["-${jobLib.btrfsSnapshotDir job}"];
+      }
+      else if kind == "zfs"
+      then {
+        # zfs(8) talks to the kernel module through /dev/zfs.
+        deviceAllow = ["/dev/zfs rw"];
+      }
+      else if kind == "lvm"
+      then {
+        # lvm2 scans every block device for physical volumes and creates
+        # the snapshot's device-mapper devices (/dev/mapper/control,
+        # dm-*): which disks those are is the machine's, so the device
+        # cgroup is lifted for this job only (DevicePolicy=auto with no
+        # DeviceAllow= allows every device).
+        devicePolicy = "auto";
+        # lvm2's lock files, its hints and its metadata backups and
+        # archives (locking_dir under /run/lock, /run/lvm, backup_dir).
+        readWritePaths = [
+          "/run/lock"
+          "-/run/lvm"
+          "-/etc/lvm"
+        ];
+      }
+      else {}
+    );
+
+  # Directories the snapshot kinds need before any unit starts.
+  snapshotTmpfiles = job:
+    lib.optional (job.sourceSnapshot == "btrfs")
+    "d ${jobLib.btrfsSnapshotDir job} 0700 ${job.user} - -"
+    ++ lib.optional (job.sourceSnapshot == "lvm") "d /run/lvm 0700 root root -";
+
   serviceOf = name: job: stage: let
     isRoot = job.user == "root";
     local = jobLib.targetKind job == "local";
     file = configFile name;
+    snapshot = snapshotSandbox job;
   in {
     description = "ciphersync ${stage.what} of ${job.source} (job ${name})";
     wants = ["network-online.target"];
@@ -171,7 +224,12 @@
     # Non-root: /run/wrappers/bin first, so its setuid fusermount3 wins over
     # the plain copy the package's wrapper appends to PATH. Root mounts
     # with the plain one and runs no setuid wrapper (NoNewPrivileges=).
-    path = lib.optional (!isRoot) "/run/wrappers";
+    path =
+      lib.optional (!isRoot) "/run/wrappers"
+      ++ jobLib.snapshotTools {
+        inherit pkgs job;
+        zfs = config.boot.zfs.package or pkgs.zfs;
+      };
     # A running backup must not be restarted by nixos-rebuild switch; the
     # next timer run picks up the new configuration.
     restartIfChanged = false;
@@ -231,7 +289,8 @@
           ]
           ++ lib.optional local "-${job.target.local.path}"
           # "-": a textfile directory that is not there yet fails no stage.
-          ++ lib.optional (metricsDir != null) "-${metricsDir}";
+          ++ lib.optional (metricsDir != null) "-${metricsDir}"
+          ++ snapshot.readWritePaths;
         # The source may live under /home; it is only read. ssh reads
         # ~/.ssh/config and keys but writes no known_hosts (a pinned file).
         ProtectHome = "read-only";
@@ -241,8 +300,8 @@
         # A private /dev (PrivateDevices=) would lack /dev/fuse; instead the
         # device cgroup allows /dev/fuse next to the pseudo devices of
         # DevicePolicy=closed (/dev/null, /dev/zero, /dev/urandom, ...).
-        DevicePolicy = "closed";
-        DeviceAllow = ["/dev/fuse rw"];
+        DevicePolicy = snapshot.devicePolicy;
+        DeviceAllow = lib.optionals (snapshot.devicePolicy != "auto") (["/dev/fuse rw"] ++ snapshot.deviceAllow);
         KeyringMode = "private"; # no tool uses the kernel keyring
       }
       # Exit 4: a partial backup (some source files could not be read) is
@@ -388,6 +447,11 @@ in {
       # given as config.users.users.<name>.name, a user whose group is
       # config.users.groups.<name>.name).
       ++ lib.mapAttrsToList (name: job: {
+        assertion = job.user == "root" || !(lib.elem job.sourceSnapshot ["zfs" "lvm"]);
+        message = "services.ciphersync.jobs.${name}.sourceSnapshot: \"${toString job.sourceSnapshot}\" needs root (it creates and mounts the snapshot); the job runs as ${job.user}. Run it as root (user = \"root\"), or use \"btrfs\" or null.";
+      })
+      cfg.jobs
+      ++ lib.mapAttrsToList (name: job: {
         assertion = job.user == "root" || config.users.users ? ${job.user};
         message = "services.ciphersync.jobs.${name}.user: user ${job.user} is not declared; declare it, e.g. users.users.${job.user} = { isSystemUser = true; group = \"${job.user}\"; }; users.groups.${job.user} = { };";
       })
@@ -403,6 +467,8 @@ in {
       cfg.jobs;
 
     systemd.services = perStage serviceOf;
+
+    systemd.tmpfiles.rules = lib.concatLists (lib.mapAttrsToList (_: snapshotTmpfiles) cfg.jobs);
 
     systemd.timers = lib.mkMerge (
       lib.concatLists (

@@ -303,6 +303,14 @@ pub fn installed_gocryptfs() -> Option<(String, Option<[u32; 3]>)> {
     Some((version, gocryptfs_release(&text)))
 }
 
+/// The installed gocryptfs's release, asked once per process: a backup
+/// compares it with the last backup's and records it (guard.rs,
+/// GocryptfsChange).
+pub fn installed_gocryptfs_release() -> Option<[u32; 3]> {
+    static RELEASE: std::sync::OnceLock<Option<[u32; 3]>> = std::sync::OnceLock::new();
+    *RELEASE.get_or_init(|| installed_gocryptfs().and_then(|(_, release)| release))
+}
+
 /// One warning line per known bug of the installed gocryptfs, once per
 /// process: `init` and `backup` call it, and `--version`.
 pub fn warn_gocryptfs_bugs(uses_exclude: Option<bool>) {

@@ -135,8 +135,11 @@ pub struct Sftp {
     pub known_hosts_file: PathBuf,
     pub transport: Transport,
     pub remote_checksums: RemoteChecksums,
-    /// sshfs connections, and rsync workers over them (split.rs).
+    /// sshfs connections, and rsync workers over them (split.rs), as
+    /// asked; `budget::of` says how many a stage uses.
     pub connections: usize,
+    /// The most ssh sessions a stage holds at once (budget.rs).
+    pub max_connections: usize,
 }
 
 impl Job {
@@ -461,6 +464,7 @@ const TARGET_FIELDS: &[&str] = &[
     "transport",
     "remote_checksums",
     "connections",
+    "max_connections",
     "identity_credential",
 ];
 /// The index in TARGET_FIELDS of the first field only an sftp target has.
@@ -1005,6 +1009,22 @@ fn resolve_target_kind(t: &Section, sftp: bool, path: PathBuf) -> Checked<Target
             )
         })?
         .map_or(DEFAULT_CONNECTIONS, |n| n as u8);
+    let max_connections = t
+        .optional("max_connections", |f, v| {
+            whole(
+                f,
+                v,
+                crate::budget::MIN as u64,
+                crate::budget::MAX as u64,
+                &format!(
+                    "a whole number {}–{} (a stage needs one sshfs connection and one command \
+                     beside it; target.connections is cut to fit)",
+                    crate::budget::MIN,
+                    crate::budget::MAX
+                ),
+            )
+        })?
+        .map_or(crate::budget::DEFAULT, |n| n as usize);
     let identity_credential = t.optional("identity_credential", credential_name)?;
     if identity_credential.is_some() && identity_file.is_none() {
         return Err(field_error(
@@ -1025,6 +1045,7 @@ fn resolve_target_kind(t: &Section, sftp: bool, path: PathBuf) -> Checked<Target
             transport,
             remote_checksums,
             connections: usize::from(connections),
+            max_connections,
         }))
     })
 }
@@ -1395,6 +1416,40 @@ mod tests {
     }
 
     #[test]
+    fn max_connections_has_a_floor_and_a_default_and_is_sftp_only() {
+        let set = |n: &str| {
+            with(
+                r#""type": "sftp","#,
+                &format!(r#""type": "sftp", "max_connections": {n},"#),
+            )
+        };
+        let Target::Sftp(s) = parse(&set("3")).unwrap().target else {
+            panic!("sftp expected")
+        };
+        assert_eq!(s.max_connections, 3);
+        let Target::Sftp(s) = parse(GOOD).unwrap().target else {
+            panic!("sftp expected")
+        };
+        assert_eq!(s.max_connections, crate::budget::DEFAULT);
+        for bad in ["1", "0", "65", "\"8\""] {
+            let e = error_of(&set(bad));
+            assert!(
+                e.starts_with("field `target.max_connections`: expected a whole number 2–64")
+                    && e.contains("target.connections is cut to fit"),
+                "{bad}: {e}"
+            );
+        }
+        let local = r#"{ "version": 1, "name": "usb", "source": "/srv/docs",
+            "password_file": "/run/keys/docs",
+            "target": { "type": "local", "path": "/mnt/usb/docs", "max_connections": 4 } }"#;
+        let e = error_of(local);
+        assert!(
+            e.contains("target.max_connections") && e.contains("sftp"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn local_target_refuses_ssh_fields() {
         let e = error_of(&with(r#""type": "sftp""#, r#""type": "local""#));
         assert!(e.contains("target.host") && e.contains("sftp"), "{e}");
@@ -1637,7 +1692,7 @@ mod tests {
                 add_target(r#""a\nb": 1"#),
                 "unknown field `target.a\\nb` (`target`'s fields are: type, path, bwlimit, \
                  space_warning_percent, host, port, user, identity_file, known_hosts_file, \
-                 transport, remote_checksums, connections, identity_credential)",
+                 transport, remote_checksums, connections, max_connections, identity_credential)",
             ),
         ] {
             assert_eq!(error_of(&text), message, "{text}");

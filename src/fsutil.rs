@@ -387,6 +387,13 @@ pub fn copy_below(root: &Path, from: &str, to: &str, limit: u64) -> Result<()> {
     copy.commit()
 }
 
+/// Bytes an unprivileged writer may still use on the file system of
+/// `path`, or None when it cannot be asked.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs(path).ok()?;
+    Some(s.blocks_available() as u64 * s.fragment_size() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

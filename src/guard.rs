@@ -139,6 +139,73 @@ pub fn check(job_name: &str, estimate: &Estimate, percent: u8) -> Result<()> {
     ))
 }
 
+/// The gocryptfs release from which `-reverse` shows every
+/// `gocryptfs.diriv` and `gocryptfs.longname.*.name` file with its ctime and
+/// mtime 10 s later than before (gocryptfs issue 802): so that sync tools
+/// replace the copies the bug may have damaged, the first backup made with
+/// it re-sends all of them once, and their old copies go into that run's
+/// snapshot.
+pub const METADATA_RESEND_RELEASE: [u32; 3] = [2, 5, 0];
+
+/// What a backup learns from the gocryptfs release of the last successful
+/// backup and its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GocryptfsChange {
+    /// Nothing the run must know: no earlier backup, the same side of
+    /// 2.5.0, or this run's release unknown.
+    Same,
+    /// The release crossed 2.5.0 upwards: this run re-sends every
+    /// gocryptfs.diriv and .name file once. Expected; the guard lets it
+    /// through (`estimate` never counts those files) with a note.
+    CrossedResend { from: [u32; 3], to: [u32; 3] },
+    /// The last backup recorded no release (made before ciphersync kept
+    /// it) and this one is 2.5.0 or later: it may have crossed. An
+    /// unchanged source then proves nothing about the view.
+    MaybeCrossed { to: [u32; 3] },
+}
+
+impl GocryptfsChange {
+    /// Decides from the last successful backup (None: there is none; Some
+    /// of None: it recorded no release) and this run's release.
+    pub fn between(last: Option<Option<[u32; 3]>>, now: Option<[u32; 3]>) -> GocryptfsChange {
+        let (Some(last), Some(now)) = (last, now) else {
+            return GocryptfsChange::Same;
+        };
+        if now < METADATA_RESEND_RELEASE {
+            return GocryptfsChange::Same;
+        }
+        match last {
+            Some(from) if from < METADATA_RESEND_RELEASE => {
+                GocryptfsChange::CrossedResend { from, to: now }
+            }
+            Some(_) => GocryptfsChange::Same,
+            None => GocryptfsChange::MaybeCrossed { to: now },
+        }
+    }
+
+    /// The view may differ from the last backup's although the source
+    /// does not: the nothing-to-send shortcut must not skip rsync.
+    pub fn view_may_differ(self) -> bool {
+        self != GocryptfsChange::Same
+    }
+
+    /// The one-line note of a run that crossed 2.5.0.
+    pub fn note(self, job_name: &str) -> Option<String> {
+        let GocryptfsChange::CrossedResend { from, to } = self else {
+            return None;
+        };
+        let v = |r: [u32; 3]| format!("{}.{}.{}", r[0], r[1], r[2]);
+        Some(format!(
+            "job {job_name}: gocryptfs went from {} to {} since the last backup: this run \
+             re-sends every gocryptfs.diriv and .name file once (2.5.0 moved their times so that \
+             copies damaged by gocryptfs issue 802 are replaced; the old ones go to this run's \
+             snapshot); expected, and not counted by the deletion guard",
+            v(from),
+            v(to)
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +293,85 @@ mod tests {
             assert_eq!(index.get(&path_key(&rel)).map(|v| v.0), Some(size), "{rel}");
         }
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_gocryptfs_upgrade_past_2_5_0_is_recognised() {
+        use GocryptfsChange::*;
+        let old = Some([2, 4, 0]);
+        let new = Some([2, 6, 1]);
+        // Crossed upwards since the last backup: the note names both.
+        let crossed = GocryptfsChange::between(Some(old), new);
+        assert_eq!(
+            crossed,
+            CrossedResend {
+                from: [2, 4, 0],
+                to: [2, 6, 1]
+            }
+        );
+        assert!(crossed.view_may_differ());
+        let note = crossed.note("docs").unwrap();
+        assert!(note.contains("from 2.4.0 to 2.6.1"), "{note}");
+        assert!(!note.contains('\n'), "one line: {note}");
+        // Exactly at 2.5.0 counts; a build of 2.4.x from git does not.
+        assert!(matches!(
+            GocryptfsChange::between(Some(Some([2, 4, 9])), Some([2, 5, 0])),
+            CrossedResend { .. }
+        ));
+        // Both before, both after, or a downgrade: nothing to say.
+        assert_eq!(GocryptfsChange::between(Some(old), Some([2, 4, 9])), Same);
+        assert_eq!(GocryptfsChange::between(Some(new), Some([2, 5, 4])), Same);
+        assert_eq!(GocryptfsChange::between(Some(new), old), Same);
+        // No earlier backup (it sends everything anyway), or this run's
+        // release unknown.
+        assert_eq!(GocryptfsChange::between(None, new), Same);
+        assert_eq!(GocryptfsChange::between(Some(old), None), Same);
+        assert_eq!(Same.note("docs"), None);
+        assert!(!Same.view_may_differ());
+        // A record from before releases were kept: maybe crossed, no note.
+        let maybe = GocryptfsChange::between(Some(None), new);
+        assert_eq!(maybe, MaybeCrossed { to: [2, 6, 1] });
+        assert!(maybe.view_may_differ());
+        assert_eq!(maybe.note("docs"), None);
+        assert_eq!(GocryptfsChange::between(Some(None), old), Same);
+    }
+
+    /// The run after the upgrade: every diriv and .name file of the view
+    /// is newer than the last start (rsync re-sends them all, and moves
+    /// the old copies into the snapshot), the user's files are unchanged.
+    /// The record lists those files; the view index never holds them
+    /// (`the_index_holds_every_file_and_link`). The guard counts nothing,
+    /// even at max_delete_percent 0: the run is let through.
+    #[test]
+    fn the_metadata_resend_is_not_counted() {
+        let mut last = record(&[("Aa/Bb", 10), ("Cc", 20)]);
+        let metadata = [
+            "gocryptfs.diriv",
+            "Aa/gocryptfs.diriv",
+            "Aa/gocryptfs.longname.0123456789012345678901234567890123456789012.name",
+        ];
+        for path in metadata {
+            last.push(TreeEntry {
+                kind: 'f',
+                mode: 0o444,
+                size: 16,
+                path: path.into(),
+                link: None,
+            });
+        }
+        let view: ViewIndex = [("Aa/Bb", (10, 50)), ("Cc", (20, 50))]
+            .map(|(k, v)| (path_key(k), v))
+            .into();
+        let estimate = estimate(entries(&last), &view, Some(100)).unwrap();
+        assert_eq!(
+            estimate,
+            Estimate {
+                recorded: 2,
+                moved: 0,
+                added: 0,
+            }
+        );
+        assert!(check("docs", &estimate, 0).is_ok());
     }
 
     #[test]

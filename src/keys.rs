@@ -677,6 +677,7 @@ mod tests {
             transport: crate::config::Transport::Sshfs,
             remote_checksums: crate::config::RemoteChecksums::Ssh,
             connections: 4,
+            max_connections: crate::budget::DEFAULT,
         };
         assert_eq!(
             sshfs_line(&s),

@@ -7,6 +7,7 @@
 
 pub mod about;
 pub mod browse;
+pub mod budget;
 pub mod checksums;
 pub mod config;
 pub mod crypt;

@@ -327,10 +327,12 @@ fn config_dir(cli: &Cli) -> Result<PathBuf> {
 }
 
 /// How many backup rsyncs may run side by side: the sshfs workers
-/// (split.rs), else one.
+/// (split.rs, as many as the budget gives sshfs), else one.
 fn backup_rsync_workers(job: &Job) -> usize {
     match &job.target {
-        config::Target::Sftp(s) if s.transport == config::Transport::Sshfs => s.connections,
+        config::Target::Sftp(s) if s.transport == config::Transport::Sshfs => {
+            ciphersync::budget::of(s).sshfs
+        }
         _ => 1,
     }
 }

@@ -1,6 +1,8 @@
-//! Restore: mount the remote `files/` (sshfs, or the local target as it is),
-//! decrypt it with a read-only forward gocryptfs mount, and copy all or some
-//! plaintext paths out with rsync into an empty directory.
+//! Restore: read the remote `files/` (through sshfs, or the local target
+//! as it is), or rebuild a run in a local stage (pulled with rsync over ssh
+//! where the account runs `rsync --server`: target/pull.rs), decrypt it
+//! with a read-only forward gocryptfs mount, and copy all or some plaintext
+//! paths out with rsync into an empty directory.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
@@ -11,10 +13,10 @@ use crate::exec::Cmd;
 use crate::rsync::{self, Stats, parse_stats};
 use crate::run::{Context, Done};
 use crate::split;
-use crate::stats::{RestoreStats, StageStats};
+use crate::stats::{ReadVia, RestoreStats, StageStats};
 use crate::status::Outcome;
-use crate::target::{self, FILES, PathTarget, SNAPSHOTS, Target as _, TreeEntry};
-use crate::{crypt, fsutil};
+use crate::target::{self, FILES, PathTarget, Puller, SNAPSHOTS, Target as _, TreeEntry};
+use crate::{crypt, fsutil, log};
 use crate::{interrupt, snapshots};
 
 pub struct RestoreRequest {
@@ -89,13 +91,23 @@ pub fn restore(ctx: &Context, request: &RestoreRequest) -> Result<Done> {
     let remote = target::open_path(job, &ctx.runtime("remote"))?;
     refuse_empty_target(job, &remote)?;
     let root = remote.root().to_owned();
-    // The latest state is files/ itself; an older one is rebuilt first,
-    // and so is the latest where the server keeps no modes or symlinks
-    // (its record does: see target::Keeps).
+    // An older state is rebuilt in a local stage first, and so is the
+    // latest where the server keeps no modes or symlinks (its record does:
+    // see target::Keeps), or where rsync can pull it faster than sshfs
+    // reads it. Otherwise the latest state is read from files/ itself.
+    let puller = remote.puller(job)?;
     let stage = match (&request.snapshot, latest_needing_its_record(ctx, &remote)?) {
-        (Some(id), _) => Some(rebuild(ctx, &remote, id)?),
-        (None, Some(latest)) => Some(rebuild(ctx, &remote, &latest)?),
-        (None, None) => None,
+        (Some(id), _) => Some(rebuild(ctx, &remote, id, puller.as_ref())?),
+        (None, Some(latest)) => Some(rebuild(ctx, &remote, &latest, puller.as_ref())?),
+        (None, None) => match (&puller, request.paths.is_empty()) {
+            (Some(puller), true) => pull_latest(ctx, &remote, puller)?,
+            _ => None,
+        },
+    };
+    let read_via = match (&job.target, &stage) {
+        (Target::Local { .. }, _) => ReadVia::Local,
+        (Target::Sftp(_), Some(stage)) if stage.pulled => ReadVia::Rsync,
+        (Target::Sftp(_), _) => ReadVia::Sshfs,
     };
     let cipher_dir = stage
         .as_ref()
@@ -117,6 +129,7 @@ pub fn restore(ctx: &Context, request: &RestoreRequest) -> Result<Done> {
             snapshot: request.snapshot.clone(),
             files: stats.transferred,
             bytes: stats.bytes_transferred,
+            read_via,
         }),
     })
 }
@@ -194,6 +207,34 @@ fn latest_needing_its_record(ctx: &Context, remote: &PathTarget) -> Result<Optio
     Ok(headers.metadata_in_record.then_some(latest))
 }
 
+/// A whole restore of the latest run from an account that runs `rsync
+/// --server`: pulled into a local stage in one stream per source, which at
+/// a WAN round trip is many times faster than sshfs reading file by file
+/// (docs/benchmarks.md). It needs local room for the ciphertext; without
+/// it, restore reads through sshfs as before.
+fn pull_latest(ctx: &Context, remote: &PathTarget, puller: &Puller<'_>) -> Result<Option<Stage>> {
+    let Some(latest) = snapshots::recorded_ids(remote)?.pop() else {
+        return Ok(None);
+    };
+    let record = snapshots::read_record(remote, &latest, &ctx.job.state_dir)?;
+    let needed: u64 = record.entries.iter().map(|e| e.size).sum();
+    let free = fsutil::free_bytes(&ctx.job.state_dir);
+    if free.is_some_and(|free| free < needed.saturating_add(STAGE_MARGIN)) {
+        log::info(format!(
+            "restore: {} free in {} is too little to stage {} of ciphertext; reading \
+             through sshfs instead (slower over a WAN)",
+            crate::human::bytes_short(free.unwrap_or(0)),
+            ctx.job.state_dir.display(),
+            crate::human::bytes_short(needed)
+        ));
+        return Ok(None);
+    }
+    rebuild(ctx, remote, &latest, Some(puller)).map(Some)
+}
+
+/// Room a stage leaves free on its file system besides the ciphertext.
+const STAGE_MARGIN: u64 = 256 * 1024 * 1024;
+
 /// A target no backup has reached has nothing to decrypt: say so, instead
 /// of gocryptfs' "Invalid cipherdir".
 fn refuse_empty_target(job: &Job, remote: &PathTarget) -> Result<()> {
@@ -267,6 +308,8 @@ fn copy_out(
     // make it read this machine's files into --to. So workers only for a
     // stage rebuilt here (checked against its record, and ours alone);
     // straight from the server, one recursive rsync, which follows no link.
+    // The stage is on local disk: its workers open no ssh session, so the
+    // connection budget (budget.rs) does not bound them.
     let workers = match &job.target {
         Target::Sftp(s) if from_local_stage => s.connections,
         _ => 1,
@@ -390,6 +433,8 @@ fn untrusted_copy_flags(keep_setuid: bool) -> Vec<&'static str> {
 /// A rebuilt cipher tree in the state dir, removed when dropped.
 struct Stage {
     path: PathBuf,
+    /// Filled by rsync over ssh (pull.rs), not read through a path.
+    pulled: bool,
 }
 
 impl Drop for Stage {
@@ -402,7 +447,12 @@ impl Drop for Stage {
 /// Rebuilds the encrypted tree as it was right after run `id` (see
 /// snapshots.rs): each recorded path from the oldest later snapshot dir that
 /// holds it, else from files/; then the recorded directories and modes.
-fn rebuild(ctx: &Context, remote: &PathTarget, id: &str) -> Result<Stage> {
+/// Rebuilds run `id` in a stage in the state dir: each path of its record
+/// from the oldest later snapshot dir that holds it, else from files/;
+/// pulled with rsync over ssh when `puller` is given, else read from the
+/// target's path (a local disk, the sshfs mount). What arrived is checked
+/// against the record before any mode is applied or link restored.
+fn rebuild(ctx: &Context, remote: &PathTarget, id: &str, puller: Option<&Puller>) -> Result<Stage> {
     let record = snapshots::read_record(remote, id, &ctx.job.state_dir)?;
     check_record_tree(id, &record.entries)?;
     let mut later = Vec::new();
@@ -424,6 +474,7 @@ fn rebuild(ctx: &Context, remote: &PathTarget, id: &str) -> Result<Stage> {
 
     let stage = Stage {
         path: ctx.state(&format!("restore-{id}")),
+        pulled: puller.is_some(),
     };
     if stage.path.exists() {
         make_writable(&stage.path);
@@ -438,12 +489,17 @@ fn rebuild(ctx: &Context, remote: &PathTarget, id: &str) -> Result<Stage> {
     let list = ctx.runtime("rebuild.files");
     for (from, entries) in &plan {
         interrupt::check()?;
-        let source = match from {
-            Some(snapshot) => root.join(SNAPSHOTS).join(snapshot),
-            None => root.join(FILES),
+        let from = match from {
+            Some(snapshot) => format!("{SNAPSHOTS}/{snapshot}"),
+            None => FILES.to_string(),
         };
         let names: Vec<&[u8]> = entries.iter().map(|e| e.path.as_bytes()).collect();
         fsutil::write_atomic(&list, &names.join(&0u8))?;
+        if let Some(puller) = puller {
+            puller.pull(&from, &list, &stage.path)?;
+            continue;
+        }
+        let source = root.join(&from);
         let out = Cmd::new("rsync")
             .args(["-a", "-H", "--no-owner", "--no-group", "--from0"])
             .args(untrusted_copy_flags(false))
@@ -465,6 +521,17 @@ fn rebuild(ctx: &Context, remote: &PathTarget, id: &str) -> Result<Stage> {
             .ctx(|| format!("making the symlink {}", path.display()))?;
     }
     check_staged_types(id, &stage.path, &record.entries)?;
+    if puller.is_some() {
+        check_nothing_extra(id, &stage.path, &record.entries)?;
+        // Each is a symlink the record lists, below checked directories.
+        for entry in record
+            .entries
+            .iter()
+            .filter(|e| e.kind == 'l' && e.link.is_none())
+        {
+            target::unmunge(&stage.path.join(&entry.path))?;
+        }
+    }
     // A chmod-only change is applied in place by rsync (nothing goes into a
     // snapshot), so the copies may carry a later mode: the record has the
     // mode of the run, without setuid/setgid/sticky bits. Directory modes
@@ -550,6 +617,30 @@ fn check_staged_types(id: &str, stage: &Path, entries: &[TreeEntry]) -> Result<(
                     crate::human::escape(&entry.path),
                     kind_name(found),
                     kind_name(entry.kind)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A pull takes what the server sends: nothing may have arrived that the
+/// record does not list (it would be decrypted and copied out).
+fn check_nothing_extra(id: &str, stage: &Path, entries: &[TreeEntry]) -> Result<()> {
+    let listed: std::collections::HashSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+    for entry in walkdir::WalkDir::new(stage)
+        .min_depth(1)
+        .follow_links(false)
+    {
+        let entry = entry.map_err(|e| crate::walk::error(stage, e))?;
+        let rel = entry.path().strip_prefix(stage).unwrap_or(entry.path());
+        let rel = rel.to_string_lossy();
+        if !listed.contains(rel.as_ref()) {
+            return Err(Error::new(
+                Kind::Corrupt,
+                format!(
+                    "snapshot {id} on the target: the server sent {:?}, which its record does not list",
+                    crate::human::escape(&rel)
                 ),
             ));
         }

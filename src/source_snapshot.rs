@@ -264,9 +264,25 @@ fn undo_named(job: &Named, made: &Made) -> Result<()> {
             if std::fs::symlink_metadata(subvolume).is_err() {
                 return Ok(());
             }
+            let as_user = !nix::unistd::geteuid().is_root();
+            if as_user {
+                // A user may delete a snapshot of their own subvolume
+                // (user_subvol_rm_allowed), but not while it is read-only
+                // (EROFS): the flag goes first (tried: btrfs-progs 6.2).
+                let (ok, stderr) = btrfs_make_writable(subvolume).run_cleanup()?;
+                if !ok {
+                    return Err(failed(made.describe(), stderr));
+                }
+            }
             let (ok, stderr) = btrfs_delete(subvolume).run_cleanup()?;
             if !ok && std::fs::symlink_metadata(subvolume).is_ok() {
-                return Err(failed(made.describe(), stderr));
+                let hint = if as_user {
+                    " (a user may delete snapshots only on a btrfs mounted with \
+                     user_subvol_rm_allowed)"
+                } else {
+                    ""
+                };
+                return Err(failed(made.describe(), format!("{stderr}{hint}")));
             }
         }
         Made::Zfs { snapshot, mount } => {
@@ -497,6 +513,21 @@ fn btrfs_create(root: &Path, snapshot: &Path) -> Step {
             OsStr::new("-r"),
             root.as_os_str(),
             snapshot.as_os_str(),
+        ],
+    )
+}
+
+/// Clears the read-only flag of a snapshot, so that its owner may delete it.
+fn btrfs_make_writable(subvolume: &Path) -> Step {
+    Step::new(
+        "btrfs",
+        [
+            OsStr::new("property"),
+            OsStr::new("set"),
+            OsStr::new("-ts"),
+            subvolume.as_os_str(),
+            OsStr::new("ro"),
+            OsStr::new("false"),
         ],
     )
 }
@@ -889,6 +920,18 @@ mod tests {
                 "-r",
                 "/home",
                 "/.ciphersync-snapshots/docs"
+            ]
+        );
+        assert_eq!(
+            btrfs_make_writable(Path::new("/.ciphersync-snapshots/docs")).words(),
+            [
+                "btrfs",
+                "property",
+                "set",
+                "-ts",
+                "/.ciphersync-snapshots/docs",
+                "ro",
+                "false"
             ]
         );
         assert_eq!(

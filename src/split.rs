@@ -257,7 +257,8 @@ impl Balancer {
 }
 
 /// Runs `pass` on every list, `workers` at a time (the job's
-/// `target.connections`; sshfs opens as many connections); after the first
+/// `target.connections` within its connection budget, budget.rs; sshfs
+/// opens as many connections); after the first
 /// failure no new pass starts. The results in no particular order; the
 /// first error, if any.
 pub fn in_workers<R: Send>(

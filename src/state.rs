@@ -38,6 +38,11 @@ const CAPABILITIES: &str = "target-capabilities.json";
 /// from an untyped JSON map.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastBackup {
+    /// The gocryptfs release the backup's view was made with (the deletion
+    /// guard's GocryptfsChange); None when gocryptfs printed none, or the
+    /// file is older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gocryptfs_release: Option<[u32; 3]>,
     pub snapshot: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_fingerprint: Option<String>,
@@ -275,6 +280,7 @@ mod tests {
                 source_fingerprint: Some("ab".into()),
                 started_ns: 1_795_921_200_123_456_789,
                 target_stamps: Some("cd".into()),
+                gocryptfs_release: None,
             }
         );
         last.write(&dir).unwrap();
@@ -290,7 +296,19 @@ mod tests {
             std::fs::read_to_string(dir.join(LAST_BACKUP)).unwrap(),
             r#"{"snapshot":"20261129T030000Z","started_ns":"1795921200123456789"}"#
         );
-        assert_eq!(LastBackup::read(&dir), Some(bare));
+        assert_eq!(LastBackup::read(&dir), Some(bare.clone()));
+
+        // The gocryptfs release, when known, is kept as [major, minor, patch].
+        let with_release = LastBackup {
+            gocryptfs_release: Some([2, 6, 1]),
+            ..bare
+        };
+        with_release.write(&dir).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join(LAST_BACKUP)).unwrap(),
+            r#"{"gocryptfs_release":[2,6,1],"snapshot":"20261129T030000Z","started_ns":"1795921200123456789"}"#
+        );
+        assert_eq!(LastBackup::read(&dir), Some(with_release));
 
         for damaged in ["", "{", "[]", r#"{"snapshot":"x","started_ns":"soon"}"#] {
             std::fs::write(dir.join(LAST_BACKUP), damaged).unwrap();

@@ -83,6 +83,22 @@ pub struct RestoreStats {
     pub snapshot: Option<String>,
     pub files: u64,
     pub bytes: u64,
+    /// How the ciphertext was read from the target.
+    pub read_via: ReadVia,
+}
+
+/// How restore read the ciphertext: what an operator needs to know when a
+/// restore over a WAN is slow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadVia {
+    /// A local disk.
+    #[default]
+    Local,
+    /// Through the sshfs mount, file by file.
+    Sshfs,
+    /// Pulled with rsync over ssh into a local stage, one stream per source.
+    Rsync,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -126,10 +142,11 @@ mod tests {
             snapshot: None,
             files: 1,
             bytes: 2,
+            read_via: ReadVia::Rsync,
         });
         assert_eq!(
             restore.to_json(),
-            json!({ "to": "/tmp/out", "snapshot": null, "files": 1, "bytes": 2 })
+            json!({ "to": "/tmp/out", "snapshot": null, "files": 1, "bytes": 2, "read_via": "rsync" })
         );
         let verify = StageStats::Verify(VerifyStats {
             files: 1,

@@ -40,7 +40,8 @@ fn backup_source(ctx: &Context, options: &BackupOptions) -> Result<Done> {
     let max_delete_percent = options.max_delete_percent.unwrap_or(job.max_delete_percent);
     // Read once: the job lock keeps the state dir as it is until this run
     // writes it.
-    let last = LastBackup::read(&job.state_dir);
+    let mut last = LastBackup::read(&job.state_dir);
+    see_gocryptfs_change(job, last.as_mut());
     let killed = BACKUP_INCOMPLETE.is_set(&job.state_dir);
     let repair_pending = RepairList::pending(&job.state_dir);
     let points = (cipher_point.as_path(), ctlsock.as_path());
@@ -556,6 +557,28 @@ fn preflight(
     })
 }
 
+/// A gocryptfs upgrade past 2.5.0 since the last backup (guard.rs,
+/// GocryptfsChange): said in one line when known. The source's
+/// fingerprint stands for the view only while gocryptfs shows it the same
+/// way, so the nothing-to-send shortcut is off for this run (otherwise an
+/// unchanged source would keep the copies the upgrade is meant to replace).
+fn see_gocryptfs_change(job: &Job, last: Option<&mut LastBackup>) {
+    let Some(last) = last else {
+        return;
+    };
+    let change = guard::GocryptfsChange::between(
+        Some(last.gocryptfs_release),
+        crate::about::installed_gocryptfs_release(),
+    );
+    if let Some(note) = change.note(&job.name) {
+        log::info(note);
+    }
+    if change.view_may_differ() {
+        log::debug(|| format!("{change:?}: no nothing-to-send shortcut this run"));
+        last.source_fingerprint = None;
+    }
+}
+
 fn record_last_backup(
     ctx: &Context,
     snapshot: &str,
@@ -577,6 +600,7 @@ fn record_last_backup(
             .map(String::from),
         source_fingerprint,
         started_ns: i128::try_from(started_ns).unwrap_or(i128::MAX),
+        gocryptfs_release: crate::about::installed_gocryptfs_release(),
     }
     .write(&ctx.job.state_dir)
 }
@@ -781,7 +805,9 @@ impl Rsync<'_> {
     /// pass for the directories' modes and times (see split.rs).
     fn mirror(&self, decryptor: &PathDecryptor) -> Result<Mirrored> {
         let workers = match &self.job.target {
-            Target::Sftp(s) if s.transport == Transport::Sshfs && self.split => s.connections,
+            Target::Sftp(s) if s.transport == Transport::Sshfs && self.split => {
+                crate::budget::of(s).sshfs
+            }
             _ => 1,
         };
         let plan = match workers > 1 {
@@ -906,6 +932,7 @@ impl Rsync<'_> {
         args.push(format!("{}/", self.remote.rsync_dest(FILES).location));
         // One line per changed file: on disk, not in memory.
         let output = crate::exec::scratch_file(&self.job.state_dir, "rsync-out")?;
+        let _session = self.remote.rsync_session();
         Cmd::new("rsync")
             .args(args)
             .stdout_to(output)
@@ -918,6 +945,7 @@ impl Rsync<'_> {
         args.push(format!("{}/", self.source.display()));
         args.push(format!("{}/", self.remote.rsync_dest(FILES).location));
         let output = crate::exec::scratch_file(&self.job.state_dir, "rsync-out")?;
+        let _session = self.remote.rsync_session();
         Cmd::new("rsync")
             .args(args)
             .stdin(list)
@@ -1315,6 +1343,7 @@ mod tests {
             source_fingerprint: Some("ab".into()),
             started_ns: 1,
             target_stamps: None,
+            gocryptfs_release: None,
         };
         let since = |last: &LastBackup, source: Option<&SourceState>, killed: bool| {
             last_backup_if_unchanged(Some(last), source, killed)

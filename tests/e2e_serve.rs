@@ -238,6 +238,9 @@ fn a_job_over_rsync_runs_through_serve() {
     job.verify_ok(false);
     job.verify_ok(true);
     job.restore_and_compare("restored-latest");
+    // serve allows `rsync --server --sender`: restore pulls through it.
+    let restore = job.stage("restore");
+    assert_eq!(restore["stats"]["read_via"], "rsync", "{restore}");
     let to = restore_snapshot(&job, &first, "restored-first");
     assert_trees_equal(&as_of_first, &to);
     job.assert_clean();

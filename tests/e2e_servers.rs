@@ -369,6 +369,17 @@ fn matrix(job: &ServerJob, check_first: impl Fn(&Out)) {
     }
 
     job.restore_and_compare("restored-latest");
+    // An account that runs `rsync --server` is pulled from in one stream
+    // (target/pull.rs); an SFTP-only one is read through sshfs.
+    let via = match job.server.kind {
+        ServerKind::FullShell | ServerKind::Whitelist => "rsync",
+        ServerKind::ChrootSftp | ServerKind::Rclone => "sshfs",
+    };
+    let latest = job.stage("restore");
+    assert_eq!(
+        latest["stats"]["read_via"], via,
+        "restore of the latest: {latest}"
+    );
     let to = job.root.join("restored-first");
     fs::create_dir_all(&to).unwrap();
     let (o, v) = job.run_json(&[
@@ -381,6 +392,8 @@ fn matrix(job: &ServerJob, check_first: impl Fn(&Out)) {
     o.expect_code(0, "restore --snapshot <first run>");
     assert_eq!(json_outcome(&v, "restore"), "ok", "restore --json: {v}");
     assert_trees_equal(&as_of_first, &to);
+    let stats = json_stats(&v, "restore");
+    assert_eq!(stats["read_via"], via, "restore --snapshot: {stats}");
 
     job.ok(&["prune", "--dry-run"]);
     assert_eq!(

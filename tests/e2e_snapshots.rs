@@ -879,6 +879,67 @@ fn guard_is_skipped_only_while_the_source_is_unchanged() {
     job.assert_clean();
 }
 
+/// The gocryptfs release each backup records, and what the next run makes
+/// of it (guard.rs, GocryptfsChange). With the gocryptfs installed here
+/// the release is written to last-backup.json; a last backup that says it
+/// ran with 2.4.0 is then, for a gocryptfs of 2.5.0 or later, an upgrade
+/// past 2.5.0: one note line, and rsync runs although the source is
+/// unchanged (the diriv and .name files of the view moved); for an older
+/// gocryptfs nothing changes and the unchanged run sends nothing.
+#[test]
+fn a_gocryptfs_upgrade_past_2_5_0_is_noted_and_synced() {
+    if !require_tools("gocryptfs_upgrade", SFTP_TOOLS) {
+        return;
+    }
+    let version = Command::new("gocryptfs").arg("-version").output().unwrap();
+    let version = String::from_utf8_lossy(&version.stdout).into_owned();
+    let installed = ciphersync::about::gocryptfs_release(&version)
+        .unwrap_or_else(|| panic!("no release in `gocryptfs -version`: {version}"));
+    let job = Job::sftp("gocryptfs-upgrade").transport("rsync").build();
+    ten_files(&job.source);
+    job.ok(&["init"]);
+    backup_id(&job);
+    job.trust_stamps(true);
+    backup_verbose(&job);
+    let last_path = job.state_dir.join("last-backup.json");
+    let last: Value = serde_json::from_str(&fs::read_to_string(&last_path).unwrap()).unwrap();
+    assert_eq!(
+        last["gocryptfs_release"],
+        serde_json::json!(installed),
+        "last-backup.json: {last}"
+    );
+
+    let note = "gocryptfs went from 2.4.0 to";
+    let mut older = last.clone();
+    older["gocryptfs_release"] = serde_json::json!([2, 4, 0]);
+    fs::write(&last_path, older.to_string()).unwrap();
+    let (mounted, stderr) = backup_verbose(&job);
+    if installed >= [2, 5, 0] {
+        assert!(mounted, "after the upgrade rsync did not run: {stderr}");
+        assert!(
+            stderr.contains(note) && !stderr.contains(NOTHING_TO_SEND),
+            "after the upgrade: {stderr}"
+        );
+    } else {
+        eprintln!(
+            "gocryptfs_upgrade: gocryptfs {installed:?} is older than 2.5.0 here: only the \
+             no-upgrade side is checked"
+        );
+        assert!(!stderr.contains(note), "no upgrade: {stderr}");
+        assert!(
+            !mounted && stderr.contains(NOTHING_TO_SEND),
+            "no upgrade, unchanged source: {stderr}"
+        );
+    }
+    // The run recorded the release it ran with: the next one is quiet.
+    let (mounted, stderr) = backup_verbose(&job);
+    assert!(
+        !mounted && !stderr.contains(note) && stderr.contains(NOTHING_TO_SEND),
+        "the run after: {stderr}"
+    );
+    job.assert_clean();
+}
+
 /// Where the server's shell may be used, a backup whose source and target
 /// are both as the last backup left them (source fingerprint, stamps of
 /// files/) runs no rsync: it writes its record (a copy of the last one's

@@ -9,6 +9,9 @@
 //!   --deep of the live tree pass (same ciphertext), the nothing-to-send
 //!   shortcut still applies, SIGTERM removes the snapshot, and after a
 //!   SIGKILL the next run removes it.
+//! - btrfs as a user who owns the subvolume, on a file system mounted with
+//!   `user_subvol_rm_allowed` (a non-root NixOS job): backup and restore,
+//!   the snapshot made and deleted by the user.
 //!
 //! The btrfs tests need root, btrfs-progs, losetup and a kernel with btrfs
 //! and loop devices: without them they are skipped with the reason (under
@@ -19,6 +22,7 @@ mod common;
 use common::*;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -62,6 +66,11 @@ struct Btrfs {
 impl Btrfs {
     /// None (skipped, with the reason) when this machine cannot.
     fn new(test: &str) -> Option<Btrfs> {
+        Btrfs::mounted_with(test, "defaults")
+    }
+
+    /// The same, mounted with `options` (`mount -o`).
+    fn mounted_with(test: &str, options: &str) -> Option<Btrfs> {
         if !require_tools(test, SNAPSHOT_TOOLS) || !require_tools(test, LOCAL_TOOLS) {
             return None;
         }
@@ -91,7 +100,10 @@ impl Btrfs {
             _tmp: tmp,
         };
         sh(Command::new("mkfs.btrfs").arg("-q").arg(&fs.device)).expect_code(0, "mkfs.btrfs");
-        let m = sh(Command::new("mount").arg(&fs.device).arg(&fs.mnt));
+        let m = sh(Command::new("mount")
+            .args(["-o", options])
+            .arg(&fs.device)
+            .arg(&fs.mnt));
         if m.code != 0 {
             skip(
                 test,
@@ -349,5 +361,92 @@ fn btrfs_snapshots_hold_one_moment_and_go_on_every_way_out() {
     assert!(!marker(&job).exists(), "run 4 left the marker");
     assert_eq!(btrfs.subvolumes(), ["vol"]);
     job.restore_and_compare("restore-4");
+    job.assert_clean();
+}
+
+/// Runs `ciphersync -c <job file> ARGS...` as `user` (runuser), with the
+/// harness's environment, in a mount namespace of its own whose /dev/fuse
+/// is a node of mode 0666 (as NixOS's programs.fuse makes it): the host's
+/// node is root-only here, and is not changed. The FUSE mounts of the run
+/// live and end in that namespace; the snapshot is a subvolume, seen by all.
+fn as_user(job: &Job, user: &str, args: &[&str]) -> Out {
+    let node = job.root.join("fuse-node");
+    if !node.exists() {
+        sh(Command::new("mknod")
+            .args(["-m", "0666"])
+            .arg(&node)
+            .args(["c", "10", "229"]))
+        .expect_code(0, "mknod a FUSE node");
+    }
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$1" /dev/fuse && shift && exec runuser "$@""#)
+        .arg("sh")
+        .arg(&node)
+        .args(["-u", user, "--"])
+        .arg(bin())
+        .arg("-c")
+        .arg(&job.config_file)
+        .args(args)
+        .env("CIPHERSYNC_SETTLE_MS", job.settle_ms.get().to_string());
+    sh(&mut c)
+}
+
+/// btrfs as a user who owns the subvolume, on a file system mounted with
+/// `user_subvol_rm_allowed` (what the NixOS module accepts for a non-root
+/// job): the user may make the read-only snapshot, and may delete it only
+/// once its read-only flag is cleared (tried: `btrfs subvolume delete` of a
+/// read-only snapshot fails with "Read-only file system" for a user). The
+/// backup reads the snapshot and leaves nothing behind.
+#[test]
+fn btrfs_snapshots_work_for_a_user_who_owns_the_subvolume() {
+    let test = "btrfs_snapshot_as_user";
+    if !require_tools(test, &["runuser", "unshare", "mknod", "fusermount3"]) {
+        return;
+    }
+    let mut job = Job::local("snap-btrfs-user").build();
+    let Some(btrfs) = Btrfs::mounted_with(test, "user_subvol_rm_allowed") else {
+        return;
+    };
+    let user = "ciphersync-snapuser";
+    let (uid, gid) = ensure_system_user(user, "/usr/sbin/nologin");
+    use_source(&mut job, &btrfs.mnt.join("vol/data"), &[]);
+    make_sample_tree(&job.source);
+    let snapshot = btrfs.mnt.join("vol/.ciphersync-snapshots").join(&job.name);
+    // Everything of the job is the user's; the directories above are
+    // only traversed.
+    for dir in [&job.root, &btrfs.mnt.join("vol")] {
+        sh(Command::new("chown")
+            .arg("-R")
+            .arg(format!("{uid}:{gid}"))
+            .arg(dir))
+        .expect_code(0, "chown");
+    }
+    for dir in [job.root.as_path(), btrfs.mnt.as_path()] {
+        let mut at = Some(dir);
+        while let Some(d) = at.filter(|d| *d != Path::new("/")) {
+            let mode = fs::metadata(d).unwrap().permissions().mode();
+            fs::set_permissions(d, fs::Permissions::from_mode(mode | 0o111)).unwrap();
+            at = d.parent();
+        }
+    }
+    as_user(&job, user, &["init"]).expect_code(0, "init as the user");
+    let o = as_user(&job, user, &["-v", "backup"]);
+    o.expect_code(0, "backup as the user");
+    assert!(
+        o.stderr
+            .contains(&format!("backing up {}", snapshot.join("data").display())),
+        "the backup did not read the snapshot: {}",
+        o.stderr
+    );
+    assert!(!snapshot.exists(), "{} is still there", snapshot.display());
+    assert!(!marker(&job).exists(), "the marker is still there");
+    assert_eq!(btrfs.subvolumes(), ["vol"]);
+    let to = job.root.join("restored");
+    fs::create_dir_all(&to).unwrap();
+    std::os::unix::fs::chown(&to, Some(uid), Some(gid)).unwrap();
+    as_user(&job, user, &["restore", "--to", to.to_str().unwrap()])
+        .expect_code(0, "restore as the user");
+    assert_trees_equal(&job.source, &to);
     job.assert_clean();
 }

@@ -123,7 +123,7 @@ compare() { # name, produced file, expected file
 }
 
 mkdir -p "$expected"
-for name in nixos-docs nixos-photos hm-music assertions nixos-server server-assertions; do
+for name in nixos-docs nixos-photos nixos-snapshots hm-music assertions nixos-server server-assertions; do
     if ! evaluate "$name" >"$tmp/$name.raw" 2>"$tmp/$name.err"; then
         echo "FAIL $name: evaluation failed:" >&2
         cat "$tmp/$name.err" >&2
@@ -134,13 +134,13 @@ for name in nixos-docs nixos-photos hm-music assertions nixos-server server-asse
     compare "$name" "$tmp/$name.json" "$expected/$name.json"
 done
 
-# Every contradictory or mistaken configuration must be refused, the two
+# Every contradictory or mistaken configuration must be refused, the three
 # valid ones accepted.
 if [ -f "$tmp/assertions.json" ]; then
     accepted=$(python3 -c 'import json,sys; print(" ".join(sorted(k for k, v in json.load(open(sys.argv[1])).items() if v == "ok")) + " ")' "$tmp/assertions.json" 2>/dev/null ||
         jq -r '[to_entries[] | select(.value == "ok") | .key] | sort | join(" ") + " "' "$tmp/assertions.json")
-    if [ "$accepted" != "valid-docs valid-photos " ]; then
-        echo "FAIL assertions: accepted configurations are [$accepted], expected [valid-docs valid-photos ]" >&2
+    if [ "$accepted" != "valid-docs valid-photos valid-photos-btrfs " ]; then
+        echo "FAIL assertions: accepted configurations are [$accepted], expected [valid-docs valid-photos valid-photos-btrfs ]" >&2
         failed=1
     else
         echo "ok assertions: every mistaken configuration is refused"
@@ -157,6 +157,19 @@ if [ -f "$tmp/server-assertions.json" ]; then
     else
         echo "ok server-assertions: every mistaken server configuration is refused"
     fi
+fi
+
+# nix/package.nix refuses a gocryptfs older than 2.5.0 (issue 802).
+if out=$(nix-instantiate --eval --strict --json "$here/package-gocryptfs.nix" --arg nixpkgsLib "$libdir" 2>"$tmp/package.err"); then
+    if [ "$out" = '{"2.3.0":"refused","2.4.0":"refused","2.5.0":"ok","2.6.1":"ok"}' ]; then
+        echo "ok package: a gocryptfs older than 2.5.0 is refused"
+    else
+        echo "FAIL package: gocryptfs versions accepted and refused: $out" >&2
+        failed=1
+    fi
+else
+    echo "FAIL package: $(grep -m1 -E '^error' "$tmp/package.err" || tail -1 "$tmp/package.err")" >&2
+    failed=1
 fi
 
 # Regressions (issue 15), one evaluation each: an infinite recursion aborts

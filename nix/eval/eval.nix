@@ -267,6 +267,10 @@
       programs = clean config.programs.fuse;
       inherit (config.boot) kernelModules;
     };
+  }
+  # Only a job with a btrfs or lvm sourceSnapshot adds tmpfiles lines.
+  // lib.optionalAttrs (config.systemd.tmpfiles.rules != []) {
+    tmpfiles = config.systemd.tmpfiles.rules;
   };
 
   # What the server module renders: its units, users, tmpfiles lines and
@@ -432,6 +436,39 @@
     spaceWarningPercent-100 = withDocs {target.sftp.spaceWarningPercent = 100;};
     bad-user-name = withPhotos {user = "Alice Smith";};
     undeclared-user = withPhotos {user = "bob";};
+    # Issue 19: sourceSnapshot. zfs and lvm need root; a non-root btrfs
+    # job is accepted (a subvolume the user owns); `/` has no parent to
+    # hold a btrfs snapshot.
+    valid-photos-btrfs = withPhotos {sourceSnapshot = "btrfs";};
+    non-root-zfs-snapshot = withPhotos {sourceSnapshot = "zfs";};
+    non-root-lvm-snapshot = withPhotos {sourceSnapshot = "lvm";};
+    btrfs-snapshot-of-root = withDocs {
+      source = "/";
+      sourceSnapshot = "btrfs";
+    };
+    unknown-snapshot-kind = withDocs {sourceSnapshot = "xfs";};
+    hm-zfs-snapshot =
+      outcome evalHm
+      {
+        home.username = "alice";
+        home.homeDirectory = "/home/alice";
+      }
+      [
+        (lib.recursiveUpdate samples.hm-music {
+          services.ciphersync.jobs.music.sourceSnapshot = "zfs";
+        })
+      ];
+    hm-lvm-snapshot =
+      outcome evalHm
+      {
+        home.username = "alice";
+        home.homeDirectory = "/home/alice";
+      }
+      [
+        (lib.recursiveUpdate samples.hm-music {
+          services.ciphersync.jobs.music.sourceSnapshot = "lvm";
+        })
+      ];
     hm-sftp-without-knownHosts =
       outcome evalHm
       {
@@ -733,6 +770,7 @@
 in {
   nixos-docs = nixosShape "nixos-docs" samples.nixos-docs;
   nixos-photos = nixosShape "nixos-photos" samples.nixos-photos;
+  nixos-snapshots = nixosShape "nixos-snapshots" samples.nixos-snapshots;
   hm-music = hmShape "hm-music" samples.hm-music;
   nixos-server = serverShape "nixos-server" samples.nixos-server;
   server-assertions = serverCases;

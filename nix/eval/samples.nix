@@ -80,6 +80,32 @@
     };
   };
 
+  # Root jobs that back up a snapshot of their source (sourceSnapshot),
+  # one per kind: the tools on each unit's path, the btrfs snapshot
+  # directory (tmpfiles, ReadWritePaths=), /dev/zfs, and the device cgroup
+  # lifted for lvm.
+  nixos-snapshots = let
+    job = source: path: {
+      inherit source;
+      passwordFile = "/run/keys/ciphersync-${baseNameOf source}";
+      target.sftp = {
+        host = "backup.example.org";
+        user = "backup";
+        inherit path;
+        knownHosts = [
+          "backup.example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH0jhkkOFDZobC8/WLTpMMw6jIiI2+uTvIp+Qm+bZBkr"
+        ];
+      };
+    };
+  in {
+    services.ciphersync.package = pkgs.ciphersync;
+    services.ciphersync.jobs = {
+      home = job "/home/alice/" "/backups/home" // {sourceSnapshot = "btrfs";};
+      tank = job "/tank/projects" "/backups/tank" // {sourceSnapshot = "zfs";};
+      srv = job "/srv/data" "/backups/srv" // {sourceSnapshot = "lvm";};
+    };
+  };
+
   # A user's job through home-manager: SFTP on port 23, rsync transport.
   hm-music = {
     home.username = "alice";

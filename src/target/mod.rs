@@ -20,6 +20,7 @@
 mod listing;
 mod path;
 mod probe;
+mod pull;
 mod shell;
 pub mod ssh;
 mod whitelist;
@@ -31,6 +32,7 @@ use std::time::Duration;
 pub use listing::TreeEntry;
 pub use path::PathTarget;
 pub use probe::forget_capabilities;
+pub use pull::{Puller, unmunge};
 pub use shell::ShellTarget;
 pub use ssh::Ssh;
 pub use whitelist::{ServerSums, WhitelistTarget};
@@ -219,6 +221,11 @@ pub trait Target: Send + Sync {
     fn space(&self) -> Option<Space>;
     /// What the server stores of the modes and symlinks rsync gives it.
     fn keeps(&self) -> Keeps;
+    /// The place in the connection budget (budget.rs) that an rsync over
+    /// ssh holds while it runs; None where rsync writes into a path.
+    fn rsync_session(&self) -> Option<crate::budget::Permit<'_>> {
+        None
+    }
     /// An ssh failure (rsync's exit 255, a lost link) named with the host.
     fn connection_error(&self, stderr: &str, what: &str) -> Option<Error>;
 
@@ -428,6 +435,7 @@ mod tests {
             transport,
             remote_checksums: sums,
             connections: 4,
+            max_connections: crate::budget::DEFAULT,
         }
     }
 

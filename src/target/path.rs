@@ -77,6 +77,19 @@ impl PathTarget {
         })
     }
 
+    /// A way to pull from the account with rsync over ssh (pull.rs), where
+    /// it runs `rsync --server` and keeps what rsync carries (modes,
+    /// symlinks); None for a local disk or any other account.
+    pub fn puller(&self, job: &crate::config::Job) -> Result<Option<super::Puller<'_>>> {
+        let (Some(ssh), crate::config::Target::Sftp(sftp)) = (&self.ssh, &job.target) else {
+            return Ok(None);
+        };
+        if !self.keeps().all() {
+            return Ok(None);
+        }
+        super::Puller::new(job, sftp, ssh)
+    }
+
     /// The target's root as a local path.
     pub fn root(&self) -> &Path {
         &self.root

@@ -203,7 +203,7 @@ fn server_info(said: &str) -> Option<Capabilities> {
 /// One command on the account; a refusal is an answer, only ssh's own
 /// failure (255: no connection, wrong key) is an error.
 fn exec(ssh: &Ssh, command: &str, what: &str) -> Result<Output> {
-    let out = ssh.command(command).timeout(super::SHORT_COMMAND).run()?;
+    let out = ssh.exec(ssh.command(command).timeout(super::SHORT_COMMAND))?;
     if out.code() == Some(255) {
         return Err(ssh.connection_error(&out.stderr, what));
     }

@@ -154,7 +154,7 @@ impl ShellTarget {
             cmd = cmd.stdout_to(stdout);
         }
         crate::log::debug(|| format!("server script {}.sh {:?}", call.script.name, call.args));
-        let out = cmd.run()?;
+        let out = self.ssh.exec(cmd)?;
         if out.code() == Some(255) {
             return Err(self.ssh.connection_error(&out.stderr, call.what));
         }
@@ -214,6 +214,10 @@ impl Target for ShellTarget {
                 over_sshfs: false,
             },
         }
+    }
+
+    fn rsync_session(&self) -> Option<crate::budget::Permit<'_>> {
+        self.mount.is_none().then(|| self.ssh.session())
     }
 
     fn create_dir(&self, rel: &str) -> Result<()> {

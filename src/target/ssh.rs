@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::budget::{self, Gate, Permit, Sessions};
 use crate::config::{Job, Sftp};
 use crate::error::{Error, Kind, Result};
 use crate::exec::{Cmd, Output, shell_quote};
@@ -47,6 +48,10 @@ pub struct Ssh {
     sftp: Sftp,
     /// The master's socket, while a master runs.
     master: Option<PathBuf>,
+    /// The target's connection budget (budget.rs): the sshfs mount's
+    /// share, and the gate every other session passes.
+    sessions: Sessions,
+    beside_mount: Gate,
 }
 
 /// Unix socket paths are limited to 108 bytes; a longer runtime dir just
@@ -65,10 +70,16 @@ impl Ssh {
         let multiplex = socket.as_os_str().len() <= MAX_SOCKET_PATH;
         let text = ssh_config_text(sftp, multiplex.then_some(socket.as_path()))?;
         write_private(&config_file, text.as_bytes())?;
+        let sessions = budget::of(sftp);
+        if let Some(note) = sessions.note(sftp.max_connections) {
+            log::info(note);
+        }
         let mut ssh = Ssh {
             config_file,
             sftp: sftp.clone(),
             master: None,
+            sessions,
+            beside_mount: Gate::new(sessions.beside),
         };
         if multiplex {
             ssh.start_master(&socket)?;
@@ -122,6 +133,12 @@ impl Ssh {
     pub fn sftp(&self) -> &Sftp {
         &self.sftp
     }
+
+    /// A place for one session beside the sshfs mount (a command, an rsync
+    /// over ssh): waits while the budget's share is taken.
+    pub fn session(&self) -> Permit<'_> {
+        self.beside_mount.enter()
+    }
 }
 
 impl Drop for Ssh {
@@ -146,18 +163,25 @@ impl Ssh {
     /// Keepalives bound a dead link; `limit` bounds a server that answers
     /// keepalives but never finishes the command.
     pub fn run(&self, remote_command: &str, what: &str, limit: Duration) -> Result<Output> {
-        let output = self.command(remote_command).timeout(limit).run()?;
+        let output = self.exec(self.command(remote_command).timeout(limit))?;
         if output.code() == Some(255) {
             return Err(self.connection_error(&output.stderr, what));
         }
         Ok(output)
     }
 
+    /// Runs a command made with `command` within the budget: every session
+    /// the stage opens beside the mount goes through here (or `session`).
+    pub fn exec(&self, cmd: Cmd) -> Result<Output> {
+        let _session = self.session();
+        cmd.run()
+    }
+
     /// Runs a command made with `command` (and given its stdin, stdout or
     /// time limit): a lost connection (ssh's 255) and a failure on the
     /// server both become one clear error, `what` saying what was done.
     pub fn run_checked(&self, cmd: Cmd, what: &str) -> Result<Output> {
-        let mut out = cmd.run()?;
+        let mut out = self.exec(cmd)?;
         if out.code() == Some(255) {
             return Err(self.connection_error(&out.stderr, what));
         }
@@ -195,7 +219,9 @@ impl Ssh {
             // out of the mount. sshfs 3.7 does this by default; say it, so
             // that an sshfs without that default fails instead of following.
             .args(["-o", "contain_symlinks", "-o"])
-            .arg(format!("max_conns={}", self.sftp.connections));
+            // The mount's share of the budget; its connections open as
+            // reads and writes need them, and stay until the unmount.
+            .arg(format!("max_conns={}", self.sessions.sshfs));
         Mount::establish(point, FsType::Sshfs, cmd, |out| {
             self.connection_error(&out.stderr, "mounting with sshfs")
         })
@@ -240,7 +266,9 @@ impl Ssh {
     /// outlives the helper (`ciphersync mount`): it daemonizes once mounted,
     /// and has its own connection (the config written to `config_file` has
     /// no ControlPath), since a stage's master goes when the helper does.
-    /// `-o reconnect`: a browse may stay mounted for hours.
+    /// `-o reconnect`: a browse may stay mounted for hours. One connection
+    /// (sshfs's default `max_conns`), beside the budget of the stages that
+    /// run meanwhile (README, "Connection budget").
     pub fn mount_detached(sftp: &Sftp, config_file: &Path, point: &Path) -> Result<()> {
         check_identity_file(sftp)?;
         check_known_hosts_file(sftp)?;
@@ -249,6 +277,8 @@ impl Ssh {
             config_file: config_file.to_owned(),
             sftp: sftp.clone(),
             master: None,
+            sessions: budget::of(sftp),
+            beside_mount: Gate::new(1),
         };
         let out = Cmd::new("sshfs")
             .arg("-F")
@@ -448,6 +478,7 @@ mod tests {
             transport: crate::config::Transport::Rsync,
             remote_checksums: crate::config::RemoteChecksums::Ssh,
             connections: 4,
+            max_connections: crate::budget::DEFAULT,
         }
     }
 

@@ -75,11 +75,11 @@ impl WhitelistTarget {
             "ciphersync-server sha1 {}",
             serve_word(&dir.to_string_lossy())
         );
-        let mut result = self
-            .ssh
-            .command(&command)
-            .timeout(std::time::Duration::from_secs(24 * 3600))
-            .run()?;
+        let mut result = self.ssh.exec(
+            self.ssh
+                .command(&command)
+                .timeout(std::time::Duration::from_secs(24 * 3600)),
+        )?;
         if result.code() == Some(255) {
             return Err(self
                 .ssh
@@ -179,9 +179,7 @@ impl WhitelistTarget {
         }
         let mut result = self
             .ssh
-            .command(&command)
-            .timeout(SHORT_COMMAND * 12)
-            .run()?;
+            .exec(self.ssh.command(&command).timeout(SHORT_COMMAND * 12))?;
         if result.code() == Some(255) {
             return Err(self
                 .ssh
@@ -297,6 +295,10 @@ impl Target for WhitelistTarget {
             },
             false => self.path.rsync_dest(rel),
         }
+    }
+
+    fn rsync_session(&self) -> Option<crate::budget::Permit<'_>> {
+        self.rsync_over_ssh.then(|| self.ssh.session())
     }
 
     fn create_dir(&self, rel: &str) -> Result<()> {

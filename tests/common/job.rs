@@ -23,6 +23,7 @@ pub struct JobBuilder {
     remote_checksums: Option<String>,
     extra: serde_json::Map<String, Value>,
     config_in_state_dir: bool,
+    sshd_config: String,
 }
 
 impl JobBuilder {
@@ -40,6 +41,12 @@ impl JobBuilder {
     /// `target.` prefix sets a field of the target.
     pub fn set(mut self, key: &str, v: Value) -> Self {
         self.extra.insert(key.into(), v);
+        self
+    }
+    /// Lines appended to the job's own sshd's config (`Job::sftp` without
+    /// `build_on`), e.g. `MaxSessions 3`.
+    pub fn sshd_config(mut self, lines: &str) -> Self {
+        self.sshd_config.push_str(lines);
         self
     }
     /// Put `gocryptfs_config` at `<state_dir>/gocryptfs.reverse.conf`, outside
@@ -101,7 +108,13 @@ impl JobBuilder {
                 (None, path, t)
             }
             (TargetKind::Sftp, None) => {
-                let sshd = Sshd::start(&root);
+                let sshd = Sshd::start_with(
+                    &root,
+                    &SshdSetup {
+                        extra_config: &self.sshd_config,
+                        ..SshdSetup::default()
+                    },
+                );
                 let path = sshd.remote_dir().to_path_buf();
                 let mut t = json!({
                     "type": "sftp",
@@ -201,6 +214,7 @@ impl Job {
             remote_checksums: None,
             extra: Default::default(),
             config_in_state_dir: false,
+            sshd_config: String::new(),
         }
     }
     pub fn local(tag: &str) -> JobBuilder {

@@ -11,6 +11,9 @@
 #   environment.etc                   nixos/modules/system/etc/etc.nix
 #   environment.systemPackages        nixos/modules/config/system-path.nix
 #   boot.kernelModules                nixos/modules/system/boot/kernel.nix
+#   systemd.tmpfiles.rules            nixos/modules/system/boot/systemd/tmpfiles.nix
+#                                     (the client module's btrfs sourceSnapshot
+#                                     directories, the server's account dirs)
 # Why not the real ones: etc.nix and kernel.nix build the system
 # (pkgs.runCommand, system.build) and add nothing to the checks; the module
 # only adds to these lists and attrsets. users.users/users.groups: the stub
@@ -47,5 +50,9 @@ in {
     };
     environment.systemPackages = list;
     boot.kernelModules = list;
+    systemd.tmpfiles.rules = mkOption {
+      type = types.listOf types.str;
+      default = [];
+    };
   };
 }

@@ -12,7 +12,6 @@
 #                                     with its own submodule, as here)
 #   users.users.<name>.shell          nixos/modules/config/users-groups.nix
 #                                     (a package or a path; null by default)
-#   systemd.tmpfiles.rules            nixos/modules/system/boot/systemd/tmpfiles.nix
 #   systemd.paths                     nixos/lib/systemd-unit-options.nix
 #                                     (pathOptions, via systemd.nix)
 {
@@ -76,10 +75,6 @@ in {
     };
     users.users = mkOption {
       type = types.attrsOf (types.submodule userExtension);
-    };
-    systemd.tmpfiles.rules = mkOption {
-      type = types.listOf types.str;
-      default = [];
     };
     systemd.paths = mkOption {
       type = types.attrsOf (types.submodule path);

@@ -11,6 +11,7 @@
 in
   lib.genAttrs [
     "bash"
+    "btrfs-progs"
     "ciphersync"
     "coreutils"
     "curl"
@@ -21,12 +22,15 @@ in
     "gnugrep"
     "gnused"
     "gocryptfs"
+    "lvm2"
     "openssh"
     "rsync"
     "shadow"
     "sshfs"
     "systemd"
+    "util-linux"
     "xonsh"
+    "zfs"
     "zsh"
   ]
   fake

@@ -1,0 +1,193 @@
+//! One connection budget per target: every ssh session a stage opens at
+//! once (sshfs connections, a command on the server, an rsync over ssh)
+//! fits in `target.max_connections`.
+//!
+//! Why a budget: a stage's sessions ride on one ssh master connection, and
+//! sshd refuses more than `MaxSessions` (10 by default) on one connection.
+//! ssh then quietly opens a connection of its own for the refused session,
+//! and a storage box that caps connections per account (often at 10)
+//! refuses that one, or a later run's. Without the master (a socket path
+//! too long, a master lost) every session is a connection of its own.
+//! So the budget bounds both.
+//!
+//! What a stage holds at once (measured with sshd's session slots, see
+//! tests/e2e_budget.rs): one sshfs mount with up to its `max_conns`
+//! connections (never two mounts at once), plus one more session beside
+//! it: a command (a server script, `sha1sum`) or the rsync of the `rsync`
+//! transport. Commands and rsyncs run one at a time today; [`Gate`] makes
+//! that a rule, so that a later change cannot open more.
+//!
+//! Settled up front ([`plan`], pure): sshfs gets what `connections` asks
+//! for, at most the budget less the one session beside it; the sshfs
+//! transport's rsync workers are as many as its connections. A budget
+//! smaller than [`MIN`] the job file check refuses.
+
+use std::sync::{Condvar, Mutex};
+
+use crate::config::Sftp;
+
+/// The fewest sessions a stage works with: one sshfs connection and one
+/// command beside it.
+pub const MIN: usize = 2;
+/// The default: OpenSSH's own `MaxSessions`, and a common storage-box cap
+/// on connections per account.
+pub const DEFAULT: usize = 10;
+/// The most a job file may set.
+pub const MAX: usize = 64;
+
+/// How a stage spends its budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sessions {
+    /// sshfs `max_conns`, and the rsync workers of the sshfs transport.
+    pub sshfs: usize,
+    /// Sessions beside the mount: commands and rsync over ssh (at least 1).
+    pub beside: usize,
+    /// `target.connections` when the budget cut it down to `sshfs`.
+    pub cut_from: Option<usize>,
+}
+
+/// Splits `max_connections` (at least [`MIN`]) between the sshfs mount and
+/// what runs beside it.
+pub fn plan(max_connections: usize, connections: usize) -> Sessions {
+    let budget = max_connections.max(MIN);
+    let sshfs = connections.clamp(1, budget - 1);
+    Sessions {
+        sshfs,
+        beside: budget - sshfs,
+        cut_from: (connections > sshfs).then_some(connections),
+    }
+}
+
+/// The target's plan (see [`plan`]).
+pub fn of(sftp: &Sftp) -> Sessions {
+    plan(sftp.max_connections, sftp.connections)
+}
+
+impl Sessions {
+    /// The one info line a stage prints when the budget cut `connections`.
+    pub fn note(&self, max_connections: usize) -> Option<String> {
+        let asked = self.cut_from?;
+        Some(format!(
+            "target.connections = {asked} does not fit in target.max_connections = \
+             {max_connections} beside one command: using {} sshfs connection(s) and rsync workers",
+            self.sshfs
+        ))
+    }
+}
+
+/// A counting semaphore: at most `permits` sessions beside the mount at
+/// once; one more waits for a permit instead of opening a session.
+pub struct Gate {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+/// A session's place in the budget, given back on drop.
+pub struct Permit<'a> {
+    gate: &'a Gate,
+}
+
+impl Gate {
+    pub fn new(permits: usize) -> Gate {
+        Gate {
+            free: Mutex::new(permits.max(1)),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Waits for a free place.
+    pub fn enter(&self) -> Permit<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+        *free -= 1;
+        Permit { gate: self }
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        let mut free = self.gate.free.lock().unwrap_or_else(|e| e.into_inner());
+        *free += 1;
+        self.gate.freed.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn sshfs_gets_what_is_asked_when_it_fits() {
+        assert_eq!(
+            plan(10, 4),
+            Sessions {
+                sshfs: 4,
+                beside: 6,
+                cut_from: None
+            }
+        );
+        assert_eq!(plan(10, 9).cut_from, None);
+        assert_eq!(plan(2, 1).sshfs, 1);
+    }
+
+    #[test]
+    fn the_budget_cuts_sshfs_and_leaves_one_session_beside() {
+        for (budget, asked) in [(3, 8), (10, 16), (10, 10), (2, 16)] {
+            let s = plan(budget, asked);
+            assert_eq!(s.sshfs + s.beside, budget, "{budget} {asked}: {s:?}");
+            assert_eq!((s.sshfs, s.beside), (budget - 1, 1), "{budget} {asked}");
+            assert_eq!(s.cut_from, Some(asked));
+        }
+    }
+
+    #[test]
+    fn no_plan_exceeds_the_budget_or_leaves_nothing_beside() {
+        for budget in MIN..=MAX {
+            for asked in 1..=16 {
+                let s = plan(budget, asked);
+                assert!(s.sshfs >= 1 && s.beside >= 1, "{budget} {asked}: {s:?}");
+                assert!(s.sshfs + s.beside <= budget, "{budget} {asked}: {s:?}");
+                assert!(s.sshfs <= asked, "{budget} {asked}: {s:?}");
+            }
+        }
+        // Below the minimum (refused by the job file check) still one each.
+        assert_eq!((plan(1, 4).sshfs, plan(1, 4).beside), (1, 1));
+    }
+
+    #[test]
+    fn the_note_names_both_fields_and_the_figure_used() {
+        let note = plan(3, 8).note(3).unwrap();
+        assert!(
+            note.contains("target.connections = 8")
+                && note.contains("target.max_connections = 3")
+                && note.contains("using 2 sshfs"),
+            "{note}"
+        );
+        assert_eq!(plan(10, 4).note(10), None);
+    }
+
+    #[test]
+    fn the_gate_never_lets_more_in_than_it_has_permits() {
+        let gate = Gate::new(2);
+        let inside = AtomicUsize::new(0);
+        let most = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..6 {
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        let _permit = gate.enter();
+                        let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::yield_now();
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        assert!(most.load(Ordering::SeqCst) <= 2, "{most:?}");
+        assert_eq!(inside.load(Ordering::SeqCst), 0);
+    }
+}

@@ -1,0 +1,180 @@
+//! Restore from an account that runs `rsync --server` pulls the ciphertext
+//! into a local stage with rsync over ssh (src/target/pull.rs) instead of
+//! reading it through sshfs. What the server sends is checked against the
+//! run's record before anything is decrypted: a server that swaps a file or
+//! a directory for a symlink to a local path is refused, and nothing on
+//! this machine outside the stage changes.
+//!
+//! The server runs on this machine, so a write through such a link would
+//! land on the very file the server read from; these tests therefore check
+//! the refusal and the untouched local files, and the unit tests of
+//! pull.rs check that links arrive munged.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+const BIG_LEN: u64 = 4321;
+
+/// A shell account job with a file of BIG_LEN bytes in `dir/` and one
+/// backup. Returns the job and the ciphertext path of `dir/` on the server.
+fn backed_up(tag: &str) -> (Job, PathBuf) {
+    let job = Job::sftp(tag).build();
+    fs::create_dir_all(job.source.join("dir")).unwrap();
+    fs::write(job.source.join("dir/big"), vec![b'b'; BIG_LEN as usize]).unwrap();
+    fs::write(job.source.join("top"), "top\n").unwrap();
+    job.init_and_backup();
+    let file = job.remote_file_for_len(BIG_LEN);
+    let dir = file.parent().unwrap().to_path_buf();
+    assert_ne!(
+        dir,
+        job.files_dir(),
+        "dir/big is not in a subdirectory of files/"
+    );
+    (job, dir)
+}
+
+/// A local directory with one file, and its file's (mtime, size, content).
+fn local_victim(job: &Job) -> (PathBuf, (i64, u64, Vec<u8>)) {
+    let victim = job.root.join("local-victim");
+    fs::create_dir_all(&victim).unwrap();
+    fs::write(victim.join("keep"), "a local file\n").unwrap();
+    (victim.clone(), fingerprint(&victim.join("keep")))
+}
+
+fn fingerprint(path: &Path) -> (i64, u64, Vec<u8>) {
+    let m = fs::metadata(path).unwrap();
+    (m.mtime(), m.size(), fs::read(path).unwrap())
+}
+
+fn entries_under(dir: &Path) -> usize {
+    fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn a_full_restore_pulls_and_equals_the_source() {
+    if !require_tools("restore_pull_roundtrip", SFTP_TOOLS) {
+        return;
+    }
+    let (job, _) = backed_up("pull-roundtrip");
+    job.restore_and_compare("restored");
+    let stats = &job.stage("restore")["stats"];
+    assert_eq!(stats["read_via"], "rsync", "{stats}");
+    // The stage is gone afterwards: only the job's own state files remain.
+    let left: Vec<String> = fs::read_dir(&job.state_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("restore-"))
+        .collect();
+    assert!(left.is_empty(), "stage left in the state dir: {left:?}");
+
+    // One path of the latest state is read through sshfs (its encrypted
+    // name is only known once the mount decrypts the tree).
+    let to = job.root.join("one");
+    fs::create_dir_all(&to).unwrap();
+    job.ok(&["restore", "--to", to.to_str().unwrap(), "dir/big"]);
+    assert_eq!(fs::read(to.join("dir/big")).unwrap().len() as u64, BIG_LEN);
+    assert_eq!(job.stage("restore")["stats"]["read_via"], "sshfs");
+    job.assert_clean();
+}
+
+#[test]
+fn a_file_swapped_for_a_symlink_is_refused_by_a_pull() {
+    if !require_tools("restore_pull_file_symlink", SFTP_TOOLS) {
+        return;
+    }
+    let (job, _) = backed_up("pull-file-link");
+    let (victim, before) = local_victim(&job);
+    let file = job.remote_file_for_len(BIG_LEN);
+    fs::remove_file(&file).unwrap();
+    std::os::unix::fs::symlink(victim.join("keep"), &file).unwrap();
+
+    let to = job.root.join("out");
+    let o = job.run(&["restore", "--to", to.to_str().unwrap()]);
+    assert_ne!(o.code, 0, "a swapped file restored:\n{}", o.dump());
+    assert!(
+        o.stderr.contains("is a symlink, its record says a file"),
+        "the error should name the swapped entry:\n{}",
+        o.dump()
+    );
+    assert_eq!(
+        fingerprint(&victim.join("keep")),
+        before,
+        "the local file changed"
+    );
+    assert_eq!(entries_under(&to), 0, "something was restored into --to");
+    job.assert_clean();
+}
+
+/// The server swaps a ciphertext directory for a symlink to a local
+/// directory of this machine that holds the same names. Its rsync follows
+/// its own link and sends what the record lists: the restore equals the
+/// source, and the local directory is left as it was.
+#[test]
+fn a_directory_swapped_for_a_symlink_writes_nothing_through_it() {
+    if !require_tools("restore_pull_dir_symlink", SFTP_TOOLS) {
+        return;
+    }
+    let (job, dir) = backed_up("pull-dir-link");
+    let (victim, before) = local_victim(&job);
+    for entry in fs::read_dir(&dir).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), victim.join(entry.file_name())).unwrap();
+    }
+    let victim_before = tree_digest(&victim);
+    fs::rename(&dir, job.root.join("moved-away")).unwrap();
+    std::os::unix::fs::symlink(&victim, &dir).unwrap();
+
+    job.restore_and_compare("out");
+    assert_eq!(job.stage("restore")["stats"]["read_via"], "rsync");
+    assert_eq!(
+        fingerprint(&victim.join("keep")),
+        before,
+        "the local file changed"
+    );
+    assert_digests_equal(&victim_before, &tree_digest(&victim), "the local directory");
+    job.assert_clean();
+}
+
+/// The same swap, pointing at a local directory without those names: the
+/// pull fails naming what the server could not send, and nothing is
+/// restored or changed.
+#[test]
+fn a_directory_swapped_for_a_symlink_to_elsewhere_fails_cleanly() {
+    if !require_tools("restore_pull_dir_symlink_elsewhere", SFTP_TOOLS) {
+        return;
+    }
+    let (job, dir) = backed_up("pull-dir-elsewhere");
+    let (victim, before) = local_victim(&job);
+    fs::rename(&dir, job.root.join("moved-away")).unwrap();
+    std::os::unix::fs::symlink(&victim, &dir).unwrap();
+
+    let to = job.root.join("out");
+    let o = job.run(&["restore", "--to", to.to_str().unwrap()]);
+    assert_ne!(
+        o.code,
+        0,
+        "a restore without the data succeeded:\n{}",
+        o.dump()
+    );
+    assert!(
+        o.stderr.contains("pulling files/ from the target"),
+        "the error should say the pull failed:\n{}",
+        o.dump()
+    );
+    assert_eq!(
+        fingerprint(&victim.join("keep")),
+        before,
+        "the local file changed"
+    );
+    assert_eq!(
+        entries_under(&victim),
+        1,
+        "the pull wrote into the local directory"
+    );
+    assert_eq!(entries_under(&to), 0, "something was restored into --to");
+    job.assert_clean();
+}

@@ -132,11 +132,15 @@ impl WhitelistTarget {
     fn check_quota(&self) -> Result<()> {
         match self.quota_refusal()? {
             None => Ok(()),
-            Some(line) => Err(Error::new(crate::error::Kind::Refused, line)),
+            Some(line) => Err(Error::new(
+                crate::error::Kind::Refused,
+                format!("the backup is refused: {line}"),
+            )),
         }
     }
 
-    /// The server's refusal line when the account is over its quota, else
+    /// The server's refusal line (after `user@host:port:`) when the
+    /// account is over its quota, else
     /// None (within it, no quota, or a server from before quotas, which
     /// refuses the question).
     fn quota_refusal(&self) -> Result<Option<String>> {
@@ -155,7 +159,7 @@ impl WhitelistTarget {
         }
         let s = self.ssh.sftp();
         Ok(Some(format!(
-            "{}@{}:{} refuses the backup: {}",
+            "{}@{}:{}: {}",
             s.user,
             s.host,
             s.port,

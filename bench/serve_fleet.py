@@ -332,6 +332,16 @@ class Fleet:
         sshd_before = self.sshd_cg.cpu_s()
         steal_before = steal_s()
         att = Attributor(accounts, cgs)
+        try:
+            return self.measure(accounts, jobs, tag, cgs, client_cg, att, sshd_before, steal_before)
+        finally:
+            att.stop.set()
+            if att.is_alive():
+                att.join()
+            for cg in list(cgs.values()) + [client_cg]:
+                cg.remove()
+
+    def measure(self, accounts, jobs, tag, cgs, client_cg, att, sshd_before, steal_before):
         att.scan()
         att.start()
         procs, started = [], time.monotonic()
@@ -340,18 +350,20 @@ class Fleet:
             p = subprocess.Popen([self.bin, "-c", job, "backup", "--json"], stdout=out,
                                  stderr=subprocess.STDOUT, preexec_fn=client_cg.join_self)
             procs.append((a, p, time.monotonic(), out))
-        walls = {}
+        walls, failed = {}, []
         for a, p, t0, out in procs:
             code = p.wait()
             walls[a["name"]] = time.monotonic() - t0
             out.close()
             if code != 0:
-                sys.exit("backup of %s failed (exit %d): see %s" % (a["name"], code, out.name))
+                failed.append("backup of %s failed (exit %d): see %s" % (a["name"], code, out.name))
         wall = time.monotonic() - started
         # sshd's session processes end with their connections: wait for them
         end = time.time() + 30
         while time.time() < end and any(cgs[n].pids() for n in cgs):
             time.sleep(0.1)
+        if failed:
+            sys.exit("\n".join(failed))
         att.stop.set()
         att.join()
         per = {}
@@ -361,7 +373,7 @@ class Fleet:
             per[n] = {"server_cpu_s": round(user + system, 3), "server_user_s": round(user, 3),
                       "server_sys_s": round(system, 3), "server_peak_rss_kb": att.peak_kb[n],
                       "wall_s": round(walls[n], 2), "processes": sorted(att.seen[n])}
-        result = {
+        return {
             "clients": len(accounts), "scenario": tag.split("-")[0], "wall_s": round(wall, 2),
             "client_cpu_s": round(client_cg.cpu_s(), 2),
             # the hypervisor's: time this VM's CPUs waited for the host
@@ -370,9 +382,6 @@ class Fleet:
             "unattributed_server_cpu_s": round(self.sshd_cg.cpu_s() - sshd_before, 3),
             "per_client": per,
         }
-        for cg in list(cgs.values()) + [client_cg]:
-            cg.remove()
-        return result
 
     def round(self, n, rep):
         accounts = self.accounts[:n]

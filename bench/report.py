@@ -132,6 +132,40 @@ def scaling_section(path, reference):
     return out + [""]
 
 
+def fleet_section():
+    """The newest bench/serve_fleet.py run (bench/results/*-fleet/*.json):
+    N clients against one `ciphersync serve` server."""
+    runs = sorted(glob.glob(os.path.join(BENCH, "results", "*-fleet", "*.json")), key=os.path.basename)
+    if not runs:
+        return []
+    import serve_fleet
+    path = runs[-1]
+    with open(path) as f:
+        doc = json.load(f)
+    m = doc["machine"]
+    sizes = sorted({r["clients"] for r in doc["results"]})
+    return [
+        "## A fleet against one storage server (`ciphersync serve`)", "",
+        "Run `%s` (`%s`, binary %s): `bench/serve_fleet.py --clients %s`. One sshd on 127.0.0.1, one "
+        "account per client whose ForceCommand is `ciphersync serve --quota %s` (so every write-capable "
+        "request measures the account dir); each client a job of its own (`transport: \"rsync\"`, its "
+        "own gocryptfs key) backing up the same generated tree, %d files, about %d MB; all clients "
+        "started at once. *initial*: into an empty account; *nochange*: again, nothing changed. "
+        "Server CPU per client: user+sys of the account's processes (sshd's session processes, serve, "
+        "rsync, sftp-server), each moved into a cgroup of the account's as it appears; peak RSS: the "
+        "largest sampled (0.1 s) sum of their VmRSS. *Unattributed*: sshd's listener and the "
+        "pre-authentication handshakes, before sshd knows the account. Machine: %d CPUs (%s), %.1f GB "
+        "RAM, Linux %s, shared with other work: load average (1, 5, 15 min) %s before the run, %s after (the fleet's "
+        "own processes included). Clients and server share the CPUs, so the wall times are of the whole; repeats are separate rows." % (
+            os.path.basename(path)[:-5], os.path.relpath(path, REPO), doc.get("commit", "?"),
+            ",".join(str(n) for n in sizes), doc.get("quota", "?"), doc["files"], doc["mb"],
+            m["cpus"], m["cpu"], m["mem_gb"], m["kernel"],
+            " ".join("%.1f" % x for x in m.get("loadavg_before", [])),
+            " ".join("%.1f" % x for x in m.get("loadavg_after", []))), "",
+        serve_fleet.table(doc["results"]), "",
+    ]
+
+
 def fmt_s(x):
     if x is None:
         return "–"
@@ -340,6 +374,7 @@ def main():
            "bench/profile.sh S           # ciphersync --verbose, stage by stage: every spawn timed, CPU per process",
            "bench/sshmux.sh 10           # cost of a fresh ssh connection vs one over a ControlMaster",
            "bench/sshfs-workers.sh 10    # SFTP-only servers: 1, 4, 8 rsync workers over sshfs at 20 ms RTT",
+           "bench/serve_fleet.py         # 1 and 20 clients at once against one `ciphersync serve` sshd (~4 min)",
            "CSBENCH_BIN=/path/ciphersync bench/run.sh   # measure that binary instead of building target/release",
            "```", "",
            "On this (busy) 2-CPU machine: `S` takes about 3 minutes per repeat (9 for the default 3); "
@@ -436,6 +471,8 @@ def main():
         delay = next(r for r in load([scaling]) if r.get("scenario") == "meta")["meta"]["delay_ms"]
         same = [p for p in paths if next(r for r in load([p]) if r.get("scenario") == "meta")["meta"]["delay_ms"] == delay]
         out += scaling_section(scaling, same[-1] if same else None)
+    if not args:
+        out += fleet_section()
     analysis = os.path.join(BENCH, "analysis.md")
     if os.path.exists(analysis):
         out += [open(analysis).read().rstrip(), ""]

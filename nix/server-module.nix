@@ -30,25 +30,27 @@
 
   # The account's ForceCommand (sshd passes it to the account's shell,
   # below, which ignores it and runs the same command).
-  serveArgs = name: [
-    "${cfg.package}/bin/ciphersync"
-    "serve"
-    "--root"
-    (rootOf name)
-    "--sftp-server"
-    cfg.sftpServer
-    "--rsync"
-    "${pkgs.rsync}/bin/rsync"
-  ];
+  serveArgs = name: account:
+    [
+      "${cfg.package}/bin/ciphersync"
+      "serve"
+      "--root"
+      (rootOf name)
+      "--sftp-server"
+      cfg.sftpServer
+      "--rsync"
+      "${pkgs.rsync}/bin/rsync"
+    ]
+    ++ lib.optionals (account.quota != null) ["--quota" account.quota];
   # sshd runs a ForceCommand as `SHELL -c COMMAND`, and refuses a login
   # whose shell is not executable (nologin would print its refusal instead
   # of serving). The account's shell is therefore this script: it takes no
   # input from the client (sshd hands the request over in
   # SSH_ORIGINAL_COMMAND) and can only become `ciphersync serve` for this
   # account, whatever it is asked to run.
-  shellOf = name:
+  shellOf = name: account:
     pkgs.writeShellScript "ciphersync-serve-${name}" ''
-      exec ${lib.escapeShellArgs (serveArgs name)}
+      exec ${lib.escapeShellArgs (serveArgs name account)}
     '';
 
   sealArgs = name: account:
@@ -64,9 +66,9 @@
     ++ lib.optionals (account.keepSealed.keepLast != null) ["--keep-last" (toString account.keepSealed.keepLast)]
     ++ lib.optionals (account.keepSealed.keepDays != null) ["--keep-days" (toString account.keepSealed.keepDays)];
 
-  matchBlock = name: ''
+  matchBlock = name: account: ''
     Match User ${name}
-      ForceCommand ${lib.escapeShellArgs (serveArgs name)}
+      ForceCommand ${lib.escapeShellArgs (serveArgs name account)}
       AuthorizedKeysFile /etc/ssh/authorized_keys.d/%u
       AllowAgentForwarding no
       AllowTcpForwarding no
@@ -131,10 +133,14 @@
         default = null;
         example = "500G";
         description = ''
-          Not enforced yet: the account's intended size limit, a number
-          with an optional K/M/G/T suffix. Use a filesystem (project or
-          user) quota on dataDir meanwhile; see the README's storage-server
-          section.
+          The account's size limit, a number with an optional K/M/G/T
+          suffix (powers of 1024), checked by `ciphersync serve --quota`:
+          over it, backups are refused with a line naming the account, its
+          usage and the quota, while restores, verify and deletions still
+          work. Usage is measured when a backup starts, so one run may
+          exceed the quota by its own size; a filesystem project quota on
+          the account dir is the hard limit (see the README's
+          storage-server section).
         '';
       };
     };
@@ -211,7 +217,7 @@ in {
     # `Match all` ends the blocks: whatever another module appends to
     # extraConfig after them applies to every user again.
     services.openssh.extraConfig = lib.mkIf (accounts != {}) (
-      lib.concatStrings (lib.mapAttrsToList (name: _: matchBlock name) accounts) + "Match all\n"
+      lib.concatStrings (lib.mapAttrsToList matchBlock accounts) + "Match all\n"
     );
 
     users.users =
@@ -222,7 +228,7 @@ in {
         # Not the account dir: nothing the client writes is ever read as
         # the account's ssh configuration (authorized_keys, rc).
         home = "/var/empty";
-        shell = shellOf name;
+        shell = shellOf name a;
         openssh.authorizedKeys.keys = a.authorizedKeys;
       })
       accounts;

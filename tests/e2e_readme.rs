@@ -19,6 +19,10 @@
 //! The second test runs the "A first job" lines that create `target.path`
 //! on a full-shell and on an SFTP-only account (ssh `mkdir -p`, an `sftp -b`
 //! batch) the same way, one line at a time.
+//!
+//! The third parses the storage-server section's fleet flake and, with
+//! NIXPKGS_LIB (as nix/eval/check.sh takes it), evaluates its colmena nodes
+//! with the two modules and nix/eval's stubs.
 
 mod common;
 
@@ -212,4 +216,102 @@ fn readme_target_directory_lines_create_target_path() {
         "README \"A first job\": expected an SFTP-only (sftp -b) line creating target.path, ran {ran:?}"
     );
     job.assert_clean();
+}
+
+/// The colmena nodes of the README's fleet flake, evaluated with the
+/// repository's modules in place of the flake input and nix/eval's stubs:
+/// per node its deployment target, sshd lines and jobs' target paths.
+const FLEET_EVAL: &str = r#"{nixpkgsLib, repo}: let
+  lib = import nixpkgsLib;
+  pkgs = import (repo + "/nix/eval/stubs/pkgs.nix") {inherit lib;};
+  outputs = (import ./flake.nix).outputs {
+    nixpkgs = throw "meta.nixpkgs is not evaluated here";
+    ciphersync.nixosModules = {
+      default = repo + "/nix/module.nix";
+      server = repo + "/nix/server-module.nix";
+    };
+  };
+  deployment = {lib, ...}: {options.deployment = lib.mkOption {type = lib.types.attrs;};};
+  node = name: module: let
+    config = (lib.evalModules {
+      modules = [
+        (repo + "/nix/eval/stubs/nixos.nix")
+        (repo + "/nix/eval/stubs/nixos-server.nix")
+        deployment
+        module
+        {_module.args.pkgs = pkgs;}
+      ];
+    }).config;
+    failed = map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
+  in
+    if failed != []
+    then throw "${name}: ${lib.concatStringsSep "; " failed}"
+    else {
+      target = config.deployment.targetHost;
+      sshd = config.services.openssh.extraConfig or "";
+      jobs = lib.mapAttrs (_: j: {inherit (j.target.sftp) host user path;}) (config.services.ciphersync.jobs or {});
+    };
+in
+  lib.mapAttrs node (removeAttrs outputs.colmena ["meta"])
+"#;
+
+#[test]
+fn readme_fleet_flake_parses_and_deploys_the_server_and_its_clients() {
+    let test = "readme_fleet_flake";
+    if !require_tools(test, &["nix-instantiate"]) {
+        return;
+    }
+    let readme = fs::read_to_string(README).unwrap();
+    let lines: Vec<&str> = readme.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("**A fleet.**"))
+        .expect("README.md: no **A fleet.** paragraph");
+    let (_, block) = fenced_block(&lines, at, "```nix").expect("the fleet's ```nix block");
+    let tmp = TempDir::new("readme-fleet");
+    let dir = tmp.path();
+    fs::write(dir.join("flake.nix"), block.join("\n")).unwrap();
+    let mut c = Command::new("nix-instantiate");
+    c.arg("--parse").arg(dir.join("flake.nix"));
+    run_cmd(c).expect_code(0, "nix-instantiate --parse of the README's fleet flake");
+
+    let Some(lib) = std::env::var_os("NIXPKGS_LIB") else {
+        eprintln!("SKIP {test} evaluation: set NIXPKGS_LIB (see nix/eval/check.sh)");
+        return;
+    };
+    fs::create_dir_all(dir.join("hosts")).unwrap();
+    for host in ["backup", "laptop", "desktop"] {
+        fs::write(dir.join(format!("hosts/{host}.nix")), "{}\n").unwrap();
+    }
+    fs::write(dir.join("check.nix"), FLEET_EVAL).unwrap();
+    let mut c = Command::new("nix-instantiate");
+    c.args(["--eval", "--strict", "--json"])
+        .arg(dir.join("check.nix"))
+        .arg("--arg")
+        .arg("nixpkgsLib")
+        .arg(std::path::Path::new(&lib).join("lib"))
+        .arg("--arg")
+        .arg("repo")
+        .arg(env!("CARGO_MANIFEST_DIR"));
+    let o = run_cmd(c);
+    o.expect_code(0, "evaluating the fleet's colmena nodes");
+    let nodes: Value = serde_json::from_str(&o.stdout).unwrap();
+    let sshd = nodes["backup"]["sshd"].as_str().unwrap_or_default();
+    for client in ["laptop", "desktop"] {
+        assert!(
+            sshd.contains(&format!("Match User {client}\n"))
+                && sshd.contains(&format!("--root /var/lib/ciphersync-server/{client} ")),
+            "the server has no account for {client}: {sshd}"
+        );
+        assert_eq!(
+            nodes[client]["jobs"]["home"],
+            json!({
+                "host": nodes["backup"]["target"],
+                "user": client,
+                "path": format!("/var/lib/ciphersync-server/{client}"),
+            }),
+            "{client}'s job does not point at its account: {nodes}"
+        );
+    }
+    assert_eq!(sshd.matches("--quota 500G").count(), 2, "{sshd}");
 }

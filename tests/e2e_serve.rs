@@ -437,3 +437,129 @@ fn sealed_runs_survive_a_compromised_client() {
     assert_eq!(snapshot_ids(&job).len(), 1, "the server's retention");
     job.assert_clean();
 }
+
+/// What the account's dir holds, as serve's quota counts it: allocated
+/// blocks (`du`), each inode once.
+fn allocated_below(dir: &Path) -> u64 {
+    let mut seen = std::collections::HashSet::new();
+    let top = fs::symlink_metadata(dir).unwrap().blocks() * 512;
+    top + walk(dir)
+        .into_iter()
+        .filter(|(_, m)| seen.insert(m.ino()))
+        .map(|(_, m)| m.blocks() * 512)
+        .sum::<u64>()
+}
+
+#[test]
+fn over_its_quota_an_account_refuses_backups_and_still_restores() {
+    if !require("serve_quota") {
+        return;
+    }
+    const QUOTA: u64 = 4 << 20;
+    let job = serve_job_with("serve-quota", "rsync", false, json!({}), "--quota 4M");
+    let acct = &job.account;
+    let root = acct.root.display().to_string();
+    make_features_tree(&job.source);
+    job.ok(&["init"]);
+    job.backup_ok();
+    let used = allocated_below(&acct.root);
+    assert!(used < QUOTA, "the first run alone fills the quota: {used}");
+    let o = acct.ssh("ciphersync-server quota");
+    o.expect_code(0, "ciphersync-server quota under the quota");
+    assert!(o.stdout.starts_with("quota 4194304 used "), "{}", o.dump());
+    // An SFTP file made while under the quota, to delete once over it.
+    let scratch = job.root.join("scratch");
+    fs::write(&scratch, b"scratch\n").unwrap();
+    acct.sftp_batch(&format!("put {} {root}/scratch\n", scratch.display()))
+        .expect_code(0, "sftp put under the quota");
+
+    // A run that starts under the quota finishes, even past it: the check
+    // is made when a request starts.
+    write_random_file(&job.source.join("big.bin"), 6 << 20, 16);
+    job.backup_ok();
+    let used = allocated_below(&acct.root);
+    assert!(
+        used > QUOTA,
+        "the second run did not pass the quota: {used}"
+    );
+
+    // The next backup fails with the server's line, naming the account,
+    // the usage and the quota, and writes nothing.
+    fs::write(job.source.join("after-quota.txt"), b"too late\n").unwrap();
+    let files_before = state_of(&acct.root.join("files"));
+    let o = job.run(&["backup"]);
+    assert_ne!(o.code, 0, "a backup over the quota worked:\n{}", o.dump());
+    let said = format!("account {SERVE_USER} is over its quota");
+    assert!(
+        o.stderr.contains(&said) && o.stderr.contains("used of 4.0 MiB"),
+        "the backup did not say the quota:\n{}",
+        o.dump()
+    );
+    assert!(!o.stderr.contains("cannot reach"), "{}", o.dump());
+    assert!(
+        job.stage("backup")["error"]["message"]
+            .as_str()
+            .is_some_and(|e| e.contains(&said)),
+        "status.json: {}",
+        job.stage("backup")
+    );
+    assert_eq!(state_of(&acct.root.join("files")), files_before);
+
+    // Each way to write is refused or limited, not only the client's.
+    let o = acct.ssh("ciphersync-server quota");
+    assert_refused(&o, "ciphersync-server quota over the quota", &said);
+    let o = acct.rsync_to(&["-r"], &scratch, &format!("{root}/files/"));
+    assert_ne!(o.code, 0, "rsync push over the quota:\n{}", o.dump());
+    assert!(o.stderr.contains(&said), "{}", o.dump());
+    let o = acct.sftp_batch(&format!("put {} {root}/more\n", scratch.display()));
+    assert_ne!(o.code, 0, "sftp put over the quota:\n{}", o.dump());
+    // (sftp-server may create the file empty before the write is denied.)
+    let more = fs::metadata(acct.root.join("more")).map_or(0, |m| m.len());
+    assert_eq!(more, 0, "sftp wrote data over the quota");
+    // The subsystem says why on its stderr (sftp does not show it; ssh does).
+    let o = acct.ssh(SFTP_SERVER);
+    assert!(
+        o.stderr.contains(&said) && o.stderr.contains("this SFTP session cannot add data"),
+        "{}",
+        o.dump()
+    );
+    // Deleting (what prune does) still works over SFTP.
+    acct.sftp_batch(&format!("rm {root}/scratch\n"))
+        .expect_code(0, "sftp rm over the quota");
+    assert!(!acct.root.join("scratch").exists());
+
+    // Reads stay allowed: verify (the server's sums) and restore.
+    fs::remove_file(job.source.join("after-quota.txt")).unwrap();
+    let o = job.run(&["verify"]);
+    o.expect_code(0, "verify over the quota");
+    assert!(
+        o.stderr.contains("checksum lists were not kept") && o.stderr.contains(&said),
+        "{}",
+        o.dump()
+    );
+    job.restore_and_compare("restored-over-quota");
+
+    // And prune frees space: a shorter retention deletes the older runs.
+    let mut config = job.config.clone();
+    config["snapshots"] = json!({ "keep_last": 1 });
+    fs::write(&job.config_file, serde_json::to_string(&config).unwrap()).unwrap();
+    let runs = snapshot_ids(&job).len();
+    job.run(&["prune"]).expect_code(0, "prune over the quota");
+    assert!(
+        snapshot_ids(&job).len() < runs,
+        "prune deleted nothing over the quota"
+    );
+
+    // A dir serve cannot read could hold anything: writes are refused.
+    let locked = acct.root.join("locked");
+    fs::create_dir(&locked).unwrap();
+    std::os::unix::fs::chown(&locked, Some(acct.uid), Some(acct.gid)).unwrap();
+    fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    let o = acct.ssh("ciphersync-server quota");
+    assert_refused(
+        &o,
+        "quota with an unreadable dir",
+        "cannot measure the account's usage: \"locked\": Permission denied",
+    );
+    fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+}

@@ -157,6 +157,7 @@
         authorizedKeys = [
           "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH0jhkkOFDZobC8/WLTpMMw6jIiI2+uTvIp+Qm+bZBkr desktop"
         ];
+        quota = "500G";
       };
     };
   };

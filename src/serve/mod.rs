@@ -12,7 +12,10 @@
 //!   PATH...`, `ciphersync-server sha1 DIR` (hash.sh's format) and
 //!   `ciphersync-server info` (`ciphersync-server 1`, `rsync yes|no`, then
 //!   the append-only marker's fields: how a client recognises the account
-//!   as a ciphersync server, probe.rs).
+//!   as a ciphersync server, probe.rs), `ciphersync-server quota`.
+//!
+//! With `--quota BYTES`, whatever can write (a receiving rsync, an SFTP
+//! session) is checked against the account's usage first (quota.rs).
 //!
 //! Anything else is refused with one line on stderr and exit 1. Paths are
 //! confined lexically (request.rs) and then walked with `openat(O_NOFOLLOW)`
@@ -22,6 +25,7 @@
 //! With `--seal` (run by root, from a timer) it seals finished runs of an
 //! append-only account instead (seal.rs).
 
+mod quota;
 mod request;
 mod seal;
 mod tree;
@@ -54,6 +58,12 @@ pub struct ServeArgs {
     /// The rsync binary to run for `rsync --server`.
     #[arg(long, value_name = "PATH", default_value = "rsync")]
     pub rsync: PathBuf,
+    /// The account's size limit (digits with an optional K/M/G/T suffix,
+    /// powers of 1024): over it, a receiving rsync is refused and an SFTP
+    /// session cannot add data; reads and deletions still work. Checked
+    /// when a request starts, so one run may exceed it by its own size.
+    #[arg(long, value_name = "BYTES", value_parser = quota::parse_size)]
+    pub quota: Option<u64>,
     /// Seal the finished runs below --root (as root, from a timer): their
     /// records and snapshot dirs become root's and read-only, so the
     /// account can add runs but never change or delete a sealed one.
@@ -94,12 +104,38 @@ pub fn main(args: &ServeArgs) -> Result<i32> {
 
 fn answer(args: &ServeArgs, root: &Root, request: Request) -> Result<i32> {
     match request {
-        Request::Sftp => Err(exec(
-            std::process::Command::new(&args.sftp_server)
-                .arg("-d")
-                .arg(&root.path),
-            &root.path,
-        )),
+        Request::Sftp => {
+            let mut command = std::process::Command::new(&args.sftp_server);
+            command.arg("-d").arg(&root.path);
+            // Over the quota, or unmeasured, the session still reads,
+            // removes and renames: restores and prunes work. sshfs and sftp
+            // show the subsystem's stderr.
+            let refusal = match quota::over_quota(root, args.quota, &quota::account_name()) {
+                Ok(over) => over,
+                Err(e) => Some(e.message),
+            };
+            if let Some(line) = refusal {
+                eprintln!("ciphersync serve: {line}; this SFTP session cannot add data");
+                command.arg("-P").arg(quota::SFTP_DENIED_OVER_QUOTA);
+            }
+            Err(exec(&mut command, &root.path))
+        }
+        Request::Quota => {
+            let line = match args.quota {
+                None => "quota none".to_string(),
+                Some(quota) => {
+                    let used = quota::usage(root, crate::limits::MAX_TREE_ENTRIES)?;
+                    if let Some(line) =
+                        quota::over_message(&quota::account_name(), used.bytes, quota)
+                    {
+                        return Err(tree::refuse(line));
+                    }
+                    format!("quota {quota} used {}", used.bytes)
+                }
+            };
+            println!("{line}");
+            Ok(0)
+        }
         Request::RsyncVersion => Err(exec(
             std::process::Command::new(&args.rsync).arg("--version"),
             &root.path,
@@ -109,6 +145,11 @@ fn answer(args: &ServeArgs, root: &Root, request: Request) -> Result<i32> {
             options,
             paths,
         } => {
+            if !sender
+                && let Some(line) = quota::over_quota(root, args.quota, &quota::account_name())?
+            {
+                return Err(tree::refuse(line));
+            }
             let mut command = std::process::Command::new(&args.rsync);
             command.arg("--server");
             if sender {

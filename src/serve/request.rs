@@ -64,6 +64,9 @@ pub enum Request {
     /// `ciphersync-server info`: what this account is (append-only, the
     /// server's retention).
     Info,
+    /// `ciphersync-server quota`: whether the account may write (asked by
+    /// a client before a backup, so that it fails with the server's line).
+    Quota,
 }
 
 /// One rsync option to pass on: as the client wrote it, or with a path
@@ -156,9 +159,10 @@ pub fn parse(command: Option<&str>, root: &str) -> Result<Request> {
         "sha1sum" => sha1sum(rest, root),
         "ciphersync-server" => match rest {
             [w] if w == "info" => Ok(Request::Info),
+            [w] if w == "quota" => Ok(Request::Quota),
             [w, dir] if w == "sha1" => Ok(Request::TreeSha1(below(dir, root, &[])?)),
             _ => Err(refuse(
-                "command not allowed: ciphersync-server takes `info` or `sha1 DIR`",
+                "command not allowed: ciphersync-server takes `info`, `quota` or `sha1 DIR`",
             )),
         },
         other => Err(refuse(format!("command not allowed: {}", shown(other)))),
@@ -556,6 +560,10 @@ mod tests {
         assert_eq!(
             parse(Some("ciphersync-server info"), ROOT).unwrap(),
             Request::Info
+        );
+        assert_eq!(
+            parse(Some("ciphersync-server quota"), ROOT).unwrap(),
+            Request::Quota
         );
         // What ciphersync's backup sends (captured from rsync 3.x).
         let got = parse(

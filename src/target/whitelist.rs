@@ -125,6 +125,49 @@ impl WhitelistTarget {
             .map_err(|e| Error::io("writing the remote checksum list", e.into_error()))
     }
 
+    /// `ciphersync-server quota`, before a backup writes anything: over
+    /// its quota a ciphersync server refuses the backup's writes (and its
+    /// SFTP sessions cannot add data), so the backup fails here with the
+    /// server's own line rather than with a permission error on the way.
+    fn check_quota(&self) -> Result<()> {
+        match self.quota_refusal()? {
+            None => Ok(()),
+            Some(line) => Err(Error::new(
+                crate::error::Kind::Refused,
+                format!("the backup is refused: {line}"),
+            )),
+        }
+    }
+
+    /// The server's refusal line (after `user@host:port:`) when the
+    /// account is over its quota, else
+    /// None (within it, no quota, or a server from before quotas, which
+    /// refuses the question).
+    fn quota_refusal(&self) -> Result<Option<String>> {
+        let what = "asking the server's quota";
+        let mut out = self
+            .ssh
+            .run("ciphersync-server quota", what, SHORT_COMMAND)?;
+        if out.success() {
+            crate::log::debug(|| "server quota: within it, or none".to_string());
+            return Ok(None);
+        }
+        let words = super::ssh::server_words(&mut out);
+        if words.contains("command not allowed") {
+            crate::log::debug(|| format!("server has no quota check: {words}"));
+            return Ok(None);
+        }
+        let s = self.ssh.sftp();
+        Ok(Some(format!(
+            "{}@{}:{}: {}",
+            s.user,
+            s.host,
+            s.port,
+            // serve's own prefix says nothing the host does not.
+            words.trim_start_matches("ciphersync: error: ")
+        )))
+    }
+
     /// `sha1sum -- files/...` on the server for one batch of paths below
     /// files/. Only names of the characters encrypted names use are sent:
     /// a storage box splits the command line its own way, and these need
@@ -320,6 +363,9 @@ impl Target for WhitelistTarget {
     }
 
     fn preflight(&self, known: Option<&str>, scratch_dir: &Path) -> Result<Preflight> {
+        if self.tree_sha1 {
+            self.check_quota()?;
+        }
         self.path.preflight(known, scratch_dir)
     }
 
@@ -357,7 +403,19 @@ impl Target for WhitelistTarget {
         remote: Option<File>,
         keep: usize,
     ) -> Result<()> {
-        self.path.store_checksum_lists(id, local, remote, keep)
+        let stored = self.path.store_checksum_lists(id, local, remote, keep);
+        // Over its quota, a ciphersync server's SFTP session cannot add the
+        // lists; verify has its answer already, and says why none is kept.
+        if let Err(e) = &stored
+            && self.tree_sha1
+            && let Some(line) = self.quota_refusal()?
+        {
+            crate::log::warn(format!(
+                "verify's checksum lists were not kept ({e}): {line}"
+            ));
+            return Ok(());
+        }
+        stored
     }
 
     fn read_back(&self, point: &Path) -> Result<ReadBack<'_>> {

@@ -34,6 +34,12 @@ impl ServeAccount {
     /// Starts sshd with the account's `Match User` block; with
     /// `append_only`, `serve --seal` prepares the root first.
     pub fn start(base: &Path, append_only: bool) -> ServeAccount {
+        ServeAccount::start_with(base, append_only, "")
+    }
+
+    /// [`ServeAccount::start`] with more `serve` options in the
+    /// ForceCommand (`serve_args`, shell words, e.g. `--quota 4M`).
+    pub fn start_with(base: &Path, append_only: bool, serve_args: &str) -> ServeAccount {
         let (uid, gid) = ensure_system_user(SERVE_USER, "/bin/sh");
         let home = base.join("serve-home");
         fs::create_dir_all(&home).unwrap();
@@ -56,7 +62,7 @@ impl ServeAccount {
             format!(
                 "#!/bin/sh\nset -f\n# shellcheck disable=SC2086\nset -- $SSH_ORIGINAL_COMMAND\n\
                  printf '%s %s\\n' \"${{1:-}}\" \"${{2:-}}\" >>{}\n\
-                 exec {} serve --root {} --sftp-server {SFTP_SERVER}\n",
+                 exec {} serve --root {} --sftp-server {SFTP_SERVER} {serve_args}\n",
                 request_log.display(),
                 binary.display(),
                 root.display()
@@ -181,6 +187,17 @@ impl std::ops::Deref for ServeJob {
 /// A job (transport `transport`, `extra` top-level fields) on a fresh
 /// serve account.
 pub fn serve_job(tag: &str, transport: &str, append_only: bool, extra: Value) -> ServeJob {
+    serve_job_with(tag, transport, append_only, extra, "")
+}
+
+/// [`serve_job`] on an account whose ForceCommand has `serve_args` too.
+pub fn serve_job_with(
+    tag: &str,
+    transport: &str,
+    append_only: bool,
+    extra: Value,
+    serve_args: &str,
+) -> ServeJob {
     let tmp = TempDir::new(tag);
     let root = tmp.path().to_path_buf();
     let source = root.join("src");
@@ -197,7 +214,7 @@ pub fn serve_job(tag: &str, transport: &str, append_only: bool, extra: Value) ->
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
-    let account = ServeAccount::start(&root, append_only);
+    let account = ServeAccount::start_with(&root, append_only, serve_args);
     let mut config = json!({
         "version": 1,
         "name": name,

@@ -295,8 +295,15 @@ fi
 # rendering (expected/hm-music.json, up to home-manager's list form).
 if [ -z "${HOME_MANAGER:-}" ] || [ -z "${NIXPKGS:-}" ]; then
     echo "SKIP home-manager evaluation: set HOME_MANAGER=<home-manager checkout> and NIXPKGS=<nixpkgs checkout> (see nix/eval/README.md)"
-elif [ ! -f "$HOME_MANAGER/modules/modules.nix" ] || [ ! -f "$NIXPKGS/nixos/modules/misc/assertions.nix" ]; then
-    echo "FAIL home-manager evaluation: HOME_MANAGER=$HOME_MANAGER has no modules/modules.nix or NIXPKGS=$NIXPKGS no nixos/modules/misc/assertions.nix" >&2
+elif [ ! -f "$HOME_MANAGER/modules/modules.nix" ]; then
+    echo "FAIL home-manager evaluation: HOME_MANAGER=$HOME_MANAGER has no modules/modules.nix" >&2
+    failed=1
+elif hm_missing=$(for f in nixos/modules/misc/assertions.nix nixos/modules/misc/meta.nix lib/default.nix; do
+    [ -f "$NIXPKGS/$f" ] || printf ' %s' "$f"
+done) && [ -n "$hm_missing" ]; then
+    # home-manager imports these from pkgs.path (lib/: services-modular
+    # reads lib/services/lib.nix there).
+    echo "FAIL home-manager evaluation: NIXPKGS=$NIXPKGS lacks$hm_missing" >&2
     failed=1
 elif nix-instantiate --eval --strict --json "$here/real-hm.nix" --arg nixpkgsLib "$libdir" \
     --arg homeManager "$(cd "$HOME_MANAGER" && pwd)" --arg nixpkgs "$(cd "$NIXPKGS" && pwd)" \

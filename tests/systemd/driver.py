@@ -30,7 +30,10 @@ does) with the container's capability bounding set, so that no command can
 act on the host beyond what the container itself may (nsenter alone keeps
 the host's full set: `date -s` would set the host's clock).
 
-A command that nodemap.NOT_RUNNABLE names is refused before it runs:
+`date -s WHEN` as a whole command is mapped (nodemap.CLOCK_JUMP): the
+machine's simulated wall clock moves to WHEN and the units of the node's
+timers that elapse on the way are started; the clock itself does not move.
+Any other command that nodemap.NOT_RUNNABLE names is refused before it runs:
 NotRunnableHere, which the harness reports with the testScript line.
 """
 
@@ -92,8 +95,11 @@ class Log:
 
 
 class Machine:
-    def __init__(self, name, root, netns, run_dir, log):
+    def __init__(self, name, root, netns, run_dir, log, calendar_timers=()):
         self.name = name
+        self.calendar_timers = list(calendar_timers)  # nodemap.calendar_timers
+        self.clock = None  # the simulated wall clock (epoch s) after a jump
+        self.clock_jumps = []  # (WHEN, units started), for the report
         self.root = root
         self.netns = netns
         self.run_dir = run_dir
@@ -246,6 +252,9 @@ class Machine:
         return cp.returncode, cp.stdout.decode(errors="replace")
 
     def execute(self, command, check_return=True, check_output=True, timeout=900):
+        jump = nodemap.CLOCK_JUMP.match(command)
+        if jump:
+            return self.jump_clock(jump.group(1) if jump.group(1) is not None else jump.group(2))
         for pattern, reason in nodemap.NOT_RUNNABLE:
             if pattern.search(command):
                 raise NotRunnableHere(command, reason)
@@ -253,6 +262,43 @@ class Machine:
         rc, out = self._run(command, timeout)
         self.log(f"exit {rc}: {command}" + (f"\n    {out.strip()[:2000]}" if out.strip() else ""))
         return rc, out
+
+    def _checked(self, command):
+        rc, out = self._run(command, timeout=60)
+        if rc != 0:
+            raise RuntimeError(f"clock jump: `{command}` exited {rc}: {out.strip()[:300]}")
+        return out.strip()
+
+    def jump_clock(self, when):
+        """`date -s WHEN` mapped as nodemap.CLOCK_JUMP says: start the
+        Triggers= unit of each active timer of the node whose next elapse
+        after the simulated clock is at most WHEN; (0, WHEN as date prints it)."""
+        self.connect()
+        target = int(self._checked(f"date -d {shlex.quote(when)} +%s"))
+        base = self.clock if self.clock is not None else int(self._checked("date +%s"))
+        due = {}  # timer -> (first elapse in (base, target], its units)
+        for timer in self.calendar_timers:
+            show = self._checked(f"systemctl show -p ActiveState -p Triggers -p TimersCalendar {timer}")
+            props = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
+            if props.get("ActiveState") != "active":
+                continue
+            for spec in re.findall(r"OnCalendar=(.*?) ;", show):
+                out = self._checked(f"systemd-analyze calendar --base-time=@{base} {shlex.quote(spec)}")
+                m = re.search(r"Next elapse: (.+)", out)
+                if not m or m.group(1).strip() == "never":
+                    continue
+                at = int(self._checked(f"date -d {shlex.quote(m.group(1).strip())} +%s"))
+                if base < at <= target and (timer not in due or at < due[timer][0]):
+                    due[timer] = (at, props.get("Triggers", "").split())
+        started = []
+        for _at, units in sorted(due.values()):
+            for unit in units:
+                self._checked(f"systemctl start --no-block {shlex.quote(unit)}")
+                started.append(unit)
+        self.clock = target
+        self.clock_jumps.append((when, started))
+        self.log(f"clock jump to {when!r} simulated (nodemap.CLOCK_JUMP), started: {' '.join(started) or 'nothing'}")
+        return 0, self._checked(f"date -d @{target}") + "\n"
 
     def succeed(self, *commands, timeout=None):
         output = ""

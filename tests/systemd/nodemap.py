@@ -67,6 +67,11 @@ Not reproduced (printed with every run):
 and the tree has every package either node needs, so a node may find a tool
 its NixOS config does not install (sshfs on the server, jq on the server).
 
+Clock jumps (`date -s WHEN` as a whole command, the timers test): the clock
+cannot move here (NOT_RUNNABLE says why), so the jump is mapped to its
+effect on the node's timers, see CLOCK_JUMP; the report names every jump
+it simulated.
+
 Lines of a testScript that cannot run here: NOT_RUNNABLE (the driver refuses
 them before running anything and the report names the line).
 """
@@ -78,16 +83,38 @@ import shlex
 
 import units
 
+# `date -s WHEN` alone (quoted WHEN, no other command): what a forward jump
+# of the wall clock past a calendar timer's next elapse makes systemd do,
+# activate the timer's unit. driver.Machine.jump_clock keeps a simulated wall
+# clock per machine (the real one until the first jump) and, for each of the
+# node's own timers (calendar_timers: systemd.timers of the evaluation; the
+# Debian tree's timers stand for nothing on NixOS) that is active, asks the
+# container's systemd for the next elapse of each OnCalendar= it parsed
+# (TimersCalendar=) after the simulated clock (`systemd-analyze calendar
+# --base-time=`); each elapse up to WHEN (read with the container's `date -d`,
+# its time zone) starts the timer's Triggers= unit as a start job, in elapse
+# order, then the simulated clock is WHEN. Not reproduced: systemd's own
+# reaction to a clock change, the clock the units see (the real one), the
+# timers' LastTriggerUSec, RandomizedDelaySec= (fired at once), monotonic
+# and user timers. A jump backwards fires nothing.
+CLOCK_JUMP = re.compile(r"""^\s*date\s+(?:-s|--set)\s+(?:'([^']*)'|"([^"$`\\]*)")\s*$""")
+
+
+def calendar_timers(node):
+    """The timer units of the node's configuration (systemd.timers)."""
+    return sorted(f"{name}.timer" for name in node.get("timers", {}))
+
+
 # Commands a testScript may not run here, and why (checked by driver.py on
-# every command before it runs).
+# every command before it runs, after CLOCK_JUMP).
 NOT_RUNNABLE = [
     (
         re.compile(r"(^|[;&|(`]\s*|\$\(\s*)date\s+(-s|--set)\b"),
         "`date -s` sets CLOCK_REALTIME, which no Linux namespace virtualises (a time "
         "namespace offsets only the monotonic and boot clocks): a container shares the "
         "host's clock, so the jump would need CAP_SYS_TIME on the host and move the clock "
-        "of the whole shared machine. The driver refuses it; the rest of the script, "
-        "which waits for the timers that jump would fire, cannot run either.",
+        "of the whole shared machine. The driver refuses it (only `date -s WHEN` as a "
+        "whole command is mapped, CLOCK_JUMP).",
     ),
 ]
 

@@ -61,8 +61,15 @@ raises("wait_until_succeeds past its timeout", lambda: client.wait_until_succeed
 client.succeed("systemctl start --no-block ciphersync-docs-verify.service")
 raises("wait_for_unit of a failed unit", lambda: client.wait_for_unit("ciphersync-docs-verify.service"))
 raises("wait_for_unit of an inactive unit", lambda: client.wait_for_unit("notify-admin.service", timeout=60))
-e = raises("a line the mapping cannot run", lambda: client.succeed("date -s '2031-03-10 03:00:30'"))
+e = raises("a line the mapping cannot run", lambda: client.succeed("date -s '2031-03-10 03:00:30'; true"))
 assert type(e).__name__ == "NotRunnableHere", repr(e)
+# `date -s WHEN` alone is mapped (nodemap.CLOCK_JUMP): a jump backwards
+# fires nothing, and no clock moves.
+before = int(client.succeed("date +%s"))
+client.succeed("date -s '2001-01-01 00:00:00'")
+assert client.clock_jumps[-1] == ("2001-01-01 00:00:00", []), client.clock_jumps
+assert abs(int(client.succeed("date +%s")) - before) < 600
+client.clock = None
 # CAP_SYS_TIME (bit 25) is not in the commands' capability sets.
 eff = int(client.succeed("sed -n 's/^CapEff:\\t//p' /proc/self/status"), 16)
 assert not eff >> 25 & 1, hex(eff)
@@ -211,7 +218,8 @@ def run_test(test, args, run_dir, nixpkgs_path, script=None, label=None):
                 shutil.copy(args.bin, dest)
                 os.chmod(dest, 0o755)
             nodemap.write(root, "/etc/hosts", network.hosts())
-            machines.append(driver.Machine(name, root, network.netns[name], test_dir, log))
+            machines.append(driver.Machine(name, root, network.netns[name], test_dir, log,
+                                           calendar_timers=nodemap.calendar_timers(node)))
         drv = driver.Driver(machines, log)
         filename = f"<testScript of nix/tests/{test}.nix>" if label == test else f"<{label}>"
         code = compile(script, filename, "exec")
@@ -233,7 +241,9 @@ def run_test(test, args, run_dir, nixpkgs_path, script=None, label=None):
         for m in machines:  # as the driver does after a script
             if m.is_up():
                 m.execute("sync")
-        return "PASS", f"{len(drv.subtests)} subtests"
+        jumps = [f"{m.name} {when} -> {' '.join(units) or 'nothing'}" for m in machines for when, units in m.clock_jumps]
+        simulated = f"; clock jumps simulated (nodemap.CLOCK_JUMP): {'; '.join(jumps)}" if jumps else ""
+        return "PASS", f"{len(drv.subtests)} subtests{simulated}"
     finally:
         for m in machines:  # each machine's journal, for the log
             if m.is_up() and m.pid:

@@ -751,3 +751,58 @@ fn target_space_is_measured_and_warned_about() {
     assert!(st.success(), "umount {}", job.target_path.display());
     job.assert_clean();
 }
+
+/// `backup --wait-for-target` (the modules' `waitForTarget`): a disk that
+/// is not mounted yet when the timer fires is waited for, and the backup
+/// runs once it is there; with no budget left the error names the target.
+#[test]
+fn a_backup_waits_for_a_target_that_comes_late() {
+    if !require_tools("wait_for_target", LOCAL_TOOLS) {
+        return;
+    }
+    let job = Job::local("wait-target").build();
+    fs::write(job.source.join("a"), "a\n").unwrap();
+    job.init_and_backup();
+    let away = job.root.join("disk-unplugged");
+    fs::rename(&job.target_path, &away).unwrap();
+
+    let o = job.run(&["backup", "--wait-for-target", "0"]);
+    assert_ne!(
+        o.code,
+        0,
+        "a backup to a missing target succeeded:\n{}",
+        o.dump()
+    );
+    assert!(
+        o.stderr.contains(&format!(
+            "target {} did not answer",
+            job.target_path.display()
+        )),
+        "the error should name the target:\n{}",
+        o.dump()
+    );
+
+    fs::write(job.source.join("b"), "b\n").unwrap();
+    let mut run = job.spawn(&["backup", "--wait-for-target", "5"]);
+    // The target comes back only once the backup has said it waits.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !run.output_so_far().1.contains("waiting for target") {
+        assert!(
+            run.is_running(),
+            "backup ended before waiting: {:?}",
+            run.output_so_far()
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backup never said it waits"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    fs::rename(&away, &job.target_path).unwrap();
+    let o = run.wait(std::time::Duration::from_secs(300));
+    o.expect_code(0, "backup --wait-for-target 5 after the target came back");
+    assert!(o.stderr.contains("answered after"), "{}", o.dump());
+    assert_eq!(job.stage("backup")["outcome"], "ok");
+    job.restore_and_compare("restored");
+    job.assert_clean();
+}

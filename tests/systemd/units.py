@@ -4,21 +4,36 @@
 Input: the committed evaluation of nix/module.nix (nix/eval/expected/nixos-*.json),
 shape { "etc": {...}, "services": {...}, "timers": {...}, "users": {...},
 "groups": {...} }, where each services/timers entry is the NixOS
-`systemd.services.<name>` / `systemd.timers.<name>` attribute set.
+`systemd.services.<name>` / `systemd.timers.<name>` attribute set; or of
+nix/server-module.nix (nixos-server.json), which adds "paths" (systemd.paths),
+"tmpfiles" (systemd.tmpfiles.rules), "sshd" ({enable, extraConfig} of
+services.openssh), "packages" (environment.systemPackages) and users whose
+"shell" is a Nix-built script ({path, text}). Any other top-level key is an
+error, so a module change is noticed.
 
 Output, under --root (the container's root directory):
 
   etc/systemd/system/<name>.service    [Unit] [Service] [Install]
   etc/systemd/system/<name>.timer      [Unit] [Timer] [Install]
+  etc/systemd/system/<name>.path       [Unit] [Path] [Install]
   etc/systemd/system/<target>.wants/<unit>   what `wantedBy` means in NixOS
   etc/<path>                           every "etc" entry (objects as JSON),
                                        unchanged: store paths in it (the
                                        known_hosts file) are data, listed in
                                        the manifest's "store_files" for the
                                        harness to create at the same path
-  usr/lib/sysusers.d/ciphersync-test.conf   users/groups (systemd-sysusers)
-  usr/lib/tmpfiles.d/ciphersync-test.conf   homes with createHome/isNormalUser
+  usr/lib/sysusers.d/<name>.conf       users/groups (systemd-sysusers); <name>
+                                       is --name, default ciphersync-test
+  usr/lib/tmpfiles.d/<name>.conf       homes with createHome/isNormalUser, then
+                                       the "tmpfiles" rules verbatim
   etc/fuse.conf                        from "fuse".programs (NixOS programs.fuse)
+  nix/store/<hash>-<script>            a user's shell script ({path, text}) at
+                                       its own store path, "#!/bin/bash" + text
+                                       (pkgs.writeShellScript), 0555
+  etc/ssh/authorized_keys.d/<user>     users.<user>.openssh.authorizedKeys.keys,
+                                       0444, as NixOS's sshd module writes them
+  etc/ssh/sshd_config                  "sshd".extraConfig appended (NixOS puts
+                                       it last in its sshd_config)
 
 The translation follows NixOS's own rendering (nixos/lib/systemd-lib.nix):
   description         -> Description=
@@ -48,6 +63,10 @@ Nix store paths become the container's paths (MAPPING below):
                                              rsync, openssh, fuse, coreutils...)
   /run/wrappers                           -> /usr         (Debian's fusermount3
                                              is setuid root like NixOS's wrapper)
+  <hash>-openssh[-<version>]/libexec/sftp-server
+                                          -> /usr/lib/openssh/sftp-server
+                                             (DEBIAN_FILES: where Debian
+                                             keeps it)
 so "/nix/store/h-gocryptfs-2.4.0/bin" -> "/usr/bin" and
 "/nix/store/h-ciphersync-0.1.0/bin/ciphersync" -> "/usr/local/bin/ciphersync".
 Duplicate PATH entries that result from the mapping are dropped.
@@ -56,7 +75,7 @@ Keys that would need Nix-built content we do not have (script, preStart,
 postStart, ...) are an error: the module must use serviceConfig.Exec*.
 
 Usage:
-  units.py convert EVAL.json --root DIR [--manifest FILE]
+  units.py convert EVAL.json --root DIR [--manifest FILE] [--name NAME]
   units.py convert-hm HM-EVAL.json --root DIR --unitdir DIR [--manifest FILE]
                        home-manager's user units (Unit/Service/Timer/Install
                        sections, key -> value) under --root/--unitdir

@@ -282,7 +282,11 @@ in {
     appendOnly;
 
     # A run's record is written last (renamed into records/): seal it as
-    # soon as it lands.
+    # soon as it lands. Not always at once: systemd watches nothing while
+    # the service a path unit triggers runs, so a record renamed in during
+    # a seal run (one that the record's own temp file started) waits for
+    # the next event, the timer (sealAt) or the next boot (see
+    # tests/systemd/README.md, server-backup-sealed-by-path-unit).
     systemd.paths = lib.mapAttrs' (name: _:
       lib.nameValuePair (sealUnit name) {
         wantedBy = ["paths.target"];

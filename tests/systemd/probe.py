@@ -6,6 +6,8 @@ tree is CGROOT (the "payload" cgroup nspawn made, cgroup v2 hierarchy), the
 unit U's processes are CGROOT/system.slice/U/cgroup.procs (host pids).
 
   job-env EVAL.json JOB            shell assignments describing one job
+  server-env EVAL.json             shell assignments describing the server
+                                   module's accounts (nixos-server.json)
   fuse-now CGROOT PREFIX           FUSE mounts in any mount namespace of the
                                    container, or in the host's below PREFIX
                                    (the container's root); exit 1 if any
@@ -282,6 +284,56 @@ def cmd_job_env(evalfile, job):
     return 0
 
 
+def _seal_args(spec):
+    """The `serve --seal` arguments of a seal service's ExecStart, as
+    {flag: value}."""
+    words = shlex.split(spec["serviceConfig"]["ExecStart"])
+    if words[1:3] != ["serve", "--seal"]:
+        raise ValueError(f"not a `serve --seal` ExecStart: {words}")
+    args, rest = {}, words[3:]
+    while rest:
+        args[rest[0]] = rest[1]
+        rest = rest[2:]
+    return args
+
+
+def cmd_server_env(evalfile):
+    """SRV_SEALED (the append-only account: the one with a seal service),
+    its root, unit and keep options, its path unit's watched dir and its
+    timer's OnCalendar; SRV_PLAIN, another account, and its root (from its
+    ForceCommand); SRV_ACCOUNTS, every account user."""
+    with open(evalfile) as f:
+        ev = json.load(f)
+    seals = {n: s for n, s in ev.get("services", {}).items() if n.startswith("ciphersync-server-seal-")}
+    if len(seals) != 1:
+        raise SystemExit(f"want one seal service in {evalfile}, found {sorted(seals)}")
+    unit, spec = next(iter(seals.items()))
+    seal = _seal_args(spec)
+    sealed = seal["--account"]
+    accounts = sorted(u for u, s in ev.get("users", {}).items() if isinstance(s.get("shell"), dict))
+    plain = [u for u in accounts if u != sealed]
+    if sealed not in accounts or not plain:
+        raise SystemExit(f"want the sealed account and a plain one among the accounts {accounts}")
+    plain_words = shlex.split(ev["users"][plain[0]]["shell"]["text"].strip())
+    calendar = ev["timers"][unit]["timerConfig"].get("OnCalendar")
+    env = {
+        "ACCOUNTS": " ".join(accounts),
+        "SEALED": sealed,
+        "SEALED_ROOT": seal["--root"],
+        "SEALED_UNIT": unit,
+        "KEEP_LAST": seal.get("--keep-last", "all"),
+        "KEEP_DAYS": seal.get("--keep-days", "all"),
+        "WATCHED": ev["paths"][unit]["pathConfig"]["PathChanged"],
+        "CALENDAR": "\n".join(calendar if isinstance(calendar, list) else [calendar]),
+        "PERSISTENT": "yes" if ev["timers"][unit]["timerConfig"].get("Persistent") else "no",
+        "PLAIN": plain[0],
+        "PLAIN_ROOT": plain_words[plain_words.index("--root") + 1],
+    }
+    for k, v in env.items():
+        print(f"SRV_{k}={shlex.quote(v)}")
+    return 0
+
+
 # --- hardening -------------------------------------------------------------
 
 # serviceConfig keys that are not confinement (checked elsewhere or not shown
@@ -404,6 +456,8 @@ def main(a):
     cmd = a[1] if len(a) > 1 else ""
     if cmd == "job-env":
         return cmd_job_env(a[2], a[3])
+    if cmd == "server-env":
+        return cmd_server_env(a[2])
     if cmd == "fuse-now":
         return cmd_fuse_now(a[2], a[3])
     if cmd == "watch":

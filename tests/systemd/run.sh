@@ -16,6 +16,7 @@
 #   CIPHERSYNC_NSPAWN_SUITE   Debian suite of the container (default: trixie)
 #   CIPHERSYNC_BIG_MB         size of the data the stop scenario backs up (200)
 #   KEEP=1                    keep the run directory (logs) after the run
+#   ONLY=REGEX                run only the scenarios whose name matches
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -32,6 +33,9 @@ EVAL_DIR=${CIPHERSYNC_EVAL_DIR:-$REPO/nix/eval/expected}
 DOCS_EVAL=$EVAL_DIR/nixos-docs.json
 PHOTOS_EVAL=$EVAL_DIR/nixos-photos.json
 BIG_MB=${CIPHERSYNC_BIG_MB:-200}
+# The storage server module's install step and scenarios.
+# shellcheck source=tests/systemd/server.sh
+. "$HERE/server.sh"
 T0=$(date +%s)
 
 skip() {
@@ -128,6 +132,10 @@ PASSED=0 FAILED=0
 fail() { echo "$*" >"$RUN/why"; exit 1; }
 scenario() { # scenario NAME FUNCTION
   local name=$1 fn=$2 rc t0=$SECONDS
+  if [ -n "${ONLY:-}" ] && ! [[ $name =~ $ONLY ]]; then
+    note "$name: not run (ONLY=$ONLY)"
+    return 0
+  fi
   rm -f "$RUN/why"
   set +e
   # In the background and waited for, so that a signal to this script is
@@ -250,6 +258,9 @@ EOF
 done
 # The port the job names (the test's sshd listens there).
 [ "$JOB_TARGET_PORT" = 22 ] || echo "Port $JOB_TARGET_PORT" >>"$ROOT/etc/ssh/sshd_config"
+# The server module: after the line above, as its Match blocks end
+# sshd_config (NixOS writes extraConfig last).
+server_install
 # Plaintext with recognisable names and contents.
 mkdir -p "$ROOT$JOB_SOURCE/plain-subdir-alpha"
 echo "PLAINTEXT-MARKER-docs-1 the quick brown fox" >"$ROOT$JOB_SOURCE/plaintext-name-report.txt"
@@ -351,7 +362,7 @@ scenario setup-sftp-server setup_ssh
 s_load() {
   local bad=
   for m in "$RUN"/*.manifest.json; do
-    for u in $(python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print(' '.join([s+'.service' for s in m['services']]+[t+'.timer' for t in m['timers']]))" "$m"); do
+    for u in $(python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print(' '.join([s+'.service' for s in m['services']]+[t+'.timer' for t in m['timers']]+[p+'.path' for p in m.get('paths', [])]))" "$m"); do
       ls=$(show "$u" LoadState)
       if [ "$ls" != loaded ]; then
         # PID 1 logged the reason before journald ran; ask the verifier.
@@ -374,9 +385,9 @@ scenario module-units-load s_load
 s_verify_units() {
   local out rc files m
   files=
-  for m in "$RUN"/docs.manifest.json "$RUN"/photos.manifest.json; do
+  for m in "$RUN"/docs.manifest.json "$RUN"/photos.manifest.json "$RUN"/server.manifest.json; do
     [ -f "$m" ] || continue
-    files="$files $(python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print(' '.join('/etc/systemd/system/'+s+'.service' for s in m['services']) + ' ' + ' '.join('/etc/systemd/system/'+t+'.timer' for t in m['timers']))" "$m")"
+    files="$files $(python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print(' '.join('/etc/systemd/system/'+u+'.'+k for k, c in (('service', 'services'), ('timer', 'timers'), ('path', 'paths')) for u in m.get(c, [])))" "$m")"
   done
   [ -n "${files// /}" ] || fail "no system unit files rendered"
   rc=0; out=$(c systemd-analyze verify --man=no $files 2>&1) || rc=$?
@@ -461,7 +472,7 @@ scenario no-fuse-mount-outside-unit s_nofuse
 s_hardening() {
   # Every service of both evaluations, as systemd parsed it ...
   local ev svc bad=
-  for ev in "$DOCS_EVAL" "$PHOTOS_EVAL"; do
+  for ev in "$DOCS_EVAL" "$PHOTOS_EVAL" "$SERVER_EVAL"; do
     [ -f "$ev" ] || continue
     for svc in $(python3 -c 'import json,sys; print(" ".join(json.load(open(sys.argv[1]))["services"]))' "$ev"); do
       c systemctl show "$svc.service" >"$RUN/show.$svc"
@@ -474,7 +485,7 @@ s_hardening() {
   [ -z "$bad" ] || fail "$bad"
   cp "$RUN/show.ciphersync-docs-backup" "$RUN/show.backup"
   # systemd ignores (with a warning) settings it does not know: none may be.
-  warn=$(c journalctl -b --no-pager -o cat | grep -E "ciphersync-docs-[a-z-]+\.service:[0-9]+: " | sort -u || true)
+  warn=$(c journalctl -b --no-pager -o cat | grep -E "ciphersync-[a-z-]+\.(service|timer|path):[0-9]+: " | sort -u || true)
   [ -z "$warn" ] || fail "systemd rejected unit lines: $(echo "$warn" | head -3 | tr '\n' ';')"
   # ... and the kernel agrees, for the process that ran (sampled mid-run).
   main=$($PROBE get "$RUN/watch.json" main)
@@ -823,6 +834,8 @@ s_nonroot() {
   fuse_clean
 }
 scenario non-root-job s_nonroot
+
+server_scenarios
 
 note "total $(( $(date +%s) - T0 ))s"
 echo "$PASSED passed, $FAILED failed"

@@ -4,21 +4,36 @@
 Input: the committed evaluation of nix/module.nix (nix/eval/expected/nixos-*.json),
 shape { "etc": {...}, "services": {...}, "timers": {...}, "users": {...},
 "groups": {...} }, where each services/timers entry is the NixOS
-`systemd.services.<name>` / `systemd.timers.<name>` attribute set.
+`systemd.services.<name>` / `systemd.timers.<name>` attribute set; or of
+nix/server-module.nix (nixos-server.json), which adds "paths" (systemd.paths),
+"tmpfiles" (systemd.tmpfiles.rules), "sshd" ({enable, extraConfig} of
+services.openssh), "packages" (environment.systemPackages) and users whose
+"shell" is a Nix-built script ({path, text}). Any other top-level key is an
+error, so a module change is noticed.
 
 Output, under --root (the container's root directory):
 
   etc/systemd/system/<name>.service    [Unit] [Service] [Install]
   etc/systemd/system/<name>.timer      [Unit] [Timer] [Install]
+  etc/systemd/system/<name>.path       [Unit] [Path] [Install]
   etc/systemd/system/<target>.wants/<unit>   what `wantedBy` means in NixOS
   etc/<path>                           every "etc" entry (objects as JSON),
                                        unchanged: store paths in it (the
                                        known_hosts file) are data, listed in
                                        the manifest's "store_files" for the
                                        harness to create at the same path
-  usr/lib/sysusers.d/ciphersync-test.conf   users/groups (systemd-sysusers)
-  usr/lib/tmpfiles.d/ciphersync-test.conf   homes with createHome/isNormalUser
+  usr/lib/sysusers.d/<name>.conf       users/groups (systemd-sysusers); <name>
+                                       is --name, default ciphersync-test
+  usr/lib/tmpfiles.d/<name>.conf       homes with createHome/isNormalUser, then
+                                       the "tmpfiles" rules verbatim
   etc/fuse.conf                        from "fuse".programs (NixOS programs.fuse)
+  nix/store/<hash>-<script>            a user's shell script ({path, text}) at
+                                       its own store path, "#!/bin/bash" + text
+                                       (pkgs.writeShellScript), 0555
+  etc/ssh/authorized_keys.d/<user>     users.<user>.openssh.authorizedKeys.keys,
+                                       0444, as NixOS's sshd module writes them
+  etc/ssh/sshd_config                  "sshd".extraConfig appended (NixOS puts
+                                       it last in its sshd_config)
 
 The translation follows NixOS's own rendering (nixos/lib/systemd-lib.nix):
   description         -> Description=
@@ -48,6 +63,10 @@ Nix store paths become the container's paths (MAPPING below):
                                              rsync, openssh, fuse, coreutils...)
   /run/wrappers                           -> /usr         (Debian's fusermount3
                                              is setuid root like NixOS's wrapper)
+  <hash>-openssh[-<version>]/libexec/sftp-server
+                                          -> /usr/lib/openssh/sftp-server
+                                             (DEBIAN_FILES: where Debian
+                                             keeps it)
 so "/nix/store/h-gocryptfs-2.4.0/bin" -> "/usr/bin" and
 "/nix/store/h-ciphersync-0.1.0/bin/ciphersync" -> "/usr/local/bin/ciphersync".
 Duplicate PATH entries that result from the mapping are dropped.
@@ -56,7 +75,7 @@ Keys that would need Nix-built content we do not have (script, preStart,
 postStart, ...) are an error: the module must use serviceConfig.Exec*.
 
 Usage:
-  units.py convert EVAL.json --root DIR [--manifest FILE]
+  units.py convert EVAL.json --root DIR [--manifest FILE] [--name NAME]
   units.py convert-hm HM-EVAL.json --root DIR --unitdir DIR [--manifest FILE]
                        home-manager's user units (Unit/Service/Timer/Install
                        sections, key -> value) under --root/--unitdir
@@ -70,7 +89,8 @@ import re
 import sys
 import tempfile
 
-STORE_RE = re.compile(r"/nix/store/[0-9a-df-np-sv-z]{32}-([A-Za-z0-9+._?=-]+)")
+STORE_HASH = r"/nix/store/[0-9a-df-np-sv-z]{32}"
+STORE_RE = re.compile(STORE_HASH + r"-([A-Za-z0-9+._?=-]+)")
 CIPHERSYNC_PKG_RE = re.compile(r"^ciphersync(-[0-9][^/]*)?$")
 
 MAPPING = [
@@ -79,6 +99,12 @@ MAPPING = [
     ("any other store path (Debian package of the same tool)", lambda n: True, "/usr"),
 ]
 OTHER_PREFIXES = {"/run/wrappers": "/usr"}
+# Files Debian keeps elsewhere than <package>/<same path>: (store name
+# pattern, path inside the package) -> the Debian path. Applied before the
+# prefixes above.
+DEBIAN_FILES = [
+    (r"openssh(-[0-9][^/]*)?", "/libexec/sftp-server", "/usr/lib/openssh/sftp-server"),
+]
 
 # NixOS unit-level options rendered into [Unit], space-joined.
 UNIT_LIST_KEYS = {
@@ -117,6 +143,12 @@ def map_paths(text, seen=None):
         if seen is not None:
             seen[m.group(0)] = prefix
         return prefix
+    for name_re, inner, debian in DEBIAN_FILES:
+        def debian_file(m, debian=debian, inner=inner):
+            if seen is not None:
+                seen[m.group(0)] = debian
+            return debian
+        text = re.sub(f"{STORE_HASH}-{name_re}{re.escape(inner)}(?![A-Za-z0-9._-])", debian_file, text)
     out = STORE_RE.sub(repl, text)
     for src, dst in OTHER_PREFIXES.items():
         out = re.sub(re.escape(src) + r"(?=/|$|\s)", dst, out)
@@ -179,7 +211,7 @@ def render_unit(name, kind, spec, seen):
         unit[k] = v
     text = render_section("Unit", unit, seen, where) if unit else []
 
-    body_key = {"service": "serviceConfig", "timer": "timerConfig"}[kind]
+    body_key = {"service": "serviceConfig", "timer": "timerConfig", "path": "pathConfig"}[kind]
     body = dict(spec.get(body_key) or {})
     if kind == "service":
         env = dict(spec.get("environment") or {})
@@ -196,7 +228,7 @@ def render_unit(name, kind, spec, seen):
     else:
         if text:
             text.append("")
-        text.extend(render_section("Timer", body, seen, where))
+        text.extend(render_section(kind.capitalize(), body, seen, where))
 
     install = {}
     lines = []
@@ -209,7 +241,7 @@ def render_unit(name, kind, spec, seen):
         text += ["", "[Install]"] + lines
 
     known = set(UNIT_LIST_KEYS) | set(INSTALL_KEYS) | IGNORED_KEYS | UNSUPPORTED_KEYS | {
-        "description", "unitConfig", "serviceConfig", "timerConfig", "environment", "path"}
+        "description", "unitConfig", "serviceConfig", "timerConfig", "pathConfig", "environment", "path"}
     unknown = sorted(set(spec) - known)
     if unknown:
         raise ConvertError(f"{where}: unknown NixOS option(s) {unknown}; teach units.py how NixOS renders them")
@@ -232,7 +264,12 @@ def render_sysusers(users, groups):
         home = spec.get("home") or ("/home/" + u if spec.get("isNormalUser") else "/var/empty")
         desc = spec.get("description") or "-"
         shell = spec.get("shell")
-        shell = map_paths(shell) if isinstance(shell, str) and shell else "-"
+        if isinstance(shell, dict):
+            # A Nix-built script ({path, text}): written by convert() at its
+            # own store path.
+            shell = shell["path"]
+        else:
+            shell = map_paths(shell) if isinstance(shell, str) and shell else "-"
         if group not in (groups or {}) and group != "users":
             sysusers.append(f"g {group} -")
         idf = f"{uid if uid is not None else '-'}:{group}"
@@ -272,13 +309,65 @@ def etc_content(name, val):
     return json.dumps(val, indent=2) + "\n", None
 
 
-def convert(ev, root):
+def user_shells(users, root, manifest):
+    """A shell the evaluation gives as {path, text} is a Nix-built script
+    (pkgs.writeShellScript: `#!<runtimeShell>` then the text, mode 0555 in
+    the store): written at that same store path, its text's store paths
+    mapped like a unit's (they are the tools it runs)."""
+    for u, spec in sorted((users or {}).items()):
+        shell = (spec or {}).get("shell")
+        if not isinstance(shell, dict):
+            continue
+        path, text = shell.get("path") or "", shell.get("text")
+        if not STORE_RE.fullmatch(path) or not isinstance(text, str):
+            raise ConvertError(f"users.{u}.shell: want {{path: <store path>, text: <script>}}, got {shell!r}")
+        manifest["files"].append(write(root, path, "#!/bin/bash\n" + map_paths(text, manifest["store_paths"]), 0o555))
+        manifest["shells"][u] = path
+
+
+def authorized_keys(users, root, manifest):
+    """users.<u>.openssh.authorizedKeys.keys -> /etc/ssh/authorized_keys.d/<u>,
+    one key a line, 0444: what NixOS's sshd module writes."""
+    for u, spec in sorted((users or {}).items()):
+        keys = (((spec or {}).get("openssh") or {}).get("authorizedKeys") or {}).get("keys") or []
+        if keys:
+            manifest["files"].append(write(root, f"etc/ssh/authorized_keys.d/{u}", "\n".join(keys) + "\n", 0o444))
+            manifest["authorized_keys"][u] = keys
+
+
+SSHD_BEGIN = "# --- services.openssh.extraConfig (units.py) ---"
+
+
+def sshd_extra_config(sshd, root, manifest):
+    """services.openssh.extraConfig: NixOS writes it last in sshd_config
+    (after its own settings, so a `Match` block in it cannot swallow them);
+    here it is appended to Debian's /etc/ssh/sshd_config, whose `Include
+    sshd_config.d/*.conf` comes first. Store paths are the tools sshd runs
+    (ForceCommand), mapped."""
+    extra = (sshd or {}).get("extraConfig") or ""
+    if not (sshd or {}).get("enable") or not extra:
+        return
+    path = os.path.join(root, "etc/ssh/sshd_config")
+    if not os.path.isfile(path):
+        raise ConvertError(f"sshd.extraConfig: {path} missing (is openssh-server in the tree?)")
+    with open(path) as f:
+        if SSHD_BEGIN in f.read():
+            raise ConvertError(f"sshd.extraConfig: {path} already has a module's extraConfig")
+    with open(path, "a") as f:
+        f.write(f"\n{SSHD_BEGIN}\n" + map_paths(extra, manifest["store_paths"]))
+    manifest["files"].append("/etc/ssh/sshd_config")
+    manifest["sshd_extra_config"] = True
+
+
+def convert(ev, root, conf_name="ciphersync-test"):
+    """Write what one evaluation renders under `root`; `conf_name` names its
+    sysusers.d and tmpfiles.d files (one per evaluation)."""
     seen = {}
-    manifest = {"services": [], "timers": [], "etc": [], "users": sorted((ev.get("users") or {})),
+    manifest = {"services": [], "timers": [], "paths": [], "etc": [], "users": sorted((ev.get("users") or {})),
                 "groups": sorted((ev.get("groups") or {})), "store_paths": seen, "store_files": [],
-                "files": []}
+                "files": [], "shells": {}, "authorized_keys": {}, "tmpfiles": []}
     unitdir = "etc/systemd/system"
-    for kind, coll in (("service", "services"), ("timer", "timers")):
+    for kind, coll in (("service", "services"), ("timer", "timers"), ("path", "paths")):
         for name, spec in sorted((ev.get(coll) or {}).items()):
             if spec.get("enable", True) is False:
                 continue
@@ -309,14 +398,31 @@ def convert(ev, root):
         if fuse.get("userAllowOther"):
             conf.append("user_allow_other")
         manifest["files"].append(write(root, "etc/fuse.conf", "\n".join(conf) + "\n"))
-    extra = sorted(set(ev) - {"etc", "services", "timers", "users", "groups", "fuse"})
+    # environment.systemPackages: the tools are Debian's (or the binary just
+    # built); each must map, or a module change is noticed here.
+    for pkg in ev.get("packages") or []:
+        if not STORE_RE.fullmatch(pkg):
+            raise ConvertError(f"packages: {pkg!r} is not a store path")
+        map_paths(pkg, seen)
+    extra = sorted(set(ev) - {"etc", "services", "timers", "paths", "users", "groups", "fuse",
+                              "tmpfiles", "sshd", "packages"})
     if extra:
-        print(f"units.py: ignoring top-level keys {extra}", file=sys.stderr)
+        raise ConvertError(f"unknown top-level key(s) {extra}; teach units.py what they render")
+    user_shells(ev.get("users"), root, manifest)
+    authorized_keys(ev.get("users"), root, manifest)
+    sshd_extra_config(ev.get("sshd"), root, manifest)
     sysusers, tmpfiles = render_sysusers(ev.get("users"), ev.get("groups"))
+    # systemd.tmpfiles.rules, verbatim (after the homes: a rule may name a
+    # path below one).
+    for rule in ev.get("tmpfiles") or []:
+        if not isinstance(rule, str) or "\n" in rule:
+            raise ConvertError(f"tmpfiles: not one rule: {rule!r}")
+        tmpfiles.append(map_paths(rule, seen))
+    manifest["tmpfiles"] = tmpfiles
     if sysusers:
-        manifest["files"].append(write(root, "usr/lib/sysusers.d/ciphersync-test.conf", "\n".join(sysusers) + "\n"))
+        manifest["files"].append(write(root, f"usr/lib/sysusers.d/{conf_name}.conf", "\n".join(sysusers) + "\n"))
     if tmpfiles:
-        manifest["files"].append(write(root, "usr/lib/tmpfiles.d/ciphersync-test.conf", "\n".join(tmpfiles) + "\n"))
+        manifest["files"].append(write(root, f"usr/lib/tmpfiles.d/{conf_name}.conf", "\n".join(tmpfiles) + "\n"))
     return manifest
 
 
@@ -415,8 +521,61 @@ def self_test():
             check(False, "unknown NixOS option is rejected")
         except ConvertError:
             check(True, "unknown NixOS option is rejected")
+    server_self_test(here, check)
     print(f"{len(checks) - len(fails)} passed, {len(fails)} failed")
     return 1 if fails else 0
+
+
+def server_self_test(here, check):
+    """The server module's shape (fixtures/nixos-server.sample.json)."""
+    with open(os.path.join(here, "fixtures", "nixos-server.sample.json")) as f:
+        ev = json.load(f)
+    debian_sshd = "Include /etc/ssh/sshd_config.d/*.conf\nSubsystem sftp /usr/lib/openssh/sftp-server\n"
+    with tempfile.TemporaryDirectory() as root:
+        write(root, "etc/ssh/sshd_config", debian_sshd)
+        man = convert(ev, root, "ciphersync-server")
+        sd = os.path.join(root, "etc/systemd/system")
+        pl = open(os.path.join(sd, "ciphersync-server-seal-acct.path")).read().splitlines()
+        check(pl == ["[Path]", "PathChanged=/srv/accounts/acct/records", "Unit=ciphersync-server-seal-acct.service",
+                     "", "[Install]", "WantedBy=paths.target"], "pathConfig -> [Path], wantedBy -> [Install]")
+        check(os.path.islink(os.path.join(sd, "paths.target.wants/ciphersync-server-seal-acct.path")),
+              "path unit linked into paths.target.wants")
+        shell = "/nix/store/3a1b2c3d4f5g6h7i8j9k0l1m2n3p4q5r-ciphersync-serve-acct"
+        sp = os.path.join(root, shell.lstrip("/"))
+        check(open(sp).read() == "#!/bin/bash\nexec /usr/local/bin/ciphersync serve --root /srv/accounts/acct "
+              "--sftp-server /usr/lib/openssh/sftp-server --rsync /usr/bin/rsync\n"
+              and os.stat(sp).st_mode & 0o7777 == 0o555,
+              "account shell written at its store path, 0555, tools mapped (sftp-server: Debian's path)")
+        su = open(os.path.join(root, "usr/lib/sysusers.d/ciphersync-server.conf")).read().splitlines()
+        check(f'u acct -:acct "ciphersync storage account acct" /var/empty {shell}' in su,
+              "sysusers: the account's shell is the script's store path")
+        ak = os.path.join(root, "etc/ssh/authorized_keys.d/acct")
+        check(open(ak).read().endswith(" acct\n") and os.stat(ak).st_mode & 0o777 == 0o444,
+              "openssh.authorizedKeys -> /etc/ssh/authorized_keys.d/<user>, 0444")
+        conf = open(os.path.join(root, "etc/ssh/sshd_config")).read()
+        check(conf.startswith(debian_sshd) and conf.rstrip().endswith("Match all")
+              and "  ForceCommand /usr/local/bin/ciphersync serve --root /srv/accounts/acct --sftp-server "
+                  "/usr/lib/openssh/sftp-server --rsync /usr/bin/rsync\n" in conf,
+              "sshd extraConfig appended last to sshd_config, ForceCommand mapped")
+        tf = open(os.path.join(root, "usr/lib/tmpfiles.d/ciphersync-server.conf")).read().splitlines()
+        check(tf == ev["tmpfiles"], "systemd.tmpfiles.rules -> tmpfiles.d/<name>.conf verbatim")
+        check(man["paths"] == ["ciphersync-server-seal-acct"] and man["shells"] == {"acct": shell},
+              "manifest lists path units and shells")
+        try:
+            convert(ev, root, "ciphersync-server")
+            check(False, "a second extraConfig into the same sshd_config is refused")
+        except ConvertError:
+            check(True, "a second extraConfig into the same sshd_config is refused")
+    for bad, what in (({"sshd": ev["sshd"]}, "sshd extraConfig without an sshd_config is refused"),
+                      ({"quota": {}}, "unknown top-level key is refused"),
+                      ({"users": {"x": {"group": "x", "shell": {"path": "/bin/sh", "text": "exec true"}}}},
+                       "a shell script outside the store is refused")):
+        with tempfile.TemporaryDirectory() as root:
+            try:
+                convert(bad, root)
+                check(False, what)
+            except ConvertError:
+                check(True, what)
 
 
 def main(argv):
@@ -428,6 +587,8 @@ def main(argv):
     c.add_argument("eval_json")
     c.add_argument("--root", required=True, help="container root directory")
     c.add_argument("--manifest", help="write a JSON manifest of what was written here")
+    c.add_argument("--name", default="ciphersync-test",
+                   help="name of the sysusers.d/tmpfiles.d files (one per evaluation; default %(default)s)")
     h = sub.add_parser("convert-hm", help="write the user units of one evaluated home-manager JSON")
     h.add_argument("eval_json")
     h.add_argument("--root", required=True, help="container root directory")
@@ -437,7 +598,7 @@ def main(argv):
     with open(a.eval_json) as f:
         ev = json.load(f)
     try:
-        man = convert_hm(ev, a.root, a.unitdir) if a.cmd == "convert-hm" else convert(ev, a.root)
+        man = convert_hm(ev, a.root, a.unitdir) if a.cmd == "convert-hm" else convert(ev, a.root, a.name)
     except ConvertError as e:
         print(f"units.py: {e}", file=sys.stderr)
         return 2

@@ -138,7 +138,11 @@ pub fn stage(
             // on the next run (target/probe.rs).
             crate::target::forget_capabilities(&job.state_dir);
             StageResult {
-                outcome: if error.kind == Kind::Interrupted {
+                // A failure after SIGINT/SIGTERM is the interruption's:
+                // systemd signals the whole unit at once, and sshfs may die
+                // (EIO on the mount) before the helper's next check of the
+                // flag.
+                outcome: if error.kind == Kind::Interrupted || crate::interrupt::requested() {
                     Outcome::Interrupted
                 } else {
                     Outcome::Failed

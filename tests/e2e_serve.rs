@@ -348,15 +348,6 @@ fn sealed_runs_survive_a_compromised_client() {
     );
     assert_eq!(snapshot_ids(&job), [first.clone(), second.clone()]);
 
-    // The client's prune defers to the server and changes nothing.
-    let o = job.run(&["prune"]);
-    o.expect_code(0, "prune against an append-only account");
-    assert!(
-        o.stderr.contains("append-only") && o.stderr.contains("keep-last all"),
-        "prune did not say what the server keeps:\n{}",
-        o.dump()
-    );
-
     let records = acct.root.join("records");
     let snapshots = acct.root.join("snapshots");
     let metadata = acct.root.join("metadata");
@@ -368,6 +359,17 @@ fn sealed_runs_survive_a_compromised_client() {
         )
     };
     let before = sealed_state();
+
+    // The client's prune defers to the server and changes nothing (`before`
+    // is compared after the attacks below).
+    let o = job.run(&["prune"]);
+    o.expect_code(0, "prune against an append-only account");
+    assert!(
+        o.stderr.contains("append-only") && o.stderr.contains("keep-last all"),
+        "prune did not say what the server keeps:\n{}",
+        o.dump()
+    );
+
     let record = format!("{root}/records/{first}.rec");
     let snap = format!("{root}/snapshots/{second}");
     let victim = walk(&snapshots.join(&second))

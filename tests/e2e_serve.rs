@@ -318,25 +318,50 @@ fn sealed_runs_survive_a_compromised_client() {
     let acct = &job.account;
     let root = acct.root.display().to_string();
     make_features_tree(&job.source);
+    // A file of another owner: its owner comes back only from the run's
+    // metadata dir (metadata/<id>/), which is sealed too.
+    let owned = job.source.join("owned-by-nobody.txt");
+    fs::write(&owned, b"nobody's\n").unwrap();
+    std::os::unix::fs::chown(&owned, Some(NOBODY), Some(NOBODY)).unwrap();
     job.ok(&["init"]);
     let first = job.backup_ok()["snapshot"].as_str().unwrap().to_string();
     let as_of_first = job.root.join("as-of-first");
     copy_tree(&job.source, &as_of_first);
     let o = acct.seal(&[]);
     o.expect_code(0, "seal after the first run");
-    assert!(o.stdout.contains("sealed 1 records"), "{}", o.dump());
+    assert!(
+        o.stdout.starts_with("sealed 1 records, ") && o.stdout.contains(" and 1 metadata dirs;"),
+        "{}",
+        o.dump()
+    );
+    // The second run's manifest says root: only the first's says nobody.
+    std::os::unix::fs::chown(&owned, Some(0), Some(0)).unwrap();
     change_features_tree(&job.source);
     let second = job.backup_ok()["snapshot"].as_str().unwrap().to_string();
     let o = acct.seal(&[]);
     o.expect_code(0, "seal after the second run");
     assert!(
-        o.stdout.contains("sealed 1 records and 1 snapshot dirs"),
+        o.stdout
+            .contains("sealed 1 records, 1 snapshot dirs and 1 metadata dirs"),
         "{}",
         o.dump()
     );
     assert_eq!(snapshot_ids(&job), [first.clone(), second.clone()]);
 
-    // The client's prune defers to the server and changes nothing.
+    let records = acct.root.join("records");
+    let snapshots = acct.root.join("snapshots");
+    let metadata = acct.root.join("metadata");
+    let sealed_state = || {
+        (
+            state_of(&records),
+            state_of(&snapshots),
+            state_of(&metadata),
+        )
+    };
+    let before = sealed_state();
+
+    // The client's prune defers to the server and changes nothing (`before`
+    // is compared after the attacks below).
     let o = job.run(&["prune"]);
     o.expect_code(0, "prune against an append-only account");
     assert!(
@@ -345,9 +370,6 @@ fn sealed_runs_survive_a_compromised_client() {
         o.dump()
     );
 
-    let records = acct.root.join("records");
-    let snapshots = acct.root.join("snapshots");
-    let before = (state_of(&records), state_of(&snapshots));
     let record = format!("{root}/records/{first}.rec");
     let snap = format!("{root}/snapshots/{second}");
     let victim = walk(&snapshots.join(&second))
@@ -355,6 +377,15 @@ fn sealed_runs_survive_a_compromised_client() {
         .find(|(_, m)| m.is_file())
         .map(|(rel, _)| format!("{snap}/{}", rel.display()))
         .expect("the second run's snapshot holds a file");
+    // The first run's metadata dir and its encrypted manifest (the largest
+    // file: acl.txt, padded to 64 KiB).
+    let meta = format!("{root}/metadata/{first}");
+    let manifest = walk(&metadata.join(&first))
+        .into_iter()
+        .filter(|(_, m)| m.is_file())
+        .max_by_key(|(_, m)| m.len())
+        .map(|(rel, _)| format!("{meta}/{}", rel.display()))
+        .expect("the first run's metadata dir holds its manifest");
     let empty = job.root.join("empty");
     fs::write(&empty, b"").unwrap();
     let evil = job.root.join("evil");
@@ -374,6 +405,17 @@ fn sealed_runs_survive_a_compromised_client() {
         format!("rename {snap} {root}/snapshots/x"),
         format!("rename {root}/records {root}/records.old"),
         format!("rename {root}/snapshots {root}/snapshots.old"),
+        format!("rm {manifest}"),
+        format!("rename {manifest} {root}/files/stolen"),
+        format!("put {} {manifest}", empty.display()),
+        format!("put {} {manifest}", evil.display()),
+        format!("chmod 666 {manifest}"),
+        format!("put {} {meta}/gocryptfs.conf", evil.display()),
+        format!("rmdir {meta}"),
+        format!("rename {meta} {root}/metadata/x"),
+        format!("rename {root}/metadata/{second} {meta}"),
+        format!("chmod 777 {meta}"),
+        format!("rename {root}/metadata {root}/metadata.old"),
     ] {
         let o = acct.sftp_batch(&format!("{batch}\n"));
         assert_ne!(
@@ -396,6 +438,14 @@ fn sealed_runs_survive_a_compromised_client() {
         (&["-r", "--delete"][..], &empty_dir, format!("{root}/")),
         (&[][..], &evil, record.clone()),
         (&["--inplace"][..], &evil, record.clone()),
+        (
+            &["-r", "--delete"][..],
+            &empty_dir,
+            format!("{root}/metadata/"),
+        ),
+        (&["-r", "--delete"][..], &empty_dir, format!("{meta}/")),
+        (&[][..], &evil, manifest.clone()),
+        (&["--inplace"][..], &evil, manifest.clone()),
     ] {
         let with_slash = format!("{}/", src.display());
         let src_arg = if src.is_dir() {
@@ -412,31 +462,74 @@ fn sealed_runs_survive_a_compromised_client() {
         );
     }
     assert_eq!(
-        (state_of(&records), state_of(&snapshots)),
+        sealed_state(),
         before,
-        "the sealed records or snapshots changed"
+        "the sealed records, snapshots or metadata changed"
     );
 
-    // The next honest backup and a point-in-time restore still work.
+    // The next honest backup writes its metadata dir into the shared
+    // metadata/ (the account's until sealed), and a point-in-time restore
+    // still applies the first run's owners.
     fs::write(job.source.join("after-attack.txt"), b"still backing up\n").unwrap();
     let third = job.backup_ok()["snapshot"].as_str().unwrap().to_string();
+    let uid_of = |p: &Path| fs::symlink_metadata(p).unwrap().uid();
+    assert_eq!(uid_of(&metadata.join(&third)), acct.uid);
     acct.seal(&[]).expect_code(0, "seal after the third run");
-    assert_eq!(snapshot_ids(&job), [first.clone(), second, third]);
-    let to = restore_snapshot(&job, &first, "restored-first");
+    assert_eq!(
+        uid_of(&metadata.join(&third)),
+        0,
+        "the third run's metadata"
+    );
+    assert_eq!(
+        snapshot_ids(&job),
+        [first.clone(), second.clone(), third.clone()]
+    );
+    let to = job.root.join("restored-first");
+    fs::create_dir_all(&to).unwrap();
+    let o = job.run(&[
+        "restore",
+        "--snapshot",
+        &first,
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    o.expect_code(0, &format!("restore --snapshot {first}"));
+    assert!(
+        o.stderr
+            .contains(&format!("applied the metadata of run {first}")),
+        "{}",
+        o.dump()
+    );
     assert_trees_equal(&as_of_first, &to);
-    job.restore_and_compare("restored-latest");
+    assert_eq!(
+        uid_of(&to.join("owned-by-nobody.txt")),
+        NOBODY,
+        "restore --snapshot {first} lost the owner its sealed metadata holds"
+    );
+    let latest = job.restore_and_compare("restored-latest");
+    assert_eq!(uid_of(&latest.join("owned-by-nobody.txt")), 0);
 
-    // Retention runs on the server.
+    // Retention runs on the server, and takes the runs' metadata along.
     let o = acct.seal(&["--keep-last", "1"]);
     o.expect_code(0, "seal --keep-last 1");
     assert!(
-        o.stdout.contains("retention removed 2 records"),
+        o.stdout.contains("retention removed 2 records")
+            && o.stdout.contains("and 2 metadata dirs"),
         "{}",
         o.dump()
     );
     assert_eq!(snapshot_ids(&job).len(), 1, "the server's retention");
+    let mut left: Vec<String> = fs::read_dir(&metadata)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, [third], "metadata dirs after the server's retention");
     job.assert_clean();
 }
+
+/// `nobody` on Debian and NixOS.
+const NOBODY: u32 = 65534;
 
 /// What the account's dir holds, as serve's quota counts it: allocated
 /// blocks (`du`), each inode once.

@@ -65,8 +65,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", value_parser = quota::parse_size)]
     pub quota: Option<u64>,
     /// Seal the finished runs below --root (as root, from a timer): their
-    /// records and snapshot dirs become root's and read-only, so the
-    /// account can add runs but never change or delete a sealed one.
+    /// records, snapshot dirs and metadata dirs become root's and
+    /// read-only, so the account can add runs but never change or delete a
+    /// sealed one.
     #[arg(long, requires = "account")]
     pub seal: bool,
     /// The account whose runs --seal seals (its user name).

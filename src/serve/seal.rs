@@ -4,18 +4,25 @@
 //! Sealing happens in place, by ownership, so that restore and `restore
 //! --snapshot` read sealed runs exactly where they always were:
 //!
-//! - the account's root, `records/` and `snapshots/` become root's, group
-//!   the account's (its own group), mode 1770: the account still creates
-//!   entries there (new runs), but the sticky bit keeps it from deleting or
-//!   renaming any entry it does not own;
+//! - the account's root, `records/`, `snapshots/` and `metadata/` become
+//!   root's, group the account's (its own group), mode 1770: the account
+//!   still creates entries there (new runs), but the sticky bit keeps it
+//!   from deleting or renaming any entry it does not own;
 //! - a finished run's record (`records/<id>.rec`) and every snapshot dir
-//!   with an id up to the newest record's (its own, and those of
-//!   interrupted runs before it, which restore reads too) become root's,
-//!   group the account's, read-only (files 0440, directories 0550): the
-//!   account can read them and can no longer delete, rename, truncate,
-//!   overwrite or chmod them, over SFTP, rsync or anything else;
+//!   and metadata dir (`metadata/<id>/`, the encrypted owners, ACLs, xattrs
+//!   and special files that restore applies) with an id up to the newest
+//!   record's (its own, and those of interrupted runs before it) become
+//!   root's, group the account's, read-only (files 0440, directories 0550):
+//!   the account can read them and can no longer delete, rename, truncate,
+//!   overwrite or chmod them, over SFTP, rsync or anything else. A backup
+//!   writes the mirror, then `metadata/<id>/`, then the snapshot dir's last
+//!   touches, then the record (sync.rs): a dir with an id up to a record's
+//!   is complete, or belongs to a run that was interrupted and never
+//!   writes there again (each run takes a new, later id);
 //! - `files/` and `checksums/` stay the account's: the mirror changes on
-//!   every run.
+//!   every run, and `checksums/` holds the lists the last few verifies
+//!   kept of the mirror as it was (verify itself deletes the older ones),
+//!   not history that restore reads.
 //!
 //! Every directory is opened with O_NOFOLLOW, made root's and read-only
 //! before it is listed (the account cannot change it under us), and a
@@ -25,8 +32,11 @@
 //! newest run" (it would seal a run still in progress).
 //!
 //! `keep_last`/`keep_days` apply the client's retention rule
-//! (snapshots::plan_prune) to the sealed runs. The marker file
-//! [`APPEND_ONLY_MARKER`] in the root tells a client what the server keeps.
+//! (snapshots::plan_prune) to the sealed runs, and remove metadata dirs as
+//! the client's prune does (metadata::prune_dirs): those of the removed
+//! runs and of unfinished runs older than the oldest run kept. The marker
+//! file [`APPEND_ONLY_MARKER`] in the root tells a client what the server
+//! keeps.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -42,6 +52,7 @@ use super::ServeArgs;
 use super::tree::{Root, kind_of};
 use crate::config::Retention;
 use crate::error::{Error, Kind, Result};
+use crate::metadata::DIR as METADATA;
 use crate::status::parse_snapshot_id;
 use crate::target::{RECORDS, SNAPSHOTS, Target};
 
@@ -70,8 +81,10 @@ const FILE_FLAGS: OFlag = OFlag::O_RDONLY
 pub struct SealReport {
     pub records: usize,
     pub snapshot_dirs: usize,
+    pub metadata_dirs: usize,
     pub pruned_records: Vec<String>,
     pub pruned_dirs: Vec<String>,
+    pub pruned_metadata: Vec<String>,
     /// Entries left as they were, with why.
     pub skipped: Vec<String>,
 }
@@ -79,11 +92,14 @@ pub struct SealReport {
 impl SealReport {
     pub fn line(&self) -> String {
         let mut line = format!(
-            "sealed {} records and {} snapshot dirs; retention removed {} records and {} snapshot dirs",
+            "sealed {} records, {} snapshot dirs and {} metadata dirs; \
+             retention removed {} records, {} snapshot dirs and {} metadata dirs",
             self.records,
             self.snapshot_dirs,
+            self.metadata_dirs,
             self.pruned_records.len(),
-            self.pruned_dirs.len()
+            self.pruned_dirs.len(),
+            self.pruned_metadata.len()
         );
         if !self.skipped.is_empty() {
             line.push_str(&format!(
@@ -133,6 +149,7 @@ pub fn seal(args: &ServeArgs) -> Result<SealReport> {
     let mut report = SealReport::default();
     let records = root.dir_at(&root.fd, &[RECORDS.to_string()], RECORDS)?;
     let snapshots = root.dir_at(&root.fd, &[SNAPSHOTS.to_string()], SNAPSHOTS)?;
+    let metadata = root.dir_at(&root.fd, &[METADATA.to_string()], METADATA)?;
     let latest_trusted = SystemTime::now() + Duration::from_secs(24 * 3600);
     let mut record_ids: Vec<String> = names(&records, RECORDS)?
         .into_iter()
@@ -143,16 +160,18 @@ pub fn seal(args: &ServeArgs) -> Result<SealReport> {
     let Some(newest) = record_ids.last().cloned() else {
         return Ok(report);
     };
-    // Snapshot dirs first: a record is sealed only once the runs it
-    // needs are.
-    let mut dir_ids: Vec<String> = names(&snapshots, SNAPSHOTS)?
-        .into_iter()
-        .filter(|id| parse_snapshot_id(id).is_some())
-        .collect();
-    dir_ids.sort();
+    // Snapshot and metadata dirs first: a record is sealed only once the
+    // runs it needs are.
+    let dir_ids = run_ids(&snapshots, SNAPSHOTS)?;
     for id in dir_ids.iter().filter(|id| **id <= newest) {
-        if seal_tree(&snapshots, id, &owner, &mut report)? {
+        if seal_tree(&snapshots, SNAPSHOTS, id, &owner, &mut report)? {
             report.snapshot_dirs += 1;
+        }
+    }
+    let metadata_ids = run_ids(&metadata, METADATA)?;
+    for id in metadata_ids.iter().filter(|id| **id <= newest) {
+        if seal_tree(&metadata, METADATA, id, &owner, &mut report)? {
+            report.metadata_dirs += 1;
         }
     }
     for id in &record_ids {
@@ -160,19 +179,27 @@ pub fn seal(args: &ServeArgs) -> Result<SealReport> {
             report.records += 1;
         }
     }
-    prune(
-        &root,
-        &records,
-        &record_ids,
-        &dir_ids,
-        &retention,
-        &mut report,
-    )?;
+    let runs = Runs {
+        records: &record_ids,
+        snapshot_dirs: &dir_ids,
+        metadata_dirs: &metadata_ids,
+    };
+    prune(&root, &records, &runs, &retention, &mut report)?;
     Ok(report)
 }
 
-/// The root, `records/` and `snapshots/`: root's, the account's group,
-/// 1770; the marker file.
+/// The entries of `dir` named as a run's id, sorted.
+fn run_ids(dir: &OwnedFd, what: &str) -> Result<Vec<String>> {
+    let mut ids: Vec<String> = names(dir, what)?
+        .into_iter()
+        .filter(|id| parse_snapshot_id(id).is_some())
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// The root, `records/`, `snapshots/` and `metadata/`: root's, the
+/// account's group, 1770; the marker file.
 fn prepare(root: &Root, owner: &Owner, retention: &Retention) -> Result<()> {
     // Only what is not yet so is changed: a chown, even to the same
     // owner, is an inotify event, and the server module's path unit on
@@ -195,7 +222,7 @@ fn prepare(root: &Root, owner: &Owner, retention: &Retention) -> Result<()> {
         )));
     }
     shared(&root.fd, "the served directory")?;
-    for name in [RECORDS, SNAPSHOTS] {
+    for name in [RECORDS, SNAPSHOTS, METADATA] {
         match mkdirat(root.fd.as_fd(), name, Mode::from_bits_truncate(0o700)) {
             Ok(()) | Err(Errno::EEXIST) => {}
             Err(e) => return Err(errno(&format!("creating {name}"), e)),
@@ -362,10 +389,17 @@ fn copy_over(dir: &OwnedFd, name: &str, mut source: File, what: &str, owner: &Ow
         .map_err(|e| errno(&format!("sealing {what}"), e))
 }
 
-/// Seals `snapshots/<id>` and everything below it; false if it already
-/// was. A directory is made root's and read-only before it is listed.
-fn seal_tree(parent: &OwnedFd, id: &str, owner: &Owner, report: &mut SealReport) -> Result<bool> {
-    let what = format!("{SNAPSHOTS}/{id}");
+/// Seals `<parent_name>/<id>` (a snapshot or metadata dir) and everything
+/// below it; false if it already was. A directory is made root's and
+/// read-only before it is listed.
+fn seal_tree(
+    parent: &OwnedFd,
+    parent_name: &str,
+    id: &str,
+    owner: &Owner,
+    report: &mut SealReport,
+) -> Result<bool> {
+    let what = format!("{parent_name}/{id}");
     let top = match openat(parent.as_fd(), id, DIR_FLAGS, Mode::empty()) {
         Ok(fd) => fd,
         Err(e) => {
@@ -440,17 +474,28 @@ fn freeze(fd: &OwnedFd, mode: u32, owner: &Owner, what: &str) -> Result<()> {
         .map_err(|e| errno(&format!("sealing {what}"), e))
 }
 
+/// A run's entries, by id, as `seal` listed them.
+struct Runs<'a> {
+    records: &'a [String],
+    snapshot_dirs: &'a [String],
+    metadata_dirs: &'a [String],
+}
+
 /// The server's retention over sealed runs: records first, then the
-/// snapshot dirs no kept run needs (snapshots::plan_prune).
+/// snapshot dirs no kept run needs (snapshots::plan_prune), then the
+/// metadata dirs the client's prune would remove (metadata::prune_dirs).
 fn prune(
     root: &Root,
     records: &OwnedFd,
-    record_ids: &[String],
-    dir_ids: &[String],
+    runs: &Runs,
     retention: &Retention,
     report: &mut SealReport,
 ) -> Result<()> {
-    let sealed: Vec<String> = record_ids
+    if retention.keep_last.is_none() && retention.keep_days.is_none() {
+        return Ok(()); // no bound: keep everything
+    }
+    let sealed: Vec<String> = runs
+        .records
         .iter()
         .filter(|id| {
             fstatat(
@@ -462,7 +507,8 @@ fn prune(
         })
         .cloned()
         .collect();
-    let plan = crate::snapshots::plan_prune(&sealed, dir_ids, retention, SystemTime::now());
+    let plan =
+        crate::snapshots::plan_prune(&sealed, runs.snapshot_dirs, retention, SystemTime::now());
     for id in &plan.records {
         let path = root.path.join(RECORDS).join(format!("{id}.rec"));
         std::fs::remove_file(&path)
@@ -470,13 +516,84 @@ fn prune(
         report.pruned_records.push(id.clone());
     }
     for id in &plan.snapshot_dirs {
-        let path = root.path.join(SNAPSHOTS).join(id);
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path)
-                .map_err(|e| Error::io(format!("removing {}", path.display()), e))?,
-            _ => continue,
+        if remove_dir(root, SNAPSHOTS, id)? {
+            report.pruned_dirs.push(id.clone());
         }
-        report.pruned_dirs.push(id.clone());
+    }
+    for id in metadata_to_remove(runs, &plan.records) {
+        if remove_dir(root, METADATA, id)? {
+            report.pruned_metadata.push(id.clone());
+        }
     }
     Ok(())
+}
+
+/// As metadata::prune_dirs on the client: the metadata dirs of the runs
+/// whose records retention removed, and those older than the oldest run
+/// kept (interrupted runs no record needs). A record kept by the server
+/// (any not removed, sealed or not) keeps its own.
+fn metadata_to_remove<'a>(runs: &Runs<'a>, removed: &[String]) -> Vec<&'a String> {
+    let oldest_kept = runs.records.iter().find(|id| !removed.contains(id));
+    runs.metadata_dirs
+        .iter()
+        .filter(|id| removed.contains(id) || oldest_kept.is_some_and(|o| *id < o))
+        .collect()
+}
+
+/// Removes `<parent>/<id>` when it is a directory (never following a
+/// link); false when it is not one.
+fn remove_dir(root: &Root, parent: &str, id: &str) -> Result<bool> {
+    let path = root.path.join(parent).join(id);
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path)
+            .map(|()| true)
+            .map_err(|e| Error::io(format!("removing {}", path.display()), e)),
+        _ => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn metadata_goes_with_its_record_and_with_older_unfinished_runs() {
+        let records = ids(&["20260101T000000Z", "20260102T000000Z", "20260104T000000Z"]);
+        let metadata = ids(&[
+            "20251231T000000Z", // unfinished, before every record
+            "20260101T000000Z",
+            "20260101T120000Z", // unfinished, before the oldest kept
+            "20260102T000000Z",
+            "20260103T000000Z", // unfinished, after the oldest kept
+            "20260104T000000Z",
+        ]);
+        let runs = Runs {
+            records: &records,
+            snapshot_dirs: &[],
+            metadata_dirs: &metadata,
+        };
+        let removed = ids(&["20260101T000000Z"]);
+        assert_eq!(
+            metadata_to_remove(&runs, &removed),
+            ["20251231T000000Z", "20260101T000000Z", "20260101T120000Z"]
+        );
+        // Nothing removed: only what lies before the oldest record goes.
+        assert_eq!(metadata_to_remove(&runs, &[]), ["20251231T000000Z"]);
+        // The oldest kept run keeps its own metadata.
+        let removed = ids(&["20260101T000000Z", "20260102T000000Z"]);
+        assert_eq!(
+            metadata_to_remove(&runs, &removed),
+            [
+                "20251231T000000Z",
+                "20260101T000000Z",
+                "20260101T120000Z",
+                "20260102T000000Z",
+                "20260103T000000Z"
+            ]
+        );
+    }
 }

@@ -575,6 +575,15 @@ fn over_its_quota_an_account_refuses_backups_and_still_restores() {
         used > QUOTA,
         "the second run did not pass the quota: {used}"
     );
+    // The run's permit (granted by the question it asked under the quota)
+    // still holds: a session that run opens after crossing the quota (sshfs
+    // adds connections as it needs them, rsync workers start one after
+    // another) may still write, so the run cannot fail half way.
+    acct.sftp_batch(&format!("put {} {root}/within-run\n", scratch.display()))
+        .expect_code(0, "sftp put within a permitted run, over the quota");
+    assert_eq!(fs::read(acct.root.join("within-run")).unwrap(), b"scratch\n");
+    acct.sftp_batch(&format!("rm {root}/within-run\n"))
+        .expect_code(0, "sftp rm within a permitted run");
 
     // The next backup fails with the server's line, naming the account,
     // the usage and the quota, and writes nothing.

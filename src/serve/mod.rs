@@ -129,8 +129,12 @@ fn answer(args: &ServeArgs, root: &Root, request: Request) -> Result<i32> {
                     if let Some(line) =
                         quota::over_message(&quota::account_name(), used.bytes, quota)
                     {
+                        quota::end_run_permit(root)?;
                         return Err(tree::refuse(line));
                     }
+                    // The client asks before a backup writes anything:
+                    // this run may finish even if it crosses the quota.
+                    quota::grant_run_permit(root)?;
                     format!("quota {quota} used {}", used.bytes)
                 }
             };

@@ -13,6 +13,15 @@
 //! - Reads (restore, verify's sums) and deletions (prune) stay allowed, so
 //!   data can always be got back and space freed.
 //!
+//! - A run that `ciphersync-server quota` (the client's question before a
+//!   backup writes anything) let start gets a run permit: its own later
+//!   sessions may write until it ends, even once it has crossed the quota
+//!   (sshfs opens connections as it needs them, rsync workers start one
+//!   after another: without the permit a run that crosses the quota would
+//!   fail half way with an I/O error instead of finishing). The next
+//!   question over the quota ends the permit and refuses that run; a
+//!   permit also lapses after RUN_PERMIT_LIFETIME.
+//!
 //! Usage is measured afresh for every such request and never cached: serve
 //! runs as the account, so any file it could keep a cache in, the
 //! account's client could rewrite over SFTP to say "empty". The walk is
@@ -181,15 +190,73 @@ fn list_into(
 }
 
 /// Whether the account may start something that writes: `Ok(None)` under
-/// its quota (or with none), `Ok(Some(line))` over it, the line naming the
-/// account, the usage and the quota. A tree that cannot be measured is an
-/// error (the caller refuses the write with it).
+/// its quota (or with none, or within a permitted run), `Ok(Some(line))`
+/// over it, the line naming the account, the usage and the quota. A tree
+/// that cannot be measured is an error (the caller refuses the write).
 pub fn over_quota(root: &Root, quota: Option<u64>, account: &str) -> Result<Option<String>> {
     let Some(quota) = quota else {
         return Ok(None);
     };
     let used = usage(root, crate::limits::MAX_TREE_ENTRIES)?;
-    Ok(over_message(account, used.bytes, quota))
+    let over = over_message(account, used.bytes, quota);
+    if over.is_some() && run_permit_fresh(root) {
+        return Ok(None);
+    }
+    Ok(over)
+}
+
+/// The file whose mtime is the start of the run the quota question let
+/// through. It lies in the account's own directory, so a client can forge
+/// it: like a session opened under the quota and kept open, that only
+/// lets a compromised client write on, which the filesystem quota the
+/// README names is there to stop.
+pub const RUN_PERMIT_NAME: &str = ".ciphersync-run-permit";
+
+/// Longer than any backup should run (the modules' default maxRuntime is
+/// 12 h): a client that died mid-run does not keep its permit.
+const RUN_PERMIT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+
+/// Lets the run that just asked write until it ends (see the module text).
+pub fn grant_run_permit(root: &Root) -> Result<()> {
+    end_run_permit(root)?;
+    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW;
+    let fd = openat(
+        root.fd.as_fd(),
+        RUN_PERMIT_NAME,
+        flags | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| Error::io(format!("creating {RUN_PERMIT_NAME}"), e.into()))?;
+    drop(fd);
+    Ok(())
+}
+
+/// Ends a run permit, if there is one.
+pub fn end_run_permit(root: &Root) -> Result<()> {
+    match nix::unistd::unlinkat(
+        root.fd.as_fd(),
+        RUN_PERMIT_NAME,
+        nix::unistd::UnlinkatFlags::NoRemoveDir,
+    ) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {RUN_PERMIT_NAME}"), e.into())),
+    }
+}
+
+/// A regular file (not a link) made within RUN_PERMIT_LIFETIME.
+fn run_permit_fresh(root: &Root) -> bool {
+    let Ok(st) = fstatat(
+        root.fd.as_fd(),
+        RUN_PERMIT_NAME,
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    ) else {
+        return false;
+    };
+    let made = std::time::UNIX_EPOCH + std::time::Duration::from_secs(st.st_mtime.max(0) as u64);
+    kind_of(&st) == SFlag::S_IFREG
+        && std::time::SystemTime::now()
+            .duration_since(made)
+            .is_ok_and(|age| age < RUN_PERMIT_LIFETIME)
 }
 
 /// The refusal for `used` bytes against `quota`, or None within it.

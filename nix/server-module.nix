@@ -62,6 +62,11 @@
       name
       "--root"
       (rootOf name)
+      # Keep watching records/ until it has been quiet for 10 s: systemd
+      # watches nothing while this service runs, so a record renamed in
+      # during a seal would otherwise wait for the timer.
+      "--settle"
+      "10"
     ]
     ++ lib.optionals (account.keepSealed.keepLast != null) ["--keep-last" (toString account.keepSealed.keepLast)]
     ++ lib.optionals (account.keepSealed.keepDays != null) ["--keep-days" (toString account.keepSealed.keepDays)];
@@ -99,8 +104,8 @@
         type = lib.types.bool;
         default = false;
         description = ''
-          Seal every finished run (its record and snapshot dirs become
-          root's and read-only): a client holding the account's key can add
+          Seal every finished run (its record, snapshot dirs and metadata
+          dir become root's and read-only): a client holding the account's key can add
           runs but never delete or change a sealed one. `files/` (the mirror)
           stays writable. The client's `prune` then says what the server
           keeps and deletes nothing.
@@ -282,11 +287,11 @@ in {
     appendOnly;
 
     # A run's record is written last (renamed into records/): seal it as
-    # soon as it lands. Not always at once: systemd watches nothing while
-    # the service a path unit triggers runs, so a record renamed in during
-    # a seal run (one that the record's own temp file started) waits for
-    # the next event, the timer (sealAt) or the next boot (see
-    # tests/systemd/README.md, server-backup-sealed-by-path-unit).
+    # soon as it lands. systemd watches nothing while the service a path
+    # unit triggers runs, so the seal watches records/ itself (--settle)
+    # and seals what lands meanwhile; only a record that lands in the
+    # moment between its exit and systemd watching again waits for the
+    # timer (sealAt) or the next boot.
     systemd.paths = lib.mapAttrs' (name: _:
       lib.nameValuePair (sealUnit name) {
         wantedBy = ["paths.target"];

@@ -581,7 +581,10 @@ fn over_its_quota_an_account_refuses_backups_and_still_restores() {
     // another) may still write, so the run cannot fail half way.
     acct.sftp_batch(&format!("put {} {root}/within-run\n", scratch.display()))
         .expect_code(0, "sftp put within a permitted run, over the quota");
-    assert_eq!(fs::read(acct.root.join("within-run")).unwrap(), b"scratch\n");
+    assert_eq!(
+        fs::read(acct.root.join("within-run")).unwrap(),
+        b"scratch\n"
+    );
     acct.sftp_batch(&format!("rm {root}/within-run\n"))
         .expect_code(0, "sftp rm within a permitted run");
 
@@ -664,4 +667,59 @@ fn over_its_quota_an_account_refuses_backups_and_still_restores() {
         "cannot measure the account's usage: \"locked\": Permission denied",
     );
     fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+}
+
+/// Waits (up to 120 s, polling) until `path` exists and is root's.
+fn wait_until_roots(path: &Path, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while fs::symlink_metadata(path).map_or(true, |m| m.uid() != 0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {} never became root's",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// `serve --seal --settle` (what the server module's path unit starts):
+/// systemd watches nothing while the seal it started runs, so a record
+/// that lands then must be sealed by that same run, not wait for the
+/// hourly timer.
+#[test]
+fn a_record_that_lands_while_sealing_is_sealed_by_the_same_run() {
+    if !require("serve_settle") {
+        return;
+    }
+    let job = serve_job("serve-settle", "rsync", true, json!({}));
+    let acct = &job.account;
+    make_features_tree(&job.source);
+    job.ok(&["init"]);
+    let first = job.backup_ok()["snapshot"].as_str().unwrap().to_string();
+    let mut seal = std::process::Command::new(&acct.binary);
+    seal.args(["serve", "--seal", "--account", SERVE_USER, "--root"])
+        .arg(&acct.root)
+        .args(["--settle", "600"]);
+    let mut run = Running::spawn(seal);
+    let records = acct.root.join("records");
+    wait_until_roots(&records.join(format!("{first}.rec")), "the first pass");
+
+    fs::write(job.source.join("later.txt"), b"later\n").unwrap();
+    let second = job.backup_ok()["snapshot"].as_str().unwrap().to_string();
+    wait_until_roots(
+        &records.join(format!("{second}.rec")),
+        "a record that landed while sealing",
+    );
+    assert!(
+        run.is_running(),
+        "the seal run ended before the second record landed: {:?}",
+        run.output_so_far()
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let o = run.wait(std::time::Duration::from_secs(120));
+    assert!(o.stderr.contains("interrupted"), "{}", o.dump());
 }

@@ -321,8 +321,9 @@ fn sshfs_workers_split_only_when_files_move() {
 /// A tree of one top-level directory gets every worker: the workers take
 /// lists of directories at any depth, not top-level directories (3
 /// connections: a directory pass, 3 workers, a directory pass). Every deleted or replaced file reaches the
-/// run's snapshot dir exactly once, as its old version; restore uses the
-/// workers too and gives back the source, and the first run as it was.
+/// run's snapshot dir exactly once, as its old version; restore (from a
+/// stage pulled here) uses the workers too and gives back the source, and
+/// the first run as it was.
 #[test]
 fn sshfs_workers_share_one_directory() {
     if !require_tools("sshfs_one_dir", SFTP_TOOLS) {
@@ -397,10 +398,27 @@ fn sshfs_workers_share_one_directory() {
 
     let to = job.root.join("restored");
     let restore = job.ok(&["--verbose", "restore", "--to", to.to_str().unwrap()]);
-    // Straight from the server: one recursive rsync, which follows no link
-    // the server may swap in (workers name paths, and rsync would follow a
-    // symlinked parent of one).
-    assert_eq!(rsync_runs(&restore), 1, "restore:\n{}", restore.stderr);
+    // A shell account runs `rsync --server`: the latest run is pulled into
+    // a local stage (one rsync, links munged) and checked against its
+    // record; only then do the three phases and 3 workers copy out of it
+    // (workers name paths, and rsync would follow a symlinked parent of
+    // one, so never straight from the server).
+    let pulls = restore
+        .stderr
+        .lines()
+        .filter(|l| l.contains("run: rsync") && l.contains("--munge-links"))
+        .count();
+    assert_eq!(
+        pulls, 1,
+        "restore pulled {pulls} times:\n{}",
+        restore.stderr
+    );
+    let copy_out = rsync_runs(&restore) - pulls;
+    assert!(
+        copy_out >= 5,
+        "restore copied out with {copy_out} rsyncs:\n{}",
+        restore.stderr
+    );
     assert_trees_equal(&job.source, &to);
     let to_first = job.root.join("restored-first");
     let point_in_time = job.ok(&[

@@ -28,6 +28,7 @@
 mod quota;
 mod request;
 mod seal;
+mod settle;
 mod tree;
 
 use std::io::{BufWriter, Write};
@@ -80,13 +81,21 @@ pub struct ServeArgs {
     /// With --seal: keep the sealed runs of the last DAYS days.
     #[arg(long = "keep-days", value_name = "DAYS", requires = "seal")]
     pub keep_days: Option<u32>,
+    /// With --seal: then keep watching records/ and seal again after each
+    /// change, until nothing has landed there for SECONDS (the server
+    /// module's path unit: systemd watches nothing while the seal runs).
+    #[arg(long, value_name = "SECONDS", requires = "seal", value_parser = clap::value_parser!(u32).range(0..=3600))]
+    pub settle: Option<u32>,
 }
 
 /// Runs `serve` (or `serve --seal`); returns the exit code, or never
 /// returns when it hands the connection to sftp-server or rsync.
 pub fn main(args: &ServeArgs) -> Result<i32> {
     if args.seal {
-        let report = seal(args)?;
+        let report = match args.settle {
+            Some(s) => settle::seal_until_quiet(args, std::time::Duration::from_secs(s.into()))?,
+            None => seal(args)?,
+        };
         println!("{}", report.line());
         return Ok(0);
     }

@@ -90,6 +90,21 @@ pub struct SealReport {
 }
 
 impl SealReport {
+    /// Adds what a later pass of the same seal run did.
+    pub fn absorb(&mut self, other: SealReport) {
+        self.records += other.records;
+        self.snapshot_dirs += other.snapshot_dirs;
+        self.metadata_dirs += other.metadata_dirs;
+        self.pruned_records.extend(other.pruned_records);
+        self.pruned_dirs.extend(other.pruned_dirs);
+        self.pruned_metadata.extend(other.pruned_metadata);
+        for why in other.skipped {
+            if !self.skipped.contains(&why) {
+                self.skipped.push(why);
+            }
+        }
+    }
+
     pub fn line(&self) -> String {
         let mut line = format!(
             "sealed {} records, {} snapshot dirs and {} metadata dirs; \

@@ -140,6 +140,8 @@ EOF
   # (started again in server-seal-units-healthy), the boot run is over.
   c systemctl stop "$SRV_SEALED_UNIT.timer"
   local before inv first
+  # The boot run watches records/ until it has been quiet for --settle.
+  wait_for "the boot seal run to finish" seal_not_running
   before=$(show "$SRV_SEALED_UNIT.service" InvocationID)
   srv_job init || fail "init failed"
   srv_job_unit backup || fail "backup to $SRV_SEALED@127.0.0.1 failed (exit $?)"

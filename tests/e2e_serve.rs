@@ -723,3 +723,143 @@ fn a_record_that_lands_while_sealing_is_sealed_by_the_same_run() {
     let o = run.wait(std::time::Duration::from_secs(120));
     assert!(o.stderr.contains("interrupted"), "{}", o.dump());
 }
+
+/// The run id one second after `id` (`YYYYMMDDTHHMMSSZ`), by date(1).
+fn id_after(id: &str) -> String {
+    let iso = format!(
+        "{}-{}-{} {}:{}:{}",
+        &id[0..4],
+        &id[4..6],
+        &id[6..8],
+        &id[9..11],
+        &id[11..13],
+        &id[13..15]
+    );
+    let out = std::process::Command::new("date")
+        .args([
+            "-u",
+            "-d",
+            &format!("{iso} UTC + 1 second"),
+            "+%Y%m%dT%H%M%SZ",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A compromised client cannot rewrite sealed history by adding entries
+/// behind it: a snapshot dir with an id between two sealed runs (holding
+/// another file's ciphertext under a changed file's name: `restore
+/// --snapshot` of the earlier run would give that content) and a record of
+/// a run that never was. The next seal moves both into `refused/`, root's,
+/// and the point-in-time restore still equals the source as it was.
+#[test]
+fn entries_inserted_behind_sealed_history_are_refused() {
+    if !require("serve_inserted") {
+        return;
+    }
+    let job = serve_job("serve-inserted", "rsync", true, json!({}));
+    let acct = &job.account;
+    make_features_tree(&job.source);
+    job.ok(&["init"]);
+    let first = job.backup_ok()["snapshot"].as_str().unwrap().to_string();
+    let as_of_first = job.root.join("as-of-first");
+    copy_tree(&job.source, &as_of_first);
+    acct.seal(&[]).expect_code(0, "seal after the first run");
+    // Two seconds apart, so that an id lies between the two runs.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    change_features_tree(&job.source);
+    let second = job.backup_ok()["snapshot"].as_str().unwrap().to_string();
+    acct.seal(&[]).expect_code(0, "seal after the second run");
+    let between = id_after(&first);
+    assert!(
+        first < between && between < second,
+        "{first} < {between} < {second}"
+    );
+
+    // The forged snapshot dir: the second run's, with one old version's
+    // ciphertext swapped for another file's; made as the account would.
+    let snapshots = acct.root.join("snapshots");
+    let forged = snapshots.join(&between);
+    copy_tree(&snapshots.join(&second), &forged);
+    let mut contents: Vec<std::path::PathBuf> = walk(&forged)
+        .into_iter()
+        .filter(|(rel, m)| {
+            m.is_file() && !rel.ends_with("gocryptfs.diriv") && rel.as_os_str() != "gocryptfs.conf"
+        })
+        .map(|(rel, _)| forged.join(rel))
+        .collect();
+    contents.sort();
+    let victim = contents
+        .first()
+        .expect("the second run replaced or deleted a file")
+        .clone();
+    let other = walk(&acct.root.join("files"))
+        .into_iter()
+        .map(|(rel, m)| (acct.root.join("files").join(rel), m))
+        .find(|(p, m)| {
+            m.is_file()
+                && m.len() != fs::metadata(&victim).unwrap().len()
+                && p.file_name()
+                    .is_some_and(|n| n != "gocryptfs.diriv" && n != "gocryptfs.conf")
+        })
+        .expect("another file's ciphertext")
+        .0;
+    fs::copy(&other, &victim).unwrap();
+    let fake_record = acct.root.join("records").join(format!("{between}.rec"));
+    fs::copy(
+        acct.root.join("records").join(format!("{first}.rec")),
+        &fake_record,
+    )
+    .unwrap();
+    for path in [&forged, &fake_record] {
+        let st = std::process::Command::new("chown")
+            .args(["-R", &format!("{}:{}", acct.uid, acct.gid)])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    let o = acct.seal(&[]);
+    o.expect_code(0, "seal with entries behind sealed history");
+    assert!(
+        o.stdout.contains("refused 2 entries behind sealed history"),
+        "{}",
+        o.dump()
+    );
+    assert!(
+        !forged.exists(),
+        "the forged snapshot dir is still in snapshots/"
+    );
+    assert!(
+        !fake_record.exists(),
+        "the fake record is still in records/"
+    );
+    let refused = acct.root.join("refused");
+    let meta = fs::metadata(&refused).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.mode() & 0o7777),
+        (0, 0o700),
+        "refused/ is not root's alone"
+    );
+    assert!(refused.join(format!("snapshots-{between}")).is_dir());
+    assert!(refused.join(format!("records-{between}.rec")).is_file());
+
+    let listed = job.ok(&["snapshots"]).stdout;
+    assert!(
+        !listed.contains(&between),
+        "the fake run is listed:\n{listed}"
+    );
+    let to = job.root.join("restored-first");
+    fs::create_dir_all(&to).unwrap();
+    job.ok(&[
+        "restore",
+        "--snapshot",
+        &first,
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_trees_equal(&as_of_first, &to);
+    job.assert_clean();
+}

@@ -25,6 +25,7 @@
 //! With `--seal` (run by root, from a timer) it seals finished runs of an
 //! append-only account instead (seal.rs).
 
+mod inserted;
 mod quota;
 mod request;
 mod seal;

@@ -49,6 +49,7 @@ use nix::sys::stat::{Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
 use nix::unistd::{Gid, Uid, User, fchown, fchownat};
 
 use super::ServeArgs;
+use super::inserted;
 use super::tree::{Root, kind_of};
 use crate::config::Retention;
 use crate::error::{Error, Kind, Result};
@@ -87,6 +88,9 @@ pub struct SealReport {
     pub pruned_metadata: Vec<String>,
     /// Entries left as they were, with why.
     pub skipped: Vec<String>,
+    /// Entries the account put behind sealed history, moved into
+    /// `refused/` (inserted.rs).
+    pub refused: Vec<String>,
 }
 
 impl SealReport {
@@ -98,6 +102,7 @@ impl SealReport {
         self.pruned_records.extend(other.pruned_records);
         self.pruned_dirs.extend(other.pruned_dirs);
         self.pruned_metadata.extend(other.pruned_metadata);
+        self.refused.extend(other.refused);
         for why in other.skipped {
             if !self.skipped.contains(&why) {
                 self.skipped.push(why);
@@ -116,6 +121,14 @@ impl SealReport {
             self.pruned_dirs.len(),
             self.pruned_metadata.len()
         );
+        if !self.refused.is_empty() {
+            line.push_str(&format!(
+                "; refused {} entries behind sealed history, moved to {}/: {}",
+                self.refused.len(),
+                inserted::REFUSED_DIR,
+                self.refused.join(", ")
+            ));
+        }
         if !self.skipped.is_empty() {
             line.push_str(&format!(
                 "; left {} entries alone (first: {})",
@@ -165,13 +178,23 @@ pub fn seal(args: &ServeArgs) -> Result<SealReport> {
     let records = root.dir_at(&root.fd, &[RECORDS.to_string()], RECORDS)?;
     let snapshots = root.dir_at(&root.fd, &[SNAPSHOTS.to_string()], SNAPSHOTS)?;
     let metadata = root.dir_at(&root.fd, &[METADATA.to_string()], METADATA)?;
-    let latest_trusted = SystemTime::now() + Duration::from_secs(24 * 3600);
-    let mut record_ids: Vec<String> = names(&records, RECORDS)?
-        .into_iter()
-        .filter_map(|n| n.strip_suffix(".rec").map(String::from))
-        .filter(|id| parse_snapshot_id(id).is_some_and(|t| t <= latest_trusted))
-        .collect();
-    record_ids.sort();
+    // What the account put behind sealed history goes first (inserted.rs).
+    if let Some(until) = inserted::sealed_until(&records, &record_ids(&records)?) {
+        for (dir, what) in [
+            (&records, RECORDS),
+            (&snapshots, SNAPSHOTS),
+            (&metadata, METADATA),
+        ] {
+            for name in names(dir, what)? {
+                if inserted::is_inserted(dir, &name, &until) {
+                    report
+                        .refused
+                        .push(inserted::refuse(&root, dir, what, &name)?);
+                }
+            }
+        }
+    }
+    let record_ids = record_ids(&records)?;
     let Some(newest) = record_ids.last().cloned() else {
         return Ok(report);
     };
@@ -201,6 +224,20 @@ pub fn seal(args: &ServeArgs) -> Result<SealReport> {
     };
     prune(&root, &records, &runs, &retention, &mut report)?;
     Ok(report)
+}
+
+/// The ids of the records in `records/`, sorted; one more than a day in
+/// the future is not trusted as a finished run (it would seal a run still
+/// in progress).
+fn record_ids(records: &OwnedFd) -> Result<Vec<String>> {
+    let latest_trusted = SystemTime::now() + Duration::from_secs(24 * 3600);
+    let mut ids: Vec<String> = names(records, RECORDS)?
+        .into_iter()
+        .filter_map(|n| n.strip_suffix(".rec").map(String::from))
+        .filter(|id| parse_snapshot_id(id).is_some_and(|t| t <= latest_trusted))
+        .collect();
+    ids.sort();
+    Ok(ids)
 }
 
 /// The entries of `dir` named as a run's id, sorted.

@@ -7,10 +7,14 @@ reproduced, which the report prints.
 
 What the rendering gives and how it lands here:
 
-  systemd.services / systemd.timers   unit files, by units.py as in run.sh
+  systemd.services / systemd.timers / systemd.paths
+                                      unit files, by units.py as in run.sh
                                       (store paths -> /usr/local for the
                                       ciphersync package, /usr otherwise;
-                                      /run/wrappers -> /usr)
+                                      /run/wrappers -> /usr); a path unit's
+                                      pathConfig -> [Path] and wantedBy ->
+                                      paths.target.wants/, as NixOS's
+                                      systemd-lib renders it
   a service's `script`                NixOS runs it as `bash -e` script from
                                       the store (makeJobScript); here the same
                                       text in /etc/ciphersync-test/scripts/
@@ -31,13 +35,45 @@ What the rendering gives and how it lands here:
                                       given); `linger` -> /var/lib/systemd/
                                       linger/<name>; openssh.authorizedKeys
                                       -> /etc/ssh/authorized_keys.d/<name>,
-                                      which sshd reads as on NixOS
+                                      which sshd reads as on NixOS; a
+                                      `shell` that is a Nix-built script
+                                      (the server module's account shell,
+                                      {path, text}) is written at its store
+                                      path by units.py (#!/bin/bash for the
+                                      store's runtimeShell, tools mapped),
+                                      0555, and is the sysusers line's shell
+                                      (NixOS: the store file itself); a
+                                      system user without one gets Debian's
+                                      nologin (NixOS: its nologin shell)
+  /var/empty                          NixOS's activation script makes it on
+                                      every system (the home of system
+                                      users, where sshd changes into at a
+                                      login); here a 0555 root dir in the
+                                      root (NixOS also makes it immutable)
   services.openssh                    Debian's ssh.service (alias
-                                      sshd.service, as NixOS names it);
+                                      sshd.service, as NixOS names it) and
+                                      Debian's sshd_config in place of the
+                                      one NixOS generates (Debian's defaults
+                                      stand around the node's settings,
+                                      among them UsePAM yes and an
+                                      argument-free `Subsystem sftp
+                                      /usr/lib/openssh/sftp-server`, as
+                                      NixOS writes it with sftpFlags = []);
                                       settings and hostKeys -> a drop-in in
                                       /etc/ssh/sshd_config.d (the only
-                                      HostKey is the one the node declares)
-  systemd.tmpfiles.rules              /etc/tmpfiles.d/00-nixos.conf
+                                      HostKey is the one the node declares);
+                                      extraConfig appended last to
+                                      sshd_config by units.py (NixOS too
+                                      writes it after its own settings), its
+                                      store paths mapped (ForceCommand's
+                                      ciphersync -> /usr/local/bin, the
+                                      openssh package's sftp-server ->
+                                      Debian's /usr/lib/openssh/sftp-server);
+                                      sftpFlags must be empty (Debian's
+                                      Subsystem line has none)
+  systemd.tmpfiles.rules              /etc/tmpfiles.d/00-nixos.conf (where
+                                      NixOS writes them too), after the
+                                      homes of normal users
   (NixOS's PAM, not a setting)        su starts no logind session, as on
                                       NixOS (its su service has no
                                       pam_systemd): Debian's su includes
@@ -123,16 +159,18 @@ PACKAGE_FILES = {
     "ciphersync": "/usr/local/bin/ciphersync",
     "gocryptfs": "/usr/bin/gocryptfs",
     "jq": "/usr/bin/jq",
+    # NixOS's openssh package has ssh, sftp and sshd; Debian splits them
+    # (openssh-client: ssh, sftp; openssh-server: sshd), both in the tree.
+    "openssh": "/usr/bin/sftp",
     "rsync": "/usr/bin/rsync",
 }
 
 # Settings no stub declares (freeform), by option path: how each is mapped.
 # A path not listed here fails the mapping, so a new node setting is noticed.
+# services.openssh and systemd.tmpfiles.rules are declared by the stubs
+# (stubs/nixos-server.nix, nixos-leaves.nix) and come as node["openssh"] and
+# node["tmpfiles"].
 FREEFORM = {
-    "services.openssh.enable": "sshd",
-    "services.openssh.settings.*": "sshd",
-    "services.openssh.hostKeys": "sshd",
-    "systemd.tmpfiles.rules": "tmpfiles",
     "services.timesyncd.enable": "not reproduced: the tree has no timesyncd to disable",
     "virtualisation.memorySize": "not reproduced: a container shares the host's memory",
     "home-manager.useGlobalPkgs": "not reproduced: one package set here (the stubs)",
@@ -144,7 +182,7 @@ HM_FREEFORM = {
 }
 
 USER_KEYS = {"name", "description", "extraGroups", "group", "home", "isNormalUser",
-             "isSystemUser", "uid", "linger", "openssh", "createHome"}
+             "isSystemUser", "uid", "linger", "openssh", "createHome", "shell"}
 ETC_KEYS = {"json", "text", "mode", "user", "group"}
 
 
@@ -185,14 +223,18 @@ def map_node(name, node, root):
 
     tmpfiles = []
     write(root, "/etc/hostname", name + "\n")  # networking.hostName: the node's name
+    # NixOS's activation script makes /var/empty (0555, root's, immutable)
+    # on every system; Debian has none.
+    os.makedirs(os.path.join(root, "var/empty"), exist_ok=True)
+    os.chmod(os.path.join(root, "var/empty"), 0o555)
     _su_without_session(root)
     _services(name, node, root)
     _etc(name, node, root, tmpfiles)
     for path, text in node["knownHostsFiles"].items():
         write(root, path, text, 0o444)
     _users(name, node, root, tmpfiles)
-    _sshd(node, root)
-    tmpfiles += node["freeform"].get("systemd.tmpfiles.rules", [])
+    _sshd(name, node, root)
+    tmpfiles += node["tmpfiles"]
     _fuse(node, root)
     _packages(name, node, root)
     for user, hm in sorted(node["homeManager"].items()):
@@ -224,7 +266,7 @@ def _services(name, node, root):
                 raise MappingError(f"{name}: {unit} has both script and ExecStart")
             spec["serviceConfig"] = dict(spec.get("serviceConfig") or {}, ExecStart=path)
         services[unit] = spec
-    ev = {"services": services, "timers": node["timers"]}
+    ev = {"services": services, "timers": node["timers"], "paths": node["paths"]}
     units.convert(ev, root)
 
 
@@ -287,7 +329,7 @@ def _users(name, node, root, tmpfiles):
                 next_uid += 1
             uid = next_uid
             taken.add(uid)
-        shell = "/bin/bash" if normal else "/usr/sbin/nologin"
+        shell = _shell(name, user, spec, root, normal)
         if group not in node["groups"] and group != "users":
             lines.append(f"g {group} -")
         desc = spec.get("description") or "-"
@@ -305,9 +347,27 @@ def _users(name, node, root, tmpfiles):
         write(root, "/usr/lib/sysusers.d/00-nixos.conf", "\n".join(lines) + "\n")
 
 
-def _sshd(node, root):
-    ff = node["freeform"]
-    if not ff.get("services.openssh.enable"):
+def _shell(name, user, spec, root, normal):
+    """The user's login shell: NixOS's defaults (bash for a normal user,
+    nologin for a system one), or a Nix-built script ({path, text}) written
+    at its store path by units.py."""
+    shell = spec.get("shell")
+    if shell is None:
+        return "/bin/bash" if normal else "/usr/sbin/nologin"
+    if not isinstance(shell, dict):
+        raise MappingError(f"{name}: users.users.{user}.shell = {shell!r}: only a Nix-built script "
+                           "({path, text}) is mapped")
+    manifest = {"files": [], "store_paths": {}, "shells": {}}
+    try:
+        units.user_shells({user: spec}, root, manifest)
+    except units.ConvertError as e:
+        raise MappingError(f"{name}: {e}") from e
+    return manifest["shells"][user]
+
+
+def _sshd(name, node, root):
+    ssh = node["openssh"]
+    if not ssh["enable"]:
         # Debian enables its sshd; a node without services.openssh has none.
         for link in ("etc/systemd/system/sshd.service", "etc/systemd/system/multi-user.target.wants/ssh.service"):
             full = os.path.join(root, link)
@@ -316,21 +376,27 @@ def _sshd(node, root):
         return
     # The node's host keys are the only ones (NixOS generates none when
     # hostKeys is set): the tree's, made by Debian's postinst, go.
-    declared = {key["path"] for key in ff.get("services.openssh.hostKeys", [])}
+    if ssh["sftpFlags"]:
+        raise MappingError(f"{name}: services.openssh.sftpFlags {ssh['sftpFlags']}: Debian's "
+                           "`Subsystem sftp` line has no arguments")
+    declared = {key["path"] for key in ssh["hostKeys"]}
     sshdir = os.path.join(root, "etc/ssh")
     for f in os.listdir(sshdir):
         if f.startswith("ssh_host_") and "/etc/ssh/" + f not in declared:
             os.unlink(os.path.join(sshdir, f))
     lines = []
-    for path, value in sorted(ff.items()):
-        if path.startswith("services.openssh.settings."):
-            key = path.rsplit(".", 1)[1]
-            lines.append(f"{key} {'yes' if value is True else 'no' if value is False else value}")
-    for key in ff.get("services.openssh.hostKeys", []):
+    for key, value in sorted(ssh["settings"].items()):
+        lines.append(f"{key} {'yes' if value is True else 'no' if value is False else value}")
+    for key in ssh["hostKeys"]:
         lines.append(f"HostKey {key['path']}")
     # NixOS's default authorizedKeysFiles.
     lines.append("AuthorizedKeysFile .ssh/authorized_keys /etc/ssh/authorized_keys.d/%u")
     write(root, "/etc/ssh/sshd_config.d/00-nixos.conf", "\n".join(lines) + "\n")
+    try:
+        units.sshd_extra_config({"enable": True, "extraConfig": ssh["extraConfig"]}, root,
+                                {"files": [], "store_paths": {}})
+    except units.ConvertError as e:
+        raise MappingError(f"{name}: services.openssh.{e}") from e
 
 
 def _fuse(node, root):

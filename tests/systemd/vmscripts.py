@@ -33,7 +33,7 @@ import nodemap  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-TESTS = ["backup-restore", "server-down", "timers", "home-manager"]
+TESTS = ["backup-restore", "server-down", "timers", "home-manager", "server"]
 SUBNET = "192.168.1"
 
 

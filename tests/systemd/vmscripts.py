@@ -73,6 +73,9 @@ client.clock = None
 # CAP_SYS_TIME (bit 25) is not in the commands' capability sets.
 eff = int(client.succeed("sed -n 's/^CapEff:\\t//p' /proc/self/status"), 16)
 assert not eff >> 25 & 1, hex(eff)
+# The container's systemd can give a unit a network namespace of its own
+# (PrivateNetwork=, the seal service's): only lo there, not eth1.
+assert "eth1" not in client.succeed("systemd-run --quiet --wait --pipe -p PrivateNetwork=yes ip -o link")
 client.fail("sh -c 'date -s @0'")
 assert client.succeed("hostname").strip() == "client"
 client.succeed("getent hosts server")

@@ -178,17 +178,19 @@
         config.systemd.services;
       timers = lib.mapAttrs (_: clean) config.systemd.timers;
       paths = lib.mapAttrs (_: clean) config.systemd.paths;
-      # A shell that is a Nix-built script (pkgs.writeShellScript: the
-      # server module's account shell) as {path, text}, as eval.nix's
-      # serverShape gives it; none (null) is left out.
+      # A shell that is a package (the server module's account shell,
+      # pkgs.writeShellScript) as {path, shellPath, text}: the mapping
+      # applies nixpkgs' utils.toShellPath to it, which needs shellPath; a
+      # path as its string; none (null) is left out.
       users = lib.mapAttrs (_: u:
         removeAttrs (clean u) ["shell"]
         // lib.optionalAttrs (u.shell != null) {
           shell =
-            if u.shell ? text
+            if lib.isDerivation u.shell
             then {
               path = toString u.shell;
-              inherit (u.shell) text;
+              shellPath = u.shell.shellPath or null;
+              text = u.shell.text or null;
             }
             else toString u.shell;
         })

@@ -35,16 +35,21 @@ What the rendering gives and how it lands here:
                                       given); `linger` -> /var/lib/systemd/
                                       linger/<name>; openssh.authorizedKeys
                                       -> /etc/ssh/authorized_keys.d/<name>,
-                                      which sshd reads as on NixOS; a
-                                      `shell` that is a Nix-built script
+                                      which sshd reads as on NixOS;
+                                      `shell` as nixpkgs' utils.toShellPath
+                                      computes it (_shell): a package that
+                                      is no shell package, or a store path,
+                                      is a refusal (NixOS throws "is not a
+                                      shell package"), mapped anyway as the
+                                      stubs render it: a Nix-built script
                                       (the server module's account shell,
-                                      {path, text}) is written at its store
-                                      path by units.py (#!/bin/bash for the
+                                      {path, text}) written at its store path
+                                      by units.py (#!/bin/bash for the
                                       store's runtimeShell, tools mapped),
-                                      0555, and is the sysusers line's shell
-                                      (NixOS: the store file itself); a
-                                      system user without one gets Debian's
-                                      nologin (NixOS: its nologin shell)
+                                      0555, the sysusers line's shell; no
+                                      shell: bash for a normal user, Debian's
+                                      nologin for a system one (NixOS: its
+                                      nologin)
   /var/empty                          NixOS's activation script makes it on
                                       every system (the home of system
                                       users, where sshd changes into at a
@@ -208,9 +213,11 @@ def write(root, path, content, mode=0o644):
 
 
 def map_node(name, node, root):
-    """Write node `name` into the container root; return the notes of what
-    was not reproduced."""
-    notes = []
+    """Write node `name` into the container root; return (notes of what was
+    not reproduced, refusals): a refusal is a setting NixOS itself refuses
+    (the node would not build), mapped anyway as the stubs render it so
+    that the script still runs; the harness fails the test with it."""
+    notes, refusals = [], []
     for path, value in sorted(node["freeform"].items()):
         how = _match(FREEFORM, path)
         if how is None:
@@ -232,7 +239,7 @@ def map_node(name, node, root):
     _etc(name, node, root, tmpfiles)
     for path, text in node["knownHostsFiles"].items():
         write(root, path, text, 0o444)
-    _users(name, node, root, tmpfiles)
+    _users(name, node, root, tmpfiles, refusals)
     _sshd(name, node, root)
     tmpfiles += node["tmpfiles"]
     _fuse(node, root)
@@ -241,7 +248,7 @@ def map_node(name, node, root):
         notes += _home_manager(name, user, hm, node, root)
     if tmpfiles:
         write(root, "/etc/tmpfiles.d/00-nixos.conf", "\n".join(tmpfiles) + "\n")
-    return notes
+    return notes, refusals
 
 
 def _su_without_session(root):
@@ -303,7 +310,7 @@ def _drop_tree_accounts(root, users, groups):
         os.replace(full + ".nixos", full)
 
 
-def _users(name, node, root, tmpfiles):
+def _users(name, node, root, tmpfiles, refusals):
     # A user's own group of the same name goes too, unless the node declares it.
     _drop_tree_accounts(root, set(node["users"]), set(node["groups"]) | (set(node["users"]) - set(node["groups"])))
     lines = []
@@ -329,7 +336,7 @@ def _users(name, node, root, tmpfiles):
                 next_uid += 1
             uid = next_uid
             taken.add(uid)
-        shell = _shell(name, user, spec, root, normal)
+        shell = _shell(name, user, spec, root, normal, refusals)
         if group not in node["groups"] and group != "users":
             lines.append(f"g {group} -")
         desc = spec.get("description") or "-"
@@ -347,22 +354,42 @@ def _users(name, node, root, tmpfiles):
         write(root, "/usr/lib/sysusers.d/00-nixos.conf", "\n".join(lines) + "\n")
 
 
-def _shell(name, user, spec, root, normal):
-    """The user's login shell: NixOS's defaults (bash for a normal user,
-    nologin for a system one), or a Nix-built script ({path, text}) written
-    at its store path by units.py."""
+def _shell(name, user, spec, root, normal, refusals):
+    """The user's login shell as NixOS computes it: its defaults (bash for a
+    normal user, nologin for a system one), else nixpkgs' utils.toShellPath,
+    which users-groups.nix (and the sysusers and userborn modules) apply to
+    every user's shell: a shell package (a derivation with shellPath) is
+    /run/current-system/sw<shellPath>; any other package, or a string that
+    is a store path (lib.isStorePath: /nix/store/<name>), throws "<path> is
+    not a shell package", so the system does not build (a refusal; a
+    Nix-built script is still written at its store path by units.py, #!/bin/bash
+    for the store's runtimeShell, tools mapped, so that the script can run);
+    any other path is kept (a tool's store path inside a package mapped like
+    a unit's)."""
     shell = spec.get("shell")
     if shell is None:
         return "/bin/bash" if normal else "/usr/sbin/nologin"
-    if not isinstance(shell, dict):
-        raise MappingError(f"{name}: users.users.{user}.shell = {shell!r}: only a Nix-built script "
-                           "({path, text}) is mapped")
-    manifest = {"files": [], "store_paths": {}, "shells": {}}
-    try:
-        units.user_shells({user: spec}, root, manifest)
-    except units.ConvertError as e:
-        raise MappingError(f"{name}: {e}") from e
-    return manifest["shells"][user]
+    where = f"{name}: users.users.{user}.shell"
+    if isinstance(shell, dict):
+        if shell.get("shellPath") is not None:
+            raise MappingError(f"{where}: a shell package ({shell['path']}, shellPath {shell['shellPath']}): "
+                               "its /run/current-system/sw link is not mapped")
+        if shell.get("text") is not None:
+            manifest = {"files": [], "store_paths": {}, "shells": {}}
+            try:
+                units.user_shells({user: dict(spec, shell={"path": shell["path"], "text": shell["text"]})},
+                                  root, manifest)
+            except units.ConvertError as e:
+                raise MappingError(f"{name}: {e}") from e
+        shell = shell["path"]
+    if units.STORE_RE.fullmatch(shell):
+        refusals.append(f"{where}: {shell} is not a shell package: nixos/lib/utils.nix toShellPath throws for a "
+                        "package or store path without shellPath (users-groups.nix: `shell = utils.toShellPath "
+                        "u.shell`), so NixOS does not build this node")
+        if not os.path.exists(os.path.join(root, shell.lstrip("/"))):
+            raise MappingError(f"{where}: {shell}: no text to write it from")
+        return shell
+    return units.map_paths(shell)
 
 
 def _sshd(name, node, root):

@@ -372,8 +372,7 @@ def _shell(name, user, spec, root, normal, refusals):
     where = f"{name}: users.users.{user}.shell"
     if isinstance(shell, dict):
         if shell.get("shellPath") is not None:
-            raise MappingError(f"{where}: a shell package ({shell['path']}, shellPath {shell['shellPath']}): "
-                               "its /run/current-system/sw link is not mapped")
+            return _shell_package(where, shell, root)
         if shell.get("text") is not None:
             manifest = {"files": [], "store_paths": {}, "shells": {}}
             try:
@@ -390,6 +389,23 @@ def _shell(name, user, spec, root, normal, refusals):
             raise MappingError(f"{where}: {shell}: no text to write it from")
         return shell
     return units.map_paths(shell)
+
+
+def _shell_package(where, shell, root):
+    """A shell package (a derivation with shellPath): NixOS installs it in
+    the system path (users-groups.nix: environment.systemPackages =
+    systemShells) and the user's shell is /run/current-system/sw<shellPath>.
+    Here a Nix-built script's text ({path, shellPath, text}, what
+    pkgs.writeShellScriptBin builds) is written at <path><shellPath>
+    (#!/bin/bash for the store's runtimeShell, tools mapped, 0555) and the
+    system path is /usr/local (/run is a tmpfs at boot): the shell is
+    /usr/local<shellPath>, a link to it."""
+    if shell.get("text") is None:
+        raise MappingError(f"{where}: a shell package ({shell['path']}) whose content is not known here")
+    target = shell["path"] + shell["shellPath"]
+    write(root, target, "#!/bin/bash\n" + units.map_paths(shell["text"]), 0o555)
+    units.symlink(root, "/usr/local" + shell["shellPath"], target)
+    return "/usr/local" + shell["shellPath"]
 
 
 def _sshd(name, node, root):

@@ -2,10 +2,14 @@
 # stand-in of the NixOS test driver (tests/systemd/vmscripts.py): the
 # testScript as the Nix file builds it, and for every node what the
 # modules and the node's own settings ask of the machine, in the shape of
-# expected/nixos-*.json (etc, services, timers, users, groups, fuse) plus
-# what the stubs do not declare (freeform: services.openssh,
-# systemd.tmpfiles.rules, ...), listed by option path so that the mapping
-# (tests/systemd/nodemap.py) refuses a setting it was not taught.
+# expected/nixos-*.json (etc, services, timers, paths, users, groups, fuse,
+# tmpfiles, openssh) plus what the stubs do not declare (freeform:
+# virtualisation.memorySize, ...), listed by option path so that the mapping
+# (tests/systemd/nodemap.py) refuses a setting it was not taught. The
+# storage server's option stubs (stubs/nixos-server.nix: services.openssh,
+# users.users.<n>.{shell,openssh}, systemd.paths) are declared for every
+# node, as vm-tests.nix does, so a server node renders as the server
+# module's own evaluation (expected/nixos-server.json) does.
 #
 #   nix-instantiate --eval --strict --json nix/eval/vm-nodes.nix \
 #     --arg nixpkgsLib $NIXPKGS_LIB/lib --arg nixpkgsPath DIR --argstr test backup-restore
@@ -43,6 +47,7 @@
 
   self = {
     nixosModules.default = ../module.nix;
+    nixosModules.server = ../server-module.nix;
     homeManagerModules.default = ../hm-module.nix;
     packages.${system}.default = stubPkgs.ciphersync;
   };
@@ -149,6 +154,7 @@
     evaluated = lib.evalModules {
       modules = [
         ./stubs/nixos.nix
+        ./stubs/nixos-server.nix
         freeform
         {_module.args.pkgs = pkgs;}
         node
@@ -171,13 +177,34 @@
         )
         config.systemd.services;
       timers = lib.mapAttrs (_: clean) config.systemd.timers;
-      users = lib.mapAttrs (_: clean) config.users.users;
+      paths = lib.mapAttrs (_: clean) config.systemd.paths;
+      # A shell that is a package (the server module's account shell,
+      # pkgs.writeShellScript) as {path, shellPath, text}: the mapping
+      # applies nixpkgs' utils.toShellPath to it, which needs shellPath; a
+      # path as its string; none (null) is left out.
+      users = lib.mapAttrs (_: u:
+        removeAttrs (clean u) ["shell"]
+        // lib.optionalAttrs (u.shell != null) {
+          shell =
+            if lib.isDerivation u.shell
+            then {
+              path = toString u.shell;
+              shellPath = u.shell.shellPath or null;
+              text = u.shell.text or null;
+            }
+            else toString u.shell;
+        })
+      config.users.users;
       groups = lib.mapAttrs (_: clean) config.users.groups;
       fuse = {
         programs = clean config.programs.fuse;
         inherit (config.boot) kernelModules;
       };
       systemPackages = map (p: p.name) config.environment.systemPackages;
+      tmpfiles = config.systemd.tmpfiles.rules;
+      openssh = {
+        inherit (config.services.openssh) enable settings hostKeys extraConfig sftpFlags;
+      };
       knownHostsFiles = knownHostsFiles jobs jobFiles;
       homeManager = lib.mapAttrs (evalHome nodeName) (config.home-manager.users or {});
       # Every setting no stub declares, by option path, with its value.

@@ -61,7 +61,7 @@ class NotRunnableHere(Exception):
 
 
 # What systemd-nspawn keeps in a container's bounding set by default, plus
-# CAP_NET_ADMIN (granted with a private network): systemd-nspawn(1).
+# CAP_NET_ADMIN (Machine.start grants it with --capability): systemd-nspawn(1).
 CONTAINER_CAPS = [
     "audit_control", "audit_write", "chown", "dac_override", "dac_read_search", "fowner",
     "fsetid", "ipc_owner", "kill", "lease", "linux_immutable", "mknod", "net_bind_service",
@@ -138,6 +138,13 @@ class Machine:
         argv = ["sh", "-c", enter + '; exec "$@"', "sh",
                 "systemd-nspawn", "--quiet", "--register=no", "--keep-unit",
                 f"--network-namespace-path=/run/netns/{self.netns}",
+                # nspawn keeps CAP_NET_ADMIN for --private-network only, not
+                # for a network namespace path: without it the container's
+                # systemd runs PrivateNetwork=yes units (the server's seal
+                # service) in the shared namespace ("we lack privileges for
+                # network namespace, proceeding without"), which NixOS's
+                # systemd, holding every capability, never does.
+                "--capability=CAP_NET_ADMIN",
                 f"--bind={fuse}:/dev/fuse", "-D", self.root, "-M", self.machine,
                 f"--hostname={self.name}", "--boot", "--console=pipe"]
         env = dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="1")

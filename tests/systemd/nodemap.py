@@ -7,10 +7,14 @@ reproduced, which the report prints.
 
 What the rendering gives and how it lands here:
 
-  systemd.services / systemd.timers   unit files, by units.py as in run.sh
+  systemd.services / systemd.timers / systemd.paths
+                                      unit files, by units.py as in run.sh
                                       (store paths -> /usr/local for the
                                       ciphersync package, /usr otherwise;
-                                      /run/wrappers -> /usr)
+                                      /run/wrappers -> /usr); a path unit's
+                                      pathConfig -> [Path] and wantedBy ->
+                                      paths.target.wants/, as NixOS's
+                                      systemd-lib renders it
   a service's `script`                NixOS runs it as `bash -e` script from
                                       the store (makeJobScript); here the same
                                       text in /etc/ciphersync-test/scripts/
@@ -31,13 +35,50 @@ What the rendering gives and how it lands here:
                                       given); `linger` -> /var/lib/systemd/
                                       linger/<name>; openssh.authorizedKeys
                                       -> /etc/ssh/authorized_keys.d/<name>,
-                                      which sshd reads as on NixOS
+                                      which sshd reads as on NixOS;
+                                      `shell` as nixpkgs' utils.toShellPath
+                                      computes it (_shell): a package that
+                                      is no shell package, or a store path,
+                                      is a refusal (NixOS throws "is not a
+                                      shell package"), mapped anyway as the
+                                      stubs render it: a Nix-built script
+                                      (the server module's account shell,
+                                      {path, text}) written at its store path
+                                      by units.py (#!/bin/bash for the
+                                      store's runtimeShell, tools mapped),
+                                      0555, the sysusers line's shell; no
+                                      shell: bash for a normal user, Debian's
+                                      nologin for a system one (NixOS: its
+                                      nologin)
+  /var/empty                          NixOS's activation script makes it on
+                                      every system (the home of system
+                                      users, where sshd changes into at a
+                                      login); here a 0555 root dir in the
+                                      root (NixOS also makes it immutable)
   services.openssh                    Debian's ssh.service (alias
-                                      sshd.service, as NixOS names it);
+                                      sshd.service, as NixOS names it) and
+                                      Debian's sshd_config in place of the
+                                      one NixOS generates (Debian's defaults
+                                      stand around the node's settings,
+                                      among them UsePAM yes and an
+                                      argument-free `Subsystem sftp
+                                      /usr/lib/openssh/sftp-server`, as
+                                      NixOS writes it with sftpFlags = []);
                                       settings and hostKeys -> a drop-in in
                                       /etc/ssh/sshd_config.d (the only
-                                      HostKey is the one the node declares)
-  systemd.tmpfiles.rules              /etc/tmpfiles.d/00-nixos.conf
+                                      HostKey is the one the node declares);
+                                      extraConfig appended last to
+                                      sshd_config by units.py (NixOS too
+                                      writes it after its own settings), its
+                                      store paths mapped (ForceCommand's
+                                      ciphersync -> /usr/local/bin, the
+                                      openssh package's sftp-server ->
+                                      Debian's /usr/lib/openssh/sftp-server);
+                                      sftpFlags must be empty (Debian's
+                                      Subsystem line has none)
+  systemd.tmpfiles.rules              /etc/tmpfiles.d/00-nixos.conf (where
+                                      NixOS writes them too), after the
+                                      homes of normal users
   (NixOS's PAM, not a setting)        su starts no logind session, as on
                                       NixOS (its su service has no
                                       pam_systemd): Debian's su includes
@@ -123,16 +164,18 @@ PACKAGE_FILES = {
     "ciphersync": "/usr/local/bin/ciphersync",
     "gocryptfs": "/usr/bin/gocryptfs",
     "jq": "/usr/bin/jq",
+    # NixOS's openssh package has ssh, sftp and sshd; Debian splits them
+    # (openssh-client: ssh, sftp; openssh-server: sshd), both in the tree.
+    "openssh": "/usr/bin/sftp",
     "rsync": "/usr/bin/rsync",
 }
 
 # Settings no stub declares (freeform), by option path: how each is mapped.
 # A path not listed here fails the mapping, so a new node setting is noticed.
+# services.openssh and systemd.tmpfiles.rules are declared by the stubs
+# (stubs/nixos-server.nix, nixos-leaves.nix) and come as node["openssh"] and
+# node["tmpfiles"].
 FREEFORM = {
-    "services.openssh.enable": "sshd",
-    "services.openssh.settings.*": "sshd",
-    "services.openssh.hostKeys": "sshd",
-    "systemd.tmpfiles.rules": "tmpfiles",
     "services.timesyncd.enable": "not reproduced: the tree has no timesyncd to disable",
     "virtualisation.memorySize": "not reproduced: a container shares the host's memory",
     "home-manager.useGlobalPkgs": "not reproduced: one package set here (the stubs)",
@@ -144,7 +187,7 @@ HM_FREEFORM = {
 }
 
 USER_KEYS = {"name", "description", "extraGroups", "group", "home", "isNormalUser",
-             "isSystemUser", "uid", "linger", "openssh", "createHome"}
+             "isSystemUser", "uid", "linger", "openssh", "createHome", "shell"}
 ETC_KEYS = {"json", "text", "mode", "user", "group"}
 
 
@@ -170,9 +213,11 @@ def write(root, path, content, mode=0o644):
 
 
 def map_node(name, node, root):
-    """Write node `name` into the container root; return the notes of what
-    was not reproduced."""
-    notes = []
+    """Write node `name` into the container root; return (notes of what was
+    not reproduced, refusals): a refusal is a setting NixOS itself refuses
+    (the node would not build), mapped anyway as the stubs render it so
+    that the script still runs; the harness fails the test with it."""
+    notes, refusals = [], []
     for path, value in sorted(node["freeform"].items()):
         how = _match(FREEFORM, path)
         if how is None:
@@ -185,21 +230,25 @@ def map_node(name, node, root):
 
     tmpfiles = []
     write(root, "/etc/hostname", name + "\n")  # networking.hostName: the node's name
+    # NixOS's activation script makes /var/empty (0555, root's, immutable)
+    # on every system; Debian has none.
+    os.makedirs(os.path.join(root, "var/empty"), exist_ok=True)
+    os.chmod(os.path.join(root, "var/empty"), 0o555)
     _su_without_session(root)
     _services(name, node, root)
     _etc(name, node, root, tmpfiles)
     for path, text in node["knownHostsFiles"].items():
         write(root, path, text, 0o444)
-    _users(name, node, root, tmpfiles)
-    _sshd(node, root)
-    tmpfiles += node["freeform"].get("systemd.tmpfiles.rules", [])
+    _users(name, node, root, tmpfiles, refusals)
+    _sshd(name, node, root)
+    tmpfiles += node["tmpfiles"]
     _fuse(node, root)
     _packages(name, node, root)
     for user, hm in sorted(node["homeManager"].items()):
         notes += _home_manager(name, user, hm, node, root)
     if tmpfiles:
         write(root, "/etc/tmpfiles.d/00-nixos.conf", "\n".join(tmpfiles) + "\n")
-    return notes
+    return notes, refusals
 
 
 def _su_without_session(root):
@@ -224,7 +273,7 @@ def _services(name, node, root):
                 raise MappingError(f"{name}: {unit} has both script and ExecStart")
             spec["serviceConfig"] = dict(spec.get("serviceConfig") or {}, ExecStart=path)
         services[unit] = spec
-    ev = {"services": services, "timers": node["timers"]}
+    ev = {"services": services, "timers": node["timers"], "paths": node["paths"]}
     units.convert(ev, root)
 
 
@@ -261,7 +310,7 @@ def _drop_tree_accounts(root, users, groups):
         os.replace(full + ".nixos", full)
 
 
-def _users(name, node, root, tmpfiles):
+def _users(name, node, root, tmpfiles, refusals):
     # A user's own group of the same name goes too, unless the node declares it.
     _drop_tree_accounts(root, set(node["users"]), set(node["groups"]) | (set(node["users"]) - set(node["groups"])))
     lines = []
@@ -287,7 +336,7 @@ def _users(name, node, root, tmpfiles):
                 next_uid += 1
             uid = next_uid
             taken.add(uid)
-        shell = "/bin/bash" if normal else "/usr/sbin/nologin"
+        shell = _shell(name, user, spec, root, normal, refusals)
         if group not in node["groups"] and group != "users":
             lines.append(f"g {group} -")
         desc = spec.get("description") or "-"
@@ -305,9 +354,63 @@ def _users(name, node, root, tmpfiles):
         write(root, "/usr/lib/sysusers.d/00-nixos.conf", "\n".join(lines) + "\n")
 
 
-def _sshd(node, root):
-    ff = node["freeform"]
-    if not ff.get("services.openssh.enable"):
+def _shell(name, user, spec, root, normal, refusals):
+    """The user's login shell as NixOS computes it: its defaults (bash for a
+    normal user, nologin for a system one), else nixpkgs' utils.toShellPath,
+    which users-groups.nix (and the sysusers and userborn modules) apply to
+    every user's shell: a shell package (a derivation with shellPath) is
+    /run/current-system/sw<shellPath>; any other package, or a string that
+    is a store path (lib.isStorePath: /nix/store/<name>), throws "<path> is
+    not a shell package", so the system does not build (a refusal; a
+    Nix-built script is still written at its store path by units.py, #!/bin/bash
+    for the store's runtimeShell, tools mapped, so that the script can run);
+    any other path is kept (a tool's store path inside a package mapped like
+    a unit's)."""
+    shell = spec.get("shell")
+    if shell is None:
+        return "/bin/bash" if normal else "/usr/sbin/nologin"
+    where = f"{name}: users.users.{user}.shell"
+    if isinstance(shell, dict):
+        if shell.get("shellPath") is not None:
+            return _shell_package(where, shell, root)
+        if shell.get("text") is not None:
+            manifest = {"files": [], "store_paths": {}, "shells": {}}
+            try:
+                units.user_shells({user: dict(spec, shell={"path": shell["path"], "text": shell["text"]})},
+                                  root, manifest)
+            except units.ConvertError as e:
+                raise MappingError(f"{name}: {e}") from e
+        shell = shell["path"]
+    if units.STORE_RE.fullmatch(shell):
+        refusals.append(f"{where}: {shell} is not a shell package: nixos/lib/utils.nix toShellPath throws for a "
+                        "package or store path without shellPath (users-groups.nix: `shell = utils.toShellPath "
+                        "u.shell`), so NixOS does not build this node")
+        if not os.path.exists(os.path.join(root, shell.lstrip("/"))):
+            raise MappingError(f"{where}: {shell}: no text to write it from")
+        return shell
+    return units.map_paths(shell)
+
+
+def _shell_package(where, shell, root):
+    """A shell package (a derivation with shellPath): NixOS installs it in
+    the system path (users-groups.nix: environment.systemPackages =
+    systemShells) and the user's shell is /run/current-system/sw<shellPath>.
+    Here a Nix-built script's text ({path, shellPath, text}, what
+    pkgs.writeShellScriptBin builds) is written at <path><shellPath>
+    (#!/bin/bash for the store's runtimeShell, tools mapped, 0555) and the
+    system path is /usr/local (/run is a tmpfs at boot): the shell is
+    /usr/local<shellPath>, a link to it."""
+    if shell.get("text") is None:
+        raise MappingError(f"{where}: a shell package ({shell['path']}) whose content is not known here")
+    target = shell["path"] + shell["shellPath"]
+    write(root, target, "#!/bin/bash\n" + units.map_paths(shell["text"]), 0o555)
+    units.symlink(root, "/usr/local" + shell["shellPath"], target)
+    return "/usr/local" + shell["shellPath"]
+
+
+def _sshd(name, node, root):
+    ssh = node["openssh"]
+    if not ssh["enable"]:
         # Debian enables its sshd; a node without services.openssh has none.
         for link in ("etc/systemd/system/sshd.service", "etc/systemd/system/multi-user.target.wants/ssh.service"):
             full = os.path.join(root, link)
@@ -316,21 +419,27 @@ def _sshd(node, root):
         return
     # The node's host keys are the only ones (NixOS generates none when
     # hostKeys is set): the tree's, made by Debian's postinst, go.
-    declared = {key["path"] for key in ff.get("services.openssh.hostKeys", [])}
+    if ssh["sftpFlags"]:
+        raise MappingError(f"{name}: services.openssh.sftpFlags {ssh['sftpFlags']}: Debian's "
+                           "`Subsystem sftp` line has no arguments")
+    declared = {key["path"] for key in ssh["hostKeys"]}
     sshdir = os.path.join(root, "etc/ssh")
     for f in os.listdir(sshdir):
         if f.startswith("ssh_host_") and "/etc/ssh/" + f not in declared:
             os.unlink(os.path.join(sshdir, f))
     lines = []
-    for path, value in sorted(ff.items()):
-        if path.startswith("services.openssh.settings."):
-            key = path.rsplit(".", 1)[1]
-            lines.append(f"{key} {'yes' if value is True else 'no' if value is False else value}")
-    for key in ff.get("services.openssh.hostKeys", []):
+    for key, value in sorted(ssh["settings"].items()):
+        lines.append(f"{key} {'yes' if value is True else 'no' if value is False else value}")
+    for key in ssh["hostKeys"]:
         lines.append(f"HostKey {key['path']}")
     # NixOS's default authorizedKeysFiles.
     lines.append("AuthorizedKeysFile .ssh/authorized_keys /etc/ssh/authorized_keys.d/%u")
     write(root, "/etc/ssh/sshd_config.d/00-nixos.conf", "\n".join(lines) + "\n")
+    try:
+        units.sshd_extra_config({"enable": True, "extraConfig": ssh["extraConfig"]}, root,
+                                {"files": [], "store_paths": {}})
+    except units.ConvertError as e:
+        raise MappingError(f"{name}: services.openssh.{e}") from e
 
 
 def _fuse(node, root):

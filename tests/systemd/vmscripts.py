@@ -9,8 +9,10 @@ node name as the NixOS test framework numbers them, names in /etc/hosts),
 and exec the testScript with driver.py's Machine objects bound to the node
 names. Called by vmscripts.sh, which builds the tree and the binary.
 
-Output (stdout): "PASS vm-<test>", "FAIL vm-<test>: why", or "SKIP vm-<test>:
-..." naming the line that cannot run here and why; then "N passed, M failed".
+Output (stdout): "PASS vm-<test>", "FAIL vm-<test>: why" (also when the
+script passed but NixOS refuses a node's configuration: nodemap's
+refusals), or "SKIP vm-<test>: ..." naming the line that cannot run here and
+why; then "N passed, M failed".
 Progress and what a node cannot reproduce go to stderr ("# ..."); each
 test's log (every command, its exit status and output) to the run dir.
 """
@@ -33,7 +35,7 @@ import nodemap  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-TESTS = ["backup-restore", "server-down", "timers", "home-manager"]
+TESTS = ["backup-restore", "server-down", "timers", "home-manager", "server"]
 SUBNET = "192.168.1"
 
 
@@ -73,6 +75,9 @@ client.clock = None
 # CAP_SYS_TIME (bit 25) is not in the commands' capability sets.
 eff = int(client.succeed("sed -n 's/^CapEff:\\t//p' /proc/self/status"), 16)
 assert not eff >> 25 & 1, hex(eff)
+# The container's systemd can give a unit a network namespace of its own
+# (PrivateNetwork=, the seal service's): only lo there, not eth1.
+assert "eth1" not in client.succeed("systemd-run --quiet --wait --pipe -p PrivateNetwork=yes ip -o link")
 client.fail("sh -c 'date -s @0'")
 assert client.succeed("hostname").strip() == "client"
 client.succeed("getent hosts server")
@@ -200,18 +205,19 @@ def run_test(test, args, run_dir, nixpkgs_path, script=None, label=None):
     with open(os.path.join(test_dir, "testScript.py"), "w") as f:
         f.write(script)
     names = sorted(ev["nodes"])
-    machines, network = [], None
+    machines, network, refusals = [], None, []
     try:
         network = Network(f"cs{os.getpid() % 100000}{label[:4]}", names)
         for name in names:
             node = ev["nodes"][name]
             root = make_root(test_dir, name, args.tree)
             try:
-                notes = nodemap.map_node(name, node, root)
+                notes, refused = nodemap.map_node(name, node, root)
             except Exception as e:  # a mapping error is this test's failure
                 return "FAIL", f"node {name}: {e}"
             for n in notes:
                 note(f"{label}: {n}")
+            refusals += refused
             if nodemap.needs_ciphersync(node):
                 dest = os.path.join(root, "usr/local/bin/ciphersync")
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
@@ -243,6 +249,9 @@ def run_test(test, args, run_dir, nixpkgs_path, script=None, label=None):
                 m.execute("sync")
         jumps = [f"{m.name} {when} -> {' '.join(units) or 'nothing'}" for m in machines for when, units in m.clock_jumps]
         simulated = f"; clock jumps simulated (nodemap.CLOCK_JUMP): {'; '.join(jumps)}" if jumps else ""
+        if refusals:  # the script ran, but NixOS would not build a node
+            return "FAIL", (f"the script passed ({len(drv.subtests)} subtests{simulated}), but NixOS refuses "
+                            f"the configuration: {'; '.join(refusals)}")
         return "PASS", f"{len(drv.subtests)} subtests{simulated}"
     finally:
         for m in machines:  # each machine's journal, for the log

@@ -16,7 +16,7 @@
 #   CIPHERSYNC_PROFILE     cargo profile when building (debug)
 #   CIPHERSYNC_NSPAWN_CACHE  tree cache (/var/cache/ciphersync-nspawn)
 #   CIPHERSYNC_DEBIAN_MIRROR Debian mirror (the one apt uses)
-#   VM_TESTS               the tests to run (default: all four), space-separated
+#   VM_TESTS               the tests to run (default: all five), space-separated
 #   KEEP=1                 keep the run directory (logs, evaluations)
 # Usage: tests/systemd/vmscripts.sh [--tree-only]
 set -euo pipefail

@@ -47,11 +47,15 @@
   # of serving). The account's shell is therefore this script: it takes no
   # input from the client (sshd hands the request over in
   # SSH_ORIGINAL_COMMAND) and can only become `ciphersync serve` for this
-  # account, whatever it is asked to run.
+  # account, whatever it is asked to run. A shell package (with
+  # shellPath): users-groups.nix passes every user's shell through
+  # utils.toShellPath, which refuses a plain script or store path ("is not
+  # a shell package") and gives /run/current-system/sw/bin/<name>.
   shellOf = name: account:
-    pkgs.writeShellScript "ciphersync-serve-${name}" ''
+    pkgs.writeShellScriptBin "ciphersync-serve-${name}" ''
       exec ${lib.escapeShellArgs (serveArgs name account)}
-    '';
+    ''
+    // {shellPath = "/bin/ciphersync-serve-${name}";};
 
   sealArgs = name: account:
     [

@@ -283,6 +283,7 @@
         shell = {
           path = toString u.shell;
           inherit (u.shell) text;
+          shellPath = u.shell.shellPath or null;
         };
       })
     config.users.users;

@@ -265,9 +265,10 @@ def render_sysusers(users, groups):
         desc = spec.get("description") or "-"
         shell = spec.get("shell")
         if isinstance(shell, dict):
-            # A Nix-built script ({path, text}): written by convert() at its
-            # own store path.
-            shell = shell["path"]
+            # A Nix-built script ({path, text[, shellPath]}): written by
+            # convert() at its own store path; a shell package is found
+            # through the system path (user_shell_path).
+            shell = user_shell_path(shell)
         else:
             shell = map_paths(shell) if isinstance(shell, str) and shell else "-"
         if group not in (groups or {}) and group != "users":
@@ -309,10 +310,21 @@ def etc_content(name, val):
     return json.dumps(val, indent=2) + "\n", None
 
 
+def user_shell_path(shell):
+    """The login shell a Nix-built script gives the user: a shell package
+    (pkgs.writeShellScriptBin with shellPath) is /run/current-system/sw
+    <shellPath> on NixOS (utils.toShellPath), here /usr/local<shellPath>
+    (/run is a tmpfs at boot); a plain script, its store path."""
+    if shell.get("shellPath"):
+        return "/usr/local" + shell["shellPath"]
+    return shell["path"]
+
+
 def user_shells(users, root, manifest):
-    """A shell the evaluation gives as {path, text} is a Nix-built script
-    (pkgs.writeShellScript: `#!<runtimeShell>` then the text, mode 0555 in
-    the store): written at that same store path, its text's store paths
+    """A shell the evaluation gives as {path, text[, shellPath]} is a
+    Nix-built script (`#!<runtimeShell>` then the text, mode 0555 in the
+    store): written at that same store path (plus shellPath for a shell
+    package, linked from /usr/local<shellPath>), its text's store paths
     mapped like a unit's (they are the tools it runs)."""
     for u, spec in sorted((users or {}).items()):
         shell = (spec or {}).get("shell")
@@ -321,8 +333,11 @@ def user_shells(users, root, manifest):
         path, text = shell.get("path") or "", shell.get("text")
         if not STORE_RE.fullmatch(path) or not isinstance(text, str):
             raise ConvertError(f"users.{u}.shell: want {{path: <store path>, text: <script>}}, got {shell!r}")
-        manifest["files"].append(write(root, path, "#!/bin/bash\n" + map_paths(text, manifest["store_paths"]), 0o555))
-        manifest["shells"][u] = path
+        script = path + (shell.get("shellPath") or "")
+        manifest["files"].append(write(root, script, "#!/bin/bash\n" + map_paths(text, manifest["store_paths"]), 0o555))
+        if shell.get("shellPath"):
+            symlink(root, user_shell_path(shell), script)
+        manifest["shells"][u] = user_shell_path(shell)
 
 
 def authorized_keys(users, root, manifest):
@@ -540,15 +555,18 @@ def server_self_test(here, check):
                      "", "[Install]", "WantedBy=paths.target"], "pathConfig -> [Path], wantedBy -> [Install]")
         check(os.path.islink(os.path.join(sd, "paths.target.wants/ciphersync-server-seal-acct.path")),
               "path unit linked into paths.target.wants")
-        shell = "/nix/store/3a1b2c3d4f5g6h7i8j9k0l1m2n3p4q5r-ciphersync-serve-acct"
-        sp = os.path.join(root, shell.lstrip("/"))
+        shell = "/usr/local/bin/ciphersync-serve-acct"
+        script = "/nix/store/3a1b2c3d4f5g6h7i8j9k0l1m2n3p4q5r-ciphersync-serve-acct/bin/ciphersync-serve-acct"
+        sp = os.path.join(root, script.lstrip("/"))
         check(open(sp).read() == "#!/bin/bash\nexec /usr/local/bin/ciphersync serve --root /srv/accounts/acct "
               "--sftp-server /usr/lib/openssh/sftp-server --rsync /usr/bin/rsync\n"
               and os.stat(sp).st_mode & 0o7777 == 0o555,
-              "account shell written at its store path, 0555, tools mapped (sftp-server: Debian's path)")
+              "account shell package written at its store path + shellPath, 0555, tools mapped (sftp-server: Debian's path)")
+        check(os.readlink(os.path.join(root, shell.lstrip("/"))) == script,
+              "the shell package is linked from the system path (/usr/local for /run/current-system/sw)")
         su = open(os.path.join(root, "usr/lib/sysusers.d/ciphersync-server.conf")).read().splitlines()
         check(f'u acct -:acct "ciphersync storage account acct" /var/empty {shell}' in su,
-              "sysusers: the account's shell is the script's store path")
+              "sysusers: the account's shell is the shell package in the system path")
         ak = os.path.join(root, "etc/ssh/authorized_keys.d/acct")
         check(open(ak).read().endswith(" acct\n") and os.stat(ak).st_mode & 0o777 == 0o444,
               "openssh.authorizedKeys -> /etc/ssh/authorized_keys.d/<user>, 0444")

@@ -40,6 +40,7 @@ in
 
     writeText = name: text: fake name // {inherit text;};
     writeShellScript = name: text: fake name // {inherit text;};
+    writeShellScriptBin = name: text: fake name // {inherit text;};
 
     # The derivation's passthru is kept, as mkDerivation does, so that the
     # harness can reach the job value behind the job file; the build script

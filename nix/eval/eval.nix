@@ -377,6 +377,19 @@
   withTarget = patch: nixosCase {docs = docs // {target = patch;};};
   sftpOf = docs.target.sftp;
   withPhotos = patch: nixosCase {photos = lib.recursiveUpdate photos patch;};
+  # The home-manager sample with a source snapshot of `kind` (refused:
+  # a user cannot make zfs or lvm snapshots).
+  hmMusicWithSnapshot = kind:
+    outcome evalHm
+    {
+      home.username = "alice";
+      home.homeDirectory = "/home/alice";
+    }
+    [
+      (lib.recursiveUpdate samples.hm-music {
+        services.ciphersync.jobs.music.sourceSnapshot = kind;
+      })
+    ];
 
   cases = {
     valid-docs = withDocs {};
@@ -448,28 +461,8 @@
       sourceSnapshot = "btrfs";
     };
     unknown-snapshot-kind = withDocs {sourceSnapshot = "xfs";};
-    hm-zfs-snapshot =
-      outcome evalHm
-      {
-        home.username = "alice";
-        home.homeDirectory = "/home/alice";
-      }
-      [
-        (lib.recursiveUpdate samples.hm-music {
-          services.ciphersync.jobs.music.sourceSnapshot = "zfs";
-        })
-      ];
-    hm-lvm-snapshot =
-      outcome evalHm
-      {
-        home.username = "alice";
-        home.homeDirectory = "/home/alice";
-      }
-      [
-        (lib.recursiveUpdate samples.hm-music {
-          services.ciphersync.jobs.music.sourceSnapshot = "lvm";
-        })
-      ];
+    hm-zfs-snapshot = hmMusicWithSnapshot "zfs";
+    hm-lvm-snapshot = hmMusicWithSnapshot "lvm";
     hm-sftp-without-knownHosts =
       outcome evalHm
       {

@@ -49,13 +49,14 @@ use crate::{interrupt, pool};
 /// rsync workers per sshfs connection, and at most this many in all.
 ///
 /// A worker spends most of its time waiting for SFTP round trips, one at a
-/// time (about 20 per new file: bench/analysis.md, "Round trips per
-/// file"), while one connection carries the requests of several workers
-/// at once: SFTP tags each request, and sshfs sends a request as soon as
-/// a worker makes it. More workers than connections keep more files in
-/// flight without another ssh session, so the connection budget
-/// (budget.rs) does not bound them. The cap keeps the processes (three
-/// per rsync) and the directory lists few on a job with many connections.
+/// time (about 20 per new file: bench/analysis.md, "Issue 14: round
+/// trips per file over sshfs"), while one connection carries the requests
+/// of several workers at once: SFTP tags each request, and sshfs sends a
+/// request as soon as a worker makes it. More workers than connections
+/// keep more files in flight without another ssh session, so the
+/// connection budget (budget.rs) does not bound them. The cap: sshfs
+/// serves about 10 requests at once (its FUSE threads), so 32 workers
+/// gained a tenth over 16 for twice the processes (three per rsync).
 const WORKERS_PER_CONNECTION: usize = 4;
 const MAX_WORKERS: usize = 16;
 

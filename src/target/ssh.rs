@@ -307,8 +307,8 @@ const NEGATIVE_TIMEOUT_S: u32 = 60;
 /// `negative_timeout`: for each new file rsync looks its name up three
 /// times (the generator, the backup check, the rename), each an SFTP
 /// LSTAT that rsync waits for; with the answer cached only the first goes
-/// to the server (about 2 of 22 round trips a new file, bench/analysis.md
-/// "Round trips per file"). Safe because the kernel keeps its cache
+/// to the server (2 of a new file's 20 round trips that rsync waits for:
+/// bench/analysis.md, "Issue 14: round trips per file over sshfs"). Safe because the kernel keeps its cache
 /// right for everything done through the mount (rsync's creates and
 /// renames, `create_dir`), each run mounts anew (nothing carries over to
 /// the next run, which looks again), and with this transport nothing

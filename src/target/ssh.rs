@@ -308,8 +308,9 @@ const NEGATIVE_TIMEOUT_S: u32 = 60;
 /// times (the generator, the backup check, the rename), each an SFTP
 /// LSTAT that rsync waits for; with the answer cached only the first goes
 /// to the server (2 of a new file's 20 round trips that rsync waits for:
-/// bench/analysis.md, "Issue 14: round trips per file over sshfs"). Safe because the kernel keeps its cache
-/// right for everything done through the mount (rsync's creates and
+/// bench/analysis.md, "Issue 14: round trips per file over sshfs").
+/// Safe because the kernel keeps its cache right for everything done
+/// through the mount (rsync's creates and
 /// renames, `create_dir`), each run mounts anew (nothing carries over to
 /// the next run, which looks again), and with this transport nothing
 /// else writes the account meanwhile (the shell target's scripts write

@@ -336,11 +336,12 @@ fn config_dir(cli: &Cli) -> Result<PathBuf> {
 }
 
 /// How many backup rsyncs may run side by side: the sshfs workers
-/// (split.rs, as many as the budget gives sshfs), else one.
+/// (split.rs, `workers_for` the connections the budget gives sshfs), else
+/// one. Must be the count sync.rs runs, or they would exceed the bound.
 fn backup_rsync_workers(job: &Job) -> usize {
     match &job.target {
         config::Target::Sftp(s) if s.transport == config::Transport::Sshfs => {
-            ciphersync::budget::of(s).sshfs
+            ciphersync::split::workers_for(ciphersync::budget::of(s).sshfs)
         }
         _ => 1,
     }

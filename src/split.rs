@@ -46,6 +46,28 @@ use std::path::{Path, PathBuf};
 use crate::error::{IoContext, Result};
 use crate::{interrupt, pool};
 
+/// rsync workers per sshfs connection, and at most this many in all.
+///
+/// A worker spends most of its time waiting for SFTP round trips, one at a
+/// time (about 20 per new file: bench/analysis.md, "Issue 14: round
+/// trips per file over sshfs"), while one connection carries the requests
+/// of several workers at once: SFTP tags each request, and sshfs sends a
+/// request as soon as a worker makes it. More workers than connections
+/// keep more files in flight without another ssh session, so the
+/// connection budget (budget.rs) does not bound them. The cap: sshfs
+/// serves about 10 requests at once (its FUSE threads), so 32 workers
+/// gained a tenth over 16 for twice the processes (three per rsync).
+const WORKERS_PER_CONNECTION: usize = 4;
+const MAX_WORKERS: usize = 16;
+
+/// The rsync workers of the sshfs transport over `connections` sshfs
+/// connections: never fewer than the connections.
+pub fn workers_for(connections: usize) -> usize {
+    (connections * WORKERS_PER_CONNECTION)
+        .min(MAX_WORKERS)
+        .max(connections)
+}
+
 /// What a file costs a worker beyond its bytes: several round trips, worth
 /// this many bytes of transfer at 100 Mbit/s and 10 ms.
 const PER_FILE_COST: u64 = 128 * 1024;
@@ -256,9 +278,8 @@ impl Balancer {
     }
 }
 
-/// Runs `pass` on every list, `workers` at a time (the job's
-/// `target.connections` within its connection budget, budget.rs; sshfs
-/// opens as many connections); after the first
+/// Runs `pass` on every list, `workers` at a time (backup: `workers_for`
+/// the sshfs connections the budget gives, budget.rs); after the first
 /// failure no new pass starts. The results in no particular order; the
 /// first error, if any.
 pub fn in_workers<R: Send>(
@@ -321,6 +342,15 @@ mod tests {
             }
         }
         balancer
+    }
+
+    #[test]
+    fn several_workers_share_each_connection_up_to_a_cap() {
+        assert_eq!(workers_for(1), 4);
+        assert_eq!(workers_for(4), 16);
+        assert_eq!(workers_for(8), 16);
+        // A job that asks for more connections keeps one worker each.
+        assert_eq!(workers_for(32), 32);
     }
 
     #[test]

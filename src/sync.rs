@@ -823,7 +823,7 @@ impl Rsync<'_> {
     fn mirror(&self, decryptor: &PathDecryptor) -> Result<Mirrored> {
         let workers = match &self.job.target {
             Target::Sftp(s) if s.transport == Transport::Sshfs && self.split => {
-                crate::budget::of(s).sshfs
+                split::workers_for(crate::budget::of(s).sshfs)
             }
             _ => 1,
         };

@@ -283,9 +283,10 @@ fn exclude_patterns_are_not_backed_up() {
 }
 
 /// Over sshfs the first backup splits the tree between rsync workers (a
-/// structure pass, one worker per list of files with 2 connections, a
-/// directory pass: 4 rsync runs); a run with nothing to move uses one
-/// rsync; a change brings the workers back. The tree stays exact.
+/// structure pass, the workers, a directory pass): 2 connections allow 8
+/// workers (split::workers_for), and each of the 3 directories here is
+/// one worker's: 5 rsync runs. A run with nothing to move uses one rsync;
+/// a change brings the workers back. The tree stays exact.
 #[test]
 fn sshfs_workers_split_only_when_files_move() {
     if !require_tools("sshfs_workers", SFTP_TOOLS) {
@@ -304,14 +305,14 @@ fn sshfs_workers_split_only_when_files_move() {
     job.ok(&["init"]);
     let rsync_runs = |out: &Out| out.stderr.matches("run: rsync ").count();
     let first = job.ok(&["--verbose", "backup"]);
-    assert_eq!(rsync_runs(&first), 4, "first backup:\n{}", first.stderr);
+    assert_eq!(rsync_runs(&first), 5, "first backup:\n{}", first.stderr);
     let again = job.ok(&["--verbose", "backup"]);
     assert_eq!(rsync_runs(&again), 1, "no-change backup:\n{}", again.stderr);
     write_mode(&job.source.join("two/new"), b"new file", 0o644);
     let changed = job.ok(&["--verbose", "backup"]);
     assert_eq!(
         rsync_runs(&changed),
-        4,
+        5,
         "backup with a new file:\n{}",
         changed.stderr
     );
@@ -320,10 +321,11 @@ fn sshfs_workers_split_only_when_files_move() {
 
 /// A tree of one top-level directory gets every worker: the workers take
 /// lists of directories at any depth, not top-level directories (3
-/// connections: a directory pass, 3 workers, a directory pass). Every deleted or replaced file reaches the
-/// run's snapshot dir exactly once, as its old version; restore (from a
-/// stage pulled here) uses the workers too and gives back the source, and
-/// the first run as it was.
+/// connections allow 12 workers; the 8 directories here, the top one
+/// included, give 8: a directory pass, 8 workers, a directory pass). Every
+/// deleted or replaced file reaches the run's snapshot dir exactly once, as
+/// its old version; restore (from a stage pulled here) uses the workers too
+/// and gives back the source, and the first run as it was.
 #[test]
 fn sshfs_workers_share_one_directory() {
     if !require_tools("sshfs_one_dir", SFTP_TOOLS) {
@@ -346,7 +348,7 @@ fn sshfs_workers_share_one_directory() {
     job.ok(&["init"]);
     let rsync_runs = |out: &Out| out.stderr.matches("run: rsync ").count();
     let first = job.ok(&["--verbose", "--json", "backup"]);
-    assert_eq!(rsync_runs(&first), 5, "first backup:\n{}", first.stderr);
+    assert_eq!(rsync_runs(&first), 10, "first backup:\n{}", first.stderr);
     let first_id = json_stats(&parse_json(&first), "backup")["snapshot"]
         .as_str()
         .unwrap()
@@ -370,7 +372,7 @@ fn sshfs_workers_share_one_directory() {
     let changed = job.ok(&["--verbose", "--json", "backup"]);
     assert_eq!(
         rsync_runs(&changed),
-        5,
+        10,
         "second backup:\n{}",
         changed.stderr
     );

@@ -221,7 +221,8 @@ impl Ssh {
             .args(["-o", "contain_symlinks", "-o"])
             // The mount's share of the budget; its connections open as
             // reads and writes need them, and stay until the unmount.
-            .arg(format!("max_conns={}", self.sessions.sshfs));
+            .arg(format!("max_conns={}", self.sessions.sshfs))
+            .args(sole_writer_options(self.sftp.transport));
         Mount::establish(point, FsType::Sshfs, cmd, |out| {
             self.connection_error(&out.stderr, "mounting with sshfs")
         })
@@ -293,6 +294,42 @@ impl Ssh {
             return Err(ssh.connection_error(&out.stderr, "mounting with sshfs"));
         }
         Ok(())
+    }
+}
+
+/// How long the kernel may answer "no such file" from its cache for a
+/// name it looked up through the mount, in seconds.
+const NEGATIVE_TIMEOUT_S: u32 = 60;
+
+/// sshfs options for a mount that every write to the account goes through
+/// while it is mounted: the sshfs transport, where rsync writes into it.
+///
+/// `negative_timeout`: for each new file rsync looks its name up three
+/// times (the generator, the backup check, the rename), each an SFTP
+/// LSTAT that rsync waits for; with the answer cached only the first goes
+/// to the server (2 of a new file's 20 round trips that rsync waits for:
+/// bench/analysis.md, "Issue 14: round trips per file over sshfs").
+/// Safe because the kernel keeps its cache right for everything done
+/// through the mount (rsync's creates and
+/// renames, `create_dir`), each run mounts anew (nothing carries over to
+/// the next run, which looks again), and with this transport nothing
+/// else writes the account meanwhile (the shell target's scripts write
+/// records/, which nothing looks up through this mount). Not where rsync
+/// writes over ssh beside the mount (transport `rsync`: the whitelist
+/// target lists files/ through it after rsync made new names there), nor
+/// for `ciphersync mount`, which should show what later backups add.
+/// Positive entries and attributes keep sshfs's defaults: longer ones
+/// spared no request (measured) and would only widen the window in which
+/// a change made on the server is not seen.
+fn sole_writer_options(transport: crate::config::Transport) -> Vec<String> {
+    match transport {
+        crate::config::Transport::Sshfs => {
+            vec![
+                "-o".into(),
+                format!("negative_timeout={NEGATIVE_TIMEOUT_S}"),
+            ]
+        }
+        crate::config::Transport::Rsync => Vec::new(),
     }
 }
 
@@ -466,6 +503,18 @@ pub fn server_words(out: &mut Output) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn negative_lookups_are_cached_only_where_the_mount_is_the_writer() {
+        use crate::config::Transport;
+        assert_eq!(
+            sole_writer_options(Transport::Sshfs),
+            ["-o", "negative_timeout=60"]
+        );
+        // rsync over ssh writes files/ beside the mount: a cached "no
+        // such file" would hide what it made from the listings.
+        assert!(sole_writer_options(Transport::Rsync).is_empty());
+    }
 
     fn sftp(identity_file: &str) -> Sftp {
         Sftp {

@@ -196,10 +196,11 @@
         example = 8;
         description = ''
           With the `sshfs` transport: sshfs connections, and rsync workers
-          that back up balanced lists of directories (at any depth) side by
-          side; a restore of an older run copies out of its local stage the
-          same way. Over sshfs one rsync waits several round trips per file;
-          more workers pay off on a distant server.
+          over them (4 per connection, at most 16) that back up balanced
+          lists of directories (at any depth) side by side; a restore from a
+          local stage copies out with this many workers. Over sshfs one
+          rsync waits several round trips per file; more workers pay off on
+          a distant server.
         '';
       };
       maxConnections = mkOption {

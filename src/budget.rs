@@ -19,7 +19,8 @@
 //!
 //! Settled up front ([`plan`], pure): sshfs gets what `connections` asks
 //! for, at most the budget less the one session beside it; the sshfs
-//! transport's rsync workers are as many as its connections. A budget
+//! transport's rsync workers ride on those connections (4 each, at most
+//! 16: `split::workers_for`) and open no session of their own. A budget
 //! smaller than [`MIN`] the job file check refuses.
 
 use std::sync::{Condvar, Mutex};
@@ -38,7 +39,7 @@ pub const MAX: usize = 64;
 /// How a stage spends its budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sessions {
-    /// sshfs `max_conns`, and the rsync workers of the sshfs transport.
+    /// sshfs `max_conns` (the sshfs transport's rsync workers ride on it).
     pub sshfs: usize,
     /// Sessions beside the mount: commands and rsync over ssh (at least 1).
     pub beside: usize,
@@ -69,7 +70,7 @@ impl Sessions {
         let asked = self.cut_from?;
         Some(format!(
             "target.connections = {asked} does not fit in target.max_connections = \
-             {max_connections} beside one command: using {} sshfs connection(s) and rsync workers",
+             {max_connections} beside one command: using {} sshfs connection(s)",
             self.sshfs
         ))
     }

@@ -135,8 +135,8 @@ pub struct Sftp {
     pub known_hosts_file: PathBuf,
     pub transport: Transport,
     pub remote_checksums: RemoteChecksums,
-    /// sshfs connections, and rsync workers over them (split.rs), as
-    /// asked; `budget::of` says how many a stage uses.
+    /// sshfs connections as asked (4 rsync workers ride on each, at most
+    /// 16: `split::workers_for`); `budget::of` says how many a stage uses.
     pub connections: usize,
     /// The most ssh sessions a stage holds at once (budget.rs).
     pub max_connections: usize,
@@ -880,8 +880,9 @@ fn retention(v: &Value) -> Checked<Retention> {
     })
 }
 
-/// sshfs connections and rsync workers: 4 halves a backup at a 20 ms round
-/// trip against 1 and costs little on a fast link (docs/benchmarks.md).
+/// sshfs connections (each carrying 4 rsync workers, split.rs): 4 halves
+/// a backup at a 20 ms round trip against 1 and costs little on a fast
+/// link (docs/benchmarks.md).
 const DEFAULT_CONNECTIONS: u8 = 4;
 const MAX_CONNECTIONS: u8 = 16;
 

@@ -580,7 +580,8 @@
     job,
     zfs ? pkgs.zfs,
   }:
-    lib.optionals (job.sourceSnapshot != null) {
+    lib.optionals (job.sourceSnapshot != null)
+    {
       btrfs = [pkgs.btrfs-progs];
       zfs = [
         zfs
@@ -590,7 +591,9 @@
         pkgs.lvm2
         pkgs.util-linux
       ];
-    }.${job.sourceSnapshot};
+    }.${
+      job.sourceSnapshot
+    };
 
   # `runtimeDir = null` leaves runtime_dir out of the file: the helper then
   # uses $XDG_RUNTIME_DIR/ciphersync/<name> (home-manager, where the uid is

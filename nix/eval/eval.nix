@@ -227,51 +227,52 @@
 
   nixosShape = name: sample: let
     config = checkAssertions name (evalNixos [sample]).config;
-  in {
-    # The real programs/fuse.nix also writes /etc/fuse.conf: taken out
-    # when it says what programs.fuse (below) says.
-    etc = lib.mapAttrs (n: fileEntry "${name}: environment.etc.${n}") (
-      if real
-      then
-        dropIfEqual config.environment.etc "fuse.conf" (config.environment.etc."fuse.conf"
-          // {
-            text = "${lib.optionalString (!config.programs.fuse.userAllowOther) "#"}user_allow_other\nmount_max = ${toString config.programs.fuse.mountMax}\n";
-          })
-      else config.environment.etc
-    );
-    services =
-      lib.mapAttrs (
-        _: s:
-          if real
-          then realService s
-          else
-            lib.filterAttrs (k: v: !(lib.elem k ["script" "preStart"] && v == "")) (
-              clean s // {path = map toString s.path;}
-            )
-      )
-      (ownServicesOut config.systemd.services);
-    timers =
-      lib.mapAttrs (
-        _: t:
-          if real
-          then realTimer t
-          else clean t
-      )
-      config.systemd.timers;
-    users = lib.mapAttrs (_: u:
-      if real
-      then realUser u
-      else clean u) (withoutOwn nixpkgsOwn.users config.users.users);
-    groups = lib.mapAttrs (_: clean) (withoutOwn nixpkgsOwn.groups config.users.groups);
-    fuse = {
-      programs = clean config.programs.fuse;
-      inherit (config.boot) kernelModules;
+  in
+    {
+      # The real programs/fuse.nix also writes /etc/fuse.conf: taken out
+      # when it says what programs.fuse (below) says.
+      etc = lib.mapAttrs (n: fileEntry "${name}: environment.etc.${n}") (
+        if real
+        then
+          dropIfEqual config.environment.etc "fuse.conf" (config.environment.etc."fuse.conf"
+            // {
+              text = "${lib.optionalString (!config.programs.fuse.userAllowOther) "#"}user_allow_other\nmount_max = ${toString config.programs.fuse.mountMax}\n";
+            })
+        else config.environment.etc
+      );
+      services =
+        lib.mapAttrs (
+          _: s:
+            if real
+            then realService s
+            else
+              lib.filterAttrs (k: v: !(lib.elem k ["script" "preStart"] && v == "")) (
+                clean s // {path = map toString s.path;}
+              )
+        )
+        (ownServicesOut config.systemd.services);
+      timers =
+        lib.mapAttrs (
+          _: t:
+            if real
+            then realTimer t
+            else clean t
+        )
+        config.systemd.timers;
+      users = lib.mapAttrs (_: u:
+        if real
+        then realUser u
+        else clean u) (withoutOwn nixpkgsOwn.users config.users.users);
+      groups = lib.mapAttrs (_: clean) (withoutOwn nixpkgsOwn.groups config.users.groups);
+      fuse = {
+        programs = clean config.programs.fuse;
+        inherit (config.boot) kernelModules;
+      };
+    }
+    # Only a job with a btrfs or lvm sourceSnapshot adds tmpfiles lines.
+    // lib.optionalAttrs (config.systemd.tmpfiles.rules != []) {
+      tmpfiles = config.systemd.tmpfiles.rules;
     };
-  }
-  # Only a job with a btrfs or lvm sourceSnapshot adds tmpfiles lines.
-  // lib.optionalAttrs (config.systemd.tmpfiles.rules != []) {
-    tmpfiles = config.systemd.tmpfiles.rules;
-  };
 
   # What the server module renders: its units, users, tmpfiles lines and
   # the sshd_config text it adds (and each account's shell script).

@@ -33,6 +33,8 @@ REPO = os.path.dirname(BENCH)
 BIN = os.environ.get("CSBENCH_BIN") or os.path.join(REPO, "target", "release", "ciphersync")
 CG_BASE = "/sys/fs/cgroup/cpuacct"
 TOOLS = ["cs-sshfs", "cs-rsync", "seed", "restic", "borg"]
+# Run only when named in --tools.
+EXTRA_TOOLS = ["cs-sftponly"]
 SETTLE_S = 2.5
 SCENARIOS = [
     "backup_initial", "backup_nochange", "backup_changed",
@@ -203,6 +205,11 @@ class Bench:
         sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", k + "/host_key"])
         sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", k + "/client_key"])
         shutil.copy(k + "/client_key.pub", k + "/authorized_keys")
+        # cs-sftponly logs in with a key that sshd serves SFTP only
+        # (internal-sftp forced, as a NAS or an SFTP-only share does).
+        sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", k + "/sftponly_key"])
+        with open(k + "/authorized_keys", "a") as f:
+            f.write('restrict,command="internal-sftp" ' + open(k + "/sftponly_key.pub").read())
         self.sshd_port = free_port()
         with open(k + "/sshd_config", "w") as f:
             f.write(
@@ -235,6 +242,7 @@ class Bench:
         with open(self.known_hosts, "w") as f:
             f.write("[127.0.0.1]:%d %s\n" % (self.port, hostkey))
         self.client_key = k + "/client_key"
+        self.sftponly_key = k + "/sftponly_key"
         self.ssh_config = k + "/ssh_config"
         with open(self.ssh_config, "w") as f:
             f.write(
@@ -469,20 +477,24 @@ class Tool:
 class CipherSync(Tool):
     def __init__(self, b, name, tdir, rdir):
         super().__init__(b, name, tdir, rdir)
-        # cs-sshfs, cs-rsync, or cs-sshfs-c8: target.connections = 8
+        # cs-sshfs, cs-rsync, or cs-sshfs-c8: target.connections = 8;
+        # cs-sftponly: the sshfs transport to an account that allows SFTP only
         parts = name.split("-")
-        transport = parts[1]
+        sftp_only = parts[1] == "sftponly"
+        transport = "sshfs" if sftp_only else parts[1]
         self.job = os.path.join(tdir, "job.json")
         state, run = os.path.join(tdir, "state"), os.path.join(tdir, "run")
         target = {"type": "sftp", "host": "127.0.0.1", "port": b.port, "user": user(),
                   "path": rdir, "identity_file": b.client_key,
                   "known_hosts_file": b.known_hosts, "transport": transport,
-                  "remote_checksums": "ssh"}
+                  "remote_checksums": "mount" if sftp_only else "ssh"}
+        if sftp_only:
+            target["identity_file"] = b.sftponly_key
         if len(parts) > 2:
             target["connections"] = int(parts[2][1:])
         with open(self.job, "w") as f:
             json.dump({
-                "version": 1, "name": "bench-" + transport, "source": b.src,
+                "version": 1, "name": "bench-" + parts[1], "source": b.src,
                 "password_file": b.password,
                 "gocryptfs_config": os.path.join(state, "gocryptfs.reverse.conf"),
                 "target": target,
@@ -724,8 +736,9 @@ def main():
     args.tools = [t for t in args.tools.split(",") if t]
     args.scenarios = [s for s in args.scenarios.split(",") if s]
     for t in args.tools:
-        if t != "floor" and t not in TOOLS and not re.fullmatch(r"cs-sshfs-c\d+", t):
-            sys.exit("unknown tool %s (known: floor,%s, cs-sshfs-cN)" % (t, ",".join(TOOLS)))
+        if t != "floor" and t not in TOOLS + EXTRA_TOOLS and not re.fullmatch(r"cs-sshfs-c\d+", t):
+            sys.exit("unknown tool %s (known: floor,%s, cs-sshfs-cN)"
+                     % (t, ",".join(TOOLS + EXTRA_TOOLS)))
     b = Bench(args)
 
     def on_term(*_):

@@ -274,6 +274,87 @@ impl Cmd {
     }
 }
 
+/// A child we talk with over pipes while it runs: an SFTP session
+/// (`ssh -s … sftp`, target/sftp.rs). Only for a tool that forks no daemon
+/// (see the top of this file): ssh here is a client of the stage's master,
+/// or a plain client, never a master itself. Dropping it closes its input
+/// and stops it if it does not end by itself.
+pub struct Conversation {
+    tool: &'static str,
+    child: Child,
+    input: Option<std::process::ChildStdin>,
+    output: std::process::ChildStdout,
+    stderr: File,
+}
+
+impl Cmd {
+    /// Starts the command with its stdin and stdout as pipes to us.
+    pub fn converse(self) -> Result<Conversation> {
+        log::debug(|| format!("run, talking over pipes: {}", self.display()));
+        let stderr = anonymous_file(self.tool, "stderr")?;
+        let mut command = Command::new(self.tool);
+        command
+            .args(&self.args)
+            .env("LC_ALL", "C")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(clone(&stderr)?));
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let mut child = command.spawn().map_err(|e| spawn_error(self.tool, e))?;
+        let (Some(input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
+            stop(&mut child, self.tool);
+            return Err(Error::new(
+                Kind::Tool,
+                format!("{} started without pipes", self.tool),
+            ));
+        };
+        Ok(Conversation {
+            tool: self.tool,
+            child,
+            input: Some(input),
+            output,
+            stderr,
+        })
+    }
+}
+
+impl Conversation {
+    /// What we write to the child.
+    pub fn input(&mut self) -> &mut std::process::ChildStdin {
+        self.input.as_mut().expect("the input is open until drop")
+    }
+
+    /// What the child writes to us.
+    pub fn output(&mut self) -> &mut std::process::ChildStdout {
+        &mut self.output
+    }
+
+    /// The end of what the child wrote to stderr so far (for an error).
+    pub fn stderr_tail(&self) -> String {
+        clone(&self.stderr).and_then(tail_of).unwrap_or_default()
+    }
+
+    /// Whether the child has ended (an ssh that lost its connection).
+    pub fn ended(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Drop for Conversation {
+    fn drop(&mut self) {
+        // End of input: the SFTP server ends, then ssh.
+        drop(self.input.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        stop(&mut self.child, self.tool);
+    }
+}
+
 impl Daemon {
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -98,8 +98,20 @@ pub fn restore(ctx: &Context, request: &RestoreRequest, progress: &Progress) -> 
     // reads it. Otherwise the latest state is read from files/ itself.
     let puller = remote.puller(job)?;
     let stage = match (&request.snapshot, latest_needing_its_record(ctx, &remote)?) {
-        (Some(id), _) => Some(rebuild(ctx, &remote, id, puller.as_ref(), progress)?),
-        (None, Some(latest)) => Some(rebuild(ctx, &remote, &latest, puller.as_ref(), progress)?),
+        (Some(id), _) => Some(rebuild_somehow(
+            ctx,
+            &remote,
+            id,
+            puller.as_ref(),
+            progress,
+        )?),
+        (None, Some(latest)) => Some(rebuild_somehow(
+            ctx,
+            &remote,
+            &latest,
+            puller.as_ref(),
+            progress,
+        )?),
         (None, None) => match (&puller, request.paths.is_empty()) {
             (Some(puller), true) => pull_latest(ctx, &remote, puller, progress)?,
             _ => None,
@@ -107,7 +119,12 @@ pub fn restore(ctx: &Context, request: &RestoreRequest, progress: &Progress) -> 
     };
     let read_via = match (&job.target, &stage) {
         (Target::Local { .. }, _) => ReadVia::Local,
-        (Target::Sftp(_), Some(stage)) if stage.pulled => ReadVia::Rsync,
+        (
+            Target::Sftp(_),
+            Some(Stage {
+                pulled: Some(via), ..
+            }),
+        ) => *via,
         (Target::Sftp(_), _) => ReadVia::Sshfs,
     };
     let cipher_dir = stage
@@ -244,7 +261,44 @@ fn pull_latest(
         ));
         return Ok(None);
     }
-    rebuild(ctx, remote, &latest, Some(puller), progress).map(Some)
+    match rebuild(ctx, remote, &latest, Some(puller), progress)? {
+        Rebuilt::Stage(stage) => Ok(Some(stage)),
+        Rebuilt::Unreadable(refused) => {
+            say_read_through_sshfs(&refused);
+            Ok(None)
+        }
+    }
+}
+
+/// Rebuilds run `id`, pulled where `puller` can; where the server would
+/// not give some files back over SFTP, again through sshfs, whose copy
+/// names each of them by its plaintext path and restores the rest.
+fn rebuild_somehow(
+    ctx: &Context,
+    remote: &PathTarget,
+    id: &str,
+    puller: Option<&Puller>,
+    progress: &Progress,
+) -> Result<Stage> {
+    match rebuild(ctx, remote, id, puller, progress)? {
+        Rebuilt::Stage(stage) => Ok(stage),
+        Rebuilt::Unreadable(refused) => {
+            say_read_through_sshfs(&refused);
+            match rebuild(ctx, remote, id, None, progress)? {
+                Rebuilt::Stage(stage) => Ok(stage),
+                Rebuilt::Unreadable(_) => unreachable!("only a pull leaves files out"),
+            }
+        }
+    }
+}
+
+fn say_read_through_sshfs(refused: &[String]) {
+    log::info(format!(
+        "restore: the target would not give back {} over SFTP (first: {}); reading \
+         through sshfs instead, which names each by its plaintext path",
+        crate::human::count(refused.len() as u64, "file", "files"),
+        refused.first().map(String::as_str).unwrap_or_default()
+    ));
 }
 
 /// Room a stage leaves free on its file system besides the ciphertext.
@@ -469,8 +523,8 @@ fn untrusted_copy_flags(keep_setuid: bool) -> Vec<&'static str> {
 /// A rebuilt cipher tree in the state dir, removed when dropped.
 struct Stage {
     path: PathBuf,
-    /// Filled by rsync over ssh (pull.rs), not read through a path.
-    pulled: bool,
+    /// Filled over ssh (pull.rs: rsync or SFTP), not read through a path.
+    pulled: Option<ReadVia>,
 }
 
 impl Drop for Stage {
@@ -480,9 +534,13 @@ impl Drop for Stage {
     }
 }
 
-/// Rebuilds the encrypted tree as it was right after run `id` (see
-/// snapshots.rs): each recorded path from the oldest later snapshot dir that
-/// holds it, else from files/; then the recorded directories and modes.
+/// A stage, or what a pull over SFTP could not get (ciphertext paths, with
+/// the server's words): then nothing is staged.
+enum Rebuilt {
+    Stage(Stage),
+    Unreadable(Vec<String>),
+}
+
 /// Rebuilds run `id` in a stage in the state dir: each path of its record
 /// from the oldest later snapshot dir that holds it, else from files/;
 /// pulled with rsync over ssh when `puller` is given, else read from the
@@ -494,7 +552,7 @@ fn rebuild(
     id: &str,
     puller: Option<&Puller>,
     progress: &Progress,
-) -> Result<Stage> {
+) -> Result<Rebuilt> {
     let record = snapshots::read_record(remote, id, &ctx.job.state_dir)?;
     // The record says how many bytes of ciphertext the stage takes; rsync
     // counts the files of each source it fetches from (progress/rsync.rs).
@@ -530,7 +588,7 @@ fn rebuild(
 
     let stage = Stage {
         path: ctx.state(&format!("restore-{id}")),
-        pulled: puller.is_some(),
+        pulled: puller.map(Puller::read_via),
     };
     if stage.path.exists() {
         make_writable(&stage.path);
@@ -552,7 +610,13 @@ fn rebuild(
         let names: Vec<&[u8]> = entries.iter().map(|e| e.path.as_bytes()).collect();
         fsutil::write_atomic(&list, &names.join(&0u8))?;
         if let Some(puller) = puller {
-            puller.pull(&from, &list, &stage.path, watched)?;
+            let room = fsutil::free_bytes(&stage.path)
+                .unwrap_or(u64::MAX)
+                .saturating_sub(STAGE_MARGIN);
+            let refused = puller.pull(&from, &list, entries, &stage.path, room, watched)?;
+            if !refused.is_empty() {
+                return Ok(Rebuilt::Unreadable(refused));
+            }
             continue;
         }
         let source = root.join(&from);
@@ -607,7 +671,7 @@ fn rebuild(
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(entry.mode & 0o777))
             .ctx(|| format!("setting the mode of {}", path.display()))?;
     }
-    Ok(stage)
+    Ok(Rebuilt::Stage(stage))
 }
 
 /// A record comes from the target: every path must stay inside the tree

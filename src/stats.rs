@@ -99,6 +99,8 @@ pub enum ReadVia {
     Sshfs,
     /// Pulled with rsync over ssh into a local stage, one stream per source.
     Rsync,
+    /// Fetched over SFTP into a local stage, many requests in flight.
+    Sftp,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

@@ -178,3 +178,87 @@ fn a_directory_swapped_for_a_symlink_to_elsewhere_fails_cleanly() {
     assert_eq!(entries_under(&to), 0, "something was restored into --to");
     job.assert_clean();
 }
+
+/// An account that allows SFTP only (chroot, internal-sftp) is fetched
+/// over SFTP with many requests in flight (src/target/sftp.rs): more files
+/// than it keeps open at once, an empty file, files of several reads with
+/// a short last one, a symlink and a read-only directory, all equal to the
+/// source after restore; the stage is gone afterwards.
+#[test]
+fn an_sftp_only_account_is_fetched_over_sftp_and_equals_the_source() {
+    if !ServerKind::ChrootSftp.require("restore_sftp_fetch") {
+        return;
+    }
+    let job = Job::sftp("sftp-fetch").build_on(ServerKind::ChrootSftp);
+    let many = job.source.join("many");
+    fs::create_dir_all(&many).unwrap();
+    for i in 0..80 {
+        fs::write(
+            many.join(format!("f{i:03}")),
+            vec![b'a' + (i % 26) as u8; i * 37],
+        )
+        .unwrap();
+    }
+    fs::write(job.source.join("empty"), "").unwrap();
+    let big: Vec<u8> = (0..300_007u32).map(|i| (i % 251) as u8).collect();
+    fs::write(job.source.join("big"), &big).unwrap();
+    std::os::unix::fs::symlink("many/f001", job.source.join("link")).unwrap();
+    fs::create_dir_all(job.source.join("ro")).unwrap();
+    fs::write(job.source.join("ro/in"), "in a read-only dir\n").unwrap();
+    fs::set_permissions(
+        job.source.join("ro"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o555),
+    )
+    .unwrap();
+    job.init_and_backup();
+
+    let to = job.restore_and_compare("restored");
+    let stats = &job.stage("restore")["stats"];
+    assert_eq!(stats["read_via"], "sftp", "{stats}");
+    assert_eq!(
+        fs::metadata(to.join("big")).unwrap().mtime(),
+        fs::metadata(job.source.join("big")).unwrap().mtime(),
+        "the restored file lost its mtime"
+    );
+    let left: Vec<String> = fs::read_dir(&job.state_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("restore-"))
+        .collect();
+    assert!(left.is_empty(), "stage left in the state dir: {left:?}");
+    fs::set_permissions(
+        job.source.join("ro"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    job.assert_clean();
+}
+
+/// Over SFTP the server's lstat of each file is checked before a byte is
+/// written: a file swapped for a symlink is refused, naming it, and
+/// nothing reaches --to.
+#[test]
+fn a_file_swapped_for_a_symlink_is_refused_over_sftp() {
+    if !ServerKind::ChrootSftp.require("restore_sftp_file_symlink") {
+        return;
+    }
+    let job = Job::sftp("sftp-file-link").build_on(ServerKind::ChrootSftp);
+    fs::create_dir_all(job.source.join("dir")).unwrap();
+    fs::write(job.source.join("dir/big"), vec![b'b'; BIG_LEN as usize]).unwrap();
+    job.init_and_backup();
+    let file = job.remote_file_for_len(BIG_LEN);
+    fs::remove_file(&file).unwrap();
+    std::os::unix::fs::symlink("gocryptfs.diriv", &file).unwrap();
+
+    let to = job.root.join("out");
+    let o = job.run(&["restore", "--to", to.to_str().unwrap()]);
+    assert_ne!(o.code, 0, "a swapped file restored:\n{}", o.dump());
+    assert!(
+        o.stderr
+            .contains("is not a file on the server, its record says a file"),
+        "the error should name the swapped entry:\n{}",
+        o.dump()
+    );
+    assert_eq!(entries_under(&to), 0, "something was restored into --to");
+    job.assert_clean();
+}

@@ -370,10 +370,10 @@ fn matrix(job: &ServerJob, check_first: impl Fn(&Out)) {
 
     job.restore_and_compare("restored-latest");
     // An account that runs `rsync --server` is pulled from in one stream
-    // (target/pull.rs); an SFTP-only one is read through sshfs.
+    // (target/pull.rs); an SFTP-only one is fetched over SFTP (sftp.rs).
     let via = match job.server.kind {
         ServerKind::FullShell | ServerKind::Whitelist => "rsync",
-        ServerKind::ChrootSftp | ServerKind::Rclone => "sshfs",
+        ServerKind::ChrootSftp | ServerKind::Rclone => "sftp",
     };
     let latest = job.stage("restore");
     assert_eq!(
@@ -466,6 +466,13 @@ fn restore_finishes_and_names_what_the_server_cannot_read() {
     let o = job.run(&["restore", "--to", to.to_str().unwrap()]);
     fs::set_permissions(&unreadable, fs::Permissions::from_mode(0o644)).unwrap();
     assert_eq!(o.code, 1, "restore with one unreadable file:\n{}", o.dump());
+    // The SFTP fetch (src/target/sftp.rs) gives the stage up and says so;
+    // the copy through sshfs names the file by its plaintext path.
+    assert!(
+        o.stderr.contains("would not give back 1 file over SFTP"),
+        "restore did not say why it read through sshfs:\n{}",
+        o.dump()
+    );
     let said = error_lines(&o).join("\n");
     assert!(
         said.contains("docs/été à.txt") && said.contains("could not be copied"),

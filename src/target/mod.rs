@@ -21,6 +21,7 @@ mod listing;
 mod path;
 mod probe;
 mod pull;
+mod sftp;
 mod shell;
 pub mod ssh;
 mod whitelist;

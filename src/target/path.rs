@@ -84,10 +84,7 @@ impl PathTarget {
         let (Some(ssh), crate::config::Target::Sftp(sftp)) = (&self.ssh, &job.target) else {
             return Ok(None);
         };
-        if !self.keeps().all() {
-            return Ok(None);
-        }
-        super::Puller::new(job, sftp, ssh)
+        super::Puller::new(job, sftp, ssh, self.keeps().all())
     }
 
     /// The target's root as a local path.

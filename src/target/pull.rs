@@ -1,66 +1,125 @@
-//! Pulling ciphertext from the account with `rsync --server --sender`
-//! into a local directory: one stream per source, instead of the several
-//! SFTP round trips per file that reading through sshfs costs. Restore
-//! uses it to fill its stage (restore.rs), then decrypts the stage locally.
+//! Pulling a run's ciphertext from the account into a local directory,
+//! instead of reading it file by file through sshfs, which costs several
+//! SFTP round trips per file that one reader waits for in turn. Where the
+//! account runs `rsync --server`, one `rsync --sender` stream per source;
+//! where it allows SFTP only, many pipelined SFTP requests (sftp.rs).
+//! Restore uses it to fill its stage (restore.rs), then decrypts the stage
+//! locally.
 //!
-//! The server sends the file list, so it chooses names, types and symlink
-//! targets. The receiving rsync is told `--munge-links`: every symlink the
-//! server sends is stored as `/rsyncd-munged/<target>`, which leads
-//! nowhere, so no later entry of the same transfer can be written through
-//! it. The caller checks what arrived against the run's record and only
-//! then gives the symlinks their targets back (`unmunge`).
+//! With rsync the server sends the file list, so it chooses names, types
+//! and symlink targets. The receiving rsync is told `--munge-links`: every
+//! symlink the server sends is stored as `/rsyncd-munged/<target>`, which
+//! leads nowhere, so no later entry of the same transfer can be written
+//! through it. The SFTP fetcher stores links the same way. The caller
+//! checks what arrived against the run's record and only then gives the
+//! symlinks their targets back (`unmunge`).
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use super::Ssh;
+use super::listing::TreeEntry;
+use super::sftp::SftpFetcher;
 use crate::config::{Job, Sftp};
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::exec::Cmd;
 use crate::progress::{self, Phase};
+use crate::stats::ReadVia;
 
 /// What rsync puts in front of a munged symlink's target.
-const MUNGE_PREFIX: &str = "/rsyncd-munged/";
+pub(super) const MUNGE_PREFIX: &str = "/rsyncd-munged/";
 
 /// How to pull from one account over ssh.
 pub struct Puller<'a> {
     /// The stage's ssh: its config and master, and its connection budget
     /// (a pull is one session beside the sshfs mount).
     ssh: Option<&'a Ssh>,
-    /// rsync's `-e`: ssh with the stage's config.
-    shell: String,
-    /// The account's directory as rsync names it (`host:path`).
-    location: String,
+    via: Via<'a>,
+}
+
+enum Via<'a> {
+    Rsync {
+        /// rsync's `-e`: ssh with the stage's config.
+        shell: String,
+        /// The account's directory as rsync names it (`host:path`).
+        location: String,
+    },
+    Sftp(SftpFetcher<'a>),
 }
 
 impl<'a> Puller<'a> {
-    /// A puller for an account that runs `rsync --server`, or None (no
-    /// rsync there, or a machine where munged links would lead somewhere).
-    pub(super) fn new(job: &Job, sftp: &Sftp, ssh: &'a Ssh) -> Result<Option<Puller<'a>>> {
-        let (caps, _) = super::probe::capabilities(job, sftp, ssh)?;
-        if !caps.rsync_server {
-            return Ok(None);
-        }
+    /// A puller for an account: rsync where it runs `rsync --server` and
+    /// keeps modes and symlinks, else SFTP. None on a machine where munged
+    /// links would lead somewhere.
+    pub(super) fn new(
+        job: &Job,
+        sftp: &Sftp,
+        ssh: &'a Ssh,
+        keeps_all: bool,
+    ) -> Result<Option<Puller<'a>>> {
         if Path::new(MUNGE_PREFIX).symlink_metadata().is_ok() {
             crate::log::warn(format!(
                 "{MUNGE_PREFIX} exists on this machine: a symlink from the target \
-                 could lead into it, so restore reads through sshfs instead of rsync"
+                 could lead into it, so restore reads through sshfs instead"
             ));
             return Ok(None);
         }
+        let (caps, _) = super::probe::capabilities(job, sftp, ssh)?;
+        let via = if caps.rsync_server && keeps_all {
+            Via::Rsync {
+                shell: ssh.rsync_shell(),
+                location: ssh.rsync_location(&sftp.path),
+            }
+        } else {
+            Via::Sftp(SftpFetcher::new(ssh))
+        };
         Ok(Some(Puller {
             ssh: Some(ssh),
-            shell: ssh.rsync_shell(),
-            location: ssh.rsync_location(&sftp.path),
+            via,
         }))
     }
 
-    /// Copies the NUL-separated relative paths in `list` from the account's
-    /// `from` directory (relative to its root) into `into`, which must be a
-    /// directory only we write to. Devices, special files and setuid bits
-    /// never arrive; symlinks arrive munged.
-    /// With `phase`, its progress counts there.
-    pub fn pull(&self, from: &str, list: &Path, into: &Path, phase: Option<&Phase>) -> Result<()> {
+    /// How the stage is filled, for restore's statistics.
+    pub fn read_via(&self) -> ReadVia {
+        match self.via {
+            Via::Rsync { .. } => ReadVia::Rsync,
+            Via::Sftp(_) => ReadVia::Sftp,
+        }
+    }
+
+    /// Copies `entries` from the account's `from` directory (relative to
+    /// its root) into `into`, a directory only we write to where their
+    /// directories exist. `list` holds the same paths, NUL-separated (what
+    /// rsync reads); at most `room` bytes may arrive over SFTP. Devices,
+    /// special files and setuid bits never arrive; symlinks arrive munged.
+    /// With `phase`, its progress counts there. Returns what the server
+    /// would not give back over SFTP (sftp.rs); rsync fails instead.
+    pub fn pull(
+        &self,
+        from: &str,
+        list: &Path,
+        entries: &[&TreeEntry],
+        into: &Path,
+        room: u64,
+        phase: Option<&Phase>,
+    ) -> Result<Vec<String>> {
+        match &self.via {
+            Via::Rsync { shell, location } => self
+                .pull_rsync(shell, location, from, list, into, phase)
+                .map(|()| Vec::new()),
+            Via::Sftp(fetcher) => fetcher.fetch(from, entries, into, room, phase),
+        }
+    }
+
+    fn pull_rsync(
+        &self,
+        shell: &str,
+        location: &str,
+        from: &str,
+        list: &Path,
+        into: &Path,
+        phase: Option<&Phase>,
+    ) -> Result<()> {
         let _session = self.ssh.map(Ssh::session);
         let mut cmd = Cmd::new("rsync")
             .args(["-a", "-H", "--no-owner", "--no-group", "--from0"])
@@ -72,8 +131,8 @@ impl<'a> Puller<'a> {
         let cmd = cmd
             .arg(format!("--files-from={}", list.display()))
             .arg("-e")
-            .arg(&self.shell)
-            .arg(format!("{}/{from}/", self.location.trim_end_matches('/')))
+            .arg(shell)
+            .arg(format!("{}/{from}/", location.trim_end_matches('/')))
             .arg(format!("{}/", into.display()));
         // rsync's stdout (its progress) in a scratch file beside the list.
         let output = crate::exec::scratch_file(list.parent().unwrap_or(into), "pull-out")?;
@@ -137,10 +196,14 @@ mod tests {
 
         let puller = Puller {
             ssh: None,
-            shell: shell.display().to_string(),
-            location: format!("host:{}", server.display()),
+            via: Via::Rsync {
+                shell: shell.display().to_string(),
+                location: format!("host:{}", server.display()),
+            },
         };
-        puller.pull("files", &list, &stage, None).unwrap();
+        puller
+            .pull("files", &list, &[], &stage, u64::MAX, None)
+            .unwrap();
         assert_eq!(std::fs::read(stage.join("d/f")).unwrap(), b"data");
         let stored = std::fs::read_link(stage.join("d/l")).unwrap();
         assert!(

@@ -159,6 +159,12 @@ impl Ssh {
         self.base().arg("--").arg(HOST_ALIAS).arg(remote_command)
     }
 
+    /// `ssh -s ... -- <subsystem>`: a session of the server's subsystem
+    /// (sftp), talked to over pipes (exec::Conversation).
+    pub fn subsystem(&self, name: &str) -> Cmd {
+        self.base().args(["-s", "--", HOST_ALIAS, name])
+    }
+
     /// Runs a remote command; connection failures become one clear error.
     /// Keepalives bound a dead link; `limit` bounds a server that answers
     /// keepalives but never finishes the command.

@@ -1,0 +1,878 @@
+//! Fetching a run's ciphertext over SFTP (protocol version 3) with many
+//! requests in flight, for accounts that allow SFTP only. Reading through
+//! sshfs, a file costs several round trips that one reader waits for in
+//! turn; here up to `MAX_OPEN` files are open at once and `MAX_IN_FLIGHT`
+//! requests travel together, so a WAN round trip is paid a few times per
+//! batch of files rather than several times per file (docs/benchmarks.md,
+//! "restore over SFTP only"). Restore fills its stage with it (restore.rs)
+//! where the account has no `rsync --server` (pull.rs does that one).
+//!
+//! Everything the server sends is untrusted: a packet is at most
+//! `MAX_PACKET` bytes, a read never returns more than was asked, a file is
+//! never larger than the stage has room for, and names are never taken
+//! from the server: every path comes from the run's record, already
+//! checked to stay inside the tree (restore.rs, `check_record_tree`).
+//! Files are created new, without following links, in directories this
+//! process made; a symlink's target is stored munged, exactly as rsync's
+//! `--munge-links` stores it, so the caller's checks and `unmunge` treat
+//! both fetchers alike.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::Ssh;
+use super::listing::TreeEntry;
+use super::pull::MUNGE_PREFIX;
+use crate::error::{Error, IoContext, Kind, Result};
+use crate::exec::Conversation;
+use crate::progress::Phase;
+
+/// Bytes asked for by one read: what every server answers whole
+/// (OpenSSH's own client asks for 32 KiB; rclone caps a reply there).
+const CHUNK: u32 = 32 * 1024;
+/// Requests sent and not yet answered. 64 × 32 KiB keeps 2 MiB on the
+/// wire: 100 MB/s at a 20 ms round trip.
+const MAX_IN_FLIGHT: usize = 64;
+/// Files open at once on the server: small files take two round trips
+/// each (open and stat, then the reads), so many at once hide them.
+const MAX_OPEN: usize = 32;
+/// The largest packet accepted from the server: a read's reply is at most
+/// `CHUNK` bytes of data, a link's target at most `MAX_LINK` bytes.
+const MAX_PACKET: usize = 64 * 1024;
+/// The longest symlink target accepted (Linux's PATH_MAX).
+const MAX_LINK: usize = 4096;
+/// How long the server may leave every request unanswered. ssh's
+/// keepalives end a dead link sooner; this bounds a live server that stops
+/// answering SFTP.
+const STALL_LIMIT: Duration = crate::target::ssh::SHORT_COMMAND;
+
+// Packet types and flags of draft-ietf-secsh-filexfer-02 (version 3).
+const SSH_FXP_INIT: u8 = 1;
+const SSH_FXP_VERSION: u8 = 2;
+const SSH_FXP_OPEN: u8 = 3;
+const SSH_FXP_CLOSE: u8 = 4;
+const SSH_FXP_READ: u8 = 5;
+const SSH_FXP_LSTAT: u8 = 7;
+const SSH_FXP_READLINK: u8 = 19;
+const SSH_FXP_STATUS: u8 = 101;
+const SSH_FXP_HANDLE: u8 = 102;
+const SSH_FXP_DATA: u8 = 103;
+const SSH_FXP_NAME: u8 = 104;
+const SSH_FXP_ATTRS: u8 = 105;
+const SSH_FXF_READ: u32 = 0x1;
+const SSH_FX_EOF: u32 = 1;
+const SSH_FX_NO_SUCH_FILE: u32 = 2;
+const SSH_FX_PERMISSION_DENIED: u32 = 3;
+const ATTR_SIZE: u32 = 0x1;
+const ATTR_UIDGID: u32 = 0x2;
+const ATTR_PERMISSIONS: u32 = 0x4;
+const ATTR_ACMODTIME: u32 = 0x8;
+const S_IFMT: u32 = 0o170000;
+const S_IFREG: u32 = 0o100000;
+
+/// Fetches from one account over SFTP.
+pub struct SftpFetcher<'a> {
+    ssh: &'a Ssh,
+}
+
+impl<'a> SftpFetcher<'a> {
+    pub(super) fn new(ssh: &'a Ssh) -> SftpFetcher<'a> {
+        SftpFetcher { ssh }
+    }
+
+    /// Copies `entries` (files, and symlinks the server keeps) from the
+    /// account's `from` directory into `into`, where every directory they
+    /// lie in already exists and only we write. Files get the server's
+    /// mtime (gocryptfs shows it as the plaintext's) and mode 0600 (the
+    /// caller applies the record's); symlinks arrive munged. An entry the
+    /// server will not give back (no such file, permission denied) is left
+    /// out and named in the list returned, each with the server's words;
+    /// anything else the server does wrong ends the fetch with an error.
+    pub fn fetch(
+        &self,
+        from: &str,
+        entries: &[&TreeEntry],
+        into: &Path,
+        room: u64,
+        phase: Option<&Phase>,
+    ) -> Result<Vec<String>> {
+        let _session = self.ssh.session();
+        let mut session = Session::start(self.ssh)?;
+        let base = remote_base(&self.ssh.sftp().path, from);
+        let mut run = Fetch {
+            base,
+            from,
+            into,
+            room,
+            phase,
+            queue: entries
+                .iter()
+                .filter(|e| e.kind == 'f' || (e.kind == 'l' && e.link.is_none()))
+                .copied()
+                .collect(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            pending: HashMap::new(),
+            refused: Vec::new(),
+        };
+        run.queue.reverse();
+        run.go(&mut session)
+            .map_err(|e| session.explain(e, self.ssh))?;
+        Ok(run.refused)
+    }
+}
+
+/// The directory requests name, as the server resolves it: relative to the
+/// account's home unless the job's path is absolute (as sshfs does).
+fn remote_base(path: &Path, from: &str) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut base = path.as_os_str().as_bytes().to_vec();
+    while base.len() > 1 && base.ends_with(b"/") {
+        base.pop();
+    }
+    if !base.is_empty() && !base.ends_with(b"/") {
+        base.push(b'/');
+    }
+    base.extend_from_slice(from.as_bytes());
+    base
+}
+
+/// One SFTP session: `ssh -s … sftp`, version 3 agreed.
+struct Session {
+    child: Conversation,
+    next_id: u32,
+    /// Requests not yet written (flushed once per turn).
+    out: Vec<u8>,
+    /// What arrived and is not yet a whole packet.
+    arrived: Vec<u8>,
+}
+
+/// A packet from the server: its type, request id and the rest.
+struct Packet {
+    kind: u8,
+    id: u32,
+    body: Fields,
+}
+
+impl Session {
+    fn start(ssh: &Ssh) -> Result<Session> {
+        let child = ssh.subsystem("sftp").converse()?;
+        let mut session = Session {
+            child,
+            next_id: 0,
+            out: Vec::new(),
+            arrived: Vec::new(),
+        };
+        let mut init = Vec::new();
+        put_u32(&mut init, 3);
+        session.queue_packet(SSH_FXP_INIT, &init);
+        session.flush()?;
+        let (kind, body) = session.receive_raw()?;
+        let mut body = Fields(body);
+        if kind != SSH_FXP_VERSION {
+            return Err(protocol(format!(
+                "it answered the greeting with packet type {kind}"
+            )));
+        }
+        let version = body.u32()?;
+        if version < 3 {
+            return Err(protocol(format!("it speaks SFTP version {version}, not 3")));
+        }
+        Ok(session)
+    }
+
+    fn queue_packet(&mut self, kind: u8, payload: &[u8]) {
+        put_u32(&mut self.out, payload.len() as u32 + 1);
+        self.out.push(kind);
+        self.out.extend_from_slice(payload);
+    }
+
+    /// Queues a request; returns its id.
+    fn request(&mut self, kind: u8, fields: &[&[u8]], tail: &[u8]) -> u32 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let mut payload = Vec::with_capacity(64);
+        put_u32(&mut payload, id);
+        for field in fields {
+            put_string(&mut payload, field);
+        }
+        payload.extend_from_slice(tail);
+        self.queue_packet(kind, &payload);
+        id
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let out = std::mem::take(&mut self.out);
+        self.child
+            .input()
+            .write_all(&out)
+            .map_err(|e| lost(format!("writing to ssh: {e}")))
+    }
+
+    /// The next packet with a request id.
+    fn receive(&mut self) -> Result<Packet> {
+        let (kind, body) = self.receive_raw()?;
+        let mut body = Fields(body);
+        let id = body.u32()?;
+        Ok(Packet { kind, id, body })
+    }
+
+    /// The next whole packet: waits for it in steps of a second, so that
+    /// an interrupt is seen and a silent server is given up on.
+    fn receive_raw(&mut self) -> Result<(u8, Vec<u8>)> {
+        let mut quiet_since = Instant::now();
+        loop {
+            if let Some(packet) = self.take_packet()? {
+                return Ok(packet);
+            }
+            crate::interrupt::check()?;
+            if quiet_since.elapsed() > STALL_LIMIT {
+                return Err(lost(format!("no answer for {} s", STALL_LIMIT.as_secs())));
+            }
+            if !self.readable()? {
+                continue;
+            }
+            let mut buf = [0u8; 64 * 1024];
+            let n = self
+                .child
+                .output()
+                .read(&mut buf)
+                .map_err(|e| lost(format!("reading from ssh: {e}")))?;
+            if n == 0 {
+                return Err(lost("ssh ended the session".into()));
+            }
+            self.arrived.extend_from_slice(&buf[..n]);
+            quiet_since = Instant::now();
+        }
+    }
+
+    fn readable(&mut self) -> Result<bool> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let output = self.child.output();
+        let mut fds = [PollFd::new(output.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(1000u16)) {
+            Ok(n) => Ok(n > 0),
+            Err(nix::errno::Errno::EINTR) => Ok(false),
+            Err(e) => Err(lost(format!("waiting for ssh: {e}"))),
+        }
+    }
+
+    /// A whole packet from what arrived, if there is one.
+    fn take_packet(&mut self) -> Result<Option<(u8, Vec<u8>)>> {
+        if self.arrived.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes(self.arrived[..4].try_into().unwrap_or_default()) as usize;
+        if len == 0 || len > MAX_PACKET {
+            return Err(protocol(format!(
+                "it sent a packet of {len} bytes (at most {MAX_PACKET} are accepted)"
+            )));
+        }
+        if self.arrived.len() < 4 + len {
+            return Ok(None);
+        }
+        let kind = self.arrived[4];
+        let body = self.arrived[5..4 + len].to_vec();
+        self.arrived.drain(..4 + len);
+        Ok(Some((kind, body)))
+    }
+
+    /// An error of the session, with what ssh said if it ended.
+    fn explain(&mut self, err: Error, ssh: &Ssh) -> Error {
+        if err.kind == Kind::Remote && self.child.ended() {
+            return ssh.connection_error(&self.child.stderr_tail(), "fetching over SFTP");
+        }
+        err
+    }
+}
+
+/// What a request in flight was for.
+enum Want {
+    Open,
+    Lstat,
+    Read { offset: u64, len: u32 },
+    Readlink,
+    Close,
+}
+
+/// One file or symlink being fetched.
+struct Slot<'e> {
+    entry: &'e TreeEntry,
+    file: Option<File>,
+    handle: Option<Vec<u8>>,
+    size: Option<u64>,
+    mtime: Option<u32>,
+    /// Reads were asked for up to here.
+    asked_to: u64,
+    /// Parts a short read left, to ask for again.
+    again: Vec<(u64, u32)>,
+    /// Requests of this slot not yet answered: a slot is reused only once
+    /// none is left, so no late answer lands in another file.
+    in_flight: usize,
+    /// The server would not give it back: answers still due are dropped.
+    refused: bool,
+}
+
+struct Fetch<'a, 'e> {
+    base: Vec<u8>,
+    from: &'a str,
+    into: &'a Path,
+    /// Bytes the stage may still take.
+    room: u64,
+    phase: Option<&'a Phase>,
+    /// Entries not started yet, the next last.
+    queue: Vec<&'e TreeEntry>,
+    slots: Vec<Option<Slot<'e>>>,
+    free: Vec<usize>,
+    /// Request id -> (slot, what for); closes carry no slot.
+    pending: HashMap<u32, (Option<usize>, Want)>,
+    /// What the server would not give back, with its words.
+    refused: Vec<String>,
+}
+
+impl<'e> Fetch<'_, 'e> {
+    fn go(&mut self, session: &mut Session) -> Result<()> {
+        loop {
+            self.start_entries(session)?;
+            self.ask_reads(session);
+            session.flush()?;
+            if self.pending.is_empty() {
+                return Ok(());
+            }
+            let packet = session.receive()?;
+            let Some((slot, want)) = self.pending.remove(&packet.id) else {
+                return Err(protocol(format!(
+                    "it answered request {}, which was never sent or was answered before",
+                    packet.id
+                )));
+            };
+            self.answer(session, slot, want, packet)?;
+        }
+    }
+
+    fn remote(&self, entry: &TreeEntry) -> Vec<u8> {
+        let mut path = self.base.clone();
+        path.push(b'/');
+        path.extend_from_slice(entry.path.as_bytes());
+        path
+    }
+
+    fn label(&self, entry: &TreeEntry) -> String {
+        crate::human::escape(&format!("{}/{}", self.from, entry.path))
+    }
+
+    /// Opens files (and asks for link targets) while there is room. Once
+    /// the server refused one, nothing new is asked: the caller gives the
+    /// stage up (restore reads through sshfs instead).
+    fn start_entries(&mut self, session: &mut Session) -> Result<()> {
+        while self.refused.is_empty()
+            && self.open_slots() < MAX_OPEN
+            && self.pending.len() + 2 <= MAX_IN_FLIGHT
+        {
+            let Some(entry) = self.queue.pop() else {
+                return Ok(());
+            };
+            let remote = self.remote(entry);
+            let index = self.take_slot(Slot {
+                entry,
+                file: None,
+                handle: None,
+                size: None,
+                mtime: None,
+                asked_to: 0,
+                again: Vec::new(),
+                in_flight: 0,
+                refused: false,
+            });
+            if entry.kind == 'l' {
+                let id = session.request(SSH_FXP_READLINK, &[&remote], &[]);
+                self.sent(id, index, Want::Readlink);
+                continue;
+            }
+            // Opened and stat'ed in the same round trip.
+            let mut tail = Vec::new();
+            put_u32(&mut tail, SSH_FXF_READ);
+            put_u32(&mut tail, 0);
+            let id = session.request(SSH_FXP_OPEN, &[&remote], &tail);
+            self.sent(id, index, Want::Open);
+            let id = session.request(SSH_FXP_LSTAT, &[&remote], &[]);
+            self.sent(id, index, Want::Lstat);
+        }
+        Ok(())
+    }
+
+    fn sent(&mut self, id: u32, index: usize, want: Want) {
+        self.slot(index).in_flight += 1;
+        self.pending.insert(id, (Some(index), want));
+    }
+
+    fn open_slots(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    fn take_slot(&mut self, slot: Slot<'e>) -> usize {
+        match self.free.pop() {
+            Some(index) => {
+                self.slots[index] = Some(slot);
+                index
+            }
+            None => {
+                self.slots.push(Some(slot));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    /// Asks for the next parts of every open file whose size is known.
+    fn ask_reads(&mut self, session: &mut Session) {
+        if !self.refused.is_empty() {
+            return;
+        }
+        for index in 0..self.slots.len() {
+            while self.pending.len() < MAX_IN_FLIGHT {
+                let Some(slot) = self.slots[index].as_mut().filter(|s| !s.refused) else {
+                    break;
+                };
+                let (Some(size), Some(handle)) = (slot.size, slot.handle.as_ref()) else {
+                    break;
+                };
+                let (offset, len) = match slot.again.pop() {
+                    Some(part) => part,
+                    None if slot.asked_to < size => {
+                        let len = (size - slot.asked_to).min(u64::from(CHUNK)) as u32;
+                        slot.asked_to += u64::from(len);
+                        (slot.asked_to - u64::from(len), len)
+                    }
+                    None => break,
+                };
+                let mut tail = Vec::new();
+                put_u64(&mut tail, offset);
+                put_u32(&mut tail, len);
+                let id = session.request(SSH_FXP_READ, &[handle], &tail);
+                self.sent(id, index, Want::Read { offset, len });
+            }
+        }
+    }
+
+    fn answer(
+        &mut self,
+        session: &mut Session,
+        slot: Option<usize>,
+        want: Want,
+        mut packet: Packet,
+    ) -> Result<()> {
+        let Some(index) = slot else {
+            // A close: the data is already safe here; a server that fails
+            // to close a file it only read costs us nothing.
+            return Ok(());
+        };
+        let entry = self.slots[index]
+            .as_ref()
+            .map(|s| s.entry)
+            .ok_or_else(|| protocol("it answered for a file already done".into()))?;
+        self.slot(index).in_flight -= 1;
+        if self.slot(index).refused {
+            return self.drop_late_answer(session, index, packet);
+        }
+        if packet.kind == SSH_FXP_STATUS {
+            return self.status(session, index, want, &mut packet);
+        }
+        match (want, packet.kind) {
+            (Want::Open, SSH_FXP_HANDLE) => {
+                let handle = packet.body.string(256)?;
+                self.slot(index).handle = Some(handle);
+            }
+            (Want::Lstat, SSH_FXP_ATTRS) => {
+                let attrs = Attrs::read(&mut packet.body)?;
+                self.accept_size(index, entry, attrs)?;
+            }
+            (Want::Read { offset, len }, SSH_FXP_DATA) => {
+                let data = packet.body.string(len as usize)?;
+                self.write(index, entry, offset, len, &data)?;
+            }
+            (Want::Readlink, SSH_FXP_NAME) => {
+                let target = read_link_name(&mut packet.body)
+                    .map_err(|e| corrupt(&self.label(entry), &e.to_string()))?;
+                self.make_link(entry, &target)?;
+                self.release(index);
+                return Ok(());
+            }
+            (_, kind) => {
+                return Err(protocol(format!(
+                    "it answered a request for {} with packet type {kind}",
+                    self.label(entry)
+                )));
+            }
+        }
+        self.finish_if_done(session, index)
+    }
+
+    fn slot(&mut self, index: usize) -> &mut Slot<'e> {
+        self.slots[index]
+            .as_mut()
+            .expect("an answered slot is open")
+    }
+
+    /// A status: the end of a file is expected only past its end; a file
+    /// the server will not give back is left out and named; any other
+    /// failure ends the fetch.
+    fn status(
+        &mut self,
+        session: &mut Session,
+        index: usize,
+        want: Want,
+        packet: &mut Packet,
+    ) -> Result<()> {
+        let code = packet.body.u32()?;
+        let message = packet.body.string(1024).unwrap_or_default();
+        let entry = self.slot(index).entry;
+        let label = self.label(entry);
+        let words = crate::human::escape(&String::from_utf8_lossy(&message));
+        match want {
+            Want::Read { offset, .. } if code == SSH_FX_EOF => {
+                let size = self.slot(index).size.unwrap_or(0);
+                Err(corrupt(
+                    &label,
+                    &format!("it ended at byte {offset}, its size said {size} bytes"),
+                ))
+            }
+            _ if matches!(code, SSH_FX_NO_SUCH_FILE | SSH_FX_PERMISSION_DENIED) => {
+                self.refused.push(format!("{label}: {words}"));
+                self.refuse(session, index)
+            }
+            _ => Err(Error::new(
+                Kind::Remote,
+                format!("the target could not give back {label}: {words} (SFTP status {code})"),
+            )),
+        }
+    }
+
+    /// Leaves a file out: what was written of it goes, its handle is
+    /// closed, and the slot is freed once no answer for it is due.
+    fn refuse(&mut self, session: &mut Session, index: usize) -> Result<()> {
+        let into = self.into;
+        let slot = self.slot(index);
+        slot.refused = true;
+        if slot.file.take().is_some() {
+            let path = into.join(&slot.entry.path);
+            std::fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))?;
+        }
+        if let Some(handle) = slot.handle.take() {
+            let id = session.request(SSH_FXP_CLOSE, &[&handle], &[]);
+            self.pending.insert(id, (None, Want::Close));
+        }
+        if self.slot(index).in_flight == 0 {
+            self.release(index);
+        }
+        Ok(())
+    }
+
+    /// An answer for a file already left out: a handle it opened is
+    /// closed, anything else dropped.
+    fn drop_late_answer(
+        &mut self,
+        session: &mut Session,
+        index: usize,
+        mut packet: Packet,
+    ) -> Result<()> {
+        if packet.kind == SSH_FXP_HANDLE {
+            let handle = packet.body.string(256)?;
+            let id = session.request(SSH_FXP_CLOSE, &[&handle], &[]);
+            self.pending.insert(id, (None, Want::Close));
+        }
+        if self.slot(index).in_flight == 0 {
+            self.release(index);
+        }
+        Ok(())
+    }
+
+    /// The file's size and mtime from its lstat, within the stage's room.
+    fn accept_size(&mut self, index: usize, entry: &TreeEntry, attrs: Attrs) -> Result<()> {
+        let label = self.label(entry);
+        if attrs.mode.is_some_and(|m| m & S_IFMT != S_IFREG) {
+            return Err(corrupt(
+                &label,
+                "is not a file on the server, its record says a file",
+            ));
+        }
+        let Some(size) = attrs.size else {
+            return Err(corrupt(&label, "the server gave no size"));
+        };
+        if size > self.room {
+            return Err(Error::new(
+                Kind::Corrupt,
+                format!(
+                    "the target says {label} is {size} bytes; the restore stage has room \
+                     for {} more",
+                    self.room
+                ),
+            ));
+        }
+        self.room -= size;
+        let path = self.into.join(&entry.path);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+            .ctx(|| format!("creating {}", path.display()))?;
+        let slot = self.slot(index);
+        slot.size = Some(size);
+        slot.mtime = attrs.mtime;
+        slot.file = Some(file);
+        Ok(())
+    }
+
+    fn write(
+        &mut self,
+        index: usize,
+        entry: &TreeEntry,
+        offset: u64,
+        asked: u32,
+        data: &[u8],
+    ) -> Result<()> {
+        let label = self.label(entry);
+        let slot = self.slot(index);
+        let size = slot.size.unwrap_or(0);
+        let got = data.len() as u64;
+        if got == 0 || offset + got > size {
+            return Err(corrupt(
+                &label,
+                &format!("a read at byte {offset} gave {got} bytes of a {size}-byte file"),
+            ));
+        }
+        if got < u64::from(asked) && offset + got < size {
+            let rest = (u64::from(asked) - got).min(size - offset - got) as u32;
+            slot.again.push((offset + got, rest));
+        }
+        let file = slot.file.as_ref().expect("a file is open before its reads");
+        file.write_all_at(data, offset)
+            .ctx(|| format!("writing {}", self.into.join(&entry.path).display()))?;
+        if let Some(phase) = self.phase {
+            phase.add(0, got);
+        }
+        Ok(())
+    }
+
+    /// A file is done once its size is known and every part arrived: its
+    /// mtime is set, the server's handle closed (not waited for).
+    fn finish_if_done(&mut self, session: &mut Session, index: usize) -> Result<()> {
+        let into = self.into;
+        let slot = self.slot(index);
+        let done = slot.handle.is_some()
+            && slot.size.is_some_and(|size| slot.asked_to >= size)
+            && slot.again.is_empty()
+            && slot.in_flight == 0;
+        if !done {
+            return Ok(());
+        }
+        let entry = slot.entry;
+        if let (Some(file), Some(mtime)) = (slot.file.as_ref(), slot.mtime) {
+            let when = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(mtime));
+            let path = into.join(&entry.path);
+            file.set_modified(when)
+                .ctx(|| format!("setting the mtime of {}", path.display()))?;
+        }
+        let handle = slot.handle.take().unwrap_or_default();
+        let id = session.request(SSH_FXP_CLOSE, &[&handle], &[]);
+        self.pending.insert(id, (None, Want::Close));
+        if let Some(phase) = self.phase {
+            phase.add(1, 0);
+        }
+        self.release(index);
+        Ok(())
+    }
+
+    fn release(&mut self, index: usize) {
+        self.slots[index] = None;
+        self.free.push(index);
+    }
+
+    fn make_link(&self, entry: &TreeEntry, target: &[u8]) -> Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut munged = MUNGE_PREFIX.as_bytes().to_vec();
+        munged.extend_from_slice(target);
+        let path = self.into.join(&entry.path);
+        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&munged), &path)
+            .ctx(|| format!("making the symlink {}", path.display()))
+    }
+}
+
+/// The one name of a READLINK answer: a link's target, bounded, no NUL.
+fn read_link_name(body: &mut Fields) -> Result<Vec<u8>> {
+    let count = body.u32()?;
+    if count != 1 {
+        return Err(protocol(format!("a link's target came as {count} names")));
+    }
+    let target = body.string(MAX_LINK)?;
+    if target.is_empty() || target.contains(&0) {
+        return Err(protocol(
+            "a link's target is empty or holds a NUL byte".into(),
+        ));
+    }
+    Ok(target)
+}
+
+/// The attributes this fetcher uses.
+struct Attrs {
+    size: Option<u64>,
+    mode: Option<u32>,
+    mtime: Option<u32>,
+}
+
+impl Attrs {
+    fn read(body: &mut Fields) -> Result<Attrs> {
+        let flags = body.u32()?;
+        let size = (flags & ATTR_SIZE != 0).then(|| body.u64()).transpose()?;
+        if flags & ATTR_UIDGID != 0 {
+            body.u32()?;
+            body.u32()?;
+        }
+        let mode = (flags & ATTR_PERMISSIONS != 0)
+            .then(|| body.u32())
+            .transpose()?;
+        let mtime = if flags & ATTR_ACMODTIME != 0 {
+            body.u32()?;
+            Some(body.u32()?)
+        } else {
+            None
+        };
+        // Extended attributes may follow; nothing here needs them.
+        Ok(Attrs { size, mode, mtime })
+    }
+}
+
+/// A packet's fields, read front to back; running out is the server's error.
+struct Fields(Vec<u8>);
+
+impl Fields {
+    fn take(&mut self, n: usize) -> Result<Vec<u8>> {
+        if self.0.len() < n {
+            return Err(protocol("it sent a packet shorter than its fields".into()));
+        }
+        let rest = self.0.split_off(n);
+        Ok(std::mem::replace(&mut self.0, rest))
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        let bytes = self.take(4)?;
+        Ok(u32::from_be_bytes(bytes.try_into().unwrap_or_default()))
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        let bytes = self.take(8)?;
+        Ok(u64::from_be_bytes(bytes.try_into().unwrap_or_default()))
+    }
+
+    /// A string of at most `limit` bytes.
+    fn string(&mut self, limit: usize) -> Result<Vec<u8>> {
+        let len = self.u32()? as usize;
+        if len > limit {
+            return Err(protocol(format!(
+                "it sent a field of {len} bytes where at most {limit} fit"
+            )));
+        }
+        self.take(len)
+    }
+}
+
+fn put_u32(out: &mut Vec<u8>, value: u32) {
+    out.extend_from_slice(&value.to_be_bytes());
+}
+
+fn put_u64(out: &mut Vec<u8>, value: u64) {
+    out.extend_from_slice(&value.to_be_bytes());
+}
+
+fn put_string(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_u32(out, bytes.len() as u32);
+    out.extend_from_slice(bytes);
+}
+
+fn protocol(why: String) -> Error {
+    Error::new(
+        Kind::Remote,
+        format!("the target's SFTP server broke the protocol: {why}"),
+    )
+}
+
+fn corrupt(label: &str, why: &str) -> Error {
+    Error::new(Kind::Corrupt, format!("the target's {label}: {why}"))
+}
+
+fn lost(why: String) -> Error {
+    Error::new(Kind::Remote, format!("the SFTP session was lost: {why}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_base_is_relative_to_home_unless_the_path_is_absolute() {
+        assert_eq!(remote_base(Path::new(""), "files"), b"files");
+        assert_eq!(remote_base(Path::new("backup"), "files"), b"backup/files");
+        assert_eq!(remote_base(Path::new("/srv/b/"), "files"), b"/srv/b/files");
+        assert_eq!(remote_base(Path::new("/"), "files"), b"/files");
+    }
+
+    #[test]
+    fn fields_refuse_what_runs_past_the_packet_or_the_limit() {
+        let mut body = Fields(vec![0, 0, 0, 9, b'a']);
+        assert!(body.string(100).is_err(), "a string longer than the packet");
+        let mut body = Fields(vec![0, 0, 0, 3, b'a', b'b', b'c']);
+        assert!(body.string(2).is_err(), "a string over its limit");
+        let mut body = Fields(vec![0, 0, 0, 3, b'a', b'b', b'c']);
+        assert_eq!(body.string(3).unwrap(), b"abc");
+        assert!(Fields(vec![1, 2]).u32().is_err(), "a short u32");
+    }
+
+    #[test]
+    fn a_link_target_must_be_one_bounded_name_without_nul() {
+        let name = |count: u32, target: &[u8]| {
+            let mut body = Vec::new();
+            put_u32(&mut body, count);
+            put_string(&mut body, target);
+            Fields(body)
+        };
+        assert_eq!(read_link_name(&mut name(1, b"x/y")).unwrap(), b"x/y");
+        assert!(read_link_name(&mut name(2, b"x")).is_err(), "two names");
+        assert!(read_link_name(&mut name(1, b"a\0b")).is_err(), "a NUL");
+        assert!(read_link_name(&mut name(1, b"")).is_err(), "empty");
+        let long = vec![b'a'; MAX_LINK + 1];
+        assert!(read_link_name(&mut name(1, &long)).is_err(), "too long");
+    }
+
+    #[test]
+    fn attrs_read_the_fields_their_flags_announce() {
+        let mut body = Vec::new();
+        put_u32(
+            &mut body,
+            ATTR_SIZE | ATTR_UIDGID | ATTR_PERMISSIONS | ATTR_ACMODTIME,
+        );
+        put_u64(&mut body, 70_000);
+        put_u32(&mut body, 1000);
+        put_u32(&mut body, 1000);
+        put_u32(&mut body, 0o100644);
+        put_u32(&mut body, 1);
+        put_u32(&mut body, 1_700_000_000);
+        let attrs = Attrs::read(&mut Fields(body)).unwrap();
+        assert_eq!(attrs.size, Some(70_000));
+        assert_eq!(attrs.mode, Some(0o100644));
+        assert_eq!(attrs.mtime, Some(1_700_000_000));
+        let mut only_size = Vec::new();
+        put_u32(&mut only_size, ATTR_SIZE);
+        put_u64(&mut only_size, 5);
+        let attrs = Attrs::read(&mut Fields(only_size)).unwrap();
+        assert_eq!((attrs.size, attrs.mode, attrs.mtime), (Some(5), None, None));
+    }
+}

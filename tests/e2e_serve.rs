@@ -246,6 +246,50 @@ fn a_job_over_rsync_runs_through_serve() {
     job.assert_clean();
 }
 
+/// A backup with nothing to send runs no rsync on a ciphersync server, as
+/// on a shell account: serve answers `ciphersync-server stamps files`, and
+/// equal stamps show files/ is as the last run left it. Anything that
+/// touches files/ on the server in between brings rsync back.
+#[test]
+fn a_backup_with_nothing_to_send_runs_no_rsync_through_serve() {
+    if !require("serve_nothing_to_send") {
+        return;
+    }
+    const NOTHING_TO_SEND: &str = "as the last backup left them: nothing to send";
+    let job = serve_job("serve-nochange", "rsync", false, json!({}));
+    make_features_tree(&job.source);
+    job.ok(&["init"]);
+    job.backup_ok();
+    // From here on the source's stamps count as settled.
+    job.trust_stamps(true);
+    job.backup_ok();
+    job.account.requests();
+    let o = job.ok(&["--verbose", "backup"]);
+    assert!(
+        o.stderr.contains(NOTHING_TO_SEND) && !o.stderr.contains("run: rsync "),
+        "an unchanged source and target ran rsync (or did not say so):\n{}",
+        o.dump()
+    );
+    let asked = job.account.requests();
+    assert!(
+        asked
+            .iter()
+            .any(|r| r.starts_with("ciphersync-server stamps")),
+        "the server was not asked for its stamps: {asked:?}"
+    );
+
+    // Something on the server touches files/: rsync runs again.
+    let files = job.account.root.join("files");
+    fs::write(files.join("planted-by-the-server"), "x").unwrap();
+    let o = job.ok(&["--verbose", "backup"]);
+    assert!(
+        o.stderr.contains("run: rsync ") && !o.stderr.contains(NOTHING_TO_SEND),
+        "a changed files/ was taken for the last run's:\n{}",
+        o.dump()
+    );
+    job.assert_clean();
+}
+
 /// The server's list the last verify kept, `checksums/<id>.remote.sha1`.
 fn newest_remote_list(root: &Path) -> String {
     let dir = root.join("checksums");

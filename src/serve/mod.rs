@@ -225,6 +225,12 @@ fn answer(args: &ServeArgs, root: &Root, request: Request) -> Result<i32> {
             out.flush().map_err(|e| Error::io("answering", e))?;
             Ok(0)
         }
+        Request::TreeStamps(dir) => {
+            let shown = dir.rel();
+            let stamps = root.stamps_below(&dir, &shown, crate::limits::MAX_TREE_ENTRIES)?;
+            println!("{stamps}");
+            Ok(0)
+        }
         Request::Info => {
             // Our own first lines, then the marker's (seal's) fields.
             let rsync = match program_found(&args.rsync) {

@@ -61,6 +61,10 @@ pub enum Request {
     /// `sha1sum` format as `./<path>`, sorted on the path (the format of
     /// the shell target's hash.sh).
     TreeSha1(Below),
+    /// `ciphersync-server stamps DIR`: one line, the stamps of the tree
+    /// below DIR (tree.rs, `stamps_below`), so that a backup with nothing
+    /// to send sees that nothing touched files/ since its last run.
+    TreeStamps(Below),
     /// `ciphersync-server info`: what this account is (append-only, the
     /// server's retention).
     Info,
@@ -161,8 +165,10 @@ pub fn parse(command: Option<&str>, root: &str) -> Result<Request> {
             [w] if w == "info" => Ok(Request::Info),
             [w] if w == "quota" => Ok(Request::Quota),
             [w, dir] if w == "sha1" => Ok(Request::TreeSha1(below(dir, root, &[])?)),
+            [w, dir] if w == "stamps" => Ok(Request::TreeStamps(below(dir, root, &[])?)),
             _ => Err(refuse(
-                "command not allowed: ciphersync-server takes `info`, `quota` or `sha1 DIR`",
+                "command not allowed: ciphersync-server takes `info`, `quota`, `sha1 DIR` \
+                 or `stamps DIR`",
             )),
         },
         other => Err(refuse(format!("command not allowed: {}", shown(other)))),
@@ -549,6 +555,20 @@ mod tests {
             Request::Sftp
         );
         assert_eq!(parse(Some("internal-sftp"), ROOT).unwrap(), Request::Sftp);
+        for (command, rel) in [
+            ("ciphersync-server sha1 /srv/acct/files", "files"),
+            ("ciphersync-server stamps files", "files"),
+        ] {
+            let got = parse(Some(command), ROOT).unwrap();
+            let (Request::TreeSha1(dir) | Request::TreeStamps(dir)) = &got else {
+                panic!("`{command}` gave {got:?}");
+            };
+            assert_eq!(dir.rel(), rel, "`{command}`");
+        }
+        assert!(matches!(
+            parse(Some("ciphersync-server stamps files"), ROOT).unwrap(),
+            Request::TreeStamps(_)
+        ));
         assert_eq!(
             parse(Some("rsync --server --version"), ROOT).unwrap(),
             Request::RsyncVersion
@@ -678,6 +698,8 @@ mod tests {
             "rsync --server -logDtpre.iLsfxCIvu --temp-dir=../../../tmp . files/",
             "rsync --server -logDtpre.iLsfxCIvu --partial-dir=x/../../.. . files/",
             "ciphersync-server sha1 /",
+            "ciphersync-server stamps /",
+            "ciphersync-server stamps ../x",
         ] {
             let got = refused(command);
             assert!(got.contains("path not allowed"), "`{command}`: {got}");

@@ -136,8 +136,57 @@ impl Root {
     /// sorted on the path's bytes; at most `limit` entries. Symlinks and
     /// other types are left out and never followed.
     pub fn files_below(&self, below: &Below, shown: &str, limit: usize) -> Result<Vec<String>> {
-        let top = self.dir_at(&self.fd, &below.parts, shown)?;
         let mut out = Vec::new();
+        self.walk_below(below, shown, limit, |rel, st| {
+            if kind_of(st) == SFlag::S_IFREG {
+                out.push(rel.to_string());
+            }
+            out.len()
+        })?;
+        out.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        Ok(out)
+    }
+
+    /// The stamps of the tree below `below`: the sha1 of the sorted lines
+    /// `<type> <mode> <size> <mtime> <ctime> <links> <path>` of every
+    /// entry, what rsync's quick check compares and more. Equal stamps
+    /// mean nothing below was touched in between (the shell target's
+    /// `stamps_of` does the same with find; the two are never compared).
+    pub fn stamps_below(&self, below: &Below, shown: &str, limit: usize) -> Result<String> {
+        let mut lines = Vec::new();
+        self.walk_below(below, shown, limit, |rel, st| {
+            lines.push(format!(
+                "{:o} {} {}.{:09} {}.{:09} {} {rel}\n",
+                st.st_mode,
+                st.st_size,
+                st.st_mtime,
+                st.st_mtime_nsec,
+                st.st_ctime,
+                st.st_ctime_nsec,
+                st.st_nlink
+            ));
+            lines.len()
+        })?;
+        lines.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        use sha1::Digest;
+        let mut hasher = sha1::Sha1::new();
+        for line in &lines {
+            hasher.update(line.as_bytes());
+        }
+        Ok(crate::checksums::to_hex(&hasher.finalize().into()))
+    }
+
+    /// Calls `visit` with every entry below `below` (a directory) and its
+    /// lstat, descending into real directories only (never a link);
+    /// `visit` returns how many entries it kept, at most `limit`.
+    fn walk_below(
+        &self,
+        below: &Below,
+        shown: &str,
+        limit: usize,
+        mut visit: impl FnMut(&str, &FileStat) -> usize,
+    ) -> Result<()> {
+        let top = self.dir_at(&self.fd, &below.parts, shown)?;
         let mut stack: Vec<(OwnedFd, String)> = vec![(top, String::new())];
         while let Some((fd, prefix)) = stack.pop() {
             crate::interrupt::check()?;
@@ -152,22 +201,17 @@ impl Root {
                     nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
                 )
                 .map_err(|e| errno(&rel, e))?;
-                match kind_of(&st) {
-                    SFlag::S_IFREG => out.push(rel),
-                    SFlag::S_IFDIR => {
-                        let child = openat(fd.as_fd(), name.as_str(), DIR_FLAGS, Mode::empty())
-                            .map_err(|e| errno(&rel, e))?;
-                        stack.push((child, rel));
-                    }
-                    _ => {}
+                if kind_of(&st) == SFlag::S_IFDIR {
+                    let child = openat(fd.as_fd(), name.as_str(), DIR_FLAGS, Mode::empty())
+                        .map_err(|e| errno(&rel, e))?;
+                    stack.push((child, rel.clone()));
                 }
-                if out.len() > limit {
-                    return Err(refuse(format!("{shown} holds more than {limit} files")));
+                if visit(&rel, &st) > limit {
+                    return Err(refuse(format!("{shown} holds more than {limit} entries")));
                 }
             }
         }
-        out.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -214,4 +258,56 @@ pub fn list_names(dir: &OwnedFd, what: &str, limit: usize) -> Result<Vec<String>
     // SAFETY: the stream from fdopendir, closed once.
     unsafe { libc::closedir(stream) };
     result.map(|()| out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files() -> Below {
+        Below {
+            parts: vec!["files".into()],
+            trailing_slash: false,
+        }
+    }
+
+    #[test]
+    fn stamps_change_with_any_entry_and_never_follow_a_link() {
+        let dir = std::env::temp_dir().join(format!("cs-stamps-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("files/d")).unwrap();
+        std::fs::create_dir_all(dir.join("elsewhere")).unwrap();
+        std::fs::write(dir.join("files/d/a"), "one").unwrap();
+        let root = Root::open(&dir).unwrap();
+        let stamps = || root.stamps_below(&files(), "files", 100).unwrap();
+        let first = stamps();
+        assert_eq!(first.len(), 40, "{first}");
+        assert_eq!(stamps(), first, "nothing changed");
+
+        // Same size; the mtime set apart from the first (a clock tick may
+        // be coarser than two writes).
+        std::fs::write(dir.join("files/d/a"), "two").unwrap();
+        let file = std::fs::File::options()
+            .write(true)
+            .open(dir.join("files/d/a"))
+            .unwrap();
+        file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1000))
+            .unwrap();
+        let rewritten = stamps();
+        assert_ne!(rewritten, first, "same size, another mtime");
+        std::fs::rename(dir.join("files/d/a"), dir.join("files/d/b")).unwrap();
+        let renamed = stamps();
+        assert_ne!(renamed, rewritten, "a renamed file");
+
+        std::os::unix::fs::symlink("../../elsewhere", dir.join("files/d/l")).unwrap();
+        let linked = stamps();
+        assert_ne!(linked, renamed, "a new link");
+        std::fs::write(dir.join("elsewhere/x"), "outside").unwrap();
+        assert_eq!(stamps(), linked, "the link was followed");
+        assert!(
+            root.stamps_below(&files(), "files", 1).is_err(),
+            "more entries than the limit"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

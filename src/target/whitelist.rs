@@ -125,6 +125,39 @@ impl WhitelistTarget {
             .map_err(|e| Error::io("writing the remote checksum list", e.into_error()))
     }
 
+    /// `ciphersync-server stamps <path>/files`: the stamps of files/ (see
+    /// the serve side's `stamps_below`), so that a backup with nothing to
+    /// send can tell that nothing touched files/ since its last run, as on
+    /// a shell account. None when the server gives no clear answer: the
+    /// backup then runs rsync, which is never wrong, only slower.
+    fn tree_stamps(&self) -> Option<String> {
+        let dir = self.ssh.sftp().path.join(FILES);
+        let command = format!(
+            "ciphersync-server stamps {}",
+            serve_word(&dir.to_string_lossy())
+        );
+        let mut result = self
+            .ssh
+            .exec(
+                self.ssh
+                    .command(&command)
+                    .timeout(super::ssh::SHORT_COMMAND),
+            )
+            .ok()?;
+        let text = result.success().then(|| result.stdout_string().ok())??;
+        let stamps = text.trim_end_matches('\n');
+        if !super::shell::is_hex_sha1(stamps) {
+            crate::log::debug(|| {
+                format!(
+                    "ciphersync-server stamps: no stamps in the answer ({})",
+                    crate::limits::quote(stamps, 80)
+                )
+            });
+            return None;
+        }
+        Some(stamps.to_string())
+    }
+
     /// `ciphersync-server quota`, before a backup writes anything: over
     /// its quota a ciphersync server refuses the backup's writes (and its
     /// SFTP sessions cannot add data), so the backup fails here with the
@@ -366,11 +399,22 @@ impl Target for WhitelistTarget {
         if self.tree_sha1 {
             self.check_quota()?;
         }
-        self.path.preflight(known, scratch_dir)
+        let mut preflight = self.path.preflight(known, scratch_dir)?;
+        // The newest run is the one the client knows (its record was not
+        // read): a ciphersync server tells whether files/ is still as
+        // that run left it.
+        if self.tree_sha1 && preflight.last_id.is_some() && preflight.last_record.is_none() {
+            preflight.target_stamps = self.tree_stamps();
+        }
+        Ok(preflight)
     }
 
     fn write_record(&self, request: &RecordRequest) -> Result<RecordCounts> {
-        self.path.write_record(request)
+        let mut counts = self.path.write_record(request)?;
+        if self.tree_sha1 {
+            counts.stamps = self.tree_stamps();
+        }
+        Ok(counts)
     }
 
     fn record_headers(&self, scratch_dir: &Path) -> Result<Vec<(String, String)>> {

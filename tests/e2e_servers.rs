@@ -510,6 +510,21 @@ fn whitelist_rsync() {
     assert_space(&job, true);
 }
 
+/// A storage box with the sshfs transport (the README's table lists it):
+/// rsync writes through the mount, the box's `sha1sum` computes verify's
+/// sums, and restore pulls with its `rsync --server`.
+#[test]
+fn whitelist_sshfs() {
+    if !ServerKind::Whitelist.require("whitelist_sshfs") {
+        return;
+    }
+    let job = Job::sftp("srv-whitelist-sshfs")
+        .transport("sshfs")
+        .build_on(ServerKind::Whitelist);
+    matrix(&job, |_| {});
+    assert_space(&job, true);
+}
+
 /// rclone keeps no modes (its chmod is accepted and ignored) and refuses
 /// symlinks: ciphersync probes that, keeps both in the record, and restore
 /// (latest and point in time) applies them.
@@ -681,4 +696,72 @@ fn restore_from_an_empty_target_says_no_backup() {
     );
     assert!(walk(&to).is_empty(), "restore wrote into --to");
     job.assert_clean();
+}
+
+/// On an account without a shell, the stamps of files/ are listed over
+/// SFTP (src/target/sftp.rs, `tree_stamps`): a backup of an unchanged
+/// source to an unchanged files/ runs no rsync, and a file the server
+/// puts into files/ in between brings rsync back.
+fn nothing_to_send_over_sftp(kind: ServerKind, tag: &str) {
+    if !kind.require(tag) {
+        return;
+    }
+    const NOTHING_TO_SEND: &str = "as the last backup left them: nothing to send";
+    let job = Job::sftp(tag).transport("sshfs").build_on(kind);
+    make_features_tree(&job.source);
+    job.ok(&["init"]);
+    backup_run(&job, "first backup");
+    // From here on the source's stamps count as settled.
+    job.trust_stamps(true);
+    backup_run(&job, "backup with a settled source");
+    let o = job.ok(&["--verbose", "backup"]);
+    assert!(
+        o.stderr.contains(NOTHING_TO_SEND),
+        "an unchanged source and files/ did not skip rsync:\n{}",
+        o.dump()
+    );
+    assert!(
+        !o.stderr.contains("run: rsync "),
+        "rsync ran with nothing to send:\n{}",
+        o.dump()
+    );
+    // Through the server's own SFTP: rclone caches its directory
+    // listings and would not see a file written behind its back.
+    let planted = job.root.join("planted");
+    fs::write(&planted, "x").unwrap();
+    let path = job.server.target_json()["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let put = job.server.sftp_batch(&format!(
+        "put {} {path}/files/put-there-by-the-server\n",
+        planted.display()
+    ));
+    put.expect_code(0, "sftp put into files/");
+    let o = job.ok(&["--verbose", "backup"]);
+    assert!(
+        o.stderr.contains("run: rsync ") && !o.stderr.contains(NOTHING_TO_SEND),
+        "a changed files/ was taken for the last run's:\n{}",
+        o.dump()
+    );
+    assert!(
+        !job.files_dir().join("put-there-by-the-server").exists(),
+        "the mirror kept what the server added"
+    );
+    job.verify_ok(false);
+}
+
+#[test]
+fn chroot_sftp_with_nothing_to_send_runs_no_rsync() {
+    nothing_to_send_over_sftp(ServerKind::ChrootSftp, "srv-chroot-nochange");
+}
+
+#[test]
+fn whitelist_with_nothing_to_send_runs_no_rsync() {
+    nothing_to_send_over_sftp(ServerKind::Whitelist, "srv-whitelist-nochange");
+}
+
+#[test]
+fn rclone_with_nothing_to_send_runs_no_rsync() {
+    nothing_to_send_over_sftp(ServerKind::Rclone, "srv-rclone-nochange");
 }

@@ -285,6 +285,19 @@ pub enum Need {
     Transfer,
 }
 
+/// The stamps of the account's files/ listed over SFTP (sftp.rs), or None
+/// when the listing fails: said in a debug line, as a backup without
+/// stamps only runs rsync.
+fn sftp_stamps(ssh: &Ssh) -> Option<String> {
+    match sftp::tree_stamps(ssh, FILES) {
+        Ok(stamps) => Some(stamps),
+        Err(e) => {
+            log::debug(|| format!("no stamps of {FILES}/ over SFTP: {e}"));
+            None
+        }
+    }
+}
+
 /// Opens the job's target for a stage: connects, learns what the account
 /// allows (cached after the first contact), refuses a setting it cannot
 /// honour, and picks the kind.

@@ -87,6 +87,14 @@ impl PathTarget {
         super::Puller::new(job, sftp, ssh, self.keeps().all())
     }
 
+    /// The stamps of files/ over SFTP (sftp.rs, `tree_stamps`), for an
+    /// SFTP account this target holds the ssh of; None for a local disk,
+    /// or when the listing fails (the backup then runs rsync, which is
+    /// never wrong, only slower).
+    pub fn sftp_stamps(&self) -> Option<String> {
+        super::sftp_stamps(self.ssh.as_ref()?)
+    }
+
     /// The target's root as a local path.
     pub fn root(&self) -> &Path {
         &self.root
@@ -343,11 +351,18 @@ impl Target for PathTarget {
             Some(id) => crate::fsutil::open_below(&self.root, &format!("{RECORDS}/{id}.rec"))?,
             None => None,
         };
+        // The newest run is the one the client knows (its record was not
+        // read): on an SFTP account the stamps of files/ tell whether it
+        // is still as that run left it.
+        let target_stamps = match (&last_id, &last_record) {
+            (Some(_), None) => self.sftp_stamps(),
+            _ => None,
+        };
         Ok(Preflight {
             config,
             last_id,
             last_record,
-            target_stamps: None,
+            target_stamps,
         })
     }
 
@@ -367,7 +382,7 @@ impl Target for PathTarget {
         Ok(RecordCounts {
             files,
             bytes,
-            stamps: None,
+            stamps: self.sftp_stamps(),
         })
     }
 

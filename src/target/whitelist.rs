@@ -158,6 +158,15 @@ impl WhitelistTarget {
         Some(stamps.to_string())
     }
 
+    /// The stamps of files/: a ciphersync server's own (one round trip,
+    /// to the nanosecond), else listed over SFTP.
+    fn stamps(&self) -> Option<String> {
+        match self.tree_sha1 {
+            true => self.tree_stamps(),
+            false => super::sftp_stamps(&self.ssh),
+        }
+    }
+
     /// `ciphersync-server quota`, before a backup writes anything: over
     /// its quota a ciphersync server refuses the backup's writes (and its
     /// SFTP sessions cannot add data), so the backup fails here with the
@@ -403,17 +412,15 @@ impl Target for WhitelistTarget {
         // The newest run is the one the client knows (its record was not
         // read): a ciphersync server tells whether files/ is still as
         // that run left it.
-        if self.tree_sha1 && preflight.last_id.is_some() && preflight.last_record.is_none() {
-            preflight.target_stamps = self.tree_stamps();
+        if preflight.last_id.is_some() && preflight.last_record.is_none() {
+            preflight.target_stamps = self.stamps();
         }
         Ok(preflight)
     }
 
     fn write_record(&self, request: &RecordRequest) -> Result<RecordCounts> {
         let mut counts = self.path.write_record(request)?;
-        if self.tree_sha1 {
-            counts.stamps = self.tree_stamps();
-        }
+        counts.stamps = self.stamps();
         Ok(counts)
     }
 

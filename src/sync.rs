@@ -252,27 +252,7 @@ fn full_run(
         .as_deref()
         .filter(|_| !stats.touched && stats.changed == 0)
         .map(|last| snapshots::SameAs { last, stamps: None });
-    // What the server does not keep (modes, symlinks) the record takes
-    // from the view; else the view is not needed any more: unmount it while
-    // the server writes.
-    let keeps = remote.keeps();
-    let record = if keeps.all() {
-        pool::side_by_side(
-            || snapshots::write_record(job, &*remote, &snapshot, &stats, same_as, None),
-            || view.unmount(),
-        )?
-        .0
-    } else {
-        let from = target::MetadataFrom {
-            view: view.point(),
-            modes: !keeps.modes,
-            symlinks: !keeps.symlinks,
-        };
-        let record =
-            snapshots::write_record(job, &*remote, &snapshot, &stats, same_as, Some(from))?;
-        view.unmount()?;
-        record
-    };
+    let record = write_run_record(job, &*remote, view, &snapshot, &stats, same_as)?;
     // A partial run keeps no fingerprint: the next backup must run rsync
     // again (and retry the files it could not read), even if nothing in
     // the source changed.
@@ -350,16 +330,41 @@ fn record_unchanged_run(
         last: last_id,
         stamps: Some(stamps),
     };
-    let (record, ()) = pool::side_by_side(
-        // Only a shell's stamps say "nothing to send", and a shell
-        // account keeps modes and symlinks itself.
-        || snapshots::write_record(job, &*remote, &snapshot, &nothing, Some(same_as), None),
-        || view.unmount(),
-    )?;
+    let record = write_run_record(job, &*remote, view, &snapshot, &nothing, Some(same_as))?;
     record_last_backup(ctx, &snapshot, source, record.target_stamps.as_deref())?;
     let pruned = snapshots::prune(job, &*remote, false)?;
     target::keep_space(job, &*remote);
     Ok(done(&snapshot, &record.header, &nothing, &nothing, pruned))
+}
+
+/// Writes the run's record, then lets the view go. What the server does
+/// not keep (modes, symlinks: rclone) the record takes from the view;
+/// where it keeps everything the view is not needed any more and is
+/// unmounted while the record is written.
+fn write_run_record(
+    job: &Job,
+    remote: &dyn target::Target,
+    view: Mount,
+    snapshot: &str,
+    stats: &Stats,
+    same_as: Option<snapshots::SameAs>,
+) -> Result<snapshots::Written> {
+    let keeps = remote.keeps();
+    if keeps.all() {
+        let (record, ()) = pool::side_by_side(
+            || snapshots::write_record(job, remote, snapshot, stats, same_as, None),
+            || view.unmount(),
+        )?;
+        return Ok(record);
+    }
+    let from = target::MetadataFrom {
+        view: view.point(),
+        modes: !keeps.modes,
+        symlinks: !keeps.symlinks,
+    };
+    let record = snapshots::write_record(job, remote, snapshot, stats, same_as, Some(from))?;
+    view.unmount()?;
+    Ok(record)
 }
 
 /// What the start of a run set up and learned.

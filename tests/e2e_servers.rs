@@ -725,6 +725,9 @@ fn nothing_to_send_over_sftp(kind: ServerKind, tag: &str) {
         "rsync ran with nothing to send:\n{}",
         o.dump()
     );
+    // The run's record is whole: restore (rclone: modes and symlinks from
+    // the record) gives the source back.
+    job.restore_and_compare("restored-after-nothing-to-send");
     // Through the server's own SFTP: rclone caches its directory
     // listings and would not see a file written behind its back.
     let planted = job.root.join("planted");

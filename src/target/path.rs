@@ -153,6 +153,77 @@ impl PathTarget {
     /// The record entries of a walk of files/, into a scratch file; counts
     /// the user's files and bytes. With `metadata_from`, modes come from the
     /// view and the view's symlinks join at their place in the order.
+    /// The last run's entries under this run's header, where files/ holds
+    /// what that run's record lists (`same_as`) and the server keeps modes
+    /// and symlinks itself: copied instead of walking files/ again, which
+    /// through sshfs costs round trips per directory. As the shell
+    /// target's record.sh, only from a record that is intact (it names
+    /// that run, and its entries add up to its counts): damage is not
+    /// carried forward, files/ is walked instead.
+    fn copy_last_entries(&self, request: &RecordRequest) -> Result<Option<(File, u64, u64)>> {
+        let (Some(last), None) = (request.same_as, request.metadata_from) else {
+            return Ok(None);
+        };
+        let Some(file) = crate::fsutil::open_below(&self.root, &format!("{RECORDS}/{last}.rec"))?
+        else {
+            return Ok(None);
+        };
+        let mut lines = crate::limits::Lines::new(BufReader::new(file), "the last record");
+        let mut header = Vec::new();
+        for line in lines.by_ref() {
+            let line = String::from_utf8(line?).unwrap_or_default();
+            if line.is_empty() {
+                break;
+            }
+            header.push(line);
+        }
+        let said = |key: &str| -> Option<u64> {
+            header
+                .iter()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
+        };
+        let intact_header = header.first().map(String::as_str) == Some("ciphersync-record 1")
+            && header.iter().any(|l| *l == format!("snapshot {last}"));
+        let (Some(files_said), Some(bytes_said), true) =
+            (said("files"), said("bytes"), intact_header)
+        else {
+            return Ok(None);
+        };
+        let scratch = crate::exec::scratch_file(request.scratch_dir, "record")?;
+        let mut entries = BufWriter::new(scratch);
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for line in lines {
+            interrupt::check()?;
+            let line = line?;
+            let Some(entry) = std::str::from_utf8(&line)
+                .ok()
+                .and_then(|l| super::listing::parse_find_line(l).ok())
+                .filter(|e| e.kind != '?')
+            else {
+                return Ok(None);
+            };
+            if entry.is_user_file() {
+                count += 1;
+                bytes += entry.size;
+            }
+            entries
+                .write_all(&line)
+                .and_then(|()| entries.write_all(b"\n"))
+                .map_err(|e| Error::io("writing the record", e))?;
+        }
+        if (count, bytes) != (files_said, bytes_said) {
+            return Ok(None);
+        }
+        let mut entries = entries
+            .into_inner()
+            .map_err(|e| Error::io("writing the record", e.into_error()))?;
+        entries
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| Error::io("writing the record", e))?;
+        log::debug(|| format!("record: the entries of {last} copied ({count} files)"));
+        Ok(Some((entries, count, bytes)))
+    }
+
     fn list_files_for_record(&self, request: &RecordRequest) -> Result<(File, u64, u64)> {
         let files = self.root.join(FILES);
         let scratch = crate::exec::scratch_file(request.scratch_dir, "record")?;
@@ -367,7 +438,13 @@ impl Target for PathTarget {
     }
 
     fn write_record(&self, request: &RecordRequest) -> Result<RecordCounts> {
-        let (mut entries, files, bytes) = self.list_files_for_record(request)?;
+        let copied = self.copy_last_entries(request)?;
+        // Stamps the preflight took still hold when no rsync ran since.
+        let known_stamps = copied.as_ref().and(request.known_stamps).map(str::to_owned);
+        let (mut entries, files, bytes) = match copied {
+            Some(copied) => copied,
+            None => self.list_files_for_record(request)?,
+        };
         let header = request
             .header_format
             .replacen("%s", &files.to_string(), 1)
@@ -382,7 +459,7 @@ impl Target for PathTarget {
         Ok(RecordCounts {
             files,
             bytes,
-            stamps: self.sftp_stamps(),
+            stamps: known_stamps.or_else(|| self.sftp_stamps()),
         })
     }
 
@@ -614,5 +691,67 @@ mod tests {
                 "f 644 1 Zz",
             ]
         );
+    }
+
+    /// An unchanged run copies the last record's entries (files/ is not
+    /// walked: a file added behind the record's back stays out), unless
+    /// that record is damaged: then files/ is walked.
+    #[test]
+    fn an_unchanged_run_copies_an_intact_last_record_only() {
+        let base = std::env::temp_dir().join(format!(
+            "ciphersync-copy-{}-{}",
+            std::process::id(),
+            crate::fsutil::random_hex(4).unwrap()
+        ));
+        let root = base.join("target");
+        for dir in [root.join("files/Ab"), root.join("records")] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(root.join("files/Ab/Cd"), "abc").unwrap();
+        let target = PathTarget::local(&root).unwrap();
+        let header = |id: &str| {
+            format!(
+                "ciphersync-record 1\nsnapshot {id}\nfiles %s\nbytes %s\n\
+                 transferred 0\ndeleted 0\nchanged 0\n\n"
+            )
+        };
+        let write = |id: &str, same_as: Option<&str>| {
+            let format = header(id);
+            let counts = target
+                .write_record(&RecordRequest {
+                    id,
+                    header_format: &format,
+                    skip_dot_names: true,
+                    same_as,
+                    known_stamps: None,
+                    scratch_dir: &base,
+                    metadata_from: None,
+                })
+                .unwrap();
+            let text = std::fs::read_to_string(root.join(format!("records/{id}.rec"))).unwrap();
+            let entries: Vec<String> = text
+                .split_once("\n\n")
+                .unwrap()
+                .1
+                .lines()
+                .map(String::from)
+                .collect();
+            (counts.files, entries)
+        };
+        let (files, first) = write("20261129T030000Z", None);
+        assert_eq!((files, first.len()), (1, 2), "{first:?}");
+        // Not in the first record: a copy leaves it out, a walk sees it.
+        std::fs::write(root.join("files/Zz"), "z").unwrap();
+        let (files, copied) = write("20261130T030000Z", Some("20261129T030000Z"));
+        assert_eq!(copied, first, "the entries were not copied");
+        assert_eq!(files, 1);
+        // Damage: the counts no longer add up, so files/ is walked.
+        let damaged = root.join("records/20261130T030000Z.rec");
+        let text = std::fs::read_to_string(&damaged).unwrap();
+        std::fs::write(&damaged, text.replace("files 1\n", "files 7\n")).unwrap();
+        let (files, walked) = write("20261201T030000Z", Some("20261130T030000Z"));
+        std::fs::remove_dir_all(&base).unwrap();
+        assert_eq!(files, 2, "a damaged record was copied: {walked:?}");
+        assert!(walked.iter().any(|e| e.ends_with(" Zz")), "{walked:?}");
     }
 }

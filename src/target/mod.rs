@@ -22,6 +22,7 @@ mod path;
 mod probe;
 mod pull;
 mod sftp;
+mod sftp_upload;
 mod shell;
 pub mod ssh;
 mod whitelist;
@@ -34,6 +35,7 @@ pub use listing::TreeEntry;
 pub use path::PathTarget;
 pub use probe::forget_capabilities;
 pub use pull::{Puller, unmunge};
+pub use sftp_upload::{Uploaded, upload_new};
 pub use shell::ShellTarget;
 pub use ssh::Ssh;
 pub use whitelist::{ServerSums, WhitelistTarget};
@@ -229,6 +231,13 @@ pub trait Target: Send + Sync {
     }
     /// An ssh failure (rsync's exit 255, a lost link) named with the host.
     fn connection_error(&self, stderr: &str, what: &str) -> Option<Error>;
+    /// The ssh of an SFTP account that rsync writes to through the sshfs
+    /// mount: a backup into an empty files/ uploads over SFTP first
+    /// (sftp_upload.rs). None for a local disk, or where rsync runs over
+    /// ssh.
+    fn sftp_writes(&self) -> Option<&Ssh> {
+        None
+    }
 
     /// A file, at most `limit` bytes (the target decides how large it is);
     /// None if it is missing.

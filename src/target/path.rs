@@ -277,6 +277,10 @@ impl PathTarget {
 }
 
 impl Target for PathTarget {
+    fn sftp_writes(&self) -> Option<&Ssh> {
+        self.ssh.as_ref()
+    }
+
     fn check_live(&self) -> Result<()> {
         match &self.mount {
             Some(m) => m.check_live(),

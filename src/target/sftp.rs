@@ -34,13 +34,13 @@ use crate::progress::Phase;
 
 /// Bytes asked for by one read: what every server answers whole
 /// (OpenSSH's own client asks for 32 KiB; rclone caps a reply there).
-const CHUNK: u32 = 32 * 1024;
+pub(super) const CHUNK: u32 = 32 * 1024;
 /// Requests sent and not yet answered. 64 × 32 KiB keeps 2 MiB on the
 /// wire: 100 MB/s at a 20 ms round trip.
-const MAX_IN_FLIGHT: usize = 64;
+pub(super) const MAX_IN_FLIGHT: usize = 64;
 /// Files open at once on the server: small files take two round trips
 /// each (open and stat, then the reads), so many at once hide them.
-const MAX_OPEN: usize = 32;
+pub(super) const MAX_OPEN: usize = 32;
 /// The largest packet accepted from the server: a read's reply is at most
 /// `CHUNK` bytes of data, a link's target at most `MAX_LINK` bytes, a
 /// directory listing's part about a hundred names with their `ls -l` lines
@@ -58,15 +58,15 @@ const STALL_LIMIT: Duration = crate::target::ssh::SHORT_COMMAND;
 // Packet types and flags of draft-ietf-secsh-filexfer-02 (version 3).
 const SSH_FXP_INIT: u8 = 1;
 const SSH_FXP_VERSION: u8 = 2;
-const SSH_FXP_OPEN: u8 = 3;
-const SSH_FXP_CLOSE: u8 = 4;
+pub(super) const SSH_FXP_OPEN: u8 = 3;
+pub(super) const SSH_FXP_CLOSE: u8 = 4;
 const SSH_FXP_READ: u8 = 5;
 const SSH_FXP_LSTAT: u8 = 7;
 const SSH_FXP_OPENDIR: u8 = 11;
 const SSH_FXP_READDIR: u8 = 12;
 const SSH_FXP_READLINK: u8 = 19;
-const SSH_FXP_STATUS: u8 = 101;
-const SSH_FXP_HANDLE: u8 = 102;
+pub(super) const SSH_FXP_STATUS: u8 = 101;
+pub(super) const SSH_FXP_HANDLE: u8 = 102;
 const SSH_FXP_DATA: u8 = 103;
 const SSH_FXP_NAME: u8 = 104;
 const SSH_FXP_ATTRS: u8 = 105;
@@ -76,8 +76,8 @@ const SSH_FX_NO_SUCH_FILE: u32 = 2;
 const SSH_FX_PERMISSION_DENIED: u32 = 3;
 const ATTR_SIZE: u32 = 0x1;
 const ATTR_UIDGID: u32 = 0x2;
-const ATTR_PERMISSIONS: u32 = 0x4;
-const ATTR_ACMODTIME: u32 = 0x8;
+pub(super) const ATTR_PERMISSIONS: u32 = 0x4;
+pub(super) const ATTR_ACMODTIME: u32 = 0x8;
 const S_IFMT: u32 = 0o170000;
 const S_IFREG: u32 = 0o100000;
 const S_IFDIR: u32 = 0o040000;
@@ -301,7 +301,7 @@ impl Lister {
 
 /// The directory requests name, as the server resolves it: relative to the
 /// account's home unless the job's path is absolute (as sshfs does).
-fn remote_base(path: &Path, from: &str) -> Vec<u8> {
+pub(super) fn remote_base(path: &Path, from: &str) -> Vec<u8> {
     use std::os::unix::ffi::OsStrExt;
     let mut base = path.as_os_str().as_bytes().to_vec();
     while base.len() > 1 && base.ends_with(b"/") {
@@ -315,8 +315,10 @@ fn remote_base(path: &Path, from: &str) -> Vec<u8> {
 }
 
 /// One SFTP session: `ssh -s … sftp`, version 3 agreed.
-struct Session {
+pub(super) struct Session {
     child: Conversation,
+    /// The extensions the server announced (`hardlink@openssh.com`...).
+    pub(super) extensions: Vec<String>,
     next_id: u32,
     /// Requests not yet written (flushed once per turn).
     out: Vec<u8>,
@@ -325,17 +327,18 @@ struct Session {
 }
 
 /// A packet from the server: its type, request id and the rest.
-struct Packet {
-    kind: u8,
-    id: u32,
-    body: Fields,
+pub(super) struct Packet {
+    pub(super) kind: u8,
+    pub(super) id: u32,
+    pub(super) body: Fields,
 }
 
 impl Session {
-    fn start(ssh: &Ssh) -> Result<Session> {
+    pub(super) fn start(ssh: &Ssh) -> Result<Session> {
         let child = ssh.subsystem("sftp").converse()?;
         let mut session = Session {
             child,
+            extensions: Vec::new(),
             next_id: 0,
             out: Vec::new(),
             arrived: Vec::new(),
@@ -355,6 +358,11 @@ impl Session {
         if version < 3 {
             return Err(protocol(format!("it speaks SFTP version {version}, not 3")));
         }
+        while let (Ok(name), Ok(_data)) = (body.string(256), body.string(4096)) {
+            session
+                .extensions
+                .push(String::from_utf8_lossy(&name).into_owned());
+        }
         Ok(session)
     }
 
@@ -365,7 +373,7 @@ impl Session {
     }
 
     /// Queues a request; returns its id.
-    fn request(&mut self, kind: u8, fields: &[&[u8]], tail: &[u8]) -> u32 {
+    pub(super) fn request(&mut self, kind: u8, fields: &[&[u8]], tail: &[u8]) -> u32 {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         let mut payload = Vec::with_capacity(64);
@@ -378,7 +386,7 @@ impl Session {
         id
     }
 
-    fn flush(&mut self) -> Result<()> {
+    pub(super) fn flush(&mut self) -> Result<()> {
         if self.out.is_empty() {
             return Ok(());
         }
@@ -390,7 +398,7 @@ impl Session {
     }
 
     /// The next packet with a request id.
-    fn receive(&mut self) -> Result<Packet> {
+    pub(super) fn receive(&mut self) -> Result<Packet> {
         let (kind, body) = self.receive_raw()?;
         let mut body = Fields(body);
         let id = body.u32()?;
@@ -458,7 +466,7 @@ impl Session {
     }
 
     /// An error of the session, with what ssh said if it ended.
-    fn explain(&mut self, err: Error, ssh: &Ssh) -> Error {
+    pub(super) fn explain(&mut self, err: Error, ssh: &Ssh) -> Error {
         if err.kind == Kind::Remote && self.child.ended() {
             return ssh.connection_error(&self.child.stderr_tail(), "fetching over SFTP");
         }
@@ -924,7 +932,7 @@ impl Attrs {
 }
 
 /// A packet's fields, read front to back; running out is the server's error.
-struct Fields(Vec<u8>);
+pub(super) struct Fields(Vec<u8>);
 
 impl Fields {
     fn take(&mut self, n: usize) -> Result<Vec<u8>> {
@@ -935,7 +943,7 @@ impl Fields {
         Ok(std::mem::replace(&mut self.0, rest))
     }
 
-    fn u32(&mut self) -> Result<u32> {
+    pub(super) fn u32(&mut self) -> Result<u32> {
         let bytes = self.take(4)?;
         Ok(u32::from_be_bytes(bytes.try_into().unwrap_or_default()))
     }
@@ -953,7 +961,7 @@ impl Fields {
     }
 
     /// A string of at most `limit` bytes.
-    fn string(&mut self, limit: usize) -> Result<Vec<u8>> {
+    pub(super) fn string(&mut self, limit: usize) -> Result<Vec<u8>> {
         let len = self.u32()? as usize;
         if len > limit {
             return Err(protocol(format!(
@@ -964,20 +972,20 @@ impl Fields {
     }
 }
 
-fn put_u32(out: &mut Vec<u8>, value: u32) {
+pub(super) fn put_u32(out: &mut Vec<u8>, value: u32) {
     out.extend_from_slice(&value.to_be_bytes());
 }
 
-fn put_u64(out: &mut Vec<u8>, value: u64) {
+pub(super) fn put_u64(out: &mut Vec<u8>, value: u64) {
     out.extend_from_slice(&value.to_be_bytes());
 }
 
-fn put_string(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(super) fn put_string(out: &mut Vec<u8>, bytes: &[u8]) {
     put_u32(out, bytes.len() as u32);
     out.extend_from_slice(bytes);
 }
 
-fn protocol(why: String) -> Error {
+pub(super) fn protocol(why: String) -> Error {
     Error::new(
         Kind::Remote,
         format!("the target's SFTP server broke the protocol: {why}"),

@@ -198,6 +198,10 @@ fn batches(items: &[String]) -> Vec<&[String]> {
 }
 
 impl Target for ShellTarget {
+    fn sftp_writes(&self) -> Option<&Ssh> {
+        self.mount.as_ref().map(|_| &self.ssh)
+    }
+
     fn check_live(&self) -> Result<()> {
         match &self.mount {
             Some(m) => m.check_live(),

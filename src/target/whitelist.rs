@@ -328,6 +328,10 @@ fn needs_no_quoting(path: &str) -> bool {
 }
 
 impl Target for WhitelistTarget {
+    fn sftp_writes(&self) -> Option<&Ssh> {
+        (!self.rsync_over_ssh).then_some(&self.ssh)
+    }
+
     fn check_live(&self) -> Result<()> {
         self.path.check_live()
     }

@@ -1,0 +1,448 @@
+//! The first pass of a backup into an empty `files/` over SFTP: every
+//! file of the encrypted view uploaded with many requests in flight
+//! (sftp.rs), before rsync runs through sshfs. Through sshfs rsync pays
+//! about 18 waited round trips per new file (bench/analysis.md, "round
+//! trips per file over sshfs"); here a file costs three, and 32 files
+//! travel together. rsync then finds each file as it would have left it
+//! (size, mtime) and only checks it.
+//!
+//! Nothing is ever replaced: a file is written under a temp name
+//! (`.NAME.XXXXXX`, as rsync's, which a killed run's cleanup removes) and
+//! then hard-linked to its name (`hardlink@openssh.com`, which fails when
+//! the name exists), so whatever the target already holds stays for rsync
+//! to handle (and to file in the run's snapshot). A server without that
+//! extension gets no first pass. Any failure leaves the file to rsync:
+//! this pass only saves time.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use super::Ssh;
+use super::sftp::{
+    ATTR_ACMODTIME, ATTR_PERMISSIONS, CHUNK, MAX_IN_FLIGHT, MAX_OPEN, SSH_FXP_CLOSE,
+    SSH_FXP_HANDLE, SSH_FXP_OPEN, SSH_FXP_STATUS, Session, put_u32, put_u64, remote_base,
+};
+use crate::error::Result;
+use crate::progress::Phase;
+
+const SSH_FXP_WRITE: u8 = 6;
+const SSH_FXP_FSETSTAT: u8 = 10;
+const SSH_FXP_REMOVE: u8 = 13;
+const SSH_FXP_MKDIR: u8 = 14;
+const SSH_FXP_EXTENDED: u8 = 200;
+const SSH_FXF_WRITE: u32 = 0x2;
+const SSH_FXF_CREAT: u32 = 0x8;
+const SSH_FXF_EXCL: u32 = 0x20;
+const HARDLINK: &str = "hardlink@openssh.com";
+
+/// What the first pass put on the target: the user's files (not
+/// gocryptfs' own) and every byte.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Uploaded {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Uploads every regular file of `view` into the account's `files/` where
+/// that name is free. Directories are made as needed (0700: rsync gives
+/// them their modes and times afterwards).
+pub fn upload_new(ssh: &Ssh, view: &Path, phase: Option<&Phase>) -> Result<Uploaded> {
+    let tree = local_tree(view)?;
+    let _permit = ssh.session();
+    let mut session = Session::start(ssh)?;
+    if !session.extensions.iter().any(|e| e == HARDLINK) {
+        crate::log::debug(|| format!("no first pass over SFTP: the server lacks {HARDLINK}"));
+        return Ok(Uploaded::default());
+    }
+    let base = remote_base(&ssh.sftp().path, super::FILES);
+    let run = || -> Result<Uploaded> {
+        make_dirs(&mut session, &base, &tree.dirs)?;
+        let mut pass = Pass {
+            base: &base,
+            view,
+            phase,
+            queue: tree.files,
+            slots: Vec::new(),
+            free: Vec::new(),
+            pending: HashMap::new(),
+            done: Uploaded::default(),
+        };
+        pass.queue.reverse();
+        pass.go(&mut session)?;
+        Ok(pass.done)
+    };
+    let result = run();
+    result.map_err(|e| session.explain(e, ssh))
+}
+
+/// A file of the view: its path below the view, size, mode and mtime.
+struct LocalFile {
+    rel: String,
+    size: u64,
+    mode: u32,
+    mtime: u32,
+}
+
+struct LocalTree {
+    /// Parents before children.
+    dirs: Vec<String>,
+    files: Vec<LocalFile>,
+}
+
+/// The view's directories and regular files (symlinks and the rest are
+/// rsync's), names that start with a dot left out (rsync's temp names).
+fn local_tree(view: &Path) -> Result<LocalTree> {
+    let mut tree = LocalTree {
+        dirs: Vec::new(),
+        files: Vec::new(),
+    };
+    for entry in walkdir::WalkDir::new(view).min_depth(1).follow_links(false) {
+        crate::interrupt::check()?;
+        let entry = entry.map_err(|e| crate::walk::error(view, e))?;
+        if entry.file_name().as_encoded_bytes().starts_with(b".") {
+            continue;
+        }
+        let rel = crate::walk::relative(view, entry.path());
+        let meta = entry.metadata().map_err(|e| crate::walk::error(view, e))?;
+        if meta.is_dir() {
+            tree.dirs.push(rel);
+        } else if meta.is_file() {
+            tree.files.push(LocalFile {
+                rel,
+                size: meta.len(),
+                mode: meta.mode() & 0o777,
+                mtime: u32::try_from(meta.mtime()).unwrap_or(0),
+            });
+        }
+        if tree.dirs.len() + tree.files.len() > crate::limits::MAX_TREE_ENTRIES {
+            return Err(crate::limits::too_much(
+                "the encrypted view",
+                format!("more than {} entries", crate::limits::MAX_TREE_ENTRIES),
+            ));
+        }
+    }
+    Ok(tree)
+}
+
+fn remote_path(base: &[u8], rel: &str) -> Vec<u8> {
+    let mut path = base.to_vec();
+    path.push(b'/');
+    path.extend_from_slice(rel.as_bytes());
+    path
+}
+
+fn perms(mode: u32) -> Vec<u8> {
+    let mut attrs = Vec::new();
+    put_u32(&mut attrs, ATTR_PERMISSIONS);
+    put_u32(&mut attrs, mode);
+    attrs
+}
+
+/// Makes the directories one level at a time (a level's MKDIRs travel
+/// together); one that exists, or cannot be made, is left to rsync.
+fn make_dirs(session: &mut Session, base: &[u8], dirs: &[String]) -> Result<()> {
+    let mut by_depth: Vec<Vec<&String>> = Vec::new();
+    for dir in dirs {
+        let depth = dir.matches('/').count();
+        if by_depth.len() <= depth {
+            by_depth.resize_with(depth + 1, Vec::new);
+        }
+        by_depth[depth].push(dir);
+    }
+    for level in by_depth {
+        for chunk in level.chunks(MAX_IN_FLIGHT) {
+            for dir in chunk {
+                session.request(SSH_FXP_MKDIR, &[&remote_path(base, dir)], &perms(0o700));
+            }
+            session.flush()?;
+            for _ in chunk {
+                session.receive()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where one file is.
+enum Step {
+    Opening,
+    /// Writes go out; the file is read as they do.
+    Writing,
+    Closing,
+    Linking,
+}
+
+struct Slot {
+    file: LocalFile,
+    temp: Vec<u8>,
+    local: Option<File>,
+    handle: Vec<u8>,
+    sent: u64,
+    in_flight: usize,
+    step: Step,
+    failed: bool,
+}
+
+struct Pass<'a> {
+    base: &'a [u8],
+    view: &'a Path,
+    phase: Option<&'a Phase>,
+    /// Files not started, the next last.
+    queue: Vec<LocalFile>,
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    /// Request id -> its slot (None: a REMOVE of a temp name nobody waits for).
+    pending: HashMap<u32, Option<usize>>,
+    done: Uploaded,
+}
+
+impl Pass<'_> {
+    fn go(&mut self, session: &mut Session) -> Result<()> {
+        loop {
+            self.start_files(session)?;
+            self.send_writes(session)?;
+            session.flush()?;
+            if self.pending.is_empty() {
+                return Ok(());
+            }
+            let packet = session.receive()?;
+            let Some(slot) = self.pending.remove(&packet.id) else {
+                return Err(super::sftp::protocol(format!(
+                    "it answered request {}, which was never sent or was answered before",
+                    packet.id
+                )));
+            };
+            if let Some(index) = slot {
+                self.answer(session, index, packet)?;
+            }
+        }
+    }
+
+    fn start_files(&mut self, session: &mut Session) -> Result<()> {
+        while self.slots.len() - self.free.len() < MAX_OPEN && self.pending.len() < MAX_IN_FLIGHT {
+            let Some(file) = self.queue.pop() else {
+                return Ok(());
+            };
+            let temp = temp_name(&remote_path(self.base, &file.rel))?;
+            let mut tail = Vec::new();
+            put_u32(&mut tail, SSH_FXF_WRITE | SSH_FXF_CREAT | SSH_FXF_EXCL);
+            tail.extend_from_slice(&perms(0o600));
+            let id = session.request(SSH_FXP_OPEN, &[&temp], &tail);
+            let index = self.take_slot(Slot {
+                file,
+                temp,
+                local: None,
+                handle: Vec::new(),
+                sent: 0,
+                in_flight: 1,
+                step: Step::Opening,
+                failed: false,
+            });
+            self.pending.insert(id, Some(index));
+        }
+        Ok(())
+    }
+
+    fn take_slot(&mut self, slot: Slot) -> usize {
+        match self.free.pop() {
+            Some(index) => {
+                self.slots[index] = Some(slot);
+                index
+            }
+            None => {
+                self.slots.push(Some(slot));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    /// Sends the next parts of the files being written, read from the
+    /// view as they go; at the end of a file its mode and mtime, and the
+    /// close.
+    fn send_writes(&mut self, session: &mut Session) -> Result<()> {
+        for index in 0..self.slots.len() {
+            while self.pending.len() < MAX_IN_FLIGHT {
+                let Some(slot) = self.slots[index].as_mut() else {
+                    break;
+                };
+                if !matches!(slot.step, Step::Writing) {
+                    break;
+                }
+                let mut chunk = vec![0u8; CHUNK as usize];
+                let read = match slot.local.as_mut() {
+                    Some(local) => read_full(local, &mut chunk),
+                    None => Ok(0),
+                };
+                let Ok(n) = read else {
+                    // The view could not be read: rsync will say why.
+                    slot.failed = true;
+                    self.close(session, index);
+                    break;
+                };
+                if n == 0 {
+                    let mut attrs = Vec::new();
+                    put_u32(&mut attrs, ATTR_PERMISSIONS | ATTR_ACMODTIME);
+                    put_u32(&mut attrs, slot.file.mode);
+                    put_u32(&mut attrs, slot.file.mtime);
+                    put_u32(&mut attrs, slot.file.mtime);
+                    let handle = slot.handle.clone();
+                    let id = session.request(SSH_FXP_FSETSTAT, &[&handle], &attrs);
+                    slot.in_flight += 1;
+                    self.pending.insert(id, Some(index));
+                    self.close(session, index);
+                    break;
+                }
+                let mut tail = Vec::with_capacity(n + 16);
+                put_u64(&mut tail, slot.sent);
+                super::sftp::put_string(&mut tail, &chunk[..n]);
+                let handle = slot.handle.clone();
+                let id = session.request(SSH_FXP_WRITE, &[&handle], &tail);
+                slot.sent += n as u64;
+                slot.in_flight += 1;
+                self.pending.insert(id, Some(index));
+            }
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, session: &mut Session, index: usize) {
+        let slot = self.slots[index].as_mut().expect("an open slot");
+        slot.local = None;
+        slot.step = Step::Closing;
+        let handle = slot.handle.clone();
+        let id = session.request(SSH_FXP_CLOSE, &[&handle], &[]);
+        slot.in_flight += 1;
+        self.pending.insert(id, Some(index));
+    }
+
+    fn answer(
+        &mut self,
+        session: &mut Session,
+        index: usize,
+        mut packet: super::sftp::Packet,
+    ) -> Result<()> {
+        let view = self.view;
+        let slot = self.slots[index]
+            .as_mut()
+            .expect("an answered slot is open");
+        slot.in_flight -= 1;
+        let ok = packet.kind == SSH_FXP_STATUS && packet.body.u32()? == 0;
+        match (&slot.step, packet.kind) {
+            (Step::Opening, SSH_FXP_HANDLE) => {
+                slot.handle = packet.body.string(256)?;
+                let path = view.join(&slot.file.rel);
+                let local = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(nix::libc::O_NOFOLLOW)
+                    .open(&path);
+                slot.step = Step::Writing;
+                match local {
+                    Ok(local) => slot.local = Some(local),
+                    Err(_) => {
+                        slot.failed = true;
+                        self.close(session, index);
+                    }
+                }
+            }
+            // The temp name could not be made: nothing on the server.
+            (Step::Opening, _) => self.release(index),
+            (Step::Writing, _) if !ok => slot.failed = true,
+            (Step::Closing, _) if !ok => slot.failed = true,
+            (Step::Writing | Step::Closing, _) => {}
+            (Step::Linking, _) => {
+                if ok {
+                    // Counted as rsync counts: gocryptfs' own files are
+                    // not the user's.
+                    let user_file = !crate::crypt::is_gocryptfs_metadata(&slot.file.rel);
+                    self.done.files += u64::from(user_file);
+                    self.done.bytes += slot.sent;
+                    if let Some(phase) = self.phase {
+                        phase.add(u64::from(user_file), slot.sent);
+                    }
+                }
+                let temp = slot.temp.clone();
+                let id = session.request(SSH_FXP_REMOVE, &[&temp], &[]);
+                self.pending.insert(id, None);
+                self.release(index);
+                return Ok(());
+            }
+        }
+        self.after_close(session, index);
+        Ok(())
+    }
+
+    /// Once the close and everything before it is answered: link the temp
+    /// name to the real one, or (after a failure) remove it.
+    fn after_close(&mut self, session: &mut Session, index: usize) {
+        let Some(slot) = self.slots[index].as_mut() else {
+            return;
+        };
+        if !matches!(slot.step, Step::Closing) || slot.in_flight > 0 {
+            return;
+        }
+        let temp = slot.temp.clone();
+        if slot.failed || slot.sent != slot.file.size {
+            let id = session.request(SSH_FXP_REMOVE, &[&temp], &[]);
+            self.pending.insert(id, None);
+            self.release(index);
+            return;
+        }
+        let name = remote_path(self.base, &slot.file.rel);
+        let id = session.request(SSH_FXP_EXTENDED, &[HARDLINK.as_bytes(), &temp, &name], &[]);
+        slot.step = Step::Linking;
+        slot.in_flight += 1;
+        self.pending.insert(id, Some(index));
+    }
+
+    fn release(&mut self, index: usize) {
+        self.slots[index] = None;
+        self.free.push(index);
+    }
+}
+
+/// rsync's temp name for `path`: `.NAME.XXXXXX` beside it.
+fn temp_name(path: &[u8]) -> Result<Vec<u8>> {
+    let (dir, name) = match path.iter().rposition(|b| *b == b'/') {
+        Some(i) => (&path[..=i], &path[i + 1..]),
+        None => (&path[..0], path),
+    };
+    let mut temp = dir.to_vec();
+    temp.push(b'.');
+    temp.extend_from_slice(name);
+    temp.push(b'.');
+    temp.extend_from_slice(crate::fsutil::random_hex(3)?.as_bytes());
+    Ok(temp)
+}
+
+/// Fills `buf` as far as the file goes.
+fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_names_are_rsyncs() {
+        let temp = temp_name(b"files/Ab/Cd").unwrap();
+        let text = String::from_utf8(temp).unwrap();
+        assert!(text.starts_with("files/Ab/.Cd."), "{text}");
+        assert_eq!(text.len(), "files/Ab/.Cd.".len() + 6, "{text}");
+        assert_eq!(
+            crate::sync::without_temp_suffix(&text),
+            "files/Ab/Cd",
+            "a killed run's cleanup would not know it"
+        );
+    }
+}

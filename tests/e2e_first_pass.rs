@@ -1,0 +1,110 @@
+//! A backup into an empty files/ through sshfs first uploads every file
+//! over SFTP, many at a time (src/target/sftp_upload.rs), then runs rsync,
+//! which finds them as it would have left them. The pass never replaces
+//! what the target holds: it writes a temp name and hard-links it to the
+//! real one, which fails where a file is already there.
+
+mod common;
+
+use common::*;
+use std::fs;
+
+const FIRST_PASS: &str = "first pass over SFTP: Uploaded { files: ";
+
+/// The files the first pass said it sent, from `backup --verbose`.
+fn first_pass_files(o: &Out) -> Option<u64> {
+    let rest = o.stderr.split(FIRST_PASS).nth(1)?;
+    rest.split(',').next()?.trim().parse().ok()
+}
+
+fn first_backup_goes_over_sftp_first(job: &Job) {
+    make_features_tree(&job.source);
+    job.ok(&["init"]);
+    let o = job.ok(&["--verbose", "backup"]);
+    // Every file of the backup went in the first pass (hard links over
+    // sshfs are files of their own), and the run counts them as sent.
+    let stats = &job.stage("backup")["stats"];
+    let files = stats["files"].as_u64().unwrap_or(0);
+    assert!(files > 10, "the features tree holds more files: {stats}");
+    assert_eq!(
+        first_pass_files(&o),
+        Some(files),
+        "the first pass did not send every file of the backup:\n{}",
+        o.dump()
+    );
+    assert_eq!(stats["transferred"], files, "the run's count: {stats}");
+    // rsync found everything in place: a second run sends nothing.
+    let second = job.backup_ok();
+    assert_eq!(second["transferred"], 0, "{second}");
+    let names: Vec<String> = walk(&job.files_dir())
+        .into_iter()
+        .map(|(rel, _)| rel.display().to_string())
+        .filter(|rel| rel.rsplit('/').next().unwrap_or("").starts_with('.'))
+        .collect();
+    assert!(names.is_empty(), "temp names left in files/: {names:?}");
+    job.verify_ok(false);
+    job.verify_ok(true);
+    job.restore_and_compare("restored");
+    job.assert_clean();
+}
+
+#[test]
+fn a_first_backup_over_a_shell_account_goes_over_sftp_first() {
+    if !require_tools("first_pass_shell", SFTP_TOOLS) {
+        return;
+    }
+    let job = Job::sftp("first-pass-shell").transport("sshfs").build();
+    first_backup_goes_over_sftp_first(&job);
+}
+
+#[test]
+fn a_first_backup_to_an_sftp_only_account_goes_over_sftp_first() {
+    if !ServerKind::ChrootSftp.require("first_pass_chroot") {
+        return;
+    }
+    let job = Job::sftp("first-pass-chroot")
+        .transport("sshfs")
+        .build_on(ServerKind::ChrootSftp);
+    first_backup_goes_over_sftp_first(&job);
+}
+
+/// With no record on the target (all were lost) the next backup is a
+/// first one again, but files/ is full: the pass replaces nothing, a file
+/// the server changed is replaced by rsync, which files the server's
+/// version in the run's snapshot, and the restore equals the source.
+#[test]
+fn the_first_pass_never_replaces_what_the_target_holds() {
+    if !require_tools("first_pass_keeps", SFTP_TOOLS) {
+        return;
+    }
+    let job = Job::sftp("first-pass-keeps").transport("sshfs").build();
+    fs::create_dir_all(job.source.join("d")).unwrap();
+    fs::write(job.source.join("d/victim"), vec![b'v'; 4321]).unwrap();
+    fs::write(job.source.join("other"), "other\n").unwrap();
+    job.init_and_backup();
+    let victim = job.remote_file_for_len(4321);
+    let planted = vec![b'p'; fs::metadata(&victim).unwrap().len() as usize];
+    fs::write(&victim, &planted).unwrap();
+    fs::remove_dir_all(job.target_path.join("records")).unwrap();
+
+    let o = job.ok(&["--verbose", "backup"]);
+    assert_eq!(
+        first_pass_files(&o),
+        Some(0),
+        "the first pass wrote over files the target held:\n{}",
+        o.dump()
+    );
+    let id = job.stage("backup")["stats"]["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rel = victim.strip_prefix(job.files_dir()).unwrap();
+    let kept = job.target_path.join("snapshots").join(&id).join(rel);
+    assert_eq!(
+        fs::read(&kept).ok(),
+        Some(planted),
+        "rsync did not file the server's version in snapshot {id}"
+    );
+    job.restore_and_compare("restored");
+    job.assert_clean();
+}

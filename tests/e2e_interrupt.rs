@@ -11,7 +11,9 @@ const MIB: usize = 1 << 20;
 /// Waits until `run` has an rsync descendant and the remote `files/` holds at
 /// least `min_files` regular files. Panics (test premise broken) if the run
 /// ends first.
-fn wait_for_transfer(job: &Job, run: &mut Running, min_files: usize) {
+/// Waits until files/ holds `min_files` files while the backup runs
+/// (with `by_rsync`, while an rsync runs: not the first pass over SFTP).
+fn wait_for_transfer(job: &Job, run: &mut Running, min_files: usize, by_rsync: bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
     loop {
         if !run.is_running() {
@@ -20,7 +22,7 @@ fn wait_for_transfer(job: &Job, run: &mut Running, min_files: usize) {
                 "backup ended before it could be caught mid-transfer; test premise broken\n--- stdout ---\n{o}\n--- stderr ---\n{e}"
             );
         }
-        let rsync = descendants(run.pid()).iter().any(|(_, c)| c == "rsync");
+        let rsync = !by_rsync || descendants(run.pid()).iter().any(|(_, c)| c == "rsync");
         if rsync && job.files_dir().is_dir() && count_files(&job.files_dir()) >= min_files {
             return;
         }
@@ -67,18 +69,12 @@ fn dot_files_under(root: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn sigterm_during_large_backup_cleans_up_and_next_run_completes() {
-    if !require_tools("sigterm_during_large_backup", SFTP_TOOLS) {
-        return;
-    }
-    let job = Job::sftp("int-term").build();
-    make_sample_tree(&job.source);
-    make_big_tree(&job.source, "big", 100, 2 * MIB); // 200 MiB
-    job.ok(&["init"]);
-
+/// SIGTERM while the transfer runs: the run ends `interrupted` with no
+/// mount or helper left and no truncated file under a real name; the next
+/// run cleans the temp names up, completes, and verifies.
+fn sigterm_mid_transfer(job: &Job, min_files: usize, by_rsync: bool) {
     let mut run = job.spawn(&["-v", "backup"]);
-    wait_for_transfer(&job, &mut run, 3);
+    wait_for_transfer(job, &mut run, min_files, by_rsync);
     send_signal(run.pid(), "TERM");
     let out = run.wait(Duration::from_secs(120));
     eprintln!("backup after SIGTERM (exit {}):\n{}", out.code, out.dump());
@@ -97,18 +93,46 @@ fn sigterm_during_large_backup_cleans_up_and_next_run_completes() {
         count_files(&job.files_dir()) < count_files(&job.source),
         "the backup had finished before SIGTERM; test premise broken"
     );
-    assert_no_truncated_remote_files(&job);
+    assert_no_truncated_remote_files(job);
 
-    // The next run completes, cleans rsync's temp files, and verify passes.
+    // The next run completes, cleans the temp files, and verify passes.
     job.backup_ok();
     let dots = dot_files_under(&job.files_dir());
     assert!(
         dots.is_empty(),
         "temp files left in files/ after the next backup: {dots:?}"
     );
-    assert_no_truncated_remote_files(&job);
+    assert_no_truncated_remote_files(job);
     job.verify_ok(false);
     job.assert_clean();
+}
+
+/// A first backup: the files go over SFTP first (src/target/sftp_upload.rs).
+#[test]
+fn sigterm_during_a_first_backup_cleans_up_and_next_run_completes() {
+    if !require_tools("sigterm_during_first_backup", SFTP_TOOLS) {
+        return;
+    }
+    let job = Job::sftp("int-term-first").build();
+    make_sample_tree(&job.source);
+    make_big_tree(&job.source, "big", 100, 2 * MIB); // 200 MiB
+    job.ok(&["init"]);
+    sigterm_mid_transfer(&job, 3, false);
+}
+
+/// A later backup: rsync moves the new files.
+#[test]
+fn sigterm_during_large_backup_cleans_up_and_next_run_completes() {
+    if !require_tools("sigterm_during_large_backup", SFTP_TOOLS) {
+        return;
+    }
+    let job = Job::sftp("int-term").build();
+    make_sample_tree(&job.source);
+    job.ok(&["init"]);
+    job.backup_ok();
+    let before = count_files(&job.files_dir());
+    make_big_tree(&job.source, "big", 100, 2 * MIB); // 200 MiB
+    sigterm_mid_transfer(&job, before + 3, true);
 }
 
 #[test]
@@ -122,7 +146,7 @@ fn second_concurrent_backup_of_same_job_exits_75() {
     job.ok(&["init"]);
 
     let mut first = job.spawn(&["backup"]);
-    wait_for_transfer(&job, &mut first, 1);
+    wait_for_transfer(&job, &mut first, 1, false);
     let second = job.run(&["backup"]);
     let first_still_running = first.is_running();
     second.expect_code(75, "second backup while the first holds the lock");
@@ -177,7 +201,7 @@ fn sigint_during_local_backup_cleans_up_and_next_run_completes() {
     job.ok(&["init"]);
 
     let mut run = job.spawn(&["-v", "backup"]);
-    wait_for_transfer(&job, &mut run, 1);
+    wait_for_transfer(&job, &mut run, 1, true);
     send_signal(run.pid(), "INT");
     let out = run.wait(Duration::from_secs(120));
     eprintln!("backup after SIGINT (exit {}):\n{}", out.code, out.dump());

@@ -510,6 +510,11 @@ fn first_pass_over_sftp(
     if job.filenames != Filenames::Encrypted {
         return Ok(target::Uploaded::default());
     }
+    // The pass has no rate bound: a job that sets one gets rsync's.
+    if job.bwlimit.is_some() {
+        log::debug(|| "no first pass over SFTP: target.bwlimit is set".into());
+        return Ok(target::Uploaded::default());
+    }
     match target::upload_new(ssh, view, phase) {
         Ok(sent) => {
             log::debug(|| format!("first pass over SFTP: {sent:?}"));

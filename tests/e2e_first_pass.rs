@@ -108,3 +108,27 @@ fn the_first_pass_never_replaces_what_the_target_holds() {
     job.restore_and_compare("restored");
     job.assert_clean();
 }
+
+/// The pass has no rate bound of its own: a job with `target.bwlimit`
+/// gets none, and rsync (which the limit reaches) sends everything.
+#[test]
+fn a_job_with_a_bandwidth_limit_gets_no_first_pass() {
+    if !require_tools("first_pass_bwlimit", SFTP_TOOLS) {
+        return;
+    }
+    let job = Job::sftp("first-pass-bwlimit")
+        .transport("sshfs")
+        .set("target.bwlimit", serde_json::json!(100_000))
+        .build();
+    make_sample_tree(&job.source);
+    job.ok(&["init"]);
+    let o = job.ok(&["--verbose", "backup"]);
+    assert!(
+        o.stderr
+            .contains("no first pass over SFTP: target.bwlimit is set")
+            && first_pass_files(&o).is_none(),
+        "a rate-limited job went over SFTP unlimited:\n{}",
+        o.dump()
+    );
+    job.restore_and_compare("restored");
+}

@@ -12,7 +12,9 @@
 #                   connections together (a token bucket; python3
 #                   bench/test_delayproxy.py checks order, delay and cap)
 #   --tools         default floor,cs-sshfs,cs-rsync,seed,restic,borg;
-#                   cs-sshfs-c8 is the sshfs transport with target.connections 8
+#                   cs-sshfs-c8 is the sshfs transport with target.connections 8;
+#                   cs-sftponly the sshfs transport to an account that sshd
+#                   allows SFTP only (internal-sftp forced for its key)
 #   --scenarios     default: all (backups always run)
 #
 # Data sets are generated once from a fixed seed under $CSBENCH_ROOT

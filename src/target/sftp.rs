@@ -122,8 +122,7 @@ impl<'a> SftpFetcher<'a> {
                 .filter(|e| e.kind == 'f' || (e.kind == 'l' && e.link.is_none()))
                 .copied()
                 .collect(),
-            slots: Vec::new(),
-            free: Vec::new(),
+            slots: Slots::new(),
             pending: HashMap::new(),
             refused: Vec::new(),
         };
@@ -474,6 +473,58 @@ impl Session {
     }
 }
 
+/// The transfers in flight, each at an index that stays its own until it
+/// is released: the requests in flight name their transfer by it.
+pub(super) struct Slots<T> {
+    items: Vec<Option<T>>,
+    free: Vec<usize>,
+}
+
+impl<T> Slots<T> {
+    pub(super) fn new() -> Slots<T> {
+        Slots {
+            items: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+
+    /// How many are in flight.
+    pub(super) fn open(&self) -> usize {
+        self.items.len() - self.free.len()
+    }
+
+    /// Every index that may hold one (some are free).
+    pub(super) fn indices(&self) -> std::ops::Range<usize> {
+        0..self.items.len()
+    }
+
+    pub(super) fn take(&mut self, item: T) -> usize {
+        match self.free.pop() {
+            Some(index) => {
+                self.items[index] = Some(item);
+                index
+            }
+            None => {
+                self.items.push(Some(item));
+                self.items.len() - 1
+            }
+        }
+    }
+
+    pub(super) fn get(&self, index: usize) -> Option<&T> {
+        self.items.get(index)?.as_ref()
+    }
+
+    pub(super) fn get_mut(&mut self, index: usize) -> Option<&mut T> {
+        self.items.get_mut(index)?.as_mut()
+    }
+
+    pub(super) fn release(&mut self, index: usize) {
+        self.items[index] = None;
+        self.free.push(index);
+    }
+}
+
 /// What a request in flight was for.
 enum Want {
     Open,
@@ -510,8 +561,7 @@ struct Fetch<'a, 'e> {
     phase: Option<&'a Phase>,
     /// Entries not started yet, the next last.
     queue: Vec<&'e TreeEntry>,
-    slots: Vec<Option<Slot<'e>>>,
-    free: Vec<usize>,
+    slots: Slots<Slot<'e>>,
     /// Request id -> (slot, what for); closes carry no slot.
     pending: HashMap<u32, (Option<usize>, Want)>,
     /// What the server would not give back, with its words.
@@ -554,14 +604,14 @@ impl<'e> Fetch<'_, 'e> {
     /// stage up (restore reads through sshfs instead).
     fn start_entries(&mut self, session: &mut Session) -> Result<()> {
         while self.refused.is_empty()
-            && self.open_slots() < MAX_OPEN
+            && self.slots.open() < MAX_OPEN
             && self.pending.len() + 2 <= MAX_IN_FLIGHT
         {
             let Some(entry) = self.queue.pop() else {
                 return Ok(());
             };
             let remote = self.remote(entry);
-            let index = self.take_slot(Slot {
+            let index = self.slots.take(Slot {
                 entry,
                 file: None,
                 handle: None,
@@ -594,31 +644,14 @@ impl<'e> Fetch<'_, 'e> {
         self.pending.insert(id, (Some(index), want));
     }
 
-    fn open_slots(&self) -> usize {
-        self.slots.len() - self.free.len()
-    }
-
-    fn take_slot(&mut self, slot: Slot<'e>) -> usize {
-        match self.free.pop() {
-            Some(index) => {
-                self.slots[index] = Some(slot);
-                index
-            }
-            None => {
-                self.slots.push(Some(slot));
-                self.slots.len() - 1
-            }
-        }
-    }
-
     /// Asks for the next parts of every open file whose size is known.
     fn ask_reads(&mut self, session: &mut Session) {
         if !self.refused.is_empty() {
             return;
         }
-        for index in 0..self.slots.len() {
+        for index in self.slots.indices() {
             while self.pending.len() < MAX_IN_FLIGHT {
-                let Some(slot) = self.slots[index].as_mut().filter(|s| !s.refused) else {
+                let Some(slot) = self.slots.get_mut(index).filter(|s| !s.refused) else {
                     break;
                 };
                 let (Some(size), Some(handle)) = (slot.size, slot.handle.as_ref()) else {
@@ -654,8 +687,9 @@ impl<'e> Fetch<'_, 'e> {
             // to close a file it only read costs us nothing.
             return Ok(());
         };
-        let entry = self.slots[index]
-            .as_ref()
+        let entry = self
+            .slots
+            .get(index)
             .map(|s| s.entry)
             .ok_or_else(|| protocol("it answered for a file already done".into()))?;
         self.slot(index).in_flight -= 1;
@@ -696,9 +730,7 @@ impl<'e> Fetch<'_, 'e> {
     }
 
     fn slot(&mut self, index: usize) -> &mut Slot<'e> {
-        self.slots[index]
-            .as_mut()
-            .expect("an answered slot is open")
+        self.slots.get_mut(index).expect("an answered slot is open")
     }
 
     /// A status: the end of a file is expected only past its end; a file
@@ -873,8 +905,7 @@ impl<'e> Fetch<'_, 'e> {
     }
 
     fn release(&mut self, index: usize) {
-        self.slots[index] = None;
-        self.free.push(index);
+        self.slots.release(index);
     }
 
     fn make_link(&self, entry: &TreeEntry, target: &[u8]) -> Result<()> {

@@ -23,7 +23,7 @@ use std::path::Path;
 use super::Ssh;
 use super::sftp::{
     ATTR_ACMODTIME, ATTR_PERMISSIONS, CHUNK, MAX_IN_FLIGHT, MAX_OPEN, SSH_FXP_CLOSE,
-    SSH_FXP_HANDLE, SSH_FXP_OPEN, SSH_FXP_STATUS, Session, put_u32, put_u64, remote_base,
+    SSH_FXP_HANDLE, SSH_FXP_OPEN, SSH_FXP_STATUS, Session, Slots, put_u32, put_u64, remote_base,
 };
 use crate::error::Result;
 use crate::progress::Phase;
@@ -65,8 +65,7 @@ pub fn upload_new(ssh: &Ssh, view: &Path, phase: Option<&Phase>) -> Result<Uploa
             view,
             phase,
             queue: tree.files,
-            slots: Vec::new(),
-            free: Vec::new(),
+            slots: Slots::new(),
             pending: HashMap::new(),
             done: Uploaded::default(),
         };
@@ -192,8 +191,7 @@ struct Pass<'a> {
     phase: Option<&'a Phase>,
     /// Files not started, the next last.
     queue: Vec<LocalFile>,
-    slots: Vec<Option<Slot>>,
-    free: Vec<usize>,
+    slots: Slots<Slot>,
     /// Request id -> its slot (None: a REMOVE of a temp name nobody waits for).
     pending: HashMap<u32, Option<usize>>,
     done: Uploaded,
@@ -222,7 +220,7 @@ impl Pass<'_> {
     }
 
     fn start_files(&mut self, session: &mut Session) -> Result<()> {
-        while self.slots.len() - self.free.len() < MAX_OPEN && self.pending.len() < MAX_IN_FLIGHT {
+        while self.slots.open() < MAX_OPEN && self.pending.len() < MAX_IN_FLIGHT {
             let Some(file) = self.queue.pop() else {
                 return Ok(());
             };
@@ -231,7 +229,7 @@ impl Pass<'_> {
             put_u32(&mut tail, SSH_FXF_WRITE | SSH_FXF_CREAT | SSH_FXF_EXCL);
             tail.extend_from_slice(&perms(0o600));
             let id = session.request(SSH_FXP_OPEN, &[&temp], &tail);
-            let index = self.take_slot(Slot {
+            let index = self.slots.take(Slot {
                 file,
                 temp,
                 local: None,
@@ -246,26 +244,13 @@ impl Pass<'_> {
         Ok(())
     }
 
-    fn take_slot(&mut self, slot: Slot) -> usize {
-        match self.free.pop() {
-            Some(index) => {
-                self.slots[index] = Some(slot);
-                index
-            }
-            None => {
-                self.slots.push(Some(slot));
-                self.slots.len() - 1
-            }
-        }
-    }
-
     /// Sends the next parts of the files being written, read from the
     /// view as they go; at the end of a file its mode and mtime, and the
     /// close.
     fn send_writes(&mut self, session: &mut Session) -> Result<()> {
-        for index in 0..self.slots.len() {
+        for index in self.slots.indices() {
             while self.pending.len() < MAX_IN_FLIGHT {
-                let Some(slot) = self.slots[index].as_mut() else {
+                let Some(slot) = self.slots.get_mut(index) else {
                     break;
                 };
                 if !matches!(slot.step, Step::Writing) {
@@ -309,7 +294,7 @@ impl Pass<'_> {
     }
 
     fn close(&mut self, session: &mut Session, index: usize) {
-        let slot = self.slots[index].as_mut().expect("an open slot");
+        let slot = self.slots.get_mut(index).expect("an open slot");
         slot.local = None;
         slot.step = Step::Closing;
         let handle = slot.handle.clone();
@@ -325,9 +310,7 @@ impl Pass<'_> {
         mut packet: super::sftp::Packet,
     ) -> Result<()> {
         let view = self.view;
-        let slot = self.slots[index]
-            .as_mut()
-            .expect("an answered slot is open");
+        let slot = self.slots.get_mut(index).expect("an answered slot is open");
         slot.in_flight -= 1;
         let ok = packet.kind == SSH_FXP_STATUS && packet.body.u32()? == 0;
         match (&slot.step, packet.kind) {
@@ -377,7 +360,7 @@ impl Pass<'_> {
     /// Once the close and everything before it is answered: link the temp
     /// name to the real one, or (after a failure) remove it.
     fn after_close(&mut self, session: &mut Session, index: usize) {
-        let Some(slot) = self.slots[index].as_mut() else {
+        let Some(slot) = self.slots.get_mut(index) else {
             return;
         };
         if !matches!(slot.step, Step::Closing) || slot.in_flight > 0 {
@@ -398,8 +381,7 @@ impl Pass<'_> {
     }
 
     fn release(&mut self, index: usize) {
-        self.slots[index] = None;
-        self.free.push(index);
+        self.slots.release(index);
     }
 }
 

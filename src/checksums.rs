@@ -24,6 +24,18 @@ pub fn to_hex(sum: &Sum) -> String {
     sum.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Stamps of a tree: the sha1 (hex) of its listing lines, sorted, so that
+/// the order the tree was walked in does not matter. Used by serve's
+/// `stamps` answer and the SFTP listing of an account without a shell.
+pub fn stamps_of_lines(lines: &mut [String]) -> String {
+    lines.sort_unstable();
+    let mut hasher = Sha1::new();
+    for line in lines.iter() {
+        hasher.update(line.as_bytes());
+    }
+    to_hex(&hasher.finalize().into())
+}
+
 pub fn from_hex(text: &[u8]) -> Option<Sum> {
     if text.len() != 40 {
         return None;

@@ -167,13 +167,7 @@ impl Root {
             ));
             lines.len()
         })?;
-        lines.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        use sha1::Digest;
-        let mut hasher = sha1::Sha1::new();
-        for line in &lines {
-            hasher.update(line.as_bytes());
-        }
-        Ok(crate::checksums::to_hex(&hasher.finalize().into()))
+        Ok(crate::checksums::stamps_of_lines(&mut lines))
     }
 
     /// Calls `visit` with every entry below `below` (a directory) and its

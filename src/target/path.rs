@@ -168,38 +168,18 @@ impl PathTarget {
         else {
             return Ok(None);
         };
-        let mut lines = crate::limits::Lines::new(BufReader::new(file), "the last record");
-        let mut header = Vec::new();
-        for line in lines.by_ref() {
-            let line = String::from_utf8(line?).unwrap_or_default();
-            if line.is_empty() {
-                break;
-            }
-            header.push(line);
-        }
-        let said = |key: &str| -> Option<u64> {
-            header
-                .iter()
-                .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
-        };
-        let intact_header = header.first().map(String::as_str) == Some("ciphersync-record 1")
-            && header.iter().any(|l| *l == format!("snapshot {last}"));
-        let (Some(files_said), Some(bytes_said), true) =
-            (said("files"), said("bytes"), intact_header)
-        else {
+        let Ok(mut record) = crate::snapshots::RecordReader::new(BufReader::new(file)) else {
             return Ok(None);
         };
+        if record.header.snapshot != last || record.header.metadata_in_record {
+            return Ok(None);
+        }
         let scratch = crate::exec::scratch_file(request.scratch_dir, "record")?;
         let mut entries = BufWriter::new(scratch);
         let (mut count, mut bytes) = (0u64, 0u64);
-        for line in lines {
+        for entry in record.by_ref() {
             interrupt::check()?;
-            let line = line?;
-            let Some(entry) = std::str::from_utf8(&line)
-                .ok()
-                .and_then(|l| super::listing::parse_find_line(l).ok())
-                .filter(|e| e.kind != '?')
-            else {
+            let Ok(entry) = entry else {
                 return Ok(None);
             };
             if entry.is_user_file() {
@@ -207,21 +187,14 @@ impl PathTarget {
                 bytes += entry.size;
             }
             entries
-                .write_all(&line)
-                .and_then(|()| entries.write_all(b"\n"))
+                .write_all(entry.record_line().as_bytes())
                 .map_err(|e| Error::io("writing the record", e))?;
         }
-        if (count, bytes) != (files_said, bytes_said) {
+        if (count, bytes) != (record.header.files, record.header.bytes) {
             return Ok(None);
         }
-        let mut entries = entries
-            .into_inner()
-            .map_err(|e| Error::io("writing the record", e.into_error()))?;
-        entries
-            .seek(SeekFrom::Start(0))
-            .map_err(|e| Error::io("writing the record", e))?;
         log::debug(|| format!("record: the entries of {last} copied ({count} files)"));
-        Ok(Some((entries, count, bytes)))
+        Ok(Some((rewound(entries)?, count, bytes)))
     }
 
     fn list_files_for_record(&self, request: &RecordRequest) -> Result<(File, u64, u64)> {
@@ -268,12 +241,18 @@ impl PathTarget {
                 .write_all(link.record_line().as_bytes())
                 .map_err(write_error)?;
         }
-        let mut entries = entries
-            .into_inner()
-            .map_err(|e| write_error(e.into_error()))?;
-        entries.seek(SeekFrom::Start(0)).map_err(write_error)?;
-        Ok((entries, count, bytes))
+        Ok((rewound(entries)?, count, bytes))
     }
+}
+
+/// Record entries written to a scratch file, flushed and read from the start.
+fn rewound(entries: BufWriter<File>) -> Result<File> {
+    let write_error = |e: std::io::Error| Error::io("writing the record", e);
+    let mut entries = entries
+        .into_inner()
+        .map_err(|e| write_error(e.into_error()))?;
+    entries.seek(SeekFrom::Start(0)).map_err(write_error)?;
+    Ok(entries)
 }
 
 impl Target for PathTarget {

@@ -155,15 +155,7 @@ pub fn tree_stamps(ssh: &Ssh, rel: &str) -> Result<String> {
     lister
         .go(&mut session)
         .map_err(|e| session.explain(e, ssh))?;
-    lister
-        .lines
-        .sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-    use sha1::Digest;
-    let mut hasher = sha1::Sha1::new();
-    for line in &lister.lines {
-        hasher.update(line.as_bytes());
-    }
-    Ok(crate::checksums::to_hex(&hasher.finalize().into()))
+    Ok(crate::checksums::stamps_of_lines(&mut lister.lines))
 }
 
 /// Lists a tree with pipelined OPENDIR/READDIR: each open directory has
@@ -183,11 +175,10 @@ impl Lister {
         loop {
             while self.open.len() < MAX_OPEN_DIRS {
                 let Some(dir) = self.dirs.pop() else { break };
-                let mut path = self.base.clone();
-                if !dir.is_empty() {
-                    path.push(b'/');
-                    path.extend_from_slice(dir.as_bytes());
-                }
+                let path = match dir.is_empty() {
+                    true => self.base.clone(),
+                    false => remote_path(&self.base, &dir),
+                };
                 let id = session.request(SSH_FXP_OPENDIR, &[&path], &[]);
                 self.open.insert(id, (dir, None));
             }
@@ -197,10 +188,7 @@ impl Lister {
             }
             let mut packet = session.receive()?;
             let Some((dir, handle)) = self.open.remove(&packet.id) else {
-                return Err(protocol(format!(
-                    "it answered request {}, which was never sent or was answered before",
-                    packet.id
-                )));
+                return Err(unasked(packet.id));
             };
             self.answer(session, dir, handle, &mut packet)?;
         }
@@ -296,6 +284,21 @@ impl Lister {
         }
         Ok(())
     }
+}
+
+/// `rel` below `base` (see `remote_base`), as requests name it.
+pub(super) fn remote_path(base: &[u8], rel: &str) -> Vec<u8> {
+    let mut path = base.to_vec();
+    path.push(b'/');
+    path.extend_from_slice(rel.as_bytes());
+    path
+}
+
+/// An answer to a request id that is not waiting for one.
+pub(super) fn unasked(id: u32) -> Error {
+    protocol(format!(
+        "it answered request {id}, which was never sent or was answered before"
+    ))
 }
 
 /// The directory requests name, as the server resolves it: relative to the
@@ -579,20 +582,10 @@ impl<'e> Fetch<'_, 'e> {
             }
             let packet = session.receive()?;
             let Some((slot, want)) = self.pending.remove(&packet.id) else {
-                return Err(protocol(format!(
-                    "it answered request {}, which was never sent or was answered before",
-                    packet.id
-                )));
+                return Err(unasked(packet.id));
             };
             self.answer(session, slot, want, packet)?;
         }
-    }
-
-    fn remote(&self, entry: &TreeEntry) -> Vec<u8> {
-        let mut path = self.base.clone();
-        path.push(b'/');
-        path.extend_from_slice(entry.path.as_bytes());
-        path
     }
 
     fn label(&self, entry: &TreeEntry) -> String {
@@ -610,7 +603,7 @@ impl<'e> Fetch<'_, 'e> {
             let Some(entry) = self.queue.pop() else {
                 return Ok(());
             };
-            let remote = self.remote(entry);
+            let remote = remote_path(&self.base, &entry.path);
             let index = self.slots.take(Slot {
                 entry,
                 file: None,

@@ -24,6 +24,7 @@ use super::Ssh;
 use super::sftp::{
     ATTR_ACMODTIME, ATTR_PERMISSIONS, CHUNK, MAX_IN_FLIGHT, MAX_OPEN, SSH_FXP_CLOSE,
     SSH_FXP_HANDLE, SSH_FXP_OPEN, SSH_FXP_STATUS, Session, Slots, put_u32, put_u64, remote_base,
+    remote_path,
 };
 use crate::error::Result;
 use crate::progress::Phase;
@@ -68,6 +69,7 @@ pub fn upload_new(ssh: &Ssh, view: &Path, phase: Option<&Phase>) -> Result<Uploa
             slots: Slots::new(),
             pending: HashMap::new(),
             done: Uploaded::default(),
+            chunk: vec![0u8; CHUNK as usize],
         };
         pass.queue.reverse();
         pass.go(&mut session)?;
@@ -124,13 +126,6 @@ fn local_tree(view: &Path) -> Result<LocalTree> {
         }
     }
     Ok(tree)
-}
-
-fn remote_path(base: &[u8], rel: &str) -> Vec<u8> {
-    let mut path = base.to_vec();
-    path.push(b'/');
-    path.extend_from_slice(rel.as_bytes());
-    path
 }
 
 fn perms(mode: u32) -> Vec<u8> {
@@ -195,6 +190,8 @@ struct Pass<'a> {
     /// Request id -> its slot (None: a REMOVE of a temp name nobody waits for).
     pending: HashMap<u32, Option<usize>>,
     done: Uploaded,
+    /// One read of the view, reused for every write.
+    chunk: Vec<u8>,
 }
 
 impl Pass<'_> {
@@ -208,10 +205,7 @@ impl Pass<'_> {
             }
             let packet = session.receive()?;
             let Some(slot) = self.pending.remove(&packet.id) else {
-                return Err(super::sftp::protocol(format!(
-                    "it answered request {}, which was never sent or was answered before",
-                    packet.id
-                )));
+                return Err(super::sftp::unasked(packet.id));
             };
             if let Some(index) = slot {
                 self.answer(session, index, packet)?;
@@ -256,9 +250,8 @@ impl Pass<'_> {
                 if !matches!(slot.step, Step::Writing) {
                     break;
                 }
-                let mut chunk = vec![0u8; CHUNK as usize];
                 let read = match slot.local.as_mut() {
-                    Some(local) => read_full(local, &mut chunk),
+                    Some(local) => read_full(local, &mut self.chunk),
                     None => Ok(0),
                 };
                 let Ok(n) = read else {
@@ -282,7 +275,7 @@ impl Pass<'_> {
                 }
                 let mut tail = Vec::with_capacity(n + 16);
                 put_u64(&mut tail, slot.sent);
-                super::sftp::put_string(&mut tail, &chunk[..n]);
+                super::sftp::put_string(&mut tail, &self.chunk[..n]);
                 let handle = slot.handle.clone();
                 let id = session.request(SSH_FXP_WRITE, &[&handle], &tail);
                 slot.sent += n as u64;

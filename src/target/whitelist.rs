@@ -70,11 +70,7 @@ impl WhitelistTarget {
     /// verify checks it against a sample read back), and each name must
     /// be a plain relative path.
     fn tree_sums(&self, into: File) -> Result<File> {
-        let dir = self.ssh.sftp().path.join(FILES);
-        let command = format!(
-            "ciphersync-server sha1 {}",
-            serve_word(&dir.to_string_lossy())
-        );
+        let command = self.files_query("sha1");
         let mut result = self.ssh.exec(
             self.ssh
                 .command(&command)
@@ -125,17 +121,23 @@ impl WhitelistTarget {
             .map_err(|e| Error::io("writing the remote checksum list", e.into_error()))
     }
 
+    /// `ciphersync-server <query> <path>/files`, the path one word as
+    /// serve parses it.
+    fn files_query(&self, query: &str) -> String {
+        let dir = self.ssh.sftp().path.join(FILES);
+        format!(
+            "ciphersync-server {query} {}",
+            serve_word(&dir.to_string_lossy())
+        )
+    }
+
     /// `ciphersync-server stamps <path>/files`: the stamps of files/ (see
     /// the serve side's `stamps_below`), so that a backup with nothing to
     /// send can tell that nothing touched files/ since its last run, as on
     /// a shell account. None when the server gives no clear answer: the
     /// backup then runs rsync, which is never wrong, only slower.
     fn tree_stamps(&self) -> Option<String> {
-        let dir = self.ssh.sftp().path.join(FILES);
-        let command = format!(
-            "ciphersync-server stamps {}",
-            serve_word(&dir.to_string_lossy())
-        );
+        let command = self.files_query("stamps");
         let mut result = self
             .ssh
             .exec(

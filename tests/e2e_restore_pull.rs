@@ -23,8 +23,7 @@ const BIG_LEN: u64 = 4321;
 /// backup. Returns the job and the ciphertext path of `dir/` on the server.
 fn backed_up(tag: &str) -> (Job, PathBuf) {
     let job = Job::sftp(tag).build();
-    fs::create_dir_all(job.source.join("dir")).unwrap();
-    fs::write(job.source.join("dir/big"), vec![b'b'; BIG_LEN as usize]).unwrap();
+    write_big(&job);
     fs::write(job.source.join("top"), "top\n").unwrap();
     job.init_and_backup();
     let file = job.remote_file_for_len(BIG_LEN);
@@ -35,6 +34,36 @@ fn backed_up(tag: &str) -> (Job, PathBuf) {
         "dir/big is not in a subdirectory of files/"
     );
     (job, dir)
+}
+
+/// `dir/big`, BIG_LEN bytes: its ciphertext is the one file of its size.
+fn write_big(job: &Job) {
+    fs::create_dir_all(job.source.join("dir")).unwrap();
+    fs::write(job.source.join("dir/big"), vec![b'b'; BIG_LEN as usize]).unwrap();
+}
+
+/// No `restore-<id>` stage is left in the state dir after a restore.
+fn assert_no_stage_left(job: &Job) {
+    let left: Vec<String> = fs::read_dir(&job.state_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("restore-"))
+        .collect();
+    assert!(left.is_empty(), "stage left in the state dir: {left:?}");
+}
+
+/// A whole restore into `out` fails, its error saying `says`, and nothing
+/// reaches --to.
+fn assert_restore_refused(job: &Job, says: &str) {
+    let to = job.root.join("out");
+    let o = job.run(&["restore", "--to", to.to_str().unwrap()]);
+    assert_ne!(o.code, 0, "a swapped file restored:\n{}", o.dump());
+    assert!(
+        o.stderr.contains(says),
+        "the error should name the swapped entry:\n{}",
+        o.dump()
+    );
+    assert_eq!(entries_under(&to), 0, "something was restored into --to");
 }
 
 /// A local directory with one file, and its file's (mtime, size, content).
@@ -64,12 +93,7 @@ fn a_full_restore_pulls_and_equals_the_source() {
     let stats = &job.stage("restore")["stats"];
     assert_eq!(stats["read_via"], "rsync", "{stats}");
     // The stage is gone afterwards: only the job's own state files remain.
-    let left: Vec<String> = fs::read_dir(&job.state_dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("restore-"))
-        .collect();
-    assert!(left.is_empty(), "stage left in the state dir: {left:?}");
+    assert_no_stage_left(&job);
 
     // One path of the latest state is read through sshfs (its encrypted
     // name is only known once the mount decrypts the tree).
@@ -92,20 +116,12 @@ fn a_file_swapped_for_a_symlink_is_refused_by_a_pull() {
     fs::remove_file(&file).unwrap();
     std::os::unix::fs::symlink(victim.join("keep"), &file).unwrap();
 
-    let to = job.root.join("out");
-    let o = job.run(&["restore", "--to", to.to_str().unwrap()]);
-    assert_ne!(o.code, 0, "a swapped file restored:\n{}", o.dump());
-    assert!(
-        o.stderr.contains("is a symlink, its record says a file"),
-        "the error should name the swapped entry:\n{}",
-        o.dump()
-    );
+    assert_restore_refused(&job, "is a symlink, its record says a file");
     assert_eq!(
         fingerprint(&victim.join("keep")),
         before,
         "the local file changed"
     );
-    assert_eq!(entries_under(&to), 0, "something was restored into --to");
     job.assert_clean();
 }
 
@@ -220,12 +236,7 @@ fn an_sftp_only_account_is_fetched_over_sftp_and_equals_the_source() {
         fs::metadata(job.source.join("big")).unwrap().mtime(),
         "the restored file lost its mtime"
     );
-    let left: Vec<String> = fs::read_dir(&job.state_dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("restore-"))
-        .collect();
-    assert!(left.is_empty(), "stage left in the state dir: {left:?}");
+    assert_no_stage_left(&job);
     fs::set_permissions(
         job.source.join("ro"),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
@@ -243,22 +254,12 @@ fn a_file_swapped_for_a_symlink_is_refused_over_sftp() {
         return;
     }
     let job = Job::sftp("sftp-file-link").build_on(ServerKind::ChrootSftp);
-    fs::create_dir_all(job.source.join("dir")).unwrap();
-    fs::write(job.source.join("dir/big"), vec![b'b'; BIG_LEN as usize]).unwrap();
+    write_big(&job);
     job.init_and_backup();
     let file = job.remote_file_for_len(BIG_LEN);
     fs::remove_file(&file).unwrap();
     std::os::unix::fs::symlink("gocryptfs.diriv", &file).unwrap();
 
-    let to = job.root.join("out");
-    let o = job.run(&["restore", "--to", to.to_str().unwrap()]);
-    assert_ne!(o.code, 0, "a swapped file restored:\n{}", o.dump());
-    assert!(
-        o.stderr
-            .contains("is not a file on the server, its record says a file"),
-        "the error should name the swapped entry:\n{}",
-        o.dump()
-    );
-    assert_eq!(entries_under(&to), 0, "something was restored into --to");
+    assert_restore_refused(&job, "is not a file on the server, its record says a file");
     job.assert_clean();
 }

@@ -45,6 +45,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 sys.path.insert(0, BENCH)
 import gen  # noqa: E402  (bench/gen.py: the data sets' size model)
+from bench import free_port, sh  # noqa: E402  (bench/bench.py's helpers)
 
 CG_BASE = "/sys/fs/cgroup/cpuacct"
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
@@ -54,10 +55,6 @@ SCAN_S = 0.1
 
 def log(msg):
     print("[fleet %s] %s" % (time.strftime("%H:%M:%S"), msg), file=sys.stderr, flush=True)
-
-
-def sh(argv, **kw):
-    return subprocess.run(argv, check=True, **kw)
 
 
 class Cgroup:
@@ -192,15 +189,6 @@ class Attributor(threading.Thread):
         while not self.stop.is_set():
             self.scan()
             self.stop.wait(SCAN_S)
-
-
-def free_port():
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def wait_port(port, limit=60):

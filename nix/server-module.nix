@@ -2,20 +2,26 @@
 #
 # Per account <name>: a system user <name> in its own group <name> (sealing
 # hands sealed runs to root with the account's group, so the group must be
-# the account's alone), the account dir <dataDir>/<name>, and a `Match User`
-# block whose ForceCommand is `ciphersync serve --root <dataDir>/<name>`.
-# An appendOnly account also gets ciphersync-server-seal-<name>.service
-# (root runs `serve --seal`), started at boot, by a timer and whenever a
-# record lands in records/ (a path unit).
+# the account's alone), and a `Match User` block that locks its logins into
+# <dataDir>/<name> (ChrootDirectory) and runs nothing but
+# `ciphersync serve --root /data` (ForceCommand). Inside the chroot:
 #
-# No ChrootDirectory: a chroot would need the ciphersync binary, rsync,
-# sftp-server, a shell and their store closure inside every account dir,
-# and root-owned path components that an append-only account's sealed
-# layout does not have. serve confines every rsync and query path to the
-# root itself (openat with O_NOFOLLOW); sftp-server starts in the root and
-# can reach what the account user can read elsewhere (world-readable system
-# files, never another account's dir: those are 0700 or 1770 with the
-# account's own group). See the README's storage-server section.
+#   data/       the account's dir (<dataDir>/<name>/data on the host), the
+#               client's target.path "/data"
+#   nix/store   a read-only bind mount of the host's store: serve, rsync,
+#               sftp-server, the account's shell and their libraries
+#   dev/null    sftp-server opens it at start
+#   etc/passwd, etc/group
+#               the account's own lines only (sftp-server refuses to start
+#               for a uid it cannot name); written at boot by
+#               ciphersync-server-chroots.service, since NixOS picks a
+#               system user's uid at activation
+#
+# OpenSSH requires the chroot and every directory above it to be root's
+# and writable by nobody else; the account writes only below data/.
+# An appendOnly account also gets ciphersync-server-seal-<name>.service
+# (root runs `serve --seal` on the data dir), started at boot, by a timer
+# and whenever a record lands in records/ (a path unit).
 {
   config,
   lib,
@@ -25,7 +31,11 @@
   cfg = config.services.ciphersync.server;
   jobLib = import ./job-options.nix {inherit lib;};
 
-  rootOf = name: "${cfg.dataDir}/${name}";
+  # The account's chroot (root's), and its dir below it as the host sees
+  # it; inside the chroot the dir is `insideRoot`.
+  chrootOf = name: "${cfg.dataDir}/${name}";
+  rootOf = name: "${chrootOf name}/data";
+  insideRoot = "/data";
   sealUnit = name: "ciphersync-server-seal-${name}";
 
   # The account's ForceCommand (sshd passes it to the account's shell,
@@ -35,27 +45,27 @@
       "${cfg.package}/bin/ciphersync"
       "serve"
       "--root"
-      (rootOf name)
+      insideRoot
       "--sftp-server"
       cfg.sftpServer
       "--rsync"
       "${pkgs.rsync}/bin/rsync"
     ]
     ++ lib.optionals (account.quota != null) ["--quota" account.quota];
-  # sshd runs a ForceCommand as `SHELL -c COMMAND`, and refuses a login
-  # whose shell is not executable (nologin would print its refusal instead
-  # of serving). The account's shell is therefore this script: it takes no
-  # input from the client (sshd hands the request over in
-  # SSH_ORIGINAL_COMMAND) and can only become `ciphersync serve` for this
-  # account, whatever it is asked to run. A shell package (with
-  # shellPath): users-groups.nix passes every user's shell through
-  # utils.toShellPath, which refuses a plain script or store path ("is not
-  # a shell package") and gives /run/current-system/sw/bin/<name>.
-  shellOf = name: account:
+  # sshd runs a ForceCommand as `SHELL -c COMMAND` inside the chroot, and
+  # nologin would print its refusal instead of serving. The account's
+  # shell is therefore this script: it takes no input from the client
+  # (sshd hands the request over in SSH_ORIGINAL_COMMAND) and can only
+  # become `ciphersync serve` for this account, whatever it is asked to
+  # run. Given to users.users as the script's store path (which the chroot
+  # sees through its /nix/store), not as a shell package: NixOS would
+  # name a package by /run/current-system/sw/bin/..., which is not in the
+  # chroot.
+  shellScriptOf = name: account:
     pkgs.writeShellScriptBin "ciphersync-serve-${name}" ''
       exec ${lib.escapeShellArgs (serveArgs name account)}
-    ''
-    // {shellPath = "/bin/ciphersync-serve-${name}";};
+    '';
+  shellOf = name: account: "${shellScriptOf name account}/bin/ciphersync-serve-${name}";
 
   sealArgs = name: account:
     [
@@ -77,6 +87,7 @@
 
   matchBlock = name: account: ''
     Match User ${name}
+      ChrootDirectory ${chrootOf name}
       ForceCommand ${lib.escapeShellArgs (serveArgs name account)}
       AuthorizedKeysFile /etc/ssh/authorized_keys.d/%u
       AllowAgentForwarding no
@@ -167,13 +178,23 @@ in {
       # No blanks: the path goes into tmpfiles lines and sshd_config.
       type = lib.types.strMatching "/[A-Za-z0-9._+/-]*[A-Za-z0-9._+-]";
       default = "/var/lib/ciphersync-server";
-      description = "Where the accounts' directories are: one per account, `<dataDir>/<name>`, the account's `target.path`.";
+      description = ''
+        Where the accounts live: per account the chroot `<dataDir>/<name>`
+        (root's) and the account's dir `<dataDir>/<name>/data`, which the
+        client sees as `/data` (its `target.path`).
+      '';
     };
     sftpServer = lib.mkOption {
       type = lib.types.str;
       default = "${config.services.openssh.package}/libexec/sftp-server";
       defaultText = lib.literalExpression "\"\${config.services.openssh.package}/libexec/sftp-server\"";
       description = "The sftp-server that serve runs for the SFTP subsystem (started in the account's dir).";
+    };
+    accountShells = lib.mkOption {
+      type = lib.types.attrsOf lib.types.package;
+      internal = true;
+      readOnly = true;
+      description = "Each account's shell script (users.users.<name>.shell is its bin/ciphersync-serve-<name>), for the renderings the tests check.";
     };
     accounts = lib.mkOption {
       type = lib.types.attrsOf (lib.types.submodule accountOptions);
@@ -188,9 +209,10 @@ in {
         }
       '';
       description = ''
-        One storage account per client: a system user of that name with no
-        login shell, its dir below dataDir, and an sshd `Match User` block
-        that lets it run `ciphersync serve` only. A client job points at it
+        One storage account per client: a system user of that name whose
+        shell can only run `ciphersync serve`, its chroot and dir below
+        dataDir, and an sshd `Match User` block that locks it into the
+        chroot and lets it run `ciphersync serve` only. A client job points at it
         with `target.sftp = { user = "<name>"; path = "<dataDir>/<name>";
         transport = "rsync"; }`.
       '';
@@ -222,6 +244,8 @@ in {
         ])
         accounts);
 
+    services.ciphersync.server.accountShells = lib.mapAttrs shellScriptOf accounts;
+
     services.openssh.enable = lib.mkDefault true;
     # `Match all` ends the blocks: whatever another module appends to
     # extraConfig after them applies to every user again.
@@ -243,20 +267,73 @@ in {
       accounts;
     users.groups = lib.mapAttrs (_: _: {}) accounts;
 
-    # The data dir is root's; an account dir is the account's (0700), or,
-    # append-only, root's with the account's group and the sticky bit
-    # (1770), the layout `serve --seal` keeps.
+    # The data dir and each chroot are root's and 0755 (sshd's rule for
+    # every component of a ChrootDirectory); an account dir is the
+    # account's (0700), or, append-only, root's with the account's group
+    # and the sticky bit (1770), the layout `serve --seal` keeps.
     systemd.tmpfiles.rules =
       ["d ${cfg.dataDir} 0755 root root -"]
-      ++ lib.mapAttrsToList (
-        name: a:
-          if a.appendOnly
-          then "d ${rootOf name} 1770 root ${name} -"
-          else "d ${rootOf name} 0700 ${name} ${name} -"
-      )
-      accounts;
+      ++ lib.concatLists (lib.mapAttrsToList (
+          name: a: [
+            "d ${chrootOf name} 0755 root root -"
+            "d ${chrootOf name}/dev 0755 root root -"
+            "c ${chrootOf name}/dev/null 0666 root root - 1:3"
+            "d ${chrootOf name}/etc 0755 root root -"
+            (
+              if a.appendOnly
+              then "d ${rootOf name} 1770 root ${name} -"
+              else "d ${rootOf name} 0700 ${name} ${name} -"
+            )
+          ]
+        )
+        accounts);
 
-    systemd.services = lib.mapAttrs' (name: a:
+    # The store, read-only, in every chroot: the account's shell, serve,
+    # rsync and sftp-server run from it. It shows the account store paths
+    # it could read on the host anyway, and nothing it could write.
+    fileSystems = lib.mapAttrs' (name: _:
+      lib.nameValuePair "${chrootOf name}/nix/store" {
+        device = "/nix/store";
+        fsType = "none";
+        options = ["bind" "ro"];
+      })
+    accounts;
+
+    systemd.services =
+      lib.optionalAttrs (accounts != {}) {
+        ciphersync-server-chroots = {
+          description = "Name the ciphersync storage accounts inside their chroots";
+          wantedBy = ["multi-user.target"];
+          # Before the first login: sftp-server will not start for an
+          # account it cannot name.
+          before = ["sshd.service"];
+          after = ["systemd-tmpfiles-setup.service"];
+          serviceConfig = {
+            Type = "oneshot";
+            RemainAfterExit = true;
+            ExecStart = lib.mapAttrsToList (name: _:
+              jobLib.escapeSystemdExecArgs [
+                "${cfg.package}/bin/ciphersync"
+                "serve"
+                "--chroot"
+                (chrootOf name)
+                "--account"
+                name
+              ])
+            accounts;
+            # Root writes each chroot's etc/ and nothing else.
+            ReadWritePaths = lib.mapAttrsToList (name: _: "${chrootOf name}/etc") accounts;
+            ProtectSystem = "strict";
+            ProtectHome = true;
+            PrivateTmp = true;
+            PrivateNetwork = true;
+            NoNewPrivileges = true;
+            # Root owns what it writes: no capability needed.
+            CapabilityBoundingSet = "";
+          };
+        };
+      }
+      // lib.mapAttrs' (name: a:
       lib.nameValuePair (sealUnit name) {
         description = "Seal the finished ciphersync runs of account ${name}";
         wantedBy = ["multi-user.target"];

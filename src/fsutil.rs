@@ -283,6 +283,15 @@ impl AtomicFile {
         self.dir.path.join(&self.name)
     }
 
+    /// The mode the file will have (created 0600).
+    pub fn set_mode(&self, mode: u32) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let out = self.out.as_ref().expect("not committed");
+        out.get_ref()
+            .set_permissions(std::fs::Permissions::from_mode(mode))
+            .ctx(|| format!("setting the mode of {}", self.path().display()))
+    }
+
     pub fn commit(mut self) -> Result<()> {
         let out = self.out.take().expect("an uncommitted file has its writer");
         let file = out

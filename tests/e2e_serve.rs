@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 fn require(test: &str) -> bool {
@@ -906,4 +906,142 @@ fn entries_inserted_behind_sealed_history_are_refused() {
     ]);
     assert_trees_equal(&as_of_first, &to);
     job.assert_clean();
+}
+
+/// The server module's account: `ChrootDirectory` with serve as its
+/// ForceCommand (the chroot as ciphersync-server-chroots.service and
+/// tmpfiles leave it). The session sees the chroot only, and a whole job
+/// (rsync transport, SFTP listings, sealed history) works through it.
+#[test]
+fn a_chrooted_account_serves_its_dir_and_nothing_else() {
+    if !require("serve_chroot") {
+        return;
+    }
+    let job = serve_job_chrooted("serve-chroot", "rsync", true);
+    let acct = &job.account;
+    let chroot = acct.chroot.clone().expect("a chrooted account");
+
+    // serve --chroot named the account and nobody else, read-only.
+    let passwd = fs::read_to_string(chroot.join("etc/passwd")).unwrap();
+    assert_eq!(
+        passwd,
+        format!("{SERVE_USER}:x:{}:{}::/:/nonexistent\n", acct.uid, acct.gid)
+    );
+    for name in ["passwd", "group"] {
+        let meta = fs::symlink_metadata(chroot.join("etc").join(name)).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o444), "etc/{name}");
+    }
+
+    // The session lives in the chroot: serve answers, SFTP lists only the
+    // chroot and reads the chroot's passwd, never the host's files.
+    let o = acct.ssh("ciphersync-server info");
+    o.expect_code(0, "ciphersync-server info in the chroot");
+    assert!(o.stdout.contains("append-only yes"), "{}", o.dump());
+    assert_refused(
+        &acct.ssh("sha1sum /etc/passwd"),
+        "sha1sum of the chroot's passwd",
+        "outside this account's directory",
+    );
+    let o = acct.sftp_batch("ls -1 /\n");
+    o.expect_code(0, "sftp ls / in the chroot");
+    let listed: Vec<&str> = o
+        .stdout
+        .lines()
+        .filter(|l| !l.starts_with("sftp>"))
+        .collect();
+    assert!(listed.iter().any(|l| l.trim() == "/data"), "{}", o.dump());
+    for host_only in ["/root", "/home", "/var", "/tmp", "/proc"] {
+        assert!(
+            !listed.iter().any(|l| l.trim() == host_only),
+            "{host_only} in the chroot:\n{}",
+            o.dump()
+        );
+    }
+    let got = job.root.join("got-passwd");
+    acct.sftp_batch(&format!("get /etc/passwd {}\n", got.display()))
+        .expect_code(0, "sftp get /etc/passwd");
+    assert_eq!(
+        fs::read_to_string(&got).unwrap(),
+        passwd,
+        "the host's passwd reached the account"
+    );
+    let shadow = job.root.join("got-shadow");
+    let o = acct.sftp_batch(&format!("get /etc/shadow {}\n", shadow.display()));
+    assert!(
+        o.code != 0 && !shadow.exists(),
+        "the host's shadow reached the account:\n{}",
+        o.dump()
+    );
+
+    // A whole job: backup, seal, a second backup, verify, restores.
+    make_features_tree(&job.source);
+    job.ok(&["init"]);
+    let first = job.backup_ok()["snapshot"].as_str().unwrap().to_string();
+    let as_of_first = job.root.join("as-of-first");
+    copy_tree(&job.source, &as_of_first);
+    acct.seal(&[]).expect_code(0, "seal after the first run");
+    let record = acct.root.join(format!("records/{first}.rec"));
+    let meta = fs::symlink_metadata(&record).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.mode() & 0o7777),
+        (0, 0o440),
+        "sealed record"
+    );
+    let o = acct.sftp_batch(&format!("rm {}/records/{first}.rec\n", acct.remote_root));
+    assert_ne!(
+        o.code,
+        0,
+        "the account removed a sealed record:\n{}",
+        o.dump()
+    );
+    assert!(record.exists());
+    change_features_tree(&job.source);
+    job.backup_ok();
+    job.verify_ok(false);
+    job.verify_ok(true);
+    job.restore_and_compare("restored-latest");
+    assert_eq!(job.stage("restore")["stats"]["read_via"], "rsync");
+    let to = restore_snapshot(&job, &first, "restored-first");
+    assert_trees_equal(&as_of_first, &to);
+    job.assert_clean();
+}
+
+/// `serve --chroot` writes nowhere sshd would refuse as a chroot: a
+/// chroot another user could write to is named as the problem.
+#[test]
+fn serve_chroot_refuses_a_chroot_others_can_write() {
+    if !require("serve_chroot_refuses") {
+        return;
+    }
+    ensure_system_user(SERVE_USER, "/bin/sh");
+    let (chroot, _guard) = chroot_dir("bad-chroot");
+    fs::create_dir(chroot.join("etc")).unwrap();
+    fs::set_permissions(&chroot, fs::Permissions::from_mode(0o775)).unwrap();
+    let mut c = std::process::Command::new(bin());
+    c.args(["serve", "--chroot"])
+        .arg(&chroot)
+        .args(["--account", SERVE_USER]);
+    let o = run_cmd(c);
+    assert!(
+        o.code != 0
+            && o.stderr.contains(&format!(
+                "{} must be a directory owned by root",
+                chroot.display()
+            )),
+        "{}",
+        o.dump()
+    );
+    assert!(!chroot.join("etc/passwd").exists());
+    // Made right, it names the account.
+    fs::set_permissions(&chroot, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut c = std::process::Command::new(bin());
+    c.args(["serve", "--chroot"])
+        .arg(&chroot)
+        .args(["--account", SERVE_USER]);
+    run_cmd(c).expect_code(0, "serve --chroot on a root-only chroot");
+    assert!(
+        fs::read_to_string(chroot.join("etc/passwd"))
+            .unwrap()
+            .starts_with(&format!("{SERVE_USER}:x:"))
+    );
 }

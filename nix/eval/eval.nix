@@ -278,13 +278,14 @@
   # the sshd_config text it adds (and each account's shell script).
   serverShape = name: sample: let
     config = checkAssertions name (evalServer [sample]).config;
-    users = lib.mapAttrs (_: u:
+    # An account's shell is a file in its script's store path; the text
+    # comes from the script (the module's accountShells).
+    users = lib.mapAttrs (user: u:
       clean u
       // {
         shell = {
           path = toString u.shell;
-          inherit (u.shell) text;
-          shellPath = u.shell.shellPath or null;
+          inherit (config.services.ciphersync.server.accountShells.${user}) text;
         };
       })
     config.users.users;
@@ -295,6 +296,7 @@
     inherit users;
     groups = lib.mapAttrs (_: clean) config.users.groups;
     tmpfiles = config.systemd.tmpfiles.rules;
+    fileSystems = lib.mapAttrs (_: clean) config.fileSystems;
     sshd = {
       inherit (config.services.openssh) enable extraConfig;
     };

@@ -23,8 +23,10 @@
 //! out of it.
 //!
 //! With `--seal` (run by root, from a timer) it seals finished runs of an
-//! append-only account instead (seal.rs).
+//! append-only account instead (seal.rs); with `--chroot` (root, at boot)
+//! it names the account inside its chroot (chroot.rs).
 
+mod chroot;
 mod inserted;
 mod quota;
 mod request;
@@ -52,8 +54,8 @@ pub const DEFAULT_SFTP_SERVER: &str = "/usr/lib/openssh/sftp-server";
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
     /// The account's directory: everything the client reaches lies below it.
-    #[arg(long, value_name = "DIR")]
-    pub root: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "chroot")]
+    pub root: Option<PathBuf>,
     /// The sftp-server binary to run for the SFTP subsystem.
     #[arg(long = "sftp-server", value_name = "PATH", default_value = DEFAULT_SFTP_SERVER)]
     pub sftp_server: PathBuf,
@@ -72,7 +74,14 @@ pub struct ServeArgs {
     /// sealed one.
     #[arg(long, requires = "account")]
     pub seal: bool,
-    /// The account whose runs --seal seals (its user name).
+    /// As root, at boot: write DIR/etc/passwd and DIR/etc/group holding
+    /// the --account's lines only. sftp-server, started inside the
+    /// account's chroot DIR, will not run for a uid it cannot name. DIR and
+    /// DIR/etc must be root's and writable by no one else.
+    #[arg(long, value_name = "DIR", requires = "account", conflicts_with_all = ["seal", "root"])]
+    pub chroot: Option<PathBuf>,
+    /// The account whose runs --seal seals, or whom --chroot names (its
+    /// user name).
     #[arg(long, value_name = "USER")]
     pub account: Option<String>,
     /// With --seal: keep the newest N sealed runs (and every run within
@@ -89,9 +98,22 @@ pub struct ServeArgs {
     pub settle: Option<u32>,
 }
 
+impl ServeArgs {
+    /// `--root` (clap requires it unless `--chroot` is given).
+    pub fn root(&self) -> &std::path::Path {
+        self.root
+            .as_deref()
+            .expect("clap requires --root without --chroot")
+    }
+}
+
 /// Runs `serve` (or `serve --seal`); returns the exit code, or never
 /// returns when it hands the connection to sftp-server or rsync.
 pub fn main(args: &ServeArgs) -> Result<i32> {
+    if let Some(dir) = &args.chroot {
+        chroot::name_account(dir, args.account.as_deref().unwrap_or_default())?;
+        return Ok(0);
+    }
     if args.seal {
         let report = match args.settle {
             Some(s) => settle::seal_until_quiet(args, std::time::Duration::from_secs(s.into()))?,
@@ -100,7 +122,7 @@ pub fn main(args: &ServeArgs) -> Result<i32> {
         println!("{}", report.line());
         return Ok(0);
     }
-    let root = Root::open(&args.root)?;
+    let root = Root::open(args.root())?;
     let command = match std::env::var("SSH_ORIGINAL_COMMAND") {
         Ok(c) => Some(c),
         Err(std::env::VarError::NotPresent) => None,

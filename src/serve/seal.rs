@@ -168,7 +168,7 @@ pub fn seal(args: &ServeArgs) -> Result<SealReport> {
         uid: user.uid,
         gid: user.gid,
     };
-    let root = Root::open(&args.root)?;
+    let root = Root::open(args.root())?;
     let retention = Retention {
         keep_last: args.keep_last,
         keep_days: args.keep_days,

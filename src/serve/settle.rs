@@ -34,7 +34,7 @@ pub fn seal_until_quiet(args: &ServeArgs, settle: Duration) -> Result<SealReport
     let landed =
         AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE;
     inotify
-        .add_watch(&args.root.join(RECORDS), landed)
+        .add_watch(&args.root().join(RECORDS), landed)
         .map_err(|e| errno("watching records/", e))?;
     report.absorb(seal(args)?);
     let mut quiet_since = Instant::now();

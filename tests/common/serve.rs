@@ -10,6 +10,38 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The chroot the server module declares, on Debian: root's dirs, the
+/// host's /usr read-only with the merged-/usr links (the module binds
+/// /nix/store), /dev/null, etc/ named by `serve --chroot` as the module's
+/// ciphersync-server-chroots.service does, and the test's tools at /srv.
+/// Returns the bind mounts sshd makes for itself.
+fn chroot_layout(chroot: &Path, tools: &Path, binary: &Path) -> Vec<BindMount> {
+    for dir in ["dev", "etc", "usr", "srv"] {
+        make_dir(&chroot.join(dir), 0o755, None);
+    }
+    fs::write(chroot.join("dev/null"), b"").unwrap();
+    for link in ["bin", "lib", "lib64", "sbin"] {
+        if Path::new("/").join(link).exists() {
+            std::os::unix::fs::symlink(format!("usr/{link}"), chroot.join(link)).unwrap();
+        }
+    }
+    let mut c = Command::new(binary);
+    c.args(["serve", "--chroot"])
+        .arg(chroot)
+        .args(["--account", SERVE_USER]);
+    run_cmd(c).expect_code(0, "serve --chroot (naming the account in its chroot)");
+    let bind = |from: &Path, to: &str, read_only: bool| BindMount {
+        from: from.to_path_buf(),
+        to: chroot.join(to),
+        read_only,
+    };
+    vec![
+        bind(Path::new("/usr"), "usr", true),
+        bind(Path::new("/dev/null"), "dev/null", false),
+        bind(tools, "srv", false),
+    ]
+}
+
 /// The account's user: shell /bin/sh (sshd runs a ForceCommand through
 /// it; nothing else ever reaches that shell).
 pub const SERVE_USER: &str = "ciphersync-srv";
@@ -17,8 +49,12 @@ pub const SERVE_USER: &str = "ciphersync-srv";
 /// A running sshd with the serve account and what a job needs to reach it.
 pub struct ServeAccount {
     pub sshd: Sshd,
-    /// target.path: the account's root (`serve --root`).
+    /// The account's root (`serve --root`) on the host.
     pub root: PathBuf,
+    /// target.path: the root as the account sees it (`/data` in a chroot).
+    pub remote_root: String,
+    /// The account's chroot on the host, when it has one.
+    pub chroot: Option<PathBuf>,
     /// The copy of ciphersync the account runs (the build dir may be closed
     /// to it).
     pub binary: PathBuf,
@@ -28,6 +64,8 @@ pub struct ServeAccount {
     /// request, one line each, written by the ForceCommand's wrapper
     /// before it execs serve (see [`ServeAccount::requests`]).
     pub request_log: PathBuf,
+    /// Removes the chroot (after sshd, declared before it, has stopped).
+    _chroot_guard: Option<RemoveOnDrop>,
 }
 
 impl ServeAccount {
@@ -40,55 +78,105 @@ impl ServeAccount {
     /// [`ServeAccount::start`] with more `serve` options in the
     /// ForceCommand (`serve_args`, shell words, e.g. `--quota 4M`).
     pub fn start_with(base: &Path, append_only: bool, serve_args: &str) -> ServeAccount {
+        ServeAccount::start_setup(base, append_only, serve_args, false)
+    }
+
+    /// An account locked into a chroot as the server module declares it
+    /// (`ChrootDirectory`): the chroot below /run, the account's dir
+    /// `/data` in it, the host's /usr (read-only) and /dev/null bound in
+    /// for sshd alone, etc/ written by `serve --chroot`.
+    pub fn start_chrooted(base: &Path, append_only: bool) -> ServeAccount {
+        ServeAccount::start_setup(base, append_only, "", true)
+    }
+
+    fn start_setup(
+        base: &Path,
+        append_only: bool,
+        serve_args: &str,
+        chrooted: bool,
+    ) -> ServeAccount {
         let (uid, gid) = ensure_system_user(SERVE_USER, "/bin/sh");
-        let home = base.join("serve-home");
-        fs::create_dir_all(&home).unwrap();
-        fs::set_permissions(&home, fs::Permissions::from_mode(0o755)).unwrap();
-        let root = home.join("backup");
-        fs::create_dir_all(&root).unwrap();
-        std::os::unix::fs::chown(&root, Some(uid), Some(gid)).unwrap();
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
-        let binary = base.join("ciphersync-serve");
+        // The tools: a copy of ciphersync (the build dir may be closed to
+        // the account), the ForceCommand's wrapper and its request log,
+        // in one dir a chroot sees as /srv.
+        let tools = base.join("serve-bin");
+        make_dir(&tools, 0o755, None);
+        let binary = tools.join("ciphersync-serve");
         fs::copy(bin(), &binary).expect("copy the ciphersync binary");
         fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).unwrap();
-        // The ForceCommand: a wrapper that notes the request's first two
-        // words (the test reads what the server was asked), then serve.
-        let request_log = base.join("serve-requests.log");
+        let request_log = tools.join("serve-requests.log");
         fs::write(&request_log, b"").unwrap();
         std::os::unix::fs::chown(&request_log, Some(uid), Some(gid)).unwrap();
-        let wrapper = base.join("serve-wrapper.sh");
+        let (root, layout) = if chrooted {
+            let (chroot, guard) = chroot_dir("serve-chroot");
+            let root = chroot.join("data");
+            make_dir(&root, 0o755, Some((uid, gid)));
+            let mounts = chroot_layout(&chroot, &tools, &binary);
+            (root, Some((chroot, guard, mounts)))
+        } else {
+            let home = base.join("serve-home");
+            make_dir(&home, 0o755, None);
+            let root = home.join("backup");
+            make_dir(&root, 0o755, Some((uid, gid)));
+            (root, None)
+        };
+        // Paths as the account's sshd session sees them.
+        let seen = |host: &Path| -> String {
+            match &layout {
+                Some(_) => format!("/srv/{}", host.file_name().unwrap().to_string_lossy()),
+                None => host.display().to_string(),
+            }
+        };
+        let remote_root = match &layout {
+            Some(_) => "/data".to_string(),
+            None => root.display().to_string(),
+        };
+        // The ForceCommand: a wrapper that notes the request's first two
+        // words (the test reads what the server was asked), then serve.
+        let wrapper = tools.join("serve-wrapper.sh");
         fs::write(
             &wrapper,
             format!(
                 "#!/bin/sh\nset -f\n# shellcheck disable=SC2086\nset -- $SSH_ORIGINAL_COMMAND\n\
                  printf '%s %s\\n' \"${{1:-}}\" \"${{2:-}}\" >>{}\n\
-                 exec {} serve --root {} --sftp-server {SFTP_SERVER} {serve_args}\n",
-                request_log.display(),
-                binary.display(),
-                root.display()
+                 exec {} serve --root {remote_root} --sftp-server {SFTP_SERVER} {serve_args}\n",
+                seen(&request_log),
+                seen(&binary),
             ),
         )
         .unwrap();
         fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+        let chroot_line = match &layout {
+            Some((chroot, _, _)) => format!("  ChrootDirectory {}\n", chroot.display()),
+            None => String::new(),
+        };
         let extra = format!(
-            "Match User {SERVE_USER}\n  ForceCommand {}\n  \
+            "Match User {SERVE_USER}\n{chroot_line}  ForceCommand {}\n  \
              AllowTcpForwarding no\n  X11Forwarding no\n  PermitTTY no\n",
-            wrapper.display()
+            seen(&wrapper)
         );
+        let (chroot, chroot_guard, mounts) = match layout {
+            Some((c, g, m)) => (Some(c), Some(g), m),
+            None => (None, None, Vec::new()),
+        };
         let sshd = Sshd::start_with(
             base,
             &SshdSetup {
                 subsystem: SFTP_SERVER,
                 extra_config: &extra,
+                bind_mounts: &mounts,
             },
         );
         let account = ServeAccount {
             sshd,
             root,
+            remote_root,
+            chroot,
             binary,
             uid,
             gid,
             request_log,
+            _chroot_guard: chroot_guard,
         };
         if append_only {
             account
@@ -122,7 +210,7 @@ impl ServeAccount {
             "host": "127.0.0.1",
             "port": self.sshd.port,
             "user": SERVE_USER,
-            "path": self.root,
+            "path": self.remote_root,
             "identity_file": self.sshd.client_key,
             "known_hosts_file": self.sshd.known_hosts,
             "transport": transport,
@@ -198,6 +286,25 @@ pub fn serve_job_with(
     extra: Value,
     serve_args: &str,
 ) -> ServeJob {
+    serve_job_on(tag, transport, extra, |base| {
+        ServeAccount::start_with(base, append_only, serve_args)
+    })
+}
+
+/// [`serve_job`] on an account locked into a chroot
+/// ([`ServeAccount::start_chrooted`]).
+pub fn serve_job_chrooted(tag: &str, transport: &str, append_only: bool) -> ServeJob {
+    serve_job_on(tag, transport, json!({}), |base| {
+        ServeAccount::start_chrooted(base, append_only)
+    })
+}
+
+fn serve_job_on(
+    tag: &str,
+    transport: &str,
+    extra: Value,
+    start: impl FnOnce(&Path) -> ServeAccount,
+) -> ServeJob {
     let tmp = TempDir::new(tag);
     let root = tmp.path().to_path_buf();
     let source = root.join("src");
@@ -214,7 +321,7 @@ pub fn serve_job_with(
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
-    let account = ServeAccount::start_with(&root, append_only, serve_args);
+    let account = start(&root);
     let mut config = json!({
         "version": 1,
         "name": name,

@@ -99,7 +99,7 @@ enum Process {
 }
 
 /// Removes a directory (outside any [`TempDir`]) on drop.
-struct RemoveOnDrop(PathBuf);
+pub struct RemoveOnDrop(pub PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
@@ -300,7 +300,7 @@ getent passwd "$u" >/dev/null || useradd --system --no-create-home --home-dir / 
 }
 
 /// `mkdir` with exactly `mode`, owned by `owner` (uid, gid) when given.
-fn make_dir(path: &Path, mode: u32, owner: Option<(u32, u32)>) {
+pub fn make_dir(path: &Path, mode: u32, owner: Option<(u32, u32)>) {
     fs::create_dir_all(path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
     if let Some((uid, gid)) = owner {
@@ -309,14 +309,20 @@ fn make_dir(path: &Path, mode: u32, owner: Option<(u32, u32)>) {
     }
 }
 
-fn start_chroot(base: &Path) -> Server {
-    let owner = ensure_system_user(CHROOT_USER, "/usr/sbin/nologin");
-    // /run is root's and 0755; /tmp (1777) would make sshd refuse the chroot.
+/// A directory for a chroot: below /run (root's, 0755), since sshd
+/// refuses a chroot with any component writable by others (/tmp is 1777).
+pub fn chroot_dir(tag: &str) -> (PathBuf, RemoveOnDrop) {
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let chroot = PathBuf::from(format!("/run/cse2e-chroot-{}-{n}", std::process::id()));
+    let chroot = PathBuf::from(format!("/run/cse2e-{tag}-{}-{n}", std::process::id()));
     let _ = fs::remove_dir_all(&chroot);
     make_dir(&chroot, 0o755, None);
     let guard = RemoveOnDrop(chroot.clone());
+    (chroot, guard)
+}
+
+fn start_chroot(base: &Path) -> Server {
+    let owner = ensure_system_user(CHROOT_USER, "/usr/sbin/nologin");
+    let (chroot, guard) = chroot_dir("chroot");
     let local = chroot.join("backup");
     make_dir(&local, 0o755, Some(owner));
     let extra = format!(
@@ -329,6 +335,7 @@ fn start_chroot(base: &Path) -> Server {
         &SshdSetup {
             subsystem: "internal-sftp",
             extra_config: &extra,
+            bind_mounts: &[],
         },
     );
     Server::over_sshd(
@@ -368,6 +375,7 @@ fn start_whitelist(base: &Path) -> Server {
         &SshdSetup {
             subsystem: SFTP_SERVER,
             extra_config: &extra,
+            bind_mounts: &[],
         },
     );
     Server::over_sshd(

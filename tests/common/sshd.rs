@@ -62,6 +62,40 @@ pub struct SshdSetup<'a> {
     pub subsystem: &'a str,
     /// Appended to sshd_config as they are.
     pub extra_config: &'a str,
+    /// Bind mounts made for sshd alone: it runs in a mount namespace of
+    /// its own (unshare), so they vanish with it and never show on the
+    /// host. What a chroot needs of the host's files (`BindMount`).
+    pub bind_mounts: &'a [BindMount],
+}
+
+/// `mount --bind from to`, read-only when `read_only`.
+pub struct BindMount {
+    pub from: PathBuf,
+    pub to: PathBuf,
+    pub read_only: bool,
+}
+
+/// sshd itself, or `unshare` making its bind mounts first (one sh
+/// script; `exec` keeps the pid, so killing the child stops sshd).
+fn sshd_command(bind_mounts: &[BindMount]) -> Command {
+    if bind_mounts.is_empty() {
+        return Command::new("/usr/sbin/sshd");
+    }
+    let mut script = String::from("set -e\n");
+    for m in bind_mounts {
+        let ro = if m.read_only { "-o ro " } else { "" };
+        script.push_str(&format!(
+            "mount --bind {ro}'{}' '{}'\n",
+            m.from.display(),
+            m.to.display()
+        ));
+    }
+    script.push_str("exec /usr/sbin/sshd \"$@\"\n");
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(script)
+        .arg("sshd");
+    c
 }
 
 impl Default for SshdSetup<'_> {
@@ -69,6 +103,7 @@ impl Default for SshdSetup<'_> {
         SshdSetup {
             subsystem: "internal-sftp",
             extra_config: "",
+            bind_mounts: &[],
         }
     }
 }
@@ -117,7 +152,7 @@ impl Sshd {
                 .append(true)
                 .open(&log)
                 .unwrap();
-            let mut child = Command::new("/usr/sbin/sshd")
+            let mut child = sshd_command(setup.bind_mounts)
                 .args(["-D", "-e", "-f"])
                 .arg(&config)
                 .stdin(Stdio::null())

@@ -14,6 +14,8 @@
 #                                     (a package or a path; null by default)
 #   systemd.paths                     nixos/lib/systemd-unit-options.nix
 #                                     (pathOptions, via systemd.nix)
+#   fileSystems.<path>.{device,fsType,options}
+#                                     nixos/modules/tasks/filesystems.nix
 {
   lib,
   pkgs,
@@ -34,6 +36,23 @@
       openssh.authorizedKeys.keys = mkOption {
         type = types.listOf types.singleLineStr;
         default = [];
+      };
+    };
+  };
+
+  fileSystem = {
+    options = {
+      device = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+      };
+      fsType = mkOption {
+        type = types.str;
+        default = "auto";
+      };
+      options = mkOption {
+        type = types.nonEmptyListOf types.str;
+        default = ["defaults"];
       };
     };
   };
@@ -75,6 +94,10 @@ in {
     };
     users.users = mkOption {
       type = types.attrsOf (types.submodule userExtension);
+    };
+    fileSystems = mkOption {
+      type = types.attrsOf (types.submodule fileSystem);
+      default = {};
     };
     systemd.paths = mkOption {
       type = types.attrsOf (types.submodule path);

@@ -44,6 +44,7 @@
       description = str;
       wants = list;
       after = list;
+      before = list;
       requires = list;
       wantedBy = list;
       onFailure = list;

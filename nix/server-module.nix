@@ -188,7 +188,7 @@ in {
       type = lib.types.str;
       default = "${config.services.openssh.package}/libexec/sftp-server";
       defaultText = lib.literalExpression "\"\${config.services.openssh.package}/libexec/sftp-server\"";
-      description = "The sftp-server that serve runs for the SFTP subsystem (started in the account's dir).";
+      description = "The sftp-server that serve runs for the SFTP subsystem (started in the account's dir); a path in the Nix store, the only part of the host an account's chroot sees.";
     };
     accountShells = lib.mkOption {
       type = lib.types.attrsOf lib.types.package;

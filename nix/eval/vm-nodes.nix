@@ -163,6 +163,7 @@
     config = evaluated.config;
     jobs = config.services.ciphersync.jobs or {};
     jobFiles = lib.mapAttrs (name: _: config.environment.etc."ciphersync/${name}.json".source.jobConfig) jobs;
+    accountShells = config.services.ciphersync.server.accountShells or {};
   in
     if failed config != []
     then throw "${nodeName}: ${lib.concatStringsSep "; " (failed config)}"
@@ -178,11 +179,12 @@
         config.systemd.services;
       timers = lib.mapAttrs (_: clean) config.systemd.timers;
       paths = lib.mapAttrs (_: clean) config.systemd.paths;
-      # A shell that is a package (the server module's account shell,
-      # pkgs.writeShellScript) as {path, shellPath, text}: the mapping
+      # A shell that is a package as {path, shellPath, text}: the mapping
       # applies nixpkgs' utils.toShellPath to it, which needs shellPath; a
-      # path as its string; none (null) is left out.
-      users = lib.mapAttrs (_: u:
+      # storage account's shell (a file in its script's store path, the
+      # server module's accountShells) as {path, text}; another path as
+      # its string; none (null) is left out.
+      users = lib.mapAttrs (user: u:
         removeAttrs (clean u) ["shell"]
         // lib.optionalAttrs (u.shell != null) {
           shell =
@@ -192,9 +194,15 @@
               shellPath = u.shell.shellPath or null;
               text = u.shell.text or null;
             }
+            else if accountShells ? ${user}
+            then {
+              path = toString u.shell;
+              inherit (accountShells.${user}) text;
+            }
             else toString u.shell;
         })
       config.users.users;
+      fileSystems = lib.mapAttrs (_: clean) config.fileSystems;
       groups = lib.mapAttrs (_: clean) config.users.groups;
       fuse = {
         programs = clean config.programs.fuse;

@@ -13,7 +13,10 @@
 }: let
   common = import ./common.nix {inherit pkgs self;};
   inherit (common) keys;
-  root = "/var/lib/ciphersync-server/laptop";
+  # The account's dir on the server, and as the account sees it from
+  # inside its chroot (/var/lib/ciphersync-server/laptop).
+  root = "/var/lib/ciphersync-server/laptop/data";
+  remote = "/data";
   # What the client's key may run over ssh in the attacks below.
   sshOpts = "-i /etc/ciphersync-keys/id_ed25519 -o IdentitiesOnly=yes -o UserKnownHostsFile=/etc/ciphersync-keys/known_hosts -o StrictHostKeyChecking=yes -o BatchMode=yes";
 in
@@ -52,7 +55,7 @@ in
               common.docsJob.target.sftp
               // {
                 user = "laptop";
-                path = root;
+                path = remote;
                 transport = "rsync";
               };
             # The client's own retention would delete the first run: the
@@ -78,6 +81,13 @@ in
           server.succeed("grep -qx 'keep-last 10' ${root}/APPEND-ONLY")
           assert server.succeed("stat -c '%U %G %a' ${root}").strip() == "root laptop 1770"
           assert server.succeed("getent passwd laptop").strip().split(":")[6].find("ciphersync-serve-laptop") >= 0
+          # The chroot sshd requires: root's, writable by root only, with
+          # the store bound read-only and the account named in its etc/.
+          assert server.succeed("stat -c '%U %a' /var/lib/ciphersync-server/laptop").strip() == "root 755"
+          server.succeed("findmnt -n -o OPTIONS /var/lib/ciphersync-server/laptop/nix/store | grep -qw ro")
+          server.succeed("systemctl is-active ciphersync-server-chroots.service")
+          server.succeed("grep -q '^laptop:x:' /var/lib/ciphersync-server/laptop/etc/passwd")
+          assert server.succeed("wc -l < /var/lib/ciphersync-server/laptop/etc/passwd").strip() == "1"
 
       client.succeed(
           "mkdir -p /srv/docs/reports",
@@ -114,18 +124,25 @@ in
           # The key works: serve answers its own query.
           assert "append-only yes" in client.succeed("ssh ${sshOpts} laptop@server ciphersync-server info")
           for batch in [
-              f"rm ${root}/records/{first}.rec",
-              f"rename ${root}/records/{first}.rec ${root}/records/x.rec",
-              "rmdir ${root}/snapshots",
-              "rename ${root}/records ${root}/gone",
+              f"rm ${remote}/records/{first}.rec",
+              f"rename ${remote}/records/{first}.rec ${remote}/records/x.rec",
+              "rmdir ${remote}/snapshots",
+              "rename ${remote}/records ${remote}/gone",
           ]:
               client.fail(f"echo '{batch}' | sftp -b - ${sshOpts} laptop@server")
-          client.fail(f"ssh ${sshOpts} laptop@server rm -rf ${root}/records")
+          client.fail(f"ssh ${sshOpts} laptop@server rm -rf ${remote}/records")
           client.fail(f"ssh ${sshOpts} laptop@server sh -c true")
           client.succeed("mkdir -p /root/empty")
-          client.fail("rsync -r --delete -e 'ssh ${sshOpts}' /root/empty/ laptop@server:${root}/records/")
+          client.fail("rsync -r --delete -e 'ssh ${sshOpts}' /root/empty/ laptop@server:${remote}/records/")
           server.succeed(f"test -f ${root}/records/{first}.rec")
           assert len(json.loads(client.succeed("ciphersync snapshots docs --json"))["snapshots"]) == 2
+
+      with subtest("the account sees its chroot and nothing of the server"):
+          listed = client.succeed("echo 'ls -1 /' | sftp -b - ${sshOpts} laptop@server")
+          assert "/data" in listed and "/root" not in listed and "/home" not in listed, listed
+          client.fail("echo 'get /etc/shadow /root/shadow' | sftp -b - ${sshOpts} laptop@server")
+          client.succeed("echo 'get /etc/passwd /root/their-passwd' | sftp -b - ${sshOpts} laptop@server")
+          assert client.succeed("cut -d: -f1 /root/their-passwd").split() == ["laptop"]
 
       with subtest("the sealed first snapshot restores"):
           client.succeed("mkdir /root/first")

@@ -41,12 +41,14 @@ What the rendering gives and how it lands here:
                                       is no shell package, or a store path,
                                       is a refusal (NixOS throws "is not a
                                       shell package"), mapped anyway as the
-                                      stubs render it: a Nix-built script
-                                      (the server module's account shell,
-                                      {path, text}) written at its store path
-                                      by units.py (#!/bin/bash for the
-                                      store's runtimeShell, tools mapped),
-                                      0555, the sysusers line's shell; no
+                                      stubs render it; a Nix-built script
+                                      ({path, text}: the server module's
+                                      account shell, a file in the script's
+                                      store path, which NixOS keeps as it
+                                      is) written at that path by units.py
+                                      (#!/bin/bash for the store's
+                                      runtimeShell, tools mapped), 0555, the
+                                      sysusers line's shell; no
                                       shell: bash for a normal user, Debian's
                                       nologin for a system one (NixOS: its
                                       nologin)
@@ -241,6 +243,7 @@ def map_node(name, node, root):
         write(root, path, text, 0o444)
     _users(name, node, root, tmpfiles, refusals)
     _sshd(name, node, root)
+    _file_systems(name, node, root)
     tmpfiles += node["tmpfiles"]
     _fuse(node, root)
     _packages(name, node, root)
@@ -249,6 +252,17 @@ def map_node(name, node, root):
     if tmpfiles:
         write(root, "/etc/tmpfiles.d/00-nixos.conf", "\n".join(tmpfiles) + "\n")
     return notes, refusals
+
+
+def _file_systems(name, node, root):
+    """fileSystems: the storage server's chroots (the store bound read-only),
+    as units.py renders them for the nspawn suite: mount units, with /usr
+    bound beside the store since the store's tools are Debian's here."""
+    manifest = {"files": [], "mounts": []}
+    try:
+        units.chroot_stores(node.get("fileSystems"), root, manifest)
+    except units.ConvertError as e:
+        raise MappingError(f"{name}: {e}") from e
 
 
 def _su_without_session(root):
@@ -380,6 +394,11 @@ def _shell(name, user, spec, root, normal, refusals):
                                   root, manifest)
             except units.ConvertError as e:
                 raise MappingError(f"{name}: {e}") from e
+            if not units.STORE_RE.fullmatch(shell["path"]):
+                # A file inside the script's store path (the storage
+                # account's shell): a path NixOS keeps as it is, and the
+                # script is there now.
+                return shell["path"]
         shell = shell["path"]
     if units.STORE_RE.fullmatch(shell):
         refusals.append(f"{where}: {shell} is not a shell package: nixos/lib/utils.nix toShellPath throws for a "

@@ -297,11 +297,25 @@ def _seal_args(spec):
     return args
 
 
+def _chroots(sshd_config):
+    """Account -> ChrootDirectory of its `Match User` block."""
+    out, user = {}, None
+    for line in sshd_config.splitlines():
+        words = line.split()
+        if words[:1] == ["Match"]:
+            user = words[2] if words[1:2] == ["User"] and len(words) == 3 else None
+        elif words[:1] == ["ChrootDirectory"] and user:
+            out[user] = words[1]
+    return out
+
+
 def cmd_server_env(evalfile):
     """SRV_SEALED (the append-only account: the one with a seal service),
-    its root, unit and keep options, its path unit's watched dir and its
-    timer's OnCalendar; SRV_PLAIN, another account, and its root (from its
-    ForceCommand); SRV_ACCOUNTS, every account user."""
+    its root, chroot, unit and keep options, its path unit's watched dir
+    and its timer's OnCalendar; SRV_PLAIN, another account, its chroot
+    (its Match block's ChrootDirectory) and root (the chroot plus its
+    ForceCommand's --root, SRV_REMOTE_ROOT, the path its sessions see);
+    SRV_ACCOUNTS, every account user."""
     with open(evalfile) as f:
         ev = json.load(f)
     seals = {n: s for n, s in ev.get("services", {}).items() if n.startswith("ciphersync-server-seal-")}
@@ -315,6 +329,12 @@ def cmd_server_env(evalfile):
     if sealed not in accounts or not plain:
         raise SystemExit(f"want the sealed account and a plain one among the accounts {accounts}")
     plain_words = shlex.split(ev["users"][plain[0]]["shell"]["text"].strip())
+    chroots = _chroots(ev["sshd"]["extraConfig"])
+    if sealed not in chroots or plain[0] not in chroots:
+        raise SystemExit(f"want a ChrootDirectory for {sealed} and {plain[0]}, found {chroots}")
+    remote = plain_words[plain_words.index("--root") + 1]
+    if not seal["--root"] == chroots[sealed] + remote:
+        raise SystemExit(f"the seal's root {seal['--root']} is not {remote} in the chroot {chroots[sealed]}")
     calendar = ev["timers"][unit]["timerConfig"].get("OnCalendar")
     env = {
         "ACCOUNTS": " ".join(accounts),
@@ -327,7 +347,11 @@ def cmd_server_env(evalfile):
         "CALENDAR": "\n".join(calendar if isinstance(calendar, list) else [calendar]),
         "PERSISTENT": "yes" if ev["timers"][unit]["timerConfig"].get("Persistent") else "no",
         "PLAIN": plain[0],
-        "PLAIN_ROOT": plain_words[plain_words.index("--root") + 1],
+        "PLAIN_ROOT": chroots[plain[0]] + remote,
+        "SEALED_CHROOT": chroots[sealed],
+        "PLAIN_CHROOT": chroots[plain[0]],
+        # The account's dir as its sessions see it (ForceCommand's --root).
+        "REMOTE_ROOT": remote,
     }
     for k, v in env.items():
         print(f"SRV_{k}={shlex.quote(v)}")

@@ -46,7 +46,7 @@ sealed_record() { [ "$(stat_of '%U %a' "$SRV_SEALED_ROOT/records/$1.rec" 2>/dev/
 
 s_server_accounts() {
   [ "$HAVE_SERVER" = 1 ] || fail "$SERVER_EVAL missing (the server module's evaluation)"
-  local u pw acct line shell
+  local u pw acct line shell chroot m
   # The module's users: system users in their own group, home /var/empty,
   # the shell the module wrote (which can only run serve).
   for acct in $SRV_ACCOUNTS; do
@@ -60,6 +60,20 @@ s_server_accounts() {
   # tmpfiles: the plain account's dir is its own, 0700.
   [ "$(stat_of '%U %G %a' "$SRV_PLAIN_ROOT")" = "$SRV_PLAIN $SRV_PLAIN 700" ] ||
     fail "$SRV_PLAIN_ROOT is $(stat_of '%U %G %a' "$SRV_PLAIN_ROOT")"
+  # Each chroot as sshd requires it (root's, writable by root only), the
+  # store (here also /usr) bound read-only, and the account named in its
+  # etc/ by the chroots service, alone.
+  [ "$(show ciphersync-server-chroots.service Result)" = success ] ||
+    fail "ciphersync-server-chroots.service: Result=$(show ciphersync-server-chroots.service Result)"
+  for acct in $SRV_ACCOUNTS; do
+    chroot=$(dirname "$SRV_PLAIN_CHROOT")/$acct
+    [ "$(stat_of '%U %a' "$chroot")" = "root 755" ] || fail "$chroot is $(stat_of '%U %a' "$chroot")"
+    for m in nix/store usr; do
+      c findmnt -n -o OPTIONS "$chroot/$m" | tr , '\n' | grep -qx ro || fail "$chroot/$m is not mounted read-only"
+    done
+    [ "$(c cut -d: -f1 "$chroot/etc/passwd")" = "$acct" ] || fail "$chroot/etc/passwd: $(cat "$CR$chroot/etc/passwd")"
+    [ "$(stat_of '%U %a' "$chroot/etc/passwd")" = "root 444" ] || fail "$chroot/etc/passwd is $(stat_of '%U %a' "$chroot/etc/passwd")"
+  done
   # The seal service ran at boot (multi-user.target wants it) and prepared
   # the append-only layout: the root and records/, snapshots/ root's, the
   # account's group, 1770; the marker with the module's keepSealed.
@@ -101,6 +115,10 @@ s_server_accounts() {
   if out=$(srv_ssh "$SRV_SEALED" "$SRV_SEALED" id 2>&1); then fail "the account ran id: $out"; fi
   echo "$out"
   echo "$out" | grep -q "uid=" && fail "the account ran id: $out"
+  # A session sees its chroot only.
+  out=$(srv_sftp "ls -1 /") || fail "sftp ls / as $SRV_SEALED failed: $out"
+  echo "$out" | grep -qx "$SRV_REMOTE_ROOT" || fail "sftp ls / lacks $SRV_REMOTE_ROOT: $out"
+  if echo "$out" | grep -qx "/root\|/home\|/var"; then fail "the chroot shows the host: $out"; fi
   if out=$(srv_ssh "$SRV_PLAIN" "$SRV_SEALED" ciphersync-server info 2>&1); then
     fail "$SRV_PLAIN's key logged in as $SRV_SEALED: $out"
   fi
@@ -114,7 +132,7 @@ s_server_backup_sealed() {
   # the container) with its target pointed at the sealed account over the
   # rsync transport, and its own source, state and key. Its own retention
   # (keep_last 1) would delete the first run: the server's word wins.
-  python3 - "$CR/etc/ciphersync/docs.json" "$SRVT" "$SRV_SEALED" "$SRV_SEALED_ROOT" >"$CR$SRVT/job.json" <<'EOF'
+  python3 - "$CR/etc/ciphersync/docs.json" "$SRVT" "$SRV_SEALED" "$SRV_REMOTE_ROOT" >"$CR$SRVT/job.json" <<'EOF'
 import json, sys
 job = json.load(open(sys.argv[1]))
 t, acct, root = sys.argv[2], sys.argv[3], sys.argv[4]
@@ -191,7 +209,7 @@ s_server_delete_refused() {
   srv_sftp "rm files/cstest-control" || fail "control: sftp rm of the account's own file failed"
   [ ! -e "$CR$SRV_SEALED_ROOT/files/cstest-control" ] || fail "control: the rm left the file"
   # The sealed run: every way to delete or replace it fails.
-  for batch in "rm $rec" "rm records/$first.rec" "rename records/$first.rec records/x.rec" \
+  for batch in "rm $SRV_REMOTE_ROOT/records/$first.rec" "rm records/$first.rec" "rename records/$first.rec records/x.rec" \
     "rename records records-gone" "chmod 666 records/$first.rec" "put /etc/debian_version records/$first.rec"; do
     if out=$(srv_sftp "$batch" 2>&1); then fail "sftp '$batch' succeeded: $out"; fi
     echo "refused: $batch: $(echo "$out" | tail -1)"
@@ -202,7 +220,7 @@ s_server_delete_refused() {
   # rsync --delete of an empty dir over records/, through serve's rsync.
   c install -d -m 0700 "$SRVT/empty"
   # shellcheck disable=SC2046
-  c rsync -r --delete -e "ssh $(srv_ssh_opts "$SRV_SEALED")" "$SRVT/empty/" "$SRV_SEALED@127.0.0.1:$SRV_SEALED_ROOT/records/" || true
+  c rsync -r --delete -e "ssh $(srv_ssh_opts "$SRV_SEALED")" "$SRVT/empty/" "$SRV_SEALED@127.0.0.1:$SRV_REMOTE_ROOT/records/" || true
   [ -f "$CR$rec" ] || fail "the sealed record is gone"
   [ "$(sha1sum <"$CR$rec")" = "$sum" ] || fail "the sealed record changed"
   [ "$(stat_of '%U %a' "$rec")" = "root 440" ] || fail "the sealed record is now $(stat_of '%U %a' "$rec")"

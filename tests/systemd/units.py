@@ -7,8 +7,9 @@ shape { "etc": {...}, "services": {...}, "timers": {...}, "users": {...},
 `systemd.services.<name>` / `systemd.timers.<name>` attribute set; or of
 nix/server-module.nix (nixos-server.json), which adds "paths" (systemd.paths),
 "tmpfiles" (systemd.tmpfiles.rules), "sshd" ({enable, extraConfig} of
-services.openssh), "packages" (environment.systemPackages) and users whose
-"shell" is a Nix-built script ({path, text}). Any other top-level key is an
+services.openssh), "packages" (environment.systemPackages), "fileSystems"
+(the accounts' chroots: the store bound read-only) and users whose "shell"
+is a Nix-built script ({path, text}). Any other top-level key is an
 error, so a module change is noticed.
 
 Output, under --root (the container's root directory):
@@ -27,9 +28,15 @@ Output, under --root (the container's root directory):
   usr/lib/tmpfiles.d/<name>.conf       homes with createHome/isNormalUser, then
                                        the "tmpfiles" rules verbatim
   etc/fuse.conf                        from "fuse".programs (NixOS programs.fuse)
-  nix/store/<hash>-<script>            a user's shell script ({path, text}) at
+  nix/store/<hash>-<script>[/bin/<x>]  a user's shell script ({path, text}) at
                                        its own store path, "#!/bin/bash" + text
-                                       (pkgs.writeShellScript), 0555
+                                       (pkgs.writeShellScript[Bin]), 0555
+  etc/systemd/system/<where>.mount     a "fileSystems" bind mount of /nix/store
+                                       into a chroot (NixOS: an fstab line),
+                                       plus one of /usr, where the store's
+                                       tools are here, both read-only, and
+                                       the merged-/usr links bin, lib, lib64,
+                                       sbin in the chroot
   etc/ssh/authorized_keys.d/<user>     users.<user>.openssh.authorizedKeys.keys,
                                        0444, as NixOS's sshd module writes them
   etc/ssh/sshd_config                  "sshd".extraConfig appended (NixOS puts
@@ -310,6 +317,45 @@ def etc_content(name, val):
     return json.dumps(val, indent=2) + "\n", None
 
 
+def unit_name_of_path(path):
+    """`systemd-escape --path --suffix=mount PATH`."""
+    out = []
+    for i, ch in enumerate(path.strip("/")):
+        if ch == "/":
+            out.append("-")
+        elif ch.isascii() and (ch.isalnum() or ch in ":_" or (ch == "." and i > 0)):
+            out.append(ch)
+        else:
+            out.append("".join(f"\\x{b:02x}" for b in ch.encode()))
+    return "".join(out) + ".mount"
+
+
+def bind_mount_unit(root, what, where, options, manifest):
+    name = unit_name_of_path(where)
+    text = (f"[Unit]\nDescription={where}\n\n[Mount]\nWhat={what}\nWhere={where}\nType=none\n"
+            f"Options={','.join(options)}\n\n[Install]\nWantedBy=local-fs.target\n")
+    manifest["files"].append(write(root, f"etc/systemd/system/{name}", text))
+    symlink(root, f"etc/systemd/system/local-fs.target.wants/{name}", f"/etc/systemd/system/{name}")
+    manifest["mounts"].append(where)
+
+
+def chroot_stores(filesystems, root, manifest):
+    """fileSystems: only the server module's bind mount of /nix/store into
+    an account's chroot. The store's tools are Debian's here (/usr, and
+    /usr/local for ciphersync, see MAPPING), so the chroot gets /usr bound
+    read-only beside the store (where the accounts' shell scripts are) and
+    the merged-/usr links, as Debian's root has them."""
+    for where, spec in sorted((filesystems or {}).items()):
+        options = spec.get("options") or []
+        if spec.get("device") != "/nix/store" or "bind" not in options or not where.endswith("/nix/store"):
+            raise ConvertError(f"fileSystems.{where}: only a bind mount of /nix/store into a chroot is known here")
+        chroot = where[: -len("/nix/store")]
+        bind_mount_unit(root, "/nix/store", where, options, manifest)
+        bind_mount_unit(root, "/usr", chroot + "/usr", options, manifest)
+        for link in ("bin", "lib", "lib64", "sbin"):
+            symlink(root, f"{chroot}/{link}", f"usr/{link}")
+
+
 def user_shell_path(shell):
     """The login shell a Nix-built script gives the user: a shell package
     (pkgs.writeShellScriptBin with shellPath) is /run/current-system/sw
@@ -331,7 +377,7 @@ def user_shells(users, root, manifest):
         if not isinstance(shell, dict):
             continue
         path, text = shell.get("path") or "", shell.get("text")
-        if not STORE_RE.fullmatch(path) or not isinstance(text, str):
+        if not STORE_RE.match(path) or ".." in path.split("/") or not isinstance(text, str):
             raise ConvertError(f"users.{u}.shell: want {{path: <store path>, text: <script>}}, got {shell!r}")
         script = path + (shell.get("shellPath") or "")
         manifest["files"].append(write(root, script, "#!/bin/bash\n" + map_paths(text, manifest["store_paths"]), 0o555))
@@ -380,7 +426,7 @@ def convert(ev, root, conf_name="ciphersync-test"):
     seen = {}
     manifest = {"services": [], "timers": [], "paths": [], "etc": [], "users": sorted((ev.get("users") or {})),
                 "groups": sorted((ev.get("groups") or {})), "store_paths": seen, "store_files": [],
-                "files": [], "shells": {}, "authorized_keys": {}, "tmpfiles": []}
+                "files": [], "shells": {}, "authorized_keys": {}, "tmpfiles": [], "mounts": []}
     unitdir = "etc/systemd/system"
     for kind, coll in (("service", "services"), ("timer", "timers"), ("path", "paths")):
         for name, spec in sorted((ev.get(coll) or {}).items()):
@@ -420,10 +466,11 @@ def convert(ev, root, conf_name="ciphersync-test"):
             raise ConvertError(f"packages: {pkg!r} is not a store path")
         map_paths(pkg, seen)
     extra = sorted(set(ev) - {"etc", "services", "timers", "paths", "users", "groups", "fuse",
-                              "tmpfiles", "sshd", "packages"})
+                              "tmpfiles", "sshd", "packages", "fileSystems"})
     if extra:
         raise ConvertError(f"unknown top-level key(s) {extra}; teach units.py what they render")
     user_shells(ev.get("users"), root, manifest)
+    chroot_stores(ev.get("fileSystems"), root, manifest)
     authorized_keys(ev.get("users"), root, manifest)
     sshd_extra_config(ev.get("sshd"), root, manifest)
     sysusers, tmpfiles = render_sysusers(ev.get("users"), ev.get("groups"))
@@ -551,34 +598,45 @@ def server_self_test(here, check):
         man = convert(ev, root, "ciphersync-server")
         sd = os.path.join(root, "etc/systemd/system")
         pl = open(os.path.join(sd, "ciphersync-server-seal-acct.path")).read().splitlines()
-        check(pl == ["[Path]", "PathChanged=/srv/accounts/acct/records", "Unit=ciphersync-server-seal-acct.service",
+        check(pl == ["[Path]", "PathChanged=/srv/accounts/acct/data/records", "Unit=ciphersync-server-seal-acct.service",
                      "", "[Install]", "WantedBy=paths.target"], "pathConfig -> [Path], wantedBy -> [Install]")
         check(os.path.islink(os.path.join(sd, "paths.target.wants/ciphersync-server-seal-acct.path")),
               "path unit linked into paths.target.wants")
-        shell = "/usr/local/bin/ciphersync-serve-acct"
-        script = "/nix/store/3a1b2c3d4f5g6h7i8j9k0l1m2n3p4q5r-ciphersync-serve-acct/bin/ciphersync-serve-acct"
-        sp = os.path.join(root, script.lstrip("/"))
-        check(open(sp).read() == "#!/bin/bash\nexec /usr/local/bin/ciphersync serve --root /srv/accounts/acct "
+        shell = "/nix/store/3a1b2c3d4f5g6h7i8j9k0l1m2n3p4q5r-ciphersync-serve-acct/bin/ciphersync-serve-acct"
+        sp = os.path.join(root, shell.lstrip("/"))
+        check(open(sp).read() == "#!/bin/bash\nexec /usr/local/bin/ciphersync serve --root /data "
               "--sftp-server /usr/lib/openssh/sftp-server --rsync /usr/bin/rsync\n"
               and os.stat(sp).st_mode & 0o7777 == 0o555,
-              "account shell package written at its store path + shellPath, 0555, tools mapped (sftp-server: Debian's path)")
-        check(os.readlink(os.path.join(root, shell.lstrip("/"))) == script,
-              "the shell package is linked from the system path (/usr/local for /run/current-system/sw)")
+              "account shell script written at its store path, 0555, tools mapped (sftp-server: Debian's path)")
         su = open(os.path.join(root, "usr/lib/sysusers.d/ciphersync-server.conf")).read().splitlines()
         check(f'u acct -:acct "ciphersync storage account acct" /var/empty {shell}' in su,
-              "sysusers: the account's shell is the shell package in the system path")
+              "sysusers: the account's shell is the script's store path (the chroot sees the store)")
+        store_mount = "srv-accounts-acct-nix-store.mount"
+        mu = open(os.path.join(sd, store_mount)).read().splitlines()
+        check("What=/nix/store" in mu and "Where=/srv/accounts/acct/nix/store" in mu and "Options=bind,ro" in mu
+              and os.path.islink(os.path.join(sd, "local-fs.target.wants", store_mount)),
+              "fileSystems bind of /nix/store -> a read-only bind mount unit wanted by local-fs.target")
+        uu = open(os.path.join(sd, "srv-accounts-acct-usr.mount")).read().splitlines()
+        check("What=/usr" in uu and "Where=/srv/accounts/acct/usr" in uu and "Options=bind,ro" in uu
+              and os.readlink(os.path.join(root, "srv/accounts/acct/lib")) == "usr/lib",
+              "the chroot also gets /usr read-only (where the store's tools are here) and the merged-/usr links")
+        cu = open(os.path.join(sd, "ciphersync-server-chroots.service")).read().splitlines()
+        check('ExecStart="/usr/local/bin/ciphersync" "serve" "--chroot" "/srv/accounts/acct" "--account" "acct"' in cu
+              and "Before=sshd.service" in cu, "the chroots service: serve --chroot before sshd")
         ak = os.path.join(root, "etc/ssh/authorized_keys.d/acct")
         check(open(ak).read().endswith(" acct\n") and os.stat(ak).st_mode & 0o777 == 0o444,
               "openssh.authorizedKeys -> /etc/ssh/authorized_keys.d/<user>, 0444")
         conf = open(os.path.join(root, "etc/ssh/sshd_config")).read()
         check(conf.startswith(debian_sshd) and conf.rstrip().endswith("Match all")
-              and "  ForceCommand /usr/local/bin/ciphersync serve --root /srv/accounts/acct --sftp-server "
+              and "  ChrootDirectory /srv/accounts/acct\n" in conf
+              and "  ForceCommand /usr/local/bin/ciphersync serve --root /data --sftp-server "
                   "/usr/lib/openssh/sftp-server --rsync /usr/bin/rsync\n" in conf,
               "sshd extraConfig appended last to sshd_config, ForceCommand mapped")
         tf = open(os.path.join(root, "usr/lib/tmpfiles.d/ciphersync-server.conf")).read().splitlines()
         check(tf == ev["tmpfiles"], "systemd.tmpfiles.rules -> tmpfiles.d/<name>.conf verbatim")
-        check(man["paths"] == ["ciphersync-server-seal-acct"] and man["shells"] == {"acct": shell},
-              "manifest lists path units and shells")
+        check(man["paths"] == ["ciphersync-server-seal-acct"] and man["shells"] == {"acct": shell}
+              and man["mounts"] == ["/srv/accounts/acct/nix/store", "/srv/accounts/acct/usr"],
+              "manifest lists path units, shells and mounts")
         try:
             convert(ev, root, "ciphersync-server")
             check(False, "a second extraConfig into the same sshd_config is refused")
@@ -586,6 +644,8 @@ def server_self_test(here, check):
             check(True, "a second extraConfig into the same sshd_config is refused")
     for bad, what in (({"sshd": ev["sshd"]}, "sshd extraConfig without an sshd_config is refused"),
                       ({"quota": {}}, "unknown top-level key is refused"),
+                      ({"fileSystems": {"/srv/x": {"device": "/dev/sda1", "options": ["defaults"]}}},
+                       "a file system other than the chroots' store is refused"),
                       ({"users": {"x": {"group": "x", "shell": {"path": "/bin/sh", "text": "exec true"}}}},
                        "a shell script outside the store is refused")):
         with tempfile.TemporaryDirectory() as root:

@@ -9,7 +9,7 @@
 //! is gone from the view, or when its size changed or it was modified after
 //! the last backup started.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::checksums::{Stamp, path_key};
@@ -25,6 +25,20 @@ pub struct Estimate {
     pub moved: u64,
     /// Files (and symlinks) in the view that the last record lacks.
     pub added: u64,
+    /// Their path keys (`checksums::path_key`): what a run may send
+    /// before rsync, over SFTP (sync.rs).
+    pub added_keys: AddedKeys,
+}
+
+/// Path keys of the view's entries that the last record lacks; shown by
+/// their count.
+#[derive(Default, PartialEq, Eq)]
+pub struct AddedKeys(pub HashSet<u64>);
+
+impl std::fmt::Debug for AddedKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} keys", self.0.len())
+    }
 }
 
 impl Estimate {
@@ -92,12 +106,8 @@ pub fn estimate(
     view: &ViewIndex,
     last_start_ns: Option<i128>,
 ) -> Result<Estimate> {
-    let mut estimate = Estimate {
-        recorded: 0,
-        moved: 0,
-        added: 0,
-    };
-    let mut found = 0u64;
+    let mut estimate = Estimate::default();
+    let mut found = HashSet::new();
     for entry in last {
         let entry = entry?;
         // The user's files only: a directory's diriv follows the directory's
@@ -106,17 +116,24 @@ pub fn estimate(
             continue;
         }
         estimate.recorded += 1;
-        let moved = match view.get(&path_key(&entry.path)) {
+        let key = path_key(&entry.path);
+        let moved = match view.get(&key) {
             None => true,
             Some((size, changed)) => {
-                found += 1;
+                found.insert(key);
                 (entry.kind == 'f' && *size != entry.size)
                     || last_start_ns.is_some_and(|start| i128::from(*changed) >= start)
             }
         };
         estimate.moved += u64::from(moved);
     }
-    estimate.added = (view.len() as u64).saturating_sub(found);
+    let added: HashSet<u64> = view
+        .keys()
+        .filter(|k| !found.contains(k))
+        .copied()
+        .collect();
+    estimate.added = added.len() as u64;
+    estimate.added_keys = AddedKeys(added);
     Ok(estimate)
 }
 
@@ -252,6 +269,7 @@ mod tests {
                 recorded: 4,
                 moved: 3,
                 added: 1,
+                added_keys: AddedKeys([path_key("new")].into()),
             }
         );
         assert_eq!(
@@ -260,6 +278,7 @@ mod tests {
                 recorded: 4,
                 moved: 2,
                 added: 1,
+                added_keys: AddedKeys([path_key("new")].into()),
             }
         );
     }
@@ -369,6 +388,7 @@ mod tests {
                 recorded: 2,
                 moved: 0,
                 added: 0,
+                ..Default::default()
             }
         );
         assert!(check("docs", &estimate, 0).is_ok());
@@ -380,11 +400,13 @@ mod tests {
             recorded: 10,
             moved: 5,
             added: 0,
+            ..Default::default()
         };
         let most = Estimate {
             recorded: 10,
             moved: 6,
             added: 0,
+            ..Default::default()
         };
         assert!(check("docs", &half, 50).is_ok());
         let err = check("docs", &most, 50).unwrap_err();
@@ -398,6 +420,7 @@ mod tests {
                     recorded: 0,
                     moved: 0,
                     added: 0,
+                    ..Default::default()
                 },
                 0
             )

@@ -232,9 +232,17 @@ fn full_run(
     view.check_live()?;
     remote.check_live()?;
     let decryptor = PathDecryptor::new(&ctx.runtime("ctl.sock"));
-    let first = match first_backup {
-        true => first_pass_over_sftp(job, &*remote, view.point(), rsync.phase)?,
-        false => target::Uploaded::default(),
+    // New files go over SFTP first: all of them into an empty files/, and
+    // later the ones the last record lacks, when there are enough to pay
+    // for a second walk of the view.
+    let new_files = match (first_backup, estimate.as_ref()) {
+        (true, _) => Some(None),
+        (false, Some(e)) if e.added >= MIN_ADDED_FOR_AN_SFTP_PASS => Some(Some(&e.added_keys.0)),
+        _ => None,
+    };
+    let first = match new_files {
+        Some(only) => first_pass_over_sftp(job, &*remote, view.point(), only, rsync.phase)?,
+        None => target::Uploaded::default(),
     };
     let Mirrored {
         mut stats,
@@ -491,17 +499,24 @@ fn guard_mass_changes(
     Ok(Some(estimate))
 }
 
-/// Into an empty files/ of an SFTP account that rsync writes to through
-/// sshfs, every file goes over SFTP first, many at a time (sftp_upload.rs):
-/// through sshfs each new file costs rsync about 18 waited round trips.
-/// Only encrypted names: a plaintext name may start with a dot like the
-/// temp names this pass (and rsync) use. The pass only saves time: what
-/// it could not send, rsync sends, and a failure of the pass itself is a
-/// debug line.
+/// Fewer new files than this go with rsync: the pass walks the view
+/// again (the guard's index keeps keys, not names) and opens an SFTP
+/// session, which a handful of files does not pay back.
+const MIN_ADDED_FOR_AN_SFTP_PASS: u64 = 16;
+
+/// Into files/ of an SFTP account that rsync writes to through sshfs, new
+/// files go over SFTP first, many at a time (sftp_upload.rs): every file
+/// of a first backup, or those whose path keys are in `only` (what the
+/// last record lacks). Through sshfs each new file costs rsync about 18
+/// waited round trips. Only encrypted names: a plaintext name may start
+/// with a dot like the temp names this pass (and rsync) use. The pass
+/// only saves time: what it could not send, rsync sends, and a failure of
+/// the pass itself is a debug line.
 fn first_pass_over_sftp(
     job: &Job,
     remote: &dyn target::Target,
     view: &Path,
+    only: Option<&std::collections::HashSet<u64>>,
     phase: Option<&crate::progress::Phase>,
 ) -> Result<target::Uploaded> {
     let Some(ssh) = remote.sftp_writes() else {
@@ -515,7 +530,7 @@ fn first_pass_over_sftp(
         log::debug(|| "no first pass over SFTP: target.bwlimit is set".into());
         return Ok(target::Uploaded::default());
     }
-    match target::upload_new(ssh, view, phase) {
+    match target::upload_new(ssh, view, only, phase) {
         Ok(sent) => {
             log::debug(|| format!("first pass over SFTP: {sent:?}"));
             Ok(sent)
@@ -1439,7 +1454,7 @@ mod tests {
         let moves = guard::Estimate {
             recorded: 10,
             moved: 1,
-            added: 0,
+            ..Default::default()
         };
         let still = guard::Estimate::default();
         assert!(Workers::ByEstimate.split(Some(&moves)));

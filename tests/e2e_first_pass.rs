@@ -132,3 +132,101 @@ fn a_job_with_a_bandwidth_limit_gets_no_first_pass() {
     );
     job.restore_and_compare("restored");
 }
+
+/// A later backup sends the files the last record lacks over SFTP first
+/// (16 or more: fewer go with rsync); changed and deleted files stay
+/// rsync's, and its snapshot keeps their old versions and nothing else.
+#[test]
+fn a_later_backup_sends_its_new_files_over_sftp_first() {
+    if !require_tools("later_pass", SFTP_TOOLS) {
+        return;
+    }
+    let job = Job::sftp("later-pass").transport("sshfs").build();
+    let src = &job.source;
+    fs::create_dir_all(src.join("old")).unwrap();
+    fs::write(src.join("old/changed"), "v1\n").unwrap();
+    fs::write(src.join("old/deleted"), "gone soon\n").unwrap();
+    // Enough that 2 moved files stay below the deletion guard's share.
+    for i in 0..10 {
+        fs::write(src.join(format!("old/kept-{i}")), "kept\n").unwrap();
+    }
+    let first = job.init_and_backup()["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let as_of_first = job.root.join("as-of-first");
+    copy_tree(src, &as_of_first);
+
+    // 20 new files, in a directory the target has and in new ones.
+    for i in 0..12 {
+        fs::write(src.join(format!("old/new-{i}")), vec![b'n'; 100 + i]).unwrap();
+    }
+    fs::create_dir_all(src.join("fresh/deeper")).unwrap();
+    for i in 0..8 {
+        fs::write(
+            src.join(format!("fresh/deeper/f-{i}")),
+            vec![b'f'; 3000 + i],
+        )
+        .unwrap();
+    }
+    fs::write(src.join("old/changed"), "v2, longer\n").unwrap();
+    fs::remove_file(src.join("old/deleted")).unwrap();
+    let o = job.ok(&["--verbose", "backup"]);
+    assert_eq!(
+        first_pass_files(&o),
+        Some(20),
+        "the new files did not go over SFTP first:\n{}",
+        o.dump()
+    );
+    let stats = &job.stage("backup")["stats"];
+    assert_eq!(stats["transferred"], 21, "20 new and 1 changed: {stats}");
+    let second = stats["snapshot"].as_str().unwrap().to_string();
+    // The run's snapshot: the old versions of the changed and the deleted
+    // file (and the config and directories' gocryptfs.diriv that keep it
+    // decryptable on its own).
+    let kept: Vec<String> = walk(&job.target_path.join("snapshots").join(&second))
+        .into_iter()
+        .filter(|(rel, meta)| {
+            meta.is_file() && !rel.ends_with("gocryptfs.diriv") && !rel.ends_with("gocryptfs.conf")
+        })
+        .map(|(rel, _)| rel.display().to_string())
+        .collect();
+    assert_eq!(kept.len(), 2, "snapshot {second} holds: {kept:?}");
+    let temps: Vec<String> = walk(&job.files_dir())
+        .into_iter()
+        .map(|(rel, _)| rel.display().to_string())
+        .filter(|rel| rel.rsplit('/').next().unwrap_or("").starts_with('.'))
+        .collect();
+    assert!(temps.is_empty(), "temp names left in files/: {temps:?}");
+
+    // rsync found the new files in place: nothing to send now.
+    assert_eq!(job.backup_ok()["transferred"], 0);
+    // A few new files go with rsync alone.
+    for i in 0..3 {
+        fs::write(src.join(format!("fresh/few-{i}")), "few\n").unwrap();
+    }
+    let o = job.ok(&["--verbose", "backup"]);
+    assert_eq!(
+        first_pass_files(&o),
+        None,
+        "a pass for 3 files:\n{}",
+        o.dump()
+    );
+    assert_eq!(job.stage("backup")["stats"]["transferred"], 3);
+
+    job.verify_ok(false);
+    job.verify_ok(true);
+    job.restore_and_compare("restored");
+    let to = job.root.join("restored-first");
+    fs::create_dir_all(&to).unwrap();
+    job.run(&[
+        "restore",
+        "--snapshot",
+        &first,
+        "--to",
+        to.to_str().unwrap(),
+    ])
+    .expect_code(0, "restore --snapshot of the first run");
+    assert_trees_equal(&as_of_first, &to);
+    job.assert_clean();
+}

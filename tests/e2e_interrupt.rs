@@ -120,13 +120,16 @@ fn sigterm_during_a_first_backup_cleans_up_and_next_run_completes() {
     sigterm_mid_transfer(&job, 3, false);
 }
 
-/// A later backup: rsync moves the new files.
+/// A later backup: rsync moves the new files (a job with a bandwidth
+/// limit gets no SFTP pass, which would send them first).
 #[test]
 fn sigterm_during_large_backup_cleans_up_and_next_run_completes() {
     if !require_tools("sigterm_during_large_backup", SFTP_TOOLS) {
         return;
     }
-    let job = Job::sftp("int-term").build();
+    let job = Job::sftp("int-term")
+        .set("target.bwlimit", serde_json::json!(100_000))
+        .build();
     make_sample_tree(&job.source);
     job.ok(&["init"]);
     job.backup_ok();

@@ -1,6 +1,7 @@
-//! The first pass of a backup into an empty `files/` over SFTP: every
-//! file of the encrypted view uploaded with many requests in flight
-//! (sftp.rs), before rsync runs through sshfs. Through sshfs rsync pays
+//! The first pass of a backup over SFTP: the new files of the encrypted
+//! view (all of them into an empty `files/`, later the ones the last
+//! record lacks) uploaded with many requests in flight (sftp.rs), before
+//! rsync runs through sshfs. Through sshfs rsync pays
 //! about 18 waited round trips per new file (bench/analysis.md, "round
 //! trips per file over sshfs"); here a file costs three, and 32 files
 //! travel together. rsync then finds each file as it would have left it
@@ -14,7 +15,7 @@
 //! extension gets no first pass. Any failure leaves the file to rsync:
 //! this pass only saves time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -47,11 +48,20 @@ pub struct Uploaded {
     pub bytes: u64,
 }
 
-/// Uploads every regular file of `view` into the account's `files/` where
-/// that name is free. Directories are made as needed (0700: rsync gives
-/// them their modes and times afterwards).
-pub fn upload_new(ssh: &Ssh, view: &Path, phase: Option<&Phase>) -> Result<Uploaded> {
-    let tree = local_tree(view)?;
+/// Uploads every regular file of `view` (or those whose path keys are in
+/// `only`) into the account's `files/` where that name is free.
+/// Directories are made as needed (0700: rsync gives them their modes and
+/// times afterwards; one that exists is left as it is).
+pub fn upload_new(
+    ssh: &Ssh,
+    view: &Path,
+    only: Option<&HashSet<u64>>,
+    phase: Option<&Phase>,
+) -> Result<Uploaded> {
+    let tree = local_tree(view, only)?;
+    if tree.files.is_empty() {
+        return Ok(Uploaded::default());
+    }
     let _permit = ssh.session();
     let mut session = Session::start(ssh)?;
     if !session.extensions.iter().any(|e| e == HARDLINK) {
@@ -95,7 +105,25 @@ struct LocalTree {
 
 /// The view's directories and regular files (symlinks and the rest are
 /// rsync's), names that start with a dot left out (rsync's temp names).
-fn local_tree(view: &Path) -> Result<LocalTree> {
+/// With `only`, the files whose path keys it holds and the directories
+/// above them.
+fn local_tree(view: &Path, only: Option<&HashSet<u64>>) -> Result<LocalTree> {
+    let mut tree = walk_view(view, only)?;
+    if only.is_some() {
+        let needed: HashSet<&str> = tree.files.iter().flat_map(|f| ancestors(&f.rel)).collect();
+        tree.dirs.retain(|d| needed.contains(d.as_str()));
+    }
+    Ok(tree)
+}
+
+/// `a/b/c` -> `a/b`, `a`.
+fn ancestors(rel: &str) -> impl Iterator<Item = &str> {
+    rel.char_indices()
+        .filter(|(_, c)| *c == '/')
+        .map(|(i, _)| &rel[..i])
+}
+
+fn walk_view(view: &Path, only: Option<&HashSet<u64>>) -> Result<LocalTree> {
     let mut tree = LocalTree {
         dirs: Vec::new(),
         files: Vec::new(),
@@ -110,7 +138,9 @@ fn local_tree(view: &Path) -> Result<LocalTree> {
         let meta = entry.metadata().map_err(|e| crate::walk::error(view, e))?;
         if meta.is_dir() {
             tree.dirs.push(rel);
-        } else if meta.is_file() {
+        } else if meta.is_file()
+            && only.is_none_or(|keys| keys.contains(&crate::checksums::path_key(&rel)))
+        {
             tree.files.push(LocalFile {
                 rel,
                 size: meta.len(),
@@ -419,5 +449,31 @@ mod tests {
             "files/Ab/Cd",
             "a killed run's cleanup would not know it"
         );
+    }
+
+    /// With keys, only those files and the directories above them.
+    #[test]
+    fn a_later_pass_takes_the_new_files_and_their_directories() {
+        let view = std::env::temp_dir().join(format!("cs-upload-tree-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&view);
+        for dir in ["Old/Sub", "New/Deep", "Other"] {
+            std::fs::create_dir_all(view.join(dir)).unwrap();
+        }
+        for file in ["Old/a", "Old/Sub/b", "New/Deep/c", "Other/d", "top"] {
+            std::fs::write(view.join(file), file).unwrap();
+        }
+        let keys: HashSet<u64> = ["Old/Sub/b", "New/Deep/c", "top"]
+            .map(crate::checksums::path_key)
+            .into();
+        let tree = local_tree(&view, Some(&keys)).unwrap();
+        let mut files: Vec<&str> = tree.files.iter().map(|f| f.rel.as_str()).collect();
+        files.sort();
+        let mut dirs: Vec<&str> = tree.dirs.iter().map(String::as_str).collect();
+        dirs.sort();
+        assert_eq!(files, ["New/Deep/c", "Old/Sub/b", "top"]);
+        assert_eq!(dirs, ["New", "New/Deep", "Old", "Old/Sub"]);
+        let all = local_tree(&view, None).unwrap();
+        assert_eq!((all.files.len(), all.dirs.len()), (5, 5));
+        std::fs::remove_dir_all(&view).unwrap();
     }
 }

@@ -382,23 +382,23 @@ impl Applied {
     }
 }
 
-/// Restore: mounts `metadata/<id>` of the target's root read-only and
-/// applies it to the restored tree `to`. None when that run stored none.
-pub fn apply_from_target(
+/// Restore: mounts `dir`, run `id`'s `metadata/<id>` (on the target, or
+/// pulled into a local stage), read-only and applies it to the restored
+/// tree `to`. None when that run stored none.
+pub fn apply_from(
     ctx: &Context,
-    target_root: &Path,
+    dir: &Path,
     id: &str,
     to: &Path,
     options: ApplyOptions,
 ) -> Result<Option<Applied>> {
-    let dir = target_root.join(DIR).join(id);
     // A local target's planted link must not lead the mount elsewhere.
-    if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+    if !std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
         return Ok(None);
     }
     let point = ctx.runtime("metadata");
     crate::mount::prepare_point(&point)?;
-    let mount = crate::crypt::mount_forward(ctx.job, &dir, &point)?;
+    let mount = crate::crypt::mount_forward(ctx.job, dir, &point)?;
     let applied = apply(mount.point(), id, to, options);
     mount.unmount()?;
     applied.map(Some)

@@ -146,7 +146,7 @@ pub fn restore(ctx: &Context, request: &RestoreRequest, progress: &Progress) -> 
     phase.finish();
     give_root_mode(plain.point(), &to)?;
     plain.unmount()?;
-    apply_metadata(ctx, &remote, request, &to)?;
+    apply_metadata(ctx, &remote, puller.as_ref(), request, &to)?;
     drop(stage);
     drop(remote);
     Ok(Done {
@@ -166,6 +166,7 @@ pub fn restore(ctx: &Context, request: &RestoreRequest, progress: &Progress) -> 
 fn apply_metadata(
     ctx: &Context,
     remote: &PathTarget,
+    puller: Option<&Puller>,
     request: &RestoreRequest,
     to: &Path,
 ) -> Result<()> {
@@ -191,7 +192,12 @@ fn apply_metadata(
         keep_setuid: request.keep_setuid,
         paths: &request.paths,
     };
-    match crate::metadata::apply_from_target(ctx, remote.root(), &id, to, options)? {
+    let staged = stage_metadata(ctx, remote, &id, puller)?;
+    let dir = match &staged {
+        Some(stage) => stage.path.clone(),
+        None => remote.root().join(crate::metadata::DIR).join(&id),
+    };
+    match crate::metadata::apply_from(ctx, &dir, &id, to, options)? {
         None => crate::log::warn(format!(
             "run {id} stored no owners, ACLs or xattrs (made before ciphersync kept them): \
              restored files belong to the user running the restore"
@@ -221,6 +227,67 @@ fn apply_metadata(
         }
     }
     Ok(())
+}
+
+/// The run's metadata dir, pulled into a local stage over ssh (pull.rs)
+/// instead of read through sshfs, which reads a file one request at a
+/// time: for a large tree the files are tens of MB (3 s for 200,000
+/// entries at 20 ms RTT, docs/benchmarks.md), and even a restore of one
+/// file needs all of them. None: read it through the mount, as without a
+/// puller, when the dir is not there, holds anything but plain files,
+/// does not fit, or the server would not give a file back.
+fn stage_metadata(
+    ctx: &Context,
+    remote: &PathTarget,
+    id: &str,
+    puller: Option<&Puller>,
+) -> Result<Option<Stage>> {
+    let Some(puller) = puller else {
+        return Ok(None);
+    };
+    let rel = format!("{}/{id}", crate::metadata::DIR);
+    if !std::fs::symlink_metadata(remote.root().join(&rel)).is_ok_and(|m| m.is_dir()) {
+        return Ok(None);
+    }
+    let entries = remote.list_tree(&rel)?;
+    let plain_file = |e: &TreeEntry| {
+        e.kind == 'f' && !e.path.is_empty() && !e.path.contains(['/', '\0']) && e.path != ".."
+    };
+    if entries.is_empty() || !entries.iter().all(plain_file) {
+        log::debug(|| format!("restore: {rel} holds more than files: read through sshfs"));
+        return Ok(None);
+    }
+    let needed = entries.iter().map(|e| e.size).fold(0, u64::saturating_add);
+    let free = fsutil::free_bytes(&ctx.job.state_dir);
+    if free.is_some_and(|free| free < needed.saturating_add(STAGE_MARGIN)) {
+        return Ok(None);
+    }
+    let stage = Stage {
+        path: ctx.state(&format!("restore-metadata-{id}")),
+        pulled: Some(puller.read_via()),
+    };
+    if stage.path.exists() {
+        make_writable(&stage.path);
+        std::fs::remove_dir_all(&stage.path)
+            .ctx(|| format!("removing {}", stage.path.display()))?;
+    }
+    crypt::create_private_dir(&stage.path)?;
+    let list = ctx.runtime("metadata.files");
+    let names: Vec<&[u8]> = entries.iter().map(|e| e.path.as_bytes()).collect();
+    fsutil::write_atomic(&list, &names.join(&0u8))?;
+    let refs: Vec<&TreeEntry> = entries.iter().collect();
+    let room = free.unwrap_or(u64::MAX).saturating_sub(STAGE_MARGIN);
+    let refused = puller.pull(&rel, &list, &refs, &stage.path, room, None)?;
+    if !refused.is_empty() {
+        log::debug(|| {
+            format!("restore: the target would not give back {refused:?}: read {rel} through sshfs")
+        });
+        return Ok(None);
+    }
+    check_staged_types(id, &stage.path, &entries)?;
+    check_nothing_extra(id, &stage.path, &entries)?;
+    log::debug(|| format!("restore: {rel} pulled over {:?}", puller.read_via()));
+    Ok(Some(stage))
 }
 
 /// The newest run, when its record says the server lost modes or symlinks

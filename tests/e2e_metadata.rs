@@ -150,6 +150,43 @@ fn owners_acls_xattrs_and_fifos_come_back_and_the_server_sees_none() {
     let to = restore(&job, "restored", &[]);
     assert_eq!(describe(&to), want, "restored as root");
 
+    // One named path: the run's metadata dir is pulled into a local stage
+    // over ssh (not read through sshfs), applied, and the stage removed.
+    let one = job.root.join("one");
+    let o = job.ok(&[
+        "--verbose",
+        "restore",
+        "--to",
+        one.to_str().unwrap(),
+        "home/alice/notes",
+    ]);
+    assert!(
+        o.stderr
+            .contains(&format!("restore: metadata/{first} pulled over")),
+        "{}",
+        o.dump()
+    );
+    let tag = std::process::Command::new("getfattr")
+        .args(["--only-values", "-n", "user.tag"])
+        .arg(one.join("home/alice/notes"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&tag.stdout),
+        XATTR_VALUE,
+        "the named file's xattr"
+    );
+    let staged: Vec<_> = fs::read_dir(&job.state_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("restore-metadata-")
+        })
+        .collect();
+    assert!(staged.is_empty(), "the metadata stage was left behind");
+
     // A second run with other owners; the first stays restorable as it was.
     chown(job.source.join("root-owned"), Some(1010), Some(1010)).unwrap();
     sh(&job.source, "setfattr -x user.tag home/alice/notes");

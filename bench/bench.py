@@ -39,7 +39,9 @@ SETTLE_S = 2.5
 SCENARIOS = [
     "backup_initial", "backup_nochange", "backup_changed",
     "verify_full", "verify_nochange", "verify_deep", "restore_full",
+    "restore_one", "restore_dir",
 ]
+RESTORES = ("restore_full", "restore_one", "restore_dir")
 
 
 def log(msg):
@@ -426,12 +428,14 @@ class Bench:
                 wanted = wanted + ["verify_full"]
             if not t.supports(sc) or (not sc.startswith("backup") and sc not in wanted):
                 continue
-            if sc == "restore_full":
+            if sc in RESTORES:
                 dest = os.path.join(tdir, "restored")
                 shutil.rmtree(dest, ignore_errors=True)
-                argv, env, cwd = t.restore(dest)
-                rec = self.measure(tool, sc, rep, argv, env, cwd, parse_json=tool.startswith("cs"))
-                same = compare_trees(self.src, t.restored_root(dest))
+                rel = picked_path(self.src, sc)
+                argv, env, cwd = t.restore(dest, [rel] if rel else [])
+                rec = self.measure(tool, sc, rep, argv, env, cwd, parse_json=tool.startswith("cs"),
+                                   extra={"path": rel} if rel else None)
+                same = compare_restored(self.src, t.restored_root(dest), rel)
                 with open(self.results, "a") as f:
                     f.write(json.dumps({"run_id": self.run_id, "set": self.args.set, "rep": rep,
                                         "delay_ms": self.args.delay_ms, "tool": tool,
@@ -517,8 +521,8 @@ class CipherSync(Tool):
             "verify_nochange": self.cs("verify"), "verify_deep": self.cs("verify", "--deep"),
         }[sc]
 
-    def restore(self, dest):
-        return self.cs("restore", "--to", dest)
+    def restore(self, dest, paths):
+        return self.cs("restore", "--to", dest, *paths)
 
 
 class Seed(Tool):
@@ -532,7 +536,10 @@ class Seed(Tool):
     def scenario(self, sc):
         return self.s("backup" if sc.startswith("backup") else "verify")
 
-    def restore(self, dest):
+    def supports(self, sc):
+        return sc not in ("verify_deep", "restore_one", "restore_dir")
+
+    def restore(self, dest, paths):
         return self.s("restore", dest)
 
 
@@ -554,8 +561,9 @@ class Restic(Tool):
             return self.r("backup", "--host", "bench", self.b.src)
         return self.r("check", "--read-data")
 
-    def restore(self, dest):
-        return self.r("restore", "latest", "--target", dest)
+    def restore(self, dest, paths):
+        include = [a for p in paths for a in ("--include", os.path.join(self.b.src, p))]
+        return self.r("restore", "latest", "--target", dest, *include)
 
     def restored_root(self, dest):
         inner = dest + self.b.src
@@ -580,9 +588,9 @@ class Borg(Tool):
             return ["borg", "create", "::a%d" % Borg.n, "."], self.env(), self.b.src
         return ["borg", "check", "--verify-data"], self.env(), None
 
-    def restore(self, dest):
+    def restore(self, dest, paths):
         os.makedirs(dest, exist_ok=True)
-        return ["borg", "extract", "::a%d" % Borg.n], self.env(), dest
+        return ["borg", "extract", "::a%d" % Borg.n] + list(paths), self.env(), dest
 
 
 TOOL_CLASSES = {"cs": CipherSync, "seed": Seed, "restic": Restic, "borg": Borg}
@@ -614,6 +622,31 @@ def sha1(p):
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.digest()
+
+
+def picked_path(src, sc):
+    """What restore_one and restore_dir restore: the file in the middle of
+    the source's sorted file list, and its directory (the same on every
+    run of a data set)."""
+    if sc == "restore_full":
+        return None
+    files = sorted(k for k, v in tree(src).items() if v[0] == "f")
+    one = files[len(files) // 2]
+    return one if sc == "restore_one" else (os.path.dirname(one) or ".")
+
+
+def compare_restored(src, root, rel):
+    """The restored tree, or the one restored path, against the source."""
+    if rel is None:
+        return compare_trees(src, root)
+    a, b = os.path.join(src, rel), os.path.join(root, rel)
+    if os.path.isdir(a):
+        return compare_trees(a, b)
+    if not os.path.isfile(b):
+        return False, "no restored file at %s" % b
+    if (os.stat(a).st_size, os.stat(a).st_mode & 0o777) != (os.stat(b).st_size, os.stat(b).st_mode & 0o777):
+        return False, "metadata differs: %s" % rel
+    return (True, None) if sha1(a) == sha1(b) else (False, "content differs: %s" % rel)
 
 
 def compare_trees(a, b):

@@ -17,6 +17,16 @@ fn first_pass_files(o: &Out) -> Option<u64> {
     rest.split(',').next()?.trim().parse().ok()
 }
 
+/// No `.NAME.XXXXXX` left in files/ (the pass's and rsync's temp names).
+fn assert_no_temp_names(job: &Job) {
+    let names: Vec<String> = walk(&job.files_dir())
+        .into_iter()
+        .map(|(rel, _)| rel.display().to_string())
+        .filter(|rel| rel.rsplit('/').next().unwrap_or("").starts_with('.'))
+        .collect();
+    assert!(names.is_empty(), "temp names left in files/: {names:?}");
+}
+
 fn first_backup_goes_over_sftp_first(job: &Job) {
     make_features_tree(&job.source);
     job.ok(&["init"]);
@@ -36,12 +46,7 @@ fn first_backup_goes_over_sftp_first(job: &Job) {
     // rsync found everything in place: a second run sends nothing.
     let second = job.backup_ok();
     assert_eq!(second["transferred"], 0, "{second}");
-    let names: Vec<String> = walk(&job.files_dir())
-        .into_iter()
-        .map(|(rel, _)| rel.display().to_string())
-        .filter(|rel| rel.rsplit('/').next().unwrap_or("").starts_with('.'))
-        .collect();
-    assert!(names.is_empty(), "temp names left in files/: {names:?}");
+    assert_no_temp_names(job);
     job.verify_ok(false);
     job.verify_ok(true);
     job.restore_and_compare("restored");
@@ -192,12 +197,7 @@ fn a_later_backup_sends_its_new_files_over_sftp_first() {
         .map(|(rel, _)| rel.display().to_string())
         .collect();
     assert_eq!(kept.len(), 2, "snapshot {second} holds: {kept:?}");
-    let temps: Vec<String> = walk(&job.files_dir())
-        .into_iter()
-        .map(|(rel, _)| rel.display().to_string())
-        .filter(|rel| rel.rsplit('/').next().unwrap_or("").starts_with('.'))
-        .collect();
-    assert!(temps.is_empty(), "temp names left in files/: {temps:?}");
+    assert_no_temp_names(&job);
 
     // rsync found the new files in place: nothing to send now.
     assert_eq!(job.backup_ok()["transferred"], 0);

@@ -237,12 +237,18 @@ fn a_job_over_rsync_runs_through_serve() {
     );
     job.verify_ok(false);
     job.verify_ok(true);
+    restores_pull_through_serve(&job, &first, &as_of_first);
+}
+
+/// The latest state and run `first` (the source as `as_of_first` holds
+/// it) restore equal; serve allows `rsync --server --sender`, so restore
+/// pulls through it. Nothing is left behind.
+fn restores_pull_through_serve(job: &Job, first: &str, as_of_first: &Path) {
     job.restore_and_compare("restored-latest");
-    // serve allows `rsync --server --sender`: restore pulls through it.
     let restore = job.stage("restore");
     assert_eq!(restore["stats"]["read_via"], "rsync", "{restore}");
-    let to = restore_snapshot(&job, &first, "restored-first");
-    assert_trees_equal(&as_of_first, &to);
+    let to = restore_snapshot(job, first, "restored-first");
+    assert_trees_equal(as_of_first, &to);
     job.assert_clean();
 }
 
@@ -999,11 +1005,7 @@ fn a_chrooted_account_serves_its_dir_and_nothing_else() {
     job.backup_ok();
     job.verify_ok(false);
     job.verify_ok(true);
-    job.restore_and_compare("restored-latest");
-    assert_eq!(job.stage("restore")["stats"]["read_via"], "rsync");
-    let to = restore_snapshot(&job, &first, "restored-first");
-    assert_trees_equal(&as_of_first, &to);
-    job.assert_clean();
+    restores_pull_through_serve(&job, &first, &as_of_first);
 }
 
 /// `serve --chroot` writes nowhere sshd would refuse as a chroot: a

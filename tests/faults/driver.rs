@@ -351,7 +351,10 @@ fn baseline(j: &NetJob, b: Baseline) -> (RemoteState, usize) {
     reap_orphans(j);
     j.backup_ok();
     if b.new_mb > 0 {
-        make_big_tree(&j.source, "wave", b.new_mb, MIB);
+        // In 2 MiB files: fewer than 16 new files, so that rsync moves them
+        // (a backup sends 16 or more new files over SFTP before rsync runs,
+        // and "during rsync" would come too late).
+        make_big_tree(&j.source, "wave", b.new_mb.div_ceil(2), 2 * MIB);
     }
     let before = remote_state(&j.target_path);
     assert!(

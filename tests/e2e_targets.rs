@@ -400,15 +400,18 @@ fn sshfs_workers_share_one_directory() {
 
     let to = job.root.join("restored");
     let restore = job.ok(&["--verbose", "restore", "--to", to.to_str().unwrap()]);
-    // A shell account runs `rsync --server`: the latest run is pulled into
-    // a local stage (one rsync, links munged) and checked against its
+    // A shell account runs `rsync --server`: the latest run's files/ is
+    // pulled into a local stage (one rsync, links munged; the run's
+    // metadata dir comes in a second) and checked against its
     // record; only then do the three phases and 3 workers copy out of it
     // (workers name paths, and rsync would follow a symlinked parent of
     // one, so never straight from the server).
     let pulls = restore
         .stderr
         .lines()
-        .filter(|l| l.contains("run: rsync") && l.contains("--munge-links"))
+        .filter(|l| {
+            l.contains("run: rsync") && l.contains("--munge-links") && l.contains("/files/ ")
+        })
         .count();
     assert_eq!(
         pulls, 1,

@@ -463,6 +463,10 @@ def cmd_hardening(evalfile, service, showfile):
         if key in NOT_HARDENING or want is None:
             continue
         name = SHOW_NAME.get(key, key)
+        if key in CAP_KEYS and name not in shown and not " ".join(str(x) for x in (want if isinstance(want, list) else [want])).split():
+            # An empty capability set: systemctl show leaves an empty
+            # property out (unless --all), so its absence is the empty set.
+            shown[name] = ""
         if name not in shown:
             print(f"MISSING {key}: systemctl show has no such property")
             bad += 1

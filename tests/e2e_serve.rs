@@ -159,6 +159,20 @@ fn snapshot_ids(job: &Job) -> Vec<String> {
         .collect()
 }
 
+/// The features tree backed up once and sealed: the run's id, and a copy
+/// of the source as that run saw it.
+fn first_run_sealed(job: &ServeJob) -> (String, std::path::PathBuf) {
+    make_features_tree(&job.source);
+    job.ok(&["init"]);
+    let first = job.backup_ok()["snapshot"].as_str().unwrap().to_string();
+    let as_of_first = job.root.join("as-of-first");
+    copy_tree(&job.source, &as_of_first);
+    job.account
+        .seal(&[])
+        .expect_code(0, "seal after the first run");
+    (first, as_of_first)
+}
+
 fn restore_snapshot(job: &Job, id: &str, dir: &str) -> std::path::PathBuf {
     let to = job.root.join(dir);
     fs::create_dir_all(&to).unwrap();
@@ -810,12 +824,7 @@ fn entries_inserted_behind_sealed_history_are_refused() {
     }
     let job = serve_job("serve-inserted", "rsync", true, json!({}));
     let acct = &job.account;
-    make_features_tree(&job.source);
-    job.ok(&["init"]);
-    let first = job.backup_ok()["snapshot"].as_str().unwrap().to_string();
-    let as_of_first = job.root.join("as-of-first");
-    copy_tree(&job.source, &as_of_first);
-    acct.seal(&[]).expect_code(0, "seal after the first run");
+    let (first, as_of_first) = first_run_sealed(&job);
     // Two seconds apart, so that an id lies between the two runs.
     std::thread::sleep(std::time::Duration::from_secs(2));
     change_features_tree(&job.source);
@@ -980,12 +989,7 @@ fn a_chrooted_account_serves_its_dir_and_nothing_else() {
     );
 
     // A whole job: backup, seal, a second backup, verify, restores.
-    make_features_tree(&job.source);
-    job.ok(&["init"]);
-    let first = job.backup_ok()["snapshot"].as_str().unwrap().to_string();
-    let as_of_first = job.root.join("as-of-first");
-    copy_tree(&job.source, &as_of_first);
-    acct.seal(&[]).expect_code(0, "seal after the first run");
+    let (first, as_of_first) = first_run_sealed(&job);
     let record = acct.root.join(format!("records/{first}.rec"));
     let meta = fs::symlink_metadata(&record).unwrap();
     assert_eq!(

@@ -89,6 +89,14 @@
     if attrs ? ${key} && attrs.${key} == want
     then removeAttrs attrs [key]
     else attrs;
+  # A stub service as rendered: the options the module did not set that
+  # realService drops too (an empty script, preStart or before) left out,
+  # so that both renderings can be compared.
+  unsetLeft = s:
+    lib.filterAttrs (k: v: !(lib.elem k ["script" "preStart" "before"] && (v == "" || v == []))) (
+      clean s // {path = map toString s.path;}
+    );
+
   realService = s: let
     path = map toString s.path;
     n = lib.length path - lib.length pathDefaults;
@@ -245,10 +253,7 @@
           _: s:
             if real
             then realService s
-            else
-              lib.filterAttrs (k: v: !(lib.elem k ["script" "preStart"] && v == "")) (
-                clean s // {path = map toString s.path;}
-              )
+            else unsetLeft s
         )
         (ownServicesOut config.systemd.services);
       timers =
@@ -290,7 +295,7 @@
       })
     config.users.users;
   in {
-    services = lib.mapAttrs (_: s: lib.filterAttrs (k: v: !(lib.elem k ["script" "preStart"] && v == "")) (clean s // {path = map toString s.path;})) config.systemd.services;
+    services = lib.mapAttrs (_: unsetLeft) config.systemd.services;
     timers = lib.mapAttrs (_: clean) config.systemd.timers;
     paths = lib.mapAttrs (_: clean) config.systemd.paths;
     inherit users;

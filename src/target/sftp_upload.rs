@@ -23,21 +23,14 @@ use std::path::Path;
 
 use super::Ssh;
 use super::sftp::{
-    ATTR_ACMODTIME, ATTR_PERMISSIONS, CHUNK, MAX_IN_FLIGHT, MAX_OPEN, SSH_FXP_CLOSE,
-    SSH_FXP_HANDLE, SSH_FXP_OPEN, SSH_FXP_STATUS, Session, Slots, put_u32, put_u64, remote_base,
-    remote_path,
+    ATTR_ACMODTIME, ATTR_PERMISSIONS, CHUNK, MAX_IN_FLIGHT, MAX_OPEN, SSH_FXF_CREAT, SSH_FXF_EXCL,
+    SSH_FXF_WRITE, SSH_FXP_CLOSE, SSH_FXP_EXTENDED, SSH_FXP_FSETSTAT, SSH_FXP_HANDLE,
+    SSH_FXP_MKDIR, SSH_FXP_OPEN, SSH_FXP_REMOVE, SSH_FXP_STATUS, SSH_FXP_WRITE, Session, Slots,
+    put_u32, put_u64, remote_base, remote_path,
 };
 use crate::error::Result;
 use crate::progress::Phase;
 
-const SSH_FXP_WRITE: u8 = 6;
-const SSH_FXP_FSETSTAT: u8 = 10;
-const SSH_FXP_REMOVE: u8 = 13;
-const SSH_FXP_MKDIR: u8 = 14;
-const SSH_FXP_EXTENDED: u8 = 200;
-const SSH_FXF_WRITE: u32 = 0x2;
-const SSH_FXF_CREAT: u32 = 0x8;
-const SSH_FXF_EXCL: u32 = 0x20;
 const HARDLINK: &str = "hardlink@openssh.com";
 
 /// What the first pass put on the target: the user's files (not

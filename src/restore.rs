@@ -262,22 +262,14 @@ fn stage_metadata(
     if free.is_some_and(|free| free < needed.saturating_add(STAGE_MARGIN)) {
         return Ok(None);
     }
-    let stage = Stage {
-        path: ctx.state(&format!("restore-metadata-{id}")),
-        pulled: Some(puller.read_via()),
-    };
-    if stage.path.exists() {
-        make_writable(&stage.path);
-        std::fs::remove_dir_all(&stage.path)
-            .ctx(|| format!("removing {}", stage.path.display()))?;
-    }
-    crypt::create_private_dir(&stage.path)?;
+    let stage = Stage::fresh(
+        ctx.state(&format!("restore-metadata-{id}")),
+        Some(puller.read_via()),
+    )?;
     let list = ctx.runtime("metadata.files");
-    let names: Vec<&[u8]> = entries.iter().map(|e| e.path.as_bytes()).collect();
-    fsutil::write_atomic(&list, &names.join(&0u8))?;
     let refs: Vec<&TreeEntry> = entries.iter().collect();
-    let room = free.unwrap_or(u64::MAX).saturating_sub(STAGE_MARGIN);
-    let refused = puller.pull(&rel, &list, &refs, &stage.path, room, None)?;
+    write_path_list(&list, &refs)?;
+    let refused = puller.pull(&rel, &list, &refs, &stage.path, stage.room(), None)?;
     if !refused.is_empty() {
         log::debug(|| {
             format!("restore: the target would not give back {refused:?}: read {rel} through sshfs")
@@ -594,6 +586,35 @@ struct Stage {
     pulled: Option<ReadVia>,
 }
 
+impl Stage {
+    /// An empty stage at `path`, private to us; whatever a killed restore
+    /// left there is removed first.
+    fn fresh(path: PathBuf, pulled: Option<ReadVia>) -> Result<Stage> {
+        let stage = Stage { path, pulled };
+        if stage.path.exists() {
+            make_writable(&stage.path);
+            std::fs::remove_dir_all(&stage.path)
+                .ctx(|| format!("removing {}", stage.path.display()))?;
+        }
+        crypt::create_private_dir(&stage.path)?;
+        Ok(stage)
+    }
+
+    /// What a pull may still put here, the margin kept free.
+    fn room(&self) -> u64 {
+        fsutil::free_bytes(&self.path)
+            .unwrap_or(u64::MAX)
+            .saturating_sub(STAGE_MARGIN)
+    }
+}
+
+/// The entries' paths, NUL-separated: what `rsync --from0 --files-from`
+/// reads.
+fn write_path_list(list: &Path, entries: &[&TreeEntry]) -> Result<()> {
+    let names: Vec<&[u8]> = entries.iter().map(|e| e.path.as_bytes()).collect();
+    fsutil::write_atomic(list, &names.join(&0u8))
+}
+
 impl Drop for Stage {
     fn drop(&mut self) {
         make_writable(&self.path);
@@ -653,16 +674,10 @@ fn rebuild(
     }
     let plan = snapshots::plan_rebuild(&record, &later);
 
-    let stage = Stage {
-        path: ctx.state(&format!("restore-{id}")),
-        pulled: puller.map(Puller::read_via),
-    };
-    if stage.path.exists() {
-        make_writable(&stage.path);
-        std::fs::remove_dir_all(&stage.path)
-            .ctx(|| format!("removing {}", stage.path.display()))?;
-    }
-    crypt::create_private_dir(&stage.path)?;
+    let stage = Stage::fresh(
+        ctx.state(&format!("restore-{id}")),
+        puller.map(Puller::read_via),
+    )?;
     for dir in record.entries.iter().filter(|e| e.kind == 'd') {
         crypt::create_private_dir(&stage.path.join(&dir.path))?;
     }
@@ -674,13 +689,9 @@ fn rebuild(
             Some(snapshot) => format!("{SNAPSHOTS}/{snapshot}"),
             None => FILES.to_string(),
         };
-        let names: Vec<&[u8]> = entries.iter().map(|e| e.path.as_bytes()).collect();
-        fsutil::write_atomic(&list, &names.join(&0u8))?;
+        write_path_list(&list, entries)?;
         if let Some(puller) = puller {
-            let room = fsutil::free_bytes(&stage.path)
-                .unwrap_or(u64::MAX)
-                .saturating_sub(STAGE_MARGIN);
-            let refused = puller.pull(&from, &list, entries, &stage.path, room, watched)?;
+            let refused = puller.pull(&from, &list, entries, &stage.path, stage.room(), watched)?;
             if !refused.is_empty() {
                 return Ok(Rebuilt::Unreadable(refused));
             }

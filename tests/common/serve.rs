@@ -107,29 +107,31 @@ impl ServeAccount {
         let request_log = tools.join("serve-requests.log");
         fs::write(&request_log, b"").unwrap();
         std::os::unix::fs::chown(&request_log, Some(uid), Some(gid)).unwrap();
-        let (root, layout) = if chrooted {
-            let (chroot, guard) = chroot_dir("serve-chroot");
-            let root = chroot.join("data");
-            make_dir(&root, 0o755, Some((uid, gid)));
-            let mounts = chroot_layout(&chroot, &tools, &binary);
-            (root, Some((chroot, guard, mounts)))
-        } else {
-            let home = base.join("serve-home");
-            make_dir(&home, 0o755, None);
-            let root = home.join("backup");
-            make_dir(&root, 0o755, Some((uid, gid)));
-            (root, None)
-        };
-        // Paths as the account's sshd session sees them.
-        let seen = |host: &Path| -> String {
-            match &layout {
-                Some(_) => format!("/srv/{}", host.file_name().unwrap().to_string_lossy()),
-                None => host.display().to_string(),
+        let chroot = chrooted.then(|| chroot_dir("serve-chroot"));
+        let root = match &chroot {
+            Some((dir, _)) => dir.join("data"),
+            None => {
+                let home = base.join("serve-home");
+                make_dir(&home, 0o755, None);
+                home.join("backup")
             }
         };
-        let remote_root = match &layout {
-            Some(_) => "/data".to_string(),
-            None => root.display().to_string(),
+        make_dir(&root, 0o755, Some((uid, gid)));
+        let mounts = match &chroot {
+            Some((dir, _)) => chroot_layout(dir, &tools, &binary),
+            None => Vec::new(),
+        };
+        // Paths as the account's sshd session sees them: in the chroot the
+        // tools are at /srv and the root is /data.
+        let seen = |host: &Path| -> String {
+            match chrooted {
+                true => format!("/srv/{}", host.file_name().unwrap().to_string_lossy()),
+                false => host.display().to_string(),
+            }
+        };
+        let remote_root = match chrooted {
+            true => "/data".to_string(),
+            false => root.display().to_string(),
         };
         // The ForceCommand: a wrapper that notes the request's first two
         // words (the test reads what the server was asked), then serve.
@@ -146,19 +148,16 @@ impl ServeAccount {
         )
         .unwrap();
         fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
-        let chroot_line = match &layout {
-            Some((chroot, _, _)) => format!("  ChrootDirectory {}\n", chroot.display()),
-            None => String::new(),
-        };
+        let chroot_line = chroot
+            .as_ref()
+            .map(|(dir, _)| format!("  ChrootDirectory {}\n", dir.display()))
+            .unwrap_or_default();
         let extra = format!(
             "Match User {SERVE_USER}\n{chroot_line}  ForceCommand {}\n  \
              AllowTcpForwarding no\n  X11Forwarding no\n  PermitTTY no\n",
             seen(&wrapper)
         );
-        let (chroot, chroot_guard, mounts) = match layout {
-            Some((c, g, m)) => (Some(c), Some(g), m),
-            None => (None, None, Vec::new()),
-        };
+        let (chroot, chroot_guard) = chroot.unzip();
         let sshd = Sshd::start_with(
             base,
             &SshdSetup {

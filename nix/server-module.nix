@@ -85,6 +85,18 @@
     ++ lib.optionals (account.keepSealed.keepLast != null) ["--keep-last" (toString account.keepSealed.keepLast)]
     ++ lib.optionals (account.keepSealed.keepDays != null) ["--keep-days" (toString account.keepSealed.keepDays)];
 
+  # The confinement of the module's root services (serviceConfig): they
+  # may write `writable` and nothing else, with capabilities `caps`.
+  rootConfined = writable: caps: {
+    ReadWritePaths = writable;
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    PrivateTmp = true;
+    PrivateNetwork = true;
+    NoNewPrivileges = true;
+    CapabilityBoundingSet = caps;
+  };
+
   matchBlock = name: account: ''
     Match User ${name}
       ChrootDirectory ${chrootOf name}
@@ -321,16 +333,10 @@ in {
                 name
               ])
             accounts;
-            # Root writes each chroot's etc/ and nothing else.
-            ReadWritePaths = lib.mapAttrsToList (name: _: "${chrootOf name}/etc") accounts;
-            ProtectSystem = "strict";
-            ProtectHome = true;
-            PrivateTmp = true;
-            PrivateNetwork = true;
-            NoNewPrivileges = true;
-            # Root owns what it writes: no capability needed.
-            CapabilityBoundingSet = "";
-          };
+          }
+          # Root writes each chroot's etc/ and nothing else; it owns what
+          # it writes, so it needs no capability.
+          // rootConfined (lib.mapAttrsToList (name: _: "${chrootOf name}/etc") accounts) "";
         };
       }
       // lib.mapAttrs' (name: a:
@@ -342,18 +348,12 @@ in {
         serviceConfig = {
           Type = "oneshot";
           ExecStart = jobLib.escapeSystemdExecArgs (sealArgs name a);
-          # Root changes owners and modes below the account dir and
-          # nothing else.
-          ReadWritePaths = [(rootOf name)];
-          ProtectSystem = "strict";
-          ProtectHome = true;
-          PrivateTmp = true;
-          PrivateNetwork = true;
-          NoNewPrivileges = true;
-          CapabilityBoundingSet = "CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH";
           Nice = 10;
           IOSchedulingClass = "idle";
-        };
+        }
+        # Root changes owners and modes below the account dir and nothing
+        # else.
+        // rootConfined [(rootOf name)] "CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH";
       })
     appendOnly;
 

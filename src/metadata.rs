@@ -382,26 +382,17 @@ impl Applied {
     }
 }
 
-/// Restore: mounts `dir`, run `id`'s `metadata/<id>` (on the target, or
-/// pulled into a local stage), read-only and applies it to the restored
-/// tree `to`. None when that run stored none.
-pub fn apply_from(
-    ctx: &Context,
-    dir: &Path,
-    id: &str,
-    to: &Path,
-    options: ApplyOptions,
-) -> Result<Option<Applied>> {
+/// Restore: mounts `dir`, a run's `metadata/<id>` (on the target, or
+/// pulled into a local stage), decrypted and read-only, for `apply`. None
+/// when that run stored none.
+pub fn mount_manifest(ctx: &Context, dir: &Path) -> Result<Option<Mount>> {
     // A local target's planted link must not lead the mount elsewhere.
     if !std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
         return Ok(None);
     }
     let point = ctx.runtime("metadata");
     crate::mount::prepare_point(&point)?;
-    let mount = crate::crypt::mount_forward(ctx.job, dir, &point)?;
-    let applied = apply(mount.point(), id, to, options);
-    mount.unmount()?;
-    applied.map(Some)
+    crate::crypt::mount_forward(ctx.job, dir, &point).map(Some)
 }
 
 /// Applies the plaintext manifest in `plain` to `to`.

@@ -90,64 +90,47 @@ pub fn restore(ctx: &Context, request: &RestoreRequest, progress: &Progress) -> 
     fsutil::ensure_private_dir(&to, "--to")?;
 
     let remote = target::open_path(job, &ctx.runtime("remote"))?;
-    refuse_empty_target(job, &remote)?;
-    let root = remote.root().to_owned();
-    // An older state is rebuilt in a local stage first, and so is the
-    // latest where the server keeps no modes or symlinks (its record does:
-    // see target::Keeps), or where rsync can pull it faster than sshfs
-    // reads it. Otherwise the latest state is read from files/ itself.
-    let puller = remote.puller(job)?;
-    let stage = match (&request.snapshot, latest_needing_its_record(ctx, &remote)?) {
-        (Some(id), _) => Some(rebuild_somehow(
-            ctx,
-            &remote,
-            id,
-            puller.as_ref(),
-            progress,
-        )?),
-        (None, Some(latest)) => Some(rebuild_somehow(
-            ctx,
-            &remote,
-            &latest,
-            puller.as_ref(),
-            progress,
-        )?),
-        (None, None) => match (&puller, request.paths.is_empty()) {
-            (Some(puller), true) => pull_latest(ctx, &remote, puller, progress)?,
-            _ => None,
+    // Some paths of the latest run are read from files/ unless its record
+    // says otherwise: files/ is mounted decrypted (scrypt) while the
+    // target is asked what restore needs to know.
+    let early = !request.paths.is_empty() && request.snapshot.is_none();
+    let (mounted, survey) = crate::pool::join(
+        || match early {
+            true => mount_plain(ctx, &remote.root().join(FILES)).map(Some),
+            false => Ok(None),
         },
-    };
-    let read_via = match (&job.target, &stage) {
-        (Target::Local { .. }, _) => ReadVia::Local,
-        (
-            Target::Sftp(_),
-            Some(Stage {
-                pulled: Some(via), ..
-            }),
-        ) => *via,
-        (Target::Sftp(_), _) => ReadVia::Sshfs,
-    };
-    let cipher_dir = stage
-        .as_ref()
-        .map(|s| s.path.clone())
-        .unwrap_or_else(|| root.join(FILES));
-    let plain_point = ctx.runtime("plain");
-    crate::mount::prepare_point(&plain_point)?;
-    let plain = crypt::mount_forward(job, &cipher_dir, &plain_point)?;
-    // rsync's own count of what it checked and copied (progress/rsync.rs).
-    let phase = progress.phase("restore", Totals::default());
-    let copy = Copy {
-        job,
-        request,
-        to: &to,
-        phase: Some(&phase).filter(|p| p.shows()),
-    };
-    let stats = copy_out(&copy, plain.point(), stage.is_some())?;
-    phase.finish();
-    give_root_mode(plain.point(), &to)?;
-    plain.unmount()?;
-    apply_metadata(ctx, &remote, puller.as_ref(), request, &to)?;
-    drop(stage);
+        || survey(ctx, &remote),
+    );
+    // The survey's error first: it says why a mount of files/ failed.
+    let Survey { latest, puller } = survey?;
+    let mounted = mounted.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+    // The stored owners, ACLs and xattrs are fetched and mounted while the
+    // files are copied: for a few paths out of a large tree, fetching the
+    // manifest takes as long as the copy (docs/benchmarks.md).
+    let manifest_run = manifest_to_apply(request, latest.as_ref().map(|l| l.id.as_str()));
+    let (manifest, copied) = crate::pool::join(
+        || match &manifest_run {
+            Some(id) => prepare_manifest(ctx, &remote, puller.as_ref(), id),
+            None => Ok(None),
+        },
+        || {
+            let target = (&remote, puller.as_ref());
+            copy_files(
+                ctx,
+                target,
+                request,
+                latest.as_ref(),
+                mounted,
+                &to,
+                progress,
+            )
+        },
+    );
+    let (stats, read_via) = copied?;
+    let manifest = manifest.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+    if let Some(id) = &manifest_run {
+        apply_manifest(id, manifest, request, &to)?;
+    }
     drop(remote);
     Ok(Done {
         outcome: Outcome::Ok,
@@ -161,70 +144,208 @@ pub fn restore(ctx: &Context, request: &RestoreRequest, progress: &Progress) -> 
     })
 }
 
-/// Applies the owners, ACLs and xattrs the run stored (metadata.rs), as
-/// root unless `--no-owners`; the run is `--snapshot`'s or the newest.
-fn apply_metadata(
+/// What restore learns of the target before it reads any file.
+struct Survey<'a> {
+    latest: Option<Latest>,
+    puller: Option<Puller<'a>>,
+}
+
+/// The newest run with a record.
+struct Latest {
+    id: String,
+    /// Its record says the server lost modes or symlinks that the record
+    /// keeps (`metadata record`): restoring files/ as the server has it
+    /// would lose them, so the run is rebuilt from the record.
+    needs_record: bool,
+}
+
+/// Asks the target, side by side (each takes a round trip or more over a
+/// WAN), whether it holds a backup at all and which run is the newest;
+/// then how to pull from it.
+fn survey<'a>(ctx: &Context, remote: &'a PathTarget) -> Result<Survey<'a>> {
+    let job = ctx.job;
+    let (not_empty, latest) = crate::pool::join(
+        || refuse_empty_target(job, remote),
+        || latest_run(ctx, remote),
+    );
+    not_empty.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+    let latest = latest?;
+    // The newest record says whether the server kept modes and symlinks
+    // at the last backup (`needs_record`): no probe of it needed.
+    let keeps_all = latest.as_ref().map(|l| !l.needs_record);
+    Ok(Survey {
+        puller: remote.puller(job, keeps_all)?,
+        latest,
+    })
+}
+
+fn latest_run(ctx: &Context, remote: &PathTarget) -> Result<Option<Latest>> {
+    let Some(id) = snapshots::recorded_ids(remote)?.pop() else {
+        return Ok(None);
+    };
+    let header = snapshots::open_header(remote, &id, &ctx.job.state_dir)?;
+    Ok(Some(Latest {
+        id,
+        needs_record: header.metadata_in_record,
+    }))
+}
+
+/// `cipher_dir` decrypted, read-only, at the restore's plaintext point.
+fn mount_plain(ctx: &Context, cipher_dir: &Path) -> Result<crate::mount::Mount> {
+    let point = ctx.runtime("plain");
+    crate::mount::prepare_point(&point)?;
+    crypt::mount_forward(ctx.job, cipher_dir, &point)
+}
+
+/// Decrypts the run asked for (a stage rebuilt or pulled here, or files/
+/// as the target has it, perhaps `mounted` already) and copies it, or the
+/// named paths, into `to`.
+fn copy_files(
     ctx: &Context,
-    remote: &PathTarget,
-    puller: Option<&Puller>,
+    (remote, puller): (&PathTarget, Option<&Puller>),
     request: &RestoreRequest,
+    latest: Option<&Latest>,
+    mounted: Option<crate::mount::Mount>,
     to: &Path,
-) -> Result<()> {
-    if request.no_owners {
-        return Ok(());
-    }
-    let id = match &request.snapshot {
-        Some(id) => id.clone(),
-        None => match snapshots::recorded_ids(remote)?.pop() {
-            Some(id) => id,
-            None => return Ok(()),
+    progress: &Progress,
+) -> Result<(Stats, ReadVia)> {
+    let job = ctx.job;
+    // An older state is rebuilt in a local stage first, and so is the
+    // latest where its record says so, or where rsync can pull it faster
+    // than sshfs reads it. Otherwise the latest state is read from files/
+    // itself.
+    let rebuilt_latest = latest.filter(|l| l.needs_record).map(|l| l.id.as_str());
+    let stage = match (&request.snapshot, rebuilt_latest) {
+        (Some(id), _) => Some(rebuild_somehow(ctx, remote, id, puller, progress)?),
+        (None, Some(latest)) => Some(rebuild_somehow(ctx, remote, latest, puller, progress)?),
+        (None, None) => match (puller, latest, request.paths.is_empty()) {
+            (Some(puller), Some(latest), true) => {
+                pull_latest(ctx, remote, &latest.id, puller, progress)?
+            }
+            _ => None,
         },
     };
+    let read_via = match (&job.target, &stage) {
+        (Target::Local { .. }, _) => ReadVia::Local,
+        (
+            Target::Sftp(_),
+            Some(Stage {
+                pulled: Some(via), ..
+            }),
+        ) => *via,
+        (Target::Sftp(_), _) => ReadVia::Sshfs,
+    };
+    let plain = match (&stage, mounted) {
+        (None, Some(files)) => files,
+        (None, None) => mount_plain(ctx, &remote.root().join(FILES))?,
+        (Some(stage), files) => {
+            // Unmounted first: the stage is mounted at the same point.
+            drop(files);
+            mount_plain(ctx, &stage.path)?
+        }
+    };
+    // rsync's own count of what it checked and copied (progress/rsync.rs).
+    let phase = progress.phase("restore", Totals::default());
+    let copy = Copy {
+        job,
+        request,
+        to,
+        phase: Some(&phase).filter(|p| p.shows()),
+    };
+    let stats = copy_out(&copy, plain.point(), stage.is_some())?;
+    phase.finish();
+    give_root_mode(plain.point(), to)?;
+    plain.unmount()?;
+    Ok((stats, read_via))
+}
+
+/// The run whose stored owners, ACLs and xattrs the restore applies
+/// (`--snapshot`'s or the newest), unless `--no-owners` or not root.
+fn manifest_to_apply(request: &RestoreRequest, latest: Option<&str>) -> Option<String> {
+    if request.no_owners {
+        return None;
+    }
+    let id = request.snapshot.as_deref().or(latest)?;
     if !nix::unistd::geteuid().is_root() {
         crate::log::info(format!(
             "not root: the owners, ACLs and xattrs stored with run {id} are not applied \
              (restore as root to apply them)"
         ));
-        return Ok(());
+        return None;
     }
+    Some(id.to_string())
+}
+
+/// A run's manifest, mounted decrypted, and the stage it was pulled into.
+struct Manifest {
+    mount: crate::mount::Mount,
+    _stage: Option<Stage>,
+}
+
+/// Pulls run `id`'s metadata dir where the target lets us (else it is read
+/// through sshfs) and mounts it. None: the run stored none.
+fn prepare_manifest(
+    ctx: &Context,
+    remote: &PathTarget,
+    puller: Option<&Puller>,
+    id: &str,
+) -> Result<Option<Manifest>> {
+    let staged = stage_metadata(ctx, remote, id, puller)?;
+    let dir = match &staged {
+        Some(stage) => stage.path.clone(),
+        None => remote.root().join(crate::metadata::DIR).join(id),
+    };
+    Ok(
+        crate::metadata::mount_manifest(ctx, &dir)?.map(|mount| Manifest {
+            mount,
+            _stage: staged,
+        }),
+    )
+}
+
+/// Applies the owners, ACLs and xattrs run `id` stored (metadata.rs), as
+/// root, to the restored tree.
+fn apply_manifest(
+    id: &str,
+    manifest: Option<Manifest>,
+    request: &RestoreRequest,
+    to: &Path,
+) -> Result<()> {
+    let Some(manifest) = manifest else {
+        crate::log::warn(format!(
+            "run {id} stored no owners, ACLs or xattrs (made before ciphersync kept them): \
+             restored files belong to the user running the restore"
+        ));
+        return Ok(());
+    };
     let options = crate::metadata::ApplyOptions {
         owners: true,
         keep_setuid: request.keep_setuid,
         paths: &request.paths,
     };
-    let staged = stage_metadata(ctx, remote, &id, puller)?;
-    let dir = match &staged {
-        Some(stage) => stage.path.clone(),
-        None => remote.root().join(crate::metadata::DIR).join(&id),
-    };
-    match crate::metadata::apply_from(ctx, &dir, &id, to, options)? {
-        None => crate::log::warn(format!(
-            "run {id} stored no owners, ACLs or xattrs (made before ciphersync kept them): \
-             restored files belong to the user running the restore"
-        )),
-        Some(applied) => {
-            crate::log::info(format!(
-                "applied the metadata of run {id}: {} owners, {} ACLs, {} xattrs, {} FIFOs made; \
-                 {} sockets/devices not restored; {} entries not in the restored tree",
-                applied.owners,
-                applied.acls,
-                applied.xattrs,
-                applied.fifos,
-                applied.specials_left,
-                applied.missing
-            ));
-            if applied.problem_count > 0 {
-                return Err(Error::new(
-                    Kind::Io,
-                    format!(
-                        "restored into {}, but {} metadata changes failed: {}",
-                        to.display(),
-                        applied.problem_count,
-                        applied.problems.join("; ")
-                    ),
-                ));
-            }
-        }
+    let applied = crate::metadata::apply(manifest.mount.point(), id, to, options);
+    manifest.mount.unmount()?;
+    let applied = applied?;
+    crate::log::info(format!(
+        "applied the metadata of run {id}: {} owners, {} ACLs, {} xattrs, {} FIFOs made; \
+         {} sockets/devices not restored; {} entries not in the restored tree",
+        applied.owners,
+        applied.acls,
+        applied.xattrs,
+        applied.fifos,
+        applied.specials_left,
+        applied.missing
+    ));
+    if applied.problem_count > 0 {
+        return Err(Error::new(
+            Kind::Io,
+            format!(
+                "restored into {}, but {} metadata changes failed: {}",
+                to.display(),
+                applied.problem_count,
+                applied.problems.join("; ")
+            ),
+        ));
     }
     Ok(())
 }
@@ -282,17 +403,6 @@ fn stage_metadata(
     Ok(Some(stage))
 }
 
-/// The newest run, when its record says the server lost modes or symlinks
-/// that the record keeps (`metadata record`): restoring files/ as the
-/// server has it would lose them, so it is rebuilt from the record.
-fn latest_needing_its_record(ctx: &Context, remote: &PathTarget) -> Result<Option<String>> {
-    let Some(latest) = snapshots::recorded_ids(remote)?.pop() else {
-        return Ok(None);
-    };
-    let headers = snapshots::open_header(remote, &latest, &ctx.job.state_dir)?;
-    Ok(headers.metadata_in_record.then_some(latest))
-}
-
 /// A whole restore of the latest run from an account that runs `rsync
 /// --server`: pulled into a local stage in one stream per source, which at
 /// a WAN round trip is many times faster than sshfs reading file by file
@@ -301,13 +411,11 @@ fn latest_needing_its_record(ctx: &Context, remote: &PathTarget) -> Result<Optio
 fn pull_latest(
     ctx: &Context,
     remote: &PathTarget,
+    latest: &str,
     puller: &Puller<'_>,
     progress: &Progress,
 ) -> Result<Option<Stage>> {
-    let Some(latest) = snapshots::recorded_ids(remote)?.pop() else {
-        return Ok(None);
-    };
-    let record = snapshots::read_record(remote, &latest, &ctx.job.state_dir)?;
+    let record = snapshots::read_record(remote, latest, &ctx.job.state_dir)?;
     let needed: u64 = record.entries.iter().map(|e| e.size).sum();
     let free = fsutil::free_bytes(&ctx.job.state_dir);
     if free.is_some_and(|free| free < needed.saturating_add(STAGE_MARGIN)) {
@@ -320,7 +428,7 @@ fn pull_latest(
         ));
         return Ok(None);
     }
-    match rebuild(ctx, remote, &latest, Some(puller), progress)? {
+    match rebuild(ctx, remote, latest, Some(puller), progress)? {
         Rebuilt::Stage(stage) => Ok(Some(stage)),
         Rebuilt::Unreadable(refused) => {
             say_read_through_sshfs(&refused);
@@ -411,18 +519,10 @@ fn copy_out(copy: &Copy, plain: &Path, from_local_stage: bool) -> Result<Stats> 
     let mut copied = Copied::default();
     let paths = &request.paths;
     if !paths.is_empty() {
-        let mut args = vec!["--relative".to_string()];
         for path in paths {
             check_inside_backup(job, plain, path)?;
-            // `mount/./path` copies `path` with its parents (rsync --relative).
-            args.push(format!(
-                "{}/./{}",
-                plain.display(),
-                path.trim_end_matches('/')
-            ));
         }
-        copied.add(copy.pass(args, None, true)?);
-        return copied.into_result(plain);
+        return copy_paths(copy, plain, from_local_stage);
     }
     let whole = format!("{}/", plain.display());
     // Workers name directories in `--files-from` lists, and the sending
@@ -457,6 +557,68 @@ fn copy_out(copy: &Copy, plain: &Path, from_local_stage: bool) -> Result<Stats> 
     copied.add(copy.pass(after, Some(plan.after), false)?);
     copied.into_result(plain)
 }
+
+/// Copies the named paths (each checked by `check_inside_backup`) with
+/// their parents. Over sshfs one rsync waits for each file in turn (several
+/// round trips: bench/analysis.md), so where the paths hold more than a
+/// few files they go to workers on balanced lists of files
+/// (`split::plan_paths`). A worker reads each listed file by its path, as
+/// the one recursive rsync reads each file it listed: the workers open no
+/// window on a swapped parent that the single pass does not have.
+fn copy_paths(copy: &Copy, plain: &Path, from_local_stage: bool) -> Result<Stats> {
+    let mut copied = Copied::default();
+    let paths: Vec<PathBuf> = copy
+        .request
+        .paths
+        .iter()
+        .map(|p| Path::new(p).components().collect())
+        .collect();
+    let workers = match &copy.job.target {
+        Target::Sftp(s) if from_local_stage => s.connections,
+        Target::Sftp(s) => split::workers_for(s.connections),
+        Target::Local { .. } => 1,
+    };
+    let plan = match workers > 1 {
+        true => Some(split::plan_paths(
+            plain,
+            &paths,
+            workers,
+            &copy.job.state_dir,
+        )?),
+        false => None,
+    };
+    let Some(plan) = plan.filter(|p| p.workers.len() >= MIN_LISTS_TO_SPLIT) else {
+        // `mount/./path` copies `path` with its parents (rsync --relative).
+        let mut args = vec!["--relative".to_string()];
+        for path in &paths {
+            args.push(format!("{}/./{}", plain.display(), path.display()));
+        }
+        copied.add(copy.pass(args, None, true)?);
+        return copied.into_result(plain);
+    };
+    let whole = format!("{}/", plain.display());
+    let with = |options: Vec<String>| options.into_iter().chain([whole.clone()]).collect();
+    copied.add(copy.pass(
+        with(split::directories_pass(true)),
+        Some(plan.before),
+        false,
+    )?);
+    for pass in split::in_workers(plan.workers, workers, |list| {
+        copy.pass(with(split::contents_pass_of_files()), Some(list), true)
+    })? {
+        copied.add(pass);
+    }
+    copied.add(copy.pass(
+        with(split::directories_pass(false)),
+        Some(plan.after),
+        false,
+    )?);
+    copied.into_result(plain)
+}
+
+/// Paths with files for fewer lists than this go to one rsync: workers
+/// cost a process each and two more passes over the directories.
+const MIN_LISTS_TO_SPLIT: usize = 4;
 
 /// What the copy passes did, and rsync's lines about what they could not
 /// copy (a file the server cannot read back, a name it lost).

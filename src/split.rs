@@ -90,7 +90,7 @@ pub struct Plan {
 pub fn plan(tree: &Path, workers: usize, scratch_dir: &Path) -> Result<Plan> {
     let mut balancer = Balancer::new(workers);
     let mut dirs = Vec::new();
-    for (dir, listing) in walk_dirs(tree, workers.max(WALK_THREADS))? {
+    for (dir, listing) in walk_dirs(tree, PathBuf::new(), workers.max(WALK_THREADS), false)? {
         let unit = balancer.add_unit();
         balancer.add_cost(unit, listing.cost);
         for key in listing.links {
@@ -130,18 +130,33 @@ struct Listing {
     cost: u64,
     /// (device, inode) of its files that have other hard links.
     links: Vec<(u64, u64)>,
+    /// Its entries other than directories, when the walk keeps them.
+    leaves: Vec<Leaf>,
 }
 
-/// Every directory of `tree` (the top as an empty path) with its listing,
-/// parents before children; the directories of each level are read on
-/// `threads` threads. Symlinks are not followed.
-fn walk_dirs(tree: &Path, threads: usize) -> Result<Vec<(PathBuf, Listing)>> {
+/// A file, symlink or other non-directory, as a unit of its own.
+struct Leaf {
+    path: PathBuf,
+    cost: u64,
+    link: Option<(u64, u64)>,
+}
+
+/// Every directory of `tree` from `start` down (the top as an empty path)
+/// with its listing, parents before children; the directories of each
+/// level are read on `threads` threads. Symlinks are not followed. With
+/// `leaves`, each listing keeps its other entries too.
+fn walk_dirs(
+    tree: &Path,
+    start: PathBuf,
+    threads: usize,
+    leaves: bool,
+) -> Result<Vec<(PathBuf, Listing)>> {
     let mut all = Vec::new();
-    let mut level = vec![PathBuf::new()];
+    let mut level = vec![start];
     while !level.is_empty() {
         interrupt::check()?;
         let listed = pool::map_unordered(level, threads, |rel| {
-            list_dir(tree, &rel).map(|listing| (rel, listing))
+            list_dir(tree, &rel, leaves).map(|listing| (rel, listing))
         })?;
         level = listed
             .iter()
@@ -153,7 +168,7 @@ fn walk_dirs(tree: &Path, threads: usize) -> Result<Vec<(PathBuf, Listing)>> {
     Ok(all)
 }
 
-fn list_dir(tree: &Path, rel: &Path) -> Result<Listing> {
+fn list_dir(tree: &Path, rel: &Path, keep_leaves: bool) -> Result<Listing> {
     let dir = tree.join(rel);
     let reading = || format!("reading {}", dir.display());
     let mut listing = Listing::default();
@@ -162,15 +177,90 @@ fn list_dir(tree: &Path, rel: &Path) -> Result<Listing> {
         let kind = entry.file_type().ctx(reading)?;
         if kind.is_dir() {
             listing.subdirs.push(rel.join(entry.file_name()));
-        } else if kind.is_file() {
+            continue;
+        }
+        let mut leaf = Leaf {
+            path: rel.join(entry.file_name()),
+            cost: PER_FILE_COST,
+            link: None,
+        };
+        if kind.is_file() {
             let meta = entry.metadata().ctx(reading)?;
-            listing.cost += meta.len().saturating_add(PER_FILE_COST);
-            if meta.nlink() > 1 {
-                listing.links.push((meta.dev(), meta.ino()));
-            }
+            leaf.cost = meta.len().saturating_add(PER_FILE_COST);
+            leaf.link = (meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
+            listing.cost += leaf.cost;
+            listing.links.extend(leaf.link);
+        }
+        if keep_leaves {
+            listing.leaves.push(leaf);
         }
     }
     Ok(listing)
+}
+
+/// The plan of a restore of some paths of `tree` (relative, checked to
+/// lead through no symlink): the same three phases, but phase 2's lists
+/// name files and symlinks, not directories. A restore writes into an
+/// empty directory and deletes nothing, so the entries of one directory
+/// may go to several workers: the one directory of a path restore is not
+/// one worker's. Phases 1 and 3 name the paths' parents too, parents
+/// first, as `--relative` would have made them. Hard-linked files share a
+/// list. Use `contents_pass_of_files` for phase 2.
+pub fn plan_paths(
+    tree: &Path,
+    paths: &[PathBuf],
+    workers: usize,
+    scratch_dir: &Path,
+) -> Result<Plan> {
+    let mut dirs = Vec::new();
+    let mut leaves = Vec::new();
+    for path in paths {
+        dirs.extend(
+            path.ancestors()
+                .skip(1)
+                .filter(|a| !a.as_os_str().is_empty())
+                .map(Path::to_path_buf),
+        );
+        let full = tree.join(path);
+        let meta =
+            std::fs::symlink_metadata(&full).ctx(|| format!("reading {}", full.display()))?;
+        if !meta.is_dir() {
+            leaves.push(Leaf {
+                path: path.clone(),
+                cost: meta.len().saturating_add(PER_FILE_COST),
+                link: (meta.is_file() && meta.nlink() > 1).then(|| (meta.dev(), meta.ino())),
+            });
+            continue;
+        }
+        for (dir, listing) in walk_dirs(tree, path.clone(), workers.max(WALK_THREADS), true)? {
+            dirs.push(dir);
+            leaves.extend(listing.leaves);
+        }
+    }
+    // A path named twice, or inside another named one, is copied once.
+    dirs.sort();
+    dirs.dedup();
+    leaves.sort_by(|a, b| a.path.cmp(&b.path));
+    leaves.dedup_by(|a, b| a.path == b.path);
+    let mut balancer = Balancer::new(workers);
+    for leaf in &leaves {
+        let unit = balancer.add_unit();
+        balancer.add_cost(unit, leaf.cost);
+        if let Some(key) = leaf.link {
+            balancer.link(unit, key);
+        }
+    }
+    let bytes = |p: &PathBuf| p.as_os_str().as_encoded_bytes().to_vec();
+    let workers = balancer
+        .assign()
+        .into_iter()
+        .map(|group| write_list(scratch_dir, group.iter().map(|&u| bytes(&leaves[u].path))))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Plan {
+        workers,
+        before: write_list(scratch_dir, dirs.iter().map(bytes))?,
+        after: write_list(scratch_dir, dirs.iter().map(bytes))?,
+    })
 }
 
 /// `dir/` (`./` for the top): with `--dirs`, rsync copies the entries of a
@@ -325,6 +415,14 @@ pub fn contents_pass() -> Vec<String> {
     ]
     .map(String::from)
     .to_vec()
+}
+
+/// Phase 2 of `plan_paths`: the files and symlinks a list names (on
+/// stdin), into the directories phase 1 made.
+pub fn contents_pass_of_files() -> Vec<String> {
+    ["--from0", "--files-from=-", "--no-implied-dirs"]
+        .map(String::from)
+        .to_vec()
 }
 
 #[cfg(test)]

@@ -80,11 +80,20 @@ impl PathTarget {
     /// A way to pull from the account with rsync over ssh (pull.rs), where
     /// it runs `rsync --server` and keeps what rsync carries (modes,
     /// symlinks); None for a local disk or any other account.
-    pub fn puller(&self, job: &crate::config::Job) -> Result<Option<super::Puller<'_>>> {
+    ///
+    /// `keeps_all`: whether the server keeps modes and symlinks, where the
+    /// caller knows (the newest record says so); else it is found out
+    /// with a probe dir, several round trips.
+    pub fn puller(
+        &self,
+        job: &crate::config::Job,
+        keeps_all: Option<bool>,
+    ) -> Result<Option<super::Puller<'_>>> {
         let (Some(ssh), crate::config::Target::Sftp(sftp)) = (&self.ssh, &job.target) else {
             return Ok(None);
         };
-        super::Puller::new(job, sftp, ssh, self.keeps().all())
+        let keeps_all = keeps_all.unwrap_or_else(|| self.keeps().all());
+        super::Puller::new(job, sftp, ssh, keeps_all)
     }
 
     /// The stamps of files/ over SFTP (sftp.rs, `tree_stamps`), for an

@@ -214,51 +214,69 @@ pub fn collect(
     Ok(counts)
 }
 
-/// Stores run `id`'s manifest on the target (a backup, after the mirror
-/// and before the record): written through a forward mount of a local
-/// scratch dir, uploaded with the config and root diriv that make
-/// `metadata/<id>/` a gocryptfs directory of its own.
-pub fn store(ctx: &Context, remote: &dyn Target, id: &str, view: &Path) -> Result<Counts> {
-    let job = ctx.job;
-    let scratch = ScratchDir(ctx.state(&format!("metadata-{id}")));
-    scratch.reset()?;
-    let conf = std::fs::read(&job.gocryptfs_config)
-        .ctx(|| format!("reading {}", job.gocryptfs_config.display()))?;
-    crate::fsutil::write_atomic(&scratch.0.join(crate::crypt::REMOTE_CONFIG_NAME), &conf)?;
-    // Names are encrypted with the root's IV: the view's (that of files/).
-    // Plaintext and deterministic names have none.
-    let diriv = view.join("gocryptfs.diriv");
-    if let Ok(mut file) = File::open(&diriv) {
-        let mut bytes = Vec::new();
-        (&mut file)
-            .take(limits::MAX_SMALL_FILE)
-            .read_to_end(&mut bytes)
-            .ctx(|| format!("reading {}", diriv.display()))?;
-        crate::fsutil::write_atomic(&scratch.0.join("gocryptfs.diriv"), &bytes)?;
+/// A local scratch dir mounted for writing run's manifest: made while a
+/// backup starts (its scrypt runs beside the ssh connection, not after
+/// the mirror), filled and uploaded by `store`. Dropped unused, it is
+/// unmounted and removed.
+pub struct ManifestWriter {
+    // Declared first: unmounted before the scratch dir is removed.
+    mount: Mount,
+    scratch: ScratchDir,
+}
+
+impl ManifestWriter {
+    /// The scratch dir, with the config and root diriv that make
+    /// `metadata/<id>/` a gocryptfs directory of its own, mounted.
+    pub fn prepare(ctx: &Context, view: &Path) -> Result<ManifestWriter> {
+        let job = ctx.job;
+        let scratch = ScratchDir(ctx.state("metadata-next"));
+        scratch.reset()?;
+        let conf = std::fs::read(&job.gocryptfs_config)
+            .ctx(|| format!("reading {}", job.gocryptfs_config.display()))?;
+        crate::fsutil::write_atomic(&scratch.0.join(crate::crypt::REMOTE_CONFIG_NAME), &conf)?;
+        // Names are encrypted with the root's IV: the view's (that of files/).
+        // Plaintext and deterministic names have none.
+        let diriv = view.join("gocryptfs.diriv");
+        if let Ok(mut file) = File::open(&diriv) {
+            let mut bytes = Vec::new();
+            (&mut file)
+                .take(limits::MAX_SMALL_FILE)
+                .read_to_end(&mut bytes)
+                .ctx(|| format!("reading {}", diriv.display()))?;
+            crate::fsutil::write_atomic(&scratch.0.join("gocryptfs.diriv"), &bytes)?;
+        }
+        let point = ctx.runtime("metadata");
+        crate::mount::prepare_point(&point)?;
+        let mount = mount_writable(job, &scratch.0, &point)?;
+        Ok(ManifestWriter { mount, scratch })
     }
-    let point = ctx.runtime("metadata");
-    crate::mount::prepare_point(&point)?;
-    let mount = mount_writable(job, &scratch.0, &point)?;
-    let counts = write_manifest(&job.source, id, mount.point())?;
-    mount.unmount()?;
-    remote.create_dir(DIR)?;
-    let dir = format!("{DIR}/{id}");
-    remote.create_dir(&dir)?;
-    let names: Vec<_> = std::fs::read_dir(&scratch.0)
-        .ctx(|| format!("reading {}", scratch.0.display()))?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .map(|e| e.file_name())
-        .collect();
-    // Side by side: each is a few round trips to the server, and over a
-    // WAN they add up (bench/analysis.md, "nothing to send over SFTP").
-    let threads = names.len().max(1);
-    crate::pool::map_unordered(names, threads, |name| {
-        let file = File::open(scratch.0.join(&name)).ctx(|| "opening the encrypted manifest")?;
-        remote.write_file(&format!("{dir}/{}", name.to_string_lossy()), file)
-    })?;
-    log::debug(|| format!("metadata of run {id}: {counts:?}"));
-    Ok(counts)
+
+    /// Stores run `id`'s manifest on the target (a backup, after the
+    /// mirror and before the record).
+    pub fn store(self, source: &Path, remote: &dyn Target, id: &str) -> Result<Counts> {
+        let ManifestWriter { mount, scratch } = self;
+        let counts = write_manifest(source, id, mount.point())?;
+        mount.unmount()?;
+        remote.create_dir(DIR)?;
+        let dir = format!("{DIR}/{id}");
+        remote.create_dir(&dir)?;
+        let names: Vec<_> = std::fs::read_dir(&scratch.0)
+            .ctx(|| format!("reading {}", scratch.0.display()))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .map(|e| e.file_name())
+            .collect();
+        // Side by side: each is a few round trips to the server, and over a
+        // WAN they add up (bench/analysis.md, "nothing to send over SFTP").
+        let threads = names.len().max(1);
+        crate::pool::map_unordered(names, threads, |name| {
+            let file =
+                File::open(scratch.0.join(&name)).ctx(|| "opening the encrypted manifest")?;
+            remote.write_file(&format!("{dir}/{}", name.to_string_lossy()), file)
+        })?;
+        log::debug(|| format!("metadata of run {id}: {counts:?}"));
+        Ok(counts)
+    }
 }
 
 fn write_manifest(source: &Path, id: &str, plain: &Path) -> Result<Counts> {

@@ -96,7 +96,7 @@ pub fn restore(ctx: &Context, request: &RestoreRequest, progress: &Progress) -> 
     let early = !request.paths.is_empty() && request.snapshot.is_none();
     let (mounted, survey) = crate::pool::join(
         || match early {
-            true => mount_plain(ctx, &remote.root().join(FILES)).map(Some),
+            true => mount_plain(ctx, &remote.root().join(FILES), FILES_POINT).map(Some),
             false => Ok(None),
         },
         || survey(ctx, &remote),
@@ -190,9 +190,13 @@ fn latest_run(ctx: &Context, remote: &PathTarget) -> Result<Option<Latest>> {
     }))
 }
 
-/// `cipher_dir` decrypted, read-only, at the restore's plaintext point.
-fn mount_plain(ctx: &Context, cipher_dir: &Path) -> Result<crate::mount::Mount> {
-    let point = ctx.runtime("plain");
+/// Where files/ is mounted decrypted, and a stage.
+const FILES_POINT: &str = "plain";
+const STAGED_POINT: &str = "staged";
+
+/// `cipher_dir` decrypted, read-only, at runtime dir `point`.
+fn mount_plain(ctx: &Context, cipher_dir: &Path, point: &str) -> Result<crate::mount::Mount> {
+    let point = ctx.runtime(point);
     crate::mount::prepare_point(&point)?;
     crypt::mount_forward(ctx.job, cipher_dir, &point)
 }
@@ -215,7 +219,7 @@ fn copy_files(
     // than sshfs reads it. Otherwise the latest state is read from files/
     // itself.
     let rebuilt_latest = latest.filter(|l| l.needs_record).map(|l| l.id.as_str());
-    let stage = match (&request.snapshot, rebuilt_latest) {
+    let mut stage = match (&request.snapshot, rebuilt_latest) {
         (Some(id), _) => Some(rebuild_somehow(ctx, remote, id, puller, progress)?),
         (None, Some(latest)) => Some(rebuild_somehow(ctx, remote, latest, puller, progress)?),
         (None, None) => match (puller, latest, request.paths.is_empty()) {
@@ -235,14 +239,13 @@ fn copy_files(
         ) => *via,
         (Target::Sftp(_), _) => ReadVia::Sshfs,
     };
-    let plain = match (&stage, mounted) {
+    let plain = match (&mut stage, mounted) {
         (None, Some(files)) => files,
-        (None, None) => mount_plain(ctx, &remote.root().join(FILES))?,
-        (Some(stage), files) => {
-            // Unmounted first: the stage is mounted at the same point.
-            drop(files);
-            mount_plain(ctx, &stage.path)?
-        }
+        (None, None) => mount_plain(ctx, &remote.root().join(FILES), FILES_POINT)?,
+        (Some(stage), _) => match stage.mount.take() {
+            Some(mount) => mount,
+            None => mount_plain(ctx, &stage.path, STAGED_POINT)?,
+        },
     };
     // rsync's own count of what it checked and copied (progress/rsync.rs).
     let phase = progress.phase("restore", Totals::default());
@@ -545,16 +548,7 @@ fn copy_out(copy: &Copy, plain: &Path, from_local_stage: bool) -> Result<Stats> 
         copied.add(copy.pass(vec![whole], None, true)?);
         return copied.into_result(plain);
     };
-    let with = |options: Vec<String>| options.into_iter().chain([whole.clone()]).collect();
-    let before = with(split::directories_pass(true));
-    copied.add(copy.pass(before, Some(plan.before), false)?);
-    for pass in split::in_workers(plan.workers, workers, |list| {
-        copy.pass(with(split::contents_pass()), Some(list), true)
-    })? {
-        copied.add(pass);
-    }
-    let after = with(split::directories_pass(false));
-    copied.add(copy.pass(after, Some(plan.after), false)?);
+    copied.add(copy.split(plain, plan, workers, split::contents_pass())?);
     copied.into_result(plain)
 }
 
@@ -563,8 +557,11 @@ fn copy_out(copy: &Copy, plain: &Path, from_local_stage: bool) -> Result<Stats> 
 /// round trips: bench/analysis.md), so where the paths hold more than a
 /// few files they go to workers on balanced lists of files
 /// (`split::plan_paths`). A worker reads each listed file by its path, as
-/// the one recursive rsync reads each file it listed: the workers open no
-/// window on a swapped parent that the single pass does not have.
+/// the one rsync does after its own listing and after
+/// `check_inside_backup`: a parent the server swaps for a symlink in
+/// between would be followed either way. The lists make that window the
+/// seconds a path restore takes; a whole tree read from the server keeps
+/// the one recursive rsync (see `copy_out`).
 fn copy_paths(copy: &Copy, plain: &Path, from_local_stage: bool) -> Result<Stats> {
     let mut copied = Copied::default();
     let paths: Vec<PathBuf> = copy
@@ -596,23 +593,7 @@ fn copy_paths(copy: &Copy, plain: &Path, from_local_stage: bool) -> Result<Stats
         copied.add(copy.pass(args, None, true)?);
         return copied.into_result(plain);
     };
-    let whole = format!("{}/", plain.display());
-    let with = |options: Vec<String>| options.into_iter().chain([whole.clone()]).collect();
-    copied.add(copy.pass(
-        with(split::directories_pass(true)),
-        Some(plan.before),
-        false,
-    )?);
-    for pass in split::in_workers(plan.workers, workers, |list| {
-        copy.pass(with(split::contents_pass_of_files()), Some(list), true)
-    })? {
-        copied.add(pass);
-    }
-    copied.add(copy.pass(
-        with(split::directories_pass(false)),
-        Some(plan.after),
-        false,
-    )?);
+    copied.add(copy.split(plain, plan, workers, split::contents_pass_of_files())?);
     copied.into_result(plain)
 }
 
@@ -681,6 +662,36 @@ impl Copy<'_> {
         let phase = self.phase.filter(|_| copies_files);
         copy_pass(self.job, self.request, args, list, self.to, phase)
     }
+
+    /// The three phases of split.rs out of `plain`: the directories, the
+    /// workers' lists with `contents` options, the directories again.
+    fn split(
+        &self,
+        plain: &Path,
+        plan: split::Plan,
+        workers: usize,
+        contents: Vec<String>,
+    ) -> Result<Copied> {
+        let whole = format!("{}/", plain.display());
+        let with = |options: Vec<String>| options.into_iter().chain([whole.clone()]).collect();
+        let mut copied = Copied::default();
+        copied.add(self.pass(
+            with(split::directories_pass(true)),
+            Some(plan.before),
+            false,
+        )?);
+        for pass in split::in_workers(plan.workers, workers, |list| {
+            self.pass(with(contents.clone()), Some(list), true)
+        })? {
+            copied.add(pass);
+        }
+        copied.add(self.pass(
+            with(split::directories_pass(false)),
+            Some(plan.after),
+            false,
+        )?);
+        Ok(copied)
+    }
 }
 
 /// One rsync out of the decrypted mount; `args` ends with the source(s),
@@ -746,13 +757,19 @@ struct Stage {
     path: PathBuf,
     /// Filled over ssh (pull.rs: rsync or SFTP), not read through a path.
     pulled: Option<ReadVia>,
+    /// The stage decrypted, where it was mounted while it was filled.
+    mount: Option<crate::mount::Mount>,
 }
 
 impl Stage {
     /// An empty stage at `path`, private to us; whatever a killed restore
     /// left there is removed first.
     fn fresh(path: PathBuf, pulled: Option<ReadVia>) -> Result<Stage> {
-        let stage = Stage { path, pulled };
+        let stage = Stage {
+            path,
+            pulled,
+            mount: None,
+        };
         if stage.path.exists() {
             make_writable(&stage.path);
             std::fs::remove_dir_all(&stage.path)
@@ -779,6 +796,7 @@ fn write_path_list(list: &Path, entries: &[&TreeEntry]) -> Result<()> {
 
 impl Drop for Stage {
     fn drop(&mut self) {
+        drop(self.mount.take());
         make_writable(&self.path);
         let _ = std::fs::remove_dir_all(&self.path);
     }
@@ -843,39 +861,25 @@ fn rebuild(
     for dir in record.entries.iter().filter(|e| e.kind == 'd') {
         crypt::create_private_dir(&stage.path.join(&dir.path))?;
     }
-    let root = remote.root();
-    let list = ctx.runtime("rebuild.files");
-    for (from, entries) in &plan {
-        interrupt::check()?;
-        let from = match from {
-            Some(snapshot) => format!("{SNAPSHOTS}/{snapshot}"),
-            None => FILES.to_string(),
-        };
-        write_path_list(&list, entries)?;
-        if let Some(puller) = puller {
-            let refused = puller.pull(&from, &list, entries, &stage.path, stage.room(), watched)?;
-            if !refused.is_empty() {
-                return Ok(Rebuilt::Unreadable(refused));
-            }
-            continue;
-        }
-        let source = root.join(&from);
-        let mut cmd = Cmd::new("rsync")
-            .args(["-a", "-H", "--no-owner", "--no-group", "--from0"])
-            .args(untrusted_copy_flags(false));
-        if watched.is_some() {
-            cmd = cmd.arg(progress::rsync::PROGRESS_ARG);
-        }
-        let cmd = cmd
-            .arg(format!("--files-from={}", list.display()))
-            .arg(format!("{}/", source.display()))
-            .arg(format!("{}/", stage.path.display()));
-        let output = crate::exec::scratch_file(&ctx.job.state_dir, "rebuild-out")?;
-        let out = progress::rsync::run(cmd, output, watched)?;
-        if !out.success() {
-            return Err(out.failure(Some(&format!("rebuilding snapshot {id}"))));
-        }
+    // The stage is mounted decrypted while it is filled (scrypt beside the
+    // transfer); nothing reads through the mount before the checks below.
+    // Without the job's config here (a new machine) gocryptfs needs the
+    // stage's own, which only the fill brings.
+    let beside = ctx.job.gocryptfs_config.exists();
+    let (mounted, refused) = std::thread::scope(|scope| {
+        let mount = scope.spawn(|| beside.then(|| mount_plain(ctx, &stage.path, STAGED_POINT)));
+        let refused = fill(ctx, remote, id, &plan, puller, &stage, watched);
+        let mount = mount
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (mount, refused)
+    });
+    let refused = refused?;
+    if !refused.is_empty() {
+        return Ok(Rebuilt::Unreadable(refused));
     }
+    let mut stage = stage;
+    stage.mount = mounted.transpose()?;
     phase.finish();
     // Symlinks the record keeps (the server could not): made here, in the
     // stage only we write to, below directories just made; gocryptfs
@@ -912,6 +916,54 @@ fn rebuild(
             .ctx(|| format!("setting the mode of {}", path.display()))?;
     }
     Ok(Rebuilt::Stage(stage))
+}
+
+/// Copies each path of a rebuild's `plan` into the stage: pulled over ssh
+/// by `puller`, else read from the target's path with rsync. Returns what
+/// the server would not give back over SFTP (then the stage is given up).
+fn fill(
+    ctx: &Context,
+    remote: &PathTarget,
+    id: &str,
+    plan: &std::collections::BTreeMap<Option<&str>, Vec<&TreeEntry>>,
+    puller: Option<&Puller>,
+    stage: &Stage,
+    watched: Option<&Phase>,
+) -> Result<Vec<String>> {
+    let root = remote.root();
+    let list = ctx.runtime("rebuild.files");
+    for (from, entries) in plan {
+        interrupt::check()?;
+        let from = match from {
+            Some(snapshot) => format!("{SNAPSHOTS}/{snapshot}"),
+            None => FILES.to_string(),
+        };
+        write_path_list(&list, entries)?;
+        if let Some(puller) = puller {
+            let refused = puller.pull(&from, &list, entries, &stage.path, stage.room(), watched)?;
+            if !refused.is_empty() {
+                return Ok(refused);
+            }
+            continue;
+        }
+        let source = root.join(&from);
+        let mut cmd = Cmd::new("rsync")
+            .args(["-a", "-H", "--no-owner", "--no-group", "--from0"])
+            .args(untrusted_copy_flags(false));
+        if watched.is_some() {
+            cmd = cmd.arg(progress::rsync::PROGRESS_ARG);
+        }
+        let cmd = cmd
+            .arg(format!("--files-from={}", list.display()))
+            .arg(format!("{}/", source.display()))
+            .arg(format!("{}/", stage.path.display()));
+        let output = crate::exec::scratch_file(&ctx.job.state_dir, "rebuild-out")?;
+        let out = progress::rsync::run(cmd, output, watched)?;
+        if !out.success() {
+            return Err(out.failure(Some(&format!("rebuilding snapshot {id}"))));
+        }
+    }
+    Ok(Vec::new())
 }
 
 /// A record comes from the target: every path must stay inside the tree

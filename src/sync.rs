@@ -181,6 +181,7 @@ fn full_run(
         remote,
         known,
         view,
+        manifest,
         source,
         ..
     } = start;
@@ -255,7 +256,7 @@ fn full_run(
     stats.changed += first.files;
     stats.bytes_transferred += first.bytes;
     // Owners, ACLs, xattrs and special files, encrypted (metadata.rs).
-    crate::metadata::store(ctx, &*remote, &snapshot, view.point())?;
+    manifest.store(&job.source, &*remote, &snapshot)?;
 
     // Only a run that got this far claims a complete state: the snapshot dir
     // (if rsync made one) is made self-contained, then the record is
@@ -334,6 +335,7 @@ fn record_unchanged_run(
         remote,
         known,
         view,
+        manifest,
         source,
         ..
     } = start;
@@ -341,7 +343,7 @@ fn record_unchanged_run(
     ensure_remote_config(job, &*remote, known.config)?;
     let snapshot = next_snapshot_id(ctx, last)?;
     let nothing = Stats::default();
-    crate::metadata::store(ctx, &*remote, &snapshot, view.point())?;
+    manifest.store(&job.source, &*remote, &snapshot)?;
     // No rsync ran: files/ still has the stamps the preflight took.
     let same_as = snapshots::SameAs {
         last: last_id,
@@ -390,14 +392,16 @@ struct Start {
     /// What the preflight found on the target.
     known: Known,
     view: Mount,
+    /// Ready for the run's owners, ACLs and xattrs (metadata.rs).
+    manifest: crate::metadata::ManifestWriter,
     /// The source's fingerprint, taken before anything read the view.
     source: Option<SourceState>,
     /// What the preflight was told (see `last_backup_if_unchanged`).
     unchanged_since: Option<String>,
 }
 
-/// The server is asked (ssh master, preflight) while the view is mounted
-/// (scrypt) on a second thread. The source is fingerprinted while the ssh
+/// The server is asked (ssh master, preflight) while the view and the
+/// manifest's scratch dir are mounted (scrypt) on a second thread. The source is fingerprinted while the ssh
 /// master connects: the preflight needs to know whether the source is as
 /// the last backup found it (then the server need not send the record).
 /// A local error (the view) wins over a remote one; whatever the other
@@ -414,7 +418,8 @@ fn start(
         || {
             let view = crypt::mount_reverse(job, cipher_point, Some(ctlsock))?;
             refuse_empty_view(job, view.point(), max_delete_percent)?;
-            Ok(view)
+            let manifest = crate::metadata::ManifestWriter::prepare(ctx, view.point())?;
+            Ok((view, manifest))
         },
         || {
             let (remote, source) = pool::join(
@@ -427,8 +432,8 @@ fn start(
             Ok((remote, known, source, unchanged_since))
         },
     );
-    let view: Result<Mount> = view.unwrap_or_else(|_| Err(panicked("the view's mount")));
-    let ((remote, known, source, unchanged_since), view) = match (remote, view) {
+    let view = view.unwrap_or_else(|_| Err(panicked("the view's mount")));
+    let ((remote, known, source, unchanged_since), (view, manifest)) = match (remote, view) {
         (_, Err(local)) => return Err(local),
         (Err(remote), Ok(_)) => return Err(remote),
         (Ok(remote), Ok(view)) => (remote, view),
@@ -437,6 +442,7 @@ fn start(
         remote,
         known,
         view,
+        manifest,
         source,
         unchanged_since,
     })

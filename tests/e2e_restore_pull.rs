@@ -263,3 +263,25 @@ fn a_file_swapped_for_a_symlink_is_refused_over_sftp() {
     assert_restore_refused(&job, "is not a file on the server, its record says a file");
     job.assert_clean();
 }
+
+/// On a new machine the job's gocryptfs config is not there: the stage is
+/// then mounted only after the pull brought `files/gocryptfs.conf` (with
+/// the config here, it is mounted while the pull runs). Both restore.
+#[test]
+fn a_pull_restores_with_and_without_the_local_config() {
+    if !require_tools("restore_pull_no_local_config", SFTP_TOOLS) {
+        return;
+    }
+    let job = Job::sftp("pull-no-conf")
+        .gocryptfs_config_in_state_dir()
+        .build();
+    write_big(&job);
+    job.init_and_backup();
+    job.restore_and_compare("with-config");
+    assert_eq!(job.stage("restore")["stats"]["read_via"], "rsync");
+    fs::remove_file(job.state_dir.join("gocryptfs.reverse.conf")).unwrap();
+    job.restore_and_compare("without-config");
+    assert_eq!(job.stage("restore")["stats"]["read_via"], "rsync");
+    assert_no_stage_left(&job);
+    job.assert_clean();
+}

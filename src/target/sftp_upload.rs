@@ -3,8 +3,8 @@
 //! record lacks) uploaded with many requests in flight (sftp.rs), before
 //! rsync runs through sshfs. Through sshfs rsync pays
 //! about 18 waited round trips per new file (bench/analysis.md, "round
-//! trips per file over sshfs"); here a file costs three, and 32 files
-//! travel together. rsync then finds each file as it would have left it
+//! trips per file over sshfs"); here a file costs three, and up to
+//! `MAX_OPEN` files travel together. rsync then finds each file as it would have left it
 //! (size, mtime) and only checks it.
 //!
 //! Nothing is ever replaced: a file is written under a temp name

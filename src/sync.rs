@@ -932,7 +932,14 @@ impl Rsync<'_> {
     /// Through the pinned mount path, like rsync (see Mount::pinned).
     fn prepare_backup_dir(&self) -> Result<PathBuf> {
         let rel = format!("{SNAPSHOTS}/{}", self.snapshot);
-        self.remote.create_dir(&rel)?;
+        if let Err(failed) = self.remote.create_dir(&rel) {
+            // A link cut here reaches the mkdir through sshfs as a bare EIO:
+            // name the server that went away, as a cut during rsync does.
+            return Err(match self.remote.check_live() {
+                Err(dead) => self.lost_connection(dead, &failed.message),
+                Ok(()) => failed,
+            });
+        }
         Ok(PathBuf::from(self.remote.rsync_dest(&rel).location))
     }
 

@@ -431,7 +431,7 @@ fn pull_latest(
         ));
         return Ok(None);
     }
-    match rebuild(ctx, remote, latest, Some(puller), progress)? {
+    match rebuild(ctx, remote, (latest, &record), Some(puller), progress)? {
         Rebuilt::Stage(stage) => Ok(Some(stage)),
         Rebuilt::Unreadable(refused) => {
             say_read_through_sshfs(&refused);
@@ -450,11 +450,13 @@ fn rebuild_somehow(
     puller: Option<&Puller>,
     progress: &Progress,
 ) -> Result<Stage> {
-    match rebuild(ctx, remote, id, puller, progress)? {
+    // Read once: a large tree's record is tens of MB through sshfs.
+    let record = snapshots::read_record(remote, id, &ctx.job.state_dir)?;
+    match rebuild(ctx, remote, (id, &record), puller, progress)? {
         Rebuilt::Stage(stage) => Ok(stage),
         Rebuilt::Unreadable(refused) => {
             say_read_through_sshfs(&refused);
-            match rebuild(ctx, remote, id, None, progress)? {
+            match rebuild(ctx, remote, (id, &record), None, progress)? {
                 Rebuilt::Stage(stage) => Ok(stage),
                 Rebuilt::Unreadable(_) => unreachable!("only a pull leaves files out"),
             }
@@ -817,11 +819,10 @@ enum Rebuilt {
 fn rebuild(
     ctx: &Context,
     remote: &PathTarget,
-    id: &str,
+    (id, record): (&str, &snapshots::Record),
     puller: Option<&Puller>,
     progress: &Progress,
 ) -> Result<Rebuilt> {
-    let record = snapshots::read_record(remote, id, &ctx.job.state_dir)?;
     // The record says how many bytes of ciphertext the stage takes; rsync
     // counts the files of each source it fetches from (progress/rsync.rs).
     let ciphertext = record
@@ -852,7 +853,7 @@ fn rebuild(
                 .collect(),
         ));
     }
-    let plan = snapshots::plan_rebuild(&record, &later);
+    let plan = snapshots::plan_rebuild(record, &later);
 
     let stage = Stage::fresh(
         ctx.state(&format!("restore-{id}")),

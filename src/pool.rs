@@ -220,6 +220,14 @@ pub fn join<A: Send, B>(
     })
 }
 
+/// Like `join`, but a panic of `background` goes on in this thread once
+/// `here` is done: for work that has no error of its own to give instead.
+pub fn both<A: Send, B>(background: impl FnOnce() -> A + Send, here: impl FnOnce() -> B) -> (A, B) {
+    let (background, here) = join(background, here);
+    let background = background.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    (background, here)
+}
+
 /// Runs `remote` on a second thread while `local` runs on this one, and
 /// waits for both: mounting the reverse view (scrypt, a FUSE daemon) and
 /// connecting to the server (or hashing on it) do not depend on each other.

@@ -94,7 +94,7 @@ pub fn restore(ctx: &Context, request: &RestoreRequest, progress: &Progress) -> 
     // says otherwise: files/ is mounted decrypted (scrypt) while the
     // target is asked what restore needs to know.
     let early = !request.paths.is_empty() && request.snapshot.is_none();
-    let (mounted, survey) = crate::pool::join(
+    let (mounted, survey) = crate::pool::both(
         || match early {
             true => mount_plain(ctx, &remote.root().join(FILES), FILES_POINT).map(Some),
             false => Ok(None),
@@ -103,12 +103,12 @@ pub fn restore(ctx: &Context, request: &RestoreRequest, progress: &Progress) -> 
     );
     // The survey's error first: it says why a mount of files/ failed.
     let Survey { latest, puller } = survey?;
-    let mounted = mounted.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+    let mounted = mounted?;
     // The stored owners, ACLs and xattrs are fetched and mounted while the
     // files are copied: for a few paths out of a large tree, fetching the
     // manifest takes as long as the copy (docs/benchmarks.md).
     let manifest_run = manifest_to_apply(request, latest.as_ref().map(|l| l.id.as_str()));
-    let (manifest, copied) = crate::pool::join(
+    let (manifest, copied) = crate::pool::both(
         || match &manifest_run {
             Some(id) => prepare_manifest(ctx, &remote, puller.as_ref(), id),
             None => Ok(None),
@@ -127,7 +127,7 @@ pub fn restore(ctx: &Context, request: &RestoreRequest, progress: &Progress) -> 
         },
     );
     let (stats, read_via) = copied?;
-    let manifest = manifest.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+    let manifest = manifest?;
     if let Some(id) = &manifest_run {
         apply_manifest(id, manifest, request, &to)?;
     }
@@ -164,11 +164,11 @@ struct Latest {
 /// then how to pull from it.
 fn survey<'a>(ctx: &Context, remote: &'a PathTarget) -> Result<Survey<'a>> {
     let job = ctx.job;
-    let (not_empty, latest) = crate::pool::join(
+    let (not_empty, latest) = crate::pool::both(
         || refuse_empty_target(job, remote),
         || latest_run(ctx, remote),
     );
-    not_empty.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+    not_empty?;
     let latest = latest?;
     // The newest record says whether the server kept modes and symlinks
     // at the last backup (`needs_record`): no probe of it needed.
@@ -867,14 +867,10 @@ fn rebuild(
     // Without the job's config here (a new machine) gocryptfs needs the
     // stage's own, which only the fill brings.
     let beside = ctx.job.gocryptfs_config.exists();
-    let (mounted, refused) = std::thread::scope(|scope| {
-        let mount = scope.spawn(|| beside.then(|| mount_plain(ctx, &stage.path, STAGED_POINT)));
-        let refused = fill(ctx, remote, id, &plan, puller, &stage, watched);
-        let mount = mount
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        (mount, refused)
-    });
+    let (mounted, refused) = crate::pool::both(
+        || beside.then(|| mount_plain(ctx, &stage.path, STAGED_POINT)),
+        || fill(ctx, remote, id, &plan, puller, &stage, watched),
+    );
     let refused = refused?;
     if !refused.is_empty() {
         return Ok(Rebuilt::Unreadable(refused));

@@ -11,6 +11,7 @@ pub mod budget;
 pub mod checksums;
 pub mod config;
 pub mod crypt;
+pub mod delta;
 pub mod error;
 pub mod exec;
 pub mod fingerprint;

@@ -70,7 +70,7 @@ pub fn workers_for(connections: usize) -> usize {
 
 /// What a file costs a worker beyond its bytes: several round trips, worth
 /// this many bytes of transfer at 100 Mbit/s and 10 ms.
-const PER_FILE_COST: u64 = 128 * 1024;
+pub const PER_FILE_COST: u64 = 128 * 1024;
 
 /// The lists of one split run, each a nameless scratch file holding
 /// NUL-separated paths relative to the tree (for `--from0 --files-from=-`),
@@ -275,7 +275,7 @@ fn contents_entry(dir: &Path) -> Vec<u8> {
 }
 
 /// A scratch file of NUL-terminated entries, read from the start.
-fn write_list(scratch_dir: &Path, entries: impl Iterator<Item = Vec<u8>>) -> Result<File> {
+pub fn write_list(scratch_dir: &Path, entries: impl Iterator<Item = Vec<u8>>) -> Result<File> {
     let what = "a list of directories for rsync";
     let mut list = BufWriter::new(crate::exec::scratch_file(scratch_dir, "split")?);
     for entry in entries {
@@ -372,10 +372,10 @@ impl Balancer {
 /// the sshfs connections the budget gives, budget.rs); after the first
 /// failure no new pass starts. The results in no particular order; the
 /// first error, if any.
-pub fn in_workers<R: Send>(
-    lists: Vec<File>,
+pub fn in_workers<T: Send, R: Send>(
+    lists: Vec<T>,
     workers: usize,
-    pass: impl Fn(File) -> Result<R> + Sync,
+    pass: impl Fn(T) -> Result<R> + Sync,
 ) -> Result<Vec<R>> {
     pool::map_unordered(lists, workers, pass)
 }

@@ -19,8 +19,8 @@ use crate::run::{Context, Done};
 use crate::state::{BACKUP_INCOMPLETE, LastBackup, RepairList};
 use crate::stats::{BackupStats, StageStats};
 use crate::status::{self, Outcome};
-use crate::target::{self, FILES, Need, SNAPSHOTS};
-use crate::{guard, interrupt, log, pool, snapshots, split};
+use crate::target::{self, FILES, Need, NotKept, SNAPSHOTS};
+use crate::{delta, guard, interrupt, log, pool, snapshots, split};
 
 /// Options of one backup run that the command line may override.
 pub struct BackupOptions {
@@ -838,6 +838,9 @@ struct Pass {
     list: Option<File>,
     /// Its progress counts (it copies files, not only directories).
     watched: bool,
+    /// `--backup` into the run's snapshot dir: off only where nothing is
+    /// to be kept, or it is kept already (delta.rs).
+    backup: bool,
 }
 
 impl Pass {
@@ -848,6 +851,7 @@ impl Pass {
             delete: true,
             list: None,
             watched: true,
+            backup: true,
         }
     }
 
@@ -864,6 +868,22 @@ impl Pass {
             delete: true,
             list: Some(list),
             watched: true,
+            backup: true,
+        }
+    }
+
+    /// A worker of a change set (delta.rs): the files and symlinks its
+    /// list names. With `backup`, rsync keeps what it replaces, and a
+    /// listed path the view lacks is deleted; without, nothing needs
+    /// keeping, and a path that vanished from the view since is left for
+    /// the next run.
+    fn changes(list: File, backup: bool) -> Pass {
+        Pass {
+            options: delta::changes_pass(backup),
+            delete: false,
+            list: Some(list),
+            watched: true,
+            backup,
         }
     }
 
@@ -875,6 +895,7 @@ impl Pass {
             delete: false,
             list: Some(list),
             watched: false,
+            backup: true,
         }
     }
 }
@@ -895,6 +916,9 @@ impl Rsync<'_> {
     /// the directories, workers on balanced lists of directories, and a
     /// pass for the directories' modes and times (see split.rs).
     fn mirror(&self, decryptor: &PathDecryptor) -> Result<Mirrored> {
+        if let Some((changes, workers)) = self.change_plan()? {
+            return self.mirror_changes(changes, workers, decryptor);
+        }
         let workers = match &self.job.target {
             Target::Sftp(s) if s.transport == Transport::Sshfs && self.split => {
                 split::workers_for(crate::budget::of(s).sshfs)
@@ -927,6 +951,151 @@ impl Rsync<'_> {
         done.into_result()
     }
 
+    /// Over sshfs, where files/ can be listed over SFTP: the change set
+    /// (delta.rs) and the workers to send it, so that rsync need not walk
+    /// files/ through the mount. None where it cannot be had: another
+    /// transport, plaintext names (they need not be UTF-8 and may look
+    /// like rsync's temp names; config.rs allows them on local targets
+    /// only), or a listing that failed (a debug line says why; the
+    /// directory walk of `mirror` does the same work).
+    fn change_plan(&self) -> Result<Option<(delta::Changes, usize)>> {
+        let Target::Sftp(s) = &self.job.target else {
+            return Ok(None);
+        };
+        let Some(ssh) = self.remote.sftp_writes() else {
+            return Ok(None);
+        };
+        if s.transport != Transport::Sshfs || self.job.filenames == Filenames::Plaintext {
+            return Ok(None);
+        }
+        let workers = split::workers_for(crate::budget::of(s).sshfs);
+        let keeps = delta::Keeps {
+            symlinks: self.remote.keeps().symlinks,
+            modes: self.remote.keeps().modes,
+            protected_config: !self.job.config_in_source(),
+        };
+        let compared = target::list_files_over_sftp(ssh).and_then(|listed| {
+            delta::compare(
+                self.source,
+                &listed,
+                keeps,
+                workers.max(pool::cpu_threads()),
+            )
+        });
+        match compared {
+            Ok(changes) => {
+                log::debug(|| {
+                    format!(
+                        "change set: {} paths to send or delete, {} directories to make, {} to fix",
+                        changes.entries.len(),
+                        changes.make_dirs.len(),
+                        changes.fix_dirs.len()
+                    )
+                });
+                Ok(Some((changes, workers)))
+            }
+            Err(e) if e.kind == Kind::Interrupted => Err(e),
+            Err(e) => {
+                log::debug(|| format!("no change set, rsync walks files/: {e}"));
+                Ok(None)
+            }
+        }
+    }
+
+    /// Sends a change set: the directories to make; what is replaced or
+    /// deleted kept in the snapshot over SFTP; the workers' lists side by
+    /// side; then the directories' modes and times side by side (each
+    /// directory is named alone, so the lists are independent).
+    fn mirror_changes(
+        &self,
+        changes: delta::Changes,
+        workers: usize,
+        decryptor: &PathDecryptor,
+    ) -> Result<Mirrored> {
+        let mut done = Passed::default();
+        if changes.is_empty() {
+            return done.into_result();
+        }
+        let backup_dir = self.prepare_backup_dir()?;
+        if let Some(list) = changes.make_dirs_list(&self.job.state_dir)? {
+            done.add(self.mirror_pass(Pass::directories(true, list), decryptor)?);
+        }
+        let not_kept = self.keep_over_sftp(&changes, &mut done)?;
+        let plan = changes.lists(&not_kept, workers, &self.job.state_dir)?;
+        let lists = (plan.plain.into_iter().map(|l| (l, false)))
+            .chain(plan.backed.into_iter().map(|l| (l, true)))
+            .collect();
+        let results = split::in_workers(lists, workers, |(list, backup)| {
+            self.remote
+                .check_live()
+                .map_err(|e| self.lost_connection(e, ""))?;
+            self.mirror_pass(Pass::changes(list, backup), decryptor)
+        });
+        // Empty means nothing was replaced or deleted: no snapshot dir.
+        let _ = std::fs::remove_dir(&backup_dir);
+        for result in results? {
+            done.add(result);
+        }
+        let fixed = split::in_workers(plan.fix_dirs, workers, |list| {
+            self.mirror_pass(Pass::directories(false, list), decryptor)
+        });
+        for result in fixed? {
+            done.add(result);
+        }
+        done.into_result()
+    }
+
+    /// Keeps what the change set replaces or deletes in the run's snapshot
+    /// over SFTP (target::keep_in_snapshot), counting the deletions as
+    /// rsync would have; returns what rsync must keep itself.
+    fn keep_over_sftp(&self, changes: &delta::Changes, done: &mut Passed) -> Result<NotKept> {
+        let (moves, links) = changes.to_keep();
+        if moves.is_empty() && links.is_empty() {
+            return Ok(NotKept::default());
+        }
+        let everything = || NotKept {
+            moves: moves.clone(),
+            links: links.clone(),
+        };
+        let Some(ssh) = self.remote.sftp_writes() else {
+            return Ok(everything());
+        };
+        let what = target::ToKeep {
+            moves: &moves,
+            links: &links,
+        };
+        let not_kept = match target::keep_in_snapshot(ssh, self.snapshot, &what) {
+            Ok(not_kept) => not_kept,
+            Err(e) if e.kind == Kind::Interrupted => return Err(e),
+            Err(e) => {
+                log::debug(|| format!("nothing kept over SFTP, rsync keeps it all: {e}"));
+                return Ok(everything());
+            }
+        };
+        log::debug(|| {
+            format!(
+                "kept over SFTP: {} of {} moved, {} of {} linked",
+                moves.len() - not_kept.moves.len(),
+                moves.len(),
+                links.len() - not_kept.links.len(),
+                links.len()
+            )
+        });
+        let left: std::collections::HashSet<&str> =
+            not_kept.moves.iter().map(String::as_str).collect();
+        let deleted: u64 = changes
+            .entries
+            .iter()
+            .filter(|c| c.action == delta::Action::Delete && !left.contains(c.path.as_str()))
+            .map(|c| c.deletes)
+            .sum();
+        done.stats.deleted += deleted;
+        done.stats.changed += deleted;
+        done.stats.touched |=
+            not_kept.moves.len() < moves.len() || not_kept.links.len() < links.len();
+        Ok(not_kept)
+    }
+
     /// The snapshot dir, made before the workers start: rsync does not
     /// expect another process to create the same backup dir at once.
     /// Through the pinned mount path, like rsync (see Mount::pinned).
@@ -949,6 +1118,9 @@ impl Rsync<'_> {
     /// `Passed::into_result` fails at the end naming every one.
     fn mirror_pass(&self, pass: Pass, decryptor: &PathDecryptor) -> Result<Passed> {
         let mut args = self.common_args();
+        if !pass.backup {
+            args.retain(|a| a != "--backup" && !a.starts_with("--backup-dir="));
+        }
         args.extend(pass.options);
         if pass.delete {
             args.push("--delete".into());

@@ -509,8 +509,7 @@ fn kill_sshfs(j: &mut NetJob, _: &mut Running) {
 /// killing the unit's cgroup would (rsync and the FUSE daemons outlive the
 /// helper); leave the mounts for the next run to find.
 fn kill_helper(j: &mut NetJob, run: &mut Running) {
-    // Let rsync have a temp file open.
-    std::thread::sleep(Duration::from_millis(200));
+    freeze_rsyncs(run);
     send_signal(run.pid(), "KILL");
     let _ = run.child.wait();
     let mut rsyncs = Vec::new();
@@ -568,10 +567,39 @@ fn dot_files(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Stops the run's rsyncs where they are (SIGSTOP; SIGKILL ends a stopped
+/// process all the same), so that the run cannot finish between the moment
+/// the fault is due and the kill, however fast the machine: the helper
+/// waits for every rsync it started. A fixed pause here would race a fast
+/// run (a change set sends 16 MiB in well under 200 ms).
+fn freeze_rsyncs(run: &mut Running) -> Vec<u32> {
+    loop {
+        assert!(
+            run.is_running(),
+            "the run ended before the fault could be injected (premise broken)"
+        );
+        let stopped: Vec<u32> = descendants(run.pid())
+            .into_iter()
+            .filter(|(_, comm)| comm == "rsync")
+            .map(|(pid, _)| pid)
+            .filter(|pid| {
+                Command::new("kill")
+                    .args(["-STOP", &pid.to_string()])
+                    .status()
+                    .is_ok_and(|s| s.success())
+            })
+            .collect();
+        if !stopped.is_empty() {
+            return stopped;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// SIGKILL the helper, its descendants and every helper tool of the job's
 /// runtime_dir at once (systemd stop/timeout kills the cgroup).
 fn kill_whole_run(j: &mut NetJob, run: &mut Running) {
-    std::thread::sleep(Duration::from_millis(200));
+    freeze_rsyncs(run);
     let rt = j.runtime_dir.to_str().unwrap().to_string();
     let mut victims: Vec<u32> = vec![run.pid()];
     victims.extend(descendants(run.pid()).into_iter().map(|p| p.0));

@@ -818,10 +818,13 @@ fn guard_refuses_mass_deletion_until_overridden() {
 const GUARD_SKIPPED: &str = "no deletion guard needed";
 const NOTHING_TO_SEND: &str = "as the last backup left them: nothing to send";
 
-/// `backup --verbose`: whether it ran rsync, and its stderr.
+/// `backup --verbose`: whether it compared the view with files/ (ran
+/// rsync, or through sshfs listed files/ for the change set, which runs
+/// rsync only where something differs), and its stderr.
 fn backup_verbose(job: &Job) -> (bool, String) {
     let o = job.ok(&["--verbose", "backup"]);
-    (o.stderr.contains("run: rsync "), o.stderr)
+    let compared = o.stderr.contains("run: rsync ") || o.stderr.contains("change set: ");
+    (compared, o.stderr)
 }
 
 /// A source with the fingerprint of the last backup needs no deletion

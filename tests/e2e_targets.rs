@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 
 /// Flip a byte in the remote copy of VICTIM_CHANGED, expect verify to name
@@ -282,17 +283,21 @@ fn exclude_patterns_are_not_backed_up() {
     job.assert_clean();
 }
 
-/// Over sshfs the first backup splits the tree between rsync workers (a
-/// structure pass, the workers, a directory pass): 2 connections allow 8
-/// workers (split::workers_for), and each of the 3 directories here is
-/// one worker's: 5 rsync runs. A run with nothing to move uses one rsync;
-/// a change brings the workers back. The tree stays exact.
+/// Over sshfs a backup lists files/ over SFTP and compares it with the
+/// view (src/delta.rs): rsync gets only what differs. The first backup
+/// sends every file over SFTP first, so only the directories' modes and
+/// times are left, and the config in the source (which the view shows,
+/// and which the run uploaded before with its own mtime): two rsyncs. A
+/// backup with nothing changed (not yet
+/// trusted to skip the comparison) runs none; a new file and the diriv of
+/// its directory (whose mtime moved) are sent, and the old diriv is kept
+/// in the run's snapshot. The tree stays exact.
 #[test]
-fn sshfs_workers_split_only_when_files_move() {
-    if !require_tools("sshfs_workers", SFTP_TOOLS) {
+fn sshfs_backups_send_only_what_differs() {
+    if !require_tools("sshfs_change_set", SFTP_TOOLS) {
         return;
     }
-    let job = Job::sftp("split")
+    let job = Job::sftp("changeset")
         .transport("sshfs")
         .set("target.connections", serde_json::json!(2))
         .build();
@@ -305,26 +310,111 @@ fn sshfs_workers_split_only_when_files_move() {
     job.ok(&["init"]);
     let rsync_runs = |out: &Out| out.stderr.matches("run: rsync ").count();
     let first = job.ok(&["--verbose", "backup"]);
-    assert_eq!(rsync_runs(&first), 5, "first backup:\n{}", first.stderr);
+    assert!(
+        first
+            .stderr
+            .contains("change set: 1 paths to send or delete, 0 directories to make, 3 to fix"),
+        "first backup:\n{}",
+        first.stderr
+    );
+    assert_eq!(rsync_runs(&first), 2, "first backup:\n{}", first.stderr);
     let again = job.ok(&["--verbose", "backup"]);
-    assert_eq!(rsync_runs(&again), 1, "no-change backup:\n{}", again.stderr);
+    assert!(
+        again
+            .stderr
+            .contains("change set: 0 paths to send or delete, 0 directories to make, 0 to fix"),
+        "no-change backup:\n{}",
+        again.stderr
+    );
+    assert_eq!(rsync_runs(&again), 0, "no-change backup:\n{}", again.stderr);
     write_mode(&job.source.join("two/new"), b"new file", 0o644);
-    let changed = job.ok(&["--verbose", "backup"]);
-    assert_eq!(
-        rsync_runs(&changed),
-        5,
+    let changed = job.ok(&["--verbose", "--json", "backup"]);
+    assert!(
+        changed
+            .stderr
+            .contains("change set: 2 paths to send or delete, 0 directories to make, 1 to fix")
+            && changed
+                .stderr
+                .contains("kept over SFTP: 0 of 0 moved, 1 of 1 linked"),
         "backup with a new file:\n{}",
         changed.stderr
     );
+    let json = parse_json(&changed);
+    let stats = json_stats(&json, "backup");
+    assert_eq!(stats["transferred"], 1, "{stats}");
     job.verify_ok(true);
+    job.restore_and_compare("restored-after-change-set");
 }
 
-/// A tree of one top-level directory gets every worker: the workers take
-/// lists of directories at any depth, not top-level directories (3
-/// connections allow 12 workers; the 8 directories here, the top one
-/// included, give 8: a directory pass, 8 workers, a directory pass). Every
+/// Where files/ cannot be listed as the change set needs (here an
+/// SFTP-only account holds a name that is not UTF-8, which no encrypted
+/// name is; a shell account's scripts refuse such a name), the backup
+/// falls back to rsync walking files/ through sshfs, as before change sets:
+/// one rsync, since nothing in the view moved (workers by directory when
+/// files do: a structure pass, a worker for each of the 3 directories
+/// here, a directory pass). The odd name goes into the run's snapshot like
+/// anything the view lacks, and the next run compares again. The tree
+/// stays exact.
+#[test]
+fn sshfs_backup_walks_files_where_they_cannot_be_listed() {
+    let kind = ServerKind::ChrootSftp;
+    if !kind.require("sshfs_walk_by_directory") {
+        return;
+    }
+    let job = Job::sftp("split")
+        .transport("sshfs")
+        .set("target.connections", serde_json::json!(2))
+        .build_on(kind);
+    for dir in ["one", "two"] {
+        fs::create_dir_all(job.source.join(dir)).unwrap();
+        for i in 0..3 {
+            write_mode(&job.source.join(dir).join(format!("f{i}")), b"data", 0o644);
+        }
+    }
+    job.ok(&["init"]);
+    job.backup_ok();
+    let odd = std::ffi::OsStr::from_bytes(b"odd-\xff-name");
+    fs::write(job.files_dir().join(odd), b"put there by the server").unwrap();
+    let rsync_runs = |out: &Out| out.stderr.matches("run: rsync ").count();
+    let walked = job.ok(&["--verbose", "--json", "backup"]);
+    assert!(
+        walked.stderr.contains("no change set, rsync walks files/")
+            && walked.stderr.contains("not a plain name"),
+        "{}",
+        walked.stderr
+    );
+    assert_eq!(rsync_runs(&walked), 1, "the walk:\n{}", walked.stderr);
+    assert!(
+        !job.files_dir().join(odd).exists(),
+        "files/ kept the odd name"
+    );
+    let json = parse_json(&walked);
+    let id = json_stats(&json, "backup")["snapshot"].as_str().unwrap();
+    let kept = job.target_path.join("snapshots").join(id).join(odd);
+    assert_eq!(fs::read(&kept).unwrap(), b"put there by the server");
+    let again = job.ok(&["--verbose", "backup"]);
+    assert!(
+        again.stderr.contains("change set: 0 paths"),
+        "{}",
+        again.stderr
+    );
+    fs::write(job.files_dir().join(odd), b"back again").unwrap();
+    write_mode(&job.source.join("two/new"), b"new file", 0o644);
+    let split = job.ok(&["--verbose", "backup"]);
+    assert!(split.stderr.contains("no change set"), "{}", split.stderr);
+    assert_eq!(rsync_runs(&split), 5, "the split walk:\n{}", split.stderr);
+    assert!(
+        !job.files_dir().join(odd).exists(),
+        "files/ kept the odd name"
+    );
+    job.verify_ok(true);
+    job.restore_and_compare("restored-after-the-walk");
+}
+
+/// A tree of one top-level directory gets every worker: the change set's
+/// paths are dealt out file by file (3 connections allow 12 workers). Every
 /// deleted or replaced file reaches the run's snapshot dir exactly once, as
-/// its old version; restore (from a stage pulled here) uses the workers too
+/// its old version (moved or linked there over SFTP before rsync runs); restore (from a stage pulled here) uses the workers too
 /// and gives back the source, and the first run as it was.
 #[test]
 fn sshfs_workers_share_one_directory() {
@@ -348,7 +438,6 @@ fn sshfs_workers_share_one_directory() {
     job.ok(&["init"]);
     let rsync_runs = |out: &Out| out.stderr.matches("run: rsync ").count();
     let first = job.ok(&["--verbose", "--json", "backup"]);
-    assert_eq!(rsync_runs(&first), 10, "first backup:\n{}", first.stderr);
     let first_id = json_stats(&parse_json(&first), "backup")["snapshot"]
         .as_str()
         .unwrap()
@@ -370,12 +459,19 @@ fn sshfs_workers_share_one_directory() {
         write_random_file(&dir.join(format!("new{i}")), 7000 + i, 200 + i as u64);
     }
     let changed = job.ok(&["--verbose", "--json", "backup"]);
-    assert_eq!(
-        rsync_runs(&changed),
-        10,
+    // The 5 replaced files and the diriv files of the 6 directories whose
+    // entries changed are linked; the 5 deleted ones moved.
+    assert!(
+        changed
+            .stderr
+            .contains("kept over SFTP: 5 of 5 moved, 11 of 11 linked"),
         "second backup:\n{}",
         changed.stderr
     );
+    let json = parse_json(&changed);
+    let stats = json_stats(&json, "backup");
+    let counts = (stats["deleted"].as_u64(), stats["transferred"].as_u64());
+    assert_eq!(counts, (Some(5), Some(8)), "{stats}");
     let id = json_stats(&parse_json(&changed), "backup")["snapshot"]
         .as_str()
         .unwrap()

@@ -22,6 +22,7 @@ mod path;
 mod probe;
 mod pull;
 mod sftp;
+mod sftp_keep;
 mod sftp_upload;
 mod shell;
 pub mod ssh;
@@ -35,6 +36,8 @@ pub use listing::TreeEntry;
 pub use path::PathTarget;
 pub use probe::forget_capabilities;
 pub use pull::{Puller, unmunge};
+pub use sftp::{RemoteEntry, RemoteTree};
+pub use sftp_keep::{NotKept, ToKeep, keep_in_snapshot};
 pub use sftp_upload::{Uploaded, upload_new};
 pub use shell::ShellTarget;
 pub use ssh::Ssh;
@@ -305,6 +308,13 @@ fn sftp_stamps(ssh: &Ssh) -> Option<String> {
             None
         }
     }
+}
+
+/// Every entry of the account's files/, listed over SFTP with many
+/// requests in flight (sftp.rs): what a backup through sshfs compares the
+/// view with (delta.rs).
+pub fn list_files_over_sftp(ssh: &Ssh) -> Result<RemoteTree> {
+    sftp::list_tree(ssh, FILES)
 }
 
 /// Opens the job's target for a stage: connects, learns what the account

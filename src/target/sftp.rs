@@ -67,7 +67,7 @@ pub(super) const SSH_FXP_OPEN: u8 = 3;
 pub(super) const SSH_FXP_CLOSE: u8 = 4;
 const SSH_FXP_READ: u8 = 5;
 pub(super) const SSH_FXP_WRITE: u8 = 6;
-const SSH_FXP_LSTAT: u8 = 7;
+pub(super) const SSH_FXP_LSTAT: u8 = 7;
 pub(super) const SSH_FXP_FSETSTAT: u8 = 10;
 const SSH_FXP_OPENDIR: u8 = 11;
 const SSH_FXP_READDIR: u8 = 12;
@@ -78,7 +78,7 @@ pub(super) const SSH_FXP_STATUS: u8 = 101;
 pub(super) const SSH_FXP_HANDLE: u8 = 102;
 const SSH_FXP_DATA: u8 = 103;
 const SSH_FXP_NAME: u8 = 104;
-const SSH_FXP_ATTRS: u8 = 105;
+pub(super) const SSH_FXP_ATTRS: u8 = 105;
 pub(super) const SSH_FXP_EXTENDED: u8 = 200;
 const SSH_FXF_READ: u32 = 0x1;
 pub(super) const SSH_FXF_WRITE: u32 = 0x2;
@@ -94,6 +94,7 @@ pub(super) const ATTR_ACMODTIME: u32 = 0x8;
 const S_IFMT: u32 = 0o170000;
 const S_IFREG: u32 = 0o100000;
 const S_IFDIR: u32 = 0o040000;
+const S_IFLNK: u32 = 0o120000;
 
 /// Fetches from one account over SFTP.
 pub struct SftpFetcher<'a> {
@@ -156,6 +157,14 @@ impl<'a> SftpFetcher<'a> {
 /// within the second, keeping size and mode, is missed until the next
 /// change or verify, which checks files/ itself.
 pub fn tree_stamps(ssh: &Ssh, rel: &str) -> Result<String> {
+    Ok(list_tree(ssh, rel)?.stamps())
+}
+
+/// Every entry below the account's `rel` directory (files/) with its type,
+/// mode, size and mtime as SFTP gives them, listed with many READDIRs in
+/// flight. Names are checked to be plain names; at most
+/// `MAX_TREE_ENTRIES` entries.
+pub fn list_tree(ssh: &Ssh, rel: &str) -> Result<RemoteTree> {
     let _permit = ssh.session();
     let mut session = Session::start(ssh)?;
     let base = remote_base(&ssh.sftp().path, rel);
@@ -163,12 +172,118 @@ pub fn tree_stamps(ssh: &Ssh, rel: &str) -> Result<String> {
         base,
         dirs: vec![String::new()],
         open: HashMap::new(),
-        lines: Vec::new(),
+        tree: RemoteTree::default(),
+        count: 0,
     };
     lister
         .go(&mut session)
         .map_err(|e| session.explain(e, ssh))?;
-    Ok(crate::checksums::stamps_of_lines(&mut lister.lines))
+    Ok(lister.tree)
+}
+
+/// A listed tree: each directory (relative, "" the top) with its entries.
+#[derive(Debug, Default)]
+pub struct RemoteTree {
+    pub dirs: HashMap<String, Vec<RemoteEntry>>,
+}
+
+impl RemoteTree {
+    /// The stamps of the tree (see `tree_stamps`).
+    pub fn stamps(&self) -> String {
+        let mut lines = Vec::with_capacity(self.dirs.values().map(Vec::len).sum());
+        for (dir, names) in &self.dirs {
+            for entry in names {
+                lines.push(format!(
+                    "{:o} {} {} {}\n",
+                    entry.mode,
+                    entry.size,
+                    entry.mtime,
+                    join(dir, &entry.name)
+                ));
+            }
+        }
+        crate::checksums::stamps_of_lines(&mut lines)
+    }
+
+    /// Every entry as a listing line, in the order of `walk::sorted` (a
+    /// directory's names sorted by their bytes, a directory's as if it
+    /// ended in `/`; each directory followed by what it holds).
+    pub fn sorted_entries(&self) -> impl Iterator<Item = TreeEntry> + '_ {
+        let mut stack = vec![self.sorted_dir("")];
+        std::iter::from_fn(move || {
+            loop {
+                let top = stack.last_mut()?;
+                let Some((path, entry)) = top.pop() else {
+                    stack.pop();
+                    continue;
+                };
+                if entry.is_dir() {
+                    stack.push(self.sorted_dir(&path));
+                }
+                return Some(entry.tree_entry(path));
+            }
+        })
+    }
+
+    /// The entries of `dir` with their paths, the first last.
+    fn sorted_dir(&self, dir: &str) -> Vec<(String, &RemoteEntry)> {
+        let key = |e: &RemoteEntry| {
+            let mut key = e.name.as_bytes().to_vec();
+            if e.is_dir() {
+                key.push(b'/');
+            }
+            key
+        };
+        let mut entries: Vec<&RemoteEntry> = self.dirs.get(dir).into_iter().flatten().collect();
+        entries.sort_by_cached_key(|e| std::cmp::Reverse(key(e)));
+        entries
+            .into_iter()
+            .map(|e| (join(dir, &e.name), e))
+            .collect()
+    }
+}
+
+/// One listed entry: its plain name and what SFTP said of it (0 where it
+/// said nothing of the size or the mtime).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteEntry {
+    pub name: Box<str>,
+    /// Type and permission bits, as `st_mode`.
+    pub mode: u32,
+    pub size: u64,
+    pub mtime: u32,
+}
+
+impl RemoteEntry {
+    pub fn is_dir(&self) -> bool {
+        self.mode & S_IFMT == S_IFDIR
+    }
+
+    pub fn is_file(&self) -> bool {
+        self.mode & S_IFMT == S_IFREG
+    }
+
+    pub fn is_symlink(&self) -> bool {
+        self.mode & S_IFMT == S_IFLNK
+    }
+
+    /// As a walk of the tree lists it (`TreeEntry::of`): sizes of files
+    /// only, no symlink target.
+    pub fn tree_entry(&self, path: String) -> TreeEntry {
+        let kind = match self.mode & S_IFMT {
+            S_IFREG => 'f',
+            S_IFDIR => 'd',
+            S_IFLNK => 'l',
+            _ => '?',
+        };
+        TreeEntry {
+            kind,
+            mode: self.mode & 0o7777,
+            size: if kind == 'f' { self.size } else { 0 },
+            path,
+            link: None,
+        }
+    }
 }
 
 /// Lists a tree with pipelined OPENDIR/READDIR: each open directory has
@@ -180,7 +295,9 @@ struct Lister {
     /// Request id -> the directory it is for (an OPENDIR, a READDIR with
     /// its handle, or a CLOSE).
     open: HashMap<u32, (String, Option<Vec<u8>>)>,
-    lines: Vec<String>,
+    tree: RemoteTree,
+    /// Entries listed so far, in every directory.
+    count: usize,
 }
 
 impl Lister {
@@ -270,32 +387,42 @@ impl Lister {
                 .ok()
                 .filter(|n| !n.is_empty() && !n.contains(['/', '\0']))
                 .ok_or_else(|| protocol("it listed a name that is not a plain name".into()))?;
-            let rel = match dir.is_empty() {
-                true => name,
-                false => format!("{dir}/{name}"),
-            };
             let Some(mode) = attrs.mode else {
                 return Err(protocol(format!(
                     "it listed files/{} without its type",
-                    crate::human::escape(&rel)
+                    crate::human::escape(&join(dir, &name))
                 )));
             };
-            if self.lines.len() >= crate::limits::MAX_TREE_ENTRIES {
+            self.count += 1;
+            if self.count > crate::limits::MAX_TREE_ENTRIES {
                 return Err(protocol(format!(
                     "files/ holds more than {} entries",
                     crate::limits::MAX_TREE_ENTRIES
                 )));
             }
-            self.lines.push(format!(
-                "{mode:o} {} {} {rel}\n",
-                attrs.size.unwrap_or(0),
-                attrs.mtime.unwrap_or(0)
-            ));
             if mode & S_IFMT == S_IFDIR {
-                self.dirs.push(rel);
+                self.dirs.push(join(dir, &name));
             }
+            self.tree
+                .dirs
+                .entry(dir.to_string())
+                .or_default()
+                .push(RemoteEntry {
+                    name: name.into_boxed_str(),
+                    mode,
+                    size: attrs.size.unwrap_or(0),
+                    mtime: attrs.mtime.unwrap_or(0),
+                });
         }
         Ok(())
+    }
+}
+
+/// `name` in the directory `dir` ("" the top).
+fn join(dir: &str, name: &str) -> String {
+    match dir.is_empty() {
+        true => name.to_string(),
+        false => format!("{dir}/{name}"),
     }
 }
 
@@ -986,7 +1113,7 @@ impl Fields {
     }
 
     /// The next u32, left in place (a STATUS's code, looked at first).
-    fn clone_u32(&self) -> Option<u32> {
+    pub(super) fn clone_u32(&self) -> Option<u32> {
         self.0
             .get(..4)
             .map(|b| u32::from_be_bytes(b.try_into().unwrap_or_default()))

@@ -206,8 +206,41 @@ impl PathTarget {
         Ok(Some((rewound(entries)?, count, bytes)))
     }
 
-    fn list_files_for_record(&self, request: &RecordRequest) -> Result<(File, u64, u64)> {
+    /// The record entries of files/ (see `write_entries`) and, on an SFTP
+    /// account, the stamps of the same listing: over SFTP, with many
+    /// requests in flight, rather than walking the mount one round trip
+    /// at a time (a debug line says why when it falls back to the walk).
+    fn list_files_for_record(
+        &self,
+        request: &RecordRequest,
+    ) -> Result<(File, u64, u64, Option<String>)> {
+        if let Some(ssh) = &self.ssh {
+            match super::sftp::list_tree(ssh, FILES) {
+                Ok(tree) => {
+                    let (entries, files, bytes) =
+                        self.write_entries(request, tree.sorted_entries().map(Ok))?;
+                    return Ok((entries, files, bytes, Some(tree.stamps())));
+                }
+                Err(e) if e.kind == Kind::Interrupted => return Err(e),
+                Err(e) => {
+                    log::debug(|| format!("record: {FILES}/ walked, not listed over SFTP: {e}"))
+                }
+            }
+        }
         let files = self.root.join(FILES);
+        let walked = walk::sorted(&files).map(|entry| {
+            let entry = entry.map_err(|e| walk::error(&files, e))?;
+            TreeEntry::of(&files, &entry)
+        });
+        let (entries, count, bytes) = self.write_entries(request, walked)?;
+        Ok((entries, count, bytes, self.sftp_stamps()))
+    }
+
+    fn write_entries(
+        &self,
+        request: &RecordRequest,
+        listed: impl Iterator<Item = Result<TreeEntry>>,
+    ) -> Result<(File, u64, u64)> {
         let scratch = crate::exec::scratch_file(request.scratch_dir, "record")?;
         let mut entries = BufWriter::new(scratch);
         let write_error = |e: std::io::Error| Error::io("writing the record", e);
@@ -216,14 +249,13 @@ impl PathTarget {
             _ => Vec::new().into_iter().peekable(),
         };
         let (mut count, mut bytes) = (0, 0);
-        for entry in walk::sorted(&files) {
+        for tree_entry in listed {
             interrupt::check()?;
-            let entry = entry.map_err(|e| walk::error(&files, e))?;
-            let dot_name = entry.file_name().as_encoded_bytes().starts_with(b".");
-            if request.skip_dot_names && dot_name {
+            let mut tree_entry = tree_entry?;
+            let name = tree_entry.path.rsplit('/').next().unwrap_or_default();
+            if request.skip_dot_names && name.starts_with('.') {
                 continue;
             }
-            let mut tree_entry = TreeEntry::of(&files, &entry)?;
             if tree_entry.kind == '?' {
                 continue;
             }
@@ -367,7 +399,16 @@ impl Target for PathTarget {
         file.commit()
     }
 
+    /// Over SFTP where the account is reached by ssh (many requests in
+    /// flight), else by walking the path.
     fn list_tree(&self, rel: &str) -> Result<Vec<TreeEntry>> {
+        if let Some(ssh) = &self.ssh {
+            match super::sftp::list_tree(ssh, rel) {
+                Ok(tree) => return Ok(tree.sorted_entries().collect()),
+                Err(e) if e.kind == Kind::Interrupted => return Err(e),
+                Err(e) => log::debug(|| format!("{rel} walked, not listed over SFTP: {e}")),
+            }
+        }
         list_local_tree(&self.root.join(rel))
     }
 
@@ -391,8 +432,23 @@ impl Target for PathTarget {
         Ok(())
     }
 
+    /// Over SFTP, hard links where the server makes them (many at once;
+    /// what is copied here is never changed in place: rsync and the config
+    /// upload replace a file by renaming a new one over it); copies of the
+    /// rest through the path.
     fn copy_within(&self, pairs: &[(String, String)]) -> Result<()> {
-        for (from, to) in pairs {
+        let unlinked = match &self.ssh {
+            Some(ssh) if !pairs.is_empty() => match super::sftp_keep::link_within(ssh, pairs) {
+                Ok(unlinked) => unlinked,
+                Err(e) if e.kind == Kind::Interrupted => return Err(e),
+                Err(e) => {
+                    log::debug(|| format!("nothing linked over SFTP, all copied: {e}"));
+                    pairs.to_vec()
+                }
+            },
+            _ => pairs.to_vec(),
+        };
+        for (from, to) in &unlinked {
             interrupt::check()?;
             crate::fsutil::copy_below(&self.root, from, to, GOCRYPTFS_SMALL_FILE_LIMIT)?;
         }
@@ -404,21 +460,32 @@ impl Target for PathTarget {
     }
 
     fn preflight(&self, known: Option<&str>, _scratch_dir: &Path) -> Result<Preflight> {
-        self.ensure_layout()?;
-        let config = self.read_file(
-            &format!("{FILES}/{REMOTE_CONFIG_NAME}"),
-            crate::limits::MAX_SMALL_FILE,
-        )?;
-        let last_id = self.recorded_ids()?.pop();
-        let last_record = match last_id.as_deref().filter(|id| Some(*id) != known) {
-            Some(id) => crate::fsutil::open_below(&self.root, &format!("{RECORDS}/{id}.rec"))?,
-            None => None,
-        };
-        // The newest run is the one the client knows (its record was not
-        // read): on an SFTP account the stamps of files/ tell whether it
-        // is still as that run left it.
+        // Where the newest run is the one the client knows (its record is
+        // not read), the stamps of files/ tell whether it is still as that
+        // run left it. On an SFTP account they are listed over SFTP, side
+        // by side with the reads through the mount: the client usually
+        // knows the newest run, and each side is a few round trips.
+        let (stamps, read) = crate::pool::both(
+            || known.and_then(|_| self.sftp_stamps()),
+            || -> Result<_> {
+                self.ensure_layout()?;
+                let config = self.read_file(
+                    &format!("{FILES}/{REMOTE_CONFIG_NAME}"),
+                    crate::limits::MAX_SMALL_FILE,
+                )?;
+                let last_id = self.recorded_ids()?.pop();
+                let last_record = match last_id.as_deref().filter(|id| Some(*id) != known) {
+                    Some(id) => {
+                        crate::fsutil::open_below(&self.root, &format!("{RECORDS}/{id}.rec"))?
+                    }
+                    None => None,
+                };
+                Ok((config, last_id, last_record))
+            },
+        );
+        let (config, last_id, last_record) = read?;
         let target_stamps = match (&last_id, &last_record) {
-            (Some(_), None) => self.sftp_stamps(),
+            (Some(_), None) => stamps,
             _ => None,
         };
         Ok(Preflight {
@@ -433,8 +500,8 @@ impl Target for PathTarget {
         let copied = self.copy_last_entries(request)?;
         // Stamps the preflight took still hold when no rsync ran since.
         let known_stamps = copied.as_ref().and(request.known_stamps).map(str::to_owned);
-        let (mut entries, files, bytes) = match copied {
-            Some(copied) => copied,
+        let (mut entries, files, bytes, listed_stamps) = match copied {
+            Some((entries, files, bytes)) => (entries, files, bytes, None),
             None => self.list_files_for_record(request)?,
         };
         let header = request
@@ -451,7 +518,9 @@ impl Target for PathTarget {
         Ok(RecordCounts {
             files,
             bytes,
-            stamps: known_stamps.or_else(|| self.sftp_stamps()),
+            stamps: known_stamps
+                .or(listed_stamps)
+                .or_else(|| self.sftp_stamps()),
         })
     }
 

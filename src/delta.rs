@@ -83,8 +83,10 @@ pub struct Change {
 /// What becomes of a path, and so who keeps its old version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Action {
-    /// Sent where files/ has nothing, or only its mode changes: nothing
-    /// to keep.
+    /// A regular file files/ lacks: nothing to keep.
+    New,
+    /// A symlink files/ lacks, or a file whose mode alone changes (rsync
+    /// sets it in place): nothing to keep.
     Send,
     /// A regular file whose content may have changed: its old version is
     /// linked into the snapshot first (target::keep_in_snapshot).
@@ -109,6 +111,22 @@ impl Changes {
         (of(Action::Delete), of(Action::Replace))
     }
 
+    /// The regular files the SFTP pass may send itself
+    /// (target::upload_changes), each with whether it replaces a file whose
+    /// old version is kept: every new one, and the replaced ones in
+    /// `not_kept` left out.
+    pub fn to_upload(&self, not_kept: &NotKept) -> Vec<(String, bool)> {
+        let left: HashSet<&str> = not_kept.links.iter().map(String::as_str).collect();
+        self.entries
+            .iter()
+            .filter_map(|c| match c.action {
+                Action::New => Some((c.path.clone(), false)),
+                Action::Replace if !left.contains(c.path.as_str()) => Some((c.path.clone(), true)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Nothing at all to do.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty() && self.make_dirs.is_empty() && self.fix_dirs.is_empty()
@@ -126,10 +144,12 @@ impl Changes {
     /// Writes the rsync lists into scratch files in `scratch_dir`, at most
     /// `workers` per phase and kind. The deletions and replacements in
     /// `not_kept` go to rsync with `--backup`; the other deletions are
-    /// done, the other replacements need none.
+    /// done, the other replacements need none; what the SFTP pass sent
+    /// (`uploaded`) is left out.
     pub fn lists(
         &self,
         not_kept: &NotKept,
+        uploaded: &HashSet<String>,
         workers: usize,
         scratch_dir: &Path,
     ) -> Result<ChangePlan> {
@@ -146,7 +166,8 @@ impl Changes {
                 Action::Backed => backed.push(change),
                 _ if backed_too.contains(change.path.as_str()) => backed.push(change),
                 Action::Delete => {}
-                Action::Send | Action::Replace => plain.push(change),
+                _ if uploaded.contains(&change.path) => {}
+                Action::New | Action::Send | Action::Replace => plain.push(change),
             }
         }
         let bytes = |p: &str| p.as_bytes().to_vec();
@@ -358,6 +379,7 @@ fn compare_dir(dir: &str, view: Vec<ViewEntry>, remote: &RemoteTree, keeps: Keep
             EntryType::File | EntryType::Symlink => {
                 let action = match (v.kind, there, doubled) {
                     (_, _, true) => Some(Action::Backed),
+                    (EntryType::File, None, false) => Some(Action::New),
                     (_, None, false) => Some(Action::Send),
                     (EntryType::File, Some(r), false) if r.is_file() => file_action(v, r, keeps),
                     _ => Some(Action::Backed),
@@ -539,7 +561,7 @@ mod tests {
             [
                 ("d/bigger", Action::Replace),
                 ("d/newer", Action::Replace),
-                ("d/new", Action::Send),
+                ("d/new", Action::New),
                 ("d/chmodded", Action::Send),
                 ("d/was_link", Action::Backed),
                 ("d/gone", Action::Delete),
@@ -657,7 +679,7 @@ mod tests {
     }
 
     #[test]
-    fn lists_leave_out_what_was_kept_and_give_rsync_what_was_not() {
+    fn lists_leave_out_what_was_kept_or_sent_and_give_rsync_what_was_not() {
         let change = |path: &str, action| Change {
             path: path.into(),
             action,
@@ -671,6 +693,8 @@ mod tests {
                 change("rep_kept", Action::Replace),
                 change("rep_not", Action::Replace),
                 change("send", Action::Send),
+                change("new_sent", Action::New),
+                change("new_left", Action::New),
                 change("backed", Action::Backed),
             ],
             ..Changes::default()
@@ -686,8 +710,17 @@ mod tests {
             moves: vec!["del_not".into()],
             links: vec!["rep_not".into()],
         };
+        assert_eq!(
+            changes.to_upload(&not_kept),
+            [
+                ("rep_kept".to_string(), true),
+                ("new_sent".to_string(), false),
+                ("new_left".to_string(), false)
+            ]
+        );
+        let uploaded = HashSet::from(["rep_kept".to_string(), "new_sent".to_string()]);
         let scratch = std::env::temp_dir();
-        let plan = changes.lists(&not_kept, 1, &scratch).unwrap();
+        let plan = changes.lists(&not_kept, &uploaded, 1, &scratch).unwrap();
         let read = |files: Vec<File>| -> Vec<String> {
             let mut all = Vec::new();
             for mut f in files {
@@ -698,7 +731,7 @@ mod tests {
             all.sort();
             all
         };
-        assert_eq!(read(plan.plain), ["rep_kept", "send"].map(String::from));
+        assert_eq!(read(plan.plain), ["new_left", "send"].map(String::from));
         assert_eq!(
             read(plan.backed),
             ["backed", "del_not", "rep_not"].map(String::from)

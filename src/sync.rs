@@ -1021,7 +1021,8 @@ impl Rsync<'_> {
             done.add(self.mirror_pass(Pass::directories(true, list), decryptor)?);
         }
         let not_kept = self.keep_over_sftp(&changes, &mut done)?;
-        let plan = changes.lists(&not_kept, workers, &self.job.state_dir)?;
+        let uploaded = self.upload_over_sftp(&changes, &not_kept, &mut done)?;
+        let plan = changes.lists(&not_kept, &uploaded, workers, &self.job.state_dir)?;
         let lists = (plan.plain.into_iter().map(|l| (l, false)))
             .chain(plan.backed.into_iter().map(|l| (l, true)))
             .collect();
@@ -1043,6 +1044,43 @@ impl Rsync<'_> {
             done.add(result);
         }
         done.into_result()
+    }
+
+    /// Sends the change set's new files, and the replaced ones whose old
+    /// versions are kept, over SFTP (target::upload_changes: many at once,
+    /// where rsync through sshfs waits several round trips for each), as
+    /// the first pass does; returns the paths the server now holds as the
+    /// view does, which rsync need not look at. Not where the job bounds
+    /// the rate (the pass has no bound); a failure of the pass is a debug
+    /// line, and rsync sends everything.
+    fn upload_over_sftp(
+        &self,
+        changes: &delta::Changes,
+        not_kept: &NotKept,
+        done: &mut Passed,
+    ) -> Result<std::collections::HashSet<String>> {
+        let files = changes.to_upload(not_kept);
+        let ssh = self.remote.sftp_writes();
+        let (Some(ssh), false, false) = (ssh, files.is_empty(), self.job.bwlimit.is_some()) else {
+            return Ok(Default::default());
+        };
+        match target::upload_changes(ssh, self.source, &files, self.phase) {
+            Ok((uploaded, sent)) => {
+                log::debug(|| format!("sent over SFTP: {} of {} files", sent.len(), files.len()));
+                done.stats.transferred += uploaded.files;
+                done.stats.changed += uploaded.files;
+                done.stats.bytes_transferred += uploaded.bytes;
+                done.stats.touched |= !sent.is_empty();
+                Ok(sent.into_iter().collect())
+            }
+            Err(e) if e.kind == Kind::Interrupted => Err(e),
+            Err(e) => {
+                log::debug(|| format!("nothing sent over SFTP, rsync sends it all: {e}"));
+                // Its temp names must not reach the run's snapshot.
+                self.remote.remove_rsync_leftovers()?;
+                Ok(Default::default())
+            }
+        }
     }
 
     /// Keeps what the change set replaces or deletes in the run's snapshot

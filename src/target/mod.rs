@@ -38,7 +38,7 @@ pub use probe::forget_capabilities;
 pub use pull::{Puller, unmunge};
 pub use sftp::{RemoteEntry, RemoteTree};
 pub use sftp_keep::{NotKept, ToKeep, keep_in_snapshot};
-pub use sftp_upload::{Uploaded, upload_new};
+pub use sftp_upload::{Uploaded, upload_changes, upload_new};
 pub use shell::ShellTarget;
 pub use ssh::Ssh;
 pub use whitelist::{ServerSums, WhitelistTarget};

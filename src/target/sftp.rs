@@ -1067,14 +1067,14 @@ fn read_link_name(body: &mut Fields) -> Result<Vec<u8>> {
 }
 
 /// The attributes this fetcher uses.
-struct Attrs {
-    size: Option<u64>,
+pub(super) struct Attrs {
+    pub(super) size: Option<u64>,
     mode: Option<u32>,
-    mtime: Option<u32>,
+    pub(super) mtime: Option<u32>,
 }
 
 impl Attrs {
-    fn read(body: &mut Fields) -> Result<Attrs> {
+    pub(super) fn read(body: &mut Fields) -> Result<Attrs> {
         let flags = body.u32()?;
         let size = (flags & ATTR_SIZE != 0).then(|| body.u64()).transpose()?;
         if flags & ATTR_UIDGID != 0 {

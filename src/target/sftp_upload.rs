@@ -7,7 +7,13 @@
 //! `MAX_OPEN` files travel together. rsync then finds each file as it would have left it
 //! (size, mtime) and only checks it.
 //!
-//! Nothing is ever replaced: a file is written under a temp name
+//! `upload_changes` does the same for the regular files of a change set
+//! (delta.rs) after the old versions are kept in the run's snapshot: new
+//! files as below, replaced ones renamed over their names in one step
+//! (`posix-rename@openssh.com`). Every result is looked up (LSTAT: size
+//! and mtime as the view's), since a server may answer OK and do nothing.
+//!
+//! `upload_new` never replaces anything: a file is written under a temp name
 //! (`.NAME.XXXXXX`, as rsync's, which a killed run's cleanup removes) and
 //! then hard-linked to its name (`hardlink@openssh.com`, which fails when
 //! the name exists), so whatever the target already holds stays for rsync
@@ -23,15 +29,17 @@ use std::path::Path;
 
 use super::Ssh;
 use super::sftp::{
-    ATTR_ACMODTIME, ATTR_PERMISSIONS, CHUNK, MAX_IN_FLIGHT, MAX_OPEN, SSH_FXF_CREAT, SSH_FXF_EXCL,
-    SSH_FXF_WRITE, SSH_FXP_CLOSE, SSH_FXP_EXTENDED, SSH_FXP_FSETSTAT, SSH_FXP_HANDLE,
-    SSH_FXP_MKDIR, SSH_FXP_OPEN, SSH_FXP_REMOVE, SSH_FXP_STATUS, SSH_FXP_WRITE, Session, Slots,
-    put_u32, put_u64, remote_base, remote_path,
+    ATTR_ACMODTIME, ATTR_PERMISSIONS, Attrs, CHUNK, MAX_IN_FLIGHT, MAX_OPEN, SSH_FXF_CREAT,
+    SSH_FXF_EXCL, SSH_FXF_WRITE, SSH_FXP_ATTRS, SSH_FXP_CLOSE, SSH_FXP_EXTENDED, SSH_FXP_FSETSTAT,
+    SSH_FXP_HANDLE, SSH_FXP_LSTAT, SSH_FXP_MKDIR, SSH_FXP_OPEN, SSH_FXP_REMOVE, SSH_FXP_STATUS,
+    SSH_FXP_WRITE, Session, Slots, put_u32, put_u64, remote_base, remote_path,
 };
 use crate::error::Result;
 use crate::progress::Phase;
 
 const HARDLINK: &str = "hardlink@openssh.com";
+/// Renames over an existing name in one step (rename(2) on the server).
+const POSIX_RENAME: &str = "posix-rename@openssh.com";
 
 /// What the first pass put on the target: the user's files (not
 /// gocryptfs' own) and every byte.
@@ -64,22 +72,54 @@ pub fn upload_new(
     let base = remote_base(&ssh.sftp().path, super::FILES);
     let run = || -> Result<Uploaded> {
         make_dirs(&mut session, &base, &tree.dirs)?;
-        let mut pass = Pass {
-            base: &base,
-            view,
-            phase,
-            queue: tree.files,
-            slots: Slots::new(),
-            pending: HashMap::new(),
-            done: Uploaded::default(),
-            chunk: vec![0u8; CHUNK as usize],
-        };
-        pass.queue.reverse();
+        let mut pass = Pass::new(&base, view, phase, tree.files);
         pass.go(&mut session)?;
         Ok(pass.done)
     };
     let result = run();
     result.map_err(|e| session.explain(e, ssh))
+}
+
+/// Uploads the regular files `files` names (paths below the view, each
+/// with whether it replaces a file of `files/`, whose old version the run
+/// has kept already: delta.rs) into the account's `files/`. A new file is
+/// linked to its name only where that name is free (as `upload_new`); a
+/// replacing one is renamed over it in one step (`posix-rename@openssh.com`,
+/// which the server must offer). Every result is looked up: the paths
+/// returned are on the server with the view's size and mtime; the rest is
+/// rsync's. Their directories exist (phase 1 made them).
+pub fn upload_changes(
+    ssh: &Ssh,
+    view: &Path,
+    files: &[(String, bool)],
+    phase: Option<&Phase>,
+) -> Result<(Uploaded, Vec<String>)> {
+    let _permit = ssh.session();
+    let mut session = Session::start(ssh)?;
+    let offers = |ext: &str| session.extensions.iter().any(|e| e == ext);
+    let (can_link, can_replace) = (offers(HARDLINK), offers(POSIX_RENAME));
+    let mut queue = Vec::new();
+    for (rel, replace) in files {
+        if (*replace && !can_replace) || (!*replace && !can_link) {
+            continue;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(view.join(rel)) else {
+            continue;
+        };
+        if meta.is_file() {
+            let mut file = LocalFile::of(rel.clone(), &meta);
+            file.replace = *replace;
+            queue.push(file);
+        }
+    }
+    if queue.is_empty() {
+        return Ok((Uploaded::default(), Vec::new()));
+    }
+    let base = remote_base(&ssh.sftp().path, super::FILES);
+    let mut pass = Pass::new(&base, view, phase, queue);
+    let result = pass.go(&mut session);
+    result.map_err(|e| session.explain(e, ssh))?;
+    Ok((pass.done, pass.sent))
 }
 
 /// A file of the view: its path below the view, size, mode and mtime.
@@ -88,6 +128,21 @@ struct LocalFile {
     size: u64,
     mode: u32,
     mtime: u32,
+    /// Renamed over a file of the same name (its old version is kept),
+    /// not linked where the name is free.
+    replace: bool,
+}
+
+impl LocalFile {
+    fn of(rel: String, meta: &std::fs::Metadata) -> LocalFile {
+        LocalFile {
+            rel,
+            size: meta.len(),
+            mode: meta.mode() & 0o777,
+            mtime: u32::try_from(meta.mtime()).unwrap_or(0),
+            replace: false,
+        }
+    }
 }
 
 struct LocalTree {
@@ -134,12 +189,7 @@ fn walk_view(view: &Path, only: Option<&HashSet<u64>>) -> Result<LocalTree> {
         } else if meta.is_file()
             && only.is_none_or(|keys| keys.contains(&crate::checksums::path_key(&rel)))
         {
-            tree.files.push(LocalFile {
-                rel,
-                size: meta.len(),
-                mode: meta.mode() & 0o777,
-                mtime: u32::try_from(meta.mtime()).unwrap_or(0),
-            });
+            tree.files.push(LocalFile::of(rel, &meta));
         }
         if tree.dirs.len() + tree.files.len() > crate::limits::MAX_TREE_ENTRIES {
             return Err(crate::limits::too_much(
@@ -189,7 +239,11 @@ enum Step {
     /// Writes go out; the file is read as they do.
     Writing,
     Closing,
+    /// Linked or renamed to its name.
     Linking,
+    /// Its name looked up: the server may have answered OK and done
+    /// nothing (rclone does so to a hard link).
+    Confirming,
 }
 
 struct Slot {
@@ -213,11 +267,33 @@ struct Pass<'a> {
     /// Request id -> its slot (None: a REMOVE of a temp name nobody waits for).
     pending: HashMap<u32, Option<usize>>,
     done: Uploaded,
+    /// The files confirmed on the server.
+    sent: Vec<String>,
     /// One read of the view, reused for every write.
     chunk: Vec<u8>,
 }
 
-impl Pass<'_> {
+impl<'a> Pass<'a> {
+    fn new(
+        base: &'a [u8],
+        view: &'a Path,
+        phase: Option<&'a Phase>,
+        mut queue: Vec<LocalFile>,
+    ) -> Pass<'a> {
+        queue.reverse();
+        Pass {
+            base,
+            view,
+            phase,
+            queue,
+            slots: Slots::new(),
+            pending: HashMap::new(),
+            done: Uploaded::default(),
+            sent: Vec::new(),
+            chunk: vec![0u8; CHUNK as usize],
+        }
+    }
+
     fn go(&mut self, session: &mut Session) -> Result<()> {
         loop {
             self.start_files(session)?;
@@ -352,7 +428,26 @@ impl Pass<'_> {
             (Step::Closing, _) if !ok => slot.failed = true,
             (Step::Writing | Step::Closing, _) => {}
             (Step::Linking, _) => {
-                if ok {
+                // A link leaves the temp name; a failed rename too.
+                if !(ok && slot.file.replace) {
+                    let temp = slot.temp.clone();
+                    let id = session.request(SSH_FXP_REMOVE, &[&temp], &[]);
+                    self.pending.insert(id, None);
+                }
+                if !ok {
+                    self.release(index);
+                    return Ok(());
+                }
+                let name = remote_path(self.base, &slot.file.rel);
+                let id = session.request(SSH_FXP_LSTAT, &[&name], &[]);
+                slot.step = Step::Confirming;
+                slot.in_flight += 1;
+                self.pending.insert(id, Some(index));
+                return Ok(());
+            }
+            (Step::Confirming, SSH_FXP_ATTRS) => {
+                let attrs = Attrs::read(&mut packet.body)?;
+                if attrs.size == Some(slot.file.size) && attrs.mtime == Some(slot.file.mtime) {
                     // Counted as rsync counts: gocryptfs' own files are
                     // not the user's.
                     let user_file = !crate::crypt::is_gocryptfs_metadata(&slot.file.rel);
@@ -361,10 +456,12 @@ impl Pass<'_> {
                     if let Some(phase) = self.phase {
                         phase.add(u64::from(user_file), slot.sent);
                     }
+                    self.sent.push(slot.file.rel.clone());
                 }
-                let temp = slot.temp.clone();
-                let id = session.request(SSH_FXP_REMOVE, &[&temp], &[]);
-                self.pending.insert(id, None);
+                self.release(index);
+                return Ok(());
+            }
+            (Step::Confirming, _) => {
                 self.release(index);
                 return Ok(());
             }
@@ -390,7 +487,11 @@ impl Pass<'_> {
             return;
         }
         let name = remote_path(self.base, &slot.file.rel);
-        let id = session.request(SSH_FXP_EXTENDED, &[HARDLINK.as_bytes(), &temp, &name], &[]);
+        let how = match slot.file.replace {
+            true => POSIX_RENAME,
+            false => HARDLINK,
+        };
+        let id = session.request(SSH_FXP_EXTENDED, &[how.as_bytes(), &temp, &name], &[]);
         slot.step = Step::Linking;
         slot.in_flight += 1;
         self.pending.insert(id, Some(index));

@@ -170,23 +170,61 @@ impl Changes {
                 Action::New | Action::Send | Action::Replace => plain.push(change),
             }
         }
-        let bytes = |p: &str| p.as_bytes().to_vec();
-        let fix_dirs = deal(&self.fix_dirs, workers)
-            .into_iter()
-            .map(|dirs| {
-                let names = dirs.into_iter().map(|d| match d.is_empty() {
-                    true => b".".to_vec(),
-                    false => bytes(d),
-                });
-                split::write_list(scratch_dir, names)
-            })
-            .collect::<Result<Vec<_>>>()?;
         Ok(ChangePlan {
             plain: balanced(&plain, workers, scratch_dir)?,
             backed: balanced(&backed, workers, scratch_dir)?,
-            fix_dirs,
         })
     }
+
+    /// The directories whose modes and times are to be set (`fix_dirs`),
+    /// deepest first, each with the view's mode and mtime; one the view no
+    /// longer has is left out (the next run sees it).
+    pub fn dir_attrs(&self, view: &Path) -> Vec<DirAttrs> {
+        let mut dirs: Vec<DirAttrs> = self
+            .fix_dirs
+            .iter()
+            .filter_map(|dir| {
+                let meta = std::fs::symlink_metadata(view.join(dir)).ok()?;
+                meta.is_dir().then(|| DirAttrs {
+                    path: dir.clone(),
+                    mode: meta.permissions().mode() & 0o7777,
+                    mtime: meta.mtime(),
+                })
+            })
+            .collect();
+        dirs.sort_by_key(|d| {
+            std::cmp::Reverse(d.path.matches('/').count() + usize::from(!d.path.is_empty()))
+        });
+        dirs
+    }
+}
+
+/// A directory's mode and mtime in the view, to be given to its copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirAttrs {
+    /// Relative to files/; "" is files/ itself.
+    pub path: String,
+    pub mode: u32,
+    pub mtime: i64,
+}
+
+/// Phase 3's lists (`split::directories_pass(false)`) for `dirs`, at most
+/// `workers`: each directory is named alone, so they may go side by side.
+pub fn fix_dirs_lists(
+    dirs: &BTreeSet<String>,
+    workers: usize,
+    scratch_dir: &Path,
+) -> Result<Vec<File>> {
+    deal(dirs, workers)
+        .into_iter()
+        .map(|dirs| {
+            let names = dirs.into_iter().map(|d| match d.is_empty() {
+                true => b".".to_vec(),
+                false => d.as_bytes().to_vec(),
+            });
+            split::write_list(scratch_dir, names)
+        })
+        .collect()
 }
 
 /// `changes` in at most `workers` lists of about equal cost.
@@ -208,15 +246,12 @@ fn balanced(changes: &[&Change], workers: usize, scratch_dir: &Path) -> Result<V
         .collect()
 }
 
-/// The rsync lists of phases 2 and 3 of a change set.
+/// The rsync lists of phase 2 of a change set.
 pub struct ChangePlan {
-    /// Phase 2 without `--backup`: nothing to keep, or kept already.
+    /// Without `--backup`: nothing to keep, or kept already.
     pub plain: Vec<File>,
-    /// Phase 2 with `--backup` (`changes_pass`).
+    /// With `--backup` (`changes_pass`).
     pub backed: Vec<File>,
-    /// Phase 3 (`split::directories_pass(false)`), one list per worker:
-    /// each directory alone, so they may go side by side.
-    pub fix_dirs: Vec<File>,
 }
 
 /// Directories per phase-3 list at least: below that, another rsync costs
@@ -736,6 +771,25 @@ mod tests {
             read(plan.backed),
             ["backed", "del_not", "rep_not"].map(String::from)
         );
+    }
+
+    #[test]
+    fn directory_attributes_come_deepest_first_from_the_view() {
+        let view = std::env::temp_dir().join(format!("cs-delta-dirs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&view);
+        std::fs::create_dir_all(view.join("a/b")).unwrap();
+        std::fs::set_permissions(view.join("a"), std::fs::Permissions::from_mode(0o750)).unwrap();
+        let changes = Changes {
+            fix_dirs: ["", "a", "a/b", "gone"].map(String::from).into(),
+            ..Changes::default()
+        };
+        let attrs = changes.dir_attrs(&view);
+        let paths: Vec<&str> = attrs.iter().map(|d| d.path.as_str()).collect();
+        assert_eq!(paths, ["a/b", "a", ""]);
+        assert_eq!(attrs[1].mode, 0o750);
+        let mtime = std::fs::metadata(view.join("a")).unwrap().mtime();
+        assert_eq!(attrs[1].mtime, mtime);
+        std::fs::remove_dir_all(&view).unwrap();
     }
 
     #[test]

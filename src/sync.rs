@@ -969,12 +969,16 @@ impl Rsync<'_> {
             return Ok(None);
         }
         let workers = split::workers_for(crate::budget::of(s).sshfs);
+        // What the server keeps may take a probe through the mount (an
+        // SFTP-only account, on its first question): beside the listing.
+        let (kept, listed) =
+            pool::both(|| self.remote.keeps(), || target::list_files_over_sftp(ssh));
         let keeps = delta::Keeps {
-            symlinks: self.remote.keeps().symlinks,
-            modes: self.remote.keeps().modes,
+            symlinks: kept.symlinks,
+            modes: kept.modes,
             protected_config: !self.job.config_in_source(),
         };
-        let compared = target::list_files_over_sftp(ssh).and_then(|listed| {
+        let compared = listed.and_then(|listed| {
             delta::compare(
                 self.source,
                 &listed,
@@ -1037,13 +1041,59 @@ impl Rsync<'_> {
         for result in results? {
             done.add(result);
         }
-        let fixed = split::in_workers(plan.fix_dirs, workers, |list| {
+        let unfixed = self.fix_dirs_over_sftp(&changes)?;
+        let lists = delta::fix_dirs_lists(&unfixed, workers, &self.job.state_dir)?;
+        let fixed = split::in_workers(lists, workers, |list| {
             self.mirror_pass(Pass::directories(false, list), decryptor)
         });
         for result in fixed? {
             done.add(result);
         }
         done.into_result()
+    }
+
+    /// Gives the change set's directories the view's modes and times over
+    /// SFTP (target::set_dir_attrs), all at once, where rsync's last pass
+    /// through sshfs waits round trips for each; returns those left to
+    /// that pass: the ones the server refused, an mtime SFTP cannot carry,
+    /// or all of them where the SFTP pass failed (a debug line says why).
+    fn fix_dirs_over_sftp(
+        &self,
+        changes: &delta::Changes,
+    ) -> Result<std::collections::BTreeSet<String>> {
+        let all = || changes.fix_dirs.clone();
+        let Some(ssh) = self.remote.sftp_writes() else {
+            return Ok(all());
+        };
+        if changes.fix_dirs.is_empty() {
+            return Ok(all());
+        }
+        let mut left = std::collections::BTreeSet::new();
+        let mut attrs = Vec::new();
+        for dir in changes.dir_attrs(self.source) {
+            match u32::try_from(dir.mtime) {
+                Ok(mtime) => attrs.push((dir.path, dir.mode, mtime)),
+                Err(_) => drop(left.insert(dir.path)),
+            }
+        }
+        match target::set_dir_attrs(ssh, &attrs, self.remote.keeps().modes) {
+            Ok(refused) => {
+                log::debug(|| {
+                    format!(
+                        "directories given their modes and times over SFTP: {} of {}",
+                        attrs.len() - refused.len(),
+                        attrs.len()
+                    )
+                });
+                left.extend(refused);
+                Ok(left)
+            }
+            Err(e) if e.kind == Kind::Interrupted => Err(e),
+            Err(e) => {
+                log::debug(|| format!("no directory fixed over SFTP, rsync does it: {e}"));
+                Ok(all())
+            }
+        }
     }
 
     /// Sends the change set's new files, and the replaced ones whose old

@@ -37,7 +37,7 @@ pub use path::PathTarget;
 pub use probe::forget_capabilities;
 pub use pull::{Puller, unmunge};
 pub use sftp::{RemoteEntry, RemoteTree};
-pub use sftp_keep::{NotKept, ToKeep, keep_in_snapshot};
+pub use sftp_keep::{NotKept, ToKeep, keep_in_snapshot, set_dir_attrs};
 pub use sftp_upload::{Uploaded, upload_changes, upload_new};
 pub use shell::ShellTarget;
 pub use ssh::Ssh;

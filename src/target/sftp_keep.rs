@@ -28,12 +28,13 @@ use std::collections::HashMap;
 
 use super::Ssh;
 use super::sftp::{
-    ATTR_PERMISSIONS, MAX_IN_FLIGHT, SSH_FXP_ATTRS, SSH_FXP_EXTENDED, SSH_FXP_LSTAT, SSH_FXP_MKDIR,
-    SSH_FXP_STATUS, Session, put_u32, remote_base, remote_path,
+    ATTR_ACMODTIME, ATTR_PERMISSIONS, MAX_IN_FLIGHT, SSH_FXP_ATTRS, SSH_FXP_EXTENDED,
+    SSH_FXP_LSTAT, SSH_FXP_MKDIR, SSH_FXP_STATUS, Session, put_u32, remote_base, remote_path,
 };
 use crate::error::Result;
 
 const HARDLINK: &str = "hardlink@openssh.com";
+const SSH_FXP_SETSTAT: u8 = 9;
 const SSH_FXP_RENAME: u8 = 18;
 
 /// What to keep, by paths relative to files/ (checked plain names
@@ -157,6 +158,45 @@ fn confirm(session: &mut Session, targets: &[Vec<u8>], sent: &[bool]) -> Result<
     Ok(there)
 }
 
+/// Gives each directory of `files/` (relative, "" itself) its mode (where
+/// `modes`: the server keeps them) and mtime, as rsync's last pass over the
+/// directories does, all at once (SETSTAT); returns those the server
+/// refused, for rsync. Deepest first, so that a mode that shuts a
+/// directory does not stop the ones below it.
+pub fn set_dir_attrs(ssh: &Ssh, dirs: &[(String, u32, u32)], modes: bool) -> Result<Vec<String>> {
+    let _permit = ssh.session();
+    let mut session = Session::start(ssh)?;
+    let files = remote_base(&ssh.sftp().path, super::FILES);
+    let mut requests = Vec::new();
+    let mut tails = Vec::new();
+    for (rel, mode, mtime) in dirs {
+        let path = match rel.is_empty() {
+            true => files.clone(),
+            false => remote_path(&files, rel),
+        };
+        let mut attrs = Vec::new();
+        match modes {
+            true => {
+                put_u32(&mut attrs, ATTR_PERMISSIONS | ATTR_ACMODTIME);
+                put_u32(&mut attrs, *mode);
+            }
+            false => put_u32(&mut attrs, ATTR_ACMODTIME),
+        }
+        put_u32(&mut attrs, *mtime);
+        put_u32(&mut attrs, *mtime);
+        requests.push((SSH_FXP_SETSTAT, vec![path]));
+        tails.push(attrs);
+    }
+    let answers =
+        exchange_each(&mut session, &requests, &tails).map_err(|e| session.explain(e, ssh))?;
+    Ok(dirs
+        .iter()
+        .zip(answers)
+        .filter(|(_, answer)| *answer != STATUS_OK)
+        .map(|((rel, _, _), _)| rel.clone())
+        .collect())
+}
+
 /// Every directory above the paths, each once, parents first.
 fn parents_of<'a>(paths: impl Iterator<Item = &'a String>) -> Vec<String> {
     let mut dirs = std::collections::BTreeSet::new();
@@ -222,6 +262,16 @@ fn exchange(
     requests: &[(u8, Vec<Vec<u8>>)],
     tail: &[u8],
 ) -> Result<Vec<u8>> {
+    let tails = vec![tail.to_vec(); requests.len()];
+    exchange_each(session, requests, &tails)
+}
+
+/// `exchange` with a tail of its own for each request.
+fn exchange_each(
+    session: &mut Session,
+    requests: &[(u8, Vec<Vec<u8>>)],
+    tails: &[Vec<u8>],
+) -> Result<Vec<u8>> {
     let mut answers = vec![SSH_FXP_STATUS; requests.len()];
     let mut pending: HashMap<u32, usize> = HashMap::new();
     let mut next = 0;
@@ -229,7 +279,7 @@ fn exchange(
         while next < requests.len() && pending.len() < MAX_IN_FLIGHT {
             let (kind, fields) = &requests[next];
             let fields: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
-            let id = session.request(*kind, &fields, tail);
+            let id = session.request(*kind, &fields, &tails[next]);
             pending.insert(id, next);
             next += 1;
         }

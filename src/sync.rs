@@ -233,17 +233,12 @@ fn full_run(
     view.check_live()?;
     remote.check_live()?;
     let decryptor = PathDecryptor::new(&ctx.runtime("ctl.sock"));
-    // New files go over SFTP first: all of them into an empty files/, and
-    // later the ones the last record lacks, when there are enough to pay
-    // for a second walk of the view.
-    let new_files = match (first_backup, estimate.as_ref()) {
-        (true, _) => Some(None),
-        (false, Some(e)) if e.added >= MIN_ADDED_FOR_AN_SFTP_PASS => Some(Some(&e.added_keys.0)),
-        _ => None,
-    };
-    let first = match new_files {
-        Some(only) => first_pass_over_sftp(job, &*remote, view.point(), only, rsync.phase)?,
-        None => target::Uploaded::default(),
+    // A first backup sends every file over SFTP first, and makes their
+    // directories there too. Later ones send their new files with the
+    // change set (delta.rs), which an SFTP pass needs as well.
+    let first = match first_backup {
+        true => first_pass_over_sftp(job, &*remote, view.point(), rsync.phase)?,
+        false => target::Uploaded::default(),
     };
     let Mirrored {
         mut stats,
@@ -505,15 +500,9 @@ fn guard_mass_changes(
     Ok(Some(estimate))
 }
 
-/// Fewer new files than this go with rsync: the pass walks the view
-/// again (the guard's index keeps keys, not names) and opens an SFTP
-/// session, which a handful of files does not pay back.
-const MIN_ADDED_FOR_AN_SFTP_PASS: u64 = 16;
-
-/// Into files/ of an SFTP account that rsync writes to through sshfs, new
-/// files go over SFTP first, many at a time (sftp_upload.rs): every file
-/// of a first backup, or those whose path keys are in `only` (what the
-/// last record lacks). Through sshfs each new file costs rsync about 18
+/// Into the empty files/ of an SFTP account that rsync writes to through
+/// sshfs, a first backup's files go over SFTP first, many at a time
+/// (sftp_upload.rs). Through sshfs each new file costs rsync about 18
 /// waited round trips. Only encrypted names: a plaintext name may start
 /// with a dot like the temp names this pass (and rsync) use. The pass
 /// only saves time: what it could not send, rsync sends, and a failure of
@@ -522,7 +511,6 @@ fn first_pass_over_sftp(
     job: &Job,
     remote: &dyn target::Target,
     view: &Path,
-    only: Option<&std::collections::HashSet<u64>>,
     phase: Option<&crate::progress::Phase>,
 ) -> Result<target::Uploaded> {
     let Some(ssh) = remote.sftp_writes() else {
@@ -536,7 +524,7 @@ fn first_pass_over_sftp(
         log::debug(|| "no first pass over SFTP: target.bwlimit is set".into());
         return Ok(target::Uploaded::default());
     }
-    match target::upload_new(ssh, view, only, phase) {
+    match target::upload_new(ssh, view, phase) {
         Ok(sent) => {
             log::debug(|| format!("first pass over SFTP: {sent:?}"));
             Ok(sent)
@@ -959,15 +947,9 @@ impl Rsync<'_> {
     /// only), or a listing that failed (a debug line says why; the
     /// directory walk of `mirror` does the same work).
     fn change_plan(&self) -> Result<Option<(delta::Changes, usize)>> {
-        let Target::Sftp(s) = &self.job.target else {
+        let Some((s, ssh)) = self.change_set_target() else {
             return Ok(None);
         };
-        let Some(ssh) = self.remote.sftp_writes() else {
-            return Ok(None);
-        };
-        if s.transport != Transport::Sshfs || self.job.filenames == Filenames::Plaintext {
-            return Ok(None);
-        }
         let workers = split::workers_for(crate::budget::of(s).sshfs);
         // What the server keeps may take a probe through the mount (an
         // SFTP-only account, on its first question): beside the listing.
@@ -1004,6 +986,18 @@ impl Rsync<'_> {
                 Ok(None)
             }
         }
+    }
+
+    /// The account and its SFTP session where a change set is possible
+    /// (see `change_plan`).
+    fn change_set_target(&self) -> Option<(&crate::config::Sftp, &target::Ssh)> {
+        let Target::Sftp(s) = &self.job.target else {
+            return None;
+        };
+        let ssh = self.remote.sftp_writes()?;
+        let possible =
+            s.transport == Transport::Sshfs && self.job.filenames != Filenames::Plaintext;
+        possible.then_some((s, ssh))
     }
 
     /// Sends a change set: the directories to make; what is replaced or

@@ -17,6 +17,13 @@ fn first_pass_files(o: &Out) -> Option<u64> {
     rest.split(',').next()?.trim().parse().ok()
 }
 
+/// How many files the change set sent over SFTP (`sent over SFTP: N of
+/// M files` in the verbose log), if it sent any.
+fn sent_over_sftp(o: &Out) -> Option<u64> {
+    let rest = o.stderr.split("sent over SFTP: ").nth(1)?;
+    rest.split(' ').next()?.parse().ok()
+}
+
 /// No `.NAME.XXXXXX` left in files/ (the pass's and rsync's temp names).
 fn assert_no_temp_names(job: &Job) {
     let names: Vec<String> = walk(&job.files_dir())
@@ -138,11 +145,12 @@ fn a_job_with_a_bandwidth_limit_gets_no_first_pass() {
     job.restore_and_compare("restored");
 }
 
-/// A later backup sends the files the last record lacks over SFTP first
-/// (16 or more: fewer go with rsync); changed and deleted files stay
-/// rsync's, and its snapshot keeps their old versions and nothing else.
+/// A later backup has no first pass: its change set (src/delta.rs) sends
+/// the new files and the changed one over SFTP, a handful as well as
+/// many, after keeping the old versions; its snapshot keeps the old
+/// versions of the changed and the deleted file and nothing else.
 #[test]
-fn a_later_backup_sends_its_new_files_over_sftp_first() {
+fn a_later_backup_sends_its_new_and_changed_files_over_sftp() {
     if !require_tools("later_pass", SFTP_TOOLS) {
         return;
     }
@@ -179,8 +187,14 @@ fn a_later_backup_sends_its_new_files_over_sftp_first() {
     let o = job.ok(&["--verbose", "backup"]);
     assert_eq!(
         first_pass_files(&o),
-        Some(20),
-        "the new files did not go over SFTP first:\n{}",
+        None,
+        "a later first pass:\n{}",
+        o.dump()
+    );
+    assert!(
+        o.stderr.contains("kept over SFTP: 1 of 1 moved")
+            && sent_over_sftp(&o).is_some_and(|n| n >= 21),
+        "the new and changed files did not go over SFTP:\n{}",
         o.dump()
     );
     let stats = &job.stage("backup")["stats"];
@@ -199,17 +213,16 @@ fn a_later_backup_sends_its_new_files_over_sftp_first() {
     assert_eq!(kept.len(), 2, "snapshot {second} holds: {kept:?}");
     assert_no_temp_names(&job);
 
-    // rsync found the new files in place: nothing to send now.
+    // Everything is in place: nothing to send now.
     assert_eq!(job.backup_ok()["transferred"], 0);
-    // A few new files go with rsync alone.
+    // A few new files go the same way.
     for i in 0..3 {
         fs::write(src.join(format!("fresh/few-{i}")), "few\n").unwrap();
     }
     let o = job.ok(&["--verbose", "backup"]);
-    assert_eq!(
-        first_pass_files(&o),
-        None,
-        "a pass for 3 files:\n{}",
+    assert!(
+        sent_over_sftp(&o).is_some_and(|n| n >= 3) && !o.stderr.contains("run: rsync "),
+        "3 new files:\n{}",
         o.dump()
     );
     assert_eq!(job.stage("backup")["stats"]["transferred"], 3);

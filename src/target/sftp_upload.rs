@@ -1,7 +1,6 @@
-//! The first pass of a backup over SFTP: the new files of the encrypted
-//! view (all of them into an empty `files/`, later the ones the last
-//! record lacks) uploaded with many requests in flight (sftp.rs), before
-//! rsync runs through sshfs. Through sshfs rsync pays
+//! The first pass of a first backup over SFTP: every file of the encrypted
+//! view uploaded into the empty `files/` with many requests in flight
+//! (sftp.rs), before rsync runs through sshfs. Through sshfs rsync pays
 //! about 18 waited round trips per new file (bench/analysis.md, "round
 //! trips per file over sshfs"); here a file costs three, and up to
 //! `MAX_OPEN` files travel together. rsync then finds each file as it would have left it
@@ -21,7 +20,7 @@
 //! extension gets no first pass. Any failure leaves the file to rsync:
 //! this pass only saves time.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -49,17 +48,12 @@ pub struct Uploaded {
     pub bytes: u64,
 }
 
-/// Uploads every regular file of `view` (or those whose path keys are in
-/// `only`) into the account's `files/` where that name is free.
+/// Uploads every regular file of `view` into the account's `files/` where
+/// that name is free.
 /// Directories are made as needed (0700: rsync gives them their modes and
 /// times afterwards; one that exists is left as it is).
-pub fn upload_new(
-    ssh: &Ssh,
-    view: &Path,
-    only: Option<&HashSet<u64>>,
-    phase: Option<&Phase>,
-) -> Result<Uploaded> {
-    let tree = local_tree(view, only)?;
+pub fn upload_new(ssh: &Ssh, view: &Path, phase: Option<&Phase>) -> Result<Uploaded> {
+    let tree = walk_view(view)?;
     if tree.files.is_empty() {
         return Ok(Uploaded::default());
     }
@@ -153,25 +147,7 @@ struct LocalTree {
 
 /// The view's directories and regular files (symlinks and the rest are
 /// rsync's), names that start with a dot left out (rsync's temp names).
-/// With `only`, the files whose path keys it holds and the directories
-/// above them.
-fn local_tree(view: &Path, only: Option<&HashSet<u64>>) -> Result<LocalTree> {
-    let mut tree = walk_view(view, only)?;
-    if only.is_some() {
-        let needed: HashSet<&str> = tree.files.iter().flat_map(|f| ancestors(&f.rel)).collect();
-        tree.dirs.retain(|d| needed.contains(d.as_str()));
-    }
-    Ok(tree)
-}
-
-/// `a/b/c` -> `a/b`, `a`.
-fn ancestors(rel: &str) -> impl Iterator<Item = &str> {
-    rel.char_indices()
-        .filter(|(_, c)| *c == '/')
-        .map(|(i, _)| &rel[..i])
-}
-
-fn walk_view(view: &Path, only: Option<&HashSet<u64>>) -> Result<LocalTree> {
+fn walk_view(view: &Path) -> Result<LocalTree> {
     let mut tree = LocalTree {
         dirs: Vec::new(),
         files: Vec::new(),
@@ -186,9 +162,7 @@ fn walk_view(view: &Path, only: Option<&HashSet<u64>>) -> Result<LocalTree> {
         let meta = entry.metadata().map_err(|e| crate::walk::error(view, e))?;
         if meta.is_dir() {
             tree.dirs.push(rel);
-        } else if meta.is_file()
-            && only.is_none_or(|keys| keys.contains(&crate::checksums::path_key(&rel)))
-        {
+        } else if meta.is_file() {
             tree.files.push(LocalFile::of(rel, &meta));
         }
         if tree.dirs.len() + tree.files.len() > crate::limits::MAX_TREE_ENTRIES {
@@ -239,11 +213,11 @@ enum Step {
     /// Writes go out; the file is read as they do.
     Writing,
     Closing,
-    /// Linked or renamed to its name.
+    /// Linked or renamed to its name, and the name looked up in the same
+    /// turn (a server that answers OK and does nothing, as rclone does to
+    /// a hard link, is caught; a server that runs the two out of order
+    /// only loses the file to rsync).
     Linking,
-    /// Its name looked up: the server may have answered OK and done
-    /// nothing (rclone does so to a hard link).
-    Confirming,
 }
 
 struct Slot {
@@ -255,6 +229,10 @@ struct Slot {
     in_flight: usize,
     step: Step,
     failed: bool,
+    /// The link or rename request, and what came of it and of the lookup.
+    link_id: u32,
+    linked: bool,
+    found: bool,
 }
 
 struct Pass<'a> {
@@ -331,6 +309,9 @@ impl<'a> Pass<'a> {
                 in_flight: 1,
                 step: Step::Opening,
                 failed: false,
+                link_id: 0,
+                linked: false,
+                found: false,
             });
             self.pending.insert(id, Some(index));
         }
@@ -428,41 +409,16 @@ impl<'a> Pass<'a> {
             (Step::Closing, _) if !ok => slot.failed = true,
             (Step::Writing | Step::Closing, _) => {}
             (Step::Linking, _) => {
-                // A link leaves the temp name; a failed rename too.
-                if !(ok && slot.file.replace) {
-                    let temp = slot.temp.clone();
-                    let id = session.request(SSH_FXP_REMOVE, &[&temp], &[]);
-                    self.pending.insert(id, None);
+                if packet.id == slot.link_id {
+                    slot.linked = ok;
+                } else if packet.kind == SSH_FXP_ATTRS {
+                    let attrs = Attrs::read(&mut packet.body)?;
+                    slot.found =
+                        attrs.size == Some(slot.file.size) && attrs.mtime == Some(slot.file.mtime);
                 }
-                if !ok {
-                    self.release(index);
-                    return Ok(());
+                if slot.in_flight == 0 {
+                    self.linked(session, index);
                 }
-                let name = remote_path(self.base, &slot.file.rel);
-                let id = session.request(SSH_FXP_LSTAT, &[&name], &[]);
-                slot.step = Step::Confirming;
-                slot.in_flight += 1;
-                self.pending.insert(id, Some(index));
-                return Ok(());
-            }
-            (Step::Confirming, SSH_FXP_ATTRS) => {
-                let attrs = Attrs::read(&mut packet.body)?;
-                if attrs.size == Some(slot.file.size) && attrs.mtime == Some(slot.file.mtime) {
-                    // Counted as rsync counts: gocryptfs' own files are
-                    // not the user's.
-                    let user_file = !crate::crypt::is_gocryptfs_metadata(&slot.file.rel);
-                    self.done.files += u64::from(user_file);
-                    self.done.bytes += slot.sent;
-                    if let Some(phase) = self.phase {
-                        phase.add(u64::from(user_file), slot.sent);
-                    }
-                    self.sent.push(slot.file.rel.clone());
-                }
-                self.release(index);
-                return Ok(());
-            }
-            (Step::Confirming, _) => {
-                self.release(index);
                 return Ok(());
             }
         }
@@ -492,9 +448,36 @@ impl<'a> Pass<'a> {
             false => HARDLINK,
         };
         let id = session.request(SSH_FXP_EXTENDED, &[how.as_bytes(), &temp, &name], &[]);
-        slot.step = Step::Linking;
-        slot.in_flight += 1;
+        slot.link_id = id;
         self.pending.insert(id, Some(index));
+        let id = session.request(SSH_FXP_LSTAT, &[&name], &[]);
+        self.pending.insert(id, Some(index));
+        slot.step = Step::Linking;
+        slot.in_flight += 2;
+    }
+
+    /// Both answers of the link (or rename) and the lookup are in: the
+    /// file counts where both say it is there as the view has it. A link
+    /// leaves the temp name, and so does a failed rename.
+    fn linked(&mut self, session: &mut Session, index: usize) {
+        let slot = self.slots.get_mut(index).expect("a linked slot is open");
+        if !(slot.linked && slot.file.replace) {
+            let temp = slot.temp.clone();
+            let id = session.request(SSH_FXP_REMOVE, &[&temp], &[]);
+            self.pending.insert(id, None);
+        }
+        if slot.linked && slot.found {
+            // Counted as rsync counts: gocryptfs' own files are not the
+            // user's.
+            let user_file = !crate::crypt::is_gocryptfs_metadata(&slot.file.rel);
+            self.done.files += u64::from(user_file);
+            self.done.bytes += slot.sent;
+            if let Some(phase) = self.phase {
+                phase.add(u64::from(user_file), slot.sent);
+            }
+            self.sent.push(slot.file.rel.clone());
+        }
+        self.release(index);
     }
 
     fn release(&mut self, index: usize) {
@@ -543,31 +526,5 @@ mod tests {
             "files/Ab/Cd",
             "a killed run's cleanup would not know it"
         );
-    }
-
-    /// With keys, only those files and the directories above them.
-    #[test]
-    fn a_later_pass_takes_the_new_files_and_their_directories() {
-        let view = std::env::temp_dir().join(format!("cs-upload-tree-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&view);
-        for dir in ["Old/Sub", "New/Deep", "Other"] {
-            std::fs::create_dir_all(view.join(dir)).unwrap();
-        }
-        for file in ["Old/a", "Old/Sub/b", "New/Deep/c", "Other/d", "top"] {
-            std::fs::write(view.join(file), file).unwrap();
-        }
-        let keys: HashSet<u64> = ["Old/Sub/b", "New/Deep/c", "top"]
-            .map(crate::checksums::path_key)
-            .into();
-        let tree = local_tree(&view, Some(&keys)).unwrap();
-        let mut files: Vec<&str> = tree.files.iter().map(|f| f.rel.as_str()).collect();
-        files.sort();
-        let mut dirs: Vec<&str> = tree.dirs.iter().map(String::as_str).collect();
-        dirs.sort();
-        assert_eq!(files, ["New/Deep/c", "Old/Sub/b", "top"]);
-        assert_eq!(dirs, ["New", "New/Deep", "Old", "Old/Sub"]);
-        let all = local_tree(&view, None).unwrap();
-        assert_eq!((all.files.len(), all.dirs.len()), (5, 5));
-        std::fs::remove_dir_all(&view).unwrap();
     }
 }

@@ -123,6 +123,23 @@ fn sigterm_during_a_first_backup_cleans_up_and_next_run_completes() {
     sigterm_mid_transfer(&job, 3, false);
 }
 
+/// A later backup through sshfs: its change set sends the new files over
+/// SFTP (src/delta.rs, target::upload_changes), 128 open at once, so twice
+/// that many are still unsent at the signal.
+#[test]
+fn sigterm_during_a_later_backups_sftp_pass_cleans_up_and_next_run_completes() {
+    if !require_tools("sigterm_during_later_sftp_pass", SFTP_TOOLS) {
+        return;
+    }
+    let job = Job::sftp("int-term-later").build();
+    make_sample_tree(&job.source);
+    job.ok(&["init"]);
+    job.backup_ok();
+    let before = count_files(&job.files_dir());
+    make_big_tree(&job.source, "big", 256, MIB); // 256 MiB
+    sigterm_mid_transfer(&job, before + 3, false);
+}
+
 /// A later backup: rsync moves the new files (a job with a bandwidth
 /// limit gets no SFTP pass, which would send them first).
 #[test]

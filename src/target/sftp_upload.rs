@@ -34,7 +34,7 @@ use super::sftp::{
     SSH_FXP_WRITE, Session, Slots, put_u32, put_u64, remote_base, remote_path,
 };
 use crate::error::Result;
-use crate::progress::Phase;
+use crate::progress::{Part, PartId, Phase};
 
 const HARDLINK: &str = "hardlink@openssh.com";
 /// Renames over an existing name in one step (rename(2) on the server).
@@ -249,6 +249,9 @@ struct Pass<'a> {
     sent: Vec<String>,
     /// One read of the view, reused for every write.
     chunk: Vec<u8>,
+    /// This pass's counter in the phase, with the user's files it was
+    /// given as its total (gocryptfs' own files are not counted).
+    part: Option<(PartId, u64)>,
 }
 
 impl<'a> Pass<'a> {
@@ -259,7 +262,12 @@ impl<'a> Pass<'a> {
         mut queue: Vec<LocalFile>,
     ) -> Pass<'a> {
         queue.reverse();
-        Pass {
+        let user_files = queue
+            .iter()
+            .filter(|f| !crate::crypt::is_gocryptfs_metadata(&f.rel))
+            .count() as u64;
+        let part = phase.map(|phase| (phase.part(), user_files));
+        let pass = Pass {
             base,
             view,
             phase,
@@ -269,6 +277,24 @@ impl<'a> Pass<'a> {
             done: Uploaded::default(),
             sent: Vec::new(),
             chunk: vec![0u8; CHUNK as usize],
+            part,
+        };
+        pass.count(user_files);
+        pass
+    }
+
+    /// Shows what the pass sent against `total`: the files it was given
+    /// while it runs, what it sent once it ends (the rest is rsync's,
+    /// which counts it itself).
+    fn count(&self, total: u64) {
+        if let (Some(phase), Some((id, _))) = (self.phase, self.part) {
+            let part = Part {
+                files: self.done.files,
+                files_total: total,
+                bytes: self.done.bytes,
+                provisional: false,
+            };
+            phase.set_part(id, part);
         }
     }
 
@@ -278,6 +304,7 @@ impl<'a> Pass<'a> {
             self.send_writes(session)?;
             session.flush()?;
             if self.pending.is_empty() {
+                self.count(self.done.files);
                 return Ok(());
             }
             let packet = session.receive()?;
@@ -472,10 +499,8 @@ impl<'a> Pass<'a> {
             let user_file = !crate::crypt::is_gocryptfs_metadata(&slot.file.rel);
             self.done.files += u64::from(user_file);
             self.done.bytes += slot.sent;
-            if let Some(phase) = self.phase {
-                phase.add(u64::from(user_file), slot.sent);
-            }
             self.sent.push(slot.file.rel.clone());
+            self.count(self.part.map_or(0, |(_, total)| total));
         }
         self.release(index);
     }

@@ -817,10 +817,11 @@ s_nonroot() {
   # systemd-executor run by fexecve() is named after its file descriptor),
   # and fusermount3, the setuid mount helper the non-root job mounts and
   # unmounts through by design (NixOS: security.wrappers), with the
-  # /bin/mount it runs as root to record the mount (libfuse's
-  # mount_util.c): a sample may catch either while it holds root, and
-  # whether one is caught depends only on how busy the machine is.
-  python3 -c 'import json,sys; u=json.loads(sys.argv[1]); bad={k:v for k,v in u.items() if v!=[sys.argv[2]] and not k.startswith("(") and not k.isdigit() and k not in ("fusermount3", "mount")}; sys.exit(1 if bad else 0)' "$uids" "$uid" ||
+  # /bin/mount and /bin/umount it runs as root to record the mount and its
+  # end (libfuse's mount_util.c): a sample may catch any of them while it
+  # holds root, and whether one is caught depends only on how busy the
+  # machine is.
+  python3 -c 'import json,sys; u=json.loads(sys.argv[1]); bad={k:v for k,v in u.items() if v!=[sys.argv[2]] and not k.startswith("(") and not k.isdigit() and k not in ("fusermount3", "mount", "umount")}; sys.exit(1 if bad else 0)' "$uids" "$uid" ||
     fail "processes of $svc not all running as $user ($uid): $uids"
   [ "$($PROBE get "$RUN/watch-photos.json" outside)" = "[]" ] || fail "FUSE mount outside the unit: $($PROBE get "$RUN/watch-photos.json" outside)"
   [ "$(status_get "$JOB_STATE_DIR" stages.backup.outcome)" = ok ] || fail "photos status: $(status_get "$JOB_STATE_DIR" stages.backup)"

@@ -65,10 +65,11 @@ def main():
     ap.add_argument("set", nargs="?", default="S")
     ap.add_argument("--delay-ms", type=float, default=0.0)
     ap.add_argument("--transport", default="rsync")
+    ap.add_argument("--mbit", type=float, default=0.0, help="the delay proxy's bandwidth cap (bench.py's --mbit)")
     ap.add_argument("--root", default=os.environ.get("CSBENCH_ROOT", "/var/tmp/ciphersync-bench"))
     a = ap.parse_args()
     args = argparse.Namespace(set=a.set, delay_ms=a.delay_ms, repeats=1, tools=[], scenarios=[],
-                              timeout=3600, keep=False, root=a.root)
+                              timeout=3600, keep=False, root=a.root, mbit=a.mbit)
     b = bench.Bench(args)
     report = []
 

@@ -216,6 +216,49 @@ pub fn hash_reader(reader: &mut impl Read) -> std::io::Result<Sum> {
     Ok(hasher.finalize().into())
 }
 
+/// The sha1 of a file whose parts arrive by offset, not always in order:
+/// over SFTP a short read's rest is asked for again after later parts
+/// (target/sftp.rs). Parts ahead of the next byte wait here; the caller
+/// bounds them by what it has in flight.
+#[derive(Default)]
+pub struct InOrderSha1 {
+    hasher: Sha1,
+    /// The next byte to hash.
+    next: u64,
+    ahead: std::collections::BTreeMap<u64, Vec<u8>>,
+}
+
+impl InOrderSha1 {
+    /// Takes the part at `offset`. Parts must not overlap.
+    pub fn add(&mut self, offset: u64, data: &[u8]) -> std::result::Result<(), String> {
+        if offset < self.next || self.ahead.contains_key(&offset) {
+            return Err(format!("byte {offset} arrived twice"));
+        }
+        if offset > self.next {
+            self.ahead.insert(offset, data.to_vec());
+            return Ok(());
+        }
+        self.hasher.update(data);
+        self.next += data.len() as u64;
+        while let Some(part) = self.ahead.remove(&self.next) {
+            self.hasher.update(&part);
+            self.next += part.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// The sum, once every byte of a `size`-byte file was added.
+    pub fn finish(self, size: u64) -> std::result::Result<Sum, String> {
+        if self.next != size || !self.ahead.is_empty() {
+            return Err(format!(
+                "only its first {} of {size} bytes could be hashed",
+                self.next
+            ));
+        }
+        Ok(self.hasher.finalize().into())
+    }
+}
+
 /// Reads `sha1sum` output and hands on each (name, sum). A line is
 /// `<40 hex>  <name>`; when the name holds a backslash, newline or CR,
 /// sha1sum prefixes the line with `\` and escapes them as `\\`, `\n`, `\r`.
@@ -434,6 +477,29 @@ fn parse_cache_line(line: &str) -> Option<(String, (Stamp, Sum))> {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn parts_out_of_order_hash_as_the_whole() {
+        let data: Vec<u8> = (0..100u8).collect();
+        let mut hasher = InOrderSha1::default();
+        // A short read's rest (10..40) arrives after the part behind it.
+        hasher.add(0, &data[..10]).unwrap();
+        hasher.add(40, &data[40..]).unwrap();
+        hasher.add(10, &data[10..40]).unwrap();
+        let whole: Sum = Sha1::digest(&data).into();
+        assert_eq!(hasher.finish(100).unwrap(), whole);
+    }
+
+    #[test]
+    fn a_part_twice_or_a_gap_is_refused() {
+        let mut hasher = InOrderSha1::default();
+        hasher.add(0, b"abcd").unwrap();
+        assert!(hasher.add(2, b"cd").is_err(), "overlap accepted");
+        hasher.add(10, b"k").unwrap();
+        assert!(hasher.add(10, b"k").is_err(), "a part twice accepted");
+        let err = hasher.finish(11).unwrap_err();
+        assert!(err.contains("first 4 of 11"), "{err}");
+    }
 
     const A: &str = "a9993e364706816aba3e25717850c26c9cd0d89d";
     const B: &str = "da39a3ee5e6b4b0d3255bfef95601890afd80709";

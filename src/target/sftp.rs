@@ -28,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::Ssh;
 use super::listing::TreeEntry;
 use super::pull::MUNGE_PREFIX;
+use crate::checksums::InOrderSha1;
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::exec::Conversation;
 use crate::progress::Phase;
@@ -126,29 +127,71 @@ impl<'a> SftpFetcher<'a> {
         room: u64,
         phase: Option<&Phase>,
     ) -> Result<Vec<String>> {
+        let wanted = |e: &TreeEntry| e.kind == 'f' || (e.kind == 'l' && e.link.is_none());
+        let run = self.run(from, entries, wanted, Dest::Stage { into, room }, phase)?;
+        Ok(run.refused)
+    }
+
+    /// The sha1 of each file among `entries` (below the account's `from`
+    /// directory), read with as many requests in flight as `fetch` and
+    /// kept nowhere: the fast restore test of an account that cannot hash
+    /// on the server (verify.rs). Symlinks and directories are passed
+    /// over. A file gone since it was listed is named in `vanished`; one
+    /// the server will not give back in `refused` with its words, as
+    /// `fetch` names it (and nothing more is asked).
+    pub fn hash<'e>(&self, from: &str, entries: &[&'e TreeEntry]) -> Result<Hashed<'e>> {
+        let run = self.run(from, entries, |e| e.kind == 'f', Dest::Hash, None)?;
+        let sums = run.sums.into_iter().flatten().collect();
+        Ok(Hashed {
+            sums,
+            vanished: run.vanished,
+            refused: run.refused,
+        })
+    }
+
+    fn run<'e, 'f>(
+        &self,
+        from: &'f str,
+        entries: &[&'e TreeEntry],
+        wanted: impl Fn(&TreeEntry) -> bool,
+        dest: Dest<'f>,
+        phase: Option<&'f Phase>,
+    ) -> Result<Fetch<'f, 'e>> {
         let _session = self.ssh.session();
         let mut session = Session::start(self.ssh)?;
         let base = remote_base(&self.ssh.sftp().path, from);
+        let mut queue: Vec<_> = entries.iter().copied().filter(|e| wanted(e)).collect();
+        queue.reverse();
+        let sums = match dest {
+            Dest::Hash => vec![None; queue.len()],
+            Dest::Stage { .. } => Vec::new(),
+        };
         let mut run = Fetch {
             base,
             from,
-            into,
-            room,
+            dest,
             phase,
-            queue: entries
-                .iter()
-                .filter(|e| e.kind == 'f' || (e.kind == 'l' && e.link.is_none()))
-                .copied()
-                .collect(),
+            queue,
             slots: Slots::new(),
             pending: HashMap::new(),
             refused: Vec::new(),
+            started: 0,
+            sums,
+            vanished: Vec::new(),
         };
-        run.queue.reverse();
         run.go(&mut session)
             .map_err(|e| session.explain(e, self.ssh))?;
-        Ok(run.refused)
+        Ok(run)
     }
+}
+
+/// What `SftpFetcher::hash` read: each file's sha1 in the order of the
+/// entries given, the files gone since they were listed, and what the
+/// server would not give back.
+pub struct Hashed<'e> {
+    pub sums: Vec<(&'e TreeEntry, crate::checksums::Sum)>,
+    pub vanished: Vec<String>,
+    pub refused: Vec<String>,
 }
 
 /// The stamps of the account's `rel` directory (files/) over SFTP, for an
@@ -687,7 +730,9 @@ enum Want {
 /// One file or symlink being fetched.
 struct Slot<'e> {
     entry: &'e TreeEntry,
-    file: Option<File>,
+    /// Where the entry stands among those fetched (`Fetch::sums`).
+    order: usize,
+    out: Option<Out>,
     handle: Option<Vec<u8>>,
     size: Option<u64>,
     mtime: Option<u32>,
@@ -702,15 +747,33 @@ struct Slot<'e> {
     refused: bool,
 }
 
+/// Where a fetch puts the files it reads.
+enum Dest<'a> {
+    /// Created under `into` (restore's stage), within `room` bytes.
+    Stage { into: &'a Path, room: u64 },
+    /// Hashed as their bytes arrive, kept nowhere.
+    Hash,
+}
+
+/// Where one file's bytes go.
+enum Out {
+    File(File),
+    Hash(InOrderSha1),
+}
+
 struct Fetch<'a, 'e> {
     base: Vec<u8>,
     from: &'a str,
-    into: &'a Path,
-    /// Bytes the stage may still take.
-    room: u64,
+    dest: Dest<'a>,
     phase: Option<&'a Phase>,
     /// Entries not started yet, the next last.
     queue: Vec<&'e TreeEntry>,
+    /// Entries started so far: the next one's `Slot::order`.
+    started: usize,
+    /// Each hashed file's sum, by `Slot::order` (`Dest::Hash` only).
+    sums: Vec<Option<(&'e TreeEntry, crate::checksums::Sum)>>,
+    /// Files a hash found gone (`Dest::Hash` only).
+    vanished: Vec<String>,
     slots: Slots<Slot<'e>>,
     /// Request id -> (slot, what for); closes carry no slot.
     pending: HashMap<u32, (Option<usize>, Want)>,
@@ -751,9 +814,12 @@ impl<'e> Fetch<'_, 'e> {
                 return Ok(());
             };
             let remote = remote_path(&self.base, &entry.path);
+            let order = self.started;
+            self.started += 1;
             let index = self.slots.take(Slot {
                 entry,
-                file: None,
+                order,
+                out: None,
                 handle: None,
                 size: None,
                 mtime: None,
@@ -896,6 +962,12 @@ impl<'e> Fetch<'_, 'e> {
                     &format!("it ended at byte {offset}, its size said {size} bytes"),
                 ))
             }
+            // Listed, then gone: a listing can be stale (rclone caches
+            // directories). Not there is what a hash reports (as missing).
+            _ if code == SSH_FX_NO_SUCH_FILE && matches!(self.dest, Dest::Hash) => {
+                self.vanished.push(label);
+                self.refuse(session, index)
+            }
             _ if matches!(code, SSH_FX_NO_SUCH_FILE | SSH_FX_PERMISSION_DENIED) => {
                 self.refused.push(format!("{label}: {words}"));
                 self.refuse(session, index)
@@ -910,10 +982,13 @@ impl<'e> Fetch<'_, 'e> {
     /// Leaves a file out: what was written of it goes, its handle is
     /// closed, and the slot is freed once no answer for it is due.
     fn refuse(&mut self, session: &mut Session, index: usize) -> Result<()> {
-        let into = self.into;
+        let into = match self.dest {
+            Dest::Stage { into, .. } => Some(into),
+            Dest::Hash => None,
+        };
         let slot = self.slot(index);
         slot.refused = true;
-        if slot.file.take().is_some() {
+        if let (Some(Out::File(_)), Some(into)) = (slot.out.take(), into) {
             let path = into.join(&slot.entry.path);
             std::fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))?;
         }
@@ -946,7 +1021,8 @@ impl<'e> Fetch<'_, 'e> {
         Ok(())
     }
 
-    /// The file's size and mtime from its lstat, within the stage's room.
+    /// The file's size and mtime from its lstat, within the stage's room;
+    /// its bytes' destination made ready.
     fn accept_size(&mut self, index: usize, entry: &TreeEntry, attrs: Attrs) -> Result<()> {
         let label = self.label(entry);
         if attrs.mode.is_some_and(|m| m & S_IFMT != S_IFREG) {
@@ -958,29 +1034,26 @@ impl<'e> Fetch<'_, 'e> {
         let Some(size) = attrs.size else {
             return Err(corrupt(&label, "the server gave no size"));
         };
-        if size > self.room {
-            return Err(Error::new(
-                Kind::Corrupt,
-                format!(
-                    "the target says {label} is {size} bytes; the restore stage has room \
-                     for {} more",
-                    self.room
-                ),
-            ));
-        }
-        self.room -= size;
-        let path = self.into.join(&entry.path);
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&path)
-            .ctx(|| format!("creating {}", path.display()))?;
+        let out = match &mut self.dest {
+            Dest::Hash => Out::Hash(InOrderSha1::default()),
+            Dest::Stage { into, room } => {
+                if size > *room {
+                    return Err(Error::new(
+                        Kind::Corrupt,
+                        format!(
+                            "the target says {label} is {size} bytes; the restore stage has room \
+                             for {room} more"
+                        ),
+                    ));
+                }
+                *room -= size;
+                Out::File(create_staged(&into.join(&entry.path))?)
+            }
+        };
         let slot = self.slot(index);
         slot.size = Some(size);
         slot.mtime = attrs.mtime;
-        slot.file = Some(file);
+        slot.out = Some(out);
         Ok(())
     }
 
@@ -1006,9 +1079,14 @@ impl<'e> Fetch<'_, 'e> {
             let rest = (u64::from(asked) - got).min(size - offset - got) as u32;
             slot.again.push((offset + got, rest));
         }
-        let file = slot.file.as_ref().expect("a file is open before its reads");
-        file.write_all_at(data, offset)
-            .ctx(|| format!("writing {}", self.into.join(&entry.path).display()))?;
+        match slot.out.as_mut().expect("a file is open before its reads") {
+            Out::File(file) => file
+                .write_all_at(data, offset)
+                .ctx(|| format!("writing the stage's copy of {label}"))?,
+            Out::Hash(hasher) => hasher
+                .add(offset, data)
+                .map_err(|why| corrupt(&label, &why))?,
+        }
         if let Some(phase) = self.phase {
             phase.add(0, got);
         }
@@ -1018,7 +1096,6 @@ impl<'e> Fetch<'_, 'e> {
     /// A file is done once its size is known and every part arrived: its
     /// mtime is set, the server's handle closed (not waited for).
     fn finish_if_done(&mut self, session: &mut Session, index: usize) -> Result<()> {
-        let into = self.into;
         let slot = self.slot(index);
         let done = slot.handle.is_some()
             && slot.size.is_some_and(|size| slot.asked_to >= size)
@@ -1027,14 +1104,29 @@ impl<'e> Fetch<'_, 'e> {
         if !done {
             return Ok(());
         }
-        let entry = slot.entry;
-        if let (Some(file), Some(mtime)) = (slot.file.as_ref(), slot.mtime) {
-            let when = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(mtime));
-            let path = into.join(&entry.path);
-            file.set_modified(when)
-                .ctx(|| format!("setting the mtime of {}", path.display()))?;
-        }
+        let (entry, order, size, mtime) = (slot.entry, slot.order, slot.size, slot.mtime);
         let handle = slot.handle.take().unwrap_or_default();
+        match slot.out.take() {
+            Some(Out::File(file)) => {
+                if let Some(mtime) = mtime {
+                    let when = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(mtime));
+                    file.set_modified(when).ctx(|| {
+                        format!(
+                            "setting the mtime of the stage's copy of {}",
+                            self.label(entry)
+                        )
+                    })?;
+                }
+            }
+            Some(Out::Hash(hasher)) => {
+                let sum = hasher
+                    .finish(size.unwrap_or(0))
+                    .map_err(|why| corrupt(&self.label(entry), &why))?;
+                self.sums[order] = Some((entry, sum));
+            }
+            // Set with the size, which `done` waits for.
+            None => {}
+        }
         let id = session.request(SSH_FXP_CLOSE, &[&handle], &[]);
         self.pending.insert(id, (None, Want::Close));
         if let Some(phase) = self.phase {
@@ -1050,12 +1142,29 @@ impl<'e> Fetch<'_, 'e> {
 
     fn make_link(&self, entry: &TreeEntry, target: &[u8]) -> Result<()> {
         use std::os::unix::ffi::OsStrExt;
+        let Dest::Stage { into, .. } = self.dest else {
+            return Err(protocol(format!(
+                "it answered a READLINK never asked for, for {}",
+                self.label(entry)
+            )));
+        };
         let mut munged = MUNGE_PREFIX.as_bytes().to_vec();
         munged.extend_from_slice(target);
-        let path = self.into.join(&entry.path);
+        let path = into.join(&entry.path);
         std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&munged), &path)
             .ctx(|| format!("making the symlink {}", path.display()))
     }
+}
+
+/// A stage's copy of a fetched file: new, private, not through a link.
+fn create_staged(path: &Path) -> Result<File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .ctx(|| format!("creating {}", path.display()))
 }
 
 /// The one name of a READLINK answer: a link's target, bounded, no NUL.

@@ -488,6 +488,7 @@ class CipherSync(Tool):
         transport = "sshfs" if sftp_only else parts[1]
         self.job = os.path.join(tdir, "job.json")
         state, run = os.path.join(tdir, "state"), os.path.join(tdir, "run")
+        runtime_tmpfs(run)
         target = {"type": "sftp", "host": "127.0.0.1", "port": b.port, "user": user(),
                   "path": rdir, "identity_file": b.client_key,
                   "known_hosts_file": b.known_hosts, "transport": transport,
@@ -673,6 +674,19 @@ def unmount_under(root):
         parts = line.split()
         if len(parts) > 2 and parts[1].startswith(root) and parts[2].startswith("fuse"):
             subprocess.run(["fusermount3", "-uz", parts[1]], stderr=subprocess.DEVNULL)
+    # then the runtime dirs' tmpfs (see runtime_tmpfs), below the FUSE mounts
+    for line in reversed(mounts):
+        parts = line.split()
+        if len(parts) > 2 and parts[1].startswith(root) and parts[2] == "tmpfs":
+            subprocess.run(["umount", "-l", parts[1]], stderr=subprocess.DEVNULL)
+
+
+def runtime_tmpfs(path):
+    """ciphersync's runtime dir as deployed: a tmpfs (NixOS' /run/ciphersync/<job>,
+    home-manager's $XDG_RUNTIME_DIR), sized as NixOS sizes /run (25 % of RAM).
+    A restore stages small pulls there (src/restore.rs, stage_home)."""
+    os.makedirs(path, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0700,size=25%", "tmpfs", path], check=True)
 
 
 def free_port():

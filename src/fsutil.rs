@@ -403,10 +403,45 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
     Some(s.blocks_available() as u64 * s.fragment_size() as u64)
 }
 
+/// Whether `path` lies on a tmpfs: written there, a file costs memory,
+/// not a disk write.
+pub fn on_tmpfs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+}
+
+/// The kernel's estimate of the memory available without swapping
+/// (`MemAvailable` of /proc/meminfo), in bytes.
+pub fn mem_available() -> Option<u64> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open("/proc/meminfo")
+        .ok()?
+        .take(64 * 1024)
+        .read_to_string(&mut text)
+        .ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn memory_available_is_read_and_dev_shm_is_tmpfs() {
+        let available = mem_available().expect("MemAvailable in /proc/meminfo");
+        assert!(available > 0);
+        if Path::new("/dev/shm").is_dir() {
+            assert!(
+                on_tmpfs(Path::new("/dev/shm")),
+                "/dev/shm is not a tmpfs here"
+            );
+        }
+        assert!(!on_tmpfs(Path::new("/proc")), "/proc taken for a tmpfs");
+    }
 
     fn temp(tag: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("cs-fsutil-{tag}-{}", std::process::id()));

@@ -285,3 +285,48 @@ fn a_pull_restores_with_and_without_the_local_config() {
     assert_no_stage_left(&job);
     job.assert_clean();
 }
+
+/// Where the runtime dir is a tmpfs (NixOS' /run/ciphersync/<job>,
+/// $XDG_RUNTIME_DIR) and the stage is small against the memory available,
+/// the pull stages there instead of on the state dir's disk
+/// (src/restore.rs, `stage_home`); the restore equals the source and the
+/// stage is gone afterwards from both places.
+#[test]
+fn a_small_stage_goes_to_a_tmpfs_runtime_dir() {
+    if !require_tools("stage_in_tmpfs", SFTP_TOOLS) {
+        return;
+    }
+    let shm = Path::new("/dev/shm");
+    assert!(
+        shm.is_dir(),
+        "/dev/shm is missing: this test needs a tmpfs to put a runtime dir on"
+    );
+    let runtime = shm.join(format!("cse2e-stage-tmpfs-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&runtime);
+    let job = Job::sftp("stage-tmpfs")
+        .set("runtime_dir", serde_json::json!(runtime))
+        .build();
+    write_big(&job);
+    fs::write(job.source.join("top"), "top\n").unwrap();
+    job.init_and_backup();
+    let to = job.root.join("restored");
+    fs::create_dir_all(&to).unwrap();
+    let o = job.ok(&["--verbose", "restore", "--to", to.to_str().unwrap()]);
+    let staged = format!("restore: staged in {}/restore-", runtime.display());
+    assert!(
+        o.stderr.contains(&staged),
+        "the stage was not put in the tmpfs runtime dir ({staged}):\n{}",
+        o.dump()
+    );
+    assert_trees_equal(&job.source, &to);
+    let left: Vec<String> = fs::read_dir(&runtime)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("restore-"))
+        .collect();
+    assert!(left.is_empty(), "stage left in the runtime dir: {left:?}");
+    assert_no_stage_left(&job);
+    assert_no_mounts_under(&runtime);
+    job.assert_clean();
+    fs::remove_dir_all(&runtime).unwrap();
+}

@@ -815,8 +815,14 @@ fn verify_hashes_over_sftp(kind: ServerKind, name: &str) {
         ))
         .expect_code(0, "sftp rm and put in files/");
     let stats = job.verify_mismatch();
-    assert_eq!(str_list(&stats["missing"]), vec![VICTIM_MISSING.to_string()]);
-    assert_eq!(str_list(&stats["changed"]), vec![VICTIM_CHANGED.to_string()]);
+    assert_eq!(
+        str_list(&stats["missing"]),
+        vec![VICTIM_MISSING.to_string()]
+    );
+    assert_eq!(
+        str_list(&stats["changed"]),
+        vec![VICTIM_CHANGED.to_string()]
+    );
     let extra = str_list(&stats["extra"]);
     assert!(
         extra.len() == 1 && extra[0].ends_with("stray-file"),
@@ -829,7 +835,10 @@ fn verify_hashes_over_sftp(kind: ServerKind, name: &str) {
     // listing would hide it from a backup until its cache expires.)
     fs::remove_file(job.remote_file_for_len(VICTIM_MISSING_LEN)).unwrap();
     let stats = job.verify_mismatch();
-    assert_eq!(str_list(&stats["missing"]), vec![VICTIM_MISSING.to_string()]);
+    assert_eq!(
+        str_list(&stats["missing"]),
+        vec![VICTIM_MISSING.to_string()]
+    );
     assert_eq!(str_list(&stats["changed"]), Vec::<String>::new());
     job.assert_clean();
 }

@@ -795,6 +795,22 @@ fn verify_hashes_over_sftp(kind: ServerKind, name: &str) {
         "verify did not hash files/ over SFTP:\n{}",
         o.dump()
     );
+    // Its lists are stored over SFTP too (sftp_write.rs: both servers
+    // rename in one step), and whole.
+    assert!(
+        o.stderr.contains("local.sha1 written over SFTP"),
+        "verify's list was not stored over SFTP:\n{}",
+        o.dump()
+    );
+    for list in fs::read_dir(job.target_path.join("checksums")).unwrap() {
+        let list = list.unwrap().path();
+        let text = fs::read_to_string(&list).unwrap();
+        assert!(
+            text.lines().count() > 10 && text.ends_with('\n'),
+            "{} is not a whole list:\n{text}",
+            list.display()
+        );
+    }
     // The byte in place (same size and mtime: only reading it finds it);
     // the rest through the server's own SFTP: rclone caches directory
     // listings and would not see a change behind its back.

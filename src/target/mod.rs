@@ -24,6 +24,7 @@ mod pull;
 mod sftp;
 mod sftp_keep;
 mod sftp_upload;
+mod sftp_write;
 mod shell;
 pub mod ssh;
 mod whitelist;

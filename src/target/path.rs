@@ -439,7 +439,15 @@ impl Target for PathTarget {
         crate::fsutil::open_below(&self.root, rel)
     }
 
+    /// Over SFTP where the account is reached by ssh (every part in
+    /// flight at once: sftp_write.rs), else (or where the server cannot
+    /// rename in one step) through the path.
     fn write_file(&self, rel: &str, mut content: File) -> Result<()> {
+        if let Some(ssh) = &self.ssh
+            && super::sftp_write::write_file(ssh, rel, &mut content)?
+        {
+            return Ok(());
+        }
         content
             .seek(SeekFrom::Start(0))
             .ctx(|| format!("rewinding the content of {rel}"))?;

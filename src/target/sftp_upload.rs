@@ -525,7 +525,7 @@ fn temp_name(path: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// Fills `buf` as far as the file goes.
-fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+pub(super) fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match file.read(&mut buf[filled..])? {

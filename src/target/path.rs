@@ -566,13 +566,17 @@ impl Target for PathTarget {
             .header_format
             .replacen("%s", &files.to_string(), 1)
             .replacen("%s", &bytes.to_string(), 1);
-        let rel = format!("{RECORDS}/{}.rec", request.id);
-        let mut record = AtomicFile::create_under(&self.root, &rel)?;
+        // Whole in a scratch file first: written as one file (over SFTP
+        // where the account is reached by ssh, see `write_file`).
+        let mut record = BufWriter::new(crate::exec::scratch_file(request.scratch_dir, "record")?);
         record
             .write_all(header.as_bytes())
             .and_then(|_| std::io::copy(&mut entries, &mut record).map(|_| ()))
             .map_err(|e| Error::io("writing the record", e))?;
-        record.commit()?;
+        let record = record
+            .into_inner()
+            .map_err(|e| Error::io("writing the record", e.into_error()))?;
+        self.write_file(&format!("{RECORDS}/{}.rec", request.id), record)?;
         Ok(RecordCounts {
             files,
             bytes,

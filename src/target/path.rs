@@ -238,11 +238,11 @@ impl PathTarget {
 
     /// Hashes every file of files/ read over SFTP, with many requests in
     /// flight (sftp.rs, `SftpFetcher::hash`), and hands each sum to `sink`
-    /// in the order of `walk::sorted`: through sshfs each file costs round
-    /// trips that one reader waits for in turn (at 20 ms, data set S took
-    /// 100 s). False, having handed on nothing, where this is no SFTP
-    /// account or files/ cannot be listed over SFTP (a debug line says
-    /// why): the caller reads through the mount instead.
+    /// as it completes: through sshfs each file costs round trips that one
+    /// reader waits for in turn (at 20 ms, data set S took 100 s). False,
+    /// having handed on nothing, where this is no SFTP account or files/
+    /// cannot be listed over SFTP (a debug line says why): the caller
+    /// reads through the mount instead.
     fn hash_over_sftp(
         &self,
         mut sink: impl FnMut(&str, &checksums::Sum) -> Result<()>,
@@ -250,8 +250,8 @@ impl PathTarget {
         let Some(ssh) = &self.ssh else {
             return Ok(false);
         };
-        let entries: Vec<TreeEntry> = match super::sftp::list_tree(ssh, FILES) {
-            Ok(tree) => tree.sorted_entries().filter(|e| e.kind == 'f').collect(),
+        let tree = match super::sftp::list_tree(ssh, FILES) {
+            Ok(tree) => tree,
             Err(e) if e.kind == Kind::Interrupted => return Err(e),
             Err(e) => {
                 log::debug(|| {
@@ -260,27 +260,28 @@ impl PathTarget {
                 return Ok(false);
             }
         };
-        let refs: Vec<&TreeEntry> = entries.iter().collect();
-        let hashed = super::sftp::SftpFetcher::new(ssh).hash(FILES, &refs)?;
-        if !hashed.refused.is_empty() {
+        let mut hashed = 0u64;
+        let mut each = |entry: &TreeEntry, sum: checksums::Sum| {
+            hashed += 1;
+            sink(&entry.path, &sum)
+        };
+        let fetcher = super::sftp::SftpFetcher::new(ssh);
+        let not = fetcher.hash(FILES, tree.sorted_entries(), &mut each)?;
+        if !not.refused.is_empty() {
             return Err(Error::new(
                 Kind::Remote,
                 format!(
                     "the target would not give back {} file(s) of {FILES}/ to be hashed: {}",
-                    hashed.refused.len(),
-                    hashed.refused.join("; ")
+                    not.refused.len(),
+                    not.refused.join("; ")
                 ),
             ));
         }
-        for (entry, sum) in &hashed.sums {
-            sink(&entry.path, sum)?;
-        }
         log::debug(|| {
             format!(
-                "verify: {} file(s) of {FILES}/ hashed over SFTP; {} gone since listed: {}",
-                hashed.sums.len(),
-                hashed.vanished.len(),
-                hashed.vanished.join("; ")
+                "verify: {hashed} file(s) of {FILES}/ hashed over SFTP; {} gone since listed: {}",
+                not.vanished.len(),
+                not.vanished.join("; ")
             )
         });
         Ok(true)

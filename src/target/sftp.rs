@@ -23,6 +23,7 @@ use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::Ssh;
@@ -127,45 +128,47 @@ impl<'a> SftpFetcher<'a> {
         room: u64,
         phase: Option<&Phase>,
     ) -> Result<Vec<String>> {
-        let wanted = |e: &TreeEntry| e.kind == 'f' || (e.kind == 'l' && e.link.is_none());
-        let run = self.run(from, entries, wanted, Dest::Stage { into, room }, phase)?;
+        let wanted = entries
+            .iter()
+            .filter(|e| e.kind == 'f' || (e.kind == 'l' && e.link.is_none()))
+            .map(|e| (*e).clone());
+        let run = self.run(from, Box::new(wanted), Dest::Stage { into, room }, phase)?;
         Ok(run.refused)
     }
 
-    /// The sha1 of each file among `entries` (below the account's `from`
-    /// directory), read with as many requests in flight as `fetch` and
-    /// kept nowhere: the fast restore test of an account that cannot hash
-    /// on the server (verify.rs). Symlinks and directories are passed
-    /// over. A file gone since it was listed is named in `vanished`; one
-    /// the server will not give back in `refused` with its words, as
-    /// `fetch` names it (and nothing more is asked).
-    pub fn hash<'e>(&self, from: &str, entries: &[&'e TreeEntry]) -> Result<Hashed<'e>> {
-        let run = self.run(from, entries, |e| e.kind == 'f', Dest::Hash, None)?;
-        let sums = run.sums.into_iter().flatten().collect();
+    /// Hashes each file `files` gives (below the account's `from`
+    /// directory), read with as many requests in flight as `fetch` and kept
+    /// nowhere, and hands its sha1 to `sink` as it completes (not in the
+    /// order given): the fast restore test of an account that cannot hash
+    /// on the server (verify.rs). Only the files being read are held, so a
+    /// listing of 200,000 files costs no second copy. A file gone since it
+    /// was listed is named in `vanished`; one the server will not give back
+    /// in `refused` with its words, as `fetch` names it (and nothing more
+    /// is asked).
+    pub fn hash(
+        &self,
+        from: &str,
+        files: impl Iterator<Item = TreeEntry>,
+        sink: &mut dyn FnMut(&TreeEntry, crate::checksums::Sum) -> Result<()>,
+    ) -> Result<Hashed> {
+        let files = files.filter(|e| e.kind == 'f');
+        let run = self.run(from, Box::new(files), Dest::Hash(sink), None)?;
         Ok(Hashed {
-            sums,
             vanished: run.vanished,
             refused: run.refused,
         })
     }
 
-    fn run<'e, 'f>(
+    fn run<'f>(
         &self,
         from: &'f str,
-        entries: &[&'e TreeEntry],
-        wanted: impl Fn(&TreeEntry) -> bool,
+        queue: Box<dyn Iterator<Item = TreeEntry> + 'f>,
         dest: Dest<'f>,
         phase: Option<&'f Phase>,
-    ) -> Result<Fetch<'f, 'e>> {
+    ) -> Result<Fetch<'f>> {
         let _session = self.ssh.session();
         let mut session = Session::start(self.ssh)?;
         let base = remote_base(&self.ssh.sftp().path, from);
-        let mut queue: Vec<_> = entries.iter().copied().filter(|e| wanted(e)).collect();
-        queue.reverse();
-        let sums = match dest {
-            Dest::Hash => vec![None; queue.len()],
-            Dest::Stage { .. } => Vec::new(),
-        };
         let mut run = Fetch {
             base,
             from,
@@ -175,8 +178,6 @@ impl<'a> SftpFetcher<'a> {
             slots: Slots::new(),
             pending: HashMap::new(),
             refused: Vec::new(),
-            started: 0,
-            sums,
             vanished: Vec::new(),
         };
         run.go(&mut session)
@@ -185,11 +186,9 @@ impl<'a> SftpFetcher<'a> {
     }
 }
 
-/// What `SftpFetcher::hash` read: each file's sha1 in the order of the
-/// entries given, the files gone since they were listed, and what the
-/// server would not give back.
-pub struct Hashed<'e> {
-    pub sums: Vec<(&'e TreeEntry, crate::checksums::Sum)>,
+/// What `SftpFetcher::hash` could not hash: the files gone since they were
+/// listed, and those the server would not give back.
+pub struct Hashed {
     pub vanished: Vec<String>,
     pub refused: Vec<String>,
 }
@@ -728,10 +727,8 @@ enum Want {
 }
 
 /// One file or symlink being fetched.
-struct Slot<'e> {
-    entry: &'e TreeEntry,
-    /// Where the entry stands among those fetched (`Fetch::sums`).
-    order: usize,
+struct Slot {
+    entry: Rc<TreeEntry>,
     out: Option<Out>,
     handle: Option<Vec<u8>>,
     size: Option<u64>,
@@ -751,8 +748,8 @@ struct Slot<'e> {
 enum Dest<'a> {
     /// Created under `into` (restore's stage), within `room` bytes.
     Stage { into: &'a Path, room: u64 },
-    /// Hashed as their bytes arrive, kept nowhere.
-    Hash,
+    /// Hashed as their bytes arrive, kept nowhere; each sum to the sink.
+    Hash(&'a mut dyn FnMut(&TreeEntry, crate::checksums::Sum) -> Result<()>),
 }
 
 /// Where one file's bytes go.
@@ -761,27 +758,23 @@ enum Out {
     Hash(InOrderSha1),
 }
 
-struct Fetch<'a, 'e> {
+struct Fetch<'a> {
     base: Vec<u8>,
     from: &'a str,
     dest: Dest<'a>,
     phase: Option<&'a Phase>,
-    /// Entries not started yet, the next last.
-    queue: Vec<&'e TreeEntry>,
-    /// Entries started so far: the next one's `Slot::order`.
-    started: usize,
-    /// Each hashed file's sum, by `Slot::order` (`Dest::Hash` only).
-    sums: Vec<Option<(&'e TreeEntry, crate::checksums::Sum)>>,
+    /// Entries not started yet.
+    queue: Box<dyn Iterator<Item = TreeEntry> + 'a>,
     /// Files a hash found gone (`Dest::Hash` only).
     vanished: Vec<String>,
-    slots: Slots<Slot<'e>>,
+    slots: Slots<Slot>,
     /// Request id -> (slot, what for); closes carry no slot.
     pending: HashMap<u32, (Option<usize>, Want)>,
     /// What the server would not give back, with its words.
     refused: Vec<String>,
 }
 
-impl<'e> Fetch<'_, 'e> {
+impl Fetch<'_> {
     fn go(&mut self, session: &mut Session) -> Result<()> {
         loop {
             self.start_entries(session)?;
@@ -810,15 +803,13 @@ impl<'e> Fetch<'_, 'e> {
             && self.slots.open() < MAX_OPEN
             && self.pending.len() + 2 <= MAX_IN_FLIGHT
         {
-            let Some(entry) = self.queue.pop() else {
+            let Some(entry) = self.queue.next() else {
                 return Ok(());
             };
             let remote = remote_path(&self.base, &entry.path);
-            let order = self.started;
-            self.started += 1;
+            let is_link = entry.kind == 'l';
             let index = self.slots.take(Slot {
-                entry,
-                order,
+                entry: Rc::new(entry),
                 out: None,
                 handle: None,
                 size: None,
@@ -828,7 +819,7 @@ impl<'e> Fetch<'_, 'e> {
                 in_flight: 0,
                 refused: false,
             });
-            if entry.kind == 'l' {
+            if is_link {
                 let id = session.request(SSH_FXP_READLINK, &[&remote], &[]);
                 self.sent(id, index, Want::Readlink);
                 continue;
@@ -896,7 +887,7 @@ impl<'e> Fetch<'_, 'e> {
         let entry = self
             .slots
             .get(index)
-            .map(|s| s.entry)
+            .map(|s| Rc::clone(&s.entry))
             .ok_or_else(|| protocol("it answered for a file already done".into()))?;
         self.slot(index).in_flight -= 1;
         if self.slot(index).refused {
@@ -912,30 +903,30 @@ impl<'e> Fetch<'_, 'e> {
             }
             (Want::Lstat, SSH_FXP_ATTRS) => {
                 let attrs = Attrs::read(&mut packet.body)?;
-                self.accept_size(index, entry, attrs)?;
+                self.accept_size(index, &entry, attrs)?;
             }
             (Want::Read { offset, len }, SSH_FXP_DATA) => {
                 let data = packet.body.string(len as usize)?;
-                self.write(index, entry, offset, len, &data)?;
+                self.write(index, &entry, offset, len, &data)?;
             }
             (Want::Readlink, SSH_FXP_NAME) => {
                 let target = read_link_name(&mut packet.body)
-                    .map_err(|e| corrupt(&self.label(entry), &e.to_string()))?;
-                self.make_link(entry, &target)?;
+                    .map_err(|e| corrupt(&self.label(&entry), &e.to_string()))?;
+                self.make_link(&entry, &target)?;
                 self.release(index);
                 return Ok(());
             }
             (_, kind) => {
                 return Err(protocol(format!(
                     "it answered a request for {} with packet type {kind}",
-                    self.label(entry)
+                    self.label(&entry)
                 )));
             }
         }
         self.finish_if_done(session, index)
     }
 
-    fn slot(&mut self, index: usize) -> &mut Slot<'e> {
+    fn slot(&mut self, index: usize) -> &mut Slot {
         self.slots.get_mut(index).expect("an answered slot is open")
     }
 
@@ -951,8 +942,8 @@ impl<'e> Fetch<'_, 'e> {
     ) -> Result<()> {
         let code = packet.body.u32()?;
         let message = packet.body.string(1024).unwrap_or_default();
-        let entry = self.slot(index).entry;
-        let label = self.label(entry);
+        let entry = Rc::clone(&self.slot(index).entry);
+        let label = self.label(&entry);
         let words = crate::human::escape(&String::from_utf8_lossy(&message));
         match want {
             Want::Read { offset, .. } if code == SSH_FX_EOF => {
@@ -964,7 +955,7 @@ impl<'e> Fetch<'_, 'e> {
             }
             // Listed, then gone: a listing can be stale (rclone caches
             // directories). Not there is what a hash reports (as missing).
-            _ if code == SSH_FX_NO_SUCH_FILE && matches!(self.dest, Dest::Hash) => {
+            _ if code == SSH_FX_NO_SUCH_FILE && matches!(self.dest, Dest::Hash(_)) => {
                 self.vanished.push(label);
                 self.refuse(session, index)
             }
@@ -984,7 +975,7 @@ impl<'e> Fetch<'_, 'e> {
     fn refuse(&mut self, session: &mut Session, index: usize) -> Result<()> {
         let into = match self.dest {
             Dest::Stage { into, .. } => Some(into),
-            Dest::Hash => None,
+            Dest::Hash(_) => None,
         };
         let slot = self.slot(index);
         slot.refused = true;
@@ -1035,7 +1026,7 @@ impl<'e> Fetch<'_, 'e> {
             return Err(corrupt(&label, "the server gave no size"));
         };
         let out = match &mut self.dest {
-            Dest::Hash => Out::Hash(InOrderSha1::default()),
+            Dest::Hash(_) => Out::Hash(InOrderSha1::default()),
             Dest::Stage { into, room } => {
                 if size > *room {
                     return Err(Error::new(
@@ -1104,7 +1095,7 @@ impl<'e> Fetch<'_, 'e> {
         if !done {
             return Ok(());
         }
-        let (entry, order, size, mtime) = (slot.entry, slot.order, slot.size, slot.mtime);
+        let (entry, size, mtime) = (Rc::clone(&slot.entry), slot.size, slot.mtime);
         let handle = slot.handle.take().unwrap_or_default();
         match slot.out.take() {
             Some(Out::File(file)) => {
@@ -1113,7 +1104,7 @@ impl<'e> Fetch<'_, 'e> {
                     file.set_modified(when).ctx(|| {
                         format!(
                             "setting the mtime of the stage's copy of {}",
-                            self.label(entry)
+                            self.label(&entry)
                         )
                     })?;
                 }
@@ -1121,8 +1112,10 @@ impl<'e> Fetch<'_, 'e> {
             Some(Out::Hash(hasher)) => {
                 let sum = hasher
                     .finish(size.unwrap_or(0))
-                    .map_err(|why| corrupt(&self.label(entry), &why))?;
-                self.sums[order] = Some((entry, sum));
+                    .map_err(|why| corrupt(&self.label(&entry), &why))?;
+                if let Dest::Hash(sink) = &mut self.dest {
+                    sink(&entry, sum)?;
+                }
             }
             // Set with the size, which `done` waits for.
             None => {}

@@ -136,8 +136,10 @@ impl Write {
                 let id = session.request(SSH_FXP_WRITE, &[handle], &tail);
                 self.pending.insert(id, "a write");
                 offset += n as u64;
+                // Out at once: a part at a time is held here, not the
+                // whole window (several of these run side by side).
+                session.flush()?;
             }
-            session.flush()?;
             refused = refused.and(self.status(session)?);
         }
         if self.fsync {

@@ -338,7 +338,14 @@ fn record_unchanged_run(
     ensure_remote_config(job, &*remote, known.config)?;
     let snapshot = next_snapshot_id(ctx, last)?;
     let nothing = Stats::default();
-    manifest.store(&job.source, &*remote, &snapshot)?;
+    // The record asks what the server keeps (modes, symlinks); where the
+    // target must try it (an SFTP account, through sshfs: 0.4 s at 20 ms)
+    // that goes beside the manifest's upload.
+    let (_, counts) = pool::both(
+        || remote.keeps(),
+        || manifest.store(&job.source, &*remote, &snapshot),
+    );
+    counts?;
     // No rsync ran: files/ still has the stamps the preflight took.
     let same_as = snapshots::SameAs {
         last: last_id,

@@ -16,7 +16,7 @@ use std::path::Path;
 use crate::checksums::{self, Cache, Diff, Sum};
 use crate::config::Job;
 use crate::crypt::{self, PathDecryptor, REMOTE_CONFIG_NAME};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Kind, Result};
 use crate::exec::scratch_file;
 use crate::fingerprint::{self, SourceState};
 use crate::progress::{Phase, Progress, Totals};
@@ -157,7 +157,6 @@ fn read_back(
         budget,
         local.tally.data_bytes,
     );
-    let files = remote.read_back(&ctx.runtime("remote-read"))?;
     // Already reported files are not read again.
     let mut skip = local.tally.skip.clone();
     skip.extend(diff.missing.iter().chain(&diff.changed).cloned());
@@ -171,9 +170,9 @@ fn read_back(
         bytes: Some(expected),
     };
     let phase = read.progress.phase("verify: read-back", totals);
-    let found = sample::read_back(&mut local.list, files.root(), &selection, &skip, &phase)?;
+    let chosen = sample::selected(&mut local.list, &selection, &skip)?;
+    let found = read_sample(ctx, remote, &chosen, &phase)?;
     phase.finish();
-    files.close()?;
     if let Err(e) = selection.next().write(state_dir) {
         log::warn(format!(
             "cannot keep where the read-back rotation stands: {e}"
@@ -197,6 +196,31 @@ fn read_back(
         rotation_runs: selection.runs_per_rotation(),
     };
     Ok((diff, possession))
+}
+
+/// Reads the sample back: over SFTP where the target is an SFTP account
+/// (many files at a time), else, or where that fails, through the
+/// target's path or an sshfs mount, one file after the other.
+fn read_sample(
+    ctx: &Context,
+    remote: &dyn Target,
+    chosen: &[(String, checksums::Sum)],
+    phase: &Phase,
+) -> Result<sample::Findings> {
+    if let Some(ssh) = remote.sftp_reads() {
+        match sample::read_back_over_sftp(ssh, chosen, phase) {
+            Ok(found) => {
+                log::debug(|| format!("verify: {} sampled file(s) read over SFTP", found.read));
+                return Ok(found);
+            }
+            Err(e) if e.kind == Kind::Interrupted => return Err(e),
+            Err(e) => log::debug(|| format!("verify: the sample read through sshfs: {e}")),
+        }
+    }
+    let files = remote.read_back(&ctx.runtime("remote-read"))?;
+    let found = sample::read_back(files.root(), chosen, phase)?;
+    files.close()?;
+    Ok(found)
 }
 
 /// What the possession check reads, and from where.

@@ -107,6 +107,13 @@ fn a_server_that_replays_saved_checksums_after_deleting_its_data_fails_verify() 
         honest["sampled"].as_u64() > Some(0),
         "an honest verify read nothing back: {honest}"
     );
+    // The sample is read over SFTP, many files at a time, not through sshfs.
+    let o = job.ok(&["--verbose", "verify"]);
+    assert!(
+        o.stderr.contains("sampled file(s) read over SFTP"),
+        "the sample was not read over SFTP:\n{}",
+        o.dump()
+    );
 
     let saved = save_target(&job);
     let deleted = delete_files(&job.files_dir());

@@ -810,6 +810,11 @@ fn verify_hashes_over_sftp(kind: ServerKind, name: &str) {
             "{} is not a whole list:\n{text}",
             list.display()
         );
+        // Sorted by path, as every list (so that `diff` compares two).
+        let names: Vec<&str> = text.lines().map(|l| &l[42..]).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted, "{} is not sorted by path", list.display());
     }
     // The byte in place (same size and mtime: only reading it finds it);
     // the rest through the server's own SFTP: rclone caches directory

@@ -37,7 +37,7 @@ pub use listing::TreeEntry;
 pub use path::PathTarget;
 pub use probe::forget_capabilities;
 pub use pull::{Puller, unmunge};
-pub use sftp::{RemoteEntry, RemoteTree};
+pub use sftp::{Hashed, RemoteEntry, RemoteTree};
 pub use sftp_keep::{NotKept, ToKeep, keep_in_snapshot, set_dir_attrs};
 pub use sftp_upload::{Uploaded, upload_changes, upload_new};
 pub use shell::ShellTarget;
@@ -287,6 +287,11 @@ pub trait Target: Send + Sync {
     /// A local path to the root to read files back (verify's sample),
     /// mounted at `point` if the target has none.
     fn read_back(&self, point: &Path) -> Result<ReadBack<'_>>;
+    /// The ssh of an SFTP account, through which files can be read back
+    /// over SFTP, many at a time (`hash_over_sftp`); None for a local disk.
+    fn sftp_reads(&self) -> Option<&Ssh> {
+        None
+    }
 }
 
 /// What a stage needs from the target beyond files, records and listings.
@@ -309,6 +314,18 @@ fn sftp_stamps(ssh: &Ssh) -> Option<String> {
             None
         }
     }
+}
+
+/// The sha1 of each file `files` names below the account's `rel` dir,
+/// read over SFTP with many requests in flight and kept nowhere; each goes
+/// to `sink` with its size as it completes (sftp.rs, `SftpFetcher::hash`).
+pub fn hash_over_sftp(
+    ssh: &Ssh,
+    rel: &str,
+    files: impl Iterator<Item = TreeEntry>,
+    sink: &mut dyn FnMut(&TreeEntry, u64, crate::checksums::Sum) -> Result<()>,
+) -> Result<Hashed> {
+    sftp::SftpFetcher::new(ssh).hash(rel, files, sink)
 }
 
 /// Every entry of the account's files/, listed over SFTP with many

@@ -237,8 +237,8 @@ impl PathTarget {
     }
 
     /// Hashes every file of files/ read over SFTP, with many requests in
-    /// flight (sftp.rs, `SftpFetcher::hash`), and hands each sum to `sink`
-    /// as it completes: through sshfs each file costs round trips that one
+    /// flight (sftp.rs, `SftpFetcher::hash`), and hands the sums to `sink`
+    /// sorted by path: through sshfs each file costs round trips that one
     /// reader waits for in turn (at 20 ms, data set S took 100 s). False,
     /// having handed on nothing, where this is no SFTP account or files/
     /// cannot be listed over SFTP (a debug line says why): the caller
@@ -260,13 +260,16 @@ impl PathTarget {
                 return Ok(false);
             }
         };
-        let mut hashed = 0u64;
-        let mut each = |entry: &TreeEntry, sum: checksums::Sum| {
-            hashed += 1;
-            sink(&entry.path, &sum)
+        // Sums arrive as files complete; the list is stored sorted by
+        // path, as every list is (so that `diff` compares two of them).
+        let mut sums: Vec<(String, checksums::Sum)> = Vec::new();
+        let mut each = |entry: &TreeEntry, _size: u64, sum: checksums::Sum| {
+            sums.push((entry.path.clone(), sum));
+            Ok(())
         };
         let fetcher = super::sftp::SftpFetcher::new(ssh);
         let not = fetcher.hash(FILES, tree.sorted_entries(), &mut each)?;
+        drop(tree);
         if !not.refused.is_empty() {
             return Err(Error::new(
                 Kind::Remote,
@@ -277,11 +280,16 @@ impl PathTarget {
                 ),
             ));
         }
+        sums.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (path, sum) in &sums {
+            sink(path, sum)?;
+        }
         log::debug(|| {
             format!(
-                "verify: {hashed} file(s) of {FILES}/ hashed over SFTP; {} gone since listed: {}",
+                "verify: {} file(s) of {FILES}/ hashed over SFTP; {} gone since listed: {}",
+                sums.len(),
                 not.vanished.len(),
-                not.vanished.join("; ")
+                crate::human::escape(&not.vanished.join("; "))
             )
         });
         Ok(true)
@@ -641,6 +649,10 @@ impl Target for PathTarget {
             })
             .collect();
         self.remove(&stale)
+    }
+
+    fn sftp_reads(&self) -> Option<&Ssh> {
+        self.ssh.as_ref()
     }
 
     fn read_back(&self, _point: &Path) -> Result<ReadBack<'_>> {

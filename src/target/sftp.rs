@@ -139,8 +139,9 @@ impl<'a> SftpFetcher<'a> {
     /// Hashes each file `files` gives (below the account's `from`
     /// directory), read with as many requests in flight as `fetch` and kept
     /// nowhere, and hands its sha1 to `sink` as it completes (not in the
-    /// order given): the fast restore test of an account that cannot hash
-    /// on the server (verify.rs). Only the files being read are held, so a
+    /// order given), with its size: the fast restore test of an account
+    /// that cannot hash on the server, and the possession check's sample
+    /// (verify.rs, sample.rs). Only the files being read are held, so a
     /// listing of 200,000 files costs no second copy. A file gone since it
     /// was listed is named in `vanished`; one the server will not give back
     /// in `refused` with its words, as `fetch` names it (and nothing more
@@ -149,7 +150,7 @@ impl<'a> SftpFetcher<'a> {
         &self,
         from: &str,
         files: impl Iterator<Item = TreeEntry>,
-        sink: &mut dyn FnMut(&TreeEntry, crate::checksums::Sum) -> Result<()>,
+        sink: &mut dyn FnMut(&TreeEntry, u64, crate::checksums::Sum) -> Result<()>,
     ) -> Result<Hashed> {
         let files = files.filter(|e| e.kind == 'f');
         let run = self.run(from, Box::new(files), Dest::Hash(sink), None)?;
@@ -189,6 +190,7 @@ impl<'a> SftpFetcher<'a> {
 /// What `SftpFetcher::hash` could not hash: the files gone since they were
 /// listed, and those the server would not give back.
 pub struct Hashed {
+    /// Paths relative to the directory hashed, as given.
     pub vanished: Vec<String>,
     pub refused: Vec<String>,
 }
@@ -749,7 +751,7 @@ enum Dest<'a> {
     /// Created under `into` (restore's stage), within `room` bytes.
     Stage { into: &'a Path, room: u64 },
     /// Hashed as their bytes arrive, kept nowhere; each sum to the sink.
-    Hash(&'a mut dyn FnMut(&TreeEntry, crate::checksums::Sum) -> Result<()>),
+    Hash(&'a mut dyn FnMut(&TreeEntry, u64, crate::checksums::Sum) -> Result<()>),
 }
 
 /// Where one file's bytes go.
@@ -765,7 +767,7 @@ struct Fetch<'a> {
     phase: Option<&'a Phase>,
     /// Entries not started yet.
     queue: Box<dyn Iterator<Item = TreeEntry> + 'a>,
-    /// Files a hash found gone (`Dest::Hash` only).
+    /// Paths of files a hash found gone (`Dest::Hash` only).
     vanished: Vec<String>,
     slots: Slots<Slot>,
     /// Request id -> (slot, what for); closes carry no slot.
@@ -956,7 +958,7 @@ impl Fetch<'_> {
             // Listed, then gone: a listing can be stale (rclone caches
             // directories). Not there is what a hash reports (as missing).
             _ if code == SSH_FX_NO_SUCH_FILE && matches!(self.dest, Dest::Hash(_)) => {
-                self.vanished.push(label);
+                self.vanished.push(entry.path.clone());
                 self.refuse(session, index)
             }
             _ if matches!(code, SSH_FX_NO_SUCH_FILE | SSH_FX_PERMISSION_DENIED) => {
@@ -1114,7 +1116,7 @@ impl Fetch<'_> {
                     .finish(size.unwrap_or(0))
                     .map_err(|why| corrupt(&self.label(&entry), &why))?;
                 if let Dest::Hash(sink) = &mut self.dest {
-                    sink(&entry, sum)?;
+                    sink(&entry, size.unwrap_or(0), sum)?;
                 }
             }
             // Set with the size, which `done` waits for.

@@ -416,6 +416,10 @@ impl Target for ShellTarget {
         self.run_ok(call).map(|_| ())
     }
 
+    fn sftp_reads(&self) -> Option<&Ssh> {
+        Some(&self.ssh)
+    }
+
     fn read_back(&self, point: &Path) -> Result<ReadBack<'_>> {
         crate::mount::prepare_point(point)?;
         let mount = self.ssh.mount(point)?;

@@ -475,6 +475,10 @@ impl Target for WhitelistTarget {
         stored
     }
 
+    fn sftp_reads(&self) -> Option<&Ssh> {
+        Some(&self.ssh)
+    }
+
     fn read_back(&self, point: &Path) -> Result<ReadBack<'_>> {
         self.path.read_back(point)
     }

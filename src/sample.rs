@@ -1,8 +1,9 @@
 //! The possession check. With `remote_checksums: ssh` the server computes
 //! the sha1s of its copy, and a server that deleted the data could answer
 //! with a list it saved earlier. So every verify also reads a sample of the
-//! remote files back, through an sshfs mount, and compares their sha1 with
-//! the local list: that answer needs the data.
+//! remote files back (over SFTP, many at a time, else through an sshfs
+//! mount) and compares their sha1 with the local list: that answer needs
+//! the data.
 //!
 //! Which files: the files are ordered by a keyed hash of their encrypted
 //! path, with a key kept secret in the state dir. Each run reads the next

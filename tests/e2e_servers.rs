@@ -735,17 +735,7 @@ fn nothing_to_send_over_sftp(kind: ServerKind, tag: &str) {
     job.restore_and_compare("restored-after-nothing-to-send");
     // Through the server's own SFTP: rclone caches its directory
     // listings and would not see a file written behind its back.
-    let planted = job.root.join("planted");
-    fs::write(&planted, "x").unwrap();
-    let path = job.server.target_json()["path"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let put = job.server.sftp_batch(&format!(
-        "put {} {path}/files/put-there-by-the-server\n",
-        planted.display()
-    ));
-    put.expect_code(0, "sftp put into files/");
+    put_over_sftp(&job, "x", "files/put-there-by-the-server");
     // Through sshfs the run lists files/ over SFTP and compares (delta.rs):
     // the planted file is moved into the run's snapshot over SFTP, not by
     // rsync.
@@ -775,6 +765,29 @@ fn whitelist_with_nothing_to_send_runs_no_rsync() {
 #[test]
 fn rclone_with_nothing_to_send_runs_no_rsync() {
     nothing_to_send_over_sftp(ServerKind::Rclone, "srv-rclone-nochange");
+}
+
+/// The job's directory on the server, as its SFTP names it.
+fn target_dir(job: &ServerJob) -> String {
+    job.server.target_json()["path"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Puts `content` at `rel` below the job's directory through the server's
+/// own SFTP: rclone caches its directory listings and would not see a file
+/// written behind its back.
+fn put_over_sftp(job: &ServerJob, content: &str, rel: &str) {
+    let local = job.root.join("to-put");
+    fs::write(&local, content).unwrap();
+    job.server
+        .sftp_batch(&format!(
+            "put {} {}/{rel}\n",
+            local.display(),
+            target_dir(job)
+        ))
+        .expect_code(0, &format!("sftp put {rel}"));
 }
 
 /// An account without a shell cannot hash on the server, so verify reads
@@ -823,18 +836,10 @@ fn verify_hashes_over_sftp(kind: ServerKind, name: &str) {
     let files = job.files_dir();
     let missing = job.remote_file_for_len(VICTIM_MISSING_LEN);
     let missing = missing.strip_prefix(&files).unwrap().to_str().unwrap();
-    let stray = job.root.join("stray-file");
-    fs::write(&stray, "not from ciphersync\n").unwrap();
-    let path = job.server.target_json()["path"]
-        .as_str()
-        .unwrap()
-        .to_string();
     job.server
-        .sftp_batch(&format!(
-            "rm {path}/files/{missing}\nput {} {path}/files/stray-file\n",
-            stray.display()
-        ))
-        .expect_code(0, "sftp rm and put in files/");
+        .sftp_batch(&format!("rm {}/files/{missing}\n", target_dir(&job)))
+        .expect_code(0, "sftp rm in files/");
+    put_over_sftp(&job, "not from ciphersync\n", "files/stray-file");
     let stats = job.verify_mismatch();
     assert_eq!(
         str_list(&stats["missing"]),

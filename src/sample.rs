@@ -218,9 +218,9 @@ pub fn read_back_over_sftp(ssh: &Ssh, chosen: &[(String, Sum)], phase: &Phase) -
         path: name.clone(),
         link: None,
     });
-    let mut each = |entry: &TreeEntry, bytes: u64, theirs: Sum| {
-        let differs = ours.get(entry.path.as_str()) != Some(&&theirs);
-        found.read_one(&entry.path, bytes, differs, phase);
+    let mut each = |file: target::Hashed1| {
+        let differs = ours.get(file.entry.path.as_str()) != Some(&&file.sum);
+        found.read_one(&file.entry.path, file.size, differs, phase);
         Ok(())
     };
     let not = target::hash_over_sftp(ssh, FILES, files, &mut each)?;

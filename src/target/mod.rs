@@ -37,7 +37,7 @@ pub use listing::TreeEntry;
 pub use path::PathTarget;
 pub use probe::forget_capabilities;
 pub use pull::{Puller, unmunge};
-pub use sftp::{Hashed, RemoteEntry, RemoteTree};
+pub use sftp::{Hashed, Hashed1, RemoteEntry, RemoteTree};
 pub use sftp_keep::{NotKept, ToKeep, keep_in_snapshot, set_dir_attrs};
 pub use sftp_upload::{Uploaded, upload_changes, upload_new};
 pub use shell::ShellTarget;
@@ -318,12 +318,12 @@ fn sftp_stamps(ssh: &Ssh) -> Option<String> {
 
 /// The sha1 of each file `files` names below the account's `rel` dir,
 /// read over SFTP with many requests in flight and kept nowhere; each goes
-/// to `sink` with its size as it completes (sftp.rs, `SftpFetcher::hash`).
+/// to `sink` with its size and place as it completes (sftp.rs, `SftpFetcher::hash`).
 pub fn hash_over_sftp(
     ssh: &Ssh,
     rel: &str,
     files: impl Iterator<Item = TreeEntry>,
-    sink: &mut dyn FnMut(&TreeEntry, u64, crate::checksums::Sum) -> Result<()>,
+    sink: &mut dyn FnMut(Hashed1<'_>) -> Result<()>,
 ) -> Result<Hashed> {
     sftp::SftpFetcher::new(ssh).hash(rel, files, sink)
 }

@@ -260,16 +260,19 @@ impl PathTarget {
                 return Ok(false);
             }
         };
-        // Sums arrive as files complete; the list is stored sorted by
-        // path, as every list is (so that `diff` compares two of them).
-        let mut sums: Vec<(String, checksums::Sum)> = Vec::new();
-        let mut each = |entry: &TreeEntry, _size: u64, sum: checksums::Sum| {
-            sums.push((entry.path.clone(), sum));
+        // Sums arrive as files complete; they are handed on in the
+        // listing's order (sorted by path, as every list: `diff` compares
+        // two), by their place in it, without a second copy of the paths.
+        let mut sums: Vec<Option<checksums::Sum>> = Vec::new();
+        let mut each = |file: super::Hashed1| {
+            if sums.len() <= file.order {
+                sums.resize(file.order + 1, None);
+            }
+            sums[file.order] = Some(file.sum);
             Ok(())
         };
         let fetcher = super::sftp::SftpFetcher::new(ssh);
         let not = fetcher.hash(FILES, tree.sorted_entries(), &mut each)?;
-        drop(tree);
         if !not.refused.is_empty() {
             return Err(Error::new(
                 Kind::Remote,
@@ -280,14 +283,16 @@ impl PathTarget {
                 ),
             ));
         }
-        sums.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (path, sum) in &sums {
-            sink(path, sum)?;
+        let files = tree.sorted_entries().filter(|e| e.kind == 'f');
+        for (entry, sum) in files.zip(&sums) {
+            if let Some(sum) = sum {
+                sink(&entry.path, sum)?;
+            }
         }
         log::debug(|| {
             format!(
                 "verify: {} file(s) of {FILES}/ hashed over SFTP; {} gone since listed: {}",
-                sums.len(),
+                sums.iter().flatten().count(),
                 not.vanished.len(),
                 crate::human::escape(&not.vanished.join("; "))
             )

@@ -139,7 +139,7 @@ impl<'a> SftpFetcher<'a> {
     /// Hashes each file `files` gives (below the account's `from`
     /// directory), read with as many requests in flight as `fetch` and kept
     /// nowhere, and hands its sha1 to `sink` as it completes (not in the
-    /// order given), with its size: the fast restore test of an account
+    /// order given), with its size and place among them: the fast restore test of an account
     /// that cannot hash on the server, and the possession check's sample
     /// (verify.rs, sample.rs). Only the files being read are held, so a
     /// listing of 200,000 files costs no second copy. A file gone since it
@@ -150,7 +150,7 @@ impl<'a> SftpFetcher<'a> {
         &self,
         from: &str,
         files: impl Iterator<Item = TreeEntry>,
-        sink: &mut dyn FnMut(&TreeEntry, u64, crate::checksums::Sum) -> Result<()>,
+        sink: &mut dyn FnMut(Hashed1<'_>) -> Result<()>,
     ) -> Result<Hashed> {
         let files = files.filter(|e| e.kind == 'f');
         let run = self.run(from, Box::new(files), Dest::Hash(sink), None)?;
@@ -176,6 +176,7 @@ impl<'a> SftpFetcher<'a> {
             dest,
             phase,
             queue,
+            started: 0,
             slots: Slots::new(),
             pending: HashMap::new(),
             refused: Vec::new(),
@@ -185,6 +186,15 @@ impl<'a> SftpFetcher<'a> {
             .map_err(|e| session.explain(e, self.ssh))?;
         Ok(run)
     }
+}
+
+/// One file `SftpFetcher::hash` read.
+pub struct Hashed1<'e> {
+    /// Its place among the files given (0 the first).
+    pub order: usize,
+    pub entry: &'e TreeEntry,
+    pub size: u64,
+    pub sum: crate::checksums::Sum,
 }
 
 /// What `SftpFetcher::hash` could not hash: the files gone since they were
@@ -731,6 +741,8 @@ enum Want {
 /// One file or symlink being fetched.
 struct Slot {
     entry: Rc<TreeEntry>,
+    /// Its place among the entries fetched (`Hashed1::order`).
+    order: usize,
     out: Option<Out>,
     handle: Option<Vec<u8>>,
     size: Option<u64>,
@@ -751,7 +763,7 @@ enum Dest<'a> {
     /// Created under `into` (restore's stage), within `room` bytes.
     Stage { into: &'a Path, room: u64 },
     /// Hashed as their bytes arrive, kept nowhere; each sum to the sink.
-    Hash(&'a mut dyn FnMut(&TreeEntry, u64, crate::checksums::Sum) -> Result<()>),
+    Hash(&'a mut dyn FnMut(Hashed1<'_>) -> Result<()>),
 }
 
 /// Where one file's bytes go.
@@ -767,6 +779,8 @@ struct Fetch<'a> {
     phase: Option<&'a Phase>,
     /// Entries not started yet.
     queue: Box<dyn Iterator<Item = TreeEntry> + 'a>,
+    /// Entries started so far: the next one's `Slot::order`.
+    started: usize,
     /// Paths of files a hash found gone (`Dest::Hash` only).
     vanished: Vec<String>,
     slots: Slots<Slot>,
@@ -810,8 +824,11 @@ impl Fetch<'_> {
             };
             let remote = remote_path(&self.base, &entry.path);
             let is_link = entry.kind == 'l';
+            let order = self.started;
+            self.started += 1;
             let index = self.slots.take(Slot {
                 entry: Rc::new(entry),
+                order,
                 out: None,
                 handle: None,
                 size: None,
@@ -1097,7 +1114,8 @@ impl Fetch<'_> {
         if !done {
             return Ok(());
         }
-        let (entry, size, mtime) = (Rc::clone(&slot.entry), slot.size, slot.mtime);
+        let (entry, order) = (Rc::clone(&slot.entry), slot.order);
+        let (size, mtime) = (slot.size, slot.mtime);
         let handle = slot.handle.take().unwrap_or_default();
         match slot.out.take() {
             Some(Out::File(file)) => {
@@ -1116,7 +1134,12 @@ impl Fetch<'_> {
                     .finish(size.unwrap_or(0))
                     .map_err(|why| corrupt(&self.label(&entry), &why))?;
                 if let Dest::Hash(sink) = &mut self.dest {
-                    sink(&entry, size.unwrap_or(0), sum)?;
+                    sink(Hashed1 {
+                        order,
+                        entry: &entry,
+                        size: size.unwrap_or(0),
+                        sum,
+                    })?;
                 }
             }
             // Set with the size, which `done` waits for.

@@ -515,7 +515,11 @@ fn kill_helper(j: &mut NetJob, run: &mut Running) {
     let mut rsyncs = Vec::new();
     for (pid, _, comm, cmd) in processes() {
         if comm == "rsync" && cmd.contains(j.runtime_dir.to_str().unwrap()) {
-            send_signal(pid, "KILL");
+            // One that was not frozen (forked after the freeze) may end
+            // between the listing and the kill: that is not a failure.
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
             rsyncs.push(pid);
         }
     }

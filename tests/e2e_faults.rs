@@ -516,10 +516,8 @@ fn kill_helper(j: &mut NetJob, run: &mut Running) {
     for (pid, _, comm, cmd) in processes() {
         if comm == "rsync" && cmd.contains(j.runtime_dir.to_str().unwrap()) {
             // One that was not frozen (forked after the freeze) may end
-            // between the listing and the kill: that is not a failure.
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
+            // between the listing and the kill.
+            kill_if_alive(pid);
             rsyncs.push(pid);
         }
     }
@@ -615,9 +613,7 @@ fn kill_whole_run(j: &mut NetJob, run: &mut Running) {
     victims.sort();
     victims.dedup();
     for p in &victims {
-        let _ = Command::new("kill")
-            .args(["-KILL", &p.to_string()])
-            .status();
+        kill_if_alive(*p);
     }
     let _ = run.child.wait();
     let alive = wait_dead(&victims);

@@ -48,6 +48,11 @@ pub(super) const MAX_IN_FLIGHT: usize = 256;
 /// flight, 2.9 s with 64 and 128, 2.4 s with 128 and 256. OpenSSH's
 /// sftp-server keeps as many handles as its descriptors allow.
 pub(super) const MAX_OPEN: usize = 128;
+/// OpenSSH's extensions this client uses, where the server announces them.
+pub(super) const HARDLINK: &str = "hardlink@openssh.com";
+/// Renames over an existing name in one step (rename(2) on the server).
+pub(super) const POSIX_RENAME: &str = "posix-rename@openssh.com";
+pub(super) const FSYNC: &str = "fsync@openssh.com";
 /// The largest packet accepted from the server: a read's reply is at most
 /// `CHUNK` bytes of data, a link's target at most `MAX_LINK` bytes, a
 /// directory listing's part about a hundred names with their `ls -l` lines
@@ -573,6 +578,11 @@ impl Session {
         put_u32(&mut self.out, payload.len() as u32 + 1);
         self.out.push(kind);
         self.out.extend_from_slice(payload);
+    }
+
+    /// Whether the server announced extension `name`.
+    pub(super) fn offers(&self, name: &str) -> bool {
+        self.extensions.iter().any(|e| e == name)
     }
 
     /// Queues a request; returns its id.

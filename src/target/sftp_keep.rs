@@ -28,12 +28,11 @@ use std::collections::HashMap;
 
 use super::Ssh;
 use super::sftp::{
-    ATTR_ACMODTIME, ATTR_PERMISSIONS, MAX_IN_FLIGHT, SSH_FXP_ATTRS, SSH_FXP_EXTENDED,
+    ATTR_ACMODTIME, ATTR_PERMISSIONS, HARDLINK, MAX_IN_FLIGHT, SSH_FXP_ATTRS, SSH_FXP_EXTENDED,
     SSH_FXP_LSTAT, SSH_FXP_MKDIR, SSH_FXP_STATUS, Session, put_u32, remote_base, remote_path,
 };
 use crate::error::Result;
 
-const HARDLINK: &str = "hardlink@openssh.com";
 const SSH_FXP_SETSTAT: u8 = 9;
 const SSH_FXP_RENAME: u8 = 18;
 
@@ -64,7 +63,7 @@ pub fn keep_in_snapshot(ssh: &Ssh, snapshot: &str, what: &ToKeep) -> Result<NotK
         &ssh.sftp().path,
         &format!("{}/{snapshot}", super::SNAPSHOTS),
     );
-    let can_link = session.extensions.iter().any(|e| e == HARDLINK);
+    let can_link = session.offers(HARDLINK);
     let run = |session: &mut Session| -> Result<NotKept> {
         let parents = parents_of(
             what.moves
@@ -118,7 +117,7 @@ pub fn keep_in_snapshot(ssh: &Ssh, snapshot: &str, what: &ToKeep) -> Result<NotK
 pub fn link_within(ssh: &Ssh, pairs: &[(String, String)]) -> Result<Vec<(String, String)>> {
     let _permit = ssh.session();
     let mut session = Session::start(ssh)?;
-    if !session.extensions.iter().any(|e| e == HARDLINK) {
+    if !session.offers(HARDLINK) {
         return Ok(pairs.to_vec());
     }
     let path = |rel: &str| remote_base(&ssh.sftp().path, rel);

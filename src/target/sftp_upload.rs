@@ -28,17 +28,14 @@ use std::path::Path;
 
 use super::Ssh;
 use super::sftp::{
-    ATTR_ACMODTIME, ATTR_PERMISSIONS, Attrs, CHUNK, MAX_IN_FLIGHT, MAX_OPEN, SSH_FXF_CREAT,
-    SSH_FXF_EXCL, SSH_FXF_WRITE, SSH_FXP_ATTRS, SSH_FXP_CLOSE, SSH_FXP_EXTENDED, SSH_FXP_FSETSTAT,
-    SSH_FXP_HANDLE, SSH_FXP_LSTAT, SSH_FXP_MKDIR, SSH_FXP_OPEN, SSH_FXP_REMOVE, SSH_FXP_STATUS,
-    SSH_FXP_WRITE, Session, Slots, put_u32, put_u64, remote_base, remote_path,
+    ATTR_ACMODTIME, ATTR_PERMISSIONS, Attrs, CHUNK, HARDLINK, MAX_IN_FLIGHT, MAX_OPEN,
+    POSIX_RENAME, SSH_FXF_CREAT, SSH_FXF_EXCL, SSH_FXF_WRITE, SSH_FXP_ATTRS, SSH_FXP_CLOSE,
+    SSH_FXP_EXTENDED, SSH_FXP_FSETSTAT, SSH_FXP_HANDLE, SSH_FXP_LSTAT, SSH_FXP_MKDIR, SSH_FXP_OPEN,
+    SSH_FXP_REMOVE, SSH_FXP_STATUS, SSH_FXP_WRITE, Session, Slots, put_u32, put_u64, remote_base,
+    remote_path,
 };
 use crate::error::Result;
 use crate::progress::{Part, PartId, Phase};
-
-const HARDLINK: &str = "hardlink@openssh.com";
-/// Renames over an existing name in one step (rename(2) on the server).
-const POSIX_RENAME: &str = "posix-rename@openssh.com";
 
 /// What the first pass put on the target: the user's files (not
 /// gocryptfs' own) and every byte.
@@ -59,7 +56,7 @@ pub fn upload_new(ssh: &Ssh, view: &Path, phase: Option<&Phase>) -> Result<Uploa
     }
     let _permit = ssh.session();
     let mut session = Session::start(ssh)?;
-    if !session.extensions.iter().any(|e| e == HARDLINK) {
+    if !session.offers(HARDLINK) {
         crate::log::debug(|| format!("no first pass over SFTP: the server lacks {HARDLINK}"));
         return Ok(Uploaded::default());
     }
@@ -90,8 +87,7 @@ pub fn upload_changes(
 ) -> Result<(Uploaded, Vec<String>)> {
     let _permit = ssh.session();
     let mut session = Session::start(ssh)?;
-    let offers = |ext: &str| session.extensions.iter().any(|e| e == ext);
-    let (can_link, can_replace) = (offers(HARDLINK), offers(POSIX_RENAME));
+    let (can_link, can_replace) = (session.offers(HARDLINK), session.offers(POSIX_RENAME));
     let mut queue = Vec::new();
     for (rel, replace) in files {
         if (*replace && !can_replace) || (!*replace && !can_link) {

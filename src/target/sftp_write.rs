@@ -21,17 +21,14 @@ use std::io::{Seek, SeekFrom};
 
 use super::Ssh;
 use super::sftp::{
-    ATTR_PERMISSIONS, Attrs, CHUNK, MAX_IN_FLIGHT, Packet, SSH_FXF_CREAT, SSH_FXF_EXCL,
-    SSH_FXF_WRITE, SSH_FXP_ATTRS, SSH_FXP_CLOSE, SSH_FXP_EXTENDED, SSH_FXP_HANDLE, SSH_FXP_LSTAT,
-    SSH_FXP_OPEN, SSH_FXP_REMOVE, SSH_FXP_STATUS, SSH_FXP_WRITE, Session, put_string, put_u32,
-    put_u64, remote_base, remote_path, unasked,
+    ATTR_PERMISSIONS, Attrs, CHUNK, FSYNC, MAX_IN_FLIGHT, POSIX_RENAME, Packet, SSH_FXF_CREAT,
+    SSH_FXF_EXCL, SSH_FXF_WRITE, SSH_FXP_ATTRS, SSH_FXP_CLOSE, SSH_FXP_EXTENDED, SSH_FXP_HANDLE,
+    SSH_FXP_LSTAT, SSH_FXP_OPEN, SSH_FXP_REMOVE, SSH_FXP_STATUS, SSH_FXP_WRITE, Session,
+    put_string, put_u32, put_u64, remote_base, remote_path, unasked,
 };
 use super::sftp_upload::read_full;
 use crate::error::{IoContext, Result};
 use crate::log;
-
-const POSIX_RENAME: &str = "posix-rename@openssh.com";
-const FSYNC: &str = "fsync@openssh.com";
 
 /// Writes `content` (from its start) to `rel` below the account's
 /// directory, replacing what the name held. False where it could not,
@@ -47,7 +44,7 @@ pub fn write_file(ssh: &Ssh, rel: &str, content: &mut File) -> Result<bool> {
         .ctx(|| format!("rewinding the content of {rel}"))?;
     let _permit = ssh.session();
     let mut session = Session::start(ssh)?;
-    if !session.extensions.iter().any(|e| e == POSIX_RENAME) {
+    if !session.offers(POSIX_RENAME) {
         log::debug(|| format!("{rel} written through the mount: the server lacks {POSIX_RENAME}"));
         return Ok(false);
     }
@@ -58,7 +55,7 @@ pub fn write_file(ssh: &Ssh, rel: &str, content: &mut File) -> Result<bool> {
         temp: remote_path(&base, &temp_name),
         path: remote_path(&base, name),
         size,
-        fsync: session.extensions.iter().any(|e| e == FSYNC),
+        fsync: session.offers(FSYNC),
         pending: HashMap::new(),
     };
     let done = write

@@ -235,6 +235,14 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// Sends SIGKILL to `pid` if it is still there: a process listed a moment
+/// ago may have ended since, which is not a failure.
+pub fn kill_if_alive(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+}
+
 /// Sends a signal (`"TERM"`, `"INT"`, ...) with kill(1).
 pub fn send_signal(pid: u32, sig: &str) {
     let st = Command::new("kill")

@@ -19,6 +19,8 @@ use crate::error::{Error, Kind, Result};
 pub const MAX_LINE: usize = 64 * 1024;
 /// Entries in one record, checksum list or listing.
 pub const MAX_TREE_ENTRIES: usize = 10_000_000;
+/// A record of the largest tree: at most this many bytes are read of one.
+pub const MAX_RECORD_BYTES: u64 = MAX_TREE_ENTRIES as u64 * 160;
 /// Output of a remote command that is read whole into memory.
 pub const MAX_TEXT: u64 = 64 * 1024 * 1024;
 /// gocryptfs.conf (about 1 KiB), gocryptfs.diriv (16 bytes), a long

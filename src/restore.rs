@@ -89,7 +89,17 @@ pub fn restore(ctx: &Context, request: &RestoreRequest, progress: &Progress) -> 
     // write to could be swapped for a link while we copy into it.
     fsutil::ensure_private_dir(&to, "--to")?;
 
-    let remote = target::open_path(job, &ctx.runtime("remote"))?;
+    // A whole restore of the newest run needs its record first: over SFTP
+    // it is read while sshfs mounts the account.
+    let whole = request.paths.is_empty() && request.snapshot.is_none();
+    let point = ctx.runtime("remote");
+    let (remote, newest) = match whole {
+        true => {
+            let scratch = crate::exec::scratch_file(&job.state_dir, "record")?;
+            target::open_path_with_newest(job, &point, scratch)?
+        }
+        false => (target::open_path(job, &point)?, None),
+    };
     // Some paths of the latest run are read from files/ unless its record
     // says otherwise: files/ is mounted decrypted (scrypt) while the
     // target is asked what restore needs to know.
@@ -99,10 +109,14 @@ pub fn restore(ctx: &Context, request: &RestoreRequest, progress: &Progress) -> 
             true => mount_plain(ctx, &remote.root().join(FILES), FILES_POINT).map(Some),
             false => Ok(None),
         },
-        || survey(ctx, &remote),
+        || survey(ctx, &remote, newest),
     );
     // The survey's error first: it says why a mount of files/ failed.
-    let Survey { latest, puller } = survey?;
+    let Survey {
+        latest,
+        newest_read,
+        puller,
+    } = survey?;
     let mounted = mounted?;
     // The stored owners, ACLs and xattrs are fetched and mounted while the
     // files are copied: for a few paths out of a large tree, fetching the
@@ -119,7 +133,7 @@ pub fn restore(ctx: &Context, request: &RestoreRequest, progress: &Progress) -> 
                 ctx,
                 target,
                 request,
-                latest.as_ref(),
+                (latest.as_ref(), newest_read),
                 mounted,
                 &to,
                 progress,
@@ -147,6 +161,8 @@ pub fn restore(ctx: &Context, request: &RestoreRequest, progress: &Progress) -> 
 /// What restore learns of the target before it reads any file.
 struct Survey<'a> {
     latest: Option<Latest>,
+    /// The newest run's record, where it was read already.
+    newest_read: Option<RunRecord>,
     puller: Option<Puller<'a>>,
 }
 
@@ -161,21 +177,40 @@ struct Latest {
 
 /// Asks the target, side by side (each takes a round trip or more over a
 /// WAN), whether it holds a backup at all and which run is the newest;
-/// then how to pull from it.
-fn survey<'a>(ctx: &Context, remote: &'a PathTarget) -> Result<Survey<'a>> {
+/// then how to pull from it. A run with a record is a backup: where the
+/// newest was read already, that is all.
+fn survey<'a>(
+    ctx: &Context,
+    remote: &'a PathTarget,
+    newest: Option<target::NewestRun>,
+) -> Result<Survey<'a>> {
     let job = ctx.job;
-    let (not_empty, latest) = crate::pool::both(
-        || refuse_empty_target(job, remote),
-        || latest_run(ctx, remote),
-    );
-    not_empty?;
-    let latest = latest?;
+    let (latest, newest_read) = match newest {
+        Some(newest) => {
+            let read = RunRecord::parse(newest)?;
+            log::debug(|| format!("restore: the record of {} read over SFTP", read.id));
+            let latest = Latest {
+                id: read.id.clone(),
+                needs_record: read.record.metadata_in_record,
+            };
+            (Some(latest), Some(read))
+        }
+        None => {
+            let (not_empty, latest) = crate::pool::both(
+                || refuse_empty_target(job, remote),
+                || latest_run(ctx, remote),
+            );
+            not_empty?;
+            (latest?, None)
+        }
+    };
     // The newest record says whether the server kept modes and symlinks
     // at the last backup (`needs_record`): no probe of it needed.
     let keeps_all = latest.as_ref().map(|l| !l.needs_record);
     Ok(Survey {
         puller: remote.puller(job, keeps_all)?,
         latest,
+        newest_read,
     })
 }
 
@@ -208,7 +243,7 @@ fn copy_files(
     ctx: &Context,
     (remote, puller): (&PathTarget, Option<&Puller>),
     request: &RestoreRequest,
-    latest: Option<&Latest>,
+    (latest, newest_read): (Option<&Latest>, Option<RunRecord>),
     mounted: Option<crate::mount::Mount>,
     to: &Path,
     progress: &Progress,
@@ -220,11 +255,18 @@ fn copy_files(
     // itself.
     let rebuilt_latest = latest.filter(|l| l.needs_record).map(|l| l.id.as_str());
     let mut stage = match (&request.snapshot, rebuilt_latest) {
-        (Some(id), _) => Some(rebuild_somehow(ctx, remote, id, puller, progress)?),
-        (None, Some(latest)) => Some(rebuild_somehow(ctx, remote, latest, puller, progress)?),
+        (Some(id), _) => {
+            let run = RunRecord::read(ctx, remote, id, newest_read)?;
+            Some(rebuild_somehow(ctx, remote, &run, puller, progress)?)
+        }
+        (None, Some(id)) => {
+            let run = RunRecord::read(ctx, remote, id, newest_read)?;
+            Some(rebuild_somehow(ctx, remote, &run, puller, progress)?)
+        }
         (None, None) => match (puller, latest, request.paths.is_empty()) {
             (Some(puller), Some(latest), true) => {
-                pull_latest(ctx, remote, &latest.id, puller, progress)?
+                let run = RunRecord::read(ctx, remote, &latest.id, newest_read)?;
+                pull_latest(ctx, remote, &run, puller, progress)?
             }
             _ => None,
         },
@@ -414,12 +456,11 @@ fn stage_metadata(
 fn pull_latest(
     ctx: &Context,
     remote: &PathTarget,
-    latest: &str,
+    latest: &RunRecord,
     puller: &Puller<'_>,
     progress: &Progress,
 ) -> Result<Option<Stage>> {
-    let record = snapshots::read_record(remote, latest, &ctx.job.state_dir)?;
-    let needed: u64 = record.entries.iter().map(|e| e.size).sum();
+    let needed: u64 = latest.record.entries.iter().map(|e| e.size).sum();
     let home = stage_home(ctx, needed);
     let free = fsutil::free_bytes(home);
     if free.is_some_and(|free| free < needed.saturating_add(STAGE_MARGIN)) {
@@ -432,12 +473,48 @@ fn pull_latest(
         ));
         return Ok(None);
     }
-    match rebuild(ctx, remote, (latest, &record), Some(puller), progress)? {
+    match rebuild(ctx, remote, latest, Some(puller), progress)? {
         Rebuilt::Stage(stage) => Ok(Some(stage)),
         Rebuilt::Unreadable(refused) => {
             say_read_through_sshfs(&refused);
             Ok(None)
         }
+    }
+}
+
+/// A run's record, read once (a large tree's is tens of MB through
+/// sshfs), and the snapshot dirs where they were listed with it.
+struct RunRecord {
+    id: String,
+    record: snapshots::Record,
+    snapshot_ids: Option<Vec<String>>,
+}
+
+impl RunRecord {
+    /// Run `id`'s record: the one read already where it is that run's.
+    fn read(
+        ctx: &Context,
+        remote: &PathTarget,
+        id: &str,
+        read: Option<RunRecord>,
+    ) -> Result<RunRecord> {
+        if let Some(read) = read.filter(|r| r.id == id) {
+            return Ok(read);
+        }
+        Ok(RunRecord {
+            id: id.to_string(),
+            record: snapshots::read_record(remote, id, &ctx.job.state_dir)?,
+            snapshot_ids: None,
+        })
+    }
+
+    /// The newest run as the survey read it over SFTP.
+    fn parse(newest: target::NewestRun) -> Result<RunRecord> {
+        Ok(RunRecord {
+            record: snapshots::parse_record(newest.record, &newest.id)?,
+            id: newest.id,
+            snapshot_ids: Some(newest.snapshot_ids),
+        })
     }
 }
 
@@ -447,17 +524,15 @@ fn pull_latest(
 fn rebuild_somehow(
     ctx: &Context,
     remote: &PathTarget,
-    id: &str,
+    run: &RunRecord,
     puller: Option<&Puller>,
     progress: &Progress,
 ) -> Result<Stage> {
-    // Read once: a large tree's record is tens of MB through sshfs.
-    let record = snapshots::read_record(remote, id, &ctx.job.state_dir)?;
-    match rebuild(ctx, remote, (id, &record), puller, progress)? {
+    match rebuild(ctx, remote, run, puller, progress)? {
         Rebuilt::Stage(stage) => Ok(stage),
         Rebuilt::Unreadable(refused) => {
             say_read_through_sshfs(&refused);
-            match rebuild(ctx, remote, (id, &record), None, progress)? {
+            match rebuild(ctx, remote, run, None, progress)? {
                 Rebuilt::Stage(stage) => Ok(stage),
                 Rebuilt::Unreadable(_) => unreachable!("only a pull leaves files out"),
             }
@@ -842,10 +917,11 @@ enum Rebuilt {
 fn rebuild(
     ctx: &Context,
     remote: &PathTarget,
-    (id, record): (&str, &snapshots::Record),
+    run: &RunRecord,
     puller: Option<&Puller>,
     progress: &Progress,
 ) -> Result<Rebuilt> {
+    let (id, record) = (run.id.as_str(), &run.record);
     // The record says how many bytes of ciphertext the stage takes; rsync
     // counts the files of each source it fetches from (progress/rsync.rs).
     let ciphertext = record
@@ -862,10 +938,11 @@ fn rebuild(
     let watched = Some(&phase).filter(|p| p.shows());
     check_record_tree(id, &record.entries)?;
     let mut later = Vec::new();
-    for later_id in snapshots::snapshot_dir_ids(remote)?
-        .into_iter()
-        .filter(|s| s.as_str() > id)
-    {
+    let snapshot_ids = match &run.snapshot_ids {
+        Some(ids) => ids.clone(),
+        None => snapshots::snapshot_dir_ids(remote)?,
+    };
+    for later_id in snapshot_ids.into_iter().filter(|s| s.as_str() > id) {
         let paths = remote.list_tree(&format!("{SNAPSHOTS}/{later_id}"))?;
         later.push((
             later_id,

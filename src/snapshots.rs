@@ -376,6 +376,11 @@ pub fn read_record(remote: &dyn Target, id: &str, scratch_dir: &Path) -> Result<
                 "there is no snapshot {id} (see `ciphersync snapshots`)"
             ))
         })?;
+    parse_record(file, id)
+}
+
+/// Run `id`'s record from a copy of it read from the target.
+pub fn parse_record(file: std::fs::File, id: &str) -> Result<Record> {
     Record::read(BufReader::new(file)).map_err(|e| name_record(e, id))
 }
 
@@ -414,25 +419,31 @@ pub fn headers(job: &Job, remote: &dyn Target) -> Result<Vec<Header>> {
 
 /// Ids of all runs with a record, oldest first.
 pub fn recorded_ids(remote: &dyn Target) -> Result<Vec<String>> {
-    let mut ids: Vec<String> = remote
-        .list_names(RECORDS)?
+    Ok(ids_of_records(remote.list_names(RECORDS)?))
+}
+
+/// The run ids among the names in records/, oldest first.
+pub fn ids_of_records(names: Vec<String>) -> Vec<String> {
+    let ids = names
         .into_iter()
-        .filter_map(|n| n.strip_suffix(".rec").map(str::to_owned))
-        .filter(|id| parse_snapshot_id(id).is_some())
-        .collect();
-    ids.sort();
-    Ok(ids)
+        .filter_map(|n| n.strip_suffix(".rec").map(str::to_owned));
+    run_ids(ids)
 }
 
 /// Ids of all snapshot dirs, oldest first.
 pub fn snapshot_dir_ids(remote: &dyn Target) -> Result<Vec<String>> {
-    let mut ids: Vec<String> = remote
-        .list_names(SNAPSHOTS)?
-        .into_iter()
-        .filter(|id| parse_snapshot_id(id).is_some())
-        .collect();
+    Ok(ids_of_snapshot_dirs(remote.list_names(SNAPSHOTS)?))
+}
+
+/// The run ids among the names in snapshots/, oldest first.
+pub fn ids_of_snapshot_dirs(names: Vec<String>) -> Vec<String> {
+    run_ids(names.into_iter())
+}
+
+fn run_ids(names: impl Iterator<Item = String>) -> Vec<String> {
+    let mut ids: Vec<String> = names.filter(|id| parse_snapshot_id(id).is_some()).collect();
     ids.sort();
-    Ok(ids)
+    ids
 }
 
 /// Where each path of a record comes from in a rebuild: `None` = files/,

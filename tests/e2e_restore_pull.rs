@@ -312,6 +312,12 @@ fn a_small_stage_goes_to_a_tmpfs_runtime_dir() {
     let to = job.root.join("restored");
     fs::create_dir_all(&to).unwrap();
     let o = job.ok(&["--verbose", "restore", "--to", to.to_str().unwrap()]);
+    // The newest record came over SFTP while sshfs mounted the account.
+    assert!(
+        o.stderr.contains("restore: the record of ") && o.stderr.contains(" read over SFTP"),
+        "the newest record was not read over SFTP:\n{}",
+        o.dump()
+    );
     let staged = format!("restore: staged in {}/restore-", runtime.display());
     assert!(
         o.stderr.contains(&staged),

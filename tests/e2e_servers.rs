@@ -368,7 +368,14 @@ fn matrix(job: &ServerJob, check_first: impl Fn(&Out)) {
         );
     }
 
-    job.restore_and_compare("restored-latest");
+    let (_, o) = job.restore_and_compare_with("restored-latest", &["--verbose"]);
+    // The newest record is read over SFTP while sshfs mounts the account
+    // (target/sftp_survey.rs), whatever else the server allows.
+    assert!(
+        o.stderr.contains("restore: the record of ") && o.stderr.contains(" read over SFTP"),
+        "the newest record was not read over SFTP:\n{}",
+        o.dump()
+    );
     // An account that runs `rsync --server` is pulled from in one stream
     // (target/pull.rs); an SFTP-only one is fetched over SFTP (sftp.rs).
     let via = match job.server.kind {

@@ -23,6 +23,7 @@ mod probe;
 mod pull;
 mod sftp;
 mod sftp_keep;
+mod sftp_survey;
 mod sftp_upload;
 mod sftp_write;
 mod shell;
@@ -39,6 +40,7 @@ pub use probe::forget_capabilities;
 pub use pull::{Puller, unmunge};
 pub use sftp::{Hashed, Hashed1, RemoteEntry, RemoteTree};
 pub use sftp_keep::{NotKept, ToKeep, keep_in_snapshot, set_dir_attrs};
+pub use sftp_survey::NewestRun;
 pub use sftp_upload::{Uploaded, upload_changes, upload_new};
 pub use shell::ShellTarget;
 pub use ssh::Ssh;
@@ -406,6 +408,36 @@ pub fn open_path(job: &Job, mount_point: &Path) -> Result<PathTarget> {
             PathTarget::mounted(Ssh::prepare(job, sftp)?, mount_point)
         }
     }
+}
+
+/// As `open_path`, where a full restore also wants the newest run: over
+/// an SFTP account it is read over SFTP while sshfs mounts the account
+/// (each takes round trips over a WAN), into `scratch`. None where the
+/// target is a local disk, no run has a record, or SFTP could not say
+/// (a debug line says why): the caller asks through the path.
+pub fn open_path_with_newest(
+    job: &Job,
+    mount_point: &Path,
+    scratch: File,
+) -> Result<(PathTarget, Option<NewestRun>)> {
+    let crate::config::Target::Sftp(sftp) = &job.target else {
+        return Ok((open_path(job, mount_point)?, None));
+    };
+    let ssh = Ssh::prepare(job, sftp)?;
+    let (mounted, newest) = crate::pool::both(
+        || PathTarget::mount_with(&ssh, mount_point),
+        || sftp_survey::newest_run(&ssh, scratch),
+    );
+    let target = mounted?.keeping(ssh);
+    let newest = match newest {
+        Ok(newest) => newest,
+        Err(e) if e.kind == Kind::Interrupted => return Err(e),
+        Err(e) => {
+            log::debug(|| format!("restore: the newest run not read over SFTP: {e}"));
+            None
+        }
+    };
+    Ok((target, newest))
 }
 
 /// `bytes` in an anonymous file, to hand to `Target::write_file`.

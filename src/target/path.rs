@@ -58,9 +58,13 @@ impl PathTarget {
 
     /// The account mounted with sshfs at `point`, keeping `ssh` with it.
     pub fn mounted(ssh: Ssh, point: &Path) -> Result<PathTarget> {
-        let mut target = PathTarget::mount_with(&ssh, point)?;
-        target.ssh = Some(ssh);
-        Ok(target)
+        Ok(PathTarget::mount_with(&ssh, point)?.keeping(ssh))
+    }
+
+    /// This mount, now holding the `ssh` it rides on.
+    pub fn keeping(mut self, ssh: Ssh) -> PathTarget {
+        self.ssh = Some(ssh);
+        self
     }
 
     /// The account mounted at `point` through `ssh`, which the caller keeps

@@ -174,23 +174,36 @@ impl<'a> SftpFetcher<'a> {
     ) -> Result<Fetch<'f>> {
         let _session = self.ssh.session();
         let mut session = Session::start(self.ssh)?;
-        let base = remote_base(&self.ssh.sftp().path, from);
-        let mut run = Fetch {
-            base,
-            from,
-            dest,
-            phase,
-            queue,
-            started: 0,
-            slots: Slots::new(),
-            pending: HashMap::new(),
-            refused: Vec::new(),
-            vanished: Vec::new(),
-        };
+        let mut run = Fetch::new(self.ssh, from, queue, dest, phase);
         run.go(&mut session)
             .map_err(|e| session.explain(e, self.ssh))?;
         Ok(run)
     }
+}
+
+/// The account's file `rel` (below its root) into `into`, a scratch file
+/// of the caller's, every part in flight on `session`; at most `room`
+/// bytes. False where the server has no such file or will not give it
+/// back; a directory or anything else there is an error.
+pub(super) fn fetch_into(
+    session: &mut Session,
+    ssh: &Ssh,
+    rel: &str,
+    into: &File,
+    room: u64,
+) -> Result<bool> {
+    let (dir, name) = rel.rsplit_once('/').unwrap_or((".", rel));
+    let wanted = TreeEntry {
+        kind: 'f',
+        mode: 0o600,
+        size: 0,
+        path: name.to_string(),
+        link: None,
+    };
+    let dest = Dest::Scratch { file: into, room };
+    let mut run = Fetch::new(ssh, dir, Box::new(std::iter::once(wanted)), dest, None);
+    run.go(session)?;
+    Ok(run.refused.is_empty())
 }
 
 /// One file `SftpFetcher::hash` read.
@@ -232,8 +245,10 @@ pub fn list_tree(ssh: &Ssh, rel: &str) -> Result<RemoteTree> {
     let mut session = Session::start(ssh)?;
     let base = remote_base(&ssh.sftp().path, rel);
     let mut lister = Lister {
+        top: rel.to_string(),
+        dirs: vec![(String::new(), base.clone())],
         base,
-        dirs: vec![String::new()],
+        descend: true,
         open: HashMap::new(),
         tree: RemoteTree::default(),
         count: 0,
@@ -242,6 +257,32 @@ pub fn list_tree(ssh: &Ssh, rel: &str) -> Result<RemoteTree> {
         .go(&mut session)
         .map_err(|e| session.explain(e, ssh))?;
     Ok(lister.tree)
+}
+
+/// The names in each of the account's directories `rels` (below its
+/// root, not below each other), all listed at once on `session`: a
+/// directory that is not there has none. Names are checked as
+/// `list_tree` checks them.
+pub(super) fn list_dirs(
+    session: &mut Session,
+    ssh: &Ssh,
+    rels: &[&str],
+) -> Result<HashMap<String, Vec<RemoteEntry>>> {
+    let root = &ssh.sftp().path;
+    let mut lister = Lister {
+        top: String::new(),
+        base: Vec::new(),
+        dirs: rels
+            .iter()
+            .map(|rel| (rel.to_string(), remote_base(root, rel)))
+            .collect(),
+        descend: false,
+        open: HashMap::new(),
+        tree: RemoteTree::default(),
+        count: 0,
+    };
+    lister.go(session)?;
+    Ok(lister.tree.dirs)
 }
 
 /// A listed tree: each directory (relative, "" the top) with its entries.
@@ -355,9 +396,16 @@ impl RemoteEntry {
 /// Lists a tree with pipelined OPENDIR/READDIR: each open directory has
 /// one request in flight, up to `MAX_OPEN_DIRS` directories at once.
 struct Lister {
+    /// The top, relative to the account's root, for messages ("" the root).
+    top: String,
+    /// The top's path as requests name it: below it, subdirectories.
     base: Vec<u8>,
-    /// Directories (relative, "" the top) not opened yet.
-    dirs: Vec<String>,
+    /// Directories (relative, "" the top) not opened yet, each with its
+    /// path as requests name it.
+    dirs: Vec<(String, Vec<u8>)>,
+    /// Whether subdirectories are listed too (a tree), or only the
+    /// directories given, where one that is not there is taken as empty.
+    descend: bool,
     /// Request id -> the directory it is for (an OPENDIR, a READDIR with
     /// its handle, or a CLOSE).
     open: HashMap<u32, (String, Option<Vec<u8>>)>,
@@ -370,10 +418,8 @@ impl Lister {
     fn go(&mut self, session: &mut Session) -> Result<()> {
         loop {
             while self.open.len() < MAX_OPEN_DIRS {
-                let Some(dir) = self.dirs.pop() else { break };
-                let path = match dir.is_empty() {
-                    true => self.base.clone(),
-                    false => remote_path(&self.base, &dir),
+                let Some((dir, path)) = self.dirs.pop() else {
+                    break;
                 };
                 let id = session.request(SSH_FXP_OPENDIR, &[&path], &[]);
                 self.open.insert(id, (dir, None));
@@ -397,7 +443,7 @@ impl Lister {
         handle: Option<Vec<u8>>,
         packet: &mut Packet,
     ) -> Result<()> {
-        let shown = crate::human::escape(&dir);
+        let shown = self.shown(&dir);
         match (handle, packet.kind) {
             // The answer to a CLOSE (the dir is done): nothing to do.
             (Some(h), SSH_FXP_STATUS) if h.is_empty() => Ok(()),
@@ -416,21 +462,36 @@ impl Lister {
                 self.open.insert(id, (dir, Some(Vec::new())));
                 Ok(())
             }
+            (None, SSH_FXP_STATUS)
+                if !self.descend && packet.body.clone_u32() == Some(SSH_FX_NO_SUCH_FILE) =>
+            {
+                Ok(())
+            }
             (_, SSH_FXP_STATUS) => {
                 let code = packet.body.u32()?;
                 let message = packet.body.string(1024).unwrap_or_default();
                 Err(Error::new(
                     Kind::Remote,
                     format!(
-                        "listing files/{shown} over SFTP: {} (SFTP status {code})",
+                        "listing {shown} over SFTP: {} (SFTP status {code})",
                         crate::human::escape(&String::from_utf8_lossy(&message))
                     ),
                 ))
             }
             (_, kind) => Err(protocol(format!(
-                "it answered a listing of files/{shown} with packet type {kind}"
+                "it answered a listing of {shown} with packet type {kind}"
             ))),
         }
+    }
+
+    /// `dir` for messages, with the top's name, escaped.
+    fn shown(&self, dir: &str) -> String {
+        let path = match (self.top.is_empty(), dir.is_empty()) {
+            (true, _) => dir.to_string(),
+            (false, true) => format!("{}/", self.top),
+            (false, false) => format!("{}/{dir}", self.top),
+        };
+        crate::human::escape(&path)
     }
 
     fn read_more(&mut self, session: &mut Session, dir: String, handle: Vec<u8>) {
@@ -455,19 +516,21 @@ impl Lister {
                 .ok_or_else(|| protocol("it listed a name that is not a plain name".into()))?;
             let Some(mode) = attrs.mode else {
                 return Err(protocol(format!(
-                    "it listed files/{} without its type",
-                    crate::human::escape(&join(dir, &name))
+                    "it listed {} without its type",
+                    self.shown(&join(dir, &name))
                 )));
             };
             self.count += 1;
             if self.count > crate::limits::MAX_TREE_ENTRIES {
                 return Err(protocol(format!(
-                    "files/ holds more than {} entries",
+                    "{} holds more than {} entries",
+                    self.shown(""),
                     crate::limits::MAX_TREE_ENTRIES
                 )));
             }
-            if mode & S_IFMT == S_IFDIR {
-                self.dirs.push(join(dir, &name));
+            if self.descend && mode & S_IFMT == S_IFDIR {
+                let sub = join(dir, &name);
+                self.dirs.push((sub.clone(), remote_path(&self.base, &sub)));
             }
             self.tree
                 .dirs
@@ -774,6 +837,8 @@ enum Dest<'a> {
     Stage { into: &'a Path, room: u64 },
     /// Hashed as their bytes arrive, kept nowhere; each sum to the sink.
     Hash(&'a mut dyn FnMut(Hashed1<'_>) -> Result<()>),
+    /// One file, into the caller's scratch file, within `room` bytes.
+    Scratch { file: &'a File, room: u64 },
 }
 
 /// Where one file's bytes go.
@@ -800,7 +865,28 @@ struct Fetch<'a> {
     refused: Vec<String>,
 }
 
-impl Fetch<'_> {
+impl<'a> Fetch<'a> {
+    fn new(
+        ssh: &Ssh,
+        from: &'a str,
+        queue: Box<dyn Iterator<Item = TreeEntry> + 'a>,
+        dest: Dest<'a>,
+        phase: Option<&'a Phase>,
+    ) -> Fetch<'a> {
+        Fetch {
+            base: remote_base(&ssh.sftp().path, from),
+            from,
+            dest,
+            phase,
+            queue,
+            started: 0,
+            slots: Slots::new(),
+            pending: HashMap::new(),
+            refused: Vec::new(),
+            vanished: Vec::new(),
+        }
+    }
+
     fn go(&mut self, session: &mut Session) -> Result<()> {
         loop {
             self.start_entries(session)?;
@@ -1004,7 +1090,7 @@ impl Fetch<'_> {
     fn refuse(&mut self, session: &mut Session, index: usize) -> Result<()> {
         let into = match self.dest {
             Dest::Stage { into, .. } => Some(into),
-            Dest::Hash(_) => None,
+            Dest::Hash(_) | Dest::Scratch { .. } => None,
         };
         let slot = self.slot(index);
         slot.refused = true;
@@ -1068,6 +1154,15 @@ impl Fetch<'_> {
                 }
                 *room -= size;
                 Out::File(create_staged(&into.join(&entry.path))?)
+            }
+            Dest::Scratch { file, room } => {
+                if size > *room {
+                    return Err(Error::new(
+                        Kind::Corrupt,
+                        format!("the target says {label} is {size} bytes, more than {room}"),
+                    ));
+                }
+                Out::File(file.try_clone().ctx(|| format!("reading {label}"))?)
             }
         };
         let slot = self.slot(index);

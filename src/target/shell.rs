@@ -281,8 +281,7 @@ impl Target for ShellTarget {
     }
 
     fn open_file(&self, rel: &str, scratch: File) -> Result<Option<File>> {
-        // At most what a record of the largest tree can hold.
-        let limit = crate::limits::MAX_TREE_ENTRIES as u64 * 160;
+        let limit = crate::limits::MAX_RECORD_BYTES;
         let what = format!("reading {rel}");
         let call = Call::new(&READ_FILE, &what)
             .args([rel, &limit.to_string()])

@@ -101,14 +101,22 @@ impl Job {
     /// `restore --to <root>/<dir>` into a fresh empty directory must exit 0,
     /// outcome ok, and give a tree equal to the source. Returns the directory.
     pub fn restore_and_compare(&self, dir: &str) -> PathBuf {
+        self.restore_and_compare_with(dir, &[]).0
+    }
+
+    /// As `restore_and_compare`, with `flags` before the command (such
+    /// as `--verbose`); also returns what it said.
+    pub fn restore_and_compare_with(&self, dir: &str, flags: &[&str]) -> (PathBuf, Out) {
         let to = self.root.join(dir);
         fs::create_dir_all(&to).unwrap();
-        let (o, v) = self.run_json(&["restore", "--to", to.to_str().unwrap()]);
+        let mut args = flags.to_vec();
+        args.extend(["restore", "--to", to.to_str().unwrap()]);
+        let (o, v) = self.run_json(&args);
         o.expect_code(0, "restore");
         assert_eq!(json_outcome(&v, "restore"), "ok", "restore --json: {v}");
         assert_eq!(self.stage("restore")["outcome"], "ok");
         assert_trees_equal(&self.source, &to);
-        to
+        (to, o)
     }
 
     /// Plain `gocryptfs <target>/files DIR` (what a user without ciphersync

@@ -1,0 +1,66 @@
+//! What a restore of the newest run asks an account before it pulls,
+//! over one SFTP session that runs beside the sshfs mount: which runs
+//! have a record, which have a snapshot dir, and the newest record
+//! itself. Through the mount these are a dozen round trips one after the
+//! other, after the mount; here about five, while the mount comes up
+//! (docs/benchmarks.md, "the survey over SFTP").
+//!
+//! Names are checked as every SFTP listing checks them (sftp.rs); ids are
+//! taken only where they parse as run ids, so a record's name is a plain
+//! name below records/. The record is read into a scratch file, bounded
+//! by the largest record there can be; the caller parses it as any other.
+
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+
+use super::sftp::{self, Session};
+use super::{RECORDS, SNAPSHOTS, Ssh};
+use crate::error::{IoContext, Result};
+
+/// The newest recorded run, as the account has it.
+pub struct NewestRun {
+    pub id: String,
+    /// Its record, whole, rewound.
+    pub record: File,
+    /// The ids of every snapshot dir, oldest first.
+    pub snapshot_ids: Vec<String>,
+}
+
+/// The newest run with a record and its record, read into `scratch`.
+/// None where no run has a record, or the record went between the listing
+/// and the read: the caller then asks through the mount, which says why.
+pub fn newest_run(ssh: &Ssh, scratch: File) -> Result<Option<NewestRun>> {
+    let _permit = ssh.session();
+    let mut session = Session::start(ssh)?;
+    newest_on(&mut session, ssh, scratch).map_err(|e| session.explain(e, ssh))
+}
+
+fn newest_on(session: &mut Session, ssh: &Ssh, mut scratch: File) -> Result<Option<NewestRun>> {
+    let mut listed = sftp::list_dirs(session, ssh, &[RECORDS, SNAPSHOTS])?;
+    let mut names = |dir: &str| -> Vec<String> {
+        let entries = listed.remove(dir).unwrap_or_default();
+        entries.into_iter().map(|e| e.name.into_string()).collect()
+    };
+    let (records, snapshots) = (names(RECORDS), names(SNAPSHOTS));
+    let Some(id) = crate::snapshots::ids_of_records(records).pop() else {
+        return Ok(None);
+    };
+    let rel = crate::snapshots::record_path(&id);
+    if !sftp::fetch_into(
+        session,
+        ssh,
+        &rel,
+        &scratch,
+        crate::limits::MAX_RECORD_BYTES,
+    )? {
+        return Ok(None);
+    }
+    scratch
+        .seek(SeekFrom::Start(0))
+        .ctx(|| format!("rewinding the copy of {rel}"))?;
+    Ok(Some(NewestRun {
+        id,
+        record: scratch,
+        snapshot_ids: crate::snapshots::ids_of_snapshot_dirs(snapshots),
+    }))
+}

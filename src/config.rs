@@ -82,6 +82,13 @@ pub struct Retention {
     pub keep_days: Option<u32>,
 }
 
+impl Retention {
+    /// Whether any bound is set: without one every snapshot is kept.
+    pub fn bounded(&self) -> bool {
+        self.keep_last.is_some() || self.keep_days.is_some()
+    }
+}
+
 /// A job with every default resolved; what the rest of the helper works on.
 #[derive(Debug, Clone)]
 pub struct Job {

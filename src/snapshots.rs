@@ -508,7 +508,7 @@ pub fn complete_snapshot_dir(job: &Job, remote: &dyn Target, id: &str) -> Result
 /// `keep_last` or within `keep_days`; a run goes only when it is outside
 /// every bound that is set. With no bound set, everything is kept.
 pub fn runs_to_keep(ids: &[String], retention: &Retention, now: SystemTime) -> BTreeSet<String> {
-    if retention.keep_last.is_none() && retention.keep_days.is_none() {
+    if !retention.bounded() {
         return ids.iter().cloned().collect();
     }
     let mut keep = BTreeSet::new();
@@ -548,7 +548,7 @@ pub fn plan_prune(
     retention: &Retention,
     now: SystemTime,
 ) -> PrunePlan {
-    if retention.keep_last.is_none() && retention.keep_days.is_none() {
+    if !retention.bounded() {
         return PrunePlan::default();
     }
     let keep = runs_to_keep(recorded, retention, now);
@@ -573,7 +573,7 @@ pub fn plan_prune(
 /// `dry_run`). Records go first: a crash half-way never leaves a record
 /// whose snapshot dirs are gone.
 pub fn prune(job: &Job, remote: &dyn Target, dry_run: bool) -> Result<PrunePlan> {
-    if job.snapshots.keep_last.is_none() && job.snapshots.keep_days.is_none() {
+    if !job.snapshots.bounded() {
         return Ok(PrunePlan::default()); // no bound: keep everything, list nothing
     }
     // An append-only account (`ciphersync serve --seal`): its server

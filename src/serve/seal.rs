@@ -543,7 +543,7 @@ fn prune(
     retention: &Retention,
     report: &mut SealReport,
 ) -> Result<()> {
-    if retention.keep_last.is_none() && retention.keep_days.is_none() {
+    if !retention.bounded() {
         return Ok(()); // no bound: keep everything
     }
     let sealed: Vec<String> = runs

@@ -52,6 +52,11 @@ pub struct LastBackup {
     pub started_ns: i128,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_stamps: Option<String>,
+    /// Whether the server kept that run's modes and symlinks (its record
+    /// holds none): a run that finds files/ with the same stamps and
+    /// nothing to send takes this instead of trying the server again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_kept_all: Option<bool>,
 }
 
 impl LastBackup {
@@ -280,6 +285,7 @@ mod tests {
                 source_fingerprint: Some("ab".into()),
                 started_ns: 1_795_921_200_123_456_789,
                 target_stamps: Some("cd".into()),
+                target_kept_all: None,
                 gocryptfs_release: None,
             }
         );

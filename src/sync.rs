@@ -270,7 +270,7 @@ fn full_run(
     // again (and retry the files it could not read), even if nothing in
     // the source changed.
     let source = source.filter(|_| unreadable.is_empty());
-    record_last_backup(ctx, &snapshot, source, record.target_stamps.as_deref())?;
+    record_last_backup(ctx, &snapshot, source, &record)?;
     RepairList::clear(&job.state_dir);
     BACKUP_INCOMPLETE.clear(&job.state_dir)?;
     // A partial run is a run like any other for the retention: what it
@@ -338,9 +338,20 @@ fn record_unchanged_run(
     ensure_remote_config(job, &*remote, known.config)?;
     let snapshot = next_snapshot_id(ctx, last)?;
     let nothing = Stats::default();
-    // The record asks what the server keeps (modes, symlinks); where the
-    // target must try it (an SFTP account, through sshfs: 0.4 s at 20 ms)
-    // that goes beside the manifest's upload.
+    // The record asks what the server keeps (modes, symlinks). files/ has
+    // the stamps the last run left: where that run's server kept both, so
+    // does the record copied from its record. Else, where the target must
+    // try it (an SFTP account, through sshfs: 0.4 s at 20 ms), that goes
+    // beside the manifest's upload.
+    let kept_all = last
+        .filter(|l| l.snapshot == last_id)
+        .and_then(|l| l.target_kept_all);
+    if kept_all == Some(true) {
+        log::debug(|| {
+            format!("the server kept modes and symlinks at run {last_id}: not asked again")
+        });
+        remote.keeps_known(target::Keeps::ALL);
+    }
     let (_, counts) = pool::both(
         || remote.keeps(),
         || manifest.store(&job.source, &*remote, &snapshot),
@@ -352,7 +363,7 @@ fn record_unchanged_run(
         stamps: Some(stamps),
     };
     let record = write_run_record(job, &*remote, view, &snapshot, &nothing, Some(same_as))?;
-    record_last_backup(ctx, &snapshot, source, record.target_stamps.as_deref())?;
+    record_last_backup(ctx, &snapshot, source, &record)?;
     let pruned = snapshots::prune(job, &*remote, false)?;
     target::keep_space(job, &*remote);
     Ok(done(&snapshot, &record.header, &nothing, &nothing, pruned))
@@ -662,8 +673,9 @@ fn record_last_backup(
     ctx: &Context,
     snapshot: &str,
     source: Option<SourceState>,
-    target_stamps: Option<&str>,
+    record: &snapshots::Written,
 ) -> Result<()> {
+    let target_stamps = record.target_stamps.as_deref();
     let started_ns = ctx
         .started_at
         .duration_since(UNIX_EPOCH)
@@ -678,6 +690,7 @@ fn record_last_backup(
             .filter(|_| source_fingerprint.is_some())
             .map(String::from),
         source_fingerprint,
+        target_kept_all: Some(!record.header.metadata_in_record),
         started_ns: i128::try_from(started_ns).unwrap_or(i128::MAX),
         gocryptfs_release: crate::about::installed_gocryptfs_release(),
     }
@@ -1703,6 +1716,7 @@ mod tests {
             source_fingerprint: Some("ab".into()),
             started_ns: 1,
             target_stamps: None,
+            target_kept_all: None,
             gocryptfs_release: None,
         };
         let since = |last: &LastBackup, source: Option<&SourceState>, killed: bool| {

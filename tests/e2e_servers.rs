@@ -737,6 +737,17 @@ fn nothing_to_send_over_sftp(kind: ServerKind, tag: &str) {
         "rsync ran with nothing to send:\n{}",
         o.dump()
     );
+    // What the server keeps is not asked again where the last run found
+    // it keeps modes and symlinks; rclone keeps neither, so it is.
+    const PROBE: &str = "asking the SFTP server what it keeps";
+    let keeps_all = kind != ServerKind::Rclone;
+    assert_eq!(
+        !o.stderr.contains(PROBE),
+        keeps_all,
+        "keeps all: {keeps_all}; the probe ran: {}\n{}",
+        o.stderr.contains(PROBE),
+        o.dump()
+    );
     // The run's record is whole: restore (rclone: modes and symlinks from
     // the record) gives the source back.
     job.restore_and_compare("restored-after-nothing-to-send");

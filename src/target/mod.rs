@@ -230,6 +230,9 @@ pub trait Target: Send + Sync {
     fn space(&self) -> Option<Space>;
     /// What the server stores of the modes and symlinks rsync gives it.
     fn keeps(&self) -> Keeps;
+    /// What the server kept, known without asking it (the last run's,
+    /// where nothing touched files/ since): `keeps` then asks nothing.
+    fn keeps_known(&self, _keeps: Keeps) {}
     /// The place in the connection budget (budget.rs) that an rsync over
     /// ssh holds while it runs; None where rsync writes into a path.
     fn rsync_session(&self) -> Option<crate::budget::Permit<'_>> {

@@ -439,6 +439,11 @@ impl Target for PathTarget {
         *self.keeps.get_or_init(|| probe_keeps(&self.tool_root()))
     }
 
+    fn keeps_known(&self, keeps: Keeps) {
+        // Set once: a probe's answer, where one ran already, stands.
+        let _ = self.keeps.set(keeps);
+    }
+
     fn connection_error(&self, stderr: &str, what: &str) -> Option<Error> {
         self.ssh.as_ref().map(|s| s.connection_error(stderr, what))
     }
@@ -678,6 +683,7 @@ impl Target for PathTarget {
 /// to keep both: rsync will then name whatever it refuses.
 fn probe_keeps(root: &Path) -> Keeps {
     use std::os::unix::fs::PermissionsExt;
+    log::debug(|| "asking the SFTP server what it keeps, in a probe dir".into());
     let Ok(suffix) = crate::fsutil::random_hex(6) else {
         return Keeps::ALL;
     };

@@ -374,6 +374,10 @@ impl Target for WhitelistTarget {
         }
     }
 
+    fn keeps_known(&self, keeps: Keeps) {
+        self.path.keeps_known(keeps);
+    }
+
     fn connection_error(&self, stderr: &str, what: &str) -> Option<Error> {
         Some(self.ssh.connection_error(stderr, what))
     }

@@ -748,6 +748,17 @@ fn nothing_to_send_over_sftp(kind: ServerKind, tag: &str) {
         o.stderr.contains(PROBE),
         o.dump()
     );
+    // Where it keeps both, the last record's entries are copied; an
+    // account that allows SFTP only reads it over SFTP, not through the
+    // mount (a whitelist account's mount has no ssh of its own).
+    if kind == ServerKind::ChrootSftp {
+        assert!(
+            o.stderr.contains("record: the entries of ")
+                && o.stderr.contains(".rec read over SFTP"),
+            "the last record was not copied, read over SFTP:\n{}",
+            o.dump()
+        );
+    }
     // The run's record is whole: restore (rclone: modes and symlinks from
     // the record) gives the source back.
     job.restore_and_compare("restored-after-nothing-to-send");

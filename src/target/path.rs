@@ -177,8 +177,7 @@ impl PathTarget {
         let (Some(last), None) = (request.same_as, request.metadata_from) else {
             return Ok(None);
         };
-        let Some(file) = crate::fsutil::open_below(&self.root, &format!("{RECORDS}/{last}.rec"))?
-        else {
+        let Some(file) = self.read_record_file(last, request.scratch_dir)? else {
             return Ok(None);
         };
         let Ok(mut record) = crate::snapshots::RecordReader::new(BufReader::new(file)) else {
@@ -208,6 +207,29 @@ impl PathTarget {
         }
         log::debug(|| format!("record: the entries of {last} copied ({count} files)"));
         Ok(Some((rewound(entries)?, count, bytes)))
+    }
+
+    /// Run `id`'s record as the target has it: over SFTP with every part
+    /// in flight where the account is reached by ssh (a record of 200,000
+    /// files is 30 MB, through sshfs one part after the other), into a
+    /// scratch file; else, or where SFTP fails, through the path.
+    fn read_record_file(&self, id: &str, scratch_dir: &Path) -> Result<Option<File>> {
+        let rel = format!("{RECORDS}/{id}.rec");
+        if let Some(ssh) = &self.ssh {
+            let scratch = crate::exec::scratch_file(scratch_dir, "last-record")?;
+            match super::sftp::read_whole(ssh, &rel, scratch, crate::limits::MAX_RECORD_BYTES) {
+                Ok(Some(file)) => {
+                    log::debug(|| format!("{rel} read over SFTP"));
+                    return Ok(Some(file));
+                }
+                Ok(None) => return Ok(None),
+                Err(e) if e.kind == Kind::Interrupted => return Err(e),
+                Err(e) => {
+                    log::debug(|| format!("{rel} read through the mount, not over SFTP: {e}"))
+                }
+            }
+        }
+        crate::fsutil::open_below(&self.root, &rel)
     }
 
     /// The record entries of files/ (see `write_entries`) and, on an SFTP

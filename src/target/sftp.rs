@@ -181,6 +181,22 @@ impl<'a> SftpFetcher<'a> {
     }
 }
 
+/// The account's file `rel` (below its root), read whole over SFTP with
+/// every part in flight into `into`, a scratch file, and rewound: at
+/// most `room` bytes. None where the server has no such file or will not
+/// give it back.
+pub fn read_whole(ssh: &Ssh, rel: &str, mut into: File, room: u64) -> Result<Option<File>> {
+    use std::io::{Seek, SeekFrom};
+    let _permit = ssh.session();
+    let mut session = Session::start(ssh)?;
+    if !fetch_into(&mut session, ssh, rel, &into, room).map_err(|e| session.explain(e, ssh))? {
+        return Ok(None);
+    }
+    into.seek(SeekFrom::Start(0))
+        .ctx(|| format!("rewinding the copy of {rel}"))?;
+    Ok(Some(into))
+}
+
 /// The account's file `rel` (below its root) into `into`, a scratch file
 /// of the caller's, every part in flight on `session`; at most `room`
 /// bytes. False where the server has no such file or will not give it

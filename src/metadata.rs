@@ -251,12 +251,61 @@ impl ManifestWriter {
         Ok(ManifestWriter { mount, scratch })
     }
 
-    /// Stores run `id`'s manifest on the target (a backup, after the
-    /// mirror and before the record).
-    pub fn store(self, source: &Path, remote: &dyn Target, id: &str) -> Result<Counts> {
+    /// The manifest of `source` as it is now, for run `id`, encrypted in
+    /// the scratch dir, which is unmounted: ready to store.
+    pub fn collect(self, source: &Path, id: &str) -> Result<Collected> {
         let ManifestWriter { mount, scratch } = self;
         let counts = write_manifest(source, id, mount.point())?;
         mount.unmount()?;
+        Ok(Collected {
+            scratch,
+            counts,
+            id: id.to_string(),
+        })
+    }
+}
+
+/// A run's manifest, encrypted in the scratch dir, not yet on the target.
+pub struct Collected {
+    scratch: ScratchDir,
+    counts: Counts,
+    id: String,
+}
+
+/// A run's manifest as the start of the backup left it: a writer, or
+/// collected already (where the source was as the last backup found it,
+/// during the preflight: sync.rs, `start`).
+pub enum Manifest {
+    Writer(ManifestWriter),
+    Collected(Collected),
+}
+
+impl Manifest {
+    /// Stores run `id`'s manifest on the target (a backup, after the
+    /// mirror and before the record): collected from `source` now unless
+    /// it was already.
+    pub fn store(self, source: &Path, remote: &dyn Target, id: &str) -> Result<Counts> {
+        let collected = match self {
+            Manifest::Writer(writer) => writer.collect(source, id)?,
+            Manifest::Collected(collected) => collected,
+        };
+        if collected.id != id {
+            return Err(Error::new(
+                Kind::Io,
+                format!("the manifest was made for run {}, not {id}", collected.id),
+            ));
+        }
+        collected.upload(remote)
+    }
+}
+
+impl Collected {
+    fn upload(self, remote: &dyn Target) -> Result<Counts> {
+        let Collected {
+            scratch,
+            counts,
+            id,
+        } = self;
         remote.create_dir(DIR)?;
         let dir = format!("{DIR}/{id}");
         remote.create_dir(&dir)?;

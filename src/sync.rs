@@ -182,6 +182,7 @@ fn full_run(
         known,
         view,
         manifest,
+        snapshot,
         source,
         ..
     } = start;
@@ -213,7 +214,6 @@ fn full_run(
         }
     };
     let split = full.workers.split(estimate.as_ref());
-    let snapshot = next_snapshot_id(ctx, last)?;
     BACKUP_INCOMPLETE.set(&job.state_dir, &snapshot)?;
 
     // rsync's own count of what it checked and sent (progress/rsync.rs):
@@ -331,12 +331,12 @@ fn record_unchanged_run(
         known,
         view,
         manifest,
+        snapshot,
         source,
         ..
     } = start;
     log::info("the source and the target are as the last backup left them: nothing to send");
     ensure_remote_config(job, &*remote, known.config)?;
-    let snapshot = next_snapshot_id(ctx, last)?;
     let nothing = Stats::default();
     // The record asks what the server keeps (modes, symlinks). files/ has
     // the stamps the last run left: where that run's server kept both, so
@@ -405,8 +405,11 @@ struct Start {
     /// What the preflight found on the target.
     known: Known,
     view: Mount,
-    /// Ready for the run's owners, ACLs and xattrs (metadata.rs).
-    manifest: crate::metadata::ManifestWriter,
+    /// The run's owners, ACLs and xattrs (metadata.rs): ready to be
+    /// written, or written already.
+    manifest: crate::metadata::Manifest,
+    /// The run's id.
+    snapshot: String,
     /// The source's fingerprint, taken before anything read the view.
     source: Option<SourceState>,
     /// What the preflight was told (see `last_backup_if_unchanged`).
@@ -427,19 +430,38 @@ fn start(
     max_delete_percent: u8,
 ) -> Result<Start> {
     let job = ctx.job;
+    let snapshot = next_snapshot_id(ctx, last)?;
+    // Whether the source is as the last backup found it, told by the
+    // thread that fingerprints it to the one that holds the manifest.
+    let (tell_unchanged, told_unchanged) = std::sync::mpsc::channel::<bool>();
     let (view, remote) = pool::join(
         || {
+            let told_unchanged = told_unchanged;
             let view = crypt::mount_reverse(job, cipher_point, Some(ctlsock))?;
             refuse_empty_view(job, view.point(), max_delete_percent)?;
-            let manifest = crate::metadata::ManifestWriter::prepare(ctx, view.point())?;
+            let writer = crate::metadata::ManifestWriter::prepare(ctx, view.point())?;
+            // An unchanged source (likely nothing to send) has its manifest
+            // collected while the preflight asks the server: on SMALL at
+            // 20 ms the walk took 2.6 s, the stamps of files/ 2.2 s.
+            let manifest = match told_unchanged.recv() {
+                Ok(true) => {
+                    let collected = writer.collect(&job.source, &snapshot)?;
+                    log::debug(|| "metadata: collected beside the preflight".into());
+                    crate::metadata::Manifest::Collected(collected)
+                }
+                _ => crate::metadata::Manifest::Writer(writer),
+            };
             Ok((view, manifest))
         },
         || {
+            let tell_unchanged = tell_unchanged;
             let (remote, source) = pool::join(
                 || target::open(job, Need::Transfer, &ctx.runtime("remote")),
                 || fingerprint::of_source(job),
             );
             let unchanged_since = last_backup_if_unchanged(last, source.as_ref(), killed);
+            // The other side waits for this (or for the sender to go).
+            let _ = tell_unchanged.send(unchanged_since.is_some());
             let remote = remote.unwrap_or_else(|_| Err(panicked("the connection")))?;
             let known = preflight(job, &*remote, unchanged_since.as_deref())?;
             Ok((remote, known, source, unchanged_since))
@@ -456,6 +478,7 @@ fn start(
         known,
         view,
         manifest,
+        snapshot,
         source,
         unchanged_since,
     })

@@ -737,6 +737,14 @@ fn nothing_to_send_over_sftp(kind: ServerKind, tag: &str) {
         "rsync ran with nothing to send:\n{}",
         o.dump()
     );
+    // The source was as the last backup found it: its owners, ACLs and
+    // xattrs were collected while the preflight asked the server.
+    assert!(
+        o.stderr
+            .contains("metadata: collected beside the preflight"),
+        "the manifest was not collected beside the preflight:\n{}",
+        o.dump()
+    );
     // What the server keeps is not asked again where the last run found
     // it keeps modes and symlinks; rclone keeps neither, so it is.
     const PROBE: &str = "asking the SFTP server what it keeps";

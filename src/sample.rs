@@ -211,13 +211,7 @@ pub fn read_back(remote_root: &Path, chosen: &[(String, Sum)], phase: &Phase) ->
 pub fn read_back_over_sftp(ssh: &Ssh, chosen: &[(String, Sum)], phase: &Phase) -> Result<Findings> {
     let ours: HashMap<&str, &Sum> = chosen.iter().map(|(n, s)| (n.as_str(), s)).collect();
     let mut found = Findings::default();
-    let files = chosen.iter().map(|(name, _)| TreeEntry {
-        kind: 'f',
-        mode: 0,
-        size: 0,
-        path: name.clone(),
-        link: None,
-    });
+    let files = chosen.iter().map(|(name, _)| TreeEntry::named_file(name));
     let mut each = |file: target::Hashed1| {
         let differs = ours.get(file.entry.path.as_str()) != Some(&&file.sum);
         found.read_one(&file.entry.path, file.size, differs, phase);

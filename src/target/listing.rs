@@ -41,6 +41,18 @@ pub fn list_local_tree(dir: &Path) -> Result<Vec<TreeEntry>> {
 }
 
 impl TreeEntry {
+    /// A file known by its path alone, to fetch or hash: its size and mode
+    /// are what the server says.
+    pub fn named_file(path: &str) -> TreeEntry {
+        TreeEntry {
+            kind: 'f',
+            mode: 0,
+            size: 0,
+            path: path.to_string(),
+            link: None,
+        }
+    }
+
     /// The listing line of an entry a walk of `root` found (as `find
     /// -printf` gives it on the server: sizes of files only).
     pub fn of(root: &Path, entry: &walkdir::DirEntry) -> Result<TreeEntry> {

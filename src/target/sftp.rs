@@ -191,41 +191,34 @@ impl<'a> SftpFetcher<'a> {
 /// every part in flight into `into`, a scratch file, and rewound: at
 /// most `room` bytes. None where the server has no such file or will not
 /// give it back.
-pub fn read_whole(ssh: &Ssh, rel: &str, mut into: File, room: u64) -> Result<Option<File>> {
-    use std::io::{Seek, SeekFrom};
+pub fn read_whole(ssh: &Ssh, rel: &str, into: File, room: u64) -> Result<Option<File>> {
     let _permit = ssh.session();
     let mut session = Session::start(ssh)?;
-    if !fetch_into(&mut session, ssh, rel, &into, room).map_err(|e| session.explain(e, ssh))? {
-        return Ok(None);
-    }
-    into.seek(SeekFrom::Start(0))
-        .ctx(|| format!("rewinding the copy of {rel}"))?;
-    Ok(Some(into))
+    read_whole_on(&mut session, ssh, rel, into, room).map_err(|e| session.explain(e, ssh))
 }
 
-/// The account's file `rel` (below its root) into `into`, a scratch file
-/// of the caller's, every part in flight on `session`; at most `room`
-/// bytes. False where the server has no such file or will not give it
-/// back; a directory or anything else there is an error.
-pub(super) fn fetch_into(
+/// As `read_whole`, on a session the caller holds: a directory or
+/// anything else under the name is an error.
+pub(super) fn read_whole_on(
     session: &mut Session,
     ssh: &Ssh,
     rel: &str,
-    into: &File,
+    mut into: File,
     room: u64,
-) -> Result<bool> {
+) -> Result<Option<File>> {
+    use std::io::{Seek, SeekFrom};
     let (dir, name) = rel.rsplit_once('/').unwrap_or((".", rel));
-    let wanted = TreeEntry {
-        kind: 'f',
-        mode: 0o600,
-        size: 0,
-        path: name.to_string(),
-        link: None,
-    };
-    let dest = Dest::Scratch { file: into, room };
-    let mut run = Fetch::new(ssh, dir, Box::new(std::iter::once(wanted)), dest, None);
+    let wanted = std::iter::once(TreeEntry::named_file(name));
+    let dest = Dest::Scratch { file: &into, room };
+    let mut run = Fetch::new(ssh, dir, Box::new(wanted), dest, None);
     run.go(session)?;
-    Ok(run.refused.is_empty())
+    if !run.refused.is_empty() {
+        return Ok(None);
+    }
+    drop(run);
+    into.seek(SeekFrom::Start(0))
+        .ctx(|| format!("rewinding the copy of {rel}"))?;
+    Ok(Some(into))
 }
 
 /// One file `SftpFetcher::hash` read.

@@ -11,11 +11,10 @@
 //! by the largest record there can be; the caller parses it as any other.
 
 use std::fs::File;
-use std::io::{Seek, SeekFrom};
 
 use super::sftp::{self, Session};
 use super::{RECORDS, SNAPSHOTS, Ssh};
-use crate::error::{IoContext, Result};
+use crate::error::Result;
 
 /// The newest recorded run, as the account has it.
 pub struct NewestRun {
@@ -35,7 +34,7 @@ pub fn newest_run(ssh: &Ssh, scratch: File) -> Result<Option<NewestRun>> {
     newest_on(&mut session, ssh, scratch).map_err(|e| session.explain(e, ssh))
 }
 
-fn newest_on(session: &mut Session, ssh: &Ssh, mut scratch: File) -> Result<Option<NewestRun>> {
+fn newest_on(session: &mut Session, ssh: &Ssh, scratch: File) -> Result<Option<NewestRun>> {
     let mut listed = sftp::list_dirs(session, ssh, &[RECORDS, SNAPSHOTS])?;
     let mut names = |dir: &str| -> Vec<String> {
         let entries = listed.remove(dir).unwrap_or_default();
@@ -46,21 +45,13 @@ fn newest_on(session: &mut Session, ssh: &Ssh, mut scratch: File) -> Result<Opti
         return Ok(None);
     };
     let rel = crate::snapshots::record_path(&id);
-    if !sftp::fetch_into(
-        session,
-        ssh,
-        &rel,
-        &scratch,
-        crate::limits::MAX_RECORD_BYTES,
-    )? {
+    let room = crate::limits::MAX_RECORD_BYTES;
+    let Some(record) = sftp::read_whole_on(session, ssh, &rel, scratch, room)? else {
         return Ok(None);
-    }
-    scratch
-        .seek(SeekFrom::Start(0))
-        .ctx(|| format!("rewinding the copy of {rel}"))?;
+    };
     Ok(Some(NewestRun {
         id,
-        record: scratch,
+        record,
         snapshot_ids: crate::snapshots::ids_of_snapshot_dirs(snapshots),
     }))
 }

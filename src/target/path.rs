@@ -136,14 +136,7 @@ impl PathTarget {
 
     /// Ids of the runs with a record, oldest first.
     fn recorded_ids(&self) -> Result<Vec<String>> {
-        let mut ids: Vec<String> = self
-            .list_names(RECORDS)?
-            .into_iter()
-            .filter_map(|n| n.strip_suffix(".rec").map(str::to_owned))
-            .filter(|id| crate::status::parse_snapshot_id(id).is_some())
-            .collect();
-        ids.sort();
-        Ok(ids)
+        Ok(crate::snapshots::ids_of_records(self.list_names(RECORDS)?))
     }
 
     /// A record's header: its lines up to the blank one, bounded.

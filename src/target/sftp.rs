@@ -259,15 +259,8 @@ pub fn list_tree(ssh: &Ssh, rel: &str) -> Result<RemoteTree> {
     let _permit = ssh.session();
     let mut session = Session::start(ssh)?;
     let base = remote_base(&ssh.sftp().path, rel);
-    let mut lister = Lister {
-        top: rel.to_string(),
-        dirs: vec![(String::new(), base.clone())],
-        base,
-        descend: true,
-        open: HashMap::new(),
-        tree: RemoteTree::default(),
-        count: 0,
-    };
+    let top = vec![(String::new(), base.clone())];
+    let mut lister = Lister::new(rel, base, top, true);
     lister
         .go(&mut session)
         .map_err(|e| session.explain(e, ssh))?;
@@ -284,18 +277,11 @@ pub(super) fn list_dirs(
     rels: &[&str],
 ) -> Result<HashMap<String, Vec<RemoteEntry>>> {
     let root = &ssh.sftp().path;
-    let mut lister = Lister {
-        top: String::new(),
-        base: Vec::new(),
-        dirs: rels
-            .iter()
-            .map(|rel| (rel.to_string(), remote_base(root, rel)))
-            .collect(),
-        descend: false,
-        open: HashMap::new(),
-        tree: RemoteTree::default(),
-        count: 0,
-    };
+    let dirs = rels
+        .iter()
+        .map(|rel| (rel.to_string(), remote_base(root, rel)))
+        .collect();
+    let mut lister = Lister::new("", Vec::new(), dirs, false);
     lister.go(session)?;
     Ok(lister.tree.dirs)
 }
@@ -430,6 +416,18 @@ struct Lister {
 }
 
 impl Lister {
+    fn new(top: &str, base: Vec<u8>, dirs: Vec<(String, Vec<u8>)>, descend: bool) -> Lister {
+        Lister {
+            top: top.to_string(),
+            base,
+            dirs,
+            descend,
+            open: HashMap::new(),
+            tree: RemoteTree::default(),
+            count: 0,
+        }
+    }
+
     fn go(&mut self, session: &mut Session) -> Result<()> {
         loop {
             while self.open.len() < MAX_OPEN_DIRS {

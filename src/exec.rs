@@ -324,6 +324,13 @@ impl Conversation {
         self.input.as_mut().expect("the input is open until drop")
     }
 
+    /// Both pipes, to wait on them together: (its stdin, its stdout).
+    pub fn pipe_fds(&self) -> (std::os::fd::BorrowedFd<'_>, std::os::fd::BorrowedFd<'_>) {
+        use std::os::fd::AsFd;
+        let input = self.input.as_ref().expect("the input is open until drop");
+        (input.as_fd(), self.output.as_fd())
+    }
+
     /// What the child writes to us.
     pub fn output(&mut self) -> &mut std::process::ChildStdout {
         &mut self.output

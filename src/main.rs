@@ -22,6 +22,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     log::set_debug(cli.verbose || std::env::var("CIPHERSYNC_LOG").is_ok_and(|v| v == "debug"));
     interrupt::install();
+    raise_open_file_limit();
     let code = match dispatch(&cli) {
         Ok(code) => code,
         Err(e) => {
@@ -36,6 +37,21 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(code as u8)
+}
+
+/// Lets this process open as many files as it may (systemd starts a
+/// service with a soft limit of 1,024 and a far higher hard one): an SFTP
+/// fetch writes each of the files it keeps open on the server
+/// (target/sftp.rs). Capped, as the tools started inherit it.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    const ENOUGH: u64 = 65_536;
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let wanted = hard.min(ENOUGH);
+        if soft < wanted {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, wanted, hard);
+        }
+    }
 }
 
 fn dispatch(cli: &Cli) -> Result<i32> {

@@ -208,17 +208,19 @@ fn an_sftp_only_account_is_fetched_over_sftp_and_equals_the_source() {
     let job = Job::sftp("sftp-fetch").build_on(ServerKind::ChrootSftp);
     let many = job.source.join("many");
     fs::create_dir_all(&many).unwrap();
-    for i in 0..80 {
+    // More than the 1,024 files a session keeps open where OpenSSH allows
+    // that many (sftp.rs, limits@openssh.com).
+    for i in 0..1100 {
         fs::write(
-            many.join(format!("f{i:03}")),
-            vec![b'a' + (i % 26) as u8; i * 37],
+            many.join(format!("f{i:04}")),
+            vec![b'a' + (i % 26) as u8; (i % 80) * 37],
         )
         .unwrap();
     }
     fs::write(job.source.join("empty"), "").unwrap();
     let big: Vec<u8> = (0..300_007u32).map(|i| (i % 251) as u8).collect();
     fs::write(job.source.join("big"), &big).unwrap();
-    std::os::unix::fs::symlink("many/f001", job.source.join("link")).unwrap();
+    std::os::unix::fs::symlink("many/f0001", job.source.join("link")).unwrap();
     fs::create_dir_all(job.source.join("ro")).unwrap();
     fs::write(job.source.join("ro/in"), "in a read-only dir\n").unwrap();
     fs::set_permissions(

@@ -387,6 +387,18 @@ fn matrix(job: &ServerJob, check_first: impl Fn(&Out)) {
         latest["stats"]["read_via"], via,
         "restore of the latest: {latest}"
     );
+    // OpenSSH says how many files a session may keep open
+    // (limits@openssh.com), and the SFTP sessions keep that many open
+    // (sftp.rs); rclone names no limit.
+    let says_limits = o.stderr.contains("sftp: the server allows ");
+    let openssh = job.server.kind != ServerKind::Rclone;
+    assert_eq!(
+        says_limits,
+        openssh,
+        "limits@openssh.com was{} taken:\n{}",
+        if says_limits { "" } else { " not" },
+        o.dump()
+    );
     let to = job.root.join("restored-first");
     fs::create_dir_all(&to).unwrap();
     let (o, v) = job.run_json(&[

@@ -1,8 +1,8 @@
 //! Fetching a run's ciphertext over SFTP (protocol version 3) with many
 //! requests in flight, for accounts that allow SFTP only. Reading through
 //! sshfs, a file costs several round trips that one reader waits for in
-//! turn; here up to `MAX_OPEN` files are open at once and `MAX_IN_FLIGHT`
-//! requests travel together, so a WAN round trip is paid a few times per
+//! turn; here up to `MAX_OPEN` files (more where the server allows more)
+//! are open at once and `MAX_IN_FLIGHT` requests travel together, so a WAN round trip is paid a few times per
 //! batch of files rather than several times per file (docs/benchmarks.md,
 //! "restore over SFTP only"). Restore fills its stage with it (restore.rs)
 //! where the account has no `rsync --server` (pull.rs does that one).
@@ -37,23 +37,35 @@ use crate::progress::Phase;
 /// Bytes asked for by one read: what every server answers whole
 /// (OpenSSH's own client asks for 32 KiB; rclone caps a reply there).
 pub(super) const CHUNK: u32 = 32 * 1024;
-/// Requests sent and not yet answered: 512 × 32 KiB, more than the 2 MiB
+/// Requests sent and not yet answered, unless the server lets more files
+/// be open (`Session::max_in_flight`): 512 × 32 KiB, more than the 2 MiB
 /// an ssh channel's window keeps on the wire (100 MB/s at a 20 ms round
 /// trip), so that the opens and stats of small files never wait for room.
-/// Bounded also because a turn's requests go to ssh in one blocking write
-/// while no answer is read: 512 requests of about 70 bytes stay under a
-/// pipe's 64 KiB, so that write never waits on the answers.
+/// A turn's requests need not fit a pipe: `Session::flush` reads the
+/// answers while ssh is not taking them.
 pub(super) const MAX_IN_FLIGHT: usize = 512;
-/// Files open at once on the server: a small file takes two round trips
-/// (open and stat, then the reads), so many at once hide them. A full
-/// restore of data set S at 20 ms (2,000 files, 143 MB; docs/benchmarks.md)
-/// took from the pull's start to the copy 4.8 s with 32 open and 64 in
-/// flight, 2.9 s with 64 and 128, 2.4 s with 128 and 256. On SMALL
-/// (200,000 files of 0–4 KB) 256 and 512 took the SFTP-only restore from
-/// 105 s to 74 s and the first backup from 157 s to 104 s; S did not get
-/// slower. OpenSSH's sftp-server keeps as many handles as its descriptors
-/// allow (1,019 under the usual limit of 1,024); rclone has no limit.
+/// Files open at once on the server where it does not say how many it
+/// allows (limits@openssh.com): a small file takes two round trips (open
+/// and stat, then the reads), so many at once hide them. A full restore of
+/// data set S at 20 ms (2,000 files, 143 MB; docs/benchmarks.md) took
+/// from the pull's start to the copy 4.8 s with 32 open and 64 in flight,
+/// 2.9 s with 64 and 128, 2.4 s with 128 and 256. On SMALL (200,000 files
+/// of 0–4 KB) 256 and 512 took the SFTP-only restore from 105 s to 74 s
+/// and the first backup from 157 s to 104 s; S did not get slower. rclone
+/// has no limit and says none.
 pub(super) const MAX_OPEN: usize = 256;
+/// The most files open at once where the server allows more: OpenSSH's
+/// sftp-server allows as many as its descriptors (1,019 under the usual
+/// limit of 1,024). Each open file may hold one of ours too
+/// (`own_file_room`).
+const MAX_OPEN_ASKED: usize = 1024;
+/// The answers read and not yet taken while a turn's requests wait for
+/// ssh: what that many requests in flight could bring, and no more (a
+/// server sending what nobody asked for is stopped here).
+const MAX_UNTAKEN: usize = 64 * 1024 * 1024;
+/// The extension that says how many files the server lets one session
+/// keep open.
+const LIMITS: &str = "limits@openssh.com";
 /// OpenSSH's extensions this client uses, where the server announces them.
 pub(super) const HARDLINK: &str = "hardlink@openssh.com";
 /// Renames over an existing name in one step (rename(2) on the server).
@@ -64,12 +76,6 @@ pub(super) const FSYNC: &str = "fsync@openssh.com";
 /// directory listing's part about a hundred names with their `ls -l` lines
 /// (OpenSSH's own client accepts up to 256 KiB too).
 const MAX_PACKET: usize = 256 * 1024;
-/// Directories listed at once (`list_tree`): each costs an OPENDIR, a
-/// READDIR per hundred names or so and a CLOSE, one after the other, so a
-/// listing of many small directories waits for round trips: SMALL
-/// (200,000 files in 2,044 directories) needs about 8,000, some 5 s at
-/// 20 ms when 32 go at once. As many as the files a fetch keeps open.
-const MAX_OPEN_DIRS: usize = MAX_OPEN;
 /// The longest symlink target accepted (Linux's PATH_MAX).
 const MAX_LINK: usize = 4096;
 /// How long the server may leave every request unanswered. ssh's
@@ -97,6 +103,7 @@ const SSH_FXP_DATA: u8 = 103;
 const SSH_FXP_NAME: u8 = 104;
 pub(super) const SSH_FXP_ATTRS: u8 = 105;
 pub(super) const SSH_FXP_EXTENDED: u8 = 200;
+const SSH_FXP_EXTENDED_REPLY: u8 = 201;
 const SSH_FXF_READ: u32 = 0x1;
 pub(super) const SSH_FXF_WRITE: u32 = 0x2;
 pub(super) const SSH_FXF_CREAT: u32 = 0x8;
@@ -395,7 +402,12 @@ impl RemoteEntry {
 }
 
 /// Lists a tree with pipelined OPENDIR/READDIR: each open directory has
-/// one request in flight, up to `MAX_OPEN_DIRS` directories at once.
+/// one request in flight, as many directories at once as the session keeps
+/// files open (`Session::max_open`): each costs an OPENDIR, a READDIR per
+/// hundred names or so and a CLOSE, one after the other, so a listing of
+/// many small directories waits for round trips: SMALL (200,000 files in
+/// 2,044 directories) needs about 8,000, some 5 s at 20 ms when 32 go at
+/// once.
 struct Lister {
     /// The top, relative to the account's root, for messages ("" the root).
     top: String,
@@ -430,7 +442,7 @@ impl Lister {
 
     fn go(&mut self, session: &mut Session) -> Result<()> {
         loop {
-            while self.open.len() < MAX_OPEN_DIRS {
+            while self.open.len() < session.max_open() {
                 let Some((dir, path)) = self.dirs.pop() else {
                     break;
                 };
@@ -608,6 +620,10 @@ pub(super) struct Session {
     out: Vec<u8>,
     /// What arrived and is not yet a whole packet.
     arrived: Vec<u8>,
+    /// The id of the limits@openssh.com request, until it is answered.
+    limits_asked: Option<u32>,
+    /// Files open at once (`max_open`).
+    max_open: usize,
 }
 
 /// A packet from the server: its type, request id and the rest.
@@ -619,14 +635,7 @@ pub(super) struct Packet {
 
 impl Session {
     pub(super) fn start(ssh: &Ssh) -> Result<Session> {
-        let child = ssh.subsystem("sftp").converse()?;
-        let mut session = Session {
-            child,
-            extensions: Vec::new(),
-            next_id: 0,
-            out: Vec::new(),
-            arrived: Vec::new(),
-        };
+        let mut session = Session::over(ssh.subsystem("sftp").converse()?)?;
         let mut init = Vec::new();
         put_u32(&mut init, 3);
         session.queue_packet(SSH_FXP_INIT, &init);
@@ -647,7 +656,62 @@ impl Session {
                 .extensions
                 .push(String::from_utf8_lossy(&name).into_owned());
         }
+        // Asked with the first turn's requests, so it costs no round trip:
+        // until the answer comes, `MAX_OPEN`.
+        if session.offers(LIMITS) {
+            let id = session.request(SSH_FXP_EXTENDED, &[LIMITS.as_bytes()], &[]);
+            session.limits_asked = Some(id);
+        }
         Ok(session)
+    }
+
+    /// A session over `child`'s pipes, before the greeting.
+    fn over(child: Conversation) -> Result<Session> {
+        let session = Session {
+            child,
+            extensions: Vec::new(),
+            next_id: 0,
+            out: Vec::new(),
+            arrived: Vec::new(),
+            limits_asked: None,
+            max_open: MAX_OPEN,
+        };
+        // A turn's requests are written as ssh takes them, the answers read
+        // meanwhile (`flush`).
+        nix::fcntl::fcntl(
+            session.child.pipe_fds().0,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .map_err(|e| lost(format!("setting up the pipe to ssh: {e}")))?;
+        Ok(session)
+    }
+
+    /// How many files (or directories) to keep open at once: what the
+    /// server allows, at most `MAX_OPEN_ASKED` and what our own descriptors
+    /// allow; `MAX_OPEN` where it did not say (yet).
+    pub(super) fn max_open(&self) -> usize {
+        self.max_open
+    }
+
+    /// How many requests to keep unanswered: two for each file open (its
+    /// open and stat, or two parts), at least `MAX_IN_FLIGHT`.
+    pub(super) fn max_in_flight(&self) -> usize {
+        (2 * self.max_open).max(MAX_IN_FLIGHT)
+    }
+
+    /// Keeps as many files open as the server's answer to
+    /// limits@openssh.com allows, where it names a number.
+    fn take_limits(&mut self, kind: u8, body: Fields) {
+        let Some(handles) = open_handles(kind, body) else {
+            return;
+        };
+        self.max_open = files_at_once(handles, own_file_room());
+        crate::log::debug(|| {
+            format!(
+                "sftp: the server allows {handles} open files; keeping {} open",
+                self.max_open
+            )
+        });
     }
 
     fn queue_packet(&mut self, kind: u8, payload: &[u8]) {
@@ -675,23 +739,78 @@ impl Session {
         id
     }
 
+    /// Writes the requests queued. Where ssh does not take them all (the
+    /// pipe is full while the server answers what came before), the
+    /// answers are read meanwhile, so that neither side waits for the
+    /// other; a server that sends more than `MAX_UNTAKEN` that nobody
+    /// took, or stops reading for `STALL_LIMIT`, ends the session.
     pub(super) fn flush(&mut self) -> Result<()> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
         let out = std::mem::take(&mut self.out);
-        self.child
-            .input()
-            .write_all(&out)
-            .map_err(|e| lost(format!("writing to ssh: {e}")))
+        let mut written = 0;
+        let mut quiet_since = Instant::now();
+        while written < out.len() {
+            match self.child.input().write(&out[written..]) {
+                Ok(n) => {
+                    written += n;
+                    quiet_since = Instant::now();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    crate::interrupt::check()?;
+                    if quiet_since.elapsed() > STALL_LIMIT {
+                        return Err(lost(format!(
+                            "ssh took no request for {} s",
+                            STALL_LIMIT.as_secs()
+                        )));
+                    }
+                    self.wait_to_write()?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(lost(format!("writing to ssh: {e}"))),
+            }
+        }
+        Ok(())
     }
 
-    /// The next packet with a request id.
+    /// Waits (a second at most) until ssh takes more, reading what the
+    /// server sent meanwhile.
+    fn wait_to_write(&mut self) -> Result<()> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let (input, output) = self.child.pipe_fds();
+        let mut fds = [
+            PollFd::new(input, PollFlags::POLLOUT),
+            PollFd::new(output, PollFlags::POLLIN),
+        ];
+        let answers = match poll(&mut fds, PollTimeout::from(1000u16)) {
+            Ok(_) => fds[1].any().unwrap_or(false),
+            Err(nix::errno::Errno::EINTR) => false,
+            Err(e) => return Err(lost(format!("waiting for ssh: {e}"))),
+        };
+        if !answers {
+            return Ok(());
+        }
+        if self.arrived.len() > MAX_UNTAKEN {
+            return Err(protocol(format!(
+                "it sent more than {} MiB that was not asked for yet",
+                MAX_UNTAKEN >> 20
+            )));
+        }
+        self.read_some().map(|_| ())
+    }
+
+    /// The next packet with a request id (the limits' answer is taken
+    /// here).
     pub(super) fn receive(&mut self) -> Result<Packet> {
-        let (kind, body) = self.receive_raw()?;
-        let mut body = Fields(body);
-        let id = body.u32()?;
-        Ok(Packet { kind, id, body })
+        loop {
+            let (kind, body) = self.receive_raw()?;
+            let mut body = Fields(body);
+            let id = body.u32()?;
+            if self.limits_asked == Some(id) {
+                self.limits_asked = None;
+                self.take_limits(kind, body);
+                continue;
+            }
+            return Ok(Packet { kind, id, body });
+        }
     }
 
     /// The next whole packet: waits for it in steps of a second, so that
@@ -709,18 +828,24 @@ impl Session {
             if !self.readable()? {
                 continue;
             }
-            let mut buf = [0u8; 64 * 1024];
-            let n = self
-                .child
-                .output()
-                .read(&mut buf)
-                .map_err(|e| lost(format!("reading from ssh: {e}")))?;
-            if n == 0 {
-                return Err(lost("ssh ended the session".into()));
-            }
-            self.arrived.extend_from_slice(&buf[..n]);
+            self.read_some()?;
             quiet_since = Instant::now();
         }
+    }
+
+    /// Reads what ssh has for us (it said it has some).
+    fn read_some(&mut self) -> Result<usize> {
+        let mut buf = [0u8; 64 * 1024];
+        let n = self
+            .child
+            .output()
+            .read(&mut buf)
+            .map_err(|e| lost(format!("reading from ssh: {e}")))?;
+        if n == 0 {
+            return Err(lost("ssh ended the session".into()));
+        }
+        self.arrived.extend_from_slice(&buf[..n]);
+        Ok(n)
     }
 
     fn readable(&mut self) -> Result<bool> {
@@ -761,6 +886,39 @@ impl Session {
         }
         err
     }
+}
+
+/// The files one session may keep open, from the answer to
+/// limits@openssh.com (the most a packet, a read and a write may hold,
+/// then the open handles): None where it is no such answer or says 0 (no
+/// limit it would name).
+fn open_handles(kind: u8, mut body: Fields) -> Option<usize> {
+    if kind != SSH_FXP_EXTENDED_REPLY {
+        return None;
+    }
+    for _packet_read_write in 0..3 {
+        body.u64().ok()?;
+    }
+    let handles = body.u64().ok()?;
+    (handles > 0).then(|| usize::try_from(handles).unwrap_or(usize::MAX))
+}
+
+/// How many files to keep open where the server allows `handles` and this
+/// process has room for `own`: at most `MAX_OPEN_ASKED`, at least one.
+fn files_at_once(handles: usize, own: usize) -> usize {
+    handles.min(MAX_OPEN_ASKED).min(own).max(1)
+}
+
+/// Files this process may open for a session's transfers: half its
+/// descriptors, less some for everything else (a fetch writes each file it
+/// keeps open on the server; main.rs raises the limit to the hard one).
+fn own_file_room() -> usize {
+    use nix::sys::resource::{Resource, getrlimit};
+    let (soft, _hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap_or((1024, 1024));
+    usize::try_from(soft / 2)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(64)
+        .max(MAX_OPEN)
 }
 
 /// The transfers in flight, each at an index that stays its own until it
@@ -925,8 +1083,8 @@ impl<'a> Fetch<'a> {
     /// stage up (restore reads through sshfs instead).
     fn start_entries(&mut self, session: &mut Session) -> Result<()> {
         while self.refused.is_empty()
-            && self.slots.open() < MAX_OPEN
-            && self.pending.len() + 2 <= MAX_IN_FLIGHT
+            && self.slots.open() < session.max_open()
+            && self.pending.len() + 2 <= session.max_in_flight()
         {
             let Some(entry) = self.queue.next() else {
                 return Ok(());
@@ -975,7 +1133,7 @@ impl<'a> Fetch<'a> {
             return;
         }
         for index in self.slots.indices() {
-            while self.pending.len() < MAX_IN_FLIGHT {
+            while self.pending.len() < session.max_in_flight() {
                 let Some(slot) = self.slots.get_mut(index).filter(|s| !s.refused) else {
                     break;
                 };
@@ -1477,5 +1635,52 @@ mod tests {
         put_u64(&mut only_size, 5);
         let attrs = Attrs::read(&mut Fields(only_size)).unwrap();
         assert_eq!((attrs.size, attrs.mode, attrs.mtime), (Some(5), None, None));
+    }
+
+    fn limits_reply(handles: u64) -> Fields {
+        let mut body = Vec::new();
+        for limit in [256 * 1024, 261_120, 261_120, handles] {
+            put_u64(&mut body, limit);
+        }
+        Fields(body)
+    }
+
+    #[test]
+    fn the_server_says_how_many_files_stay_open() {
+        assert_eq!(
+            open_handles(SSH_FXP_EXTENDED_REPLY, limits_reply(1019)),
+            Some(1019)
+        );
+        // 0: the server names no limit; a status or a short reply: none.
+        assert_eq!(open_handles(SSH_FXP_EXTENDED_REPLY, limits_reply(0)), None);
+        assert_eq!(open_handles(SSH_FXP_STATUS, limits_reply(1019)), None);
+        let mut short = Vec::new();
+        put_u64(&mut short, 1019);
+        assert_eq!(open_handles(SSH_FXP_EXTENDED_REPLY, Fields(short)), None);
+        // Never more than asked for or than our own descriptors allow.
+        assert_eq!(files_at_once(1019, 10_000), 1019);
+        assert_eq!(files_at_once(u64::MAX as usize, 10_000), MAX_OPEN_ASKED);
+        assert_eq!(files_at_once(5_000, 448), 448);
+        assert_eq!(files_at_once(64, 448), 64);
+    }
+
+    /// `cat` answers each request with itself and stops reading once its
+    /// answers fill the pipe back: a turn of 2 MB, far more than two
+    /// pipes hold, arrives whole only if the answers are read while it is
+    /// written.
+    #[test]
+    fn a_turn_larger_than_the_pipes_is_written_while_the_answers_are_read() {
+        let cat = crate::exec::Cmd::new("cat").converse().unwrap();
+        let mut session = Session::over(cat).unwrap();
+        let count = 20_000u32;
+        for _ in 0..count {
+            session.request(SSH_FXP_READ, &[&[7u8; 90]], &[]);
+        }
+        session.flush().unwrap();
+        for id in 0..count {
+            let mut packet = session.receive().unwrap();
+            assert_eq!((packet.kind, packet.id), (SSH_FXP_READ, id));
+            assert_eq!(packet.body.string(100).unwrap(), vec![7u8; 90]);
+        }
     }
 }

@@ -2,9 +2,10 @@
 //! view uploaded into the empty `files/` with many requests in flight
 //! (sftp.rs), before rsync runs through sshfs. Through sshfs rsync pays
 //! about 18 waited round trips per new file (bench/analysis.md, "round
-//! trips per file over sshfs"); here a file costs three, and up to
-//! `MAX_OPEN` files travel together. rsync then finds each file as it would have left it
-//! (size, mtime) and only checks it.
+//! trips per file over sshfs"); here a file costs three, and as many files
+//! travel together as the server lets a session keep open (sftp.rs,
+//! `Session::max_open`). rsync then finds each file as it would have left
+//! it (size, mtime) and only checks it.
 //!
 //! `upload_changes` does the same for the regular files of a change set
 //! (delta.rs) after the old versions are kept in the run's snapshot: new
@@ -20,7 +21,7 @@
 //! extension gets no first pass. Any failure leaves the file to rsync:
 //! this pass only saves time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -28,11 +29,10 @@ use std::path::Path;
 
 use super::Ssh;
 use super::sftp::{
-    ATTR_ACMODTIME, ATTR_PERMISSIONS, Attrs, CHUNK, HARDLINK, MAX_IN_FLIGHT, MAX_OPEN,
-    POSIX_RENAME, SSH_FXF_CREAT, SSH_FXF_EXCL, SSH_FXF_WRITE, SSH_FXP_ATTRS, SSH_FXP_CLOSE,
-    SSH_FXP_EXTENDED, SSH_FXP_FSETSTAT, SSH_FXP_HANDLE, SSH_FXP_LSTAT, SSH_FXP_MKDIR, SSH_FXP_OPEN,
-    SSH_FXP_REMOVE, SSH_FXP_STATUS, SSH_FXP_WRITE, Session, Slots, put_u32, put_u64, remote_base,
-    remote_path,
+    ATTR_ACMODTIME, ATTR_PERMISSIONS, Attrs, CHUNK, HARDLINK, MAX_IN_FLIGHT, POSIX_RENAME,
+    SSH_FXF_CREAT, SSH_FXF_EXCL, SSH_FXF_WRITE, SSH_FXP_ATTRS, SSH_FXP_CLOSE, SSH_FXP_EXTENDED,
+    SSH_FXP_FSETSTAT, SSH_FXP_HANDLE, SSH_FXP_LSTAT, SSH_FXP_MKDIR, SSH_FXP_OPEN, SSH_FXP_REMOVE,
+    SSH_FXP_STATUS, SSH_FXP_WRITE, Session, Slots, put_u32, put_u64, remote_base, remote_path,
 };
 use crate::error::Result;
 use crate::progress::{Part, PartId, Phase};
@@ -240,6 +240,10 @@ struct Pass<'a> {
     slots: Slots<Slot>,
     /// Request id -> its slot (None: a REMOVE of a temp name nobody waits for).
     pending: HashMap<u32, Option<usize>>,
+    /// The WRITEs among them: each holds a part of a file, and there are
+    /// never more than `MAX_IN_FLIGHT` (16 MiB), however many files the
+    /// server lets us keep open.
+    writes: HashSet<u32>,
     done: Uploaded,
     /// The files confirmed on the server.
     sent: Vec<String>,
@@ -270,6 +274,7 @@ impl<'a> Pass<'a> {
             queue,
             slots: Slots::new(),
             pending: HashMap::new(),
+            writes: HashSet::new(),
             done: Uploaded::default(),
             sent: Vec::new(),
             chunk: vec![0u8; CHUNK as usize],
@@ -307,6 +312,7 @@ impl<'a> Pass<'a> {
             let Some(slot) = self.pending.remove(&packet.id) else {
                 return Err(super::sftp::unasked(packet.id));
             };
+            self.writes.remove(&packet.id);
             if let Some(index) = slot {
                 self.answer(session, index, packet)?;
             }
@@ -314,7 +320,8 @@ impl<'a> Pass<'a> {
     }
 
     fn start_files(&mut self, session: &mut Session) -> Result<()> {
-        while self.slots.open() < MAX_OPEN && self.pending.len() < MAX_IN_FLIGHT {
+        while self.slots.open() < session.max_open() && self.pending.len() < session.max_in_flight()
+        {
             let Some(file) = self.queue.pop() else {
                 return Ok(());
             };
@@ -346,7 +353,8 @@ impl<'a> Pass<'a> {
     /// close.
     fn send_writes(&mut self, session: &mut Session) -> Result<()> {
         for index in self.slots.indices() {
-            while self.pending.len() < MAX_IN_FLIGHT {
+            while self.pending.len() < session.max_in_flight() && self.writes.len() < MAX_IN_FLIGHT
+            {
                 let Some(slot) = self.slots.get_mut(index) else {
                     break;
                 };
@@ -384,6 +392,7 @@ impl<'a> Pass<'a> {
                 slot.sent += n as u64;
                 slot.in_flight += 1;
                 self.pending.insert(id, Some(index));
+                self.writes.insert(id);
             }
         }
         Ok(())

@@ -96,6 +96,16 @@ impl Gate {
         }
     }
 
+    /// A free place, where there is one now.
+    pub fn try_enter(&self) -> Option<Permit<'_>> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if *free == 0 {
+            return None;
+        }
+        *free -= 1;
+        Some(Permit { gate: self })
+    }
+
     /// Waits for a free place.
     pub fn enter(&self) -> Permit<'_> {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());

@@ -36,8 +36,25 @@ fn assert_no_temp_names(job: &Job) {
 
 fn first_backup_goes_over_sftp_first(job: &Job) {
     make_features_tree(&job.source);
+    // Enough files for several sessions side by side (sftp_upload.rs,
+    // at least 256 each).
+    for i in 0..1100 {
+        write_random_file(&job.source.join(format!("many/f{i:04}")), i % 300, i as u64);
+    }
     job.ok(&["init"]);
     let o = job.ok(&["--verbose", "backup"]);
+    let sessions: usize = o
+        .stderr
+        .split("sftp upload: ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        sessions >= 2,
+        "1,100 files went over fewer than 2 SFTP sessions side by side:\n{}",
+        o.dump()
+    );
     // Every file of the backup went in the first pass (hard links over
     // sshfs are files of their own), and the run counts them as sent.
     let stats = &job.stage("backup")["stats"];

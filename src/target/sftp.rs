@@ -45,7 +45,8 @@ pub(super) const CHUNK: u32 = 32 * 1024;
 /// answers while ssh is not taking them.
 pub(super) const MAX_IN_FLIGHT: usize = 512;
 /// Files open at once on the server where it does not say how many it
-/// allows (limits@openssh.com): a small file takes two round trips (open
+/// allows (limits@openssh.com), and the most an upload keeps open in all
+/// (see `MAX_OPEN_ASKED`): a small file takes two round trips (open
 /// and stat, then the reads), so many at once hide them. A full restore of
 /// data set S at 20 ms (2,000 files, 143 MB; docs/benchmarks.md) took
 /// from the pull's start to the copy 4.8 s with 32 open and 64 in flight,
@@ -57,7 +58,10 @@ pub(super) const MAX_OPEN: usize = 256;
 /// The most files open at once where the server allows more: OpenSSH's
 /// sftp-server allows as many as its descriptors (1,019 under the usual
 /// limit of 1,024). Each open file may hold one of ours too
-/// (`own_file_room`).
+/// (`own_file_room`). Fetches, hashes and listings keep this many open
+/// (SMALL's SFTP-only restore at 20 ms: 73.7 s with 256, 45.6 s with
+/// 1,024); an upload keeps `MAX_OPEN`: data set S's first pass took 14 s
+/// with 1,024 files open where 256 took 3.5 s.
 const MAX_OPEN_ASKED: usize = 1024;
 /// The answers read and not yet taken while a turn's requests wait for
 /// ssh: what that many requests in flight could bring, and no more (a
@@ -618,12 +622,17 @@ pub(super) struct Session {
     next_id: u32,
     /// Requests not yet written (flushed once per turn).
     out: Vec<u8>,
-    /// What arrived and is not yet a whole packet.
+    /// What arrived: from `taken` on, not yet a whole packet (or packets
+    /// not taken yet, read while a turn waited for ssh).
     arrived: Vec<u8>,
+    taken: usize,
     /// The id of the limits@openssh.com request, until it is answered.
     limits_asked: Option<u32>,
-    /// Files open at once (`max_open`).
+    /// Files open at once (`max_open`), for all the sessions this one
+    /// shares them with.
     max_open: usize,
+    /// How many sessions share `max_open` (`share_open`).
+    sharing: usize,
 }
 
 /// A packet from the server: its type, request id and the rest.
@@ -673,8 +682,10 @@ impl Session {
             next_id: 0,
             out: Vec::new(),
             arrived: Vec::new(),
+            taken: 0,
             limits_asked: None,
             max_open: MAX_OPEN,
+            sharing: 1,
         };
         // A turn's requests are written as ssh takes them, the answers read
         // meanwhile (`flush`).
@@ -690,13 +701,31 @@ impl Session {
     /// server allows, at most `MAX_OPEN_ASKED` and what our own descriptors
     /// allow; `MAX_OPEN` where it did not say (yet).
     pub(super) fn max_open(&self) -> usize {
-        self.max_open
+        (self.max_open / self.sharing).max(1)
+    }
+
+    /// As `max_open`, at most `total` among the sessions side by side.
+    pub(super) fn max_open_of(&self, total: usize) -> usize {
+        (self.max_open.min(total) / self.sharing).max(1)
+    }
+
+    /// This session is one of `sessions` that work side by side: each
+    /// keeps its share of the files open, so that together they keep as
+    /// many as one would (the server's and our own descriptors).
+    pub(super) fn share_open(&mut self, sessions: usize) {
+        self.sharing = sessions.max(1);
     }
 
     /// How many requests to keep unanswered: two for each file open (its
     /// open and stat, or two parts), at least `MAX_IN_FLIGHT`.
     pub(super) fn max_in_flight(&self) -> usize {
-        (2 * self.max_open).max(MAX_IN_FLIGHT)
+        (2 * self.max_open()).max(MAX_IN_FLIGHT / self.sharing)
+    }
+
+    /// How many WRITEs to keep unanswered (each holds a part of a file):
+    /// `MAX_IN_FLIGHT` (16 MiB) among all the sessions side by side.
+    pub(super) fn max_writes(&self) -> usize {
+        (MAX_IN_FLIGHT / self.sharing).max(1)
     }
 
     /// Keeps as many files open as the server's answer to
@@ -706,12 +735,7 @@ impl Session {
             return;
         };
         self.max_open = files_at_once(handles, own_file_room());
-        crate::log::debug(|| {
-            format!(
-                "sftp: the server allows {handles} open files; keeping {} open",
-                self.max_open
-            )
-        });
+        crate::log::debug(|| format!("sftp: the server allows {handles} open files"));
     }
 
     fn queue_packet(&mut self, kind: u8, payload: &[u8]) {
@@ -788,7 +812,7 @@ impl Session {
         if !answers {
             return Ok(());
         }
-        if self.arrived.len() > MAX_UNTAKEN {
+        if self.arrived.len() - self.taken > MAX_UNTAKEN {
             return Err(protocol(format!(
                 "it sent more than {} MiB that was not asked for yet",
                 MAX_UNTAKEN >> 20
@@ -859,23 +883,30 @@ impl Session {
         }
     }
 
-    /// A whole packet from what arrived, if there is one.
+    /// A whole packet from what arrived, if there is one. What was taken
+    /// is dropped from the front now and then, not at every packet: many
+    /// answers may wait there (`flush`).
     fn take_packet(&mut self) -> Result<Option<(u8, Vec<u8>)>> {
-        if self.arrived.len() < 4 {
+        if self.taken > 0 && self.taken >= self.arrived.len() / 2 {
+            self.arrived.drain(..self.taken);
+            self.taken = 0;
+        }
+        let waiting = &self.arrived[self.taken..];
+        if waiting.len() < 4 {
             return Ok(None);
         }
-        let len = u32::from_be_bytes(self.arrived[..4].try_into().unwrap_or_default()) as usize;
+        let len = u32::from_be_bytes(waiting[..4].try_into().unwrap_or_default()) as usize;
         if len == 0 || len > MAX_PACKET {
             return Err(protocol(format!(
                 "it sent a packet of {len} bytes (at most {MAX_PACKET} are accepted)"
             )));
         }
-        if self.arrived.len() < 4 + len {
+        if waiting.len() < 4 + len {
             return Ok(None);
         }
-        let kind = self.arrived[4];
-        let body = self.arrived[5..4 + len].to_vec();
-        self.arrived.drain(..4 + len);
+        let kind = waiting[4];
+        let body = waiting[5..4 + len].to_vec();
+        self.taken += 4 + len;
         Ok(Some((kind, body)))
     }
 

@@ -139,6 +139,12 @@ impl Ssh {
     pub fn session(&self) -> Permit<'_> {
         self.beside_mount.enter()
     }
+
+    /// A place for one more session beside the mount, where the budget
+    /// has one free now.
+    pub fn try_session(&self) -> Option<Permit<'_>> {
+        self.beside_mount.try_enter()
+    }
 }
 
 impl Drop for Ssh {

@@ -63,7 +63,7 @@ pub fn upload_new(ssh: &Ssh, view: &Path, phase: Option<&Phase>) -> Result<Uploa
     }
     let base = remote_base(&ssh.sftp().path, super::FILES);
     make_dirs(&mut session, &base, &tree.dirs).map_err(|e| session.explain(e, ssh))?;
-    let (done, _sent) = side_by_side(ssh, session, &base, view, phase, tree.files)?;
+    let (done, _) = side_by_side(ssh, session, (&base, view), phase, tree.files, false)?;
     Ok(done)
 }
 
@@ -102,7 +102,7 @@ pub fn upload_changes(
         return Ok((Uploaded::default(), Vec::new()));
     }
     let base = remote_base(&ssh.sftp().path, super::FILES);
-    side_by_side(ssh, session, &base, view, phase, queue)
+    side_by_side(ssh, session, (&base, view), phase, queue, true)
 }
 
 /// Sessions that upload side by side where the connection budget has
@@ -114,13 +114,15 @@ pub fn upload_changes(
 /// open (`Session::share_open`) and are dealt the files in turn.
 const SESSIONS_SIDE_BY_SIDE: usize = 4;
 
+/// The files confirmed on the server come back where `named` (a first
+/// pass of 200,000 files would hold every path twice for nothing).
 fn side_by_side(
     ssh: &Ssh,
     mut session: Session,
-    base: &[u8],
-    view: &Path,
+    (base, view): (&[u8], &Path),
     phase: Option<&Phase>,
     files: Vec<LocalFile>,
+    named: bool,
 ) -> Result<(Uploaded, Vec<String>)> {
     let wanted = SESSIONS_SIDE_BY_SIDE.min(files.len().div_ceil(MIN_FILES_PER_SESSION));
     let more: Vec<_> = (1..wanted).map_while(|_| ssh.try_session()).collect();
@@ -137,7 +139,7 @@ fn side_by_side(
             .into_iter()
             .map(|share| {
                 let given = first.take();
-                scope.spawn(move || one_pass(ssh, given, count, base, view, phase, share))
+                scope.spawn(move || one_pass(ssh, given, count, (base, view, phase), share, named))
             })
             .collect();
         handles
@@ -169,10 +171,9 @@ fn one_pass(
     ssh: &Ssh,
     given: Option<Session>,
     sharing: usize,
-    base: &[u8],
-    view: &Path,
-    phase: Option<&Phase>,
+    (base, view, phase): (&[u8], &Path, Option<&Phase>),
     share: Vec<LocalFile>,
+    named: bool,
 ) -> Result<(Uploaded, Vec<String>)> {
     let mut session = match given {
         Some(session) => session,
@@ -180,6 +181,7 @@ fn one_pass(
     };
     session.share_open(sharing);
     let mut pass = Pass::new(base, view, phase, share);
+    pass.named = named;
     pass.go(&mut session).map_err(|e| session.explain(e, ssh))?;
     Ok((pass.done, pass.sent))
 }
@@ -319,6 +321,8 @@ struct Pass<'a> {
     done: Uploaded,
     /// The files confirmed on the server.
     sent: Vec<String>,
+    /// Whether `sent` is kept.
+    named: bool,
     /// One read of the view, reused for every write.
     chunk: Vec<u8>,
     /// This pass's counter in the phase, with the user's files it was
@@ -349,6 +353,7 @@ impl<'a> Pass<'a> {
             writes: HashSet::new(),
             done: Uploaded::default(),
             sent: Vec::new(),
+            named: false,
             chunk: vec![0u8; CHUNK as usize],
             part,
         };
@@ -578,7 +583,9 @@ impl<'a> Pass<'a> {
             let user_file = !crate::crypt::is_gocryptfs_metadata(&slot.file.rel);
             self.done.files += u64::from(user_file);
             self.done.bytes += slot.sent;
-            self.sent.push(slot.file.rel.clone());
+            if self.named {
+                self.sent.push(slot.file.rel.clone());
+            }
             self.count(self.part.map_or(0, |(_, total)| total));
         }
         self.release(index);

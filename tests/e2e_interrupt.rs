@@ -115,18 +115,17 @@ fn sigterm_during_a_first_backup_cleans_up_and_next_run_completes() {
     }
     let job = Job::sftp("int-term-first").build();
     make_sample_tree(&job.source);
-    // Twice as many files as the SFTP pass keeps open (sftp.rs: 1,024
-    // where the server allows that many, as OpenSSH here does): the open
-    // ones progress together and end together, so fewer would all be done
-    // by the time the third file shows.
+    // Many more files than the SFTP passes keep open (256 among them:
+    // sftp_upload.rs): the open ones progress together and end together,
+    // so fewer would all be done by the time the third file shows.
     make_big_tree(&job.source, "big", 2048, MIB / 8); // 256 MiB
     job.ok(&["init"]);
     sigterm_mid_transfer(&job, 3, false);
 }
 
 /// A later backup through sshfs: its change set sends the new files over
-/// SFTP (src/delta.rs, target::upload_changes), up to 1,024 open at once,
-/// so twice that many are still unsent at the signal.
+/// SFTP (src/delta.rs, target::upload_changes), 256 open at once among
+/// its sessions, so most are still unsent at the signal.
 #[test]
 fn sigterm_during_a_later_backups_sftp_pass_cleans_up_and_next_run_completes() {
     if !require_tools("sigterm_during_later_sftp_pass", SFTP_TOOLS) {

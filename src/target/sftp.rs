@@ -1,8 +1,9 @@
 //! Fetching a run's ciphertext over SFTP (protocol version 3) with many
 //! requests in flight, for accounts that allow SFTP only. Reading through
 //! sshfs, a file costs several round trips that one reader waits for in
-//! turn; here up to `MAX_OPEN` files (more where the server allows more)
-//! are open at once and `MAX_IN_FLIGHT` requests travel together, so a WAN round trip is paid a few times per
+//! turn; here up to `MAX_OPEN` files (more where the server allows more:
+//! limits@openssh.com) are open at once and `MAX_IN_FLIGHT` requests or
+//! more travel together, so a WAN round trip is paid a few times per
 //! batch of files rather than several times per file (docs/benchmarks.md,
 //! "restore over SFTP only"). Restore fills its stage with it (restore.rs)
 //! where the account has no `rsync --server` (pull.rs does that one).

@@ -2,10 +2,10 @@
 //! view uploaded into the empty `files/` with many requests in flight
 //! (sftp.rs), before rsync runs through sshfs. Through sshfs rsync pays
 //! about 18 waited round trips per new file (bench/analysis.md, "round
-//! trips per file over sshfs"); here a file costs three, and as many files
-//! travel together as the server lets a session keep open (sftp.rs,
-//! `Session::max_open`). rsync then finds each file as it would have left
-//! it (size, mtime) and only checks it.
+//! trips per file over sshfs"); here a file costs three, and up to
+//! `MAX_OPEN` files travel together, in up to four sessions side by side
+//! (`side_by_side`). rsync then finds each file as it would have left it
+//! (size, mtime) and only checks it.
 //!
 //! `upload_changes` does the same for the regular files of a change set
 //! (delta.rs) after the old versions are kept in the run's snapshot: new

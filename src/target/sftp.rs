@@ -702,7 +702,7 @@ impl Session {
     /// server allows, at most `MAX_OPEN_ASKED` and what our own descriptors
     /// allow; `MAX_OPEN` where it did not say (yet).
     pub(super) fn max_open(&self) -> usize {
-        (self.max_open / self.sharing).max(1)
+        self.max_open_of(usize::MAX)
     }
 
     /// As `max_open`, at most `total` among the sessions side by side.
@@ -1165,6 +1165,11 @@ impl<'a> Fetch<'a> {
             return;
         }
         for index in self.slots.indices() {
+            // Once the requests in flight are at their cap, no later slot
+            // gets one either: up to 1,024 slots are looked at per answer.
+            if self.pending.len() >= session.max_in_flight() {
+                return;
+            }
             while self.pending.len() < session.max_in_flight() {
                 let Some(slot) = self.slots.get_mut(index).filter(|s| !s.refused) else {
                     break;

@@ -431,6 +431,12 @@ impl<'a> Pass<'a> {
     /// close.
     fn send_writes(&mut self, session: &mut Session) -> Result<()> {
         for index in self.slots.indices() {
+            // At the caps no later slot gets a write either.
+            if self.pending.len() >= session.max_in_flight()
+                || self.writes.len() >= session.max_writes()
+            {
+                return Ok(());
+            }
             while self.pending.len() < session.max_in_flight()
                 && self.writes.len() < session.max_writes()
             {

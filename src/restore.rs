@@ -20,6 +20,8 @@ use crate::target::{self, FILES, PathTarget, Puller, SNAPSHOTS, Target as _, Tre
 use crate::{crypt, fsutil, log};
 use crate::{interrupt, snapshots};
 
+mod stream;
+
 pub struct RestoreRequest {
     pub to: PathBuf,
     pub paths: Vec<String>,
@@ -254,19 +256,34 @@ fn copy_files(
     // than sshfs reads it. Otherwise the latest state is read from files/
     // itself.
     let rebuilt_latest = latest.filter(|l| l.needs_record).map(|l| l.id.as_str());
+    // rsync's own count of what it checked and copied (progress/rsync.rs).
+    let phase = progress.phase("restore", Totals::default());
+    let copy = Copy {
+        job,
+        request,
+        to,
+        phase: Some(&phase).filter(|p| p.shows()),
+    };
+    // A whole tree pulled into a stage is copied out part by part while
+    // the pull goes on (restore/stream.rs), where workers copy it.
+    let stream_to = (request.paths.is_empty() && stage_workers(job) > 1).then_some(&copy);
     let mut stage = match (&request.snapshot, rebuilt_latest) {
         (Some(id), _) => {
             let run = RunRecord::read(ctx, remote, id, newest_read)?;
-            Some(rebuild_somehow(ctx, remote, &run, puller, progress)?)
+            Some(rebuild_somehow(
+                ctx, remote, &run, puller, stream_to, progress,
+            )?)
         }
         (None, Some(id)) => {
             let run = RunRecord::read(ctx, remote, id, newest_read)?;
-            Some(rebuild_somehow(ctx, remote, &run, puller, progress)?)
+            Some(rebuild_somehow(
+                ctx, remote, &run, puller, stream_to, progress,
+            )?)
         }
         (None, None) => match (puller, latest, request.paths.is_empty()) {
             (Some(puller), Some(latest), true) => {
                 let run = RunRecord::read(ctx, remote, &latest.id, newest_read)?;
-                pull_latest(ctx, remote, &run, puller, progress)?
+                pull_latest(ctx, remote, &run, puller, stream_to, progress)?
             }
             _ => None,
         },
@@ -289,15 +306,11 @@ fn copy_files(
             None => mount_plain(ctx, &stage.path, STAGED_POINT)?,
         },
     };
-    // rsync's own count of what it checked and copied (progress/rsync.rs).
-    let phase = progress.phase("restore", Totals::default());
-    let copy = Copy {
-        job,
-        request,
-        to,
-        phase: Some(&phase).filter(|p| p.shows()),
+    let copied_already = stage.as_mut().and_then(|s| s.copied.take());
+    let stats = match copied_already {
+        Some(copied) => copied.into_result(plain.point())?,
+        None => copy_out(&copy, plain.point(), stage.is_some())?,
     };
-    let stats = copy_out(&copy, plain.point(), stage.is_some())?;
     phase.finish();
     give_root_mode(plain.point(), to)?;
     plain.unmount()?;
@@ -458,6 +471,7 @@ fn pull_latest(
     remote: &PathTarget,
     latest: &RunRecord,
     puller: &Puller<'_>,
+    stream_to: Option<&Copy>,
     progress: &Progress,
 ) -> Result<Option<Stage>> {
     let needed: u64 = latest.record.entries.iter().map(|e| e.size).sum();
@@ -473,7 +487,7 @@ fn pull_latest(
         ));
         return Ok(None);
     }
-    match rebuild(ctx, remote, latest, Some(puller), progress)? {
+    match rebuild(ctx, remote, latest, Some(puller), stream_to, progress)? {
         Rebuilt::Stage(stage) => Ok(Some(stage)),
         Rebuilt::Unreadable(refused) => {
             say_read_through_sshfs(&refused);
@@ -526,13 +540,14 @@ fn rebuild_somehow(
     remote: &PathTarget,
     run: &RunRecord,
     puller: Option<&Puller>,
+    stream_to: Option<&Copy>,
     progress: &Progress,
 ) -> Result<Stage> {
-    match rebuild(ctx, remote, run, puller, progress)? {
+    match rebuild(ctx, remote, run, puller, stream_to, progress)? {
         Rebuilt::Stage(stage) => Ok(stage),
         Rebuilt::Unreadable(refused) => {
             say_read_through_sshfs(&refused);
-            match rebuild(ctx, remote, run, None, progress)? {
+            match rebuild(ctx, remote, run, None, None, progress)? {
                 Rebuilt::Stage(stage) => Ok(stage),
                 Rebuilt::Unreadable(_) => unreachable!("only a pull leaves files out"),
             }
@@ -636,9 +651,9 @@ fn copy_out(copy: &Copy, plain: &Path, from_local_stage: bool) -> Result<Stats> 
     // straight from the server, one recursive rsync, which follows no link.
     // The stage is on local disk: its workers open no ssh session, so the
     // connection budget (budget.rs) does not bound them.
-    let workers = match &job.target {
-        Target::Sftp(s) if from_local_stage => s.connections,
-        _ => 1,
+    let workers = match from_local_stage {
+        true => stage_workers(job),
+        false => 1,
     };
     let plan = match workers > 1 {
         true => Some(split::plan(plain, workers, &job.state_dir)?),
@@ -695,6 +710,16 @@ fn copy_paths(copy: &Copy, plain: &Path, from_local_stage: bool) -> Result<Stats
     };
     copied.add(copy.split(plain, plan, workers, split::contents_pass_of_files())?);
     copied.into_result(plain)
+}
+
+/// The rsyncs that copy out of a stage rebuilt here: on local disk, they
+/// open no ssh session, so the connection budget (budget.rs) does not
+/// bound them; as many as the job has connections.
+fn stage_workers(job: &Job) -> usize {
+    match &job.target {
+        Target::Sftp(s) => s.connections,
+        Target::Local { .. } => 1,
+    }
 }
 
 /// Paths with files for fewer lists than this go to one rsync: workers
@@ -859,6 +884,8 @@ struct Stage {
     pulled: Option<ReadVia>,
     /// The stage decrypted, where it was mounted while it was filled.
     mount: Option<crate::mount::Mount>,
+    /// What was copied out while it was filled (restore/stream.rs).
+    copied: Option<Copied>,
 }
 
 impl Stage {
@@ -869,6 +896,7 @@ impl Stage {
             path,
             pulled,
             mount: None,
+            copied: None,
         };
         if stage.path.exists() {
             make_writable(&stage.path);
@@ -919,6 +947,7 @@ fn rebuild(
     remote: &PathTarget,
     run: &RunRecord,
     puller: Option<&Puller>,
+    stream_to: Option<&Copy>,
     progress: &Progress,
 ) -> Result<Rebuilt> {
     let (id, record) = (run.id.as_str(), &run.record);
@@ -968,9 +997,18 @@ fn rebuild(
     // Without the job's config here (a new machine) gocryptfs needs the
     // stage's own, which only the fill brings.
     let beside = ctx.job.gocryptfs_config.exists();
+    if let (Some(puller), Some(copy), true) = (puller, stream_to, beside) {
+        let from = (remote, puller);
+        let pulled = stream::fill_and_copy(ctx, from, run, &plan, stage, copy, watched);
+        phase.finish();
+        return pulled;
+    }
     let (mounted, refused) = crate::pool::both(
         || beside.then(|| mount_plain(ctx, &stage.path, STAGED_POINT)),
-        || fill(ctx, remote, id, &plan, puller, &stage, watched),
+        || {
+            let list = ctx.runtime("rebuild.files");
+            fill(ctx, (remote, puller), id, &plan, &list, &stage, watched)
+        },
     );
     let refused = refused?;
     if !refused.is_empty() {
@@ -1021,24 +1059,23 @@ fn rebuild(
 /// the server would not give back over SFTP (then the stage is given up).
 fn fill(
     ctx: &Context,
-    remote: &PathTarget,
+    (remote, puller): (&PathTarget, Option<&Puller>),
     id: &str,
     plan: &std::collections::BTreeMap<Option<&str>, Vec<&TreeEntry>>,
-    puller: Option<&Puller>,
+    list: &Path,
     stage: &Stage,
     watched: Option<&Phase>,
 ) -> Result<Vec<String>> {
     let root = remote.root();
-    let list = ctx.runtime("rebuild.files");
     for (from, entries) in plan {
         interrupt::check()?;
         let from = match from {
             Some(snapshot) => format!("{SNAPSHOTS}/{snapshot}"),
             None => FILES.to_string(),
         };
-        write_path_list(&list, entries)?;
+        write_path_list(list, entries)?;
         if let Some(puller) = puller {
-            let refused = puller.pull(&from, &list, entries, &stage.path, stage.room(), watched)?;
+            let refused = puller.pull(&from, list, entries, &stage.path, stage.room(), watched)?;
             if !refused.is_empty() {
                 return Ok(refused);
             }
@@ -1117,33 +1154,47 @@ fn check_staged_types(id: &str, stage: &Path, entries: &[TreeEntry]) -> Result<(
     let mut sorted: Vec<&TreeEntry> = entries.iter().collect();
     sorted.sort_by_key(|e| e.path.matches('/').count());
     for entry in sorted {
-        let path = stage.join(&entry.path);
-        let found = match std::fs::symlink_metadata(&path) {
-            Ok(meta) if meta.file_type().is_symlink() => 'l',
-            Ok(meta) if meta.is_dir() => 'd',
-            Ok(meta) if meta.is_file() => 'f',
-            Ok(_) => '?',
-            Err(_) => '-',
-        };
-        if found != entry.kind {
-            return Err(Error::new(
-                Kind::Corrupt,
-                format!(
-                    "snapshot {id} on the target: {:?} is {}, its record says {}",
-                    crate::human::escape(&entry.path),
-                    kind_name(found),
-                    kind_name(entry.kind)
-                ),
-            ));
-        }
+        check_staged_type(id, stage, &entry.path, entry.kind)?;
     }
     Ok(())
+}
+
+/// The staged `path` is of the `kind` its record says.
+fn check_staged_type(id: &str, stage: &Path, path: &str, kind: char) -> Result<()> {
+    let found = match std::fs::symlink_metadata(stage.join(path)) {
+        Ok(meta) if meta.file_type().is_symlink() => 'l',
+        Ok(meta) if meta.is_dir() => 'd',
+        Ok(meta) if meta.is_file() => 'f',
+        Ok(_) => '?',
+        Err(_) => '-',
+    };
+    if found == kind {
+        return Ok(());
+    }
+    Err(Error::new(
+        Kind::Corrupt,
+        format!(
+            "snapshot {id} on the target: {:?} is {}, its record says {}",
+            crate::human::escape(path),
+            kind_name(found),
+            kind_name(kind)
+        ),
+    ))
 }
 
 /// A pull takes what the server sends: nothing may have arrived that the
 /// record does not list (it would be decrypted and copied out).
 fn check_nothing_extra(id: &str, stage: &Path, entries: &[TreeEntry]) -> Result<()> {
     let listed: std::collections::HashSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+    check_nothing_unlisted(id, stage, &listed)
+}
+
+/// `check_nothing_extra` with the record's paths as a set.
+fn check_nothing_unlisted(
+    id: &str,
+    stage: &Path,
+    listed: &std::collections::HashSet<&str>,
+) -> Result<()> {
     for entry in walkdir::WalkDir::new(stage)
         .min_depth(1)
         .follow_links(false)
@@ -1152,16 +1203,20 @@ fn check_nothing_extra(id: &str, stage: &Path, entries: &[TreeEntry]) -> Result<
         let rel = entry.path().strip_prefix(stage).unwrap_or(entry.path());
         let rel = rel.to_string_lossy();
         if !listed.contains(rel.as_ref()) {
-            return Err(Error::new(
-                Kind::Corrupt,
-                format!(
-                    "snapshot {id} on the target: the server sent {:?}, which its record does not list",
-                    crate::human::escape(&rel)
-                ),
-            ));
+            return Err(sent_unlisted(id, &rel));
         }
     }
     Ok(())
+}
+
+fn sent_unlisted(id: &str, rel: &str) -> Error {
+    Error::new(
+        Kind::Corrupt,
+        format!(
+            "snapshot {id} on the target: the server sent {:?}, which its record does not list",
+            crate::human::escape(rel)
+        ),
+    )
 }
 
 fn kind_name(kind: char) -> &'static str {

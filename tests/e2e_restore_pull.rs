@@ -66,6 +66,23 @@ fn assert_restore_refused(job: &Job, says: &str) {
     assert_eq!(entries_under(&to), 0, "something was restored into --to");
 }
 
+/// The restore copied the tree out in several parts while it was pulled
+/// (restore/stream.rs), by the debug line that says how many.
+fn assert_copied_in_parts(said: &Out) {
+    let line = said
+        .stderr
+        .lines()
+        .find(|l| l.contains("restore: copied out in "))
+        .unwrap_or_else(|| panic!("no streamed copy-out:\n{}", said.dump()));
+    let parts: usize = line
+        .split("copied out in ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of parts in {line:?}"));
+    assert!(parts >= 2, "the tree went in {parts} part(s): {line}");
+}
+
 /// A local directory with one file, and its file's (mtime, size, content).
 fn local_victim(job: &Job) -> (PathBuf, (i64, u64, Vec<u8>)) {
     let victim = job.root.join("local-victim");
@@ -89,9 +106,10 @@ fn a_full_restore_pulls_and_equals_the_source() {
         return;
     }
     let (job, _) = backed_up("pull-roundtrip");
-    job.restore_and_compare("restored");
+    let (_, said) = job.restore_and_compare_with("restored", &["--verbose"]);
     let stats = &job.stage("restore")["stats"];
     assert_eq!(stats["read_via"], "rsync", "{stats}");
+    assert_copied_in_parts(&said);
     // The stage is gone afterwards: only the job's own state files remain.
     assert_no_stage_left(&job);
 
@@ -122,6 +140,68 @@ fn a_file_swapped_for_a_symlink_is_refused_by_a_pull() {
         before,
         "the local file changed"
     );
+    job.assert_clean();
+}
+
+/// The tree is copied out part by part while it is pulled: a file swapped
+/// in the last directory is found once earlier parts were copied, and the
+/// restore still leaves --to empty.
+#[test]
+fn a_swap_found_after_some_parts_were_copied_leaves_to_empty() {
+    if !require_tools("restore_pull_late_swap", SFTP_TOOLS) {
+        return;
+    }
+    let job = Job::sftp("pull-late-swap").build();
+    for d in 0..24 {
+        let dir = job.source.join(format!("d{d:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..4 {
+            fs::write(dir.join(format!("f{f}")), vec![b'x'; 2000 + d * 10 + f]).unwrap();
+        }
+    }
+    job.init_and_backup();
+    // The record lists directories in byte order: the last one's files
+    // are in the last part.
+    let files = job.files_dir();
+    let mut dirs: Vec<PathBuf> = walk(&files)
+        .into_iter()
+        .filter(|(_, m)| m.is_dir())
+        .map(|(rel, _)| rel)
+        .collect();
+    dirs.sort_by(|a, b| {
+        a.as_os_str()
+            .as_encoded_bytes()
+            .cmp(b.as_os_str().as_encoded_bytes())
+    });
+    let last = files.join(dirs.last().expect("directories in files/"));
+    let victim = fs::read_dir(&last)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            !p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("gocryptfs.")
+        })
+        .expect("a file in the last directory");
+    fs::remove_file(&victim).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", &victim).unwrap();
+
+    let to = job.root.join("out");
+    let o = job.run(&["--verbose", "restore", "--to", to.to_str().unwrap()]);
+    assert_ne!(o.code, 0, "a swapped file restored:\n{}", o.dump());
+    assert!(
+        o.stderr.contains("is a symlink, its record says a file"),
+        "the error should name the swapped entry:\n{}",
+        o.dump()
+    );
+    assert_copied_in_parts(&o);
+    assert_eq!(
+        entries_under(&to),
+        0,
+        "a refused restore left files in --to"
+    );
+    assert_no_stage_left(&job);
     job.assert_clean();
 }
 
@@ -230,9 +310,10 @@ fn an_sftp_only_account_is_fetched_over_sftp_and_equals_the_source() {
     .unwrap();
     job.init_and_backup();
 
-    let to = job.restore_and_compare("restored");
+    let (to, said) = job.restore_and_compare_with("restored", &["--verbose"]);
     let stats = &job.stage("restore")["stats"];
     assert_eq!(stats["read_via"], "sftp", "{stats}");
+    assert_copied_in_parts(&said);
     assert_eq!(
         fs::metadata(to.join("big")).unwrap().mtime(),
         fs::metadata(job.source.join("big")).unwrap().mtime(),

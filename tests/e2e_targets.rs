@@ -517,11 +517,12 @@ fn sshfs_workers_share_one_directory() {
     let to = job.root.join("restored");
     let restore = job.ok(&["--verbose", "restore", "--to", to.to_str().unwrap()]);
     // A shell account runs `rsync --server`: the latest run's files/ is
-    // pulled into a local stage (one rsync, links munged; the run's
-    // metadata dir comes in a second) and checked against its
-    // record; only then do the three phases and 3 workers copy out of it
-    // (workers name paths, and rsync would follow a symlinked parent of
-    // one, so never straight from the server).
+    // pulled into a local stage (two rsyncs side by side, links munged:
+    // the names gocryptfs needs, and the rest; the run's metadata dir
+    // comes in a third) and each part is checked against its record before
+    // the three phases and 3 workers copy it out (workers name paths, and
+    // rsync would follow a symlinked parent of one, so never straight from
+    // the server).
     let pulls = restore
         .stderr
         .lines()
@@ -530,7 +531,7 @@ fn sshfs_workers_share_one_directory() {
         })
         .count();
     assert_eq!(
-        pulls, 1,
+        pulls, 2,
         "restore pulled {pulls} times:\n{}",
         restore.stderr
     );

@@ -23,7 +23,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -155,7 +155,13 @@ impl<'a> SftpFetcher<'a> {
             .iter()
             .filter(|e| e.kind == 'f' || (e.kind == 'l' && e.link.is_none()))
             .map(|e| (*e).clone());
-        let run = self.run(from, Box::new(wanted), Dest::Stage { into, room }, phase)?;
+        let partial = PartialDir::fresh(into)?;
+        let dest = Dest::Stage {
+            into,
+            partial: &partial.0,
+            room,
+        };
+        let run = self.run(from, Box::new(wanted), dest, phase)?;
         Ok(run.refused)
     }
 
@@ -1036,8 +1042,15 @@ struct Slot {
 
 /// Where a fetch puts the files it reads.
 enum Dest<'a> {
-    /// Created under `into` (restore's stage), within `room` bytes.
-    Stage { into: &'a Path, room: u64 },
+    /// Created under `into` (restore's stage), within `room` bytes: each
+    /// written in `partial` and moved to its name once whole, so that a
+    /// name in the stage is a file complete (restore copies a part of the
+    /// tree out while the rest is fetched: restore/stream.rs).
+    Stage {
+        into: &'a Path,
+        partial: &'a Path,
+        room: u64,
+    },
     /// Hashed as their bytes arrive, kept nowhere; each sum to the sink.
     Hash(&'a mut dyn FnMut(Hashed1<'_>) -> Result<()>),
     /// One file, into the caller's scratch file, within `room` bytes.
@@ -1296,14 +1309,14 @@ impl<'a> Fetch<'a> {
     /// Leaves a file out: what was written of it goes, its handle is
     /// closed, and the slot is freed once no answer for it is due.
     fn refuse(&mut self, session: &mut Session, index: usize) -> Result<()> {
-        let into = match self.dest {
-            Dest::Stage { into, .. } => Some(into),
+        let partial = match self.dest {
+            Dest::Stage { partial, .. } => Some(partial),
             Dest::Hash(_) | Dest::Scratch { .. } => None,
         };
         let slot = self.slot(index);
         slot.refused = true;
-        if let (Some(Out::File(_)), Some(into)) = (slot.out.take(), into) {
-            let path = into.join(&slot.entry.path);
+        if let (Some(Out::File(_)), Some(partial)) = (slot.out.take(), partial) {
+            let path = partial_path(partial, slot.order);
             std::fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))?;
         }
         if let Some(handle) = slot.handle.take() {
@@ -1350,7 +1363,7 @@ impl<'a> Fetch<'a> {
         };
         let out = match &mut self.dest {
             Dest::Hash(_) => Out::Hash(InOrderSha1::default()),
-            Dest::Stage { into, room } => {
+            Dest::Stage { partial, room, .. } => {
                 if size > *room {
                     return Err(Error::new(
                         Kind::Corrupt,
@@ -1361,7 +1374,8 @@ impl<'a> Fetch<'a> {
                     ));
                 }
                 *room -= size;
-                Out::File(create_staged(&into.join(&entry.path))?)
+                let order = self.slots.get(index).map_or(0, |s| s.order);
+                Out::File(create_staged(&partial_path(partial, order))?)
             }
             Dest::Scratch { file, room } => {
                 if size > *room {
@@ -1441,6 +1455,9 @@ impl<'a> Fetch<'a> {
                         )
                     })?;
                 }
+                if let Dest::Stage { into, partial, .. } = self.dest {
+                    move_whole(&partial_path(partial, order), &into.join(&entry.path))?;
+                }
             }
             Some(Out::Hash(hasher)) => {
                 let sum = hasher
@@ -1485,6 +1502,48 @@ impl<'a> Fetch<'a> {
         std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&munged), &path)
             .ctx(|| format!("making the symlink {}", path.display()))
     }
+}
+
+/// A directory beside a stage where one fetch writes its files until
+/// whole: private, fresh (a killed run's is removed first), removed when
+/// dropped. Fetches into the same stage side by side (restore/stream.rs)
+/// each have their own.
+struct PartialDir(PathBuf);
+
+impl PartialDir {
+    fn fresh(into: &Path) -> Result<PartialDir> {
+        static FETCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let nth = FETCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut name = into.as_os_str().to_owned();
+        name.push(format!(".partial-{nth}"));
+        let dir = PathBuf::from(name);
+        if dir.symlink_metadata().is_ok() {
+            std::fs::remove_dir_all(&dir).ctx(|| format!("removing {}", dir.display()))?;
+        }
+        crate::crypt::create_private_dir(&dir)?;
+        Ok(PartialDir(dir))
+    }
+}
+
+impl Drop for PartialDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The file being fetched as the `order`th: named by its place, so no
+/// name from the server is used here.
+fn partial_path(partial: &Path, order: usize) -> PathBuf {
+    partial.join(order.to_string())
+}
+
+/// Gives a whole file its name in the stage, never replacing an entry
+/// (the stage's directories are ours; the name is the record's).
+fn move_whole(from: &Path, to: &Path) -> Result<()> {
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+    renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE)
+        .map_err(std::io::Error::from)
+        .ctx(|| format!("moving the fetched {} to {}", from.display(), to.display()))
 }
 
 /// A stage's copy of a fetched file: new, private, not through a link.

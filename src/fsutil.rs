@@ -362,6 +362,22 @@ pub fn open_below(root: &Path, rel: &str) -> Result<Option<File>> {
     }
 }
 
+/// Gives the directory `rel` below `root` (reached through no link)
+/// `mode` and the mtime `(seconds, nanoseconds)`; its atime stays.
+pub fn set_dir_mode_and_mtime(root: &Path, rel: &str, mode: u32, mtime: (i64, i64)) -> Result<()> {
+    use nix::sys::stat::{Mode, fchmod, futimens};
+    use nix::sys::time::TimeSpec;
+    let dir = Dir::below(root, rel)?;
+    let path = || dir.path.display().to_string();
+    fchmod(&dir.fd, Mode::from_bits_truncate(mode))
+        .map_err(std::io::Error::from)
+        .ctx(|| format!("setting mode {mode:o} on {}", path()))?;
+    let when = TimeSpec::new(mtime.0, mtime.1);
+    futimens(&dir.fd, &TimeSpec::UTIME_OMIT, &when)
+        .map_err(std::io::Error::from)
+        .ctx(|| format!("setting the mtime of {}", path()))
+}
+
 /// Copies `from` to `to`, both relative to a target's root, keeping the
 /// mode and mtime: gocryptfs' small per-directory files, copied into a
 /// snapshot dir. Neither side is reached through a link, and at most

@@ -306,13 +306,17 @@ fn copy_files(
             None => mount_plain(ctx, &stage.path, STAGED_POINT)?,
         },
     };
+    // Copied while it was pulled, the top's mode included.
     let copied_already = stage.as_mut().and_then(|s| s.copied.take());
     let stats = match copied_already {
         Some(copied) => copied.into_result(plain.point())?,
-        None => copy_out(&copy, plain.point(), stage.is_some())?,
+        None => {
+            let stats = copy_out(&copy, plain.point(), stage.is_some())?;
+            give_root_mode(plain.point(), to)?;
+            stats
+        }
     };
     phase.finish();
-    give_root_mode(plain.point(), to)?;
     plain.unmount()?;
     Ok((stats, read_via))
 }

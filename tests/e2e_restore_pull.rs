@@ -106,10 +106,31 @@ fn a_full_restore_pulls_and_equals_the_source() {
         return;
     }
     let (job, _) = backed_up("pull-roundtrip");
-    let (_, said) = job.restore_and_compare_with("restored", &["--verbose"]);
+    // Directories in directories: each directory's time is set last, as
+    // rsync would, not by whichever part wrote into it last.
+    for d in ["dir/a", "dir/a/b", "dir/c"] {
+        fs::create_dir_all(job.source.join(d)).unwrap();
+        fs::write(job.source.join(d).join("f"), d).unwrap();
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+        fs::File::open(job.source.join(d))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    job.backup_ok();
+    let (to, said) = job.restore_and_compare_with("restored", &["--verbose"]);
     let stats = &job.stage("restore")["stats"];
     assert_eq!(stats["read_via"], "rsync", "{stats}");
     assert_copied_in_parts(&said);
+    // rsync pulls the directories' times too; the copy gives them back.
+    let mtime = |p: &Path| fs::metadata(p).unwrap().mtime();
+    for d in ["dir", "dir/a", "dir/a/b", "dir/c"] {
+        assert_eq!(
+            mtime(&to.join(d)),
+            mtime(&job.source.join(d)),
+            "{d}/ lost its mtime"
+        );
+    }
     // The stage is gone afterwards: only the job's own state files remain.
     assert_no_stage_left(&job);
 

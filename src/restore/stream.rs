@@ -13,7 +13,8 @@
 //!    it waits for has arrived and the part is checked, in the pull's
 //!    order (split.rs, phase 2);
 //! 4. the whole stage checked again, as a restore that copies after the
-//!    pull checks it; then the directories' modes and times (phase 3).
+//!    pull checks it; then the directories' modes and times (phase 3,
+//!    here without rsync: `finish_directories`).
 //!
 //! A part is a set of directories with their own entries (not their
 //! subdirectories'). A name in the stage is a whole file: rsync writes a
@@ -24,14 +25,12 @@
 //! what the server changes after that, the final check catches. A restore
 //! stopped by any check or failure leaves `--to` empty, as it was.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering::SeqCst};
 use std::time::Duration;
-
-use std::collections::BTreeMap;
 
 use super::{Copied, Copy, Rebuilt, RunRecord, STAGED_POINT, Stage};
 use crate::crypt::{self, PathDecryptor};
@@ -195,14 +194,7 @@ impl Streamed<'_> {
         let (id, entries) = (self.run.id.as_str(), &self.run.record.entries);
         let job = self.ctx.job;
         crate::mount::prepare_point(self.plain)?;
-        let streaming = crypt::mount_forward_with(job, self.stage, self.plain, Some(self.ctlsock))?;
-        // The kernel keeps what a mount said of an entry for a second: the
-        // directories' real modes and times, set in the stage at the end,
-        // are read by phase 3 through a second mount that nothing read
-        // before.
-        let last_point = self.ctx.runtime(LAST_POINT);
-        crate::mount::prepare_point(&last_point)?;
-        let last = crypt::mount_forward(job, self.stage, &last_point)?;
+        let mount = crypt::mount_forward_with(job, self.stage, self.plain, Some(self.ctlsock))?;
         // gocryptfs reads the names as files: each checked to be one.
         if !wait_whole(self.stage, &cut.names, self.pull)? {
             return Ok(None);
@@ -221,7 +213,7 @@ impl Streamed<'_> {
             listed: &listed,
             pull: self.pull,
         };
-        let mut copied = stream.directories(true, self.plain)?;
+        let mut copied = stream.make_directories()?;
         copied.add(stream.parts(cut.parts.iter(), workers)?);
         // Nothing may arrive after the final check.
         if !wait_over(self.pull)? {
@@ -229,22 +221,10 @@ impl Streamed<'_> {
         }
         super::check_staged_types(id, self.stage, entries)?;
         super::check_nothing_unlisted(id, self.stage, &listed)?;
-        // The names' modes, then the directories' (restore.rs `rebuild`:
-        // every entry was just checked).
-        let names = entries.iter().filter(|e| is_name_file(e));
-        for entry in names.chain(entries.iter().filter(|e| e.kind == 'd')) {
-            let path = self.stage.join(&entry.path);
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(entry.mode & 0o777))
-                .ctx(|| format!("setting the mode of {}", path.display()))?;
-        }
-        copied.add(stream.directories(false, &last_point)?);
-        drop(streaming);
-        Ok(Some((last, copied)))
+        stream.finish_directories(entries)?;
+        Ok(Some((mount, copied)))
     }
 }
-
-/// Where the stage is mounted again for phase 3.
-const LAST_POINT: &str = "staged-last";
 
 /// Parts per copy worker: enough that the last part to arrive is a small
 /// share of the copy, few enough that each rsync has work for its start.
@@ -413,9 +393,8 @@ pub(super) fn plain_dirs<'r>(
 }
 
 impl Stream<'_, '_> {
-    /// Phase 1 or 3 of split.rs over every directory of the record, out
-    /// of the stage decrypted at `plain`.
-    pub fn directories(&self, first: bool, plain: &Path) -> Result<Copied> {
+    /// Phase 1 of split.rs: every directory of the record.
+    pub fn make_directories(&self) -> Result<Copied> {
         let mut dirs: Vec<&Path> = self
             .plain_dirs
             .values()
@@ -423,19 +402,47 @@ impl Stream<'_, '_> {
             .filter(|d| !d.as_os_str().is_empty())
             .collect();
         dirs.sort();
-        let top = (!first).then(|| b".".to_vec());
         let list = split::write_list(
             &self.copy.job.state_dir,
-            top.into_iter().chain(
-                dirs.iter()
-                    .map(|d| d.as_os_str().as_encoded_bytes().to_vec()),
-            ),
+            dirs.iter()
+                .map(|d| d.as_os_str().as_encoded_bytes().to_vec()),
         )?;
-        let args = split::directories_pass(first)
+        let args = split::directories_pass(true)
             .into_iter()
-            .chain([format!("{}/", plain.display())])
+            .chain([format!("{}/", self.plain.display())])
             .collect();
         self.copy.pass(args, Some(list), false)
+    }
+
+    /// Phase 3 of split.rs, without rsync: each directory in `--to` gets
+    /// its mode (the record's; the top's from the stage) and mtime (the
+    /// stage's, which the pull set), deepest first, the top last. Read
+    /// from the stage itself, not through the mount: the kernel keeps
+    /// what a mount said of a directory for a second, and these were set
+    /// since. Every directory of the stage was just checked.
+    fn finish_directories(&self, entries: &[TreeEntry]) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let top = self
+            .stage
+            .symlink_metadata()
+            .ctx(|| format!("reading {}", self.stage.display()))?;
+        let mut dirs: Vec<(&str, u32)> = entries
+            .iter()
+            .filter(|e| e.kind == 'd')
+            .map(|e| (e.path.as_str(), e.mode & 0o777))
+            .collect();
+        dirs.sort_by_key(|(path, _)| std::cmp::Reverse(path.matches('/').count()));
+        dirs.push(("", top.mode() & 0o777));
+        for (dir, mode) in dirs {
+            let staged = self.stage.join(dir);
+            let meta = staged
+                .symlink_metadata()
+                .ctx(|| format!("reading {}", staged.display()))?;
+            let plain = self.plain_dirs[dir].to_string_lossy();
+            let mtime = (meta.mtime(), meta.mtime_nsec());
+            crate::fsutil::set_dir_mode_and_mtime(self.copy.to, &plain, mode, mtime)?;
+        }
+        Ok(())
     }
 
     /// Copies the parts with `workers` rsyncs, each part once it is whole

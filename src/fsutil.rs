@@ -378,6 +378,49 @@ pub fn set_dir_mode_and_mtime(root: &Path, rel: &str, mode: u32, mtime: (i64, i6
         .ctx(|| format!("setting the mtime of {}", path()))
 }
 
+/// Makes `to_rel` below `root` another name of the file `from_rel` (both
+/// reached through no link): linked beside it under a temporary name,
+/// then renamed over it, so that it is never missing.
+pub fn relink_below(root: &Path, from_rel: &str, to_rel: &str) -> Result<()> {
+    let (from_dir, from_name) = split_rel(from_rel);
+    let (to_dir, to_name) = split_rel(to_rel);
+    let from = Dir::below(root, from_dir)?;
+    let to = Dir::below(root, to_dir)?;
+    let temp = format!(".ciphersync-link-{}", random_hex(8)?);
+    let (from_c, to_c, temp_c) = (c_name(from_name)?, c_name(to_name)?, c_name(&temp)?);
+    let what = || format!("linking {} to {}", root.join(to_rel).display(), from_rel);
+    // SAFETY: valid directory descriptors and C strings; flags 0: a link
+    // named `from_name` would be linked itself, not followed.
+    let linked = unsafe {
+        libc::linkat(
+            from.fd.as_raw_fd(),
+            from_c.as_ptr(),
+            to.fd.as_raw_fd(),
+            temp_c.as_ptr(),
+            0,
+        )
+    };
+    if linked != 0 {
+        return Err(last_os_error(what()));
+    }
+    // SAFETY: as above.
+    let renamed = unsafe {
+        libc::renameat(
+            to.fd.as_raw_fd(),
+            temp_c.as_ptr(),
+            to.fd.as_raw_fd(),
+            to_c.as_ptr(),
+        )
+    };
+    if renamed != 0 {
+        let err = last_os_error(what());
+        // SAFETY: as above.
+        unsafe { libc::unlinkat(to.fd.as_raw_fd(), temp_c.as_ptr(), 0) };
+        return Err(err);
+    }
+    Ok(())
+}
+
 /// Copies `from` to `to`, both relative to a target's root, keeping the
 /// mode and mtime: gocryptfs' small per-directory files, copied into a
 /// snapshot dir. Neither side is reached through a link, and at most

@@ -1163,17 +1163,18 @@ fn check_staged_types(id: &str, stage: &Path, entries: &[TreeEntry]) -> Result<(
     Ok(())
 }
 
-/// The staged `path` is of the `kind` its record says.
-fn check_staged_type(id: &str, stage: &Path, path: &str, kind: char) -> Result<()> {
-    let found = match std::fs::symlink_metadata(stage.join(path)) {
+/// The staged `path` is of the `kind` its record says; what lstat said.
+fn check_staged_type(id: &str, stage: &Path, path: &str, kind: char) -> Result<std::fs::Metadata> {
+    let meta = std::fs::symlink_metadata(stage.join(path));
+    let found = match &meta {
         Ok(meta) if meta.file_type().is_symlink() => 'l',
         Ok(meta) if meta.is_dir() => 'd',
         Ok(meta) if meta.is_file() => 'f',
         Ok(_) => '?',
         Err(_) => '-',
     };
-    if found == kind {
-        return Ok(());
+    if let (Ok(meta), true) = (meta, found == kind) {
+        return Ok(meta);
     }
     Err(Error::new(
         Kind::Corrupt,

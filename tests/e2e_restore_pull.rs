@@ -164,6 +164,48 @@ fn a_file_swapped_for_a_symlink_is_refused_by_a_pull() {
     job.assert_clean();
 }
 
+/// Over the rsync transport the server keeps hard links, and the pull
+/// brings them into the stage; the copy out goes part by part, so two
+/// names in different directories are copied apart and then linked
+/// again, as one rsync `-H` over the whole tree would have left them.
+#[test]
+fn a_hard_link_across_directories_comes_back_linked() {
+    if !require_tools("restore_pull_hard_link", SFTP_TOOLS) {
+        return;
+    }
+    let job = Job::sftp("pull-hard-link").transport("rsync").build();
+    for d in ["one", "two", "three"] {
+        fs::create_dir_all(job.source.join(d)).unwrap();
+        fs::write(job.source.join(d).join("own"), d.repeat(500)).unwrap();
+    }
+    fs::write(job.source.join("one/shared"), "one file, two names\n").unwrap();
+    fs::hard_link(
+        job.source.join("one/shared"),
+        job.source.join("three/shared"),
+    )
+    .unwrap();
+    job.init_and_backup();
+    let linked_on_server = walk(&job.files_dir())
+        .into_iter()
+        .filter(|(_, m)| m.is_file() && m.nlink() > 1)
+        .count();
+    assert_eq!(
+        linked_on_server, 2,
+        "the server does not keep the hard link"
+    );
+
+    let (to, said) = job.restore_and_compare_with("restored", &["--verbose"]);
+    assert_copied_in_parts(&said);
+    let inode = |p: &str| fs::metadata(to.join(p)).unwrap().ino();
+    assert_eq!(
+        inode("one/shared"),
+        inode("three/shared"),
+        "the hard link came back as two files:\n{}",
+        said.dump()
+    );
+    job.assert_clean();
+}
+
 /// The tree is copied out part by part while it is pulled: a file swapped
 /// in the last directory is found once earlier parts were copied, and the
 /// restore still leaves --to empty.

@@ -27,8 +27,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering::SeqCst};
 use std::time::Duration;
 
@@ -202,7 +203,8 @@ impl Streamed<'_> {
         for name in &cut.names {
             super::check_staged_type(id, self.stage, &name.path, 'f')?;
         }
-        let plain_dirs = plain_dirs(entries, &PathDecryptor::new(self.ctlsock))?;
+        let decryptor = PathDecryptor::new(self.ctlsock);
+        let plain_dirs = plain_dirs(entries, &decryptor)?;
         let listed: HashSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
         let stream = Stream {
             copy: self.copy,
@@ -212,15 +214,17 @@ impl Streamed<'_> {
             plain_dirs: &plain_dirs,
             listed: &listed,
             pull: self.pull,
+            linked: Mutex::default(),
         };
         let mut copied = stream.make_directories()?;
-        copied.add(stream.parts(cut.parts.iter(), workers)?);
+        copied.add(stream.parts(&cut.parts, workers)?);
         // Nothing may arrive after the final check.
         if !wait_over(self.pull)? {
             return Ok(None);
         }
         super::check_staged_types(id, self.stage, entries)?;
         super::check_nothing_unlisted(id, self.stage, &listed)?;
+        stream.relink(&decryptor)?;
         stream.finish_directories(entries)?;
         Ok(Some((mount, copied)))
     }
@@ -368,6 +372,9 @@ pub(super) struct Stream<'a, 'r> {
     pub plain_dirs: &'a HashMap<&'r str, PathBuf>,
     pub listed: &'a HashSet<&'r str>,
     pub pull: &'a Pull,
+    /// The stage's files with other names, by (device, inode): parts copy
+    /// them apart, `relink` joins them again in `--to`.
+    pub linked: Mutex<HashMap<(u64, u64), Vec<&'r str>>>,
 }
 
 /// The plaintext path of each directory of the record, asked of the
@@ -392,7 +399,7 @@ pub(super) fn plain_dirs<'r>(
     Ok(plain)
 }
 
-impl Stream<'_, '_> {
+impl<'r> Stream<'_, 'r> {
     /// Phase 1 of split.rs: every directory of the record.
     pub fn make_directories(&self) -> Result<Copied> {
         let mut dirs: Vec<&Path> = self
@@ -414,6 +421,38 @@ impl Stream<'_, '_> {
         self.copy.pass(args, Some(list), false)
     }
 
+    /// Hard links: the pull keeps them in the stage (rsync `-H`), but the
+    /// parts copy the names of one file apart, so each name after the
+    /// first becomes a link to the first in `--to` again, as one rsync
+    /// `-H` over the whole tree would have made it.
+    fn relink(&self, decryptor: &PathDecryptor) -> Result<()> {
+        let linked = std::mem::take(&mut *self.linked.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut groups: Vec<Vec<&str>> = linked.into_values().filter(|g| g.len() > 1).collect();
+        groups.sort();
+        crate::log::debug(|| format!("restore: {} hard-linked file(s) linked again", groups.len()));
+        for mut names in groups {
+            names.sort();
+            let plain = names
+                .iter()
+                .map(|name| {
+                    decryptor.decrypt(name).ok_or_else(|| {
+                        Error::new(
+                            Kind::Corrupt,
+                            format!(
+                                "the backup's file {:?} has a name that does not decrypt",
+                                crate::human::escape(name)
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<String>>>()?;
+            for other in &plain[1..] {
+                crate::fsutil::relink_below(self.copy.to, &plain[0], other)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Phase 3 of split.rs, without rsync: each directory in `--to` gets
     /// its mode (the record's; the top's from the stage) and mtime (the
     /// stage's, which the pull set), deepest first, the top last. Read
@@ -421,7 +460,6 @@ impl Stream<'_, '_> {
     /// what a mount said of a directory for a second, and these were set
     /// since. Every directory of the stage was just checked.
     fn finish_directories(&self, entries: &[TreeEntry]) -> Result<()> {
-        use std::os::unix::fs::MetadataExt;
         let top = self
             .stage
             .symlink_metadata()
@@ -447,14 +485,10 @@ impl Stream<'_, '_> {
 
     /// Copies the parts with `workers` rsyncs, each part once it is whole
     /// and checked. Ends early, without error, where the pull stopped.
-    pub fn parts<'p>(
-        &self,
-        parts: impl Iterator<Item = &'p Part<'p>> + Send,
-        workers: usize,
-    ) -> Result<Copied> {
+    pub fn parts(&self, parts: &[Part<'r>], workers: usize) -> Result<Copied> {
         let ready = Ready {
             stream: self,
-            parts,
+            parts: parts.iter(),
             stopped: false,
         };
         let whole = format!("{}/", self.plain.display());
@@ -478,7 +512,7 @@ impl Stream<'_, '_> {
     /// its symlinks their targets (restore.rs `rebuild` says why that
     /// cannot reach through a link), and its directories are listed for
     /// the copy.
-    fn check(&self, part: &Part) -> Result<File> {
+    fn check(&self, part: &Part<'r>) -> Result<File> {
         let mut above: Vec<&str> = Vec::new();
         for dir in &part.dirs {
             let mut at = *dir;
@@ -489,10 +523,18 @@ impl Stream<'_, '_> {
         }
         above.sort_by_key(|d| (d.matches('/').count(), *d));
         above.dedup();
-        let dirs = above.iter().map(|d| (*d, 'd'));
-        let own = part.entries.iter().map(|e| (e.path.as_str(), e.kind));
-        for (path, kind) in dirs.chain(own) {
-            super::check_staged_type(self.id, self.stage, path, kind)?;
+        for dir in above {
+            super::check_staged_type(self.id, self.stage, dir, 'd')?;
+        }
+        for entry in &part.entries {
+            let meta = super::check_staged_type(self.id, self.stage, &entry.path, entry.kind)?;
+            if entry.kind == 'f' && meta.nlink() > 1 {
+                let mut linked = self.linked.lock().unwrap_or_else(|e| e.into_inner());
+                linked
+                    .entry((meta.dev(), meta.ino()))
+                    .or_default()
+                    .push(&entry.path);
+            }
         }
         for dir in &part.dirs {
             self.check_nothing_extra_in(dir)?;
@@ -541,13 +583,13 @@ impl Stream<'_, '_> {
 /// The parts' lists, each given out once its part is whole and checked;
 /// `pool::fold` takes them one at a time, so the checks run in order while
 /// the copies of earlier parts go on.
-struct Ready<'s, 'a, 'r, I> {
+struct Ready<'s, 'a, 'r> {
     stream: &'s Stream<'a, 'r>,
-    parts: I,
+    parts: std::slice::Iter<'s, Part<'r>>,
     stopped: bool,
 }
 
-impl<'p, I: Iterator<Item = &'p Part<'p>>> Iterator for Ready<'_, '_, '_, I> {
+impl Iterator for Ready<'_, '_, '_> {
     type Item = Result<File>;
 
     fn next(&mut self) -> Option<Result<File>> {

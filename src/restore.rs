@@ -1001,6 +1001,7 @@ fn rebuild(
     // Without the job's config here (a new machine) gocryptfs needs the
     // stage's own, which only the fill brings.
     let beside = ctx.job.gocryptfs_config.exists();
+    let stream_to = stream_to.filter(|_| stream::worth_it(&record.entries));
     if let (Some(puller), Some(copy), true) = (puller, stream_to, beside) {
         let from = (remote, puller);
         let pulled = stream::fill_and_copy(ctx, from, run, &plan, stage, copy, watched);

@@ -138,6 +138,26 @@ pub(super) fn fill_and_copy(
     outcome
 }
 
+/// Whether copying out while the pull goes on pays for a tree: not for
+/// many small files. Their copy is per-file work through gocryptfs (FUSE
+/// calls, on the same CPUs as the pull's ssh and file writes) and far the
+/// longer half, so running it beside the pull adds more than it hides:
+/// SMALL (200,000 files of 2 KB on average) at 20 ms over SFTP, on the
+/// 2-CPU benchmark machine, took 57.4 s streamed against 47.4 s after the
+/// pull, while S (2,000 files, 70 KB on average) went from 4.55 s to
+/// 3.73 s (bench/analysis.md, stop 28).
+pub(super) fn worth_it(entries: &[TreeEntry]) -> bool {
+    let files = entries.iter().filter(|e| e.kind == 'f');
+    let (count, bytes) = files.fold((0u64, 0u64), |(n, b), e| (n + 1, b.saturating_add(e.size)));
+    let many_small = count >= MANY_FILES && bytes / count.max(1) < SMALL_FILE;
+    !many_small
+}
+
+/// "Many small files" (`worth_it`): SMALL is 200,000 files of 2 KB on
+/// average; S and M are 2,000 and 20,000 files of 70 KB.
+const MANY_FILES: u64 = 50_000;
+const SMALL_FILE: u64 = 16 * 1024;
+
 /// Each source's entries.
 type Plan<'r> = BTreeMap<Option<&'r str>, Vec<&'r TreeEntry>>;
 
@@ -744,6 +764,20 @@ mod tests {
                 vec!["d5", "d6", "d7", "d8", "d9"]
             ]
         );
+    }
+
+    #[test]
+    fn many_small_files_are_copied_after_the_pull() {
+        let tree = |files: usize, size: u64| -> Vec<TreeEntry> {
+            (0..files)
+                .map(|i| entry('f', &format!("f{i}"), size))
+                .collect()
+        };
+        assert!(!worth_it(&tree(200_000, 2_000)), "SMALL");
+        assert!(worth_it(&tree(2_000, 70_000)), "S");
+        assert!(worth_it(&tree(20_000, 70_000)), "M");
+        assert!(worth_it(&tree(100, 10)), "a few small files");
+        assert!(worth_it(&tree(60_000, 40_000)), "many larger files");
     }
 
     #[test]

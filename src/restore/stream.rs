@@ -88,31 +88,21 @@ pub(super) fn fill_and_copy(
     let (copied, pulled) = pool::both(
         || streamed.copy_out(&cut, workers),
         || {
+            let fill = |plan: &Plan, list: &str| {
+                let list = ctx.runtime(list);
+                super::fill(
+                    ctx,
+                    (remote, Some(puller)),
+                    id,
+                    plan,
+                    &list,
+                    &stage,
+                    watched,
+                )
+            };
             let (names, rest) = pool::both(
-                || {
-                    let list = ctx.runtime("rebuild-names.files");
-                    super::fill(
-                        ctx,
-                        (remote, Some(puller)),
-                        id,
-                        &names_plan,
-                        &list,
-                        &stage,
-                        watched,
-                    )
-                },
-                || {
-                    let list = ctx.runtime("rebuild.files");
-                    super::fill(
-                        ctx,
-                        (remote, Some(puller)),
-                        id,
-                        &rest_plan,
-                        &list,
-                        &stage,
-                        watched,
-                    )
-                },
+                || fill(&names_plan, "rebuild-names.files"),
+                || fill(&rest_plan, "rebuild.files"),
             );
             let refused = names.and_then(|mut names| {
                 names.extend(rest?);
@@ -265,6 +255,7 @@ pub(super) struct Parts<'r> {
 }
 
 /// Directories copied together, and the entries to wait for.
+#[derive(Default)]
 pub(super) struct Part<'r> {
     /// Paths in the record ("" is the top).
     pub dirs: Vec<&'r str>,
@@ -311,10 +302,7 @@ pub(super) fn parts(entries: &[TreeEntry], count: usize) -> Parts<'_> {
             .map(|e| e.path.as_str()),
     );
     let mut parts = Vec::new();
-    let mut part = Part {
-        dirs: Vec::new(),
-        entries: Vec::new(),
-    };
+    let mut part = Part::default();
     let mut part_cost = 0u64;
     for dir in dirs {
         let Some(files) = own.remove(dir) else {
@@ -324,26 +312,14 @@ pub(super) fn parts(entries: &[TreeEntry], count: usize) -> Parts<'_> {
         // A directory of a share or more is a part of its own: the smaller
         // ones before it need not wait for it.
         if dir_cost >= share && !part.dirs.is_empty() {
-            parts.push(std::mem::replace(
-                &mut part,
-                Part {
-                    dirs: Vec::new(),
-                    entries: Vec::new(),
-                },
-            ));
+            parts.push(std::mem::take(&mut part));
             part_cost = 0;
         }
         part_cost = part_cost.saturating_add(dir_cost);
         part.dirs.push(dir);
         part.entries.extend(files);
         if part_cost >= share {
-            parts.push(std::mem::replace(
-                &mut part,
-                Part {
-                    dirs: Vec::new(),
-                    entries: Vec::new(),
-                },
-            ));
+            parts.push(std::mem::take(&mut part));
             part_cost = 0;
         }
     }

@@ -130,6 +130,27 @@ impl Dir {
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
+    /// (device, inode) of `name` here, not following a link; None where
+    /// it cannot be read.
+    fn file_id(&self, name: &CString) -> Option<(u64, u64)> {
+        let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: a valid directory descriptor, C string and stat buffer.
+        let done = unsafe {
+            libc::fstatat(
+                self.fd.as_raw_fd(),
+                name.as_ptr(),
+                stat.as_mut_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if done != 0 {
+            return None;
+        }
+        // SAFETY: fstatat filled it.
+        let stat = unsafe { stat.assume_init() };
+        Some((stat.st_dev, stat.st_ino))
+    }
+
     /// A subdirectory, never through a symlink.
     fn child(&self, name: &str) -> Result<Dir> {
         let path = self.path.join(name);
@@ -386,9 +407,17 @@ pub fn relink_below(root: &Path, from_rel: &str, to_rel: &str) -> Result<()> {
     let (to_dir, to_name) = split_rel(to_rel);
     let from = Dir::below(root, from_dir)?;
     let to = Dir::below(root, to_dir)?;
-    let temp = format!(".ciphersync-link-{}", random_hex(8)?);
-    let (from_c, to_c, temp_c) = (c_name(from_name)?, c_name(to_name)?, c_name(&temp)?);
+    let (from_c, to_c) = (c_name(from_name)?, c_name(to_name)?);
     let what = || format!("linking {} to {}", root.join(to_rel).display(), from_rel);
+    // Names of one file already (rename would then leave the temporary
+    // name behind: renaming a link over another of the same file does
+    // nothing).
+    let (from_id, to_id) = (from.file_id(&from_c), to.file_id(&to_c));
+    if from_id.is_some() && from_id == to_id {
+        return Ok(());
+    }
+    let temp = format!(".ciphersync-link-{}", random_hex(8)?);
+    let temp_c = c_name(&temp)?;
     // SAFETY: valid directory descriptors and C strings; flags 0: a link
     // named `from_name` would be linked itself, not followed.
     let linked = unsafe {

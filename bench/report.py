@@ -360,6 +360,7 @@ def main():
     keep_plots = "--keep-plots" in args
     args = [a for a in args if a != "--keep-plots"]
     paths = args or pick_runs()
+    plots_written = {}
     if not paths:
         sys.exit("no results in bench/results/*/; run bench/run.sh first")
     out = ["# Benchmarks", "",
@@ -461,6 +462,11 @@ def main():
                 for t, v in checks.items()) + ".")
             out.append("")
         png = "benchmarks-%s%s%s.png" % (meta["set"], "-d%g" % delay if delay else "", "-%gmbit" % mbit if mbit else "")
+        # Several runs of one set and link each get a plot of their own.
+        drawn = plots_written.setdefault(png, 0)
+        plots_written[png] += 1
+        if drawn:
+            png = png.replace(".png", "-%d.png" % (drawn + 1))
         png_path = os.path.join(REPO, "docs", png)
         if plot(summary, floor, "ciphersync benchmark, set %s" % name, png_path):
             out += ["![time per scenario per tool, %s](%s)" % (name, png), ""]

@@ -130,27 +130,6 @@ impl Dir {
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
-    /// (device, inode) of `name` here, not following a link; None where
-    /// it cannot be read.
-    fn file_id(&self, name: &CString) -> Option<(u64, u64)> {
-        let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
-        // SAFETY: a valid directory descriptor, C string and stat buffer.
-        let done = unsafe {
-            libc::fstatat(
-                self.fd.as_raw_fd(),
-                name.as_ptr(),
-                stat.as_mut_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        if done != 0 {
-            return None;
-        }
-        // SAFETY: fstatat filled it.
-        let stat = unsafe { stat.assume_init() };
-        Some((stat.st_dev, stat.st_ino))
-    }
-
     /// A subdirectory, never through a symlink.
     fn child(&self, name: &str) -> Result<Dir> {
         let path = self.path.join(name);
@@ -403,49 +382,34 @@ pub fn set_dir_mode_and_mtime(root: &Path, rel: &str, mode: u32, mtime: (i64, i6
 /// reached through no link): linked beside it under a temporary name,
 /// then renamed over it, so that it is never missing.
 pub fn relink_below(root: &Path, from_rel: &str, to_rel: &str) -> Result<()> {
+    use nix::fcntl::{AtFlags, renameat};
+    use nix::sys::stat::fstatat;
+    use nix::unistd::{UnlinkatFlags, linkat, unlinkat};
     let (from_dir, from_name) = split_rel(from_rel);
     let (to_dir, to_name) = split_rel(to_rel);
     let from = Dir::below(root, from_dir)?;
     let to = Dir::below(root, to_dir)?;
-    let (from_c, to_c) = (c_name(from_name)?, c_name(to_name)?);
     let what = || format!("linking {} to {}", root.join(to_rel).display(), from_rel);
     // Names of one file already (rename would then leave the temporary
     // name behind: renaming a link over another of the same file does
     // nothing).
-    let (from_id, to_id) = (from.file_id(&from_c), to.file_id(&to_c));
-    if from_id.is_some() && from_id == to_id {
+    let id = |dir: &Dir, name: &str| {
+        fstatat(&dir.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .ok()
+            .map(|st| (st.st_dev, st.st_ino))
+    };
+    let from_id = id(&from, from_name);
+    if from_id.is_some() && from_id == id(&to, to_name) {
         return Ok(());
     }
     let temp = format!(".ciphersync-link-{}", random_hex(8)?);
-    let temp_c = c_name(&temp)?;
-    // SAFETY: valid directory descriptors and C strings; flags 0: a link
-    // named `from_name` would be linked itself, not followed.
-    let linked = unsafe {
-        libc::linkat(
-            from.fd.as_raw_fd(),
-            from_c.as_ptr(),
-            to.fd.as_raw_fd(),
-            temp_c.as_ptr(),
-            0,
-        )
-    };
-    if linked != 0 {
-        return Err(last_os_error(what()));
-    }
-    // SAFETY: as above.
-    let renamed = unsafe {
-        libc::renameat(
-            to.fd.as_raw_fd(),
-            temp_c.as_ptr(),
-            to.fd.as_raw_fd(),
-            to_c.as_ptr(),
-        )
-    };
-    if renamed != 0 {
-        let err = last_os_error(what());
-        // SAFETY: as above.
-        unsafe { libc::unlinkat(to.fd.as_raw_fd(), temp_c.as_ptr(), 0) };
-        return Err(err);
+    // No AT_SYMLINK_FOLLOW: a link named `from_name` is linked itself.
+    linkat(&from.fd, from_name, &to.fd, temp.as_str(), AtFlags::empty())
+        .map_err(std::io::Error::from)
+        .ctx(what)?;
+    if let Err(e) = renameat(&to.fd, temp.as_str(), &to.fd, to_name) {
+        let _ = unlinkat(&to.fd, temp.as_str(), UnlinkatFlags::NoRemoveDir);
+        return Err(std::io::Error::from(e)).ctx(what);
     }
     Ok(())
 }

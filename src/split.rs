@@ -265,7 +265,7 @@ pub fn plan_paths(
 
 /// `dir/` (`./` for the top): with `--dirs`, rsync copies the entries of a
 /// directory named with a trailing slash, and none deeper.
-fn contents_entry(dir: &Path) -> Vec<u8> {
+pub fn contents_entry(dir: &Path) -> Vec<u8> {
     let mut entry = dir.as_os_str().as_encoded_bytes().to_vec();
     if entry.is_empty() {
         entry.push(b'.');

@@ -547,14 +547,10 @@ impl<'r> Stream<'_, 'r> {
                 _ => {}
             }
         }
-        let entries = part.dirs.iter().map(|dir| {
-            let mut entry = self.plain_dirs[dir].as_os_str().as_encoded_bytes().to_vec();
-            if entry.is_empty() {
-                entry.push(b'.');
-            }
-            entry.push(b'/');
-            entry
-        });
+        let entries = part
+            .dirs
+            .iter()
+            .map(|dir| split::contents_entry(&self.plain_dirs[dir]));
         split::write_list(&self.copy.job.state_dir, entries)
     }
 

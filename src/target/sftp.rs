@@ -1352,6 +1352,7 @@ impl<'a> Fetch<'a> {
     /// its bytes' destination made ready.
     fn accept_size(&mut self, index: usize, entry: &TreeEntry, attrs: Attrs) -> Result<()> {
         let label = self.label(entry);
+        let order = self.slot(index).order;
         if attrs.mode.is_some_and(|m| m & S_IFMT != S_IFREG) {
             return Err(corrupt(
                 &label,
@@ -1374,7 +1375,6 @@ impl<'a> Fetch<'a> {
                     ));
                 }
                 *room -= size;
-                let order = self.slots.get(index).map_or(0, |s| s.order);
                 Out::File(create_staged(&partial_path(partial, order))?)
             }
             Dest::Scratch { file, room } => {

@@ -78,50 +78,143 @@ impl Sessions {
 
 /// A counting semaphore: at most `permits` sessions beside the mount at
 /// once; one more waits for a permit instead of opening a session.
-pub struct Gate {
-    free: Mutex<usize>,
+///
+/// A session that finished its work cleanly may be parked here (`park`)
+/// instead of closed: it keeps its place, and the next one that wants
+/// such a session takes it (`enter_reusing`) without the round trips of
+/// opening one. Where every place is taken and one is parked, a caller
+/// that wants a place of its own (a command, an rsync) has the parked
+/// session closed and takes its place; nobody waits while one is parked.
+pub struct Gate<T> {
+    state: Mutex<GateState<T>>,
     freed: Condvar,
+}
+
+struct GateState<T> {
+    free: usize,
+    /// Parked sessions: each holds a place.
+    idle: Vec<T>,
+    /// Callers waiting in `enter`.
+    waiting: usize,
 }
 
 /// A session's place in the budget, given back on drop.
 pub struct Permit<'a> {
-    gate: &'a Gate,
+    gate: &'a dyn Release,
 }
 
-impl Gate {
-    pub fn new(permits: usize) -> Gate {
+/// What a permit gives its place back to.
+trait Release: Sync {
+    fn release(&self);
+}
+
+impl<T: Send> Release for Gate<T> {
+    fn release(&self) {
+        let mut state = self.lock();
+        state.free += 1;
+        self.freed.notify_one();
+    }
+}
+
+impl<T: Send> Gate<T> {
+    pub fn new(permits: usize) -> Gate<T> {
         Gate {
-            free: Mutex::new(permits.max(1)),
+            state: Mutex::new(GateState {
+                free: permits.max(1),
+                idle: Vec::new(),
+                waiting: 0,
+            }),
             freed: Condvar::new(),
         }
     }
 
-    /// A free place, where there is one now.
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState<T>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn permit(&self) -> Permit<'_> {
+        Permit { gate: self }
+    }
+
+    /// A free place, where there is one now (a parked session's, closed,
+    /// where that is the only one).
     pub fn try_enter(&self) -> Option<Permit<'_>> {
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        if *free == 0 {
-            return None;
+        let mut state = self.lock();
+        if state.free > 0 {
+            state.free -= 1;
+            return Some(self.permit());
         }
-        *free -= 1;
-        Some(Permit { gate: self })
+        let parked = state.idle.pop()?;
+        drop(state);
+        drop(parked);
+        Some(self.permit())
     }
 
     /// Waits for a free place.
     pub fn enter(&self) -> Permit<'_> {
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        while *free == 0 {
-            free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
+        let mut state = self.lock();
+        loop {
+            if state.free > 0 {
+                state.free -= 1;
+                return self.permit();
+            }
+            if let Some(parked) = state.idle.pop() {
+                drop(state);
+                drop(parked);
+                return self.permit();
+            }
+            state.waiting += 1;
+            state = self.freed.wait(state).unwrap_or_else(|e| e.into_inner());
+            state.waiting -= 1;
         }
-        *free -= 1;
-        Permit { gate: self }
+    }
+
+    /// A place with a parked session where there is one, else as `enter`.
+    pub fn enter_reusing(&self) -> (Permit<'_>, Option<T>) {
+        if let Some(parked) = self.lock().idle.pop() {
+            return (self.permit(), Some(parked));
+        }
+        (self.enter(), None)
+    }
+
+    /// As `enter_reusing`, without waiting: None where every place is
+    /// taken by a session at work.
+    pub fn try_enter_reusing(&self) -> Option<(Permit<'_>, Option<T>)> {
+        if let Some(parked) = self.lock().idle.pop() {
+            return Some((self.permit(), Some(parked)));
+        }
+        self.try_enter().map(|permit| (permit, None))
+    }
+
+    /// Keeps `session` with its place (`permit`, which must be this
+    /// gate's) for the next `enter_reusing`; where somebody waits for a
+    /// place, the session is closed and the place goes to them instead.
+    pub fn park(&self, permit: Permit<'_>, session: T) {
+        debug_assert!(std::ptr::addr_eq(permit.gate, self as &dyn Release));
+        let mut state = self.lock();
+        if state.waiting > 0 {
+            drop(state);
+            drop(session);
+            drop(permit);
+            return;
+        }
+        state.idle.push(session);
+        std::mem::forget(permit);
+    }
+
+    /// Takes every parked session out (to close them), their places freed.
+    pub fn drain(&self) -> Vec<T> {
+        let mut state = self.lock();
+        let parked = std::mem::take(&mut state.idle);
+        state.free += parked.len();
+        self.freed.notify_all();
+        parked
     }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        let mut free = self.gate.free.lock().unwrap_or_else(|e| e.into_inner());
-        *free += 1;
-        self.gate.freed.notify_one();
+        self.gate.release();
     }
 }
 
@@ -182,7 +275,7 @@ mod tests {
 
     #[test]
     fn the_gate_never_lets_more_in_than_it_has_permits() {
-        let gate = Gate::new(2);
+        let gate = Gate::<()>::new(2);
         let inside = AtomicUsize::new(0);
         let most = AtomicUsize::new(0);
         std::thread::scope(|s| {
@@ -200,5 +293,68 @@ mod tests {
         });
         assert!(most.load(Ordering::SeqCst) <= 2, "{most:?}");
         assert_eq!(inside.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_parked_session_is_reused_and_keeps_its_place() {
+        let gate = Gate::<&str>::new(2);
+        let (permit, reused) = gate.enter_reusing();
+        assert_eq!(reused, None);
+        gate.park(permit, "session");
+        // One place is free, the other held by the parked session.
+        let other = gate.try_enter().expect("the free place");
+        let (permit, reused) = gate.try_enter_reusing().expect("the parked one");
+        assert_eq!(reused, Some("session"));
+        drop(permit);
+        drop(other);
+        assert_eq!(gate.drain(), Vec::<&str>::new());
+        let (_a, _b) = (gate.enter(), gate.enter());
+        assert!(gate.try_enter().is_none(), "two places, both taken");
+    }
+
+    #[test]
+    fn a_caller_without_a_place_has_the_parked_session_closed() {
+        let gate = Gate::<std::sync::Arc<()>>::new(1);
+        let session = std::sync::Arc::new(());
+        let (permit, _) = gate.enter_reusing();
+        gate.park(permit, session.clone());
+        assert_eq!(std::sync::Arc::strong_count(&session), 2);
+        let command = gate.enter();
+        assert_eq!(std::sync::Arc::strong_count(&session), 1, "closed");
+        assert!(gate.try_enter_reusing().is_none());
+        drop(command);
+        assert!(gate.try_enter().is_some());
+    }
+
+    #[test]
+    fn a_session_is_not_parked_while_somebody_waits_for_a_place() {
+        let gate = Gate::<u32>::new(1);
+        let (permit, _) = gate.enter_reusing();
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let _place = gate.enter();
+            });
+            while gate.lock().waiting == 0 {
+                std::thread::yield_now();
+            }
+            gate.park(permit, 7);
+            waiter.join().unwrap();
+        });
+        assert!(gate.drain().is_empty(), "given to the waiter, not parked");
+        assert!(gate.try_enter().is_some());
+    }
+
+    #[test]
+    fn drained_sessions_free_their_places() {
+        let gate = Gate::<u32>::new(2);
+        let (a, _) = gate.enter_reusing();
+        let (b, _) = gate.enter_reusing();
+        gate.park(a, 1);
+        gate.park(b, 2);
+        let mut drained = gate.drain();
+        drained.sort();
+        assert_eq!(drained, vec![1, 2]);
+        let (_x, _y) = (gate.enter(), gate.enter());
+        assert!(gate.try_enter().is_none());
     }
 }

@@ -319,6 +319,12 @@ impl Cmd {
 }
 
 impl Conversation {
+    /// Ends the child's input now (it ends by itself then), so that several
+    /// can end at once before each is waited for on drop.
+    pub fn close_input(&mut self) {
+        drop(self.input.take());
+    }
+
     /// What we write to the child.
     pub fn input(&mut self) -> &mut std::process::ChildStdin {
         self.input.as_mut().expect("the input is open until drop")

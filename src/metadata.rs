@@ -306,23 +306,14 @@ impl Collected {
             counts,
             id,
         } = self;
-        remote.create_dir(DIR)?;
         let dir = format!("{DIR}/{id}");
-        remote.create_dir(&dir)?;
-        let names: Vec<_> = std::fs::read_dir(&scratch.0)
+        let names: Vec<String> = std::fs::read_dir(&scratch.0)
             .ctx(|| format!("reading {}", scratch.0.display()))?
             .filter_map(|e| e.ok())
             .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-            .map(|e| e.file_name())
+            .filter_map(|e| e.file_name().into_string().ok())
             .collect();
-        // Side by side: each is a few round trips to the server, and over a
-        // WAN they add up (bench/analysis.md, "nothing to send over SFTP").
-        let threads = names.len().max(1);
-        crate::pool::map_unordered(names, threads, |name| {
-            let file =
-                File::open(scratch.0.join(&name)).ctx(|| "opening the encrypted manifest")?;
-            remote.write_file(&format!("{dir}/{}", name.to_string_lossy()), file)
-        })?;
+        remote.write_dir(&[DIR, &dir], (&scratch.0, &dir), &names)?;
         log::debug(|| format!("metadata of run {id}: {counts:?}"));
         Ok(counts)
     }

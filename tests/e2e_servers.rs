@@ -778,6 +778,8 @@ fn nothing_to_send_over_sftp(kind: ServerKind, tag: &str) {
             "the last record was not copied, read over SFTP:\n{}",
             o.dump()
         );
+        assert_sftp_sessions_reused(&o);
+        assert_manifest_written_over_sftp(&job, &o);
     }
     // The run's record is whole: restore (rclone: modes and symlinks from
     // the record) gives the source back.
@@ -799,6 +801,51 @@ fn nothing_to_send_over_sftp(kind: ServerKind, tag: &str) {
         "the mirror kept what the server added"
     );
     job.verify_ok(false);
+}
+
+/// Every step of a run over SFTP (the preflight's listing, the manifest,
+/// the last record's read, the new record) works on the one session
+/// opened while sshfs mounted: each step that opened its own paid about
+/// four round trips (src/target/ssh.rs, `sftp_session`).
+fn assert_sftp_sessions_reused(o: &Out) {
+    let opened = o
+        .stderr
+        .lines()
+        .filter(|l| l.contains("run, talking over pipes: ssh ") && l.ends_with(" sftp"))
+        .count();
+    assert_eq!(
+        opened,
+        1,
+        "a run with nothing to send opened {opened} SFTP sessions, not 1:\n{}",
+        o.dump()
+    );
+}
+
+/// The run's manifest went over SFTP in one go (sftp_upload.rs,
+/// `upload_dir`), each file private to the account and whole.
+fn assert_manifest_written_over_sftp(job: &ServerJob, o: &Out) {
+    assert!(
+        o.stderr.contains("file(s) written over SFTP"),
+        "the manifest was not written over SFTP:\n{}",
+        o.dump()
+    );
+    let runs = job.server.local_dir.join("metadata");
+    let newest = fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .expect("a run's manifest on the server");
+    let files: Vec<_> = fs::read_dir(&newest).unwrap().map(|e| e.unwrap()).collect();
+    assert!(files.len() >= 3, "{newest:?} holds {} files", files.len());
+    for file in files {
+        let name = file.file_name().to_string_lossy().into_owned();
+        let meta = file.metadata().unwrap();
+        assert!(
+            meta.is_file() && !name.starts_with('.'),
+            "{name} in {newest:?}: a temp name or not a file"
+        );
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
+    }
 }
 
 #[test]

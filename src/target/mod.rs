@@ -47,7 +47,7 @@ pub use ssh::Ssh;
 pub use whitelist::{ServerSums, WhitelistTarget};
 
 use crate::config::{Job, RemoteChecksums, Sftp, Transport};
-use crate::error::{Error, Kind, Result};
+use crate::error::{Error, IoContext, Kind, Result};
 use crate::log;
 use crate::mount::Mount;
 
@@ -257,6 +257,15 @@ pub trait Target: Send + Sync {
     /// Replaces a file in one step with `content` (read from its start):
     /// a broken link never leaves half a file under the real name.
     fn write_file(&self, rel: &str, content: File) -> Result<()>;
+    /// Makes `dirs` (parents first; one that exists is fine), then writes
+    /// each of `names`, regular files of the local directory `from`, into
+    /// `to` as `write_file` does (a run's manifest).
+    fn write_dir(&self, dirs: &[&str], (from, to): (&Path, &str), names: &[String]) -> Result<()> {
+        for dir in dirs {
+            self.create_dir(dir)?;
+        }
+        write_each(self, (from, to), names)
+    }
     /// Every entry below `rel`, relative to it (empty if it is missing).
     fn list_tree(&self, rel: &str) -> Result<Vec<TreeEntry>>;
     /// The names in directory `rel`, sorted (empty if it is missing).
@@ -375,6 +384,22 @@ pub fn open(job: &Job, need: Need, mount_point: &Path) -> Result<Box<dyn Target>
             Box::new(WhitelistTarget::new(path, ssh, rsync_over_ssh, sums))
         }
     })
+}
+
+/// `write_file` of each of `names` (files of `from`) into `to`, side by
+/// side: each is a few round trips to the server, and over a WAN they add
+/// up.
+pub fn write_each<T: Target + ?Sized>(
+    target: &T,
+    (from, to): (&Path, &str),
+    names: &[String],
+) -> Result<()> {
+    crate::pool::map_unordered(names.to_vec(), names.len().max(1), |name| {
+        let path = from.join(&name);
+        let file = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
+        target.write_file(&format!("{to}/{name}"), file)
+    })?;
+    Ok(())
 }
 
 /// Measures the target's space after a backup or prune (where the target

@@ -58,7 +58,14 @@ impl PathTarget {
 
     /// The account mounted with sshfs at `point`, keeping `ssh` with it.
     pub fn mounted(ssh: Ssh, point: &Path) -> Result<PathTarget> {
-        Ok(PathTarget::mount_with(&ssh, point)?.keeping(ssh))
+        // What follows the mount over an SFTP account asks over SFTP too
+        // (the preflight's stamps, a restore's fetch): its session opens
+        // while sshfs mounts.
+        let ((), mounted) = crate::pool::both(
+            || ssh.open_sftp_ahead(),
+            || PathTarget::mount_with(&ssh, point),
+        );
+        Ok(mounted?.keeping(ssh))
     }
 
     /// This mount, now holding the `ssh` it rides on.
@@ -493,6 +500,24 @@ impl Target for PathTarget {
         std::io::copy(&mut content, &mut file)
             .ctx(|| format!("writing {}", self.root.join(rel).display()))?;
         file.commit()
+    }
+
+    /// Over SFTP on one session where the account is reached by ssh
+    /// (sftp_upload.rs, `upload_dir`); what that did not write goes
+    /// through the path.
+    fn write_dir(&self, dirs: &[&str], (from, to): (&Path, &str), names: &[String]) -> Result<()> {
+        let left = match &self.ssh {
+            Some(ssh) => super::sftp_upload::upload_dir(ssh, dirs, (from, to), names)?,
+            None => names.to_vec(),
+        };
+        if left.is_empty() {
+            log::debug(|| format!("{to}: {} file(s) written over SFTP", names.len()));
+            return Ok(());
+        }
+        for dir in dirs {
+            self.create_dir(dir)?;
+        }
+        super::write_each(self, (from, to), &left)
     }
 
     /// Over SFTP where the account is reached by ssh (many requests in

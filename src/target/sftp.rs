@@ -30,6 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::Ssh;
 use super::listing::TreeEntry;
 use super::pull::MUNGE_PREFIX;
+use crate::budget::Permit;
 use crate::checksums::InOrderSha1;
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::exec::Conversation;
@@ -196,11 +197,8 @@ impl<'a> SftpFetcher<'a> {
         dest: Dest<'f>,
         phase: Option<&'f Phase>,
     ) -> Result<Fetch<'f>> {
-        let _session = self.ssh.session();
-        let mut session = Session::start(self.ssh)?;
         let mut run = Fetch::new(self.ssh, from, queue, dest, phase);
-        run.go(&mut session)
-            .map_err(|e| session.explain(e, self.ssh))?;
+        self.ssh.with_sftp(|session| run.go(session))?;
         Ok(run)
     }
 }
@@ -210,9 +208,7 @@ impl<'a> SftpFetcher<'a> {
 /// most `room` bytes. None where the server has no such file or will not
 /// give it back.
 pub fn read_whole(ssh: &Ssh, rel: &str, into: File, room: u64) -> Result<Option<File>> {
-    let _permit = ssh.session();
-    let mut session = Session::start(ssh)?;
-    read_whole_on(&mut session, ssh, rel, into, room).map_err(|e| session.explain(e, ssh))
+    ssh.with_sftp(|session| read_whole_on(session, ssh, rel, into, room))
 }
 
 /// As `read_whole`, on a session the caller holds: a directory or
@@ -274,14 +270,10 @@ pub fn tree_stamps(ssh: &Ssh, rel: &str) -> Result<String> {
 /// flight. Names are checked to be plain names; at most
 /// `MAX_TREE_ENTRIES` entries.
 pub fn list_tree(ssh: &Ssh, rel: &str) -> Result<RemoteTree> {
-    let _permit = ssh.session();
-    let mut session = Session::start(ssh)?;
     let base = remote_base(&ssh.sftp().path, rel);
     let top = vec![(String::new(), base.clone())];
     let mut lister = Lister::new(rel, base, top, true);
-    lister
-        .go(&mut session)
-        .map_err(|e| session.explain(e, ssh))?;
+    ssh.with_sftp(|session| lister.go(session))?;
     Ok(lister.tree)
 }
 
@@ -624,6 +616,8 @@ pub(super) fn remote_base(path: &Path, from: &str) -> Vec<u8> {
 /// One SFTP session: `ssh -s … sftp`, version 3 agreed.
 pub(super) struct Session {
     child: Conversation,
+    /// Requests sent whose answer was not taken yet.
+    unanswered: usize,
     /// The extensions the server announced (`hardlink@openssh.com`...).
     pub(super) extensions: Vec<String>,
     next_id: u32,
@@ -640,6 +634,86 @@ pub(super) struct Session {
     max_open: usize,
     /// How many sessions share `max_open` (`share_open`).
     sharing: usize,
+}
+
+/// An SFTP session with its place in the connection budget
+/// (`Ssh::sftp_session`). `give_back` keeps a session that finished its
+/// work for the next step of the stage; dropped, it is closed.
+pub(super) struct Leased<'a> {
+    ssh: &'a Ssh,
+    // Closed before its place is freed (fields drop in this order).
+    session: Option<Session>,
+    permit: Option<Permit<'a>>,
+}
+
+impl<'a> Leased<'a> {
+    pub(super) fn new(ssh: &'a Ssh, permit: Permit<'a>, parked: Option<Session>) -> Result<Self> {
+        let session = match parked {
+            Some(session) => session,
+            None => Session::start(ssh)?,
+        };
+        Ok(Leased {
+            ssh,
+            session: Some(session),
+            permit: Some(permit),
+        })
+    }
+
+    /// `work` on the session, which is kept for the next step where the
+    /// work went through (`give_back`); an error says what ssh said where
+    /// the connection went.
+    pub(super) fn work<R>(mut self, work: impl FnOnce(&mut Session) -> Result<R>) -> Result<R> {
+        match work(&mut self) {
+            Ok(done) => {
+                self.give_back();
+                Ok(done)
+            }
+            Err(e) => {
+                let ssh = self.ssh;
+                Err(self.explain(e, ssh))
+            }
+        }
+    }
+
+    /// Keeps the session for the next step where it is as fresh: every
+    /// request answered, nothing more sent by the server, ssh still there.
+    /// Else (work given up halfway) it is closed.
+    pub(super) fn give_back(mut self) {
+        let (Some(mut session), Some(permit)) = (self.session.take(), self.permit.take()) else {
+            return;
+        };
+        if session.is_settled() {
+            session.sharing = 1;
+            self.ssh.park_sftp(permit, session);
+        }
+    }
+}
+
+impl std::ops::Deref for Leased<'_> {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        self.session.as_ref().expect("held until given back")
+    }
+}
+
+impl std::ops::DerefMut for Leased<'_> {
+    fn deref_mut(&mut self) -> &mut Session {
+        self.session.as_mut().expect("held until given back")
+    }
+}
+
+/// A place in the budget for an SFTP session, with a parked session to
+/// reuse where there was one (`Ssh::try_sftp_place`).
+pub(super) struct SftpPlace<'a> {
+    pub(super) ssh: &'a Ssh,
+    pub(super) permit: Permit<'a>,
+    pub(super) parked: Option<Session>,
+}
+
+impl<'a> SftpPlace<'a> {
+    pub(super) fn open(self) -> Result<Leased<'a>> {
+        Leased::new(self.ssh, self.permit, self.parked)
+    }
 }
 
 /// A packet from the server: its type, request id and the rest.
@@ -681,10 +755,44 @@ impl Session {
         Ok(session)
     }
 
+    /// Waits for the answer to limits@openssh.com where it was asked (one
+    /// round trip), so that a session opened ahead is settled.
+    pub(super) fn take_limits_answer(&mut self) -> Result<()> {
+        self.flush()?;
+        while let Some(asked) = self.limits_asked {
+            let (kind, body) = self.receive_raw()?;
+            let mut body = Fields(body);
+            let id = body.u32()?;
+            if id != asked {
+                return Err(unasked(id));
+            }
+            self.unanswered = self.unanswered.saturating_sub(1);
+            self.limits_asked = None;
+            self.take_limits(kind, body);
+        }
+        Ok(())
+    }
+
+    /// Ends the session without waiting: ssh ends once the server closes
+    /// the channel (dropping it then waits for that).
+    pub(super) fn close(&mut self) {
+        self.child.close_input();
+    }
+
+    /// Every request answered and taken, nothing unread, ssh running: the
+    /// next step may use the session as if it were new.
+    fn is_settled(&mut self) -> bool {
+        self.unanswered == 0
+            && self.out.is_empty()
+            && self.taken == self.arrived.len()
+            && !self.child.ended()
+    }
+
     /// A session over `child`'s pipes, before the greeting.
     fn over(child: Conversation) -> Result<Session> {
         let session = Session {
             child,
+            unanswered: 0,
             extensions: Vec::new(),
             next_id: 0,
             out: Vec::new(),
@@ -760,6 +868,7 @@ impl Session {
     pub(super) fn request(&mut self, kind: u8, fields: &[&[u8]], tail: &[u8]) -> u32 {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
+        self.unanswered += 1;
         let mut payload = Vec::with_capacity(64);
         put_u32(&mut payload, id);
         for field in fields {
@@ -835,6 +944,7 @@ impl Session {
             let (kind, body) = self.receive_raw()?;
             let mut body = Fields(body);
             let id = body.u32()?;
+            self.unanswered = self.unanswered.saturating_sub(1);
             if self.limits_asked == Some(id) {
                 self.limits_asked = None;
                 self.take_limits(kind, body);
@@ -1580,6 +1690,10 @@ pub(super) struct Attrs {
 }
 
 impl Attrs {
+    pub(super) fn is_dir(&self) -> bool {
+        self.mode.is_some_and(|mode| mode & S_IFMT == S_IFDIR)
+    }
+
     pub(super) fn read(body: &mut Fields) -> Result<Attrs> {
         let flags = body.u32()?;
         let size = (flags & ATTR_SIZE != 0).then(|| body.u64()).transpose()?;

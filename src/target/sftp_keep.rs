@@ -56,8 +56,7 @@ pub struct NotKept {
 /// directories there (0700: only the owner reads a snapshot's
 /// directories; the record keeps their modes).
 pub fn keep_in_snapshot(ssh: &Ssh, snapshot: &str, what: &ToKeep) -> Result<NotKept> {
-    let _permit = ssh.session();
-    let mut session = Session::start(ssh)?;
+    let session = ssh.sftp_session()?;
     let files = remote_base(&ssh.sftp().path, super::FILES);
     let kept = remote_base(
         &ssh.sftp().path,
@@ -106,8 +105,7 @@ pub fn keep_in_snapshot(ssh: &Ssh, snapshot: &str, what: &ToKeep) -> Result<NotK
             links: failed(what.links, linked),
         })
     };
-    let result = run(&mut session);
-    result.map_err(|e| session.explain(e, ssh))
+    session.work(run)
 }
 
 /// Hard-links each `(from, to)` pair of paths relative to the account's
@@ -115,9 +113,9 @@ pub fn keep_in_snapshot(ssh: &Ssh, snapshot: &str, what: &ToKeep) -> Result<NotK
 /// pairs that were not linked, for the caller to copy. A server without
 /// the extension links none.
 pub fn link_within(ssh: &Ssh, pairs: &[(String, String)]) -> Result<Vec<(String, String)>> {
-    let _permit = ssh.session();
-    let mut session = Session::start(ssh)?;
+    let session = ssh.sftp_session()?;
     if !session.offers(HARDLINK) {
+        session.give_back();
         return Ok(pairs.to_vec());
     }
     let path = |rel: &str| remote_base(&ssh.sftp().path, rel);
@@ -129,9 +127,9 @@ pub fn link_within(ssh: &Ssh, pairs: &[(String, String)]) -> Result<Vec<(String,
         })
         .collect();
     let targets: Vec<Vec<u8>> = pairs.iter().map(|(_, to)| path(to)).collect();
-    let linked = send_all(&mut session, &requests)
-        .and_then(|sent| confirm(&mut session, &targets, &sent))
-        .map_err(|e| session.explain(e, ssh))?;
+    let linked = session.work(|session| {
+        send_all(session, &requests).and_then(|sent| confirm(session, &targets, &sent))
+    })?;
     Ok(pairs
         .iter()
         .zip(linked)
@@ -163,8 +161,6 @@ fn confirm(session: &mut Session, targets: &[Vec<u8>], sent: &[bool]) -> Result<
 /// refused, for rsync. Deepest first, so that a mode that shuts a
 /// directory does not stop the ones below it.
 pub fn set_dir_attrs(ssh: &Ssh, dirs: &[(String, u32, u32)], modes: bool) -> Result<Vec<String>> {
-    let _permit = ssh.session();
-    let mut session = Session::start(ssh)?;
     let files = remote_base(&ssh.sftp().path, super::FILES);
     let mut requests = Vec::new();
     let mut tails = Vec::new();
@@ -186,8 +182,7 @@ pub fn set_dir_attrs(ssh: &Ssh, dirs: &[(String, u32, u32)], modes: bool) -> Res
         requests.push((SSH_FXP_SETSTAT, vec![path]));
         tails.push(attrs);
     }
-    let answers =
-        exchange_each(&mut session, &requests, &tails).map_err(|e| session.explain(e, ssh))?;
+    let answers = ssh.with_sftp(|session| exchange_each(session, &requests, &tails))?;
     Ok(dirs
         .iter()
         .zip(answers)

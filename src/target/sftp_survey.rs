@@ -29,9 +29,7 @@ pub struct NewestRun {
 /// None where no run has a record, or the record went between the listing
 /// and the read: the caller then asks through the mount, which says why.
 pub fn newest_run(ssh: &Ssh, scratch: File) -> Result<Option<NewestRun>> {
-    let _permit = ssh.session();
-    let mut session = Session::start(ssh)?;
-    newest_on(&mut session, ssh, scratch).map_err(|e| session.explain(e, ssh))
+    ssh.with_sftp(|session| newest_on(session, ssh, scratch))
 }
 
 fn newest_on(session: &mut Session, ssh: &Ssh, scratch: File) -> Result<Option<NewestRun>> {

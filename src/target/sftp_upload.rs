@@ -29,11 +29,11 @@ use std::path::Path;
 
 use super::Ssh;
 use super::sftp::{
-    ATTR_ACMODTIME, ATTR_PERMISSIONS, Attrs, CHUNK, HARDLINK, MAX_IN_FLIGHT, MAX_OPEN,
-    POSIX_RENAME, SSH_FXF_CREAT, SSH_FXF_EXCL, SSH_FXF_WRITE, SSH_FXP_ATTRS, SSH_FXP_CLOSE,
-    SSH_FXP_EXTENDED, SSH_FXP_FSETSTAT, SSH_FXP_HANDLE, SSH_FXP_LSTAT, SSH_FXP_MKDIR, SSH_FXP_OPEN,
-    SSH_FXP_REMOVE, SSH_FXP_STATUS, SSH_FXP_WRITE, Session, Slots, put_u32, put_u64, remote_base,
-    remote_path,
+    ATTR_ACMODTIME, ATTR_PERMISSIONS, Attrs, CHUNK, FSYNC, HARDLINK, Leased, MAX_IN_FLIGHT,
+    MAX_OPEN, POSIX_RENAME, SSH_FXF_CREAT, SSH_FXF_EXCL, SSH_FXF_WRITE, SSH_FXP_ATTRS,
+    SSH_FXP_CLOSE, SSH_FXP_EXTENDED, SSH_FXP_FSETSTAT, SSH_FXP_HANDLE, SSH_FXP_LSTAT,
+    SSH_FXP_MKDIR, SSH_FXP_OPEN, SSH_FXP_REMOVE, SSH_FXP_STATUS, SSH_FXP_WRITE, Session, Slots,
+    put_u32, put_u64, remote_base, remote_path,
 };
 use crate::error::Result;
 use crate::progress::{Part, PartId, Phase};
@@ -55,14 +55,16 @@ pub fn upload_new(ssh: &Ssh, view: &Path, phase: Option<&Phase>) -> Result<Uploa
     if tree.files.is_empty() {
         return Ok(Uploaded::default());
     }
-    let _permit = ssh.session();
-    let mut session = Session::start(ssh)?;
+    let mut session = ssh.sftp_session()?;
     if !session.offers(HARDLINK) {
         crate::log::debug(|| format!("no first pass over SFTP: the server lacks {HARDLINK}"));
+        session.give_back();
         return Ok(Uploaded::default());
     }
     let base = remote_base(&ssh.sftp().path, super::FILES);
-    make_dirs(&mut session, &base, &tree.dirs).map_err(|e| session.explain(e, ssh))?;
+    if let Err(e) = make_dirs(&mut session, &base, &tree.dirs) {
+        return Err(session.explain(e, ssh));
+    }
     let (done, _) = side_by_side(ssh, session, (&base, view), phase, tree.files, false)?;
     Ok(done)
 }
@@ -81,8 +83,7 @@ pub fn upload_changes(
     files: &[(String, bool)],
     phase: Option<&Phase>,
 ) -> Result<(Uploaded, Vec<String>)> {
-    let _permit = ssh.session();
-    let session = Session::start(ssh)?;
+    let session = ssh.sftp_session()?;
     let (can_link, can_replace) = (session.offers(HARDLINK), session.offers(POSIX_RENAME));
     let mut queue = Vec::new();
     for (rel, replace) in files {
@@ -99,10 +100,86 @@ pub fn upload_changes(
         }
     }
     if queue.is_empty() {
+        session.give_back();
         return Ok((Uploaded::default(), Vec::new()));
     }
     let base = remote_base(&ssh.sftp().path, super::FILES);
     side_by_side(ssh, session, (&base, view), phase, queue, true)
+}
+
+/// Writes the regular files `names` of the local directory `from` (a
+/// run's encrypted manifest, metadata.rs) into the account's `to`, all in
+/// flight on one session: the directories `dirs` (parents first, `to`
+/// among them) are made and looked up in one turn, then each file goes to
+/// a temp name, is synced and renamed over its name, and the name looked
+/// up, as `upload_changes` does a replacing file. Through sshfs each of
+/// these steps waits for the one before, and each file had a session of
+/// its own: at 20 ms the manifest of a no-change backup took 0.24 s.
+/// Returns the names not confirmed there (every name where a directory
+/// is not there, or the server cannot rename in one step), for the
+/// caller to write through the mount, which says why.
+pub fn upload_dir(
+    ssh: &Ssh,
+    dirs: &[&str],
+    (from, to): (&Path, &str),
+    names: &[String],
+) -> Result<Vec<String>> {
+    let session = ssh.sftp_session()?;
+    if !session.offers(POSIX_RENAME) {
+        session.give_back();
+        return Ok(names.to_vec());
+    }
+    let queue: Vec<LocalFile> = names
+        .iter()
+        .filter_map(|name| {
+            let meta = std::fs::symlink_metadata(from.join(name)).ok()?;
+            let mut file = LocalFile::of(name.clone(), &meta);
+            // Only the account reads what it holds of a run.
+            (file.mode, file.replace) = (0o600, true);
+            meta.is_file().then_some(file)
+        })
+        .collect();
+    let base = remote_base(&ssh.sftp().path, to);
+    session.work(|session| {
+        if !made_dirs(session, ssh, dirs)? {
+            return Ok(names.to_vec());
+        }
+        let mut pass = Pass::new(&base, from, None, queue);
+        (pass.named, pass.fsync) = (true, session.offers(FSYNC));
+        pass.go(session)?;
+        let sent: HashSet<&String> = pass.sent.iter().collect();
+        Ok(names
+            .iter()
+            .filter(|n| !sent.contains(n))
+            .cloned()
+            .collect())
+    })
+}
+
+/// MKDIRs of `dirs` (0700), then a lookup of each, in one turn: whether
+/// every one is a directory now (one that was there is fine). A server
+/// that runs the requests out of order may look up before it made one:
+/// that only sends the caller through the mount.
+fn made_dirs(session: &mut Session, ssh: &Ssh, dirs: &[&str]) -> Result<bool> {
+    let root = &ssh.sftp().path;
+    let paths: Vec<Vec<u8>> = dirs.iter().map(|d| remote_base(root, d)).collect();
+    for path in &paths {
+        session.request(SSH_FXP_MKDIR, &[path], &perms(0o700));
+    }
+    let lookups: HashSet<u32> = paths
+        .iter()
+        .map(|path| session.request(SSH_FXP_LSTAT, &[path], &[]))
+        .collect();
+    session.flush()?;
+    let mut all_there = true;
+    for _ in 0..2 * paths.len() {
+        let mut packet = session.receive()?;
+        if lookups.contains(&packet.id) {
+            let there = packet.kind == SSH_FXP_ATTRS && Attrs::read(&mut packet.body)?.is_dir();
+            all_there &= there;
+        }
+    }
+    Ok(all_there)
 }
 
 /// Sessions that upload side by side where the connection budget has
@@ -116,16 +193,16 @@ const SESSIONS_SIDE_BY_SIDE: usize = 4;
 
 /// The files confirmed on the server come back where `named` (a first
 /// pass of 200,000 files would hold every path twice for nothing).
-fn side_by_side(
-    ssh: &Ssh,
-    mut session: Session,
+fn side_by_side<'a>(
+    ssh: &'a Ssh,
+    mut session: Leased<'a>,
     (base, view): (&[u8], &Path),
     phase: Option<&Phase>,
     files: Vec<LocalFile>,
     named: bool,
 ) -> Result<(Uploaded, Vec<String>)> {
     let wanted = SESSIONS_SIDE_BY_SIDE.min(files.len().div_ceil(MIN_FILES_PER_SESSION));
-    let more: Vec<_> = (1..wanted).map_while(|_| ssh.try_session()).collect();
+    let more: Vec<_> = (1..wanted).map_while(|_| ssh.try_sftp_place()).collect();
     let mut shares: Vec<Vec<LocalFile>> = (0..=more.len()).map(|_| Vec::new()).collect();
     let count = shares.len();
     for (i, file) in files.into_iter().enumerate() {
@@ -133,13 +210,22 @@ fn side_by_side(
     }
     session.share_open(count);
     crate::log::debug(|| format!("sftp upload: {count} session(s) side by side"));
+    let mut places = more.into_iter();
     let mut first = Some(session);
     let results = std::thread::scope(|scope| {
         let handles: Vec<_> = shares
             .into_iter()
             .map(|share| {
-                let given = first.take();
-                scope.spawn(move || one_pass(ssh, given, count, (base, view, phase), share, named))
+                // The first share goes to `session`, each other to a place.
+                let given = first.take().ok_or_else(|| places.next());
+                scope.spawn(move || {
+                    let session = match given {
+                        Ok(session) => session,
+                        Err(Some(place)) => place.open()?,
+                        Err(None) => unreachable!("a place for each share"),
+                    };
+                    one_pass(session, count, (base, view, phase), share, named)
+                })
             })
             .collect();
         handles
@@ -147,7 +233,6 @@ fn side_by_side(
             .map(|h| h.join().unwrap_or_else(|_| Err(panicked())))
             .collect::<Vec<_>>()
     });
-    drop(more);
     let mut done = Uploaded::default();
     let mut sent = Vec::new();
     for result in results {
@@ -166,23 +251,18 @@ fn panicked() -> crate::error::Error {
 /// Fewer files than this per session are not worth one more session.
 const MIN_FILES_PER_SESSION: usize = 256;
 
-/// One session's pass over `share`: on `given`, else a session of its own.
+/// One session's pass over `share`.
 fn one_pass(
-    ssh: &Ssh,
-    given: Option<Session>,
+    mut session: Leased<'_>,
     sharing: usize,
     (base, view, phase): (&[u8], &Path, Option<&Phase>),
     share: Vec<LocalFile>,
     named: bool,
 ) -> Result<(Uploaded, Vec<String>)> {
-    let mut session = match given {
-        Some(session) => session,
-        None => Session::start(ssh)?,
-    };
     session.share_open(sharing);
     let mut pass = Pass::new(base, view, phase, share);
     pass.named = named;
-    pass.go(&mut session).map_err(|e| session.explain(e, ssh))?;
+    session.work(|session| pass.go(session))?;
     Ok((pass.done, pass.sent))
 }
 
@@ -323,6 +403,10 @@ struct Pass<'a> {
     sent: Vec<String>,
     /// Whether `sent` is kept.
     named: bool,
+    /// Whether each file is synced on the server before it is closed
+    /// (`fsync@openssh.com`): a run's manifest, not the view's files
+    /// (rsync does not sync them either).
+    fsync: bool,
     /// One read of the view, reused for every write.
     chunk: Vec<u8>,
     /// This pass's counter in the phase, with the user's files it was
@@ -354,6 +438,7 @@ impl<'a> Pass<'a> {
             done: Uploaded::default(),
             sent: Vec::new(),
             named: false,
+            fsync: false,
             chunk: vec![0u8; CHUNK as usize],
             part,
         };
@@ -466,6 +551,13 @@ impl<'a> Pass<'a> {
                     let id = session.request(SSH_FXP_FSETSTAT, &[&handle], &attrs);
                     slot.in_flight += 1;
                     self.pending.insert(id, Some(index));
+                    if self.fsync {
+                        let mut tail = Vec::new();
+                        super::sftp::put_string(&mut tail, &handle);
+                        let id = session.request(SSH_FXP_EXTENDED, &[FSYNC.as_bytes()], &tail);
+                        slot.in_flight += 1;
+                        self.pending.insert(id, Some(index));
+                    }
                     self.close(session, index);
                     break;
                 }

@@ -42,10 +42,10 @@ pub fn write_file(ssh: &Ssh, rel: &str, content: &mut File) -> Result<bool> {
     content
         .seek(SeekFrom::Start(0))
         .ctx(|| format!("rewinding the content of {rel}"))?;
-    let _permit = ssh.session();
-    let mut session = Session::start(ssh)?;
+    let session = ssh.sftp_session()?;
     if !session.offers(POSIX_RENAME) {
         log::debug(|| format!("{rel} written through the mount: the server lacks {POSIX_RENAME}"));
+        session.give_back();
         return Ok(false);
     }
     let (dir, name) = rel.rsplit_once('/').unwrap_or((".", rel));
@@ -58,9 +58,7 @@ pub fn write_file(ssh: &Ssh, rel: &str, content: &mut File) -> Result<bool> {
         fsync: session.offers(FSYNC),
         pending: HashMap::new(),
     };
-    let done = write
-        .go(&mut session, content)
-        .map_err(|e| session.explain(e, ssh))?;
+    let done = session.work(|session| write.go(session, content))?;
     match &done {
         Ok(()) => log::debug(|| format!("{rel} written over SFTP ({size} bytes)")),
         Err(why) => log::debug(|| format!("{rel} written through the mount: over SFTP {why}")),

@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::sftp::{Leased, Session, SftpPlace};
 use crate::budget::{self, Gate, Permit, Sessions};
 use crate::config::{Job, Sftp};
 use crate::error::{Error, Kind, Result};
@@ -49,9 +50,10 @@ pub struct Ssh {
     /// The master's socket, while a master runs.
     master: Option<PathBuf>,
     /// The target's connection budget (budget.rs): the sshfs mount's
-    /// share, and the gate every other session passes.
+    /// share, and the gate every other session passes; SFTP sessions
+    /// that finished their work wait there for the next (`sftp_session`).
     sessions: Sessions,
-    beside_mount: Gate,
+    beside_mount: Gate<Session>,
 }
 
 /// Unix socket paths are limited to 108 bytes; a longer runtime dir just
@@ -145,10 +147,60 @@ impl Ssh {
     pub fn try_session(&self) -> Option<Permit<'_>> {
         self.beside_mount.try_enter()
     }
+
+    /// An SFTP session beside the mount: one that an earlier step of the
+    /// stage finished with where there is one (opening one costs about
+    /// four round trips: the channel, the subsystem, the greeting), else a
+    /// new one in a free place.
+    pub(super) fn sftp_session(&self) -> Result<Leased<'_>> {
+        let (permit, parked) = self.beside_mount.enter_reusing();
+        Leased::new(self, permit, parked)
+    }
+
+    /// A place for one more SFTP session, where one is free now (None
+    /// where not); `SftpPlace::open` opens it (on the thread that works
+    /// on it: opening takes round trips).
+    pub(super) fn try_sftp_place(&self) -> Option<SftpPlace<'_>> {
+        let (permit, parked) = self.beside_mount.try_enter_reusing()?;
+        Some(SftpPlace {
+            ssh: self,
+            permit,
+            parked,
+        })
+    }
+
+    /// `work` on an SFTP session (`sftp_session`, `Leased::work`).
+    pub(super) fn with_sftp<R>(&self, work: impl FnOnce(&mut Session) -> Result<R>) -> Result<R> {
+        self.sftp_session()?.work(work)
+    }
+
+    /// Opens an SFTP session and parks it for the first step that wants
+    /// one: called beside other work that waits on round trips (the sshfs
+    /// mount), it saves that step the opening. Where none opens, that
+    /// step tries again and says why.
+    pub(super) fn open_sftp_ahead(&self) {
+        let opened = self.sftp_session().and_then(|mut session| {
+            session.take_limits_answer()?;
+            Ok(session)
+        });
+        match opened {
+            Ok(session) => session.give_back(),
+            Err(e) => log::debug(|| format!("sftp: no session opened ahead: {e}")),
+        }
+    }
+
+    /// Keeps a session that finished its work for the next step.
+    pub(super) fn park_sftp(&self, permit: Permit<'_>, session: Session) {
+        self.beside_mount.park(permit, session);
+    }
 }
 
 impl Drop for Ssh {
     fn drop(&mut self) {
+        // The parked SFTP sessions end (all at once) before their master.
+        let mut parked = self.beside_mount.drain();
+        parked.iter_mut().for_each(Session::close);
+        drop(parked);
         if let Some(socket) = self.master.take() {
             if let Err(e) = self.control("exit") {
                 log::warn(format!("cannot stop the ssh master connection: {e}"));

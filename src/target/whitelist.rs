@@ -394,6 +394,10 @@ impl Target for WhitelistTarget {
         self.path.write_file(rel, content)
     }
 
+    fn write_dir(&self, dirs: &[&str], from_to: (&Path, &str), names: &[String]) -> Result<()> {
+        self.path.write_dir(dirs, from_to, names)
+    }
+
     fn list_tree(&self, rel: &str) -> Result<Vec<TreeEntry>> {
         self.path.list_tree(rel)
     }

@@ -45,7 +45,10 @@ pub fn of_source(job: &Job) -> Option<SourceState> {
         return None;
     }
     match walk_source(job) {
-        Ok(state) => Some(state),
+        Ok(state) => {
+            log::debug(|| "fingerprint of the source: taken".into());
+            Some(state)
+        }
         Err(e) => {
             log::debug(|| format!("no fingerprint of the source: {e}"));
             None

@@ -281,6 +281,15 @@ pub enum Manifest {
 }
 
 impl Manifest {
+    /// Collected from `source` now, where it was not yet (a backup does it
+    /// beside the mirror: sync.rs).
+    pub fn collected(self, source: &Path, id: &str) -> Result<Manifest> {
+        match self {
+            Manifest::Writer(writer) => Ok(Manifest::Collected(writer.collect(source, id)?)),
+            collected => Ok(collected),
+        }
+    }
+
     /// Stores run `id`'s manifest on the target (a backup, after the
     /// mirror and before the record): collected from `source` now unless
     /// it was already.

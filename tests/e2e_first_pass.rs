@@ -208,6 +208,15 @@ fn a_later_backup_sends_its_new_and_changed_files_over_sftp() {
         "a later first pass:\n{}",
         o.dump()
     );
+    // files/ was listed while the guard read the view (sync.rs), and
+    // that listing made the change set.
+    assert!(
+        o.stderr
+            .contains("files/ listed over SFTP while the guard reads the view")
+            && o.stderr.contains("change set: "),
+        "files/ was not listed beside the guard:\n{}",
+        o.dump()
+    );
     assert!(
         o.stderr.contains("kept over SFTP: 1 of 1 moved")
             && sent_over_sftp(&o).is_some_and(|n| n >= 21),

@@ -648,7 +648,10 @@ pub(super) struct Leased<'a> {
 
 impl<'a> Leased<'a> {
     pub(super) fn new(ssh: &'a Ssh, permit: Permit<'a>, parked: Option<Session>) -> Result<Self> {
-        let session = match parked {
+        // A parked session whose ssh ended since (the master went, the
+        // server closed it) is replaced.
+        let alive = |mut session: Session| (!session.child.ended()).then_some(session);
+        let session = match parked.and_then(alive) {
             Some(session) => session,
             None => Session::start(ssh)?,
         };
@@ -1891,6 +1894,31 @@ mod tests {
             let mut packet = session.receive().unwrap();
             assert_eq!((packet.kind, packet.id), (SSH_FXP_READ, id));
             assert_eq!(packet.body.string(100).unwrap(), vec![7u8; 90]);
+        }
+    }
+
+    /// A session is parked for the next step only once every request is
+    /// answered and taken, and while ssh (here `cat`) still runs.
+    #[test]
+    fn a_session_is_settled_only_with_nothing_in_flight() {
+        let cat = crate::exec::Cmd::new("cat").converse().unwrap();
+        let mut session = Session::over(cat).unwrap();
+        assert!(session.is_settled());
+        session.request(SSH_FXP_READ, &[b"a"], &[]);
+        assert!(!session.is_settled(), "a request not sent yet");
+        session.request(SSH_FXP_READ, &[b"b"], &[]);
+        session.flush().unwrap();
+        assert!(!session.is_settled(), "two answers to come");
+        session.receive().unwrap();
+        assert!(!session.is_settled(), "one answer to come");
+        session.receive().unwrap();
+        assert!(session.is_settled());
+        session.close();
+        // cat ends at the end of its input, in its own time.
+        let since = Instant::now();
+        while session.is_settled() {
+            assert!(since.elapsed() < Duration::from_secs(60), "cat never ended");
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }

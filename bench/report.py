@@ -36,7 +36,7 @@ except ImportError:  # Debian's matplotlib lives in the system python
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 DOC = os.path.join(REPO, "docs", "benchmarks.md")
-TOOLS = ["cs-sshfs", "cs-rsync", "seed", "restic", "borg"]
+TOOLS = ["cs-sshfs", "cs-rsync", "cs-sftponly", "seed", "restic", "borg"]
 LABEL = {"cs-sshfs": "ciphersync (sshfs)", "cs-rsync": "ciphersync (rsync)",
          "cs-sftponly": "ciphersync (sshfs, SFTP-only account)", "seed": "seed pipeline",
          "restic": "restic (sftp:)", "borg": "borg (ssh://)", "floor": "floor: cat via gocryptfs -reverse",
@@ -205,6 +205,13 @@ def summarise(recs):
     """(tool, scenario) -> dict of medians/mins over successful repeats."""
     out = {}
     groups = {}
+    # A run with CSBENCH_BIN names the helper's process after that file
+    # (e.g. "cs-255757a"), not "ciphersync".
+    binaries = set()
+    for r in recs:
+        path = ((r.get("meta") or {}).get("versions") or {}).get("ciphersync_binary") or ""
+        if path:
+            binaries.add(os.path.basename(path.split(" ")[0])[:15])
     for r in recs:
         if r.get("scenario") in ("meta", "restore_check", "init"):
             continue
@@ -216,7 +223,8 @@ def summarise(recs):
         def rss(r):
             peaks = r.get("peak_rss_kb") or {}
             # the kernel keeps 15 characters of a name: "ciphersync-3469" etc.
-            mine = [v for k, v in peaks.items() if comm and k.startswith(comm[:15])]
+            names = ([comm[:15]] if comm else []) + (sorted(binaries) if comm == "ciphersync" else [])
+            mine = [v for k, v in peaks.items() if any(k.startswith(n) for n in names)]
             if mine:
                 return max(mine)
             return max(list(peaks.values()) + [r.get("maxrss_kb") or 0]) or None
@@ -305,13 +313,13 @@ def targets(summary, floor, delay, set_name=None):
         goals = [("backup_initial", "initial backup", 1.0), ("backup_nochange", "no-change backup", 0.5),
                  ("backup_changed", "backup after the 1 % change", 1.0), ("restore_full", "full restore", 1.0)]
         for sc, name, goal in goals:
-            for t in ("cs-sshfs", "cs-rsync"):
+            for t in ("cs-sshfs", "cs-rsync", "cs-sftponly"):
                 v, r = w(t, sc), w("restic", sc)
                 if v and r:
                     row("%s at %g ms RTT (%s) vs restic" % (name, 2 * delay, LABEL[t]),
                         "%.2f× (%s s vs %s s)" % (v / r, fmt_s(v), fmt_s(r)), "≤ %g×" % goal, v <= goal * r)
     if set_name == "SMALL":
-        for t in ("cs-sshfs", "cs-rsync"):
+        for t in ("cs-sshfs", "cs-rsync", "cs-sftponly"):
             # every run counts here, also one that failed or found a mismatch
             peaks = [(sc, d["rss_max_all"]) for (tt, sc), d in summary.items() if tt == t and d["rss_max_all"]]
             if peaks:
@@ -330,7 +338,7 @@ def plot(summary, floor, title, path):
     tools = [t for t in TOOLS if any((t, s) in summary for s in scs)]
     fig, ax = plt.subplots(figsize=(11, 5.2), dpi=110)
     width = 0.8 / max(1, len(tools))
-    colors = {"cs-sshfs": "#1f77b4", "cs-rsync": "#17becf", "seed": "#7f7f7f", "restic": "#ff7f0e", "borg": "#2ca02c"}
+    colors = {"cs-sshfs": "#1f77b4", "cs-rsync": "#17becf", "cs-sftponly": "#9467bd", "seed": "#7f7f7f", "restic": "#ff7f0e", "borg": "#2ca02c"}
     for i, t in enumerate(tools):
         xs, ys, lo = [], [], []
         for j, s in enumerate(scs):

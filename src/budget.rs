@@ -136,32 +136,26 @@ impl<T: Send> Gate<T> {
         Permit { gate: self }
     }
 
-    /// A free place, where there is one now (a parked session's, closed,
-    /// where that is the only one).
-    pub fn try_enter(&self) -> Option<Permit<'_>> {
-        let mut state = self.lock();
+    /// A place now, where there is one: a parked session's (handed back)
+    /// first where `reuse`, else a free place, else a parked session's
+    /// (handed back for the caller to close, outside the lock).
+    fn take_now(state: &mut GateState<T>, reuse: bool) -> Option<Option<T>> {
+        if reuse && let Some(parked) = state.idle.pop() {
+            return Some(Some(parked));
+        }
         if state.free > 0 {
             state.free -= 1;
-            return Some(self.permit());
+            return Some(None);
         }
-        let parked = state.idle.pop()?;
-        drop(state);
-        drop(parked);
-        Some(self.permit())
+        state.idle.pop().map(Some)
     }
 
-    /// Waits for a free place.
-    pub fn enter(&self) -> Permit<'_> {
+    /// Waits for a place (`take_now`).
+    fn wait_for_place(&self, reuse: bool) -> (Permit<'_>, Option<T>) {
         let mut state = self.lock();
         loop {
-            if state.free > 0 {
-                state.free -= 1;
-                return self.permit();
-            }
-            if let Some(parked) = state.idle.pop() {
-                drop(state);
-                drop(parked);
-                return self.permit();
+            if let Some(parked) = Self::take_now(&mut state, reuse) {
+                return (self.permit(), parked);
             }
             state.waiting += 1;
             state = self.freed.wait(state).unwrap_or_else(|e| e.into_inner());
@@ -169,21 +163,32 @@ impl<T: Send> Gate<T> {
         }
     }
 
+    /// A free place, where there is one now (a parked session's, closed,
+    /// where that is the only one).
+    pub fn try_enter(&self) -> Option<Permit<'_>> {
+        let parked = Self::take_now(&mut self.lock(), false)?;
+        drop(parked);
+        Some(self.permit())
+    }
+
+    /// Waits for a free place (a parked session's, closed, where that is
+    /// the only one).
+    pub fn enter(&self) -> Permit<'_> {
+        let (permit, parked) = self.wait_for_place(false);
+        drop(parked);
+        permit
+    }
+
     /// A place with a parked session where there is one, else as `enter`.
     pub fn enter_reusing(&self) -> (Permit<'_>, Option<T>) {
-        if let Some(parked) = self.lock().idle.pop() {
-            return (self.permit(), Some(parked));
-        }
-        (self.enter(), None)
+        self.wait_for_place(true)
     }
 
     /// As `enter_reusing`, without waiting: None where every place is
     /// taken by a session at work.
     pub fn try_enter_reusing(&self) -> Option<(Permit<'_>, Option<T>)> {
-        if let Some(parked) = self.lock().idle.pop() {
-            return Some((self.permit(), Some(parked)));
-        }
-        self.try_enter().map(|permit| (permit, None))
+        let parked = Self::take_now(&mut self.lock(), true)?;
+        Some((self.permit(), parked))
     }
 
     /// Keeps `session` with its place (`permit`, which must be this

@@ -678,6 +678,16 @@ impl<'a> Leased<'a> {
         }
     }
 
+    /// The session back as a place with it parked, to be opened (at no
+    /// cost) on another thread.
+    pub(super) fn into_place(mut self) -> SftpPlace<'a> {
+        SftpPlace {
+            ssh: self.ssh,
+            permit: self.permit.take().expect("held until given back"),
+            parked: self.session.take(),
+        }
+    }
+
     /// Keeps the session for the next step where it is as fresh: every
     /// request answered, nothing more sent by the server, ssh still there.
     /// Else (work given up halfway) it is closed.

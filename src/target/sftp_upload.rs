@@ -195,7 +195,7 @@ const SESSIONS_SIDE_BY_SIDE: usize = 4;
 /// pass of 200,000 files would hold every path twice for nothing).
 fn side_by_side<'a>(
     ssh: &'a Ssh,
-    mut session: Leased<'a>,
+    session: Leased<'a>,
     (base, view): (&[u8], &Path),
     phase: Option<&Phase>,
     files: Vec<LocalFile>,
@@ -208,23 +208,17 @@ fn side_by_side<'a>(
     for (i, file) in files.into_iter().enumerate() {
         shares[i % count].push(file);
     }
-    session.share_open(count);
     crate::log::debug(|| format!("sftp upload: {count} session(s) side by side"));
-    let mut places = more.into_iter();
-    let mut first = Some(session);
+    // The first share on `session` (opened already), each other on a
+    // session opened in its own thread.
+    let places = std::iter::once(session.into_place()).chain(more);
     let results = std::thread::scope(|scope| {
         let handles: Vec<_> = shares
             .into_iter()
-            .map(|share| {
-                // The first share goes to `session`, each other to a place.
-                let given = first.take().ok_or_else(|| places.next());
+            .zip(places)
+            .map(|(share, place)| {
                 scope.spawn(move || {
-                    let session = match given {
-                        Ok(session) => session,
-                        Err(Some(place)) => place.open()?,
-                        Err(None) => unreachable!("a place for each share"),
-                    };
-                    one_pass(session, count, (base, view, phase), share, named)
+                    one_pass(place.open()?, count, (base, view, phase), share, named)
                 })
             })
             .collect();

@@ -24,6 +24,7 @@ pub mod keys;
 pub mod limits;
 pub mod log;
 pub mod metadata;
+pub mod metadata_cache;
 pub mod metrics;
 pub mod mount;
 pub mod pool;
@@ -45,3 +46,14 @@ pub mod verify;
 pub mod verify_cache;
 pub mod wait;
 pub mod walk;
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    /// An empty dir for one test, named by `tag` and the process id.
+    pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("ciphersync-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

@@ -39,8 +39,10 @@ use nix::libc;
 use crate::config::Job;
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::exec::Cmd;
+use crate::fingerprint::SourceState;
 use crate::limits;
 use crate::log;
+use crate::metadata_cache;
 use crate::mount::{FsType, Mount};
 use crate::run::Context;
 use crate::target::Target;
@@ -50,6 +52,9 @@ pub const DIR: &str = "metadata";
 pub const ACL_FILE: &str = "acl.txt";
 pub const XATTR_FILE: &str = "xattrs.txt";
 pub const OTHER_FILE: &str = "others.txt";
+/// The three files of a manifest, and those that start with its header.
+pub(crate) const FILES: [&str; 3] = [ACL_FILE, XATTR_FILE, OTHER_FILE];
+pub(crate) const HEADED: [&str; 2] = [ACL_FILE, OTHER_FILE];
 /// The first line of acl.txt and others.txt (setfacl skips comments).
 const HEADER: &str = "# ciphersync-metadata 1 run ";
 const PAD: u64 = 64 * 1024;
@@ -62,7 +67,7 @@ const ACL_ACCESS: &str = "system.posix_acl_access";
 const ACL_DEFAULT: &str = "system.posix_acl_default";
 
 /// What a manifest holds.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counts {
     pub entries: u64,
     pub acls: u64,
@@ -74,6 +79,16 @@ pub struct Counts {
 
 // ---------------------------------------------------------------- writing
 
+/// The first line of acl.txt and others.txt for run `id`.
+pub(crate) fn header_line(id: &str) -> String {
+    format!("{HEADER}{id}\n")
+}
+
+/// Whether `line` is the header of some run's manifest.
+pub(crate) fn is_header(line: &[u8]) -> bool {
+    line.starts_with(HEADER.as_bytes()) && line.ends_with(b"\n")
+}
+
 /// Walks `source` and writes the three files. Excludes are not applied:
 /// a manifest entry whose file the backup lacks is skipped at restore.
 pub fn collect(
@@ -84,8 +99,8 @@ pub fn collect(
     others: &mut dyn Write,
 ) -> Result<Counts> {
     let io = |e: std::io::Error| Error::io("writing the metadata manifest", e);
-    writeln!(acl, "{HEADER}{id}").map_err(io)?;
-    writeln!(others, "{HEADER}{id}").map_err(io)?;
+    acl.write_all(header_line(id).as_bytes()).map_err(io)?;
+    others.write_all(header_line(id).as_bytes()).map_err(io)?;
     writeln!(others, "# TYPE MODE UID GID OWNER GROUP RDEV PATH").map_err(io)?;
     let mut names = Names::default();
     let mut counts = Counts::default();
@@ -222,6 +237,8 @@ pub struct ManifestWriter {
     // Declared first: unmounted before the scratch dir is removed.
     mount: Mount,
     scratch: ScratchDir,
+    /// Where the last walk's manifest is kept (metadata_cache.rs).
+    state_dir: std::path::PathBuf,
 }
 
 impl ManifestWriter {
@@ -248,14 +265,40 @@ impl ManifestWriter {
         let point = ctx.runtime("metadata");
         crate::mount::prepare_point(&point)?;
         let mount = mount_writable(job, &scratch.0, &point)?;
-        Ok(ManifestWriter { mount, scratch })
+        Ok(ManifestWriter {
+            mount,
+            scratch,
+            state_dir: job.state_dir.clone(),
+        })
     }
 
     /// The manifest of `source` as it is now, for run `id`, encrypted in
-    /// the scratch dir, which is unmounted: ready to store.
-    pub fn collect(self, source: &Path, id: &str) -> Result<Collected> {
-        let ManifestWriter { mount, scratch } = self;
-        let counts = write_manifest(source, id, mount.point())?;
+    /// the scratch dir, which is unmounted: ready to store. `state` is the
+    /// source's fingerprint, taken before: where the last walk's manifest
+    /// was of a source with the same, that one is written under this run's
+    /// id; else the source is walked, and the walk's manifest kept.
+    pub fn collect(
+        self,
+        source: &Path,
+        id: &str,
+        state: Option<&SourceState>,
+    ) -> Result<Collected> {
+        let ManifestWriter {
+            mount,
+            scratch,
+            state_dir,
+        } = self;
+        let reused = state.and_then(|s| metadata_cache::reuse(&state_dir, s, id, mount.point()));
+        let counts = match reused {
+            Some(counts) => {
+                log::debug(|| "metadata: the manifest kept from the last walk reused".into());
+                counts
+            }
+            None => {
+                let keeping = metadata_cache::keeping(&state_dir, state);
+                write_manifest(source, id, mount.point(), keeping)?
+            }
+        };
         mount.unmount()?;
         Ok(Collected {
             scratch,
@@ -283,9 +326,14 @@ pub enum Manifest {
 impl Manifest {
     /// Collected from `source` now, where it was not yet (a backup does it
     /// beside the mirror: sync.rs).
-    pub fn collected(self, source: &Path, id: &str) -> Result<Manifest> {
+    pub fn collected(
+        self,
+        source: &Path,
+        id: &str,
+        state: Option<&SourceState>,
+    ) -> Result<Manifest> {
         match self {
-            Manifest::Writer(writer) => Ok(Manifest::Collected(writer.collect(source, id)?)),
+            Manifest::Writer(writer) => Ok(Manifest::Collected(writer.collect(source, id, state)?)),
             collected => Ok(collected),
         }
     }
@@ -293,9 +341,14 @@ impl Manifest {
     /// Stores run `id`'s manifest on the target (a backup, after the
     /// mirror and before the record): collected from `source` now unless
     /// it was already.
-    pub fn store(self, source: &Path, remote: &dyn Target, id: &str) -> Result<Counts> {
+    pub fn store(
+        self,
+        (source, state): (&Path, Option<&SourceState>),
+        remote: &dyn Target,
+        id: &str,
+    ) -> Result<Counts> {
         let collected = match self {
-            Manifest::Writer(writer) => writer.collect(source, id)?,
+            Manifest::Writer(writer) => writer.collect(source, id, state)?,
             Manifest::Collected(collected) => collected,
         };
         if collected.id != id {
@@ -328,28 +381,67 @@ impl Collected {
     }
 }
 
-fn write_manifest(source: &Path, id: &str, plain: &Path) -> Result<Counts> {
-    let create = |name: &str| -> Result<BufWriter<File>> {
+/// Walks `source` into the manifest's three files under `plain`, with a
+/// copy of each to keep where `keeping` says so.
+fn write_manifest(
+    source: &Path,
+    id: &str,
+    plain: &Path,
+    keeping: Option<metadata_cache::Keeping>,
+) -> Result<Counts> {
+    let create = |name: &str| -> Result<Tee> {
         let path = plain.join(name);
-        Ok(BufWriter::new(
-            File::create(&path).ctx(|| format!("creating {}", path.display()))?,
-        ))
+        let file = File::create(&path).ctx(|| format!("creating {}", path.display()))?;
+        Ok(Tee {
+            main: BufWriter::new(file),
+            copy: keeping.as_ref().and_then(|k| k.copy(name)),
+        })
     };
     let (mut acl, mut xattrs, mut others) =
         (create(ACL_FILE)?, create(XATTR_FILE)?, create(OTHER_FILE)?);
     let counts = collect(source, id, &mut acl, &mut xattrs, &mut others)?;
-    for (name, writer) in [(ACL_FILE, acl), (XATTR_FILE, xattrs), (OTHER_FILE, others)] {
-        let file = writer
+    let mut copies = Vec::new();
+    for (name, tee) in [(ACL_FILE, acl), (XATTR_FILE, xattrs), (OTHER_FILE, others)] {
+        let file = tee
+            .main
             .into_inner()
             .map_err(|e| Error::io(format!("writing {name}"), e.into_error()))?;
         pad(&file).ctx(|| format!("writing {name}"))?;
+        copies.push(tee.copy);
+    }
+    if let Some(keeping) = keeping {
+        keeping.keep(&counts, copies);
     }
     Ok(counts)
 }
 
+/// A manifest file being written, and its copy to keep: a copy that fails
+/// is dropped (it only saves the next run time), the file is not.
+struct Tee {
+    main: BufWriter<File>,
+    copy: Option<metadata_cache::KeptCopy>,
+}
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.main.write_all(buf)?;
+        if let Some(copy) = &mut self.copy
+            && let Err(e) = copy.write_all(buf)
+        {
+            log::debug(|| format!("the manifest is not kept: {e}"));
+            self.copy = None;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.main.flush()
+    }
+}
+
 /// Empty lines up to the next multiple of `PAD` (at least one): setfacl
 /// and setfattr skip them.
-fn pad(mut file: &File) -> std::io::Result<()> {
+pub(crate) fn pad(mut file: &File) -> std::io::Result<()> {
     let len = file.metadata()?.len();
     let target = (len / PAD + 1) * PAD;
     let newlines = vec![b'\n'; 64 * 1024];

@@ -20,6 +20,11 @@ pub const SHA1_CACHE: &str = "sha1-cache.tsv";
 pub const KEPT_LIST: &str = "verify-local.sha1";
 /// What `KEPT_LIST` was made from: `KeptList`.
 const KEPT_LIST_STATE: &str = "verify-local.json";
+/// The last walked manifest's plaintext, kept for the next backup (see
+/// metadata_cache.rs): a directory of its three files.
+pub const KEPT_MANIFEST: &str = "metadata-kept";
+/// What `KEPT_MANIFEST` was made from: `KeptManifest`.
+const KEPT_MANIFEST_STATE: &str = "metadata-kept.json";
 /// `LastBackup`.
 const LAST_BACKUP: &str = "last-backup.json";
 /// `RepairList`.
@@ -185,6 +190,45 @@ impl KeptList {
     }
 }
 
+/// What the kept manifest was made from and holds: the source's
+/// fingerprint and the user and group databases when it was walked, its
+/// counts, and each file's length and sha1, so that a damaged copy is
+/// never used. Fields in name order, as in `LastBackup`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptManifest {
+    pub counts: crate::metadata::Counts,
+    pub fingerprint: String,
+    pub files: Vec<KeptFile>,
+    /// `/etc/passwd` and `/etc/group` as the owners' names were looked up.
+    pub names: String,
+}
+
+/// One file of the kept manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptFile {
+    pub bytes: u64,
+    pub name: String,
+    pub sha1: String,
+}
+
+impl KeptManifest {
+    pub fn read(state_dir: &Path) -> Option<KeptManifest> {
+        read_json(&state_dir.join(KEPT_MANIFEST_STATE))
+    }
+
+    pub fn write(&self, state_dir: &Path) -> Result<()> {
+        let text = serde_json::to_string(self).expect("plain fields serialise");
+        write_atomic(&state_dir.join(KEPT_MANIFEST_STATE), text.as_bytes())
+    }
+
+    /// The state goes first, so the files are never taken for another
+    /// source.
+    pub fn forget(state_dir: &Path) {
+        let _ = std::fs::remove_file(state_dir.join(KEPT_MANIFEST_STATE));
+        let _ = std::fs::remove_dir_all(state_dir.join(KEPT_MANIFEST));
+    }
+}
+
 /// Where the possession check's rotation stands (sample.rs): a secret key
 /// that orders the files in a way the server cannot know, and how far the
 /// rotation has come in that order. A lost or damaged state starts a new
@@ -263,12 +307,7 @@ impl AccountCapabilities {
 mod tests {
     use super::*;
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("ciphersync-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
+    use crate::test_util::temp_dir;
 
     /// The file as the untyped version wrote it (`json!` sorts its keys)
     /// reads back, and is written again byte for byte.

@@ -200,12 +200,12 @@ fn full_run(
         progress,
     };
     let (collected, mirrored) = pool::both(
-        || manifest.collected(&job.source, &snapshot),
+        || manifest.collected(&job.source, &snapshot, source.as_ref()),
         || guard_and_mirror(ctx, known, &mirror),
     );
     let (stats, unreadable, repair) = mirrored?;
     // Owners, ACLs, xattrs and special files, encrypted (metadata.rs).
-    collected?.store(&job.source, &*remote, &snapshot)?;
+    collected?.store((&job.source, source.as_ref()), &*remote, &snapshot)?;
 
     // Only a run that got this far claims a complete state: the snapshot dir
     // (if rsync made one) is made self-contained, then the record is
@@ -424,7 +424,7 @@ fn record_unchanged_run(
     }
     let (_, counts) = pool::both(
         || remote.keeps(),
-        || manifest.store(&job.source, &*remote, &snapshot),
+        || manifest.store((&job.source, source.as_ref()), &*remote, &snapshot),
     );
     counts?;
     // No rsync ran: files/ still has the stamps the preflight took.
@@ -503,7 +503,7 @@ fn start(
     let snapshot = next_snapshot_id(ctx, last)?;
     // Whether the source is as the last backup found it, told by the
     // thread that fingerprints it to the one that holds the manifest.
-    let (tell_unchanged, told_unchanged) = std::sync::mpsc::channel::<bool>();
+    let (tell_unchanged, told_unchanged) = std::sync::mpsc::channel::<Option<SourceState>>();
     let (view, remote) = pool::join(
         || {
             let told_unchanged = told_unchanged;
@@ -514,9 +514,9 @@ fn start(
             // collected while the preflight asks the server: on SMALL at
             // 20 ms the walk took 2.6 s, the stamps of files/ 2.2 s.
             let manifest = match told_unchanged.recv() {
-                Ok(true) => {
+                Ok(Some(source)) => {
                     log::debug(|| "metadata: collecting beside the preflight".into());
-                    let collected = writer.collect(&job.source, &snapshot)?;
+                    let collected = writer.collect(&job.source, &snapshot, Some(&source))?;
                     log::debug(|| "metadata: collected beside the preflight".into());
                     crate::metadata::Manifest::Collected(collected)
                 }
@@ -532,7 +532,7 @@ fn start(
             );
             let unchanged_since = last_backup_if_unchanged(last, source.as_ref(), killed);
             // The other side waits for this (or for the sender to go).
-            let _ = tell_unchanged.send(unchanged_since.is_some());
+            let _ = tell_unchanged.send(source.clone().filter(|_| unchanged_since.is_some()));
             let remote = remote.unwrap_or_else(|_| Err(panicked("the connection")))?;
             let known = preflight(job, &*remote, unchanged_since.as_deref())?;
             log::debug(|| "preflight: answered".into());

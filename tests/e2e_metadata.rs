@@ -212,6 +212,8 @@ fn owners_acls_xattrs_and_fifos_come_back_and_the_server_sees_none() {
         "{described}"
     );
 
+    kept_manifest_reused_while_the_source_is_unchanged(&job, &want_second);
+
     // The server swaps in the first run's manifest for the second's.
     let second_dir = job.target_path.join("metadata").join(&second);
     for entry in fs::read_dir(&meta_dir).unwrap() {
@@ -219,8 +221,51 @@ fn owners_acls_xattrs_and_fifos_come_back_and_the_server_sees_none() {
         fs::copy(entry.path(), second_dir.join(entry.file_name())).unwrap();
     }
     let to = job.root.join("swapped");
-    let out = job.run(&["restore", "--to", to.to_str().unwrap()]);
+    let out = job.run(&[
+        "restore",
+        "--to",
+        to.to_str().unwrap(),
+        "--snapshot",
+        &second,
+    ]);
     out.expect_code(1, "a swapped manifest");
     assert!(out.text().contains("another run"), "{}", out.dump());
     job.assert_clean();
+}
+
+/// A backup of a source as the last walk found it (the same fingerprint)
+/// writes the manifest that walk kept in the state dir under its own id
+/// (metadata_cache.rs): its restore gives back the same owners, ACLs and
+/// xattrs. A changed xattr moves the entry's ctime: the next backup walks
+/// the source again, and its restore has the new value.
+fn kept_manifest_reused_while_the_source_is_unchanged(job: &Job, want: &str) {
+    const REUSED: &str = "metadata: the manifest kept from the last walk reused";
+    job.trust_stamps(true);
+    // The first backup with a settled source walks it and keeps the walk.
+    let o = job.ok(&["--verbose", "backup"]);
+    assert!(!o.stderr.contains(REUSED), "{}", o.dump());
+    assert!(job.state_dir.join("metadata-kept.json").is_file());
+    let o = job.ok(&["--verbose", "backup"]);
+    assert!(
+        o.stderr.contains(REUSED),
+        "the kept manifest was not used:\n{}",
+        o.dump()
+    );
+    let reused = restore(job, "restored-kept", &[]);
+    assert_eq!(describe(&reused), want, "restored from the kept manifest");
+
+    sh(
+        &job.source,
+        "setfattr -n user.tag -v changed-7c1e home/alice/notes",
+    );
+    let want_changed = describe(&job.source);
+    assert!(want_changed.contains("user.tag="), "{want_changed}");
+    let o = job.ok(&["--verbose", "backup"]);
+    assert!(
+        !o.stderr.contains(REUSED),
+        "a kept manifest was used for a changed source:\n{}",
+        o.dump()
+    );
+    let changed = restore(job, "restored-changed", &[]);
+    assert_eq!(describe(&changed), want_changed, "restored after a change");
 }

@@ -56,4 +56,13 @@ pub(crate) mod test_util {
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
+
+    /// The state of a source whose last change was long before its walk.
+    pub fn settled(fingerprint: &str) -> crate::fingerprint::SourceState {
+        crate::fingerprint::SourceState {
+            fingerprint: fingerprint.into(),
+            newest_change_ns: 0,
+            walked_at_ns: crate::checksums::settle_ns() + 1,
+        }
+    }
 }

@@ -260,13 +260,7 @@ fn names_stamp() -> Option<String> {
 mod tests {
     use super::*;
 
-    fn settled(fingerprint: &str) -> SourceState {
-        SourceState {
-            fingerprint: fingerprint.into(),
-            newest_change_ns: 0,
-            walked_at_ns: crate::checksums::settle_ns() + 1,
-        }
-    }
+    use crate::test_util::settled;
 
     /// Writes a manifest of `text` per file as a walk does, keeping it.
     fn walk(state_dir: &Path, source: &SourceState, id: &str, plain: &Path) {

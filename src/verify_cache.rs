@@ -123,13 +123,7 @@ fn copy_hashing(from: &mut File, to: &mut impl Write) -> std::io::Result<(u64, S
 mod tests {
     use super::*;
 
-    fn settled(fingerprint: &str) -> SourceState {
-        SourceState {
-            fingerprint: fingerprint.into(),
-            newest_change_ns: 0,
-            walked_at_ns: crate::checksums::settle_ns() + 1,
-        }
-    }
+    use crate::test_util::settled;
 
     fn list_file(dir: &Path, text: &str) -> File {
         let path = dir.join("scratch");

@@ -331,33 +331,25 @@ impl Manifest {
         source: &Path,
         id: &str,
         state: Option<&SourceState>,
-    ) -> Result<Manifest> {
+    ) -> Result<Collected> {
         match self {
-            Manifest::Writer(writer) => Ok(Manifest::Collected(writer.collect(source, id, state)?)),
-            collected => Ok(collected),
+            Manifest::Writer(writer) => writer.collect(source, id, state),
+            Manifest::Collected(collected) => Ok(collected),
         }
     }
+}
 
+impl Collected {
     /// Stores run `id`'s manifest on the target (a backup, after the
-    /// mirror and before the record): collected from `source` now unless
-    /// it was already.
-    pub fn store(
-        self,
-        (source, state): (&Path, Option<&SourceState>),
-        remote: &dyn Target,
-        id: &str,
-    ) -> Result<Counts> {
-        let collected = match self {
-            Manifest::Writer(writer) => writer.collect(source, id, state)?,
-            Manifest::Collected(collected) => collected,
-        };
-        if collected.id != id {
+    /// mirror and before the record).
+    pub fn store(self, remote: &dyn Target, id: &str) -> Result<Counts> {
+        if self.id != id {
             return Err(Error::new(
                 Kind::Io,
-                format!("the manifest was made for run {}, not {id}", collected.id),
+                format!("the manifest was made for run {}, not {id}", self.id),
             ));
         }
-        collected.upload(remote)
+        self.upload(remote)
     }
 }
 

@@ -205,7 +205,7 @@ fn full_run(
     );
     let (stats, unreadable, repair) = mirrored?;
     // Owners, ACLs, xattrs and special files, encrypted (metadata.rs).
-    collected?.store((&job.source, source.as_ref()), &*remote, &snapshot)?;
+    collected?.store(&*remote, &snapshot)?;
 
     // Only a run that got this far claims a complete state: the snapshot dir
     // (if rsync made one) is made self-contained, then the record is
@@ -424,7 +424,11 @@ fn record_unchanged_run(
     }
     let (_, counts) = pool::both(
         || remote.keeps(),
-        || manifest.store((&job.source, source.as_ref()), &*remote, &snapshot),
+        || {
+            manifest
+                .collected(&job.source, &snapshot, source.as_ref())?
+                .store(&*remote, &snapshot)
+        },
     );
     counts?;
     // No rsync ran: files/ still has the stamps the preflight took.

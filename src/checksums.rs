@@ -216,6 +216,26 @@ pub fn hash_reader(reader: &mut impl Read) -> std::io::Result<Sum> {
     Ok(hasher.finalize().into())
 }
 
+/// Copies the rest of `from` into `to`, each byte into `hasher` too: how
+/// many bytes.
+pub fn copy_hashing(
+    from: &mut impl Read,
+    to: &mut impl Write,
+    hasher: &mut Sha1,
+) -> std::io::Result<u64> {
+    let mut bytes = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = from.read(&mut buf)?;
+        if n == 0 {
+            return Ok(bytes);
+        }
+        hasher.update(&buf[..n]);
+        to.write_all(&buf[..n])?;
+        bytes += n as u64;
+    }
+}
+
 /// The sha1 of a file whose parts arrive by offset, not always in order:
 /// over SFTP a short read's rest is asked for again after later parts
 /// (target/sftp.rs). Parts ahead of the next byte wait here; the caller

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use sha1::{Digest, Sha1};
 
-use crate::checksums::to_hex;
+use crate::checksums::{self, to_hex};
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::fingerprint::SourceState;
 use crate::log;
@@ -100,17 +100,7 @@ fn copy_under_header(
         bytes += first.len() as u64;
         to.write_all(metadata::header_line(id).as_bytes())?;
     }
-    loop {
-        let chunk = from.fill_buf()?;
-        if chunk.is_empty() {
-            break;
-        }
-        hasher.update(chunk);
-        to.write_all(chunk)?;
-        let n = chunk.len();
-        bytes += n as u64;
-        from.consume(n);
-    }
+    bytes += checksums::copy_hashing(&mut from, &mut to, &mut hasher)?;
     to.flush()?;
     Ok((bytes, to_hex(&hasher.finalize().into())))
 }

@@ -8,12 +8,12 @@
 //! same.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
 use sha1::{Digest, Sha1};
 
-use crate::checksums::to_hex;
+use crate::checksums::{self, to_hex};
 use crate::error::{IoContext, Result};
 use crate::fingerprint::SourceState;
 use crate::log;
@@ -106,17 +106,8 @@ pub fn forget(state_dir: &Path) {
 fn copy_hashing(from: &mut File, to: &mut impl Write) -> std::io::Result<(u64, String)> {
     from.seek(SeekFrom::Start(0))?;
     let mut hasher = Sha1::new();
-    let mut bytes = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = from.read(&mut buf)?;
-        if n == 0 {
-            return Ok((bytes, to_hex(&hasher.finalize().into())));
-        }
-        hasher.update(&buf[..n]);
-        to.write_all(&buf[..n])?;
-        bytes += n as u64;
-    }
+    let bytes = checksums::copy_hashing(from, to, &mut hasher)?;
+    Ok((bytes, to_hex(&hasher.finalize().into())))
 }
 
 #[cfg(test)]
@@ -124,6 +115,7 @@ mod tests {
     use super::*;
 
     use crate::test_util::settled;
+    use std::io::Read;
 
     fn list_file(dir: &Path, text: &str) -> File {
         let path = dir.join("scratch");

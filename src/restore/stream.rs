@@ -543,7 +543,7 @@ impl<'r> Stream<'_, 'r> {
                     std::fs::Permissions::from_mode(entry.mode & 0o777),
                 )
                 .ctx(|| format!("setting the mode of {}", path.display()))?,
-                'l' if entry.link.is_none() => target::unmunge(&path)?,
+                'l' if is_pulled_symlink(entry) => target::unmunge(&path)?,
                 _ => {}
             }
         }
@@ -603,12 +603,16 @@ impl Iterator for Ready<'_, '_, '_> {
 }
 
 /// Waits until every one of `entries` has its name in `stage`; false
-/// where the pull stopped first.
+/// where the pull stopped first. A symlink the pull brings counts only
+/// once the pull is over: rsync makes it under its name and then sets its
+/// times, and the part's unmunging (remove, make again) must not come in
+/// between (rsync failed with "stat ... failed" when it did).
 fn wait_whole(stage: &Path, entries: &[&TreeEntry], pull: &Pull) -> Result<bool> {
     let mut arrived = 0;
     loop {
         let state = pull.state();
         while arrived < entries.len()
+            && !is_pulled_symlink(entries[arrived])
             && stage
                 .join(&entries[arrived].path)
                 .symlink_metadata()
@@ -626,6 +630,12 @@ fn wait_whole(stage: &Path, entries: &[&TreeEntry], pull: &Pull) -> Result<bool>
         crate::interrupt::check()?;
         std::thread::sleep(POLL);
     }
+}
+
+/// A symlink the server kept, which the pull brings munged (the record's
+/// own are made before the pull).
+fn is_pulled_symlink(entry: &TreeEntry) -> bool {
+    entry.kind == 'l' && entry.link.is_none()
 }
 
 /// Waits until the pull is over; false where it stopped.

@@ -200,7 +200,7 @@ fn full_run(
         progress,
     };
     let (collected, mirrored) = pool::both(
-        || manifest.collected(&job.source, &snapshot, source.as_ref()),
+        || manifest.collected(ctx, view.point(), &snapshot, source.as_ref()),
         || guard_and_mirror(ctx, known, &mirror),
     );
     let (stats, unreadable, repair) = mirrored?;
@@ -341,8 +341,17 @@ fn guard_and_mirror(
     // A first backup sends every file over SFTP first, and makes their
     // directories there too. Later ones send their new files with the
     // change set (delta.rs), which an SFTP pass needs as well.
+    // What the server keeps, which the change set after it needs (a probe
+    // dir through sshfs on an SFTP-only account: 0.4 s at 20 ms), is asked
+    // beside the pass.
     let first = match first_backup {
-        true => first_pass_over_sftp(job, remote, m.view.point(), rsync.phase)?,
+        true => {
+            let (_, first) = pool::both(
+                || remote.keeps(),
+                || first_pass_over_sftp(job, remote, m.view.point(), rsync.phase),
+            );
+            first?
+        }
         false => target::Uploaded::default(),
     };
     let Mirrored {
@@ -426,7 +435,7 @@ fn record_unchanged_run(
         || remote.keeps(),
         || {
             manifest
-                .collected(&job.source, &snapshot, source.as_ref())?
+                .collected(ctx, view.point(), &snapshot, source.as_ref())?
                 .store(&*remote, &snapshot)
         },
     );
@@ -513,18 +522,18 @@ fn start(
             let told_unchanged = told_unchanged;
             let view = crypt::mount_reverse(job, cipher_point, Some(ctlsock))?;
             refuse_empty_view(job, view.point(), max_delete_percent)?;
-            let writer = crate::metadata::ManifestWriter::prepare(ctx, view.point())?;
             // An unchanged source (likely nothing to send) has its manifest
             // collected while the preflight asks the server: on SMALL at
             // 20 ms the walk took 2.6 s, the stamps of files/ 2.2 s.
             let manifest = match told_unchanged.recv() {
                 Ok(Some(source)) => {
                     log::debug(|| "metadata: collecting beside the preflight".into());
+                    let writer = crate::metadata::ManifestWriter::prepare(ctx, view.point())?;
                     let collected = writer.collect(&job.source, &snapshot, Some(&source))?;
                     log::debug(|| "metadata: collected beside the preflight".into());
                     crate::metadata::Manifest::Collected(collected)
                 }
-                _ => crate::metadata::Manifest::Writer(writer),
+                _ => crate::metadata::Manifest::NotBegun,
             };
             Ok((view, manifest))
         },

@@ -146,7 +146,17 @@ fn probe(ssh: &Ssh) -> Result<Capabilities> {
         });
     }
     log::debug(|| format!("no shell on the account: {}", server_words(&mut out)));
-    let mut out = exec(ssh, SERVER_PROBE, "probing the account")?;
+    // The three questions left are asked side by side: each is a session
+    // over the one connection, a round trip or two that a first backup to
+    // an SFTP-only account waited for in turn (the two tools' answers are
+    // not needed where a ciphersync server answers).
+    let (server, (rsync, sha1sum)) = std::thread::scope(|scope| {
+        let server = scope.spawn(|| exec(ssh, SERVER_PROBE, "probing the account"));
+        let rsync = scope.spawn(|| answers(ssh, "rsync --server --version", "rsync"));
+        let sha1sum = answers(ssh, "sha1sum --version", "sha1sum");
+        (joined(server), (joined(rsync), sha1sum))
+    });
+    let mut out = server?;
     let said = out.stdout_string().unwrap_or_default();
     if out.success()
         && let Some(caps) = server_info(&said)
@@ -160,20 +170,31 @@ fn probe(ssh: &Ssh) -> Result<Capabilities> {
             server_words(&mut out)
         )
     });
-    let answers = |command: &str, word: &str| -> Result<bool> {
-        let mut out = exec(ssh, command, "probing the account")?;
-        // rsync in server mode prints its version on stderr (stdout is
-        // its protocol channel).
-        let said = out.stdout_string().unwrap_or_default() + &out.stderr;
-        let allowed = out.success() && said.contains(word);
-        log::debug(|| format!("`{command}`: {allowed} ({})", server_words(&mut out)));
-        Ok(allowed)
-    };
     Ok(Capabilities {
         shell: false,
-        rsync_server: answers("rsync --server --version", "rsync")?,
-        sha1sum: answers("sha1sum --version", "sha1sum")?,
+        rsync_server: rsync?,
+        sha1sum: sha1sum?,
         ciphersync_server: false,
+    })
+}
+
+/// Whether `command` succeeds and says `word`.
+fn answers(ssh: &Ssh, command: &str, word: &str) -> Result<bool> {
+    let mut out = exec(ssh, command, "probing the account")?;
+    // rsync in server mode prints its version on stderr (stdout is its
+    // protocol channel).
+    let said = out.stdout_string().unwrap_or_default() + &out.stderr;
+    let allowed = out.success() && said.contains(word);
+    log::debug(|| format!("`{command}`: {allowed} ({})", server_words(&mut out)));
+    Ok(allowed)
+}
+
+fn joined<T>(handle: std::thread::ScopedJoinHandle<'_, Result<T>>) -> Result<T> {
+    handle.join().unwrap_or_else(|_| {
+        Err(crate::error::Error::new(
+            crate::error::Kind::Io,
+            "a probe of the account panicked",
+        ))
     })
 }
 

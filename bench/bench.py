@@ -741,6 +741,10 @@ def machine_info(args):
     return {
         "nproc": os.cpu_count(), "cpu": cpu, "sha_ni": " sha_ni " in flags, "aes": " aes " in flags,
         "ram_gb": round(mem_kb / 1024 / 1024, 1), "kernel": os.uname().release,
+        # Where every tree of the run lives (source copy, server, stages,
+        # restores): its file system shapes the cost of creating and
+        # deleting many files (bench/analysis.md, the ext4 without journal).
+        "root_fs": first_line(["findmnt", "-n", "-o", "FSTYPE,OPTIONS", "-T", args.root]),
         "loadavg_start": open("/proc/loadavg").read().split()[:3],
         "date": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
         "set": args.set, "delay_ms": args.delay_ms, "mbit": args.mbit, "repeats": args.repeats,

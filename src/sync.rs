@@ -539,13 +539,20 @@ fn start(
         },
         || {
             let tell_unchanged = tell_unchanged;
-            let (remote, source) = pool::join(
+            let (remote, (source, unchanged_since)) = pool::join(
                 || target::open(job, Need::Transfer, &ctx.runtime("remote")),
-                || fingerprint::of_source(job),
+                || {
+                    let source = fingerprint::of_source(job);
+                    let unchanged_since = last_backup_if_unchanged(last, source.as_ref(), killed);
+                    // The other side waits for this (or for the sender to
+                    // go), as soon as it is known: not after the connection,
+                    // so that an unchanged source's manifest mount (its
+                    // scrypt) runs beside the ssh handshake.
+                    let _ =
+                        tell_unchanged.send(source.clone().filter(|_| unchanged_since.is_some()));
+                    (source, unchanged_since)
+                },
             );
-            let unchanged_since = last_backup_if_unchanged(last, source.as_ref(), killed);
-            // The other side waits for this (or for the sender to go).
-            let _ = tell_unchanged.send(source.clone().filter(|_| unchanged_since.is_some()));
             let remote = remote.unwrap_or_else(|_| Err(panicked("the connection")))?;
             let known = preflight(job, &*remote, unchanged_since.as_deref())?;
             log::debug(|| "preflight: answered".into());

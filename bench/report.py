@@ -428,6 +428,8 @@ def main():
         mbit = meta.get("mbit")
         name = "%s%s%s" % (meta["set"], ", %g ms each way (%g ms RTT)" % (delay, 2 * delay) if delay else ", no added delay",
                            ", %g Mbit/s each way" % mbit if mbit else "")
+        if meta.get("root_fs", "").startswith("tmpfs"):
+            name += ", trees on tmpfs"
         out += ["## Data set %s" % name, ""]
         d = meta["data"]
         out.append("Run `%s` (`%s`), %s, %d repeat(s). Data: %d files in %d dirs, %s sizes, about %s. "
@@ -446,7 +448,9 @@ def main():
         out.append("")
         out.append("Machine: %d CPUs, %s (SHA-NI: %s, AES-NI: %s), %.1f GB RAM, Linux %s." % (
             meta["nproc"], meta["cpu"], "yes" if meta["sha_ni"] else "no", "yes" if meta["aes"] else "no",
-            meta["ram_gb"], meta["kernel"]))
+            meta["ram_gb"], meta["kernel"])
+            + (" Every tree of the run (source copy, server, stages, restores) on %s." % meta["root_fs"].split()[0]
+               if meta.get("root_fs") else ""))
         out.append("")
         v = meta["versions"]
         if v.get("sshfs", "").startswith("fusermount3"):  # older runs took the wrong line

@@ -243,7 +243,7 @@ pub struct ManifestWriter {
 impl ManifestWriter {
     /// The scratch dir, with the config and root diriv that make
     /// `metadata/<id>/` a gocryptfs directory of its own, mounted.
-    pub fn prepare(ctx: &Context, view: &Path) -> Result<ManifestWriter> {
+    fn prepare(ctx: &Context, view: &Path) -> Result<ManifestWriter> {
         let job = ctx.job;
         let scratch = ScratchDir(ctx.state("metadata-next"));
         scratch.reset()?;

@@ -528,8 +528,12 @@ fn start(
             let manifest = match told_unchanged.recv() {
                 Ok(Some(source)) => {
                     log::debug(|| "metadata: collecting beside the preflight".into());
-                    let writer = crate::metadata::ManifestWriter::prepare(ctx, view.point())?;
-                    let collected = writer.collect(&job.source, &snapshot, Some(&source))?;
+                    let collected = crate::metadata::Manifest::NotBegun.collected(
+                        ctx,
+                        view.point(),
+                        &snapshot,
+                        Some(&source),
+                    )?;
                     log::debug(|| "metadata: collected beside the preflight".into());
                     crate::metadata::Manifest::Collected(collected)
                 }

@@ -150,13 +150,21 @@ fn probe(ssh: &Ssh) -> Result<Capabilities> {
     // over the one connection, a round trip or two that a first backup to
     // an SFTP-only account waited for in turn (the two tools' answers are
     // not needed where a ciphersync server answers).
-    let (server, (rsync, sha1sum)) = std::thread::scope(|scope| {
-        let server = scope.spawn(|| exec(ssh, SERVER_PROBE, "probing the account"));
-        let rsync = scope.spawn(|| answers(ssh, "rsync --server --version", "rsync"));
-        let sha1sum = answers(ssh, "sha1sum --version", "sha1sum");
-        (joined(server), (joined(rsync), sha1sum))
-    });
-    let mut out = server?;
+    let (server, (rsync, sha1sum)) = crate::pool::join(
+        || exec(ssh, SERVER_PROBE, "probing the account"),
+        || {
+            crate::pool::both(
+                || answers(ssh, "rsync --server --version", "rsync"),
+                || answers(ssh, "sha1sum --version", "sha1sum"),
+            )
+        },
+    );
+    let mut out = server.unwrap_or_else(|_| {
+        Err(crate::error::Error::new(
+            crate::error::Kind::Io,
+            "a probe of the account panicked",
+        ))
+    })?;
     let said = out.stdout_string().unwrap_or_default();
     if out.success()
         && let Some(caps) = server_info(&said)
@@ -187,15 +195,6 @@ fn answers(ssh: &Ssh, command: &str, word: &str) -> Result<bool> {
     let allowed = out.success() && said.contains(word);
     log::debug(|| format!("`{command}`: {allowed} ({})", server_words(&mut out)));
     Ok(allowed)
-}
-
-fn joined<T>(handle: std::thread::ScopedJoinHandle<'_, Result<T>>) -> Result<T> {
-    handle.join().unwrap_or_else(|_| {
-        Err(crate::error::Error::new(
-            crate::error::Kind::Io,
-            "a probe of the account panicked",
-        ))
-    })
 }
 
 /// The question only `ciphersync serve` answers (a storage box refuses it,

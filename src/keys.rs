@@ -88,6 +88,17 @@ impl MasterKey {
         Ok(key)
     }
 
+    /// The key's 32 bytes (gocrypt.rs derives its keys from them); the
+    /// caller wipes them.
+    pub fn bytes(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (byte, pair) in out.iter_mut().zip(self.0.chunks(2)) {
+            let digit = |d: u8| (d as char).to_digit(16).expect("parse kept hex digits") as u8;
+            *byte = digit(pair[0]) << 4 | digit(pair[1]);
+        }
+        out
+    }
+
     /// In groups of 8 hex digits joined by dashes, as `gocryptfs -init`
     /// prints it: easier to copy by hand.
     pub fn grouped(&self) -> String {

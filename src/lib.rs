@@ -16,6 +16,7 @@ pub mod error;
 pub mod exec;
 pub mod fingerprint;
 pub mod fsutil;
+pub mod gocrypt;
 pub mod guard;
 pub mod history;
 pub mod human;

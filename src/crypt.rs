@@ -115,18 +115,6 @@ pub fn mount_reverse(job: &Job, point: &Path, ctlsock: Option<&Path>) -> Result<
 /// Mounts `cipher_dir` decrypted and read-only at `point`, with the job's
 /// local config if it has one, else the `gocryptfs.conf` inside `cipher_dir`.
 pub fn mount_forward(job: &Job, cipher_dir: &Path, point: &Path) -> Result<Mount> {
-    mount_forward_with(job, cipher_dir, point, None)
-}
-
-/// `mount_forward` with a control socket at `ctlsock` (PathDecryptor): a
-/// restore that copies a part of the tree while the rest is fetched names
-/// its directories by their plaintext paths before it reads them.
-pub fn mount_forward_with(
-    job: &Job,
-    cipher_dir: &Path,
-    point: &Path,
-    ctlsock: Option<&Path>,
-) -> Result<Mount> {
     check_password_file(job)?;
     let mut cmd = Cmd::new("gocryptfs")
         .args(["-ro", "-fg", "-q", "-nosyslog"])
@@ -134,10 +122,6 @@ pub fn mount_forward_with(
         .arg(&job.password_file);
     if job.gocryptfs_config.exists() {
         cmd = cmd.arg("-config").arg(&job.gocryptfs_config);
-    }
-    if let Some(sock) = ctlsock {
-        let _ = std::fs::remove_file(sock);
-        cmd = cmd.arg("-ctlsock").arg(sock);
     }
     let cmd = cmd.arg("--").arg(cipher_dir).arg(point);
     Mount::establish(point, FsType::Gocryptfs, cmd, |out| {

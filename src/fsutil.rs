@@ -362,58 +362,6 @@ pub fn open_below(root: &Path, rel: &str) -> Result<Option<File>> {
     }
 }
 
-/// Gives the directory `rel` below `root` (reached through no link)
-/// `mode` and the mtime `(seconds, nanoseconds)`; its atime stays.
-pub fn set_dir_mode_and_mtime(root: &Path, rel: &str, mode: u32, mtime: (i64, i64)) -> Result<()> {
-    use nix::sys::stat::{Mode, fchmod, futimens};
-    use nix::sys::time::TimeSpec;
-    let dir = Dir::below(root, rel)?;
-    let path = || dir.path.display().to_string();
-    fchmod(&dir.fd, Mode::from_bits_truncate(mode))
-        .map_err(std::io::Error::from)
-        .ctx(|| format!("setting mode {mode:o} on {}", path()))?;
-    let when = TimeSpec::new(mtime.0, mtime.1);
-    futimens(&dir.fd, &TimeSpec::UTIME_OMIT, &when)
-        .map_err(std::io::Error::from)
-        .ctx(|| format!("setting the mtime of {}", path()))
-}
-
-/// Makes `to_rel` below `root` another name of the file `from_rel` (both
-/// reached through no link): linked beside it under a temporary name,
-/// then renamed over it, so that it is never missing.
-pub fn relink_below(root: &Path, from_rel: &str, to_rel: &str) -> Result<()> {
-    use nix::fcntl::{AtFlags, renameat};
-    use nix::sys::stat::fstatat;
-    use nix::unistd::{UnlinkatFlags, linkat, unlinkat};
-    let (from_dir, from_name) = split_rel(from_rel);
-    let (to_dir, to_name) = split_rel(to_rel);
-    let from = Dir::below(root, from_dir)?;
-    let to = Dir::below(root, to_dir)?;
-    let what = || format!("linking {} to {}", root.join(to_rel).display(), from_rel);
-    // Names of one file already (rename would then leave the temporary
-    // name behind: renaming a link over another of the same file does
-    // nothing).
-    let id = |dir: &Dir, name: &str| {
-        fstatat(&dir.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW)
-            .ok()
-            .map(|st| (st.st_dev, st.st_ino))
-    };
-    let from_id = id(&from, from_name);
-    if from_id.is_some() && from_id == id(&to, to_name) {
-        return Ok(());
-    }
-    let temp = format!(".ciphersync-link-{}", random_hex(8)?);
-    // No AT_SYMLINK_FOLLOW: a link named `from_name` is linked itself.
-    linkat(&from.fd, from_name, &to.fd, temp.as_str(), AtFlags::empty())
-        .map_err(std::io::Error::from)
-        .ctx(what)?;
-    if let Err(e) = renameat(&to.fd, temp.as_str(), &to.fd, to_name) {
-        let _ = unlinkat(&to.fd, temp.as_str(), UnlinkatFlags::NoRemoveDir);
-        return Err(std::io::Error::from(e)).ctx(what);
-    }
-    Ok(())
-}
-
 /// Copies `from` to `to`, both relative to a target's root, keeping the
 /// mode and mtime: gocryptfs' small per-directory files, copied into a
 /// snapshot dir. Neither side is reached through a link, and at most

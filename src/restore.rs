@@ -10,6 +10,7 @@ use std::path::{Component, Path, PathBuf};
 use crate::config::{Job, Target};
 use crate::error::{Error, IoContext, Kind, Result};
 use crate::exec::Cmd;
+use crate::gocrypt::{Format, Keys};
 use crate::progress::{self, Phase, Progress, Totals};
 use crate::rsync::{self, Stats};
 use crate::run::{Context, Done};
@@ -17,10 +18,10 @@ use crate::split;
 use crate::stats::{ReadVia, RestoreStats, StageStats};
 use crate::status::Outcome;
 use crate::target::{self, FILES, PathTarget, Puller, SNAPSHOTS, Target as _, TreeEntry};
-use crate::{crypt, fsutil, log};
+use crate::{crypt, fsutil, keys, log};
 use crate::{interrupt, snapshots};
 
-mod stream;
+mod decrypt;
 
 pub struct RestoreRequest {
     pub to: PathBuf,
@@ -264,26 +265,25 @@ fn copy_files(
         to,
         phase: Some(&phase).filter(|p| p.shows()),
     };
-    // A whole tree pulled into a stage is copied out part by part while
-    // the pull goes on (restore/stream.rs), where workers copy it.
-    let stream_to = (request.paths.is_empty() && stage_workers(job) > 1).then_some(&copy);
+    // A whole tree is decrypted here (restore/decrypt.rs) where the job's
+    // config is one gocrypt.rs reads; else through a mount.
+    let here = match request.paths.is_empty() {
+        true => decrypt::format_of(job),
+        false => None,
+    };
     let mut stage = match (&request.snapshot, rebuilt_latest) {
         (Some(id), _) => {
             let run = RunRecord::read(ctx, remote, id, newest_read)?;
-            Some(rebuild_somehow(
-                ctx, remote, &run, puller, stream_to, progress,
-            )?)
+            Some(rebuild_somehow(ctx, remote, &run, puller, here, progress)?)
         }
         (None, Some(id)) => {
             let run = RunRecord::read(ctx, remote, id, newest_read)?;
-            Some(rebuild_somehow(
-                ctx, remote, &run, puller, stream_to, progress,
-            )?)
+            Some(rebuild_somehow(ctx, remote, &run, puller, here, progress)?)
         }
         (None, None) => match (puller, latest, request.paths.is_empty()) {
             (Some(puller), Some(latest), true) => {
                 let run = RunRecord::read(ctx, remote, &latest.id, newest_read)?;
-                pull_latest(ctx, remote, &run, puller, stream_to, progress)?
+                pull_latest(ctx, remote, &run, puller, here, progress)?
             }
             _ => None,
         },
@@ -298,27 +298,66 @@ fn copy_files(
         ) => *via,
         (Target::Sftp(_), _) => ReadVia::Sshfs,
     };
+    if let Some(stage) = &mut stage
+        && let Some(Decrypted::Here(keys)) = stage.decrypted.take()
+    {
+        let stats = decrypt_stage(job, request, (&keys, &stage.path), to, copy.phase)?;
+        phase.finish();
+        return Ok((stats, read_via));
+    }
     let plain = match (&mut stage, mounted) {
         (None, Some(files)) => files,
         (None, None) => mount_plain(ctx, &remote.root().join(FILES), FILES_POINT)?,
-        (Some(stage), _) => match stage.mount.take() {
-            Some(mount) => mount,
-            None => mount_plain(ctx, &stage.path, STAGED_POINT)?,
+        (Some(stage), _) => match stage.decrypted.take() {
+            Some(Decrypted::Mounted(mount)) => mount,
+            _ => mount_plain(ctx, &stage.path, STAGED_POINT)?,
         },
     };
-    // Copied while it was pulled, the top's mode included.
-    let copied_already = stage.as_mut().and_then(|s| s.copied.take());
-    let stats = match copied_already {
-        Some(copied) => copied.into_result(plain.point())?,
-        None => {
-            let stats = copy_out(&copy, plain.point(), stage.is_some())?;
-            give_root_mode(plain.point(), to)?;
-            stats
-        }
-    };
+    let stats = copy_out(&copy, plain.point(), stage.is_some())?;
+    give_root_mode(plain.point(), to)?;
     phase.finish();
     plain.unmount()?;
     Ok((stats, read_via))
+}
+
+/// How a stage is decrypted, made ready while it fills.
+enum Decrypted {
+    Mounted(crate::mount::Mount),
+    Here(Box<Keys>),
+}
+
+/// The keys that decrypt data of `format`: the job's master key from its
+/// config and password file (keys.rs: gocryptfs-xray, scrypt), derived.
+fn native_keys(job: &Job, format: Format) -> Result<Keys> {
+    let master = keys::dump(job)?;
+    let mut bytes = master.bytes();
+    let keys = Keys::derive(&bytes, format);
+    crate::gocrypt::wipe(&mut bytes);
+    Ok(keys)
+}
+
+/// A whole stage decrypted into `to` here, with the top's mode.
+fn decrypt_stage(
+    job: &Job,
+    request: &RestoreRequest,
+    (keys, stage): (&Keys, &Path),
+    to: &Path,
+    phase: Option<&Phase>,
+) -> Result<Stats> {
+    let options = decrypt::Options {
+        keep_setuid: request.keep_setuid,
+        workers: stage_workers(job),
+    };
+    let copied = decrypt::copy_out(keys, stage, to, &options, phase)?;
+    log::debug(|| {
+        format!(
+            "restore: decrypted here by {} worker(s), not through a mount: {} file(s)",
+            options.workers, copied.stats.transferred
+        )
+    });
+    let stats = copied.into_result(stage)?;
+    give_root_mode(stage, to)?;
+    Ok(stats)
 }
 
 /// The run whose stored owners, ACLs and xattrs the restore applies
@@ -475,7 +514,7 @@ fn pull_latest(
     remote: &PathTarget,
     latest: &RunRecord,
     puller: &Puller<'_>,
-    stream_to: Option<&Copy>,
+    here: Option<Format>,
     progress: &Progress,
 ) -> Result<Option<Stage>> {
     let needed: u64 = latest.record.entries.iter().map(|e| e.size).sum();
@@ -491,7 +530,7 @@ fn pull_latest(
         ));
         return Ok(None);
     }
-    match rebuild(ctx, remote, latest, Some(puller), stream_to, progress)? {
+    match rebuild(ctx, remote, latest, Some(puller), here, progress)? {
         Rebuilt::Stage(stage) => Ok(Some(stage)),
         Rebuilt::Unreadable(refused) => {
             say_read_through_sshfs(&refused);
@@ -544,14 +583,14 @@ fn rebuild_somehow(
     remote: &PathTarget,
     run: &RunRecord,
     puller: Option<&Puller>,
-    stream_to: Option<&Copy>,
+    here: Option<Format>,
     progress: &Progress,
 ) -> Result<Stage> {
-    match rebuild(ctx, remote, run, puller, stream_to, progress)? {
+    match rebuild(ctx, remote, run, puller, here, progress)? {
         Rebuilt::Stage(stage) => Ok(stage),
         Rebuilt::Unreadable(refused) => {
             say_read_through_sshfs(&refused);
-            match rebuild(ctx, remote, run, None, None, progress)? {
+            match rebuild(ctx, remote, run, None, here, progress)? {
                 Rebuilt::Stage(stage) => Ok(stage),
                 Rebuilt::Unreadable(_) => unreachable!("only a pull leaves files out"),
             }
@@ -736,18 +775,29 @@ const MIN_LISTS_TO_SPLIT: usize = 4;
 struct Copied {
     stats: Stats,
     failed: Vec<String>,
+    /// What could not be decrypted here, each as `path (why)`.
+    named: Vec<String>,
 }
 
 impl Copied {
+    fn named(stats: Stats, named: Vec<String>) -> Copied {
+        Copied {
+            stats,
+            failed: Vec::new(),
+            named,
+        }
+    }
+
     fn add(&mut self, other: Copied) {
         self.stats.add(&other.stats);
         self.failed.extend(other.failed);
+        self.named.extend(other.named);
     }
 
     /// The figures, or one error naming every path that did not come
     /// back: the rest is in `--to`.
     fn into_result(self, plain: &Path) -> Result<Stats> {
-        if self.failed.is_empty() {
+        if self.failed.is_empty() && self.named.is_empty() {
             return Ok(self.stats);
         }
         let prefix = format!("{}/", plain.display());
@@ -760,6 +810,7 @@ impl Copied {
                 let why = line.rsplit_once(": ").map(|(_, w)| w).unwrap_or("");
                 crate::human::escape(&format!("{} ({why})", rsync::unescape_name(path)))
             })
+            .chain(self.named)
             .collect();
         Err(Error::new(
             Kind::Tool,
@@ -868,7 +919,11 @@ fn copy_pass(
     if failed.is_empty() && !out.success() {
         return Err(out.failure(Some("copying out of the decrypted backup")));
     }
-    Ok(Copied { stats, failed })
+    Ok(Copied {
+        stats,
+        failed,
+        named: Vec::new(),
+    })
 }
 
 /// rsync flags for a copy whose source the target controls: never a device
@@ -886,10 +941,8 @@ struct Stage {
     path: PathBuf,
     /// Filled over ssh (pull.rs: rsync or SFTP), not read through a path.
     pulled: Option<ReadVia>,
-    /// The stage decrypted, where it was mounted while it was filled.
-    mount: Option<crate::mount::Mount>,
-    /// What was copied out while it was filled (restore/stream.rs).
-    copied: Option<Copied>,
+    /// How the stage is decrypted, made ready while it was filled.
+    decrypted: Option<Decrypted>,
 }
 
 impl Stage {
@@ -899,8 +952,7 @@ impl Stage {
         let stage = Stage {
             path,
             pulled,
-            mount: None,
-            copied: None,
+            decrypted: None,
         };
         if stage.path.exists() {
             make_writable(&stage.path);
@@ -928,7 +980,7 @@ fn write_path_list(list: &Path, entries: &[&TreeEntry]) -> Result<()> {
 
 impl Drop for Stage {
     fn drop(&mut self) {
-        drop(self.mount.take());
+        drop(self.decrypted.take());
         make_writable(&self.path);
         let _ = std::fs::remove_dir_all(&self.path);
     }
@@ -951,7 +1003,7 @@ fn rebuild(
     remote: &PathTarget,
     run: &RunRecord,
     puller: Option<&Puller>,
-    stream_to: Option<&Copy>,
+    here: Option<Format>,
     progress: &Progress,
 ) -> Result<Rebuilt> {
     let (id, record) = (run.id.as_str(), &run.record);
@@ -1001,15 +1053,15 @@ fn rebuild(
     // Without the job's config here (a new machine) gocryptfs needs the
     // stage's own, which only the fill brings.
     let beside = ctx.job.gocryptfs_config.exists();
-    let stream_to = stream_to.filter(|_| stream::worth_it(&record.entries));
-    if let (Some(puller), Some(copy), true) = (puller, stream_to, beside) {
-        let from = (remote, puller);
-        let pulled = stream::fill_and_copy(ctx, from, run, &plan, stage, copy, watched);
-        phase.finish();
-        return pulled;
-    }
-    let (mounted, refused) = crate::pool::both(
-        || beside.then(|| mount_plain(ctx, &stage.path, STAGED_POINT)),
+    let (decrypted, refused) = crate::pool::both(
+        || match here {
+            Some(format) => {
+                Some(native_keys(ctx.job, format).map(|k| Decrypted::Here(Box::new(k))))
+            }
+            None => {
+                beside.then(|| mount_plain(ctx, &stage.path, STAGED_POINT).map(Decrypted::Mounted))
+            }
+        },
         || {
             let list = ctx.runtime("rebuild.files");
             fill(ctx, (remote, puller), id, &plan, &list, &stage, watched)
@@ -1020,7 +1072,7 @@ fn rebuild(
         return Ok(Rebuilt::Unreadable(refused));
     }
     let mut stage = stage;
-    stage.mount = mounted.transpose()?;
+    stage.decrypted = decrypted.transpose()?;
     phase.finish();
     // Symlinks the record keeps (the server could not): made here, in the
     // stage only we write to, below directories just made; gocryptfs

@@ -66,21 +66,16 @@ fn assert_restore_refused(job: &Job, says: &str) {
     assert_eq!(entries_under(&to), 0, "something was restored into --to");
 }
 
-/// The restore copied the tree out in several parts while it was pulled
-/// (restore/stream.rs), by the debug line that says how many.
-fn assert_copied_in_parts(said: &Out) {
-    let line = said
-        .stderr
-        .lines()
-        .find(|l| l.contains("restore: copied out in "))
-        .unwrap_or_else(|| panic!("no streamed copy-out:\n{}", said.dump()));
-    let parts: usize = line
-        .split("copied out in ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no count of parts in {line:?}"));
-    assert!(parts >= 2, "the tree went in {parts} part(s): {line}");
+/// The restore decrypted the stage itself (restore/decrypt.rs), not
+/// through a gocryptfs mount.
+fn assert_decrypted_here(said: &Out) {
+    assert!(
+        said.stderr
+            .lines()
+            .any(|l| l.contains("restore: decrypted here by ")),
+        "the stage was not decrypted here:\n{}",
+        said.dump()
+    );
 }
 
 /// A local directory with one file, and its file's (mtime, size, content).
@@ -121,7 +116,7 @@ fn a_full_restore_pulls_and_equals_the_source() {
     let (to, said) = job.restore_and_compare_with("restored", &["--verbose"]);
     let stats = &job.stage("restore")["stats"];
     assert_eq!(stats["read_via"], "rsync", "{stats}");
-    assert_copied_in_parts(&said);
+    assert_decrypted_here(&said);
     // rsync pulls the directories' times too; the copy gives them back.
     let mtime = |p: &Path| fs::metadata(p).unwrap().mtime();
     for d in ["dir", "dir/a", "dir/a/b", "dir/c"] {
@@ -195,7 +190,7 @@ fn a_hard_link_across_directories_comes_back_linked() {
     );
 
     let (to, said) = job.restore_and_compare_with("restored", &["--verbose"]);
-    assert_copied_in_parts(&said);
+    assert_decrypted_here(&said);
     let inode = |p: &str| fs::metadata(to.join(p)).unwrap().ino();
     assert_eq!(
         inode("one/shared"),
@@ -203,68 +198,6 @@ fn a_hard_link_across_directories_comes_back_linked() {
         "the hard link came back as two files:\n{}",
         said.dump()
     );
-    job.assert_clean();
-}
-
-/// The tree is copied out part by part while it is pulled: a file swapped
-/// in the last directory is found once earlier parts were copied, and the
-/// restore still leaves --to empty.
-#[test]
-fn a_swap_found_after_some_parts_were_copied_leaves_to_empty() {
-    if !require_tools("restore_pull_late_swap", SFTP_TOOLS) {
-        return;
-    }
-    let job = Job::sftp("pull-late-swap").build();
-    for d in 0..24 {
-        let dir = job.source.join(format!("d{d:02}"));
-        fs::create_dir_all(&dir).unwrap();
-        for f in 0..4 {
-            fs::write(dir.join(format!("f{f}")), vec![b'x'; 2000 + d * 10 + f]).unwrap();
-        }
-    }
-    job.init_and_backup();
-    // The record lists directories in byte order: the last one's files
-    // are in the last part.
-    let files = job.files_dir();
-    let mut dirs: Vec<PathBuf> = walk(&files)
-        .into_iter()
-        .filter(|(_, m)| m.is_dir())
-        .map(|(rel, _)| rel)
-        .collect();
-    dirs.sort_by(|a, b| {
-        a.as_os_str()
-            .as_encoded_bytes()
-            .cmp(b.as_os_str().as_encoded_bytes())
-    });
-    let last = files.join(dirs.last().expect("directories in files/"));
-    let victim = fs::read_dir(&last)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            !p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("gocryptfs.")
-        })
-        .expect("a file in the last directory");
-    fs::remove_file(&victim).unwrap();
-    std::os::unix::fs::symlink("/etc/hostname", &victim).unwrap();
-
-    let to = job.root.join("out");
-    let o = job.run(&["--verbose", "restore", "--to", to.to_str().unwrap()]);
-    assert_ne!(o.code, 0, "a swapped file restored:\n{}", o.dump());
-    assert!(
-        o.stderr.contains("is a symlink, its record says a file"),
-        "the error should name the swapped entry:\n{}",
-        o.dump()
-    );
-    assert_copied_in_parts(&o);
-    assert_eq!(
-        entries_under(&to),
-        0,
-        "a refused restore left files in --to"
-    );
-    assert_no_stage_left(&job);
     job.assert_clean();
 }
 
@@ -376,7 +309,7 @@ fn an_sftp_only_account_is_fetched_over_sftp_and_equals_the_source() {
     let (to, said) = job.restore_and_compare_with("restored", &["--verbose"]);
     let stats = &job.stage("restore")["stats"];
     assert_eq!(stats["read_via"], "sftp", "{stats}");
-    assert_copied_in_parts(&said);
+    assert_decrypted_here(&said);
     assert_eq!(
         fs::metadata(to.join("big")).unwrap().mtime(),
         fs::metadata(job.source.join("big")).unwrap().mtime(),
@@ -481,4 +414,92 @@ fn a_small_stage_goes_to_a_tmpfs_runtime_dir() {
     assert_no_mounts_under(&runtime);
     job.assert_clean();
     fs::remove_dir_all(&runtime).unwrap();
+}
+
+/// The server flips a byte of one file's ciphertext (its size unchanged,
+/// so the pull and the record's checks pass it): the restore decrypts
+/// the stage here, finds the block that fails authentication, names the
+/// plaintext path and the block, restores everything else, and leaves no
+/// part of the damaged file in --to.
+#[test]
+fn a_flipped_ciphertext_byte_is_named_and_the_rest_restored() {
+    if !require_tools("restore_pull_flipped_byte", SFTP_TOOLS) {
+        return;
+    }
+    let (job, dir) = backed_up("pull-flipped");
+    let victim = job.remote_file_for_len(BIG_LEN);
+    assert!(victim.starts_with(&dir));
+    let mut bytes = fs::read(&victim).unwrap();
+    bytes[18 + 16 + 16 + 100] ^= 0x40; // the first block's ciphertext
+    fs::write(&victim, &bytes).unwrap();
+
+    let to = job.root.join("out");
+    let o = job.run(&["--verbose", "restore", "--to", to.to_str().unwrap()]);
+    assert_ne!(o.code, 0, "a damaged file restored silently:\n{}", o.dump());
+    assert_decrypted_here(&o);
+    assert!(
+        o.stderr
+            .contains("dir/big (block 0 (bytes 0 to 4095 of the plaintext) fails authentication"),
+        "the error should name the file and its block:\n{}",
+        o.dump()
+    );
+    assert!(
+        !to.join("dir/big").exists(),
+        "a part of the damaged file reached --to"
+    );
+    assert_eq!(
+        fs::read(to.join("top")).unwrap(),
+        b"top\n",
+        "the rest was not restored"
+    );
+    assert_no_stage_left(&job);
+    job.assert_clean();
+}
+
+/// The server rewrites the `.name` file of a long name (same length): the
+/// name it holds no longer matches the hash the file is stored under.
+/// gocryptfs' mount would decrypt the altered name, or skip the entry
+/// without a word; here the entry is named, by its directory and stored
+/// name, and the rest restored.
+#[test]
+fn an_altered_long_name_is_named_and_the_rest_restored() {
+    if !require_tools("restore_pull_long_name", SFTP_TOOLS) {
+        return;
+    }
+    let job = Job::sftp("pull-long-name").build();
+    fs::create_dir_all(job.source.join("long")).unwrap();
+    fs::write(job.source.join("long").join("n".repeat(200)), "long\n").unwrap();
+    fs::write(job.source.join("short"), "short\n").unwrap();
+    job.init_and_backup();
+    let name_file = walk(&job.files_dir())
+        .into_iter()
+        .map(|(rel, _)| job.files_dir().join(rel))
+        .find(|p| p.to_string_lossy().ends_with(".name"))
+        .expect("a long name's .name file on the server");
+    let mut text = fs::read(&name_file).unwrap();
+    text[0] = if text[0] == b'A' { b'B' } else { b'A' };
+    fs::write(&name_file, &text).unwrap();
+
+    let to = job.root.join("out");
+    let o = job.run(&["--verbose", "restore", "--to", to.to_str().unwrap()]);
+    assert_ne!(
+        o.code,
+        0,
+        "an altered name restored silently:\n{}",
+        o.dump()
+    );
+    assert!(
+        o.stderr.contains("long/gocryptfs.longname.")
+            && o.stderr
+                .contains("its .name file holds a name whose hash is not this one"),
+        "the error should name the entry:\n{}",
+        o.dump()
+    );
+    assert_eq!(fs::read(to.join("short")).unwrap(), b"short\n");
+    assert_eq!(
+        entries_under(&to.join("long")),
+        0,
+        "the altered entry reached --to"
+    );
+    job.assert_clean();
 }

@@ -456,7 +456,6 @@ fn sshfs_workers_share_one_directory() {
     write_mode(&dir.join("ro/inner"), b"in a read-only dir", 0o644);
     fs::set_permissions(dir.join("ro"), fs::Permissions::from_mode(0o555)).unwrap();
     job.ok(&["init"]);
-    let rsync_runs = |out: &Out| out.stderr.matches("run: rsync ").count();
     let first = job.ok(&["--verbose", "--json", "backup"]);
     let first_id = json_stats(&parse_json(&first), "backup")["snapshot"]
         .as_str()
@@ -517,12 +516,9 @@ fn sshfs_workers_share_one_directory() {
     let to = job.root.join("restored");
     let restore = job.ok(&["--verbose", "restore", "--to", to.to_str().unwrap()]);
     // A shell account runs `rsync --server`: the latest run's files/ is
-    // pulled into a local stage (two rsyncs side by side, links munged:
-    // the names gocryptfs needs, and the rest; the run's metadata dir
-    // comes in a third) and each part is checked against its record before
-    // the three phases and 3 workers copy it out (workers name paths, and
-    // rsync would follow a symlinked parent of one, so never straight from
-    // the server).
+    // pulled into a local stage in one rsync (links munged; the run's
+    // metadata dir comes in another), checked against its record, and
+    // decrypted here by one worker per connection (restore/decrypt.rs).
     let pulls = restore
         .stderr
         .lines()
@@ -531,16 +527,11 @@ fn sshfs_workers_share_one_directory() {
         })
         .count();
     assert_eq!(
-        pulls, 2,
+        pulls, 1,
         "restore pulled {pulls} times:\n{}",
         restore.stderr
     );
-    let copy_out = rsync_runs(&restore) - pulls;
-    assert!(
-        copy_out >= 5,
-        "restore copied out with {copy_out} rsyncs:\n{}",
-        restore.stderr
-    );
+    assert_decrypted_by_workers(&restore, 3);
     assert_trees_equal(&job.source, &to);
     let to_first = job.root.join("restored-first");
     let point_in_time = job.ok(&[
@@ -551,16 +542,17 @@ fn sshfs_workers_share_one_directory() {
         "--to",
         to_first.to_str().unwrap(),
     ]);
-    // From the stage rebuilt here: the three phases and 3 workers copy out.
-    let copy_out = rsync_runs(&point_in_time);
-    assert!(
-        copy_out >= 5,
-        "restore --snapshot ran {copy_out} rsyncs:\n{}",
-        point_in_time.stderr
-    );
+    // The stage rebuilt here is decrypted here too.
+    assert_decrypted_by_workers(&point_in_time, 3);
     assert_trees_equal(&as_first, &to_first);
     job.verify_ok(true);
     job.assert_clean();
+}
+
+/// The restore decrypted its stage here with `workers` workers.
+fn assert_decrypted_by_workers(said: &Out, workers: usize) {
+    let line = format!("restore: decrypted here by {workers} worker(s)");
+    assert!(said.stderr.contains(&line), "no {line:?}:\n{}", said.stderr);
 }
 
 /// `cp -a FROM TO`.

@@ -1167,8 +1167,8 @@ struct Slot {
 enum Dest<'a> {
     /// Created under `into` (restore's stage), within `room` bytes: each
     /// written in `partial` and moved to its name once whole, so that a
-    /// name in the stage is a file complete (restore copies a part of the
-    /// tree out while the rest is fetched: restore/stream.rs).
+    /// name in the stage is always a complete file, never one a fetch
+    /// stopped in the middle of.
     Stage {
         into: &'a Path,
         partial: &'a Path,
@@ -1629,8 +1629,8 @@ impl<'a> Fetch<'a> {
 
 /// A directory beside a stage where one fetch writes its files until
 /// whole: private, fresh (a killed run's is removed first), removed when
-/// dropped. Fetches into the same stage side by side (restore/stream.rs)
-/// each have their own.
+/// dropped. Fetches into the same stage side by side would each have
+/// their own.
 struct PartialDir(PathBuf);
 
 impl PartialDir {

@@ -191,6 +191,12 @@ impl Phase {
         });
     }
 
+    /// The totals, once the work knows them (restore's decrypting copy,
+    /// after it has listed the stage).
+    pub fn set_total(&self, total: Totals) {
+        self.update(|s| s.total = total);
+    }
+
     /// A new concurrent counter (see `Part`).
     pub fn part(&self) -> PartId {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());

@@ -59,6 +59,13 @@ pub(super) fn copy_out(
     for dir in &tree.dirs[1..] {
         make_private_dir(&to.join(&dir.plain))?;
     }
+    let entries = tree.items.iter().map(Item::len).sum::<usize>() as u64;
+    if let Some(phase) = phase {
+        phase.set_total(crate::progress::Totals {
+            files: Some(entries),
+            bytes: None,
+        });
+    }
     let copier = Copier {
         keys,
         dirs: &tree.dirs,
@@ -77,7 +84,7 @@ pub(super) fn copy_out(
         set_dir_stamp(&to.join(&dir.plain), dir.stamp, options.keep_setuid)?;
     }
     set_times_of_dir(to, tree.dirs[0].stamp)?;
-    stats.files = (tree.items.iter().map(Item::len).sum::<usize>() + tree.dirs.len() - 1) as u64;
+    stats.files = entries + tree.dirs.len() as u64 - 1;
     let failed = copier
         .failed
         .into_inner()
@@ -309,6 +316,7 @@ impl Copier<'_> {
             Item::File(entry) => self.file(cipher, entry, stats),
             Item::Linked(all) => {
                 self.file(cipher, &all[0], stats)?;
+                self.count(all.len() as u64 - 1, 0);
                 let first = self.to.join(all[0].plain(self.dirs));
                 for other in &all[1..] {
                     let plain = other.plain(self.dirs);
@@ -338,10 +346,16 @@ impl Copier<'_> {
             })?;
         stats.transferred += 1;
         stats.bytes_transferred += written;
-        if let Some(phase) = self.phase {
-            phase.add(1, written);
-        }
+        self.count(1, written);
         Ok(())
+    }
+
+    /// Entries (each name of a hard-linked file, each symlink) and bytes
+    /// done, for the progress line.
+    fn count(&self, entries: u64, bytes: u64) {
+        if let Some(phase) = self.phase {
+            phase.add(entries, bytes);
+        }
     }
 
     fn symlink(
@@ -360,7 +374,9 @@ impl Copier<'_> {
         std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path)
             .map_err(|e| named(&plain, &format!("cannot be made: {e}")))?;
         set_link_times(&path, entry.stamp)
-            .map_err(|e| named(&plain, &format!("cannot get its times: {e}")))
+            .map_err(|e| named(&plain, &format!("cannot get its times: {e}")))?;
+        self.count(1, 0);
+        Ok(())
     }
 }
 

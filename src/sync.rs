@@ -330,6 +330,7 @@ fn guard_and_mirror(
         source: m.view.point(),
         snapshot: m.snapshot,
         split,
+        first_backup,
         phase: Some(&phase).filter(|p| p.shows()),
     };
     let repair = repair_damaged(ctx, &rsync)?;
@@ -1032,16 +1033,19 @@ struct Rsync<'a> {
     remote: &'a dyn target::Target,
     source: &'a Path,
     snapshot: &'a str,
-    /// Several workers over sshfs allowed (see `mirror`).
+    /// Several workers allowed (see `mirror`).
     split: bool,
+    /// files/ had no run yet: over ssh, workers only then.
+    first_backup: bool,
     /// Where the passes that copy files count their progress.
     phase: Option<&'a Phase>,
 }
 
 impl Rsync<'_> {
-    /// Mirrors the view into files/: one rsync, or over sshfs a pass for
-    /// the directories, workers on balanced lists of directories, and a
-    /// pass for the directories' modes and times (see split.rs).
+    /// Mirrors the view into files/: one rsync, or (over sshfs, or a first
+    /// backup over ssh) a pass for the directories, workers on balanced
+    /// lists of directories, and a pass for the directories' modes and
+    /// times (see split.rs).
     fn mirror(
         &self,
         decryptor: &PathDecryptor,
@@ -1053,6 +1057,17 @@ impl Rsync<'_> {
         let workers = match &self.job.target {
             Target::Sftp(s) if s.transport == Transport::Sshfs && self.split => {
                 split::workers_for(crate::budget::of(s).sshfs)
+            }
+            // Over ssh, a first backup (every file to send) reads the view
+            // with as many rsyncs as CPUs, within the session budget: the
+            // view's FUSE requests cost less CPU per MB with several
+            // readers. S at 0 ms: 1.35x restic with one rsync, 1.18x with
+            // two on 2 CPUs. A later run keeps one: at 20 ms the split's
+            // three phases cost S's 1 % change 0.45 s of round trips. So
+            // does a job with target.bwlimit, which one rsync gets whole
+            // (main.rs, backup_rsync_workers).
+            Target::Sftp(s) if self.split && self.first_backup && self.job.bwlimit.is_none() => {
+                crate::budget::of(s).sshfs.min(pool::cpu_threads())
             }
             _ => 1,
         };

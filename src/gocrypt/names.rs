@@ -21,7 +21,8 @@ const LONG_SUFFIX: &str = ".name";
 /// The longest encrypted name a `.name` file holds: a 255-byte name
 /// padded to 256 bytes in base64, as gocryptfs' ReadLongNameAt bounds it.
 pub const LONG_NAME_MAX: u64 = 344;
-/// The longest name on Linux.
+/// The longest name on Linux, and the longest encrypted name gocryptfs
+/// stores as it is: a longer one is stored as a long name.
 const NAME_MAX: usize = 255;
 
 /// How names are encrypted, from the config's feature flags.
@@ -73,6 +74,9 @@ pub enum NameError {
     Invalid(&'static str),
     LongNameMismatch,
     LongNameFile,
+    /// A long name's `.name` file holds a name short enough to be stored
+    /// as it is: the same plaintext could then be stored twice.
+    LongNameShort,
 }
 
 impl std::fmt::Display for NameError {
@@ -90,6 +94,9 @@ impl std::fmt::Display for NameError {
             NameError::LongNameFile => {
                 f.write_str("its .name file is missing, empty or longer than 344 bytes")
             }
+            NameError::LongNameShort => f.write_str(
+                "its .name file holds a name of 255 bytes or less, which gocryptfs never stores so",
+            ),
         }
     }
 }
@@ -115,8 +122,12 @@ pub fn decrypt(
 
 /// Checks that the `.name` file's content `long` belongs to the long name
 /// whose hash part is `hash` (SHA-256 of the encrypted name, in base64),
-/// and returns the encrypted name to decrypt.
+/// and returns the encrypted name to decrypt. gocryptfs hashes only
+/// encrypted names longer than 255 bytes (no `LongNameMax`: Format).
 pub fn check_long<'a>(naming: Naming, hash: &[u8], long: &'a [u8]) -> Result<&'a [u8], NameError> {
+    if long.len() <= NAME_MAX {
+        return Err(NameError::LongNameShort);
+    }
     let stored = base64::decode(hash, !naming.raw64).ok_or(NameError::NotBase64)?;
     match stored[..] == Sha256::digest(long)[..] {
         true => Ok(long),
@@ -265,12 +276,21 @@ mod tests {
 
     #[test]
     fn a_long_name_file_must_match_its_hash() {
-        let long = b"some-encrypted-name";
+        let long = [b'A'; 300];
         let hash = encode(&Sha256::digest(long));
-        assert_eq!(check_long(RAW, &hash, long), Ok(&long[..]));
+        assert_eq!(check_long(RAW, &hash, &long), Ok(&long[..]));
+        let other = [b'B'; 300];
         assert_eq!(
-            check_long(RAW, &hash, b"another"),
+            check_long(RAW, &hash, &other),
             Err(NameError::LongNameMismatch)
+        );
+        // A name short enough to be stored as it is, stored as a long one
+        // too: the same plaintext twice in one directory.
+        let short = [b'A'; 255];
+        let hash = encode(&Sha256::digest(short));
+        assert_eq!(
+            check_long(RAW, &hash, &short),
+            Err(NameError::LongNameShort)
         );
     }
 }

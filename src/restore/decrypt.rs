@@ -109,15 +109,17 @@ impl Stamp {
         }
     }
 
-    fn times(self) -> std::fs::FileTimes {
-        let (secs, nanos) = self.mtime;
-        let since = std::time::Duration::new(secs.unsigned_abs(), nanos);
-        let epoch = std::time::SystemTime::UNIX_EPOCH;
-        let mtime = match secs >= 0 {
-            true => epoch + since,
-            false => epoch - since,
-        };
-        std::fs::FileTimes::new().set_modified(mtime)
+    fn timespec(self) -> nix::sys::time::TimeSpec {
+        nix::sys::time::TimeSpec::new(self.mtime.0, i64::from(self.mtime.1))
+    }
+
+    /// Sets the mtime of the open file or directory `file`; its atime
+    /// stays. As the kernel takes it: no arithmetic on a time the server
+    /// chose.
+    fn set_mtime(self, file: &File) -> std::io::Result<()> {
+        use nix::sys::time::TimeSpec;
+        nix::sys::stat::futimens(file, &TimeSpec::UTIME_OMIT, &self.timespec())
+            .map_err(std::io::Error::from)
     }
 }
 
@@ -189,7 +191,10 @@ impl Tree {
             .ctx(|| format!("listing {}", dir.display()))?
             .collect::<std::io::Result<_>>()
             .ctx(|| format!("listing {}", dir.display()))?;
-        entries.sort_by_key(|e| e.file_name());
+        entries.sort_by_cached_key(|e| e.file_name());
+        // One plaintext name once per directory: a hostile server could
+        // store one name under two encrypted forms.
+        let mut seen = std::collections::HashSet::new();
         for entry in entries {
             let cipher_name = entry.file_name();
             let name = match names::classify(cipher_name.as_bytes(), at == 0) {
@@ -201,6 +206,12 @@ impl Tree {
                 }),
             };
             let name = match name {
+                Ok(name) if !seen.insert(name.clone()) => {
+                    let where_ = self.dirs[at].plain.join(OsStr::from_bytes(&name));
+                    self.failed
+                        .push(named(&where_, "is stored twice, under two encrypted names"));
+                    continue;
+                }
                 Ok(name) => name,
                 Err(why) => {
                     let where_ = self.dirs[at].plain.join(&cipher_name);
@@ -315,7 +326,14 @@ impl Copier<'_> {
         match item {
             Item::File(entry) => self.file(cipher, entry, stats),
             Item::Linked(all) => {
-                self.file(cipher, &all[0], stats)?;
+                self.file(cipher, &all[0], stats)
+                    .map_err(|why| match all.len() {
+                        1 => why,
+                        n => format!(
+                            "{why}; its {} other name(s) were not restored either",
+                            n - 1
+                        ),
+                    })?;
                 self.count(all.len() as u64 - 1, 0);
                 let first = self.to.join(all[0].plain(self.dirs));
                 for other in &all[1..] {
@@ -338,12 +356,8 @@ impl Copier<'_> {
         let plain = entry.plain(self.dirs);
         let out_path = self.to.join(&plain);
         let from = entry.cipher(self.dirs);
-        let written =
-            decrypt_file(cipher, &from, &out_path, entry.stamp, self.options).map_err(|why| {
-                // Nothing half-decrypted stays in --to.
-                let _ = std::fs::remove_file(&out_path);
-                named(&plain, &why)
-            })?;
+        let written = decrypt_file(cipher, &from, &out_path, entry.stamp, self.options)
+            .map_err(|why| named(&plain, &why))?;
         stats.transferred += 1;
         stats.bytes_transferred += written;
         self.count(1, written);
@@ -401,15 +415,22 @@ fn decrypt_file(
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(to)
         .map_err(|e| format!("cannot be made: {e}"))?;
-    let written = cipher
+    let finished = cipher
         .decrypt_file(&mut input, &mut output)
-        .map_err(|e| e.to_string())?;
-    let mode = restored_mode(stamp.mode, options.keep_setuid);
-    output
-        .set_permissions(std::fs::Permissions::from_mode(mode))
-        .and_then(|_| output.set_times(stamp.times()))
-        .map_err(|e| format!("cannot get its mode and times: {e}"))?;
-    Ok(written)
+        .map_err(|e| e.to_string())
+        .and_then(|written| {
+            let mode = restored_mode(stamp.mode, options.keep_setuid);
+            output
+                .set_permissions(std::fs::Permissions::from_mode(mode))
+                .and_then(|_| stamp.set_mtime(&output))
+                .map_err(|e| format!("cannot get its mode and times: {e}"))?;
+            Ok(written)
+        });
+    if finished.is_err() {
+        // Nothing half-decrypted stays in --to (only the file made here).
+        let _ = std::fs::remove_file(to);
+    }
+    finished
 }
 
 /// The permission bits restored: setuid and setgid only when kept (rsync's
@@ -475,13 +496,13 @@ fn set_dir_stamp(path: &Path, stamp: Stamp, keep_setuid: bool) -> Result<()> {
     let mode = restored_mode(stamp.mode, keep_setuid);
     let dir = open_dir(path)?;
     dir.set_permissions(std::fs::Permissions::from_mode(mode))
-        .and_then(|_| dir.set_times(stamp.times()))
+        .and_then(|_| stamp.set_mtime(&dir))
         .ctx(|| format!("setting the mode and times of {}", path.display()))
 }
 
 fn set_times_of_dir(path: &Path, stamp: Stamp) -> Result<()> {
-    open_dir(path)?
-        .set_times(stamp.times())
+    stamp
+        .set_mtime(&open_dir(path)?)
         .ctx(|| format!("setting the times of {}", path.display()))
 }
 
@@ -497,12 +518,11 @@ fn open_dir(path: &Path) -> Result<File> {
 fn set_link_times(path: &Path, stamp: Stamp) -> nix::Result<()> {
     use nix::sys::stat::{UtimensatFlags, utimensat};
     use nix::sys::time::TimeSpec;
-    let mtime = TimeSpec::new(stamp.mtime.0, i64::from(stamp.mtime.1));
     utimensat(
         nix::fcntl::AT_FDCWD,
         path,
         &TimeSpec::UTIME_OMIT,
-        &mtime,
+        &stamp.timespec(),
         UtimensatFlags::NoFollowSymlink,
     )
 }

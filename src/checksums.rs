@@ -36,15 +36,17 @@ pub fn stamps_of_lines(lines: &mut [String]) -> String {
     to_hex(&hasher.finalize().into())
 }
 
-pub fn from_hex(text: &[u8]) -> Option<Sum> {
-    if text.len() != 40 {
+/// The `N` bytes that exactly `2 * N` hex digits spell (a sha1 `Sum`, a
+/// 32-byte key).
+pub fn from_hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
+    if text.len() != 2 * N {
         return None;
     }
-    let mut sum = [0u8; 20];
-    for (byte, pair) in sum.iter_mut().zip(text.chunks(2)) {
+    let mut bytes = [0u8; N];
+    for (byte, pair) in bytes.iter_mut().zip(text.chunks(2)) {
         *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
     }
-    Some(sum)
+    Some(bytes)
 }
 
 /// A path stands for itself in the in-memory maps by 8 bytes of its sha1

@@ -91,12 +91,7 @@ impl MasterKey {
     /// The key's 32 bytes (gocrypt.rs derives its keys from them); the
     /// caller wipes them.
     pub fn bytes(&self) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        for (byte, pair) in out.iter_mut().zip(self.0.chunks(2)) {
-            let digit = |d: u8| (d as char).to_digit(16).expect("parse kept hex digits") as u8;
-            *byte = digit(pair[0]) << 4 | digit(pair[1]);
-        }
-        out
+        crate::checksums::from_hex(&self.0).expect("parse keeps 64 hex digits")
     }
 
     /// In groups of 8 hex digits joined by dashes, as `gocryptfs -init`
@@ -315,7 +310,8 @@ fn sshfs_line(s: &crate::config::Sftp) -> String {
     )
 }
 
-fn read_local_config(job: &Job) -> Result<String> {
+/// The job's local gocryptfs config, bounded; an error where it is missing.
+pub(crate) fn read_local_config(job: &Job) -> Result<String> {
     crypt::require_config(job)?;
     let file = File::open(&job.gocryptfs_config)
         .ctx(|| format!("opening {}", job.gocryptfs_config.display()))?;

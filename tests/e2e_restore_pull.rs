@@ -66,6 +66,22 @@ fn assert_restore_refused(job: &Job, says: &str) {
     assert_eq!(entries_under(&to), 0, "something was restored into --to");
 }
 
+/// A whole restore into `out` (verbose) that fails, its error saying each
+/// of `says`: what it could not restore is named, the rest is in --to.
+fn restore_that_names(job: &Job, says: &[&str]) -> (PathBuf, Out) {
+    let to = job.root.join("out");
+    let o = job.run(&["--verbose", "restore", "--to", to.to_str().unwrap()]);
+    assert_ne!(o.code, 0, "damage restored silently:\n{}", o.dump());
+    for said in says {
+        assert!(
+            o.stderr.contains(said),
+            "the error should name the damage ({said:?}):\n{}",
+            o.dump()
+        );
+    }
+    (to, o)
+}
+
 /// The restore decrypted the stage itself (restore/decrypt.rs), not
 /// through a gocryptfs mount.
 fn assert_decrypted_here(said: &Out) {
@@ -443,16 +459,11 @@ fn a_flipped_ciphertext_byte_is_named_and_the_rest_restored() {
     bytes[18 + 16 + 16 + 100] ^= 0x40; // the first block's ciphertext
     fs::write(&victim, &bytes).unwrap();
 
-    let to = job.root.join("out");
-    let o = job.run(&["--verbose", "restore", "--to", to.to_str().unwrap()]);
-    assert_ne!(o.code, 0, "a damaged file restored silently:\n{}", o.dump());
-    assert_decrypted_here(&o);
-    assert!(
-        o.stderr
-            .contains("dir/big (block 0 (bytes 0 to 4095 of the plaintext) fails authentication"),
-        "the error should name the file and its block:\n{}",
-        o.dump()
+    let (to, o) = restore_that_names(
+        &job,
+        &["dir/big (block 0 (bytes 0 to 4095 of the plaintext) fails authentication"],
     );
+    assert_decrypted_here(&o);
     assert!(
         !to.join("dir/big").exists(),
         "a part of the damaged file reached --to"
@@ -490,20 +501,12 @@ fn an_altered_long_name_is_named_and_the_rest_restored() {
     text[0] = if text[0] == b'A' { b'B' } else { b'A' };
     fs::write(&name_file, &text).unwrap();
 
-    let to = job.root.join("out");
-    let o = job.run(&["--verbose", "restore", "--to", to.to_str().unwrap()]);
-    assert_ne!(
-        o.code,
-        0,
-        "an altered name restored silently:\n{}",
-        o.dump()
-    );
-    assert!(
-        o.stderr.contains("long/gocryptfs.longname.")
-            && o.stderr
-                .contains("its .name file holds a name whose hash is not this one"),
-        "the error should name the entry:\n{}",
-        o.dump()
+    let (to, _) = restore_that_names(
+        &job,
+        &[
+            "long/gocryptfs.longname.",
+            "its .name file holds a name whose hash is not this one",
+        ],
     );
     assert_eq!(fs::read(to.join("short")).unwrap(), b"short\n");
     assert_eq!(

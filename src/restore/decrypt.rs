@@ -56,8 +56,9 @@ pub(super) fn copy_out(
         stamp: Stamp::of(&top),
     });
     tree.scan(keys, 0)?;
+    // Parents first, each name once (`scan`): nothing is there yet.
     for dir in &tree.dirs[1..] {
-        make_private_dir(&to.join(&dir.plain))?;
+        crate::crypt::create_private_dir(&to.join(&dir.plain))?;
     }
     let entries = tree.items.iter().map(Item::len).sum::<usize>() as u64;
     if let Some(phase) = phase {
@@ -482,14 +483,6 @@ fn open_nofollow(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-fn make_private_dir(path: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(path)
-        .ctx(|| format!("making {}", path.display()))
-}
-
 /// A restored directory's mode and mtime, set through a descriptor opened
 /// without following a link.
 fn set_dir_stamp(path: &Path, stamp: Stamp, keep_setuid: bool) -> Result<()> {
@@ -536,11 +529,6 @@ fn named(path: &Path, why: &str) -> String {
 /// only gocryptfs can, or where the job has no config here (a new machine:
 /// the mount reads the stage's own).
 pub(super) fn format_of(job: &crate::config::Job) -> Option<gocrypt::Format> {
-    /// A gocryptfs.conf is under 1 KB.
-    const MAX_CONFIG: u64 = 64 * 1024;
-    let mut text = String::new();
-    open_nofollow(&job.gocryptfs_config)
-        .and_then(|f| f.take(MAX_CONFIG).read_to_string(&mut text))
-        .ok()?;
+    let text = crate::keys::read_local_config(job).ok()?;
     gocrypt::Format::of_config(&text)
 }

@@ -292,7 +292,10 @@ mod tests {
         let cut = &stored[..HEADER_LEN - 1];
         assert!(matches!(decrypt_held(cut), Err(ContentError::BadHeader(_))));
         let only_header = &stored[..HEADER_LEN + NONCE_LEN + TAG_LEN];
-        assert!(matches!(decrypt_held(only_header), Err(ContentError::Block(0))));
+        assert!(matches!(
+            decrypt_held(only_header),
+            Err(ContentError::Block(0))
+        ));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::{crypt, fsutil, keys, log};
 use crate::{interrupt, snapshots};
 
 mod decrypt;
+mod streamed;
 
 pub struct RestoreRequest {
     pub to: PathBuf,
@@ -271,6 +272,24 @@ fn copy_files(
         true => decrypt::format_of(job),
         false => None,
     };
+    // A whole restore from an SFTP account is decrypted as it arrives.
+    if let (Some(format), Some(fetcher)) = (here, puller.and_then(Puller::sftp)) {
+        let newest = latest.map(|l| l.id.as_str());
+        if let Some(id) = request.snapshot.as_deref().or(rebuilt_latest).or(newest) {
+            let run = RunRecord::read(ctx, remote, id, newest_read)?;
+            let stats = stream(
+                ctx,
+                remote,
+                &run,
+                (fetcher, format),
+                request,
+                to,
+                copy.phase,
+            )?;
+            phase.finish();
+            return Ok((stats, ReadVia::Sftp));
+        }
+    }
     let mut stage = match (&request.snapshot, rebuilt_latest) {
         (Some(id), _) => {
             let run = RunRecord::read(ctx, remote, id, newest_read)?;
@@ -1022,22 +1041,7 @@ fn rebuild(
     let phase = progress.phase("restore: fetching", totals);
     let watched = Some(&phase).filter(|p| p.shows());
     check_record_tree(id, &record.entries)?;
-    let mut later = Vec::new();
-    let snapshot_ids = match &run.snapshot_ids {
-        Some(ids) => ids.clone(),
-        None => snapshots::snapshot_dir_ids(remote)?,
-    };
-    for later_id in snapshot_ids.into_iter().filter(|s| s.as_str() > id) {
-        let paths = remote.list_tree(&format!("{SNAPSHOTS}/{later_id}"))?;
-        later.push((
-            later_id,
-            paths
-                .into_iter()
-                .filter(|e| e.kind != 'd')
-                .map(|e| e.path)
-                .collect(),
-        ));
-    }
+    let later = later_snapshots(remote, run)?;
     let plan = snapshots::plan_rebuild(record, &later);
 
     let stage = Stage::fresh(
@@ -1109,6 +1113,80 @@ fn rebuild(
             .ctx(|| format!("setting the mode of {}", path.display()))?;
     }
     Ok(Rebuilt::Stage(stage))
+}
+
+/// The snapshot dirs of the runs after `run`, each with the paths it
+/// holds: where a rebuild of `run` finds what changed since
+/// (`snapshots::plan_rebuild`).
+fn later_snapshots(
+    remote: &PathTarget,
+    run: &RunRecord,
+) -> Result<Vec<(String, std::collections::BTreeSet<String>)>> {
+    let snapshot_ids = match &run.snapshot_ids {
+        Some(ids) => ids.clone(),
+        None => snapshots::snapshot_dir_ids(remote)?,
+    };
+    let mut later = Vec::new();
+    for later_id in snapshot_ids.into_iter().filter(|s| *s > run.id) {
+        let paths = remote.list_tree(&format!("{SNAPSHOTS}/{later_id}"))?;
+        let files = paths.into_iter().filter(|e| e.kind != 'd').map(|e| e.path);
+        later.push((later_id, files.collect()));
+    }
+    Ok(later)
+}
+
+/// A whole restore of `run` from an SFTP account, decrypted as it arrives
+/// (restore/streamed.rs): no stage, a spill directory for files too
+/// large to hold. The run's names are fetched while the key is derived.
+fn stream(
+    ctx: &Context,
+    remote: &PathTarget,
+    run: &RunRecord,
+    (fetcher, format): (&target::SftpFetcher, Format),
+    request: &RestoreRequest,
+    to: &Path,
+    phase: Option<&Phase>,
+) -> Result<Stats> {
+    let (id, record) = (run.id.as_str(), &run.record);
+    check_record_tree(id, &record.entries)?;
+    let later = later_snapshots(remote, run)?;
+    let plan = snapshots::plan_rebuild(record, &later);
+    let large = record
+        .entries
+        .iter()
+        .filter(|e| e.kind == 'f' && e.size > target::HOLD_MAX as u64)
+        .map(|e| e.size)
+        .fold(0, u64::saturating_add);
+    let spill = Stage::fresh(
+        stage_home(ctx, large).join(format!("restore-{id}")),
+        Some(ReadVia::Sftp),
+    )?;
+    let (keys, name_files) = crate::pool::both(
+        || native_keys(ctx.job, format),
+        || streamed::fetch_names(fetcher, &plan),
+    );
+    let (keys, name_files) = (keys?, name_files?);
+    let options = decrypt::Options {
+        keep_setuid: request.keep_setuid,
+        workers: stage_workers(ctx.job),
+    };
+    let streamed = streamed::Streamed {
+        fetcher,
+        keys: &keys,
+        entries: &record.entries,
+        to,
+        spill: (&spill.path, spill.room()),
+        options: &options,
+        phase,
+    };
+    let copied = streamed.restore(&plan, &name_files)?;
+    log::debug(|| {
+        format!(
+            "restore: decrypted here by {} worker(s) as it came over SFTP, no stage: {} file(s)",
+            options.workers, copied.stats.transferred
+        )
+    });
+    copied.into_result(to)
 }
 
 /// Copies each path of a rebuild's `plan` into the stage: pulled over ssh

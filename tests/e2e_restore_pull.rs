@@ -322,6 +322,10 @@ fn an_sftp_only_account_is_fetched_over_sftp_and_equals_the_source() {
     fs::write(job.source.join("empty"), "").unwrap();
     let big: Vec<u8> = (0..300_007u32).map(|i| (i % 251) as u8).collect();
     fs::write(job.source.join("big"), &big).unwrap();
+    // Larger than the fetch holds in memory (sftp.rs, HOLD_MAX): it goes
+    // through a spilled file.
+    let huge: Vec<u8> = (0..2_500_003u32).map(|i| (i % 253) as u8).collect();
+    fs::write(job.source.join("huge"), &huge).unwrap();
     std::os::unix::fs::symlink("many/f0001", job.source.join("link")).unwrap();
     fs::create_dir_all(job.source.join("ro")).unwrap();
     fs::write(job.source.join("ro/in"), "in a read-only dir\n").unwrap();
@@ -336,6 +340,11 @@ fn an_sftp_only_account_is_fetched_over_sftp_and_equals_the_source() {
     let stats = &job.stage("restore")["stats"];
     assert_eq!(stats["read_via"], "sftp", "{stats}");
     assert_decrypted_here(&said);
+    assert!(
+        said.stderr.contains("as it came over SFTP, no stage"),
+        "the SFTP fetch was not decrypted as it came:\n{}",
+        said.dump()
+    );
     assert_eq!(
         fs::metadata(to.join("big")).unwrap().mtime(),
         fs::metadata(job.source.join("big")).unwrap().mtime(),
@@ -351,21 +360,29 @@ fn an_sftp_only_account_is_fetched_over_sftp_and_equals_the_source() {
 }
 
 /// Over SFTP the server's lstat of each file is checked before a byte is
-/// written: a file swapped for a symlink is refused, naming it, and
-/// nothing reaches --to.
+/// asked for: a file swapped for a symlink is named by its plaintext path
+/// and not restored; the rest is.
 #[test]
-fn a_file_swapped_for_a_symlink_is_refused_over_sftp() {
+fn a_file_swapped_for_a_symlink_is_named_over_sftp_and_the_rest_restored() {
     if !ServerKind::ChrootSftp.require("restore_sftp_file_symlink") {
         return;
     }
     let job = Job::sftp("sftp-file-link").build_on(ServerKind::ChrootSftp);
     write_big(&job);
+    fs::write(job.source.join("dir/small"), "next to it\n").unwrap();
     job.init_and_backup();
     let file = job.remote_file_for_len(BIG_LEN);
     fs::remove_file(&file).unwrap();
     std::os::unix::fs::symlink("gocryptfs.diriv", &file).unwrap();
 
-    assert_restore_refused(&job, "is not a file on the server, its record says a file");
+    let said = "dir/big (the target would not give it back: \
+                is not a file on the server, its record says a file)";
+    let (to, _) = restore_that_names(&job, &[said]);
+    assert!(
+        fs::symlink_metadata(to.join("dir/big")).is_err(),
+        "the swapped file was restored"
+    );
+    assert_eq!(fs::read(to.join("dir/small")).unwrap(), b"next to it\n");
     job.assert_clean();
 }
 
@@ -452,15 +469,32 @@ fn a_flipped_ciphertext_byte_is_named_and_the_rest_restored() {
     if !require_tools("restore_pull_flipped_byte", SFTP_TOOLS) {
         return;
     }
-    let (job, dir) = backed_up("pull-flipped");
+    let (job, _) = backed_up("pull-flipped");
+    a_flipped_byte_is_named(&job);
+}
+
+/// The same over an SFTP-only account, whose files are decrypted as they
+/// arrive (restore/streamed.rs).
+#[test]
+fn a_flipped_ciphertext_byte_is_named_over_sftp_too() {
+    if !ServerKind::ChrootSftp.require("restore_sftp_flipped_byte") {
+        return;
+    }
+    let job = Job::sftp("sftp-flipped").build_on(ServerKind::ChrootSftp);
+    write_big(&job);
+    fs::write(job.source.join("top"), "top\n").unwrap();
+    job.init_and_backup();
+    a_flipped_byte_is_named(&job);
+}
+
+fn a_flipped_byte_is_named(job: &Job) {
     let victim = job.remote_file_for_len(BIG_LEN);
-    assert!(victim.starts_with(&dir));
     let mut bytes = fs::read(&victim).unwrap();
     bytes[18 + 16 + 16 + 100] ^= 0x40; // the first block's ciphertext
     fs::write(&victim, &bytes).unwrap();
 
     let (to, o) = restore_that_names(
-        &job,
+        job,
         &["dir/big (block 0 (bytes 0 to 4095 of the plaintext) fails authentication"],
     );
     assert_decrypted_here(&o);
@@ -473,7 +507,7 @@ fn a_flipped_ciphertext_byte_is_named_and_the_rest_restored() {
         b"top\n",
         "the rest was not restored"
     );
-    assert_no_stage_left(&job);
+    assert_no_stage_left(job);
     job.assert_clean();
 }
 
@@ -487,7 +521,18 @@ fn an_altered_long_name_is_named_and_the_rest_restored() {
     if !require_tools("restore_pull_long_name", SFTP_TOOLS) {
         return;
     }
-    let job = Job::sftp("pull-long-name").build();
+    an_altered_long_name_is_named(&Job::sftp("pull-long-name").build());
+}
+
+#[test]
+fn an_altered_long_name_is_named_over_sftp_too() {
+    if !ServerKind::ChrootSftp.require("restore_sftp_long_name") {
+        return;
+    }
+    an_altered_long_name_is_named(&Job::sftp("sftp-long-name").build_on(ServerKind::ChrootSftp));
+}
+
+fn an_altered_long_name_is_named(job: &Job) {
     fs::create_dir_all(job.source.join("long")).unwrap();
     fs::write(job.source.join("long").join("n".repeat(200)), "long\n").unwrap();
     fs::write(job.source.join("short"), "short\n").unwrap();
@@ -502,7 +547,7 @@ fn an_altered_long_name_is_named_and_the_rest_restored() {
     fs::write(&name_file, &text).unwrap();
 
     let (to, _) = restore_that_names(
-        &job,
+        job,
         &[
             "long/gocryptfs.longname.",
             "its .name file holds a name whose hash is not this one",
@@ -526,9 +571,20 @@ fn deterministic_names_are_decrypted_here_and_equal_the_source() {
     if !require_tools("restore_pull_deterministic", SFTP_TOOLS) {
         return;
     }
-    let job = Job::sftp("pull-deterministic")
-        .set("filenames", serde_json::json!("deterministic"))
-        .build();
+    let job = Job::sftp("pull-deterministic").set("filenames", serde_json::json!("deterministic"));
+    deterministic_names_equal_the_source(&job.build());
+}
+
+#[test]
+fn deterministic_names_are_decrypted_as_they_come_over_sftp() {
+    if !ServerKind::ChrootSftp.require("restore_sftp_deterministic") {
+        return;
+    }
+    let job = Job::sftp("sftp-deterministic").set("filenames", serde_json::json!("deterministic"));
+    deterministic_names_equal_the_source(&job.build_on(ServerKind::ChrootSftp));
+}
+
+fn deterministic_names_equal_the_source(job: &Job) {
     make_features_tree(&job.source);
     job.init_and_backup();
     let divs = walk(&job.files_dir())

@@ -436,7 +436,7 @@ fn decrypt_file(
 
 /// The permission bits restored: setuid and setgid only when kept (rsync's
 /// `--chmod=ug-s` otherwise).
-fn restored_mode(mode: u32, keep_setuid: bool) -> u32 {
+pub(super) fn restored_mode(mode: u32, keep_setuid: bool) -> u32 {
     match keep_setuid {
         true => mode & 0o7777,
         false => mode & 0o1777,
@@ -521,7 +521,7 @@ fn set_link_times(path: &Path, stamp: Stamp) -> nix::Result<()> {
 }
 
 /// `path (why)`, escaped for a terminal.
-fn named(path: &Path, why: &str) -> String {
+pub(super) fn named(path: &Path, why: &str) -> String {
     crate::human::escape(&format!("{} ({why})", path.to_string_lossy()))
 }
 

@@ -38,7 +38,9 @@ pub use listing::TreeEntry;
 pub use path::PathTarget;
 pub use probe::forget_capabilities;
 pub use pull::{Puller, unmunge};
-pub use sftp::{Hashed, Hashed1, RemoteEntry, RemoteTree};
+pub use sftp::{
+    Content, HOLD_MAX, Hand, Handed, Hashed, Hashed1, RemoteEntry, RemoteTree, SftpFetcher,
+};
 pub use sftp_keep::{NotKept, ToKeep, keep_in_snapshot, set_dir_attrs};
 pub use sftp_survey::NewestRun;
 pub use sftp_upload::{Uploaded, upload_changes, upload_new};

@@ -79,6 +79,14 @@ impl<'a> Puller<'a> {
         }))
     }
 
+    /// The SFTP fetcher, where this account is pulled from over SFTP.
+    pub fn sftp(&self) -> Option<&SftpFetcher<'a>> {
+        match &self.via {
+            Via::Sftp(fetcher) => Some(fetcher),
+            Via::Rsync { .. } => None,
+        }
+    }
+
     /// How the stage is filled, for restore's statistics.
     pub fn read_via(&self) -> ReadVia {
         match self.via {

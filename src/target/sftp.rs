@@ -25,6 +25,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::Ssh;
@@ -190,6 +191,27 @@ impl<'a> SftpFetcher<'a> {
         })
     }
 
+    /// Hands each of `entries` (files, and symlinks the server keeps),
+    /// below the account's `from` directory, to `sink` once it is whole:
+    /// restore decrypts them as they come (restore/streamed.rs). A file
+    /// of up to `HOLD_MAX` bytes is held in memory while what the sink
+    /// still holds (`held`: the sink takes back what it is done with)
+    /// stays under `HELD_MAX`; a larger one goes to an unnamed file under
+    /// `spill`, within `room` bytes (without `spill` it ends the fetch
+    /// with an error). What the server will not give back is handed over
+    /// as its words, and the fetch goes on.
+    pub fn hand<'f>(
+        &self,
+        from: &'f str,
+        entries: impl Iterator<Item = TreeEntry> + 'f,
+        to: Hand<'f>,
+        phase: Option<&'f Phase>,
+    ) -> Result<()> {
+        let wanted = entries.filter(|e| e.kind == 'f' || (e.kind == 'l' && e.link.is_none()));
+        self.run(from, Box::new(wanted), Dest::Hand(to), phase)
+            .map(drop)
+    }
+
     fn run<'f>(
         &self,
         from: &'f str,
@@ -234,6 +256,43 @@ pub(super) fn read_whole_on(
         .ctx(|| format!("rewinding the copy of {rel}"))?;
     Ok(Some(into))
 }
+
+/// Where `SftpFetcher::hand` puts what it fetched.
+pub struct Hand<'a> {
+    pub sink: &'a mut dyn FnMut(Handed) -> Result<()>,
+    pub held: &'a AtomicUsize,
+    pub spill: Option<&'a Path>,
+    pub room: u64,
+}
+
+/// A file or symlink `SftpFetcher::hand` fetched, by its record entry's
+/// path (relative to the directory fetched) and mode.
+pub struct Handed {
+    pub path: String,
+    pub mode: u32,
+    /// The server's mtime, in whole seconds (SFTP version 3).
+    pub mtime: Option<u32>,
+    pub content: Content,
+}
+
+pub enum Content {
+    /// The whole file; its length counts in `Hand::held` until the sink
+    /// takes it back.
+    Held(Vec<u8>),
+    /// The whole file in an unnamed file, at offset 0.
+    Spilled(File),
+    /// A symlink's stored target.
+    Link(Vec<u8>),
+    /// The server would not give it back: its words, escaped.
+    Refused(String),
+}
+
+/// What a fetch says of an entry the server has as something else.
+const NOT_A_FILE: &str = "is not a file on the server, its record says a file";
+
+/// The largest file `hand` holds in memory, and the most it holds at once.
+pub const HOLD_MAX: usize = 1024 * 1024;
+pub const HELD_MAX: usize = 32 * 1024 * 1024;
 
 /// One file `SftpFetcher::hash` read.
 pub struct Hashed1<'e> {
@@ -1178,12 +1237,15 @@ enum Dest<'a> {
     Hash(&'a mut dyn FnMut(Hashed1<'_>) -> Result<()>),
     /// One file, into the caller's scratch file, within `room` bytes.
     Scratch { file: &'a File, room: u64 },
+    /// Each handed to a sink once whole (`SftpFetcher::hand`).
+    Hand(Hand<'a>),
 }
 
 /// Where one file's bytes go.
 enum Out {
     File(File),
     Hash(InOrderSha1),
+    Held(Vec<u8>),
 }
 
 struct Fetch<'a> {
@@ -1372,6 +1434,16 @@ impl<'a> Fetch<'a> {
             }
             (Want::Lstat, SSH_FXP_ATTRS) => {
                 let attrs = Attrs::read(&mut packet.body)?;
+                let not_a_file = attrs.mode.is_some_and(|m| m & S_IFMT != S_IFREG);
+                if not_a_file && let Dest::Hand(hand) = &mut self.dest {
+                    (hand.sink)(Handed {
+                        path: entry.path.clone(),
+                        mode: entry.mode,
+                        mtime: None,
+                        content: Content::Refused(NOT_A_FILE.into()),
+                    })?;
+                    return self.refuse(session, index);
+                }
                 self.accept_size(index, &entry, attrs)?;
                 self.ready.push_back(index);
             }
@@ -1429,6 +1501,17 @@ impl<'a> Fetch<'a> {
                 self.vanished.push(entry.path.clone());
                 self.refuse(session, index)
             }
+            _ if matches!(code, SSH_FX_NO_SUCH_FILE | SSH_FX_PERMISSION_DENIED)
+                && let Dest::Hand(hand) = &mut self.dest =>
+            {
+                (hand.sink)(Handed {
+                    path: entry.path.clone(),
+                    mode: entry.mode,
+                    mtime: None,
+                    content: Content::Refused(words),
+                })?;
+                self.refuse(session, index)
+            }
             _ if matches!(code, SSH_FX_NO_SUCH_FILE | SSH_FX_PERMISSION_DENIED) => {
                 self.refused.push(format!("{label}: {words}"));
                 self.refuse(session, index)
@@ -1445,13 +1528,21 @@ impl<'a> Fetch<'a> {
     fn refuse(&mut self, session: &mut Session, index: usize) -> Result<()> {
         let partial = match self.dest {
             Dest::Stage { partial, .. } => Some(partial),
-            Dest::Hash(_) | Dest::Scratch { .. } => None,
+            Dest::Hash(_) | Dest::Scratch { .. } | Dest::Hand(_) => None,
         };
-        let slot = self.slot(index);
+        let slot = self.slots.get_mut(index).expect("a refused slot is open");
         slot.refused = true;
-        if let (Some(Out::File(_)), Some(partial)) = (slot.out.take(), partial) {
-            let path = partial_path(partial, slot.order);
-            std::fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))?;
+        match (slot.out.take(), partial) {
+            (Some(Out::File(_)), Some(partial)) => {
+                let path = partial_path(partial, slot.order);
+                std::fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))?;
+            }
+            (Some(Out::Held(bytes)), _) => {
+                if let Dest::Hand(hand) = &self.dest {
+                    hand.held.fetch_sub(bytes.len(), Ordering::Relaxed);
+                }
+            }
+            _ => {}
         }
         if let Some(handle) = slot.handle.take() {
             let id = session.request(SSH_FXP_CLOSE, &[&handle], &[]);
@@ -1488,10 +1579,7 @@ impl<'a> Fetch<'a> {
         let label = self.label(entry);
         let order = self.slot(index).order;
         if attrs.mode.is_some_and(|m| m & S_IFMT != S_IFREG) {
-            return Err(corrupt(
-                &label,
-                "is not a file on the server, its record says a file",
-            ));
+            return Err(corrupt(&label, NOT_A_FILE));
         }
         let Some(size) = attrs.size else {
             return Err(corrupt(&label, "the server gave no size"));
@@ -1520,6 +1608,7 @@ impl<'a> Fetch<'a> {
                 }
                 Out::File(file.try_clone().ctx(|| format!("reading {label}"))?)
             }
+            Dest::Hand(hand) => hand_out(hand, &label, size)?,
         };
         let slot = self.slot(index);
         slot.size = Some(size);
@@ -1558,6 +1647,8 @@ impl<'a> Fetch<'a> {
             Out::Hash(hasher) => hasher
                 .add(offset, data)
                 .map_err(|why| corrupt(&label, &why))?,
+            // `offset + got <= size`, the buffer's length, was checked.
+            Out::Held(bytes) => bytes[offset as usize..][..data.len()].copy_from_slice(data),
         }
         if let Some(phase) = self.phase {
             phase.add(0, got);
@@ -1580,6 +1671,10 @@ impl<'a> Fetch<'a> {
         let (size, mtime) = (slot.size, slot.mtime);
         let handle = slot.handle.take().unwrap_or_default();
         match slot.out.take() {
+            Some(Out::Held(bytes)) => self.hand_over(&entry, mtime, Content::Held(bytes))?,
+            Some(Out::File(file)) if matches!(self.dest, Dest::Hand(_)) => {
+                self.hand_over(&entry, mtime, Content::Spilled(file))?
+            }
             Some(Out::File(file)) => {
                 if let Some(mtime) = mtime {
                     let when = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(mtime));
@@ -1623,8 +1718,24 @@ impl<'a> Fetch<'a> {
         self.slots.release(index);
     }
 
-    fn make_link(&self, entry: &TreeEntry, target: &[u8]) -> Result<()> {
+    /// Gives a whole file or link to `Dest::Hand`'s sink.
+    fn hand_over(&mut self, entry: &TreeEntry, mtime: Option<u32>, content: Content) -> Result<()> {
+        let Dest::Hand(hand) = &mut self.dest else {
+            unreachable!("only a Hand fetch holds files or hands links over");
+        };
+        (hand.sink)(Handed {
+            path: entry.path.clone(),
+            mode: entry.mode,
+            mtime,
+            content,
+        })
+    }
+
+    fn make_link(&mut self, entry: &TreeEntry, target: &[u8]) -> Result<()> {
         use std::os::unix::ffi::OsStrExt;
+        if matches!(self.dest, Dest::Hand(_)) {
+            return self.hand_over(entry, None, Content::Link(target.to_vec()));
+        }
         let Dest::Stage { into, .. } = self.dest else {
             return Err(protocol(format!(
                 "it answered a READLINK never asked for, for {}",
@@ -1637,6 +1748,41 @@ impl<'a> Fetch<'a> {
         std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&munged), &path)
             .ctx(|| format!("making the symlink {}", path.display()))
     }
+}
+
+/// Where a file of `size` bytes goes in a `Dest::Hand` fetch: held while
+/// the budget allows, else spilled to an unnamed file.
+fn hand_out(hand: &mut Hand, label: &str, size: u64) -> Result<Out> {
+    let held = hand.held.load(Ordering::Relaxed);
+    if size <= HOLD_MAX as u64 && held + size as usize <= HELD_MAX {
+        hand.held.fetch_add(size as usize, Ordering::Relaxed);
+        return Ok(Out::Held(vec![0; size as usize]));
+    }
+    let Some(spill) = hand.spill else {
+        return Err(corrupt(
+            label,
+            &format!("the server says it is {size} bytes"),
+        ));
+    };
+    if size > hand.room {
+        return Err(Error::new(
+            Kind::Corrupt,
+            format!(
+                "the target says {label} is {size} bytes; {} has room for {} more",
+                spill.display(),
+                hand.room
+            ),
+        ));
+    }
+    hand.room -= size;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_TMPFILE)
+        .mode(0o600)
+        .open(spill)
+        .ctx(|| format!("making a file in {} for {label}", spill.display()))?;
+    Ok(Out::File(file))
 }
 
 /// A directory beside a stage where one fetch writes its files until

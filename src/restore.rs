@@ -108,10 +108,29 @@ pub fn restore(ctx: &Context, request: &RestoreRequest, progress: &Progress) -> 
     // says otherwise: files/ is mounted decrypted (scrypt) while the
     // target is asked what restore needs to know.
     let early = !request.paths.is_empty() && request.snapshot.is_none();
-    let (mounted, survey) = crate::pool::both(
-        || match early {
-            true => mount_plain(ctx, &remote.root().join(FILES), FILES_POINT).map(Some),
-            false => Ok(None),
+    // A whole tree is decrypted here (restore/decrypt.rs, streamed.rs)
+    // where the job's config is one gocrypt.rs reads. From an account the
+    // key is unwrapped (scrypt) while the account is asked, not after; a
+    // local disk's latest run is read through a mount and needs none.
+    let format = request
+        .paths
+        .is_empty()
+        .then(|| decrypt::format_of(job))
+        .flatten();
+    let unwrap_now = format.filter(|_| matches!(job.target, Target::Sftp(_)));
+    let ((mounted, keys), survey) = crate::pool::both(
+        || {
+            crate::pool::both(
+                || match early {
+                    true => mount_plain(ctx, &remote.root().join(FILES), FILES_POINT).map(Some),
+                    false => Ok(None),
+                },
+                || {
+                    unwrap_now
+                        .map(|format| native_keys(job, format))
+                        .transpose()
+                },
+            )
         },
         || survey(ctx, &remote, newest),
     );
@@ -122,6 +141,11 @@ pub fn restore(ctx: &Context, request: &RestoreRequest, progress: &Progress) -> 
         puller,
     } = survey?;
     let mounted = mounted?;
+    let keys = keys?;
+    let here = match &keys {
+        Some(keys) => Some(Here::Keys(keys)),
+        None => format.map(Here::Format),
+    };
     // The stored owners, ACLs and xattrs are fetched and mounted while the
     // files are copied: for a few paths out of a large tree, fetching the
     // manifest takes as long as the copy (docs/benchmarks.md).
@@ -138,7 +162,7 @@ pub fn restore(ctx: &Context, request: &RestoreRequest, progress: &Progress) -> 
                 target,
                 request,
                 (latest.as_ref(), newest_read),
-                mounted,
+                (mounted, here),
                 &to,
                 progress,
             )
@@ -248,7 +272,7 @@ fn copy_files(
     (remote, puller): (&PathTarget, Option<&Puller>),
     request: &RestoreRequest,
     (latest, newest_read): (Option<&Latest>, Option<RunRecord>),
-    mounted: Option<crate::mount::Mount>,
+    (mounted, here): (Option<crate::mount::Mount>, Option<Here>),
     to: &Path,
     progress: &Progress,
 ) -> Result<(Stats, ReadVia)> {
@@ -266,26 +290,12 @@ fn copy_files(
         to,
         phase: Some(&phase).filter(|p| p.shows()),
     };
-    // A whole tree is decrypted here (restore/decrypt.rs) where the job's
-    // config is one gocrypt.rs reads; else through a mount.
-    let here = match request.paths.is_empty() {
-        true => decrypt::format_of(job),
-        false => None,
-    };
     // A whole restore from an SFTP account is decrypted as it arrives.
-    if let (Some(format), Some(fetcher)) = (here, puller.and_then(Puller::sftp)) {
+    if let (Some(Here::Keys(keys)), Some(fetcher)) = (here, puller.and_then(Puller::sftp)) {
         let newest = latest.map(|l| l.id.as_str());
         if let Some(id) = request.snapshot.as_deref().or(rebuilt_latest).or(newest) {
             let run = RunRecord::read(ctx, remote, id, newest_read)?;
-            let stats = stream(
-                ctx,
-                remote,
-                &run,
-                (fetcher, format),
-                request,
-                to,
-                copy.phase,
-            )?;
+            let stats = stream(ctx, remote, &run, (fetcher, keys), request, to, copy.phase)?;
             phase.finish();
             return Ok((stats, ReadVia::Sftp));
         }
@@ -337,6 +347,14 @@ fn copy_files(
     phase.finish();
     plain.unmount()?;
     Ok((stats, read_via))
+}
+
+/// Where a whole tree is decrypted here: with the key unwrapped already,
+/// or the format to unwrap it for once needed.
+#[derive(Clone, Copy)]
+enum Here<'k> {
+    Keys(&'k Keys),
+    Format(Format),
 }
 
 /// How a stage is decrypted, made ready while it fills.
@@ -533,7 +551,7 @@ fn pull_latest(
     remote: &PathTarget,
     latest: &RunRecord,
     puller: &Puller<'_>,
-    here: Option<Format>,
+    here: Option<Here>,
     progress: &Progress,
 ) -> Result<Option<Stage>> {
     let needed: u64 = latest.record.entries.iter().map(|e| e.size).sum();
@@ -602,7 +620,7 @@ fn rebuild_somehow(
     remote: &PathTarget,
     run: &RunRecord,
     puller: Option<&Puller>,
-    here: Option<Format>,
+    here: Option<Here>,
     progress: &Progress,
 ) -> Result<Stage> {
     match rebuild(ctx, remote, run, puller, here, progress)? {
@@ -1022,7 +1040,7 @@ fn rebuild(
     remote: &PathTarget,
     run: &RunRecord,
     puller: Option<&Puller>,
-    here: Option<Format>,
+    here: Option<Here>,
     progress: &Progress,
 ) -> Result<Rebuilt> {
     let (id, record) = (run.id.as_str(), &run.record);
@@ -1052,14 +1070,15 @@ fn rebuild(
     for dir in record.entries.iter().filter(|e| e.kind == 'd') {
         crypt::create_private_dir(&stage.path.join(&dir.path))?;
     }
-    // The stage is mounted decrypted while it is filled (scrypt beside the
-    // transfer); nothing reads through the mount before the checks below.
-    // Without the job's config here (a new machine) gocryptfs needs the
-    // stage's own, which only the fill brings.
+    // The key is unwrapped, or the stage mounted decrypted, while it is
+    // filled (scrypt beside the transfer); nothing reads the stage before
+    // the checks below. Without the job's config here (a new machine)
+    // gocryptfs needs the stage's own, which only the fill brings.
     let beside = ctx.job.gocryptfs_config.exists();
     let (decrypted, refused) = crate::pool::both(
         || match here {
-            Some(format) => {
+            Some(Here::Keys(keys)) => Some(Ok(Decrypted::Here(Box::new(keys.clone())))),
+            Some(Here::Format(format)) => {
                 Some(native_keys(ctx.job, format).map(|k| Decrypted::Here(Box::new(k))))
             }
             None => {
@@ -1137,12 +1156,12 @@ fn later_snapshots(
 
 /// A whole restore of `run` from an SFTP account, decrypted as it arrives
 /// (restore/streamed.rs): no stage, a spill directory for files too
-/// large to hold. The run's names are fetched while the key is derived.
+/// large to hold.
 fn stream(
     ctx: &Context,
     remote: &PathTarget,
     run: &RunRecord,
-    (fetcher, format): (&target::SftpFetcher, Format),
+    (fetcher, keys): (&target::SftpFetcher, &Keys),
     request: &RestoreRequest,
     to: &Path,
     phase: Option<&Phase>,
@@ -1161,25 +1180,29 @@ fn stream(
         stage_home(ctx, large).join(format!("restore-{id}")),
         Some(ReadVia::Sftp),
     )?;
-    let (keys, name_files) = crate::pool::both(
-        || native_keys(ctx.job, format),
-        || streamed::fetch_names(fetcher, &plan),
-    );
-    let (keys, name_files) = (keys?, name_files?);
+    let name_files = streamed::fetch_names(fetcher, &plan)?;
     let options = decrypt::Options {
         keep_setuid: request.keep_setuid,
         workers: stage_workers(ctx.job),
     };
     let streamed = streamed::Streamed {
         fetcher,
-        keys: &keys,
+        keys,
         entries: &record.entries,
         to,
         spill: (&spill.path, spill.room()),
         options: &options,
         phase,
     };
-    let copied = streamed.restore(&plan, &name_files)?;
+    // Directories and files are made in --to as they come: say what a
+    // restore that stops part-way leaves there.
+    let copied = streamed.restore(&plan, &name_files).map_err(|e| {
+        let left = format!(
+            "what was decrypted before it stopped is in {}",
+            to.display()
+        );
+        Error::new(e.kind, format!("{} ({left})", e.message))
+    })?;
     log::debug(|| {
         format!(
             "restore: decrypted here by {} worker(s) as it came over SFTP, no stage: {} file(s)",

@@ -86,7 +86,9 @@ impl Format {
     }
 }
 
-/// The keys derived from a master key, for `format`.
+/// The keys derived from a master key, for `format`. A clone is wiped
+/// when dropped, as the original is.
+#[derive(Clone)]
 pub struct Keys {
     pub format: Format,
     names: Aes256,

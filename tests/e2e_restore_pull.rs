@@ -14,7 +14,7 @@ mod common;
 
 use common::*;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 const BIG_LEN: u64 = 4321;
@@ -594,5 +594,71 @@ fn deterministic_names_equal_the_source(job: &Job) {
     assert_eq!(divs, 0, "deterministic names keep no directory IVs");
     let (_, said) = job.restore_and_compare_with("restored", &["--verbose"]);
     assert_decrypted_here(&said);
+    job.assert_clean();
+}
+
+/// A server that stops answering in the middle of a restore over SFTP
+/// (here sftp-server blocks opening the FIFO stored where the record has
+/// a file): SIGTERM ends the restore `interrupted` with no mount, spill
+/// directory or helper left, and the error says that what was decrypted
+/// before is in --to (its directories were made before any file came).
+#[test]
+fn sigterm_while_the_server_stalls_a_streamed_restore_leaves_nothing_behind() {
+    if !ServerKind::ChrootSftp.require("restore_sftp_stalled") {
+        return;
+    }
+    let job = Job::sftp("sftp-stall").build_on(ServerKind::ChrootSftp);
+    write_big(&job);
+    job.init_and_backup();
+    let file = job.remote_file_for_len(BIG_LEN);
+    fs::remove_file(&file).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .args(["-m", "0644"])
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo {}", file.display());
+
+    let to = job.root.join("out");
+    let mut run = job.spawn(&["-v", "restore", "--to", to.to_str().unwrap()]);
+    // Every directory is made before a file is asked for.
+    while !to.join("dir").is_dir() {
+        assert!(
+            run.is_running(),
+            "the restore ended before it stalled:\n{:?}",
+            run.output_so_far()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    send_signal(run.pid(), "TERM");
+    let out = run.wait(std::time::Duration::from_secs(120));
+    // Let the blocked sftp-server go (it waits for a writer).
+    let _ = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(&file);
+    assert_ne!(out.code, 0, "a stalled restore exited 0:\n{}", out.dump());
+    assert_eq!(
+        job.stage("restore")["outcome"],
+        "interrupted",
+        "{}",
+        out.dump()
+    );
+    assert!(
+        out.stderr
+            .contains("what was decrypted before it stopped is in"),
+        "the error does not say what is in --to:\n{}",
+        out.dump()
+    );
+    assert_no_stage_left(&job);
+    let spills: Vec<_> = fs::read_dir(&job.runtime_dir)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        !spills
+            .iter()
+            .any(|n| n.to_string_lossy().starts_with("restore-")),
+        "a spill directory was left in the runtime dir: {spills:?}"
+    );
     job.assert_clean();
 }

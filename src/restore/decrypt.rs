@@ -409,29 +409,44 @@ fn decrypt_file(
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(from)
         .map_err(|e| format!("cannot be read: {e}"))?;
-    let mut output = OpenOptions::new()
+    let fill = |out: &mut File| {
+        cipher
+            .decrypt_file(&mut input, out)
+            .map_err(|e| e.to_string())
+    };
+    let give_stamp = |out: &File| {
+        let mode = restored_mode(stamp.mode, options.keep_setuid);
+        out.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        stamp.set_mtime(out)
+    };
+    write_new(to, fill, &give_stamp)
+}
+
+/// Creates `path` new (not through a link), private while `fill` writes
+/// it, then gives it `stamp`; the bytes written. What fails after the
+/// file was made removes it, and only it: a name that exists already
+/// (a hostile server can store one name twice) is never touched, and
+/// nothing half-decrypted stays in --to.
+pub(super) fn write_new(
+    path: &Path,
+    fill: impl FnOnce(&mut File) -> std::result::Result<u64, String>,
+    stamp: &dyn Fn(&File) -> std::io::Result<()>,
+) -> std::result::Result<u64, String> {
+    let mut out = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(to)
+        .open(path)
         .map_err(|e| format!("cannot be made: {e}"))?;
-    let finished = cipher
-        .decrypt_file(&mut input, &mut output)
-        .map_err(|e| e.to_string())
-        .and_then(|written| {
-            let mode = restored_mode(stamp.mode, options.keep_setuid);
-            output
-                .set_permissions(std::fs::Permissions::from_mode(mode))
-                .and_then(|_| stamp.set_mtime(&output))
-                .map_err(|e| format!("cannot get its mode and times: {e}"))?;
-            Ok(written)
-        });
-    if finished.is_err() {
-        // Nothing half-decrypted stays in --to (only the file made here).
-        let _ = std::fs::remove_file(to);
+    let done = fill(&mut out).and_then(|written| {
+        stamp(&out).map_err(|e| format!("cannot get its mode and times: {e}"))?;
+        Ok(written)
+    });
+    if done.is_err() {
+        let _ = std::fs::remove_file(path);
     }
-    finished
+    done
 }
 
 /// The permission bits restored: setuid and setgid only when kept (rsync's
@@ -499,7 +514,7 @@ fn set_times_of_dir(path: &Path, stamp: Stamp) -> Result<()> {
         .ctx(|| format!("setting the times of {}", path.display()))
 }
 
-fn open_dir(path: &Path) -> Result<File> {
+pub(super) fn open_dir(path: &Path) -> Result<File> {
     OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)

@@ -22,16 +22,16 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 
 use super::Copied;
-use super::decrypt::{Options, named, restored_mode};
+use super::decrypt::{Options, named, open_dir, restored_mode, write_new};
 use crate::error::{IoContext, Result};
 use crate::gocrypt::names::{self, DIRIV, DIRIV_LEN, Stored};
 use crate::gocrypt::{ContentCipher, Keys};
@@ -455,32 +455,6 @@ impl Workers<'_> {
     }
 }
 
-/// Creates `path` new (not through a link), private while `fill` writes
-/// it, then gives it `stamp`; the bytes written. What fails after the
-/// file was made removes it, and only it: a name that exists already
-/// (a hostile server can store one name twice) is never touched.
-fn write_new(
-    path: &Path,
-    fill: impl FnOnce(&mut File) -> std::result::Result<u64, String>,
-    stamp: &dyn Fn(&File) -> std::io::Result<()>,
-) -> std::result::Result<u64, String> {
-    let mut out = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| format!("cannot be made: {e}"))?;
-    let done = fill(&mut out).and_then(|written| {
-        stamp(&out).map_err(|e| format!("cannot get its mode and times: {e}"))?;
-        Ok(written)
-    });
-    if done.is_err() {
-        let _ = std::fs::remove_file(path);
-    }
-    done
-}
-
 /// Sets the mtime of `file` to `secs` (the server's, whole seconds).
 fn set_mtime(file: &File, secs: u32) -> std::io::Result<()> {
     use nix::sys::time::TimeSpec;
@@ -492,11 +466,7 @@ fn set_mtime(file: &File, secs: u32) -> std::io::Result<()> {
 /// following a link.
 fn set_dir_mode(path: &Path, mode: u32, options: &Options) -> Result<()> {
     let mode = restored_mode(mode & 0o7777, options.keep_setuid);
-    let dir = OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
-        .open(path)
-        .ctx(|| format!("opening {}", path.display()))?;
-    dir.set_permissions(std::fs::Permissions::from_mode(mode))
+    open_dir(path)?
+        .set_permissions(std::fs::Permissions::from_mode(mode))
         .ctx(|| format!("setting the mode of {}", path.display()))
 }

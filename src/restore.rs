@@ -293,7 +293,7 @@ fn copy_files(
     // A whole restore from an SFTP account is decrypted as it arrives.
     if let (Some(Here::Keys(keys)), Some(fetcher)) = (here, puller.and_then(Puller::sftp)) {
         let newest = latest.map(|l| l.id.as_str());
-        if let Some(id) = request.snapshot.as_deref().or(rebuilt_latest).or(newest) {
+        if let Some(id) = request.snapshot.as_deref().or(newest) {
             let run = RunRecord::read(ctx, remote, id, newest_read)?;
             let stats = stream(ctx, remote, &run, (fetcher, keys), request, to, copy.phase)?;
             phase.finish();
@@ -1190,7 +1190,7 @@ fn stream(
         keys,
         entries: &record.entries,
         to,
-        spill: (&spill.path, spill.room()),
+        spill: (&spill.path, STAGE_MARGIN),
         options: &options,
         phase,
     };

@@ -16,9 +16,9 @@
 //! asked, and what fails is named while the rest is restored. A file the
 //! server will not give back is named by its plaintext path.
 //!
-//! Memory: the fetch holds at most `HELD_MAX` bytes of small files
-//! (larger ones go to unnamed files in a private spill directory), and
-//! the queue to the workers is bounded.
+//! Memory: the fetch and the queue hold at most `HELD_MAX` bytes of small
+//! files (larger ones go to unnamed files in a private spill directory),
+//! and each worker the one file it decrypts (at most `HOLD_MAX`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
@@ -26,9 +26,9 @@ use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
 
 use super::Copied;
 use super::decrypt::{Options, named, open_dir, restored_mode, write_new};
@@ -55,7 +55,8 @@ pub(super) struct Streamed<'a> {
     /// The run's record: its directories and the symlinks it keeps.
     pub entries: &'a [TreeEntry],
     pub to: &'a Path,
-    /// A private directory for files too large to hold, with its room.
+    /// A private directory for files too large to hold, and the bytes a
+    /// spilled file must leave free there.
     pub spill: (&'a Path, u64),
     pub options: &'a Options,
     pub phase: Option<&'a Phase>,
@@ -73,12 +74,15 @@ fn source_dir(source: Option<&str>) -> String {
 type NameFiles = HashMap<String, Vec<u8>>;
 
 impl Streamed<'_> {
-    /// Fetches the run's names (`fetch_names`, done by the caller beside
-    /// the key's derivation), then everything else into `to`.
+    /// Makes the run's directories from its names (`fetch_names`), then
+    /// fetches everything else into `to`.
     pub(super) fn restore(&self, plan: &Plan, name_files: &NameFiles) -> Result<Copied> {
         let mut failed = Vec::new();
         let dirs = Dirs::make(self, name_files, &mut failed)?;
-        let fetched = plan.values().flatten().filter(|e| !is_name_file(&e.path));
+        let fetched = plan
+            .values()
+            .flatten()
+            .filter(|e| !is_gocryptfs_own(&e.path));
         let kept_links = self.entries.iter().filter(|e| e.link.is_some());
         let files = (fetched.count() + kept_links.count()) as u64;
         if let Some(phase) = self.phase {
@@ -106,9 +110,10 @@ impl Streamed<'_> {
     }
 }
 
-/// Fetches every directory IV and long name's `.name` file of `plan`,
-/// each of the size gocryptfs writes (anything else is left out, and the
-/// names that need it are named as failed).
+/// Fetches every directory IV and long name's `.name` file of `plan`:
+/// one of another size than gocryptfs writes is left out (the names that
+/// need it are named as failed); one the server says is over
+/// `HOLD_MAX` bytes ends the restore as corrupt.
 pub(super) fn fetch_names(fetcher: &SftpFetcher, plan: &Plan) -> Result<NameFiles> {
     let mut found = NameFiles::new();
     let held = AtomicUsize::new(0);
@@ -134,21 +139,28 @@ pub(super) fn fetch_names(fetcher: &SftpFetcher, plan: &Plan) -> Result<NameFile
             sink: &mut sink,
             held: &held,
             spill: None,
-            room: 0,
+            keep_free: 0,
         };
         fetcher.hand(&from, wanted.map(|e| (*e).clone()), hand, None)?;
     }
     Ok(found)
 }
 
-/// A directory IV or a long name's `.name` file: gocryptfs' own files,
-/// read for names, never restored.
-fn is_name_file(path: &str) -> bool {
+/// gocryptfs' own files (directory IVs, long names' `.name` files, the
+/// config at the top): never restored.
+fn is_gocryptfs_own(path: &str) -> bool {
     let (dir, name) = split(path);
     matches!(
         names::classify(name.as_bytes(), dir.is_empty()),
         Stored::Metadata
     )
+}
+
+/// Those of gocryptfs' own files that names are decrypted with: all but
+/// the config.
+fn is_name_file(path: &str) -> bool {
+    let (dir, name) = split(path);
+    is_gocryptfs_own(path) && !(dir.is_empty() && name == names::CONFIG)
 }
 
 /// A cipher path's directory ("" at the top) and name.
@@ -272,6 +284,24 @@ enum Work {
     KeptLink { path: String, target: String },
 }
 
+/// Queues `work`; Err where no worker is left to take it (each ended
+/// with an error), and what it held is given back.
+fn send(queue: &SyncSender<Work>, work: Work, held: &AtomicUsize) -> Result<()> {
+    queue.send(work).map_err(|unsent| {
+        if let Work::Fetched(Handed {
+            content: Content::Held(bytes),
+            ..
+        }) = &unsent.0
+        {
+            held.fetch_sub(bytes.len(), Ordering::Relaxed);
+        }
+        crate::error::Error::new(
+            crate::error::Kind::Io,
+            "every decrypting worker stopped before the fetch ended",
+        )
+    })
+}
+
 /// The workers that decrypt what the fetch hands over, and what failed.
 struct Workers<'a> {
     run: &'a Streamed<'a>,
@@ -286,11 +316,18 @@ impl Workers<'_> {
     fn run(&self, plan: &Plan) -> Result<Stats> {
         let held = AtomicUsize::new(0);
         let (queue, work) = std::sync::mpsc::sync_channel::<Work>(QUEUED_MAX);
-        let work = Mutex::new(work);
+        // Only the workers hold the receiving end: were they all gone, a
+        // send would fail instead of waiting on a full queue for ever.
+        let work = Arc::new(Mutex::new(work));
         std::thread::scope(|scope| {
             let workers: Vec<_> = (0..self.run.options.workers.clamp(1, 16))
-                .map(|_| scope.spawn(|| self.work(&work, &held)))
+                .map(|_| {
+                    let work = Arc::clone(&work);
+                    let held = &held;
+                    scope.spawn(move || self.work(&work, held))
+                })
                 .collect();
+            drop(work);
             let fetched = self.fetch(plan, &queue, &held);
             // The workers end once the queue is empty and closed.
             drop(queue);
@@ -304,27 +341,30 @@ impl Workers<'_> {
         })
     }
 
+    /// Fetches the files (below directories that were made) and hands
+    /// them to the workers, then the symlinks the record keeps.
     fn fetch(&self, plan: &Plan, queue: &SyncSender<Work>, held: &AtomicUsize) -> Result<()> {
-        let (spill, room) = self.run.spill;
-        let mut room = room;
+        let (spill, keep_free) = self.run.spill;
+        let made = |e: &&&TreeEntry| self.dirs.by_cipher.contains_key(split(&e.path).0);
         for (source, entries) in plan {
             let from = source_dir(*source);
-            let wanted = entries.iter().filter(|e| !is_name_file(&e.path));
+            let wanted = entries
+                .iter()
+                .filter(|e| !is_gocryptfs_own(&e.path))
+                .filter(made);
             let mut sink = |handed: Handed| {
-                // A closed queue: every worker stopped (interrupted).
-                let _ = queue.send(Work::Fetched(handed));
+                send(queue, Work::Fetched(handed), held)?;
                 crate::interrupt::check()
             };
             let hand = Hand {
                 sink: &mut sink,
                 held,
                 spill: Some(spill),
-                room,
+                keep_free,
             };
             self.run
                 .fetcher
                 .hand(&from, wanted.map(|e| (*e).clone()), hand, self.run.phase)?;
-            room = crate::fsutil::free_bytes(spill).map_or(room, |free| free.min(room));
         }
         for entry in self.run.entries.iter().filter(|e| e.kind == 'l') {
             if let Some(target) = &entry.link {
@@ -332,7 +372,7 @@ impl Workers<'_> {
                     path: entry.path.clone(),
                     target: target.clone(),
                 };
-                let _ = queue.send(work);
+                send(queue, work, held)?;
             }
         }
         Ok(())
@@ -340,7 +380,7 @@ impl Workers<'_> {
 
     /// Takes work until the queue is closed. Once interrupted, it only
     /// empties the queue (the fetch stops at its next file), so that the
-    /// fetch never waits on a full queue nobody takes from.
+    /// fetch never waits long on a full queue.
     fn work(&self, queue: &Mutex<Receiver<Work>>, held: &AtomicUsize) -> Result<Stats> {
         let mut cipher = self.run.keys.content();
         let mut stats = Stats::default();
@@ -401,7 +441,9 @@ impl Workers<'_> {
         let plain = self.dirs.list[at].plain.join(OsStr::from_bytes(&plain));
         let out_path = self.run.to.join(&plain);
         let stamp = |out: &File| {
-            let mode = restored_mode(mode & 0o7777, self.run.options.keep_setuid);
+            // The record's permission bits, as a stage's chmod gives them:
+            // setuid, setgid and sticky bits come from the manifest.
+            let mode = restored_mode(mode & 0o777, self.run.options.keep_setuid);
             out.set_permissions(std::fs::Permissions::from_mode(mode))?;
             match mtime {
                 Some(secs) => set_mtime(out, secs),
@@ -465,7 +507,7 @@ fn set_mtime(file: &File, secs: u32) -> std::io::Result<()> {
 /// A restored directory's mode, through a descriptor opened without
 /// following a link.
 fn set_dir_mode(path: &Path, mode: u32, options: &Options) -> Result<()> {
-    let mode = restored_mode(mode & 0o7777, options.keep_setuid);
+    let mode = restored_mode(mode & 0o777, options.keep_setuid);
     open_dir(path)?
         .set_permissions(std::fs::Permissions::from_mode(mode))
         .ctx(|| format!("setting the mode of {}", path.display()))

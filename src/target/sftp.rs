@@ -197,9 +197,10 @@ impl<'a> SftpFetcher<'a> {
     /// of up to `HOLD_MAX` bytes is held in memory while what the sink
     /// still holds (`held`: the sink takes back what it is done with)
     /// stays under `HELD_MAX`; a larger one goes to an unnamed file under
-    /// `spill`, within `room` bytes (without `spill` it ends the fetch
-    /// with an error). What the server will not give back is handed over
-    /// as its words, and the fetch goes on.
+    /// `spill` where that leaves `keep_free` bytes free (without `spill`
+    /// it ends the fetch with an error). What the server will not give
+    /// back, or fails to read, is handed over as its words, and the fetch
+    /// goes on.
     pub fn hand<'f>(
         &self,
         from: &'f str,
@@ -262,7 +263,8 @@ pub struct Hand<'a> {
     pub sink: &'a mut dyn FnMut(Handed) -> Result<()>,
     pub held: &'a AtomicUsize,
     pub spill: Option<&'a Path>,
-    pub room: u64,
+    /// Bytes a spilled file must leave free on `spill`'s file system.
+    pub keep_free: u64,
 }
 
 /// A file or symlink `SftpFetcher::hand` fetched, by its record entry's
@@ -283,7 +285,8 @@ pub enum Content {
     Spilled(File),
     /// A symlink's stored target.
     Link(Vec<u8>),
-    /// The server would not give it back: its words, escaped.
+    /// The server would not give it back, or failed reading it: its
+    /// words, not escaped yet.
     Refused(String),
 }
 
@@ -1435,14 +1438,8 @@ impl<'a> Fetch<'a> {
             (Want::Lstat, SSH_FXP_ATTRS) => {
                 let attrs = Attrs::read(&mut packet.body)?;
                 let not_a_file = attrs.mode.is_some_and(|m| m & S_IFMT != S_IFREG);
-                if not_a_file && let Dest::Hand(hand) = &mut self.dest {
-                    (hand.sink)(Handed {
-                        path: entry.path.clone(),
-                        mode: entry.mode,
-                        mtime: None,
-                        content: Content::Refused(NOT_A_FILE.into()),
-                    })?;
-                    return self.refuse(session, index);
+                if not_a_file && matches!(self.dest, Dest::Hand(_)) {
+                    return self.hand_refusal(session, index, &entry, NOT_A_FILE.into());
                 }
                 self.accept_size(index, &entry, attrs)?;
                 self.ready.push_back(index);
@@ -1490,10 +1487,11 @@ impl<'a> Fetch<'a> {
         match want {
             Want::Read { offset, .. } if code == SSH_FX_EOF => {
                 let size = self.slot(index).size.unwrap_or(0);
-                Err(corrupt(
-                    &label,
-                    &format!("it ended at byte {offset}, its size said {size} bytes"),
-                ))
+                let why = format!("it ended at byte {offset}, its size said {size} bytes");
+                match self.dest {
+                    Dest::Hand(_) => self.hand_refusal(session, index, &entry, why),
+                    _ => Err(corrupt(&label, &why)),
+                }
             }
             // Listed, then gone: a listing can be stale (rclone caches
             // directories). Not there is what a hash reports (as missing).
@@ -1501,16 +1499,15 @@ impl<'a> Fetch<'a> {
                 self.vanished.push(entry.path.clone());
                 self.refuse(session, index)
             }
-            _ if matches!(code, SSH_FX_NO_SUCH_FILE | SSH_FX_PERMISSION_DENIED)
-                && let Dest::Hand(hand) = &mut self.dest =>
-            {
-                (hand.sink)(Handed {
-                    path: entry.path.clone(),
-                    mode: entry.mode,
-                    mtime: None,
-                    content: Content::Refused(words),
-                })?;
-                self.refuse(session, index)
+            // One file the server fails on is named by the caller, and the
+            // fetch goes on.
+            _ if matches!(self.dest, Dest::Hand(_)) => {
+                let said = String::from_utf8_lossy(&message);
+                let words = match code {
+                    SSH_FX_NO_SUCH_FILE | SSH_FX_PERMISSION_DENIED => said.into_owned(),
+                    _ => format!("{said} (SFTP status {code})"),
+                };
+                self.hand_refusal(session, index, &entry, words)
             }
             _ if matches!(code, SSH_FX_NO_SUCH_FILE | SSH_FX_PERMISSION_DENIED) => {
                 self.refused.push(format!("{label}: {words}"));
@@ -1718,6 +1715,18 @@ impl<'a> Fetch<'a> {
         self.slots.release(index);
     }
 
+    /// Leaves one file of a `Dest::Hand` fetch out, handing the sink why.
+    fn hand_refusal(
+        &mut self,
+        session: &mut Session,
+        index: usize,
+        entry: &TreeEntry,
+        why: String,
+    ) -> Result<()> {
+        self.hand_over(entry, None, Content::Refused(why))?;
+        self.refuse(session, index)
+    }
+
     /// Gives a whole file or link to `Dest::Hand`'s sink.
     fn hand_over(&mut self, entry: &TreeEntry, mtime: Option<u32>, content: Content) -> Result<()> {
         let Dest::Hand(hand) = &mut self.dest else {
@@ -1764,25 +1773,53 @@ fn hand_out(hand: &mut Hand, label: &str, size: u64) -> Result<Out> {
             &format!("the server says it is {size} bytes"),
         ));
     };
-    if size > hand.room {
+    // Asked per file: a spilled file's room comes back once its worker
+    // closes it, so what is free now is what the restore may use.
+    let free = crate::fsutil::free_bytes(spill).unwrap_or(u64::MAX);
+    if size > free.saturating_sub(hand.keep_free) {
         return Err(Error::new(
-            Kind::Corrupt,
+            Kind::Io,
             format!(
-                "the target says {label} is {size} bytes; {} has room for {} more",
+                "{} has {} free, {} of it kept free; the target says {label} is {size} bytes",
                 spill.display(),
-                hand.room
+                crate::human::bytes_short(free),
+                crate::human::bytes_short(hand.keep_free)
             ),
         ));
     }
-    hand.room -= size;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(nix::libc::O_TMPFILE)
-        .mode(0o600)
-        .open(spill)
-        .ctx(|| format!("making a file in {} for {label}", spill.display()))?;
-    Ok(Out::File(file))
+    Ok(Out::File(unnamed_file(spill, label)?))
+}
+
+/// A new file in the private directory `dir` that no name leads to: gone
+/// when closed. Made with O_TMPFILE, or where the file system has none
+/// (NFS, CIFS) made under a unique name and unlinked at once.
+fn unnamed_file(dir: &Path, label: &str) -> Result<File> {
+    let open = |flags: i32, path: &Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(flags == 0)
+            .custom_flags(flags | nix::libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(path)
+    };
+    match open(nix::libc::O_TMPFILE, dir) {
+        Ok(file) => return Ok(file),
+        Err(e)
+            if e.raw_os_error() == Some(nix::libc::EISDIR)
+                || e.raw_os_error() == Some(nix::libc::EOPNOTSUPP) => {}
+        Err(e) => {
+            return Err(Error::io(
+                format!("making a file in {} for {label}", dir.display()),
+                e,
+            ));
+        }
+    }
+    static MADE: AtomicUsize = AtomicUsize::new(0);
+    let path = dir.join(format!("spill-{}", MADE.fetch_add(1, Ordering::Relaxed)));
+    let file = open(0, &path).ctx(|| format!("making {} for {label}", path.display()))?;
+    std::fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))?;
+    Ok(file)
 }
 
 /// A directory beside a stage where one fetch writes its files until

@@ -63,8 +63,9 @@ pub(super) const MAX_OPEN: usize = 256;
 /// limit of 1,024). Each open file may hold one of ours too
 /// (`own_file_room`). Fetches, hashes and listings keep this many open
 /// (SMALL's SFTP-only restore at 20 ms: 73.7 s with 256, 45.6 s with
-/// 1,024); an upload keeps `MAX_OPEN`: data set S's first pass took 14 s
-/// with 1,024 files open where 256 took 3.5 s.
+/// 1,024); an upload keeps `MAX_OPEN` of any size (data set S's first
+/// pass took 14 s with 1,024 files open where 256 took 3.5 s) and more
+/// only while they are small (sftp_upload.rs, `MAX_OPEN_SMALL`).
 const MAX_OPEN_ASKED: usize = 1024;
 /// The answers read and not yet taken while a turn's requests wait for
 /// ssh: what that many requests in flight could bring, and no more (a

@@ -36,6 +36,18 @@ fn backed_up(tag: &str) -> (Job, PathBuf) {
     (job, dir)
 }
 
+/// An SFTP-only account (chroot, internal-sftp) with a backup of
+/// `dir/big` and of `others` (path, text).
+fn sftp_only_with_big(tag: &str, others: &[(&str, &str)]) -> ServerJob {
+    let job = Job::sftp(tag).build_on(ServerKind::ChrootSftp);
+    write_big(&job);
+    for (path, text) in others {
+        fs::write(job.source.join(path), text).unwrap();
+    }
+    job.init_and_backup();
+    job
+}
+
 /// `dir/big`, BIG_LEN bytes: its ciphertext is the one file of its size.
 fn write_big(job: &Job) {
     fs::create_dir_all(job.source.join("dir")).unwrap();
@@ -367,10 +379,7 @@ fn a_file_swapped_for_a_symlink_is_named_over_sftp_and_the_rest_restored() {
     if !ServerKind::ChrootSftp.require("restore_sftp_file_symlink") {
         return;
     }
-    let job = Job::sftp("sftp-file-link").build_on(ServerKind::ChrootSftp);
-    write_big(&job);
-    fs::write(job.source.join("dir/small"), "next to it\n").unwrap();
-    job.init_and_backup();
+    let job = sftp_only_with_big("sftp-file-link", &[("dir/small", "next to it\n")]);
     let file = job.remote_file_for_len(BIG_LEN);
     fs::remove_file(&file).unwrap();
     std::os::unix::fs::symlink("gocryptfs.diriv", &file).unwrap();
@@ -480,11 +489,7 @@ fn a_flipped_ciphertext_byte_is_named_over_sftp_too() {
     if !ServerKind::ChrootSftp.require("restore_sftp_flipped_byte") {
         return;
     }
-    let job = Job::sftp("sftp-flipped").build_on(ServerKind::ChrootSftp);
-    write_big(&job);
-    fs::write(job.source.join("top"), "top\n").unwrap();
-    job.init_and_backup();
-    a_flipped_byte_is_named(&job);
+    a_flipped_byte_is_named(&sftp_only_with_big("sftp-flipped", &[("top", "top\n")]));
 }
 
 fn a_flipped_byte_is_named(job: &Job) {
@@ -607,9 +612,7 @@ fn sigterm_while_the_server_stalls_a_streamed_restore_leaves_nothing_behind() {
     if !ServerKind::ChrootSftp.require("restore_sftp_stalled") {
         return;
     }
-    let job = Job::sftp("sftp-stall").build_on(ServerKind::ChrootSftp);
-    write_big(&job);
-    job.init_and_backup();
+    let job = sftp_only_with_big("sftp-stall", &[]);
     let file = job.remote_file_for_len(BIG_LEN);
     fs::remove_file(&file).unwrap();
     let made = std::process::Command::new("mkfifo")

@@ -114,14 +114,18 @@ impl Stamp {
         nix::sys::time::TimeSpec::new(self.mtime.0, i64::from(self.mtime.1))
     }
 
-    /// Sets the mtime of the open file or directory `file`; its atime
-    /// stays. As the kernel takes it: no arithmetic on a time the server
-    /// chose.
     fn set_mtime(self, file: &File) -> std::io::Result<()> {
-        use nix::sys::time::TimeSpec;
-        nix::sys::stat::futimens(file, &TimeSpec::UTIME_OMIT, &self.timespec())
-            .map_err(std::io::Error::from)
+        set_mtime(file, self.mtime)
     }
+}
+
+/// Sets the mtime of the open file or directory `file` to (seconds,
+/// nanoseconds); its atime stays. As the kernel takes it: no arithmetic
+/// on a time the server chose.
+pub(super) fn set_mtime(file: &File, (secs, nanos): (i64, u32)) -> std::io::Result<()> {
+    use nix::sys::time::TimeSpec;
+    let when = TimeSpec::new(secs, i64::from(nanos));
+    nix::sys::stat::futimens(file, &TimeSpec::UTIME_OMIT, &when).map_err(std::io::Error::from)
 }
 
 /// A directory of the stage: its path there and in `--to` (relative).

@@ -31,7 +31,7 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 
 use super::Copied;
-use super::decrypt::{Options, named, open_dir, restored_mode, write_new};
+use super::decrypt::{Options, named, open_dir, restored_mode, set_mtime, write_new};
 use crate::error::{IoContext, Result};
 use crate::gocrypt::names::{self, DIRIV, DIRIV_LEN, Stored};
 use crate::gocrypt::{ContentCipher, Keys};
@@ -288,18 +288,24 @@ enum Work {
 /// with an error), and what it held is given back.
 fn send(queue: &SyncSender<Work>, work: Work, held: &AtomicUsize) -> Result<()> {
     queue.send(work).map_err(|unsent| {
-        if let Work::Fetched(Handed {
-            content: Content::Held(bytes),
-            ..
-        }) = &unsent.0
-        {
-            held.fetch_sub(bytes.len(), Ordering::Relaxed);
-        }
+        give_back(&unsent.0, held);
         crate::error::Error::new(
             crate::error::Kind::Io,
             "every decrypting worker stopped before the fetch ended",
         )
     })
+}
+
+/// What `work` held of the fetch's budget, given back once it leaves the
+/// queue.
+fn give_back(work: &Work, held: &AtomicUsize) {
+    if let Work::Fetched(Handed {
+        content: Content::Held(bytes),
+        ..
+    }) = work
+    {
+        held.fetch_sub(bytes.len(), Ordering::Relaxed);
+    }
 }
 
 /// The workers that decrypt what the fetch hands over, and what failed.
@@ -390,20 +396,15 @@ impl Workers<'_> {
             let Ok(work) = next else {
                 return stopped.map(|()| stats);
             };
+            // Taken off the queue: its bytes no longer count as held.
+            give_back(&work, held);
             if stopped.is_ok() {
                 stopped = crate::interrupt::check();
             }
             if stopped.is_err() {
-                if let Work::Fetched(Handed {
-                    content: Content::Held(bytes),
-                    ..
-                }) = &work
-                {
-                    held.fetch_sub(bytes.len(), Ordering::Relaxed);
-                }
                 continue;
             }
-            if let Err(why) = self.restore(&mut cipher, work, held, &mut stats) {
+            if let Err(why) = self.restore(&mut cipher, work, &mut stats) {
                 self.failed
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -418,7 +419,6 @@ impl Workers<'_> {
         &self,
         cipher: &mut ContentCipher,
         work: Work,
-        held: &AtomicUsize,
         stats: &mut Stats,
     ) -> std::result::Result<(), String> {
         let (path, content, mode, mtime) = match work {
@@ -427,9 +427,6 @@ impl Workers<'_> {
                 (path, Content::Link(target.into_bytes()), 0o777, None)
             }
         };
-        if let Content::Held(bytes) = &content {
-            held.fetch_sub(bytes.len(), Ordering::Relaxed);
-        }
         let (cipher_dir, name) = split(&path);
         let Some(&at) = self.dirs.by_cipher.get(cipher_dir) else {
             return Ok(());
@@ -446,7 +443,7 @@ impl Workers<'_> {
             let mode = restored_mode(mode & 0o777, self.run.options.keep_setuid);
             out.set_permissions(std::fs::Permissions::from_mode(mode))?;
             match mtime {
-                Some(secs) => set_mtime(out, secs),
+                Some(secs) => set_mtime(out, (i64::from(secs), 0)),
                 None => Ok(()),
             }
         };
@@ -495,13 +492,6 @@ impl Workers<'_> {
             phase.add(entries, bytes);
         }
     }
-}
-
-/// Sets the mtime of `file` to `secs` (the server's, whole seconds).
-fn set_mtime(file: &File, secs: u32) -> std::io::Result<()> {
-    use nix::sys::time::TimeSpec;
-    let when = TimeSpec::new(i64::from(secs), 0);
-    nix::sys::stat::futimens(file, &TimeSpec::UTIME_OMIT, &when).map_err(std::io::Error::from)
 }
 
 /// A restored directory's mode, through a descriptor opened without

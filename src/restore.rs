@@ -1497,4 +1497,38 @@ mod tests {
             assert!(check_relative(bad).is_err(), "{bad}");
         }
     }
+
+    fn entry(kind: char, path: &str) -> TreeEntry {
+        TreeEntry {
+            kind,
+            mode: 0o600,
+            size: 0,
+            path: path.to_string(),
+            link: None,
+        }
+    }
+
+    /// A pull lets rsync take the sender's names (`--trust-sender`): this
+    /// check is what stops a name the record does not list, wherever in
+    /// the tree the server put it.
+    #[test]
+    fn a_stage_with_an_unlisted_entry_is_refused() {
+        let stage = crate::test_util::temp_dir("restore-unlisted");
+        std::fs::create_dir_all(stage.join("d/sub")).unwrap();
+        std::fs::write(stage.join("d/f"), b"x").unwrap();
+        let listed = [entry('d', "d"), entry('f', "d/f"), entry('d', "d/sub")];
+        check_nothing_extra("R", &stage, &listed).unwrap();
+        for extra in ["d/sub/planted", "top"] {
+            std::fs::write(stage.join(extra), b"x").unwrap();
+            let err = check_nothing_extra("R", &stage, &listed)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("the server sent \"{extra}\"")),
+                "{err}"
+            );
+            std::fs::remove_file(stage.join(extra)).unwrap();
+        }
+        std::fs::remove_dir_all(&stage).unwrap();
+    }
 }

@@ -40,7 +40,8 @@ pub(super) struct Options {
     pub workers: usize,
 }
 
-/// Decrypts the cipher tree `stage` into the empty directory `to`.
+/// Decrypts the cipher tree `stage` into the empty directory `to`,
+/// removing each file of the stage once it is read.
 pub(super) fn copy_out(
     keys: &Keys,
     stage: &Path,
@@ -61,6 +62,10 @@ pub(super) fn copy_out(
         crate::crypt::create_private_dir(&to.join(&dir.plain))?;
     }
     let entries = tree.items.iter().map(Item::len).sum::<usize>() as u64;
+    crate::log::debug(|| {
+        let dirs = tree.dirs.len();
+        format!("restore: the stage's names decrypted: {entries} entries in {dirs} directories")
+    });
     if let Some(phase) = phase {
         phase.set_total(crate::progress::Totals {
             files: Some(entries),
@@ -361,8 +366,13 @@ impl Copier<'_> {
         let plain = entry.plain(self.dirs);
         let out_path = self.to.join(&plain);
         let from = entry.cipher(self.dirs);
-        let written = decrypt_file(cipher, &from, &out_path, entry.stamp, self.options)
-            .map_err(|why| named(&plain, &why))?;
+        let written = decrypt_file(cipher, &from, &out_path, entry.stamp, self.options);
+        // The stage is given back as it is read: removed by one thread
+        // after the copy it took 1.3 s of 200,000 files, and on a tmpfs it
+        // holds memory. What cannot go now (a read-only directory) goes
+        // with the rest of the stage.
+        let _ = std::fs::remove_file(&from);
+        let written = written.map_err(|why| named(&plain, &why))?;
         stats.transferred += 1;
         stats.bytes_transferred += written;
         self.count(1, written);

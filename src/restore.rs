@@ -535,8 +535,7 @@ fn stage_metadata(
         });
         return Ok(None);
     }
-    check_staged_types(id, &stage.path, &entries)?;
-    check_nothing_extra(id, &stage.path, &entries)?;
+    check_stage(id, &stage.path, &entries)?;
     log::debug(|| format!("restore: {rel} pulled over {:?}", puller.read_via()));
     Ok(Some(stage))
 }
@@ -1106,9 +1105,8 @@ fn rebuild(
         std::os::unix::fs::symlink(target, &path)
             .ctx(|| format!("making the symlink {}", path.display()))?;
     }
-    check_staged_types(id, &stage.path, &record.entries)?;
+    check_stage(id, &stage.path, &record.entries)?;
     if puller.is_some() {
-        check_nothing_extra(id, &stage.path, &record.entries)?;
         // Each is a symlink the record lists, below checked directories.
         for entry in record
             .entries
@@ -1131,6 +1129,7 @@ fn rebuild(
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(entry.mode & 0o777))
             .ctx(|| format!("setting the mode of {}", path.display()))?;
     }
+    log::debug(|| format!("restore: the stage holds what record {id} lists"));
     Ok(Rebuilt::Stage(stage))
 }
 
@@ -1304,56 +1303,17 @@ pub(crate) fn check_record_tree(id: &str, entries: &[TreeEntry]) -> Result<()> {
     Ok(())
 }
 
-/// After the copy, every staged entry must be what the record says: a
-/// server that swapped a file for a symlink (or a directory for one) is
-/// caught here, before any mode is applied. Parents come before children
-/// in a record, so each lstat below only passes through checked dirs.
-fn check_staged_types(id: &str, stage: &Path, entries: &[TreeEntry]) -> Result<()> {
-    let mut sorted: Vec<&TreeEntry> = entries.iter().collect();
-    sorted.sort_by_key(|e| e.path.matches('/').count());
-    for entry in sorted {
-        check_staged_type(id, stage, &entry.path, entry.kind)?;
-    }
-    Ok(())
-}
-
-/// The staged `path` is of the `kind` its record says; what lstat said.
-fn check_staged_type(id: &str, stage: &Path, path: &str, kind: char) -> Result<std::fs::Metadata> {
-    let meta = std::fs::symlink_metadata(stage.join(path));
-    let found = match &meta {
-        Ok(meta) if meta.file_type().is_symlink() => 'l',
-        Ok(meta) if meta.is_dir() => 'd',
-        Ok(meta) if meta.is_file() => 'f',
-        Ok(_) => '?',
-        Err(_) => '-',
-    };
-    if let (Ok(meta), true) = (meta, found == kind) {
-        return Ok(meta);
-    }
-    Err(Error::new(
-        Kind::Corrupt,
-        format!(
-            "snapshot {id} on the target: {:?} is {}, its record says {}",
-            crate::human::escape(path),
-            kind_name(found),
-            kind_name(kind)
-        ),
-    ))
-}
-
-/// A pull takes what the server sends: nothing may have arrived that the
-/// record does not list (it would be decrypted and copied out).
-fn check_nothing_extra(id: &str, stage: &Path, entries: &[TreeEntry]) -> Result<()> {
-    let listed: std::collections::HashSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
-    check_nothing_unlisted(id, stage, &listed)
-}
-
-/// `check_nothing_extra` with the record's paths as a set.
-fn check_nothing_unlisted(
-    id: &str,
-    stage: &Path,
-    listed: &std::collections::HashSet<&str>,
-) -> Result<()> {
+/// After the copy the stage must hold what the record lists and nothing
+/// else, each entry of the kind the record says: a server that swapped a
+/// file for a symlink (or a directory for one), or sent a name the record
+/// does not list (a pull lets rsync take the sender's names), is caught
+/// here, before any mode is applied, link restored or file decrypted.
+/// One walk that follows no link and takes each type from the directory
+/// listing: a stat per entry made this check a second of SMALL's restore.
+fn check_stage(id: &str, stage: &Path, entries: &[TreeEntry]) -> Result<()> {
+    let listed: std::collections::HashMap<&str, char> =
+        entries.iter().map(|e| (e.path.as_str(), e.kind)).collect();
+    let mut found = 0;
     for entry in walkdir::WalkDir::new(stage)
         .min_depth(1)
         .follow_links(false)
@@ -1361,11 +1321,48 @@ fn check_nothing_unlisted(
         let entry = entry.map_err(|e| crate::walk::error(stage, e))?;
         let rel = entry.path().strip_prefix(stage).unwrap_or(entry.path());
         let rel = rel.to_string_lossy();
-        if !listed.contains(rel.as_ref()) {
+        let Some(&kind) = listed.get(rel.as_ref()) else {
             return Err(sent_unlisted(id, &rel));
+        };
+        let is = kind_of(entry.file_type());
+        if is != kind {
+            return Err(not_of_its_kind(id, &rel, is, kind));
+        }
+        found += 1;
+    }
+    if found < listed.len() {
+        // Every entry found was listed and of its kind (no link stands
+        // where a directory should), so the first that lstat misses is
+        // one the server did not send.
+        if let Some(missing) = entries
+            .iter()
+            .find(|e| std::fs::symlink_metadata(stage.join(&e.path)).is_err())
+        {
+            return Err(not_of_its_kind(id, &missing.path, '-', missing.kind));
         }
     }
     Ok(())
+}
+
+fn kind_of(found: std::fs::FileType) -> char {
+    match found {
+        t if t.is_symlink() => 'l',
+        t if t.is_dir() => 'd',
+        t if t.is_file() => 'f',
+        _ => '?',
+    }
+}
+
+fn not_of_its_kind(id: &str, path: &str, is: char, should: char) -> Error {
+    Error::new(
+        Kind::Corrupt,
+        format!(
+            "snapshot {id} on the target: {:?} is {}, its record says {}",
+            crate::human::escape(path),
+            kind_name(is),
+            kind_name(should)
+        ),
+    )
 }
 
 fn sent_unlisted(id: &str, rel: &str) -> Error {
@@ -1510,25 +1507,29 @@ mod tests {
 
     /// A pull lets rsync take the sender's names (`--trust-sender`): this
     /// check is what stops a name the record does not list, wherever in
-    /// the tree the server put it.
+    /// the tree the server put it, an entry of another kind, and one the
+    /// server left out.
     #[test]
-    fn a_stage_with_an_unlisted_entry_is_refused() {
-        let stage = crate::test_util::temp_dir("restore-unlisted");
+    fn a_stage_must_hold_what_its_record_lists_and_nothing_else() {
+        let stage = crate::test_util::temp_dir("restore-check-stage");
         std::fs::create_dir_all(stage.join("d/sub")).unwrap();
         std::fs::write(stage.join("d/f"), b"x").unwrap();
         let listed = [entry('d', "d"), entry('f', "d/f"), entry('d', "d/sub")];
-        check_nothing_extra("R", &stage, &listed).unwrap();
+        check_stage("R", &stage, &listed).unwrap();
+        let refused = |why: &str| {
+            let err = check_stage("R", &stage, &listed).unwrap_err().to_string();
+            assert!(err.contains(why), "{err}");
+        };
         for extra in ["d/sub/planted", "top"] {
             std::fs::write(stage.join(extra), b"x").unwrap();
-            let err = check_nothing_extra("R", &stage, &listed)
-                .unwrap_err()
-                .to_string();
-            assert!(
-                err.contains(&format!("the server sent \"{extra}\"")),
-                "{err}"
-            );
+            refused(&format!("the server sent \"{extra}\""));
             std::fs::remove_file(stage.join(extra)).unwrap();
         }
+        std::fs::remove_file(stage.join("d/f")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", stage.join("d/f")).unwrap();
+        refused("\"d/f\" is a symlink, its record says a file");
+        std::fs::remove_file(stage.join("d/f")).unwrap();
+        refused("\"d/f\" is missing, its record says a file");
         std::fs::remove_dir_all(&stage).unwrap();
     }
 }

@@ -528,14 +528,14 @@ fn stage_metadata(
     let list = ctx.runtime("metadata.files");
     let refs: Vec<&TreeEntry> = entries.iter().collect();
     write_path_list(&list, &refs)?;
-    let refused = puller.pull(&rel, &list, &refs, &stage.path, stage.room(), None)?;
+    let refused = puller.pull(&rel, Some(&list), &refs, &stage.path, stage.room(), None)?;
     if !refused.is_empty() {
         log::debug(|| {
             format!("restore: the target would not give back {refused:?}: read {rel} through sshfs")
         });
         return Ok(None);
     }
-    check_stage(id, &stage.path, &entries)?;
+    check_stage(id, &stage.path, &entries, Unlisted::Refuse)?;
     log::debug(|| format!("restore: {rel} pulled over {:?}", puller.read_via()));
     Ok(Some(stage))
 }
@@ -566,7 +566,7 @@ fn pull_latest(
         ));
         return Ok(None);
     }
-    match rebuild(ctx, remote, latest, Some(puller), here, progress)? {
+    match rebuild(ctx, remote, (latest, true), Some(puller), here, progress)? {
         Rebuilt::Stage(stage) => Ok(Some(stage)),
         Rebuilt::Unreadable(refused) => {
             say_read_through_sshfs(&refused);
@@ -622,11 +622,11 @@ fn rebuild_somehow(
     here: Option<Here>,
     progress: &Progress,
 ) -> Result<Stage> {
-    match rebuild(ctx, remote, run, puller, here, progress)? {
+    match rebuild(ctx, remote, (run, false), puller, here, progress)? {
         Rebuilt::Stage(stage) => Ok(stage),
         Rebuilt::Unreadable(refused) => {
             say_read_through_sshfs(&refused);
-            match rebuild(ctx, remote, run, None, here, progress)? {
+            match rebuild(ctx, remote, (run, false), None, here, progress)? {
                 Rebuilt::Stage(stage) => Ok(stage),
                 Rebuilt::Unreadable(_) => unreachable!("only a pull leaves files out"),
             }
@@ -1032,12 +1032,14 @@ enum Rebuilt {
 /// Rebuilds run `id` in a stage in the state dir: each path of its record
 /// from the oldest later snapshot dir that holds it, else from files/;
 /// pulled with rsync over ssh when `puller` is given, else read from the
-/// target's path (a local disk, the sshfs mount). What arrived is checked
-/// against the record before any mode is applied or link restored.
+/// target's path (a local disk, the sshfs mount). `newest`: the run is the
+/// newest with a record, so files/ holds little else, and may be pulled
+/// whole. What arrived is checked against the record before any mode is
+/// applied or link restored.
 fn rebuild(
     ctx: &Context,
     remote: &PathTarget,
-    run: &RunRecord,
+    (run, newest): (&RunRecord, bool),
     puller: Option<&Puller>,
     here: Option<Here>,
     progress: &Progress,
@@ -1060,6 +1062,11 @@ fn rebuild(
     check_record_tree(id, &record.entries)?;
     let later = later_snapshots(remote, run)?;
     let plan = snapshots::plan_rebuild(record, &later);
+    let fill_by = match puller {
+        None => Fill::Read,
+        Some(puller) if newest && pulls_whole(&plan) => Fill::PullAll(puller),
+        Some(puller) => Fill::Pull(puller),
+    };
 
     let stage = Stage::fresh(
         stage_home(ctx, ciphertext).join(format!("restore-{id}")),
@@ -1086,7 +1093,7 @@ fn rebuild(
         },
         || {
             let list = ctx.runtime("rebuild.files");
-            fill(ctx, (remote, puller), id, &plan, &list, &stage, watched)
+            fill(ctx, (remote, fill_by), id, &plan, &list, &stage, watched)
         },
     );
     let refused = refused?;
@@ -1105,7 +1112,17 @@ fn rebuild(
         std::os::unix::fs::symlink(target, &path)
             .ctx(|| format!("making the symlink {}", path.display()))?;
     }
-    check_stage(id, &stage.path, &record.entries)?;
+    let unlisted = match fill_by {
+        Fill::PullAll(_) => Unlisted::Remove,
+        Fill::Read | Fill::Pull(_) => Unlisted::Refuse,
+    };
+    let removed = check_stage(id, &stage.path, &record.entries, unlisted)?;
+    if removed > 0 {
+        log::info(format!(
+            "restore: files/ on the target holds {removed} entries that run {id} does not \
+             list (added by a backup that stopped before its end, or by the server): not restored"
+        ));
+    }
     if puller.is_some() {
         // Each is a symlink the record lists, below checked directories.
         for entry in record
@@ -1211,12 +1228,23 @@ fn stream(
     copied.into_result(to)
 }
 
-/// Copies each path of a rebuild's `plan` into the stage: pulled over ssh
-/// by `puller`, else read from the target's path with rsync. Returns what
-/// the server would not give back over SFTP (then the stage is given up).
+/// How a rebuild fills its stage.
+#[derive(Clone, Copy)]
+enum Fill<'a, 'p> {
+    /// rsync from the target's path (a local disk, the sshfs mount).
+    Read,
+    /// Pulled over ssh, the paths of the plan.
+    Pull(&'a Puller<'p>),
+    /// Pulled over ssh, all of files/ (`pulls_whole`, newest run only).
+    PullAll(&'a Puller<'p>),
+}
+
+/// Copies each path of a rebuild's `plan` into the stage, as `fill_by`
+/// says. Returns what the server would not give back over SFTP (then the
+/// stage is given up).
 fn fill(
     ctx: &Context,
-    (remote, puller): (&PathTarget, Option<&Puller>),
+    (remote, fill_by): (&PathTarget, Fill),
     id: &str,
     plan: &std::collections::BTreeMap<Option<&str>, Vec<&TreeEntry>>,
     list: &Path,
@@ -1231,7 +1259,12 @@ fn fill(
             None => FILES.to_string(),
         };
         write_path_list(list, entries)?;
-        if let Some(puller) = puller {
+        let pulled = match fill_by {
+            Fill::Read => None,
+            Fill::Pull(puller) => Some((puller, Some(list))),
+            Fill::PullAll(puller) => Some((puller, None)),
+        };
+        if let Some((puller, list)) = pulled {
             let refused = puller.pull(&from, list, entries, &stage.path, stage.room(), watched)?;
             if !refused.is_empty() {
                 return Ok(refused);
@@ -1256,6 +1289,15 @@ fn fill(
         }
     }
     Ok(Vec::new())
+}
+
+/// Whether a rebuild of the newest run may pull all of files/: where its
+/// plan takes every path from there (no later backup replaced or deleted
+/// any of them before it stopped), what else files/ holds is only what
+/// such a backup added, or what the server put there; `check_stage`
+/// removes it.
+fn pulls_whole(plan: &std::collections::BTreeMap<Option<&str>, Vec<&TreeEntry>>) -> bool {
+    plan.keys().all(Option::is_none)
 }
 
 /// A record comes from the target: every path must stay inside the tree
@@ -1303,6 +1345,15 @@ pub(crate) fn check_record_tree(id: &str, entries: &[TreeEntry]) -> Result<()> {
     Ok(())
 }
 
+/// What `check_stage` does with an entry the record does not list.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unlisted {
+    /// Fails: the server sent what was not asked for.
+    Refuse,
+    /// Removes it: all of a directory was pulled (`pulls_whole`).
+    Remove,
+}
+
 /// After the copy the stage must hold what the record lists and nothing
 /// else, each entry of the kind the record says: a server that swapped a
 /// file for a symlink (or a directory for one), or sent a name the record
@@ -1310,19 +1361,30 @@ pub(crate) fn check_record_tree(id: &str, entries: &[TreeEntry]) -> Result<()> {
 /// here, before any mode is applied, link restored or file decrypted.
 /// One walk that follows no link and takes each type from the directory
 /// listing: a stat per entry made this check a second of SMALL's restore.
-fn check_stage(id: &str, stage: &Path, entries: &[TreeEntry]) -> Result<()> {
+/// Returns how many unlisted entries (each with what is below it) it
+/// removed.
+fn check_stage(id: &str, stage: &Path, entries: &[TreeEntry], unlisted: Unlisted) -> Result<usize> {
     let listed: std::collections::HashMap<&str, char> =
         entries.iter().map(|e| (e.path.as_str(), e.kind)).collect();
-    let mut found = 0;
-    for entry in walkdir::WalkDir::new(stage)
+    let (mut found, mut removed) = (0, 0);
+    let mut walk = walkdir::WalkDir::new(stage)
         .min_depth(1)
         .follow_links(false)
-    {
+        .into_iter();
+    while let Some(entry) = walk.next() {
         let entry = entry.map_err(|e| crate::walk::error(stage, e))?;
         let rel = entry.path().strip_prefix(stage).unwrap_or(entry.path());
         let rel = rel.to_string_lossy();
         let Some(&kind) = listed.get(rel.as_ref()) else {
-            return Err(sent_unlisted(id, &rel));
+            if unlisted == Unlisted::Refuse {
+                return Err(sent_unlisted(id, &rel));
+            }
+            if entry.file_type().is_dir() {
+                walk.skip_current_dir();
+            }
+            remove_unlisted(entry.path())?;
+            removed += 1;
+            continue;
         };
         let is = kind_of(entry.file_type());
         if is != kind {
@@ -1341,7 +1403,40 @@ fn check_stage(id: &str, stage: &Path, entries: &[TreeEntry]) -> Result<()> {
             return Err(not_of_its_kind(id, &missing.path, '-', missing.kind));
         }
     }
-    Ok(())
+    Ok(removed)
+}
+
+/// Removes `path` (with what is below it) from the stage. Its parent is
+/// the stage or a directory `check_stage` found listed and a directory;
+/// rsync gave it the server's mode, which may not let its owner write, so
+/// it is opened up for the removal and then given that mode back (the
+/// stage's own mode becomes that of --to).
+fn remove_unlisted(path: &Path) -> Result<()> {
+    let parent = path.parent().unwrap_or(path);
+    let mode = std::fs::symlink_metadata(parent)
+        .ctx(|| format!("reading {}", parent.display()))?
+        .permissions()
+        .mode();
+    let opened = mode | 0o700;
+    let set = |mode: u32| {
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(mode & 0o7777))
+            .ctx(|| format!("setting the mode of {}", parent.display()))
+    };
+    if opened != mode {
+        set(opened)?;
+    }
+    let removed = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => {
+            make_writable(path);
+            std::fs::remove_dir_all(path)
+        }
+        _ => std::fs::remove_file(path),
+    }
+    .ctx(|| format!("removing {}", path.display()));
+    if opened != mode {
+        set(mode)?;
+    }
+    removed
 }
 
 fn kind_of(found: std::fs::FileType) -> char {
@@ -1515,9 +1610,14 @@ mod tests {
         std::fs::create_dir_all(stage.join("d/sub")).unwrap();
         std::fs::write(stage.join("d/f"), b"x").unwrap();
         let listed = [entry('d', "d"), entry('f', "d/f"), entry('d', "d/sub")];
-        check_stage("R", &stage, &listed).unwrap();
+        assert_eq!(
+            check_stage("R", &stage, &listed, Unlisted::Refuse).unwrap(),
+            0
+        );
         let refused = |why: &str| {
-            let err = check_stage("R", &stage, &listed).unwrap_err().to_string();
+            let err = check_stage("R", &stage, &listed, Unlisted::Refuse)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(why), "{err}");
         };
         for extra in ["d/sub/planted", "top"] {
@@ -1530,6 +1630,59 @@ mod tests {
         refused("\"d/f\" is a symlink, its record says a file");
         std::fs::remove_file(stage.join("d/f")).unwrap();
         refused("\"d/f\" is missing, its record says a file");
+        std::fs::remove_dir_all(&stage).unwrap();
+    }
+
+    /// A whole pull of files/ brings what a stopped backup added there:
+    /// removed, also below a directory without write permission, and the
+    /// directories keep their modes; the listed entries stay.
+    #[test]
+    fn a_whole_pull_loses_what_its_record_does_not_list() {
+        use std::os::unix::fs::PermissionsExt;
+        let stage = crate::test_util::temp_dir("restore-remove-unlisted");
+        std::fs::create_dir_all(stage.join("d/new/deeper")).unwrap();
+        std::fs::write(stage.join("d/f"), b"x").unwrap();
+        std::fs::write(stage.join("d/new/deeper/g"), b"x").unwrap();
+        std::fs::write(stage.join("d/added"), b"x").unwrap();
+        std::fs::write(stage.join("top"), b"x").unwrap();
+        let mode = |p: &str| {
+            std::fs::symlink_metadata(stage.join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        for (dir, bits) in [("d", 0o555), ("", 0o751)] {
+            std::fs::set_permissions(stage.join(dir), std::fs::Permissions::from_mode(bits))
+                .unwrap();
+        }
+        let listed = [entry('d', "d"), entry('f', "d/f")];
+        let removed = check_stage("R", &stage, &listed, Unlisted::Remove).unwrap();
+        assert_eq!(removed, 3, "d/new (with what is below it), d/added, top");
+        let mut left: Vec<_> = walkdir::WalkDir::new(&stage)
+            .min_depth(1)
+            .into_iter()
+            .map(|e| {
+                e.unwrap()
+                    .path()
+                    .strip_prefix(&stage)
+                    .unwrap()
+                    .to_path_buf()
+            })
+            .collect();
+        left.sort();
+        assert_eq!(left, [Path::new("d"), Path::new("d/f")]);
+        assert_eq!((mode("d"), mode("")), (0o555, 0o751));
+        // A listed entry of another kind still fails.
+        std::fs::set_permissions(stage.join("d"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::remove_file(stage.join("d/f")).unwrap();
+        std::fs::create_dir(stage.join("d/f")).unwrap();
+        let err = check_stage("R", &stage, &listed, Unlisted::Remove).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("is a directory, its record says a file"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&stage).unwrap();
     }
 }

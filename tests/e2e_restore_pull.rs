@@ -167,6 +167,34 @@ fn a_full_restore_pulls_and_equals_the_source() {
     job.assert_clean();
 }
 
+/// A backup that stopped part-way leaves what it added in files/ without
+/// a record that lists it; the server may put anything there too. A
+/// whole pull brings all of files/ (rsync recurses), and what the run's
+/// record does not list is removed from the stage and said, not restored.
+#[test]
+fn what_files_holds_beyond_the_record_is_pulled_and_left_out() {
+    if !require_tools("restore_pull_unlisted", SFTP_TOOLS) {
+        return;
+    }
+    let (job, dir) = backed_up("pull-unlisted");
+    let files = job.files_dir();
+    fs::write(files.join("added-after-the-record"), "stray\n").unwrap();
+    fs::create_dir_all(files.join("stray-dir/deeper")).unwrap();
+    fs::write(files.join("stray-dir/deeper/f"), "stray\n").unwrap();
+    fs::write(dir.join("planted"), "stray\n").unwrap();
+
+    let (_, said) = job.restore_and_compare_with("restored", &["--verbose"]);
+    assert_eq!(job.stage("restore")["stats"]["read_via"], "rsync");
+    assert_decrypted_here(&said);
+    assert!(
+        said.stderr.contains("holds 3 entries that run ") && said.stderr.contains("does not list"),
+        "the entries left out should be said:\n{}",
+        said.dump()
+    );
+    assert_no_stage_left(&job);
+    job.assert_clean();
+}
+
 #[test]
 fn a_file_swapped_for_a_symlink_is_refused_by_a_pull() {
     if !require_tools("restore_pull_file_symlink", SFTP_TOOLS) {
@@ -240,9 +268,10 @@ fn a_hard_link_across_directories_comes_back_linked() {
 }
 
 /// The server swaps a ciphertext directory for a symlink to a local
-/// directory of this machine that holds the same names. Its rsync follows
-/// its own link and sends what the record lists: the restore equals the
-/// source, and the local directory is left as it was.
+/// directory of this machine that holds the same names. A whole pull
+/// recurses, so its rsync sends the link itself (munged), not what it
+/// leads to: the restore is refused naming it, nothing reaches --to, and
+/// the local directory is left as it was.
 #[test]
 fn a_directory_swapped_for_a_symlink_writes_nothing_through_it() {
     if !require_tools("restore_pull_dir_symlink", SFTP_TOOLS) {
@@ -258,20 +287,19 @@ fn a_directory_swapped_for_a_symlink_writes_nothing_through_it() {
     fs::rename(&dir, job.root.join("moved-away")).unwrap();
     std::os::unix::fs::symlink(&victim, &dir).unwrap();
 
-    job.restore_and_compare("out");
-    assert_eq!(job.stage("restore")["stats"]["read_via"], "rsync");
+    assert_restore_refused(&job, "is a symlink, its record says a directory");
     assert_eq!(
         fingerprint(&victim.join("keep")),
         before,
         "the local file changed"
     );
     assert_digests_equal(&victim_before, &tree_digest(&victim), "the local directory");
+    assert_no_stage_left(&job);
     job.assert_clean();
 }
 
-/// The same swap, pointing at a local directory without those names: the
-/// pull fails naming what the server could not send, and nothing is
-/// restored or changed.
+/// The same swap, pointing at a local directory without those names:
+/// refused the same way, and nothing is restored or changed.
 #[test]
 fn a_directory_swapped_for_a_symlink_to_elsewhere_fails_cleanly() {
     if !require_tools("restore_pull_dir_symlink_elsewhere", SFTP_TOOLS) {
@@ -291,8 +319,9 @@ fn a_directory_swapped_for_a_symlink_to_elsewhere_fails_cleanly() {
         o.dump()
     );
     assert!(
-        o.stderr.contains("pulling files/ from the target"),
-        "the error should say the pull failed:\n{}",
+        o.stderr
+            .contains("is a symlink, its record says a directory"),
+        "the error should name the swapped directory:\n{}",
         o.dump()
     );
     assert_eq!(

@@ -112,12 +112,12 @@ pub fn restore(ctx: &Context, request: &RestoreRequest, progress: &Progress) -> 
     // where the job's config is one gocrypt.rs reads. From an account the
     // key is unwrapped (scrypt) while the account is asked, not after; a
     // local disk's latest run is read through a mount and needs none.
-    let format = request
-        .paths
-        .is_empty()
-        .then(|| decrypt::format_of(job))
-        .flatten();
-    let unwrap_now = format.filter(|_| matches!(job.target, Target::Sftp(_)));
+    // A restore of some paths decrypts only the owners manifest here (no
+    // mount, no second scrypt after the files), so it wants the key too.
+    let all_paths = request.paths.is_empty();
+    let format = decrypt::format_of(job);
+    let sftp = matches!(job.target, Target::Sftp(_));
+    let unwrap_now = format.filter(|_| sftp && (all_paths || owners_wanted(request)));
     let ((mounted, keys), survey) = crate::pool::both(
         || {
             crate::pool::both(
@@ -142,9 +142,10 @@ pub fn restore(ctx: &Context, request: &RestoreRequest, progress: &Progress) -> 
     } = survey?;
     let mounted = mounted?;
     let keys = keys?;
-    let here = match &keys {
-        Some(keys) => Some(Here::Keys(keys)),
-        None => format.map(Here::Format),
+    let here = match (&keys, all_paths) {
+        (_, false) => None,
+        (Some(keys), true) => Some(Here::Keys(keys)),
+        (None, true) => format.map(Here::Format),
     };
     // The stored owners, ACLs and xattrs are fetched and mounted while the
     // files are copied: for a few paths out of a large tree, fetching the
@@ -152,7 +153,7 @@ pub fn restore(ctx: &Context, request: &RestoreRequest, progress: &Progress) -> 
     let manifest_run = manifest_to_apply(request, latest.as_ref().map(|l| l.id.as_str()));
     let (manifest, copied) = crate::pool::both(
         || match &manifest_run {
-            Some(id) => prepare_manifest(ctx, &remote, puller.as_ref(), id),
+            Some(id) => prepare_manifest(ctx, (&remote, puller.as_ref()), id, keys.as_ref()),
             None => Ok(None),
         },
         || {
@@ -397,6 +398,12 @@ fn decrypt_stage(
     Ok(stats)
 }
 
+/// Whether the restore applies stored owners, ACLs and xattrs: as root,
+/// unless `--no-owners` (`manifest_to_apply` says why not).
+fn owners_wanted(request: &RestoreRequest) -> bool {
+    !request.no_owners && nix::unistd::geteuid().is_root()
+}
+
 /// The run whose stored owners, ACLs and xattrs the restore applies
 /// (`--snapshot`'s or the newest), unless `--no-owners` or not root.
 fn manifest_to_apply(request: &RestoreRequest, latest: Option<&str>) -> Option<String> {
@@ -414,28 +421,63 @@ fn manifest_to_apply(request: &RestoreRequest, latest: Option<&str>) -> Option<S
     Some(id.to_string())
 }
 
-/// A run's manifest, mounted decrypted, and the stage it was pulled into.
+/// A run's manifest as plaintext, and the stage it was pulled into.
 struct Manifest {
-    mount: crate::mount::Mount,
+    plain: PlainManifest,
     _stage: Option<Stage>,
 }
 
+/// Where a manifest's plaintext is read.
+enum PlainManifest {
+    /// The metadata dir mounted decrypted.
+    Mounted(crate::mount::Mount),
+    /// Its stage decrypted here (restore/decrypt.rs) into a private dir,
+    /// removed with it.
+    Here(Stage),
+}
+
+impl Manifest {
+    fn dir(&self) -> &Path {
+        match &self.plain {
+            PlainManifest::Mounted(mount) => mount.point(),
+            PlainManifest::Here(plain) => &plain.path,
+        }
+    }
+}
+
 /// Pulls run `id`'s metadata dir where the target lets us (else it is read
-/// through sshfs) and mounts it. None: the run stored none.
+/// through sshfs) and decrypts it: here where it was pulled and the key is
+/// unwrapped (`keys`), else through a gocryptfs mount. None: the run
+/// stored none.
 fn prepare_manifest(
     ctx: &Context,
-    remote: &PathTarget,
-    puller: Option<&Puller>,
+    (remote, puller): (&PathTarget, Option<&Puller>),
     id: &str,
+    keys: Option<&Keys>,
 ) -> Result<Option<Manifest>> {
     let staged = stage_metadata(ctx, remote, id, puller)?;
+    if let (Some(stage), Some(keys)) = (&staged, keys) {
+        // Only a stage: decrypting removes each file it has read.
+        let plain = Stage::fresh(ctx.runtime(&format!("metadata-{id}")), None)?;
+        let options = decrypt::Options {
+            keep_setuid: false,
+            workers: 1,
+        };
+        decrypt::copy_out(keys, &stage.path, &plain.path, &options, None)?
+            .into_result(&stage.path)?;
+        log::debug(|| format!("restore: the manifest of run {id} decrypted here, not mounted"));
+        return Ok(Some(Manifest {
+            plain: PlainManifest::Here(plain),
+            _stage: staged,
+        }));
+    }
     let dir = match &staged {
         Some(stage) => stage.path.clone(),
         None => remote.root().join(crate::metadata::DIR).join(id),
     };
     Ok(
         crate::metadata::mount_manifest(ctx, &dir)?.map(|mount| Manifest {
-            mount,
+            plain: PlainManifest::Mounted(mount),
             _stage: staged,
         }),
     )
@@ -461,8 +503,10 @@ fn apply_manifest(
         keep_setuid: request.keep_setuid,
         paths: &request.paths,
     };
-    let applied = crate::metadata::apply(manifest.mount.point(), id, to, options);
-    manifest.mount.unmount()?;
+    let applied = crate::metadata::apply(manifest.dir(), id, to, options);
+    if let PlainManifest::Mounted(mount) = manifest.plain {
+        mount.unmount()?;
+    }
     let applied = applied?;
     crate::log::info(format!(
         "applied the metadata of run {id}: {} owners, {} ACLs, {} xattrs, {} FIFOs made; \

@@ -151,7 +151,8 @@ fn owners_acls_xattrs_and_fifos_come_back_and_the_server_sees_none() {
     assert_eq!(describe(&to), want, "restored as root");
 
     // One named path: the run's metadata dir is pulled into a local stage
-    // over ssh (not read through sshfs), applied, and the stage removed.
+    // over ssh (not read through sshfs), decrypted here (the job's config
+    // is here: no gocryptfs mount), applied, and the stage removed.
     let one = job.root.join("one");
     let o = job.ok(&[
         "--verbose",
@@ -160,12 +161,12 @@ fn owners_acls_xattrs_and_fifos_come_back_and_the_server_sees_none() {
         one.to_str().unwrap(),
         "home/alice/notes",
     ]);
-    assert!(
-        o.stderr
-            .contains(&format!("restore: metadata/{first} pulled over")),
-        "{}",
-        o.dump()
-    );
+    for said in [
+        format!("restore: metadata/{first} pulled over"),
+        format!("restore: the manifest of run {first} decrypted here"),
+    ] {
+        assert!(o.stderr.contains(&said), "{said}:\n{}", o.dump());
+    }
     let tag = std::process::Command::new("getfattr")
         .args(["--only-values", "-n", "user.tag"])
         .arg(one.join("home/alice/notes"))

@@ -319,11 +319,15 @@ def targets(summary, floor, delay, set_name=None):
             rows.append("| *for reference: the floor piped through ssh, vs cat floor* | %.2f× (%s s) | | |" % (
                 pipe / f, fmt_s(pipe)))
     if delay:
-        # issue 14: every stage over a distant link, against restic in the same run
-        goals = [("backup_initial", "initial backup", 1.0), ("backup_nochange", "no-change backup", 0.5),
-                 ("backup_changed", "backup after the 1 % change", 1.0), ("restore_full", "full restore", 1.0)]
-        for sc, name, goal in goals:
-            for t in ("cs-sshfs", "cs-rsync", "cs-sftponly"):
+        # issue 14: every stage over a distant link, against restic in the
+        # same run; the backup goals are the sshfs transport's (the rsync
+        # transport's is to be no slower than before), restore's every one's
+        sshfs, every = ("cs-sshfs", "cs-sftponly"), ("cs-sshfs", "cs-rsync", "cs-sftponly")
+        goals = [("backup_initial", "initial backup", 1.0, sshfs), ("backup_nochange", "no-change backup", 0.5, sshfs),
+                 ("backup_changed", "backup after the 1 % change", 1.0, sshfs),
+                 ("restore_full", "full restore", 1.0, every)]
+        for sc, name, goal, tools in goals:
+            for t in tools:
                 v, r = w(t, sc), w("restic", sc)
                 if v and r:
                     row("%s at %g ms RTT (%s) vs restic" % (name, 2 * delay, LABEL[t]),

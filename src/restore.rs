@@ -1035,9 +1035,7 @@ impl Stage {
             decrypted: None,
         };
         if stage.path.exists() {
-            make_writable(&stage.path);
-            std::fs::remove_dir_all(&stage.path)
-                .ctx(|| format!("removing {}", stage.path.display()))?;
+            remove_tree(&stage.path).ctx(|| format!("removing {}", stage.path.display()))?;
         }
         crypt::create_private_dir(&stage.path)?;
         Ok(stage)
@@ -1061,8 +1059,7 @@ fn write_path_list(list: &Path, entries: &[&TreeEntry]) -> Result<()> {
 impl Drop for Stage {
     fn drop(&mut self) {
         drop(self.decrypted.take());
-        make_writable(&self.path);
-        let _ = std::fs::remove_dir_all(&self.path);
+        let _ = remove_tree(&self.path);
     }
 }
 
@@ -1302,7 +1299,10 @@ fn fill(
             Some(snapshot) => format!("{SNAPSHOTS}/{snapshot}"),
             None => FILES.to_string(),
         };
-        write_path_list(list, entries)?;
+        // A whole pull reads no list (and SMALL's holds 200,000 paths).
+        if !matches!(fill_by, Fill::PullAll(_)) {
+            write_path_list(list, entries)?;
+        }
         let pulled = match fill_by {
             Fill::Read => None,
             Fill::Pull(puller) => Some((puller, Some(list))),
@@ -1423,10 +1423,11 @@ fn check_stage(id: &str, stage: &Path, entries: &[TreeEntry], unlisted: Unlisted
             if unlisted == Unlisted::Refuse {
                 return Err(sent_unlisted(id, &rel));
             }
-            if entry.file_type().is_dir() {
+            let is_dir = entry.file_type().is_dir();
+            if is_dir {
                 walk.skip_current_dir();
             }
-            remove_unlisted(entry.path())?;
+            remove_unlisted(entry.path(), is_dir)?;
             removed += 1;
             continue;
         };
@@ -1450,12 +1451,13 @@ fn check_stage(id: &str, stage: &Path, entries: &[TreeEntry], unlisted: Unlisted
     Ok(removed)
 }
 
-/// Removes `path` (with what is below it) from the stage. Its parent is
+/// Removes `path` (with what is below it, where `is_dir`: the walk's type,
+/// which follows no link) from the stage. Its parent is
 /// the stage or a directory `check_stage` found listed and a directory;
 /// rsync gave it the server's mode, which may not let its owner write, so
 /// it is opened up for the removal and then given that mode back (the
 /// stage's own mode becomes that of --to).
-fn remove_unlisted(path: &Path) -> Result<()> {
+fn remove_unlisted(path: &Path, is_dir: bool) -> Result<()> {
     let parent = path.parent().unwrap_or(path);
     let mode = std::fs::symlink_metadata(parent)
         .ctx(|| format!("reading {}", parent.display()))?
@@ -1469,12 +1471,9 @@ fn remove_unlisted(path: &Path) -> Result<()> {
     if opened != mode {
         set(opened)?;
     }
-    let removed = match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => {
-            make_writable(path);
-            std::fs::remove_dir_all(path)
-        }
-        _ => std::fs::remove_file(path),
+    let removed = match is_dir {
+        true => remove_tree(path),
+        false => std::fs::remove_file(path),
     }
     .ctx(|| format!("removing {}", path.display()));
     if opened != mode {
@@ -1522,6 +1521,13 @@ fn kind_name(kind: char) -> &'static str {
         '-' => "missing",
         _ => "a special file",
     }
+}
+
+/// Removes `dir` and what is below it, read-only directories too (rsync
+/// gives a stage's directories the server's modes). Follows no link.
+fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    make_writable(dir);
+    std::fs::remove_dir_all(dir)
 }
 
 /// So that a stage with read-only directories can be removed.

@@ -4,8 +4,8 @@
 //! about 18 waited round trips per new file (bench/analysis.md, "round
 //! trips per file over sshfs"); here a file costs three, and up to
 //! `MAX_OPEN` files travel together (up to `MAX_OPEN_SMALL` small ones),
-//! in up to four sessions side by side (`side_by_side`). rsync then finds each file as it would have left it
-//! (size, mtime) and only checks it.
+//! in up to four sessions side by side (`side_by_side`). rsync then finds
+//! each file as it would have left it (size, mtime) and only checks it.
 //!
 //! `upload_changes` does the same for the regular files of a change set
 //! (delta.rs) after the old versions are kept in the run's snapshot: new
